@@ -1,0 +1,201 @@
+"""The one error hierarchy of dualwrite.
+
+Every error names what was wrong and what to do about it. The tree::
+
+    DualwriteError                      base of everything dualwrite raises on purpose
+    ├── ConfigError                     dualwrite.yaml or a map file cannot be used
+    │   ├── MapSyntaxError              a field line, key, value map or option does not parse
+    │   ├── FilterSyntaxError           an OData $filter expression does not parse
+    │   ├── TemplateError               a published template table cannot be imported
+    │   └── ValidationFailed            maps checked against real schemas: carries every Issue
+    ├── LinkError                       an environment is linked elsewhere, or not linked
+    ├── ConnectorError                  a database refused or failed an operation
+    │   ├── TransientConnectorError     worth retrying: connection lost, deadlock, timeout
+    │   └── TerminalConnectorError      retrying will not help: bad credentials, missing table
+    ├── RowError                        one row cannot be written or transformed (map, side,
+    │                                   key, field, value); initial sync sends it to the inbox
+    └── ServiceUnavailable              a service a test or command needs is down
+
+Driver exceptions are translated to ``ConnectorError`` at one choke point per connector
+(``raise ... from exc``), so callers never see a driver-specific type.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class DualwriteError(Exception):
+    """Base class. ``hint`` says what the operator should do next."""
+
+    hint: str = ""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        if hint:
+            self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\n  hint: {self.hint}"
+        return self.message
+
+
+class ConfigError(DualwriteError):
+    """The configuration or a map file cannot be used as written."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str = "",
+        file: str | None = None,
+        line: int | None = None,
+        code: str = "DW100",
+    ) -> None:
+        where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
+        super().__init__(f"{where}{code} {message}", hint=hint)
+        self.file = file
+        self.line = line
+        self.code = code
+
+
+class MapSyntaxError(ConfigError):
+    """A map file's field line, key, value map or option does not parse."""
+
+
+class FilterSyntaxError(ConfigError):
+    """An OData ``$filter`` expression does not parse. ``position`` is a 0-based offset."""
+
+    def __init__(self, message: str, *, text: str = "", position: int | None = None,
+                 hint: str = "", file: str | None = None, line: int | None = None) -> None:
+        detail = message
+        if text:
+            detail = f"{message} in filter {text!r}"
+            if position is not None:
+                detail += f" at position {position}"
+        super().__init__(
+            detail,
+            hint=hint or "write the filter in OData $filter syntax, e.g. "
+            "\"customertypecode eq 3 and name ne null\"",
+            file=file,
+            line=line,
+            code="DW109",
+        )
+        self.text = text
+        self.position = position
+
+
+class TemplateError(ConfigError):
+    """A published dual-write template table cannot be imported."""
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found by validation: a stable code, where it is, what is wrong, what to do."""
+
+    code: str
+    message: str
+    hint: str
+    file: str | None = None
+    line: int | None = None
+    map: str | None = None
+
+    def __str__(self) -> str:
+        where = ""
+        if self.file:
+            where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
+        owner = f"[{self.map}] " if self.map else ""
+        return f"{where}{self.code} {owner}{self.message} (hint: {self.hint})"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "code": self.code, "message": self.message, "hint": self.hint,
+            "file": self.file, "line": self.line, "map": self.map,
+        }
+
+
+class ValidationFailed(ConfigError):
+    """Validation found problems; ``issues`` holds all of them, not just the first."""
+
+    def __init__(self, issues: Sequence[Issue]) -> None:
+        self.issues = list(issues)
+        lines = "\n".join(f"  {i}" for i in self.issues)
+        DualwriteError.__init__(
+            self,
+            f"{len(self.issues)} problem(s) in the maps:\n{lines}",
+            hint="fix each problem listed, then run `dualwrite validate` again",
+        )
+        self.file = None
+        self.line = None
+        self.code = "DW100"
+
+
+class LinkError(DualwriteError):
+    """An environment belongs to another link, or is not linked yet."""
+
+
+class ConnectorError(DualwriteError):
+    """A database refused or failed an operation."""
+
+    transient: bool = False
+
+    def __init__(self, message: str, *, hint: str = "", environment: str | None = None) -> None:
+        prefix = f"{environment}: " if environment else ""
+        super().__init__(prefix + message, hint=hint)
+        self.environment = environment
+
+
+class TransientConnectorError(ConnectorError):
+    """Worth retrying: connection lost, deadlock, serialization failure, timeout."""
+
+    transient = True
+
+
+class TerminalConnectorError(ConnectorError):
+    """Retrying will not help without a change: bad credentials, missing table, bad SQL."""
+
+
+class RowError(DualwriteError):
+    """One row cannot be transformed or written. Names the map, side, table, key, field, value."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        map: str | None = None,
+        side: str | None = None,
+        table: str | None = None,
+        key: Sequence[Any] | None = None,
+        field: str | None = None,
+        value: Any = None,
+        hint: str = "",
+    ) -> None:
+        parts = []
+        if map:
+            parts.append(f"map {map!r}")
+        if side:
+            parts.append(f"side {side}")
+        if table:
+            parts.append(f"table {table!r}")
+        if key is not None:
+            parts.append(f"key {tuple(key)!r}")
+        if field:
+            parts.append(f"field {field!r}")
+            parts.append(f"value {value!r}")
+        where = ", ".join(parts)
+        super().__init__(f"{where}: {reason}" if where else reason, hint=hint)
+        self.reason = reason
+        self.map = map
+        self.side = side
+        self.table = table
+        self.key = tuple(key) if key is not None else None
+        self.field = field
+        self.value = value
+
+
+class ServiceUnavailable(DualwriteError):
+    """A service needed here is down. The hint says how to start it."""

@@ -1,0 +1,1 @@
+"""Pure model: maps, notation, values, filters, schemas. No I/O here."""
