@@ -12,6 +12,7 @@ Every error names what was wrong and what to do about it. The tree::
     ├── ConnectorError                  a database refused or failed an operation
     │   ├── TransientConnectorError     worth retrying: connection lost, deadlock, timeout
     │   └── TerminalConnectorError      retrying will not help: bad credentials, missing table
+    │       └── ConstraintViolation     the database rejected a row: not null, unique, FK, check
     ├── RowError                        one row cannot be written or transformed (map, side,
     │                                   key, field, value); initial sync sends it to the inbox
     └── ServiceUnavailable              a service a test or command needs is down
@@ -157,6 +158,10 @@ class TransientConnectorError(ConnectorError):
 
 class TerminalConnectorError(ConnectorError):
     """Retrying will not help without a change: bad credentials, missing table, bad SQL."""
+
+
+class ConstraintViolation(TerminalConnectorError):
+    """The database rejected a write: not null, unique, foreign key, check, type or length."""
 
 
 class RowError(DualwriteError):

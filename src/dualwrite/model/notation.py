@@ -52,7 +52,9 @@ class LookupTarget:
     """One table a lookup may point into, and the natural key column that finds the row.
 
     ``table`` is None for a plain dotted lookup (``col.key``): the related table is the one the
-    column's foreign key references. Polymorphic lookups name each candidate table.
+    column's foreign key references. Polymorphic lookups name each candidate table. A ``key``
+    with dots (``col.rel.key``, as some templates have) hops through the related table's
+    lookup column ``rel`` to the natural key ``key`` of the table that one references.
     """
 
     key: str
@@ -117,7 +119,7 @@ def parse_ref(text: str, *, line_text: str = "") -> FieldRef:
             f"field {text!r} in {src!r} is not a column name, a lookup or `none`",
             hint="write COLUMN, column.naturalkey, or column.Table(key).Other(key)",
         )
-    if _IDENT_RE.match(rest):
+    if all(_IDENT_RE.match(part) for part in rest.split(".")):
         return FieldRef(head, (LookupTarget(rest),))
     targets = []
     pos = 0

@@ -50,13 +50,21 @@ def value_key(value: Any) -> str | None:
         if low in ("true", "false"):
             return "1" if low == "true" else "0"
         try:
-            return str(Decimal(low).normalize())
+            return _number_key(Decimal(low))
         except InvalidOperation:
             return low
     c = canonical(value)
     if isinstance(c, Decimal):
-        return str(c)
+        return _number_key(c)
     return str(c).casefold()
+
+
+def _number_key(d: Decimal) -> str:
+    """Plain positional text of a number, the same for 10, '10', 10.0 and Decimal('1E+1')."""
+    if not d.is_finite():
+        return str(d).casefold()
+    text = format(d.normalize(), "f")
+    return "0" if text in ("-0", "0") else text
 
 
 class ValueMap:

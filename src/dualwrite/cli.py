@@ -1,0 +1,390 @@
+"""The ``dualwrite`` command. Thin: parses options, calls the engine, prints.
+
+Exit codes: 0 success; 1 a check found problems (validate, verify); 2 an error stopped the
+command (bad config, unreachable database, refused link). Errors go to stderr with a hint.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from dualwrite.engine.link import Link
+from dualwrite.errors import DualwriteError, ValidationFailed
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Keep the tables of two business applications in sync.")
+errors_app = typer.Typer(no_args_is_help=True, help="The error inbox: rows that could not sync.")
+maps_app = typer.Typer(no_args_is_help=True, help="List maps and their state.")
+app.add_typer(errors_app, name="errors")
+app.add_typer(maps_app, name="maps")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+_global: dict[str, Path | None] = {"config": None}
+
+ConfigOpt = Annotated[Path | None, typer.Option(
+    "-c", "--config", help="Config file (default ./dualwrite.yaml).", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+MapsArg = Annotated[list[str] | None, typer.Argument(
+    help="Map names (default: all).", show_default=False)]
+
+
+class Exit(Exception):
+    def __init__(self, code: int) -> None:
+        self.code = code
+
+
+def _config_path(local: Path | None) -> Path:
+    return local or _global["config"] or Path("dualwrite.yaml")
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return str(v)
+    if isinstance(v, dt.date | dt.datetime | dt.time):
+        return v.isoformat()
+    if isinstance(v, bytes):
+        return v.hex()
+    return str(v)
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+
+
+@contextmanager
+def _link(config: Path | None) -> Iterator[Link]:
+    link = Link.open(_config_path(config))
+    try:
+        yield link
+    finally:
+        link.close()
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] | None]:
+    if not enabled or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn("{task.description:<22}"), BarColumn(),
+                  TextColumn("{task.completed:>9,} / {task.fields[total_text]}"),
+                  TimeElapsedColumn(), console=err, transient=False) as bar:
+        tasks: dict[str, TaskID] = {}
+
+        def update(name: str, done: int, total: int | None) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(name, total=total,
+                                           total_text=f"{total:,}" if total else "?")
+            bar.update(tasks[name], completed=done)
+
+        yield update
+
+
+def _fail(exc: DualwriteError) -> None:
+    err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
+    if exc.hint:
+        err.print(f"[yellow]hint:[/] {exc.hint}", markup=True, highlight=False)
+
+
+# -- global options ---------------------------------------------------------------------------
+@app.callback()
+def _main(config: ConfigOpt = None) -> None:
+    """dualwrite: maps, initial sync, verify. Run `dualwrite demo` to see it work."""
+    _global["config"] = config
+
+
+# -- validate ---------------------------------------------------------------------------------
+@app.command()
+def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Check every map against both environments' real schemas; report all problems."""
+    with _link(config) as link:
+        bound, issues = link.validate()
+        if as_json:
+            _print_json({"ok": not issues, "maps": [b.name for b in bound],
+                         "issues": [i.as_dict() for i in issues]})
+        else:
+            for i in issues:
+                out.print(str(i), markup=False)
+            n = len(link.config.maps)
+            if issues:
+                out.print(f"{len(issues)} problem(s) in {n} map(s)", markup=False)
+            else:
+                out.print(f"ok: {n} map(s) valid against {link.config.left} and "
+                          f"{link.config.right}", markup=False)
+    if issues:
+        raise Exit(1)
+
+
+# -- link / unlink ----------------------------------------------------------------------------
+@app.command("link")
+def link_cmd(config: ConfigOpt = None) -> None:
+    """Record the link in both environments (an environment joins one link only)."""
+    with _link(config) as link:
+        link_id = link.ensure_linked()
+        out.print(f"linked {link.config.left} <-> {link.config.right} as "
+                  f"{link.config.link_name!r} (id {link_id})", markup=False)
+
+
+@app.command()
+def unlink(config: ConfigOpt = None) -> None:
+    """Remove this link's record from both environments."""
+    with _link(config) as link:
+        freed = link.unlink()
+        out.print(f"unlinked {', '.join(freed) if freed else 'nothing (not linked)'}",
+                  markup=False)
+
+
+# -- plan / sync / verify ---------------------------------------------------------------------
+def _results_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    t = Table(title=title, title_justify="left")
+    for col in ("map", "create left", "create right", "update left", "update right",
+                "unchanged", "errors", "seconds"):
+        t.add_column(col, justify="left" if col == "map" else "right")
+    for r in rows:
+        t.add_row(r["map"], f"{r['created']['left']:,}", f"{r['created']['right']:,}",
+                  f"{r['updated']['left']:,}", f"{r['updated']['right']:,}",
+                  f"{r['unchanged']:,}", f"{r['errors']['left'] + r['errors']['right']:,}",
+                  f"{r['seconds']:.2f}")
+    return t
+
+
+@app.command()
+def plan(maps: MapsArg = None, config: ConfigOpt = None,
+         master: Annotated[str | None, typer.Option(
+             help="Override each map's master: left or right.")] = None,
+         as_json: JsonOpt = False) -> None:
+    """Show what initial sync would do, per map and side, writing nothing."""
+    _check_master(master)
+    with _link(config) as link, _progress(not as_json) as progress:
+        results = [r.as_dict() for r in link.plan(maps or [], master=master, progress=progress)]
+    if as_json:
+        _print_json({"maps": results})
+        return
+    out.print(_results_table("plan (nothing written)", results))
+    for r in results:
+        for s in r["samples"]:
+            desc = ", ".join(f"{f['field']}: {f['left']!r} | {f['right']!r}"
+                             for f in s.get("fields", []))
+            extra = desc or s.get("error", "")
+            out.print(f"  {r['map']}: {s['operation']} {s['side']} {tuple(s['key'])} {extra}",
+                      markup=False)
+
+
+def _check_master(master: str | None) -> None:
+    if master not in (None, "left", "right"):
+        raise DualwriteError(f"--master {master!r} is not a side",
+                             hint="use --master left or --master right")
+
+
+@app.command()
+def sync(maps: MapsArg = None, config: ConfigOpt = None,
+         initial: Annotated[bool, typer.Option("--initial", help="Run initial sync.")] = False,
+         master: Annotated[str | None, typer.Option(
+             help="Override each map's master: left or right.")] = None,
+         restart: Annotated[bool, typer.Option(
+             help="Ignore checkpoints and start each map from its first key.")] = False,
+         as_json: JsonOpt = False) -> None:
+    """Initial sync: copy rows between the sides in depends_on order; resumable."""
+    if not initial:
+        raise DualwriteError("`dualwrite sync` needs --initial",
+                             hint="run `dualwrite sync --initial [MAP...]`")
+    _check_master(master)
+    with _link(config) as link, _progress(not as_json) as progress:
+        results = [r.as_dict() for r in link.sync_initial(
+            maps or [], master=master, progress=progress, resume=not restart)]
+        errors = sum(r["errors"]["left"] + r["errors"]["right"] for r in results)
+    if as_json:
+        _print_json({"maps": results, "errors": errors})
+    else:
+        out.print(_results_table("initial sync", results))
+        for r in results:
+            if r["resumed"]:
+                out.print(f"  {r['map']}: resumed from its checkpoint", markup=False)
+        if errors:
+            out.print(f"{errors} row(s) went to the error inbox: `dualwrite errors list`",
+                      markup=False)
+
+
+@app.command()
+def verify(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt = False,
+           max_details: Annotated[int, typer.Option(
+               help="Differences listed per map (all are counted).")] = 1000) -> None:
+    """Compare both sides through the maps; exit 1 naming each differing key and field."""
+    with _link(config) as link, _progress(not as_json) as progress:
+        results = link.verify(maps or [], max_details=max_details, progress=progress)
+    ok = all(r.ok for r in results)
+    if as_json:
+        _print_json({"ok": ok, "maps": [r.as_dict() for r in results]})
+    else:
+        for r in results:
+            status = "ok" if r.ok else f"{r.differences:,} difference(s)"
+            out.print(f"{r.map}: {r.compared:,} key(s) compared, {status}", markup=False)
+            for d in r.details:
+                if d.kind == "differs":
+                    fields = "; ".join(f"{f['field']}: left={f['left']!r} right={f['right']!r}"
+                                       for f in d.fields)
+                    out.print(f"  {tuple(d.key)} differs: {fields}", markup=False)
+                else:
+                    out.print(f"  {tuple(d.key)} {d.kind}: {d.reason}", markup=False)
+            if r.truncated:
+                out.print(f"  ... {r.differences - len(r.details):,} more not listed",
+                          markup=False)
+        out.print("verify: both sides agree" if ok else "verify: the sides differ",
+                  markup=False)
+    if not ok:
+        raise Exit(1)
+
+
+# -- maps -------------------------------------------------------------------------------------
+@maps_app.command("list")
+def maps_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """List the maps, their tables, dependencies and state."""
+    with _link(config) as link:
+        states = link.state.map_states()
+        rows = [{"map": m.name, "left": m.left, "right": m.right,
+                 "depends_on": m.depends_on,
+                 "state": states.get(m.name, {}).get("state", "not running"),
+                 "initial_synced_at": states.get(m.name, {}).get("initial_synced_at")}
+                for m in link.config.maps]
+    if as_json:
+        _print_json({"maps": rows})
+        return
+    t = Table()
+    for c in ("map", "left", "right", "depends on", "state", "initial sync"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["map"], r["left"], r["right"], ", ".join(r["depends_on"]), r["state"],
+                  r["initial_synced_at"] or "-")
+    out.print(t)
+
+
+# -- errors -----------------------------------------------------------------------------------
+@errors_app.command("list")
+def errors_list(config: ConfigOpt = None, map_name: Annotated[str | None, typer.Option(
+        "--map", help="Only this map.")] = None, as_json: JsonOpt = False) -> None:
+    """Open entries of the error inbox."""
+    with _link(config) as link:
+        entries = link.state.errors(map_name)
+    if as_json:
+        _print_json({"errors": [e.as_dict() for e in entries]})
+        return
+    if not entries:
+        out.print("the error inbox is empty", markup=False)
+        return
+    t = Table()
+    for c in ("id", "map", "side", "key", "operation", "attempts", "last", "reason"):
+        t.add_column(c, overflow="fold")
+    for e in entries:
+        t.add_row(str(e.id), e.map, e.side, str(tuple(e.key)), e.operation, str(e.attempts),
+                  e.last_at, e.reason)
+    out.print(t)
+
+
+@errors_app.command("show")
+def errors_show(error_id: int, config: ConfigOpt = None) -> None:
+    """One inbox entry with the row it concerns."""
+    with _link(config) as link:
+        e = link.state.get_error(error_id)
+    _print_json({**e.as_dict(), "payload": e.payload})
+
+
+@errors_app.command("discard")
+def errors_discard(error_id: int, config: ConfigOpt = None) -> None:
+    """Close an inbox entry without retrying it."""
+    with _link(config) as link:
+        link.state.get_error(error_id)
+        link.state.resolve_error(error_id, "discarded")
+    out.print(f"discarded error {error_id}", markup=False)
+
+
+# -- templates --------------------------------------------------------------------------------
+@app.command("import-template")
+def import_template(
+        file: Annotated[Path, typer.Argument(help="A published template table (.md).")],
+        output: Annotated[Path | None, typer.Option(
+            "-o", "--output", help="Map file to write (default: stdout).")] = None,
+        name: Annotated[str | None, typer.Option(help="Map name.")] = None) -> None:
+    """Convert a published dual-write template table into a map file."""
+    from dualwrite.model.templates import (
+        parse_template,
+        render_map_yaml,
+        template_comments,
+        template_to_map,
+    )
+
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DualwriteError(f"cannot read template {str(file)!r}: {exc.strerror}",
+                             hint="check the path") from exc
+    tpl = parse_template(text, source=str(file))
+    doc = template_to_map(tpl, name=name)
+    yaml_text = render_map_yaml(doc, comments=template_comments(tpl))
+    if output is None:
+        sys.stdout.write(yaml_text)
+    else:
+        output.write_text(yaml_text, encoding="utf-8")
+        out.print(f"wrote {output} ({len(doc['fields'])} field lines)", markup=False,
+                  highlight=False)
+    for w in tpl.warnings:
+        err.print(f"warning: {w}", markup=False)
+
+
+# -- demo -------------------------------------------------------------------------------------
+@app.command()
+def demo(directory: Annotated[Path, typer.Option(
+        "--dir", help="Where to create the demo applications.")] = Path("demo"),
+         scale: Annotated[int, typer.Option(help="Multiply the seed size.", min=1)] = 1) -> None:
+    """Create two SQLite applications, seed them, and run validate, plan, sync and verify."""
+    from dualwrite.demo.run import run_demo
+
+    code = run_demo(directory, scale=scale, console=out)
+    if code:
+        raise Exit(code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: runs the Typer app, maps dualwrite errors to exit code 2."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except Exit as e:
+        return e.code
+    except ValidationFailed as exc:
+        _fail(exc)
+        return 1
+    except DualwriteError as exc:
+        _fail(exc)
+        return 2
+    except typer.Abort:
+        err.print("aborted")
+        return 130
+    except KeyboardInterrupt:
+        err.print("interrupted; run the command again to resume from the last checkpoint")
+        return 130
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            return exc.exit_code
+        if isinstance(exc, click.exceptions.Exit):
+            return int(exc.exit_code)
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

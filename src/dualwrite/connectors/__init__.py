@@ -1,0 +1,37 @@
+"""Connectors: one module per backend behind :class:`~dualwrite.connectors.base.Connector`."""
+
+from __future__ import annotations
+
+from dualwrite.connectors.base import Capabilities, Connector, LinkRecord, Row, WriteSession
+from dualwrite.errors import ConfigError
+
+__all__ = ["Capabilities", "Connector", "LinkRecord", "Row", "WriteSession", "connect"]
+
+
+def connect(name: str, url: str) -> Connector:
+    """The one connection factory: a connector for environment ``name`` at ``url``.
+
+    Drivers are imported only for the backend asked for.
+    """
+    scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme == "sqlite":
+        from dualwrite.connectors.sqlite import SqliteConnector
+        return SqliteConnector(name, url)
+    if scheme in ("postgresql", "postgres"):
+        from dualwrite.connectors.postgresql import PostgresConnector
+        if url.startswith("postgres://"):
+            url = "postgresql+psycopg://" + url[len("postgres://"):]
+        elif url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        return PostgresConnector(name, url)
+    if scheme in ("mysql", "mariadb"):
+        from dualwrite.connectors.mysql import MySqlConnector
+        rest = url.split("://", 1)[1] if "://" in url else ""
+        return MySqlConnector(name, "mysql+pymysql://" + rest)
+    if scheme == "memory":
+        from dualwrite.connectors.memory import MemoryConnector
+        return MemoryConnector(name, url)
+    raise ConfigError(
+        f"environment {name!r}: unsupported database URL scheme {scheme!r} in {url!r}",
+        hint="use sqlite:///file.db, postgresql+psycopg://user@host/db, "
+        "mysql+pymysql://user@host/db or memory://name", code="DW003")

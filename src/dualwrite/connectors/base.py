@@ -1,0 +1,147 @@
+"""The connector seam: one small interface that every backend implements.
+
+A connector is one environment's database. It describes tables, reads rows in the canonical
+key order, resolves lookups in batches, and writes batches inside a transaction. Drivers are
+imported lazily by the concrete modules; driver errors are translated to
+:class:`dualwrite.errors.ConnectorError` at each module's choke point.
+
+Canonical key order is the order of the key tuples under :func:`dualwrite.model.values.canonical`:
+numbers by value, strings by code point (binary collation). Both sides of a map must stream in
+this same order for the initial-sync merge to work, whatever each database's own collation is.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from dualwrite.model.filters import Expr
+from dualwrite.model.schema import TableSchema
+
+Row = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do; tests and the engine switch on these, never on the name."""
+
+    two_phase: bool = False
+    bulk_copy: bool = False
+    attach: bool = False
+    transactional_ddl: bool = True
+
+
+@dataclass(frozen=True)
+class LinkRecord:
+    """The link an environment belongs to, as recorded in the environment itself."""
+
+    link_id: str
+    link_name: str
+    environment: str
+    created_at: str
+
+
+class WriteSession(ABC):
+    """Writes inside one open transaction of one connector. Commit happens when the
+    ``Connector.transaction()`` block exits without an exception; otherwise everything
+    written in the block is rolled back."""
+
+    @abstractmethod
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        """Insert rows (tuples in ``columns`` order). Raises ConstraintViolation on a bad row."""
+
+    @abstractmethod
+    def update(self, table: str, key: Sequence[str], columns: Sequence[str],
+               rows: Sequence[tuple[Row, Row]]) -> int:
+        """For each (key values, new values) set ``columns`` on the row found by ``key``.
+        Returns how many rows were changed."""
+
+    @abstractmethod
+    def delete(self, table: str, key: Sequence[str], keys: Sequence[Row]) -> int:
+        """Delete the rows found by ``key``; returns how many were deleted."""
+
+
+class Connector(ABC):
+    """One environment's database."""
+
+    capabilities: Capabilities = Capabilities()
+
+    def __init__(self, name: str, url: str) -> None:
+        self.name = name
+        self.url = url
+
+    # -- schema ---------------------------------------------------------------------------
+    @abstractmethod
+    def tables(self) -> list[str]:
+        """Names of the tables in this environment (dualwrite's own tables excluded)."""
+
+    @abstractmethod
+    def describe(self, table: str) -> TableSchema:
+        """Columns, kinds, keys and foreign keys of ``table``.
+        Raises TerminalConnectorError when the table does not exist."""
+
+    # -- reads ----------------------------------------------------------------------------
+    @abstractmethod
+    def read(
+        self,
+        table: str,
+        columns: Sequence[str],
+        *,
+        key: Sequence[str],
+        where: Expr | None = None,
+        after: Row | None = None,
+        batch_size: int = 5000,
+    ) -> Iterator[list[Row]]:
+        """Rows of ``table`` as tuples in ``columns`` order, in canonical ``key`` order, in
+        batches of at most ``batch_size``. Rows with a NULL key column are skipped. ``after``
+        restarts strictly after that key. Memory is bounded by the batch size."""
+
+    def count(self, table: str, *, where: Expr | None = None) -> int:
+        """How many rows of ``table`` match ``where`` (for progress bars and plans)."""
+        key = list(self.describe(table).primary_key)
+        return sum(len(b) for b in self.read(table, key, key=key, where=where))
+
+    @abstractmethod
+    def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+              keys: Sequence[Row]) -> list[Row]:
+        """The rows whose key is in ``keys`` (any order)."""
+
+    @abstractmethod
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        """Resolve values of column ``match`` to the ``returning`` column of the row that has
+        it, in batches. Keys of the result are ``canonical(value)``; unknown values are
+        absent. Where several rows match, the first in ``returning`` order wins."""
+
+    # -- writes ---------------------------------------------------------------------------
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[WriteSession]:
+        """A write transaction: committed when the block ends, rolled back on an exception."""
+
+    # -- link bookkeeping -----------------------------------------------------------------
+    @abstractmethod
+    def get_link(self) -> LinkRecord | None:
+        """The link recorded in this environment, if any."""
+
+    @abstractmethod
+    def set_link(self, record: LinkRecord) -> None:
+        """Record the link. Callers check ``get_link()`` first; this overwrites."""
+
+    @abstractmethod
+    def clear_link(self) -> None:
+        """Remove the link record."""
+
+    def close(self) -> None:
+        """Release connections. Idempotent."""
+
+    def __enter__(self) -> Connector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.name!r})"

@@ -1,0 +1,249 @@
+"""An in-memory connector with fault injection, for engine unit tests.
+
+It behaves like a database for everything the engine relies on: declared schemas, canonical
+key order, NOT NULL / unique / foreign-key checks, atomic transactions (changes become
+visible only on commit). It never replaces the real-database tests.
+
+Fault injection: ``fail_next(op, table, exc)`` makes the next matching operation raise;
+``fail_when(predicate)`` rejects rows for which ``predicate(table, row_dict)`` returns a
+reason string.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from dualwrite.connectors.base import Capabilities, Connector, LinkRecord, Row, WriteSession
+from dualwrite.errors import ConnectorError, ConstraintViolation, TerminalConnectorError
+from dualwrite.model.filters import Expr, evaluate
+from dualwrite.model.schema import TableSchema
+from dualwrite.model.values import canonical
+
+RowPredicate = Callable[[str, dict[str, Any]], str | None]
+
+_REGISTRY: dict[str, dict[str, Any]] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _key_of(row: dict[str, Any], key: Sequence[str]) -> tuple[Any, ...]:
+    return tuple(canonical(row[k]) for k in key)
+
+
+class _Store:
+    """The shared state of one memory database (by URL), so two connectors see the same data."""
+
+    def __init__(self) -> None:
+        self.schemas: dict[str, TableSchema] = {}
+        self.rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
+        self.link: LinkRecord | None = None
+        self.lock = threading.RLock()
+        self.serial = 0
+
+
+class MemoryWriteSession(WriteSession):
+    def __init__(self, connector: MemoryConnector, rows: dict[str, dict[tuple[Any, ...],
+                                                                        dict[str, Any]]]) -> None:
+        self.c = connector
+        self.rows = rows
+
+    def _check(self, table: str, row: dict[str, Any]) -> None:
+        schema = self.c.describe(table)
+        for col in schema.columns.values():
+            if row.get(col.name) is None and not col.nullable:
+                if col.has_default and col.name not in row:
+                    continue
+                raise ConstraintViolation(
+                    f"NOT NULL constraint failed: {table}.{col.name}",
+                    hint="give the column a value", environment=self.c.name)
+        for fk in schema.foreign_keys:
+            vals = tuple(row.get(c) for c in fk.columns)
+            if any(v is None for v in vals):
+                continue
+            target = self.rows.get(fk.table, {})
+            wanted = tuple(canonical(v) for v in vals)
+            if not any(tuple(canonical(r.get(c)) for c in fk.ref_columns) == wanted
+                       for r in target.values()):
+                raise ConstraintViolation(
+                    f"FOREIGN KEY constraint failed: {table}.{','.join(fk.columns)} -> "
+                    f"{fk.table}", hint="create the referenced row first",
+                    environment=self.c.name)
+        reason = self.c._reject(table, row)
+        if reason:
+            raise ConstraintViolation(reason, environment=self.c.name)
+
+    def _fill_defaults(self, table: str, row: dict[str, Any]) -> None:
+        schema = self.c.describe(table)
+        for col in schema.columns.values():
+            if col.name not in row:
+                if col.has_default:
+                    self.c.store.serial += 1
+                    row[col.name] = f"{self.c.store.serial:032x}" if col.kind.value in (
+                        "string", "uuid") else self.c.store.serial
+                else:
+                    row[col.name] = None
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        self.c._maybe_fail("insert", table)
+        schema = self.c.describe(table)
+        data = self.rows.setdefault(table, {})
+        for r in rows:
+            row = dict(zip(columns, r, strict=True))
+            self._fill_defaults(table, row)
+            self._check(table, row)
+            pk = _key_of(row, schema.primary_key)
+            if pk in data:
+                raise ConstraintViolation(f"UNIQUE constraint failed: {table} primary key {pk}",
+                                          hint="the row exists already", environment=self.c.name)
+            for uniq in schema.unique:
+                uk = _key_of(row, uniq)
+                if None not in uk and any(_key_of(o, uniq) == uk for o in data.values()):
+                    raise ConstraintViolation(
+                        f"UNIQUE constraint failed: {table}.{','.join(uniq)}",
+                        environment=self.c.name)
+            data[pk] = row
+
+    def update(self, table: str, key: Sequence[str], columns: Sequence[str],
+               rows: Sequence[tuple[Row, Row]]) -> int:
+        self.c._maybe_fail("update", table)
+        data = self.rows.setdefault(table, {})
+        n = 0
+        for k, vals in rows:
+            wanted = tuple(canonical(v) for v in k)
+            for pk, row in list(data.items()):
+                if _key_of(row, key) == wanted:
+                    new = {**row, **dict(zip(columns, vals, strict=True))}
+                    self._check(table, new)
+                    data[pk] = new
+                    n += 1
+        return n
+
+    def delete(self, table: str, key: Sequence[str], keys: Sequence[Row]) -> int:
+        self.c._maybe_fail("delete", table)
+        data = self.rows.setdefault(table, {})
+        wanted = {tuple(canonical(v) for v in k) for k in keys}
+        doomed = [pk for pk, row in data.items() if _key_of(row, key) in wanted]
+        for pk in doomed:
+            del data[pk]
+        return len(doomed)
+
+
+class MemoryConnector(Connector):
+    """``memory://NAME``: connectors with the same URL share one database."""
+
+    capabilities = Capabilities(two_phase=False, bulk_copy=False)
+
+    def __init__(self, name: str, url: str) -> None:
+        super().__init__(name, url)
+        with _REGISTRY_LOCK:
+            self.store: _Store = _REGISTRY.setdefault(url, {}).setdefault("store", _Store())
+        self._failures: list[tuple[str, str | None, BaseException]] = []
+        self._predicates: list[RowPredicate] = []
+
+    @staticmethod
+    def reset(url: str) -> None:
+        """Forget the database at ``url`` (tests)."""
+        with _REGISTRY_LOCK:
+            _REGISTRY.pop(url, None)
+
+    # -- set-up and fault injection ---------------------------------------------------------
+    def create_table(self, schema: TableSchema) -> None:
+        with self.store.lock:
+            self.store.schemas[schema.name] = schema
+            self.store.rows.setdefault(schema.name, {})
+
+    def fail_next(self, op: str, table: str | None, exc: BaseException) -> None:
+        """Make the next ``op`` ('insert', 'update', 'delete', 'read', 'commit') on ``table``
+        (None: any table) raise ``exc``."""
+        self._failures.append((op, table, exc))
+
+    def fail_when(self, predicate: RowPredicate) -> None:
+        self._predicates.append(predicate)
+
+    def _maybe_fail(self, op: str, table: str | None) -> None:
+        for i, (fop, ftable, exc) in enumerate(self._failures):
+            if fop == op and (ftable is None or ftable == table):
+                del self._failures[i]
+                raise exc
+
+    def _reject(self, table: str, row: dict[str, Any]) -> str | None:
+        for p in self._predicates:
+            reason = p(table, row)
+            if reason:
+                return reason
+        return None
+
+    # -- schema ------------------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        return sorted(self.store.schemas)
+
+    def describe(self, table: str) -> TableSchema:
+        try:
+            return self.store.schemas[table]
+        except KeyError:
+            raise TerminalConnectorError(
+                f"table {table!r} does not exist", environment=self.name,
+                hint="create it, or correct the table name in the map") from None
+
+    # -- reads -------------------------------------------------------------------------------
+    def _sorted(self, table: str, key: Sequence[str], where: Expr | None) -> list[dict[str, Any]]:
+        self.describe(table)
+        with self.store.lock:
+            rows = [dict(r) for r in self.store.rows[table].values()]
+        rows = [r for r in rows if all(r.get(k) is not None for k in key)]
+        if where is not None:
+            rows = [r for r in rows if evaluate(where, r)]
+        rows.sort(key=lambda r: _key_of(r, key))
+        return rows
+
+    def read(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+             where: Expr | None = None, after: Row | None = None,
+             batch_size: int = 5000) -> Iterator[list[Row]]:
+        self._maybe_fail("read", table)
+        rows = self._sorted(table, key, where)
+        if after is not None:
+            a = tuple(canonical(v) for v in after)
+            rows = [r for r in rows if _key_of(r, key) > a]
+        for start in range(0, len(rows), batch_size):
+            yield [tuple(r[c] for c in columns) for r in rows[start:start + batch_size]]
+
+    def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+              keys: Sequence[Row]) -> list[Row]:
+        wanted = {tuple(canonical(v) for v in k) for k in keys}
+        return [tuple(r[c] for c in columns) for r in self._sorted(table, key, None)
+                if _key_of(r, key) in wanted]
+
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        wanted = {canonical(v) for v in values if v is not None}
+        found: dict[Any, Any] = {}
+        for r in self._sorted(table, [returning], None):
+            m = canonical(r.get(match))
+            if m in wanted:
+                found.setdefault(m, r[returning])
+        return found
+
+    # -- writes ------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[WriteSession]:
+        with self.store.lock:
+            working = copy.deepcopy(self.store.rows)
+            yield MemoryWriteSession(self, working)
+            self._maybe_fail("commit", None)
+            self.store.rows = working
+
+    # -- link --------------------------------------------------------------------------------
+    def get_link(self) -> LinkRecord | None:
+        return self.store.link
+
+    def set_link(self, record: LinkRecord) -> None:
+        self.store.link = record
+
+    def clear_link(self) -> None:
+        self.store.link = None
+
+
+__all__ = ["ConnectorError", "MemoryConnector"]

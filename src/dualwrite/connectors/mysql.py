@@ -1,0 +1,51 @@
+"""MariaDB / MySQL through PyMySQL: multi-row INSERT for bulk loads, XA two-phase commit."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import mysql
+
+from dualwrite.connectors.base import Capabilities
+from dualwrite.connectors.sql import SqlConnector
+
+
+#: server error codes that mean "this row was rejected", whatever exception class PyMySQL uses:
+#: check constraint, NOT NULL, duplicate key, too long, out of range, bad value, foreign key
+CONSTRAINT_CODES = {4025, 1048, 1062, 1406, 1264, 1366, 1292, 1451, 1452, 1216, 1217, 1265}
+
+
+class MySqlConnector(SqlConnector):
+    capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False)
+
+    def _create_engine(self, url: str) -> sa.Engine:
+        if "charset=" not in url:
+            url += ("&" if "?" in url else "?") + "charset=utf8mb4"
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
+                                pool_recycle=3600)
+
+    def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
+        args = getattr(exc.orig, "args", ())
+        return bool(args) and args[0] in CONSTRAINT_CODES
+
+    def _column_is_binary_ordered(self, table: str, column: str) -> bool:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t AND COLUMN_NAME = :c"),
+                {"t": table, "c": column}).first()
+        if row is None or row[0] is None:
+            return True
+        self._charsets = getattr(self, "_charsets", {})
+        self._charsets[(table, column)] = row[1]
+        return str(row[0]).endswith("_bin") or row[0] == "binary"
+
+    def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        charset = getattr(self, "_charsets", {}).get((col.table.name, col.name))  # type: ignore[attr-defined]
+        if charset == "utf8mb4":
+            return sa.collate(col, "utf8mb4_bin")
+        if charset in ("utf8mb3", "utf8"):
+            return sa.collate(col, "utf8mb3_bin")
+        return sa.cast(col, mysql.BINARY())

@@ -1,0 +1,46 @@
+"""PostgreSQL through psycopg 3: COPY for bulk loads, two-phase commit capable."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualwrite.connectors.base import Capabilities, Row
+from dualwrite.connectors.sql import SqlConnector
+
+BINARY_COLLATIONS = {"c", "posix", "ucs_basic", "c.utf8", "c.utf-8"}
+
+
+class PostgresConnector(SqlConnector):
+    capabilities = Capabilities(two_phase=True, bulk_copy=True)
+
+    def _create_engine(self, url: str) -> sa.Engine:
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+    def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
+                     rows: Sequence[Row]) -> None:
+        from psycopg import sql
+
+        raw: Any = conn.connection.driver_connection
+        stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
+            sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+        with raw.cursor() as cur, cur.copy(stmt) as copy:
+            for r in rows:
+                copy.write_row(r)
+
+    def _column_is_binary_ordered(self, table: str, column: str) -> bool:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT CASE WHEN a.attcollation = 0 THEN 'c' "
+                "WHEN c.collname = 'default' THEN d.datcollate ELSE c.collname END "
+                "FROM pg_attribute a "
+                "LEFT JOIN pg_collation c ON c.oid = a.attcollation "
+                "JOIN pg_database d ON d.datname = current_database() "
+                "WHERE a.attrelid = CAST(:t AS regclass) AND a.attname = :c"),
+                {"t": '"' + table.replace('"', '""') + '"', "c": column}).first()
+        return row is None or str(row[0]).lower() in BINARY_COLLATIONS
+
+    def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return sa.collate(col, "C")

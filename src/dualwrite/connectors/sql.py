@@ -1,0 +1,448 @@
+"""SQL connectors on SQLAlchemy Core: the behaviour shared by SQLite, PostgreSQL and MariaDB.
+
+Dialect modules override a few hooks (bulk insert, binary ordering of string keys, error
+classification). Everything a driver raises passes through :meth:`SqlConnector._translate`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.sql import sqltypes
+
+from dualwrite.connectors.base import Capabilities, Connector, LinkRecord, Row, WriteSession
+from dualwrite.connectors.sqlfilter import compile_filter
+from dualwrite.errors import (
+    ConnectorError,
+    ConstraintViolation,
+    TerminalConnectorError,
+    TransientConnectorError,
+)
+from dualwrite.model.filters import Expr
+from dualwrite.model.schema import Column, ForeignKey, Kind, TableSchema
+from dualwrite.model.values import canonical
+
+LINK_TABLE = "dualwrite_link"
+OWN_TABLE_PREFIX = "dualwrite_"
+LOOKUP_CHUNK = 1000
+
+
+def kind_of(t: sa.types.TypeEngine[Any]) -> Kind:
+    """The portable kind of a reflected SQLAlchemy type."""
+    checks: list[tuple[type[Any], Kind]] = [
+        (sqltypes.Boolean, Kind.BOOLEAN),
+        (sqltypes.Uuid, Kind.UUID),
+        (sqltypes.Float, Kind.FLOAT),
+        (sqltypes.Numeric, Kind.DECIMAL),
+        (sqltypes.Integer, Kind.INTEGER),
+        (sqltypes.DateTime, Kind.DATETIME),
+        (sqltypes.Date, Kind.DATE),
+        (sqltypes.Time, Kind.TIME),
+        (sqltypes.JSON, Kind.JSON),
+        (sqltypes.LargeBinary, Kind.BINARY),
+        (sqltypes._Binary, Kind.BINARY),
+        (sqltypes.String, Kind.STRING),
+    ]
+    for cls, kind in checks:
+        if isinstance(t, cls):
+            return kind
+    return Kind.OTHER
+
+
+class SqlWriteSession(WriteSession):
+    def __init__(self, connector: SqlConnector, conn: sa.Connection) -> None:
+        self.connector = connector
+        self.conn = conn
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        t = self.connector.table(table)
+        with self.connector.translating(f"insert into {table}"):
+            self.connector._bulk_insert(self.conn, t, list(columns), rows)
+
+    def update(self, table: str, key: Sequence[str], columns: Sequence[str],
+               rows: Sequence[tuple[Row, Row]]) -> int:
+        if not rows:
+            return 0
+        t = self.connector.table(table)
+        kcols = [t.c[k] for k in key]
+        stmt = sa.update(t).where(*[c == sa.bindparam(f"k_{i}") for i, c in enumerate(kcols)])
+        stmt = stmt.values({c: sa.bindparam(f"v_{i}") for i, c in enumerate(columns)})
+        params = [
+            {**{f"k_{i}": v for i, v in enumerate(k)}, **{f"v_{i}": v for i, v in enumerate(vals)}}
+            for k, vals in rows
+        ]
+        with self.connector.translating(f"update {table}"):
+            result = self.conn.execute(stmt, params)
+        return max(result.rowcount, 0)
+
+    def delete(self, table: str, key: Sequence[str], keys: Sequence[Row]) -> int:
+        if not keys:
+            return 0
+        t = self.connector.table(table)
+        kcols = [t.c[k] for k in key]
+        stmt = sa.delete(t).where(*[c == sa.bindparam(f"k_{i}") for i, c in enumerate(kcols)])
+        params = [{f"k_{i}": v for i, v in enumerate(k)} for k in keys]
+        with self.connector.translating(f"delete from {table}"):
+            result = self.conn.execute(stmt, params)
+        return max(result.rowcount, 0)
+
+
+class SqlConnector(Connector):
+    """A database reached through a SQLAlchemy URL."""
+
+    capabilities = Capabilities()
+    #: whether a long-running read may stay open while another connection writes the table
+    stream_reads_while_writing = True
+
+    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None) -> None:
+        super().__init__(name, url)
+        self.engine = engine or self._create_engine(url)
+        self._tables: dict[str, sa.Table] = {}
+        self._schemas: dict[str, TableSchema] = {}
+        self._binary_order: dict[tuple[str, str], bool] = {}
+
+    # -- hooks for dialects -----------------------------------------------------------------
+    def _create_engine(self, url: str) -> sa.Engine:
+        return sa.create_engine(url, pool_pre_ping=True)
+
+    def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
+                     rows: Sequence[Row]) -> None:
+        stmt = sa.insert(table)
+        conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+
+    def _column_is_binary_ordered(self, table: str, column: str) -> bool:
+        """True when the database already orders this column by code point."""
+        return True
+
+    def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """``col`` ordered by code point, for a column whose collation does not do that."""
+        return col
+
+    def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
+        """Drivers that report a rejected row as something other than IntegrityError or
+        DataError say so here."""
+        return False
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and getattr(
+            exc, "connection_invalidated", False) or isinstance(exc, sa_exc.TimeoutError)
+
+    # -- error translation: the one choke point ----------------------------------------------
+    @contextmanager
+    def translating(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except ConnectorError:
+            raise
+        except sa_exc.IntegrityError as exc:
+            raise ConstraintViolation(
+                f"{doing}: the database rejected the row: {self._driver_message(exc)}",
+                hint="fix the row's value or the constraint; the error names the column",
+                environment=self.name) from exc
+        except sa_exc.DataError as exc:
+            raise ConstraintViolation(
+                f"{doing}: a value does not fit its column: {self._driver_message(exc)}",
+                hint="check the column's type and length on this side",
+                environment=self.name) from exc
+        except sa_exc.DBAPIError as exc:
+            if self._is_constraint(exc):
+                raise ConstraintViolation(
+                    f"{doing}: the database rejected the row: {self._driver_message(exc)}",
+                    hint="fix the row's value or the constraint; the error names the column",
+                    environment=self.name) from exc
+            if self._is_transient(exc) or isinstance(exc, sa_exc.OperationalError) \
+                    and self._looks_transient(exc):
+                raise TransientConnectorError(
+                    f"{doing}: {self._driver_message(exc)}",
+                    hint="the database is unreachable or busy; dualwrite retries, or check "
+                    "that it is running", environment=self.name) from exc
+            raise TerminalConnectorError(
+                f"{doing}: {self._driver_message(exc)}",
+                hint="check the table and column names and the database permissions",
+                environment=self.name) from exc
+        except sa_exc.SQLAlchemyError as exc:
+            raise TerminalConnectorError(f"{doing}: {exc}", environment=self.name) from exc
+        except Exception as exc:
+            # Raw driver errors, from paths that bypass SQLAlchemy (COPY on PostgreSQL):
+            # wrap them the way SQLAlchemy would, and classify them like the rest.
+            dbapi = self.engine.dialect.loaded_dbapi
+            if not isinstance(exc, dbapi.Error):
+                raise
+            wrapped = sa_exc.DBAPIError.instance(doing, None, exc, dbapi.Error)
+            with self.translating(doing):
+                raise wrapped from exc
+
+    def _looks_transient(self, exc: sa_exc.DBAPIError) -> bool:
+        text = str(exc.orig).lower()
+        return any(w in text for w in (
+            "connection refused", "could not connect", "server closed", "lost connection",
+            "deadlock", "lock wait timeout", "database is locked", "serialization",
+            "can't connect", "connection reset", "terminating connection", "gone away"))
+
+    @staticmethod
+    def _driver_message(exc: sa_exc.DBAPIError | sa_exc.StatementError) -> str:
+        orig = getattr(exc, "orig", None)
+        text = str(orig) if orig is not None else str(exc)
+        return " ".join(text.split())[:500]
+
+    # -- schema ------------------------------------------------------------------------------
+    def tables(self) -> list[str]:
+        with self.translating("list tables"):
+            names = sa.inspect(self.engine).get_table_names()
+        return sorted(n for n in names if not n.startswith(OWN_TABLE_PREFIX))
+
+    def table(self, name: str) -> sa.Table:
+        t = self._tables.get(name)
+        if t is None:
+            self.describe(name)
+            t = self._tables[name]
+        return t
+
+    def describe(self, table: str) -> TableSchema:
+        cached = self._schemas.get(table)
+        if cached is not None:
+            return cached
+        try:
+            with self.translating(f"describe {table}"):
+                t = sa.Table(table, sa.MetaData(), autoload_with=self.engine)
+        except TerminalConnectorError as exc:
+            if isinstance(exc.__cause__, sa_exc.NoSuchTableError):
+                raise TerminalConnectorError(
+                    f"table {table!r} does not exist", environment=self.name,
+                    hint="create it, or correct the table name in the map") from exc
+            raise
+        self._tables[table] = t
+        pk = tuple(c.name for c in t.primary_key.columns)
+        cols: dict[str, Column] = {}
+        for c in t.columns:
+            kind = kind_of(c.type)
+            auto = (c.autoincrement is True or (
+                c.autoincrement == "auto" and len(pk) == 1 and c.name == pk[0]
+                and kind is Kind.INTEGER))
+            cols[c.name] = Column(
+                name=c.name, kind=kind, nullable=bool(c.nullable),
+                has_default=c.server_default is not None or auto,
+                primary_key=c.primary_key, length=getattr(c.type, "length", None),
+                sql_type=str(c.type.compile(dialect=self.engine.dialect))
+                if kind is not Kind.OTHER else repr(c.type))
+        fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), fk.referred_table.name,
+                          tuple(e.column.name for e in fk.elements))
+               for fk in t.foreign_key_constraints]
+        insp = sa.inspect(self.engine)
+        uniques: list[tuple[str, ...]] = []
+        with self.translating(f"describe {table}"):
+            for u in insp.get_unique_constraints(table):
+                uniques.append(tuple(c for c in u["column_names"] if c))
+            for ix in insp.get_indexes(table):
+                if ix.get("unique"):
+                    uniques.append(tuple(c for c in ix["column_names"] if c))
+        schema = TableSchema(table, cols, pk, fks, uniques)
+        self._schemas[table] = schema
+        return schema
+
+    def forget_schema(self) -> None:
+        """Drop cached reflections (after DDL)."""
+        self._tables.clear()
+        self._schemas.clear()
+        self._binary_order.clear()
+
+    # -- reads -------------------------------------------------------------------------------
+    def _order_cols(self, t: sa.Table, key: Sequence[str]) -> list[sa.ColumnElement[Any]]:
+        out: list[sa.ColumnElement[Any]] = []
+        for k in key:
+            c = t.c[k]
+            if isinstance(c.type, sqltypes.String) and not self._binary_ordered(t.name, k):
+                out.append(self._binary_order_expr(c))
+            else:
+                out.append(c)
+        return out
+
+    def _binary_ordered(self, table: str, column: str) -> bool:
+        cached = self._binary_order.get((table, column))
+        if cached is None:
+            cached = self._column_is_binary_ordered(table, column)
+            self._binary_order[(table, column)] = cached
+        return cached
+
+    def _where(self, t: sa.Table, where: Expr | None) -> list[sa.ColumnElement[bool]]:
+        if where is None:
+            return []
+
+        def column(name: str) -> sa.ColumnElement[Any]:
+            if name in t.c:
+                return t.c[name]
+            for c in t.c:
+                if c.name.casefold() == name.casefold():
+                    return c
+            raise TerminalConnectorError(
+                f"filter names column {name!r}, which table {t.name!r} does not have",
+                hint="correct the filter in the map", environment=self.name)
+
+        return [compile_filter(where, column)]
+
+    @staticmethod
+    def _after(cols: list[sa.ColumnElement[Any]], after: Row) -> sa.ColumnElement[bool]:
+        """Keyset predicate ``key > after`` expanded so that every database can use an index:
+        k1 > a OR (k1 = a AND k2 > b) ..."""
+        clauses: list[sa.ColumnElement[bool]] = []
+        for i, c in enumerate(cols):
+            eqs = [cols[j] == sa.literal(after[j]) for j in range(i)]
+            clauses.append(sa.and_(*eqs, c > sa.literal(after[i])))
+        return sa.or_(*clauses)
+
+    def read(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+             where: Expr | None = None, after: Row | None = None,
+             batch_size: int = 5000) -> Iterator[list[Row]]:
+        t = self.table(table)
+        order = self._order_cols(t, key)
+        base_filters = [t.c[k].isnot(None) for k in key] + self._where(t, where)
+        select_cols = [t.c[c] for c in columns]
+        index_friendly = all(o is t.c[k] for o, k in zip(order, key, strict=True))
+        if index_friendly or not self.stream_reads_while_writing:
+            # Keyset pagination: each batch is one short query, so no lock or snapshot is held
+            # between batches, and the key index serves both the WHERE and the ORDER BY.
+            last = after
+            while True:
+                filters = list(base_filters)
+                if last is not None:
+                    filters.append(self._after(order, last))
+                stmt = sa.select(*select_cols).where(*filters).order_by(*order).limit(batch_size)
+                with self.translating(f"read {table}"), self.engine.connect() as conn:
+                    rows = [tuple(r) for r in conn.execute(stmt)]
+                if not rows:
+                    return
+                yield rows
+                if len(rows) < batch_size:
+                    return
+                kidx = [list(columns).index(k) for k in key]
+                last = tuple(rows[-1][i] for i in kidx)
+        else:
+            # The key's collation is not binary: ordering needs a sort that no index serves, so
+            # sort once on the server and stream the result instead of re-sorting per batch.
+            filters = list(base_filters)
+            if after is not None:
+                filters.append(self._after(order, after))
+            stmt = sa.select(*select_cols).where(*filters).order_by(*order)
+            with self.translating(f"read {table}"), self.engine.connect() as conn:
+                result = conn.execution_options(stream_results=True,
+                                                yield_per=batch_size).execute(stmt)
+                while True:
+                    chunk = result.fetchmany(batch_size)
+                    if not chunk:
+                        return
+                    yield [tuple(r) for r in chunk]
+
+    def count(self, table: str, *, where: Expr | None = None) -> int:
+        t = self.table(table)
+        stmt = sa.select(sa.func.count()).select_from(t).where(*self._where(t, where))
+        with self.translating(f"count {table}"), self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar_one())
+
+    def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+              keys: Sequence[Row]) -> list[Row]:
+        if not keys:
+            return []
+        t = self.table(table)
+        out: list[Row] = []
+        kcols = [t.c[k] for k in key]
+        with self.translating(f"fetch from {table}"), self.engine.connect() as conn:
+            for start in range(0, len(keys), LOOKUP_CHUNK):
+                chunk = keys[start:start + LOOKUP_CHUNK]
+                if len(kcols) == 1:
+                    cond: sa.ColumnElement[bool] = kcols[0].in_([k[0] for k in chunk])
+                else:
+                    cond = sa.tuple_(*kcols).in_([tuple(k) for k in chunk])
+                stmt = sa.select(*[t.c[c] for c in columns]).where(cond)
+                out.extend(tuple(r) for r in conn.execute(stmt))
+        return out
+
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        t = self.table(table)
+        wanted = list({canonical(v): v for v in values if v is not None}.values())
+        found: dict[Any, Any] = {}
+        with self.translating(f"lookup in {table}"), self.engine.connect() as conn:
+            for start in range(0, len(wanted), LOOKUP_CHUNK):
+                chunk = wanted[start:start + LOOKUP_CHUNK]
+                stmt = (sa.select(t.c[match], t.c[returning]).where(t.c[match].in_(chunk))
+                        .order_by(t.c[returning]))
+                for m, r in conn.execute(stmt):
+                    found.setdefault(canonical(m), r)
+        return found
+
+    # -- writes ------------------------------------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[WriteSession]:
+        with self.translating("begin"):
+            conn = self.engine.connect()
+        try:
+            with self.translating("begin"):
+                tx = conn.begin()
+            try:
+                yield SqlWriteSession(self, conn)
+            except BaseException:
+                tx.rollback()
+                raise
+            with self.translating("commit"):
+                tx.commit()
+        finally:
+            conn.close()
+
+    def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+        """Run one statement in its own transaction (tests, demo set-up, DDL)."""
+        with self.translating("execute"), self.engine.begin() as conn:
+            result = conn.execute(sa.text(sql), params or {})
+            return [tuple(r) for r in result] if result.returns_rows else []
+
+    # -- link bookkeeping --------------------------------------------------------------------
+    def _link_table(self) -> sa.Table:
+        md = sa.MetaData()
+        return sa.Table(
+            LINK_TABLE, md,
+            sa.Column("environment", sa.String(200), primary_key=True),
+            sa.Column("link_id", sa.String(64), nullable=False),
+            sa.Column("link_name", sa.String(200), nullable=False),
+            sa.Column("created_at", sa.String(40), nullable=False),
+        )
+
+    def get_link(self) -> LinkRecord | None:
+        t = self._link_table()
+        with self.translating("read link record"), self.engine.begin() as conn:
+            if not sa.inspect(conn).has_table(LINK_TABLE):
+                return None
+            row = conn.execute(sa.select(t)).first()
+        if row is None:
+            return None
+        return LinkRecord(row.link_id, row.link_name, row.environment, row.created_at)
+
+    def set_link(self, record: LinkRecord) -> None:
+        t = self._link_table()
+        with self.translating("record link"), self.engine.begin() as conn:
+            t.metadata.create_all(conn)
+            conn.execute(sa.delete(t))
+            conn.execute(sa.insert(t).values(
+                environment=record.environment, link_id=record.link_id,
+                link_name=record.link_name, created_at=record.created_at))
+
+    def clear_link(self) -> None:
+        t = self._link_table()
+        with self.translating("remove link record"), self.engine.begin() as conn:
+            if sa.inspect(conn).has_table(LINK_TABLE):
+                conn.execute(sa.delete(t))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+Factory = Callable[[str, str], SqlConnector]

@@ -1,0 +1,1 @@
+"""Engine: initial sync, plan, verify, link bookkeeping and dualwrite's own state."""

@@ -1,0 +1,170 @@
+"""The one config loader: ``dualwrite.yaml`` and the map files it names.
+
+Relative paths (map globs, ``sqlite:///relative.db``) are resolved against the config file's
+folder, so ``dualwrite -c demo/dualwrite.yaml verify`` works from anywhere.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.model.maps import TableMap, parse_map_document
+from dualwrite.model.yamlio import load_yaml
+
+
+class EnvironmentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1)
+
+
+class LinkConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    left: str
+    right: str
+    name: str | None = None
+
+
+class SyncConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+
+
+class ConfigModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    environments: dict[str, EnvironmentConfig]
+    link: LinkConfig
+    state: str = "sqlite:///dualwrite-state.db"
+    maps: list[str] = Field(default_factory=lambda: ["maps/*.yaml"])
+    sync: SyncConfig = Field(default_factory=SyncConfig)
+
+    @model_validator(mode="after")
+    def _link_names_environments(self) -> ConfigModel:
+        for side in ("left", "right"):
+            env = getattr(self.link, side)
+            if env not in self.environments:
+                raise ValueError(f"link.{side} names environment {env!r}, which is not under "
+                                 f"`environments` (have: {', '.join(self.environments)})")
+        if self.link.left == self.link.right:
+            raise ValueError("link.left and link.right must be two different environments")
+        return self
+
+
+@dataclass
+class Config:
+    path: Path
+    model: ConfigModel
+    maps: list[TableMap]
+
+    @property
+    def left(self) -> str:
+        return self.model.link.left
+
+    @property
+    def right(self) -> str:
+        return self.model.link.right
+
+    @property
+    def link_name(self) -> str:
+        return self.model.link.name or f"{self.left}<->{self.right}"
+
+    def url(self, env: str) -> str:
+        return resolve_url(self.model.environments[env].url, self.path.parent)
+
+    @property
+    def state_url(self) -> str:
+        return resolve_url(self.model.state, self.path.parent)
+
+    def map(self, name: str) -> TableMap:
+        for m in self.maps:
+            if m.name == name:
+                return m
+        raise ConfigError(f"no map named {name!r}",
+                          hint=f"known maps: {', '.join(m.name for m in self.maps)}",
+                          file=str(self.path), code="DW010")
+
+
+def resolve_url(url: str, base: Path) -> str:
+    """Make a relative SQLite file path absolute against ``base``; expand env variables."""
+    url = os.path.expandvars(url)
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith("sqlite:////"):
+        rest = url[len(prefix):]
+        if rest and rest != ":memory:" and not rest.startswith(":"):
+            return prefix + str((base / rest).resolve())
+    return url
+
+
+def _pydantic_message(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
+    return "; ".join(parts)
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and check ``dualwrite.yaml`` and every map file it names.
+
+    Raises ConfigError (file, line, what to do) for a missing file, bad YAML, a wrong key or a
+    map that does not parse. Whether tables and columns exist is checked by validation.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {str(p)!r} does not exist",
+                          hint="pass -c PATH, or create dualwrite.yaml (see docs/user-guide.md);"
+                          " `dualwrite demo` writes a working example", code="DW004")
+    data = load_yaml(p.read_text(encoding="utf-8"), file=str(p))
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a YAML mapping", file=str(p), code="DW004",
+                          hint="start with `environments:`")
+    try:
+        model = ConfigModel.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_pydantic_message(exc)}", file=str(p), code="DW004",
+                          hint="see docs/user-guide.md for the config format") from None
+    maps: list[TableMap] = []
+    seen: set[Path] = set()
+    for pattern in model.maps:
+        full = pattern if os.path.isabs(pattern) else str(p.parent / pattern)
+        matches = sorted(glob.glob(full))
+        if not matches:
+            raise ConfigError(f"map pattern {pattern!r} matches no file", file=str(p),
+                              code="DW005", hint="correct `maps:` or create the map files")
+        for f in matches:
+            fp = Path(f).resolve()
+            if fp in seen:
+                continue
+            seen.add(fp)
+            maps.append(load_map_file(fp))
+    return Config(p.resolve(), model, maps)
+
+
+def load_map_file(path: Path) -> TableMap:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read map file: {exc}", file=str(path), code="DW005",
+                          hint="check the path and permissions") from exc
+    return parse_map_document(load_yaml(text, file=str(path)), file=str(path))
+
+
+def dump_config(env_urls: dict[str, str], left: str, right: str, state: str,
+                maps: list[str]) -> dict[str, Any]:
+    """A config document (used by the demo to write its dualwrite.yaml)."""
+    return {
+        "environments": {k: {"url": v} for k, v in env_urls.items()},
+        "link": {"left": left, "right": right},
+        "state": state,
+        "maps": maps,
+    }
+
+
+__all__ = ["Config", "DualwriteError", "load_config"]

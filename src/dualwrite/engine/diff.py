@@ -1,0 +1,366 @@
+"""Compare the two sides of a bound map, row by row, through the map.
+
+Both sides are streamed in canonical key order and merge-joined (:func:`merge`), so memory
+is bounded by the batch size, never by the table. A chunk of merged entries is then
+classified (:meth:`MapDiffer.classify`): which rows must be created or updated on which side,
+which are unchanged, which cannot be transformed (lookup or value-map misses). Initial sync,
+plan and verify are three consumers of the same classification.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from dualwrite.connectors.base import Connector, Row
+from dualwrite.engine.lookups import LookupResolver
+from dualwrite.errors import RowError
+from dualwrite.model.binding import BoundField, BoundMap
+from dualwrite.model.maps import Side
+from dualwrite.model.schema import Kind
+from dualwrite.model.values import canonical, value_key
+
+_MISSING = object()
+
+
+@dataclass
+class Entry:
+    """One merged key: the row on each side (None when absent)."""
+
+    key: Row
+    left: Row | None
+    right: Row | None
+
+
+@dataclass
+class FieldDiff:
+    field: str
+    left: Any
+    right: Any
+
+
+@dataclass
+class Create:
+    side: Side
+    key: Row
+    values: Row
+
+
+@dataclass
+class Update:
+    side: Side
+    key: Row
+    target_key: Row
+    values: Row
+    diffs: list[FieldDiff]
+
+
+@dataclass
+class Failure:
+    side: Side
+    key: Row
+    operation: str
+    error: RowError
+    payload: dict[str, Any] | None = None
+
+
+@dataclass
+class Classified:
+    creates: dict[Side, list[Create]] = field(default_factory=lambda: {Side.LEFT: [],
+                                                                        Side.RIGHT: []})
+    updates: dict[Side, list[Update]] = field(default_factory=lambda: {Side.LEFT: [],
+                                                                        Side.RIGHT: []})
+    unchanged: int = 0
+    failures: list[Failure] = field(default_factory=list)
+    #: verify: keys whose compared fields differ, with every differing field
+    differing: list[tuple[Row, list[FieldDiff]]] = field(default_factory=list)
+
+
+def merge(left: Iterator[list[Row]], right: Iterator[list[Row]], lkey: Sequence[int],
+          rkey: Sequence[int]) -> Iterator[Entry]:
+    """Merge-join two streams of batches already sorted by canonical key."""
+
+    def flat(batches: Iterator[list[Row]], idx: Sequence[int]
+             ) -> Iterator[tuple[tuple[Any, ...], Row]]:
+        for batch in batches:
+            for r in batch:
+                yield tuple(canonical(r[i]) for i in idx), r
+
+    li, ri = flat(left, lkey), flat(right, rkey)
+    lcur = next(li, None)
+    rcur = next(ri, None)
+    while lcur is not None or rcur is not None:
+        if rcur is None or (lcur is not None and lcur[0] < rcur[0]):
+            assert lcur is not None
+            yield Entry(tuple(lcur[1][i] for i in lkey), lcur[1], None)
+            lcur = next(li, None)
+        elif lcur is None or rcur[0] < lcur[0]:
+            yield Entry(tuple(rcur[1][i] for i in rkey), None, rcur[1])
+            rcur = next(ri, None)
+        else:
+            yield Entry(tuple(lcur[1][i] for i in lkey), lcur[1], rcur[1])
+            lcur = next(li, None)
+            rcur = next(ri, None)
+
+
+def coerce(value: Any, kind: Kind) -> Any:
+    """Fit a value to the target column's kind (value maps carry text like 'False' or '3')."""
+    if value is None:
+        return None
+    try:
+        if kind is Kind.BOOLEAN and not isinstance(value, bool):
+            k = value_key(value)
+            if k in ("1", "0"):
+                return k == "1"
+            if k in ("yes", "no"):
+                return k == "yes"
+            return value
+        if kind is Kind.INTEGER and not isinstance(value, int):
+            if isinstance(value, str | Decimal | float):
+                d = Decimal(str(value).strip())
+                return int(d) if d == d.to_integral_value() else value
+            return value
+        if kind is Kind.DECIMAL and isinstance(value, str | int | float) \
+                and not isinstance(value, bool):
+            return Decimal(str(value).strip())
+        if kind is Kind.FLOAT and isinstance(value, str | Decimal):
+            return float(value)
+        if kind is Kind.STRING and not isinstance(value, str):
+            if isinstance(value, bool):
+                return "true" if value else "false"
+            if isinstance(value, Decimal):
+                return format(value.normalize(), "f") if value == value.to_integral_value() \
+                    else str(value)
+            if isinstance(value, dt.date | dt.datetime | dt.time):
+                return value.isoformat()
+            return str(value)
+        if kind is Kind.DATE and isinstance(value, dt.datetime):
+            return value.date()
+        if kind is Kind.DATE and isinstance(value, str):
+            return dt.date.fromisoformat(value[:10])
+        if kind is Kind.DATETIME and isinstance(value, str):
+            return dt.datetime.fromisoformat(value)
+    except (ValueError, InvalidOperation):
+        return value
+    return value
+
+
+class MapDiffer:
+    """Classifies merged entries of one bound map. Stateless between chunks but for the
+    lookup cache."""
+
+    def __init__(self, bound: BoundMap, connectors: dict[Side, Connector],
+                 *, master: Side | None = None) -> None:
+        self.bound = bound
+        self.connectors = connectors
+        self.resolver = LookupResolver(connectors)
+        self.columns = {s: bound.read_columns(s) for s in Side}
+        self.pos = {s: {c: i for i, c in enumerate(self.columns[s])} for s in Side}
+        self.key_idx = {s: [self.pos[s][c] for c in bound.key(s)] for s in Side}
+        self.kinds = {s: {c.name: c.kind for c in
+                          connectors[s].describe(bound.table(s)).columns.values()} for s in Side}
+        self.compared = [i for i, f in enumerate(bound.fields) if f.compared]
+        self.one_way_source = {
+            i: Side.LEFT if f.spec.direction.to_right else Side.RIGHT
+            for i, f in enumerate(bound.fields) if not f.spec.direction.bidirectional}
+        self.update_into = {s: bound.updatable_into(s, master) for s in Side}
+        self.create_into = {s: bound.creatable_into(s) for s in Side}
+        company = len(bound.key(Side.LEFT)) - len(bound.spec.key.left)
+        self.company_cols = {s: list(bound.key(s)[:company]) for s in Side}
+        self.insert_columns = {
+            s: self.company_cols[s] + [bound.fields[i].end(s).column or "" for i in
+                                       self.create_into[s]] for s in Side}
+        self.update_columns = {s: [bound.fields[i].end(s).column or "" for i in
+                                   self.update_into[s]] for s in Side}
+
+    # -- streaming ---------------------------------------------------------------------------
+    def entries(self, *, after: Row | None, batch_size: int) -> Iterator[Entry]:
+        b = self.bound
+        streams = {
+            s: self.connectors[s].read(b.table(s), self.columns[s], key=b.key(s),
+                                       where=b.filter(s), after=after, batch_size=batch_size)
+            for s in Side}
+        return merge(streams[Side.LEFT], streams[Side.RIGHT], self.key_idx[Side.LEFT],
+                     self.key_idx[Side.RIGHT])
+
+    def count(self, side: Side) -> int:
+        return self.connectors[side].count(self.bound.table(side), where=self.bound.filter(side))
+
+    # -- values ------------------------------------------------------------------------------
+    def _prefetch(self, entries: Sequence[Entry]) -> dict[tuple[Side, int], dict[Any, Any]]:
+        """Resolve, for the whole chunk, every lookup id read on either side to its natural
+        key, and every natural key that will be written through a lookup to its id."""
+        out: dict[tuple[Side, int], dict[Any, Any]] = {}
+        for s in Side:
+            for i, f in enumerate(self.bound.fields):
+                end = f.end(s)
+                if not end.is_lookup or end.column is None:
+                    continue
+                p = self.pos[s][end.column]
+                ids = {(e.left if s is Side.LEFT else e.right)[p]  # type: ignore[index]
+                       for e in entries if (e.left if s is Side.LEFT else e.right) is not None}
+                out[(s, i)] = self.resolver.to_keys(s, end.targets, ids)
+        for t in Side:
+            s = t.other
+            for i, f in enumerate(self.bound.fields):
+                end_t, end_s = f.end(t), f.end(s)
+                if not end_t.is_lookup or not f.spec.flows_to(t) or end_s.column is None:
+                    continue
+                keys = set()
+                for e in entries:
+                    row = e.left if s is Side.LEFT else e.right
+                    if row is None:
+                        continue
+                    v = self._logical(s, i, row, out)
+                    if v is not _MISSING and v is not None:
+                        keys.add(self._mapped(s, f, v)[1] if f.spec.values else v)
+                ids = self.resolver.to_ids(t, end_t.targets, keys)
+                out[(t, -1 - i)] = ids
+        return out
+
+    def _logical(self, s: Side, i: int, row: Row, resolved: dict[tuple[Side, int], dict[Any, Any]]
+                 ) -> Any:
+        """The value of field ``i`` on side ``s`` as the map speaks of it: the natural key for a
+        lookup (``_MISSING`` when the id does not resolve), the column value otherwise."""
+        f = self.bound.fields[i]
+        col = f.end(s).column
+        if col is None:
+            return f.spec.default
+        v = row[self.pos[s][col]]
+        if f.end(s).is_lookup and v is not None:
+            return resolved[(s, i)].get(canonical(v), _MISSING)
+        return v
+
+    @staticmethod
+    def _mapped(s: Side, f: BoundField, v: Any) -> tuple[bool, Any]:
+        """Value map from side ``s`` towards the other side."""
+        vm = f.spec.values
+        if vm is None:
+            return True, v
+        return vm.to_right(v) if s is Side.LEFT else vm.to_left(v)
+
+    def _equal(self, i: int, lv: Any, rv: Any) -> bool:
+        f = self.bound.fields[i]
+        if lv is _MISSING or rv is _MISSING:
+            return False
+        if f.spec.values is not None:
+            found, back = f.spec.values.to_left(rv)
+            return found and value_key(back) == value_key(lv)
+        if isinstance(lv, str) and isinstance(rv, str):
+            return lv == rv
+        return bool(canonical(lv) == canonical(rv))
+
+    def transform(self, s: Side, i: int, row: Row, key: Row,
+                  resolved: dict[tuple[Side, int], dict[Any, Any]]) -> Any:
+        """Field ``i``'s value written into the side opposite ``s``. Raises RowError naming the
+        map, side, table, key, field and value when a lookup or value map has no answer."""
+        t = s.other
+        f = self.bound.fields[i]
+        src_name = f.end(s).column or "none"
+        v = self._logical(s, i, row, resolved)
+        if v is _MISSING:
+            raw = row[self.pos[s][f.end(s).column or ""]]
+            raise RowError(
+                f"lookup {f.spec.ref(s)} does not resolve: no related row has id {raw!r}",
+                map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
+                field=src_name, value=raw, hint="create the related row, or correct the id")
+        found, v = self._mapped(s, f, v)
+        if not found:
+            raise RowError(
+                "value is not in the field's value map",
+                map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
+                field=src_name, value=self._logical(s, i, row, resolved),
+                hint=f"add the value to `values:` of `{f.spec.text}`")
+        end_t = f.end(t)
+        if end_t.is_lookup and v is not None:
+            ids = resolved.get((t, -1 - i), {})
+            vid = ids.get(canonical(v), _MISSING)
+            if vid is _MISSING:
+                names = ", ".join(f"{x.table}.{x.key}" for x in end_t.targets)
+                raise RowError(
+                    f"lookup {f.spec.ref(t)} does not resolve on the {t.value} side: no row of "
+                    f"{names} has this value",
+                    map=self.bound.name, side=t.value, table=self.bound.table(t), key=key,
+                    field=str(f.spec.ref(t)), value=v,
+                    hint=f"create the related row on the {t.value} side first (sync the map "
+                    "it belongs to), or correct the value")
+            return vid
+        col = end_t.column
+        return coerce(v, self.kinds[t][col]) if col else v
+
+    # -- classification ----------------------------------------------------------------------
+    def classify(self, entries: Sequence[Entry], *, report_all: bool = False) -> Classified:
+        """Decide what each entry needs. With ``report_all`` (verify) every differing compared
+        field is reported, whatever the directions and master say."""
+        out = Classified()
+        resolved = self._prefetch(entries)
+        for e in entries:
+            if e.left is None or e.right is None:
+                s = Side.LEFT if e.left is not None else Side.RIGHT
+                row = e.left if e.left is not None else e.right
+                assert row is not None
+                t = s.other
+                try:
+                    vals = [coerce(row[self.pos[s][c]], self.kinds[t][ct]) for c, ct in
+                            zip(self.company_cols[s], self.company_cols[t], strict=True)]
+                    for i in self.create_into[t]:
+                        f = self.bound.fields[i]
+                        if f.end(s).column is None:
+                            col = f.end(t).column or ""
+                            vals.append(coerce(f.spec.default, self.kinds[t][col]))
+                        else:
+                            vals.append(self.transform(s, i, row, e.key, resolved))
+                except RowError as err:
+                    out.failures.append(Failure(t, e.key, "create", err,
+                                                dict(zip(self.columns[s], row, strict=True))))
+                    continue
+                out.creates[t].append(Create(t, e.key, tuple(vals)))
+                continue
+            rows = {Side.LEFT: e.left, Side.RIGHT: e.right}
+            diffs: dict[int, FieldDiff] = {}
+            for i in self.compared:
+                lv = self._logical(Side.LEFT, i, e.left, resolved)
+                rv = self._logical(Side.RIGHT, i, e.right, resolved)
+                if self.one_way_source.get(i) is Side.LEFT and lv is None or \
+                        self.one_way_source.get(i) is Side.RIGHT and rv is None:
+                    # A one-way field with nothing at its source is not compared: initial
+                    # sync never erases the target's value with nothing (a row created from
+                    # the other side has no value to give).
+                    continue
+                if not self._equal(i, lv, rv):
+                    f = self.bound.fields[i]
+                    diffs[i] = FieldDiff(
+                        f.spec.text,
+                        e.left[self.pos[Side.LEFT][f.left.column or ""]] if lv is _MISSING
+                        else lv,
+                        e.right[self.pos[Side.RIGHT][f.right.column or ""]] if rv is _MISSING
+                        else rv)
+            if report_all:
+                if diffs:
+                    out.differing.append((e.key, list(diffs.values())))
+                else:
+                    out.unchanged += 1
+                continue
+            changed = False
+            for t in Side:
+                s = t.other
+                todo = [i for i in self.update_into[t] if i in diffs]
+                if not todo:
+                    continue
+                changed = True
+                try:
+                    vals = tuple(self.transform(s, i, rows[s], e.key, resolved)  # type: ignore[arg-type]
+                                 for i in self.update_into[t])
+                except RowError as err:
+                    out.failures.append(Failure(t, e.key, "update", err))
+                    continue
+                trow = rows[t]
+                assert trow is not None
+                tkey = tuple(trow[i] for i in self.key_idx[t])
+                out.updates[t].append(Update(t, e.key, tkey, vals, [diffs[i] for i in todo]))
+            if not changed:
+                out.unchanged += 1
+        return out

@@ -1,0 +1,219 @@
+"""Initial sync and its dry run, plan.
+
+Maps run in ``depends_on`` order. Each map is a merge of both sides in key order, processed in
+chunks: the chunk's writes are committed on each side, failed rows go to the error inbox, and
+only then is the checkpoint (the chunk's last key) stored. Killed at any point and run again,
+the sync resumes after the checkpoint; whatever a killed chunk had already written compares
+equal on the rerun, so nothing is duplicated or lost.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from dualwrite.connectors.base import Connector, Row
+from dualwrite.engine.diff import Classified, Create, Entry, Failure, MapDiffer, Update
+from dualwrite.engine.state import StateStore
+from dualwrite.errors import ConstraintViolation, RowError, TransientConnectorError
+from dualwrite.model.binding import BoundMap
+from dualwrite.model.maps import Side
+
+PHASE = "initial"
+TRANSIENT_RETRIES = 5
+
+#: progress(map name, rows merged so far in this run, total expected or None)
+Progress = Callable[[str, int, int | None], None]
+
+
+@dataclass
+class MapResult:
+    map: str
+    created: dict[str, int] = field(default_factory=lambda: {"left": 0, "right": 0})
+    updated: dict[str, int] = field(default_factory=lambda: {"left": 0, "right": 0})
+    unchanged: int = 0
+    errors: dict[str, int] = field(default_factory=lambda: {"left": 0, "right": 0})
+    resumed_from: Row | None = None
+    seconds: float = 0.0
+    samples: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, other: dict[str, Any]) -> None:
+        for k in ("created", "updated", "errors"):
+            for s in ("left", "right"):
+                getattr(self, k)[s] += int(other.get(k, {}).get(s, 0))
+        self.unchanged += int(other.get("unchanged", 0))
+
+    def counts(self) -> dict[str, Any]:
+        return {"created": dict(self.created), "updated": dict(self.updated),
+                "unchanged": self.unchanged, "errors": dict(self.errors)}
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"map": self.map, **self.counts(), "seconds": round(self.seconds, 3),
+                "resumed": self.resumed_from is not None, "samples": self.samples}
+
+
+def chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
+    chunk: list[Entry] = []
+    for e in entries:
+        chunk.append(e)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+class InitialSync:
+    """Runs initial sync (or its plan) for bound maps between two connectors."""
+
+    def __init__(self, connectors: dict[Side, Connector], state: StateStore, *,
+                 batch_size: int = 5000, progress: Progress | None = None) -> None:
+        self.connectors = connectors
+        self.state = state
+        self.batch_size = batch_size
+        self.progress = progress
+
+    # -- plan --------------------------------------------------------------------------------
+    def plan(self, bound: BoundMap, *, master: Side | None = None, samples: int = 5
+             ) -> MapResult:
+        """What sync would do for one map, writing nothing."""
+        differ = MapDiffer(bound, self.connectors, master=master)
+        result = MapResult(bound.name)
+        started = time.monotonic()
+        done = 0
+        for chunk in chunks(differ.entries(after=None, batch_size=self.batch_size),
+                            self.batch_size):
+            c = differ.classify(chunk)
+            for s in Side:
+                result.created[s.value] += len(c.creates[s])
+                result.updated[s.value] += len(c.updates[s])
+                for u in c.updates[s]:
+                    if len(result.samples) < samples:
+                        result.samples.append({
+                            "key": list(u.key), "side": s.value, "operation": "update",
+                            "fields": [{"field": d.field, "left": d.left, "right": d.right}
+                                       for d in u.diffs]})
+                for cr in c.creates[s]:
+                    if len(result.samples) < samples and not any(
+                            x["operation"] == "create" and x["side"] == s.value
+                            for x in result.samples):
+                        result.samples.append({"key": list(cr.key), "side": s.value,
+                                               "operation": "create"})
+            for f in c.failures:
+                result.errors[f.side.value] += 1
+                if len(result.samples) < samples:
+                    result.samples.append({"key": list(f.key), "side": f.side.value,
+                                           "operation": f.operation, "error": f.error.reason})
+            result.unchanged += c.unchanged
+            done += len(chunk)
+            if self.progress:
+                self.progress(bound.name, done, None)
+        result.seconds = time.monotonic() - started
+        return result
+
+    # -- sync --------------------------------------------------------------------------------
+    def run(self, bound: BoundMap, *, master: Side | None = None, resume: bool = True
+            ) -> MapResult:
+        """Sync one map. Resumes from the map's checkpoint when one exists."""
+        differ = MapDiffer(bound, self.connectors, master=master)
+        result = MapResult(bound.name)
+        after, stats = self.state.get_checkpoint(bound.name, PHASE) if resume else (None, {})
+        if after is not None:
+            result.resumed_from = after
+            result.add(stats)
+        open_errors = {(e.side, e.key) for e in self.state.errors(bound.name)}
+        started = time.monotonic()
+        total = None
+        if self.progress:
+            total = max(differ.count(Side.LEFT), differ.count(Side.RIGHT))
+        done = 0
+        for chunk in chunks(differ.entries(after=after, batch_size=self.batch_size),
+                            self.batch_size):
+            c = self._with_retries(lambda ch=chunk: differ.classify(ch))  # type: ignore[misc]
+            failed = self._apply(differ, c)
+            for f in [*c.failures, *failed]:
+                result.errors[f.side.value] += 1
+                self.state.add_error(bound.name, f.side.value, f.key, f.operation,
+                                     str(f.error.message), f.payload)
+            failed_keys = {(f.side.value, tuple(f.key)) for f in [*c.failures, *failed]}
+            for s in Side:
+                result.created[s.value] += len(c.creates[s]) - sum(
+                    1 for f in failed if f.side is s and f.operation == "create")
+                result.updated[s.value] += len(c.updates[s]) - sum(
+                    1 for f in failed if f.side is s and f.operation == "update")
+            result.unchanged += c.unchanged
+            if open_errors:
+                self._close_fixed(bound.name, chunk, open_errors, failed_keys)
+            self.state.put_checkpoint(bound.name, PHASE, chunk[-1].key, result.counts())
+            done += len(chunk)
+            if self.progress:
+                self.progress(bound.name, done, total)
+        self.state.clear_checkpoint(bound.name, PHASE)
+        self.state.set_map_state(bound.name, "synced", initial_synced=True)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _close_fixed(self, map_name: str, chunk: Sequence[Entry],
+                     open_errors: set[tuple[str, Row]], failed: set[tuple[str, Row]]) -> None:
+        keys = {tuple(e.key) for e in chunk}
+        for side, key in list(open_errors):
+            if tuple(key) in keys and (side, tuple(key)) not in failed:
+                self.state.clear_errors(map_name, side, key)
+                open_errors.discard((side, key))
+
+    def _with_retries(self, fn: Callable[[], Any]) -> Any:
+        delay = 0.2
+        for attempt in range(TRANSIENT_RETRIES):
+            try:
+                return fn()
+            except TransientConnectorError:
+                if attempt == TRANSIENT_RETRIES - 1:
+                    raise
+                time.sleep(delay)  # back off before retrying a lost connection or deadlock
+                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
+
+    def _apply(self, differ: MapDiffer, c: Classified) -> list[Failure]:
+        """Write one chunk: per side one transaction; when the database rejects it, write the
+        rows one by one so that only the bad ones go to the inbox."""
+        failed: list[Failure] = []
+        for t in (Side.RIGHT, Side.LEFT):
+            creates, updates = c.creates[t], c.updates[t]
+            if not creates and not updates:
+                continue
+            try:
+                self._with_retries(lambda t=t, cr=creates, up=updates:  # type: ignore[misc]
+                                   self._write(differ, t, cr, up))
+            except ConstraintViolation:
+                for cr in creates:
+                    try:
+                        self._write(differ, t, [cr], [])
+                    except ConstraintViolation as exc:
+                        failed.append(self._failure(differ, t, cr.key, "create", exc,
+                                                    differ.insert_columns[t], cr.values))
+                for up in updates:
+                    try:
+                        self._write(differ, t, [], [up])
+                    except ConstraintViolation as exc:
+                        failed.append(self._failure(differ, t, up.key, "update", exc,
+                                                    differ.update_columns[t], up.values))
+        return failed
+
+    @staticmethod
+    def _failure(differ: MapDiffer, t: Side, key: Row, op: str, exc: ConstraintViolation,
+                 columns: list[str], values: Row) -> Failure:
+        err = RowError(exc.message, map=differ.bound.name, side=t.value,
+                       table=differ.bound.table(t), key=key, hint=exc.hint)
+        return Failure(t, key, op, err, dict(zip(columns, values, strict=True)))
+
+    def _write(self, differ: MapDiffer, t: Side, creates: list[Create],
+               updates: list[Update]) -> None:
+        table = differ.bound.table(t)
+        with self.connectors[t].transaction() as tx:
+            if creates:
+                tx.insert(table, differ.insert_columns[t], [cr.values for cr in creates])
+            if updates:
+                tx.update(table, differ.bound.key(t), differ.update_columns[t],
+                          [(u.target_key, u.values) for u in updates])

@@ -1,0 +1,274 @@
+"""dualwrite's own state: links, checkpoints, map status and the error inbox.
+
+Stored in any SQLAlchemy database (SQLite by default). Keys are stored as tagged JSON so that a
+checkpoint's key comes back with the same Python types it was read with.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualwrite.connectors.sqlite import create_sqlite_engine
+from dualwrite.errors import DualwriteError, TerminalConnectorError
+
+_md = sa.MetaData()
+
+links = sa.Table(
+    "links", _md,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("link_id", sa.String(64), nullable=False),
+    sa.Column("left_env", sa.String(200), nullable=False),
+    sa.Column("right_env", sa.String(200), nullable=False),
+    sa.Column("created_at", sa.String(40), nullable=False),
+)
+
+checkpoints = sa.Table(
+    "checkpoints", _md,
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("phase", sa.String(40), primary_key=True),
+    sa.Column("position", sa.Text, nullable=True),
+    sa.Column("stats", sa.Text, nullable=False, default="{}"),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+map_status = sa.Table(
+    "map_status", _md,
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("state", sa.String(40), nullable=False),
+    sa.Column("initial_synced_at", sa.String(40), nullable=True),
+    sa.Column("updated_at", sa.String(40), nullable=False),
+)
+
+error_inbox = sa.Table(
+    "error_inbox", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("map", sa.String(200), nullable=False, index=True),
+    sa.Column("side", sa.String(10), nullable=False),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("operation", sa.String(20), nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("payload", sa.Text, nullable=True),
+    sa.Column("attempts", sa.Integer, nullable=False, default=1),
+    sa.Column("first_at", sa.String(40), nullable=False),
+    sa.Column("last_at", sa.String(40), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False, default="open"),
+    sa.UniqueConstraint("map", "side", "row_key", "operation", name="uq_error_row"),
+)
+
+
+def now_iso() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _tag(v: Any) -> Any:
+    if isinstance(v, Decimal):
+        return {"$d": str(v)}
+    if isinstance(v, dt.datetime):
+        return {"$dt": v.isoformat()}
+    if isinstance(v, dt.date):
+        return {"$date": v.isoformat()}
+    if isinstance(v, dt.time):
+        return {"$t": v.isoformat()}
+    if isinstance(v, uuid.UUID):
+        return {"$u": str(v)}
+    if isinstance(v, bytes | memoryview):
+        return {"$b": base64.b64encode(bytes(v)).decode()}
+    if isinstance(v, float) and v != v:
+        return {"$nan": True}
+    return v
+
+
+def _untag(v: Any) -> Any:
+    if isinstance(v, dict) and len(v) == 1:
+        (k, x), = v.items()
+        if k == "$d":
+            return Decimal(x)
+        if k == "$dt":
+            return dt.datetime.fromisoformat(x)
+        if k == "$date":
+            return dt.date.fromisoformat(x)
+        if k == "$t":
+            return dt.time.fromisoformat(x)
+        if k == "$u":
+            return uuid.UUID(x)
+        if k == "$b":
+            return base64.b64decode(x)
+        if k == "$nan":
+            return float("nan")
+    return v
+
+
+def encode_values(values: Sequence[Any]) -> str:
+    """JSON for a tuple of database values that decodes to the same types."""
+    return json.dumps([_tag(v) for v in values], separators=(",", ":"))
+
+
+def decode_values(text: str) -> tuple[Any, ...]:
+    return tuple(_untag(v) for v in json.loads(text))
+
+
+def encode_row(row: dict[str, Any]) -> str:
+    return json.dumps({k: _tag(v) for k, v in row.items()}, separators=(",", ":"))
+
+
+def decode_row(text: str) -> dict[str, Any]:
+    return {k: _untag(v) for k, v in json.loads(text).items()}
+
+
+@dataclass
+class InboxEntry:
+    id: int
+    map: str
+    side: str
+    key: tuple[Any, ...]
+    operation: str
+    reason: str
+    payload: dict[str, Any] | None
+    attempts: int
+    first_at: str
+    last_at: str
+    status: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "map": self.map, "side": self.side, "key": list(self.key),
+                "operation": self.operation, "reason": self.reason, "attempts": self.attempts,
+                "first_at": self.first_at, "last_at": self.last_at, "status": self.status}
+
+
+class StateStore:
+    """Access to dualwrite's own tables. Every method is one short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = create_sqlite_engine(url) if url.startswith("sqlite") else \
+            sa.create_engine(url, pool_pre_ping=True)
+        try:
+            _md.create_all(self.engine)
+        except sa.exc.SQLAlchemyError as exc:
+            raise TerminalConnectorError(
+                f"cannot open the state store {url!r}: {exc.__class__.__name__}: "
+                f"{getattr(exc, 'orig', exc)}",
+                hint="check `state:` in dualwrite.yaml; the folder must exist and be writable",
+                environment="state") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- links -------------------------------------------------------------------------------
+    def get_link(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(links).where(links.c.name == name)).first()
+        return dict(row._mapping) if row else None
+
+    def put_link(self, name: str, link_id: str, left: str, right: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(links).where(links.c.name == name))
+            conn.execute(sa.insert(links).values(name=name, link_id=link_id, left_env=left,
+                                                 right_env=right, created_at=now_iso()))
+
+    def delete_link(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(links).where(links.c.name == name))
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def get_checkpoint(self, map_name: str, phase: str) -> tuple[tuple[Any, ...] | None,
+                                                                  dict[str, Any]]:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(checkpoints).where(
+                checkpoints.c.map == map_name, checkpoints.c.phase == phase)).first()
+        if row is None:
+            return None, {}
+        pos = decode_values(row.position) if row.position else None
+        return pos, json.loads(row.stats)
+
+    def put_checkpoint(self, map_name: str, phase: str, position: Sequence[Any] | None,
+                       stats: dict[str, Any]) -> None:
+        values = {"position": encode_values(position) if position is not None else None,
+                  "stats": json.dumps(stats), "updated_at": now_iso()}
+        with self.engine.begin() as conn:
+            n = conn.execute(sa.update(checkpoints).where(
+                checkpoints.c.map == map_name, checkpoints.c.phase == phase).values(**values))
+            if n.rowcount == 0:
+                conn.execute(sa.insert(checkpoints).values(map=map_name, phase=phase, **values))
+
+    def clear_checkpoint(self, map_name: str, phase: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(checkpoints).where(
+                checkpoints.c.map == map_name, checkpoints.c.phase == phase))
+
+    # -- map status --------------------------------------------------------------------------
+    def set_map_state(self, map_name: str, state: str, *, initial_synced: bool = False) -> None:
+        now = now_iso()
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)).first()
+            synced = now if initial_synced else (row.initial_synced_at if row else None)
+            conn.execute(sa.delete(map_status).where(map_status.c.map == map_name))
+            conn.execute(sa.insert(map_status).values(map=map_name, state=state,
+                                                      initial_synced_at=synced, updated_at=now))
+
+    def map_states(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return {r.map: dict(r._mapping) for r in conn.execute(sa.select(map_status))}
+
+    # -- error inbox -------------------------------------------------------------------------
+    def add_error(self, map_name: str, side: str, key: Sequence[Any], operation: str,
+                  reason: str, payload: dict[str, Any] | None = None) -> None:
+        """Record a failed row; a repeat of the same (map, side, key, operation) bumps
+        ``attempts`` and ``last_at`` instead of adding a duplicate."""
+        k = encode_values(key)
+        now = now_iso()
+        body = encode_row(payload) if payload is not None else None
+        with self.engine.begin() as conn:
+            existing = conn.execute(sa.select(error_inbox.c.id, error_inbox.c.attempts).where(
+                error_inbox.c.map == map_name, error_inbox.c.side == side,
+                error_inbox.c.row_key == k, error_inbox.c.operation == operation)).first()
+            if existing:
+                conn.execute(sa.update(error_inbox).where(error_inbox.c.id == existing.id).values(
+                    attempts=existing.attempts + 1, last_at=now, reason=reason, payload=body,
+                    status="open"))
+            else:
+                conn.execute(sa.insert(error_inbox).values(
+                    map=map_name, side=side, row_key=k, operation=operation, reason=reason,
+                    payload=body, attempts=1, first_at=now, last_at=now, status="open"))
+
+    def errors(self, map_name: str | None = None, status: str | None = "open"
+               ) -> list[InboxEntry]:
+        stmt = sa.select(error_inbox).order_by(error_inbox.c.id)
+        if map_name:
+            stmt = stmt.where(error_inbox.c.map == map_name)
+        if status:
+            stmt = stmt.where(error_inbox.c.status == status)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [InboxEntry(r.id, r.map, r.side, decode_values(r.row_key), r.operation, r.reason,
+                           decode_row(r.payload) if r.payload else None, r.attempts, r.first_at,
+                           r.last_at, r.status) for r in rows]
+
+    def get_error(self, error_id: int) -> InboxEntry:
+        for e in self.errors(status=None):
+            if e.id == error_id:
+                return e
+        raise DualwriteError(f"no error with id {error_id} in the inbox",
+                             hint="list them with `dualwrite errors list`")
+
+    def resolve_error(self, error_id: int, status: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id).values(
+                status=status, last_at=now_iso()))
+
+    def clear_errors(self, map_name: str, side: str, key: Sequence[Any]) -> None:
+        """A row that now syncs cleanly closes its open inbox entries."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(error_inbox).where(
+                error_inbox.c.map == map_name, error_inbox.c.side == side,
+                error_inbox.c.row_key == encode_values(key),
+                error_inbox.c.status == "open").values(status="resolved", last_at=now_iso()))

@@ -1,0 +1,378 @@
+"""Bind maps to real schemas, and report every problem at once. Pure.
+
+:func:`bind_maps` takes the parsed maps and a :class:`SchemaSource` (which the engine backs
+with the two connectors) and returns the bound maps plus a list of :class:`Issue`. A bound map
+knows the actual column names (FO names match case-insensitively), the related table and id
+column of every lookup, and the columns each side reads and writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from dualwrite.errors import FilterSyntaxError, Issue
+from dualwrite.model.filters import Expr, parse_filter
+from dualwrite.model.maps import FieldMap, Side, TableMap, find_cycles
+from dualwrite.model.notation import FieldRef
+from dualwrite.model.schema import Kind, TableSchema, can_hold, find_table
+
+#: (side, table) -> schema, or None when the table does not exist
+SchemaSource = Callable[[Side, str], TableSchema | None]
+#: side -> table names
+TableLister = Callable[[Side], list[str]]
+
+
+@dataclass(frozen=True)
+class LookupTarget:
+    """Where a lookup column points: rows of ``table`` found by ``key``; ``id`` is the
+    referenced column whose value the lookup column stores. With ``next``, ``key`` is itself a
+    lookup column of ``table`` and the natural key is found one table further."""
+
+    table: str
+    key: str
+    id: str
+    key_kind: Kind
+    next: LookupTarget | None = None
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of a bound field line."""
+
+    column: str | None
+    targets: tuple[LookupTarget, ...] = ()
+    kind: Kind = Kind.OTHER
+
+    @property
+    def is_lookup(self) -> bool:
+        return bool(self.targets)
+
+
+@dataclass(frozen=True)
+class BoundField:
+    spec: FieldMap
+    left: Endpoint
+    right: Endpoint
+
+    def end(self, side: Side) -> Endpoint:
+        return self.left if side is Side.LEFT else self.right
+
+    @property
+    def compared(self) -> bool:
+        """Both sides hold a value: the field takes part in diffing."""
+        return self.left.column is not None and self.right.column is not None
+
+
+@dataclass
+class BoundMap:
+    spec: TableMap
+    left_table: str
+    right_table: str
+    fields: list[BoundField]
+    key_left: tuple[str, ...]
+    key_right: tuple[str, ...]
+    filter_left: Expr | None = None
+    filter_right: Expr | None = None
+    key_fields: set[int] = field(default_factory=set)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def table(self, side: Side) -> str:
+        return self.left_table if side is Side.LEFT else self.right_table
+
+    def key(self, side: Side) -> tuple[str, ...]:
+        """Full key on one side (company column first when striped)."""
+        return self.key_left if side is Side.LEFT else self.key_right
+
+    def filter(self, side: Side) -> Expr | None:
+        return self.filter_left if side is Side.LEFT else self.filter_right
+
+    def read_columns(self, side: Side) -> list[str]:
+        """Key columns first, then every other column the map reads on ``side``."""
+        cols = list(self.key(side))
+        for f in self.fields:
+            c = f.end(side).column
+            if c is not None and c not in cols:
+                cols.append(c)
+        return cols
+
+    def updatable_into(self, side: Side, master: Side | None = None) -> list[int]:
+        """Indexes of fields that an update of an existing row writes into ``side``:
+        one-way fields towards it always, bidirectional ones when the other side is master
+        (the map's own, unless ``master`` overrides it). Key fields and ``none`` defaults
+        never: keys are not editable, defaults are for creation."""
+        master = master or self.spec.master
+        out = []
+        for i, f in enumerate(self.fields):
+            if i in self.key_fields or not f.compared or not f.spec.flows_to(side):
+                continue
+            if f.spec.direction.bidirectional and master is side:
+                continue
+            out.append(i)
+        return out
+
+    def creatable_into(self, side: Side) -> list[int]:
+        """Indexes of fields written when a row is created on ``side``."""
+        return [i for i, f in enumerate(self.fields)
+                if f.spec.flows_to(side) and f.end(side).column is not None]
+
+
+class _Binder:
+    def __init__(self, schema: SchemaSource, tables: TableLister) -> None:
+        self.schema = schema
+        self.tables = tables
+        self.issues: list[Issue] = []
+
+    def issue(self, m: TableMap, code: str, message: str, hint: str, line: int | None) -> None:
+        self.issues.append(Issue(code, message, hint, m.file, line, m.name))
+
+    def column(self, m: TableMap, side: Side, schema: TableSchema, name: str,
+               line: int | None, what: str = "column") -> str | None:
+        col = schema.column(name)
+        if col is None:
+            near = [c for c in schema.columns if c.casefold().startswith(name.casefold()[:4])]
+            hint = f"did you mean {', '.join(near[:3])}?" if near else \
+                f"check the {side.value} table's columns: {', '.join(list(schema.columns)[:8])}"
+            self.issue(m, "DW102", f"{side.value} table {schema.name!r} has no {what} {name!r}",
+                       hint, line)
+            return None
+        return col.name
+
+    def lookup(self, m: TableMap, side: Side, schema: TableSchema, ref: FieldRef,
+               f: FieldMap) -> tuple[LookupTarget, ...] | None:
+        assert ref.column is not None
+        line = f.line
+        out: list[LookupTarget] = []
+        for t in ref.targets:
+            if t.table is None:
+                named = f.lookup_table(side)
+                fk = schema.references(ref.column)
+                if named is None and fk is None:
+                    self.issue(m, "DW107",
+                               f"lookup {str(ref)!r}: column {ref.column!r} of {side.value} table "
+                               f"{schema.name!r} has no foreign key, so its related table is "
+                               "unknown",
+                               "declare a foreign key on the column, or name the table: "
+                               f"`- {f.text}: {{lookup: {{{side.value}: TABLE}}}}`", line)
+                    return None
+                table_name = named or (fk.table if fk else "")
+                id_col = fk.ref_columns[0] if (fk and not named) else None
+            else:
+                table_name = t.table
+                id_col = None
+            real = find_table(self.tables(side), table_name)
+            related = self.schema(side, real) if real else None
+            if related is None:
+                self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {table_name!r} does "
+                           f"not exist on the {side.value} side",
+                           "create the table or correct the lookup", line)
+                return None
+            if id_col is None:
+                if len(related.primary_key) != 1:
+                    self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {related.name!r} "
+                               "needs a single-column primary key",
+                               "give the related table a one-column primary key", line)
+                    return None
+                id_col = related.primary_key[0]
+            target = self.hops(m, side, ref, related, id_col, t.key.split("."), line)
+            if target is None:
+                return None
+            out.append(target)
+        return tuple(out)
+
+    def hops(self, m: TableMap, side: Side, ref: FieldRef, related: TableSchema, id_col: str,
+             path: list[str], line: int | None) -> LookupTarget | None:
+        """Bind ``path`` (``key`` or ``rel.….key``) starting at table ``related``."""
+        key_col = related.column(path[0])
+        if key_col is None:
+            self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {related.name!r} has "
+                       f"no column {path[0]!r}",
+                       "name a column of the related table that identifies its rows", line)
+            return None
+        if len(path) == 1:
+            return LookupTarget(related.name, key_col.name, id_col, key_col.kind)
+        fk = related.references(key_col.name)
+        nxt_schema = self.schema(side, fk.table) if fk else None
+        if fk is None or nxt_schema is None:
+            self.issue(m, "DW107", f"lookup {str(ref)!r}: column {related.name}.{key_col.name} "
+                       "has no foreign key to follow to the next table",
+                       "declare a foreign key on it, or shorten the lookup path", line)
+            return None
+        nxt = self.hops(m, side, ref, nxt_schema, fk.ref_columns[0], path[1:], line)
+        if nxt is None:
+            return None
+        return LookupTarget(related.name, key_col.name, id_col, nxt.key_kind, nxt)
+
+    def endpoint(self, m: TableMap, side: Side, schema: TableSchema | None, ref: FieldRef,
+                 f: FieldMap) -> Endpoint | None:
+        if ref.column is None:
+            return Endpoint(None)
+        if schema is None:
+            return None
+        col = self.column(m, side, schema, ref.column, f.line)
+        if col is None:
+            return None
+        kind = schema.columns[col].kind
+        if not ref.is_lookup:
+            return Endpoint(col, (), kind)
+        targets = self.lookup(m, side, schema, ref, f)
+        if targets is None:
+            return None
+        return Endpoint(col, targets, targets[0].key_kind)
+
+    def bind(self, m: TableMap) -> BoundMap | None:
+        schemas: dict[Side, TableSchema | None] = {}
+        for side in Side:
+            name = m.table(side)
+            real = find_table(self.tables(side), name)
+            schemas[side] = self.schema(side, real) if real == name or (
+                real and real.casefold() == name.casefold()) else None
+            if schemas[side] is None:
+                near = [t for t in self.tables(side) if t.casefold()[:4] == name.casefold()[:4]]
+                self.issue(m, "DW101", f"{side.value} table {name!r} does not exist",
+                           f"did you mean {', '.join(near[:3])}?" if near else
+                           f"create the table on the {side.value} side or correct `{side.value}:`",
+                           m.line_of(side.value))
+        ok = True
+        fields: list[BoundField] = []
+        for f in m.fields:
+            le = self.endpoint(m, Side.LEFT, schemas[Side.LEFT], f.left, f)
+            re_ = self.endpoint(m, Side.RIGHT, schemas[Side.RIGHT], f.right, f)
+            if le is None or re_ is None:
+                ok = False
+                continue
+            fields.append(BoundField(f, le, re_))
+            self.check_field(m, f, le, re_)
+        if schemas[Side.LEFT] is None or schemas[Side.RIGHT] is None:
+            return None
+        left_s, right_s = schemas[Side.LEFT], schemas[Side.RIGHT]
+        assert left_s is not None and right_s is not None
+        keys: dict[Side, list[str]] = {Side.LEFT: [], Side.RIGHT: []}
+        if m.company:
+            for side, schema in ((Side.LEFT, left_s), (Side.RIGHT, right_s)):
+                c = self.column(m, side, schema, m.company.of(side)[0], m.line_of("company"),
+                                "company column")
+                if c is None:
+                    ok = False
+                else:
+                    keys[side].append(c)
+        key_fields: set[int] = set()
+        for kl, kr in zip(m.key.left, m.key.right, strict=True):
+            cl = self.column(m, Side.LEFT, left_s, kl, m.line_of("key"), "key column")
+            cr = self.column(m, Side.RIGHT, right_s, kr, m.line_of("key"), "key column")
+            if cl is None or cr is None:
+                ok = False
+                continue
+            keys[Side.LEFT].append(cl)
+            keys[Side.RIGHT].append(cr)
+            idx = next((i for i, bf in enumerate(fields)
+                        if bf.left.column == cl and bf.right.column == cr
+                        and not bf.left.is_lookup and not bf.right.is_lookup
+                        and bf.spec.direction.bidirectional), None)
+            if idx is None:
+                self.issue(m, "DW103", f"key field {kl} ↔ {kr} is not mapped both ways",
+                           f"add the field line `{kl} = {kr}` (keys are mapped with `=`)",
+                           m.line_of("key"))
+                ok = False
+            else:
+                key_fields.add(idx)
+                lk, rk = left_s.columns[cl].kind, right_s.columns[cr].kind
+                if not (can_hold(lk, rk) and can_hold(rk, lk)) or {lk, rk} & {Kind.OTHER} \
+                        or (lk is Kind.STRING) != (rk is Kind.STRING):
+                    self.issue(m, "DW114", f"key {kl} ({lk.value}) and {kr} ({rk.value}) are of "
+                               "different kinds, so the two sides cannot be ordered alike",
+                               "use the same type family for both key columns",
+                               m.line_of("key"))
+        self.check_writes(m, fields, left_s, right_s, keys)
+        filters: dict[Side, Expr | None] = {}
+        for side, schema in ((Side.LEFT, left_s), (Side.RIGHT, right_s)):
+            text = m.filter(side)
+            filters[side] = None
+            if not text:
+                continue
+            try:
+                expr = parse_filter(text)
+            except FilterSyntaxError as exc:
+                self.issue(m, "DW109", f"{side.value} filter does not parse: {exc.message}",
+                           exc.hint, m.line_of("filter"))
+                ok = False
+                continue
+            for name in sorted(expr.properties()):
+                if schema.column(name) is None:
+                    self.issue(m, "DW111", f"{side.value} filter names column {name!r}, which "
+                               f"table {schema.name!r} does not have",
+                               "correct the filter or the table", m.line_of("filter"))
+                    ok = False
+            filters[side] = expr
+        if not ok:
+            return None
+        return BoundMap(m, left_s.name, right_s.name, fields, tuple(keys[Side.LEFT]),
+                        tuple(keys[Side.RIGHT]), filters[Side.LEFT], filters[Side.RIGHT],
+                        key_fields)
+
+    def check_field(self, m: TableMap, f: FieldMap, le: Endpoint, re_: Endpoint) -> None:
+        if f.values is not None and f.direction.bidirectional and not f.values.invertible:
+            clashes = "; ".join(f"{a!r} and {b!r} both map to {v!r}"
+                                for a, b, v in f.values.collisions)
+            self.issue(m, "DW104", f"value map of `{f.text}` is not one-to-one: {clashes}",
+                       "a `><` map must be invertible: give each left value its own right value,"
+                       " or use `>>` if it only flows left to right", f.line)
+        if f.values is not None or le.column is None or re_.column is None:
+            return
+        for target, source, side in ((re_, le, Side.RIGHT), (le, re_, Side.LEFT)):
+            if f.flows_to(side) and not can_hold(target.kind, source.kind):
+                self.issue(m, "DW106", f"`{f.text}`: {side.value} column {target.column!r} "
+                           f"({target.kind.value}) cannot hold {source.kind.value} values from "
+                           f"{source.column!r}",
+                           "map compatible columns, or add a value map with `><`/`>>`/`<<`",
+                           f.line)
+
+    def check_writes(self, m: TableMap, fields: list[BoundField], left_s: TableSchema,
+                     right_s: TableSchema, keys: dict[Side, list[str]]) -> None:
+        for side, schema in ((Side.LEFT, left_s), (Side.RIGHT, right_s)):
+            written: dict[str, FieldMap] = {}
+            for bf in fields:
+                col = bf.end(side).column
+                if col is None or not bf.spec.flows_to(side):
+                    continue
+                if col in written:
+                    self.issue(m, "DW112", f"{side.value} column {col!r} is written by two "
+                               f"lines: `{written[col].text}` and `{bf.spec.text}`",
+                               "let only one line flow into each column (make one of them "
+                               "one-way the other way)", bf.spec.line)
+                written[col] = bf.spec
+            for col in schema.columns.values():
+                if col.required and col.name not in written and col.name not in keys[side]:
+                    self.issue(m, "DW105", f"{side.value} column {schema.name}.{col.name} is "
+                               "required (NOT NULL, no default) but no field line fills it",
+                               f"map a field into it, or add `- none >> {col.name}: {{default: "
+                               "...}`" if side is Side.RIGHT else
+                               f"map a field into it, or add `- {col.name} << none: {{default: "
+                               "...}`", m.line_of("fields"))
+
+
+def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister
+              ) -> tuple[list[BoundMap], list[Issue]]:
+    """Bind every map; return the maps that bound cleanly and all issues found."""
+    binder = _Binder(schema, tables)
+    names: dict[str, TableMap] = {}
+    for m in maps:
+        if m.name in names:
+            binder.issue(m, "DW113", f"map name {m.name!r} is used twice (also in "
+                         f"{names[m.name].file})", "give each map its own name", m.line_of("name"))
+        names[m.name] = m
+    for m in maps:
+        for dep in m.depends_on:
+            if dep not in names:
+                binder.issue(m, "DW110", f"depends_on names unknown map {dep!r}",
+                             f"known maps: {', '.join(sorted(names))}", m.line_of("depends_on"))
+    for cycle in find_cycles(maps):
+        first = names[cycle[0]]
+        binder.issue(first, "DW108", f"depends_on has a cycle: {' -> '.join(cycle)}",
+                     "remove one of the dependencies so the maps can run in order",
+                     first.line_of("depends_on"))
+    bound = [b for m in maps if (b := binder.bind(m)) is not None]
+    return bound, binder.issues

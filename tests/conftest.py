@@ -1,0 +1,187 @@
+"""Shared fixtures: real databases (SQLite, PostgreSQL, MariaDB) and the memory fake.
+
+A database that is down FAILS the test with the command that starts it; nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from dualwrite.connectors import connect
+from dualwrite.connectors.base import Connector
+from dualwrite.connectors.memory import MemoryConnector
+from dualwrite.connectors.sql import SqlConnector, kind_of
+from dualwrite.model.schema import Column, ForeignKey, TableSchema
+
+PG_URL = os.environ.get("DUALWRITE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
+MY_URL = os.environ.get("DUALWRITE_TEST_MY", "mysql+pymysql://root@127.0.0.1:3306/{db}")
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+START = {
+    "postgresql": "bash scripts/services.sh  (or: pg_ctlcluster --skip-systemctl-redirect 15 "
+                  "main start)",
+    "mariadb": "bash scripts/services.sh  (or: start-stop-daemon --start --oknodo --background "
+               "--exec /usr/sbin/mariadbd)",
+    "nats": "bash scripts/services.sh  (or: start-stop-daemon --start --oknodo --background "
+            "--exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server)",
+}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="run soak and long fault-injection loops at full size")
+
+
+@pytest.fixture(scope="session")
+def long_run(request: pytest.FixtureRequest) -> bool:
+    return bool(request.config.getoption("--long"))
+
+
+def require_service(name: str, port: int) -> None:
+    """Fail (never skip) with how to start the service when it is not listening."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=2):
+            return
+    except OSError as exc:
+        pytest.fail(f"{name} is not reachable on 127.0.0.1:{port} ({exc}); start it with: "
+                    f"{START[name]}", pytrace=False)
+
+
+def shared_path(*parts: str) -> Path:
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.fail(f"reference data {p} is missing: the `shared` folder must sit beside the "
+                    "checkout", pytrace=False)
+    return p
+
+
+def guid_default(dialect: str) -> Any:
+    """A server-side GUID default, as CRM primary keys have."""
+    return sa.text({
+        "sqlite": "(lower(hex(randomblob(16))))",
+        "postgresql": "(gen_random_uuid()::text)",
+        "mysql": "(uuid())",
+    }[dialect])
+
+
+def schema_of(table: sa.Table) -> TableSchema:
+    """The TableSchema a SQL connector would reflect for ``table`` (for the memory fake)."""
+    pk = tuple(c.name for c in table.primary_key.columns)
+    cols = {c.name: Column(c.name, kind_of(c.type), bool(c.nullable),
+                           c.server_default is not None or (
+                               c.autoincrement is True or (c.primary_key and len(pk) == 1 and
+                                                           kind_of(c.type).value == "integer")),
+                           c.primary_key, getattr(c.type, "length", None)) for c in table.columns}
+    fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), fk.referred_table.name,
+                      tuple(e.column.name for e in fk.elements))
+           for fk in table.foreign_key_constraints]
+    uniques = [tuple(c.name for c in u.columns) for u in table.constraints
+               if isinstance(u, sa.UniqueConstraint)]
+    return TableSchema(table.name, cols, pk, fks, uniques)
+
+
+class Backend:
+    """One database for a test: its URL, a connector, and DDL helpers."""
+
+    def __init__(self, kind: str, url: str, connector: Connector) -> None:
+        self.kind = kind
+        self.url = url
+        self.connector = connector
+
+    @property
+    def dialect(self) -> str:
+        return {"sqlite": "sqlite", "postgresql": "postgresql", "mariadb": "mysql",
+                "memory": "sqlite"}[self.kind]
+
+    def create(self, metadata: sa.MetaData) -> None:
+        """Create the tables of ``metadata`` (dropping same-named ones first)."""
+        if isinstance(self.connector, MemoryConnector):
+            for t in metadata.sorted_tables:
+                self.connector.create_table(schema_of(t))
+            return
+        assert isinstance(self.connector, SqlConnector)
+        engine = self.connector.engine
+        existing = sa.MetaData()
+        existing.reflect(engine, only=[t.name for t in metadata.sorted_tables
+                                       if sa.inspect(engine).has_table(t.name)])
+        existing.drop_all(engine)
+        metadata.drop_all(engine)
+        metadata.create_all(engine)
+        self.connector.forget_schema()
+
+    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        cols = list(rows[0])
+        with self.connector.transaction() as tx:
+            tx.insert(table, cols, [tuple(r.get(c) for c in cols) for r in rows])
+
+    def rows(self, table: str, key: list[str], columns: list[str] | None = None
+             ) -> list[dict[str, Any]]:
+        cols = columns or list(self.connector.describe(table).columns)
+        out = []
+        for batch in self.connector.read(table, cols, key=key, batch_size=10_000):
+            out.extend(dict(zip(cols, r, strict=True)) for r in batch)
+        return out
+
+    def sql(self, statement: str) -> list[tuple[Any, ...]]:
+        assert isinstance(self.connector, SqlConnector)
+        return self.connector.execute(statement)
+
+
+def _make(kind: str, db: str, tmp_path: Path) -> Backend:
+    if kind == "sqlite":
+        url = f"sqlite:///{tmp_path / (db + '.db')}"
+    elif kind == "postgresql":
+        require_service("postgresql", 5432)
+        url = PG_URL.format(db=db)
+    elif kind == "mariadb":
+        require_service("mariadb", 3306)
+        url = MY_URL.format(db=db)
+    else:
+        url = f"memory://{db}-{uuid.uuid4().hex}"
+    return Backend(kind, url, connect(db, url))
+
+
+BackendFactory = Callable[[str, str], Backend]
+
+
+@pytest.fixture
+def make_backend(tmp_path: Path) -> Iterator[BackendFactory]:
+    made: list[Backend] = []
+
+    def factory(kind: str, db: str) -> Backend:
+        b = _make(kind, db, tmp_path)
+        made.append(b)
+        return b
+
+    yield factory
+    for b in made:
+        if isinstance(b.connector, SqlConnector):
+            try:
+                b.connector.clear_link()
+            except Exception:  # noqa: BLE001 - best-effort clean-up must not mask the test
+                pass
+        b.connector.close()
+        if isinstance(b.connector, MemoryConnector):
+            MemoryConnector.reset(b.url)
+
+
+ALL_BACKENDS = ["memory", "sqlite", "postgresql", "mariadb"]
+SQL_BACKENDS = ["sqlite", "postgresql", "mariadb"]
+#: (left, right) pairs for end-to-end sync tests
+PAIRS = [("memory", "memory"), ("sqlite", "sqlite"), ("postgresql", "postgresql"),
+         ("postgresql", "mariadb")]
+
+
+@pytest.fixture(params=ALL_BACKENDS)
+def backend(request: pytest.FixtureRequest, make_backend: BackendFactory) -> Backend:
+    return make_backend(request.param, "dualwrite_test_a")
