@@ -59,6 +59,7 @@ class ConfigError(DualwriteError):
     ) -> None:
         where = f"{file}:{line}: " if file and line else (f"{file}: " if file else "")
         super().__init__(f"{where}{code} {message}", hint=hint)
+        self.detail = message
         self.file = file
         self.line = line
         self.code = code

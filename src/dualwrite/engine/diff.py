@@ -10,7 +10,8 @@ plan and verify are three consumers of the same classification.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+import operator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -85,9 +86,15 @@ def merge(left: Iterator[list[Row]], right: Iterator[list[Row]], lkey: Sequence[
 
     def flat(batches: Iterator[list[Row]], idx: Sequence[int]
              ) -> Iterator[tuple[tuple[Any, ...], Row]]:
+        if len(idx) == 1:
+            (only,) = idx
+            for batch in batches:
+                for r in batch:
+                    yield (canonical(r[only]),), r
+            return
         for batch in batches:
             for r in batch:
-                yield tuple(canonical(r[i]) for i in idx), r
+                yield tuple([canonical(r[i]) for i in idx]), r
 
     li, ri = flat(left, lkey), flat(right, rkey)
     lcur = next(li, None)
@@ -175,6 +182,92 @@ class MapDiffer:
                                        self.create_into[s]] for s in Side}
         self.update_columns = {s: [bound.fields[i].end(s).column or "" for i in
                                    self.update_into[s]] for s in Side}
+        self.build_create = {t: self._compile(t.other, t, self.create_into[t], company=True)
+                             for t in Side}
+        self.build_update = {t: self._compile(t.other, t, self.update_into[t], company=False)
+                             for t in Side}
+
+    # -- compiled row builders ---------------------------------------------------------------
+    def _compile(self, s: Side, t: Side, fields: list[int], *, company: bool
+                 ) -> Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Row]:
+        """A function building the values written into side ``t`` from a row of side ``s``.
+
+        This is the hot path of initial sync: plain fields whose kinds already agree are
+        fetched with one ``itemgetter`` call; only lookups, value maps, defaults and fields
+        that need coercion go through :meth:`transform`."""
+        plain: list[int] = []
+        fixups: list[tuple[int, Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]],
+                                         Any]]] = []
+        slots: list[int] = []
+        if company:
+            for c_s, c_t in zip(self.company_cols[s], self.company_cols[t], strict=True):
+                plain.append(self.pos[s][c_s])
+                slots.append(len(slots))
+                if self.kinds[s][c_s] is not self.kinds[t][c_t]:
+                    kind, idx = self.kinds[t][c_t], self.pos[s][c_s]
+                    fixups.append((len(slots) - 1, lambda r, _k, _res, kind=kind, idx=idx:
+                                   coerce(r[idx], kind)))
+        for i in fields:
+            f = self.bound.fields[i]
+            slot = len(slots)
+            slots.append(slot)
+            src, dst = f.end(s), f.end(t)
+            if src.column is None:
+                const = coerce(f.spec.default, self.kinds[t][dst.column or ""])
+                plain.append(0)
+                fixups.append((slot, lambda _r, _k, _res, const=const: const))
+                continue
+            idx = self.pos[s][src.column]
+            plain.append(idx)
+            simple = (not src.is_lookup and not dst.is_lookup and f.spec.values is None
+                      and self.kinds[s][src.column] is self.kinds[t][dst.column or ""])
+            if not simple:
+                fixups.append((slot, self._fast_transform(s, t, i, idx)))
+        getter = operator.itemgetter(*plain) if plain else None
+        width = len(plain)
+
+        def build(row: Row, key: Row, resolved: dict[tuple[Side, int], dict[Any, Any]]) -> Row:
+            if getter is None:
+                return ()
+            got = getter(row)
+            values = list(got) if width > 1 else [got]
+            for slot, fn in fixups:
+                values[slot] = fn(row, key, resolved)
+            return tuple(values)
+
+        return build
+
+    def _fast_transform(self, s: Side, t: Side, i: int, idx: int
+                        ) -> Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Any]:
+        """The per-row conversion of field ``i`` for the common shapes (a value map, a lookup
+        on the target side, a coercion), falling back to :meth:`transform` — which raises
+        the precise RowError — whenever the fast answer is missing."""
+        f = self.bound.fields[i]
+        src, dst = f.end(s), f.end(t)
+        general = self.transform
+        if src.is_lookup:
+            return lambda r, k, res: general(s, i, r, k, res)
+        vm = f.spec.values
+        mapping = (vm.to_right if s is Side.LEFT else vm.to_left) if vm is not None else None
+        kind = self.kinds[t][dst.column or ""]
+        lookup_key = (t, -1 - i)
+
+        def convert(r: Row, k: Row, res: dict[tuple[Side, int], dict[Any, Any]]) -> Any:
+            v = r[idx]
+            if v is None:
+                return None
+            if mapping is not None:
+                found, v = mapping(v)
+                if not found:
+                    return general(s, i, r, k, res)
+            if dst.is_lookup:
+                if v is None:
+                    return None
+                hit = res[lookup_key].get(canonical(v), _MISSING)
+                return general(s, i, r, k, res) if hit is _MISSING else hit
+            return coerce(v, kind)
+
+        return convert
 
     # -- streaming ---------------------------------------------------------------------------
     def entries(self, *, after: Row | None, batch_size: int) -> Iterator[Entry]:
@@ -304,20 +397,12 @@ class MapDiffer:
                 assert row is not None
                 t = s.other
                 try:
-                    vals = [coerce(row[self.pos[s][c]], self.kinds[t][ct]) for c, ct in
-                            zip(self.company_cols[s], self.company_cols[t], strict=True)]
-                    for i in self.create_into[t]:
-                        f = self.bound.fields[i]
-                        if f.end(s).column is None:
-                            col = f.end(t).column or ""
-                            vals.append(coerce(f.spec.default, self.kinds[t][col]))
-                        else:
-                            vals.append(self.transform(s, i, row, e.key, resolved))
+                    vals = self.build_create[t](row, e.key, resolved)
                 except RowError as err:
                     out.failures.append(Failure(t, e.key, "create", err,
                                                 dict(zip(self.columns[s], row, strict=True))))
                     continue
-                out.creates[t].append(Create(t, e.key, tuple(vals)))
+                out.creates[t].append(Create(t, e.key, vals))
                 continue
             rows = {Side.LEFT: e.left, Side.RIGHT: e.right}
             diffs: dict[int, FieldDiff] = {}
@@ -352,8 +437,7 @@ class MapDiffer:
                     continue
                 changed = True
                 try:
-                    vals = tuple(self.transform(s, i, rows[s], e.key, resolved)  # type: ignore[arg-type]
-                                 for i in self.update_into[t])
+                    vals = self.build_update[t](rows[s], e.key, resolved)  # type: ignore[arg-type]
                 except RowError as err:
                     out.failures.append(Failure(t, e.key, "update", err))
                     continue

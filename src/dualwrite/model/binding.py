@@ -296,7 +296,7 @@ class _Binder:
             try:
                 expr = parse_filter(text)
             except FilterSyntaxError as exc:
-                self.issue(m, "DW109", f"{side.value} filter does not parse: {exc.message}",
+                self.issue(m, "DW109", f"{side.value} filter does not parse: {exc.detail}",
                            exc.hint, m.line_of("filter"))
                 ok = False
                 continue

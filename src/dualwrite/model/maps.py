@@ -159,8 +159,7 @@ def _field(item: Any, file: str | None, line: int | None) -> FieldMap:
     try:
         parsed: FieldLine = parse_field_line(text)
     except MapSyntaxError as exc:
-        raise _err(exc.message.split(" ", 1)[1] if exc.message.startswith("DW") else exc.message,
-                   exc.hint, file, line) from exc
+        raise _err(exc.detail, exc.hint, file, line) from exc
     values = None
     if "values" in options:
         raw = options["values"]
@@ -170,7 +169,7 @@ def _field(item: Any, file: str | None, line: int | None) -> FieldMap:
         try:
             values = ValueMap(raw)
         except MapSyntaxError as exc:
-            raise _err(f"field {text!r}: {exc.message}", exc.hint, file, line) from exc
+            raise _err(f"field {text!r}: {exc.detail}", exc.hint, file, line) from exc
         if not parsed.direction.transformed:
             raise _err(
                 f"field {text!r} has a value map but uses {parsed.direction.value!r}",

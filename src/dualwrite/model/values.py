@@ -19,8 +19,8 @@ from dualwrite.errors import MapSyntaxError
 def canonical(value: Any) -> Any:
     """A hashable, comparable form: numbers as normalised Decimal, bools as 0/1 Decimals,
     datetimes without microsecond noise, UUIDs as lower-case strings, bytes unchanged."""
-    if value is None:
-        return None
+    if value is None or type(value) is str:  # the common case first: keys are mostly text
+        return value
     if isinstance(value, bool):
         return Decimal(int(value))
     if isinstance(value, int):
@@ -81,6 +81,8 @@ class ValueMap:
         self._forward = {value_key(k): v for k, v in self.pairs.items()}
         self._backward: dict[str | None, Any] = {}
         self.collisions: list[tuple[Any, Any, Any]] = []
+        self._right_memo: dict[tuple[type, Any], tuple[bool, Any]] = {}
+        self._left_memo: dict[tuple[type, Any], tuple[bool, Any]] = {}
         for k, v in self.pairs.items():
             rk = value_key(v)
             if rk in self._backward:
@@ -94,20 +96,31 @@ class ValueMap:
 
     def to_right(self, left_value: Any) -> tuple[bool, Any]:
         """(found, right value). None maps to None."""
-        if left_value is None:
-            return True, None
-        k = value_key(left_value)
-        if k in self._forward:
-            return True, self._forward[k]
-        return False, None
+        return self._memo(self._right_memo, self._forward, left_value)
 
     def to_left(self, right_value: Any) -> tuple[bool, Any]:
-        if right_value is None:
+        """(found, left value). None maps to None."""
+        return self._memo(self._left_memo, self._backward, right_value)
+
+    @staticmethod
+    def _memo(memo: dict[tuple[type, Any], tuple[bool, Any]], table: dict[str | None, Any],
+              value: Any) -> tuple[bool, Any]:
+        # Value maps see few distinct values over millions of rows: remember each answer by
+        # (type, value) so the normalisation in value_key runs once per distinct value.
+        if value is None:
             return True, None
-        k = value_key(right_value)
-        if k in self._backward:
-            return True, self._backward[k]
-        return False, None
+        mk = (type(value), value)
+        try:
+            hit = memo.get(mk)
+        except TypeError:  # unhashable (a JSON document): no memo
+            k = value_key(value)
+            return (True, table[k]) if k in table else (False, None)
+        if hit is None:
+            k = value_key(value)
+            hit = (True, table[k]) if k in table else (False, None)
+            if len(memo) < 10_000:
+                memo[mk] = hit
+        return hit
 
     def __repr__(self) -> str:
         return f"ValueMap({self.pairs!r})"
