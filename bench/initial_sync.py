@@ -54,7 +54,8 @@ fields:
   - CREDITLIMIT = creditlimit
   - PRIMARYCONTACTEMAIL = emailaddress1
   - INVOICEADDRESSCITY = address2_city
-  - ONHOLDSTATUS >< msdyn_onholdstatus: {values: {"No": 806380000, "Invoice": 806380001, "All": 806380002}}
+  - ONHOLDSTATUS >< msdyn_onholdstatus:
+      values: {"No": 806380000, "Invoice": 806380001, "All": 806380002}
   - CUSTOMERGROUPID = msdyn_customergroupid.msdyn_groupid
   - none >> customertypecode: {default: 3}
 """

@@ -23,7 +23,7 @@ from dualwrite.errors import (
     ValidationFailed,
 )
 
-open = open_link  # noqa: A001 - the documented entry point is dualwrite.open()
+open = open_link
 
 __version__ = "0.1.0"
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,7 +31,8 @@ maps_app = typer.Typer(no_args_is_help=True, help="List maps and their state.")
 app.add_typer(errors_app, name="errors")
 app.add_typer(maps_app, name="maps")
 
-out = Console(highlight=False, soft_wrap=True)
+# Tables stay readable when piped to a file or CI log (Rich would assume 80 columns).
+out = Console(highlight=False, soft_wrap=True, width=shutil.get_terminal_size((120, 24)).columns)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 _global: dict[str, Path | None] = {"config": None}

@@ -7,7 +7,6 @@ from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
-from conftest import Backend, BackendFactory, guid_default
 
 from dualwrite.connectors.base import LinkRecord
 from dualwrite.errors import ConstraintViolation, TerminalConnectorError
@@ -15,13 +14,16 @@ from dualwrite.model.filters import parse_filter
 from dualwrite.model.schema import Kind
 from dualwrite.model.values import canonical
 
+from conftest import Backend, BackendFactory, guid_default
+
 NAMES = ["b", "B", "a", "A", "é", "z", "Z", "ab", "a b", "_x", "%y", "ü", "Ä", "0", "9", "10"]
 
 
 def metadata(dialect: str) -> sa.MetaData:
     md = sa.MetaData()
     sa.Table("suite_groups", md,
-             sa.Column("gid", sa.String(36), primary_key=True, server_default=guid_default(dialect)),
+             sa.Column("gid", sa.String(36), primary_key=True,
+                       server_default=guid_default(dialect)),
              sa.Column("code", sa.String(20), nullable=False, unique=True),
              sa.Column("label", sa.String(50)))
     sa.Table("suite_items", md,
@@ -168,7 +170,7 @@ def test_check_constraint_and_length_are_enforced_by_real_databases(db: Backend)
         # SQLite does not enforce VARCHAR length; the memory fake only knows NOT NULL/unique/FK.
         # Check constraints: SQLite does enforce them, so test that part there.
         if db.kind == "sqlite":
-            with pytest.raises(ConstraintViolation, match="ck_suite_qty|CHECK"):
+            with pytest.raises(ConstraintViolation, match=r"ck_suite_qty|CHECK"):
                 db.insert("suite_items", [{"company": "c", "code": "q", "name": "n", "qty": -1}])
         return
     with pytest.raises(ConstraintViolation):

@@ -6,11 +6,12 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from conftest import PAIRS, BackendFactory
-from sync_fixtures import Pair, crm_account, erp_customer, make_pair, seed_groups
 
 from dualwrite.errors import LinkError, TransientConnectorError
 from dualwrite.model.values import canonical
+
+from conftest import PAIRS, BackendFactory
+from sync_fixtures import Pair, crm_account, erp_customer, make_pair, seed_groups
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])

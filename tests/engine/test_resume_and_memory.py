@@ -14,6 +14,7 @@ import tracemalloc
 from pathlib import Path
 
 import sqlalchemy as sa
+
 from conftest import BackendFactory
 from sync_fixtures import erp_customer, make_pair, seed_groups
 

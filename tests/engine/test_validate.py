@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import BackendFactory
-from sync_fixtures import make_pair
 
 from dualwrite.engine.link import Link
 from dualwrite.errors import ConfigError, ValidationFailed
+
+from conftest import BackendFactory
+from sync_fixtures import make_pair
 
 BROKEN = """name: broken
 left: Customers
@@ -132,7 +133,7 @@ def test_config_errors_say_what_to_fix(tmp_path: Path) -> None:
     bad = tmp_path / "dualwrite.yaml"
     bad.write_text("environments: {erp: {url: 'sqlite:///a.db'}}\nlink: {left: erp, right: crm}\n"
                    "maps: []\n")
-    with pytest.raises(ConfigError, match="link.right names environment 'crm'"):
+    with pytest.raises(ConfigError, match=r"link\.right names environment 'crm'"):
         load_config(bad)
     bad.write_text("environments: {erp: {url: 'sqlite:///a.db'}, crm: {url: 'sqlite:///b.db'}}\n"
                    "link: {left: erp, right: crm}\nmaps: ['maps/*.yaml']\n")

@@ -134,7 +134,7 @@ class Connector(ABC):
     def clear_link(self) -> None:
         """Remove the link record."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook; most connectors have a pool to drop
         """Release connections. Idempotent."""
 
     def __enter__(self) -> Connector:

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
-from dualwrite.connectors.base import Capabilities
+from dualwrite.connectors.base import Capabilities, Row
 from dualwrite.connectors.sql import SqlConnector
-
 
 #: server error codes that mean "this row was rejected", whatever exception class PyMySQL uses:
 #: check constraint, NOT NULL, duplicate key, too long, out of range, bad value, foreign key
@@ -26,8 +26,18 @@ class MySqlConnector(SqlConnector):
         return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
                                 pool_recycle=3600)
 
+    def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
+                     rows: Sequence[Row]) -> None:
+        # Tuples straight to the driver: PyMySQL folds an executemany of one INSERT ... VALUES
+        # into multi-row INSERTs; the Core path would first build a dict per row.
+        quote = self.engine.dialect.identifier_preparer.quote
+        marks = ", ".join("%s" for _ in columns)
+        conn.exec_driver_sql(
+            f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+            f"VALUES ({marks})", list(rows))
+
     def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
-        args = getattr(exc.orig, "args", ())
+        args: tuple[Any, ...] = tuple(getattr(exc.orig, "args", ()))
         return bool(args) and args[0] in CONSTRAINT_CODES
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
@@ -43,7 +53,9 @@ class MySqlConnector(SqlConnector):
         return str(row[0]).endswith("_bin") or row[0] == "binary"
 
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
-        charset = getattr(self, "_charsets", {}).get((col.table.name, col.name))  # type: ignore[attr-defined]
+        table = getattr(col, "table", None)
+        charset = getattr(self, "_charsets", {}).get((getattr(table, "name", None),
+                                                      getattr(col, "name", None)))
         if charset == "utf8mb4":
             return sa.collate(col, "utf8mb4_bin")
         if charset in ("utf8mb3", "utf8"):

@@ -131,8 +131,8 @@ class SqlConnector(Connector):
         return False
 
     def _is_transient(self, exc: BaseException) -> bool:
-        return isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and getattr(
-            exc, "connection_invalidated", False) or isinstance(exc, sa_exc.TimeoutError)
+        return (isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and getattr(
+            exc, "connection_invalidated", False)) or isinstance(exc, sa_exc.TimeoutError)
 
     # -- error translation: the one choke point ----------------------------------------------
     @contextmanager
@@ -157,8 +157,8 @@ class SqlConnector(Connector):
                     f"{doing}: the database rejected the row: {self._driver_message(exc)}",
                     hint="fix the row's value or the constraint; the error names the column",
                     environment=self.name) from exc
-            if self._is_transient(exc) or isinstance(exc, sa_exc.OperationalError) \
-                    and self._looks_transient(exc):
+            if self._is_transient(exc) or (isinstance(exc, sa_exc.OperationalError) \
+                    and self._looks_transient(exc)):
                 raise TransientConnectorError(
                     f"{doing}: {self._driver_message(exc)}",
                     hint="the database is unreachable or busy; dualwrite retries, or check "

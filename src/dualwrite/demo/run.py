@@ -40,7 +40,7 @@ def write_demo_files(directory: Path) -> Path:
                          "erp", "crm", "sqlite:///dualwrite-state.db", ["maps/*.yaml"])
     path = directory / "dualwrite.yaml"
     header = ("# dualwrite demo: an ERP (left) and a CRM (right), both SQLite.\n"
-              "# Try: dualwrite -c {0} verify   |   dualwrite -c {0} plan\n").format(path)
+              f"# Try: dualwrite -c {path} verify   |   dualwrite -c {path} plan\n")
     path.write_text(header + yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return path
 
@@ -98,20 +98,17 @@ def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None)
         con.print(f"4. initial sync: done in {time.monotonic() - t0:.1f}s")
         verified = {r.map: r for r in link.verify()}
         ok = all(r.ok for r in verified.values())
-        table = Table(title="summary", title_justify="left")
-        for col in ("map", "ERP table", "CRM table", "ERP before", "CRM before",
-                    "→ CRM", "→ ERP", "updated", "errors", "ERP after", "CRM after",
-                    "verify"):
-            table.add_column(col, justify="left" if "table" in col or col == "map"
-                             else "right")
+        table = Table(title="summary (rows: ERP / CRM)", title_justify="left")
+        for col in ("map", "before", "created", "updated", "errors", "after", "verify"):
+            table.add_column(col, justify="left" if col == "map" else "right")
         for b in link.bound_maps():
             s, v = synced[b.name], verified[b.name]
             table.add_row(
-                b.name, b.left_table, b.right_table, f"{before[b.name][0]:,}",
-                f"{before[b.name][1]:,}", f"{s.created['right']:,}", f"{s.created['left']:,}",
-                f"{s.updated['left'] + s.updated['right']:,}",
+                b.name, f"{before[b.name][0]:,} / {before[b.name][1]:,}",
+                f"{s.created['left']:,} / {s.created['right']:,}",
+                f"{s.updated['left']:,} / {s.updated['right']:,}",
                 f"{s.errors['left'] + s.errors['right']:,}",
-                f"{_count(link, Side.LEFT, b.left_table):,}",
+                f"{_count(link, Side.LEFT, b.left_table):,} / "
                 f"{_count(link, Side.RIGHT, b.right_table):,}",
                 "ok" if v.ok else f"{v.differences} diff")
         con.print(table)

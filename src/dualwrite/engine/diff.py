@@ -204,18 +204,17 @@ class MapDiffer:
                 plain.append(self.pos[s][c_s])
                 slots.append(len(slots))
                 if self.kinds[s][c_s] is not self.kinds[t][c_t]:
-                    kind, idx = self.kinds[t][c_t], self.pos[s][c_s]
-                    fixups.append((len(slots) - 1, lambda r, _k, _res, kind=kind, idx=idx:
-                                   coerce(r[idx], kind)))
+                    fixups.append((len(slots) - 1, self._coercer(self.pos[s][c_s],
+                                                                 self.kinds[t][c_t])))
         for i in fields:
             f = self.bound.fields[i]
             slot = len(slots)
             slots.append(slot)
             src, dst = f.end(s), f.end(t)
             if src.column is None:
-                const = coerce(f.spec.default, self.kinds[t][dst.column or ""])
                 plain.append(0)
-                fixups.append((slot, lambda _r, _k, _res, const=const: const))
+                fixups.append((slot, self._constant(
+                    coerce(f.spec.default, self.kinds[t][dst.column or ""]))))
                 continue
             idx = self.pos[s][src.column]
             plain.append(idx)
@@ -236,6 +235,16 @@ class MapDiffer:
             return tuple(values)
 
         return build
+
+    @staticmethod
+    def _coercer(idx: int, kind: Kind) -> Callable[[Row, Row, dict[tuple[Side, int],
+                                                                    dict[Any, Any]]], Any]:
+        return lambda r, _k, _res: coerce(r[idx], kind)
+
+    @staticmethod
+    def _constant(value: Any) -> Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]],
+                                          Any]:
+        return lambda _r, _k, _res: value
 
     def _fast_transform(self, s: Side, t: Side, i: int, idx: int
                         ) -> Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Any]:
@@ -302,7 +311,7 @@ class MapDiffer:
                 end_t, end_s = f.end(t), f.end(s)
                 if not end_t.is_lookup or not f.spec.flows_to(t) or end_s.column is None:
                     continue
-                keys = set()
+                keys: set[Any] = set()
                 for e in entries:
                     row = e.left if s is Side.LEFT else e.right
                     if row is None:
@@ -310,8 +319,7 @@ class MapDiffer:
                     v = self._logical(s, i, row, out)
                     if v is not _MISSING and v is not None:
                         keys.add(self._mapped(s, f, v)[1] if f.spec.values else v)
-                ids = self.resolver.to_ids(t, end_t.targets, keys)
-                out[(t, -1 - i)] = ids
+                out[(t, -1 - i)] = self.resolver.to_ids(t, end_t.targets, keys)
         return out
 
     def _logical(self, s: Side, i: int, row: Row, resolved: dict[tuple[Side, int], dict[Any, Any]]
@@ -409,8 +417,8 @@ class MapDiffer:
             for i in self.compared:
                 lv = self._logical(Side.LEFT, i, e.left, resolved)
                 rv = self._logical(Side.RIGHT, i, e.right, resolved)
-                if self.one_way_source.get(i) is Side.LEFT and lv is None or \
-                        self.one_way_source.get(i) is Side.RIGHT and rv is None:
+                if (self.one_way_source.get(i) is Side.LEFT and lv is None) or \
+                        (self.one_way_source.get(i) is Side.RIGHT and rv is None):
                     # A one-way field with nothing at its source is not compared: initial
                     # sync never erases the target's value with nothing (a row created from
                     # the other side has no value to give).
@@ -437,7 +445,7 @@ class MapDiffer:
                     continue
                 changed = True
                 try:
-                    vals = self.build_update[t](rows[s], e.key, resolved)  # type: ignore[arg-type]
+                    vals = self.build_update[t](rows[s], e.key, resolved)
                 except RowError as err:
                     out.failures.append(Failure(t, e.key, "update", err))
                     continue

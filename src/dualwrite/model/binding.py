@@ -344,14 +344,14 @@ class _Binder:
                                "let only one line flow into each column (make one of them "
                                "one-way the other way)", bf.spec.line)
                 written[col] = bf.spec
-            for col in schema.columns.values():
-                if col.required and col.name not in written and col.name not in keys[side]:
-                    self.issue(m, "DW105", f"{side.value} column {schema.name}.{col.name} is "
+            for c in schema.columns.values():
+                if c.required and c.name not in written and c.name not in keys[side]:
+                    line = f"- none >> {c.name}" if side is Side.RIGHT else \
+                        f"- {c.name} << none"
+                    self.issue(m, "DW105", f"{side.value} column {schema.name}.{c.name} is "
                                "required (NOT NULL, no default) but no field line fills it",
-                               f"map a field into it, or add `- none >> {col.name}: {{default: "
-                               "...}`" if side is Side.RIGHT else
-                               f"map a field into it, or add `- {col.name} << none: {{default: "
-                               "...}`", m.line_of("fields"))
+                               f"map a field into it, or add `{line}: {{default: ...}}`",
+                               m.line_of("fields"))
 
 
 def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister

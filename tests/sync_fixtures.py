@@ -11,9 +11,10 @@ from typing import Any
 
 import sqlalchemy as sa
 import yaml
-from conftest import Backend, BackendFactory, guid_default
 
 from dualwrite.engine.link import Link
+
+from conftest import Backend, BackendFactory, guid_default
 
 GROUPS_MAP = """
 name: groups

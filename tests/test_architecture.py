@@ -1,0 +1,67 @@
+"""The layout shows the architecture: imports flow api/cli -> engine -> connectors -> model."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import dualwrite
+
+SRC = Path(dualwrite.__file__).resolve().parent
+
+#: package -> the dualwrite packages it may import (errors is shared by all)
+ALLOWED = {
+    "model": {"model", "errors"},
+    "connectors": {"connectors", "model", "errors"},
+    "engine": {"engine", "connectors", "model", "errors"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module]
+        elif isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        else:
+            continue
+        for n in names:
+            parts = n.split(".")
+            if parts[0] == "dualwrite" and len(parts) > 1:
+                found.add(parts[1])
+    return found
+
+
+def test_imports_flow_one_way() -> None:
+    problems = []
+    for package, allowed in ALLOWED.items():
+        for path in sorted((SRC / package).rglob("*.py")):
+            bad = _imports(path) - allowed
+            if bad:
+                problems.append(f"{path.relative_to(SRC)} imports {sorted(bad)}")
+    assert not problems, "\n".join(problems)
+
+
+def test_model_does_no_io() -> None:
+    for path in sorted((SRC / "model").rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        for forbidden in ("import sqlalchemy", "open(", "read_text(", "import socket"):
+            assert forbidden not in text, f"{path.name} uses {forbidden!r}: model/ is pure"
+
+
+def test_public_api_is_reexported() -> None:
+    for name in dualwrite.__all__:
+        assert hasattr(dualwrite, name), name
+    assert dualwrite.open is dualwrite.engine.link.open_link
+    exported_errors = {n for n in dualwrite.__all__ if n.endswith(("Error", "Failed",
+                                                                 "Violation", "Unavailable"))}
+    import dualwrite.errors as errors_module
+
+    defined = {n for n, v in vars(errors_module).items()
+               if isinstance(v, type) and issubclass(v, Exception)
+               and v.__module__ == errors_module.__name__}
+    assert defined <= exported_errors | {"Issue"}, defined - exported_errors
+    for n in defined:
+        assert issubclass(getattr(errors_module, n), dualwrite.DualwriteError)
