@@ -359,9 +359,12 @@ def demo(directory: Annotated[Path, typer.Option(
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: runs the Typer app, maps dualwrite errors to exit code 2."""
+    """Entry point: runs the Typer app; dualwrite errors become exit code 2 (1 for failed
+    checks), printed with their hint, never as a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        app(args=argv, prog_name="dualwrite")
+    except SystemExit as e:  # Typer's own exits: --help, usage errors
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except Exit as e:
         return e.code
     except ValidationFailed as exc:
@@ -370,21 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     except DualwriteError as exc:
         _fail(exc)
         return 2
-    except typer.Abort:
-        err.print("aborted")
-        return 130
     except KeyboardInterrupt:
         err.print("interrupted; run the command again to resume from the last checkpoint")
         return 130
-    except Exception as exc:
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Exit):
-            return int(exc.exit_code)
-        raise
     return 0
 
 
