@@ -9,6 +9,8 @@ Every error names what was wrong and what to do about it. The tree::
     │   ├── TemplateError               a published template table cannot be imported
     │   └── ValidationFailed            maps checked against real schemas: carries every Issue
     ├── LinkError                       an environment is linked elsewhere, or not linked
+    ├── LicenceError                    a write to a restricted table without its licence
+    ├── RowNotFound                     an update or delete names a row that does not exist
     ├── ConnectorError                  a database refused or failed an operation
     │   ├── TransientConnectorError     worth retrying: connection lost, deadlock, timeout
     │   └── TerminalConnectorError      retrying will not help: bad credentials, missing table
@@ -138,6 +140,28 @@ class ValidationFailed(ConfigError):
 
 class LinkError(DualwriteError):
     """An environment belongs to another link, or is not linked yet."""
+
+
+class LicenceError(DualwriteError):
+    """The writing principal lacks the licence a restricted map requires; nothing was
+    written on either side."""
+
+    def __init__(self, message: str, *, principal: str, licence: str, hint: str = "") -> None:
+        super().__init__(message, hint=hint or f"grant it: dualwrite tokens create --principal "
+                         f"{principal} --licence {licence}")
+        self.principal = principal
+        self.licence = licence
+
+
+class RowNotFound(DualwriteError):
+    """An update or delete names a row that does not exist."""
+
+    def __init__(self, environment: str, table: str, key: dict[str, Any]) -> None:
+        super().__init__(f"{environment}: no row of {table!r} has key {key!r}",
+                         hint="check the key, or create the row first")
+        self.environment = environment
+        self.table = table
+        self.key = key
 
 
 class ConnectorError(DualwriteError):

@@ -63,6 +63,39 @@ class WriteSession(ABC):
     def delete(self, table: str, key: Sequence[str], keys: Sequence[Row]) -> int:
         """Delete the rows found by ``key``; returns how many were deleted."""
 
+    @abstractmethod
+    def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+              keys: Sequence[Row]) -> list[Row]:
+        """Rows by key, as this transaction sees them (its own writes included)."""
+
+    @abstractmethod
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        """As :meth:`Connector.lookup`, inside this transaction."""
+
+
+class Branch(ABC):
+    """One environment's part of a live (two-phase) transaction.
+
+    Writes go through ``session``. ``prepare()`` makes the branch durable without committing
+    it (``PREPARE TRANSACTION`` / ``XA PREPARE``); ``commit()`` then commits it, and
+    ``rollback()`` undoes it from any state. A prepared branch survives the death of the
+    process that prepared it: :meth:`Connector.recover` finds it and
+    :meth:`Connector.finish_prepared` ends it.
+    """
+
+    xid: str
+    session: WriteSession
+
+    @abstractmethod
+    def prepare(self) -> None: ...
+
+    @abstractmethod
+    def commit(self) -> None: ...
+
+    @abstractmethod
+    def rollback(self) -> None: ...
+
 
 class Connector(ABC):
     """One environment's database."""
@@ -120,6 +153,24 @@ class Connector(ABC):
     @abstractmethod
     def transaction(self) -> AbstractContextManager[WriteSession]:
         """A write transaction: committed when the block ends, rolled back on an exception."""
+
+    # -- two-phase commit -------------------------------------------------------------------
+    def begin_branch(self, xid: str) -> Branch:
+        """Open a two-phase branch named ``xid``. Only where ``capabilities.two_phase``."""
+        from dualwrite.errors import TerminalConnectorError
+
+        raise TerminalConnectorError(
+            f"{type(self).__name__} has no two-phase commit", environment=self.name,
+            hint="pair environments whose databases support it (PostgreSQL, MariaDB), or two "
+            "SQLite files")
+
+    def recover(self, prefix: str) -> list[str]:
+        """Prepared branches whose xid starts with ``prefix`` (none where there is no 2PC)."""
+        return []
+
+    def finish_prepared(self, xid: str, *, commit: bool) -> None:  # noqa: B027 - no-op default
+        """Commit or roll back a prepared branch left by any process (backends without
+        two-phase commit never have one)."""
 
     # -- link bookkeeping -----------------------------------------------------------------
     @abstractmethod

@@ -17,7 +17,14 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from dualwrite.connectors.base import Capabilities, Connector, LinkRecord, Row, WriteSession
+from dualwrite.connectors.base import (
+    Branch,
+    Capabilities,
+    Connector,
+    LinkRecord,
+    Row,
+    WriteSession,
+)
 from dualwrite.errors import ConnectorError, ConstraintViolation, TerminalConnectorError
 from dualwrite.model.filters import Expr, evaluate
 from dualwrite.model.schema import TableSchema
@@ -40,6 +47,7 @@ class _Store:
         self.schemas: dict[str, TableSchema] = {}
         self.rows: dict[str, dict[tuple[Any, ...], dict[str, Any]]] = {}
         self.link: LinkRecord | None = None
+        self.prepared: dict[str, dict[str, dict[tuple[Any, ...], dict[str, Any]]]] = {}
         self.lock = threading.RLock()
         self.serial = 0
 
@@ -49,6 +57,7 @@ class MemoryWriteSession(WriteSession):
                                                                         dict[str, Any]]]) -> None:
         self.c = connector
         self.rows = rows
+        self._index: dict[tuple[str, tuple[str, ...]], set[tuple[Any, ...]]] = {}
 
     def _check(self, table: str, row: dict[str, Any]) -> None:
         schema = self.c.describe(table)
@@ -63,10 +72,8 @@ class MemoryWriteSession(WriteSession):
             vals = tuple(row.get(c) for c in fk.columns)
             if any(v is None for v in vals):
                 continue
-            target = self.rows.get(fk.table, {})
             wanted = tuple(canonical(v) for v in vals)
-            if not any(tuple(canonical(r.get(c)) for c in fk.ref_columns) == wanted
-                       for r in target.values()):
+            if wanted not in self._referenced(fk.table, fk.ref_columns):
                 raise ConstraintViolation(
                     f"FOREIGN KEY constraint failed: {table}.{','.join(fk.columns)} -> "
                     f"{fk.table}", hint="create the referenced row first",
@@ -74,6 +81,16 @@ class MemoryWriteSession(WriteSession):
         reason = self.c._reject(table, row)
         if reason:
             raise ConstraintViolation(reason, environment=self.c.name)
+
+    def _referenced(self, table: str, columns: tuple[str, ...]) -> set[tuple[Any, ...]]:
+        """Key values present in ``table`` (cached per session; invalidated on writes)."""
+        ck = (table, columns)
+        got = self._index.get(ck)
+        if got is None:
+            got = {tuple(canonical(r.get(c)) for c in columns)
+                   for r in self.rows.get(table, {}).values()}
+            self._index[ck] = got
+        return got
 
     def _fill_defaults(self, table: str, row: dict[str, Any]) -> None:
         schema = self.c.describe(table)
@@ -100,11 +117,15 @@ class MemoryWriteSession(WriteSession):
                                           hint="the row exists already", environment=self.c.name)
             for uniq in schema.unique:
                 uk = _key_of(row, uniq)
-                if None not in uk and any(_key_of(o, uniq) == uk for o in data.values()):
+                taken = self._referenced(table, tuple(uniq))
+                if None not in uk and uk in taken:
                     raise ConstraintViolation(
                         f"UNIQUE constraint failed: {table}.{','.join(uniq)}",
                         environment=self.c.name)
             data[pk] = row
+            for (t, cols), keys in self._index.items():  # keep the table's indexes current
+                if t == table:
+                    keys.add(tuple(canonical(row.get(c)) for c in cols))
 
     def update(self, table: str, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[tuple[Row, Row]]) -> int:
@@ -119,6 +140,7 @@ class MemoryWriteSession(WriteSession):
                     self._check(table, new)
                     data[pk] = new
                     n += 1
+        self._index = {k: v for k, v in self._index.items() if k[0] != table}
         return n
 
     def delete(self, table: str, key: Sequence[str], keys: Sequence[Row]) -> int:
@@ -128,13 +150,71 @@ class MemoryWriteSession(WriteSession):
         doomed = [pk for pk, row in data.items() if _key_of(row, key) in wanted]
         for pk in doomed:
             del data[pk]
+        self._index = {k: v for k, v in self._index.items() if k[0] != table}
         return len(doomed)
+
+    def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+              keys: Sequence[Row]) -> list[Row]:
+        wanted = {tuple(canonical(v) for v in k) for k in keys}
+        return [tuple(r[c] for c in columns) for r in self.rows.get(table, {}).values()
+                if _key_of(r, key) in wanted]
+
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        return _lookup(self.rows.get(table, {}).values(), match, values, returning)
+
+
+def _lookup(rows: Iterable[dict[str, Any]], match: str, values: Iterable[Any], returning: str
+            ) -> dict[Any, Any]:
+    wanted = {canonical(v) for v in values if v is not None}
+    found: dict[Any, Any] = {}
+    for r in sorted(rows, key=lambda r: _key_of(r, [returning])):
+        m = canonical(r.get(match))
+        if m in wanted:
+            found.setdefault(m, r[returning])
+    return found
+
+
+class MemoryBranch(Branch):
+    """A fake two-phase branch: the working copy is kept in the store when prepared, so a
+    'crashed' coordinator's branch can be found and finished by recovery."""
+
+    def __init__(self, connector: MemoryConnector, xid: str) -> None:
+        self.c = connector
+        self.xid = xid
+        connector.store.lock.acquire()
+        self.session = MemoryWriteSession(connector, copy.deepcopy(connector.store.rows))
+        self.state = "active"
+
+    def prepare(self) -> None:
+        self.c._maybe_fail("prepare", None)
+        assert isinstance(self.session, MemoryWriteSession)
+        self.c.store.prepared[self.xid] = self.session.rows
+        self.state = "prepared"
+
+    def commit(self) -> None:
+        try:
+            self.c._maybe_fail("commit", None)
+            self.c.finish_prepared(self.xid, commit=True)
+        finally:
+            self._release()
+
+    def rollback(self) -> None:
+        try:
+            self.c.store.prepared.pop(self.xid, None)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self.state != "done":
+            self.state = "done"
+            self.c.store.lock.release()
 
 
 class MemoryConnector(Connector):
     """``memory://NAME``: connectors with the same URL share one database."""
 
-    capabilities = Capabilities(two_phase=False, bulk_copy=False)
+    capabilities = Capabilities(two_phase=True, bulk_copy=False)
 
     def __init__(self, name: str, url: str) -> None:
         super().__init__(name, url)
@@ -218,13 +298,20 @@ class MemoryConnector(Connector):
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:
-        wanted = {canonical(v) for v in values if v is not None}
-        found: dict[Any, Any] = {}
-        for r in self._sorted(table, [returning], None):
-            m = canonical(r.get(match))
-            if m in wanted:
-                found.setdefault(m, r[returning])
-        return found
+        return _lookup(self._sorted(table, [returning], None), match, values, returning)
+
+    # -- two-phase commit --------------------------------------------------------------------
+    def begin_branch(self, xid: str) -> Branch:
+        return MemoryBranch(self, xid)
+
+    def recover(self, prefix: str) -> list[str]:
+        return sorted(x for x in self.store.prepared if x.startswith(prefix))
+
+    def finish_prepared(self, xid: str, *, commit: bool) -> None:
+        with self.store.lock:
+            rows = self.store.prepared.pop(xid, None)
+            if commit and rows is not None:
+                self.store.rows = rows
 
     # -- writes ------------------------------------------------------------------------------
     @contextmanager

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
@@ -35,6 +36,37 @@ class MySqlConnector(SqlConnector):
         conn.exec_driver_sql(
             f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
             f"VALUES ({marks})", list(rows))
+
+    def recover(self, prefix: str) -> list[str]:
+        with self.translating("XA RECOVER"), self._autocommit() as cur:
+            cur.execute("XA RECOVER")
+            rows = cur.fetchall()
+        # columns: formatID, gtrid_length, bqual_length, data (gtrid + bqual)
+        xids = [(r[3].decode() if isinstance(r[3], bytes) else str(r[3]))[:int(r[1])]
+                for r in rows]
+        return sorted(x for x in xids if x.startswith(prefix))
+
+    def finish_prepared(self, xid: str, *, commit: bool) -> None:
+        verb = "COMMIT" if commit else "ROLLBACK"
+        with self.translating(f"XA {verb} {xid}"), self._autocommit() as cur:
+            cur.execute(f"XA {verb} %s", (xid,))
+
+    @contextmanager
+    def _autocommit(self) -> Iterator[Any]:
+        """A raw cursor on a fresh autocommit connection: XA COMMIT of a branch prepared by
+        another (dead) session fails inside any local transaction."""
+        raw = self.engine.raw_connection()
+        try:
+            driver: Any = raw.driver_connection
+            driver.autocommit(True)
+            cur = driver.cursor()
+            try:
+                yield cur
+            finally:
+                cur.close()
+                driver.autocommit(False)
+        finally:
+            raw.close()
 
     def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
         args: tuple[Any, ...] = tuple(getattr(exc.orig, "args", ()))

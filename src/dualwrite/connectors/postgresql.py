@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -9,7 +10,9 @@ import sqlalchemy as sa
 
 from dualwrite.connectors.base import Capabilities, Row
 from dualwrite.connectors.sql import SqlConnector
+from dualwrite.errors import TerminalConnectorError
 
+_SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 BINARY_COLLATIONS = {"c", "posix", "ucs_basic", "c.utf8", "c.utf-8"}
 
 
@@ -29,6 +32,24 @@ class PostgresConnector(SqlConnector):
         with raw.cursor() as cur, cur.copy(stmt) as copy:
             for r in rows:
                 copy.write_row(r)
+
+    def recover(self, prefix: str) -> list[str]:
+        # pg_prepared_xacts lists every database's branches: keep this database's own.
+        rows = self.execute("SELECT gid FROM pg_prepared_xacts WHERE database = "
+                            "current_database() AND gid LIKE :p ORDER BY prepared",
+                            {"p": prefix.replace("%", r"\%").replace("_", r"\_") + "%"})
+        return [str(r[0]) for r in rows]
+
+    def finish_prepared(self, xid: str, *, commit: bool) -> None:
+        # COMMIT/ROLLBACK PREPARED take a literal and refuse to run inside a transaction
+        # block: use a fresh autocommit connection. xids are dualwrite's own ([a-z0-9-]).
+        if not _SAFE_XID.match(xid):
+            raise TerminalConnectorError(f"refusing to finish unexpected xid {xid!r}",
+                                         environment=self.name)
+        verb = "COMMIT" if commit else "ROLLBACK"
+        with self.translating(f"{verb.lower()} prepared {xid}"), \
+                self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql(f"{verb} PREPARED '{xid}'")
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
         with self.engine.connect() as conn:

@@ -15,7 +15,14 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.sql import sqltypes
 
-from dualwrite.connectors.base import Capabilities, Connector, LinkRecord, Row, WriteSession
+from dualwrite.connectors.base import (
+    Branch,
+    Capabilities,
+    Connector,
+    LinkRecord,
+    Row,
+    WriteSession,
+)
 from dualwrite.connectors.sqlfilter import compile_filter
 from dualwrite.errors import (
     ConnectorError,
@@ -92,6 +99,58 @@ class SqlWriteSession(WriteSession):
         with self.connector.translating(f"delete from {table}"):
             result = self.conn.execute(stmt, params)
         return max(result.rowcount, 0)
+
+    def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+              keys: Sequence[Row]) -> list[Row]:
+        return self.connector._fetch(self.conn, table, columns, key, keys)
+
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        return self.connector._lookup(self.conn, table, match, values, returning)
+
+
+class SqlBranch(Branch):
+    """A two-phase branch on one pooled connection (SQLAlchemy's two-phase transaction:
+    ``PREPARE TRANSACTION`` on PostgreSQL, ``XA`` on MariaDB)."""
+
+    def __init__(self, connector: SqlConnector, xid: str) -> None:
+        self.connector = connector
+        self.xid = xid
+        with connector.translating("begin a two-phase transaction"):
+            self.conn = connector.engine.connect()
+            try:
+                self.tx = self.conn.begin_twophase(xid)
+            except BaseException:
+                self.conn.close()
+                raise
+        self.session = SqlWriteSession(connector, self.conn)
+        self.prepared = False
+
+    def prepare(self) -> None:
+        with self.connector.translating(f"prepare {self.xid}"):
+            self.tx.prepare()
+        self.prepared = True
+
+    def commit(self) -> None:
+        try:
+            with self.connector.translating(f"commit {self.xid}"):
+                self.tx.commit()
+        finally:
+            self.conn.close()
+
+    def rollback(self) -> None:
+        try:
+            with self.connector.translating(f"roll back {self.xid}"):
+                if self.tx.is_active or self.prepared:
+                    self.tx.rollback()
+        except ConnectorError:
+            # The connection is gone; a prepared branch is then ended by recovery.
+            self.conn.invalidate()
+            if not self.prepared:
+                return
+            raise
+        finally:
+            self.conn.close()
 
 
 class SqlConnector(Connector):
@@ -349,10 +408,15 @@ class SqlConnector(Connector):
               keys: Sequence[Row]) -> list[Row]:
         if not keys:
             return []
+        with self.engine.connect() as conn:
+            return self._fetch(conn, table, columns, key, keys)
+
+    def _fetch(self, conn: sa.Connection, table: str, columns: Sequence[str],
+               key: Sequence[str], keys: Sequence[Row]) -> list[Row]:
         t = self.table(table)
         out: list[Row] = []
         kcols = [t.c[k] for k in key]
-        with self.translating(f"fetch from {table}"), self.engine.connect() as conn:
+        with self.translating(f"fetch from {table}"):
             for start in range(0, len(keys), LOOKUP_CHUNK):
                 chunk = keys[start:start + LOOKUP_CHUNK]
                 if len(kcols) == 1:
@@ -365,10 +429,15 @@ class SqlConnector(Connector):
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:
+        with self.engine.connect() as conn:
+            return self._lookup(conn, table, match, values, returning)
+
+    def _lookup(self, conn: sa.Connection, table: str, match: str, values: Iterable[Any],
+                returning: str) -> dict[Any, Any]:
         t = self.table(table)
         wanted = list({canonical(v): v for v in values if v is not None}.values())
         found: dict[Any, Any] = {}
-        with self.translating(f"lookup in {table}"), self.engine.connect() as conn:
+        with self.translating(f"lookup in {table}"):
             for start in range(0, len(wanted), LOOKUP_CHUNK):
                 chunk = wanted[start:start + LOOKUP_CHUNK]
                 stmt = (sa.select(t.c[match], t.c[returning]).where(t.c[match].in_(chunk))
@@ -400,6 +469,12 @@ class SqlConnector(Connector):
         with self.translating("execute"), self.engine.begin() as conn:
             result = conn.execute(sa.text(sql), params or {})
             return [tuple(r) for r in result] if result.returns_rows else []
+
+    # -- two-phase commit --------------------------------------------------------------------
+    def begin_branch(self, xid: str) -> Branch:
+        if not self.capabilities.two_phase:
+            return super().begin_branch(xid)
+        return SqlBranch(self, xid)
 
     # -- link bookkeeping --------------------------------------------------------------------
     def _link_table(self) -> sa.Table:

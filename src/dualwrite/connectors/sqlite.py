@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from dualwrite.connectors.base import Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector
+from dualwrite.connectors.base import Capabilities, Row, WriteSession
+from dualwrite.connectors.sql import SqlConnector, SqlWriteSession
+from dualwrite.errors import ConfigError
 
 # SQLite has no decimal type: hand Decimals to it as text, which NUMERIC affinity stores as an
 # exact integer or a REAL, instead of letting the driver refuse them.
@@ -48,6 +50,77 @@ class SqliteConnector(SqlConnector):
         marks = ", ".join("?" for _ in columns)
         conn.exec_driver_sql(f"INSERT INTO {name} ({quoted}) VALUES ({marks})",
                              [tuple(_adapt(v) for v in r) for r in rows])
+
+
+    def file_path(self) -> str:
+        path = self.engine.url.database
+        if not path or path == ":memory:":
+            raise ConfigError(f"environment {self.name!r}: live sync needs a SQLite file, not "
+                              "an in-memory database", hint="use sqlite:///path/to/file.db",
+                              code="DW201")
+        return path
+
+    def journal_mode(self) -> str:
+        return str(self.execute("PRAGMA journal_mode")[0][0]).lower()
+
+    @contextmanager
+    def attached_transaction(self, right: SqliteConnector
+                             ) -> Iterator[tuple[WriteSession, WriteSession]]:
+        """One transaction over two SQLite files: ``right``'s file ATTACHed to this one's
+        connection, so one COMMIT covers both. SQLite makes that commit atomic across the
+        files with a super-journal, which exists only in rollback-journal modes: a database in
+        WAL mode is refused."""
+        for c in (self, right):
+            mode = c.journal_mode()
+            if mode == "wal":
+                raise ConfigError(
+                    f"environment {c.name!r}: SQLite database {c.file_path()} is in WAL mode; "
+                    "a commit across two SQLite files is atomic only with the rollback journal",
+                    hint="switch it back: sqlite3 FILE 'PRAGMA journal_mode=DELETE'",
+                    code="DW202")
+        with self.translating("attach"):
+            conn = self.engine.connect()
+        try:
+            with self.translating("attach"):
+                conn.exec_driver_sql("ATTACH DATABASE ? AS dw_right", (right.file_path(),))
+                conn.commit()  # ATTACH runs outside any transaction; end SQLAlchemy's autobegin
+            try:
+                view = _AttachedView(right, self.engine)
+                with self.translating("begin"):
+                    tx = conn.begin()
+                try:
+                    yield SqlWriteSession(self, conn), SqlWriteSession(view, conn)
+                except BaseException:
+                    tx.rollback()
+                    raise
+                with self.translating("commit"):
+                    tx.commit()
+            finally:
+                with self.translating("detach"):
+                    conn.exec_driver_sql("DETACH DATABASE dw_right")
+                    conn.commit()
+        finally:
+            conn.close()
+
+
+class _AttachedView(SqliteConnector):
+    """The right-hand SQLite connector seen through the left one's connection, where its
+    tables live in the schema ``dw_right``."""
+
+    def __init__(self, right: SqliteConnector, engine: sa.Engine) -> None:
+        super().__init__(right.name, right.url, engine=engine)
+        self.right = right
+
+    def table(self, name: str) -> sa.Table:
+        t = self._tables.get(name)
+        if t is None:
+            t = self.right.table(name).to_metadata(sa.MetaData(), schema="dw_right")
+            self._tables[name] = t
+        return t
+
+    def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
+                     rows: Sequence[Row]) -> None:
+        conn.execute(sa.insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
 
 
 def _adapt(v: Any) -> Any:

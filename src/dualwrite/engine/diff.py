@@ -184,6 +184,15 @@ class MapDiffer:
                                    self.update_into[s]] for s in Side}
         self.build_create = {t: self._compile(t.other, t, self.create_into[t], company=True)
                              for t in Side}
+        # Live sync: a change made on one side flows on every field towards the other side,
+        # whoever is master (master only arbitrates initial sync).
+        self.live_into = {t: [i for i in self.create_into[t]
+                              if i not in bound.key_fields and bound.fields[i].compared]
+                          for t in Side}
+        self.live_columns = {t: [bound.fields[i].end(t).column or "" for i in self.live_into[t]]
+                             for t in Side}
+        self.build_live = {t: self._compile(t.other, t, self.live_into[t], company=False)
+                           for t in Side}
         self.build_update = {t: self._compile(t.other, t, self.update_into[t], company=False)
                              for t in Side}
 
@@ -278,6 +287,12 @@ class MapDiffer:
 
         return convert
 
+    def target_key(self, s: Side, row: Row) -> Row:
+        """The key of ``row``'s twin on the other side, in that side's types."""
+        t = s.other
+        return tuple(coerce(row[i], self.kinds[t][c]) for i, c in
+                     zip(self.key_idx[s], self.bound.key(t), strict=True))
+
     # -- streaming ---------------------------------------------------------------------------
     def entries(self, *, after: Row | None, batch_size: int) -> Iterator[Entry]:
         b = self.bound
@@ -292,9 +307,13 @@ class MapDiffer:
         return self.connectors[side].count(self.bound.table(side), where=self.bound.filter(side))
 
     # -- values ------------------------------------------------------------------------------
-    def _prefetch(self, entries: Sequence[Entry]) -> dict[tuple[Side, int], dict[Any, Any]]:
+    def _prefetch(self, entries: Sequence[Entry], resolver: LookupResolver | None = None
+                  ) -> dict[tuple[Side, int], dict[Any, Any]]:
         """Resolve, for the whole chunk, every lookup id read on either side to its natural
-        key, and every natural key that will be written through a lookup to its id."""
+        key, and every natural key that will be written through a lookup to its id.
+        ``resolver`` defaults to the differ's own (live transactions pass one that reads
+        through their open branches, so rows created earlier in the transaction resolve)."""
+        resolver = resolver or self.resolver
         out: dict[tuple[Side, int], dict[Any, Any]] = {}
         for s in Side:
             for i, f in enumerate(self.bound.fields):
@@ -304,7 +323,7 @@ class MapDiffer:
                 p = self.pos[s][end.column]
                 ids = {(e.left if s is Side.LEFT else e.right)[p]  # type: ignore[index]
                        for e in entries if (e.left if s is Side.LEFT else e.right) is not None}
-                out[(s, i)] = self.resolver.to_keys(s, end.targets, ids)
+                out[(s, i)] = resolver.to_keys(s, end.targets, ids)
         for t in Side:
             s = t.other
             for i, f in enumerate(self.bound.fields):
@@ -319,7 +338,7 @@ class MapDiffer:
                     v = self._logical(s, i, row, out)
                     if v is not _MISSING and v is not None:
                         keys.add(self._mapped(s, f, v)[1] if f.spec.values else v)
-                out[(t, -1 - i)] = self.resolver.to_ids(t, end_t.targets, keys)
+                out[(t, -1 - i)] = resolver.to_ids(t, end_t.targets, keys)
         return out
 
     def _logical(self, s: Side, i: int, row: Row, resolved: dict[tuple[Side, int], dict[Any, Any]]

@@ -7,15 +7,26 @@ An environment belongs to one link only: the link id is recorded in the environm
 
 from __future__ import annotations
 
+import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector, LinkRecord
 from dualwrite.engine.config import Config, load_config
+from dualwrite.engine.diff import MapDiffer
 from dualwrite.engine.initial_sync import InitialSync, MapResult, Progress
+from dualwrite.engine.live import (
+    Coordinator,
+    LiveTransaction,
+    RecoveryReport,
+    Rules,
+    StepHook,
+)
+from dualwrite.engine.live import recover as recover_branches
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
 from dualwrite.errors import (
@@ -40,6 +51,11 @@ class Link:
         self._state: StateStore | None = None
         self._bound: list[BoundMap] | None = None
         self._issues: list[Issue] | None = None
+        self._link_id: str | None = None
+        self._differs: dict[str, MapDiffer] = {}
+        self._recovered = False
+        self._lock = threading.Lock()
+        self.rules = Rules()
         try:
             self.connectors[Side.LEFT] = connect(config.left, config.url(config.left))
             self.connectors[Side.RIGHT] = connect(config.right, config.url(config.right))
@@ -133,6 +149,13 @@ class Link:
             self.state.put_link(name, link_id, self.config.left, self.config.right)
         return link_id
 
+    @property
+    def link_id(self) -> str:
+        """This link's id (linking the environments on first use)."""
+        if self._link_id is None:
+            self._link_id = self.ensure_linked()
+        return self._link_id
+
     def unlink(self) -> list[str]:
         """Remove this link's record from both environments; returns the environments freed.
         Records of other links are left alone."""
@@ -172,6 +195,63 @@ class Link:
         return [verify_map(b, self.connectors, batch_size=self.config.model.sync.batch_size,
                            max_details=max_details, progress=progress)
                 for b in self.bound_maps(names)]
+
+    # -- live sync ---------------------------------------------------------------------------
+    def live_maps(self) -> list[BoundMap]:
+        """Every valid map (live writes consult the running ones)."""
+        return self.bound_maps()
+
+    def differ(self, name: str) -> MapDiffer:
+        with self._lock:
+            d = self._differs.get(name)
+            if d is None:
+                [bound] = self.bound_maps([name])
+                d = self._differs[name] = MapDiffer(bound, self.connectors)
+            return d
+
+    def start_maps(self, names: Sequence[str] = (), *,
+                   progress: Progress | None = None) -> list[MapResult]:
+        """Start maps (all by default) in dependency order: a map whose initial sync has
+        not run gets it first. Returns the initial syncs that ran."""
+        bound = self.bound_maps(names)
+        self.ensure_linked()
+        states = self.state.map_states()
+        ran = []
+        for b in bound:
+            if not (states.get(b.name) or {}).get("initial_synced_at"):
+                ran.append(self._sync(progress).run(b))
+            self.state.set_map_state(b.name, "running")
+        return ran
+
+    def stop_maps(self, names: Sequence[str] = ()) -> list[str]:
+        bound = self.bound_maps(names)
+        for b in bound:
+            self.state.set_map_state(b.name, "stopped")
+        return [b.name for b in bound]
+
+    def recover(self) -> RecoveryReport:
+        """End every branch of this link left prepared by a dead coordinator (see
+        :func:`dualwrite.engine.live.recover`)."""
+        return recover_branches(self.link_id, self.connectors, self.state)
+
+    @contextmanager
+    def transaction(self, principal: str = "api", *, hook: StepHook | None = None
+                    ) -> Iterator[LiveTransaction]:
+        """A live transaction: every write in the block, with its mirrored twins on the other
+        side, commits on both sides or on neither. Raises RowError (naming map, side, table,
+        key, field and value), LicenceError or RowNotFound; both sides are then unchanged."""
+        if not self._recovered:
+            with self._lock:
+                if not self._recovered:
+                    self.recover()
+                    self._recovered = True
+        coordinator = Coordinator(self, principal, hook)
+        try:
+            yield coordinator.tx
+        except BaseException:
+            coordinator.abort()
+            raise
+        coordinator.commit()
 
     def describe(self) -> dict[str, Any]:
         return {"link": self.config.link_name, "left": self.config.left,

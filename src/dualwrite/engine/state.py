@@ -65,6 +65,56 @@ error_inbox = sa.Table(
 )
 
 
+coordinator_log = sa.Table(
+    "coordinator_log", _md,
+    sa.Column("xid", sa.String(80), primary_key=True),
+    sa.Column("decision", sa.String(10), nullable=False),  # "commit"; absence means abort
+    sa.Column("participants", sa.Text, nullable=False),
+    sa.Column("decided_at", sa.String(40), nullable=False),
+    sa.Column("completed_at", sa.String(40), nullable=True),
+)
+
+audit_log = sa.Table(
+    "audit_log", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("xid", sa.String(80), nullable=False, index=True),
+    sa.Column("principal", sa.String(200), nullable=False),
+    sa.Column("environment", sa.String(200), nullable=False),
+    sa.Column("table_name", sa.String(200), nullable=False),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("operation", sa.String(20), nullable=False),
+    sa.Column("map", sa.String(200), nullable=True),
+)
+
+principals = sa.Table(
+    "principals", _md,
+    sa.Column("name", sa.String(200), primary_key=True),
+    sa.Column("roles", sa.Text, nullable=False, default="[]"),
+    sa.Column("licences", sa.Text, nullable=False, default="[]"),
+)
+
+tokens = sa.Table(
+    "tokens", _md,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("principal", sa.String(200), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.String(40), nullable=False),
+    sa.Column("revoked_at", sa.String(40), nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One committed write: who, where, which row, what."""
+
+    environment: str
+    table: str
+    key: tuple[Any, ...]
+    operation: str
+    map: str | None = None
+
+
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
 
@@ -218,6 +268,95 @@ class StateStore:
     def map_states(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
             return {r.map: dict(r._mapping) for r in conn.execute(sa.select(map_status))}
+
+    # -- two-phase commit decisions and the audit log ------------------------------------------
+    def log_commit_decision(self, xid: str, participants: Sequence[str], principal: str,
+                            audit: Sequence[AuditEntry]) -> None:
+        """Record, durably and in one transaction, that ``xid`` commits, with its audit rows.
+
+        Called after every branch is prepared and before the first is committed: from here on
+        recovery commits the branches. A crash before this point leaves no decision, and
+        recovery rolls the branches back (presumed abort)."""
+        now = now_iso()
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(coordinator_log).values(
+                xid=xid, decision="commit", participants=json.dumps(list(participants)),
+                decided_at=now))
+            if audit:
+                conn.execute(sa.insert(audit_log), [
+                    {"at": now, "xid": xid, "principal": principal,
+                     "environment": a.environment, "table_name": a.table,
+                     "row_key": encode_values(a.key), "operation": a.operation, "map": a.map}
+                    for a in audit])
+
+    def decision(self, xid: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(coordinator_log.c.decision).where(
+                coordinator_log.c.xid == xid)).first()
+        return str(row[0]) if row else None
+
+    def complete(self, xid: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(coordinator_log).where(coordinator_log.c.xid == xid)
+                         .values(completed_at=now_iso()))
+
+    def incomplete_decisions(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(coordinator_log.c.xid).where(
+                coordinator_log.c.completed_at.is_(None)))]
+
+    def audit(self, limit: int = 1000) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id.desc())
+                                .limit(limit)).all()
+        return [{**dict(r._mapping), "row_key": list(decode_values(r.row_key))} for r in rows]
+
+    # -- principals and tokens ---------------------------------------------------------------
+    def grant(self, name: str, roles: Sequence[str], licences: Sequence[str]) -> None:
+        """Add roles and licences to a principal (creating it)."""
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(principals).where(principals.c.name == name)).first()
+            old_roles = set(json.loads(row.roles)) if row else set()
+            old_lic = set(json.loads(row.licences)) if row else set()
+            values = {"roles": json.dumps(sorted(old_roles | set(roles))),
+                      "licences": json.dumps(sorted(old_lic | set(licences)))}
+            if row:
+                conn.execute(sa.update(principals).where(principals.c.name == name)
+                             .values(**values))
+            else:
+                conn.execute(sa.insert(principals).values(name=name, **values))
+
+    def principal(self, name: str) -> tuple[frozenset[str], frozenset[str]]:
+        """(roles, licences) of a principal; empty for one never granted anything."""
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(principals).where(principals.c.name == name)).first()
+        if row is None:
+            return frozenset(), frozenset()
+        return frozenset(json.loads(row.roles)), frozenset(json.loads(row.licences))
+
+    def add_token(self, token_id: str, principal: str, token_hash: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(tokens).values(id=token_id, principal=principal,
+                                                  token_hash=token_hash, created_at=now_iso()))
+
+    def token_principal(self, token_hash: str) -> str | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(tokens.c.principal).where(
+                tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))).first()
+        return str(row[0]) if row else None
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(tokens.c.id, tokens.c.principal, tokens.c.created_at,
+                                          tokens.c.revoked_at).order_by(tokens.c.created_at))
+            return [dict(r._mapping) for r in rows]
+
+    def revoke_token(self, token_id: str) -> bool:
+        with self.engine.begin() as conn:
+            n = conn.execute(sa.update(tokens).where(tokens.c.id == token_id,
+                                                     tokens.c.revoked_at.is_(None))
+                             .values(revoked_at=now_iso()))
+        return n.rowcount > 0
 
     # -- error inbox -------------------------------------------------------------------------
     def add_error(self, map_name: str, side: str, key: Sequence[Any], operation: str,

@@ -1,0 +1,684 @@
+"""Live sync: a write made through dualwrite commits with its mirrored twins on both sides, or
+on neither.
+
+:class:`LiveTransaction` applies each create/update/delete to its own table and, through every
+running map on that table, to the other side, inside one branch per side. :class:`Coordinator`
+commits the branches with two-phase commit (PostgreSQL ``PREPARE TRANSACTION``, MariaDB
+``XA``), logging the decision durably in the state store before the first branch commits; two
+SQLite files share one connection instead (the right file ATTACHed). :func:`recover` ends every
+branch a dead coordinator left prepared, from that log: commit where the decision was logged,
+roll back where it was not (presumed abort).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+from dualwrite.connectors.base import Branch, Connector, Row, WriteSession
+from dualwrite.engine.diff import Entry, MapDiffer, coerce
+from dualwrite.engine.lookups import LookupResolver
+from dualwrite.engine.state import AuditEntry, StateStore
+from dualwrite.errors import (
+    ConfigError,
+    ConnectorError,
+    ConstraintViolation,
+    DualwriteError,
+    LicenceError,
+    RowError,
+    RowNotFound,
+)
+from dualwrite.model.binding import BoundMap
+from dualwrite.model.filters import evaluate
+from dualwrite.model.maps import Side
+from dualwrite.model.schema import Kind, TableSchema
+
+if TYPE_CHECKING:
+    from dualwrite.engine.link import Link
+
+#: hook(step) called at each step of the commit protocol; tests use it to crash the process
+StepHook = Callable[[str], None]
+STEPS = ("after_first_prepare", "after_both_prepares", "after_decision", "after_first_commit")
+
+
+# -- business rules -------------------------------------------------------------------------
+@dataclass
+class RuleContext:
+    """What a business rule sees: it may change ``values`` or raise RowError to reject."""
+
+    operation: str  # "create" | "update" | "delete"
+    environment: str
+    table: str
+    values: dict[str, Any]
+    before: dict[str, Any] | None
+    principal: str
+
+
+Rule = Callable[[RuleContext], None]
+
+
+class Rules:
+    """Before-write hooks per (environment, table), run in registration order inside the
+    transaction, before the write and its mirroring. A rule rejects by raising RowError
+    (``dualwrite.RowError("credit limit over 1M", field="CREDITLIMIT", value=v)``)."""
+
+    def __init__(self) -> None:
+        self._rules: dict[tuple[str, str], list[Rule]] = {}
+
+    def register(self, environment: str, table: str, rule: Rule) -> None:
+        self._rules.setdefault((environment, table.casefold()), []).append(rule)
+
+    def before_write(self, environment: str, table: str) -> Callable[[Rule], Rule]:
+        """Decorator form of :meth:`register`."""
+        def wrap(rule: Rule) -> Rule:
+            self.register(environment, table, rule)
+            return rule
+        return wrap
+
+    def run(self, ctx: RuleContext) -> None:
+        for rule in self._rules.get((ctx.environment, ctx.table.casefold()), []):
+            try:
+                rule(ctx)
+            except RowError as exc:
+                raise RowError(f"business rule {getattr(rule, '__name__', 'rule')!r} rejected "
+                               f"the {ctx.operation}: {exc.reason}", side=None,
+                               table=ctx.table, key=None, field=exc.field, value=exc.value,
+                               hint=exc.hint or "change the values so the rule accepts them"
+                               ) from exc
+
+
+# -- value checks before the database sees them -------------------------------------------
+def check_values(schema: TableSchema, values: dict[str, Any], *, creating: bool,
+                 env: str, key: Sequence[Any] | None) -> dict[str, Any]:
+    """Names every value that cannot fit its column before any SQL runs, so that all three
+    databases reject the same things with the same message (SQLite enforces neither types
+    nor lengths). Returns the values coerced to the columns' kinds."""
+    out: dict[str, Any] = {}
+    for name, value in values.items():
+        col = schema.column(name)
+        if col is None:
+            raise RowError(f"table {schema.name!r} has no column {name!r}", side=env,
+                           table=schema.name, key=key, field=name, value=value,
+                           hint=f"columns: {', '.join(list(schema.columns)[:12])}")
+        v = coerce(value, col.kind)
+        if v is None:
+            if not col.nullable and (not creating or not col.has_default):
+                raise RowError("value is required (the column is NOT NULL)", side=env,
+                               table=schema.name, key=key, field=col.name, value=value,
+                               hint="give the field a value")
+        elif not _fits(v, col.kind):
+            raise RowError(f"value does not fit the column's type ({col.kind.value})",
+                           side=env, table=schema.name, key=key, field=col.name, value=value,
+                           hint=f"give a {col.kind.value} value")
+        elif col.kind is Kind.STRING and col.length and len(str(v)) > col.length:
+            raise RowError(f"value is {len(str(v))} characters long; the column holds "
+                           f"{col.length}", side=env, table=schema.name, key=key,
+                           field=col.name, value=value, hint="shorten the value")
+        out[col.name] = v
+    if creating:
+        for col in schema.columns.values():
+            if col.required and out.get(col.name) is None:
+                raise RowError("value is required (the column is NOT NULL and has no "
+                               "default)", side=env, table=schema.name, key=key,
+                               field=col.name, value=None, hint="give the field a value")
+    return out
+
+
+def _fits(v: Any, kind: Kind) -> bool:
+    if kind is Kind.INTEGER:
+        return isinstance(v, int)
+    if kind in (Kind.DECIMAL, Kind.FLOAT):
+        if isinstance(v, bool):
+            return False
+        if isinstance(v, int | float | Decimal):
+            return True
+        try:
+            Decimal(str(v))
+        except InvalidOperation:
+            return False
+        return True
+    if kind is Kind.BOOLEAN:
+        return isinstance(v, bool | int)
+    if kind is Kind.DATE:
+        return isinstance(v, dt.date)
+    if kind is Kind.DATETIME:
+        return isinstance(v, dt.datetime)
+    if kind is Kind.STRING:
+        return isinstance(v, str)
+    return True
+
+
+_FIELD_PATTERNS = [
+    re.compile(r'column "(?P<f>[^"]+)"'),                          # PostgreSQL not null
+    re.compile(r"Key \((?P<f>[^)]+)\)=\((?P<v>[^)]*)\)"),           # PostgreSQL unique / FK
+    re.compile(r"Column '(?P<f>[^']+)' cannot be null"),            # MariaDB not null
+    re.compile(r"for column [`'](?P<f>[^`']+)[`']"),                # MariaDB too long / range
+    re.compile(r"FOREIGN KEY \(`(?P<f>[^`]+)`\)"),                  # MariaDB FK
+    re.compile(r"constraint failed: [\w.]*?\.?(?P<f>\w+)(?:,|$| )"),  # SQLite NOT NULL/UNIQUE
+]
+
+
+def explain(exc: ConstraintViolation, values: dict[str, Any]) -> tuple[str | None, Any]:
+    """The field (and value) a database's constraint message names, where it names one."""
+    text = exc.message
+    for pat in _FIELD_PATTERNS:
+        m = pat.search(text)
+        if m:
+            f = m.group("f").split(",")[0].strip().strip('"`')
+            for k, v in values.items():
+                if k.casefold() == f.casefold():
+                    return k, v
+            return f, m.groupdict().get("v")
+    return None, None
+
+
+# -- the transaction ------------------------------------------------------------------------
+class _SessionLookups:
+    """Lets a LookupResolver read through open branches (sees the transaction's own rows)."""
+
+    def __init__(self, session: WriteSession) -> None:
+        self.session = session
+
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        return self.session.lookup(table, match, values, returning)
+
+
+@dataclass
+class _Mirror:
+    bound: BoundMap
+    differ: MapDiffer
+    side: Side  # the side the application wrote
+
+
+class LiveTransaction:
+    """Writes through dualwrite, inside one atomic transaction (see :class:`Coordinator`).
+
+    Environments are named as in the config (``"erp"``, ``"crm"``); keys are dicts of column
+    values that identify one row (the primary key or any unique key).
+    """
+
+    def __init__(self, link: Link, sessions: dict[Side, WriteSession], principal: str,
+                 running: set[str]) -> None:
+        self.link = link
+        self.sessions = sessions
+        self.principal = principal
+        self.roles, self.licences = link.state.principal(principal)
+        self.running = running
+        self.audit: list[AuditEntry] = []
+        self.resolver = LookupResolver({s: _SessionLookups(sess)  # type: ignore[misc]
+                                        for s, sess in sessions.items()})
+        self.writes = 0
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _side(self, env: str) -> Side:
+        for s in Side:
+            if self.link.env_name(s) == env:
+                return s
+        raise ConfigError(f"no environment named {env!r} in this link",
+                          hint=f"use {self.link.env_name(Side.LEFT)!r} or "
+                          f"{self.link.env_name(Side.RIGHT)!r}", code="DW203")
+
+    def _schema(self, side: Side, table: str) -> TableSchema:
+        return self.link.connectors[side].describe(table)
+
+    def _mirrors(self, side: Side, table: str) -> list[_Mirror]:
+        out = []
+        for b in self.link.live_maps():
+            if b.name in self.running and b.table(side).casefold() == table.casefold():
+                out.append(_Mirror(b, self.link.differ(b.name), side))
+        return out
+
+    def _check_licence(self, side: Side, table: str, mirrors: list[_Mirror]) -> None:
+        needed = []
+        for m in mirrors:
+            if m.bound.spec.restricted:
+                needed += [m.bound.table(side), m.bound.table(side.other)]
+        for b in self.link.live_maps():
+            if b.spec.restricted and b.name in self.running and \
+                    b.table(side).casefold() == table.casefold():
+                needed.append(b.table(side))
+        for t in needed:
+            if t not in self.licences and t.casefold() not in {x.casefold()
+                                                               for x in self.licences}:
+                raise LicenceError(
+                    f"principal {self.principal!r} holds no licence for restricted table "
+                    f"{t!r}; nothing was written", principal=self.principal, licence=t)
+
+    def _write(self, side: Side, what: str, fn: Callable[[], Any], *, table: str,
+               key: Sequence[Any] | None, values: dict[str, Any], map_name: str | None = None
+               ) -> Any:
+        try:
+            return fn()
+        except ConstraintViolation as exc:
+            field_name, value = explain(exc, values)
+            raise RowError(
+                f"the database rejected the {what}: {exc.message}", map=map_name,
+                side=self.link.env_name(side), table=table, key=key, field=field_name,
+                value=value, hint=exc.hint) from exc
+
+    def _rows(self, side: Side, table: str, key_cols: Sequence[str], keys: Sequence[Row],
+              columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        cols = list(columns or self._schema(side, table).columns)
+        got = self.sessions[side].fetch(table, cols, key=list(key_cols), keys=list(keys))
+        return [dict(zip(cols, r, strict=True)) for r in got]
+
+    def _key_cols(self, side: Side, table: str, key: dict[str, Any]) -> tuple[list[str], Row]:
+        schema = self._schema(side, table)
+        cols, vals = [], []
+        for k, v in key.items():
+            c = schema.column(k)
+            if c is None:
+                raise RowError(f"key names column {k!r}, which table {table!r} does not have",
+                               side=self.link.env_name(side), table=table, key=tuple(key.values()),
+                               field=k, value=v, hint="name the key's columns")
+            cols.append(c.name)
+            vals.append(coerce(v, c.kind))
+        return cols, tuple(vals)
+
+    def _one(self, side: Side, table: str, key: dict[str, Any]) -> dict[str, Any]:
+        cols, vals = self._key_cols(side, table, key)
+        rows = self._rows(side, table, cols, [vals])
+        if not rows:
+            raise RowNotFound(self.link.env_name(side), table, key)
+        if len(rows) > 1:
+            raise RowError(f"key {key!r} matches {len(rows)} rows", side=self.link.env_name(side),
+                           table=table, key=vals, hint="use the primary key or a unique key")
+        return rows[0]
+
+    # -- mirroring ---------------------------------------------------------------------------
+    def _as_row(self, m: _Mirror, row: dict[str, Any]) -> Row:
+        return tuple(row.get(c) for c in m.differ.columns[m.side])
+
+    def _in_filter(self, m: _Mirror, row: dict[str, Any] | None) -> bool:
+        if row is None:
+            return False
+        f = m.bound.filter(m.side)
+        return f is None or evaluate(f, row)
+
+    def _resolved(self, m: _Mirror, rows: list[Row]) -> dict[tuple[Side, int], dict[Any, Any]]:
+        entries = [Entry((), r, None) if m.side is Side.LEFT else Entry((), None, r)
+                   for r in rows]
+        return m.differ._prefetch(entries, self.resolver)
+
+    def _mirror_create(self, m: _Mirror, rows: list[dict[str, Any]]) -> None:
+        t = m.side.other
+        tuples = [self._as_row(m, r) for r in rows if self._in_filter(m, r)]
+        if not tuples:
+            return
+        resolved = self._resolved(m, tuples)
+        values, keys = [], []
+        for r in tuples:
+            key = tuple(r[i] for i in m.differ.key_idx[m.side])
+            values.append(m.differ.build_create[t](r, key, resolved))
+            keys.append(key)
+        table = m.bound.table(t)
+        cols = m.differ.insert_columns[t]
+        self._write(t, "mirrored create", lambda: self.sessions[t].insert(table, cols, values),
+                    table=table, key=keys[0] if len(keys) == 1 else None,
+                    values=dict(zip(cols, values[0], strict=True)), map_name=m.bound.name)
+        self.audit += [AuditEntry(self.link.env_name(t), table, k, "create", m.bound.name)
+                       for k in keys]
+
+    def _mirror_update(self, m: _Mirror, before: dict[str, Any], after: dict[str, Any]) -> None:
+        was, now = self._in_filter(m, before), self._in_filter(m, after)
+        if not was and not now:
+            return
+        if now and not was:
+            self._mirror_create(m, [after])
+            return
+        t = m.side.other
+        table = m.bound.table(t)
+        row = self._as_row(m, after if now else before)
+        tkey = m.differ.target_key(m.side, row)
+        if was and not now:
+            self._write(t, "mirrored delete", lambda: self.sessions[t].delete(
+                table, m.bound.key(t), [tkey]), table=table, key=tkey, values={},
+                map_name=m.bound.name)
+            self.audit.append(AuditEntry(self.link.env_name(t), table, tkey, "delete",
+                                         m.bound.name))
+            return
+        resolved = self._resolved(m, [row])
+        key = tuple(row[i] for i in m.differ.key_idx[m.side])
+        vals = m.differ.build_live[t](row, key, resolved)
+        cols = m.differ.live_columns[t]
+        n = self._write(t, "mirrored update", lambda: self.sessions[t].update(
+            table, m.bound.key(t), cols, [(tkey, vals)]), table=table, key=tkey,
+            values=dict(zip(cols, vals, strict=True)), map_name=m.bound.name)
+        if n == 0:  # the twin is missing (never synced): create it rather than lose the change
+            self._mirror_create(m, [after])
+            return
+        self.audit.append(AuditEntry(self.link.env_name(t), table, tkey, "update",
+                                     m.bound.name))
+
+    def _mirror_delete(self, m: _Mirror, before: dict[str, Any]) -> None:
+        if not self._in_filter(m, before):
+            return
+        t = m.side.other
+        table = m.bound.table(t)
+        tkey = m.differ.target_key(m.side, self._as_row(m, before))
+        self._write(t, "mirrored delete", lambda: self.sessions[t].delete(
+            table, m.bound.key(t), [tkey]), table=table, key=tkey, values={},
+            map_name=m.bound.name)
+        self.audit.append(AuditEntry(self.link.env_name(t), table, tkey, "delete",
+                                     m.bound.name))
+
+    # -- the API -----------------------------------------------------------------------------
+    def create(self, env: str, table: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Create one row and its twins; return the row as stored (defaults filled in)."""
+        side = self._side(env)
+        [row] = self._create(side, table, [values], read_back=True)
+        return row
+
+    def create_many(self, env: str, table: str, rows: Sequence[dict[str, Any]]) -> int:
+        """Create many rows (and their twins) in bulk; returns how many."""
+        self._create(self._side(env), table, list(rows), read_back=False)
+        return len(rows)
+
+    def _create(self, side: Side, table: str, rows: list[dict[str, Any]], *, read_back: bool
+                ) -> list[dict[str, Any]]:
+        schema = self._schema(side, table)
+        env = self.link.env_name(side)
+        mirrors = self._mirrors(side, table)
+        self._check_licence(side, table, mirrors)
+        checked = []
+        for values in rows:
+            ctx = RuleContext("create", env, schema.name, dict(values), None, self.principal)
+            self.link.rules.run(ctx)
+            key = tuple(ctx.values.get(k) for k in schema.primary_key) or None
+            checked.append(check_values(schema, ctx.values, creating=True, env=env, key=key))
+        by_cols: dict[tuple[str, ...], list[Row]] = {}
+        for v in checked:
+            by_cols.setdefault(tuple(v), []).append(tuple(v.values()))
+        for cols, tuples in by_cols.items():
+            first = dict(zip(cols, tuples[0], strict=True))
+            self._write(side, "create", lambda c=cols, t=tuples:  # type: ignore[misc]
+                        self.sessions[side].insert(schema.name, list(c), t),
+                        table=schema.name,
+                        key=tuple(first.get(k) for k in schema.primary_key) or None,
+                        values=first)
+        self.writes += len(checked)
+        out: list[dict[str, Any]] = []
+        for m in mirrors:
+            kcols = list(m.bound.key(side))
+            keys = [tuple(v.get(c) for c in kcols) for v in checked]
+            stored = self._rows(side, schema.name, kcols, keys)
+            self._mirror_create(m, stored)
+        pk = list(schema.primary_key) or [next(iter(schema.columns))]
+        if read_back or not mirrors:
+            for v in checked:
+                unique = self._unique_key(schema, v)
+                if unique and read_back:
+                    got = self._rows(side, schema.name, list(unique), [tuple(v[c] for c in
+                                                                            unique)])
+                    out.extend(got[:1] or [v])
+                else:
+                    out.append(v)
+        self.audit += [AuditEntry(env, schema.name, tuple(v.get(c) for c in pk), "create")
+                       for v in checked]
+        return out
+
+    @staticmethod
+    def _unique_key(schema: TableSchema, values: dict[str, Any]) -> tuple[str, ...] | None:
+        for cand in [schema.primary_key, *schema.unique]:
+            if cand and all(values.get(c) is not None for c in cand):
+                return tuple(cand)
+        return None
+
+    def update(self, env: str, table: str, key: dict[str, Any], values: dict[str, Any]
+               ) -> dict[str, Any]:
+        """Update one row (found by ``key``) and its twins; return the row as stored."""
+        side = self._side(env)
+        schema = self._schema(side, table)
+        mirrors = self._mirrors(side, table)
+        self._check_licence(side, table, mirrors)
+        before = self._one(side, table, key)
+        ctx = RuleContext("update", env, schema.name, dict(values), before, self.principal)
+        self.link.rules.run(ctx)
+        kcols, kvals = self._key_cols(side, table, key)
+        checked = check_values(schema, ctx.values, creating=False, env=env, key=kvals)
+        for m in mirrors:
+            for c in m.bound.key(side):
+                if c in checked and checked[c] != before.get(c):
+                    raise RowError("key fields are not editable: the key is how the twin on "
+                                   "the other side is found", map=m.bound.name, side=env,
+                                   table=schema.name, key=kvals, field=c, value=checked[c],
+                                   hint="delete the row and create it with the new key")
+        if checked:
+            cols = list(checked)
+            self._write(side, "update", lambda: self.sessions[side].update(
+                schema.name, kcols, cols, [(kvals, tuple(checked.values()))]),
+                table=schema.name, key=kvals, values=checked)
+        after = {**before, **checked}
+        self.writes += 1
+        for m in mirrors:
+            self._mirror_update(m, before, after)
+        pk = list(schema.primary_key) or kcols
+        self.audit.append(AuditEntry(env, schema.name, tuple(after.get(c) for c in pk),
+                                     "update"))
+        return after
+
+    def delete(self, env: str, table: str, key: dict[str, Any]) -> None:
+        """Delete one row (found by ``key``) and its twins."""
+        side = self._side(env)
+        schema = self._schema(side, table)
+        mirrors = self._mirrors(side, table)
+        self._check_licence(side, table, mirrors)
+        before = self._one(side, table, key)
+        self.link.rules.run(RuleContext("delete", env, schema.name, {}, before,
+                                        self.principal))
+        kcols, kvals = self._key_cols(side, table, key)
+        self._write(side, "delete", lambda: self.sessions[side].delete(
+            schema.name, kcols, [kvals]), table=schema.name, key=kvals, values={})
+        self.writes += 1
+        for m in mirrors:
+            self._mirror_delete(m, before)
+        pk = list(schema.primary_key) or kcols
+        self.audit.append(AuditEntry(env, schema.name, tuple(before.get(c) for c in pk),
+                                     "delete"))
+
+    def get(self, env: str, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The row as this transaction sees it, or None."""
+        side = self._side(env)
+        try:
+            return self._one(side, table, key)
+        except RowNotFound:
+            return None
+
+
+# -- the coordinator ------------------------------------------------------------------------
+def _process_start(pid: int) -> int | None:
+    """The start time of process ``pid`` (clock ticks since boot), or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return int(fields[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+_OWN_START = _process_start(os.getpid()) or 0
+_COUNTER = iter(range(1, 1 << 62))
+_COUNTER_LOCK = threading.Lock()
+
+
+def xid_prefix(link_id: str) -> str:
+    return f"dw-{link_id.replace('-', '')[:8]}-"
+
+
+def new_xid(link_id: str) -> str:
+    """dw-<link>-<pid>-<process start>-<n>: recovery can tell whether the coordinator that
+    prepared a branch is still alive (and so must not be second-guessed)."""
+    with _COUNTER_LOCK:
+        n = next(_COUNTER)
+    return f"{xid_prefix(link_id)}{os.getpid():x}-{_OWN_START:x}-{n:x}-{uuid.uuid4().hex[:6]}"
+
+
+def branch_xid(xid: str, side: Side) -> str:
+    return f"{xid}-{side.value[0]}"
+
+
+def transaction_of(branch: str) -> str:
+    """The transaction (decision log) xid of a branch xid."""
+    return branch[:-2] if branch[-2:] in ("-l", "-r") else branch
+
+
+def coordinator_alive(xid: str) -> bool:
+    parts = xid.split("-")
+    try:
+        pid, start = int(parts[2], 16), int(parts[3], 16)
+    except (IndexError, ValueError):
+        return False
+    return _process_start(pid) == start
+
+
+class Coordinator:
+    """Runs one live transaction: opens a branch per side, lets the caller write, then
+    commits both or neither."""
+
+    def __init__(self, link: Link, principal: str, hook: StepHook | None = None) -> None:
+        self.link = link
+        self.principal = principal
+        self.hook = hook or (lambda step: None)
+        self.stack = ExitStack()
+        self.branches: dict[Side, Branch] = {}
+        left, right = link.connectors[Side.LEFT], link.connectors[Side.RIGHT]
+        self.xid = new_xid(link.link_id)
+        if left.capabilities.attach and right.capabilities.attach:
+            from dualwrite.connectors.sqlite import SqliteConnector
+
+            assert isinstance(left, SqliteConnector) and isinstance(right, SqliteConnector)
+            ls, rs = self.stack.enter_context(left.attached_transaction(right))
+            sessions = {Side.LEFT: ls, Side.RIGHT: rs}
+        else:
+            for c in (left, right):
+                if not c.capabilities.two_phase:
+                    raise ConfigError(
+                        f"environment {c.name!r} ({type(c).__name__}) cannot take part in a "
+                        "two-phase commit, so writes through dualwrite could not be atomic",
+                        hint="live sync pairs PostgreSQL and MariaDB with each other, or two "
+                        "SQLite files", code="DW204")
+            try:
+                for side, c in ((Side.LEFT, left), (Side.RIGHT, right)):
+                    # one name per branch: both sides may live on one server, where prepared
+                    # transaction names must be unique
+                    self.branches[side] = c.begin_branch(branch_xid(self.xid, side))
+            except BaseException:
+                self._rollback()
+                raise
+            sessions = {s: b.session for s, b in self.branches.items()}
+        self.tx = LiveTransaction(link, sessions, principal,
+                                  {n for n, st in link.state.map_states().items()
+                                   if st["state"] == "running"})
+
+    def _rollback(self) -> None:
+        errors = []
+        for b in self.branches.values():
+            try:
+                b.rollback()
+            except ConnectorError as exc:  # recovery ends a prepared branch we could not
+                errors.append(exc)
+        self.stack.close()
+
+    def abort(self) -> None:
+        if self.branches:
+            self._rollback()
+        else:
+            # attached SQLite: leaving the context with an exception rolls back
+            self.stack.__exit__(RuntimeError, RuntimeError("abort"), None)
+
+    def commit(self) -> None:
+        if not self.branches:  # attached SQLite: one connection, one COMMIT
+            self.stack.close()
+            if self.tx.audit:
+                self.link.state.log_commit_decision(self.xid, [], self.principal,
+                                                    self.tx.audit)
+                self.link.state.complete(self.xid)
+            return
+        if not self.tx.audit:
+            self._rollback()
+            return
+        left, right = self.branches[Side.LEFT], self.branches[Side.RIGHT]
+        try:
+            left.prepare()
+            self.hook("after_first_prepare")
+            right.prepare()
+            self.hook("after_both_prepares")
+            self.link.state.log_commit_decision(
+                self.xid, [self.link.env_name(s) for s in Side], self.principal,
+                self.tx.audit)
+        except BaseException:
+            self._rollback()
+            raise
+        self.hook("after_decision")
+        # From here the transaction is committed: a branch that fails to commit now is
+        # finished by recovery, never rolled back.
+        pending = []
+        for i, (side, b) in enumerate(((Side.LEFT, left), (Side.RIGHT, right))):
+            try:
+                b.commit()
+            except ConnectorError:
+                pending.append(side)
+            if i == 0:
+                self.hook("after_first_commit")
+        for side in pending:
+            try:
+                self.link.connectors[side].finish_prepared(branch_xid(self.xid, side),
+                                                           commit=True)
+            except ConnectorError:
+                return  # left for `dualwrite recover` / the next start
+        self.link.state.complete(self.xid)
+
+
+@dataclass
+class RecoveryAction:
+    xid: str
+    environment: str
+    action: str  # "committed" | "rolled back" | "skipped (coordinator alive)"
+
+    def as_dict(self) -> dict[str, str]:
+        return {"xid": self.xid, "environment": self.environment, "action": self.action}
+
+
+@dataclass
+class RecoveryReport:
+    actions: list[RecoveryAction] = field(default_factory=list)
+    completed: list[str] = field(default_factory=list)
+
+
+def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore
+            ) -> RecoveryReport:
+    """Commit or roll back every branch of this link left prepared by a coordinator that is
+    no longer running, according to the decision log (presumed abort)."""
+    report = RecoveryReport()
+    prefix = xid_prefix(link_id)
+    prepared_anywhere: set[str] = set()
+    for conn in connectors.values():
+        for xid in conn.recover(prefix):
+            prepared_anywhere.add(transaction_of(xid))
+            if coordinator_alive(xid):
+                report.actions.append(RecoveryAction(xid, conn.name,
+                                                     "skipped (coordinator alive)"))
+                continue
+            commit = state.decision(transaction_of(xid)) == "commit"
+            conn.finish_prepared(xid, commit=commit)
+            report.actions.append(RecoveryAction(xid, conn.name,
+                                                 "committed" if commit else "rolled back"))
+    for xid in state.incomplete_decisions():
+        if xid.startswith(prefix) and (xid not in prepared_anywhere
+                                       or not coordinator_alive(xid)):
+            state.complete(xid)
+            report.completed.append(xid)
+    return report
+
+
+__all__ = ["STEPS", "Coordinator", "DualwriteError", "LiveTransaction", "RecoveryReport",
+           "RuleContext", "Rules", "recover"]
