@@ -273,6 +273,97 @@ def maps_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     out.print(t)
 
 
+@maps_app.command("start")
+def maps_start(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Start maps (all by default) in depends_on order; a map whose initial sync has not run
+    gets it first. Writes through dualwrite are then mirrored by them."""
+    with _link(config) as link, _progress(not as_json) as progress:
+        ran = link.start_maps(maps or [], progress=progress)
+        names = [b.name for b in link.bound_maps(maps or [])]
+    if as_json:
+        _print_json({"started": names, "initial_sync": [r.as_dict() for r in ran]})
+        return
+    if ran:
+        out.print(_results_table("initial sync", [r.as_dict() for r in ran]))
+    out.print(f"running: {', '.join(names)}", markup=False)
+
+
+@maps_app.command("stop")
+def maps_stop(maps: MapsArg = None, config: ConfigOpt = None) -> None:
+    """Stop maps: writes through dualwrite no longer mirror through them."""
+    with _link(config) as link:
+        stopped = link.stop_maps(maps or [])
+    out.print(f"stopped: {', '.join(stopped)}", markup=False)
+
+
+# -- recovery ---------------------------------------------------------------------------------
+@app.command()
+def recover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Commit or roll back every transaction branch a stopped dualwrite left prepared,
+    following the durable decision log (no decision: rolled back)."""
+    with _link(config) as link:
+        report = link.recover()
+    if as_json:
+        _print_json({"actions": [a.as_dict() for a in report.actions],
+                     "completed": report.completed})
+        return
+    if not report.actions:
+        out.print("nothing in doubt: no prepared transaction of this link", markup=False)
+    for a in report.actions:
+        out.print(f"{a.action}: {a.xid} on {a.environment}", markup=False)
+
+
+# -- tokens -----------------------------------------------------------------------------------
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (Bearer) and licences.")
+app.add_typer(tokens_app, name="tokens")
+
+
+@tokens_app.command("create")
+def tokens_create(
+        principal: Annotated[str, typer.Option(help="Who the token acts as.")],
+        config: ConfigOpt = None,
+        role: Annotated[list[str] | None, typer.Option(help="A role, e.g. admin.")] = None,
+        licence: Annotated[list[str] | None, typer.Option(
+            help="A table the principal may write when its map is restricted.")] = None,
+) -> None:
+    """Create a token; it is printed once, alone on stdout. Only its hash is stored."""
+    from dualwrite.engine.security import create_token
+
+    with _link(config) as link:
+        token = create_token(link.state, principal, roles=role or [], licences=licence or [])
+    sys.stdout.write(token + "\n")
+
+
+@tokens_app.command("list")
+def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Tokens (ids and principals, never the tokens themselves)."""
+    with _link(config) as link:
+        rows = link.state.list_tokens()
+        for r in rows:
+            roles, licences = link.state.principal(r["principal"])
+            r["roles"], r["licences"] = sorted(roles), sorted(licences)
+    if as_json:
+        _print_json({"tokens": rows})
+        return
+    t = Table()
+    for c in ("id", "principal", "roles", "licences", "created", "revoked"):
+        t.add_column(c)
+    for r in rows:
+        t.add_row(r["id"], r["principal"], ", ".join(r["roles"]), ", ".join(r["licences"]),
+                  r["created_at"], r["revoked_at"] or "-")
+    out.print(t)
+
+
+@tokens_app.command("revoke")
+def tokens_revoke(token_id: str, config: ConfigOpt = None) -> None:
+    """Revoke a token by id; requests with it get 401 from then on."""
+    with _link(config) as link:
+        if not link.state.revoke_token(token_id):
+            raise DualwriteError(f"no active token with id {token_id!r}",
+                                 hint="list them with `dualwrite tokens list`")
+    out.print(f"revoked {token_id}", markup=False)
+
+
 # -- errors -----------------------------------------------------------------------------------
 @errors_app.command("list")
 def errors_list(config: ConfigOpt = None, map_name: Annotated[str | None, typer.Option(

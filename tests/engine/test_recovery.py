@@ -1,0 +1,105 @@
+"""Kill the process (SIGKILL, a real subprocess) at each step of the commit protocol; after
+recovery both sides agree with each other and with the logged decision, and no prepared
+transaction is left behind."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from conftest import BackendFactory
+from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
+
+from dualwrite.cli import main
+from dualwrite.engine.live import STEPS
+
+CHILD = textwrap.dedent("""
+    import os, signal, sys
+    import dualwrite
+    from sync_fixtures import erp_customer
+
+    step = sys.argv[2]
+
+    def hook(at):
+        if at == step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    with dualwrite.open(sys.argv[1]) as link:
+        with link.transaction(principal="crash-test", hook=hook) as tx:
+            tx.create("erp", "Customers", erp_customer(801))
+            tx.update("crm", "accounts", {"company": "usmf", "accountnumber": "C-0001"},
+                      {"name": "Changed by the killed transaction"})
+    print("committed")
+""")
+
+PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
+
+
+def prepared(pair: Pair) -> list[str]:
+    out = []
+    for b in (pair.erp, pair.crm):
+        if b.kind == "postgresql":
+            out += [r[0] for r in b.sql("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'dw-%' "
+                                           "AND database = current_database()")]
+        else:
+            out += [str(r[3]) for r in b.sql("XA RECOVER")]
+    return out
+
+
+@pytest.mark.parametrize("left, right", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.mark.parametrize("step", STEPS)
+def test_sigkill_at_each_step_then_recover(make_backend: BackendFactory, tmp_path: Path,
+                                           left: str, right: str, step: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    pair = make_pair(make_backend, tmp_path, left, right, batch_size=500)
+    seed_groups(pair)
+    pair.erp.insert("Customers", [erp_customer(i) for i in range(5)])
+    with pair.link() as link:
+        link.start_maps()
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    tests_dir = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run([sys.executable, str(script), str(pair.config), step],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={"PYTHONPATH": tests_dir, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    left_behind = prepared(pair)
+    if step == "after_first_commit":
+        assert len(left_behind) == 1  # the right branch is still prepared
+    elif step == "after_first_prepare":
+        assert len(left_behind) == 1
+    else:
+        assert len(left_behind) == 2
+
+    capsys.readouterr()
+    assert main(["-c", str(pair.config), "recover", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    committed = step in ("after_decision", "after_first_commit")
+    expected = "committed" if committed else "rolled back"
+    assert {a["action"] for a in report["actions"]} == {expected}
+    assert len(report["actions"]) == len(left_behind)
+    assert prepared(pair) == []  # nothing left in pg_prepared_xacts / XA RECOVER
+
+    erp, crm = pair.customers(), pair.accounts()
+    assert (("usmf", "C-0801") in erp) == committed
+    assert (("usmf", "C-0801") in crm) == committed  # the twin follows the same decision
+    changed = crm[("usmf", "C-0001")]["name"] == "Changed by the killed transaction"
+    assert changed == committed
+    assert (erp[("usmf", "C-0001")]["NAME"] == "Changed by the killed transaction") == committed
+    with pair.link() as link:
+        assert all(v.ok for v in link.verify())
+        state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        with state.connect() as conn:
+            pending = conn.execute(sa.text(
+                "SELECT count(*) FROM coordinator_log WHERE completed_at IS NULL")).scalar()
+            audited = conn.execute(sa.text(
+                "SELECT count(*) FROM audit_log WHERE principal = 'crash-test'")).scalar()
+        state.dispose()
+        assert pending == 0
+        assert (audited > 0) == committed  # the audit row is logged with the decision
