@@ -296,6 +296,22 @@ def maps_stop(maps: MapsArg = None, config: ConfigOpt = None) -> None:
     out.print(f"stopped: {', '.join(stopped)}", markup=False)
 
 
+# -- serve ------------------------------------------------------------------------------------
+@app.command()
+def serve(config: ConfigOpt = None,
+          host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
+    """Serve each environment's tables over OData v4 at /odata/<env>/ (Bearer tokens),
+    with /healthz and /readyz. In-doubt transactions are recovered on start."""
+    import uvicorn
+
+    from dualwrite.api.server import create_server_app
+
+    with _link(config) as link:
+        link.bound_maps()  # refuse to start on invalid maps, with every problem listed
+        uvicorn.run(create_server_app(link), host=host, port=port, log_level="info")
+
+
 # -- recovery ---------------------------------------------------------------------------------
 @app.command()
 def recover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:

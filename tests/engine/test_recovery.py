@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from conftest import BackendFactory
-from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
 from dualwrite.cli import main
 from dualwrite.engine.live import STEPS
+
+from conftest import BackendFactory
+from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
 CHILD = textwrap.dedent("""
     import os, signal, sys

@@ -132,6 +132,13 @@ class Connector(ABC):
         batches of at most ``batch_size``. Rows with a NULL key column are skipped. ``after``
         restarts strictly after that key. Memory is bounded by the batch size."""
 
+    @abstractmethod
+    def query(self, table: str, columns: Sequence[str], *, where: Expr | None = None,
+              order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None,
+              offset: int = 0) -> list[Row]:
+        """A page of rows for an API: filtered, ordered by (column, descending) pairs, sliced.
+        Filters are compiled to bound parameters, never pasted into SQL."""
+
     def count(self, table: str, *, where: Expr | None = None) -> int:
         """How many rows of ``table`` match ``where`` (for progress bars and plans)."""
         key = list(self.describe(table).primary_key)

@@ -164,6 +164,10 @@ class MemoryWriteSession(WriteSession):
         return _lookup(self.rows.get(table, {}).values(), match, values, returning)
 
 
+def _sort_key(col: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:
+    return lambda r: (r[col] is not None, canonical(r[col]))
+
+
 def _lookup(rows: Iterable[dict[str, Any]], match: str, values: Iterable[Any], returning: str
             ) -> dict[Any, Any]:
     wanted = {canonical(v) for v in values if v is not None}
@@ -295,6 +299,15 @@ class MemoryConnector(Connector):
         wanted = {tuple(canonical(v) for v in k) for k in keys}
         return [tuple(r[c] for c in columns) for r in self._sorted(table, key, None)
                 if _key_of(r, key) in wanted]
+
+    def query(self, table: str, columns: Sequence[str], *, where: Expr | None = None,
+              order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None,
+              offset: int = 0) -> list[Row]:
+        rows = self._sorted(table, list(self.describe(table).primary_key), where)
+        for col, desc in reversed(list(order_by)):  # stable sorts, last key first
+            rows.sort(key=_sort_key(col), reverse=desc)
+        rows = rows[offset:offset + limit if limit is not None else None]
+        return [tuple(r[c] for c in columns) for r in rows]
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:

@@ -398,6 +398,22 @@ class SqlConnector(Connector):
                         return
                     yield [tuple(r) for r in chunk]
 
+    def query(self, table: str, columns: Sequence[str], *, where: Expr | None = None,
+              order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None,
+              offset: int = 0) -> list[Row]:
+        t = self.table(table)
+        stmt = sa.select(*[t.c[c] for c in columns]).where(*self._where(t, where))
+        order: list[sa.ColumnElement[Any]] = [
+            t.c[c].desc() if desc else t.c[c].asc() for c, desc in order_by]
+        # a stable order for paging: the primary key breaks ties
+        order += [c.asc() for c in t.primary_key.columns
+                  if c.name not in {o for o, _ in order_by}]
+        stmt = stmt.order_by(*order).offset(offset or None)
+        if limit is not None:
+            stmt = stmt.limit(limit)
+        with self.translating(f"query {table}"), self.engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(stmt)]
+
     def count(self, table: str, *, where: Expr | None = None) -> int:
         t = self.table(table)
         stmt = sa.select(sa.func.count()).select_from(t).where(*self._where(t, where))

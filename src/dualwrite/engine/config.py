@@ -36,6 +36,13 @@ class SyncConfig(BaseModel):
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
 
 
+class ServeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: tables served over OData besides the mapped ones and their lookup targets, per env
+    expose: dict[str, list[str]] = Field(default_factory=dict)
+    page_size: int = Field(default=1000, ge=1, le=100_000)
+
+
 class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     environments: dict[str, EnvironmentConfig]
@@ -43,6 +50,7 @@ class ConfigModel(BaseModel):
     state: str = "sqlite:///dualwrite-state.db"
     maps: list[str] = Field(default_factory=lambda: ["maps/*.yaml"])
     sync: SyncConfig = Field(default_factory=SyncConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
     @model_validator(mode="after")
     def _link_names_environments(self) -> ConfigModel:

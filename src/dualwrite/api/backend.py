@@ -1,0 +1,101 @@
+"""The narrow protocol the OData layer codes against, so that it is testable with a fake.
+
+The OData layer (:mod:`dualwrite.api.odata`) never touches a database or a map: it parses
+HTTP/OData, calls an :class:`ODataBackend`, and renders the answer. The engine implements the
+protocol over the dual-written environments; ``tests/api/fake_backend.py`` implements it in
+memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from dualwrite.model.filters import Expr
+from dualwrite.model.schema import TableSchema
+
+__all__ = ["ODataBackend", "Principal", "WriteKind", "WriteOp"]
+
+WriteKind = Literal["create", "update", "replace", "delete"]
+
+
+from dualwrite.engine.security import Principal  # noqa: E402 - one Principal for all
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """One row write inside a call to :meth:`ODataBackend.apply`.
+
+    * ``create``: ``key`` is None; ``values`` holds the columns given (key columns included
+      when the client supplied them; omitted columns take their defaults).
+    * ``update``: ``key`` is the primary key (column -> value); ``values`` holds only the
+      columns to change (never key columns).
+    * ``replace``: like ``update`` but ``values`` holds every non-key column; the ones the
+      client omitted are None.
+    * ``delete``: ``key`` is the primary key; ``values`` is empty.
+
+    ``if_match`` is the client's ``If-Match`` header (an ETag list or ``*``), or None. The
+    OData layer has already checked it against the row it read before the call; the engine
+    may check it again inside its transaction with :func:`dualwrite.api.payload.etag_of`.
+    Column names are the backend's own (as in :class:`TableSchema`); values are Python values
+    of the column's kind (str, int, Decimal, float, bool, date, datetime, time, bytes, UUID).
+    """
+
+    kind: WriteKind
+    table: str
+    key: dict[str, Any] | None
+    values: dict[str, Any] = field(default_factory=dict)
+    if_match: str | None = None
+
+
+@runtime_checkable
+class ODataBackend(Protocol):
+    """What the OData layer needs from the engine. Every method may raise a
+    :class:`dualwrite.errors.DualwriteError`; the layer maps each to an HTTP status."""
+
+    def environments(self) -> list[str]:
+        """Names of the environments served (the ``<env>`` in ``/odata/<env>/``)."""
+        ...
+
+    def entity_sets(self, env: str) -> list[TableSchema]:
+        """The tables exposed for ``env``. The table name is the entity set name and
+        ``TableSchema.primary_key`` is the entity key."""
+        ...
+
+    def alternate_keys(self, env: str, table: str) -> list[tuple[str, ...]]:
+        """Unique column sets usable as alternate keys, e.g. ``[("accountnumber",)]``."""
+        ...
+
+    def query(self, env: str, table: str, *, columns: Sequence[str] | None, where: Expr | None,
+              order_by: Sequence[tuple[str, bool]], limit: int | None,
+              offset: int) -> list[dict[str, Any]]:
+        """Rows of ``table`` passing ``where`` (an AST whose properties are real column names),
+        sorted by ``order_by`` (column, descending), then ``offset``/``limit``. ``columns``
+        None means every column."""
+        ...
+
+    def count(self, env: str, table: str, *, where: Expr | None) -> int:
+        """How many rows of ``table`` pass ``where``."""
+        ...
+
+    def get(self, env: str, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        """The row with primary key ``key`` (column -> value), or None."""
+        ...
+
+    def apply(self, env: str, principal: Principal,
+              ops: Sequence[WriteOp]) -> list[dict[str, Any] | None]:
+        """Apply ALL ``ops`` atomically (one dual-written transaction) and return, per op, the
+        row as stored after it (None for a delete).
+
+        Raises dualwrite errors, which the layer maps: ``RowError`` and ``ConstraintViolation``
+        (400, or 409 for a unique/duplicate violation), ``LicenceError`` (403),
+        ``RowNotFound`` or ``api.errors.NotFound`` (404), ``api.errors.PreconditionFailed``
+        (412), ``TransientConnectorError`` (503). An error may carry an ``op_index`` attribute (int)
+        naming the op at fault, so that a ``$batch`` response can point at that request.
+        """
+        ...
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The principal a bearer token stands for, or None (401)."""
+        ...

@@ -1,0 +1,119 @@
+"""The OData backend over a dualwrite link: reads through the connectors, writes through
+live transactions (every change set is one atomic, dual-written transaction)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from dualwrite.api.backend import WriteOp
+from dualwrite.api.errors import PreconditionFailed
+from dualwrite.api.payload import etag_matches, etag_of
+from dualwrite.engine.link import Link
+from dualwrite.engine.security import Principal, authenticate
+from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.model.filters import Expr
+from dualwrite.model.maps import Side
+from dualwrite.model.schema import TableSchema
+
+
+class LinkBackend:
+    """Implements :class:`dualwrite.api.backend.ODataBackend` for a :class:`Link`.
+
+    An environment exposes the tables its maps use (both the mapped tables and the tables
+    their lookups point to) plus those listed under ``serve.expose`` in the config.
+    """
+
+    def __init__(self, link: Link) -> None:
+        self.link = link
+        self._sides = {link.env_name(s): s for s in Side}
+        self._tables: dict[str, list[str]] = {}
+
+    def _side(self, env: str) -> Side:
+        try:
+            return self._sides[env]
+        except KeyError:
+            raise ConfigError(f"no environment named {env!r}",
+                              hint=f"use one of {', '.join(self._sides)}",
+                              code="DW203") from None
+
+    def environments(self) -> list[str]:
+        return list(self._sides)
+
+    def _table_names(self, env: str) -> list[str]:
+        if env not in self._tables:
+            side = self._side(env)
+            names: list[str] = []
+            for b in self.link.bound_maps():
+                names.append(b.table(side))
+                for f in b.fields:
+                    names += [t.table for t in f.end(side).targets]
+            names += self.link.config.model.serve.expose.get(env, [])
+            self._tables[env] = sorted(set(names), key=names.index)
+        return self._tables[env]
+
+    def entity_sets(self, env: str) -> list[TableSchema]:
+        conn = self.link.connectors[self._side(env)]
+        return [conn.describe(t) for t in self._table_names(env)]
+
+    def alternate_keys(self, env: str, table: str) -> list[tuple[str, ...]]:
+        side = self._side(env)
+        schema = self.link.connectors[side].describe(table)
+        keys = [u for u in schema.unique if u and u != schema.primary_key]
+        for b in self.link.bound_maps():
+            k = b.key(side)
+            if b.table(side) == table and k != schema.primary_key and k not in keys:
+                keys.append(k)
+        return keys
+
+    def query(self, env: str, table: str, *, columns: Sequence[str] | None, where: Expr | None,
+              order_by: Sequence[tuple[str, bool]], limit: int | None, offset: int
+              ) -> list[dict[str, Any]]:
+        conn = self.link.connectors[self._side(env)]
+        cols = list(columns or conn.describe(table).columns)
+        rows = conn.query(table, cols, where=where, order_by=order_by, limit=limit,
+                          offset=offset)
+        return [dict(zip(cols, r, strict=True)) for r in rows]
+
+    def count(self, env: str, table: str, *, where: Expr | None) -> int:
+        return self.link.connectors[self._side(env)].count(table, where=where)
+
+    def get(self, env: str, table: str, key: dict[str, Any]) -> dict[str, Any] | None:
+        conn = self.link.connectors[self._side(env)]
+        cols = list(conn.describe(table).columns)
+        rows = conn.fetch(table, cols, key=list(key), keys=[tuple(key.values())])
+        return dict(zip(cols, rows[0], strict=True)) if rows else None
+
+    def apply(self, env: str, principal: Principal, ops: Sequence[WriteOp]
+              ) -> list[dict[str, Any] | None]:
+        out: list[dict[str, Any] | None] = []
+        index = 0
+        try:
+            with self.link.transaction(principal=principal.name) as tx:
+                for i, op in enumerate(ops):
+                    index = i  # which op failed, for the batch response
+                    if op.if_match is not None and op.key is not None:
+                        current = tx.get(env, op.table, op.key)
+                        schema = self.link.connectors[self._side(env)].describe(op.table)
+                        if current is None or not etag_matches(op.if_match,
+                                                               etag_of(schema, current)):
+                            raise PreconditionFailed(
+                                f"the entity of {op.table!r} with key {op.key!r} changed "
+                                "since it was read (If-Match does not match)")
+                    if op.kind == "create":
+                        out.append(tx.create(env, op.table, dict(op.values)))
+                    elif op.kind in ("update", "replace"):
+                        assert op.key is not None
+                        values = {k: v for k, v in op.values.items() if k not in op.key}
+                        out.append(tx.update(env, op.table, op.key, values))
+                    else:
+                        assert op.key is not None
+                        tx.delete(env, op.table, op.key)
+                        out.append(None)
+        except DualwriteError as exc:
+            exc.op_index = index  # type: ignore[attr-defined]
+            raise
+        return out
+
+    def authenticate(self, token: str) -> Principal | None:
+        return authenticate(self.link.state, token)

@@ -1,0 +1,189 @@
+"""The entity data model of one environment's OData service, derived from the backend.
+
+Each exposed table is one entity type and one entity set of the same name; each column is one
+property. OData names must be CSDL simple identifiers (letters, digits, underscore; not
+starting with a digit; at most 128 characters), so a table or column whose name is not one is
+published under a sanitised name (``"order lines"`` -> ``order_lines``); the model maps names
+both ways so that nothing else in the layer has to care.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dualwrite.api.backend import ODataBackend
+from dualwrite.model.schema import Column, Kind, TableSchema
+
+__all__ = ["EntitySetInfo", "PropertyInfo", "ServiceModel", "build_model", "decimal_facets",
+           "edm_type", "odata_identifier"]
+
+_IDENTIFIER = re.compile(r"[^\W\d]\w{0,127}")
+
+
+def odata_identifier(name: str, taken: Iterable[str] = ()) -> str:
+    """``name`` if it is a valid CSDL simple identifier not in ``taken``, else a sanitised,
+    unique variant (invalid characters become ``_``; a numeric suffix resolves clashes)."""
+    used = {t.casefold() for t in taken}
+    if _IDENTIFIER.fullmatch(name) and not name.startswith("$") and name.casefold() not in used:
+        return name
+    base = re.sub(r"\W", "_", name)[:120] or "_"
+    if base[0].isdigit():
+        base = "_" + base
+    candidate, n = base, 1
+    while candidate.casefold() in used:
+        n += 1
+        candidate = f"{base}_{n}"
+    return candidate
+
+
+@dataclass(frozen=True)
+class PropertyInfo:
+    """One structural property: its OData name and the backend column behind it."""
+
+    name: str
+    column: Column
+
+    @property
+    def column_name(self) -> str:
+        return self.column.name
+
+
+@dataclass
+class EntitySetInfo:
+    """One entity set (and its entity type, of the same name)."""
+
+    name: str
+    table: str
+    schema: TableSchema
+    properties: dict[str, PropertyInfo]
+    #: the entity key, as property names
+    key: tuple[str, ...]
+    #: alternate keys, as tuples of property names
+    alternate_keys: list[tuple[str, ...]] = field(default_factory=list)
+    _by_fold: dict[str, PropertyInfo] = field(default_factory=dict, repr=False)
+    _by_column: dict[str, PropertyInfo] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._by_fold = {p.name.casefold(): p for p in self.properties.values()}
+        self._by_column = {p.column.name: p for p in self.properties.values()}
+
+    def prop(self, name: str) -> PropertyInfo | None:
+        """A property by OData name: exact, then case-insensitively (OData 4.01 allows
+        case-insensitive names, and ERP column names are upper case)."""
+        return self.properties.get(name) or self._by_fold.get(name.casefold())
+
+    def by_column(self, column: str) -> PropertyInfo | None:
+        return self._by_column.get(column)
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        return tuple(self.properties[k].column.name for k in self.key)
+
+
+@dataclass
+class ServiceModel:
+    """The OData model of one environment."""
+
+    env: str
+    namespace: str
+    sets: dict[str, EntitySetInfo]
+    container: str = "Container"
+
+    def entity_set(self, name: str) -> EntitySetInfo | None:
+        """An entity set by name: exact, then case-insensitively."""
+        found = self.sets.get(name)
+        if found is not None:
+            return found
+        folded = name.casefold()
+        for info in self.sets.values():
+            if info.name.casefold() == folded:
+                return info
+        return None
+
+
+def build_model(backend: ODataBackend, env: str) -> ServiceModel:
+    """The model of ``env`` as the backend describes it now.
+
+    A table with neither a primary key nor an alternate key is left out: every OData entity
+    type needs a key to address its entities. Without a primary key, the first alternate key
+    whose columns are all NOT NULL serves as the entity key.
+    """
+    namespace = "dualwrite." + odata_identifier(env)
+    sets: dict[str, EntitySetInfo] = {}
+    for schema in backend.entity_sets(env):
+        info = _entity_set(backend, env, schema, sets.keys())
+        if info is not None:
+            sets[info.name] = info
+    return ServiceModel(env=env, namespace=namespace, sets=sets)
+
+
+def _entity_set(backend: ODataBackend, env: str, schema: TableSchema,
+                taken: Iterable[str]) -> EntitySetInfo | None:
+    # "Container" would clash with the entity container's name in CSDL JSON
+    name = odata_identifier(schema.name, [*taken, "Container"])
+    props: dict[str, PropertyInfo] = {}
+    for column in schema.columns.values():
+        pname = odata_identifier(column.name, props.keys())
+        props[pname] = PropertyInfo(pname, column)
+    by_column = {p.column.name.casefold(): p.name for p in props.values()}
+
+    def names(columns: Iterable[str]) -> tuple[str, ...] | None:
+        out = tuple(by_column.get(c.casefold(), "") for c in columns)
+        return out if out and all(out) else None
+
+    alternates: list[tuple[str, ...]] = []
+    for cols in backend.alternate_keys(env, schema.name):
+        mapped = names(cols)
+        if mapped is not None and mapped not in alternates:
+            alternates.append(mapped)
+    key = names(schema.primary_key)
+    if key is None:
+        key = next((a for a in alternates
+                    if all(not props[p].column.nullable for p in a)), None)
+        if key is None:
+            return None
+        alternates.remove(key)
+    return EntitySetInfo(name=name, table=schema.name, schema=schema, properties=props,
+                         key=key, alternate_keys=alternates)
+
+
+def edm_type(column: Column) -> str:
+    """The Edm primitive type that carries a column of this kind.
+
+    Integers are Edm.Int32 when the declared SQL type says a 32-bit-or-smaller integer
+    (INT, INTEGER, SMALLINT, TINYINT, MEDIUMINT) and Edm.Int64 otherwise (BIGINT, or no
+    declared type): choosing the wider type when unsure never truncates a value. JSON and
+    unknown kinds travel as Edm.String.
+    """
+    kind = column.kind
+    if kind is Kind.INTEGER:
+        sql = column.sql_type.upper()
+        return "Edm.Int32" if "INT" in sql and "BIG" not in sql else "Edm.Int64"
+    return _EDM_TYPES[kind]
+
+
+_EDM_TYPES: dict[Kind, str] = {
+    Kind.STRING: "Edm.String",
+    Kind.DECIMAL: "Edm.Decimal",
+    Kind.FLOAT: "Edm.Double",
+    Kind.BOOLEAN: "Edm.Boolean",
+    Kind.DATE: "Edm.Date",
+    Kind.DATETIME: "Edm.DateTimeOffset",
+    Kind.TIME: "Edm.TimeOfDay",
+    Kind.BINARY: "Edm.Binary",
+    Kind.UUID: "Edm.Guid",
+    Kind.JSON: "Edm.String",
+    Kind.OTHER: "Edm.String",
+}
+
+_DECIMAL_FACETS = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
+
+
+def decimal_facets(column: Column) -> tuple[int | None, int | None]:
+    """(precision, scale) declared in the column's SQL type, e.g. NUMERIC(18, 2)."""
+    m = _DECIMAL_FACETS.search(column.sql_type)
+    if not m:
+        return None, None
+    return int(m.group(1)), int(m.group(2) or 0)

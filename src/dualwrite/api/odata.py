@@ -1,0 +1,748 @@
+"""The OData v4 service of dualwrite: ``/odata/<env>/`` over an :class:`ODataBackend`.
+
+:func:`create_app` returns a Starlette app; :func:`odata_mount` the ``/odata`` mount alone,
+for an app that serves other routes too. Per environment:
+
+* ``GET /odata/<env>/`` service document; ``GET /odata/<env>/$metadata`` CSDL XML (or JSON
+  with ``$format=json``);
+* ``GET <set>`` with ``$filter $select $orderby $top $skip $count $skiptoken``, server-driven
+  paging (``@odata.nextLink``; ``Prefer: odata.maxpagesize``); ``GET <set>/$count``;
+* ``GET|PATCH|PUT|DELETE <set>(<key>)`` by entity key (``('C-1')``, ``(1)``,
+  ``(dataAreaId='usmf',ACCOUNT='C-1')``) or alternate key; ``POST <set>`` creates;
+* ``POST /odata/<env>/$batch`` in the JSON and the multipart format (:mod:`.batch`).
+
+Every write is one call to :meth:`ODataBackend.apply`; a ``$batch`` change set is one call
+with all its ops. ETags are computed here from row contents (:func:`.payload.etag_of`) and
+``If-Match``/``If-None-Match`` checked against the row read just before the write; the op
+carries ``if_match`` so the engine can check again inside its transaction.
+
+Every response carries ``OData-Version: 4.0``; every error is an OData JSON error object with
+the right status; a request needs ``Authorization: Bearer <token>``. This module parses,
+dispatches and renders only: the engine decides what a write means.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import quote
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Mount, Router
+from starlette.types import Receive, Scope, Send
+
+from dualwrite.api import csdl
+from dualwrite.api.backend import ODataBackend, Principal, WriteOp
+from dualwrite.api.errors import ODataError, bad_request, error_response
+from dualwrite.api.literals import entity_path, lookup_key, parse_key_predicate, split_path
+from dualwrite.api.model import EntitySetInfo, ServiceModel, build_model
+from dualwrite.api.payload import (
+    dumps,
+    entity_values,
+    etag_matches,
+    etag_of,
+    loads,
+    parse_entity_body,
+)
+from dualwrite.api.query import (
+    Format,
+    Preferences,
+    Query,
+    accepts,
+    encode_query,
+    parse_bool_option,
+    parse_count_number,
+    parse_orderby,
+    parse_prefer,
+    parse_query,
+    parse_select,
+    parse_where,
+    response_format,
+)
+from dualwrite.model.filters import And, Compare, Expr, Literal, Property
+from dualwrite.model.values import canonical
+
+__all__ = ["ODataService", "create_app", "create_router", "odata_mount"]
+
+ODATA_VERSION = "4.0"
+#: Largest request body accepted, in bytes (413 above it).
+MAX_BODY_BYTES = 32 * 1024 * 1024
+_WWW_AUTHENTICATE = 'Bearer realm="dualwrite"'
+
+
+@dataclass
+class HttpRequest:
+    """One request as the service sees it, from HTTP or from inside a ``$batch``.
+
+    ``path`` is the decoded resource path relative to the environment's service root (no
+    leading slash); ``query`` the raw query string; ``headers`` have lower-case names.
+    ``json`` is set when a JSON batch already parsed the body.
+    """
+
+    method: str
+    path: str
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    json: Any = None
+    has_json: bool = False
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+
+@dataclass
+class HttpResponse:
+    """A response before it is written: ``payload`` is the JSON body as Python (kept so that
+    a JSON ``$batch`` can embed it), ``body`` the bytes. ``entity_path``, ``etag`` and
+    ``entity`` describe the single entity the response is about, for ``$<id>`` references
+    inside a batch."""
+
+    status: int
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    payload: Any = None
+    entity_path: str | None = None
+    etag: str | None = None
+    #: the entity's properties (JSON names -> JSON values), for ``$<id>/<property>``
+    entity: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+
+@dataclass
+class Context:
+    """What every request to one environment shares."""
+
+    env: str
+    model: ServiceModel
+    principal: Principal
+    root: str  # absolute service root URL, ending with '/'
+
+
+@dataclass
+class Target:
+    """What a resource path addresses."""
+
+    kind: str  # service | metadata | batch | collection | count | entity
+    es: EntitySetInfo | None = None
+    key: dict[str, Any] | None = None  # column -> value, as given in the URL
+    primary: bool = True  # whether ``key`` is the entity key (else an alternate key)
+
+
+@dataclass
+class WritePlan:
+    """A checked write, ready for :meth:`ODataBackend.apply`, and how to answer it."""
+
+    op: WriteOp
+    es: EntitySetInfo
+    creates: bool
+    prefer: Preferences
+    select: list[str] | None
+    fmt: Format
+    #: the entity's properties as known before the write (JSON names -> JSON values): what a
+    #: later request of the same change set can reference with ``$<id>/<property>``
+    known: dict[str, Any]
+    #: column -> value of the entity key, when known before the write
+    key_row: dict[str, Any] | None
+
+
+#: Overlay of a change set being planned: (table, canonical key) -> exists after earlier ops.
+Overlay = dict[tuple[str, tuple[Any, ...]], bool]
+
+
+def json_response(status: int, payload: Any, fmt: Format | None = None,
+                  headers: Mapping[str, str] | None = None) -> HttpResponse:
+    out = dict(headers or {})
+    out["Content-Type"] = fmt.content_type if fmt else "application/json"
+    return HttpResponse(status, out, dumps(payload), payload)
+
+
+def _key_of(es: EntitySetInfo, row: Mapping[str, Any]) -> tuple[Any, ...]:
+    return tuple(canonical(row.get(c)) for c in es.key_columns)
+
+
+class ODataService:
+    """The transport-independent core: :meth:`handle` turns an :class:`HttpRequest` into an
+    :class:`HttpResponse`. Synchronous, because the backend is; the ASGI adapter runs it in
+    a worker thread."""
+
+    def __init__(self, backend: ODataBackend, *, page_size: int = 1000) -> None:
+        if page_size < 1:
+            raise ValueError("page_size must be at least 1")
+        self.backend = backend
+        self.page_size = page_size
+
+    # ---------------------------------------------------------------------------- entry
+
+    def handle(self, env_path: str, request: HttpRequest, base: str) -> HttpResponse:
+        """Serve one request. ``env_path`` is the URL path below ``/odata`` (``/erp/x``),
+        ``base`` the absolute URL of ``/odata``. Never raises: errors become responses."""
+        try:
+            response = self._handle(env_path, request, base)
+        except Exception as exc:  # every failure must reach the client as an OData error
+            response = self.error(exc)
+        response.headers["OData-Version"] = response.headers.get("OData-Version",
+                                                                 ODATA_VERSION)
+        return response
+
+    def _handle(self, env_path: str, request: HttpRequest, base: str) -> HttpResponse:
+        _check_versions(request)
+        principal = self._authenticate(request)
+        env, _, rest = env_path.lstrip("/").partition("/")
+        if not env:
+            raise ODataError(404, "NotFound", "name an environment: /odata/<env>/")
+        if env not in self.backend.environments():
+            raise ODataError(404, "NotFound", f"there is no environment {env!r}", target=env)
+        ctx = Context(env=env, model=build_model(self.backend, env), principal=principal,
+                      root=f"{base}/{_quote_segment(env)}/")
+        request = dataclasses.replace(request, path=rest)
+        if split_path(rest) == [_BATCH]:
+            if request.method != "POST":
+                raise _method_not_allowed(request.method, ["POST"])
+            # imported here: the batch module builds on this one
+            from dualwrite.api.batch import run_batch
+
+            return run_batch(self, ctx, request)
+        return self.serve(ctx, request)
+
+    def error(self, exc: BaseException) -> HttpResponse:
+        """The OData error response for ``exc``."""
+        status, body, headers = error_response(exc)
+        return json_response(status, body, headers=headers)
+
+    def _authenticate(self, request: HttpRequest) -> Principal:
+        header = request.header("authorization")
+        if not header or not header.strip():
+            raise ODataError(401, "Unauthorized",
+                             "authentication required: send 'Authorization: Bearer <token>'",
+                             headers={"WWW-Authenticate": _WWW_AUTHENTICATE})
+        scheme, _, token = header.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise ODataError(401, "Unauthorized",
+                             "the Authorization header must be 'Bearer <token>'",
+                             headers={"WWW-Authenticate":
+                                      _WWW_AUTHENTICATE + ', error="invalid_request"'})
+        principal = self.backend.authenticate(token.strip())
+        if principal is None:
+            raise ODataError(401, "Unauthorized", "the bearer token is not valid",
+                             headers={"WWW-Authenticate":
+                                      _WWW_AUTHENTICATE + ', error="invalid_token"'})
+        return principal
+
+    # ---------------------------------------------------------------------------- dispatch
+
+    def resolve(self, ctx: Context, path: str) -> Target:
+        """What the resource path addresses; 404 for an unknown set or segment."""
+        segments = split_path(path)
+        if not segments:
+            return Target("service")
+        first = segments[0]
+        if first.name == "$metadata" and first.key is None and len(segments) == 1:
+            return Target("metadata")
+        if first == _BATCH and len(segments) == 1:
+            return Target("batch")
+        if first.name.startswith("$"):
+            raise ODataError(404, "NotFound", f"there is no resource {first.name!r} in this "
+                             "service", target=first.name)
+        es = ctx.model.entity_set(first.name)
+        if es is None:
+            raise ODataError(404, "NotFound",
+                             f"environment {ctx.env!r} has no entity set {first.name!r}",
+                             target=first.name)
+        rest = segments[1:]
+        if first.key is None:
+            if not rest:
+                return Target("collection", es)
+            if len(rest) == 1 and rest[0].name == "$count" and rest[0].key is None:
+                return Target("count", es)
+            raise ODataError(404, "NotFound", f"{es.name}/{rest[0].name} is not a resource of "
+                             "this service", target=rest[0].name)
+        key, primary = lookup_key(es, parse_key_predicate(first.key))
+        if rest:
+            seg = rest[0].name
+            if es.prop(seg) is not None or seg == "$value":
+                raise ODataError(501, "NotImplemented",
+                                 "addressing a single property is not supported; read the "
+                                 "entity with $select instead", target=seg)
+            raise ODataError(404, "NotFound", f"{es.name}(...)/{seg} is not a resource of "
+                             "this service", target=seg)
+        return Target("entity", es, key, primary)
+
+    def serve(self, ctx: Context, request: HttpRequest) -> HttpResponse:
+        """Serve a request other than ``$batch`` (raises on failure)."""
+        target = self.resolve(ctx, request.path)
+        method = request.method.upper()
+        query = parse_query(request.query)
+        if target.kind == "service":
+            _allow(method, ["GET"])
+            return self.service_document(ctx, request, query)
+        if target.kind == "metadata":
+            _allow(method, ["GET"])
+            return self.metadata(ctx, request, query)
+        if target.kind == "batch":
+            raise bad_request("a $batch request cannot contain another $batch request")
+        if target.kind == "count":
+            _allow(method, ["GET"])
+            return self.read_count(ctx, request, target, query)
+        if target.kind == "collection":
+            _allow(method, ["GET", "POST"])
+            if method == "GET":
+                return self.read_collection(ctx, request, target, query)
+        else:
+            _allow(method, ["GET", "PATCH", "PUT", "DELETE"])
+            if method == "GET":
+                return self.read_entity(ctx, request, target, query)
+        plan = self.plan_write(ctx, request, target, {})
+        rows = self.backend.apply(ctx.env, ctx.principal, [plan.op])
+        if len(rows) != 1:
+            raise RuntimeError(f"backend.apply returned {len(rows)} rows for 1 op")
+        return self.render_write(ctx, plan, rows[0])
+
+    # ---------------------------------------------------------------------------- reads
+
+    def service_document(self, ctx: Context, request: HttpRequest,
+                         query: Query) -> HttpResponse:
+        query.only({"$format"}, "the service document")
+        fmt = response_format(query, request.header("accept"))
+        payload: dict[str, Any] = {}
+        if fmt.metadata != "none":
+            payload["@odata.context"] = ctx.root + "$metadata"
+        payload["value"] = [{"name": n, "kind": "EntitySet", "url": n} for n in ctx.model.sets]
+        return json_response(200, payload, fmt)
+
+    def metadata(self, ctx: Context, request: HttpRequest, query: Query) -> HttpResponse:
+        query.only({"$format"}, "$metadata")
+        fmt = (query.get("$format") or "").lower()
+        accept = request.header("accept")
+        if fmt:
+            as_json = fmt in ("json", "application/json") or fmt.startswith("application/json;")
+            if not as_json and fmt not in ("xml", "application/xml"):
+                raise ODataError(406, "NotAcceptable", f"$metadata is available as xml or "
+                                 f"json, not {fmt!r}", target="$format")
+        elif accepts(accept, "application/xml"):
+            as_json = False
+        elif accepts(accept, "application/json"):
+            as_json = True
+        else:
+            raise ODataError(406, "NotAcceptable", f"cannot answer with any media type in "
+                             f"Accept: {accept}; $metadata is application/xml or "
+                             "application/json")
+        if as_json:
+            return json_response(200, csdl.metadata_json(ctx.model))
+        return HttpResponse(200, {"Content-Type": "application/xml;charset=utf-8"},
+                            csdl.metadata_xml(ctx.model))
+
+    def context_url(self, ctx: Context, es: EntitySetInfo, select: list[str] | None, *,
+                    entity: bool) -> str:
+        url = f"{ctx.root}$metadata#{es.name}"
+        if select is not None:
+            url += "(" + ",".join(select) + ")"
+        return url + ("/$entity" if entity else "")
+
+    def entity(self, ctx: Context, es: EntitySetInfo, row: Mapping[str, Any],
+               select: list[str] | None, fmt: Format, *, top: bool) -> dict[str, Any]:
+        """One entity as JSON: control information, then the (selected) properties."""
+        out: dict[str, Any] = {}
+        if fmt.metadata != "none":
+            if top:
+                out["@odata.context"] = self.context_url(ctx, es, select, entity=True)
+            if fmt.metadata == "full":
+                out["@odata.type"] = f"#{ctx.model.namespace}.{es.name}"
+                out["@odata.id"] = ctx.root + entity_path(es, row)
+                out["@odata.editLink"] = entity_path(es, row)
+            out["@odata.etag"] = etag_of(es.schema, row)
+        out.update(entity_values(es, row, select, ieee754=fmt.ieee754))
+        return out
+
+    def read_collection(self, ctx: Context, request: HttpRequest, target: Target,
+                        query: Query) -> HttpResponse:
+        es = _required(target.es)
+        fmt = response_format(query, request.header("accept"))
+        where = self._where(query, es)
+        select = parse_select(query.options["$select"], es) if "$select" in query.options \
+            else None
+        order = parse_orderby(query.options["$orderby"], es) if "$orderby" in query.options \
+            else []
+        # paging by offset needs a total order: the key breaks every tie
+        ordered = {c for c, _ in order}
+        order += [(c, False) for c in es.key_columns if c not in ordered]
+        top = parse_count_number("$top", query.options["$top"]) \
+            if "$top" in query.options else None
+        skip = parse_count_number("$skip", query.options["$skip"]) \
+            if "$skip" in query.options else 0
+        count = parse_bool_option("$count", query.options["$count"]) \
+            if "$count" in query.options else False
+        delivered = parse_count_number("$skiptoken", query.options["$skiptoken"]) \
+            if "$skiptoken" in query.options else 0
+        prefer = parse_prefer(request.header("prefer"))
+        headers: dict[str, str] = {}
+        page = self.page_size
+        if prefer.maxpagesize is not None and prefer.maxpagesize <= self.page_size:
+            page = prefer.maxpagesize
+            headers["Preference-Applied"] = f"odata.maxpagesize={page}"
+        remaining = None if top is None else top - delivered
+        rows: list[dict[str, Any]] = []
+        more = False
+        if remaining is None or remaining > 0:
+            limit = page if remaining is None else min(page, remaining)
+            # one row beyond the page tells whether a next page exists without a count
+            rows = self.backend.query(ctx.env, es.table, columns=None, where=where,
+                                      order_by=order, limit=limit + 1,
+                                      offset=skip + delivered)
+            more = len(rows) > limit and (remaining is None or remaining > limit)
+            rows = rows[:limit]
+        payload: dict[str, Any] = {}
+        if fmt.metadata != "none":
+            payload["@odata.context"] = self.context_url(ctx, es, select, entity=False)
+        if count:
+            payload["@odata.count"] = self.backend.count(ctx.env, es.table, where=where)
+        payload["value"] = [self.entity(ctx, es, r, select, fmt, top=False) for r in rows]
+        if more:
+            pairs = [(n, v) for n, v in query.pairs if n.lower() != "$skiptoken"]
+            pairs.append(("$skiptoken", str(delivered + len(rows))))
+            payload["@odata.nextLink"] = f"{ctx.root}{request.path}?{encode_query(pairs)}"
+        return json_response(200, payload, fmt, headers)
+
+    def _where(self, query: Query, es: EntitySetInfo) -> Expr | None:
+        text = query.get("$filter")
+        return parse_where(text, es, query.aliases) if text is not None else None
+
+    def read_count(self, ctx: Context, request: HttpRequest, target: Target,
+                   query: Query) -> HttpResponse:
+        es = _required(target.es)
+        query.only({"$filter", "$format"}, f"{es.name}/$count")
+        if not accepts(request.header("accept"), "text/plain"):
+            raise ODataError(406, "NotAcceptable", "$count is served as text/plain")
+        n = self.backend.count(ctx.env, es.table, where=self._where(query, es))
+        return HttpResponse(200, {"Content-Type": "text/plain;charset=utf-8"},
+                            str(n).encode("ascii"), payload=None)
+
+    def find(self, ctx: Context, es: EntitySetInfo, key: dict[str, Any],
+             primary: bool) -> dict[str, Any] | None:
+        """The row a key addresses: by entity key through ``get``, by alternate key through
+        ``query`` (the protocol's ``get`` takes the entity key only)."""
+        if primary:
+            return self.backend.get(ctx.env, es.table, key)
+        where: Expr | None = None
+        for column, value in key.items():
+            term = Compare("eq", Property(column), Literal(value))
+            where = term if where is None else And(where, term)
+        rows = self.backend.query(ctx.env, es.table, columns=None, where=where, order_by=[],
+                                  limit=2, offset=0)
+        if len(rows) > 1:
+            raise ODataError(409, "AmbiguousKey",
+                             f"alternate key ({', '.join(key)}) matches several rows of "
+                             f"{es.name!r}", hint="the alternate key's columns are not unique "
+                             "in the data; address the entity by its key")
+        return rows[0] if rows else None
+
+    def read_entity(self, ctx: Context, request: HttpRequest, target: Target,
+                    query: Query) -> HttpResponse:
+        es = _required(target.es)
+        query.only({"$select", "$format"}, "a single entity")
+        fmt = response_format(query, request.header("accept"))
+        select = parse_select(query.options["$select"], es) if "$select" in query.options \
+            else None
+        row = self.find(ctx, es, _required(target.key), target.primary)
+        if row is None:
+            raise _not_found(es, target)
+        etag = etag_of(es.schema, row)
+        if_none = request.header("if-none-match")
+        if if_none and etag_matches(if_none, etag):
+            return HttpResponse(304, {"ETag": etag}, etag=etag,
+                                entity_path=entity_path(es, row))
+        if_match = request.header("if-match")
+        if if_match and not etag_matches(if_match, etag):
+            raise ODataError(412, "PreconditionFailed",
+                             "the entity's ETag does not match If-Match")
+        response = json_response(200, self.entity(ctx, es, row, select, fmt, top=True), fmt,
+                                 {"ETag": etag})
+        response.entity_path, response.etag = entity_path(es, row), etag
+        response.entity = entity_values(es, row)
+        return response
+
+    # ---------------------------------------------------------------------------- writes
+
+    def _body(self, request: HttpRequest, es: EntitySetInfo) -> dict[str, Any]:
+        # a missing Content-Type is taken as JSON: curl and batch parts often omit it
+        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type and content_type != "application/json":
+            raise ODataError(415, "UnsupportedMediaType",
+                             f"request bodies must be application/json, not {content_type}",
+                             target="Content-Type")
+        if request.has_json:
+            return parse_entity_body(es, request.json)
+        if not request.body.strip():
+            raise bad_request("the request needs a JSON body holding the entity",
+                              code="InvalidBody")
+        return parse_entity_body(es, loads(request.body))
+
+    def plan_write(self, ctx: Context, request: HttpRequest, target: Target,
+                   overlay: Overlay) -> WritePlan:
+        """Check a write and turn it into a :class:`WriteOp` without applying it.
+
+        Reads the addressed row (``get``) to answer 404 and to check ``If-Match`` /
+        ``If-None-Match`` here. ``overlay`` records what earlier writes of the same change set
+        do, since the backend cannot show their rows before the change set is applied: for a
+        row an earlier op touched, existence comes from the overlay and the ETag check is left
+        to the engine (through ``WriteOp.if_match``).
+        """
+        es = _required(target.es)
+        method = request.method.upper()
+        query = parse_query(request.query)
+        query.only({"$select", "$format"}, f"a {method} request")
+        fmt = response_format(query, request.header("accept"))
+        select = parse_select(query.options["$select"], es) if "$select" in query.options \
+            else None
+        prefer = parse_prefer(request.header("prefer"))
+        if_match = request.header("if-match")
+        if_none_match = request.header("if-none-match")
+
+        if target.kind == "collection":  # POST: create
+            values = self._body(request, es)
+            key_row = _full_key(es, values)
+            if key_row is not None:
+                overlay[(es.table, _key_of(es, key_row))] = True
+            op = WriteOp("create", es.table, None, values, None)
+            return WritePlan(op, es, True, prefer, select, fmt,
+                             _known(es, values), key_row)
+
+        url_key = _required(target.key)
+        values = self._body(request, es) if method != "DELETE" else {}
+        pk: dict[str, Any] | None
+        slot: tuple[str, tuple[Any, ...]] | None = None
+        exists: bool
+        current: dict[str, Any] | None = None
+        if target.primary:
+            pk = dict(url_key)
+            slot = (es.table, _key_of(es, pk))
+        else:
+            pk = None
+        if slot is not None and slot in overlay:
+            exists = overlay[slot]
+        else:
+            current = self.find(ctx, es, url_key, target.primary)
+            exists = current is not None
+            if current is not None and pk is None:
+                pk = {c: current.get(c) for c in es.key_columns}
+                slot = (es.table, _key_of(es, pk))
+                if slot in overlay:
+                    exists, current = overlay[slot], None
+        if exists and if_none_match is not None and (
+                current is None or etag_matches(if_none_match, etag_of(es.schema, current))):
+            raise ODataError(412, "PreconditionFailed",
+                             "If-None-Match: the entity exists already",
+                             hint="drop If-None-Match to update it")
+        if not exists:
+            if method == "DELETE" or if_match is not None or not target.primary:
+                raise _not_found(es, target) if if_match is None else ODataError(
+                    412, "PreconditionFailed", "If-Match: the entity does not exist")
+            # upsert: PATCH or PUT to a key that does not exist creates the entity
+            merged = {**values}
+            for column, value in url_key.items():
+                if column in merged and canonical(merged[column]) != canonical(value):
+                    raise _key_mismatch(es, column)
+                merged[column] = value
+            if slot is not None:
+                overlay[slot] = True
+            op = WriteOp("create", es.table, None, merged, None)
+            return WritePlan(op, es, True, prefer, select, fmt, _known(es, merged),
+                             dict(url_key))
+        if current is not None and if_match is not None and \
+                not etag_matches(if_match, etag_of(es.schema, current)):
+            raise ODataError(412, "PreconditionFailed",
+                             "If-Match: the entity has changed since the ETag was read")
+        assert pk is not None and slot is not None
+        if method == "DELETE":
+            overlay[slot] = False
+            op = WriteOp("delete", es.table, pk, {}, if_match)
+            return WritePlan(op, es, False, prefer, select, fmt, {}, pk)
+        changes = {}
+        for column, value in values.items():
+            if column in pk or column in url_key:
+                if canonical(value) != canonical({**pk, **url_key}[column]):
+                    raise _key_mismatch(es, column)
+                continue  # key properties are not updatable; an equal value is harmless
+            changes[column] = value
+        if method == "PUT":
+            kind = "replace"
+            for prop in es.properties.values():
+                name = prop.column.name
+                if name not in pk and name not in changes:
+                    changes[name] = None
+        else:
+            kind = "update"
+        overlay[slot] = True
+        op = WriteOp(kind, es.table, pk, changes, if_match)  # type: ignore[arg-type]
+        return WritePlan(op, es, False, prefer, select, fmt, _known(es, {**pk, **changes}), pk)
+
+    def render_write(self, ctx: Context, plan: WritePlan,
+                     row: dict[str, Any] | None) -> HttpResponse:
+        """The response to a write ``apply`` has done; ``row`` is what it returned."""
+        if plan.op.kind == "delete":
+            return HttpResponse(204, {})
+        es = plan.es
+        if row is None:  # a backend that returns nothing: answer from what was sent
+            row = {**(plan.op.key or {}), **plan.op.values}
+        etag = etag_of(es.schema, row)
+        path = entity_path(es, row)
+        headers = {"ETag": etag}
+        asked = plan.prefer.return_
+        if asked is not None:
+            headers["Preference-Applied"] = f"return={asked}"
+        # $select asks for a representation unless return=minimal says otherwise
+        wanted = asked or ("representation" if plan.select is not None else None)
+        if plan.creates:
+            headers["Location"] = ctx.root + path
+            with_body = wanted != "minimal"
+        else:
+            with_body = wanted == "representation"
+        if with_body:
+            response = json_response(201 if plan.creates else 200,
+                                     self.entity(ctx, es, row, plan.select, plan.fmt, top=True),
+                                     plan.fmt, headers)
+        else:
+            if plan.creates:
+                headers["OData-EntityId"] = ctx.root + path
+            response = HttpResponse(204, headers)
+        response.entity_path, response.etag = path, etag
+        response.entity = entity_values(es, row)
+        return response
+
+
+_BATCH = split_path("$batch")[0]
+
+
+def _required(value: Any) -> Any:
+    if value is None:  # pragma: no cover - resolve() sets what each target kind needs
+        raise RuntimeError("incomplete target")
+    return value
+
+
+def _allow(method: str, allowed: list[str]) -> None:
+    if method not in allowed:
+        raise _method_not_allowed(method, allowed)
+
+
+def _method_not_allowed(method: str, allowed: list[str]) -> ODataError:
+    return ODataError(405, "MethodNotAllowed",
+                      f"{method} is not allowed here; allowed: {', '.join(allowed)}",
+                      headers={"Allow": ", ".join(allowed)})
+
+
+def _not_found(es: EntitySetInfo, target: Target) -> ODataError:
+    key = ",".join(f"{k}={v!r}" for k, v in (target.key or {}).items())
+    return ODataError(404, "NotFound", f"{es.name!r} has no entity with key ({key})",
+                      target=es.name)
+
+
+def _key_mismatch(es: EntitySetInfo, column: str) -> ODataError:
+    prop = es.by_column(column)
+    name = prop.name if prop else column
+    return bad_request(f"key property {name!r} in the body differs from the key in the URL; "
+                       "the key of an entity cannot be changed", target=name,
+                       code="KeyMismatch")
+
+
+def _full_key(es: EntitySetInfo, values: Mapping[str, Any]) -> dict[str, Any] | None:
+    if all(values.get(c) is not None for c in es.key_columns):
+        return {c: values[c] for c in es.key_columns}
+    return None
+
+
+def _known(es: EntitySetInfo, values: Mapping[str, Any]) -> dict[str, Any]:
+    return entity_values(es, values)
+
+
+def _check_versions(request: HttpRequest) -> None:
+    version = request.header("odata-version")
+    if version is not None and version.strip() not in ("4.0", "4.01"):
+        raise bad_request(f"OData-Version {version} is not supported; this service speaks "
+                          "OData 4.0 (and 4.01 JSON batches)", target="OData-Version",
+                          code="UnsupportedVersion")
+    max_version = request.header("odata-maxversion")
+    if max_version is not None:
+        try:
+            too_old = Decimal(max_version.strip()) < Decimal("4.0")
+        except InvalidOperation:
+            raise bad_request(f"OData-MaxVersion {max_version!r} is not a version number",
+                              target="OData-MaxVersion", code="UnsupportedVersion") from None
+        if too_old:
+            raise bad_request(f"OData-MaxVersion {max_version} is below 4.0, the only version "
+                              "this service speaks", target="OData-MaxVersion",
+                              code="UnsupportedVersion")
+
+
+def _quote_segment(text: str) -> str:
+    return quote(text, safe="")
+
+
+# -------------------------------------------------------------------------------- ASGI
+
+
+class ODataASGI:
+    """ASGI adapter: reads the request, runs :meth:`ODataService.handle` in a worker thread
+    (the backend blocks on databases), writes the response."""
+
+    def __init__(self, service: ODataService) -> None:
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # pragma: no cover - websockets are not served here
+            return
+        request = Request(scope, receive)
+        root_path: str = scope.get("root_path", "")
+        path: str = scope["path"]
+        env_path = path[len(root_path):] if root_path and path.startswith(root_path) else path
+        url = request.url
+        base = f"{url.scheme}://{url.netloc}{root_path}"
+        method = request.method.upper()
+        headers: dict[str, str] = {}
+        for k, v in request.headers.items():
+            name = k.lower()
+            headers[name] = f"{headers[name]}, {v}" if name in headers else v
+        body = bytearray()
+        too_large = False
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY_BYTES:
+                too_large = True
+                break
+        if too_large:
+            response = self.service.error(ODataError(
+                413, "PayloadTooLarge", f"request bodies are limited to {MAX_BODY_BYTES} bytes"))
+            response.headers["OData-Version"] = ODATA_VERSION
+        else:
+            inner = HttpRequest(method="GET" if method == "HEAD" else method, path="",
+                                query=scope.get("query_string", b"").decode("latin-1"),
+                                headers=headers, body=bytes(body))
+            response = await run_in_threadpool(self.service.handle, env_path, inner, base)
+        content = b"" if method == "HEAD" or response.status in (204, 304) else response.body
+        await Response(content, status_code=response.status,
+                       headers=response.headers)(scope, receive, send)
+
+
+def odata_mount(backend: ODataBackend, *, page_size: int = 1000,
+                path: str = "/odata") -> Mount:
+    """The ``/odata`` mount, to place in an app's routes next to others."""
+    return Mount(path, app=ODataASGI(ODataService(backend, page_size=page_size)))
+
+
+def create_router(backend: ODataBackend, *, page_size: int = 1000) -> Router:
+    """A Router holding only the ``/odata`` mount."""
+    return Router(routes=[odata_mount(backend, page_size=page_size)])
+
+
+def create_app(backend: ODataBackend, *, page_size: int = 1000) -> Starlette:
+    """A Starlette app serving ``/odata/<env>/`` for every environment of ``backend``.
+    ``page_size`` is the most entities one response carries (server-driven paging)."""
+    return Starlette(routes=[odata_mount(backend, page_size=page_size)])

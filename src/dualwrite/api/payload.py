@@ -1,0 +1,371 @@
+"""JSON payloads: property values in and out, entity bodies, ETags, exact JSON encoding.
+
+Values go out in the OData JSON format of their Edm type (dates and times as ISO 8601 text,
+binary as base64url, decimals as exact JSON numbers, or as strings with
+``IEEE754Compatible=true``) and come in checked against the column's kind. Request bodies are
+parsed with decimals kept exact (never through float) and duplicate names rejected.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from dualwrite.api.errors import ODataError, bad_request
+from dualwrite.api.literals import decode_base64, parse_temporal
+from dualwrite.api.model import EntitySetInfo, PropertyInfo, edm_type
+from dualwrite.model.schema import Column, Kind, TableSchema
+from dualwrite.model.values import canonical
+
+#: Decimal exponents beyond this are refused: no column holds such a number, and arithmetic
+#: on it (even normalising it) overflows Python's decimal context.
+MAX_EXPONENT = 1000
+INT64 = 2**63
+
+__all__ = [
+    "dumps",
+    "entity_values",
+    "etag_matches",
+    "etag_of",
+    "from_json",
+    "loads",
+    "parse_entity_body",
+    "to_json",
+]
+
+# --------------------------------------------------------------------------------------------
+# Exact JSON text
+
+
+def dumps(obj: Any) -> bytes:
+    """UTF-8 JSON for ``obj``; a Decimal is written as the exact JSON number it holds."""
+    out: list[str] = []
+    _encode(obj, out)
+    return "".join(out).encode("utf-8")
+
+
+def _encode(obj: Any, out: list[str]) -> None:
+    if obj is None:
+        out.append("null")
+    elif obj is True:
+        out.append("true")
+    elif obj is False:
+        out.append("false")
+    elif isinstance(obj, str):
+        out.append(json.dumps(obj, ensure_ascii=False))
+    elif isinstance(obj, int):
+        out.append(str(int(obj)))
+    elif isinstance(obj, float):
+        # OData writes the IEEE specials as strings; JSON has no literal for them
+        if math.isnan(obj):
+            out.append('"NaN"')
+        elif math.isinf(obj):
+            out.append('"INF"' if obj > 0 else '"-INF"')
+        else:
+            out.append(repr(obj))
+    elif isinstance(obj, Decimal):
+        out.append(str(obj) if obj.is_finite() else json.dumps(str(obj)))
+    elif isinstance(obj, Mapping):
+        out.append("{")
+        for i, (k, v) in enumerate(obj.items()):
+            if i:
+                out.append(",")
+            out.append(json.dumps(str(k), ensure_ascii=False))
+            out.append(":")
+            _encode(v, out)
+        out.append("}")
+    elif isinstance(obj, list | tuple):
+        out.append("[")
+        for i, v in enumerate(obj):
+            if i:
+                out.append(",")
+            _encode(v, out)
+        out.append("]")
+    else:
+        out.append(json.dumps(str(obj), ensure_ascii=False))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"the name {k!r} appears twice in one JSON object")
+        out[k] = v
+    return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(body: bytes | str, *, what: str = "request body") -> Any:
+    """Parse JSON text exactly (decimals as Decimal); a 400 ODataError if it is not JSON."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        return json.loads(text, parse_float=Decimal, object_pairs_hook=_no_duplicates,
+                          parse_constant=_reject_constant)
+    except UnicodeDecodeError:
+        raise bad_request(f"the {what} is not UTF-8 text", code="InvalidJson") from None
+    except RecursionError:
+        raise bad_request(f"the {what} nests too deeply", code="InvalidJson") from None
+    except ValueError as exc:
+        raise bad_request(f"the {what} is not valid JSON: {exc}", code="InvalidJson") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Values out
+
+
+def _aware(value: dt.datetime) -> dt.datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _datetime_text(value: dt.datetime) -> str:
+    text = _aware(value).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
+    """The JSON value (as Python) of ``value`` from ``column``, per its Edm type.
+    ``ieee754`` writes Edm.Int64 and Edm.Decimal as strings (``IEEE754Compatible=true``)."""
+    if value is None:
+        return None
+    kind = column.kind
+    if kind is Kind.STRING or kind is Kind.OTHER:
+        return value if isinstance(value, str) else str(value)
+    if kind is Kind.INTEGER:
+        number = int(value)
+        return str(number) if ieee754 and edm_type(column) == "Edm.Int64" else number
+    if kind is Kind.DECIMAL:
+        d = value if isinstance(value, Decimal) else Decimal(repr(value)) \
+            if isinstance(value, float) else Decimal(str(value))
+        return str(d) if ieee754 else d
+    if kind is Kind.FLOAT:
+        return float(value)
+    if kind is Kind.BOOLEAN:
+        if isinstance(value, str):
+            return value.strip().lower() in ("1", "true", "t", "yes", "y")
+        return bool(value)
+    if kind is Kind.DATE:
+        if isinstance(value, dt.datetime):
+            return value.date().isoformat()
+        return value.isoformat() if isinstance(value, dt.date) else str(value)
+    if kind is Kind.DATETIME:
+        if isinstance(value, dt.datetime):
+            return _datetime_text(value)
+        if isinstance(value, dt.date):
+            return _datetime_text(dt.datetime.combine(value, dt.time()))
+        return str(value)
+    if kind is Kind.TIME:
+        if isinstance(value, dt.timedelta):  # MySQL drivers hand TIME back as a timedelta
+            seconds = int(value.total_seconds()) % 86400
+            value = dt.time(seconds // 3600, seconds // 60 % 60, seconds % 60,
+                            value.microseconds)
+        return value.isoformat() if isinstance(value, dt.time) else str(value)
+    if kind is Kind.BINARY:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return base64.urlsafe_b64encode(bytes(value)).decode("ascii")
+        return str(value)
+    if kind is Kind.UUID:
+        return str(value).lower() if isinstance(value, uuid.UUID) else str(value)
+    # Kind.JSON travels as Edm.String holding the JSON text
+    return value if isinstance(value, str) else dumps(value).decode("utf-8")
+
+
+def entity_values(entity_set: EntitySetInfo, row: Mapping[str, Any],
+                  select: Sequence[str] | None = None, *,
+                  ieee754: bool = False) -> dict[str, Any]:
+    """The properties of ``row`` as an OData JSON object (property order as in the table).
+    ``select`` limits it to those property names; a column the row lacks is left out."""
+    wanted = set(select) if select is not None else None
+    out: dict[str, Any] = {}
+    for name, prop in entity_set.properties.items():
+        if wanted is not None and name not in wanted:
+            continue
+        column = prop.column.name
+        if column in row:
+            out[name] = to_json(row[column], prop.column, ieee754=ieee754)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# ETags
+
+
+def _etag_value(value: Any) -> Any:
+    c = canonical(value)
+    if c is None:
+        return None
+    if isinstance(c, dt.datetime) and c.tzinfo is not None:
+        # one instant, one text: drivers differ in whether they hand back the offset
+        c = c.astimezone(dt.UTC).replace(tzinfo=None)
+    if isinstance(c, bytes | bytearray):
+        return "b:" + bytes(c).hex()
+    if isinstance(c, dt.timedelta):
+        return "t:" + str(c.total_seconds())
+    if isinstance(c, dict | list):
+        return "j:" + dumps(c).decode("utf-8")
+    return f"{type(c).__name__[:1]}:{c}"
+
+
+def etag_of(schema: TableSchema, row: Mapping[str, Any]) -> str:
+    """The weak ETag of a row: ``W/"<sha1>"`` of its canonical column values.
+
+    Canonical values (:func:`dualwrite.model.values.canonical`) make the tag the same
+    whichever driver read the row (``Decimal('5.00')`` and ``5.0``, ``True`` and ``1``), so
+    a tag read through one path matches the row read through another. Columns the schema
+    does not declare are ignored.
+    """
+    folded = {str(k).casefold(): k for k in row}
+    items = []
+    for name in schema.columns:
+        key = name if name in row else folded.get(name.casefold())
+        items.append([name, _etag_value(row[key]) if key is not None else None])
+    digest = hashlib.sha1(json.dumps(items, ensure_ascii=True).encode("ascii"),
+                          usedforsecurity=False).hexdigest()
+    return f'W/"{digest}"'
+
+
+def _opaque(tag: str) -> str:
+    tag = tag.strip()
+    return tag[2:] if tag[:2] in ('W/', 'w/') else tag
+
+
+def etag_matches(header: str, etag: str) -> bool:
+    """Whether an ``If-Match``/``If-None-Match`` header value (``*`` or a comma-separated list
+    of tags) matches ``etag``. Tags compare by their opaque part, so ``"x"`` matches
+    ``W/"x"``: our tags are weak, and clients echo them with or without the prefix."""
+    if header.strip() == "*":
+        return True
+    want = _opaque(etag)
+    return any(_opaque(t) == want for t in header.split(",") if t.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# Values in
+
+
+def _bad_value(prop: PropertyInfo, value: Any, expected: str) -> ODataError:
+    shown = value if not isinstance(value, str) or len(value) <= 60 else value[:57] + "..."
+    return ODataError(400, "InvalidValue",
+                      f"property {prop.name!r}: {shown!r} is not {expected}", target=prop.name)
+
+
+def from_json(value: Any, prop: PropertyInfo) -> Any:
+    """The Python value for the backend of JSON ``value`` sent for ``prop``; a 400 naming the
+    property if it does not fit the property's type."""
+    column = prop.column
+    if value is None:
+        if not column.nullable:
+            raise ODataError(400, "InvalidValue",
+                             f"property {prop.name!r} cannot be null", target=prop.name)
+        return None
+    kind = column.kind
+    if kind is Kind.STRING or kind is Kind.OTHER:
+        if isinstance(value, str):
+            return value
+        raise _bad_value(prop, value, "a string")
+    if kind is Kind.JSON:
+        if isinstance(value, str):
+            return loads(value, what=f"JSON text of property {prop.name!r}")
+        return value
+    if kind is Kind.BOOLEAN:
+        if isinstance(value, bool):
+            return value
+        raise _bad_value(prop, value, "true or false")
+    if kind in (Kind.INTEGER, Kind.DECIMAL, Kind.FLOAT):
+        return _number_in(value, prop)
+    if not isinstance(value, str):
+        raise _bad_value(prop, value, f"a string holding {edm_type(column)}")
+    if kind is Kind.UUID:
+        try:
+            return uuid.UUID(value)
+        except ValueError:
+            raise _bad_value(prop, value, "a GUID") from None
+    if kind is Kind.BINARY:
+        try:
+            return decode_base64(value)
+        except ValueError:
+            raise _bad_value(prop, value, "base64url-encoded binary") from None
+    try:
+        return parse_temporal(value, kind)
+    except ValueError:
+        expected = {Kind.DATE: "a date such as 2024-01-31",
+                    Kind.DATETIME: "a date and time with offset such as 2024-01-31T10:00:00Z",
+                    Kind.TIME: "a time of day such as 10:30:00"}.get(kind, edm_type(column))
+        raise _bad_value(prop, value, expected) from None
+
+
+def _number_in(value: Any, prop: PropertyInfo) -> Any:
+    kind = prop.column.kind
+    if isinstance(value, bool) or not isinstance(value, int | Decimal | str):
+        raise _bad_value(prop, value, "a number")
+    if isinstance(value, str):
+        # IEEE754Compatible clients send Int64 and Decimal as strings; doubles may be special
+        if kind is Kind.FLOAT and value in ("NaN", "INF", "-INF"):
+            return {"NaN": math.nan, "INF": math.inf, "-INF": -math.inf}[value]
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            raise _bad_value(prop, value, "a number") from None
+        if not number.is_finite():
+            raise _bad_value(prop, value, "a finite number")
+        value = number
+    if isinstance(value, Decimal) and abs(value.adjusted()) > MAX_EXPONENT:
+        raise _bad_value(prop, value, "a number in range")
+    if kind is Kind.FLOAT:
+        double = float(value)
+        if math.isinf(double):
+            raise _bad_value(prop, value, "a number in the range of Edm.Double")
+        return double
+    if kind is Kind.DECIMAL:
+        return value if isinstance(value, Decimal) else Decimal(value)
+    if isinstance(value, Decimal):
+        if value != value.to_integral_value():
+            raise _bad_value(prop, value, "a whole number")
+        value = int(value)
+    if not -INT64 <= value < INT64:
+        raise _bad_value(prop, value, "a whole number in the range of Edm.Int64")
+    return value
+
+
+def parse_entity_body(entity_set: EntitySetInfo, body: Any) -> dict[str, Any]:
+    """Column -> value for an entity sent in a request body.
+
+    Instance annotations (``@odata.type``, ``x@odata.etag``...) are ignored; a navigation
+    binding (``x@odata.bind``) is refused with 501, since the tables have no navigation
+    properties. An unknown property is a 400 naming it.
+    """
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object holding the entity's "
+                          "properties", code="InvalidBody")
+    values: dict[str, Any] = {}
+    seen: dict[str, str] = {}
+    for name, value in body.items():
+        if "@" in name:
+            if name.endswith("@odata.bind") or name.endswith("@bind"):
+                raise ODataError(501, "NotImplemented",
+                                 f"{name!r}: binding navigation properties is not supported; "
+                                 "the entity sets have no navigation properties", target=name)
+            continue
+        prop = entity_set.prop(name)
+        if prop is None:
+            raise ODataError(400, "UnknownProperty",
+                             f"entity set {entity_set.name!r} has no property {name!r}",
+                             target=name)
+        if prop.name in seen:
+            raise bad_request(f"property {prop.name!r} is given twice ({seen[prop.name]!r} and "
+                              f"{name!r})", target=name, code="InvalidBody")
+        seen[prop.name] = name
+        if isinstance(value, dict | list) and prop.column.kind is not Kind.JSON:
+            raise _bad_value(prop, value, "a primitive value (nested entities and collections "
+                             "are not supported)")
+        values[prop.column.name] = from_json(value, prop)
+    return values

@@ -1,0 +1,49 @@
+"""The HTTP server of ``dualwrite serve``: OData per environment, health endpoints."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from dualwrite.api.link_backend import LinkBackend
+from dualwrite.api.odata import odata_mount
+from dualwrite.engine.link import Link
+from dualwrite.errors import DualwriteError
+
+
+def create_server_app(link: Link) -> Starlette:
+    """The app: ``/odata/<env>/...``, ``/healthz`` (the process is up) and ``/readyz`` (both
+    databases answer). On start, in-doubt transactions are recovered first."""
+    backend = LinkBackend(link)
+
+    async def healthz(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_request: Request) -> JSONResponse:
+        checks = {}
+        ok = True
+        for env in backend.environments():
+            try:
+                await run_in_threadpool(backend.entity_sets, env)
+                checks[env] = "ok"
+            except DualwriteError as exc:
+                ok = False
+                checks[env] = exc.message
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks},
+                            status_code=200 if ok else 503)
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(link.recover)
+        yield
+
+    return Starlette(routes=[
+        Route("/healthz", healthz), Route("/readyz", readyz),
+        odata_mount(backend, page_size=link.config.model.serve.page_size),
+    ], lifespan=lifespan)
