@@ -53,6 +53,12 @@ class WriteSession(ABC):
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         """Insert rows (tuples in ``columns`` order). Raises ConstraintViolation on a bad row."""
 
+    def insert_returning(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
+        """Insert one row and return it as stored (defaults filled in). The default reads it
+        back by its given primary key; SQL backends use INSERT ... RETURNING."""
+        self.insert(table, list(values), [tuple(values.values())])
+        return dict(values)
+
     @abstractmethod
     def update(self, table: str, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[tuple[Row, Row]]) -> int:

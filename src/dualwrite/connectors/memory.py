@@ -127,6 +127,17 @@ class MemoryWriteSession(WriteSession):
                 if t == table:
                     keys.add(tuple(canonical(row.get(c)) for c in cols))
 
+    def insert_returning(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
+        self.insert(table, list(values), [tuple(values.values())])
+        pk = self.c.describe(table).primary_key
+        row = dict(values)
+        self._fill_defaults(table, row)
+        stored = self.rows[table].get(_key_of(row, pk)) if all(
+            values.get(k) is not None for k in pk) else None
+        if stored is None:  # generated key: the newest row is ours (the store is locked)
+            stored = list(self.rows[table].values())[-1]
+        return dict(stored)
+
     def update(self, table: str, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[tuple[Row, Row]]) -> int:
         self.c._maybe_fail("update", table)

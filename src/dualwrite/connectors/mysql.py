@@ -24,8 +24,8 @@ class MySqlConnector(SqlConnector):
     def _create_engine(self, url: str) -> sa.Engine:
         if "charset=" not in url:
             url += ("&" if "?" in url else "?") + "charset=utf8mb4"
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10,
-                                pool_recycle=3600)
+        # no pre-ping, as for PostgreSQL: see PostgresConnector._create_engine
+        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:

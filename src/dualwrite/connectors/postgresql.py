@@ -13,6 +13,8 @@ from dualwrite.connectors.sql import SqlConnector
 from dualwrite.errors import TerminalConnectorError
 
 _SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
+#: below this many rows a plain INSERT beats COPY (live sync writes one row at a time)
+COPY_THRESHOLD = 50
 BINARY_COLLATIONS = {"c", "posix", "ucs_basic", "c.utf8", "c.utf-8"}
 
 
@@ -20,11 +22,20 @@ class PostgresConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=True)
 
     def _create_engine(self, url: str) -> sa.Engine:
-        return sa.create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        # No pre-ping: it costs a round trip per checkout on the live-sync hot path. A pooled
+        # connection that died with the server fails its first statement instead, SQLAlchemy
+        # drops the whole pool, and the error surfaces as transient (retry / HTTP 503).
+        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
         from psycopg import sql
+
+        if len(rows) < COPY_THRESHOLD:
+            # COPY costs extra round trips to set up; a few rows are cheaper as INSERT
+            stmt = self.statement(("insert", table.name), lambda: sa.insert(table))
+            conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+            return
 
         raw: Any = conn.connection.driver_connection
         stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(

@@ -73,6 +73,15 @@ class SqlWriteSession(WriteSession):
         with self.connector.translating(f"insert into {table}"):
             self.connector._bulk_insert(self.conn, t, list(columns), rows)
 
+    def insert_returning(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
+        # one round trip instead of an INSERT and a SELECT (PostgreSQL, SQLite >= 3.35 and
+        # MariaDB >= 10.5 all have RETURNING)
+        stmt = self.connector.statement(("insert-returning", table, tuple(values)), lambda: (
+            sa.insert(self.connector.table(table)).returning(*self.connector.table(table).c)))
+        with self.connector.translating(f"insert into {table}"):
+            row = self.conn.execute(stmt, values).one()
+        return dict(row._mapping)
+
     def update(self, table: str, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[tuple[Row, Row]]) -> int:
         if not rows:
@@ -166,6 +175,7 @@ class SqlConnector(Connector):
         self._tables: dict[str, sa.Table] = {}
         self._schemas: dict[str, TableSchema] = {}
         self._binary_order: dict[tuple[str, str], bool] = {}
+        self._statements: dict[tuple[Any, ...], Any] = {}
 
     # -- hooks for dialects -----------------------------------------------------------------
     def _create_engine(self, url: str) -> sa.Engine:
@@ -306,10 +316,19 @@ class SqlConnector(Connector):
         self._schemas[table] = schema
         return schema
 
+    def statement(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+        """A Core statement built once per key: live writes run the same few statements
+        thousands of times, and building one costs more than running it on loopback."""
+        stmt = self._statements.get(key)
+        if stmt is None:
+            stmt = self._statements[key] = build()
+        return stmt
+
     def forget_schema(self) -> None:
         """Drop cached reflections (after DDL)."""
         self._tables.clear()
         self._schemas.clear()
+        self._statements.clear()
         self._binary_order.clear()
 
     # -- reads -------------------------------------------------------------------------------

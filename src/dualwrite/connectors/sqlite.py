@@ -20,14 +20,21 @@ from dualwrite.errors import ConfigError
 sqlite3.register_adapter(Decimal, str)
 
 
-def create_sqlite_engine(url: str) -> sa.Engine:
-    """An engine with foreign keys enforced and a busy timeout instead of instant 'locked'."""
+def create_sqlite_engine(url: str, *, wal: bool = False) -> sa.Engine:
+    """An engine with foreign keys enforced and a busy timeout instead of instant 'locked'.
+
+    ``wal`` (dualwrite's own state store only, never an application database, whose commits
+    across two files need the rollback journal): write-ahead log with full sync, so each
+    commit is durable with a single fsync and readers do not block the writer."""
     engine = sa.create_engine(url, connect_args={"timeout": 30})
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn: Any, _record: Any) -> None:
         cur = dbapi_conn.cursor()
         cur.execute("PRAGMA foreign_keys=ON")
+        if wal:
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=FULL")
         cur.close()
 
     return engine

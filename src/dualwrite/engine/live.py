@@ -211,7 +211,7 @@ class LiveTransaction:
         self.link = link
         self.sessions = sessions
         self.principal = principal
-        self.roles, self.licences = link.state.principal(principal)
+        self.roles, self.licences = link.state.principal(principal, max_age=1.0)
         self.running = running
         self.audit: list[AuditEntry] = []
         self.resolver = LookupResolver({s: _SessionLookups(sess)  # type: ignore[misc]
@@ -395,36 +395,36 @@ class LiveTransaction:
             self.link.rules.run(ctx)
             key = tuple(ctx.values.get(k) for k in schema.primary_key) or None
             checked.append(check_values(schema, ctx.values, creating=True, env=env, key=key))
-        by_cols: dict[tuple[str, ...], list[Row]] = {}
-        for v in checked:
-            by_cols.setdefault(tuple(v), []).append(tuple(v.values()))
-        for cols, tuples in by_cols.items():
-            first = dict(zip(cols, tuples[0], strict=True))
-            self._write(side, "create", lambda c=cols, t=tuples:  # type: ignore[misc]
-                        self.sessions[side].insert(schema.name, list(c), t),
-                        table=schema.name,
-                        key=tuple(first.get(k) for k in schema.primary_key) or None,
-                        values=first)
+        pk = list(schema.primary_key) or [next(iter(schema.columns))]
+        if read_back and len(checked) == 1:
+            # one row: INSERT ... RETURNING gives the stored row (defaults and all) in the same
+            # round trip, and it serves both the caller and the mirrors
+            [values] = checked
+            stored = [self._write(side, "create", lambda: self.sessions[side].insert_returning(
+                schema.name, values), table=schema.name,
+                key=tuple(values.get(k) for k in pk), values=values)]
+        else:
+            by_cols: dict[tuple[str, ...], list[Row]] = {}
+            for v in checked:
+                by_cols.setdefault(tuple(v), []).append(tuple(v.values()))
+            for cols, tuples in by_cols.items():
+                first = dict(zip(cols, tuples[0], strict=True))
+                self._write(side, "create", lambda c=cols, t=tuples:  # type: ignore[misc]
+                            self.sessions[side].insert(schema.name, list(c), t),
+                            table=schema.name, key=tuple(first.get(k) for k in pk),
+                            values=first)
+            stored = []
         self.writes += len(checked)
-        out: list[dict[str, Any]] = []
         for m in mirrors:
+            if stored:
+                self._mirror_create(m, stored)
+                continue
             kcols = list(m.bound.key(side))
             keys = [tuple(v.get(c) for c in kcols) for v in checked]
-            stored = self._rows(side, schema.name, kcols, keys)
-            self._mirror_create(m, stored)
-        pk = list(schema.primary_key) or [next(iter(schema.columns))]
-        if read_back or not mirrors:
-            for v in checked:
-                unique = self._unique_key(schema, v)
-                if unique and read_back:
-                    got = self._rows(side, schema.name, list(unique), [tuple(v[c] for c in
-                                                                            unique)])
-                    out.extend(got[:1] or [v])
-                else:
-                    out.append(v)
+            self._mirror_create(m, self._rows(side, schema.name, kcols, keys))
         self.audit += [AuditEntry(env, schema.name, tuple(v.get(c) for c in pk), "create")
-                       for v in checked]
-        return out
+                       for v in (stored or checked)]
+        return stored or checked
 
     @staticmethod
     def _unique_key(schema: TableSchema, values: dict[str, Any]) -> tuple[str, ...] | None:
@@ -575,9 +575,7 @@ class Coordinator:
                 self._rollback()
                 raise
             sessions = {s: b.session for s, b in self.branches.items()}
-        self.tx = LiveTransaction(link, sessions, principal,
-                                  {n for n, st in link.state.map_states().items()
-                                   if st["state"] == "running"})
+        self.tx = LiveTransaction(link, sessions, principal, link.state.running_maps())
 
     def _rollback(self) -> None:
         errors = []
@@ -598,7 +596,7 @@ class Coordinator:
     def commit(self) -> None:
         if not self.branches:  # attached SQLite: one connection, one COMMIT
             self.stack.close()
-            if self.tx.audit:
+            if self.tx.audit:  # already committed: the log here is the audit trail
                 self.link.state.log_commit_decision(self.xid, [], self.principal,
                                                     self.tx.audit)
                 self.link.state.complete(self.xid)
@@ -672,10 +670,11 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore
             conn.finish_prepared(xid, commit=commit)
             report.actions.append(RecoveryAction(xid, conn.name,
                                                  "committed" if commit else "rolled back"))
+    state.flush_completions()
     for xid in state.incomplete_decisions():
         if xid.startswith(prefix) and (xid not in prepared_anywhere
                                        or not coordinator_alive(xid)):
-            state.complete(xid)
+            state.complete(xid, now=True)
             report.completed.append(xid)
     return report
 
