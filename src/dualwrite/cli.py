@@ -95,6 +95,28 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] 
         yield update
 
 
+def _cell(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, list):
+        return ", ".join(str(x) for x in v)
+    return str(v)
+
+
+def _emit(name: str, rows: list[dict[str, Any]], as_json: bool,
+          columns: list[tuple[str, str]]) -> None:
+    """Rows as ``{"<name>": rows}`` JSON, or as a table of the named columns."""
+    if as_json:
+        _print_json({name: rows})
+        return
+    t = Table()
+    for header, _ in columns:
+        t.add_column(header, overflow="fold")
+    for r in rows:
+        t.add_row(*[_cell(r.get(key)) for _, key in columns])
+    out.print(t)
+
+
 def _fail(exc: DualwriteError) -> None:
     err.print(f"[bold red]error:[/] {exc.message}", markup=True, highlight=False)
     if exc.hint:
@@ -261,16 +283,9 @@ def maps_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                  "state": states.get(m.name, {}).get("state", "not running"),
                  "initial_synced_at": states.get(m.name, {}).get("initial_synced_at")}
                 for m in link.config.maps]
-    if as_json:
-        _print_json({"maps": rows})
-        return
-    t = Table()
-    for c in ("map", "left", "right", "depends on", "state", "initial sync"):
-        t.add_column(c)
-    for r in rows:
-        t.add_row(r["map"], r["left"], r["right"], ", ".join(r["depends_on"]), r["state"],
-                  r["initial_synced_at"] or "-")
-    out.print(t)
+    _emit("maps", rows, as_json, [
+        ("map", "map"), ("left", "left"), ("right", "right"), ("depends on", "depends_on"),
+        ("state", "state"), ("initial sync", "initial_synced_at")])
 
 
 @maps_app.command("start")
@@ -358,16 +373,9 @@ def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         for r in rows:
             roles, licences = link.state.principal(r["principal"])
             r["roles"], r["licences"] = sorted(roles), sorted(licences)
-    if as_json:
-        _print_json({"tokens": rows})
-        return
-    t = Table()
-    for c in ("id", "principal", "roles", "licences", "created", "revoked"):
-        t.add_column(c)
-    for r in rows:
-        t.add_row(r["id"], r["principal"], ", ".join(r["roles"]), ", ".join(r["licences"]),
-                  r["created_at"], r["revoked_at"] or "-")
-    out.print(t)
+    _emit("tokens", rows, as_json, [
+        ("id", "id"), ("principal", "principal"), ("roles", "roles"), ("licences", "licences"),
+        ("created", "created_at"), ("revoked", "revoked_at")])
 
 
 @tokens_app.command("revoke")
@@ -387,19 +395,13 @@ def errors_list(config: ConfigOpt = None, map_name: Annotated[str | None, typer.
     """Open entries of the error inbox."""
     with _link(config) as link:
         entries = link.state.errors(map_name)
-    if as_json:
-        _print_json({"errors": [e.as_dict() for e in entries]})
-        return
-    if not entries:
+    if not entries and not as_json:
         out.print("the error inbox is empty", markup=False)
         return
-    t = Table()
-    for c in ("id", "map", "side", "key", "operation", "attempts", "last", "reason"):
-        t.add_column(c, overflow="fold")
-    for e in entries:
-        t.add_row(str(e.id), e.map, e.side, str(tuple(e.key)), e.operation, str(e.attempts),
-                  e.last_at, e.reason)
-    out.print(t)
+    _emit("errors", [e.as_dict() for e in entries], as_json, [
+        ("id", "id"), ("map", "map"), ("side", "side"), ("key", "key"),
+        ("operation", "operation"), ("attempts", "attempts"), ("last", "last_at"),
+        ("reason", "reason")])
 
 
 @errors_app.command("show")

@@ -138,3 +138,34 @@ def test_import_template_writes_a_loadable_map(tmp_path: Path,
     assert len(m.fields) == 62  # every row of the published table
     assert main(["import-template", str(tmp_path / "nope.md")]) == 2
     assert "cannot read template" in capsys.readouterr().err
+
+
+def test_tokens_maps_and_recover_commands(pair: Pair, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    cfg = str(pair.config)
+    capsys.readouterr()
+    assert main(["-c", cfg, "tokens", "create", "--principal", "alice",
+                 "--licence", "accounts", "--role", "admin"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and printed.startswith("dw_")  # the token, alone
+    token = printed.strip()
+    assert main(["-c", cfg, "tokens", "list", "--json"]) == 0
+    [listed] = json.loads(capsys.readouterr().out)["tokens"]
+    assert listed["principal"] == "alice" and listed["licences"] == ["accounts"]
+    assert token not in json.dumps(listed)  # only the hash is kept
+    assert main(["-c", cfg, "tokens", "revoke", listed["id"]]) == 0
+    assert main(["-c", cfg, "tokens", "revoke", listed["id"]]) == 2
+    assert "no active token" in capsys.readouterr().err
+
+    assert main(["-c", cfg, "maps", "start", "--json"]) == 0
+    started = json.loads(capsys.readouterr().out)
+    assert started["started"] == ["groups", "customers"]  # depends_on order
+    assert {r["map"] for r in started["initial_sync"]} == {"groups", "customers"}
+    assert main(["-c", cfg, "maps", "stop", "customers"]) == 0
+    capsys.readouterr()
+    assert main(["-c", cfg, "maps", "list", "--json"]) == 0
+    states = {m["map"]: m["state"] for m in json.loads(capsys.readouterr().out)["maps"]}
+    assert states == {"groups": "running", "customers": "stopped"}
+
+    assert main(["-c", cfg, "recover"]) == 0
+    assert "nothing in doubt" in capsys.readouterr().out

@@ -487,17 +487,24 @@ class SqlConnector(Connector):
         with self.translating("begin"):
             conn = self.engine.connect()
         try:
-            with self.translating("begin"):
-                tx = conn.begin()
-            try:
+            with self.transactional(conn):
                 yield SqlWriteSession(self, conn)
-            except BaseException:
-                tx.rollback()
-                raise
-            with self.translating("commit"):
-                tx.commit()
         finally:
             conn.close()
+
+    @contextmanager
+    def transactional(self, conn: sa.Connection) -> Iterator[None]:
+        """One transaction on ``conn``: committed when the block ends, rolled back (and the
+        error re-raised) when it raises."""
+        with self.translating("begin"):
+            tx = conn.begin()
+        try:
+            yield
+        except BaseException:
+            tx.rollback()
+            raise
+        with self.translating("commit"):
+            tx.commit()
 
     def execute(self, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
         """Run one statement in its own transaction (tests, demo set-up, DDL)."""

@@ -93,15 +93,8 @@ class SqliteConnector(SqlConnector):
                 conn.commit()  # ATTACH runs outside any transaction; end SQLAlchemy's autobegin
             try:
                 view = _AttachedView(right, self.engine)
-                with self.translating("begin"):
-                    tx = conn.begin()
-                try:
+                with self.transactional(conn):
                     yield SqlWriteSession(self, conn), SqlWriteSession(view, conn)
-                except BaseException:
-                    tx.rollback()
-                    raise
-                with self.translating("commit"):
-                    tx.commit()
             finally:
                 with self.translating("detach"):
                     conn.exec_driver_sql("DETACH DATABASE dw_right")
