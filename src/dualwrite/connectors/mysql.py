@@ -24,8 +24,12 @@ class MySqlConnector(SqlConnector):
     def _create_engine(self, url: str) -> sa.Engine:
         if "charset=" not in url:
             url += ("&" if "?" in url else "?") + "charset=utf8mb4"
-        # no pre-ping, as for PostgreSQL: see PostgresConnector._create_engine
-        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
+        # No pre-ping, as for PostgreSQL (see PostgresConnector._create_engine). No reset on
+        # return either: PyMySQL's rollback() is a round trip even with nothing to undo, and
+        # every connection dualwrite returns has already committed or rolled back (the
+        # Connection object ends its own transaction before it returns to the pool).
+        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
+                                pool_reset_on_return=None)
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
