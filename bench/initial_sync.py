@@ -27,7 +27,7 @@ import pymysql
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
-from report import update_section  # noqa: E402
+from report import run_script, update_section  # noqa: E402
 
 PG = "host=127.0.0.1 user=postgres dbname={db}"
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
@@ -130,18 +130,7 @@ def setup_source(rows: int) -> None:
 
 
 def setup_target(kind: str) -> None:
-    if kind == "postgresql":
-        with psycopg.connect(PG.format(db=DST_DB), autocommit=True) as conn:
-            conn.execute(TARGET_DDL["postgresql"])  # type: ignore[arg-type]
-    else:
-        conn = pymysql.connect(host="127.0.0.1", user="root", database=DST_DB,
-                               client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
-        with conn.cursor() as cur:
-            cur.execute(TARGET_DDL["mysql"])
-            while cur.nextset():
-                pass
-        conn.commit()
-        conn.close()
+    run_script(kind, DST_DB, TARGET_DDL[kind])
 
 
 def raw_copy_pg() -> float:

@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import dualwrite  # noqa: E402
 from dualwrite.engine.security import create_token  # noqa: E402
 
-from report import update_section  # noqa: E402
+from report import run_script, update_section  # noqa: E402
 
 PG = "host=127.0.0.1 user=postgres dbname={db}"
 URL = {"postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/{db}",
@@ -97,19 +97,8 @@ def clear_prepared() -> None:
 
 def setup(target: str) -> None:
     clear_prepared()
-    with psycopg.connect(PG.format(db=LEFT_DB), autocommit=True) as c:
-        c.execute(LEFT_DDL)  # type: ignore[arg-type]
-    if target == "postgresql":
-        with psycopg.connect(PG.format(db=RIGHT_DB), autocommit=True) as c:
-            c.execute(RIGHT_DDL["postgresql"])  # type: ignore[arg-type]
-    else:
-        conn = pymysql.connect(host="127.0.0.1", user="root", database=RIGHT_DB,
-                               client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
-        with conn.cursor() as cur:
-            cur.execute(RIGHT_DDL["mysql"])
-            while cur.nextset():
-                pass
-        conn.close()
+    run_script("postgresql", LEFT_DB, LEFT_DDL)
+    run_script(target, RIGHT_DB, RIGHT_DDL[target])
 
 
 class Floor:

@@ -24,3 +24,26 @@ def update_section(path: Path, key: str, title: str, body: str) -> None:
         text.rstrip() + "\n\n" + block + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text if text.endswith("\n") else text + "\n", encoding="utf-8")
+
+
+def run_script(kind: str, db: str, sql: str) -> None:
+    """Run a multi-statement SQL script on the loopback PostgreSQL or MariaDB database."""
+    if kind == "postgresql":
+        import psycopg
+
+        with psycopg.connect(f"host=127.0.0.1 user=postgres dbname={db}",
+                             autocommit=True) as conn:
+            conn.execute(sql)  # type: ignore[arg-type]
+        return
+    import pymysql
+
+    my = pymysql.connect(host="127.0.0.1", user="root", database=db,
+                         client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS)
+    try:
+        with my.cursor() as cur:
+            cur.execute(sql)
+            while cur.nextset():
+                pass
+        my.commit()
+    finally:
+        my.close()
