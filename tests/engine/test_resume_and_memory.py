@@ -68,7 +68,11 @@ def test_sigkill_at_random_points_then_resume(make_backend: BackendFactory, tmp_
     assert final.returncode == 0, final.stderr.decode()[-2000:]
     report = {m["map"]: m for m in json.loads(final.stdout)["maps"]}
     assert report["customers"]["resumed"] is True
-    assert report["customers"]["created"]["right"] == rows  # totals carried across the kills
+    # Totals carry across the kills. A chunk written just before a kill but not yet
+    # checkpointed is read again, compares equal, and counts as unchanged: never twice.
+    created = report["customers"]["created"]["right"]
+    assert created + report["customers"]["unchanged"] == rows
+    assert created >= rows - kills * 400
     accounts = pair.crm.sql("SELECT company, accountnumber, count(*) FROM accounts "
                             "GROUP BY company, accountnumber HAVING count(*) > 1")
     assert accounts == []  # no duplicate
