@@ -12,15 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from dualwrite.engine.security import Principal  # the one Principal, re-exported here
 from dualwrite.model.filters import Expr
 from dualwrite.model.schema import TableSchema
 
 __all__ = ["ODataBackend", "Principal", "WriteKind", "WriteOp"]
 
 WriteKind = Literal["create", "update", "replace", "delete"]
-
-
-from dualwrite.engine.security import Principal  # noqa: E402 - one Principal for all
 
 
 @dataclass(frozen=True)

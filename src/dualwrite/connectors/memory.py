@@ -25,7 +25,7 @@ from dualwrite.connectors.base import (
     Row,
     WriteSession,
 )
-from dualwrite.errors import ConnectorError, ConstraintViolation, TerminalConnectorError
+from dualwrite.errors import ConstraintViolation, TerminalConnectorError
 from dualwrite.model.filters import Expr, evaluate
 from dualwrite.model.schema import TableSchema
 from dualwrite.model.values import canonical
@@ -357,4 +357,4 @@ class MemoryConnector(Connector):
         self.store.link = None
 
 
-__all__ = ["ConnectorError", "MemoryConnector"]
+__all__ = ["MemoryConnector"]

@@ -21,6 +21,11 @@ CONSTRAINT_CODES = {4025, 1048, 1062, 1406, 1264, 1366, 1292, 1451, 1452, 1216, 
 class MySqlConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False)
 
+    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None) -> None:
+        #: (table, column) -> character set, learnt when checking a key's collation
+        self._charsets: dict[tuple[str, str], str] = {}
+        super().__init__(name, url, engine=engine)
+
     def _create_engine(self, url: str) -> sa.Engine:
         if "charset=" not in url:
             url += ("&" if "?" in url else "?") + "charset=utf8mb4"
@@ -84,14 +89,12 @@ class MySqlConnector(SqlConnector):
                 {"t": table, "c": column}).first()
         if row is None or row[0] is None:
             return True
-        self._charsets = getattr(self, "_charsets", {})
         self._charsets[(table, column)] = row[1]
         return str(row[0]).endswith("_bin") or row[0] == "binary"
 
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         table = getattr(col, "table", None)
-        charset = getattr(self, "_charsets", {}).get((getattr(table, "name", None),
-                                                      getattr(col, "name", None)))
+        charset = self._charsets.get((getattr(table, "name", ""), getattr(col, "name", "")))
         if charset == "utf8mb4":
             return sa.collate(col, "utf8mb4_bin")
         if charset in ("utf8mb3", "utf8"):

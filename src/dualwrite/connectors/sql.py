@@ -6,7 +6,6 @@ classification). Everything a driver raises passes through :meth:`SqlConnector._
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -557,9 +556,3 @@ class SqlConnector(Connector):
     def close(self) -> None:
         self.engine.dispose()
 
-
-def now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-Factory = Callable[[str, str], SqlConnector]

@@ -11,7 +11,6 @@ import time
 from importlib import resources
 from pathlib import Path
 
-import sqlalchemy as sa
 import yaml
 from rich.console import Console
 from rich.table import Table
@@ -125,4 +124,4 @@ def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None)
     return 0
 
 
-__all__ = ["run_demo", "sa"]
+__all__ = ["run_demo"]

@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.errors import ConfigError
 from dualwrite.model.maps import TableMap, parse_map_document
 from dualwrite.model.yamlio import load_yaml
 
@@ -175,4 +175,4 @@ def dump_config(env_urls: dict[str, str], left: str, right: str, state: str,
     }
 
 
-__all__ = ["Config", "DualwriteError", "load_config"]
+__all__ = ["Config", "load_config", "load_map_file"]

@@ -30,8 +30,6 @@ from dualwrite.engine.live import recover as recover_branches
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
 from dualwrite.errors import (
-    ConfigError,
-    ConnectorError,
     Issue,
     LinkError,
     TerminalConnectorError,
@@ -264,4 +262,4 @@ def open_link(path: str | Path = "dualwrite.yaml") -> Link:
     return Link.open(path)
 
 
-__all__ = ["ConfigError", "ConnectorError", "Link", "open_link"]
+__all__ = ["Link", "open_link"]

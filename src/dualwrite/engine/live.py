@@ -12,6 +12,7 @@ roll back where it was not (presumed abort).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 import re
@@ -31,7 +32,6 @@ from dualwrite.errors import (
     ConfigError,
     ConnectorError,
     ConstraintViolation,
-    DualwriteError,
     LicenceError,
     RowError,
     RowNotFound,
@@ -211,7 +211,7 @@ class LiveTransaction:
         self.link = link
         self.sessions = sessions
         self.principal = principal
-        self.roles, self.licences = link.state.principal(principal, max_age=1.0)
+        _roles, self.licences = link.state.principal(principal, max_age=1.0)
         self.running = running
         self.audit: list[AuditEntry] = []
         self.resolver = LookupResolver({s: _SessionLookups(sess)  # type: ignore[misc]
@@ -578,12 +578,11 @@ class Coordinator:
         self.tx = LiveTransaction(link, sessions, principal, link.state.running_maps())
 
     def _rollback(self) -> None:
-        errors = []
         for b in self.branches.values():
-            try:
+            # A prepared branch we cannot reach now is ended by recovery (no decision: abort);
+            # rolling back the other branch must not wait for that.
+            with contextlib.suppress(ConnectorError):
                 b.rollback()
-            except ConnectorError as exc:  # recovery ends a prepared branch we could not
-                errors.append(exc)
         self.stack.close()
 
     def abort(self) -> None:
@@ -679,5 +678,5 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore
     return report
 
 
-__all__ = ["STEPS", "Coordinator", "DualwriteError", "LiveTransaction", "RecoveryReport",
-           "RuleContext", "Rules", "recover"]
+__all__ = ["STEPS", "Coordinator", "LiveTransaction", "RecoveryReport", "RuleContext", "Rules",
+           "recover"]

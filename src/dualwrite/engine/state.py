@@ -508,9 +508,11 @@ class StateStore:
                     map=map_name, side=side, row_key=k, operation=operation, reason=reason,
                     payload=body, attempts=1, first_at=now, last_at=now, status="open"))
 
-    def errors(self, map_name: str | None = None, status: str | None = "open"
-               ) -> list[InboxEntry]:
+    def errors(self, map_name: str | None = None, status: str | None = "open", *,
+               error_id: int | None = None) -> list[InboxEntry]:
         stmt = sa.select(error_inbox).order_by(error_inbox.c.id)
+        if error_id is not None:
+            stmt = stmt.where(error_inbox.c.id == error_id)
         if map_name:
             stmt = stmt.where(error_inbox.c.map == map_name)
         if status:
@@ -522,9 +524,8 @@ class StateStore:
                            r.last_at, r.status) for r in rows]
 
     def get_error(self, error_id: int) -> InboxEntry:
-        for e in self.errors(status=None):
-            if e.id == error_id:
-                return e
+        for e in self.errors(status=None, error_id=error_id):
+            return e
         raise DualwriteError(f"no error with id {error_id} in the inbox",
                              hint="list them with `dualwrite errors list`")
 
