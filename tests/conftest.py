@@ -96,6 +96,7 @@ class Backend:
         self.kind = kind
         self.url = url
         self.connector = connector
+        self._app: sa.Engine | None = None
 
     @property
     def dialect(self) -> str:
@@ -116,8 +117,27 @@ class Backend:
                                        if sa.inspect(engine).has_table(t.name)])
         existing.drop_all(engine)
         metadata.drop_all(engine)
+        # a change log left by an earlier test would be applied to this one's tables
+        with engine.begin() as conn:
+            for own in ("dualwrite_changes", "dualwrite_applied", "dualwrite_origin"):
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {own}")
         metadata.create_all(engine)
         self.connector.forget_schema()
+        if self.connector._capture is not None:
+            self.connector._capture._ready = False
+
+    def app(self) -> sa.Engine:
+        """An engine like the application's own: its writes are captured (dualwrite's own
+        connections are marked so that they are not)."""
+        if self._app is None:
+            self._app = sa.create_engine(self.url, poolclass=sa.pool.NullPool)
+        return self._app
+
+    def app_sql(self, statement: str, params: dict[str, Any] | list[dict[str, Any]] | None = None
+                ) -> None:
+        """Run one statement as the application would, in its own transaction."""
+        with self.app().begin() as conn:
+            conn.execute(sa.text(statement), params or {})
 
     def clear_prepared(self) -> None:
         """Roll back prepared branches an earlier, failed test left: they hold locks that

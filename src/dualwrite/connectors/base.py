@@ -32,6 +32,8 @@ class Capabilities:
     bulk_copy: bool = False
     attach: bool = False
     transactional_ddl: bool = True
+    #: triggers into a change log (see dualwrite.connectors.capture)
+    capture: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,17 @@ class WriteSession(ABC):
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:
         """As :meth:`Connector.lookup`, inside this transaction."""
+
+    def lock(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+             keys: Sequence[Row]) -> list[Row]:
+        """As :meth:`fetch`, and lock the rows found until the transaction ends, so that no
+        other writer changes them between this read and this transaction's writes."""
+        return self.fetch(table, columns, key=key, keys=keys)
+
+    def capture_own_writes(self) -> None:  # noqa: B027 - backends without capture: nothing
+        """Let change capture record this transaction's writes on this side from now on
+        (dualwrite's own writes are normally invisible to capture: no echo). Used when a
+        write through dualwrite must queue, because its map is not running yet."""
 
 
 class Branch(ABC):
@@ -184,6 +197,16 @@ class Connector(ABC):
     def finish_prepared(self, xid: str, *, commit: bool) -> None:  # noqa: B027 - no-op default
         """Commit or roll back a prepared branch left by any process (backends without
         two-phase commit never have one)."""
+
+    # -- change capture -------------------------------------------------------------------
+    def capture_log(self) -> Any:
+        """This environment's change log (:class:`dualwrite.connectors.capture.CaptureLog`).
+        Raises TerminalConnectorError where the backend has no capture."""
+        from dualwrite.errors import TerminalConnectorError
+
+        raise TerminalConnectorError(
+            f"{type(self).__name__} has no change capture", environment=self.name,
+            hint="capture needs PostgreSQL, MariaDB or SQLite")
 
     # -- link bookkeeping -----------------------------------------------------------------
     @abstractmethod

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
@@ -19,7 +20,8 @@ CONSTRAINT_CODES = {4025, 1048, 1062, 1406, 1264, 1366, 1292, 1451, 1452, 1216, 
 
 
 class MySqlConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False)
+    capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False,
+                                capture=True)
 
     def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None) -> None:
         #: (table, column) -> character set, learnt when checking a key's collation
@@ -33,8 +35,20 @@ class MySqlConnector(SqlConnector):
         # return either: PyMySQL's rollback() is a round trip even with nothing to undo, and
         # every connection dualwrite returns has already committed or rolled back (the
         # Connection object ends its own transaction before it returns to the pool).
-        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
-                                pool_reset_on_return=None)
+        # @dualwrite_origin marks dualwrite's own sessions: the capture triggers skip what
+        # dualwrite writes itself (no echo).
+        engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
+                                  pool_reset_on_return=None,
+                                  connect_args={"init_command": "SET @dualwrite_origin = 1"})
+
+        @event.listens_for(engine, "checkin")
+        def _remark(dbapi_conn: Any, record: Any) -> None:
+            # a session that let its own writes be captured gets its mark back
+            if record.info.pop("dw_unmarked", False) and dbapi_conn is not None:
+                with dbapi_conn.cursor() as cur:
+                    cur.execute("SET @dualwrite_origin = 1")
+
+        return engine
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:

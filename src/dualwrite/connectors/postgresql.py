@@ -19,13 +19,17 @@ BINARY_COLLATIONS = {"c", "posix", "ucs_basic", "c.utf8", "c.utf-8"}
 
 
 class PostgresConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, bulk_copy=True)
+    capabilities = Capabilities(two_phase=True, bulk_copy=True, capture=True)
 
     def _create_engine(self, url: str) -> sa.Engine:
         # No pre-ping: it costs a round trip per checkout on the live-sync hot path. A pooled
         # connection that died with the server fails its first statement instead, SQLAlchemy
         # drops the whole pool, and the error surfaces as transient (retry / HTTP 503).
-        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600)
+        # Every connection of dualwrite's carries the session setting dualwrite.origin=on:
+        # the capture triggers skip what dualwrite writes itself (no echo), at no cost per
+        # statement.
+        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
+                                connect_args={"options": "-c dualwrite.origin=on"})
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:

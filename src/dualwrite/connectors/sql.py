@@ -116,6 +116,14 @@ class SqlWriteSession(WriteSession):
                ) -> dict[Any, Any]:
         return self.connector._lookup(self.conn, table, match, values, returning)
 
+    def lock(self, table: str, columns: Sequence[str], *, key: Sequence[str],
+             keys: Sequence[Row]) -> list[Row]:
+        return self.connector._fetch(self.conn, table, columns, key, keys, lock=True)
+
+    def capture_own_writes(self) -> None:
+        with self.connector.translating("let capture see this transaction"):
+            self.connector._unmark_origin(self.conn)
+
 
 class SqlBranch(Branch):
     """A two-phase branch on one pooled connection (SQLAlchemy's two-phase transaction:
@@ -175,6 +183,7 @@ class SqlConnector(Connector):
         self._schemas: dict[str, TableSchema] = {}
         self._binary_order: dict[tuple[str, str], bool] = {}
         self._statements: dict[tuple[Any, ...], Any] = {}
+        self._capture: Any = None
 
     # -- hooks for dialects -----------------------------------------------------------------
     def _create_engine(self, url: str) -> sa.Engine:
@@ -192,6 +201,26 @@ class SqlConnector(Connector):
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         """``col`` ordered by code point, for a column whose collation does not do that."""
         return col
+
+    def _unmark_origin(self, conn: sa.Connection) -> None:
+        """Make this session's writes visible to change capture until its transaction ends
+        (see :mod:`dualwrite.connectors.capture`, "No echo")."""
+        name = self.engine.dialect.name
+        if name == "postgresql":
+            conn.exec_driver_sql("SET LOCAL dualwrite.origin = 'off'")
+        elif name in ("mysql", "mariadb"):
+            conn.exec_driver_sql("SET @dualwrite_origin = NULL")
+            # the pool's checkin hook restores the mark (see MySqlConnector._create_engine)
+            conn.connection._connection_record.info["dw_unmarked"] = True
+        else:
+            conn.exec_driver_sql("DELETE FROM dualwrite_origin")
+
+    def capture_log(self) -> Any:
+        if self._capture is None:
+            from dualwrite.connectors.capture import CaptureLog
+
+            self._capture = CaptureLog(self)
+        return self._capture
 
     def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
         """Drivers that report a rejected row as something other than IntegrityError or
@@ -446,7 +475,7 @@ class SqlConnector(Connector):
             return self._fetch(conn, table, columns, key, keys)
 
     def _fetch(self, conn: sa.Connection, table: str, columns: Sequence[str],
-               key: Sequence[str], keys: Sequence[Row]) -> list[Row]:
+               key: Sequence[str], keys: Sequence[Row], *, lock: bool = False) -> list[Row]:
         t = self.table(table)
         out: list[Row] = []
         kcols = [t.c[k] for k in key]
@@ -458,6 +487,9 @@ class SqlConnector(Connector):
                 else:
                     cond = sa.tuple_(*kcols).in_([tuple(k) for k in chunk])
                 stmt = sa.select(*[t.c[c] for c in columns]).where(cond)
+                if lock and self.engine.dialect.name != "sqlite":
+                    # SQLite's write lock already covers the whole database
+                    stmt = stmt.with_for_update()
                 out.extend(tuple(r) for r in conn.execute(stmt))
         return out
 

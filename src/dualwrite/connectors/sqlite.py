@@ -41,7 +41,7 @@ def create_sqlite_engine(url: str, *, wal: bool = False) -> sa.Engine:
 
 
 class SqliteConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=True)
+    capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=True, capture=True)
     # A reader holding a SHARED lock would block the writer's COMMIT: read in short batches.
     stream_reads_while_writing = False
 
@@ -58,6 +58,34 @@ class SqliteConnector(SqlConnector):
         conn.exec_driver_sql(f"INSERT INTO {name} ({quoted}) VALUES ({marks})",
                              [tuple(_adapt(v) for v in r) for r in rows])
 
+
+    @contextmanager
+    def transactional(self, conn: sa.Connection) -> Iterator[None]:
+        # The echo guard (see dualwrite.connectors.capture): a row in dualwrite_origin that
+        # only this transaction sees, inserted first and deleted before commit.
+        with super().transactional(conn):
+            schemas = self._origin_schemas(conn)
+            for schema in schemas:
+                conn.exec_driver_sql(f"INSERT INTO {schema}.dualwrite_origin (x) VALUES (1)")
+            yield
+            for schema in schemas:
+                conn.exec_driver_sql(f"DELETE FROM {schema}.dualwrite_origin")
+
+    @staticmethod
+    def _origin_schemas(conn: sa.Connection) -> list[str]:
+        out = []
+        for (schema,) in conn.exec_driver_sql("SELECT name FROM pragma_database_list "
+                                              "WHERE name <> 'temp'").all():
+            found = conn.exec_driver_sql(
+                f"SELECT 1 FROM {schema}.sqlite_master WHERE type = 'table' "
+                "AND name = 'dualwrite_origin'").first()
+            if found:
+                out.append(str(schema))
+        return out
+
+    def _unmark_origin(self, conn: sa.Connection) -> None:
+        for schema in self._origin_schemas(conn):
+            conn.exec_driver_sql(f"DELETE FROM {schema}.dualwrite_origin")
 
     def file_path(self) -> str:
         path = self.engine.url.database

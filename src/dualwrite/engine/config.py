@@ -43,6 +43,53 @@ class ServeConfig(BaseModel):
     page_size: int = Field(default=1000, ge=1, le=100_000)
 
 
+class QueueBudget(BaseModel):
+    """How much a map may hold queued (paused, or its target unreachable). Crossing 80% of
+    any of the three raises an alert; nothing is ever dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_rows: int = Field(default=1_000_000, ge=1)
+    max_bytes: int = Field(default=1_000_000_000, ge=1)
+    max_age_seconds: float = Field(default=86_400.0, gt=0)
+
+
+class CaptureConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: changes read from a log per pass (whole transactions are always read whole)
+    batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    #: seconds between polls of a change log where there is no NOTIFY (MariaDB, SQLite)
+    poll_interval: float = Field(default=0.01, gt=0, le=60)
+    #: the longest wait between retries when a side is unreachable
+    max_backoff: float = Field(default=10.0, gt=0, le=3600)
+    queue: QueueBudget = Field(default_factory=QueueBudget)
+
+
+class AlertRule(BaseModel):
+    """``count`` events of ``kind`` within ``within_minutes`` on one map → ``action``.
+
+    Kinds: ``conflict``, ``rejected`` (the target refused a row), ``lookup`` (a lookup or
+    value map had no answer), ``unreachable``, ``queue`` (the queue crossed 80% of its
+    budget), or ``any``."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: str = Field(pattern=r"^(conflict|rejected|lookup|unreachable|queue|any)$")
+    count: int = Field(default=1, ge=1)
+    within_minutes: float = Field(default=10.0, gt=0)
+    action: str = Field(pattern=r"^(pause|stop|log|webhook)$")
+    url: str | None = None
+    map: str | None = None
+
+    @model_validator(mode="after")
+    def _webhook_has_url(self) -> AlertRule:
+        if self.action == "webhook" and not self.url:
+            raise ValueError("an alert rule with action webhook needs `url`")
+        return self
+
+    @property
+    def name(self) -> str:
+        return f"{self.count} {self.kind} in {self.within_minutes:g} min -> {self.action}"
+
+
 class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     environments: dict[str, EnvironmentConfig]
@@ -51,6 +98,8 @@ class ConfigModel(BaseModel):
     maps: list[str] = Field(default_factory=lambda: ["maps/*.yaml"])
     sync: SyncConfig = Field(default_factory=SyncConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    alerts: list[AlertRule] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _link_names_environments(self) -> ConfigModel:

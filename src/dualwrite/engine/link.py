@@ -16,6 +16,8 @@ from typing import Any
 
 from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector, LinkRecord
+from dualwrite.engine.alerts import Alerts
+from dualwrite.engine.capture import Applier, ApplierLock
 from dualwrite.engine.config import Config, load_config
 from dualwrite.engine.diff import MapDiffer
 from dualwrite.engine.initial_sync import InitialSync, MapResult, Progress
@@ -52,6 +54,7 @@ class Link:
         self._link_id: str | None = None
         self._differs: dict[str, MapDiffer] = {}
         self._recovered = False
+        self._alerts: Alerts | None = None
         self._lock = threading.Lock()
         self.rules = Rules()
         try:
@@ -207,25 +210,156 @@ class Link:
                 d = self._differs[name] = MapDiffer(bound, self.connectors)
             return d
 
-    def start_maps(self, names: Sequence[str] = (), *,
-                   progress: Progress | None = None) -> list[MapResult]:
-        """Start maps (all by default) in dependency order: a map whose initial sync has
-        not run gets it first. Returns the initial syncs that ran."""
+    def missing_dependencies(self, names: Sequence[str]) -> list[str]:
+        """Maps that the named ones depend on (transitively) and that are not running nor
+        named, in dependency order."""
+        states = self.state.map_states()
+        wanted = set(names)
+        need: set[str] = set()
+        todo = list(names)
+        while todo:
+            spec = self.config.map(todo.pop())
+            for dep in spec.depends_on:
+                if dep not in wanted and dep not in need and \
+                        (states.get(dep) or {}).get("state") != "running":
+                    need.add(dep)
+                    todo.append(dep)
+        return [m.name for m in dependency_order(self.config.maps) if m.name in need]
+
+    def start_maps(self, names: Sequence[str] = (), *, progress: Progress | None = None,
+                   with_dependencies: bool | None = None) -> list[MapResult]:
+        """Start maps (all by default) in dependency order. Starting installs capture on both
+        tables (state ``initializing``), runs the initial sync if the map has not had one
+        (changes made meanwhile are captured, and applied after it), and leaves the map
+        ``running``. A paused map is resumed instead. Maps that the named ones depend on and
+        that are not running are started first when ``with_dependencies`` is true; when it is
+        None they are refused with LinkError naming them. Returns the initial syncs that ran.
+        """
+        if names:
+            missing = self.missing_dependencies(names)
+            if missing and with_dependencies is None:
+                raise LinkError(
+                    f"map(s) {', '.join(names)} depend on {', '.join(missing)}, which "
+                    "are not running",
+                    hint="start them first, or let dualwrite start them in order "
+                    "(`dualwrite maps start --yes`)")
+            if missing and with_dependencies:
+                names = [*missing, *names]
         bound = self.bound_maps(names)
         self.ensure_linked()
         states = self.state.map_states()
         ran = []
         for b in bound:
-            if not (states.get(b.name) or {}).get("initial_synced_at"):
+            st = (states.get(b.name) or {})
+            if st.get("state") == "running":
+                continue
+            if st.get("state") in ("paused", "resuming"):
+                self.resume_maps([b.name])
+                continue
+            captured = self.install_capture(b)
+            if not st.get("initial_synced_at"):
+                if captured:
+                    self.state.set_map_state(b.name, "initializing")
                 ran.append(self._sync(progress).run(b))
             self.state.set_map_state(b.name, "running")
         return ran
 
+    def install_capture(self, b: BoundMap) -> bool:
+        """Install change capture for one map on both sides; False where a side's backend has
+        none (the in-memory connector: live sync through dualwrite only)."""
+        if not all(self.connectors[s].capabilities.capture for s in Side):
+            return False
+        from dualwrite.engine.capture import capture_specs
+
+        for s, spec in capture_specs(b).items():
+            self.connectors[s].capture_log().install(spec)
+        return True
+
+    def remove_capture(self, b: BoundMap) -> None:
+        if not all(self.connectors[s].capabilities.capture for s in Side):
+            return
+        from dualwrite.engine.capture import capture_specs
+
+        for s, spec in capture_specs(b).items():
+            self.connectors[s].capture_log().remove(spec)
+
     def stop_maps(self, names: Sequence[str] = ()) -> list[str]:
+        """Stop maps: remove their capture and forget what they had queued. Starting one
+        again runs its initial sync again (nothing was captured while it was stopped)."""
         bound = self.bound_maps(names)
-        for b in bound:
-            self.state.set_map_state(b.name, "stopped")
+        for b in reversed(bound):
+            self.remove_capture(b)
+            self.state.set_map_state(b.name, "stopped", forget_synced=True)
         return [b.name for b in bound]
+
+    def pause_maps(self, names: Sequence[str] = ()) -> list[str]:
+        """Pause running maps: changes keep being captured and stay queued, in order."""
+        out = []
+        states = self.state.map_states()
+        for b in self.bound_maps(names):
+            if (states.get(b.name) or {}).get("state") in ("running", "resuming"):
+                self.state.set_map_state(b.name, "paused")
+                out.append(b.name)
+        return out
+
+    def resume_maps(self, names: Sequence[str] = ()) -> list[str]:
+        """Resume paused maps: the applier replays their queue in order (``resuming``) and
+        puts them back to ``running`` once it is empty."""
+        out = []
+        states = self.state.map_states()
+        for b in self.bound_maps(names):
+            if (states.get(b.name) or {}).get("state") == "paused":
+                self.state.set_map_state(b.name, "resuming")
+                out.append(b.name)
+        return out
+
+    def alerts(self) -> Alerts:
+        if self._alerts is None:
+            self._alerts = Alerts(self, self.config.model.alerts)
+        return self._alerts
+
+    def applier(self, **kwargs: Any) -> Applier:
+        """An applier of this link's captured changes (see :mod:`dualwrite.engine.capture`)."""
+        self.ensure_linked()
+        return Applier(self, **kwargs)
+
+    def applier_lock(self) -> ApplierLock:
+        return ApplierLock(self.config.state_url, self.link_id)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per map: state, lag (seconds and changes), queued changes, open errors,
+        conflicts, and when it last applied a change."""
+        import time as _time
+
+        states = self.state.map_states()
+        stats: dict[Side, dict[str, tuple[int, int, Any]]] = {}
+        for s in Side:
+            c = self.connectors[s]
+            stats[s] = c.capture_log().stats() if c.capabilities.capture else {}
+        errors: dict[str, int] = {}
+        for e in self.state.errors():
+            errors[e.map] = errors.get(e.map, 0) + 1
+        parked = self.state.parked_count()
+        conflicts = self.state.conflict_counts()
+        activity = self.state.activity()
+        out = []
+        for m in dependency_order(self.config.maps):
+            st = states.get(m.name) or {}
+            rows = sum(stats[s].get(m.name, (0, 0, None))[0] for s in Side)
+            oldest = [x for s in Side if (x := stats[s].get(m.name, (0, 0, None))[2])]
+            lag = max(0.0, _time.time() - min(oldest).timestamp()) if oldest else 0.0
+            state = st.get("state") or "not running"
+            out.append({
+                "map": m.name, "state": state,
+                "lag_seconds": round(lag, 3) if state in ("running", "resuming") else None,
+                "lag_changes": rows if state in ("running", "resuming") else 0,
+                "queued": rows + parked.get(m.name, 0),
+                "errors": errors.get(m.name, 0),
+                "conflicts": conflicts.get(m.name, 0),
+                "last_applied_at": (activity.get(m.name) or {}).get("last_applied_at"),
+                "initial_synced_at": st.get("initial_synced_at"),
+            })
+        return out
 
     def recover(self) -> RecoveryReport:
         """End every branch of this link left prepared by a dead coordinator (see

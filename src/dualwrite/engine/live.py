@@ -213,6 +213,8 @@ class LiveTransaction:
         self.principal = principal
         _roles, self.licences = link.state.principal(principal, max_age=1.0)
         self.running = running
+        self.queued = link.state.queued_maps(max_age=1.0)
+        self._captured: set[Side] = set()
         self.audit: list[AuditEntry] = []
         self.resolver = LookupResolver({s: _SessionLookups(sess)  # type: ignore[misc]
                                         for s, sess in sessions.items()})
@@ -236,6 +238,17 @@ class LiveTransaction:
             if b.name in self.running and b.table(side).casefold() == table.casefold():
                 out.append(_Mirror(b, self.link.differ(b.name), side))
         return out
+
+    def _queue_if_captured(self, side: Side, table: str) -> None:
+        """A write to the table of a map that is captured but not running (initializing,
+        paused, resuming) must queue like any application write, not slip past capture."""
+        if side in self._captured or not self.queued:
+            return
+        for b in self.link.live_maps():
+            if b.name in self.queued and b.table(side).casefold() == table.casefold():
+                self.sessions[side].capture_own_writes()
+                self._captured.add(side)
+                return
 
     def _check_licence(self, side: Side, table: str, mirrors: list[_Mirror]) -> None:
         needed = []
@@ -389,6 +402,7 @@ class LiveTransaction:
         env = self.link.env_name(side)
         mirrors = self._mirrors(side, table)
         self._check_licence(side, table, mirrors)
+        self._queue_if_captured(side, schema.name)
         checked = []
         for values in rows:
             ctx = RuleContext("create", env, schema.name, dict(values), None, self.principal)
@@ -440,6 +454,7 @@ class LiveTransaction:
         schema = self._schema(side, table)
         mirrors = self._mirrors(side, table)
         self._check_licence(side, table, mirrors)
+        self._queue_if_captured(side, schema.name)
         before = self._one(side, table, key)
         ctx = RuleContext("update", env, schema.name, dict(values), before, self.principal)
         self.link.rules.run(ctx)
@@ -472,6 +487,7 @@ class LiveTransaction:
         schema = self._schema(side, table)
         mirrors = self._mirrors(side, table)
         self._check_licence(side, table, mirrors)
+        self._queue_if_captured(side, schema.name)
         before = self._one(side, table, key)
         self.link.rules.run(RuleContext("delete", env, schema.name, {}, before,
                                         self.principal))

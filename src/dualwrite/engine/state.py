@@ -105,6 +105,58 @@ tokens = sa.Table(
     sa.Column("revoked_at", sa.String(40), nullable=True),
 )
 
+parked = sa.Table(
+    "parked", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("map", sa.String(200), nullable=False),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("source", sa.String(10), nullable=False),  # "left" or "right"
+    sa.Column("seq", sa.BigInteger, nullable=False),
+    sa.Column("role", sa.String(10), nullable=False),  # "blocker" or "waiting"
+    sa.Column("error_id", sa.Integer, nullable=False, index=True),
+    sa.Column("change", sa.Text, nullable=False),
+    sa.Column("parked_at", sa.String(40), nullable=False),
+    sa.UniqueConstraint("map", "source", "seq", name="uq_parked_change"),
+)
+
+conflicts = sa.Table(
+    "conflicts", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("map", sa.String(200), nullable=False, index=True),
+    sa.Column("row_key", sa.Text, nullable=False),
+    sa.Column("policy", sa.String(20), nullable=False),
+    sa.Column("winner", sa.String(10), nullable=False),
+    sa.Column("source", sa.String(10), nullable=False),
+    sa.Column("detail", sa.Text, nullable=False),
+)
+
+events = sa.Table(
+    "events", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False, index=True),  # unix time
+    sa.Column("map", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(40), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+alerts = sa.Table(
+    "alerts", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.Float, nullable=False),
+    sa.Column("map", sa.String(200), nullable=False),
+    sa.Column("rule", sa.String(200), nullable=False),
+    sa.Column("action", sa.String(20), nullable=False),
+    sa.Column("message", sa.Text, nullable=False),
+)
+
+map_activity = sa.Table(
+    "map_activity", _md,
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("last_applied_at", sa.String(40), nullable=False),
+    sa.Column("applied", sa.BigInteger, nullable=False, default=0),
+)
+
 
 @dataclass
 class _Pending:
@@ -182,6 +234,32 @@ def encode_values(values: Sequence[Any]) -> str:
 
 def decode_values(text: str) -> tuple[Any, ...]:
     return tuple(_untag(v) for v in json.loads(text))
+
+
+def _deep_tag(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _deep_tag(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_deep_tag(x) for x in v]
+    return _tag(v)
+
+
+def _deep_untag(v: Any) -> Any:
+    if isinstance(v, dict):
+        u = _untag(v)
+        return u if u is not v else {k: _deep_untag(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_deep_untag(x) for x in v]
+    return v
+
+
+def encode_doc(doc: Any) -> str:
+    """JSON for nested data holding database values, decoding to the same types."""
+    return json.dumps(_deep_tag(doc), separators=(",", ":"))
+
+
+def decode_doc(text: str) -> Any:
+    return _deep_untag(json.loads(text))
 
 
 def encode_row(row: dict[str, Any]) -> str:
@@ -282,12 +360,17 @@ class StateStore:
                 checkpoints.c.map == map_name, checkpoints.c.phase == phase))
 
     # -- map status --------------------------------------------------------------------------
-    def set_map_state(self, map_name: str, state: str, *, initial_synced: bool = False) -> None:
+    def set_map_state(self, map_name: str, state: str, *, initial_synced: bool = False,
+                      forget_synced: bool = False) -> None:
+        """Set a map's state; ``initial_synced`` records that its initial sync just ended,
+        ``forget_synced`` that it must run again (capture was removed)."""
         self._cache.pop("map_states", None)
         now = now_iso()
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)).first()
             synced = now if initial_synced else (row.initial_synced_at if row else None)
+            if forget_synced:
+                synced = None
             conn.execute(sa.delete(map_status).where(map_status.c.map == map_name))
             conn.execute(sa.insert(map_status).values(map=map_name, state=state,
                                                       initial_synced_at=synced, updated_at=now))
@@ -305,6 +388,185 @@ class StateStore:
         hit = self._cache.get("map_states")
         states = hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()
         return {n for n, st in states.items() if st["state"] == "running"}
+
+    def queued_maps(self, max_age: float = CACHE_SECONDS) -> set[str]:
+        """Maps whose changes are captured but not mirrored synchronously (initializing,
+        paused, resuming): a write through dualwrite to their tables must queue."""
+        hit = self._cache.get("map_states")
+        states = hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()
+        return {n for n, st in states.items()
+                if st["state"] in ("initializing", "paused", "resuming")}
+
+    def note_applied(self, activity: dict[str, tuple[str, int]]) -> None:
+        """Record when each map last applied a change, and how many it applied."""
+        with self.engine.begin() as conn:
+            for name, (at, n) in activity.items():
+                row = conn.execute(sa.select(map_activity.c.applied).where(
+                    map_activity.c.map == name)).first()
+                if row is None:
+                    conn.execute(sa.insert(map_activity).values(map=name, last_applied_at=at,
+                                                                applied=n))
+                else:
+                    conn.execute(sa.update(map_activity).where(map_activity.c.map == name)
+                                 .values(last_applied_at=at, applied=row.applied + n))
+
+    def activity(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return {r.map: dict(r._mapping) for r in conn.execute(sa.select(map_activity))}
+
+    # -- parked changes (capture) --------------------------------------------------------------
+    def park_error(self, map_name: str, env: str, source: str, key: Sequence[Any], op: str,
+                   kind: str, reason: str, change: dict[str, Any],
+                   extra: dict[str, Any]) -> int:
+        """Put a change that could not be applied in the inbox and park its key: later
+        changes to it wait (see :meth:`park_waiting`). Idempotent for one change."""
+        operation = "conflict" if kind == "conflict" else \
+            {"I": "create", "U": "update", "D": "delete"}.get(op, op)
+        self.add_error(map_name, env, key, operation, reason,
+                       {"kind": kind, "source": source, "change": encode_doc(change),
+                        "extra": encode_doc(extra)})
+        k = encode_values(key)
+        with self.engine.begin() as conn:
+            entry = conn.execute(sa.select(error_inbox.c.id).where(
+                error_inbox.c.map == map_name, error_inbox.c.side == env,
+                error_inbox.c.row_key == k, error_inbox.c.operation == operation)).scalar_one()
+            self._park(conn, map_name, k, source, change, "blocker", entry)
+        return int(entry)
+
+    def park_waiting(self, map_name: str, source: str, key: Sequence[Any],
+                     change: dict[str, Any]) -> None:
+        """Park a change behind the open inbox entry that blocks its key."""
+        k = encode_values(key)
+        with self.engine.begin() as conn:
+            entry = conn.execute(
+                sa.select(parked.c.error_id).join(error_inbox, error_inbox.c.id ==
+                                                  parked.c.error_id)
+                .where(parked.c.map == map_name, parked.c.row_key == k,
+                       error_inbox.c.status == "open").limit(1)).scalar()
+            if entry is None:  # released meanwhile: it waits behind the latest entry
+                entry = conn.execute(sa.select(sa.func.max(parked.c.error_id)).where(
+                    parked.c.map == map_name, parked.c.row_key == k)).scalar() or 0
+            self._park(conn, map_name, k, source, change, "waiting", int(entry))
+
+    @staticmethod
+    def _park(conn: sa.Connection, map_name: str, k: str, source: str,
+              change: dict[str, Any], role: str, entry: int) -> None:
+        seq = int(change["seq"])
+        found = conn.execute(sa.select(parked.c.id).where(
+            parked.c.map == map_name, parked.c.source == source, parked.c.seq == seq)).first()
+        if found:
+            conn.execute(sa.update(parked).where(parked.c.id == found.id).values(
+                error_id=entry, role=role))
+        else:
+            conn.execute(sa.insert(parked).values(
+                map=map_name, row_key=k, source=source, seq=seq, role=role, error_id=entry,
+                change=encode_doc(change), parked_at=now_iso()))
+
+    def parked_keys(self) -> set[tuple[str, tuple[Any, ...]]]:
+        """(map, canonical key) of every key held by an open inbox entry."""
+        from dualwrite.model.values import canonical
+
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(parked.c.map, parked.c.row_key).distinct()
+                                .join(error_inbox, error_inbox.c.id == parked.c.error_id)
+                                .where(error_inbox.c.status == "open")).all()
+        return {(r.map, tuple(canonical(v) for v in decode_values(r.row_key))) for r in rows}
+
+    def parked_count(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(parked.c.map, sa.func.count())
+                                .group_by(parked.c.map)).all()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    def released_parks(self) -> list[tuple[int, list[tuple[str, dict[str, Any]]]]]:
+        """Parked changes whose inbox entry was retried, discarded or resolved: per entry, in
+        parking order, (source side, change) to replay. A discarded entry's own change is
+        left out: discarding drops it."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(parked, error_inbox.c.status.label("entry_status"))
+                .join(error_inbox, error_inbox.c.id == parked.c.error_id)
+                .where(error_inbox.c.status.in_(("retry", "discarded", "resolved")))
+                .order_by(parked.c.error_id, parked.c.id)).all()
+        out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        for r in rows:
+            items = out.setdefault(int(r.error_id), [])
+            if r.entry_status == "discarded" and r.role == "blocker":
+                continue
+            items.append((r.source, decode_doc(r.change)))
+        return list(out.items())
+
+    def finish_release(self, error_id: int) -> None:
+        """Drop the parked changes of a released entry (replayed, or parked again under an
+        open entry, in which case they stay)."""
+        with self.engine.begin() as conn:
+            status = conn.execute(sa.select(error_inbox.c.status).where(
+                error_inbox.c.id == error_id)).scalar()
+            if status == "open":
+                return
+            conn.execute(sa.delete(parked).where(parked.c.error_id == error_id))
+            if status == "retry":
+                conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id)
+                             .values(status="resolved", last_at=now_iso()))
+
+    def add_conflict(self, map_name: str, key: Sequence[Any], policy: str, winner: str,
+                     source: str, incoming: dict[str, Any], target: dict[str, Any] | None
+                     ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(conflicts).values(
+                at=now_iso(), map=map_name, row_key=encode_values(key), policy=policy,
+                winner=winner, source=source,
+                detail=encode_doc({"incoming": incoming, "target": target})))
+
+    def conflicts(self, map_name: str | None = None, limit: int = 1000
+                  ) -> list[dict[str, Any]]:
+        stmt = sa.select(conflicts).order_by(conflicts.c.id.desc()).limit(limit)
+        if map_name:
+            stmt = stmt.where(conflicts.c.map == map_name)
+        with self.engine.connect() as conn:
+            rows = conn.execute(stmt).all()
+        return [{"id": r.id, "at": r.at, "map": r.map, "key": list(decode_values(r.row_key)),
+                 "policy": r.policy, "winner": r.winner, "source": r.source,
+                 **decode_doc(r.detail)} for r in rows]
+
+    def conflict_counts(self) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(conflicts.c.map, sa.func.count())
+                                .group_by(conflicts.c.map)).all()
+        return {str(r[0]): int(r[1]) for r in rows}
+
+    # -- events and alerts ---------------------------------------------------------------------
+    def add_event(self, map_name: str, kind: str, message: str, at: float) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(events).values(at=at, map=map_name, kind=kind,
+                                                  message=message[:2000]))
+
+    def count_events(self, map_name: str | None, kinds: Sequence[str] | None, since: float
+                     ) -> int:
+        stmt = sa.select(sa.func.count()).select_from(events).where(events.c.at >= since)
+        if map_name:
+            stmt = stmt.where(events.c.map == map_name)
+        if kinds:
+            stmt = stmt.where(events.c.kind.in_(list(kinds)))
+        with self.engine.connect() as conn:
+            return int(conn.execute(stmt).scalar() or 0)
+
+    def add_alert(self, map_name: str, rule: str, action: str, message: str, at: float
+                  ) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(alerts).values(at=at, map=map_name, rule=rule,
+                                                  action=action, message=message))
+
+    def last_alert(self, map_name: str, rule: str) -> float | None:
+        with self.engine.connect() as conn:
+            v = conn.execute(sa.select(sa.func.max(alerts.c.at)).where(
+                alerts.c.map == map_name, alerts.c.rule == rule)).scalar()
+        return float(v) if v is not None else None
+
+    def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(alerts).order_by(alerts.c.id.desc()).limit(limit))
+            return [dict(r._mapping) for r in rows]
 
     # -- two-phase commit decisions and the audit log ------------------------------------------
     def log_commit_decision(self, xid: str, participants: Sequence[str], principal: str,

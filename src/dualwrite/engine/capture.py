@@ -1,0 +1,809 @@
+"""Applying captured changes: writes that bypassed dualwrite reach the other side.
+
+The :class:`Applier` reads each environment's change log (see
+:mod:`dualwrite.connectors.capture`) and applies what it finds to the other side, for every map
+in an applying state (``running``, ``resuming``). What it guarantees, and how:
+
+* **Order.** Changes are read oldest first and applied transaction by transaction, in the
+  order of each transaction's last change. A transaction that wrote after another one
+  committed has a later last change, so it is applied after it: every pair of transactions
+  that touch the same row, or where one read what the other wrote, is applied in commit
+  order. A source transaction is never split; under load, consecutive source transactions
+  are applied together in one target transaction (group commit).
+* **Exactly once.** The applied position ((source, map, transaction), or a high-water mark on
+  SQLite) is written in the same target transaction as the rows. A change read again after a
+  crash is recognised and skipped; it is then deleted from the source log.
+* **No echo.** The applier's own writes are invisible to the triggers (connectors mark them).
+* **Conflicts.** Before writing a row, the applier locks the target row and compares it with
+  the version the change started from (its captured old values). If the target holds that
+  version, or already holds the new one, there is nothing to decide. Otherwise, if both sides
+  now agree, the change was superseded; if the target has changes of its own still queued for
+  that row, both sides changed it since it was last synced: a conflict, settled by the map's
+  policy (``left-wins``, ``right-wins``, ``newest-wins`` by capture time, or ``manual``, which
+  parks the row in the error inbox). A target row that differs without queued changes of its
+  own (written while capture was not installed) takes the incoming change.
+* **Nothing lost.** A change that cannot be applied (a constraint on the target, a lookup that
+  does not resolve) goes to the error inbox with the reason, its key is parked, and later
+  changes to that key wait behind it in the state store while every other row flows. An
+  unreachable target leaves the changes in the source log, retried with backoff.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dualwrite.connectors.base import Row, WriteSession
+from dualwrite.connectors.capture import (
+    WATERMARK,
+    CaptureLog,
+    CaptureSpec,
+    Change,
+    columns_of_filter,
+)
+from dualwrite.engine.diff import Entry, MapDiffer, coerce
+from dualwrite.engine.lookups import LookupResolver
+from dualwrite.engine.state import StateStore, now_iso
+from dualwrite.errors import (
+    ConnectorError,
+    ConstraintViolation,
+    DualwriteError,
+    LinkError,
+    RowError,
+    TransientConnectorError,
+)
+from dualwrite.model.binding import BoundMap
+from dualwrite.model.filters import evaluate
+from dualwrite.model.maps import ConflictPolicy, Side
+from dualwrite.model.values import canonical
+
+if TYPE_CHECKING:
+    from dualwrite.engine.link import Link
+
+log = logging.getLogger("dualwrite.capture")
+
+#: map states in which captured changes are applied
+APPLYING = ("running", "resuming")
+#: map states in which capture is installed
+CAPTURING = ("initializing", "running", "paused", "resuming")
+
+
+def capture_specs(bound: BoundMap) -> dict[Side, CaptureSpec]:
+    """What each side's triggers capture for ``bound``: its key and every column the map
+    reads, filter columns included."""
+    out = {}
+    for s in Side:
+        cols = list(bound.read_columns(s))
+        flt = bound.filter(s)
+        if flt is not None:
+            cols += sorted(c for c in columns_of_filter(flt) if c not in cols)
+        out[s] = CaptureSpec(bound.name, bound.table(s), tuple(bound.key(s)), tuple(cols))
+    return out
+
+
+# -- the applier lease ------------------------------------------------------------------------
+class ApplierLock:
+    """One applier per link at a time: an exclusive ``flock`` on a file beside the state
+    store. The kernel releases it when the holder dies, even by SIGKILL."""
+
+    def __init__(self, state_url: str, link_id: str) -> None:
+        if state_url.startswith("sqlite:///") and state_url != "sqlite:///:memory:":
+            path = Path(state_url.removeprefix("sqlite:///") + f".applier-{link_id[:8]}.lock")
+        else:
+            path = Path(tempfile.gettempdir()) / f"dualwrite-applier-{link_id}.lock"
+        self.path = path
+        self._fd: int | None = None
+
+    def acquire(self, *, wait: bool = False) -> bool:
+        if self._fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def holder(self) -> int | None:
+        """The pid written by the current holder, if the lock is held."""
+        try:
+            text = self.path.read_text().strip()
+        except OSError:
+            return None
+        if self._fd is None and self.acquire():
+            self.release()
+            return None
+        return int(text) if text.isdigit() else None
+
+
+# -- one action -----------------------------------------------------------------------------
+@dataclass
+class _Action:
+    """A captured change, decoded for one map: what the source row was and became."""
+
+    change: Change
+    source: Side
+    kind: str  # "create", "update", "delete" or "none" (outside the filter both before/after)
+    old: Row | None
+    new: Row | None
+    skey: Row
+    tkey: Row
+    lkey: Row  # the key on the left side: how a row is parked, whichever side changed it
+
+
+@dataclass
+class _MapCtx:
+    bound: BoundMap
+    differ: MapDiffer
+    state: str
+
+
+@dataclass
+class BatchResult:
+    applied: int = 0
+    skipped: int = 0
+    conflicts: int = 0
+    parked: int = 0
+
+
+@dataclass
+class _Outcome:
+    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    parked: list[tuple[_Action, str, str, dict[str, Any] | None]] = field(default_factory=list)
+    applied: int = 0
+    skipped: int = 0
+
+
+class _Restart(Exception):
+    """Roll back and apply the batch again without the action that failed."""
+
+    def __init__(self, action: _Action, error: DualwriteError) -> None:
+        super().__init__(str(error))
+        self.action = action
+        self.error = error
+
+
+class Applier:
+    """Applies captured changes of one link, both directions. Thread-compatible, not
+    thread-safe: one applier runs in one thread (``run``)."""
+
+    def __init__(self, link: Link, *, batch: int | None = None, poll: float | None = None,
+                 on_event: Callable[[str, str, str], None] | None = None) -> None:
+        self.link = link
+        cfg = link.config.model.capture
+        self.batch = batch or cfg.batch_size
+        self.poll = poll if poll is not None else cfg.poll_interval
+        self.logs: dict[Side, CaptureLog] = {s: link.connectors[s].capture_log() for s in Side}
+        self.state: StateStore = link.state
+        self.env = {s: link.env_name(s) for s in Side}
+        self._maps: dict[str, _MapCtx] = {}
+        self._maps_at = 0.0
+        self._prune: dict[Side, list[tuple[str, str]]] = {s: [] for s in Side}
+        self._backoff: dict[Side, float] = {s: 0.0 for s in Side}
+        self._retry_at: dict[Side, float] = {s: 0.0 for s in Side}
+        self.last_error: dict[Side, str | None] = {s: None for s in Side}
+        self._activity: dict[str, tuple[str, int]] = {}
+        self._flushed = 0.0
+        self.alerts = link.alerts()
+        self.on_event = on_event
+        self._waiter: Any = None
+
+    # -- maps --------------------------------------------------------------------------------
+    def maps(self, refresh: bool = False) -> dict[str, _MapCtx]:
+        """Maps whose capture is installed, with their state (re-read at most every 0.2 s,
+        so that pause/resume from another process take effect promptly)."""
+        now = time.monotonic()
+        if refresh or now - self._maps_at > 0.2:
+            states = self.state.map_states()
+            out = {}
+            for b in self.link.bound_maps():
+                st = (states.get(b.name) or {}).get("state")
+                if st in CAPTURING:
+                    old = self._maps.get(b.name)
+                    differ = old.differ if old else self.link.differ(b.name)
+                    out[b.name] = _MapCtx(b, differ, str(st))
+            self._maps, self._maps_at = out, now
+        return self._maps
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self, stop: threading.Event, *, ready: Callable[[], None] | None = None) -> None:
+        """Apply until ``stop`` is set. Waits for changes on PostgreSQL's NOTIFY, else polls."""
+        self.prune_markers()
+        self.replay_released()
+        if ready:
+            ready()
+        last_housekeeping = 0.0
+        while not stop.is_set():
+            done = self.step()
+            now = time.monotonic()
+            if now - last_housekeeping > 1.0:
+                last_housekeeping = now
+                self.housekeeping()
+            if done == 0:
+                self._wait(stop)
+        self.flush_activity(force=True)
+
+    def _wait(self, stop: threading.Event) -> None:
+        delay = self.poll
+        pending_retry = [t - time.monotonic() for t in self._retry_at.values()
+                         if t > time.monotonic()]
+        if pending_retry:
+            delay = min(delay, max(min(pending_retry), 0.001))
+        waiter = self._notify_waiter()
+        if waiter is not None:
+            waiter(max(delay, 0.05) if not pending_retry else delay)
+        else:
+            stop.wait(delay)
+
+    def _notify_waiter(self) -> Callable[[float], None] | None:
+        """On a link whose both sides are PostgreSQL, wait on LISTEN instead of polling."""
+        if self._waiter is None:
+            self._waiter = False
+            if all(c.engine.dialect.name == "postgresql"  # type: ignore[attr-defined]
+                   for c in self.link.connectors.values()):
+                with contextlib.suppress(Exception):
+                    self._waiter = _PgListener([c.url for c in self.link.connectors.values()])
+        return self._waiter or None
+
+    def close(self) -> None:
+        if self._waiter:
+            self._waiter.close()
+        self.flush_activity(force=True)
+
+    def step(self) -> int:
+        """One pass over both directions; returns how many changes were handled."""
+        handled = 0
+        for s in Side:
+            if time.monotonic() < self._retry_at[s]:
+                continue
+            try:
+                handled += self.apply_from(s)
+                self._backoff[s] = 0.0
+                self.last_error[s] = None
+            except ConnectorError as exc:
+                if not isinstance(exc, TransientConnectorError) and not _unreachable(exc):
+                    raise
+                self._backoff[s] = min(max(self._backoff[s] * 2, 0.1),
+                                       self.link.config.model.capture.max_backoff)
+                self._retry_at[s] = time.monotonic() + self._backoff[s]
+                if self.last_error[s] is None:
+                    log.warning("capture %s -> %s: %s; retrying", self.env[s],
+                                self.env[s.other], exc)
+                    for name in self.maps():
+                        self.event(name, "unreachable", str(exc))
+                self.last_error[s] = str(exc)
+        return handled
+
+    # -- one direction -----------------------------------------------------------------------
+    def apply_from(self, s: Side) -> int:
+        """Read one batch from side ``s``'s log and apply it to the other side."""
+        maps = {n: m for n, m in self.maps().items() if m.state in APPLYING}
+        if not maps:
+            return 0
+        changes = self.logs[s].read(list(maps), self.batch)
+        if not changes:
+            return 0
+        ordered = _in_commit_order(changes, self.logs[s].has_txid)
+        self.apply_changes(s, ordered, maps)
+        return len(changes)
+
+    def apply_changes(self, s: Side, changes: list[Change], maps: dict[str, _MapCtx], *,
+                      forget: bool = True, check_applied: bool = True) -> BatchResult:
+        """Apply ``changes`` (in order) from side ``s``: one target transaction, retried
+        without each change that fails (which goes to the inbox, its key parked)."""
+        t = s.other
+        excluded: dict[int, DualwriteError] = {}
+        row_mode = False
+        parked_keys = self.state.parked_keys()
+        while True:
+            outcome = _Outcome()
+            try:
+                with self.link.connectors[t].transaction() as sess:
+                    conn = sess.conn  # type: ignore[attr-defined]
+                    pairs = sorted({(c.map, c.txid) for c in changes})
+                    done, marks = self.logs[t].applied(conn, self.env[s], pairs) \
+                        if check_applied else (set(), {})
+                    todo = [c for c in changes if (c.map, c.txid) not in done
+                            and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
+                    actions = self._actions(s, todo, maps, outcome)
+                    live = []
+                    for a in actions:
+                        err = excluded.get(a.change.seq)
+                        if err is not None:
+                            outcome.parked.append((a, "error", _kind_of(err), {
+                                "reason": str(err)}))
+                        elif (a.change.map, canonical_key(a.lkey)) in parked_keys:
+                            outcome.parked.append((a, "waiting", "", None))
+                        else:
+                            live.append(a)
+                    for run in _runs(live, 1 if row_mode else self.batch):
+                        self._apply_run(sess, s, maps[run[0].change.map], run, outcome)
+                    # Park first (state store), then commit the target: a crash in between
+                    # parks again on redelivery (parking is idempotent), never loses.
+                    self._park(s, outcome.parked)
+                    positions = _positions(todo)
+                    self.logs[t].mark_applied(conn, self.env[s], positions)
+                    if self._prune[s]:
+                        self.logs[t].unmark(conn, self.env[s], self._prune[s])
+                break
+            except _Restart as r:
+                excluded[r.action.change.seq] = r.error
+                row_mode = True
+                continue
+            except (RowError, ConstraintViolation) as exc:
+                if row_mode:
+                    raise LinkError(f"a change failed outside any row: {exc}") from exc
+                row_mode = True
+                continue
+        self._prune[s] = []
+        if forget:
+            self.logs[s].forget([c.seq for c in changes])
+            self._prune[s] = sorted({(c.map, c.txid) for c in changes if c.txid != WATERMARK})
+        for c in outcome.conflicts:
+            self.state.add_conflict(**c)
+            self.event(c["map_name"], "conflict", f"key {c['key']}: {c['winner']} wins")
+        for a, status, kind, _info in outcome.parked:
+            if status == "error":
+                self.event(a.change.map, kind, excluded[a.change.seq].message)
+        now = now_iso()
+        for name in {c.map for c in changes}:
+            prev = self._activity.get(name, ("", 0))
+            self._activity[name] = (now, prev[1] + sum(1 for c in changes if c.map == name))
+        self.flush_activity()
+        return BatchResult(outcome.applied, outcome.skipped, len(outcome.conflicts),
+                           len(outcome.parked))
+
+    # -- decoding ----------------------------------------------------------------------------
+    def _actions(self, s: Side, changes: list[Change], maps: dict[str, _MapCtx],
+                 outcome: _Outcome) -> list[_Action]:
+        out = []
+        for c in changes:
+            m = maps.get(c.map)
+            if m is None:
+                continue
+            d = m.differ
+            old = self._row(d, s, c.old)
+            new = self._row(d, s, c.new)
+            flt = m.bound.filter(s)
+            was = old is not None and (flt is None or _matches(flt, d, s, old))
+            now = new is not None and (flt is None or _matches(flt, d, s, new))
+            kind = {(False, True): "create", (True, False): "delete",
+                    (True, True): "update"}.get((was, now), "none")
+            row = new if new is not None else old
+            assert row is not None
+            skey = tuple(row[i] for i in d.key_idx[s])
+            tkey = d.target_key(s, row)
+            lkey = skey if s is Side.LEFT else tkey
+            if kind == "none":
+                outcome.skipped += 1
+                continue
+            out.append(_Action(c, s, kind, old if was else None, new if now else None,
+                               skey, tkey, lkey))
+        return out
+
+    @staticmethod
+    def _row(d: MapDiffer, s: Side, values: dict[str, Any] | None) -> Row | None:
+        if values is None:
+            return None
+        kinds = d.kinds[s]
+        return tuple(coerce(values.get(c), kinds[c]) for c in d.columns[s])
+
+    # -- applying one run of like changes ----------------------------------------------------
+    def _apply_run(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
+                   outcome: _Outcome) -> None:
+        t = s.other
+        d, b = m.differ, m.bound
+        table_t = b.table(t)
+        key_t = list(b.key(t))
+        live_cols = d.live_columns[t]
+        cols = key_t + [c for c in live_cols if c not in key_t]
+        try:
+            got = sess.lock(table_t, cols, key=key_t, keys=[a.tkey for a in run])
+            current = {canonical_key(r[:len(key_t)]): _project(cols, r, live_cols)
+                       for r in got}
+            resolver = LookupResolver({t: _Lookups(sess), s: self.link.connectors[s]})  # type: ignore[dict-item]
+            entries = []
+            for a in run:
+                for row in (a.old, a.new):
+                    if row is not None:
+                        entries.append(Entry((), row, None) if s is Side.LEFT
+                                       else Entry((), None, row))
+            resolved = d._prefetch(entries, resolver)
+        except (RowError, ConstraintViolation) as exc:
+            if len(run) == 1:
+                raise _Restart(run[0], exc) from exc
+            raise
+        inserts: list[tuple[_Action, Row]] = []
+        updates: list[tuple[_Action, Row]] = []
+        deletes: list[_Action] = []
+        undecided: list[tuple[_Action, tuple[Any, ...] | None, tuple[Any, ...] | None]] = []
+        for a in run:
+            try:
+                cur = current.get(canonical_key(a.tkey))
+                new_live = _canon(d.build_live[t](a.new, a.skey, resolved)) \
+                    if a.new is not None else None
+                old_live = self._old_live(d, t, a, resolved)
+                if a.kind == "create":
+                    if cur is None:
+                        inserts.append((a, d.build_create[t](a.new, a.skey, resolved)))  # type: ignore[arg-type]
+                    elif cur == new_live:
+                        outcome.skipped += 1
+                    else:
+                        undecided.append((a, cur, new_live))
+                elif a.kind == "update":
+                    if cur is not None and cur == new_live:
+                        outcome.skipped += 1
+                    elif cur is not None and cur == old_live:
+                        updates.append((a, d.build_live[t](a.new, a.skey, resolved)))  # type: ignore[arg-type]
+                    else:
+                        undecided.append((a, cur, new_live))
+                else:
+                    if cur is None:
+                        outcome.skipped += 1
+                    elif cur == old_live:
+                        deletes.append(a)
+                    else:
+                        undecided.append((a, cur, None))
+            except RowError as exc:
+                raise _Restart(a, exc) from exc
+        if undecided:
+            self._decide(sess, s, m, undecided, resolved, inserts, updates, deletes, outcome)
+        self._write(sess, s, m, inserts, updates, deletes)
+        outcome.applied += len(inserts) + len(updates) + len(deletes)
+
+    def _old_live(self, d: MapDiffer, t: Side, a: _Action,
+                  resolved: dict[tuple[Side, int], dict[Any, Any]]) -> tuple[Any, ...] | None:
+        if a.old is None:
+            return None
+        try:
+            return _canon(d.build_live[t](a.old, a.skey, resolved))
+        except RowError:
+            return None  # the old version no longer resolves: it cannot match the target
+
+    def _decide(self, sess: WriteSession, s: Side, m: _MapCtx,
+                undecided: list[tuple[_Action, tuple[Any, ...] | None, tuple[Any, ...] | None]],
+                resolved: dict[tuple[Side, int], dict[Any, Any]],
+                inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
+                deletes: list[_Action], outcome: _Outcome) -> None:
+        """The target row is neither the version the change started from nor the one it
+        ends with. Superseded, overwritten, or a conflict settled by the map's policy."""
+        t = s.other
+        d, b = m.differ, m.bound
+        # Do both sides agree already? (a later change, or a synchronous write, got there)
+        src = self.link.connectors[s].fetch(b.table(s), d.columns[s], key=list(b.key(s)),
+                                            keys=[a.skey for a, _c, _n in undecided])
+        src_now = {canonical_key(tuple(r[i] for i in d.key_idx[s])): r for r in src}
+        key_types = [d.connectors[t].describe(b.table(t)).columns[c].sql_type
+                     for c in b.key(t)]
+        pending = self.logs[t].pending(sess.conn, b.name,  # type: ignore[attr-defined]
+                                       [a.tkey for a, _c, _n in undecided], key_types)
+        pending_by = {canonical_key(k): v for k, v in pending.items()}
+        to_forget: list[Change] = []
+        for a, cur, _new in undecided:
+            now_row = src_now.get(canonical_key(a.skey))
+            try:
+                src_live = _canon(d.build_live[t](now_row, a.skey, resolved)) \
+                    if now_row is not None else None
+            except RowError:
+                src_live = None
+            if src_live == cur and (now_row is None) == (cur is None):
+                outcome.skipped += 1
+                continue
+            theirs = pending_by.get(canonical_key(a.tkey), [])
+            if theirs:
+                policy = b.spec.conflict
+                winner = self._winner(policy, a, theirs)
+                record = {"map_name": b.name, "key": list(a.lkey), "policy": policy.value,
+                          "winner": winner.value if winner else "manual",
+                          "source": s.value, "incoming": a.change.as_dict(),
+                          "target": _plain(cur, d.live_columns[t])}
+                outcome.conflicts.append(record)
+                if winner is None:
+                    outcome.parked.append((a, "error", "conflict", {
+                        "reason": f"conflict: both sides changed this row since it was last "
+                        f"synced (map policy: manual); {self.env[s]} changed it at "
+                        f"{a.change.at.isoformat()}, {self.env[t]} at "
+                        f"{max(x.at for x in theirs).isoformat()}",
+                        "target": _plain(cur, d.live_columns[t]),
+                        "theirs": [x.as_dict() for x in theirs]}))
+                    continue
+                if winner is t:
+                    outcome.skipped += 1
+                    continue
+                to_forget += theirs
+            self._force(a, cur, d, t, resolved, inserts, updates, deletes)
+        if to_forget:
+            self.logs[t].forget_keys(sess.conn, to_forget)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _winner(policy: ConflictPolicy, a: _Action, theirs: list[Change]) -> Side | None:
+        if policy is ConflictPolicy.LEFT_WINS:
+            return Side.LEFT
+        if policy is ConflictPolicy.RIGHT_WINS:
+            return Side.RIGHT
+        if policy is ConflictPolicy.NEWEST_WINS:
+            latest = max(x.at for x in theirs)
+            if a.change.at == latest:
+                return Side.LEFT
+            return a.source if a.change.at > latest else a.source.other
+        return None
+
+    @staticmethod
+    def _force(a: _Action, cur: tuple[Any, ...] | None, d: MapDiffer, t: Side,
+               resolved: dict[tuple[Side, int], dict[Any, Any]],
+               inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
+               deletes: list[_Action]) -> None:
+        """Make the target hold the change's new version, whatever it holds now."""
+        if a.kind == "delete":
+            if cur is not None:
+                deletes.append(a)
+            return
+        assert a.new is not None
+        if cur is None:
+            inserts.append((a, d.build_create[t](a.new, a.skey, resolved)))
+        else:
+            updates.append((a, d.build_live[t](a.new, a.skey, resolved)))
+
+    def _write(self, sess: WriteSession, s: Side, m: _MapCtx,
+               inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
+               deletes: list[_Action]) -> None:
+        t = s.other
+        d, b = m.differ, m.bound
+        table = b.table(t)
+        steps: list[tuple[list[_Action], Callable[[], Any]]] = []
+        if deletes:
+            steps.append((deletes, lambda: sess.delete(table, list(b.key(t)),
+                                                       [a.tkey for a in deletes])))
+        if updates and d.live_columns[t]:
+            steps.append(([a for a, _v in updates], lambda: sess.update(
+                table, list(b.key(t)), d.live_columns[t], [(a.tkey, v) for a, v in updates])))
+        if inserts:
+            steps.append(([a for a, _v in inserts], lambda: sess.insert(
+                table, d.insert_columns[t], [v for _a, v in inserts])))
+        for acts, fn in steps:
+            try:
+                fn()
+            except ConstraintViolation as exc:
+                if len(acts) == 1:
+                    raise _Restart(acts[0], RowError(
+                        f"the database rejected the change: {exc.message}", map=b.name,
+                        side=self.env[t], table=table, key=acts[0].tkey,
+                        hint=exc.hint)) from exc
+                raise
+
+    # -- parking -----------------------------------------------------------------------------
+    def _park(self, s: Side, parked: list[tuple[_Action, str, str, dict[str, Any] | None]]
+              ) -> None:
+        for a, status, kind, info in parked:
+            c = a.change
+            if status == "error":
+                reason = (info or {}).get("reason", "")
+                self.state.park_error(
+                    c.map, self.env[s], s.value, a.lkey, c.op, kind, reason, c.as_dict(),
+                    {k: v for k, v in (info or {}).items() if k != "reason"})
+            else:
+                self.state.park_waiting(c.map, s.value, a.lkey, c.as_dict())
+
+    # -- replaying what waited ---------------------------------------------------------------
+    def replay_released(self) -> int:
+        """Apply the parked changes of keys whose inbox entry was retried, discarded or
+        resolved, in the order they were parked. A change that fails again parks again."""
+        released = self.state.released_parks()
+        if not released:
+            return 0
+        maps = self.maps(refresh=True)
+        n = 0
+        for entry_id, items in released:
+            for source, doc in items:
+                s = Side(source)
+                change = Change.from_dict(doc)
+                m = maps.get(change.map)
+                if m is None:
+                    continue
+                self.apply_changes(s, [change], {change.map: m}, forget=False,
+                                   check_applied=False)
+                n += 1
+            self.state.finish_release(entry_id)
+        return n
+
+    # -- housekeeping ------------------------------------------------------------------------
+    def prune_markers(self) -> None:
+        """Drop applied positions whose source changes are gone (a crash between deleting
+        them from the source log and dropping the position leaves a few behind)."""
+        for t in Side:
+            s = t.other
+            try:
+                marks = [(m, x) for src, m, x in self.logs[t].all_marks()
+                         if src == self.env[s]]
+                if not marks:
+                    continue
+                present = self.logs[s].txids_present(sorted({x for _m, x in marks}))
+                stale = [(m, x) for m, x in marks if x not in present]
+                if stale:
+                    with self.link.connectors[t].transaction() as sess:
+                        self.logs[t].unmark(sess.conn, self.env[s], stale)  # type: ignore[attr-defined]
+            except ConnectorError as exc:
+                log.warning("pruning applied positions in %s: %s", self.env[t], exc)
+
+    def housekeeping(self) -> None:
+        """Once a second: replay released parks, finish resuming maps, watch queue budgets."""
+        try:
+            self.replay_released()
+            stats = {s: self.logs[s].stats() for s in Side}
+        except ConnectorError:
+            return
+        budget = self.link.config.model.capture.queue
+        maps = self.maps(refresh=True)
+        for name, m in maps.items():
+            rows = sum(stats[s].get(name, (0, 0, None))[0] for s in Side)
+            size = sum(stats[s].get(name, (0, 0, None))[1] for s in Side)
+            oldest = [x for s in Side if (x := stats[s].get(name, (0, 0, None))[2])]
+            age = (time.time() - min(oldest).timestamp()) if oldest else 0.0
+            if m.state == "resuming" and rows == 0:
+                self.state.set_map_state(name, "running")
+            used = max(rows / budget.max_rows, size / budget.max_bytes,
+                       age / budget.max_age_seconds)
+            self.alerts.queue_level(name, used, rows, size, age)
+
+    def event(self, map_name: str, kind: str, message: str) -> None:
+        self.alerts.record(map_name, kind, message)
+        if self.on_event:
+            self.on_event(map_name, kind, message)
+
+    def flush_activity(self, force: bool = False) -> None:
+        now = time.monotonic()
+        if self._activity and (force or now - self._flushed > 1.0):
+            self.state.note_applied(self._activity)
+            self._activity = {}
+            self._flushed = now
+
+
+class _Lookups:
+    def __init__(self, session: WriteSession) -> None:
+        self.session = session
+
+    def lookup(self, table: str, match: str, values: Any, returning: str) -> dict[Any, Any]:
+        return self.session.lookup(table, match, values, returning)
+
+
+class _PgListener:
+    """LISTEN on every PostgreSQL database of the link; ``wait(timeout)`` returns at the
+    first notification or after ``timeout`` seconds."""
+
+    def __init__(self, urls: Sequence[str]) -> None:
+        import selectors
+
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        self.conns = []
+        self.sel = selectors.DefaultSelector()
+        for url in urls:
+            u = make_url(url)
+            conn = psycopg.connect(host=u.host or "localhost", port=u.port or 5432,
+                                   user=u.username, password=u.password, dbname=u.database,
+                                   autocommit=True)
+            conn.execute("LISTEN dualwrite_changes")
+            self.conns.append(conn)
+            self.sel.register(conn.fileno(), selectors.EVENT_READ, conn)
+
+    def __call__(self, timeout: float) -> None:
+        for key, _ev in self.sel.select(timeout):
+            conn = key.data
+            # drain: notifications arrive as soon as the socket is read
+            for _n in conn.notifies(timeout=0, stop_after=100):
+                pass
+
+    def close(self) -> None:
+        for c in self.conns:
+            with contextlib.suppress(Exception):
+                c.close()
+
+
+# -- helpers ---------------------------------------------------------------------------------
+def canonical_key(values: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(canonical(v) for v in values)
+
+
+def _canon(values: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(canonical(v) for v in values)
+
+
+def _project(cols: list[str], row: Row, wanted: list[str]) -> tuple[Any, ...]:
+    pos = {c: i for i, c in enumerate(cols)}
+    return tuple(canonical(row[pos[c]]) for c in wanted)
+
+
+def _plain(values: tuple[Any, ...] | None, cols: list[str]) -> dict[str, Any] | None:
+    if values is None:
+        return None
+    return {c: (str(v) if v is not None and not isinstance(v, int | str) else v)
+            for c, v in zip(cols, values, strict=True)}
+
+
+def _matches(flt: Any, d: MapDiffer, s: Side, row: Row) -> bool:
+    try:
+        return evaluate(flt, dict(zip(d.columns[s], row, strict=True)))
+    except RowError:
+        return False
+
+
+def _kind_of(err: DualwriteError) -> str:
+    text = str(err)
+    if "lookup" in text or "value map" in text:
+        return "lookup"
+    return "rejected"
+
+
+def _unreachable(exc: ConnectorError) -> bool:
+    text = str(exc).lower()
+    return any(w in text for w in ("connection refused", "could not connect", "server closed",
+                                   "lost connection", "terminating connection", "gone away",
+                                   "does not allow connections", "can't connect",
+                                   "connection is closed", "closed the connection"))
+
+
+def _in_commit_order(changes: list[Change], has_txid: bool) -> list[Change]:
+    """Transactions ordered by their last change, each transaction's changes by seq."""
+    if not has_txid:
+        return sorted(changes, key=lambda c: c.seq)
+    by_tx: dict[str, list[Change]] = {}
+    for c in changes:
+        by_tx.setdefault(c.txid, []).append(c)
+    groups = sorted(by_tx.values(), key=lambda g: max(c.seq for c in g))
+    return [c for g in groups for c in sorted(g, key=lambda c: c.seq)]
+
+
+def _runs(actions: list[_Action], limit: int) -> Iterator[list[_Action]]:
+    """Consecutive actions of one map and kind, with no key twice: each run is written with
+    one statement per kind, and order between runs is kept."""
+    run: list[_Action] = []
+    keys: set[tuple[Any, ...]] = set()
+    for a in actions:
+        k = canonical_key(a.tkey)
+        if run and (a.change.map != run[0].change.map or a.kind != run[0].kind
+                    or k in keys or len(run) >= limit):
+            yield run
+            run, keys = [], set()
+        run.append(a)
+        keys.add(k)
+    if run:
+        yield run
+
+
+def _positions(changes: list[Change]) -> list[tuple[str, str, int]]:
+    top: dict[tuple[str, str], int] = {}
+    for c in changes:
+        k = (c.map, c.txid)
+        top[k] = max(top.get(k, 0), c.seq)
+    return [(m, t, q) for (m, t), q in top.items()]
+
+
+__all__ = [
+    "APPLYING",
+    "CAPTURING",
+    "Applier",
+    "ApplierLock",
+    "BatchResult",
+    "canonical_key",
+    "capture_specs",
+]
