@@ -288,27 +288,105 @@ def maps_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         ("state", "state"), ("initial sync", "initial_synced_at")])
 
 
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Answer yes to every question.")]
+
+
 @maps_app.command("start")
-def maps_start(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Start maps (all by default) in depends_on order; a map whose initial sync has not run
-    gets it first. Writes through dualwrite are then mirrored by them."""
+def maps_start(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt = False,
+               yes: YesOpt = False) -> None:
+    """Start maps (all by default) in depends_on order: install capture on both tables, run
+    the initial sync if it has not run (changes made meanwhile are applied after it), then
+    run. Maps they depend on that are not running are offered to start first."""
+    names = maps or []
     with _link(config) as link, _progress(not as_json) as progress:
-        ran = link.start_maps(maps or [], progress=progress)
-        names = [b.name for b in link.bound_maps(maps or [])]
+        missing = link.missing_dependencies(names) if names else []
+        include: bool | None = None
+        if missing:
+            include = yes or (sys.stdin.isatty() and typer.confirm(
+                f"{', '.join(names)} depend(s) on {', '.join(missing)}, not running. "
+                "Start them first?", default=True, err=True))
+            include = include or None
+        ran = link.start_maps(names, progress=progress, with_dependencies=include)
+        started = [*missing, *names] if include else names
+        shown = [b.name for b in link.bound_maps(started)]
     if as_json:
-        _print_json({"started": names, "initial_sync": [r.as_dict() for r in ran]})
+        _print_json({"started": shown, "initial_sync": [r.as_dict() for r in ran]})
         return
     if ran:
         out.print(_results_table("initial sync", [r.as_dict() for r in ran]))
-    out.print(f"running: {', '.join(names)}", markup=False)
+    out.print(f"running: {', '.join(shown)}", markup=False)
 
 
 @maps_app.command("stop")
 def maps_stop(maps: MapsArg = None, config: ConfigOpt = None) -> None:
-    """Stop maps: writes through dualwrite no longer mirror through them."""
+    """Stop maps: remove their capture and forget their queue. Starting one again runs its
+    initial sync again."""
     with _link(config) as link:
         stopped = link.stop_maps(maps or [])
     out.print(f"stopped: {', '.join(stopped)}", markup=False)
+
+
+@maps_app.command("pause")
+def maps_pause(maps: MapsArg = None, config: ConfigOpt = None) -> None:
+    """Pause running maps: changes keep being captured and queue, in order."""
+    with _link(config) as link:
+        done = link.pause_maps(maps or [])
+    out.print(f"paused: {', '.join(done) or 'none (no running map named)'}", markup=False)
+
+
+@maps_app.command("resume")
+def maps_resume(maps: MapsArg = None, config: ConfigOpt = None) -> None:
+    """Resume paused maps: their queue replays in order, then they run."""
+    with _link(config) as link:
+        done = link.resume_maps(maps or [])
+    out.print(f"resuming: {', '.join(done) or 'none (no paused map named)'}", markup=False)
+
+
+# -- capture ----------------------------------------------------------------------------------
+@app.command()
+def run(config: ConfigOpt = None) -> None:
+    """Apply captured changes of every running map, both ways, until stopped (SIGTERM or
+    Ctrl-C). One applier per link: a second one waits as a standby."""
+    import signal
+    import threading
+
+    from dualwrite.engine.capture import run_applier
+
+    stop = threading.Event()
+
+    def _stop(_sig: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    with _link(config) as link:
+        link.bound_maps()
+
+        def ready() -> None:
+            err.print(f"dualwrite run: applying captured changes of link "
+                      f"{link.config.link_name!r} (pid {__import__('os').getpid()})",
+                      markup=False)
+
+        run_applier(link, stop, ready=ready)
+    err.print("dualwrite run: stopped", markup=False)
+
+
+@app.command()
+def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Per map: state, lag (seconds and changes), queued changes, errors, conflicts, and when
+    it last applied a change."""
+    with _link(config) as link:
+        rows = link.status()
+        alerts = link.state.alerts(limit=5)
+    if as_json:
+        _print_json({"maps": rows, "alerts": alerts})
+        return
+    _emit("maps", rows, False, [
+        ("map", "map"), ("state", "state"), ("lag s", "lag_seconds"),
+        ("lag changes", "lag_changes"), ("queued", "queued"), ("errors", "errors"),
+        ("conflicts", "conflicts"), ("last applied", "last_applied_at")])
+    for a in alerts:
+        out.print(f"alert ({a['action']}): {a['message']}", markup=False)
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -324,7 +402,8 @@ def serve(config: ConfigOpt = None,
 
     with _link(config) as link:
         link.bound_maps()  # refuse to start on invalid maps, with every problem listed
-        uvicorn.run(create_server_app(link), host=host, port=port, log_level="info")
+        uvicorn.run(create_server_app(link, apply_captured=True), host=host, port=port,
+                    log_level="info")
 
 
 # -- recovery ---------------------------------------------------------------------------------
@@ -414,11 +493,57 @@ def errors_show(error_id: int, config: ConfigOpt = None) -> None:
 
 @errors_app.command("discard")
 def errors_discard(error_id: int, config: ConfigOpt = None) -> None:
-    """Close an inbox entry without retrying it."""
+    """Close an inbox entry without retrying it. For a captured change, the changes that
+    waited behind it are then applied (by the running applier)."""
     with _link(config) as link:
         link.state.get_error(error_id)
         link.state.resolve_error(error_id, "discarded")
     out.print(f"discarded error {error_id}", markup=False)
+
+
+@errors_app.command("retry")
+def errors_retry(error_id: Annotated[int | None, typer.Argument(
+        help="Entry id (or --all).", show_default=False)] = None,
+        config: ConfigOpt = None,
+        map_name: Annotated[str | None, typer.Option("--map", help="Only this map.")] = None,
+        every: Annotated[bool, typer.Option("--all", help="Every open entry.")] = False
+        ) -> None:
+    """Apply a failed captured change again, with those that waited behind it. The running
+    applier does the work; an entry that fails again is back in the inbox with one more
+    attempt. (Rows that failed an initial sync are retried by `dualwrite sync --initial`.)"""
+    if error_id is None and not every:
+        raise DualwriteError("name an entry id, or pass --all",
+                             hint="list them with `dualwrite errors list`")
+    with _link(config) as link:
+        entries = [link.state.get_error(error_id)] if error_id is not None else \
+            link.state.errors(map_name)
+        captured = [e for e in entries if e.payload and "change" in e.payload]
+        for e in captured:
+            link.state.resolve_error(e.id, "retry")
+    for e in entries:
+        if e not in captured:
+            err.print(f"entry {e.id} is from an initial sync: rerun `dualwrite sync --initial "
+                      f"{e.map}` to retry it", markup=False)
+    out.print(f"retrying: {', '.join(str(e.id) for e in captured) or 'nothing'}",
+              markup=False)
+
+
+@errors_app.command("resolve")
+def errors_resolve(error_id: int, pick: Annotated[str, typer.Option(
+        "--pick", help="The side whose current row wins: left or right.")],
+        config: ConfigOpt = None) -> None:
+    """Settle a manual conflict: the picked side's current row is written to the other side
+    (to edit instead, change the row on one side, then pick that side). The changes that
+    waited behind it replay."""
+    from dualwrite.engine.capture import resolve_conflict
+    from dualwrite.model.maps import Side
+
+    if pick not in ("left", "right"):
+        raise DualwriteError(f"--pick takes left or right, not {pick!r}",
+                             hint="left is the link's left environment")
+    with _link(config) as link:
+        done = resolve_conflict(link, error_id, Side(pick))
+    out.print(f"resolved {error_id}: {json.dumps(done, default=_jsonable)}", markup=False)
 
 
 # -- templates --------------------------------------------------------------------------------

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,13 +15,28 @@ from starlette.routing import Route
 
 from dualwrite.api.link_backend import LinkBackend
 from dualwrite.api.odata import odata_mount
+from dualwrite.engine.capture import run_applier
 from dualwrite.engine.link import Link
 from dualwrite.errors import DualwriteError
 
+log = logging.getLogger("dualwrite.serve")
 
-def create_server_app(link: Link) -> Starlette:
+
+def _apply(link: Link, stop: threading.Event) -> None:
+    own = Link(link.config)
+    try:
+        run_applier(own, stop)
+    except Exception:  # the server keeps serving; the failure is in the log and /readyz
+        log.exception("the capture applier stopped")
+    finally:
+        own.close()
+
+
+def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
     """The app: ``/odata/<env>/...``, ``/healthz`` (the process is up) and ``/readyz`` (both
-    databases answer). On start, in-doubt transactions are recovered first."""
+    databases answer). On start, in-doubt transactions are recovered first. With
+    ``apply_captured`` a background thread also applies captured changes, as ``dualwrite
+    run`` does (on its own connections; a standby while another applier holds the link)."""
     backend = LinkBackend(link)
 
     async def healthz(_request: Request) -> JSONResponse:
@@ -41,7 +58,18 @@ def create_server_app(link: Link) -> Starlette:
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(link.recover)
-        yield
+        stop = threading.Event()
+        worker = None
+        if apply_captured:
+            worker = threading.Thread(target=_apply, args=(link, stop), name="dualwrite-apply",
+                                      daemon=True)
+            worker.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            if worker is not None:
+                worker.join(timeout=30)
 
     return Starlette(routes=[
         Route("/healthz", healthz), Route("/readyz", readyz),

@@ -798,12 +798,81 @@ def _positions(changes: list[Change]) -> list[tuple[str, str, int]]:
     return [(m, t, q) for (m, t), q in top.items()]
 
 
-__all__ = [
-    "APPLYING",
-    "CAPTURING",
-    "Applier",
-    "ApplierLock",
-    "BatchResult",
-    "canonical_key",
-    "capture_specs",
-]
+
+
+def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] | None = None,
+                wait_for_lock: bool = True) -> None:
+    """Take the link's applier lease (waiting for it, as a standby, while another process
+    holds it), recover in-doubt live transactions, then apply captured changes until
+    ``stop`` is set."""
+    lock = link.applier_lock()
+    while not lock.acquire():
+        if not wait_for_lock:
+            raise LinkError(
+                f"another applier (pid {lock.holder()}) is running for link "
+                f"{link.config.link_name!r}",
+                hint="one applier per link: stop the other `dualwrite run` or `serve`, or "
+                "let this one wait as a standby")
+        if stop.wait(1.0):
+            return
+    try:
+        link.recover()
+        applier = link.applier()
+        try:
+            applier.run(stop, ready=ready)
+        finally:
+            applier.close()
+    finally:
+        lock.release()
+
+
+def resolve_conflict(link: Link, entry_id: int, pick: Side) -> dict[str, Any]:
+    """Settle a parked conflict: the ``pick`` side's current row is written to the other
+    side (or the twin deleted, if the picked row is gone); then the inbox entry is resolved
+    and the applier replays the changes that waited behind it (they find both sides agreeing,
+    or apply on top). Returns what was written."""
+    entry = link.state.get_error(entry_id)
+    if entry.status != "open":
+        raise DualwriteError(f"inbox entry {entry_id} is {entry.status}, not open",
+                             hint="list open entries with `dualwrite errors list`")
+    [bound] = link.bound_maps([entry.map])
+    d = link.differ(entry.map)
+    lkey = tuple(entry.key)
+    t = pick.other
+    # the picked side's key: the left key as stored, or its twin's key on the right
+    shaped = [None] * len(d.columns[Side.LEFT])
+    for i, v in zip(d.key_idx[Side.LEFT], lkey, strict=True):
+        shaped[i] = v
+    keys = {Side.LEFT: tuple(coerce(v, d.kinds[Side.LEFT][c]) for v, c in
+                             zip(lkey, bound.key(Side.LEFT), strict=True)),
+            Side.RIGHT: d.target_key(Side.LEFT, tuple(shaped))}
+    rows = link.connectors[pick].fetch(bound.table(pick), d.columns[pick],
+                                       key=list(bound.key(pick)), keys=[keys[pick]])
+    with link.connectors[t].transaction() as sess:
+        resolver = LookupResolver({t: _Lookups(sess), pick: link.connectors[pick]})  # type: ignore[dict-item]
+        table_t = bound.table(t)
+        got = sess.lock(table_t, list(bound.key(t)), key=list(bound.key(t)), keys=[keys[t]])
+        if not rows:
+            if got:
+                sess.delete(table_t, list(bound.key(t)), [keys[t]])
+            written: dict[str, Any] = {"deleted": list(keys[t])}
+        else:
+            row = rows[0]
+            entries = [Entry((), row, None) if pick is Side.LEFT else Entry((), None, row)]
+            resolved = d._prefetch(entries, resolver)
+            skey = tuple(row[i] for i in d.key_idx[pick])
+            if got:
+                vals = d.build_live[t](row, skey, resolved)
+                sess.update(table_t, list(bound.key(t)), d.live_columns[t], [(keys[t], vals)])
+                written = {"updated": dict(zip(d.live_columns[t], vals, strict=True))}
+            else:
+                vals = d.build_create[t](row, skey, resolved)
+                sess.insert(table_t, d.insert_columns[t], [vals])
+                written = {"created": dict(zip(d.insert_columns[t], vals, strict=True))}
+    link.state.resolve_error(entry_id, "resolved")
+    return {"id": entry_id, "map": entry.map, "key": list(lkey), "picked": pick.value,
+            "written_to": link.env_name(t), **written}
+
+
+__all__ = ["APPLYING", "CAPTURING", "Applier", "ApplierLock", "BatchResult", "canonical_key",
+           "capture_specs", "resolve_conflict", "run_applier"]
