@@ -203,7 +203,10 @@ class PostgresDialect(Dialect):
 
         head = ("IF current_setting('dualwrite.origin', true) = 'on' THEN RETURN NULL; "
                 "END IF; ")
-        tail = (f" IF FOUND THEN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); END IF; "
+        # NOTIFY wakes the applier at once. A transaction that has notified cannot PREPARE:
+        # dualwrite's own queued writes (two-phase branches) say 'queue' and skip it.
+        tail = (" IF FOUND AND current_setting('dualwrite.origin', true) IS DISTINCT FROM "
+                f"'queue' THEN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); END IF; "
                 "RETURN NULL;")
         ins = f"INSERT INTO {CHANGES} (map, txid, op, k, old, new) "
         txid = "pg_current_xact_id()::text::bigint"
@@ -251,15 +254,27 @@ class PostgresDialect(Dialect):
 
 
 class MariaDbDialect(Dialect):
+    """MariaDB exposes the id of the writing transaction only through system versioning:
+    the log is a table versioned by transaction id, so the row-start column of each change
+    *is* its source transaction id. (information_schema.INNODB_TRX would be simpler, but it
+    is a cache refreshed at most every 0.1 s: a new transaction is often missing from it.)
+    Deleting applied changes leaves history rows; the applier purges them with DELETE
+    HISTORY. Each capturing transaction adds a row to mysql.transaction_registry, which
+    MariaDB never purges by itself (see docs/capture.md)."""
+
     def key_text(self, params: Sequence[str], sql_types: Sequence[str]) -> str:
         return "JSON_ARRAY(" + ", ".join(f":{p}" for p in params) + ")"
+
     def log_ddl(self) -> list[str]:
         return [
             f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq BIGINT AUTO_INCREMENT PRIMARY KEY, "
-            "map VARCHAR(190) NOT NULL, txid BIGINT UNSIGNED NOT NULL, op CHAR(1) NOT NULL, "
+            "map VARCHAR(190) NOT NULL, op CHAR(1) NOT NULL, "
             "k VARCHAR(700) NOT NULL, old LONGTEXT, new LONGTEXT, at DATETIME(6) NOT NULL, "
+            "txid BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE, "
+            "txid_end BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE, "
+            "PERIOD FOR SYSTEM_TIME (txid, txid_end), "
             "KEY dualwrite_changes_key (map, k(200))) ENGINE=InnoDB "
-            "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
+            "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin WITH SYSTEM VERSIONING",
             f"CREATE TABLE IF NOT EXISTS {APPLIED} (source VARCHAR(190) NOT NULL, "
             "map VARCHAR(190) NOT NULL, txid VARCHAR(40) NOT NULL, seq BIGINT NOT NULL, "
             "at DATETIME(6) NOT NULL DEFAULT NOW(6), PRIMARY KEY (source, map, txid)) "
@@ -277,29 +292,26 @@ class MariaDbDialect(Dialect):
         def key(alias: str) -> str:
             return "JSON_ARRAY(" + ", ".join(f"{alias}.{q(c)}" for c in spec.key) + ")"
 
-        # The InnoDB id of the writing transaction: assigned at its first write, so it exists
-        # by the time an AFTER trigger runs. Needs the PROCESS privilege.
-        txid = ("(SELECT trx_id FROM information_schema.INNODB_TRX "
-                "WHERE trx_mysql_thread_id = CONNECTION_ID())")
-        ins = f"INSERT INTO {CHANGES} (map, txid, op, k, old, new, at) VALUES ('{mapname}', "
+        ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ('{mapname}', "
+        now = "UTC_TIMESTAMP(6)"
         unchanged = " AND ".join(f"OLD.{q(c)} <=> NEW.{q(c)}" for c in spec.columns)
         same_key = " AND ".join(f"OLD.{q(c)} <=> NEW.{q(c)}" for c in spec.key)
         guard = "@dualwrite_origin IS NULL"
         return [
             f"DROP TRIGGER IF EXISTS {tag}_i",
             f"CREATE TRIGGER {tag}_i AFTER INSERT ON {t} FOR EACH ROW BEGIN IF {guard} THEN "
-            f"{ins}{txid}, 'I', {key('NEW')}, NULL, {obj('NEW')}, UTC_TIMESTAMP(6)); END IF; END",
+            f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END IF; END",
             f"DROP TRIGGER IF EXISTS {tag}_d",
             f"CREATE TRIGGER {tag}_d AFTER DELETE ON {t} FOR EACH ROW BEGIN IF {guard} THEN "
-            f"{ins}{txid}, 'D', {key('OLD')}, {obj('OLD')}, NULL, UTC_TIMESTAMP(6)); END IF; END",
+            f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); END IF; END",
             f"DROP TRIGGER IF EXISTS {tag}_u",
             f"CREATE TRIGGER {tag}_u AFTER UPDATE ON {t} FOR EACH ROW BEGIN "
             f"IF {guard} AND NOT ({unchanged}) THEN "
             f"IF {same_key} THEN "
-            f"{ins}{txid}, 'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, UTC_TIMESTAMP(6)); "
+            f"{ins}'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, {now}); "
             f"ELSE "
-            f"{ins}{txid}, 'D', {key('OLD')}, {obj('OLD')}, NULL, UTC_TIMESTAMP(6)); "
-            f"{ins}{txid}, 'I', {key('NEW')}, NULL, {obj('NEW')}, UTC_TIMESTAMP(6)); "
+            f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); "
+            f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); "
             f"END IF; END IF; END",
         ]
 
@@ -640,3 +652,8 @@ class CaptureLog:
 
     def lock_suffix(self) -> str:
         return self.dialect.lock_suffix()
+
+    def purge(self) -> None:
+        """Drop what deleting applied changes left behind (MariaDB's history rows)."""
+        if isinstance(self.dialect, MariaDbDialect) and self._exists():
+            self._ddl([f"DELETE HISTORY FROM {CHANGES}"], "purge the change log's history")

@@ -207,7 +207,7 @@ class SqlConnector(Connector):
         (see :mod:`dualwrite.connectors.capture`, "No echo")."""
         name = self.engine.dialect.name
         if name == "postgresql":
-            conn.exec_driver_sql("SET LOCAL dualwrite.origin = 'off'")
+            conn.exec_driver_sql("SET LOCAL dualwrite.origin = 'queue'")
         elif name in ("mysql", "mariadb"):
             conn.exec_driver_sql("SET @dualwrite_origin = NULL")
             # the pool's checkin hook restores the mark (see MySqlConnector._create_engine)

@@ -203,6 +203,7 @@ class Applier:
         self.last_error: dict[Side, str | None] = {s: None for s in Side}
         self._activity: dict[str, tuple[str, int]] = {}
         self._flushed = 0.0
+        self._purged = 0.0
         self.alerts = link.alerts()
         self.on_event = on_event
         self._waiter: Any = None
@@ -326,12 +327,15 @@ class Applier:
                             and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
                     actions = self._actions(s, todo, maps, outcome)
                     live = []
+                    blocked = set(parked_keys)
                     for a in actions:
                         err = excluded.get(a.change.seq)
+                        held = (a.change.map, canonical_key(a.lkey))
                         if err is not None:
                             outcome.parked.append((a, "error", _kind_of(err), {
                                 "reason": str(err)}))
-                        elif (a.change.map, canonical_key(a.lkey)) in parked_keys:
+                            blocked.add(held)  # what follows on this key waits behind it
+                        elif held in blocked:
                             outcome.parked.append((a, "waiting", "", None))
                         else:
                             live.append(a)
@@ -340,8 +344,8 @@ class Applier:
                     # Park first (state store), then commit the target: a crash in between
                     # parks again on redelivery (parking is idempotent), never loses.
                     self._park(s, outcome.parked)
-                    positions = _positions(todo)
-                    self.logs[t].mark_applied(conn, self.env[s], positions)
+                    if check_applied:  # a replay from the state store has no log position
+                        self.logs[t].mark_applied(conn, self.env[s], _positions(todo))
                     if self._prune[s]:
                         self.logs[t].unmark(conn, self.env[s], self._prune[s])
                 break
@@ -361,9 +365,9 @@ class Applier:
         for c in outcome.conflicts:
             self.state.add_conflict(**c)
             self.event(c["map_name"], "conflict", f"key {c['key']}: {c['winner']} wins")
-        for a, status, kind, _info in outcome.parked:
-            if status == "error":
-                self.event(a.change.map, kind, excluded[a.change.seq].message)
+        for a, status, kind, info in outcome.parked:
+            if status == "error" and kind != "conflict":  # conflicts were counted above
+                self.event(a.change.map, kind, str((info or {}).get("reason", "")))
         now = now_iso()
         for name in {c.map for c in changes}:
             prev = self._activity.get(name, ("", 0))
@@ -649,6 +653,10 @@ class Applier:
         try:
             self.replay_released()
             stats = {s: self.logs[s].stats() for s in Side}
+            if time.monotonic() - self._purged > 10.0:
+                self._purged = time.monotonic()
+                for s in Side:
+                    self.logs[s].purge()
         except ConnectorError:
             return
         budget = self.link.config.model.capture.queue
