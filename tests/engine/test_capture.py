@@ -9,17 +9,17 @@ import json
 import threading
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
+from capture_fixtures import drain, make_items
 from dualwrite.connectors.capture import Change
 from dualwrite.engine.capture import resolve_conflict
 from dualwrite.errors import LinkError
 from dualwrite.model.maps import Side
 from dualwrite.model.values import canonical
 
-from capture_fixtures import Items, drain, make_items
 from conftest import BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
@@ -287,9 +287,9 @@ def test_start_refuses_missing_dependencies_then_starts_them_in_order(
 
 
 class _Hook(http.server.BaseHTTPRequestHandler):
-    received: list[dict[str, Any]] = []
+    received: ClassVar[list[dict[str, Any]]] = []
 
-    def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+    def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Hook.received.append(json.loads(body))
         self.send_response(204)
