@@ -342,7 +342,7 @@ def test_alert_rules_pause_the_map_and_call_the_webhook(make_backend: BackendFac
 
 
 def test_change_round_trips_through_the_state_store() -> None:
-    c = Change(seq=7, map="m", txid="42", op="U", key=("a", 1),
+    c = Change(seq=7, map="m", txid="42", op="U", key_text='["a", 1]',
                old={"x": Decimal("1.50")}, new={"x": Decimal("2.50")},
                at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC))
     from dualwrite.engine.state import decode_doc, encode_doc

@@ -83,22 +83,31 @@ class Change:
     map: str
     txid: str
     op: str  # "I", "U" or "D"
-    key: tuple[Any, ...]
+    key_text: str  # the key as the log stores it (a JSON array); see ``key``
     old: dict[str, Any] | None
     new: dict[str, Any] | None
     at: dt.datetime
     size: int = 0
 
+    @property
+    def key(self) -> tuple[Any, ...]:
+        """The key, decoded when asked (the applier finds keys in the values)."""
+        return tuple(decode_json(self.key_text))
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Change:
         return cls(seq=int(d["seq"]), map=str(d["map"]), txid=str(d["txid"]), op=str(d["op"]),
-                   key=tuple(d["key"]), old=d.get("old"), new=d.get("new"),
-                   at=parse_time(d["at"]))
+                   key_text=json.dumps(list(d["key"]), default=str), old=d.get("old"),
+                   new=d.get("new"), at=parse_time(d["at"]))
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "map": self.map, "txid": self.txid, "op": self.op,
                 "key": list(self.key), "old": self.old, "new": self.new,
                 "at": self.at.isoformat()}
+
+
+#: one decoder for every log row: json.loads(parse_float=...) would build one per call
+_DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
 def decode_json(text: Any) -> Any:
@@ -107,7 +116,7 @@ def decode_json(text: Any) -> Any:
         return None
     if isinstance(text, dict | list):  # psycopg decodes json columns itself
         return text
-    return json.loads(text, parse_float=Decimal)
+    return _DECODER.decode(text)
 
 
 def parse_time(value: Any) -> dt.datetime:
@@ -495,7 +504,7 @@ class CaptureLog:
         size = len(str(old or "")) + len(str(new or "")) + len(r[4])
         return Change(seq=int(r[0]), map=str(r[1]),
                       txid=str(r[2]) if r[2] is not None else WATERMARK, op=str(r[3]).strip(),
-                      key=tuple(decode_json(r[4])), old=decode_json(old), new=decode_json(new),
+                      key_text=str(r[4]), old=decode_json(old), new=decode_json(new),
                       at=parse_time(r[7]), size=size)
 
     def pending(self, conn: sa.Connection, map_name: str, keys: Sequence[tuple[Any, ...]],

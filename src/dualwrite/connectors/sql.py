@@ -86,6 +86,10 @@ class SqlWriteSession(WriteSession):
         if not rows:
             return 0
         t = self.connector.table(table)
+        with self.connector.translating(f"update {table}"):
+            bulk = self.connector._bulk_update(self.conn, t, list(key), list(columns), rows)
+        if bulk is not None:
+            return bulk
         kcols = [t.c[k] for k in key]
         stmt = sa.update(t).where(*[c == sa.bindparam(f"k_{i}") for i, c in enumerate(kcols)])
         stmt = stmt.values({c: sa.bindparam(f"v_{i}") for i, c in enumerate(columns)})
@@ -193,6 +197,11 @@ class SqlConnector(Connector):
                      rows: Sequence[Row]) -> None:
         stmt = sa.insert(table)
         conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+
+    def _bulk_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
+                     columns: list[str], rows: Sequence[tuple[Row, Row]]) -> int | None:
+        """Update many rows in one statement where the dialect can; None: use executemany."""
+        return None
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
         """True when the database already orders this column by code point."""
@@ -482,8 +491,13 @@ class SqlConnector(Connector):
         with self.translating(f"fetch from {table}"):
             for start in range(0, len(keys), LOOKUP_CHUNK):
                 chunk = keys[start:start + LOOKUP_CHUNK]
-                if len(kcols) == 1:
-                    cond: sa.ColumnElement[bool] = kcols[0].in_([k[0] for k in chunk])
+                if len(kcols) == 1 and self.engine.dialect.name == "postgresql":
+                    # one array parameter instead of a thousand
+                    cond: sa.ColumnElement[bool] = kcols[0] == sa.func.any(sa.cast(
+                        sa.literal([k[0] for k in chunk], sa.ARRAY(kcols[0].type)),
+                        sa.ARRAY(kcols[0].type)))
+                elif len(kcols) == 1:
+                    cond = kcols[0].in_([k[0] for k in chunk])
                 else:
                     cond = sa.tuple_(*kcols).in_([tuple(k) for k in chunk])
                 stmt = sa.select(*[t.c[c] for c in columns]).where(cond)

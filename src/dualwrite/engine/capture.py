@@ -64,6 +64,7 @@ from dualwrite.errors import (
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.filters import evaluate
 from dualwrite.model.maps import ConflictPolicy, Side
+from dualwrite.model.schema import Kind
 from dualwrite.model.values import canonical
 
 if TYPE_CHECKING:
@@ -204,6 +205,7 @@ class Applier:
         self._activity: dict[str, tuple[str, int]] = {}
         self._flushed = 0.0
         self._purged = 0.0
+        self._decoders: dict[tuple[str, Side], Callable[[dict[str, Any]], Row]] = {}
         self.alerts = link.alerts()
         self.on_event = on_event
         self._waiter: Any = None
@@ -313,7 +315,7 @@ class Applier:
         without each change that fails (which goes to the inbox, its key parked)."""
         t = s.other
         excluded: dict[int, DualwriteError] = {}
-        row_mode = False
+        row_mode = careful = False
         parked_keys = self.state.parked_keys()
         while True:
             outcome = _Outcome()
@@ -340,7 +342,8 @@ class Applier:
                         else:
                             live.append(a)
                     for run in _runs(live, 1 if row_mode else self.batch):
-                        self._apply_run(sess, s, maps[run[0].change.map], run, outcome)
+                        self._apply_run(sess, s, maps[run[0].change.map], run, outcome,
+                                        careful=careful)
                     # Park first (state store), then commit the target: a crash in between
                     # parks again on redelivery (parking is idempotent), never loses.
                     self._park(s, outcome.parked)
@@ -351,12 +354,16 @@ class Applier:
                 break
             except _Restart as r:
                 excluded[r.action.change.seq] = r.error
-                row_mode = True
+                row_mode = careful = True
                 continue
             except (RowError, ConstraintViolation) as exc:
+                # A batch failed: again, checking every target row first (an optimistic
+                # bulk insert met a row already there), then one row per statement to find
+                # the culprit.
                 if row_mode:
                     raise LinkError(f"a change failed outside any row: {exc}") from exc
-                row_mode = True
+                row_mode = careful
+                careful = True
                 continue
         self._prune[s] = []
         if forget:
@@ -385,8 +392,9 @@ class Applier:
             if m is None:
                 continue
             d = m.differ
-            old = self._row(d, s, c.old)
-            new = self._row(d, s, c.new)
+            decode = self._decoder(c.map, d, s)
+            old = decode(c.old) if c.old is not None else None
+            new = decode(c.new) if c.new is not None else None
             flt = m.bound.filter(s)
             was = old is not None and (flt is None or _matches(flt, d, s, old))
             now = new is not None and (flt is None or _matches(flt, d, s, new))
@@ -404,34 +412,59 @@ class Applier:
                                skey, tkey, lkey))
         return out
 
-    @staticmethod
-    def _row(d: MapDiffer, s: Side, values: dict[str, Any] | None) -> Row | None:
-        if values is None:
-            return None
-        kinds = d.kinds[s]
-        return tuple(coerce(values.get(c), kinds[c]) for c in d.columns[s])
+    def _decoder(self, name: str, d: MapDiffer, s: Side
+                 ) -> Callable[[dict[str, Any]], Row]:
+        """A function turning captured values (as JSON gave them) into a row of ``d.columns``
+        in the column kinds; only kinds JSON cannot carry exactly are coerced."""
+        fn = self._decoders.get((name, s))
+        if fn is None:
+            cols = d.columns[s]
+            kinds = d.kinds[s]
+            fix = [(i, kinds[c]) for i, c in enumerate(cols)
+                   if kinds[c] not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
+
+            def decode(values: dict[str, Any]) -> Row:
+                row = [values.get(c) for c in cols]
+                for i, kind in fix:
+                    if row[i] is not None:
+                        row[i] = coerce(row[i], kind)
+                return tuple(row)
+
+            fn = self._decoders[(name, s)] = decode
+        return fn
 
     # -- applying one run of like changes ----------------------------------------------------
     def _apply_run(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
-                   outcome: _Outcome) -> None:
+                   outcome: _Outcome, *, careful: bool = True) -> None:
+        """Apply a run of like changes. Creates are inserted optimistically (no twin is the
+        common case) unless ``careful``; everything else locks and compares the target rows
+        first (see the module docstring)."""
         t = s.other
         d, b = m.differ, m.bound
         table_t = b.table(t)
         key_t = list(b.key(t))
         live_cols = d.live_columns[t]
         cols = key_t + [c for c in live_cols if c not in key_t]
+        check = careful or run[0].kind != "create"
         try:
-            got = sess.lock(table_t, cols, key=key_t, keys=[a.tkey for a in run])
-            current = {canonical_key(r[:len(key_t)]): _project(cols, r, live_cols)
-                       for r in got}
-            resolver = LookupResolver({t: _Lookups(sess), s: self.link.connectors[s]})  # type: ignore[dict-item]
-            entries = []
-            for a in run:
-                for row in (a.old, a.new):
-                    if row is not None:
-                        entries.append(Entry((), row, None) if s is Side.LEFT
-                                       else Entry((), None, row))
-            resolved = d._prefetch(entries, resolver)
+            current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+            if check:
+                got = sess.lock(table_t, cols, key=key_t, keys=[a.tkey for a in run])
+                # raw values: Python's == already equates 5, 5.0 and Decimal('5.00');
+                # the canonical form is the fallback (see _same)
+                pos = [cols.index(c) for c in live_cols]
+                current = {tuple(r[:len(key_t)]): tuple(r[i] for i in pos) for r in got}
+            resolved: dict[tuple[Side, int], dict[Any, Any]] = {}
+            if d.has_lookups:
+                resolver = LookupResolver({t: _Lookups(sess),  # type: ignore[dict-item]
+                                           s: self.link.connectors[s]})
+                entries = []
+                for a in run:
+                    for row in (a.old, a.new):
+                        if row is not None:
+                            entries.append(Entry((), row, None) if s is Side.LEFT
+                                           else Entry((), None, row))
+                resolved = d._prefetch(entries, resolver)
         except (RowError, ConstraintViolation) as exc:
             if len(run) == 1:
                 raise _Restart(run[0], exc) from exc
@@ -440,33 +473,36 @@ class Applier:
         updates: list[tuple[_Action, Row]] = []
         deletes: list[_Action] = []
         undecided: list[tuple[_Action, tuple[Any, ...] | None, tuple[Any, ...] | None]] = []
+        build_create, build_live = d.build_create[t], d.build_live[t]
         for a in run:
             try:
-                cur = current.get(canonical_key(a.tkey))
-                new_live = _canon(d.build_live[t](a.new, a.skey, resolved)) \
-                    if a.new is not None else None
-                old_live = self._old_live(d, t, a, resolved)
+                cur = current.get(a.tkey) if check else None
                 if a.kind == "create":
+                    assert a.new is not None
                     if cur is None:
-                        inserts.append((a, d.build_create[t](a.new, a.skey, resolved)))  # type: ignore[arg-type]
-                    elif cur == new_live:
+                        inserts.append((a, build_create(a.new, a.skey, resolved)))
+                        continue
+                    new_live = build_live(a.new, a.skey, resolved)
+                    if _same(cur, new_live):
                         outcome.skipped += 1
                     else:
-                        undecided.append((a, cur, new_live))
+                        undecided.append((a, _canon(cur), None))
                 elif a.kind == "update":
-                    if cur is not None and cur == new_live:
+                    assert a.new is not None
+                    new_vals = build_live(a.new, a.skey, resolved)
+                    if cur is not None and _same(cur, new_vals):
                         outcome.skipped += 1
-                    elif cur is not None and cur == old_live:
-                        updates.append((a, d.build_live[t](a.new, a.skey, resolved)))  # type: ignore[arg-type]
+                    elif cur is not None and _same(cur, self._old_live(d, t, a, resolved)):
+                        updates.append((a, new_vals))
                     else:
-                        undecided.append((a, cur, new_live))
+                        undecided.append((a, _canon(cur) if cur is not None else None, None))
                 else:
                     if cur is None:
                         outcome.skipped += 1
-                    elif cur == old_live:
+                    elif _same(cur, self._old_live(d, t, a, resolved)):
                         deletes.append(a)
                     else:
-                        undecided.append((a, cur, None))
+                        undecided.append((a, _canon(cur), None))
             except RowError as exc:
                 raise _Restart(a, exc) from exc
         if undecided:
@@ -479,7 +515,7 @@ class Applier:
         if a.old is None:
             return None
         try:
-            return _canon(d.build_live[t](a.old, a.skey, resolved))
+            return d.build_live[t](a.old, a.skey, resolved)
         except RowError:
             return None  # the old version no longer resolves: it cannot match the target
 
@@ -736,9 +772,12 @@ def _canon(values: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(canonical(v) for v in values)
 
 
-def _project(cols: list[str], row: Row, wanted: list[str]) -> tuple[Any, ...]:
-    pos = {c: i for i, c in enumerate(cols)}
-    return tuple(canonical(row[pos[c]]) for c in wanted)
+def _same(cur: tuple[Any, ...] | None, values: tuple[Any, ...] | None) -> bool:
+    """Whether a target row's values equal values built for it: Python equality first (it
+    already equates 5 and Decimal('5.00')), then the canonical form (datetimes, booleans)."""
+    if cur is None or values is None:
+        return cur is values
+    return cur == values or _canon(cur) == _canon(values)
 
 
 def _plain(values: tuple[Any, ...] | None, cols: list[str]) -> dict[str, Any] | None:
@@ -787,7 +826,7 @@ def _runs(actions: list[_Action], limit: int) -> Iterator[list[_Action]]:
     run: list[_Action] = []
     keys: set[tuple[Any, ...]] = set()
     for a in actions:
-        k = canonical_key(a.tkey)
+        k = a.tkey  # one side's values, all of its own types: no canonical form needed
         if run and (a.change.map != run[0].change.map or a.kind != run[0].kind
                     or k in keys or len(run) >= limit):
             yield run

@@ -170,6 +170,9 @@ class MapDiffer:
         self.kinds = {s: {c.name: c.kind for c in
                           connectors[s].describe(bound.table(s)).columns.values()} for s in Side}
         self.compared = [i for i, f in enumerate(bound.fields) if f.compared]
+        self._target_keys: dict[Side, Callable[[Row], Row]] = {}
+        #: whether any field is a lookup on either side (rows then need _prefetch first)
+        self.has_lookups = any(f.end(s).is_lookup for f in bound.fields for s in Side)
         self.one_way_source = {
             i: Side.LEFT if f.spec.direction.to_right else Side.RIGHT
             for i, f in enumerate(bound.fields) if not f.spec.direction.bidirectional}
@@ -289,9 +292,18 @@ class MapDiffer:
 
     def target_key(self, s: Side, row: Row) -> Row:
         """The key of ``row``'s twin on the other side, in that side's types."""
-        t = s.other
-        return tuple(coerce(row[i], self.kinds[t][c]) for i, c in
-                     zip(self.key_idx[s], self.bound.key(t), strict=True))
+        fn = self._target_keys.get(s)
+        if fn is None:
+            t = s.other
+            pairs = list(zip(self.key_idx[s], self.bound.key(t), strict=True))
+            if all(self.kinds[s][self.columns[s][i]] is self.kinds[t][c] for i, c in pairs):
+                getter = operator.itemgetter(*[i for i, _c in pairs])
+                fn = (lambda r: getter(r)) if len(pairs) > 1 else (lambda r: (getter(r),))
+            else:
+                kinds = [(i, self.kinds[t][c]) for i, c in pairs]
+                fn = lambda r: tuple(coerce(r[i], k) for i, k in kinds)  # noqa: E731
+            self._target_keys[s] = fn
+        return fn(row)
 
     # -- streaming ---------------------------------------------------------------------------
     def entries(self, *, after: Row | None, batch_size: int) -> Iterator[Entry]:
