@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean services
+.PHONY: demo test lint bench bench-capture clean services
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,10 @@ lint: $(STAMP)
 
 bench: $(STAMP) services
 	$(BIN)/python bench/initial_sync.py
+
+bench-capture: $(STAMP) services
+	bash scripts/bench-deps.sh
+	$(BIN)/python bench/capture.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -41,7 +41,7 @@ if (( ${#missing[@]} )); then
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-say "packages ok ($(dpkg-query -W -f='${Package} ${Version}  ' "${PACKAGES[@]}"))"
+say "packages ok ($(dpkg-query -W -f='${Package} ${Version}\n' "${PACKAGES[@]}" | paste -sd, - | sed 's/,/, /g'))"
 
 pg_up || die "PostgreSQL is not reachable on $PGHOST:5432; run: bash scripts/services.sh"
 

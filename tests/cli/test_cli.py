@@ -17,7 +17,9 @@ from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
 COMMANDS = [["validate"], ["plan"], ["sync"], ["verify"], ["link"], ["unlink"],
             ["import-template"], ["demo"], ["maps", "list"], ["errors", "list"],
-            ["errors", "show"], ["errors", "discard"]]
+            ["errors", "show"], ["errors", "discard"], ["errors", "retry"], ["errors", "resolve"],
+            ["maps", "start"], ["maps", "stop"], ["maps", "pause"], ["maps", "resume"], ["run"],
+            ["status"]]
 
 
 @pytest.fixture
