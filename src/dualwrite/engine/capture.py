@@ -205,6 +205,7 @@ class Applier:
         self._activity: dict[str, tuple[str, int]] = {}
         self._flushed = 0.0
         self._purged = 0.0
+        self._parked: set[tuple[str, tuple[Any, ...]]] | None = None
         self._decoders: dict[tuple[str, Side], Callable[[dict[str, Any]], Row]] = {}
         self.alerts = link.alerts()
         self.on_event = on_event
@@ -316,7 +317,7 @@ class Applier:
         t = s.other
         excluded: dict[int, DualwriteError] = {}
         row_mode = careful = False
-        parked_keys = self.state.parked_keys()
+        parked_keys = self._parked_keys()
         while True:
             outcome = _Outcome()
             try:
@@ -631,8 +632,17 @@ class Applier:
                 raise
 
     # -- parking -----------------------------------------------------------------------------
+    def _parked_keys(self) -> set[tuple[str, tuple[Any, ...]]]:
+        """Keys held by open inbox entries. Only the applier parks, so its own cache is exact
+        but for releases made by other processes, which housekeeping picks up each second."""
+        if self._parked is None:
+            self._parked = self.state.parked_keys()
+        return self._parked
+
     def _park(self, s: Side, parked: list[tuple[_Action, str, str, dict[str, Any] | None]]
               ) -> None:
+        if parked:
+            self._parked = None
         for a, status, kind, info in parked:
             c = a.change
             if status == "error":
@@ -650,6 +660,7 @@ class Applier:
         released = self.state.released_parks()
         if not released:
             return 0
+        self._parked = None
         maps = self.maps(refresh=True)
         n = 0
         for entry_id, items in released:
@@ -663,6 +674,7 @@ class Applier:
                                    check_applied=False)
                 n += 1
             self.state.finish_release(entry_id)
+        self._parked = None
         return n
 
     # -- housekeeping ------------------------------------------------------------------------
