@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import operator
 import os
 import tempfile
 import threading
@@ -333,6 +334,9 @@ class Applier:
                     blocked = set(parked_keys)
                     for a in actions:
                         err = excluded.get(a.change.seq)
+                        if err is None and not blocked:  # the common case: nothing held
+                            live.append(a)
+                            continue
                         held = (a.change.map, canonical_key(a.lkey))
                         if err is not None:
                             outcome.parked.append((a, "error", _kind_of(err), {
@@ -387,30 +391,35 @@ class Applier:
     # -- decoding ----------------------------------------------------------------------------
     def _actions(self, s: Side, changes: list[Change], maps: dict[str, _MapCtx],
                  outcome: _Outcome) -> list[_Action]:
+        """Decode changes into actions for their maps (the hot loop of a large batch: what
+        does not depend on the row is looked up once per map)."""
         out = []
+        per_map: dict[str, tuple[Any, ...] | None] = {}
+        left = s is Side.LEFT
         for c in changes:
-            m = maps.get(c.map)
-            if m is None:
+            ctx = per_map.get(c.map, _UNSET)
+            if ctx is _UNSET:
+                m = maps.get(c.map)
+                ctx = per_map[c.map] = None if m is None else (
+                    self._decoder(c.map, m.differ, s), m.bound.filter(s), m.differ,
+                    operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]))
+            if ctx is None:
                 continue
-            d = m.differ
-            decode = self._decoder(c.map, d, s)
+            decode, flt, d, keyget, width = ctx
             old = decode(c.old) if c.old is not None else None
             new = decode(c.new) if c.new is not None else None
-            flt = m.bound.filter(s)
             was = old is not None and (flt is None or _matches(flt, d, s, old))
             now = new is not None and (flt is None or _matches(flt, d, s, new))
-            kind = {(False, True): "create", (True, False): "delete",
-                    (True, True): "update"}.get((was, now), "none")
-            row = new if new is not None else old
-            assert row is not None
-            skey = tuple(row[i] for i in d.key_idx[s])
-            tkey = d.target_key(s, row)
-            lkey = skey if s is Side.LEFT else tkey
-            if kind == "none":
+            kind = _KINDS[was][now]
+            if kind is None:
                 outcome.skipped += 1
                 continue
+            row = new if new is not None else old
+            assert row is not None
+            skey = keyget(row) if width > 1 else (keyget(row),)
+            tkey = d.target_key(s, row)
             out.append(_Action(c, s, kind, old if was else None, new if now else None,
-                               skey, tkey, lkey))
+                               skey, tkey, skey if left else tkey))
         return out
 
     def _decoder(self, name: str, d: MapDiffer, s: Side
@@ -491,10 +500,12 @@ class Applier:
                 elif a.kind == "update":
                     assert a.new is not None
                     new_vals = build_live(a.new, a.skey, resolved)
-                    if cur is not None and _same(cur, new_vals):
-                        outcome.skipped += 1
-                    elif cur is not None and _same(cur, self._old_live(d, t, a, resolved)):
+                    # the common case first: the target holds the version the change
+                    # started from (raw equality, no canonical fallback needed)
+                    if cur is not None and _same(cur, self._old_live(d, t, a, resolved)):
                         updates.append((a, new_vals))
+                    elif cur is not None and _same(cur, new_vals):
+                        outcome.skipped += 1
                     else:
                         undecided.append((a, _canon(cur) if cur is not None else None, None))
                 else:
@@ -776,6 +787,12 @@ class _PgListener:
 
 
 # -- helpers ---------------------------------------------------------------------------------
+_UNSET: Any = object()
+#: action kind by (row in the filter before, row in the filter after)
+_KINDS: tuple[tuple[str | None, str], tuple[str, str]] = (
+    (None, "create"), ("delete", "update"))
+
+
 def canonical_key(values: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(canonical(v) for v in values)
 
