@@ -349,3 +349,24 @@ def test_change_round_trips_through_the_state_store() -> None:
 
     back = Change.from_dict(decode_doc(encode_doc(c.as_dict())))
     assert back.old == {"x": Decimal("1.50")} and back.key == ("a", 1) and back.at == c.at
+
+
+def test_a_large_update_applies_in_bulk_and_still_sees_conflicts(kinds: tuple[str, str],
+                                                                 make_backend: BackendFactory,
+                                                                 tmp_path: Path) -> None:
+    """Enough rows for the bulk path (one guarded UPDATE on PostgreSQL): rows whose target
+    moved on are taken out of it and settled one by one."""
+    it = make_items(make_backend, tmp_path, *kinds, policy="right-wins")
+    it.left.insert("items", [{"id": i, "name": f"n{i}", "qty": 0} for i in range(80)])
+    with it.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        it.right.app_sql("UPDATE items SET qty = 500 WHERE id = 7")  # a conflict: right wins
+        it.right.app_sql("UPDATE items SET qty = 1 WHERE id = 9")  # already what left writes
+        it.left.app_sql("UPDATE items SET qty = 1")  # one transaction, 80 rows
+        drain(applier)
+        left, right = it.rows("left"), it.rows("right")
+        assert left == right
+        assert left[7] == ("n7", 500) and all(left[i] == (f"n{i}", 1) for i in range(80)
+                                              if i != 7)
+        assert [c["key"] for c in link.state.conflicts()] == [[7]]

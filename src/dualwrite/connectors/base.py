@@ -87,6 +87,14 @@ class WriteSession(ABC):
         other writer changes them between this read and this transaction's writes."""
         return self.fetch(table, columns, key=key, keys=keys)
 
+    def update_if(self, table: str, key: Sequence[str], columns: Sequence[str],
+                  rows: Sequence[tuple[Row, Row, Row]]) -> set[Row] | None:
+        """For each (key, new values, expected values): set ``columns`` to the new values on
+        the row found by ``key`` only if it still holds the expected values, in one statement.
+        Returns the keys of the rows updated, or None where the backend has no such statement
+        (callers then lock, compare and update themselves)."""
+        return None
+
     def capture_own_writes(self) -> None:  # noqa: B027 - backends without capture: nothing
         """Let change capture record this transaction's writes on this side from now on
         (dualwrite's own writes are normally invisible to capture: no echo). Used when a

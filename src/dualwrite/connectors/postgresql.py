@@ -54,30 +54,62 @@ class PostgresConnector(SqlConnector):
         # of a statement per row.
         if len(rows) < COPY_THRESHOLD or not columns:
             return None
+        return len(self._unnest_update(conn, table, key, columns,
+                                       [(k, v, None) for k, v in rows], returning=False))
+
+    def _bulk_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
+                        columns: list[str], rows: Sequence[tuple[Row, Row, Row]]
+                        ) -> set[Row] | None:
+        if len(rows) < COPY_THRESHOLD or not columns:
+            return None
+        return self._unnest_update(conn, table, key, columns, rows, returning=True)
+
+    def _unnest_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
+                       columns: list[str], rows: Sequence[tuple[Row, Row, Row | None]],
+                       *, returning: bool) -> set[Row]:
+        """UPDATE ... FROM unnest(key, new[, expected]) arrays; with ``returning``, only rows
+        that still hold the expected values (IS NOT DISTINCT FROM), and their keys back."""
         from psycopg import sql
 
-        names = [*key, *columns]
+        guarded = returning
+        names = [*key, *columns, *(columns if guarded else [])]
         types = [table.c[c].type.compile(dialect=self.engine.dialect) for c in names]
         arrays = [[r[0][i] for r in rows] for i in range(len(key))] + \
             [[r[1][i] for r in rows] for i in range(len(columns))]
+        if guarded:
+            arrays += [[r[2][i] for r in rows] for i in range(len(columns))]  # type: ignore[index]
         alias = [sql.Identifier(f"v{i}") for i in range(len(names))]
+        t = sql.Identifier(table.name)
+        match = [sql.SQL("{t}.{c} = u.{a}").format(t=t, c=sql.Identifier(c), a=alias[i])
+                 for i, c in enumerate(key)]
+        if guarded:
+            match.append(sql.SQL("ROW({cur}) IS NOT DISTINCT FROM ROW({exp})").format(
+                cur=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(c))
+                                       for c in columns),
+                exp=sql.SQL(", ").join(sql.SQL("u.{}").format(alias[len(key) + len(columns)
+                                                                  + i])
+                                       for i in range(len(columns)))))
         stmt = sql.SQL("UPDATE {t} SET {sets} FROM unnest({arrays}) AS u({alias}) "
-                       "WHERE {match}").format(
-            t=sql.Identifier(table.name),
+                       "WHERE {match}{ret}").format(
+            t=t,
             sets=sql.SQL(", ").join(
                 sql.SQL("{} = u.{}").format(sql.Identifier(c), alias[len(key) + i])
                 for i, c in enumerate(columns)),
             arrays=sql.SQL(", ").join(
-                sql.SQL("%s::{}[]").format(sql.SQL(typ)) for typ in types),
+                sql.SQL("%b::{}[]").format(sql.SQL(typ)) for typ in types),
             alias=sql.SQL(", ").join(alias),
-            match=sql.SQL(" AND ").join(
-                sql.SQL("{t}.{c} = u.{a}").format(t=sql.Identifier(table.name),
-                                                 c=sql.Identifier(c), a=alias[i])
-                for i, c in enumerate(key)))
+            match=sql.SQL(" AND ").join(match),
+            ret=sql.SQL(" RETURNING {}").format(sql.SQL(", ").join(
+                sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(c)) for c in key))
+            if returning else sql.SQL(""))
         raw: Any = conn.connection.driver_connection
         with raw.cursor() as cur:
+            # %b: binary parameters; text-dumping arrays of decimals and times quotes every
+            # element
             cur.execute(stmt, arrays)
-            return int(cur.rowcount)
+            if returning:
+                return {tuple(r) for r in cur.fetchall()}
+            return {(i,) for i in range(max(cur.rowcount, 0))}
 
     def recover(self, prefix: str) -> list[str]:
         # pg_prepared_xacts lists every database's branches: keep this database's own.

@@ -124,6 +124,12 @@ class SqlWriteSession(WriteSession):
              keys: Sequence[Row]) -> list[Row]:
         return self.connector._fetch(self.conn, table, columns, key, keys, lock=True)
 
+    def update_if(self, table: str, key: Sequence[str], columns: Sequence[str],
+                  rows: Sequence[tuple[Row, Row, Row]]) -> set[Row] | None:
+        with self.connector.translating(f"update {table}"):
+            return self.connector._bulk_update_if(self.conn, self.connector.table(table),
+                                                  list(key), list(columns), rows)
+
     def capture_own_writes(self) -> None:
         with self.connector.translating("let capture see this transaction"):
             self.connector._unmark_origin(self.conn)
@@ -201,6 +207,12 @@ class SqlConnector(Connector):
     def _bulk_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
                      columns: list[str], rows: Sequence[tuple[Row, Row]]) -> int | None:
         """Update many rows in one statement where the dialect can; None: use executemany."""
+        return None
+
+    def _bulk_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
+                        columns: list[str], rows: Sequence[tuple[Row, Row, Row]]
+                        ) -> set[Row] | None:
+        """See :meth:`WriteSession.update_if`; None where the dialect has no bulk form."""
         return None
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:

@@ -456,6 +456,9 @@ class Applier:
         live_cols = d.live_columns[t]
         cols = key_t + [c for c in live_cols if c not in key_t]
         check = careful or run[0].kind != "create"
+        if not careful and run[0].kind == "update" and not d.has_lookups and \
+                self._guarded_update(sess, s, m, run, outcome):
+            return
         try:
             current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             if check:
@@ -521,6 +524,34 @@ class Applier:
             self._decide(sess, s, m, undecided, resolved, inserts, updates, deletes, outcome)
         self._write(sess, s, m, inserts, updates, deletes)
         outcome.applied += len(inserts) + len(updates) + len(deletes)
+
+    def _guarded_update(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
+                        outcome: _Outcome) -> bool:
+        """Many updates in one statement that writes each row only where the target still
+        holds the version the change started from (the common case); the rest go through the
+        careful path. False where the backend has no such statement."""
+        t = s.other
+        d, b = m.differ, m.bound
+        rows = []
+        try:
+            for a in run:
+                assert a.new is not None and a.old is not None
+                rows.append((a.tkey, d.build_live[t](a.new, a.skey, {}),
+                             d.build_live[t](a.old, a.skey, {})))
+        except RowError:
+            return False  # a value that does not convert: let the careful path name it
+        try:
+            done = sess.update_if(b.table(t), list(b.key(t)), d.live_columns[t], rows)
+        except ConstraintViolation:
+            raise  # the batch is redone carefully, then row by row
+        if done is None:
+            return False
+        done_keys = {canonical_key(k) for k in done}
+        rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
+        outcome.applied += len(run) - len(rest)
+        if rest:
+            self._apply_run(sess, s, m, rest, outcome, careful=True)
+        return True
 
     def _old_live(self, d: MapDiffer, t: Side, a: _Action,
                   resolved: dict[tuple[Side, int], dict[Any, Any]]) -> tuple[Any, ...] | None:
