@@ -703,15 +703,15 @@ class Applier:
         if not released:
             return 0
         self._parked = None
-        maps = self.maps(refresh=True)
+        maps = {k: m for k, m in self.maps(refresh=True).items() if m.state in APPLYING}
         n = 0
         for entry_id, items in released:
+            if any(doc["map"] not in maps for _s, doc in items):
+                continue  # its map is paused (or stopped): it replays once the map runs
             for source, doc in items:
                 s = Side(source)
                 change = Change.from_dict(doc)
-                m = maps.get(change.map)
-                if m is None:
-                    continue
+                m = maps[change.map]
                 self.apply_changes(s, [change], {change.map: m}, forget=False,
                                    check_applied=False)
                 n += 1

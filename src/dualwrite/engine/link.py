@@ -289,6 +289,7 @@ class Link:
         bound = self.bound_maps(names)
         for b in reversed(bound):
             self.remove_capture(b)
+            self.state.drop_parked(b.name)
             self.state.set_map_state(b.name, "stopped", forget_synced=True)
         return [b.name for b in bound]
 

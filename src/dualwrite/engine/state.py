@@ -452,15 +452,25 @@ class StateStore:
     def _park(conn: sa.Connection, map_name: str, k: str, source: str,
               change: dict[str, Any], role: str, entry: int) -> None:
         seq = int(change["seq"])
-        found = conn.execute(sa.select(parked.c.id).where(
+        found = conn.execute(sa.select(parked.c.id, parked.c.role).where(
             parked.c.map == map_name, parked.c.source == source, parked.c.seq == seq)).first()
         if found:
+            # delivered again (a crash before the target committed): a change that blocks
+            # its key keeps blocking it, it does not wait behind itself
+            if found.role == "blocker" and role == "waiting":
+                return
             conn.execute(sa.update(parked).where(parked.c.id == found.id).values(
                 error_id=entry, role=role))
         else:
             conn.execute(sa.insert(parked).values(
                 map=map_name, row_key=k, source=source, seq=seq, role=role, error_id=entry,
                 change=encode_doc(change), parked_at=now_iso()))
+
+    def drop_parked(self, map_name: str) -> int:
+        """Forget the changes parked for a map (it was stopped: its next start syncs it
+        again). Their inbox entries stay, for the record."""
+        with self.engine.begin() as conn:
+            return int(conn.execute(sa.delete(parked).where(parked.c.map == map_name)).rowcount)
 
     def parked_keys(self) -> set[tuple[str, tuple[Any, ...]]]:
         """(map, canonical key) of every key held by an open inbox entry."""
