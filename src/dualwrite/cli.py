@@ -385,6 +385,10 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         ("map", "map"), ("state", "state"), ("lag s", "lag_seconds"),
         ("lag changes", "lag_changes"), ("queued", "queued"), ("errors", "errors"),
         ("conflicts", "conflicts"), ("last applied", "last_applied_at")])
+    down = sorted({e for r in rows for e in r["unreachable"]})
+    if down:
+        out.print(f"unreachable: {', '.join(down)} (queues counted on the other side only)",
+                  markup=False)
     for a in alerts:
         out.print(f"alert ({a['action']}): {a['message']}", markup=False)
 

@@ -32,6 +32,7 @@ from dualwrite.engine.live import recover as recover_branches
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
 from dualwrite.errors import (
+    ConnectorError,
     Issue,
     LinkError,
     TerminalConnectorError,
@@ -334,9 +335,15 @@ class Link:
 
         states = self.state.map_states()
         stats: dict[Side, dict[str, tuple[int, int, Any]]] = {}
+        unreachable = []
         for s in Side:
             c = self.connectors[s]
-            stats[s] = c.capture_log().stats() if c.capabilities.capture else {}
+            try:
+                stats[s] = c.capture_log().stats() if c.capabilities.capture else {}
+            except ConnectorError:
+                # status is most wanted when a side is down: report what the other side has
+                stats[s] = {}
+                unreachable.append(self.env_name(s))
         errors: dict[str, int] = {}
         for e in self.state.errors():
             errors[e.map] = errors.get(e.map, 0) + 1
@@ -359,6 +366,7 @@ class Link:
                 "conflicts": conflicts.get(m.name, 0),
                 "last_applied_at": (activity.get(m.name) or {}).get("last_applied_at"),
                 "initial_synced_at": st.get("initial_synced_at"),
+                "unreachable": unreachable,
             })
         return out
 
