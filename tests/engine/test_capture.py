@@ -370,3 +370,24 @@ def test_a_large_update_applies_in_bulk_and_still_sees_conflicts(kinds: tuple[st
         assert left[7] == ("n7", 500) and all(left[i] == (f"n{i}", 1) for i in range(80)
                                               if i != 7)
         assert [c["key"] for c in link.state.conflicts()] == [[7]]
+
+
+def test_a_row_changed_and_changed_back_is_still_a_conflict(kinds: tuple[str, str],
+                                                            make_backend: BackendFactory,
+                                                            tmp_path: Path) -> None:
+    """ABA: the target holds the old version again, but it changed twice meanwhile; its
+    queued changes must neither be missed as a conflict nor flow back over the winner."""
+    it = make_items(make_backend, tmp_path, *kinds, policy="left-wins")
+    it.left.insert("items", [{"id": 1, "name": "a", "qty": 1}])
+    with it.link() as link:
+        link.start_maps()
+        it.right.app_sql("UPDATE items SET qty = 2 WHERE id = 1")
+        it.right.app_sql("UPDATE items SET qty = 1 WHERE id = 1")
+        it.right.app_sql("UPDATE items SET name = 'b' WHERE id = 1")
+        it.right.app_sql("UPDATE items SET name = 'a' WHERE id = 1")
+        it.left.app_sql("UPDATE items SET qty = 5 WHERE id = 1")
+        drain(link.applier())
+        assert it.rows("left")[1] == it.rows("right")[1] == ("a", 5)
+        [c] = link.state.conflicts()
+        assert c["winner"] == "left"
+        assert it.log("left") == [] and it.log("right") == []

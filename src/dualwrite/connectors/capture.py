@@ -508,34 +508,38 @@ class CaptureLog:
                       at=parse_time(r[7]), size=size)
 
     def pending(self, conn: sa.Connection, map_name: str, keys: Sequence[tuple[Any, ...]],
-                sql_types: Sequence[str]) -> dict[tuple[Any, ...], list[Change]]:
+                sql_types: Sequence[str]) -> list[Change]:
         """Committed changes of ``map_name`` still queued in this log for the given keys
-        (values in this side's types; ``sql_types`` are the key columns' SQL types), inside
-        the caller's transaction. Keyed by the key as given."""
-        out: dict[tuple[Any, ...], list[Change]] = {}
-        if not keys or not self._exists():
-            return out
+        (values in this side's types; ``sql_types`` are the key columns' SQL types), oldest
+        first, inside the caller's transaction. The database formats the asked keys itself,
+        exactly as its triggers did."""
+        if not keys:
+            return []
         width = len(sql_types)
-        for i in range(0, len(keys), 200):
-            chunk = list(keys[i:i + 200])
-            params: dict[str, Any] = {"m": map_name}
-            exprs = []
-            for j, k in enumerate(chunk):
-                names = [f"k{j}_{n}" for n in range(width)]
-                params.update(zip(names, k, strict=True))
-                exprs.append(f"{self.dialect.key_text(names, sql_types)}")
-            # the key text of each asked key, as the database formats it, next to its index
-            texts = conn.execute(sa.text("SELECT " + ", ".join(exprs)), params).one()
-            index = {str(t): chunk[j] for j, t in enumerate(texts)}
-            tparams: dict[str, Any] = {"m": map_name,
-                                       **{f"t{j}": t for j, t in enumerate(index)}}
-            rows = conn.execute(sa.text(
-                f"SELECT {self._columns()} FROM {CHANGES} WHERE map = :m "
-                f"AND k IN ({', '.join(f':t{j}' for j in range(len(index)))}) ORDER BY seq"),
-                tparams).all()
-            for r in rows:
-                out.setdefault(index[str(r[4])], []).append(self._change(r))
-        return out
+        rows: list[Any] = []
+        if isinstance(self.dialect, PostgresDialect):
+            # all keys in one statement: one array parameter per key column
+            arrays = {f"a{n}": [k[n] for k in keys] for n in range(width)}
+            unnest = ", ".join(f"CAST(:a{n} AS {t}[])" for n, t in enumerate(sql_types))
+            cols = ", ".join(f"u.v{n}" for n in range(width))
+            names = ", ".join(f"v{n}" for n in range(width))
+            rows = list(conn.execute(sa.text(
+                f"SELECT {self._columns()} FROM {CHANGES} WHERE map = :m AND k = ANY(ARRAY("
+                f"SELECT json_build_array({cols})::text FROM unnest({unnest}) AS u({names})))"
+                " ORDER BY seq"), {"m": map_name, **arrays}).all())
+        else:
+            for i in range(0, len(keys), 200):
+                chunk = list(keys[i:i + 200])
+                params: dict[str, Any] = {"m": map_name}
+                exprs = []
+                for j, k in enumerate(chunk):
+                    names_j = [f"k{j}_{n}" for n in range(width)]
+                    params.update(zip(names_j, k, strict=True))
+                    exprs.append(self.dialect.key_text(names_j, sql_types))
+                rows += conn.execute(sa.text(
+                    f"SELECT {self._columns()} FROM {CHANGES} WHERE map = :m "
+                    f"AND k IN ({', '.join(exprs)}) ORDER BY seq"), params).all()
+        return sorted((self._change(r) for r in rows), key=lambda c: c.seq)
 
     def forget_keys(self, conn: sa.Connection, changes: Sequence[Change]) -> None:
         """Delete given changes inside the caller's transaction (superseded by a conflict

@@ -446,19 +446,54 @@ class Applier:
     # -- applying one run of like changes ----------------------------------------------------
     def _apply_run(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
                    outcome: _Outcome, *, careful: bool = True) -> None:
-        """Apply a run of like changes. Creates are inserted optimistically (no twin is the
-        common case) unless ``careful``; everything else locks and compares the target rows
-        first (see the module docstring)."""
+        """Apply a run of like changes (see the module docstring for the rules).
+
+        First, the target's own queued changes for these keys: a key the target changed too
+        since it was last synced is a conflict whatever the target holds now (it may have
+        changed and changed back). The other keys take the fast path where there is one:
+        creates are inserted optimistically (no twin is the common case) unless ``careful``;
+        updates on PostgreSQL are one statement that writes a row only where it still holds
+        the old version. Everything else locks the target rows and compares."""
+        t = s.other
+        d = m.differ
+        theirs = self._theirs(sess, t, m, run)
+        if theirs:
+            contested = [a for a in run if canonical_key(a.tkey) in theirs]
+            run = [a for a in run if canonical_key(a.tkey) not in theirs]
+            self._compare_and_write(sess, s, m, contested, outcome, theirs, check=True)
+        if not run:
+            return
+        if not careful and run[0].kind == "update" and not d.has_lookups and \
+                self._guarded_update(sess, s, m, run, outcome):
+            return
+        self._compare_and_write(sess, s, m, run, outcome, {},
+                                check=careful or run[0].kind != "create")
+
+    def _theirs(self, sess: WriteSession, t: Side, m: _MapCtx, run: list[_Action]
+                ) -> dict[tuple[Any, ...], list[Change]]:
+        """The target's captured changes still queued for the run's keys, by key."""
+        d, b = m.differ, m.bound
+        key_types = [d.connectors[t].describe(b.table(t)).columns[c].sql_type
+                     for c in b.key(t)]
+        found = self.logs[t].pending(sess.conn,  # type: ignore[attr-defined]
+                                     b.name, [a.tkey for a in run], key_types)
+        out: dict[tuple[Any, ...], list[Change]] = {}
+        kinds = [d.kinds[t][c] for c in b.key(t)]
+        for c in found:
+            k = canonical_key(tuple(coerce(v, kind)
+                                    for v, kind in zip(c.key, kinds, strict=True)))
+            out.setdefault(k, []).append(c)
+        return out
+
+    def _compare_and_write(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
+                           outcome: _Outcome, theirs: dict[tuple[Any, ...], list[Change]],
+                           *, check: bool) -> None:
         t = s.other
         d, b = m.differ, m.bound
         table_t = b.table(t)
         key_t = list(b.key(t))
         live_cols = d.live_columns[t]
         cols = key_t + [c for c in live_cols if c not in key_t]
-        check = careful or run[0].kind != "create"
-        if not careful and run[0].kind == "update" and not d.has_lookups and \
-                self._guarded_update(sess, s, m, run, outcome):
-            return
         try:
             current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             if check:
@@ -485,43 +520,43 @@ class Applier:
         inserts: list[tuple[_Action, Row]] = []
         updates: list[tuple[_Action, Row]] = []
         deletes: list[_Action] = []
-        undecided: list[tuple[_Action, tuple[Any, ...] | None, tuple[Any, ...] | None]] = []
+        undecided: list[tuple[_Action, tuple[Any, ...] | None]] = []
+        conflicts: list[tuple[_Action, tuple[Any, ...] | None, list[Change]]] = []
         build_create, build_live = d.build_create[t], d.build_live[t]
         for a in run:
             try:
                 cur = current.get(a.tkey) if check else None
-                if a.kind == "create":
+                new_vals = build_live(a.new, a.skey, resolved) if a.new is not None else None
+                if a.new is not None and cur is not None and _same(cur, new_vals):
+                    outcome.skipped += 1  # already there
+                    continue
+                if a.new is None and cur is None and check:
+                    outcome.skipped += 1  # a delete of a row already gone
+                    continue
+                contested = theirs.get(canonical_key(a.tkey))
+                if contested:
+                    conflicts.append((a, _canon(cur) if cur is not None else None, contested))
+                elif a.kind == "create":
                     assert a.new is not None
                     if cur is None:
                         inserts.append((a, build_create(a.new, a.skey, resolved)))
-                        continue
-                    new_live = build_live(a.new, a.skey, resolved)
-                    if _same(cur, new_live):
-                        outcome.skipped += 1
                     else:
-                        undecided.append((a, _canon(cur), None))
+                        undecided.append((a, _canon(cur)))
                 elif a.kind == "update":
-                    assert a.new is not None
-                    new_vals = build_live(a.new, a.skey, resolved)
-                    # the common case first: the target holds the version the change
-                    # started from (raw equality, no canonical fallback needed)
+                    assert new_vals is not None
                     if cur is not None and _same(cur, self._old_live(d, t, a, resolved)):
                         updates.append((a, new_vals))
-                    elif cur is not None and _same(cur, new_vals):
-                        outcome.skipped += 1
                     else:
-                        undecided.append((a, _canon(cur) if cur is not None else None, None))
+                        undecided.append((a, _canon(cur) if cur is not None else None))
+                elif _same(cur, self._old_live(d, t, a, resolved)):
+                    deletes.append(a)
                 else:
-                    if cur is None:
-                        outcome.skipped += 1
-                    elif _same(cur, self._old_live(d, t, a, resolved)):
-                        deletes.append(a)
-                    else:
-                        undecided.append((a, _canon(cur), None))
+                    undecided.append((a, _canon(cur) if cur is not None else None))
             except RowError as exc:
                 raise _Restart(a, exc) from exc
-        if undecided:
-            self._decide(sess, s, m, undecided, resolved, inserts, updates, deletes, outcome)
+        if undecided or conflicts:
+            self._decide(sess, s, m, undecided, conflicts, resolved, inserts, updates,
+                         deletes, outcome)
         self._write(sess, s, m, inserts, updates, deletes)
         outcome.applied += len(inserts) + len(updates) + len(deletes)
 
@@ -540,17 +575,14 @@ class Applier:
                              d.build_live[t](a.old, a.skey, {})))
         except RowError:
             return False  # a value that does not convert: let the careful path name it
-        try:
-            done = sess.update_if(b.table(t), list(b.key(t)), d.live_columns[t], rows)
-        except ConstraintViolation:
-            raise  # the batch is redone carefully, then row by row
+        done = sess.update_if(b.table(t), list(b.key(t)), d.live_columns[t], rows)
         if done is None:
             return False
         done_keys = {canonical_key(k) for k in done}
         rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
         outcome.applied += len(run) - len(rest)
         if rest:
-            self._apply_run(sess, s, m, rest, outcome, careful=True)
+            self._compare_and_write(sess, s, m, rest, outcome, {}, check=True)
         return True
 
     def _old_live(self, d: MapDiffer, t: Side, a: _Action,
@@ -563,57 +595,63 @@ class Applier:
             return None  # the old version no longer resolves: it cannot match the target
 
     def _decide(self, sess: WriteSession, s: Side, m: _MapCtx,
-                undecided: list[tuple[_Action, tuple[Any, ...] | None, tuple[Any, ...] | None]],
+                undecided: list[tuple[_Action, tuple[Any, ...] | None]],
+                conflicts: list[tuple[_Action, tuple[Any, ...] | None, list[Change]]],
                 resolved: dict[tuple[Side, int], dict[Any, Any]],
                 inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
                 deletes: list[_Action], outcome: _Outcome) -> None:
-        """The target row is neither the version the change started from nor the one it
-        ends with. Superseded, overwritten, or a conflict settled by the map's policy."""
+        """Changes whose target row is neither the version they started from nor the one they
+        end with, or that the target changed too: superseded (both sides agree now),
+        overwritten (the target's version is news to nobody), or a conflict settled by the
+        map's policy."""
         t = s.other
         d, b = m.differ, m.bound
-        # Do both sides agree already? (a later change, or a synchronous write, got there)
+        asked = [a for a, _c in undecided] + [a for a, _c, _x in conflicts]
         src = self.link.connectors[s].fetch(b.table(s), d.columns[s], key=list(b.key(s)),
-                                            keys=[a.skey for a, _c, _n in undecided])
+                                            keys=[a.skey for a in asked])
         src_now = {canonical_key(tuple(r[i] for i in d.key_idx[s])): r for r in src}
-        key_types = [d.connectors[t].describe(b.table(t)).columns[c].sql_type
-                     for c in b.key(t)]
-        pending = self.logs[t].pending(sess.conn, b.name,  # type: ignore[attr-defined]
-                                       [a.tkey for a, _c, _n in undecided], key_types)
-        pending_by = {canonical_key(k): v for k, v in pending.items()}
-        to_forget: list[Change] = []
-        for a, cur, _new in undecided:
+
+        def agree(a: _Action, cur: tuple[Any, ...] | None) -> bool:
+            """Both sides hold the same version now (a later change, or a synchronous write,
+            got there): nothing to apply."""
             now_row = src_now.get(canonical_key(a.skey))
+            if now_row is None or cur is None:
+                return now_row is None and cur is None
             try:
-                src_live = _canon(d.build_live[t](now_row, a.skey, resolved)) \
-                    if now_row is not None else None
+                return _canon(d.build_live[t](now_row, a.skey, resolved)) == cur
             except RowError:
-                src_live = None
-            if src_live == cur and (now_row is None) == (cur is None):
+                return False
+
+        for a, cur in undecided:
+            if agree(a, cur):
+                outcome.skipped += 1
+            else:
+                self._force(a, cur, d, t, resolved, inserts, updates, deletes)
+        to_forget: list[Change] = []
+        for a, cur, theirs in conflicts:
+            if agree(a, cur):
                 outcome.skipped += 1
                 continue
-            theirs = pending_by.get(canonical_key(a.tkey), [])
-            if theirs:
-                policy = b.spec.conflict
-                winner = self._winner(policy, a, theirs)
-                record = {"map_name": b.name, "key": list(a.lkey), "policy": policy.value,
-                          "winner": winner.value if winner else "manual",
-                          "source": s.value, "incoming": a.change.as_dict(),
-                          "target": _plain(cur, d.live_columns[t])}
-                outcome.conflicts.append(record)
-                if winner is None:
-                    outcome.parked.append((a, "error", "conflict", {
-                        "reason": f"conflict: both sides changed this row since it was last "
-                        f"synced (map policy: manual); {self.env[s]} changed it at "
-                        f"{a.change.at.isoformat()}, {self.env[t]} at "
-                        f"{max(x.at for x in theirs).isoformat()}",
-                        "target": _plain(cur, d.live_columns[t]),
-                        "theirs": [x.as_dict() for x in theirs]}))
-                    continue
-                if winner is t:
-                    outcome.skipped += 1
-                    continue
+            policy = b.spec.conflict
+            winner = self._winner(policy, a, theirs)
+            outcome.conflicts.append({
+                "map_name": b.name, "key": list(a.lkey), "policy": policy.value,
+                "winner": winner.value if winner else "manual", "source": s.value,
+                "incoming": a.change.as_dict(), "target": _plain(cur, d.live_columns[t])})
+            if winner is None:
+                outcome.parked.append((a, "error", "conflict", {
+                    "reason": f"conflict: both sides changed this row since it was last "
+                    f"synced (map policy: manual); {self.env[s]} changed it at "
+                    f"{a.change.at.isoformat()}, {self.env[t]} at "
+                    f"{max(x.at for x in theirs).isoformat()}",
+                    "target": _plain(cur, d.live_columns[t]),
+                    "theirs": [x.as_dict() for x in theirs]}))
+            elif winner is t:
+                outcome.skipped += 1
+            else:
+                # the target's own changes to this row lost: they must not flow back
                 to_forget += theirs
-            self._force(a, cur, d, t, resolved, inserts, updates, deletes)
+                self._force(a, cur, d, t, resolved, inserts, updates, deletes)
         if to_forget:
             self.logs[t].forget_keys(sess.conn, to_forget)  # type: ignore[attr-defined]
 
