@@ -264,7 +264,8 @@ def test_writes_during_the_initial_sync_are_applied_after_it(kinds: tuple[str, s
         left, right = it.rows("left"), it.rows("right")
         assert left == right and len(left) == 102
         assert left[95] == ("n95", 1000) and left[5] == ("n5", 1001) and left[600] == ("crm", 2)
-        assert link.state.conflicts() == []
+        # what the copy already carried is recognised, neither a conflict nor an error
+        assert link.state.conflicts() == [] and link.state.errors() == []
 
 
 def test_start_refuses_missing_dependencies_then_starts_them_in_order(
@@ -391,3 +392,20 @@ def test_a_row_changed_and_changed_back_is_still_a_conflict(kinds: tuple[str, st
         [c] = link.state.conflicts()
         assert c["winner"] == "left"
         assert it.log("left") == [] and it.log("right") == []
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-values", "different-values"])
+def test_a_row_created_on_both_sides_is_compared_not_rejected(kinds: tuple[str, str],
+                                                              make_backend: BackendFactory,
+                                                              tmp_path: Path,
+                                                              same: bool) -> None:
+    it = make_items(make_backend, tmp_path, *kinds, policy="left-wins")
+    with it.link() as link:
+        link.start_maps()
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'left', 1)")
+        it.right.app_sql(f"INSERT INTO items (id, name, qty) VALUES "
+                         f"(1, '{'left' if same else 'right'}', 1)")
+        drain(link.applier())
+        assert it.rows("left")[1] == it.rows("right")[1] == ("left", 1)
+        assert link.state.errors() == []
+        assert len(link.state.conflicts()) == (0 if same else 1)

@@ -557,7 +557,7 @@ class Applier:
         if undecided or conflicts:
             self._decide(sess, s, m, undecided, conflicts, resolved, inserts, updates,
                          deletes, outcome)
-        self._write(sess, s, m, inserts, updates, deletes)
+        self._write(sess, s, m, inserts, updates, deletes, optimistic=not check)
         outcome.applied += len(inserts) + len(updates) + len(deletes)
 
     def _guarded_update(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
@@ -686,7 +686,9 @@ class Applier:
 
     def _write(self, sess: WriteSession, s: Side, m: _MapCtx,
                inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
-               deletes: list[_Action]) -> None:
+               deletes: list[_Action], *, optimistic: bool = False) -> None:
+        """Write what was decided. An optimistic insert that meets a row is not an error of
+        the change: the batch is redone carefully (comparing with that row)."""
         t = s.other
         d, b = m.differ, m.bound
         table = b.table(t)
@@ -704,7 +706,8 @@ class Applier:
             try:
                 fn()
             except ConstraintViolation as exc:
-                if len(acts) == 1:
+                if len(acts) == 1 and not (optimistic and acts is not deletes and
+                                           acts[0].kind == "create"):
                     raise _Restart(acts[0], RowError(
                         f"the database rejected the change: {exc.message}", map=b.name,
                         side=self.env[t], table=table, key=acts[0].tkey,
