@@ -211,6 +211,7 @@ class Applier:
         self.alerts = link.alerts()
         self.on_event = on_event
         self._waiter: Any = None
+        self._waiter_at = 0.0
 
     # -- maps --------------------------------------------------------------------------------
     def maps(self, refresh: bool = False) -> dict[str, _MapCtx]:
@@ -254,19 +255,32 @@ class Applier:
         if pending_retry:
             delay = min(delay, max(min(pending_retry), 0.001))
         waiter = self._notify_waiter()
-        if waiter is not None:
+        if waiter is None:
+            stop.wait(delay)
+            return
+        try:
             waiter(max(delay, 0.05) if not pending_retry else delay)
-        else:
+        except Exception as exc:  # any failure of the LISTEN session
+            # A lost LISTEN session (server restart, terminated backend) must not stop the
+            # applier: poll, and listen again a little later.
+            log.warning("LISTEN session lost (%s); polling until it is back", exc)
+            waiter.close()
+            self._waiter = None
+            self._waiter_at = time.monotonic() + 1.0
             stop.wait(delay)
 
-    def _notify_waiter(self) -> Callable[[float], None] | None:
-        """On a link whose both sides are PostgreSQL, wait on LISTEN instead of polling."""
-        if self._waiter is None:
+    def _notify_waiter(self) -> _PgListener | None:
+        """On a link whose both sides are PostgreSQL, wait on LISTEN instead of polling (set
+        up again after a failure, at most once a second)."""
+        if self._waiter is None and time.monotonic() >= self._waiter_at:
             self._waiter = False
             if all(c.engine.dialect.name == "postgresql"  # type: ignore[attr-defined]
                    for c in self.link.connectors.values()):
-                with contextlib.suppress(Exception):
+                try:
                     self._waiter = _PgListener([c.url for c in self.link.connectors.values()])
+                except Exception:  # unreachable now: poll, retry later
+                    self._waiter = None
+                    self._waiter_at = time.monotonic() + 1.0
         return self._waiter or None
 
     def close(self) -> None:
