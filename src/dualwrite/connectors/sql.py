@@ -302,7 +302,9 @@ class SqlConnector(Connector):
         return any(w in text for w in (
             "connection refused", "could not connect", "server closed", "lost connection",
             "deadlock", "lock wait timeout", "database is locked", "serialization",
-            "can't connect", "connection reset", "terminating connection", "gone away"))
+            "can't connect", "connection reset", "terminating connection", "gone away",
+            "not currently accepting connections", "the database system is starting up",
+            "the database system is shutting down", "connection failed"))
 
     @staticmethod
     def _driver_message(exc: sa_exc.DBAPIError | sa_exc.StatementError) -> str:

@@ -336,7 +336,11 @@ class Applier:
         while True:
             outcome = _Outcome()
             try:
-                with self.link.connectors[t].transaction() as sess:
+                # every statement of the apply transaction passes the connector's error
+                # translation: a lost session is a transient error, retried with backoff
+                with self.link.connectors[t].translating(  # type: ignore[attr-defined]
+                        "apply captured changes"), \
+                        self.link.connectors[t].transaction() as sess:
                     conn = sess.conn  # type: ignore[attr-defined]
                     pairs = sorted({(c.map, c.txid) for c in changes})
                     done, marks = self.logs[t].applied(conn, self.env[s], pairs) \
@@ -921,6 +925,7 @@ def _unreachable(exc: ConnectorError) -> bool:
     return any(w in text for w in ("connection refused", "could not connect", "server closed",
                                    "lost connection", "terminating connection", "gone away",
                                    "does not allow connections", "can't connect",
+                                   "not currently accepting connections",
                                    "connection is closed", "closed the connection"))
 
 
