@@ -482,14 +482,16 @@ class CaptureLog:
                     f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) ORDER BY seq "
                     f"LIMIT {int(limit)}"), params).all()
                 if len(rows) >= limit:
-                    # The last transactions may be cut by the limit: read them whole.
+                    # The last transactions may be cut by the limit: read the rest of them
+                    # (their changes after the last one read).
                     txids = sorted({r[2] for r in rows})
-                    have = {r[0] for r in rows}
-                    tparams = {**params, **{f"t{i}": t for i, t in enumerate(txids)}}
+                    tparams = {**params, "after": rows[-1][0],
+                               **{f"t{i}": t for i, t in enumerate(txids)}}
                     more = conn.execute(sa.text(
-                        f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) AND txid IN "
-                        f"({', '.join(f':t{i}' for i in range(len(txids)))})"), tparams).all()
-                    rows = [*rows, *(r for r in more if r[0] not in have)]
+                        f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) AND seq > :after "
+                        f"AND txid IN ({', '.join(f':t{i}' for i in range(len(txids)))})"),
+                        tparams).all()
+                    rows = [*rows, *more]
             conn.rollback()
         return [self._change(r) for r in rows]
 

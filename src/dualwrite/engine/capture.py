@@ -259,7 +259,10 @@ class Applier:
             stop.wait(delay)
             return
         try:
-            waiter(max(delay, 0.05) if not pending_retry else delay)
+            # only PostgreSQL sides notify: with another kind of side, wake at least every
+            # poll interval to look at its log
+            everyone_notifies = len(waiter.conns) == len(self.link.connectors)
+            waiter(max(delay, 0.05) if everyone_notifies and not pending_retry else delay)
         except Exception as exc:  # any failure of the LISTEN session
             # A lost LISTEN session (server restart, terminated backend) must not stop the
             # applier: poll, and listen again a little later.
@@ -270,14 +273,15 @@ class Applier:
             stop.wait(delay)
 
     def _notify_waiter(self) -> _PgListener | None:
-        """On a link whose both sides are PostgreSQL, wait on LISTEN instead of polling (set
+        """LISTEN on the PostgreSQL sides, so that their changes wake the applier at once (set
         up again after a failure, at most once a second)."""
         if self._waiter is None and time.monotonic() >= self._waiter_at:
             self._waiter = False
-            if all(c.engine.dialect.name == "postgresql"  # type: ignore[attr-defined]
-                   for c in self.link.connectors.values()):
+            urls = [c.url for c in self.link.connectors.values()
+                    if c.engine.dialect.name == "postgresql"]  # type: ignore[attr-defined]
+            if urls:
                 try:
-                    self._waiter = _PgListener([c.url for c in self.link.connectors.values()])
+                    self._waiter = _PgListener(urls)
                 except Exception:  # unreachable now: poll, retry later
                     self._waiter = None
                     self._waiter_at = time.monotonic() + 1.0
