@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
+from capture_fixtures import make_items
 from dualwrite.cli import main
 
-from capture_fixtures import make_items
 from conftest import BackendFactory
 
 
