@@ -409,3 +409,24 @@ def test_a_row_created_on_both_sides_is_compared_not_rejected(kinds: tuple[str, 
         assert it.rows("left")[1] == it.rows("right")[1] == ("left", 1)
         assert link.state.errors() == []
         assert len(link.state.conflicts()) == (0 if same else 1)
+
+
+def test_a_filter_on_a_column_the_map_does_not_carry(make_backend: BackendFactory,
+                                                    tmp_path: Path) -> None:
+    """The triggers capture the filter's own columns too: a row entering or leaving the
+    filter through a column that no field maps still creates or deletes its twin."""
+    it = make_items(make_backend, tmp_path, "postgresql", "postgresql")
+    (tmp_path / "maps" / "items.yaml").write_text(
+        "name: items\nleft: items\nright: items\nkey: {left: [id], right: [id]}\n"
+        "filter: {left: \"note ne 'private'\"}\n"
+        "fields:\n  - id = id\n  - name = name\n  - qty = qty\n")
+    with it.link() as link:
+        link.start_maps()
+        it.left.app_sql("INSERT INTO items (id, name, qty, note) VALUES (1, 'a', 1, 'private')")
+        it.left.app_sql("INSERT INTO items (id, name, qty, note) VALUES (2, 'b', 2, 'public')")
+        drain(link.applier())
+        assert set(it.rows("right")) == {2}
+        it.left.app_sql("UPDATE items SET note = 'public' WHERE id = 1")
+        it.left.app_sql("UPDATE items SET note = 'private' WHERE id = 2")
+        drain(link.applier())
+        assert set(it.rows("right")) == {1}

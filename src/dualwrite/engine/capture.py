@@ -430,8 +430,8 @@ class Applier:
             decode, flt, d, keyget, width = ctx
             old = decode(c.old) if c.old is not None else None
             new = decode(c.new) if c.new is not None else None
-            was = old is not None and (flt is None or _matches(flt, d, s, old))
-            now = new is not None and (flt is None or _matches(flt, d, s, new))
+            was = old is not None and (flt is None or _matches(flt, d, s, old, c.old))
+            now = new is not None and (flt is None or _matches(flt, d, s, new, c.new))
             kind = _KINDS[was][now]
             if kind is None:
                 outcome.skipped += 1
@@ -910,9 +910,14 @@ def _plain(values: tuple[Any, ...] | None, cols: list[str]) -> dict[str, Any] | 
             for c, v in zip(cols, values, strict=True)}
 
 
-def _matches(flt: Any, d: MapDiffer, s: Side, row: Row) -> bool:
+def _matches(flt: Any, d: MapDiffer, s: Side, row: Row, captured: dict[str, Any] | None
+             ) -> bool:
+    """Whether a captured row is in the map's filter: the map's columns as decoded, and the
+    columns only the filter reads as captured (see capture_specs)."""
+    values = dict(captured or {})
+    values.update(zip(d.columns[s], row, strict=True))
     try:
-        return evaluate(flt, dict(zip(d.columns[s], row, strict=True)))
+        return evaluate(flt, values)
     except RowError:
         return False
 
