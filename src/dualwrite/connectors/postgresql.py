@@ -36,9 +36,16 @@ class PostgresConnector(SqlConnector):
         from psycopg import sql
 
         if len(rows) < COPY_THRESHOLD:
-            # COPY costs extra round trips to set up; a few rows are cheaper as INSERT
-            stmt = self.statement(("insert", table.name), lambda: sa.insert(table))
-            conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+            # COPY costs extra round trips to set up; a few rows are cheaper as INSERT, sent
+            # straight to the driver with SQL text built once (the live-sync hot path: the
+            # Core statement pipeline costs more than the loopback round trip)
+            raw_conn: Any = conn.connection.driver_connection
+            text = self._insert_sql(raw_conn, table.name, tuple(columns), returning=False)
+            with raw_conn.cursor() as cur:
+                if len(rows) == 1:
+                    cur.execute(text, rows[0], prepare=True)
+                else:
+                    cur.executemany(text, rows)
             return
 
         raw: Any = conn.connection.driver_connection
@@ -47,6 +54,30 @@ class PostgresConnector(SqlConnector):
         with raw.cursor() as cur, cur.copy(stmt) as copy:
             for r in rows:
                 copy.write_row(r)
+
+    def _insert_sql(self, raw: Any, table: str, columns: tuple[str, ...], *,
+                    returning: bool) -> str:
+        """INSERT text for the driver, rendered once (composing it costs more than the
+        round trip it makes)."""
+        from psycopg import sql
+
+        def build() -> str:
+            return sql.SQL("INSERT INTO {} ({}) VALUES ({}){}").format(
+                sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                sql.SQL(", ").join(sql.Placeholder() for _ in columns),
+                sql.SQL(" RETURNING *") if returning else sql.SQL("")).as_string(raw)
+
+        return str(self.statement(("raw-insert", table, columns, returning), build))
+
+    def _insert_returning(self, conn: sa.Connection, table: str, values: dict[str, Any]
+                          ) -> dict[str, Any]:
+        raw: Any = conn.connection.driver_connection
+        text = self._insert_sql(raw, self.table(table).name, tuple(values), returning=True)
+        with raw.cursor() as cur:
+            cur.execute(text, tuple(values.values()), prepare=True)
+            row = cur.fetchone()
+            names = [d.name for d in cur.description]
+        return dict(zip(names, row, strict=True))
 
     def _bulk_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
                      columns: list[str], rows: Sequence[tuple[Row, Row]]) -> int | None:

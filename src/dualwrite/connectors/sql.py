@@ -75,11 +75,8 @@ class SqlWriteSession(WriteSession):
     def insert_returning(self, table: str, values: dict[str, Any]) -> dict[str, Any]:
         # one round trip instead of an INSERT and a SELECT (PostgreSQL, SQLite >= 3.35 and
         # MariaDB >= 10.5 all have RETURNING)
-        stmt = self.connector.statement(("insert-returning", table, tuple(values)), lambda: (
-            sa.insert(self.connector.table(table)).returning(*self.connector.table(table).c)))
         with self.connector.translating(f"insert into {table}"):
-            row = self.conn.execute(stmt, values).one()
-        return dict(row._mapping)
+            return self.connector._insert_returning(self.conn, table, values)
 
     def update(self, table: str, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[tuple[Row, Row]]) -> int:
@@ -203,6 +200,14 @@ class SqlConnector(Connector):
                      rows: Sequence[Row]) -> None:
         stmt = sa.insert(table)
         conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
+
+    def _insert_returning(self, conn: sa.Connection, table: str, values: dict[str, Any]
+                          ) -> dict[str, Any]:
+        """Insert one row and return it as stored, in one round trip."""
+        stmt = self.statement(("insert-returning", table, tuple(values)), lambda: (
+            sa.insert(self.table(table)).returning(*self.table(table).c)))
+        row = conn.execute(stmt, values).one()
+        return dict(row._mapping)
 
     def _bulk_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
                      columns: list[str], rows: Sequence[tuple[Row, Row]]) -> int | None:
