@@ -42,6 +42,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
+from capture_fixtures import ITEMS_MAP
 from dualwrite.connectors.base import Connector
 from dualwrite.connectors.sql import SqlConnector
 from dualwrite.engine.capture import Applier
@@ -52,17 +53,6 @@ from conftest import MY_URL, PG_URL, Backend, BackendFactory, require_service
 
 # -- a dedicated pair of tables and its map -----------------------------------------------------
 
-ITEMS_MAP = """\
-name: items
-left: items
-right: items
-key: {{left: [id], right: [id]}}
-conflict: {policy}
-fields:
-  - id = id
-  - name = name
-  - qty = qty
-"""
 
 #: a row's mapped values (name, qty); a missing row is None
 Value = tuple[str | None, int | None]

@@ -176,6 +176,14 @@ class Dialect(ABC):
     def lock_suffix(self) -> str:
         return " FOR UPDATE"
 
+    def _object(self, func: str, alias: str, columns: Sequence[str]) -> str:
+        """``func('c1', alias.c1, ...)``: a JSON object of a row's columns (MariaDB, SQLite)."""
+        return f"{func}(" + ", ".join(f"'{c}', {alias}.{self.q(c)}" for c in columns) + ")"
+
+    def _array(self, func: str, alias: str, columns: Sequence[str]) -> str:
+        """``func(alias.c1, ...)``: a JSON array of a row's columns (MariaDB, SQLite)."""
+        return f"{func}(" + ", ".join(f"{alias}.{self.q(c)}" for c in columns) + ")"
+
     @abstractmethod
     def key_text(self, params: Sequence[str], sql_types: Sequence[str]) -> str:
         """An SQL expression giving the log's key text for bound parameters, formatted by
@@ -295,11 +303,10 @@ class MariaDbDialect(Dialect):
         mapname = spec.map.replace("'", "''")
 
         def obj(alias: str) -> str:
-            return "JSON_OBJECT(" + ", ".join(f"'{c}', {alias}.{q(c)}"
-                                              for c in spec.columns) + ")"
+            return self._object("JSON_OBJECT", alias, spec.columns)
 
         def key(alias: str) -> str:
-            return "JSON_ARRAY(" + ", ".join(f"{alias}.{q(c)}" for c in spec.key) + ")"
+            return self._array("JSON_ARRAY", alias, spec.key)
 
         ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ('{mapname}', "
         now = "UTC_TIMESTAMP(6)"
@@ -355,11 +362,10 @@ class SqliteDialect(Dialect):
         mapname = spec.map.replace("'", "''")
 
         def obj(alias: str) -> str:
-            return "json_object(" + ", ".join(f"'{c}', {alias}.{q(c)}"
-                                              for c in spec.columns) + ")"
+            return self._object("json_object", alias, spec.columns)
 
         def key(alias: str) -> str:
-            return "json_array(" + ", ".join(f"{alias}.{q(c)}" for c in spec.key) + ")"
+            return self._array("json_array", alias, spec.key)
 
         now = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')"
         ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ('{mapname}', "
