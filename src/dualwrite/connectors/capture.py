@@ -276,8 +276,8 @@ class MariaDbDialect(Dialect):
     *is* its source transaction id. (information_schema.INNODB_TRX would be simpler, but it
     is a cache refreshed at most every 0.1 s: a new transaction is often missing from it.)
     Deleting applied changes leaves history rows; the applier purges them with DELETE
-    HISTORY. Each capturing transaction adds a row to mysql.transaction_registry, which
-    MariaDB never purges by itself (see docs/capture.md)."""
+    HISTORY (every second). Each capturing transaction adds a row to
+    mysql.transaction_registry, which MariaDB never purges by itself (see docs/capture.md)."""
 
     def key_text(self, params: Sequence[str], sql_types: Sequence[str]) -> str:
         return "JSON_ARRAY(" + ", ".join(f":{p}" for p in params) + ")"
