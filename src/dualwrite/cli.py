@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -364,7 +365,7 @@ def run(config: ConfigOpt = None) -> None:
 
         def ready() -> None:
             err.print(f"dualwrite run: applying captured changes of link "
-                      f"{link.config.link_name!r} (pid {__import__('os').getpid()})",
+                      f"{link.config.link_name!r} (pid {os.getpid()})",
                       markup=False)
 
         run_applier(link, stop, ready=ready)

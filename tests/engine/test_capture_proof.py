@@ -963,11 +963,11 @@ def test_target_not_accepting_connections_is_retried(
     """Found by the outage test (PostgreSQL<->PostgreSQL). A PostgreSQL target refusing new
     sessions with "database ... is not currently accepting connections" (ALLOW_CONNECTIONS
     false; likewise "the database system is starting up" / "is shutting down" during a
-    restart) is classified as terminal: neither ``SqlConnector._looks_transient``
-    (src/dualwrite/connectors/sql.py) nor ``_unreachable`` (src/dualwrite/engine/capture.py,
-    which looks for "does not allow connections", a text PostgreSQL does not use) knows the
-    message, so ``Applier.step`` re-raises the TerminalConnectorError and ``dualwrite run``
-    exits 2. Expected: retried with backoff, applied once connections are accepted again."""
+    restart) was classified as terminal: neither ``SqlConnector._looks_transient``
+    (src/dualwrite/connectors/sql.py) nor the applier's own phrase list (since removed: the
+    connector alone classifies) knew the message, so ``Applier.step`` re-raised the
+    TerminalConnectorError and ``dualwrite run`` exited 2. Expected: retried with backoff,
+    applied once connections are accepted again."""
     pair, link, applier = items_link
     app_write(pair.left, [(1, "set", "applied after the outage", 1)])
     with target_down(pair.right):

@@ -87,7 +87,6 @@ class Change:
     old: dict[str, Any] | None
     new: dict[str, Any] | None
     at: dt.datetime
-    size: int = 0
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -168,13 +167,6 @@ class Dialect(ABC):
     @abstractmethod
     def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
         """Drop the triggers of one map (idempotent)."""
-
-    @abstractmethod
-    def installed_sql(self) -> str:
-        """SELECT trigger names starting with ``dw_``: one column, the name."""
-
-    def lock_suffix(self) -> str:
-        return " FOR UPDATE"
 
     def _object(self, func: str, alias: str, columns: Sequence[str]) -> str:
         """``func('c1', alias.c1, ...)``: a JSON object of a row's columns (MariaDB, SQLite)."""
@@ -265,10 +257,6 @@ class PostgresDialect(Dialect):
                     f"DROP FUNCTION IF EXISTS {spec_tag}_{op}()"]
         return out
 
-    def installed_sql(self) -> str:
-        return ("SELECT DISTINCT tgname FROM pg_trigger WHERE NOT tgisinternal "
-                "AND tgname LIKE 'dw\\_%'")
-
 
 class MariaDbDialect(Dialect):
     """MariaDB exposes the id of the writing transaction only through system versioning:
@@ -334,10 +322,6 @@ class MariaDbDialect(Dialect):
     def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
         return [f"DROP TRIGGER IF EXISTS {spec_tag}_{op}" for op in "iud"]
 
-    def installed_sql(self) -> str:
-        return ("SELECT TRIGGER_NAME FROM information_schema.TRIGGERS "
-                "WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME LIKE 'dw\\_%'")
-
 
 class SqliteDialect(Dialect):
     has_txid = False
@@ -393,13 +377,6 @@ class SqliteDialect(Dialect):
     def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
         return [f"DROP TRIGGER IF EXISTS {spec_tag}_{op}" for op in "iudk"]
 
-    def installed_sql(self) -> str:
-        return ("SELECT name FROM sqlite_master WHERE type = 'trigger' "
-                "AND name LIKE 'dw\\_%' ESCAPE '\\'")
-
-    def lock_suffix(self) -> str:
-        return ""  # the write lock SQLite takes covers the whole database
-
 
 def dialect_for(connector: SqlConnector) -> Dialect:
     quote = connector.engine.dialect.identifier_preparer.quote
@@ -453,13 +430,6 @@ class CaptureLog:
             self._ddl([f"DELETE FROM {CHANGES} WHERE map = '{spec.map.replace(chr(39), '')}'"],
                       "forget queued changes")
 
-    def installed(self) -> set[str]:
-        """Tags (``dw_<hash>``) of the maps whose triggers are installed here."""
-        with self.connector.translating("list capture triggers"), \
-                self.connector.engine.connect() as conn:
-            names = [str(r[0]) for r in conn.exec_driver_sql(self.dialect.installed_sql())]
-        return {n.rsplit("_", 1)[0] for n in names}
-
     def _exists(self) -> bool:
         with self.connector.translating("look for the change log"), \
                 self.connector.engine.connect() as conn:
@@ -509,11 +479,10 @@ class CaptureLog:
 
     def _change(self, r: Any) -> Change:
         old, new = r[5], r[6]
-        size = len(str(old or "")) + len(str(new or "")) + len(r[4])
         return Change(seq=int(r[0]), map=str(r[1]),
                       txid=str(r[2]) if r[2] is not None else WATERMARK, op=str(r[3]).strip(),
                       key_text=str(r[4]), old=decode_json(old), new=decode_json(new),
-                      at=parse_time(r[7]), size=size)
+                      at=parse_time(r[7]))
 
     def pending(self, conn: sa.Connection, map_name: str, keys: Sequence[tuple[Any, ...]],
                 sql_types: Sequence[str]) -> list[Change]:
@@ -548,11 +517,6 @@ class CaptureLog:
                     f"SELECT {self._columns()} FROM {CHANGES} WHERE map = :m "
                     f"AND k IN ({', '.join(exprs)}) ORDER BY seq"), params).all()
         return sorted((self._change(r) for r in rows), key=lambda c: c.seq)
-
-    def forget_keys(self, conn: sa.Connection, changes: Sequence[Change]) -> None:
-        """Delete given changes inside the caller's transaction (superseded by a conflict
-        resolution that went the other way)."""
-        self.forget([c.seq for c in changes], conn)
 
     def stats(self) -> dict[str, tuple[int, int, dt.datetime | None]]:
         """Per map: queued changes, their size in bytes, and the time of the oldest."""
@@ -670,9 +634,6 @@ class CaptureLog:
                     {f"t{j}": int(t) for j, t in enumerate(chunk)}).all()
                 out |= {str(r[0]) for r in rows}
         return out
-
-    def lock_suffix(self) -> str:
-        return self.dialect.lock_suffix()
 
     def purge(self) -> None:
         """Drop what deleting applied changes left behind (MariaDB's history rows)."""

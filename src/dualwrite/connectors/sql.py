@@ -309,7 +309,8 @@ class SqlConnector(Connector):
             "deadlock", "lock wait timeout", "database is locked", "serialization",
             "can't connect", "connection reset", "terminating connection", "gone away",
             "not currently accepting connections", "the database system is starting up",
-            "the database system is shutting down", "connection failed"))
+            "the database system is shutting down", "connection failed",
+            "connection is closed", "closed the connection"))
 
     @staticmethod
     def _driver_message(exc: sa_exc.DBAPIError | sa_exc.StatementError) -> str:

@@ -52,7 +52,7 @@ from dualwrite.connectors.capture import (
     columns_of_filter,
 )
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
-from dualwrite.engine.lookups import LookupResolver
+from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.errors import (
     ConnectorError,
@@ -188,8 +188,8 @@ class Applier:
     """Applies captured changes of one link, both directions. Thread-compatible, not
     thread-safe: one applier runs in one thread (``run``)."""
 
-    def __init__(self, link: Link, *, batch: int | None = None, poll: float | None = None,
-                 on_event: Callable[[str, str, str], None] | None = None) -> None:
+    def __init__(self, link: Link, *, batch: int | None = None, poll: float | None = None
+                 ) -> None:
         self.link = link
         cfg = link.config.model.capture
         self.batch = batch or cfg.batch_size
@@ -209,7 +209,6 @@ class Applier:
         self._parked: set[tuple[str, tuple[Any, ...]]] | None = None
         self._decoders: dict[tuple[str, Side], Callable[[dict[str, Any]], Row]] = {}
         self.alerts = link.alerts()
-        self.on_event = on_event
         self._waiter: Any = None
         self._waiter_at = 0.0
 
@@ -303,7 +302,7 @@ class Applier:
                 self._backoff[s] = 0.0
                 self.last_error[s] = None
             except ConnectorError as exc:
-                if not isinstance(exc, TransientConnectorError) and not _unreachable(exc):
+                if not isinstance(exc, TransientConnectorError):
                     raise
                 self._backoff[s] = min(max(self._backoff[s] * 2, 0.1),
                                        self.link.config.model.capture.max_backoff)
@@ -526,7 +525,7 @@ class Applier:
                 current = {tuple(r[:len(key_t)]): tuple(r[i] for i in pos) for r in got}
             resolved: dict[tuple[Side, int], dict[Any, Any]] = {}
             if d.has_lookups:
-                resolver = LookupResolver({t: _Lookups(sess),  # type: ignore[dict-item]
+                resolver = LookupResolver({t: SessionLookups(sess),  # type: ignore[dict-item]
                                            s: self.link.connectors[s]})
                 entries = []
                 for a in run:
@@ -557,23 +556,24 @@ class Applier:
                     continue
                 contested = theirs.get(canonical_key(a.tkey))
                 if contested:
-                    conflicts.append((a, _canon(cur) if cur is not None else None, contested))
+                    conflicts.append((a, canonical_key(cur) if cur is not None else None,
+                                      contested))
                 elif a.kind == "create":
                     assert a.new is not None
                     if cur is None:
                         inserts.append((a, build_create(a.new, a.skey, resolved)))
                     else:
-                        undecided.append((a, _canon(cur)))
+                        undecided.append((a, canonical_key(cur)))
                 elif a.kind == "update":
                     assert new_vals is not None
                     if cur is not None and _same(cur, self._old_live(d, t, a, resolved)):
                         updates.append((a, new_vals))
                     else:
-                        undecided.append((a, _canon(cur) if cur is not None else None))
+                        undecided.append((a, canonical_key(cur) if cur is not None else None))
                 elif _same(cur, self._old_live(d, t, a, resolved)):
                     deletes.append(a)
                 else:
-                    undecided.append((a, _canon(cur) if cur is not None else None))
+                    undecided.append((a, canonical_key(cur) if cur is not None else None))
             except RowError as exc:
                 raise _Restart(a, exc) from exc
         if undecided or conflicts:
@@ -640,7 +640,7 @@ class Applier:
             if now_row is None or cur is None:
                 return now_row is None and cur is None
             try:
-                return _canon(d.build_live[t](now_row, a.skey, resolved)) == cur
+                return canonical_key(d.build_live[t](now_row, a.skey, resolved)) == cur
             except RowError:
                 return False
 
@@ -675,7 +675,8 @@ class Applier:
                 to_forget += theirs
                 self._force(a, cur, d, t, resolved, inserts, updates, deletes)
         if to_forget:
-            self.logs[t].forget_keys(sess.conn, to_forget)  # type: ignore[attr-defined]
+            self.logs[t].forget([c.seq for c in to_forget],
+                                sess.conn)  # type: ignore[attr-defined]
 
     @staticmethod
     def _winner(policy: ConflictPolicy, a: _Action, theirs: list[Change]) -> Side | None:
@@ -830,8 +831,6 @@ class Applier:
 
     def event(self, map_name: str, kind: str, message: str) -> None:
         self.alerts.record(map_name, kind, message)
-        if self.on_event:
-            self.on_event(map_name, kind, message)
 
     def flush_activity(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -839,14 +838,6 @@ class Applier:
             self.state.note_applied(self._activity)
             self._activity = {}
             self._flushed = now
-
-
-class _Lookups:
-    def __init__(self, session: WriteSession) -> None:
-        self.session = session
-
-    def lookup(self, table: str, match: str, values: Any, returning: str) -> dict[Any, Any]:
-        return self.session.lookup(table, match, values, returning)
 
 
 class _PgListener:
@@ -894,16 +885,12 @@ def canonical_key(values: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(canonical(v) for v in values)
 
 
-def _canon(values: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(canonical(v) for v in values)
-
-
 def _same(cur: tuple[Any, ...] | None, values: tuple[Any, ...] | None) -> bool:
     """Whether a target row's values equal values built for it: Python equality first (it
     already equates 5 and Decimal('5.00')), then the canonical form (datetimes, booleans)."""
     if cur is None or values is None:
         return cur is values
-    return cur == values or _canon(cur) == _canon(values)
+    return cur == values or canonical_key(cur) == canonical_key(values)
 
 
 def _plain(values: tuple[Any, ...] | None, cols: list[str]) -> dict[str, Any] | None:
@@ -930,15 +917,6 @@ def _kind_of(err: DualwriteError) -> str:
     if "lookup" in text or "value map" in text:
         return "lookup"
     return "rejected"
-
-
-def _unreachable(exc: ConnectorError) -> bool:
-    text = str(exc).lower()
-    return any(w in text for w in ("connection refused", "could not connect", "server closed",
-                                   "lost connection", "terminating connection", "gone away",
-                                   "does not allow connections", "can't connect",
-                                   "not currently accepting connections",
-                                   "connection is closed", "closed the connection"))
 
 
 def _in_commit_order(changes: list[Change], has_txid: bool) -> list[Change]:
@@ -1028,7 +1006,7 @@ def resolve_conflict(link: Link, entry_id: int, pick: Side) -> dict[str, Any]:
     rows = link.connectors[pick].fetch(bound.table(pick), d.columns[pick],
                                        key=list(bound.key(pick)), keys=[keys[pick]])
     with link.connectors[t].transaction() as sess:
-        resolver = LookupResolver({t: _Lookups(sess), pick: link.connectors[pick]})  # type: ignore[dict-item]
+        resolver = LookupResolver({t: SessionLookups(sess), pick: link.connectors[pick]})  # type: ignore[dict-item]
         table_t = bound.table(t)
         got = sess.lock(table_t, list(bound.key(t)), key=list(bound.key(t)), keys=[keys[t]])
         if not rows:

@@ -18,7 +18,7 @@ import os
 import re
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from dualwrite.connectors.base import Branch, Connector, Row, WriteSession
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
-from dualwrite.engine.lookups import LookupResolver
+from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.state import AuditEntry, StateStore
 from dualwrite.errors import (
     ConfigError,
@@ -181,17 +181,6 @@ def explain(exc: ConstraintViolation, values: dict[str, Any]) -> tuple[str | Non
 
 
 # -- the transaction ------------------------------------------------------------------------
-class _SessionLookups:
-    """Lets a LookupResolver read through open branches (sees the transaction's own rows)."""
-
-    def __init__(self, session: WriteSession) -> None:
-        self.session = session
-
-    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
-               ) -> dict[Any, Any]:
-        return self.session.lookup(table, match, values, returning)
-
-
 @dataclass
 class _Mirror:
     bound: BoundMap
@@ -216,7 +205,7 @@ class LiveTransaction:
         self.queued = link.state.queued_maps(max_age=1.0)
         self._captured: set[Side] = set()
         self.audit: list[AuditEntry] = []
-        self.resolver = LookupResolver({s: _SessionLookups(sess)  # type: ignore[misc]
+        self.resolver = LookupResolver({s: SessionLookups(sess)  # type: ignore[misc]
                                         for s, sess in sessions.items()})
         self.writes = 0
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from dualwrite.connectors.base import Connector
+from dualwrite.connectors.base import Connector, WriteSession
 from dualwrite.model.binding import LookupTarget
 from dualwrite.model.maps import Side
 from dualwrite.model.values import canonical
@@ -19,6 +19,18 @@ from dualwrite.model.values import canonical
 #: entries kept per (side, table, column) cache before it is dropped; bounds memory on huge
 #: related tables while keeping small reference tables (currencies, groups) fully cached
 CACHE_LIMIT = 200_000
+
+
+class SessionLookups:
+    """Lets a LookupResolver read through an open write session, so that it sees the
+    transaction's own rows (live transactions, the capture applier)."""
+
+    def __init__(self, session: WriteSession) -> None:
+        self.session = session
+
+    def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
+               ) -> dict[Any, Any]:
+        return self.session.lookup(table, match, values, returning)
 
 
 class LookupResolver:

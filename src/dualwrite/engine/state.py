@@ -385,17 +385,18 @@ class StateStore:
         """Names of running maps, read at most ``max_age`` seconds ago: live writes ask on
         every transaction, and a start or stop made by another process is seen within that
         time (at once when made through this store)."""
-        hit = self._cache.get("map_states")
-        states = hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()
-        return {n for n, st in states.items() if st["state"] == "running"}
+        return {n for n, st in self._states(max_age).items() if st["state"] == "running"}
 
     def queued_maps(self, max_age: float = CACHE_SECONDS) -> set[str]:
         """Maps whose changes are captured but not mirrored synchronously (initializing,
         paused, resuming): a write through dualwrite to their tables must queue."""
-        hit = self._cache.get("map_states")
-        states = hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()
-        return {n for n, st in states.items()
+        return {n for n, st in self._states(max_age).items()
                 if st["state"] in ("initializing", "paused", "resuming")}
+
+    def _states(self, max_age: float) -> dict[str, dict[str, Any]]:
+        """Map states read at most ``max_age`` seconds ago (see :meth:`running_maps`)."""
+        hit = self._cache.get("map_states")
+        return hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()
 
     def note_applied(self, activity: dict[str, tuple[str, int]]) -> None:
         """Record when each map last applied a change, and how many it applied."""
