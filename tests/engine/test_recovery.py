@@ -49,7 +49,8 @@ def prepared(pair: Pair) -> list[str]:
             out += [r[0] for r in b.sql("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'dw-%' "
                                            "AND database = current_database()")]
         else:
-            out += [str(r[3]) for r in b.sql("XA RECOVER")]
+            out += [r[3].decode() if isinstance(r[3], bytes) else str(r[3])
+                    for r in b.sql("XA RECOVER")]
     return out
 
 
@@ -71,20 +72,24 @@ def test_sigkill_at_each_step_then_recover(make_backend: BackendFactory, tmp_pat
                           env={"PYTHONPATH": tests_dir, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     left_behind = prepared(pair)
+    # The coordinator has both branches' prepares (and later both commits) in flight at
+    # once, and confirms the left one first: at "after_first_prepare" the left branch is
+    # prepared and the right one may be too; at "after_first_commit" the left branch is
+    # committed and the right one may still be prepared.
+    branch_sides = sorted(x[-1] for x in left_behind)
     if step == "after_first_commit":
-        assert len(left_behind) == 1  # the right branch is still prepared
+        assert branch_sides in ([], ["r"])
     elif step == "after_first_prepare":
-        assert len(left_behind) == 1
+        assert branch_sides in (["l"], ["l", "r"])
     else:
-        assert len(left_behind) == 2
+        assert branch_sides == ["l", "r"]
 
     capsys.readouterr()
     assert main(["-c", str(pair.config), "recover", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     committed = step in ("after_decision", "after_first_commit")
     expected = "committed" if committed else "rolled back"
-    assert {a["action"] for a in report["actions"]} == {expected}
-    assert len(report["actions"]) == len(left_behind)
+    assert [a["action"] for a in report["actions"]] == [expected] * len(left_behind)
     assert prepared(pair) == []  # nothing left in pg_prepared_xacts / XA RECOVER
 
     erp, crm = pair.customers(), pair.accounts()

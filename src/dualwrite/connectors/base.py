@@ -123,6 +123,22 @@ class Branch(ABC):
     @abstractmethod
     def rollback(self) -> None: ...
 
+    # A coordinator with two branches overlaps their round trips: it starts a step on one
+    # branch, runs the step on the other, then finishes the first. A branch that can send a
+    # statement without waiting for its answer overrides these; ``finish_*`` raises what the
+    # step raised. After ``start_*``, ``finish_*`` or ``rollback`` must follow.
+    def start_prepare(self) -> None:
+        self.prepare()
+
+    def finish_prepare(self) -> None:  # noqa: B027 - nothing in flight by default
+        pass
+
+    def start_commit(self) -> None:
+        self.commit()
+
+    def finish_commit(self) -> None:  # noqa: B027 - nothing in flight by default
+        pass
+
 
 class Connector(ABC):
     """One environment's database."""

@@ -3,19 +3,147 @@
 from __future__ import annotations
 
 import re
+import select
 from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
-from dualwrite.connectors.base import Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector
-from dualwrite.errors import TerminalConnectorError
+from dualwrite.connectors.base import Branch, Capabilities, Row
+from dualwrite.connectors.sql import SqlConnector, SqlWriteSession
+from dualwrite.errors import ConnectorError, TerminalConnectorError
 
 _SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 #: below this many rows a plain INSERT beats COPY (live sync writes one row at a time)
 COPY_THRESHOLD = 50
 BINARY_COLLATIONS = {"c", "posix", "ucs_basic", "c.utf8", "c.utf-8"}
+
+
+def _idle(raw: Any) -> bool:
+    """True when the driver connection has no transaction open yet: its next statement
+    makes psycopg send BEGIN first."""
+    from psycopg import pq
+
+    return bool(raw.info.transaction_status == pq.TransactionStatus.IDLE and not raw.autocommit)
+
+
+class PgBranch(Branch):
+    """A two-phase branch driven on psycopg directly, the live-sync hot path.
+
+    The transaction begins the way psycopg begins any, with the branch's first statement.
+    ``PREPARE TRANSACTION`` and ``COMMIT PREPARED`` go out on libpq without waiting for their
+    answer (``start_*``), so the coordinator has both branches' WAL flushes under way at
+    once; ``finish_*`` collects the answer. A branch that wrote nothing is not prepared at
+    all: there is nothing to commit.
+
+    Contract as :class:`~dualwrite.connectors.base.Branch`: after ``prepare`` a branch named
+    ``xid`` is in ``pg_prepared_xacts`` (or, if it is empty, nothing is), ``commit`` commits
+    it, ``rollback`` undoes it from any state.
+    """
+
+    def __init__(self, connector: PostgresConnector, xid: str) -> None:
+        if not _SAFE_XID.match(xid):  # PREPARE TRANSACTION takes a literal
+            raise TerminalConnectorError(f"refusing unexpected xid {xid!r}",
+                                         environment=connector.name)
+        self.connector = connector
+        self.xid = xid
+        with connector.translating("begin a two-phase transaction"):
+            self.conn = connector.engine.connect()
+        self.raw: Any = self.conn.connection.driver_connection
+        self.session = SqlWriteSession(connector, self.conn)
+        self.prepared = False
+        self.empty = False
+        self._in_flight: str | None = None  # what the statement sent and not answered does
+
+    def _send(self, doing: str, sql: str) -> None:
+        with self.connector.translating(doing):
+            self.raw.pgconn.send_query(sql.encode())
+        self._in_flight = doing
+
+    def _collect(self) -> None:
+        """Wait for the answer to the statement in flight; raise its error, if any."""
+        doing, self._in_flight = self._in_flight, None
+        if doing is None:
+            return
+        import psycopg
+
+        pgconn = self.raw.pgconn
+        with self.connector.translating(doing):
+            while True:
+                pgconn.consume_input()
+                if not pgconn.is_busy():
+                    break
+                # select releases the GIL: other live transactions run while this one waits
+                select.select([pgconn.socket], [], [])
+            error = None
+            while (result := pgconn.get_result()) is not None:
+                if result.status == psycopg.pq.ExecStatus.FATAL_ERROR and error is None:
+                    error = psycopg.errors.error_from_result(result)
+            if error is not None:
+                raise error
+
+    def start_prepare(self) -> None:
+        if _idle(self.raw):
+            self.empty = True
+            return
+        self._send(f"prepare {self.xid}", f"PREPARE TRANSACTION '{self.xid}'")
+
+    def finish_prepare(self) -> None:
+        if self.empty:
+            return
+        self._collect()
+        self.prepared = True
+
+    def prepare(self) -> None:
+        self.start_prepare()
+        self.finish_prepare()
+
+    def start_commit(self) -> None:
+        if self.empty:
+            return
+        try:
+            self._send(f"commit {self.xid}", f"COMMIT PREPARED '{self.xid}'")
+        except BaseException:
+            self.conn.invalidate()
+            self.conn.close()
+            raise
+
+    def finish_commit(self) -> None:
+        try:
+            self._collect()
+        except BaseException:
+            self.conn.invalidate()
+            raise
+        finally:
+            self.conn.close()
+
+    def commit(self) -> None:
+        self.start_commit()
+        self.finish_commit()
+
+    def rollback(self) -> None:
+        try:
+            if self._in_flight is not None:
+                # a prepare we sent: once it is answered, the branch is prepared or not
+                doing = self._in_flight
+                try:
+                    self._collect()
+                    self.prepared = doing.startswith("prepare") or self.prepared
+                except ConnectorError:
+                    pass
+            with self.connector.translating(f"roll back {self.xid}"):
+                if self.prepared:
+                    self.raw.tpc_rollback(self.xid)
+                else:
+                    self.raw.rollback()
+        except ConnectorError:
+            # The connection is gone; a prepared branch is then ended by recovery.
+            self.conn.invalidate()
+            if not self.prepared:
+                return
+            raise
+        finally:
+            self.conn.close()
 
 
 class PostgresConnector(SqlConnector):
@@ -142,6 +270,9 @@ class PostgresConnector(SqlConnector):
                 return {tuple(r) for r in cur.fetchall()}
             return {(i,) for i in range(max(cur.rowcount, 0))}
 
+    def begin_branch(self, xid: str) -> Branch:
+        return PgBranch(self, xid)
+
     def recover(self, prefix: str) -> list[str]:
         # pg_prepared_xacts lists every database's branches: keep this database's own.
         rows = self.execute("SELECT gid FROM pg_prepared_xacts WHERE database = "
@@ -174,3 +305,4 @@ class PostgresConnector(SqlConnector):
 
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return sa.collate(col, "C")
+

@@ -610,9 +610,15 @@ class Coordinator:
             return
         left, right = self.branches[Side.LEFT], self.branches[Side.RIGHT]
         try:
-            left.prepare()
+            # Both prepares are in flight at once (each costs its server a WAL flush); the
+            # left one is confirmed first.
+            left.start_prepare()
+            try:
+                right.start_prepare()
+            finally:
+                left.finish_prepare()
             self.hook("after_first_prepare")
-            right.prepare()
+            right.finish_prepare()
             self.hook("after_both_prepares")
             self.link.state.log_commit_decision(
                 self.xid, [self.link.env_name(s) for s in Side], self.principal,
@@ -622,11 +628,18 @@ class Coordinator:
             raise
         self.hook("after_decision")
         # From here the transaction is committed: a branch that fails to commit now is
-        # finished by recovery, never rolled back.
-        pending = []
-        for i, (side, b) in enumerate(((Side.LEFT, left), (Side.RIGHT, right))):
+        # finished by recovery, never rolled back. Both commits are in flight at once too.
+        pending: list[Side] = []
+        started: list[tuple[Side, Branch]] = []
+        for side, b in ((Side.LEFT, left), (Side.RIGHT, right)):
             try:
-                b.commit()
+                b.start_commit()
+                started.append((side, b))
+            except ConnectorError:
+                pending.append(side)
+        for i, (side, b) in enumerate(started):
+            try:
+                b.finish_commit()
             except ConnectorError:
                 pending.append(side)
             if i == 0:

@@ -15,11 +15,13 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from dualwrite.connectors.sqlite import create_sqlite_engine
+from dualwrite.engine.journal import DecisionJournal
 from dualwrite.errors import DualwriteError, TerminalConnectorError
 
 _md = sa.MetaData()
@@ -310,12 +312,29 @@ class StateStore:
                 f"{getattr(exc, 'orig', exc)}",
                 hint="check `state:` in dualwrite.yaml; the folder must exist and be writable",
                 environment="state") from exc
+        # A state store in a SQLite file makes commit decisions durable in a journal beside
+        # it (see dualwrite.engine.journal); other stores commit them directly.
+        self._journal: DecisionJournal | None = None
+        database = sa.engine.make_url(url).database if url.startswith("sqlite") else None
+        if database and database != ":memory:" and not database.startswith("file:"):
+            self._journal = DecisionJournal(Path(database + ".decisions"),
+                                            self._import_journalled)
+            self._journal.adopt()
 
     def close(self) -> None:
         try:
+            if self._journal is not None:
+                self._journal.close()
             self.flush_completions()
         finally:
             self.engine.dispose()
+
+    def settle(self) -> None:
+        """Bring every journalled decision (this process's, and those of processes that are
+        gone) into the state store's tables, so that reading them sees all of them."""
+        if self._journal is not None:
+            self._journal.drain()
+            self._journal.adopt()
 
     # -- links -------------------------------------------------------------------------------
     def get_link(self, name: str) -> dict[str, Any] | None:
@@ -621,8 +640,20 @@ class StateStore:
 
     def _write_decisions(self, batch: list[_Pending], completed: list[str]) -> None:
         now = now_iso()
+        if self._journal is not None:
+            self._journal.append({"at": now, "decisions": [
+                [p.xid, p.participants, p.principal,
+                 [[a.environment, a.table, encode_values(a.key), a.operation, a.map]
+                  for a in p.audit]] for p in batch]})
+            if completed:  # written with the decisions when they are drained
+                with self._cv:
+                    self._completed = completed + self._completed
+            return
         if self.engine.dialect.name == "sqlite":
-            self._write_decisions_sqlite(batch, completed, now)
+            self._write_decisions_sqlite(
+                [(p.xid, json.dumps(p.participants), now) for p in batch],
+                [(now, p.xid, p.principal, a.environment, a.table, encode_values(a.key),
+                  a.operation, a.map) for p in batch for a in p.audit], completed, now)
             return
         with self.engine.begin() as conn:
             conn.execute(sa.insert(coordinator_log), [
@@ -639,19 +670,41 @@ class StateStore:
                 conn.execute(sa.update(coordinator_log).where(
                     coordinator_log.c.xid.in_(completed)).values(completed_at=now))
 
-    def _write_decisions_sqlite(self, batch: list[_Pending], completed: list[str],
+    def _import_journalled(self, payloads: list[Any]) -> None:
+        """The journal's sink: its records into coordinator_log and audit_log, with the
+        completions noted since, in one transaction; decisions already here are skipped (an
+        import that crashed before deleting its file is repeated)."""
+        decisions = [(at, d) for p in payloads for at in [p["at"]] for d in p["decisions"]]
+        with self._cv:
+            completed, self._completed = self._completed, []
+        try:
+            present: set[str] = set()
+            xids = [d[0] for _, d in decisions]
+            with self.engine.connect() as conn:
+                for i in range(0, len(xids), 500):
+                    present.update(conn.execute(sa.select(coordinator_log.c.xid).where(
+                        coordinator_log.c.xid.in_(xids[i:i + 500]))).scalars())
+            fresh = [(at, d) for at, d in decisions if d[0] not in present]
+            self._write_decisions_sqlite(
+                [(d[0], json.dumps(d[1]), at) for at, d in fresh],
+                [(at, d[0], d[2], *a) for at, d in fresh for a in d[3]], completed, now_iso())
+        except BaseException:
+            with self._cv:
+                self._completed = completed + self._completed
+            raise
+
+    def _write_decisions_sqlite(self, decisions: list[tuple[str, str, str]],
+                                rows: list[tuple[Any, ...]], completed: list[str],
                                 now: str) -> None:
-        # The commit path of every live transaction: plain DB-API calls on a pooled
-        # connection, one transaction, one fsync (WAL, synchronous=FULL).
+        # Plain DB-API calls on a pooled connection, one transaction, one fsync (WAL,
+        # synchronous=FULL).
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
-            cur.executemany(
-                "INSERT INTO coordinator_log (xid, decision, participants, decided_at) "
-                "VALUES (?, 'commit', ?, ?)",
-                [(p.xid, json.dumps(p.participants), now) for p in batch])
-            rows = [(now, p.xid, p.principal, a.environment, a.table, encode_values(a.key),
-                     a.operation, a.map) for p in batch for a in p.audit]
+            if decisions:
+                cur.executemany(
+                    "INSERT INTO coordinator_log (xid, decision, participants, decided_at) "
+                    "VALUES (?, 'commit', ?, ?)", decisions)
             if rows:
                 cur.executemany(
                     "INSERT INTO audit_log (at, xid, principal, environment, table_name, "
@@ -667,6 +720,7 @@ class StateStore:
             raw.close()
 
     def decision(self, xid: str) -> str | None:
+        self.settle()
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(coordinator_log.c.decision).where(
                 coordinator_log.c.xid == xid)).first()
@@ -684,6 +738,8 @@ class StateStore:
                          .values(completed_at=now_iso()))
 
     def flush_completions(self) -> None:
+        if self._journal is not None and self._journal.pending:
+            self._journal.drain()  # completions go with their decisions
         with self._cv:
             completed, self._completed = self._completed, []
         if completed:
@@ -692,11 +748,13 @@ class StateStore:
                     coordinator_log.c.xid.in_(completed)).values(completed_at=now_iso()))
 
     def incomplete_decisions(self) -> list[str]:
+        self.settle()
         with self.engine.connect() as conn:
             return [r[0] for r in conn.execute(sa.select(coordinator_log.c.xid).where(
                 coordinator_log.c.completed_at.is_(None)))]
 
     def audit(self, limit: int = 1000) -> list[dict[str, Any]]:
+        self.settle()
         with self.engine.connect() as conn:
             rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id.desc())
                                 .limit(limit)).all()
