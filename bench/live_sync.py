@@ -145,14 +145,25 @@ class Floor:
         self.right.close()
 
 
-def latencies(fn: Callable[[str], None], n: int, tag: str) -> list[float]:
-    for i in range(20):  # warm up pools and caches
+def warm_up(fn: Callable[[str], None], tag: str) -> None:
+    for i in range(20):  # pools, caches, prepared statements
         fn(f"{tag}-w{i}")
-    out = []
-    for i in range(n):
-        t0 = time.perf_counter()
-        fn(f"{tag}-{i}")
-        out.append((time.perf_counter() - t0) * 1000)
+
+
+def interleaved(paths: dict[str, Callable[[str], None]], n: int, rounds: int = 10
+                ) -> dict[str, list[float]]:
+    """``n`` sequential latencies (ms) per path, taken in ``rounds`` alternating rounds, so
+    that every path sees the same slow and fast moments of a shared machine."""
+    out: dict[str, list[float]] = {name: [] for name in paths}
+    for name, fn in paths.items():
+        warm_up(fn, name)
+    per_round = max(1, n // rounds)
+    for r in range(rounds):
+        for name, fn in paths.items():
+            for i in range(per_round):
+                t0 = time.perf_counter()
+                fn(f"{name}-{r}-{i}")
+                out[name].append((time.perf_counter() - t0) * 1000)
     return out
 
 
@@ -207,14 +218,10 @@ def run_target(target: str, n: int, seconds: float, work: Path) -> dict[str, Any
     (work / "state.db").unlink(missing_ok=True)
     row = {"ORGANIZATIONNAME": "Contoso Ltd", "CREDITLIMIT": 100, "ONHOLDSTATUS": "No"}
     floor = Floor(target)
-    floor_lat = latencies(floor.write, n, "f")
-    floor.close()
 
     def floor_factory() -> Callable[[str], None]:
         return Floor(target).write
 
-    floor_1 = throughput(floor_factory, 1, seconds, "f1")
-    floor_8 = throughput(floor_factory, 8, seconds, "f8")
     link = dualwrite.open(work / "dualwrite.yaml")
     link.start_maps()
     token = create_token(link.state, "bench")
@@ -222,11 +229,6 @@ def run_target(target: str, n: int, seconds: float, work: Path) -> dict[str, Any
     def api_write(key: str) -> None:
         with link.transaction(principal="bench") as tx:
             tx.create("erp", "LiveCustomers", {"CUSTOMERACCOUNT": key, **row})
-
-    api_lat = latencies(api_write, n, "a")
-    api_1 = throughput(lambda: api_write, 1, seconds, "a1")
-    api_8 = throughput(lambda: api_write, 8, seconds, "a8")
-    link.close()
 
     port = free_port()
     server = subprocess.Popen(
@@ -256,13 +258,20 @@ def run_target(target: str, n: int, seconds: float, work: Path) -> dict[str, Any
                     raise RuntimeError(f"OData create failed: {r.status_code} {r.text}")
             return write
 
-        odata_lat = latencies(odata_factory(), n, "o")
+        lat = interleaved({"floor": floor.write, "api": api_write, "odata": odata_factory()},
+                          n)
+        floor.close()
+        floor_1 = throughput(floor_factory, 1, seconds, "f1")
+        floor_8 = throughput(floor_factory, 8, seconds, "f8")
+        api_1 = throughput(lambda: api_write, 1, seconds, "a1")
+        api_8 = throughput(lambda: api_write, 8, seconds, "a8")
         odata_8 = throughput(odata_factory, 8, seconds, "o8")
     finally:
         server.terminate()
         server.wait(timeout=30)
+        link.close()
     return {
-        "floor": floor_lat, "api": api_lat, "odata": odata_lat,
+        "floor": lat["floor"], "api": lat["api"], "odata": lat["odata"],
         "floor_1": floor_1, "floor_8": floor_8, "api_1": api_1, "api_8": api_8,
         "odata_8": odata_8,
     }
@@ -277,7 +286,8 @@ def main() -> None:
     args = ap.parse_args()
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on this project's 2-core machine, "
-        f"`python bench/live_sync.py` ({args.n} sequential creates per path, throughput over "
+        f"`python bench/live_sync.py` ({args.n} sequential creates per path, taken in ten "
+        "alternating rounds so that all paths see the same machine, throughput over "
         f"{args.seconds:g} s). One create of a mapped row (4 field lines, a value map, a "
         "default) written with its twin in one two-phase transaction. Floor: the same two "
         "inserts with a raw two-phase commit (psycopg `PREPARE TRANSACTION`, PyMySQL `XA`), "

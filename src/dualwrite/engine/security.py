@@ -7,7 +7,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dualwrite.engine.state import StateStore
+from dualwrite.engine.state import CACHE_SECONDS, StateStore
 
 TOKEN_PREFIX = "dw_"
 
@@ -33,12 +33,18 @@ def create_token(state: StateStore, principal: str, *, roles: Sequence[str] = ()
     return token
 
 
-def authenticate(state: StateStore, token: str) -> Principal | None:
-    """The principal of a valid, unrevoked token; None otherwise."""
+def authenticate(state: StateStore, token: str, max_age: float = CACHE_SECONDS
+                 ) -> Principal | None:
+    """The principal of a valid, unrevoked token; None otherwise.
+
+    Every request of the OData service asks this. A valid token and its principal's roles
+    and licences are reused for up to ``max_age`` seconds, so a revocation or a grant made by
+    another process takes up to that long to show (one made through this state store clears
+    its cache at once)."""
     if not token.startswith(TOKEN_PREFIX):
         return None
-    name = state.token_principal(token_hash(token))
+    name = state.token_principal(token_hash(token), max_age)
     if name is None:
         return None
-    roles, licences = state.principal(name)
+    roles, licences = state.principal(name, max_age)
     return Principal(name, roles, licences)

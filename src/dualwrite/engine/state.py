@@ -799,11 +799,19 @@ class StateStore:
             conn.execute(sa.insert(tokens).values(id=token_id, principal=principal,
                                                   token_hash=token_hash, created_at=now_iso()))
 
-    def token_principal(self, token_hash: str) -> str | None:
+    def token_principal(self, token_hash: str, max_age: float = 0.0) -> str | None:
+        """The principal of an unrevoked token. With ``max_age``, a valid answer read that
+        recently may be reused (a revocation made by this store clears them at once)."""
+        hit = self._cache.get(("token", token_hash))
+        if hit and time.monotonic() - hit[0] < max_age:
+            return hit[1]  # type: ignore[no-any-return]
         with self.engine.connect() as conn:
             row = conn.execute(sa.select(tokens.c.principal).where(
                 tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))).first()
-        return str(row[0]) if row else None
+        name = str(row[0]) if row else None
+        if name is not None:  # a token created elsewhere must not wait for a stale "no"
+            self._cache[("token", token_hash)] = (time.monotonic(), name)
+        return name
 
     def list_tokens(self) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -816,6 +824,8 @@ class StateStore:
             n = conn.execute(sa.update(tokens).where(tokens.c.id == token_id,
                                                      tokens.c.revoked_at.is_(None))
                              .values(revoked_at=now_iso()))
+        for k in [k for k in self._cache if isinstance(k, tuple) and k[0] == "token"]:
+            self._cache.pop(k, None)
         return n.rowcount > 0
 
     # -- error inbox -------------------------------------------------------------------------
