@@ -151,3 +151,24 @@ def test_the_background_drain_moves_decisions_without_a_reader(tmp_path: Path) -
     finally:
         store.close()
     assert os.listdir(tmp_path / "state.db.decisions") == []
+
+
+def test_a_reused_file_never_yields_the_records_of_an_earlier_round(tmp_path: Path) -> None:
+    sunk: list[list[object]] = []
+    journal = DecisionJournal(tmp_path / "j", sunk.append)
+    for n in range(3):
+        journal.append({"round": 0, "n": n, "pad": "x" * 50})
+    first = journal._current
+    assert first is not None
+    journal.drain()  # round 0 imported; the file becomes the spare, its next round epoch 1
+    assert journal._current is not first  # appends went on in the other file
+    journal.append({"round": 1, "n": 0})
+    journal.drain()  # that one becomes the spare in turn, and the first file takes over
+    journal.append({"round": 2, "n": 0})  # ... from its start
+    assert journal._current is first and first.epoch == 1
+    with open(first.path, "rb") as f:
+        # round 0's records lie beyond the new one, intact, but are of an older epoch
+        assert read_records(f) == [{"round": 2, "n": 0}]
+    journal.close()
+    assert [r["round"] for batch in sunk for r in batch] == [0, 0, 0, 1, 2]  # type: ignore[index]
+    assert list((tmp_path / "j").iterdir()) == []

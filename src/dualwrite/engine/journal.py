@@ -47,7 +47,8 @@ from dualwrite.errors import TerminalConnectorError
 
 log = logging.getLogger(__name__)
 
-HEADER = struct.Struct("<II")  # payload length, crc32 of the payload
+HEADER = struct.Struct("<III")  # payload length, epoch, crc32 of epoch and payload
+EPOCH = struct.Struct("<I")
 #: size of one journal file; the drainer empties a file long before it fills at any rate we
 #: reach, and a full file simply makes way for a new one (as big as a big record needs)
 FILE_BYTES = 1 << 20
@@ -80,17 +81,23 @@ def _fsync_dir(directory: Path) -> None:
 
 
 def read_records(f: BinaryIO) -> list[Any]:
-    """The whole records of a journal file, in order; stops at the first torn or empty one."""
+    """The whole records of a journal file, in order. Reading stops at the first torn or empty
+    record, and at the first record of an older epoch than the one before it (what is left of
+    a round of records already drained, behind the current round)."""
     data = f.read()
     out: list[Any] = []
-    pos = 0
+    pos, last_epoch = 0, -1
     while pos + HEADER.size <= len(data):
-        length, crc = HEADER.unpack_from(data, pos)
+        length, epoch, crc = HEADER.unpack_from(data, pos)
         start, end = pos + HEADER.size, pos + HEADER.size + length
-        if length == 0 or end > len(data) or _crc(data[start:end]) != crc:
+        if length == 0 or end > len(data) or epoch < last_epoch or \
+                _crc(EPOCH.pack(epoch) + data[start:end]) != crc:
             break
-        out.append(json.loads(data[start:end]))
-        pos = end
+        try:
+            out.append(json.loads(data[start:end]))
+        except ValueError:
+            break
+        pos, last_epoch = end, epoch
     return out
 
 
@@ -112,6 +119,7 @@ class _File:
         os.rename(tmp, self.path)
         _fsync_dir(directory)  # the name must survive a crash as surely as the records
         self.offset = 0
+        self.epoch = 0
         self.records: list[Any] = []
 
     def append(self, data: bytes, payload: Any) -> bool:
@@ -119,11 +127,21 @@ class _File:
         written) when it does not fit."""
         if self.offset + HEADER.size + len(data) > self.size:
             return False
-        os.pwrite(self.f.fileno(), HEADER.pack(len(data), _crc(data)) + data, self.offset)
+        head = HEADER.pack(len(data), self.epoch, _crc(EPOCH.pack(self.epoch) + data))
+        os.pwrite(self.f.fileno(), head + data, self.offset)
         os.fdatasync(self.f.fileno())
         self.offset += HEADER.size + len(data)
         self.records.append(payload)
         return True
+
+    def reuse(self) -> None:
+        """Start a new round at the beginning of the file; only once every record written so
+        far is in the state store. The next round's records carry a higher epoch, so a reader
+        never takes the old round's leftovers behind them for new records (and if it reads
+        them before any new one is written, importing them again writes nothing)."""
+        self.epoch += 1
+        self.offset = 0
+        self.records = []
 
     def __del__(self) -> None:
         # An owner dropped without close (a link never closed): release the file and its
@@ -157,10 +175,11 @@ class DecisionJournal:
             raise TerminalConnectorError(
                 f"cannot create the decision journal folder {str(directory)!r}: {exc}",
                 hint="the state store's folder must be writable", environment="state") from exc
-        self._lock = threading.Lock()  # guards _current and _sealed
+        self._lock = threading.Lock()  # guards _current, _sealed and _spare
         self._drain_lock = threading.Lock()  # one drain at a time
-        self._current: _File | None = None
-        self._sealed: list[_File] = []
+        self._current: _File | None = None  # records are appended here
+        self._sealed: list[_File] = []  # switched out, waiting for the drain to finish
+        self._spare: _File | None = None  # drained, ready to take over from _current
         self._closed = False
 
     @property
@@ -176,23 +195,34 @@ class DecisionJournal:
                                              hint="open the link again", environment="state")
             data = json.dumps(payload, separators=(",", ":")).encode()
             if self._current is None:
-                self._current = _File(self.directory)
+                self._current, self._spare = self._spare or _File(self.directory), None
             if not self._current.append(data, payload):
-                # full: a new file, sized for this record if it is a big one (a transaction
-                # of many thousand rows carries as many audit rows)
+                # full: the spare, or a new file sized for this record if it is a big one (a
+                # transaction of many thousand rows carries as many audit rows)
                 self._sealed.append(self._current)
-                self._current = _File(self.directory, max(FILE_BYTES,
-                                                          HEADER.size + len(data)))
+                need = HEADER.size + len(data)
+                if self._spare is not None and self._spare.size >= need:
+                    self._current, self._spare = self._spare, None
+                else:
+                    self._current = _File(self.directory, max(FILE_BYTES, need))
                 self._current.append(data, payload)
         _drainer().watch(self)
 
     def drain(self) -> None:
-        """Move every record appended so far into the state store, then delete its files."""
+        """Move every record appended so far into the state store.
+
+        Two files take turns: appends switch to the spare while the records of the other are
+        imported, after which it becomes the spare. Files are created only when the journal
+        starts and for records bigger than a file, never per drain."""
         with self._drain_lock:
+            if self._spare is None and self._current is not None and self._current.records:
+                spare = _File(self.directory)  # outside the lock: appends go on meanwhile
+                with self._lock:
+                    self._spare = spare
             with self._lock:
                 if self._current is not None and self._current.records:
                     self._sealed.append(self._current)
-                    self._current = None  # the next append starts a new file
+                    self._current, self._spare = self._spare, None
                 files, self._sealed = self._sealed, []
             if not files:
                 return
@@ -203,14 +233,18 @@ class DecisionJournal:
                     self._sealed = files + self._sealed
                 raise
             for f in files:
+                with self._lock:
+                    if self._spare is None and f.size == FILE_BYTES:
+                        f.reuse()
+                        self._spare = f
+                        continue
                 f.remove()
 
     def adopt(self) -> int:
         """Import and delete the journal files of processes that are gone; returns how many
         files were adopted. Files of live processes (locked) are left alone."""
-        own = {f.path for f in self._sealed}
-        if self._current is not None:
-            own.add(self._current.path)
+        with self._lock:
+            own = {f.path for f in (*self._sealed, self._current, self._spare) if f is not None}
         adopted = 0
         for path in sorted(self.directory.iterdir()):
             if path in own or path.suffix not in (SUFFIX, ".tmp"):
@@ -240,9 +274,10 @@ class DecisionJournal:
         self.drain()
         with self._lock:
             self._closed = True
-            if self._current is not None:
-                self._current.remove()
-                self._current = None
+            for f in (self._current, self._spare):
+                if f is not None:
+                    f.remove()
+            self._current = self._spare = None
 
 
 class _Drainer:
