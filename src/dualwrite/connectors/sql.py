@@ -258,49 +258,56 @@ class SqlConnector(Connector):
             exc, "connection_invalidated", False)) or isinstance(exc, sa_exc.TimeoutError)
 
     # -- error translation: the one choke point ----------------------------------------------
-    @contextmanager
-    def translating(self, doing: str) -> Iterator[None]:
-        try:
-            yield
-        except ConnectorError:
-            raise
-        except sa_exc.IntegrityError as exc:
-            raise ConstraintViolation(
+    def translating(self, doing: str) -> _Translating:
+        """A context in which every database error becomes a :class:`ConnectorError` naming
+        ``doing``: a rejected row is a ConstraintViolation, an unreachable database a
+        TransientConnectorError, anything else a TerminalConnectorError."""
+        return _Translating(self, doing)
+
+    def _translated(self, doing: str, exc: BaseException) -> BaseException | None:
+        """The ConnectorError that stands for ``exc``; None when ``exc`` is to propagate as
+        it is (already translated, or not a database error)."""
+        if isinstance(exc, ConnectorError):
+            return None
+        if isinstance(exc, sa_exc.IntegrityError):
+            return ConstraintViolation(
                 f"{doing}: the database rejected the row: {self._driver_message(exc)}",
                 hint="fix the row's value or the constraint; the error names the column",
-                environment=self.name) from exc
-        except sa_exc.DataError as exc:
-            raise ConstraintViolation(
+                environment=self.name)
+        if isinstance(exc, sa_exc.DataError):
+            return ConstraintViolation(
                 f"{doing}: a value does not fit its column: {self._driver_message(exc)}",
                 hint="check the column's type and length on this side",
-                environment=self.name) from exc
-        except sa_exc.DBAPIError as exc:
+                environment=self.name)
+        if isinstance(exc, sa_exc.DBAPIError):
             if self._is_constraint(exc):
-                raise ConstraintViolation(
+                return ConstraintViolation(
                     f"{doing}: the database rejected the row: {self._driver_message(exc)}",
                     hint="fix the row's value or the constraint; the error names the column",
-                    environment=self.name) from exc
-            if self._is_transient(exc) or (isinstance(exc, sa_exc.OperationalError) \
-                    and self._looks_transient(exc)):
-                raise TransientConnectorError(
+                    environment=self.name)
+            if self._is_transient(exc) or (isinstance(exc, sa_exc.OperationalError)
+                                           and self._looks_transient(exc)):
+                return TransientConnectorError(
                     f"{doing}: {self._driver_message(exc)}",
                     hint="the database is unreachable or busy; dualwrite retries, or check "
-                    "that it is running", environment=self.name) from exc
-            raise TerminalConnectorError(
+                    "that it is running", environment=self.name)
+            return TerminalConnectorError(
                 f"{doing}: {self._driver_message(exc)}",
                 hint="check the table and column names and the database permissions",
-                environment=self.name) from exc
-        except sa_exc.SQLAlchemyError as exc:
-            raise TerminalConnectorError(f"{doing}: {exc}", environment=self.name) from exc
-        except Exception as exc:
-            # Raw driver errors, from paths that bypass SQLAlchemy (COPY on PostgreSQL):
-            # wrap them the way SQLAlchemy would, and classify them like the rest.
-            dbapi = self.engine.dialect.loaded_dbapi
-            if not isinstance(exc, dbapi.Error):
-                raise
+                environment=self.name)
+        if isinstance(exc, sa_exc.SQLAlchemyError):
+            return TerminalConnectorError(f"{doing}: {exc}", environment=self.name)
+        dbapi = self.engine.dialect.loaded_dbapi
+        if isinstance(exc, Exception) and isinstance(exc, dbapi.Error):
+            # Raw driver errors, from paths that bypass SQLAlchemy (COPY, the PostgreSQL
+            # branch): wrapped the way SQLAlchemy would, and classified like the rest.
             wrapped = sa_exc.DBAPIError.instance(doing, None, exc, dbapi.Error)
-            with self.translating(doing):
-                raise wrapped from exc
+            wrapped.__cause__ = exc
+            out = self._translated(doing, wrapped)
+            if out is not None:
+                out.__cause__ = wrapped
+            return out
+        return None
 
     def _looks_transient(self, exc: sa_exc.DBAPIError) -> bool:
         text = str(exc.orig).lower()
@@ -622,3 +629,27 @@ class SqlConnector(Connector):
     def close(self) -> None:
         self.engine.dispose()
 
+
+class _Translating:
+    """The context manager of :meth:`SqlConnector.translating` (a class, not a generator:
+    it wraps every statement of the live-sync hot path)."""
+
+    __slots__ = ("connector", "doing")
+
+    def __init__(self, connector: SqlConnector, doing: str) -> None:
+        self.connector = connector
+        self.doing = doing
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: Any) -> None:
+        if exc is None:
+            return
+        new = self.connector._translated(self.doing, exc)
+        if new is None:
+            return  # not ours to translate: it propagates unchanged
+        if new.__cause__ is None:
+            new.__cause__ = exc
+        raise new

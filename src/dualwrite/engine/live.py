@@ -17,7 +17,6 @@ import datetime as dt
 import os
 import re
 import threading
-import uuid
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -524,7 +523,7 @@ def new_xid(link_id: str) -> str:
     prepared a branch is still alive (and so must not be second-guessed)."""
     with _COUNTER_LOCK:
         n = next(_COUNTER)
-    return f"{xid_prefix(link_id)}{os.getpid():x}-{_OWN_START:x}-{n:x}-{uuid.uuid4().hex[:6]}"
+    return f"{xid_prefix(link_id)}{os.getpid():x}-{_OWN_START:x}-{n:x}-{os.urandom(3).hex()}"
 
 
 def branch_xid(xid: str, side: Side) -> str:
