@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -598,8 +599,11 @@ class Dualwrite:
             f"link: {{name: {self.a[1]}, left: a, right: b}}\n"
             f"state: 'sqlite:///{self.work / 'state.db'}'\n"
             "maps: ['maps/*.yaml']\n")
-        for stale in self.work.glob("state.db*"):
-            stale.unlink()
+        for stale in self.work.glob("state.db*"):  # the state file, its WAL, its journal
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
         started = self._cli("maps", "start", "items", "--yes", timeout=600)
         (self.work / "maps-start.log").write_text(started.stdout + started.stderr)
         if started.returncode != 0:

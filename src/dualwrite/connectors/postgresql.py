@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 from collections.abc import Sequence
@@ -10,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualwrite.connectors.base import Branch, Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector, SqlWriteSession
+from dualwrite.connectors.sql import SqlConnector, SqlWriteSession, end_rollback
 from dualwrite.errors import ConnectorError, TerminalConnectorError
 
 _SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -122,28 +123,20 @@ class PgBranch(Branch):
         self.finish_commit()
 
     def rollback(self) -> None:
-        try:
+        def undo() -> None:
             if self._in_flight is not None:
                 # a prepare we sent: once it is answered, the branch is prepared or not
                 doing = self._in_flight
-                try:
+                with contextlib.suppress(ConnectorError):
                     self._collect()
                     self.prepared = doing.startswith("prepare") or self.prepared
-                except ConnectorError:
-                    pass
             with self.connector.translating(f"roll back {self.xid}"):
                 if self.prepared:
                     self.raw.tpc_rollback(self.xid)
                 else:
                     self.raw.rollback()
-        except ConnectorError:
-            # The connection is gone; a prepared branch is then ended by recovery.
-            self.conn.invalidate()
-            if not self.prepared:
-                return
-            raise
-        finally:
-            self.conn.close()
+
+        end_rollback(self.conn, undo, lambda: self.prepared)
 
 
 class PostgresConnector(SqlConnector):

@@ -162,18 +162,28 @@ class SqlBranch(Branch):
             self.conn.close()
 
     def rollback(self) -> None:
-        try:
+        def undo() -> None:
             with self.connector.translating(f"roll back {self.xid}"):
                 if self.tx.is_active or self.prepared:
                     self.tx.rollback()
-        except ConnectorError:
-            # The connection is gone; a prepared branch is then ended by recovery.
-            self.conn.invalidate()
-            if not self.prepared:
-                return
-            raise
-        finally:
-            self.conn.close()
+
+        end_rollback(self.conn, undo, lambda: self.prepared)
+
+
+def end_rollback(conn: sa.Connection, undo: Callable[[], None],
+                 prepared: Callable[[], bool]) -> None:
+    """Roll a two-phase branch back with ``undo``, then release its connection. If the
+    connection is gone, it leaves the pool: an unprepared branch died with it (done), a
+    prepared one is ended later by recovery (the error is raised)."""
+    try:
+        undo()
+    except ConnectorError:
+        conn.invalidate()
+        if not prepared():
+            return
+        raise
+    finally:
+        conn.close()
 
 
 class SqlConnector(Connector):
