@@ -95,6 +95,22 @@ class WriteSession(ABC):
         (callers then lock, compare and update themselves)."""
         return None
 
+    def update_if_json(self, table: str, key: Sequence[str], columns: Sequence[str],
+                       sources: Sequence[str], keys: Sequence[Row], new: Sequence[str],
+                       old: Sequence[str]) -> set[Row] | None:
+        """:meth:`update_if` with the values still as JSON text, as a capture log holds them:
+        ``new[i]``/``old[i]`` are JSON objects whose member ``sources[j]`` is the value of
+        ``columns[j]``, converted by the database to the column's type. Returns the keys of
+        the rows updated, or None where the backend cannot read JSON this way."""
+        return None
+
+    def insert_json(self, table: str, columns: Sequence[str], sources: Sequence[str],
+                    rows: Sequence[str]) -> bool:
+        """Insert one row per JSON object of ``rows`` (member ``sources[j]`` into
+        ``columns[j]``, converted by the database); False, having written nothing, where the
+        backend cannot read JSON this way."""
+        return False
+
     def capture_own_writes(self) -> None:  # noqa: B027 - backends without capture: nothing
         """Let change capture record this transaction's writes on this side from now on
         (dualwrite's own writes are normally invisible to capture: no echo). Used when a

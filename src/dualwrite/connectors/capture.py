@@ -73,20 +73,55 @@ class CaptureSpec:
         return "dw_" + hashlib.sha1(self.map.encode()).hexdigest()[:10]
 
 
-@dataclass
+_UNDECODED: Any = object()
+
+
 class Change:
     """One captured row change. ``old``/``new`` hold the map's columns (None for the side
     of an insert or delete that has no row); values are as JSON gave them (see
-    :func:`decode_json`), to be coerced to the column kinds by the engine."""
+    :func:`decode_json`), to be coerced to the column kinds by the engine.
 
-    seq: int
-    map: str
-    txid: str
-    op: str  # "I", "U" or "D"
-    key_text: str  # the key as the log stores it (a JSON array); see ``key``
-    old: dict[str, Any] | None
-    new: dict[str, Any] | None
-    at: dt.datetime
+    A change read from a log keeps ``old_json``/``new_json``, the JSON text the trigger
+    wrote, and decodes it only when ``old``/``new`` is asked for: the applier's set-based
+    paths hand the text to the target database and never decode it in Python."""
+
+    __slots__ = ("_new", "_old", "at", "key_text", "map", "new_json", "old_json", "op", "seq",
+                 "txid")
+
+    def __init__(self, seq: int, map: str, txid: str, op: str, key_text: str,
+                 old: dict[str, Any] | None = None, new: dict[str, Any] | None = None,
+                 at: dt.datetime | None = None, *, old_json: str | None = None,
+                 new_json: str | None = None) -> None:
+        self.seq = seq
+        self.map = map
+        self.txid = txid
+        self.op = op  # "I", "U" or "D"
+        self.key_text = key_text  # the key as the log stores it (a JSON array); see ``key``
+        self.at = at if at is not None else dt.datetime.now(dt.UTC)
+        self.old_json, self.new_json = old_json, new_json
+        self._old = old if old is not None or old_json is None else _UNDECODED
+        self._new = new if new is not None or new_json is None else _UNDECODED
+
+    @property
+    def old(self) -> dict[str, Any] | None:
+        if self._old is _UNDECODED:
+            self._old = decode_json(self.old_json)
+        return self._old
+
+    @property
+    def new(self) -> dict[str, Any] | None:
+        if self._new is _UNDECODED:
+            self._new = decode_json(self.new_json)
+        return self._new
+
+    @property
+    def has_old(self) -> bool:
+        """Whether there is an old version (an update or a delete), without decoding it."""
+        return self.old_json is not None if self._old is _UNDECODED else self._old is not None
+
+    @property
+    def has_new(self) -> bool:
+        return self.new_json is not None if self._new is _UNDECODED else self._new is not None
 
     @property
     def key(self) -> tuple[Any, ...]:
@@ -103,6 +138,10 @@ class Change:
         return {"seq": self.seq, "map": self.map, "txid": self.txid, "op": self.op,
                 "key": list(self.key), "old": self.old, "new": self.new,
                 "at": self.at.isoformat()}
+
+    def __repr__(self) -> str:
+        return (f"Change(seq={self.seq}, map={self.map!r}, txid={self.txid!r}, op={self.op!r}, "
+                f"key={self.key_text})")
 
 
 #: one decoder for every log row: json.loads(parse_float=...) would build one per call
@@ -479,10 +518,14 @@ class CaptureLog:
 
     def _change(self, r: Any) -> Change:
         old, new = r[5], r[6]
+        if isinstance(old, dict) or isinstance(new, dict):  # a driver that decodes JSON
+            return Change(seq=int(r[0]), map=str(r[1]),
+                          txid=str(r[2]) if r[2] is not None else WATERMARK,
+                          op=str(r[3]).strip(), key_text=str(r[4]), old=old, new=new,
+                          at=parse_time(r[7]))
         return Change(seq=int(r[0]), map=str(r[1]),
                       txid=str(r[2]) if r[2] is not None else WATERMARK, op=str(r[3]).strip(),
-                      key_text=str(r[4]), old=decode_json(old), new=decode_json(new),
-                      at=parse_time(r[7]))
+                      key_text=str(r[4]), old_json=old, new_json=new, at=parse_time(r[7]))
 
     def pending(self, conn: sa.Connection, map_name: str, keys: Sequence[tuple[Any, ...]],
                 sql_types: Sequence[str]) -> list[Change]:

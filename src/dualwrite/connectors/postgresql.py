@@ -266,6 +266,86 @@ class PostgresConnector(SqlConnector):
     def begin_branch(self, xid: str) -> Branch:
         return PgBranch(self, xid)
 
+    def _json_record(self, table: sa.Table, columns: list[str], sources: list[str],
+                     alias: str) -> tuple[Any, Any] | None:
+        """``json_to_record(u.<alias>::json) AS <alias>(<source> <column type>, ...)`` and,
+        per column, the expression reading its source member: the database converts each
+        value with the target column's own input function, as an INSERT of that text
+        would. None when one source member feeds columns of different types."""
+        from psycopg import sql
+
+        defs: dict[str, str] = {}
+        for c, src in zip(columns, sources, strict=True):
+            typ = table.c[c].type.compile(dialect=self.engine.dialect)
+            if defs.setdefault(src, typ) != typ:
+                return None
+        a = sql.Identifier(alias)
+        record = sql.SQL("CROSS JOIN LATERAL json_to_record(u.{a}::json) AS {a}({defs})").format(
+            a=a, defs=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
+                                         for n, t in defs.items()))
+        values = [sql.SQL("{}.{}").format(a, sql.Identifier(src)) for src in sources]
+        return record, values
+
+    def _json_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
+                        columns: list[str], sources: list[str], keys: Sequence[Row],
+                        new: Sequence[str], old: Sequence[str]) -> set[Row] | None:
+        # One statement for the whole run: keys as binary arrays, versions as JSON text,
+        # written only where the row still holds the old version (as _unnest_update).
+        if len(keys) < COPY_THRESHOLD or not columns:
+            return None
+        from psycopg import sql
+
+        t = sql.Identifier(table.name)
+        key_types = [table.c[k].type.compile(dialect=self.engine.dialect) for k in key]
+        got_new = self._json_record(table, columns, sources, "n")
+        got_old = self._json_record(table, columns, sources, "o")
+        if got_new is None or got_old is None:
+            return None
+        (new_rec, new_vals), (old_rec, old_vals) = got_new, got_old
+        kalias = [sql.Identifier(f"k{i}") for i in range(len(key))]
+        stmt = sql.SQL(
+            "UPDATE {t} SET {sets} FROM unnest({arrays}, %b::text[], %b::text[]) "
+            "AS u({kalias}, n, o) {new_rec} {old_rec} WHERE {match} AND ROW({cur}) IS NOT "
+            "DISTINCT FROM ROW({exp}) RETURNING {ret}").format(
+            t=t,
+            sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), v)
+                                    for c, v in zip(columns, new_vals, strict=True)),
+            arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(typ))
+                                      for typ in key_types),
+            kalias=sql.SQL(", ").join(kalias), new_rec=new_rec, old_rec=old_rec,
+            match=sql.SQL(" AND ").join(sql.SQL("{t}.{c} = u.{a}").format(
+                t=t, c=sql.Identifier(k), a=kalias[i]) for i, k in enumerate(key)),
+            cur=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(c))
+                                   for c in columns),
+            exp=sql.SQL(", ").join(old_vals),
+            ret=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(k))
+                                   for k in key))
+        params = [[k[i] for k in keys] for i in range(len(key))] + [list(new), list(old)]
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute(stmt, params)
+            return {tuple(r) for r in cur.fetchall()}
+
+    def _json_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
+                     sources: list[str], rows: Sequence[str]) -> bool:
+        if len(rows) < COPY_THRESHOLD or not columns:
+            return False
+        from psycopg import sql
+
+        got = self._json_record(table, columns, sources, "n")
+        if got is None:
+            return False
+        rec, vals = got
+        stmt = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM unnest(%b::text[]) AS u(n) "
+                       "{rec}").format(
+            t=sql.Identifier(table.name),
+            cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+            vals=sql.SQL(", ").join(vals), rec=rec)
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute(stmt, [list(rows)])
+        return True
+
     def recover(self, prefix: str) -> list[str]:
         # pg_prepared_xacts lists every database's branches: keep this database's own.
         rows = self.execute("SELECT gid FROM pg_prepared_xacts WHERE database = "

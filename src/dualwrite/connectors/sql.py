@@ -127,6 +127,20 @@ class SqlWriteSession(WriteSession):
             return self.connector._bulk_update_if(self.conn, self.connector.table(table),
                                                   list(key), list(columns), rows)
 
+    def update_if_json(self, table: str, key: Sequence[str], columns: Sequence[str],
+                       sources: Sequence[str], keys: Sequence[Row], new: Sequence[str],
+                       old: Sequence[str]) -> set[Row] | None:
+        with self.connector.translating(f"update {table}"):
+            return self.connector._json_update_if(
+                self.conn, self.connector.table(table), list(key), list(columns),
+                list(sources), keys, new, old)
+
+    def insert_json(self, table: str, columns: Sequence[str], sources: Sequence[str],
+                    rows: Sequence[str]) -> bool:
+        with self.connector.translating(f"insert into {table}"):
+            return self.connector._json_insert(self.conn, self.connector.table(table),
+                                               list(columns), list(sources), rows)
+
     def capture_own_writes(self) -> None:
         with self.connector.translating("let capture see this transaction"):
             self.connector._unmark_origin(self.conn)
@@ -229,6 +243,19 @@ class SqlConnector(Connector):
                         ) -> set[Row] | None:
         """See :meth:`WriteSession.update_if`; None where the dialect has no bulk form."""
         return None
+
+    def _json_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
+                        columns: list[str], sources: list[str], keys: Sequence[Row],
+                        new: Sequence[str], old: Sequence[str]) -> set[Row] | None:
+        """See :meth:`WriteSession.update_if_json`; None where the dialect has no such
+        statement."""
+        return None
+
+    def _json_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
+                     sources: list[str], rows: Sequence[str]) -> bool:
+        """See :meth:`WriteSession.insert_json`; False where the dialect has no such
+        statement."""
+        return False
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
         """True when the database already orders this column by code point."""

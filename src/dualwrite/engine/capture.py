@@ -49,6 +49,7 @@ from dualwrite.connectors.capture import (
     CaptureLog,
     CaptureSpec,
     Change,
+    PostgresDialect,
     columns_of_filter,
 )
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
@@ -138,18 +139,60 @@ class ApplierLock:
 
 
 # -- one action -----------------------------------------------------------------------------
-@dataclass
-class _Action:
-    """A captured change, decoded for one map: what the source row was and became."""
+_LAZY: Any = object()
 
-    change: Change
-    source: Side
-    kind: str  # "create", "update", "delete" or "none" (outside the filter both before/after)
-    old: Row | None
-    new: Row | None
-    skey: Row
-    tkey: Row
-    lkey: Row  # the key on the left side: how a row is parked, whichever side changed it
+
+class _Action:
+    """A captured change, decoded for one map: what the source row was and became.
+
+    ``old``/``new`` are rows of the map's source columns, or None where there is no such
+    version (or it lies outside the map's filter). For a map without a filter they are
+    decoded only when first asked for: the set-based paths never ask."""
+
+    __slots__ = ("_decode", "_new", "_old", "change", "kind", "lkey", "skey", "source",
+                 "tkey")
+
+    def __init__(self, change: Change, source: Side, kind: str, old: Row | None,
+                 new: Row | None, skey: Row, tkey: Row, lkey: Row,
+                 decode: Callable[[dict[str, Any]], Row] | None = None) -> None:
+        self.change = change
+        self.source = source
+        self.kind = kind  # "create", "update" or "delete"
+        self._old, self._new = old, new  # a row, None, or _LAZY (decode on first use)
+        self.skey = skey
+        self.tkey = tkey
+        self.lkey = lkey  # the key on the left side: how a row is parked, whichever side
+        self._decode = decode
+
+    @property
+    def old(self) -> Row | None:
+        if self._old is _LAZY:
+            assert self._decode is not None and self.change.old is not None
+            self._old = self._decode(self.change.old)
+        return self._old
+
+    @property
+    def new(self) -> Row | None:
+        if self._new is _LAZY:
+            assert self._decode is not None and self.change.new is not None
+            self._new = self._decode(self.change.new)
+        return self._new
+
+
+#: kinds whose JSON text (as PostgreSQL's row_to_json writes it) the target's own input
+#: function reads back to the same value
+_JSON_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.DECIMAL, Kind.FLOAT, Kind.BOOLEAN,
+                         Kind.DATE, Kind.DATETIME, Kind.TIME, Kind.UUID})
+
+
+@dataclass
+class _JsonPlan:
+    """Target columns and the source columns (JSON members) they are copied from."""
+
+    live_columns: list[str]
+    live_sources: list[str]
+    insert_columns: list[str]
+    insert_sources: list[str]
 
 
 @dataclass
@@ -208,6 +251,7 @@ class Applier:
         self._purged = 0.0
         self._parked: set[tuple[str, tuple[Any, ...]]] | None = None
         self._decoders: dict[tuple[str, Side], Callable[[dict[str, Any]], Row]] = {}
+        self._json_plans: dict[tuple[str, Side], _JsonPlan | None] = {}
         self.alerts = link.alerts()
         self._waiter: Any = None
         self._waiter_at = 0.0
@@ -423,10 +467,30 @@ class Applier:
                 m = maps.get(c.map)
                 ctx = per_map[c.map] = None if m is None else (
                     self._decoder(c.map, m.differ, s), m.bound.filter(s), m.differ,
-                    operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]))
+                    operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]),
+                    *self._key_coercions(m.differ, s))
             if ctx is None:
                 continue
-            decode, flt, d, keyget, width = ctx
+            decode, flt, d, keyget, width, keyfix, tkinds = ctx
+            if flt is None:
+                # No filter: the kind follows from which versions exist, and the keys from
+                # the logged key, so the values stay undecoded until a path needs them.
+                was, now = c.has_old, c.has_new
+                lazy_kind = _KINDS[was][now]
+                if lazy_kind is None:
+                    outcome.skipped += 1
+                    continue
+                k = list(c.key)
+                for i, kd in keyfix:
+                    if k[i] is not None:
+                        k[i] = coerce(k[i], kd)
+                skey = tuple(k)
+                tkey = skey if tkinds is None else tuple(
+                    coerce(v, kd) for v, kd in zip(skey, tkinds, strict=True))
+                out.append(_Action(c, s, lazy_kind, _LAZY if was else None,
+                                   _LAZY if now else None, skey, tkey,
+                                   skey if left else tkey, decode))
+                continue
             old = decode(c.old) if c.old is not None else None
             new = decode(c.new) if c.new is not None else None
             was = old is not None and (flt is None or _matches(flt, d, s, old, c.old))
@@ -442,6 +506,19 @@ class Applier:
             out.append(_Action(c, s, kind, old if was else None, new if now else None,
                                skey, tkey, skey if left else tkey))
         return out
+
+    @staticmethod
+    def _key_coercions(d: MapDiffer, s: Side
+                       ) -> tuple[list[tuple[int, Kind]], list[Kind] | None]:
+        """How a key read from the log becomes the source key (the coercions the decoder
+        applies to those columns) and the target key (None: the same values, the kinds
+        agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key` does)."""
+        t = s.other
+        src = [d.kinds[s][d.columns[s][i]] for i in d.key_idx[s]]
+        dst = [d.kinds[t][c] for c in d.bound.key(t)]
+        keyfix = [(i, kd) for i, kd in enumerate(src)
+                  if kd not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
+        return keyfix, None if src == dst else dst
 
     def _decoder(self, name: str, d: MapDiffer, s: Side
                  ) -> Callable[[dict[str, Any]], Row]:
@@ -487,8 +564,48 @@ class Applier:
         if not careful and run[0].kind == "update" and not d.has_lookups and \
                 self._guarded_update(sess, s, m, run, outcome):
             return
+        if not careful and run[0].kind == "create":
+            plan = self._json_plan(m, s)
+            texts = [a.change.new_json for a in run]
+            if plan is not None and all(x is not None for x in texts) and \
+                    sess.insert_json(m.bound.table(t), plan.insert_columns,
+                                     plan.insert_sources, [x or "" for x in texts]):
+                outcome.applied += len(run)
+                return
         self._compare_and_write(sess, s, m, run, outcome, {},
                                 check=careful or run[0].kind != "create")
+
+    def _json_plan(self, m: _MapCtx, s: Side) -> _JsonPlan | None:
+        """Whether changes from side ``s`` for this map can go to the target as the log's JSON
+        text, converted by the target database (no decoding, no row building in Python),
+        and how. Only where that is exactly what the row builders would do: a PostgreSQL
+        log (``row_to_json``), no filter on the source, no lookups, value maps, defaults or
+        company striping, and every written field a copy between columns of the same kind."""
+        key = (m.bound.name, s)
+        if key in self._json_plans:
+            return self._json_plans[key]
+        plan = None
+        t = s.other
+        d, b = m.differ, m.bound
+        fields = sorted(set(d.create_into[t]) | set(d.live_into[t]))
+
+        def plain(i: int) -> bool:
+            f = b.fields[i]
+            src, dst = f.end(s), f.end(t)
+            return (src.column is not None and dst.column is not None and f.spec.values is None
+                    and not src.is_lookup and not dst.is_lookup
+                    and d.kinds[s][src.column] is d.kinds[t][dst.column]
+                    and d.kinds[t][dst.column] in _JSON_KINDS)
+
+        if isinstance(self.logs[s].dialect, PostgresDialect) and b.filter(s) is None and \
+                not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields):
+            plan = _JsonPlan(
+                live_columns=list(d.live_columns[t]),
+                live_sources=[b.fields[i].end(s).column or "" for i in d.live_into[t]],
+                insert_columns=list(d.insert_columns[t]),
+                insert_sources=[b.fields[i].end(s).column or "" for i in d.create_into[t]])
+        self._json_plans[key] = plan
+        return plan
 
     def _theirs(self, sess: WriteSession, t: Side, m: _MapCtx, run: list[_Action]
                 ) -> dict[tuple[Any, ...], list[Change]]:
@@ -589,6 +706,16 @@ class Applier:
         careful path. False where the backend has no such statement."""
         t = s.other
         d, b = m.differ, m.bound
+        plan = self._json_plan(m, s)
+        done: set[Row] | None = None
+        news = [a.change.new_json for a in run]
+        olds = [a.change.old_json for a in run]
+        if plan is not None and all(x is not None for x in news + olds):
+            done = sess.update_if_json(
+                b.table(t), list(b.key(t)), plan.live_columns, plan.live_sources,
+                [a.tkey for a in run], [x or "" for x in news], [x or "" for x in olds])
+        if done is not None:
+            return self._after_guarded(sess, s, m, run, outcome, done)
         rows = []
         try:
             for a in run:
@@ -600,6 +727,11 @@ class Applier:
         done = sess.update_if(b.table(t), list(b.key(t)), d.live_columns[t], rows)
         if done is None:
             return False
+        return self._after_guarded(sess, s, m, run, outcome, done)
+
+    def _after_guarded(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
+                       outcome: _Outcome, done: set[Row]) -> bool:
+        """Count what a guarded update wrote; the rest goes through the careful path."""
         done_keys = {canonical_key(k) for k in done}
         rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
         outcome.applied += len(run) - len(rest)
