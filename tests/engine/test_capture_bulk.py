@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterator
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import yaml
 
 from capture_fixtures import drain
 from dualwrite.connectors.postgresql import PostgresConnector
+from dualwrite.engine.capture import Applier
 from dualwrite.engine.link import Link
 
 from conftest import Backend, BackendFactory
@@ -96,9 +98,20 @@ class Spy:
         monkeypatch.setattr(PostgresConnector, "_json_insert", spy_insert)
 
 
+@dataclass
+class Started:
+    left: Backend
+    right: Backend
+    link: Link
+    applier: Applier
+    spy: Spy
+
+
 @pytest.fixture
-def pair(make_backend: BackendFactory, tmp_path: Path) -> Iterator[tuple[Backend, Backend,
-                                                                          Path]]:
+def started(make_backend: BackendFactory, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch) -> Iterator[Started]:
+    """The map started between two PostgreSQL databases, rows 1..N inserted on the left
+    and applied."""
     left = make_backend("postgresql", "dualwrite_test_a")
     right = make_backend("postgresql", "dualwrite_test_b")
     for b in (left, right):
@@ -110,7 +123,13 @@ def pair(make_backend: BackendFactory, tmp_path: Path) -> Iterator[tuple[Backend
            "link": {"left": "erp", "right": "crm"},
            "state": f"sqlite:///{tmp_path / 'state.db'}", "maps": ["maps/*.yaml"]}
     (tmp_path / "dualwrite.yaml").write_text(yaml.safe_dump(cfg))
-    yield left, right, tmp_path / "dualwrite.yaml"
+    spy = Spy(monkeypatch)
+    with Link.open(tmp_path / "dualwrite.yaml") as link:
+        link.start_maps()
+        applier = link.applier()
+        _app_write(left, INSERT, [_row(i, 0) for i in range(1, N + 1)])
+        drain(applier)
+        yield Started(left, right, link, applier, spy)
 
 
 def _rows(b: Backend) -> dict[int, tuple[Any, ...]]:
@@ -130,53 +149,42 @@ UPDATE = ("UPDATE things SET label = :label, qty = :qty, price = :price, ok = :o
           "seen = :seen, day = :day WHERE id = :id")
 
 
-def test_large_transactions_go_set_based_and_write_every_kind_exactly(
-        pair: tuple[Backend, Backend, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    left, right, config = pair
-    spy = Spy(monkeypatch)
-    with Link.open(config) as link:
-        link.start_maps()
-        applier = link.applier()
-        _app_write(left, INSERT, [_row(i, 0) for i in range(1, N + 1)])
-        drain(applier)
-        assert spy.inserted == [N]  # the whole transaction, in one set-based statement
-        assert _rows(right) == _rows(left)
-        assert _rows(right)[7] == tuple(_row(7, 0)[c] for c in COLUMNS)
+def test_large_transactions_go_set_based_and_write_every_kind_exactly(started: Started
+                                                                      ) -> None:
+    it = started
+    assert it.spy.inserted == [N]  # the whole transaction, in one set-based statement
+    assert _rows(it.right) == _rows(it.left)
+    assert _rows(it.right)[7] == tuple(_row(7, 0)[c] for c in COLUMNS)
 
-        _app_write(right, UPDATE, [_row(i, 1) for i in range(1, N + 1)])  # the other way
-        drain(applier)
-        assert spy.updated == [N]
-        assert _rows(left) == _rows(right)
-        assert _rows(left)[8] == tuple(_row(8, 1)[c] for c in COLUMNS)
+    _app_write(it.right, UPDATE, [_row(i, 1) for i in range(1, N + 1)])  # the other way
+    drain(it.applier)
+    assert it.spy.updated == [N]
+    assert _rows(it.left) == _rows(it.right)
+    assert _rows(it.left)[8] == tuple(_row(8, 1)[c] for c in COLUMNS)
 
 
-def test_rows_that_moved_on_and_rows_already_there_take_the_careful_path(
-        pair: tuple[Backend, Backend, Path], monkeypatch: pytest.MonkeyPatch) -> None:
-    left, right, config = pair
-    spy = Spy(monkeypatch)
-    with Link.open(config) as link:
-        link.start_maps()
-        applier = link.applier()
-        _app_write(left, INSERT, [_row(i, 0) for i in range(1, N + 1)])
-        drain(applier)
-        # dualwrite's own connection: not captured, so the right side simply holds other
-        # values for rows 1-10 now (neither the old nor the new version of what comes)
-        right.connector.execute("UPDATE things SET qty = -1 WHERE id <= 10")
-        _app_write(left, UPDATE, [_row(i, 2) for i in range(1, N + 1)])
-        drain(applier)
-        assert spy.update_tried == [N]  # set-based first: all but the ten that moved on ...
-        assert spy.updated == [N - 10]
-        assert _rows(right) == _rows(left)  # ... which the careful path then overwrote
-        assert link.state.conflicts() == []  # the right side queued nothing: no conflict
+def test_rows_that_moved_on_and_rows_already_there_take_the_careful_path(started: Started
+                                                                         ) -> None:
+    it = started
+    # dualwrite's own connection: not captured, so the right side simply holds other values
+    # for rows 1-10 now (neither the old nor the new version of what comes)
+    it.right.connector.execute("UPDATE things SET qty = -1 WHERE id <= 10")
+    _app_write(it.left, UPDATE, [_row(i, 2) for i in range(1, N + 1)])
+    drain(it.applier)
+    assert it.spy.update_tried == [N]  # set-based first: all but the ten that moved on ...
+    assert it.spy.updated == [N - 10]
+    assert _rows(it.right) == _rows(it.left)  # ... which the careful path then overwrote
+    assert it.link.state.conflicts() == []  # the right side queued nothing: no conflict
 
-        # rows the right side already has (uncaptured): the optimistic insert meets them,
-        # the batch is redone comparing with each, and both sides end the same
-        right.connector.execute(
-            "INSERT INTO things (id, label) SELECT g, 'already here' "
-            f"FROM generate_series({N + 1}, {N + 20}) g")
-        _app_write(left, INSERT, [_row(i, 0) for i in range(N + 1, 2 * N + 1)])
-        drain(applier)
-        assert spy.insert_tried[-1] == N and len(spy.inserted) == len(spy.insert_tried) - 1
-        assert _rows(right) == _rows(left)
-        assert len(_rows(right)) == 2 * N
-        assert link.state.errors() == []
+    # rows the right side already has (uncaptured): the optimistic insert meets them, the
+    # batch is redone comparing with each, and both sides end the same
+    it.right.connector.execute(
+        "INSERT INTO things (id, label) SELECT g, 'already here' "
+        f"FROM generate_series({N + 1}, {N + 20}) g")
+    _app_write(it.left, INSERT, [_row(i, 0) for i in range(N + 1, 2 * N + 1)])
+    drain(it.applier)
+    assert it.spy.insert_tried[-1] == N
+    assert len(it.spy.inserted) == len(it.spy.insert_tried) - 1  # that attempt failed
+    assert _rows(it.right) == _rows(it.left)
+    assert len(_rows(it.right)) == 2 * N
+    assert it.link.state.errors() == []
