@@ -566,7 +566,7 @@ class Applier:
             return
         if not careful and run[0].kind == "create":
             plan = self._json_plan(m, s)
-            texts = [a.change.new_json for a in run]
+            texts = [a.change.new_json for a in run] if plan is not None else []
             if plan is not None and all(x is not None for x in texts) and \
                     sess.insert_json(m.bound.table(t), plan.insert_columns,
                                      plan.insert_sources, [x or "" for x in texts]):
@@ -579,8 +579,9 @@ class Applier:
         """Whether changes from side ``s`` for this map can go to the target as the log's JSON
         text, converted by the target database (no decoding, no row building in Python),
         and how. Only where that is exactly what the row builders would do: a PostgreSQL
-        log (``row_to_json``), no filter on the source, no lookups, value maps, defaults or
-        company striping, and every written field a copy between columns of the same kind."""
+        log (``row_to_json``) and a PostgreSQL target, no filter on the source, no lookups,
+        value maps, defaults or company striping, and every written field a copy between
+        columns of the same kind."""
         key = (m.bound.name, s)
         if key in self._json_plans:
             return self._json_plans[key]
@@ -597,7 +598,8 @@ class Applier:
                     and d.kinds[s][src.column] is d.kinds[t][dst.column]
                     and d.kinds[t][dst.column] in _JSON_KINDS)
 
-        if isinstance(self.logs[s].dialect, PostgresDialect) and b.filter(s) is None and \
+        if isinstance(self.logs[s].dialect, PostgresDialect) and \
+                isinstance(self.logs[t].dialect, PostgresDialect) and b.filter(s) is None and \
                 not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields):
             plan = _JsonPlan(
                 live_columns=list(d.live_columns[t]),
@@ -707,15 +709,15 @@ class Applier:
         t = s.other
         d, b = m.differ, m.bound
         plan = self._json_plan(m, s)
-        done: set[Row] | None = None
-        news = [a.change.new_json for a in run]
-        olds = [a.change.old_json for a in run]
-        if plan is not None and all(x is not None for x in news + olds):
-            done = sess.update_if_json(
-                b.table(t), list(b.key(t)), plan.live_columns, plan.live_sources,
-                [a.tkey for a in run], [x or "" for x in news], [x or "" for x in olds])
-        if done is not None:
-            return self._after_guarded(sess, s, m, run, outcome, done)
+        if plan is not None:
+            news = [a.change.new_json for a in run]
+            olds = [a.change.old_json for a in run]
+            if all(x is not None for x in news + olds):
+                done = sess.update_if_json(
+                    b.table(t), list(b.key(t)), plan.live_columns, plan.live_sources,
+                    [a.tkey for a in run], [x or "" for x in news], [x or "" for x in olds])
+                if done is not None:
+                    return self._after_guarded(sess, s, m, run, outcome, done)
         rows = []
         try:
             for a in run:
