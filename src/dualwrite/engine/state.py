@@ -608,9 +608,11 @@ class StateStore:
         recovery commits the branches. A crash before this point leaves no decision, and
         recovery rolls the branches back (presumed abort).
 
-        Group commit: concurrent callers are written together in one state-store transaction
-        (one fsync for all of them); the first caller to arrive writes for everyone queued,
-        the others wait for it. Completions noted with :meth:`complete` ride along."""
+        Group commit: concurrent callers are written together in one write (one flush for
+        all of them: a journal record, or a state-store transaction where there is no
+        journal); the first caller to arrive writes for everyone queued, the others wait for
+        it. Completions noted with :meth:`complete` ride along with the state-store write
+        (with the journal's drain, when decisions are journalled)."""
         item = _Pending(xid, list(participants), principal, list(audit))
         with self._cv:
             self._queue.append(item)
@@ -620,7 +622,9 @@ class StateStore:
                     continue
                 self._writing = True
                 batch, self._queue = self._queue, []
-                completed, self._completed = self._completed, []
+                completed: list[str] = []
+                if self._journal is None:  # journalled, they go with the drain instead
+                    completed, self._completed = self._completed, []
                 self._cv.release()
                 error: BaseException | None = None
                 try:
@@ -645,9 +649,6 @@ class StateStore:
                 [p.xid, p.participants, p.principal,
                  [[a.environment, a.table, encode_values(a.key), a.operation, a.map]
                   for a in p.audit]] for p in batch]})
-            if completed:  # written with the decisions when they are drained
-                with self._cv:
-                    self._completed = completed + self._completed
             return
         if self.engine.dialect.name == "sqlite":
             self._write_decisions_sqlite(
