@@ -1,5 +1,5 @@
 """Large source transactions between PostgreSQL databases take the set-based path: the log's
-JSON text goes to the target as it is and the target converts it (``json_to_record``). These
+JSON text goes to the target as it is and the target converts it (``json_to_recordset``). These
 tests check that path is taken and writes exactly what the row-by-row path would: every kind
 of value, NULLs, a guarded update meeting rows that moved on, an optimistic insert meeting
 rows already there."""
@@ -188,3 +188,20 @@ def test_rows_that_moved_on_and_rows_already_there_take_the_careful_path(started
     assert _rows(it.right) == _rows(it.left)
     assert len(_rows(it.right)) == 2 * N
     assert it.link.state.errors() == []
+
+
+def test_a_large_run_meets_changes_the_target_queued_itself(started: Started) -> None:
+    """The target's log holds changes of its own for five of the run's keys (captured, not
+    yet applied): those five are conflicts settled by the policy (left-wins), the rest go
+    set-based. A large run first probes the target's log as a whole; this is the case where
+    the probe finds something and the keys must be looked up."""
+    it = started
+    _app_write(it.right, UPDATE, [_row(i, 7) for i in range(1, 6)])  # queued on the right
+    _app_write(it.left, UPDATE, [_row(i, 3) for i in range(1, N + 1)])
+    drain(it.applier)
+    assert it.spy.update_tried == [N - 5]  # the contested five were taken out first
+    assert it.spy.updated == [N - 5]
+    assert sorted(c["key"] for c in it.link.state.conflicts()) == [[i] for i in range(1, 6)]
+    assert all(c["winner"] == "left" for c in it.link.state.conflicts())
+    assert _rows(it.left) == _rows(it.right)
+    assert _rows(it.right)[3] == tuple(_row(3, 3)[c] for c in COLUMNS)  # the left won

@@ -85,18 +85,19 @@ class Change:
     wrote, and decodes it only when ``old``/``new`` is asked for: the applier's set-based
     paths hand the text to the target database and never decode it in Python."""
 
-    __slots__ = ("_new", "_old", "at", "key_text", "map", "new_json", "old_json", "op", "seq",
-                 "txid")
+    __slots__ = ("_key", "_new", "_old", "at", "key_text", "map", "new_json", "old_json", "op",
+                 "seq", "txid")
 
     def __init__(self, seq: int, map: str, txid: str, op: str, key_text: str,
                  old: dict[str, Any] | None = None, new: dict[str, Any] | None = None,
                  at: dt.datetime | None = None, *, old_json: str | None = None,
-                 new_json: str | None = None) -> None:
+                 new_json: str | None = None, key: tuple[Any, ...] | None = None) -> None:
         self.seq = seq
         self.map = map
         self.txid = txid
         self.op = op  # "I", "U" or "D"
         self.key_text = key_text  # the key as the log stores it (a JSON array); see ``key``
+        self._key = key  # decoded, when the reader decoded it already
         self.at = at if at is not None else dt.datetime.now(dt.UTC)
         self.old_json, self.new_json = old_json, new_json
         self._old = old if old is not None or old_json is None else _UNDECODED
@@ -125,8 +126,11 @@ class Change:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """The key, decoded when asked (the applier finds keys in the values)."""
-        return tuple(decode_json(self.key_text))
+        """The key, decoded when first asked (a log reader decodes all of a read's keys
+        at once: one call of the JSON decoder instead of one per change)."""
+        if self._key is None:
+            self._key = tuple(decode_json(self.key_text))
+        return self._key
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Change:
@@ -508,24 +512,40 @@ class CaptureLog:
                         tparams).all()
                     rows = [*rows, *more]
             conn.rollback()
-        return [self._change(r) for r in rows]
+        return self._changes(rows)
+
+    def _changes(self, rows: Sequence[Any]) -> list[Change]:
+        """Changes from log rows (``_columns``), their keys decoded in one call of the JSON
+        decoder. The hot loop of a large read: slots are set directly, and each conversion is
+        made only where the driver did not give the type already."""
+        keys = decode_json("[" + ",".join(str(r[4]) for r in rows) + "]")
+        out = []
+        make = Change.__new__
+        for r, k in zip(rows, keys, strict=True):
+            c = make(Change)
+            seq, name, txid, op, key_text, old, new, at = r
+            c.seq = seq if type(seq) is int else int(seq)
+            c.map = name if type(name) is str else str(name)
+            c.txid = WATERMARK if txid is None else str(txid)
+            c.op = op if len(op) == 1 else str(op).strip()
+            c.key_text = key_text if type(key_text) is str else str(key_text)
+            c._key = tuple(k)
+            c.at = at if type(at) is dt.datetime and at.tzinfo is not None else parse_time(at)
+            if isinstance(old, dict) or isinstance(new, dict):  # a driver that decodes JSON
+                c.old_json = c.new_json = None
+                c._old, c._new = old, new
+            else:
+                c.old_json, c.new_json = old, new
+                c._old = None if old is None else _UNDECODED
+                c._new = None if new is None else _UNDECODED
+            out.append(c)
+        return out
 
     def _columns(self) -> str:
         # JSON as text, decoded here with exact decimals (a driver would give floats)
         if self.connector.engine.dialect.name == "postgresql":
             return "seq, map, txid, op, k, old::text, new::text, at"
         return "seq, map, txid, op, k, old, new, at"
-
-    def _change(self, r: Any) -> Change:
-        old, new = r[5], r[6]
-        if isinstance(old, dict) or isinstance(new, dict):  # a driver that decodes JSON
-            return Change(seq=int(r[0]), map=str(r[1]),
-                          txid=str(r[2]) if r[2] is not None else WATERMARK,
-                          op=str(r[3]).strip(), key_text=str(r[4]), old=old, new=new,
-                          at=parse_time(r[7]))
-        return Change(seq=int(r[0]), map=str(r[1]),
-                      txid=str(r[2]) if r[2] is not None else WATERMARK, op=str(r[3]).strip(),
-                      key_text=str(r[4]), old_json=old, new_json=new, at=parse_time(r[7]))
 
     def pending(self, conn: sa.Connection, map_name: str, keys: Sequence[tuple[Any, ...]],
                 sql_types: Sequence[str]) -> list[Change]:
@@ -559,7 +579,13 @@ class CaptureLog:
                 rows += conn.execute(sa.text(
                     f"SELECT {self._columns()} FROM {CHANGES} WHERE map = :m "
                     f"AND k IN ({', '.join(exprs)}) ORDER BY seq"), params).all()
-        return sorted((self._change(r) for r in rows), key=lambda c: c.seq)
+        return sorted(self._changes(rows), key=lambda c: c.seq)
+
+    def queues(self, conn: sa.Connection, map_name: str) -> bool:
+        """Whether this log holds any committed change of ``map_name``, inside the caller's
+        transaction (one index probe)."""
+        return conn.execute(sa.text(f"SELECT 1 FROM {CHANGES} WHERE map = :m LIMIT 1"),
+                            {"m": map_name}).first() is not None
 
     def stats(self) -> dict[str, tuple[int, int, dt.datetime | None]]:
         """Per map: queued changes, their size in bytes, and the time of the oldest."""

@@ -613,10 +613,14 @@ class Applier:
                 ) -> dict[tuple[Any, ...], list[Change]]:
         """The target's captured changes still queued for the run's keys, by key."""
         d, b = m.differ, m.bound
+        conn = sess.conn  # type: ignore[attr-defined]
+        # A large run asks first whether the target queues anything of this map at all (the
+        # common case: it does not): one cheap probe instead of sending every key.
+        if len(run) >= _PROBE_QUEUE_AT and not self.logs[t].queues(conn, b.name):
+            return {}
         key_types = [d.connectors[t].describe(b.table(t)).columns[c].sql_type
                      for c in b.key(t)]
-        found = self.logs[t].pending(sess.conn,  # type: ignore[attr-defined]
-                                     b.name, [a.tkey for a in run], key_types)
+        found = self.logs[t].pending(conn, b.name, [a.tkey for a in run], key_types)
         out: dict[tuple[Any, ...], list[Change]] = {}
         kinds = [d.kinds[t][c] for c in b.key(t)]
         for c in found:
@@ -734,6 +738,9 @@ class Applier:
     def _after_guarded(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
                        outcome: _Outcome, done: set[Row]) -> bool:
         """Count what a guarded update wrote; the rest goes through the careful path."""
+        if len(done) == len(run):  # the common case: every row still held the old version
+            outcome.applied += len(run)
+            return True
         done_keys = {canonical_key(k) for k in done}
         rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
         outcome.applied += len(run) - len(rest)
@@ -1010,6 +1017,9 @@ class _PgListener:
 
 # -- helpers ---------------------------------------------------------------------------------
 _UNSET: Any = object()
+#: from this many changes in a run on, the target's log is probed for any queued change of the
+#: map before its queued changes for the run's keys are looked up
+_PROBE_QUEUE_AT = 50
 #: action kind by (row in the filter before, row in the filter after)
 _KINDS: tuple[tuple[str | None, str], tuple[str, str]] = (
     (None, "create"), ("delete", "update"))
