@@ -352,6 +352,7 @@ def run(config: ConfigOpt = None) -> None:
     import threading
 
     from dualwrite.engine.capture import run_applier
+    from dualwrite.engine.heap import settle_for_latency
 
     stop = threading.Event()
 
@@ -364,6 +365,7 @@ def run(config: ConfigOpt = None) -> None:
         link.bound_maps()
 
         def ready() -> None:
+            settle_for_latency()  # start-up done: keep its objects out of the collector's way
             err.print(f"dualwrite run: applying captured changes of link "
                       f"{link.config.link_name!r} (pid {os.getpid()})",
                       markup=False)
@@ -404,10 +406,13 @@ def serve(config: ConfigOpt = None,
     import uvicorn
 
     from dualwrite.api.server import create_server_app
+    from dualwrite.engine.heap import settle_for_latency
 
     with _link(config) as link:
         link.bound_maps()  # refuse to start on invalid maps, with every problem listed
-        uvicorn.run(create_server_app(link, apply_captured=True), host=host, port=port,
+        app_ = create_server_app(link, apply_captured=True)
+        settle_for_latency()  # start-up done: keep its objects out of the collector's way
+        uvicorn.run(app_, host=host, port=port,
                     log_level="info")
 
 
