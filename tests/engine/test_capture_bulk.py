@@ -80,9 +80,9 @@ class Spy:
         self.inserted: list[int] = []
         update, insert = PostgresConnector._json_update_if, PostgresConnector._json_insert
 
-        # (connector, conn, table, key, columns, sources, keys, new, old)
+        # (connector, conn, table, key, columns, key_sources, sources, new, old)
         def spy_update(connector: Any, *args: Any) -> Any:
-            self.update_tried.append(len(args[5]))
+            self.update_tried.append(len(args[6]))
             done = update(connector, *args)
             self.updated.append(len(done))
             return done

@@ -96,12 +96,14 @@ class WriteSession(ABC):
         return None
 
     def update_if_json(self, table: str, key: Sequence[str], columns: Sequence[str],
-                       sources: Sequence[str], keys: Sequence[Row], new: Sequence[str],
+                       key_sources: Sequence[str], sources: Sequence[str], new: Sequence[str],
                        old: Sequence[str]) -> set[Row] | None:
         """:meth:`update_if` with the values still as JSON text, as a capture log holds them:
         ``new[i]``/``old[i]`` are JSON objects whose member ``sources[j]`` is the value of
-        ``columns[j]``, converted by the database to the column's type. Returns the keys of
-        the rows updated, or None where the backend cannot read JSON this way."""
+        ``columns[j]``, converted by the database to the column's type; the key of row ``i``
+        is read from ``new[i]`` the same way (member ``key_sources[j]`` for ``key[j]``).
+        Returns the keys of the rows updated, or None where the backend cannot read JSON
+        this way."""
         return None
 
     def insert_json(self, table: str, columns: Sequence[str], sources: Sequence[str],

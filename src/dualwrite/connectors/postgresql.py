@@ -292,45 +292,39 @@ class PostgresConnector(SqlConnector):
         return rows, values
 
     def _json_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
-                        columns: list[str], sources: list[str], keys: Sequence[Row],
+                        columns: list[str], key_sources: list[str], sources: list[str],
                         new: Sequence[str], old: Sequence[str]) -> set[Row] | None:
-        # One statement for the whole run: keys as binary arrays, the versions as two JSON
-        # arrays, joined by position; written only where the row still holds the old
-        # version (as _unnest_update).
-        if len(keys) < COPY_THRESHOLD or not columns:
+        # One statement for the whole run: the versions as two JSON arrays joined by position,
+        # the keys read from the new versions; written only where the row still holds the
+        # old version (as _unnest_update).
+        if len(new) < COPY_THRESHOLD or not columns:
             return None
         from psycopg import sql
 
         t = sql.Identifier(table.name)
-        key_types = [table.c[k].type.compile(dialect=self.engine.dialect) for k in key]
-        got_new = self._json_rows(table, columns, sources, "n")
+        got_new = self._json_rows(table, key + columns, key_sources + sources, "n")
         got_old = self._json_rows(table, columns, sources, "o")
         if got_new is None or got_old is None:
             return None
         (new_rows, new_vals), (old_rows, old_vals) = got_new, got_old
-        kalias = [sql.Identifier(f"k{i}") for i in range(len(key))]
+        key_vals, new_vals = new_vals[:len(key)], new_vals[len(key):]
         stmt = sql.SQL(
-            "UPDATE {t} SET {sets} FROM unnest({arrays}) WITH ORDINALITY AS u({kalias}, dw_ord) "
-            "JOIN {new_rows} USING (dw_ord) JOIN {old_rows} USING (dw_ord) "
+            "UPDATE {t} SET {sets} FROM {new_rows} JOIN {old_rows} USING (dw_ord) "
             "WHERE {match} AND ROW({cur}) IS NOT DISTINCT FROM ROW({exp}) RETURNING {ret}").format(
             t=t,
             sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), v)
                                     for c, v in zip(columns, new_vals, strict=True)),
-            arrays=sql.SQL(", ").join(sql.SQL("%b::{}[]").format(sql.SQL(typ))
-                                      for typ in key_types),
-            kalias=sql.SQL(", ").join(kalias), new_rows=new_rows, old_rows=old_rows,
-            match=sql.SQL(" AND ").join(sql.SQL("{t}.{c} = u.{a}").format(
-                t=t, c=sql.Identifier(k), a=kalias[i]) for i, k in enumerate(key)),
+            new_rows=new_rows, old_rows=old_rows,
+            match=sql.SQL(" AND ").join(sql.SQL("{t}.{c} = {v}").format(
+                t=t, c=sql.Identifier(k), v=key_vals[i]) for i, k in enumerate(key)),
             cur=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(c))
                                    for c in columns),
             exp=sql.SQL(", ").join(old_vals),
             ret=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(k))
                                    for k in key))
-        params: list[Any] = [[k[i] for k in keys] for i in range(len(key))]
-        params += [_json_array(new), _json_array(old)]
         raw: Any = conn.connection.driver_connection
         with raw.cursor() as cur:
-            cur.execute(stmt, params)
+            cur.execute(stmt, [_json_array(new), _json_array(old)])
             return {tuple(r) for r in cur.fetchall()}
 
     def _json_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],

@@ -128,12 +128,12 @@ class SqlWriteSession(WriteSession):
                                                   list(key), list(columns), rows)
 
     def update_if_json(self, table: str, key: Sequence[str], columns: Sequence[str],
-                       sources: Sequence[str], keys: Sequence[Row], new: Sequence[str],
+                       key_sources: Sequence[str], sources: Sequence[str], new: Sequence[str],
                        old: Sequence[str]) -> set[Row] | None:
         with self.connector.translating(f"update {table}"):
             return self.connector._json_update_if(
                 self.conn, self.connector.table(table), list(key), list(columns),
-                list(sources), keys, new, old)
+                list(key_sources), list(sources), new, old)
 
     def insert_json(self, table: str, columns: Sequence[str], sources: Sequence[str],
                     rows: Sequence[str]) -> bool:
@@ -245,7 +245,7 @@ class SqlConnector(Connector):
         return None
 
     def _json_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
-                        columns: list[str], sources: list[str], keys: Sequence[Row],
+                        columns: list[str], key_sources: list[str], sources: list[str],
                         new: Sequence[str], old: Sequence[str]) -> set[Row] | None:
         """See :meth:`WriteSession.update_if_json`; None where the dialect has no such
         statement."""

@@ -41,7 +41,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from dualwrite.connectors.base import Row, WriteSession
 from dualwrite.connectors.capture import (
@@ -193,6 +193,8 @@ class _JsonPlan:
     live_sources: list[str]
     insert_columns: list[str]
     insert_sources: list[str]
+    #: per target key column, the source column it is copied from
+    key_sources: list[str]
 
 
 @dataclass
@@ -567,9 +569,9 @@ class Applier:
         if not careful and run[0].kind == "create":
             plan = self._json_plan(m, s)
             texts = [a.change.new_json for a in run] if plan is not None else []
-            if plan is not None and all(x is not None for x in texts) and \
+            if plan is not None and None not in texts and \
                     sess.insert_json(m.bound.table(t), plan.insert_columns,
-                                     plan.insert_sources, [x or "" for x in texts]):
+                                     plan.insert_sources, cast(list[str], texts)):
                 outcome.applied += len(run)
                 return
         self._compare_and_write(sess, s, m, run, outcome, {},
@@ -580,8 +582,8 @@ class Applier:
         text, converted by the target database (no decoding, no row building in Python),
         and how. Only where that is exactly what the row builders would do: a PostgreSQL
         log (``row_to_json``) and a PostgreSQL target, no filter on the source, no lookups,
-        value maps, defaults or company striping, and every written field a copy between
-        columns of the same kind."""
+        value maps, defaults or company striping, and every written field and every key
+        column a copy between columns of the same kind."""
         key = (m.bound.name, s)
         if key in self._json_plans:
             return self._json_plans[key]
@@ -598,14 +600,18 @@ class Applier:
                     and d.kinds[s][src.column] is d.kinds[t][dst.column]
                     and d.kinds[t][dst.column] in _JSON_KINDS)
 
+        key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
         if isinstance(self.logs[s].dialect, PostgresDialect) and \
                 isinstance(self.logs[t].dialect, PostgresDialect) and b.filter(s) is None and \
-                not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields):
+                not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields) \
+                and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
+                        for src, dst in key_pairs):
             plan = _JsonPlan(
                 live_columns=list(d.live_columns[t]),
                 live_sources=[b.fields[i].end(s).column or "" for i in d.live_into[t]],
                 insert_columns=list(d.insert_columns[t]),
-                insert_sources=[b.fields[i].end(s).column or "" for i in d.create_into[t]])
+                insert_sources=[b.fields[i].end(s).column or "" for i in d.create_into[t]],
+                key_sources=[src for src, _dst in key_pairs])
         self._json_plans[key] = plan
         return plan
 
@@ -716,10 +722,10 @@ class Applier:
         if plan is not None:
             news = [a.change.new_json for a in run]
             olds = [a.change.old_json for a in run]
-            if all(x is not None for x in news + olds):
+            if None not in news and None not in olds:  # every change still as logged text
                 done = sess.update_if_json(
-                    b.table(t), list(b.key(t)), plan.live_columns, plan.live_sources,
-                    [a.tkey for a in run], [x or "" for x in news], [x or "" for x in olds])
+                    b.table(t), list(b.key(t)), plan.live_columns, plan.key_sources,
+                    plan.live_sources, cast(list[str], news), cast(list[str], olds))
                 if done is not None:
                     return self._after_guarded(sess, s, m, run, outcome, done)
         rows = []
