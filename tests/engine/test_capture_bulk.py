@@ -18,6 +18,7 @@ import sqlalchemy as sa
 import yaml
 
 from capture_fixtures import drain
+from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.postgresql import PostgresConnector
 from dualwrite.engine.capture import Applier
 from dualwrite.engine.link import Link
@@ -82,9 +83,10 @@ class Spy:
 
         # (connector, conn, table, key, columns, key_sources, sources, new, old)
         def spy_update(connector: Any, *args: Any) -> Any:
-            self.update_tried.append(len(args[6]))
             done = update(connector, *args)
-            self.updated.append(len(done))
+            if done is not None:  # None: too few rows for the set-based statement
+                self.update_tried.append(len(args[6]))
+                self.updated.append(len(done))
             return done
 
         # (connector, conn, table, columns, sources, rows)
@@ -205,3 +207,31 @@ def test_a_large_run_meets_changes_the_target_queued_itself(started: Started) ->
     assert all(c["winner"] == "left" for c in it.link.state.conflicts())
     assert _rows(it.left) == _rows(it.right)
     assert _rows(it.right)[3] == tuple(_row(3, 3)[c] for c in COLUMNS)  # the left won
+
+
+def test_a_change_the_target_commits_after_the_probe_is_still_a_conflict(
+        started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The target commits a change of its own to row 3 right after the run's probe found its
+    log empty: the guarded update leaves row 3 (it moved on), and the careful path looks at
+    the target's queue again, finds that change and settles a conflict (left-wins), instead
+    of overwriting it and letting it flow back later. Both sides end the same."""
+    it = started
+    real = CaptureLog.queues
+    seen: list[bool] = []
+
+    def probe_then_race(log: CaptureLog, conn: sa.Connection, map_name: str) -> bool:
+        found = real(log, conn, map_name)
+        if not seen:  # once: an application write on the target, committed meanwhile
+            _app_write(it.right, UPDATE, [_row(3, 9)])
+        seen.append(found)
+        return found
+
+    monkeypatch.setattr(CaptureLog, "queues", probe_then_race)
+    _app_write(it.left, UPDATE, [_row(i, 4) for i in range(1, N + 1)])
+    drain(it.applier)
+    assert seen[0] is False  # the probe ran before the target's write
+    assert it.spy.updated[0] == N - 1  # row 3 had moved on
+    [c] = [c for c in it.link.state.conflicts() if c["key"] == [3]]
+    assert c["winner"] == "left"
+    assert _rows(it.left) == _rows(it.right)
+    assert _rows(it.right)[3] == tuple(_row(3, 4)[c] for c in COLUMNS)

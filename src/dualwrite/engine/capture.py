@@ -218,6 +218,8 @@ class _Outcome:
     parked: list[tuple[_Action, str, str, dict[str, Any] | None]] = field(default_factory=list)
     applied: int = 0
     skipped: int = 0
+    #: maps whose target log held no queued change when probed in this transaction
+    quiet: set[str] = field(default_factory=set)
 
 
 class _Restart(Exception):
@@ -394,8 +396,9 @@ class Applier:
                     pairs = sorted({(c.map, c.txid) for c in changes})
                     done, marks = self.logs[t].applied(conn, self.env[s], pairs) \
                         if check_applied else (set(), {})
-                    todo = [c for c in changes if (c.map, c.txid) not in done
-                            and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
+                    todo = changes if not done and not marks else [
+                        c for c in changes if (c.map, c.txid) not in done
+                        and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
                     actions = self._actions(s, todo, maps, outcome)
                     live = []
                     blocked = set(parked_keys)
@@ -482,11 +485,13 @@ class Applier:
                 if lazy_kind is None:
                     outcome.skipped += 1
                     continue
-                k = list(c.key)
-                for i, kd in keyfix:
-                    if k[i] is not None:
-                        k[i] = coerce(k[i], kd)
-                skey = tuple(k)
+                skey = c.key
+                if keyfix:
+                    k = list(skey)
+                    for i, kd in keyfix:
+                        if k[i] is not None:
+                            k[i] = coerce(k[i], kd)
+                    skey = tuple(k)
                 tkey = skey if tkinds is None else tuple(
                     coerce(v, kd) for v, kd in zip(skey, tkinds, strict=True))
                 out.append(_Action(c, s, lazy_kind, _LAZY if was else None,
@@ -556,7 +561,7 @@ class Applier:
         the old version. Everything else locks the target rows and compares."""
         t = s.other
         d = m.differ
-        theirs = self._theirs(sess, t, m, run)
+        theirs = self._theirs(sess, t, m, run, outcome)
         if theirs:
             contested = [a for a in run if canonical_key(a.tkey) in theirs]
             run = [a for a in run if canonical_key(a.tkey) not in theirs]
@@ -615,15 +620,23 @@ class Applier:
         self._json_plans[key] = plan
         return plan
 
-    def _theirs(self, sess: WriteSession, t: Side, m: _MapCtx, run: list[_Action]
-                ) -> dict[tuple[Any, ...], list[Change]]:
-        """The target's captured changes still queued for the run's keys, by key."""
+    def _theirs(self, sess: WriteSession, t: Side, m: _MapCtx, run: list[_Action],
+                outcome: _Outcome | None) -> dict[tuple[Any, ...], list[Change]]:
+        """The target's captured changes still queued for the run's keys, by key. With an
+        ``outcome``, a large run may rely on (or make) one probe per transaction for the map;
+        without one, the keys are always looked up."""
         d, b = m.differ, m.bound
         conn = sess.conn  # type: ignore[attr-defined]
         # A large run asks first whether the target queues anything of this map at all (the
-        # common case: it does not): one cheap probe instead of sending every key.
-        if len(run) >= _PROBE_QUEUE_AT and not self.logs[t].queues(conn, b.name):
-            return {}
+        # common case: it does not): one cheap probe instead of sending every key, made once
+        # per apply transaction. A change the target commits after the probe is no later than
+        # one committed after a key lookup: both are read once, at their statement's start.
+        if outcome is not None and len(run) >= _PROBE_QUEUE_AT:
+            if b.name in outcome.quiet:
+                return {}
+            if not self.logs[t].queues(conn, b.name):
+                outcome.quiet.add(b.name)
+                return {}
         key_types = [d.connectors[t].describe(b.table(t)).columns[c].sql_type
                      for c in b.key(t)]
         found = self.logs[t].pending(conn, b.name, [a.tkey for a in run], key_types)
@@ -751,7 +764,10 @@ class Applier:
         rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
         outcome.applied += len(run) - len(rest)
         if rest:
-            self._compare_and_write(sess, s, m, rest, outcome, {}, check=True)
+            # The target moved on for these rows: maybe by a change it committed after the
+            # run's queue was looked at, so look again (no probe) before comparing.
+            theirs = self._theirs(sess, s.other, m, rest, None)
+            self._compare_and_write(sess, s, m, rest, outcome, theirs, check=True)
         return True
 
     def _old_live(self, d: MapDiffer, t: Side, a: _Action,
@@ -1023,6 +1039,7 @@ class _PgListener:
 
 # -- helpers ---------------------------------------------------------------------------------
 _UNSET: Any = object()
+_SEQ = operator.attrgetter("seq")
 #: from this many changes in a run on, the target's log is probed for any queued change of the
 #: map before its queued changes for the run's keys are looked up
 _PROBE_QUEUE_AT = 50
@@ -1071,13 +1088,16 @@ def _kind_of(err: DualwriteError) -> str:
 
 def _in_commit_order(changes: list[Change], has_txid: bool) -> list[Change]:
     """Transactions ordered by their last change, each transaction's changes by seq."""
+    ordered = sorted(changes, key=_SEQ)  # linear for a read that came in seq order
     if not has_txid:
-        return sorted(changes, key=lambda c: c.seq)
+        return ordered
     by_tx: dict[str, list[Change]] = {}
-    for c in changes:
+    for c in ordered:
         by_tx.setdefault(c.txid, []).append(c)
-    groups = sorted(by_tx.values(), key=lambda g: max(c.seq for c in g))
-    return [c for g in groups for c in sorted(g, key=lambda c: c.seq)]
+    if len(by_tx) == 1:
+        return ordered
+    groups = sorted(by_tx.values(), key=lambda g: g[-1].seq)
+    return [c for g in groups for c in g]
 
 
 def _runs(actions: list[_Action], limit: int) -> Iterator[list[_Action]]:
@@ -1085,12 +1105,13 @@ def _runs(actions: list[_Action], limit: int) -> Iterator[list[_Action]]:
     one statement per kind, and order between runs is kept."""
     run: list[_Action] = []
     keys: set[tuple[Any, ...]] = set()
+    name = kind = None
     for a in actions:
         k = a.tkey  # one side's values, all of its own types: no canonical form needed
-        if run and (a.change.map != run[0].change.map or a.kind != run[0].kind
-                    or k in keys or len(run) >= limit):
-            yield run
-            run, keys = [], set()
+        if a.kind != kind or a.change.map != name or k in keys or len(run) >= limit:
+            if run:
+                yield run
+            run, keys, name, kind = [], set(), a.change.map, a.kind
         run.append(a)
         keys.add(k)
     if run:
@@ -1101,7 +1122,8 @@ def _positions(changes: list[Change]) -> list[tuple[str, str, int]]:
     top: dict[tuple[str, str], int] = {}
     for c in changes:
         k = (c.map, c.txid)
-        top[k] = max(top.get(k, 0), c.seq)
+        if top.get(k, -1) < c.seq:
+            top[k] = c.seq
     return [(m, t, q) for (m, t), q in top.items()]
 
 
