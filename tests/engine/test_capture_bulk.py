@@ -7,6 +7,8 @@ rows already there."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -22,6 +24,8 @@ from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.postgresql import PostgresConnector
 from dualwrite.engine.capture import Applier
 from dualwrite.engine.link import Link
+from dualwrite.errors import TransientConnectorError
+from dualwrite.model.maps import Side
 
 from conftest import Backend, BackendFactory
 
@@ -235,3 +239,71 @@ def test_a_change_the_target_commits_after_the_probe_is_still_a_conflict(
     assert c["winner"] == "left"
     assert _rows(it.left) == _rows(it.right)
     assert _rows(it.right)[3] == tuple(_row(3, 4)[c] for c in COLUMNS)
+
+
+class RestSpy:
+    """Records each log read that handed back a rest still being read; optionally makes the
+    first such background read fail as a lost connection would."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, *, fail_once: bool = False) -> None:
+        self.split: list[int] = []
+        self.failed = 0
+        real_start, real_rows = CaptureLog.read_start, CaptureLog._rows
+
+        def read_start(log: CaptureLog, maps: Any, limit: int) -> Any:
+            first, rest = real_start(log, maps, limit)
+            if rest is not None:
+                self.split.append(len(first))
+            return first, rest
+
+        def rows(log: CaptureLog, conn: Any, text: str, params: Any) -> Any:
+            if fail_once and not self.failed and \
+                    threading.current_thread().name == "dualwrite-log-read":
+                self.failed += 1
+                raise TransientConnectorError("connection lost (injected)",
+                                              environment="erp")
+            return real_rows(log, conn, text, params)
+
+        monkeypatch.setattr(CaptureLog, "read_start", read_start)
+        monkeypatch.setattr(CaptureLog, "_rows", rows)
+
+
+def test_a_transaction_larger_than_a_read_is_applied_while_its_rest_is_read(
+        started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Reads of 100 changes: the 300-row transaction's first 100 are applied (one set-based
+    statement) while the other 200 are read on another connection; then those. One target
+    transaction, every change once."""
+    it = started
+    spy = RestSpy(monkeypatch)
+    applier = it.link.applier(batch=100)
+    _app_write(it.left, UPDATE, [_row(i, 5) for i in range(1, N + 1)])
+    assert applier.step() == N  # exactly the transaction: the rest counted once
+    assert spy.split == [100]
+    assert it.spy.updated == [100, 100, 100]
+    assert _rows(it.right) == _rows(it.left)
+    assert _rows(it.right)[N] == tuple(_row(N, 5)[c] for c in COLUMNS)
+    assert applier.step() == 0  # all of it forgotten from the log
+
+
+def test_a_rest_that_cannot_be_read_rolls_the_whole_transaction_back(
+        started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rest's read fails (a lost connection) after the first part was written in the
+    target transaction: that transaction rolls back, the changes stay queued, and the retry
+    applies all of them, once."""
+    it = started
+    spy = RestSpy(monkeypatch, fail_once=True)
+    applier = it.link.applier(batch=100)
+    before = _rows(it.right)
+    _app_write(it.left, UPDATE, [_row(i, 6) for i in range(1, N + 1)])
+    assert applier.step() == 0  # the source's error: backing off
+    assert spy.failed == 1 and it.spy.updated == [100]  # the first part had been written...
+    assert _rows(it.right) == before  # ... and rolled back
+    assert applier.last_error[Side.LEFT] is not None
+    deadline = time.monotonic() + 30
+    handled = 0
+    while handled == 0:  # the retry, once the backoff has passed
+        assert time.monotonic() < deadline, "the queued transaction was not retried"
+        handled = applier.step()
+    assert handled == N
+    assert _rows(it.right) == _rows(it.left)
+    assert _rows(it.right)[1] == tuple(_row(1, 6)[c] for c in COLUMNS)

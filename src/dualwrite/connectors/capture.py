@@ -37,8 +37,10 @@ import datetime as dt
 import hashlib
 import json
 import re
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
@@ -487,13 +489,24 @@ class CaptureLog:
         transactions: every other change of a transaction that shows up is read too (on
         SQLite, where there are no transaction ids, a read is one snapshot, which always ends
         at a commit)."""
+        first, rest = self.read_start(maps, limit)
+        return first + rest.result() if rest is not None else first
+
+    def read_start(self, maps: Sequence[str], limit: int
+                   ) -> tuple[list[Change], Future[list[Change]] | None]:
+        """:meth:`read`, in two parts when the read is the start of one large transaction:
+        up to ``limit`` changes now, and the rest of that transaction (its changes after
+        them, in seq order) read meanwhile on another connection, so that the caller can
+        apply the first part while the rest arrives. The second part is None when the first
+        is the whole read."""
         if not maps:
-            return []
+            return [], None
         self.ensure()
         c = self.connector
         params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
         marks = ", ".join(f":m{i}" for i in range(len(maps)))
         cols = self._columns()
+        more = None
         with c.translating("read the change log"), c.engine.connect() as conn:
             if not self.has_txid:
                 rows = self._rows(conn, f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) "
@@ -505,14 +518,31 @@ class CaptureLog:
                     # The last transactions may be cut by the limit: read the rest of them
                     # (their changes after the last one read).
                     txids = sorted({r[2] for r in rows})
-                    tparams = {**params, "after": rows[-1][0],
-                               **{f"t{i}": t for i, t in enumerate(txids)}}
                     tmarks = ", ".join(f":t{i}" for i in range(len(txids)))
-                    rows += self._rows(
-                        conn, f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) AND "
-                        f"seq > :after AND txid IN ({tmarks})", tparams)  # ordered by the caller
+                    more = (f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) AND "
+                            f"seq > :after AND txid IN ({tmarks})",
+                            {**params, "after": rows[-1][0],
+                             **{f"t{i}": t for i, t in enumerate(txids)}})
+                    if len(txids) > 1:  # which commits first is known only with the rest
+                        rows += self._rows(conn, *more)
+                        more = None
             conn.rollback()
-        return self._changes(rows)
+        if more is None:
+            return self._changes(rows), None
+        rest: Future[list[Change]] = Future()
+        query = more
+
+        def read_rest() -> None:
+            try:
+                with c.translating("read the change log"), c.engine.connect() as cx:
+                    got = self._rows(cx, *query)
+                    cx.rollback()
+                rest.set_result(sorted(self._changes(got), key=lambda ch: ch.seq))
+            except BaseException as exc:  # handed to the caller, raised where it waits
+                rest.set_exception(exc)
+
+        threading.Thread(target=read_rest, name="dualwrite-log-read", daemon=True).start()
+        return self._changes(rows), rest
 
     def _rows(self, conn: sa.Connection, text: str, params: dict[str, Any]) -> list[Any]:
         """The rows of one query (named ``:parameters``). On PostgreSQL through the driver

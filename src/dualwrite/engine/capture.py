@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -222,6 +223,17 @@ class _Outcome:
     quiet: set[str] = field(default_factory=set)
 
 
+@dataclass
+class _Mode:
+    """How one attempt at an apply transaction writes: run length, whether every row is
+    compared first, the changes that failed before (by seq) and the keys held back."""
+
+    limit: int
+    careful: bool
+    excluded: dict[int, DualwriteError]
+    blocked: set[tuple[str, tuple[Any, ...]]]
+
+
 class _Restart(Exception):
     """Roll back and apply the batch again without the action that failed."""
 
@@ -369,17 +381,25 @@ class Applier:
         maps = {n: m for n, m in self.maps().items() if m.state in APPLYING}
         if not maps:
             return 0
-        changes = self.logs[s].read(list(maps), self.batch)
-        if not changes:
+        first, rest = self.logs[s].read_start(list(maps), self.batch)
+        if not first:
             return 0
-        ordered = _in_commit_order(changes, self.logs[s].has_txid)
-        self.apply_changes(s, ordered, maps)
-        return len(changes)
+        # A large transaction's rest is still being read: its first part is in seq order
+        # already (one transaction), and is applied meanwhile.
+        ordered = sorted(first, key=_SEQ) if rest is not None else \
+            _in_commit_order(first, self.logs[s].has_txid)
+        self.apply_changes(s, ordered, maps, rest=rest)
+        return len(ordered)  # the rest included
 
     def apply_changes(self, s: Side, changes: list[Change], maps: dict[str, _MapCtx], *,
-                      forget: bool = True, check_applied: bool = True) -> BatchResult:
+                      forget: bool = True, check_applied: bool = True,
+                      rest: Future[list[Change]] | None = None) -> BatchResult:
         """Apply ``changes`` (in order) from side ``s``: one target transaction, retried
-        without each change that fails (which goes to the inbox, its key parked)."""
+        without each change that fails (which goes to the inbox, its key parked).
+
+        ``rest``, if given, delivers the rest of the transaction that ``changes`` begin (its
+        later changes, in order) while the first ones are applied; ``changes`` is extended
+        with them, in place, before this returns."""
         t = s.other
         excluded: dict[int, DualwriteError] = {}
         row_mode = careful = False
@@ -393,32 +413,20 @@ class Applier:
                         "apply captured changes"), \
                         self.link.connectors[t].transaction() as sess:
                     conn = sess.conn  # type: ignore[attr-defined]
+                    # the rest has no transaction the first part has not: its pairs are known
                     pairs = sorted({(c.map, c.txid) for c in changes})
                     done, marks = self.logs[t].applied(conn, self.env[s], pairs) \
                         if check_applied else (set(), {})
-                    todo = changes if not done and not marks else [
-                        c for c in changes if (c.map, c.txid) not in done
-                        and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
-                    actions = self._actions(s, todo, maps, outcome)
-                    live = []
                     blocked = set(parked_keys)
-                    for a in actions:
-                        err = excluded.get(a.change.seq)
-                        if err is None and not blocked:  # the common case: nothing held
-                            live.append(a)
-                            continue
-                        held = (a.change.map, canonical_key(a.lkey))
-                        if err is not None:
-                            outcome.parked.append((a, "error", _kind_of(err), {
-                                "reason": str(err)}))
-                            blocked.add(held)  # what follows on this key waits behind it
-                        elif held in blocked:
-                            outcome.parked.append((a, "waiting", "", None))
-                        else:
-                            live.append(a)
-                    for run in _runs(live, 1 if row_mode else self.batch):
-                        self._apply_run(sess, s, maps[run[0].change.map], run, outcome,
-                                        careful=careful)
+                    mode = _Mode(1 if row_mode else self.batch, careful, excluded, blocked)
+                    todo = self._apply_part(sess, s, changes, maps, outcome, mode, done, marks)
+                    if rest is not None:
+                        more = rest.result()
+                        rest = None
+                        changes.extend(more)
+                        # a new list: the first part's may be ``changes`` itself
+                        todo = todo + self._apply_part(sess, s, more, maps, outcome, mode,
+                                                       done, marks)
                     # Park first (state store), then commit the target: a crash in between
                     # parks again on redelivery (parking is idempotent), never loses.
                     self._park(s, outcome.parked)
@@ -430,7 +438,6 @@ class Applier:
             except _Restart as r:
                 excluded[r.action.change.seq] = r.error
                 row_mode = careful = True
-                continue
             except (RowError, ConstraintViolation) as exc:
                 # A batch failed: again, checking every target row first (an optimistic
                 # bulk insert met a row already there), then one row per statement to find
@@ -439,7 +446,9 @@ class Applier:
                     raise LinkError(f"a change failed outside any row: {exc}") from exc
                 row_mode = careful
                 careful = True
-                continue
+            if rest is not None:  # failed before the rest was taken: take it for the retry
+                changes.extend(rest.result())
+                rest = None
         self._prune[s] = []
         if forget:
             self.logs[s].forget([c.seq for c in changes])
@@ -457,6 +466,34 @@ class Applier:
         self.flush_activity()
         return BatchResult(outcome.applied, outcome.skipped, len(outcome.conflicts),
                            len(outcome.parked))
+
+    def _apply_part(self, sess: WriteSession, s: Side, part: list[Change],
+                    maps: dict[str, _MapCtx], outcome: _Outcome, mode: _Mode,
+                    done: set[tuple[str, str]], marks: dict[str, int]) -> list[Change]:
+        """Apply consecutive changes of one apply transaction; returns those that were not
+        applied before (their positions are to be recorded)."""
+        todo = part if not done and not marks else [
+            c for c in part if (c.map, c.txid) not in done
+            and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
+        live = []
+        blocked, excluded = mode.blocked, mode.excluded
+        for a in self._actions(s, todo, maps, outcome):
+            err = excluded.get(a.change.seq)
+            if err is None and not blocked:  # the common case: nothing held
+                live.append(a)
+                continue
+            held = (a.change.map, canonical_key(a.lkey))
+            if err is not None:
+                outcome.parked.append((a, "error", _kind_of(err), {"reason": str(err)}))
+                blocked.add(held)  # what follows on this key waits behind it
+            elif held in blocked:
+                outcome.parked.append((a, "waiting", "", None))
+            else:
+                live.append(a)
+        for run in _runs(live, mode.limit):
+            self._apply_run(sess, s, maps[run[0].change.map], run, outcome,
+                            careful=mode.careful)
+        return todo
 
     # -- decoding ----------------------------------------------------------------------------
     def _actions(self, s: Side, changes: list[Change], maps: dict[str, _MapCtx],
