@@ -505,26 +505,23 @@ class CaptureLog:
         c = self.connector
         params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
         marks = ", ".join(f":m{i}" for i in range(len(maps)))
-        cols = self._columns()
         more = None
         with c.translating("read the change log"), c.engine.connect() as conn:
             if not self.has_txid:
-                rows = self._rows(conn, f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) "
-                                  "ORDER BY seq", params)
+                rows = self._log_rows(conn, f"map IN ({marks})", params, "ORDER BY seq")
             else:
-                rows = self._rows(conn, f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) "
-                                  f"ORDER BY seq LIMIT {int(limit)}", params)
+                rows = self._log_rows(conn, f"map IN ({marks})", params,
+                                      f"ORDER BY seq LIMIT {int(limit)}")
                 if len(rows) >= limit:
                     # The last transactions may be cut by the limit: read the rest of them
                     # (their changes after the last one read).
                     txids = sorted({r[2] for r in rows})
                     tmarks = ", ".join(f":t{i}" for i in range(len(txids)))
-                    more = (f"SELECT {cols} FROM {CHANGES} WHERE map IN ({marks}) AND "
-                            f"seq > :after AND txid IN ({tmarks})",
+                    more = (f"map IN ({marks}) AND seq > :after AND txid IN ({tmarks})",
                             {**params, "after": rows[-1][0],
                              **{f"t{i}": t for i, t in enumerate(txids)}})
                     if len(txids) > 1:  # which commits first is known only with the rest
-                        rows += self._rows(conn, *more)
+                        rows += self._log_rows(conn, *more)
                         more = None
             conn.rollback()
         if more is None:
@@ -535,7 +532,7 @@ class CaptureLog:
         def read_rest() -> None:
             try:
                 with c.translating("read the change log"), c.engine.connect() as cx:
-                    got = self._rows(cx, *query)
+                    got = self._log_rows(cx, *query)
                     cx.rollback()
                 rest.set_result(sorted(self._changes(got), key=lambda ch: ch.seq))
             except BaseException as exc:  # handed to the caller, raised where it waits
@@ -543,6 +540,13 @@ class CaptureLog:
 
         threading.Thread(target=read_rest, name="dualwrite-log-read", daemon=True).start()
         return self._changes(rows), rest
+
+    def _log_rows(self, conn: sa.Connection, where: str, params: dict[str, Any],
+                  tail: str = "") -> list[Any]:
+        """Log rows (``_columns``) matching ``where`` (named ``:parameters``), ``tail``
+        (ORDER BY, LIMIT) applied."""
+        return self._rows(conn, f"SELECT {self._columns()} FROM {CHANGES} WHERE {where} {tail}",
+                          params)
 
     def _rows(self, conn: sa.Connection, text: str, params: dict[str, Any]) -> list[Any]:
         """The rows of one query (named ``:parameters``). On PostgreSQL through the driver

@@ -50,6 +50,7 @@ from dualwrite.connectors.capture import (
     CaptureLog,
     CaptureSpec,
     Change,
+    MariaDbDialect,
     PostgresDialect,
     columns_of_filter,
 )
@@ -180,8 +181,9 @@ class _Action:
         return self._new
 
 
-#: kinds whose JSON text (as PostgreSQL's row_to_json writes it) the target's own input
-#: function reads back to the same value
+#: kinds whose JSON text (as PostgreSQL's row_to_json and MariaDB's JSON_OBJECT write it:
+#: numbers as numbers, dates, times and timestamps as ISO text, without a zone where the
+#: column has none) the target's own input function reads back to the same value
 _JSON_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.DECIMAL, Kind.FLOAT, Kind.BOOLEAN,
                          Kind.DATE, Kind.DATETIME, Kind.TIME, Kind.UUID})
 
@@ -623,9 +625,9 @@ class Applier:
         """Whether changes from side ``s`` for this map can go to the target as the log's JSON
         text, converted by the target database (no decoding, no row building in Python),
         and how. Only where that is exactly what the row builders would do: a PostgreSQL
-        log (``row_to_json``) and a PostgreSQL target, no filter on the source, no lookups,
-        value maps, defaults or company striping, and every written field and every key
-        column a copy between columns of the same kind."""
+        (``row_to_json``) or MariaDB (``JSON_OBJECT``) log and a PostgreSQL target, no filter
+        on the source, no lookups, value maps, defaults or company striping, and every written
+        field and every key column a copy between columns of the same kind."""
         key = (m.bound.name, s)
         if key in self._json_plans:
             return self._json_plans[key]
@@ -643,7 +645,7 @@ class Applier:
                     and d.kinds[t][dst.column] in _JSON_KINDS)
 
         key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
-        if isinstance(self.logs[s].dialect, PostgresDialect) and \
+        if isinstance(self.logs[s].dialect, PostgresDialect | MariaDbDialect) and \
                 isinstance(self.logs[t].dialect, PostgresDialect) and b.filter(s) is None and \
                 not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields) \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS

@@ -18,7 +18,9 @@ from dualwrite.errors import MapSyntaxError
 
 def canonical(value: Any) -> Any:
     """A hashable, comparable form: numbers as normalised Decimal, bools as 0/1 Decimals,
-    datetimes without microsecond noise, UUIDs as lower-case strings, bytes unchanged."""
+    datetimes as naive UTC (a column without a zone is taken to hold UTC, as dualwrite writes
+    it: PostgreSQL's ``timestamptz`` and MariaDB's ``DATETIME`` then compare by the instant),
+    UUIDs as lower-case strings, bytes unchanged."""
     if value is None or type(value) is str:  # the common case first: keys are mostly text
         return value
     if isinstance(value, bool):
@@ -33,7 +35,8 @@ def canonical(value: Any) -> Any:
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, dt.datetime):
-        return value.replace(tzinfo=None) if value.tzinfo is None else value
+        return value if value.tzinfo is None else \
+            value.astimezone(dt.UTC).replace(tzinfo=None)
     if isinstance(value, memoryview):
         return bytes(value)
     return value
