@@ -813,12 +813,14 @@ def header(rows: int, rate: float) -> list[str]:
     ]
 
 
-def targets(results: list[Result], rate: float) -> list[str]:
-    """The issue's targets for dualwrite, checked against this run's figures."""
+def targets(results: list[Result], rate: float, pairs: tuple[str, ...]) -> list[str]:
+    """The issue's targets for dualwrite, checked against this run's figures, for ``pairs``
+    (the targets are set on the PostgreSQL ↔ PostgreSQL comparison; the same checks on
+    PostgreSQL ↔ MariaDB are for reference)."""
     lines = []
     by = {(r.contender, r.pair): r for r in results}
     tuned = by.get(("bucardo-tuned", PG_PG))
-    for pair in (PG_PG, PG_MY):
+    for pair in pairs:
         dw = by.get(("dualwrite", pair))
         if dw is None:
             continue
@@ -914,11 +916,17 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
     ]
     for t in tables(results):
         lines += [f"**{t.title}**", "", *header(args.rows, args.rate), *t.rows, ""]
-    check = targets(results, args.rate)
+    check = targets(results, args.rate, (PG_PG,))
     if check:
-        lines += [f"Targets for dualwrite: p99 lag at most 20 ms at {args.rate:,.0f} changes/s, "
-                  f"a {args.rows:,}-row transaction visible within 0.3 s, both ways; better "
-                  "than tuned Bucardo on every figure, in the same run.", "", *check]
+        lines += [f"Targets for dualwrite, on the PostgreSQL ↔ PostgreSQL comparison: p99 lag "
+                  f"at most 20 ms at {args.rate:,.0f} changes/s, a {args.rows:,}-row "
+                  "transaction visible within 0.3 s, both ways; better than tuned Bucardo on "
+                  "every figure, in the same run.", "", *check, ""]
+    reference = targets(results, args.rate, (PG_MY,))
+    if reference:
+        lines += ["PostgreSQL ↔ MariaDB is measured for dualwrite alone (Bucardo and logical "
+                  "replication are PostgreSQL-only); the same checks, for reference:", "",
+                  *reference]
     return "\n".join(lines)
 
 
