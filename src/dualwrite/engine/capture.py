@@ -668,8 +668,9 @@ class Applier:
         conn = sess.conn  # type: ignore[attr-defined]
         # A large run asks first whether the target queues anything of this map at all (the
         # common case: it does not): one cheap probe instead of sending every key, made once
-        # per apply transaction. A change the target commits after the probe is no later than
-        # one committed after a key lookup: both are read once, at their statement's start.
+        # per apply transaction. A change the target commits after the probe has moved its
+        # row on, so the guarded update leaves that row, and the rows it leaves are looked up
+        # again without a probe (see _after_guarded).
         if outcome is not None and len(run) >= _PROBE_QUEUE_AT:
             if b.name in outcome.quiet:
                 return {}
