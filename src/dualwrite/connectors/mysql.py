@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
 import sqlalchemy as sa
+from pymysql import converters
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
@@ -17,6 +19,20 @@ from dualwrite.connectors.sql import SqlConnector
 #: server error codes that mean "this row was rejected", whatever exception class PyMySQL uses:
 #: check constraint, NOT NULL, duplicate key, too long, out of range, bad value, foreign key
 CONSTRAINT_CODES = {4025, 1048, 1062, 1406, 1264, 1366, 1292, 1451, 1452, 1216, 1217, 1265}
+
+
+def _escape_datetime(value: dt.datetime, mapping: Any = None) -> str:
+    """A datetime as a literal for a DATETIME column: one with a zone is first put in UTC.
+    PyMySQL's own escape drops the zone, so 12:00 UTC read from a PostgreSQL session in
+    Paris (13:00+01:00) was stored as 13:00; dualwrite takes a value without a zone as UTC
+    everywhere else."""
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC).replace(tzinfo=None)
+    return str(converters.escape_datetime(value, mapping))
+
+
+#: PyMySQL's conversions, datetimes with a zone written in UTC
+_CONVERSIONS = {**converters.conversions, dt.datetime: _escape_datetime}
 
 
 class MySqlConnector(SqlConnector):
@@ -36,10 +52,13 @@ class MySqlConnector(SqlConnector):
         # every connection dualwrite returns has already committed or rolled back (the
         # Connection object ends its own transaction before it returns to the pool).
         # @dualwrite_origin marks dualwrite's own sessions: the capture triggers skip what
-        # dualwrite writes itself (no echo).
+        # dualwrite writes itself (no echo). The sessions run in UTC (TIMESTAMP columns read
+        # and written as UTC), and datetimes with a zone are written in UTC (_CONVERSIONS).
         engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
                                   pool_reset_on_return=None,
-                                  connect_args={"init_command": "SET @dualwrite_origin = 1"})
+                                  connect_args={"init_command": "SET @dualwrite_origin = 1, "
+                                                                "time_zone = '+00:00'",
+                                                "conv": _CONVERSIONS})
 
         @event.listens_for(engine, "checkin")
         def _remark(dbapi_conn: Any, record: Any) -> None:

@@ -148,9 +148,12 @@ class PostgresConnector(SqlConnector):
         # drops the whole pool, and the error surfaces as transient (retry / HTTP 503).
         # Every connection of dualwrite's carries the session setting dualwrite.origin=on:
         # the capture triggers skip what dualwrite writes itself (no echo), at no cost per
-        # statement.
+        # statement. Its sessions run in UTC: a timestamp without a zone (from MariaDB's
+        # DATETIME, SQLite, a capture log's JSON) is UTC to dualwrite, whatever zone the
+        # server or the database defaults to.
         return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
-                                connect_args={"options": "-c dualwrite.origin=on"})
+                                connect_args={"options": "-c dualwrite.origin=on "
+                                                         "-c timezone=UTC"})
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
