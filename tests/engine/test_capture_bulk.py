@@ -347,3 +347,29 @@ def test_large_transactions_from_mariadb_go_set_based_into_postgresql(
             assert theirs["seen"] == (mine["seen"].replace(tzinfo=dt.UTC)
                                       if mine["seen"] is not None else None)
         assert left[5][2] is None and left[8][1] == _row(8, 1)["label"]
+
+
+def test_mariadb_history_is_purged_off_the_apply_loop(
+        make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting applied changes from MariaDB's system-versioned log leaves history rows; the
+    applier's housekeeping hands their purge to a thread of its own, which empties the history
+    within a second or two, and stops with the applier."""
+    text = MAP.replace("  - ok = ok\n", "")
+    with _started(make_backend, tmp_path, monkeypatch, "mariadb", text) as it:
+        _app_write(it.right, UPDATE, [_row(i, 1) for i in range(1, N + 1)])
+        drain(it.applier)
+
+        def history() -> int:
+            return int(it.right.sql("SELECT COUNT(*) FROM dualwrite_changes "
+                                    "FOR SYSTEM_TIME ALL")[0][0])
+
+        assert history() >= N  # the applied transaction, deleted, kept as history
+        it.applier.housekeeping()  # returns at once: the purge is not done inline
+        assert it.applier._purger is not None and it.applier._purger.is_alive()
+        deadline = time.monotonic() + 15
+        while history() > 0:
+            assert time.monotonic() < deadline, f"{history()} history rows left after 15 s"
+            time.sleep(0.05)
+        purger = it.applier._purger
+        it.applier.close()
+        assert not purger.is_alive()

@@ -748,7 +748,19 @@ class CaptureLog:
                 out |= {str(r[0]) for r in rows}
         return out
 
+    @property
+    def needs_purge(self) -> bool:
+        """Whether deleting changes leaves something behind to purge (MariaDB's history)."""
+        return isinstance(self.dialect, MariaDbDialect)
+
     def purge(self) -> None:
-        """Drop what deleting applied changes left behind (MariaDB's history rows)."""
-        if isinstance(self.dialect, MariaDbDialect) and self._exists():
-            self._ddl([f"DELETE HISTORY FROM {CHANGES}"], "purge the change log's history")
+        """Drop what deleting applied changes left behind (MariaDB's history rows). Read
+        committed: the scan then locks only the history rows it deletes, not every row and
+        gap it passes, so applications' captured writes (new log rows) do not wait for it."""
+        if not self.needs_purge or not self._exists():
+            return
+        c = self.connector
+        with c.translating("purge the change log's history"), \
+                c.engine.connect().execution_options(isolation_level="READ COMMITTED") as conn, \
+                conn.begin():
+            conn.exec_driver_sql(f"DELETE HISTORY FROM {CHANGES}")
