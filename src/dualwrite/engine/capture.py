@@ -391,10 +391,9 @@ class Applier:
         first, rest = self.logs[s].read_start(list(maps), self.batch)
         if not first:
             return 0
-        # A large transaction's rest is still being read: its first part is in seq order
-        # already (one transaction), and is applied meanwhile.
-        ordered = sorted(first, key=_SEQ) if rest is not None else \
-            _in_commit_order(first, self.logs[s].has_txid)
+        # With a rest still being read, the first part is one transaction: it is applied
+        # meanwhile, and the rest follows it in the same target transaction.
+        ordered = _in_commit_order(first, self.logs[s].has_txid)
         self.apply_changes(s, ordered, maps, rest=rest)
         return len(ordered)  # the rest included
 
