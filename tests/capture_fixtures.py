@@ -58,18 +58,23 @@ class Items:
         return b.sql("SELECT op, k FROM dualwrite_changes ORDER BY seq")
 
 
-def make_items(make_backend: BackendFactory, tmp_path: Path, left: str, right: str, *,
-               policy: str = "left-wins",
-               extra: Callable[[dict[str, Any]], None] | None = None) -> Items:
-    lb = make_backend(left, "dualwrite_test_a")
-    rb = make_backend(right, "dualwrite_test_b" if right == left else "dualwrite_test_a")
-    for b in (lb, rb):
+def fresh_tables(metadata: sa.MetaData, *backends: Backend) -> None:
+    """No link on ``backends``, and ``metadata``'s tables created anew on each."""
+    for b in backends:
         b.connector.clear_link()
-        b.create(items_metadata())
-    (tmp_path / "maps").mkdir(exist_ok=True)
-    (tmp_path / "maps" / "items.yaml").write_text(ITEMS_MAP.format(policy=policy))
+        b.create(metadata)
+
+
+def link_config(tmp_path: Path, left: Backend, right: Backend, maps: dict[str, str], *,
+                extra: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """Write ``maps`` (name -> map text) under ``tmp_path/maps`` and a ``dualwrite.yaml``
+    linking ``left`` (erp) and ``right`` (crm), state in SQLite beside it; ``extra`` may
+    change the config first. Returns the config's path."""
+    (tmp_path / "maps").mkdir(parents=True, exist_ok=True)
+    for name, text in maps.items():
+        (tmp_path / "maps" / f"{name}.yaml").write_text(text)
     cfg: dict[str, Any] = {
-        "environments": {"erp": {"url": lb.url}, "crm": {"url": rb.url}},
+        "environments": {"erp": {"url": left.url}, "crm": {"url": right.url}},
         "link": {"left": "erp", "right": "crm"},
         "state": f"sqlite:///{tmp_path / 'state.db'}",
         "maps": ["maps/*.yaml"],
@@ -78,6 +83,17 @@ def make_items(make_backend: BackendFactory, tmp_path: Path, left: str, right: s
         extra(cfg)
     path = tmp_path / "dualwrite.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def make_items(make_backend: BackendFactory, tmp_path: Path, left: str, right: str, *,
+               policy: str = "left-wins",
+               extra: Callable[[dict[str, Any]], None] | None = None) -> Items:
+    lb = make_backend(left, "dualwrite_test_a")
+    rb = make_backend(right, "dualwrite_test_b" if right == left else "dualwrite_test_a")
+    fresh_tables(items_metadata(), lb, rb)
+    path = link_config(tmp_path, lb, rb, {"items": ITEMS_MAP.format(policy=policy)},
+                       extra=extra)
     return Items(lb, rb, path)
 
 

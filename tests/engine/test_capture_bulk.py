@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from sqlalchemy.dialects import mysql
 
-from capture_fixtures import drain
+from capture_fixtures import drain, fresh_tables, link_config
 from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.postgresql import PostgresConnector
 from dualwrite.engine.capture import Applier
@@ -122,17 +121,10 @@ def _started(make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.M
              right_kind: str, map_text: str) -> Iterator[Started]:
     left = make_backend("postgresql", "dualwrite_test_a")
     right = make_backend(right_kind, "dualwrite_test_b")
-    for b in (left, right):
-        b.connector.clear_link()
-        b.create(_metadata())
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "things.yaml").write_text(map_text)
-    cfg = {"environments": {"erp": {"url": left.url}, "crm": {"url": right.url}},
-           "link": {"left": "erp", "right": "crm"},
-           "state": f"sqlite:///{tmp_path / 'state.db'}", "maps": ["maps/*.yaml"]}
-    (tmp_path / "dualwrite.yaml").write_text(yaml.safe_dump(cfg))
+    fresh_tables(_metadata(), left, right)
+    config = link_config(tmp_path, left, right, {"things": map_text})
     spy = Spy(monkeypatch)
-    with Link.open(tmp_path / "dualwrite.yaml") as link:
+    with Link.open(config) as link:
         link.start_maps()
         applier = link.applier()
         _app_write(left, INSERT, [_row(i, 0) for i in range(1, N + 1)])

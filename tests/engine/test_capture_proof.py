@@ -32,7 +32,6 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from hypothesis import HealthCheck, Phase, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -42,7 +41,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from capture_fixtures import ITEMS_MAP
+from capture_fixtures import ITEMS_MAP, fresh_tables, link_config
 from dualwrite.connectors.base import Connector
 from dualwrite.connectors.sql import SqlConnector
 from dualwrite.engine.capture import Applier
@@ -95,21 +94,9 @@ def contents(backend: Backend) -> dict[int, Value]:
 def reset_items_pair(left: Backend, right: Backend, root: Path, policy: str = "left-wins",
                      capture: dict[str, Any] | None = None) -> ItemsPair:
     """Fresh ``items`` tables (no change log, no link record) and a config in ``root``."""
-    for b in (left, right):
-        b.connector.clear_link()
-        b.create(items_metadata())
-    (root / "maps").mkdir(parents=True, exist_ok=True)
-    (root / "maps" / "items.yaml").write_text(ITEMS_MAP.format(policy=policy))
-    cfg: dict[str, Any] = {
-        "environments": {"erp": {"url": left.url}, "crm": {"url": right.url}},
-        "link": {"left": "erp", "right": "crm"},
-        "state": f"sqlite:///{root / 'state.db'}",
-        "maps": ["maps/*.yaml"],
-    }
-    if capture:
-        cfg["capture"] = capture
-    path = root / "dualwrite.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    fresh_tables(items_metadata(), left, right)
+    path = link_config(root, left, right, {"items": ITEMS_MAP.format(policy=policy)},
+                       extra=(lambda cfg: cfg.update(capture=capture)) if capture else None)
     return ItemsPair(left, right, path)
 
 

@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import yaml
 from sqlalchemy.dialects import mysql
 
-from capture_fixtures import drain
+from capture_fixtures import drain, fresh_tables, link_config
 from dualwrite.engine.link import Link
 
 from conftest import Backend, BackendFactory
@@ -45,9 +44,7 @@ def _metadata() -> sa.MetaData:
 def sides(make_backend: BackendFactory) -> Iterator[tuple[Backend, Backend]]:
     pg = make_backend("postgresql", "dualwrite_test_a")
     my = make_backend("mariadb", "dualwrite_test_b")
-    for b in (pg, my):
-        b.connector.clear_link()
-        b.create(_metadata())
+    fresh_tables(_metadata(), pg, my)
     db = pg.url.rsplit("/", 1)[1]
     with pg.app().connect().execution_options(isolation_level="AUTOCOMMIT") as c:
         c.execute(sa.text(f'ALTER DATABASE "{db}" SET timezone = \'America/New_York\''))
@@ -74,13 +71,7 @@ def test_an_instant_survives_every_way_between_timestamptz_and_datetime(
     noon = dt.datetime(2026, 11, 25, 12, 0, 0, 250000, tzinfo=UTC)
     with pg.app().begin() as c:  # before the start: the initial sync carries it
         c.execute(sa.text("INSERT INTO events VALUES (1, :t)"), {"t": noon})
-    (tmp_path / "maps").mkdir()
-    (tmp_path / "maps" / "events.yaml").write_text(MAP)
-    cfg = {"environments": {"erp": {"url": pg.url}, "crm": {"url": my.url}},
-           "link": {"left": "erp", "right": "crm"},
-           "state": f"sqlite:///{tmp_path / 'state.db'}", "maps": ["maps/*.yaml"]}
-    (tmp_path / "dualwrite.yaml").write_text(yaml.safe_dump(cfg))
-    with Link.open(tmp_path / "dualwrite.yaml") as link:
+    with Link.open(link_config(tmp_path, pg, my, {"events": MAP})) as link:
         link.start_maps()
         assert _my_at(my, 1) == noon.replace(tzinfo=None)  # initial sync: UTC, not New York
 
