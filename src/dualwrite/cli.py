@@ -362,8 +362,6 @@ def run(config: ConfigOpt = None) -> None:
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
     with _link(config) as link:
-        link.bound_maps()
-
         def ready() -> None:
             settle_for_latency()  # start-up done: keep its objects out of the collector's way
             err.print(f"dualwrite run: applying captured changes of link "
@@ -380,14 +378,20 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     it last applied a change."""
     with _link(config) as link:
         rows = link.status()
+        procs = link.processes()
         alerts = link.state.alerts(limit=5)
     if as_json:
-        _print_json({"maps": rows, "alerts": alerts})
+        _print_json({"maps": rows, "processes": procs, "alerts": alerts})
         return
     _emit("maps", rows, False, [
         ("map", "map"), ("state", "state"), ("lag s", "lag_seconds"),
         ("lag changes", "lag_changes"), ("queued", "queued"), ("errors", "errors"),
-        ("conflicts", "conflicts"), ("last applied", "last_applied_at")])
+        ("conflicts", "conflicts"), ("last applied", "last_applied_at"), ("note", "note")])
+    for p in procs:
+        out.print(f"process: {p['role']} pid {p['pid']} on {p['host']} since "
+                  f"{p['started_at']}, heartbeat {p['heartbeat_age']} s ago"
+                  + ("" if p["alive"] else " (gone)")
+                  + (f": {p['note']}" if p["note"] else ""), markup=False)
     down = sorted({e for r in rows for e in r["unreachable"]})
     if down:
         out.print(f"unreachable: {', '.join(down)} (queues counted on the other side only)",
@@ -518,20 +522,26 @@ def errors_retry(error_id: Annotated[int | None, typer.Argument(
         map_name: Annotated[str | None, typer.Option("--map", help="Only this map.")] = None,
         every: Annotated[bool, typer.Option("--all", help="Every open entry.")] = False
         ) -> None:
-    """Apply a failed captured change again, with those that waited behind it. The running
-    applier does the work; an entry that fails again is back in the inbox with one more
-    attempt. (Rows that failed an initial sync are retried by `dualwrite sync --initial`.)"""
+    """Apply a failed captured change again, as its row is NOW on the source side (fix the
+    row, or the cause on the target, first): its whole source transaction, then the changes
+    that waited behind it, on top. The running applier does the work; an entry that fails
+    again is back in the inbox with one more attempt. (Rows that failed an initial sync are
+    retried by `dualwrite sync --initial`; conflicts are settled by `errors resolve`.)"""
     if error_id is None and not every:
         raise DualwriteError("name an entry id, or pass --all",
                              hint="list them with `dualwrite errors list`")
     with _link(config) as link:
         entries = [link.state.get_error(error_id)] if error_id is not None else \
             link.state.errors(map_name)
-        captured = [e for e in entries if e.payload and "change" in e.payload]
+        captured = [e for e in entries if e.payload and "change" in e.payload
+                    and e.operation != "conflict"]
         for e in captured:
             link.state.resolve_error(e.id, "retry")
     for e in entries:
-        if e not in captured:
+        if e.operation == "conflict":
+            err.print(f"entry {e.id} is a conflict: settle it with `dualwrite errors resolve "
+                      f"{e.id} --pick left|right`", markup=False)
+        elif e not in captured:
             err.print(f"entry {e.id} is from an initial sync: rerun `dualwrite sync --initial "
                       f"{e.map}` to retry it", markup=False)
     out.print(f"retrying: {', '.join(str(e.id) for e in captured) or 'nothing'}",
@@ -542,9 +552,10 @@ def errors_retry(error_id: Annotated[int | None, typer.Argument(
 def errors_resolve(error_id: int, pick: Annotated[str, typer.Option(
         "--pick", help="The side whose current row wins: left or right.")],
         config: ConfigOpt = None) -> None:
-    """Settle a manual conflict: the picked side's current row is written to the other side
-    (to edit instead, change the row on one side, then pick that side). The changes that
-    waited behind it replay."""
+    """Settle a manual conflict for one side: the running applier writes the picked side's
+    row, as it is then, to the other side, and applies on top every change either side made
+    after the conflict was found, field by field, in the order they were made (to edit
+    instead, change the row on one side, then pick that side)."""
     from dualwrite.engine.capture import resolve_conflict
     from dualwrite.model.maps import Side
 

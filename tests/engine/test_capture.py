@@ -171,11 +171,12 @@ def test_manual_conflict_parks_the_row_and_the_rest_flows(kinds: tuple[str, str]
         assert it.rows("right")[2] == ("new", 5)
         assert it.rows("left")[1] == ("L", 11) and it.rows("right")[1] == ("R", 20)
         assert link.state.parked_count()["items"] >= 2
-        # pick the right side: its row is written left, then what waited replays
+        # pick the right side: its row is written left, and the change the left made after
+        # the conflict was found (qty 11) is applied on top of it, not dropped
         done = resolve_conflict(link, entry.id, Side.RIGHT)
         assert done["written_to"] == "erp"
         drain(applier)
-        assert it.rows("left")[1] == it.rows("right")[1] == ("R", 20)
+        assert it.rows("left")[1] == it.rows("right")[1] == ("R", 11)
         assert link.state.errors("items") == [] and link.state.parked_count() == {}
         assert all(v.ok for v in link.verify())
 

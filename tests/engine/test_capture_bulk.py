@@ -23,6 +23,7 @@ from sqlalchemy.dialects import mysql
 from capture_fixtures import drain, fresh_tables, link_config
 from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.postgresql import PostgresConnector
+from dualwrite.connectors.sql import SqlWriteSession
 from dualwrite.engine.capture import Applier
 from dualwrite.engine.link import Link
 from dualwrite.errors import TransientConnectorError
@@ -202,13 +203,15 @@ def test_rows_that_moved_on_and_rows_already_there_take_the_careful_path(started
 def test_a_large_run_meets_changes_the_target_queued_itself(started: Started) -> None:
     """The target's log holds changes of its own for five of the run's keys (captured, not
     yet applied): those five are conflicts settled by the policy (left-wins), the rest go
-    set-based. A large run first probes the target's log as a whole; this is the case where
-    the probe finds something and the keys must be looked up."""
+    set-based. The set-based statement leaves the five (they moved on); the careful path
+    locks them, then finds the target's queued changes. Before commit, the rows written
+    set-based are looked at: the target's log holds something for the map (the probe), so
+    their keys are looked up, and none of them is queued there (no second attempt)."""
     it = started
     _app_write(it.right, UPDATE, [_row(i, 7) for i in range(1, 6)])  # queued on the right
     _app_write(it.left, UPDATE, [_row(i, 3) for i in range(1, N + 1)])
     drain(it.applier)
-    assert it.spy.update_tried == [N - 5]  # the contested five were taken out first
+    assert it.spy.update_tried == [N]
     assert it.spy.updated == [N - 5]
     assert sorted(c["key"] for c in it.link.state.conflicts()) == [[i] for i in range(1, 6)]
     assert all(c["winner"] == "left" for c in it.link.state.conflicts())
@@ -216,32 +219,59 @@ def test_a_large_run_meets_changes_the_target_queued_itself(started: Started) ->
     assert _rows(it.right)[3] == tuple(_row(3, 3)[c] for c in COLUMNS)  # the left won
 
 
-def test_a_change_the_target_commits_after_the_probe_is_still_a_conflict(
+def test_a_change_the_target_commits_just_before_the_set_based_write_is_a_conflict(
         started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The target commits a change of its own to row 3 right after the run's probe found its
-    log empty: the guarded update leaves row 3 (it moved on), and the careful path looks at
-    the target's queue again, finds that change and settles a conflict (left-wins), instead
-    of overwriting it and letting it flow back later. Both sides end the same."""
+    """The target commits a change of its own to row 3 right before the set-based statement
+    runs: the guarded update leaves row 3 (it moved on), and the careful path, having locked
+    it, finds that change in the target's queue and settles a conflict (left-wins), instead of
+    overwriting it and letting it flow back later. Both sides end the same."""
     it = started
-    real = CaptureLog.queues
-    seen: list[bool] = []
+    real = SqlWriteSession.update_if_json
+    raced: list[bool] = []
 
-    def probe_then_race(log: CaptureLog, conn: sa.Connection, map_name: str) -> bool:
-        found = real(log, conn, map_name)
-        if not seen:  # once: an application write on the target, committed meanwhile
+    def race_then_update(sess: SqlWriteSession, *args: Any, **kw: Any) -> Any:
+        if not raced:  # once: an application write on the target, committed meanwhile
+            raced.append(True)
             _app_write(it.right, UPDATE, [_row(3, 9)])
-        seen.append(found)
-        return found
+        return real(sess, *args, **kw)
 
-    monkeypatch.setattr(CaptureLog, "queues", probe_then_race)
+    monkeypatch.setattr(SqlWriteSession, "update_if_json", race_then_update)
     _app_write(it.left, UPDATE, [_row(i, 4) for i in range(1, N + 1)])
     drain(it.applier)
-    assert seen[0] is False  # the probe ran before the target's write
+    assert raced
     assert it.spy.updated[0] == N - 1  # row 3 had moved on
     [c] = [c for c in it.link.state.conflicts() if c["key"] == [3]]
     assert c["winner"] == "left"
     assert _rows(it.left) == _rows(it.right)
     assert _rows(it.right)[3] == tuple(_row(3, 4)[c] for c in COLUMNS)
+
+
+def test_a_change_the_target_committed_with_the_old_values_is_still_a_conflict(
+        started: Started, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Row 5 on the target is changed and changed back by the application, committed right
+    before the set-based statement: the guard finds the old version and writes it, but the
+    look at the target's queue before commit finds the target's own changes, and the batch is
+    applied again carefully: a conflict (left-wins), not an overwrite in silence."""
+    it = started
+    real = SqlWriteSession.update_if_json
+    raced: list[bool] = []
+
+    def race_then_update(sess: SqlWriteSession, *args: Any, **kw: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            _app_write(it.right, UPDATE, [_row(5, 9)])
+            _app_write(it.right, UPDATE, [_row(5, 0)])  # back to the synced version
+        return real(sess, *args, **kw)
+
+    monkeypatch.setattr(SqlWriteSession, "update_if_json", race_then_update)
+    _app_write(it.left, UPDATE, [_row(i, 4) for i in range(1, N + 1)])
+    drain(it.applier)
+    assert raced
+    assert it.spy.updated[0] == N  # the guard let every row through ...
+    [c] = [c for c in it.link.state.conflicts() if c["key"] == [5]]  # ... and yet
+    assert c["winner"] == "left"
+    assert _rows(it.left) == _rows(it.right)
+    assert _rows(it.right)[5] == tuple(_row(5, 4)[c] for c in COLUMNS)
 
 
 class RestSpy:

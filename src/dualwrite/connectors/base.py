@@ -263,6 +263,10 @@ class Connector(ABC):
     def clear_link(self) -> None:
         """Remove the link record."""
 
+    def forget_schema(self) -> None:  # noqa: B027 - a backend without caches has nothing
+        """Drop what was learnt of the tables (their schemas, prepared statements): the next
+        use describes them again. Called after their schema may have changed."""
+
     def close(self) -> None:  # noqa: B027 - optional hook; most connectors have a pool to drop
         """Release connections. Idempotent."""
 

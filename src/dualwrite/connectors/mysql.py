@@ -54,8 +54,13 @@ class MySqlConnector(SqlConnector):
         # @dualwrite_origin marks dualwrite's own sessions: the capture triggers skip what
         # dualwrite writes itself (no echo). The sessions run in UTC (TIMESTAMP columns read
         # and written as UTC), and datetimes with a zone are written in UTC (_CONVERSIONS).
+        # They read committed, as PostgreSQL's do: the applier locks a target row, then looks
+        # at the change log for changes the application committed to it meanwhile, and under
+        # REPEATABLE READ that look would read an older snapshot and miss them (a lost
+        # update); a locking read of a missing key would also lock the gap around it, holding
+        # up the application's inserts there.
         engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
-                                  pool_reset_on_return=None,
+                                  pool_reset_on_return=None, isolation_level="READ COMMITTED",
                                   connect_args={"init_command": "SET @dualwrite_origin = 1, "
                                                                 "time_zone = '+00:00'",
                                                 "conv": _CONVERSIONS})

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import logging
 import operator
 import os
@@ -53,10 +54,19 @@ from dualwrite.connectors.capture import (
     MariaDbDialect,
     PostgresDialect,
     columns_of_filter,
+    parse_time,
 )
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
-from dualwrite.engine.state import StateStore, now_iso
+from dualwrite.engine.settle import Edit, changed_fields
+from dualwrite.engine.settle import settle as settle_versions
+from dualwrite.engine.state import (
+    InboxEntry,
+    ParkedChange,
+    StateStore,
+    decode_doc,
+    now_iso,
+)
 from dualwrite.errors import (
     ConnectorError,
     ConstraintViolation,
@@ -64,6 +74,7 @@ from dualwrite.errors import (
     LinkError,
     RowError,
     TransientConnectorError,
+    ValidationFailed,
 )
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.filters import evaluate
@@ -78,8 +89,9 @@ log = logging.getLogger("dualwrite.capture")
 
 #: map states in which captured changes are applied
 APPLYING = ("running", "resuming")
-#: map states in which capture is installed
-CAPTURING = ("initializing", "running", "paused", "resuming")
+#: map states in which capture is installed (a failed map keeps capturing: nothing is lost
+#: while it is out)
+CAPTURING = ("initializing", "running", "paused", "resuming", "failed")
 
 
 def capture_specs(bound: BoundMap) -> dict[Side, CaptureSpec]:
@@ -100,11 +112,12 @@ class ApplierLock:
     """One applier per link at a time: an exclusive ``flock`` on a file beside the state
     store. The kernel releases it when the holder dies, even by SIGKILL."""
 
-    def __init__(self, state_url: str, link_id: str) -> None:
+    def __init__(self, state_url: str, link_name: str) -> None:
+        tag = hashlib.sha1(f"{state_url}\0{link_name}".encode()).hexdigest()[:12]
         if state_url.startswith("sqlite:///") and state_url != "sqlite:///:memory:":
-            path = Path(state_url.removeprefix("sqlite:///") + f".applier-{link_id[:8]}.lock")
+            path = Path(state_url.removeprefix("sqlite:///") + f".applier-{tag}.lock")
         else:
-            path = Path(tempfile.gettempdir()) / f"dualwrite-applier-{link_id}.lock"
+            path = Path(tempfile.gettempdir()) / f"dualwrite-applier-{tag}.lock"
         self.path = path
         self._fd: int | None = None
 
@@ -217,12 +230,17 @@ class BatchResult:
 
 @dataclass
 class _Outcome:
-    conflicts: list[dict[str, Any]] = field(default_factory=list)
+    #: conflicts settled in this transaction, one per (map, key) however many of its changes
+    #: met the target's own
+    conflicts: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = field(default_factory=dict)
     parked: list[tuple[_Action, str, str, dict[str, Any] | None]] = field(default_factory=list)
     applied: int = 0
     skipped: int = 0
-    #: maps whose target log held no queued change when probed in this transaction
-    quiet: set[str] = field(default_factory=set)
+    #: (map, canonical left key) parked in this transaction: later changes to it wait
+    held: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
+    #: per map, target keys written without first locking the row and looking at the
+    #: target's queue (the optimistic fast paths): looked at before commit (_recheck)
+    unchecked: dict[str, list[Row]] = field(default_factory=dict)
 
 
 @dataclass
@@ -234,6 +252,18 @@ class _Mode:
     careful: bool
     excluded: dict[int, DualwriteError]
     blocked: set[tuple[str, tuple[Any, ...]]]
+    #: source transaction id -> seq of its change that failed: the rest of it waits
+    failed_tx: dict[str, int] = field(default_factory=dict)
+
+
+class _Postpone(Exception):
+    """An entry cannot be settled yet: roll back what was written for it (see _settle)."""
+
+
+class _Recheck(Exception):
+    """A row written by a fast path turned out to have changes of its own queued on the
+    target (committed before the write locked it): roll back and apply the batch again
+    carefully, so that the conflict is seen."""
 
 
 class _Restart(Exception):
@@ -249,9 +279,11 @@ class Applier:
     """Applies captured changes of one link, both directions. Thread-compatible, not
     thread-safe: one applier runs in one thread (``run``)."""
 
-    def __init__(self, link: Link, *, batch: int | None = None, poll: float | None = None
-                 ) -> None:
+    def __init__(self, link: Link, *, batch: int | None = None, poll: float | None = None,
+                 process: str | None = None) -> None:
         self.link = link
+        #: this process's id in the state store, given a heartbeat by housekeeping
+        self.process = process
         cfg = link.config.model.capture
         self.batch = batch or cfg.batch_size
         self.poll = poll if poll is not None else cfg.poll_interval
@@ -283,13 +315,23 @@ class Applier:
         if refresh or now - self._maps_at > 0.2:
             states = self.state.map_states()
             out = {}
-            for b in self.link.bound_maps():
+            bound, issues = self.link.valid_maps()
+            if any((states.get(n) or {}).get("state") in APPLYING for n in issues):
+                # resumed (or started) after a fault: see the tables as they are now
+                self.link.forget_validation()
+                bound, issues = self.link.valid_maps()
+            for b in bound:
                 st = (states.get(b.name) or {}).get("state")
                 if st in CAPTURING:
                     old = self._maps.get(b.name)
                     differ = old.differ if old else self.link.differ(b.name)
                     out[b.name] = _MapCtx(b, differ, str(st))
             self._maps, self._maps_at = out, now
+            for name, found in issues.items():
+                if (states.get(name) or {}).get("state") in APPLYING:
+                    # a map that no longer binds (a table or column gone, a map file broken)
+                    # is out of the link, the others go on
+                    self.fail_map(name, None, ValidationFailed(found))
         return self._maps
 
     # -- the loop ----------------------------------------------------------------------------
@@ -365,12 +407,15 @@ class Applier:
             if time.monotonic() < self._retry_at[s]:
                 continue
             try:
-                handled += self.apply_from(s)
+                try:
+                    handled += self.apply_from(s)
+                except TransientConnectorError:
+                    raise
+                except Exception as exc:
+                    handled += self._isolate(s, exc)
                 self._backoff[s] = 0.0
                 self.last_error[s] = None
-            except ConnectorError as exc:
-                if not isinstance(exc, TransientConnectorError):
-                    raise
+            except TransientConnectorError as exc:
                 self._backoff[s] = min(max(self._backoff[s] * 2, 0.1),
                                        self.link.config.model.capture.max_backoff)
                 self._retry_at[s] = time.monotonic() + self._backoff[s]
@@ -382,10 +427,53 @@ class Applier:
                 self.last_error[s] = str(exc)
         return handled
 
+    def _isolate(self, s: Side, exc: BaseException) -> int:
+        """A batch from side ``s`` failed for a reason that retrying will not fix (a change
+        that fails alone is parked, so this is a fault of a map: a table gone, a permission
+        taken away, a bug). Each map's changes are applied on their own to find the maps at
+        fault; those fail (state ``failed``, the reason in an event and an alert), and the
+        others keep flowing. A failed map's changes stay queued in the log until it is
+        resumed. (Changes of one source transaction that span a failed map and another are
+        then applied for the other map alone: the lesser evil than stopping every map.)"""
+        maps = [n for n, m in self.maps().items() if m.state in APPLYING]
+        if len(maps) <= 1:
+            for name in maps:
+                self.fail_map(name, s, exc)
+            return 0
+        handled = 0
+        for name in maps:
+            try:
+                handled += self.apply_from(s, only=[name])
+            except TransientConnectorError:
+                raise
+            except Exception as one:
+                self.fail_map(name, s, one)
+        return handled
+
+    def fail_map(self, name: str, s: Side | None, exc: BaseException) -> None:
+        """Take a map out of the link: state ``failed`` (queued changes stay in the log; a
+        resume puts it back), the reason recorded as a ``failed`` event (alert rules see it),
+        and logged. ``s``: the side whose changes it was applying, if any."""
+        reason = str(exc) if isinstance(exc, DualwriteError) else \
+            f"{type(exc).__name__}: {exc} (a fault of dualwrite: please report it)"
+        doing = f"applying changes from {self.env[s]}" if s is not None else "binding the map"
+        log.error("map %s failed %s: %s", name, doing, reason,
+                  exc_info=not isinstance(exc, DualwriteError))
+        self.state.set_map_state(name, "failed")
+        self.event(name, "failed", f"{doing}: {reason}")
+        # its tables may have changed: describe them and bind the map again when it resumes
+        self._maps.pop(name, None)
+        self._decoders = {k: v for k, v in self._decoders.items() if k[0] != name}
+        self._json_plans = {k: v for k, v in self._json_plans.items() if k[0] != name}
+        self.link.forget_validation()
+        self._maps_at = 0.0  # read again at the next look
+
     # -- one direction -----------------------------------------------------------------------
-    def apply_from(self, s: Side) -> int:
-        """Read one batch from side ``s``'s log and apply it to the other side."""
-        maps = {n: m for n, m in self.maps().items() if m.state in APPLYING}
+    def apply_from(self, s: Side, only: Sequence[str] | None = None) -> int:
+        """Read one batch from side ``s``'s log (of the maps ``only``, else of every applying
+        map) and apply it to the other side."""
+        maps = {n: m for n, m in self.maps().items() if m.state in APPLYING
+                and (only is None or n in only)}
         if not maps:
             return 0
         first, rest = self.logs[s].read_start(list(maps), self.batch)
@@ -408,6 +496,7 @@ class Applier:
         with them, in place, before this returns."""
         t = s.other
         excluded: dict[int, DualwriteError] = {}
+        failed_tx: dict[str, int] = {}
         row_mode = careful = False
         parked_keys = self._parked_keys()
         while True:
@@ -418,13 +507,14 @@ class Applier:
                 with self.link.connectors[t].translating(  # type: ignore[attr-defined]
                         "apply captured changes"), \
                         self.link.connectors[t].transaction() as sess:
-                    conn = sess.conn  # type: ignore[attr-defined]
+                    conn = _conn(sess)
                     # the rest has no transaction the first part has not: its pairs are known
                     pairs = sorted({(c.map, c.txid) for c in changes})
                     done, marks = self.logs[t].applied(conn, self.env[s], pairs) \
                         if check_applied else (set(), {})
                     blocked = set(parked_keys)
-                    mode = _Mode(1 if row_mode else self.batch, careful, excluded, blocked)
+                    mode = _Mode(1 if row_mode else self.batch, careful, excluded, blocked,
+                                 failed_tx)
                     todo = self._apply_part(sess, s, changes, maps, outcome, mode, done, marks)
                     if rest is not None:
                         more = rest.result()
@@ -433,9 +523,16 @@ class Applier:
                         # a new list: the first part's may be ``changes`` itself
                         todo = todo + self._apply_part(sess, s, more, maps, outcome, mode,
                                                        done, marks)
-                    # Park first (state store), then commit the target: a crash in between
-                    # parks again on redelivery (parking is idempotent), never loses.
+                    # Rows the fast paths wrote without looking at the target's queue first
+                    # are looked at now that this transaction holds them: a change of the
+                    # target's own, committed before the write, means a conflict to settle.
+                    self._recheck(sess, t, maps, outcome)
+                    # Park and record conflicts first (state store), then commit the target:
+                    # a crash in between does both again on redelivery (both idempotent),
+                    # never loses one.
                     self._park(s, outcome.parked)
+                    for c in outcome.conflicts.values():
+                        self.state.add_conflict(**c)
                     if check_applied:  # a replay from the state store has no log position
                         self.logs[t].mark_applied(conn, self.env[s], _positions(todo))
                     if self._prune[s]:
@@ -443,7 +540,11 @@ class Applier:
                 break
             except _Restart as r:
                 excluded[r.action.change.seq] = r.error
+                if r.action.change.txid != WATERMARK:
+                    failed_tx[r.action.change.txid] = r.action.change.seq
                 row_mode = careful = True
+            except _Recheck:
+                careful = True
             except (RowError, ConstraintViolation) as exc:
                 # A batch failed: again, checking every target row first (an optimistic
                 # bulk insert met a row already there), then one row per statement to find
@@ -459,8 +560,7 @@ class Applier:
         if forget:
             self.logs[s].forget([c.seq for c in changes])
             self._prune[s] = sorted({(c.map, c.txid) for c in changes if c.txid != WATERMARK})
-        for c in outcome.conflicts:
-            self.state.add_conflict(**c)
+        for c in outcome.conflicts.values():
             self.event(c["map_name"], "conflict", f"key {c['key']}: {c['winner']} wins")
         for a, status, kind, info in outcome.parked:
             if status == "error" and kind != "conflict":  # conflicts were counted above
@@ -483,20 +583,38 @@ class Applier:
             and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
         live = []
         blocked, excluded = mode.blocked, mode.excluded
+        # A change that failed parks its whole source transaction (never applied in part):
+        # the transaction's other changes wait behind it, whichever map and key they are of.
+        failed_tx = mode.failed_tx
         for a in self._actions(s, todo, maps, outcome):
             err = excluded.get(a.change.seq)
-            if err is None and not blocked:  # the common case: nothing held
+            if err is None and not blocked and not failed_tx:  # the common case
                 live.append(a)
                 continue
             held = (a.change.map, canonical_key(a.lkey))
             if err is not None:
                 outcome.parked.append((a, "error", _kind_of(err), {"reason": str(err)}))
                 blocked.add(held)  # what follows on this key waits behind it
+            elif a.change.txid in failed_tx:
+                outcome.parked.append((a, "waiting", "",
+                                       {"behind": failed_tx[a.change.txid]}))
+                blocked.add(held)
             elif held in blocked:
                 outcome.parked.append((a, "waiting", "", None))
             else:
                 live.append(a)
         for run in _runs(live, mode.limit):
+            if outcome.held:
+                # a key parked by an earlier run of this transaction (a manual conflict):
+                # its later changes wait behind it, they are not conflicts of their own
+                blocked |= outcome.held
+                waiting = [a for a in run if (a.change.map, canonical_key(a.lkey)) in blocked]
+                if waiting:
+                    outcome.parked += [(a, "waiting", "", None) for a in waiting]
+                    run = [a for a in run if (a.change.map, canonical_key(a.lkey))
+                           not in blocked]
+                    if not run:
+                        continue
             self._apply_run(sess, s, maps[run[0].change.map], run, outcome,
                             careful=mode.careful)
         return todo
@@ -596,34 +714,48 @@ class Applier:
                    outcome: _Outcome, *, careful: bool = True) -> None:
         """Apply a run of like changes (see the module docstring for the rules).
 
-        First, the target's own queued changes for these keys: a key the target changed too
-        since it was last synced is a conflict whatever the target holds now (it may have
-        changed and changed back). The other keys take the fast path where there is one:
-        creates are inserted optimistically (no twin is the common case) unless ``careful``;
-        updates on PostgreSQL are one statement that writes a row only where it still holds
-        the old version. Everything else locks the target rows and compares."""
-        t = s.other
+        Whether the target changed a row too since it was last synced (a conflict, whatever it
+        holds now: it may have changed and changed back) is decided from the target's own
+        queued changes, looked at only once the row is held by this transaction: before, a
+        change the target commits in between would be overwritten unseen. The careful path
+        locks the target rows, then looks, compares and writes. The fast paths (unless
+        ``careful``) write first, in one statement, and the rows they wrote are looked at
+        before commit (:meth:`_recheck`): updates on PostgreSQL write a row only where it still
+        holds the old version; creates are inserted optimistically (no twin is the common
+        case)."""
         d = m.differ
-        theirs = self._theirs(sess, t, m, run, outcome)
-        if theirs:
-            contested = [a for a in run if canonical_key(a.tkey) in theirs]
-            run = [a for a in run if canonical_key(a.tkey) not in theirs]
-            self._compare_and_write(sess, s, m, contested, outcome, theirs, check=True)
-        if not run:
+        kind = run[0].kind
+        if careful or kind == "delete" or (kind == "update" and d.has_lookups):
+            self._compare_and_write(sess, s, m, run, outcome, check=True)
             return
-        if not careful and run[0].kind == "update" and not d.has_lookups and \
-                self._guarded_update(sess, s, m, run, outcome):
+        if kind == "update":
+            if not self._guarded_update(sess, s, m, run, outcome):
+                self._compare_and_write(sess, s, m, run, outcome, check=True)
             return
-        if not careful and run[0].kind == "create":
-            plan = self._json_plan(m, s)
-            texts = [a.change.new_json for a in run] if plan is not None else []
-            if plan is not None and None not in texts and \
-                    sess.insert_json(m.bound.table(t), plan.insert_columns,
-                                     plan.insert_sources, cast(list[str], texts)):
-                outcome.applied += len(run)
-                return
-        self._compare_and_write(sess, s, m, run, outcome, {},
-                                check=careful or run[0].kind != "create")
+        plan = self._json_plan(m, s)
+        texts = [a.change.new_json for a in run] if plan is not None else []
+        if plan is not None and None not in texts and \
+                sess.insert_json(m.bound.table(s.other), plan.insert_columns,
+                                 plan.insert_sources, cast(list[str], texts)):
+            outcome.applied += len(run)
+            outcome.unchecked.setdefault(m.bound.name, []).extend(a.tkey for a in run)
+            return
+        self._compare_and_write(sess, s, m, run, outcome, check=False)
+
+    def _recheck(self, sess: WriteSession, t: Side, maps: dict[str, _MapCtx],
+                 outcome: _Outcome) -> None:
+        """Look at the target's queue for the rows the fast paths wrote in this transaction.
+        They are held by it now, so whatever the target did to them committed before: a
+        queued change of its own for one of them is a conflict the write did not see, and the
+        batch is applied again carefully (:class:`_Recheck`). One cheap probe per map when the
+        target queues nothing for it, the common case."""
+        for name, keys in outcome.unchecked.items():
+            if not keys or not self.logs[t].queues(_conn(sess), name):
+                continue
+            theirs = self._theirs(sess, t, maps[name], keys)
+            if theirs:
+                raise _Recheck()
+        outcome.unchecked.clear()
 
     def _json_plan(self, m: _MapCtx, s: Side) -> _JsonPlan | None:
         """Whether changes from side ``s`` for this map can go to the target as the log's JSON
@@ -663,27 +795,19 @@ class Applier:
         self._json_plans[key] = plan
         return plan
 
-    def _theirs(self, sess: WriteSession, t: Side, m: _MapCtx, run: list[_Action],
-                outcome: _Outcome | None) -> dict[tuple[Any, ...], list[Change]]:
-        """The target's captured changes still queued for the run's keys, by key. With an
-        ``outcome``, a large run may rely on (or make) one probe per transaction for the map;
-        without one, the keys are always looked up."""
+    def _theirs(self, sess: WriteSession, t: Side, m: _MapCtx, keys: Sequence[Row]
+                ) -> dict[tuple[Any, ...], list[Change]]:
+        """The target's captured changes still queued for ``keys`` (target keys), by
+        canonical key, as this transaction sees them now. A large set asks first whether the
+        target queues anything of this map at all (the common case: it does not): one cheap
+        probe instead of sending every key."""
         d, b = m.differ, m.bound
-        conn = sess.conn  # type: ignore[attr-defined]
-        # A large run asks first whether the target queues anything of this map at all (the
-        # common case: it does not): one cheap probe instead of sending every key, made once
-        # per apply transaction. A change the target commits after the probe has moved its
-        # row on, so the guarded update leaves that row, and the rows it leaves are looked up
-        # again without a probe (see _after_guarded).
-        if outcome is not None and len(run) >= _PROBE_QUEUE_AT:
-            if b.name in outcome.quiet:
-                return {}
-            if not self.logs[t].queues(conn, b.name):
-                outcome.quiet.add(b.name)
-                return {}
+        conn = _conn(sess)
+        if len(keys) >= _PROBE_QUEUE_AT and not self.logs[t].queues(conn, b.name):
+            return {}
         key_types = [d.connectors[t].describe(b.table(t)).columns[c].sql_type
                      for c in b.key(t)]
-        found = self.logs[t].pending(conn, b.name, [a.tkey for a in run], key_types)
+        found = self.logs[t].pending(conn, b.name, list(keys), key_types)
         out: dict[tuple[Any, ...], list[Change]] = {}
         kinds = [d.kinds[t][c] for c in b.key(t)]
         for c in found:
@@ -693,14 +817,18 @@ class Applier:
         return out
 
     def _compare_and_write(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
-                           outcome: _Outcome, theirs: dict[tuple[Any, ...], list[Change]],
-                           *, check: bool) -> None:
+                           outcome: _Outcome, *, check: bool) -> None:
+        """With ``check``: lock the run's target rows, then look at the target's queue for
+        them, compare and write (in that order: a target change committed before the lock is
+        in its queue by then, one committed after waits for this transaction). Without: write
+        (optimistic creates), the rows to be looked at before commit."""
         t = s.other
         d, b = m.differ, m.bound
         table_t = b.table(t)
         key_t = list(b.key(t))
         live_cols = d.live_columns[t]
         cols = key_t + [c for c in live_cols if c not in key_t]
+        theirs: dict[tuple[Any, ...], list[Change]] = {}
         try:
             current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             if check:
@@ -709,6 +837,9 @@ class Applier:
                 # the canonical form is the fallback (see _same)
                 pos = [cols.index(c) for c in live_cols]
                 current = {tuple(r[:len(key_t)]): tuple(r[i] for i in pos) for r in got}
+                theirs = self._theirs(sess, t, m, [a.tkey for a in run])
+            else:
+                outcome.unchecked.setdefault(b.name, []).extend(a.tkey for a in run)
             resolved: dict[tuple[Side, int], dict[Any, Any]] = {}
             if d.has_lookups:
                 resolver = LookupResolver({t: SessionLookups(sess),  # type: ignore[dict-item]
@@ -800,18 +931,19 @@ class Applier:
 
     def _after_guarded(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
                        outcome: _Outcome, done: set[Row]) -> bool:
-        """Count what a guarded update wrote; the rest goes through the careful path."""
+        """Count what a guarded update wrote (to be looked at before commit); the rows it
+        left (the target moved on) go through the careful path."""
+        written = outcome.unchecked.setdefault(m.bound.name, [])
         if len(done) == len(run):  # the common case: every row still held the old version
             outcome.applied += len(run)
+            written.extend(a.tkey for a in run)
             return True
         done_keys = {canonical_key(k) for k in done}
         rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
+        written.extend(a.tkey for a in run if canonical_key(a.tkey) in done_keys)
         outcome.applied += len(run) - len(rest)
         if rest:
-            # The target moved on for these rows: maybe by a change it committed after the
-            # run's queue was looked at, so look again (no probe) before comparing.
-            theirs = self._theirs(sess, s.other, m, rest, None)
-            self._compare_and_write(sess, s, m, rest, outcome, theirs, check=True)
+            self._compare_and_write(sess, s, m, rest, outcome, check=True)
         return True
 
     def _old_live(self, d: MapDiffer, t: Side, a: _Action,
@@ -863,18 +995,25 @@ class Applier:
                 continue
             policy = b.spec.conflict
             winner = self._winner(policy, a, theirs)
-            outcome.conflicts.append({
-                "map_name": b.name, "key": list(a.lkey), "policy": policy.value,
-                "winner": winner.value if winner else "manual", "source": s.value,
-                "incoming": a.change.as_dict(), "target": _plain(cur, d.live_columns[t])})
+            held = (b.name, canonical_key(a.lkey))
+            if held not in outcome.conflicts:  # one conflict, however many changes met it
+                outcome.conflicts[held] = {
+                    "map_name": b.name, "key": list(a.lkey), "policy": policy.value,
+                    "winner": winner.value if winner else "manual", "source": s.value,
+                    "incoming": a.change.as_dict(), "target": _plain(cur, d.live_columns[t]),
+                    "theirs": [x.as_dict() for x in theirs]}
             if winner is None:
+                outcome.held.add(held)
                 outcome.parked.append((a, "error", "conflict", {
                     "reason": f"conflict: both sides changed this row since it was last "
                     f"synced (map policy: manual); {self.env[s]} changed it at "
                     f"{a.change.at.isoformat()}, {self.env[t]} at "
                     f"{max(x.at for x in theirs).isoformat()}",
                     "target": _plain(cur, d.live_columns[t]),
-                    "theirs": [x.as_dict() for x in theirs]}))
+                    "theirs": [x.as_dict() for x in theirs],
+                    # what either side changes after this is applied on top of the version
+                    # the conflict is resolved for (see dualwrite.engine.settle)
+                    "detected_at": now_iso()}))
             elif winner is t:
                 outcome.skipped += 1
             else:
@@ -882,8 +1021,7 @@ class Applier:
                 to_forget += theirs
                 self._force(a, cur, d, t, resolved, inserts, updates, deletes)
         if to_forget:
-            self.logs[t].forget([c.seq for c in to_forget],
-                                sess.conn)  # type: ignore[attr-defined]
+            self.logs[t].forget([c.seq for c in to_forget], _conn(sess))
 
     @staticmethod
     def _winner(policy: ConflictPolicy, a: _Action, theirs: list[Change]) -> Side | None:
@@ -954,41 +1092,167 @@ class Applier:
 
     def _park(self, s: Side, parked: list[tuple[_Action, str, str, dict[str, Any] | None]]
               ) -> None:
+        """Put changes that failed in the inbox, then the changes waiting behind them: behind
+        the entry of their source transaction's failed change, or behind their key's."""
         if parked:
             self._parked = None
+        entries: dict[int, int] = {}
         for a, status, kind, info in parked:
             c = a.change
             if status == "error":
                 reason = (info or {}).get("reason", "")
-                self.state.park_error(
+                entries[c.seq] = self.state.park_error(
                     c.map, self.env[s], s.value, a.lkey, c.op, kind, reason, c.as_dict(),
                     {k: v for k, v in (info or {}).items() if k != "reason"})
-            else:
-                self.state.park_waiting(c.map, s.value, a.lkey, c.as_dict())
+        for a, status, _kind, info in parked:
+            if status != "error":
+                behind = (info or {}).get("behind")
+                self.state.park_waiting(a.change.map, s.value, a.lkey, a.change.as_dict(),
+                                        entries.get(behind) if behind is not None else None)
 
-    # -- replaying what waited ---------------------------------------------------------------
+    # -- settling what was decided ------------------------------------------------------------
     def replay_released(self) -> int:
-        """Apply the parked changes of keys whose inbox entry was retried, discarded or
-        resolved, in the order they were parked. A change that fails again parks again."""
+        """Settle the inbox entries that were resolved, retried or discarded: both sides of
+        each key they hold get the decided version with the changes that waited applied on top
+        (see :mod:`dualwrite.engine.settle`). An entry whose keys still have changes in a log,
+        not parked yet, waits for a later round (they join it first); one whose write fails
+        is open again, with the reason. Returns how many parked changes were settled."""
         released = self.state.released_parks()
         if not released:
             return 0
         self._parked = None
         maps = {k: m for k, m in self.maps(refresh=True).items() if m.state in APPLYING}
         n = 0
-        for entry_id, items in released:
-            if any(doc["map"] not in maps for _s, doc in items):
-                continue  # its map is paused (or stopped): it replays once the map runs
-            for source, doc in items:
-                s = Side(source)
-                change = Change.from_dict(doc)
-                m = maps[change.map]
-                self.apply_changes(s, [change], {change.map: m}, forget=False,
-                                   check_applied=False)
-                n += 1
-            self.state.finish_release(entry_id)
+        for entry, items in released:
+            if any(p.map not in maps for p in items):
+                continue  # a map is paused (or stopped): it settles once the map runs
+            try:
+                if not self._settle(entry, items, maps):
+                    continue
+            except (RowError, ConstraintViolation) as exc:
+                self._reopen(entry, exc)
+                continue
+            self.state.finish_release(entry.id, [p.id for p in items])
+            n += len(items)
         self._parked = None
         return n
+
+    def _reopen(self, entry: InboxEntry, exc: DualwriteError) -> None:
+        """The decided version could not be written: the entry is open again, its changes
+        still parked behind it."""
+        self.state.add_error(entry.map, entry.side, entry.key, entry.operation,
+                             f"{entry.status} failed: {exc}", entry.payload)
+        self.event(entry.map, "rejected", f"{entry.status} of inbox entry {entry.id} failed: "
+                   f"{exc}")
+
+    def _settle(self, entry: InboxEntry, items: list[ParkedChange],
+                maps: dict[str, _MapCtx]) -> bool:
+        """Write the settled version of every key ``entry`` holds, one transaction per side
+        (each key's rows locked first). False, having written nothing, while a side's log
+        still holds changes of those keys (they are parked behind the entry first)."""
+        payload = entry.payload or {}
+        source = Side(payload.get("source", Side.LEFT.value))
+        extra = decode_doc(payload["extra"]) if isinstance(payload.get("extra"), str) else {}
+        changes = [(p, Change.from_dict(p.change)) for p in items]
+        if payload.get("kind") == "conflict":
+            # the versions in conflict are decided; what either side did after the conflict
+            # was found comes on top
+            base = Side(payload["pick"]) if payload.get("pick") else source.other
+            found = parse_time(extra.get("detected_at") or entry.first_at)
+            edits = [(p, c) for p, c in changes if c.at > found]
+        else:
+            # a failed change: its whole source transaction is what is decided (applied as
+            # the source holds it now, or dropped); every later change comes on top
+            base = source if entry.status in ("retry", "resolved") else source.other
+            failed = {(p.source, p.change.get("txid")) for p in items if p.role == "blocker"
+                      and p.change.get("txid") not in (None, WATERMARK)}
+            failed_seqs = {(p.source, c.seq) for p, c in changes if p.role == "blocker"}
+            edits = [(p, c) for p, c in changes if (p.source, c.txid) not in failed
+                     and (p.source, c.seq) not in failed_seqs]
+        groups: dict[tuple[str, tuple[Any, ...]], list[tuple[ParkedChange, Change]]] = {}
+        for p in items:
+            groups.setdefault((p.map, canonical_key(p.key)), [])
+        for p, c in edits:
+            groups[(p.map, canonical_key(p.key))].append((p, c))
+        keys = {g: next(p.key for p in items if (p.map, canonical_key(p.key)) == g)
+                for g in groups}
+        try:
+            with self.link.connectors[Side.LEFT].transaction() as left, \
+                    self.link.connectors[Side.RIGHT].transaction() as right:
+                sessions = {Side.LEFT: left, Side.RIGHT: right}
+                for g, group_edits in groups.items():
+                    if not self._settle_key(maps[g[0]], keys[g], base, group_edits, sessions):
+                        raise _Postpone()
+        except _Postpone:
+            return False
+        return True
+
+    def _settle_key(self, m: _MapCtx, lkey: tuple[Any, ...], base: Side,
+                    edits: list[tuple[ParkedChange, Change]],
+                    sessions: dict[Side, WriteSession]) -> bool:
+        """Settle one key of map ``m`` (``lkey``: its left key) inside ``sessions``."""
+        d, b = m.differ, m.bound
+        keys = _side_keys(d, b, lkey)
+        current: dict[Side, Row | None] = {}
+        for x in Side:
+            got = sessions[x].lock(b.table(x), d.columns[x], key=list(b.key(x)),
+                                   keys=[keys[x]])
+            current[x] = got[0] if got else None
+            if self._theirs(sessions[x], x, m, [keys[x]]):
+                return False  # a change of this key not parked yet: it joins first
+        decoded = [(Side(p.source), c, self._decoder(b.name, d, Side(p.source))) for p, c in
+                   edits]
+        rows = [(x, dec(c.old) if c.old is not None else None,
+                 dec(c.new) if c.new is not None else None) for x, c, dec in decoded]
+        entries = [Entry((), current[Side.LEFT], current[Side.RIGHT])]
+        entries += [Entry((), r, None) if x is Side.LEFT else Entry((), None, r)
+                    for x, old, new in rows for r in (old, new) if r is not None]
+        resolver = LookupResolver({x: SessionLookups(sessions[x])  # type: ignore[misc]
+                                   for x in Side})
+        resolved = d._prefetch(entries, resolver)
+        as_base = _Terms(d, base, keys[base], resolved)
+        changes = []
+        for (x, c, _dec), (_x, old, new) in zip(decoded, rows, strict=True):
+            version = as_base.fields(new, x) or {}
+            changes.append(Edit(c.at, x, c.seq, new is None,
+                                changed_fields(as_base.fields(old, x), version, _same_value),
+                                version))
+        row = as_base.row(settle_versions(as_base.fields(current[base], base), changes),
+                          current[base])
+        self._write_version(sessions[base], b.table(base), list(b.key(base)), keys[base],
+                            d.columns[base], current[base], row)
+        other = base.other
+        now = current[other]
+        if row is None:
+            if now is not None:
+                sessions[other].delete(b.table(other), list(b.key(other)), [keys[other]])
+        elif now is None:
+            sessions[other].insert(b.table(other), d.insert_columns[other],
+                                   [d.build_create[other](row, keys[base], resolved)])
+        else:
+            vals = d.build_live[other](row, keys[base], resolved)
+            pos = [d.columns[other].index(col) for col in d.live_columns[other]]
+            if d.live_columns[other] and not _same(tuple(now[i] for i in pos), vals):
+                sessions[other].update(b.table(other), list(b.key(other)),
+                                       d.live_columns[other], [(keys[other], vals)])
+        return True
+
+    @staticmethod
+    def _write_version(sess: WriteSession, table: str, key: list[str], kvals: Row,
+                       columns: list[str], current: Row | None, row: Row | None) -> None:
+        """Make a side's own row ``row`` (in ``columns``), as it stands in ``current``."""
+        if row is None:
+            if current is not None:
+                sess.delete(table, key, [kvals])
+            return
+        if current is None:
+            sess.insert(table, columns, [row])
+            return
+        changed = [i for i, c in enumerate(columns) if c not in key
+                   and not _same((current[i],), (row[i],))]
+        if changed:
+            sess.update(table, key, [columns[i] for i in changed],
+                        [(kvals, tuple(row[i] for i in changed))])
 
     # -- housekeeping ------------------------------------------------------------------------
     def prune_markers(self) -> None:
@@ -1010,8 +1274,10 @@ class Applier:
                 log.warning("pruning applied positions in %s: %s", self.env[t], exc)
 
     def housekeeping(self) -> None:
-        """Once a second: replay released parks, finish resuming maps, watch queue budgets;
-        and see that what deleted log rows leave behind is purged."""
+        """Once a second: a heartbeat, settle released parks, finish resuming maps, watch
+        queue budgets; and see that what deleted log rows leave behind is purged."""
+        if self.process is not None:
+            self.state.heartbeat(self.process, role="applier", note=self._waiting_for())
         try:
             self.replay_released()
             stats = {s: self.logs[s].stats() for s in Side}
@@ -1030,6 +1296,12 @@ class Applier:
             used = max(rows / budget.max_rows, size / budget.max_bytes,
                        age / budget.max_age_seconds)
             self.alerts.queue_level(name, used, rows, size, age)
+
+    def _waiting_for(self) -> str | None:
+        """What keeps this applier from applying, for ``status`` (None: nothing)."""
+        down = [f"{self.env[x.other]} unreachable ({e})" for x, e in self.last_error.items()
+                if e is not None]
+        return "; ".join(down) or None
 
     def _start_purger(self) -> None:
         """MariaDB keeps deleted log rows as history, and every read of the log wades through
@@ -1107,6 +1379,61 @@ _PURGE_EVERY = 1.0
 #: action kind by (row in the filter before, row in the filter after)
 _KINDS: tuple[tuple[str | None, str], tuple[str, str]] = (
     (None, "create"), ("delete", "update"))
+
+
+class _Terms:
+    """A map's rows in the terms of one side (``base``): each field's value as the base side's
+    column holds it. A row of the other side is converted field by field as writing it into
+    the base side would (lookups, value maps, defaults), fields that do not flow that way
+    left out."""
+
+    def __init__(self, d: MapDiffer, base: Side, key: Row,
+                 resolved: dict[tuple[Side, int], dict[Any, Any]]) -> None:
+        self.d, self.base, self.key, self.resolved = d, base, key, resolved
+        self.slots = [(i, d.pos[base][col]) for i, f in enumerate(d.bound.fields)
+                      if (col := f.end(base).column) is not None]
+
+    def fields(self, row: Row | None, side: Side) -> dict[int, Any] | None:
+        if row is None:
+            return None
+        if side is self.base:
+            return {i: row[p] for i, p in self.slots}
+        d = self.d
+        return {i: d.transform(side, i, row, self.key, self.resolved) for i, _p in self.slots
+                if d.bound.fields[i].spec.flows_to(self.base) or i in d.bound.key_fields}
+
+    def row(self, fields: dict[int, Any] | None, current: Row | None) -> Row | None:
+        """A base-side row (its read columns) holding ``fields``: the current row's other
+        columns kept, its key as given."""
+        if fields is None:
+            return None
+        d, base = self.d, self.base
+        out = list(current) if current is not None else [None] * len(d.columns[base])
+        for col, v in zip(d.bound.key(base), self.key, strict=True):
+            out[d.pos[base][col]] = v
+        for i, p in self.slots:
+            if i in fields:
+                out[p] = fields[i]
+        return tuple(out)
+
+
+def _side_keys(d: MapDiffer, b: BoundMap, lkey: Sequence[Any]) -> dict[Side, Row]:
+    """A row's key on each side, from its left key (as the state store holds it)."""
+    left = tuple(coerce(v, d.kinds[Side.LEFT][c])
+                 for v, c in zip(lkey, b.key(Side.LEFT), strict=True))
+    shaped: list[Any] = [None] * len(d.columns[Side.LEFT])
+    for i, v in zip(d.key_idx[Side.LEFT], left, strict=True):
+        shaped[i] = v
+    return {Side.LEFT: left, Side.RIGHT: d.target_key(Side.LEFT, tuple(shaped))}
+
+
+def _same_value(a: Any, b: Any) -> bool:
+    return bool(a == b or canonical(a) == canonical(b))
+
+
+def _conn(sess: WriteSession) -> Any:
+    """The SQL connection under a write session (the change log's statements run on it)."""
+    return sess.conn  # type: ignore[attr-defined]
 
 
 def canonical_key(values: Sequence[Any]) -> tuple[Any, ...]:
@@ -1193,75 +1520,72 @@ def _positions(changes: list[Change]) -> list[tuple[str, str, int]]:
 def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] | None = None,
                 wait_for_lock: bool = True) -> None:
     """Take the link's applier lease (waiting for it, as a standby, while another process
-    holds it), recover in-doubt live transactions, then apply captured changes until
-    ``stop`` is set."""
+    holds it), recover in-doubt live transactions, then apply captured changes until ``stop``
+    is set. A database that cannot be reached, at start or later, is waited for with backoff
+    (the process does not exit); the process is registered in the state store with its role
+    and a heartbeat, so that ``status`` shows whether anything applies."""
+    me = link.state.register_process(link.config.link_name, "standby")
     lock = link.applier_lock()
-    while not lock.acquire():
-        if not wait_for_lock:
-            raise LinkError(
-                f"another applier (pid {lock.holder()}) is running for link "
-                f"{link.config.link_name!r}",
-                hint="one applier per link: stop the other `dualwrite run` or `serve`, or "
-                "let this one wait as a standby")
-        if stop.wait(1.0):
-            return
     try:
-        link.recover()
-        applier = link.applier()
+        while not lock.acquire():
+            if not wait_for_lock:
+                raise LinkError(
+                    f"another applier (pid {lock.holder()}) is running for link "
+                    f"{link.config.link_name!r}",
+                    hint="one applier per link: stop the other `dualwrite run` or `serve`, or "
+                    "let this one wait as a standby")
+            link.state.heartbeat(me, role="standby",
+                                 note=f"standing by: pid {lock.holder()} applies")
+            if stop.wait(1.0):
+                return
+        applier = _start_applier(link, stop, me)
+        if applier is None:
+            return
         try:
             applier.run(stop, ready=ready)
         finally:
             applier.close()
     finally:
         lock.release()
+        link.state.unregister_process(me)
+
+
+def _start_applier(link: Link, stop: threading.Event, me: str) -> Applier | None:
+    """Validate the maps, recover in-doubt transactions and make the applier, waiting with
+    backoff while a database cannot be reached. None when stopped meanwhile."""
+    delay = 0.1
+    while not stop.is_set():
+        link.state.heartbeat(me, role="applier")
+        try:
+            link.bound_maps()
+            link.recover()
+            return link.applier(process=me)
+        except TransientConnectorError as exc:
+            note = f"waiting for a database: {exc.message}"
+            log.warning("%s; retrying in %.1f s", note, delay)
+            link.state.heartbeat(me, role="applier", note=note)
+            link.forget_validation()
+            stop.wait(delay)
+            delay = min(delay * 2, link.config.model.capture.max_backoff)
+    return None
 
 
 def resolve_conflict(link: Link, entry_id: int, pick: Side) -> dict[str, Any]:
-    """Settle a parked conflict: the ``pick`` side's current row is written to the other
-    side (or the twin deleted, if the picked row is gone); then the inbox entry is resolved
-    and the applier replays the changes that waited behind it (they find both sides agreeing,
-    or apply on top). Returns what was written."""
+    """Resolve a parked conflict for the ``pick`` side. The applier then settles it (see
+    :mod:`dualwrite.engine.settle`): both sides get the picked side's row as it is then, with
+    every change either side made after the conflict was found applied on top, field by
+    field, in the order they were made. Returns what was decided."""
     entry = link.state.get_error(entry_id)
     if entry.status != "open":
         raise DualwriteError(f"inbox entry {entry_id} is {entry.status}, not open",
                              hint="list open entries with `dualwrite errors list`")
-    [bound] = link.bound_maps([entry.map])
-    d = link.differ(entry.map)
-    lkey = tuple(entry.key)
-    t = pick.other
-    # the picked side's key: the left key as stored, or its twin's key on the right
-    shaped = [None] * len(d.columns[Side.LEFT])
-    for i, v in zip(d.key_idx[Side.LEFT], lkey, strict=True):
-        shaped[i] = v
-    keys = {Side.LEFT: tuple(coerce(v, d.kinds[Side.LEFT][c]) for v, c in
-                             zip(lkey, bound.key(Side.LEFT), strict=True)),
-            Side.RIGHT: d.target_key(Side.LEFT, tuple(shaped))}
-    rows = link.connectors[pick].fetch(bound.table(pick), d.columns[pick],
-                                       key=list(bound.key(pick)), keys=[keys[pick]])
-    with link.connectors[t].transaction() as sess:
-        resolver = LookupResolver({t: SessionLookups(sess), pick: link.connectors[pick]})  # type: ignore[dict-item]
-        table_t = bound.table(t)
-        got = sess.lock(table_t, list(bound.key(t)), key=list(bound.key(t)), keys=[keys[t]])
-        if not rows:
-            if got:
-                sess.delete(table_t, list(bound.key(t)), [keys[t]])
-            written: dict[str, Any] = {"deleted": list(keys[t])}
-        else:
-            row = rows[0]
-            entries = [Entry((), row, None) if pick is Side.LEFT else Entry((), None, row)]
-            resolved = d._prefetch(entries, resolver)
-            skey = tuple(row[i] for i in d.key_idx[pick])
-            if got:
-                vals = d.build_live[t](row, skey, resolved)
-                sess.update(table_t, list(bound.key(t)), d.live_columns[t], [(keys[t], vals)])
-                written = {"updated": dict(zip(d.live_columns[t], vals, strict=True))}
-            else:
-                vals = d.build_create[t](row, skey, resolved)
-                sess.insert(table_t, d.insert_columns[t], [vals])
-                written = {"created": dict(zip(d.insert_columns[t], vals, strict=True))}
-    link.state.resolve_error(entry_id, "resolved")
-    return {"id": entry_id, "map": entry.map, "key": list(lkey), "picked": pick.value,
-            "written_to": link.env_name(t), **written}
+    if entry.operation != "conflict":
+        raise DualwriteError(
+            f"inbox entry {entry_id} is a {entry.operation} that failed, not a conflict",
+            hint=f"fix the row, then `dualwrite errors retry {entry_id}` (or discard it)")
+    link.state.resolve_error(entry_id, "resolved", pick=pick.value)
+    return {"id": entry_id, "map": entry.map, "key": list(entry.key), "picked": pick.value,
+            "kept": link.env_name(pick), "written_to": link.env_name(pick.other)}
 
 
 __all__ = ["APPLYING", "CAPTURING", "Applier", "ApplierLock", "BatchResult", "canonical_key",

@@ -72,7 +72,7 @@ class AlertRule(BaseModel):
     budget), or ``any``."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(pattern=r"^(conflict|rejected|lookup|unreachable|queue|any)$")
+    kind: str = Field(pattern=r"^(conflict|rejected|lookup|unreachable|queue|failed|any)$")
     count: int = Field(default=1, ge=1)
     within_minutes: float = Field(default=10.0, gt=0)
     action: str = Field(pattern=r"^(pause|stop|log|webhook)$")

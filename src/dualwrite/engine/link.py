@@ -120,6 +120,18 @@ class Link:
         by_name = {b.name: b for b in bound}
         return [by_name[n] for n in ordered_names if n in by_name and (not names or n in names)]
 
+    def valid_maps(self) -> tuple[list[BoundMap], dict[str, list[Issue]]]:
+        """The maps that bind cleanly, in dependency order, and the issues of the others by
+        map name (issues of no one map under ""). Unlike :meth:`bound_maps`, one invalid map
+        does not stop the others."""
+        bound, issues = self.validate()
+        by_map: dict[str, list[Issue]] = {}
+        for i in issues:
+            by_map.setdefault(i.map or "", []).append(i)
+        by_name = {b.name: b for b in bound}
+        return [by_name[m.name] for m in dependency_order(self.config.maps)
+                if m.name in by_name], by_map
+
     # -- the link itself ---------------------------------------------------------------------
     def ensure_linked(self) -> str:
         """Record this link in both environments (idempotent); return the link id.
@@ -207,8 +219,12 @@ class Link:
         with self._lock:
             d = self._differs.get(name)
             if d is None:
-                [bound] = self.bound_maps([name])
-                d = self._differs[name] = MapDiffer(bound, self.connectors)
+                bound, issues = self.validate()
+                found = [b for b in bound if b.name == name]
+                if not found:
+                    self.config.map(name)  # a clear error for an unknown name
+                    raise ValidationFailed([i for i in issues if i.map in (name, None)])
+                d = self._differs[name] = MapDiffer(found[0], self.connectors)
             return d
 
     def missing_dependencies(self, names: Sequence[str]) -> list[str]:
@@ -254,7 +270,7 @@ class Link:
             st = (states.get(b.name) or {})
             if st.get("state") == "running":
                 continue
-            if st.get("state") in ("paused", "resuming"):
+            if st.get("state") in ("paused", "resuming", "failed"):
                 self.resume_maps([b.name])
                 continue
             captured = self.install_capture(b)
@@ -305,12 +321,14 @@ class Link:
         return out
 
     def resume_maps(self, names: Sequence[str] = ()) -> list[str]:
-        """Resume paused maps: the applier replays their queue in order (``resuming``) and
-        puts them back to ``running`` once it is empty."""
+        """Resume paused (or failed) maps: the applier replays their queue in order
+        (``resuming``) and puts them back to ``running`` once it is empty. A failed map whose
+        fault is not fixed fails again, with the reason."""
         out = []
         states = self.state.map_states()
+        self.forget_validation()  # a failed map's fix: bind it to the tables as they are now
         for b in self.bound_maps(names):
-            if (states.get(b.name) or {}).get("state") == "paused":
+            if (states.get(b.name) or {}).get("state") in ("paused", "failed"):
                 self.state.set_map_state(b.name, "resuming")
                 out.append(b.name)
         return out
@@ -326,7 +344,17 @@ class Link:
         return Applier(self, **kwargs)
 
     def applier_lock(self) -> ApplierLock:
-        return ApplierLock(self.config.state_url, self.link_id)
+        # named by the link's name, not its id: taking it must not need the databases
+        return ApplierLock(self.config.state_url, self.config.link_name)
+
+    def forget_validation(self) -> None:
+        """Describe the tables and validate the maps again on next use (after a database was
+        unreachable, or a map failed: its tables may have changed)."""
+        with self._lock:
+            self._bound = self._issues = None
+            self._differs.clear()
+        for c in self.connectors.values():
+            c.forget_schema()
 
     def status(self) -> list[dict[str, Any]]:
         """Per map: state, lag (seconds and changes), queued changes, open errors,
@@ -350,6 +378,12 @@ class Link:
         parked = self.state.parked_count()
         conflicts = self.state.conflict_counts()
         activity = self.state.activity()
+        failures = self.state.last_events("failed")
+        procs = self.processes()
+        appliers = [p for p in procs if p["alive"] and p["role"] == "applier"]
+        applier = f"pid {appliers[0]['pid']} on {appliers[0]['host']}" if appliers else None
+        gone = min((p["heartbeat_age"] for p in procs if p["role"] == "applier"),
+                   default=None)
         out = []
         for m in dependency_order(self.config.maps):
             st = states.get(m.name) or {}
@@ -357,6 +391,15 @@ class Link:
             oldest = [x for s in Side if (x := stats[s].get(m.name, (0, 0, None))[2])]
             lag = max(0.0, _time.time() - min(oldest).timestamp()) if oldest else 0.0
             state = st.get("state") or "not running"
+            applying = state in ("running", "resuming")
+            if applying and applier is None:
+                # running as far as the maps go, yet nothing applies: say so
+                note = "no applier" + (f" for {gone:.0f} s" if gone is not None else
+                                       " (start `dualwrite run` or `dualwrite serve`)")
+            elif state == "failed":
+                note = failures[m.name][1] if m.name in failures else "failed"
+            else:
+                note = None
             out.append({
                 "map": m.name, "state": state,
                 "lag_seconds": round(lag, 3) if state in ("running", "resuming") else None,
@@ -367,8 +410,16 @@ class Link:
                 "last_applied_at": (activity.get(m.name) or {}).get("last_applied_at"),
                 "initial_synced_at": st.get("initial_synced_at"),
                 "unreachable": unreachable,
+                "applier": applier if applying else None,
+                # what is wrong: a failed map's reason, or a running map nothing applies
+                "note": note,
             })
         return out
+
+    def processes(self) -> list[dict[str, Any]]:
+        """The ``run`` and ``serve`` processes of this link (appliers, standbys), with
+        whether their heartbeat is recent."""
+        return self.state.processes(self.config.link_name)
 
     def recover(self) -> RecoveryReport:
         """End every branch of this link left prepared by a dead coordinator (see

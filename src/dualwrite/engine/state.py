@@ -131,6 +131,9 @@ conflicts = sa.Table(
     sa.Column("winner", sa.String(10), nullable=False),
     sa.Column("source", sa.String(10), nullable=False),
     sa.Column("detail", sa.Text, nullable=False),
+    # the incoming change's position in its source log: a conflict recorded again when its
+    # change is delivered again (a crash before the target committed) is recorded once
+    sa.Column("seq", sa.BigInteger, nullable=True),
 )
 
 events = sa.Table(
@@ -158,6 +161,22 @@ map_activity = sa.Table(
     sa.Column("last_applied_at", sa.String(40), nullable=False),
     sa.Column("applied", sa.BigInteger, nullable=False, default=0),
 )
+
+
+processes = sa.Table(
+    "processes", _md,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("link", sa.String(200), nullable=False),
+    sa.Column("host", sa.String(200), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),  # applier, standby, server
+    sa.Column("started_at", sa.String(40), nullable=False),
+    sa.Column("heartbeat", sa.Float, nullable=False),  # unix time
+    sa.Column("note", sa.Text, nullable=True),  # what it waits for, when it waits
+)
+
+#: a process whose heartbeat is older than this many seconds is taken for dead
+HEARTBEAT_TIMEOUT = 10.0
 
 
 @dataclass
@@ -272,6 +291,19 @@ def decode_row(text: str) -> dict[str, Any]:
     return {k: _untag(v) for k, v in json.loads(text).items()}
 
 
+@dataclass(frozen=True)
+class ParkedChange:
+    """A captured change held in the state store behind an inbox entry: the ``blocker``
+    (the change that failed, or met a conflict) or one ``waiting`` behind it."""
+
+    id: int
+    map: str
+    key: tuple[Any, ...]  # the key it holds, as the left side has it
+    source: str  # "left" or "right": the side it was captured on
+    role: str
+    change: dict[str, Any]
+
+
 @dataclass
 class InboxEntry:
     id: int
@@ -306,6 +338,7 @@ class StateStore:
         self._cache: dict[Any, tuple[float, Any]] = {}
         try:
             _md.create_all(self.engine)
+            self._add_missing_columns()
         except sa.exc.SQLAlchemyError as exc:
             raise TerminalConnectorError(
                 f"cannot open the state store {url!r}: {exc.__class__.__name__}: "
@@ -320,6 +353,19 @@ class StateStore:
             self._journal = DecisionJournal(Path(database + ".decisions"),
                                             self._import_journalled)
             self._journal.adopt()
+
+    def _add_missing_columns(self) -> None:
+        """Bring a store made by an earlier version up to date: tables it lacks are created
+        by ``create_all``, nullable columns added since are added here."""
+        insp = sa.inspect(self.engine)
+        with self.engine.begin() as conn:
+            for table in _md.sorted_tables:
+                have = {c["name"] for c in insp.get_columns(table.name)}
+                for col in table.columns:
+                    if col.name not in have and col.nullable:
+                        typ = col.type.compile(dialect=self.engine.dialect)
+                        conn.exec_driver_sql(
+                            f"ALTER TABLE {table.name} ADD COLUMN {col.name} {typ}")
 
     def close(self) -> None:
         try:
@@ -434,6 +480,49 @@ class StateStore:
         with self.engine.connect() as conn:
             return {r.map: dict(r._mapping) for r in conn.execute(sa.select(map_activity))}
 
+    # -- processes -------------------------------------------------------------------------
+    def register_process(self, link: str, role: str, note: str | None = None) -> str:
+        """Record this process (host, pid, role) for ``status``; returns its id. Rows of
+        processes gone for long are swept here."""
+        import os
+        import socket
+
+        pid = str(uuid.uuid4())
+        now = time.time()
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(processes).where(
+                processes.c.heartbeat < now - 24 * 3600))
+            conn.execute(sa.insert(processes).values(
+                id=pid, link=link, host=socket.gethostname(), pid=os.getpid(), role=role,
+                started_at=now_iso(), heartbeat=now, note=note))
+        return pid
+
+    def heartbeat(self, process_id: str, *, role: str | None = None,
+                  note: str | None = None) -> None:
+        """This process is alive (and now has ``role``, waits for ``note``)."""
+        values: dict[str, Any] = {"heartbeat": time.time(), "note": note}
+        if role is not None:
+            values["role"] = role
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(processes).where(processes.c.id == process_id)
+                         .values(**values))
+
+    def unregister_process(self, process_id: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(processes).where(processes.c.id == process_id))
+
+    def processes(self, link: str) -> list[dict[str, Any]]:
+        """The processes of ``link``, each with ``alive`` (a heartbeat within
+        HEARTBEAT_TIMEOUT seconds) and ``heartbeat_age`` in seconds."""
+        now = time.time()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(processes).where(processes.c.link == link)
+                                .order_by(processes.c.started_at)).all()
+        return [{"id": r.id, "host": r.host, "pid": r.pid, "role": r.role,
+                 "started_at": r.started_at, "heartbeat_age": round(now - r.heartbeat, 1),
+                 "alive": now - r.heartbeat <= HEARTBEAT_TIMEOUT, "note": r.note}
+                for r in rows]
+
     # -- parked changes (capture) --------------------------------------------------------------
     def park_error(self, map_name: str, env: str, source: str, key: Sequence[Any], op: str,
                    kind: str, reason: str, change: dict[str, Any],
@@ -454,16 +543,19 @@ class StateStore:
         return int(entry)
 
     def park_waiting(self, map_name: str, source: str, key: Sequence[Any],
-                     change: dict[str, Any]) -> None:
-        """Park a change behind the open inbox entry that blocks its key."""
+                     change: dict[str, Any], entry: int | None = None) -> None:
+        """Park a change behind inbox entry ``entry`` (the rest of a parked source
+        transaction), or else behind the entry that holds its key: the open one, or the latest
+        one released and not settled yet."""
         k = encode_values(key)
         with self.engine.begin() as conn:
-            entry = conn.execute(
-                sa.select(parked.c.error_id).join(error_inbox, error_inbox.c.id ==
-                                                  parked.c.error_id)
-                .where(parked.c.map == map_name, parked.c.row_key == k,
-                       error_inbox.c.status == "open").limit(1)).scalar()
-            if entry is None:  # released meanwhile: it waits behind the latest entry
+            if entry is None:
+                entry = conn.execute(
+                    sa.select(parked.c.error_id).join(error_inbox, error_inbox.c.id ==
+                                                      parked.c.error_id)
+                    .where(parked.c.map == map_name, parked.c.row_key == k,
+                           error_inbox.c.status == "open").limit(1)).scalar()
+            if entry is None:
                 entry = conn.execute(sa.select(sa.func.max(parked.c.error_id)).where(
                     parked.c.map == map_name, parked.c.row_key == k)).scalar() or 0
             self._park(conn, map_name, k, source, change, "waiting", int(entry))
@@ -493,13 +585,13 @@ class StateStore:
             return int(conn.execute(sa.delete(parked).where(parked.c.map == map_name)).rowcount)
 
     def parked_keys(self) -> set[tuple[str, tuple[Any, ...]]]:
-        """(map, canonical key) of every key held by an open inbox entry."""
+        """(map, canonical key) of every key held by a parked change: behind an open inbox
+        entry, or behind one that was retried, discarded or resolved and that the applier has
+        not settled yet (a later change must not overtake what it settles)."""
         from dualwrite.model.values import canonical
 
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(parked.c.map, parked.c.row_key).distinct()
-                                .join(error_inbox, error_inbox.c.id == parked.c.error_id)
-                                .where(error_inbox.c.status == "open")).all()
+            rows = conn.execute(sa.select(parked.c.map, parked.c.row_key).distinct()).all()
         return {(r.map, tuple(canonical(v) for v in decode_values(r.row_key))) for r in rows}
 
     def parked_count(self) -> dict[str, int]:
@@ -508,45 +600,53 @@ class StateStore:
                                 .group_by(parked.c.map)).all()
         return {str(r[0]): int(r[1]) for r in rows}
 
-    def released_parks(self) -> list[tuple[int, list[tuple[str, dict[str, Any]]]]]:
-        """Parked changes whose inbox entry was retried, discarded or resolved: per entry, in
-        parking order, (source side, change) to replay. A discarded entry's own change is
-        left out: discarding drops it."""
+    def released_parks(self) -> list[tuple[InboxEntry, list[ParkedChange]]]:
+        """Inbox entries that were retried, discarded or resolved and still hold parked
+        changes, oldest first, each with its parked changes in parking order."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                sa.select(parked, error_inbox.c.status.label("entry_status"))
-                .join(error_inbox, error_inbox.c.id == parked.c.error_id)
+                sa.select(parked).join(error_inbox, error_inbox.c.id == parked.c.error_id)
                 .where(error_inbox.c.status.in_(("retry", "discarded", "resolved")))
                 .order_by(parked.c.error_id, parked.c.id)).all()
-        out: dict[int, list[tuple[str, dict[str, Any]]]] = {}
+        out: dict[int, list[ParkedChange]] = {}
         for r in rows:
-            items = out.setdefault(int(r.error_id), [])
-            if r.entry_status == "discarded" and r.role == "blocker":
-                continue
-            items.append((r.source, decode_doc(r.change)))
-        return list(out.items())
+            out.setdefault(int(r.error_id), []).append(ParkedChange(
+                int(r.id), r.map, decode_values(r.row_key), r.source, r.role,
+                decode_doc(r.change)))
+        return [(self.get_error(entry_id), items) for entry_id, items in out.items()]
 
-    def finish_release(self, error_id: int) -> None:
-        """Drop the parked changes of a released entry (replayed, or parked again under an
-        open entry, in which case they stay)."""
+    def finish_release(self, error_id: int, parked_ids: Sequence[int]) -> None:
+        """Drop the given parked changes of a released entry: they were settled. (Changes
+        parked behind it meanwhile stay, for the next round.) A retried entry is then
+        resolved; one that failed again was reopened and keeps its changes."""
         with self.engine.begin() as conn:
             status = conn.execute(sa.select(error_inbox.c.status).where(
                 error_inbox.c.id == error_id)).scalar()
             if status == "open":
                 return
-            conn.execute(sa.delete(parked).where(parked.c.error_id == error_id))
+            ids = list(parked_ids)
+            for i in range(0, len(ids), 500):
+                conn.execute(sa.delete(parked).where(parked.c.id.in_(ids[i:i + 500])))
             if status == "retry":
                 conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id)
                              .values(status="resolved", last_at=now_iso()))
 
     def add_conflict(self, map_name: str, key: Sequence[Any], policy: str, winner: str,
-                     source: str, incoming: dict[str, Any], target: dict[str, Any] | None
-                     ) -> None:
+                     source: str, incoming: dict[str, Any], target: dict[str, Any] | None,
+                     theirs: Sequence[dict[str, Any]] = ()) -> None:
+        """Record a conflict: the ``incoming`` change from ``source``, the target's row and its
+        own changes it met (``theirs``), and who won. Once per incoming change."""
         with self.engine.begin() as conn:
+            seq = incoming.get("seq")
+            if seq is not None and conn.execute(sa.select(conflicts.c.id).where(
+                    conflicts.c.map == map_name, conflicts.c.source == source,
+                    conflicts.c.seq == int(seq))).first() is not None:
+                return
             conn.execute(sa.insert(conflicts).values(
                 at=now_iso(), map=map_name, row_key=encode_values(key), policy=policy,
-                winner=winner, source=source,
-                detail=encode_doc({"incoming": incoming, "target": target})))
+                winner=winner, source=source, seq=seq,
+                detail=encode_doc({"incoming": incoming, "target": target,
+                                   "theirs": list(theirs)})))
 
     def conflicts(self, map_name: str | None = None, limit: int = 1000
                   ) -> list[dict[str, Any]]:
@@ -580,6 +680,15 @@ class StateStore:
             stmt = stmt.where(events.c.kind.in_(list(kinds)))
         with self.engine.connect() as conn:
             return int(conn.execute(stmt).scalar() or 0)
+
+    def last_events(self, kind: str) -> dict[str, tuple[float, str]]:
+        """Per map, the time and message of its latest event of ``kind``."""
+        latest = sa.select(events.c.map, sa.func.max(events.c.id).label("id")).where(
+            events.c.kind == kind).group_by(events.c.map).subquery()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(events.c.map, events.c.at, events.c.message)
+                                .join(latest, latest.c.id == events.c.id)).all()
+        return {str(r.map): (float(r.at), str(r.message)) for r in rows}
 
     def add_alert(self, map_name: str, rule: str, action: str, message: str, at: float
                   ) -> None:
@@ -871,10 +980,19 @@ class StateStore:
         raise DualwriteError(f"no error with id {error_id} in the inbox",
                              hint="list them with `dualwrite errors list`")
 
-    def resolve_error(self, error_id: int, status: str) -> None:
+    def resolve_error(self, error_id: int, status: str, *, pick: str | None = None) -> None:
+        """Set an entry's status (``retry``, ``discarded``, ``resolved``); ``pick`` records the
+        side a conflict was resolved for (the applier settles the entry with it)."""
         with self.engine.begin() as conn:
-            conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id).values(
-                status=status, last_at=now_iso()))
+            values: dict[str, Any] = {"status": status, "last_at": now_iso()}
+            if pick is not None:
+                body = conn.execute(sa.select(error_inbox.c.payload).where(
+                    error_inbox.c.id == error_id)).scalar()
+                payload = decode_row(body) if body else {}
+                payload["pick"] = pick
+                values["payload"] = encode_row(payload)
+            conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id)
+                         .values(**values))
 
     def clear_errors(self, map_name: str, side: str, key: Sequence[Any]) -> None:
         """A row that now syncs cleanly closes its open inbox entries."""

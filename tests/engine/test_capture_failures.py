@@ -1,0 +1,100 @@
+"""One map's fault never stops the others, and `status` never calls a link healthy when
+nothing applies (issue: never lose, never corrupt, section 5)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from capture_fixtures import ITEMS_MAP, Items, drain, fresh_tables, items_metadata, link_config
+from dualwrite.engine.state import HEARTBEAT_TIMEOUT
+
+from conftest import BackendFactory
+
+PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
+
+OTHERS_MAP = ITEMS_MAP.replace("name: items", "name: others").replace(
+    "left: items", "left: others").replace("right: items", "right: others")
+
+
+def two_maps(make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> Items:
+    left = make_backend(kinds[0], "dualwrite_test_a")
+    right = make_backend(kinds[1], "dualwrite_test_b" if kinds[0] == kinds[1]
+                         else "dualwrite_test_a")
+    md = items_metadata()
+    others = md.tables["items"].to_metadata(md, name="others")
+    assert others is not None
+    fresh_tables(md, left, right)
+    path = link_config(tmp_path, left, right, {
+        "items": ITEMS_MAP.format(policy="left-wins"),
+        "others": OTHERS_MAP.format(policy="left-wins")})
+    return Items(left, right, path)
+
+
+@pytest.mark.parametrize("kinds", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_a_failing_map_is_failed_with_its_reason_and_the_others_flow(
+        make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
+    """The right side's ``items`` table is renamed away while both maps run: applying the
+    next change of ``items`` fails for a reason no retry fixes. That map is failed (status
+    says why, an alert rule sees a ``failed`` event), its changes stay queued; ``others``
+    keeps flowing; once the table is back and the map resumed, the queue drains."""
+    it = two_maps(make_backend, tmp_path, kinds)
+    with it.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        it.right.app_sql("ALTER TABLE items RENAME TO items_away")
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'one', 1)")
+        it.left.app_sql("INSERT INTO others (id, name, qty) VALUES (1, 'other', 1)")
+        drain(applier)
+        st = {m["map"]: m for m in link.status()}
+        assert st["items"]["state"] == "failed", st["items"]
+        assert "items" in (st["items"]["note"] or ""), st["items"]
+        assert st["items"]["queued"] == 1
+        assert st["others"]["state"] == "running"
+        assert it.right.sql("SELECT name FROM others WHERE id = 1") == [("other",)]
+        it.left.app_sql("INSERT INTO others (id, name, qty) VALUES (2, 'more', 2)")
+        it.left.app_sql("UPDATE items SET qty = 2 WHERE id = 1")  # queued, not lost
+        drain(applier)
+        assert it.right.sql("SELECT name FROM others WHERE id = 2") == [("more",)]
+        assert link.state.count_events("items", ["failed"], 0) >= 1
+        # fixed: the table is back; resuming the map drains what it queued
+        it.right.app_sql("ALTER TABLE items_away RENAME TO items")
+        assert link.resume_maps(["items"]) == ["items"]
+        drain(applier)
+        assert it.rows("right")[1] == ("one", 2)
+        st = {m["map"]: m for m in link.status()}
+        assert st["items"]["state"] in ("resuming", "running") and st["items"]["note"] in (
+            None, "no applier (start `dualwrite run` or `dualwrite serve`)")
+        applier.housekeeping()
+        assert {m["map"]: m for m in link.status()}["items"]["state"] == "running"
+        assert all(v.ok for v in link.verify())
+
+
+def test_status_says_when_nothing_applies(make_backend: BackendFactory, tmp_path: Path
+                                          ) -> None:
+    """A running map with no applier process is not shown as healthy: without any `run`, and
+    after the applier's heartbeat stopped (its process died)."""
+    it = two_maps(make_backend, tmp_path, ("postgresql", "postgresql"))
+    with it.link() as link:
+        link.start_maps(["items"])
+        [row] = [m for m in link.status() if m["map"] == "items"]
+        assert row["state"] == "running" and row["applier"] is None
+        assert row["note"] is not None and row["note"].startswith("no applier")
+        # an applier registers and beats ...
+        me = link.state.register_process(link.config.link_name, "applier")
+        [row] = [m for m in link.status() if m["map"] == "items"]
+        assert row["note"] is None and row["applier"] is not None
+        [proc] = link.processes()
+        assert proc["alive"] and proc["role"] == "applier"
+        # ... then dies: its heartbeat ages past the timeout
+        with link.state.engine.begin() as conn:
+            conn.execute(sa.text("UPDATE processes SET heartbeat = :t WHERE id = :i"),
+                         {"t": time.time() - HEARTBEAT_TIMEOUT - 30, "i": me})
+        [row] = [m for m in link.status() if m["map"] == "items"]
+        assert row["applier"] is None and row["note"] is not None
+        assert row["note"].startswith("no applier for ")
+        [proc] = link.processes()
+        assert not proc["alive"]
