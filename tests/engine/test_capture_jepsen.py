@@ -41,11 +41,14 @@ from dualwrite.model.maps import Side
 from conftest import Backend, BackendFactory
 
 READY = "dualwrite run: applying captured changes"
-#: keys 1..FREE: both sides write them blindly (conflicts); FREE+1..KEYS: the sides take
+#: keys 1..FREE: both sides write them blindly, at random; FREE+1..TURNS: the sides take
 #: turns, each writing only a value of the other side's it has seen (no conflict may be
-#: recorded there: every write saw the one before)
+#: recorded there: every write saw the one before); TURNS+1..KEYS: rounds, in which both
+#: sides write the same fresh key within a few milliseconds of each other (every round a
+#: race between the two writes and the applier)
 FREE = 6
-KEYS = 10
+TURNS = 10
+KEYS = 1000
 
 AUDIT = {
     "postgresql": [
@@ -88,6 +91,8 @@ class Writers:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.count = {s: 0 for s in sides}
+        self.rounds = 0
+        self.barrier = threading.Barrier(len(sides))
         self.threads = [threading.Thread(target=self._write, args=(s,), daemon=True)
                         for s in sides]
 
@@ -98,19 +103,30 @@ class Writers:
 
     def __exit__(self, *exc: object) -> None:
         self.stop.set()
+        self.barrier.abort()
         for t in self.threads:
             t.join(timeout=60)
         assert not any(t.is_alive() for t in self.threads), "a writer did not stop"
         assert not self.errors, self.errors
 
     def _write(self, side: str) -> None:
+        """Each turn: a round (with the other writer: the same fresh key, a few ms apart),
+        then one write of a blind or turn-taking key, with a random pause."""
         rng = random.Random(f"{self.seed}-{side}")
         other = "r" if side == "left" else "l"
         try:
             with self.sides[side].app().connect() as conn:
-                while not self.stop.is_set():
-                    n = self.count[side]
-                    key = rng.randrange(1, KEYS + 1)
+                for key in range(TURNS + 1, KEYS + 1):
+                    if self.stop.is_set():
+                        return
+                    try:
+                        self.barrier.wait(timeout=60)
+                    except threading.BrokenBarrierError:
+                        return
+                    self.rounds = key - TURNS
+                    self.stop.wait(rng.uniform(0, 0.01))
+                    self._rename(conn, side, key)
+                    key = rng.randrange(1, TURNS + 1)
                     with conn.begin():
                         if key > FREE:
                             # a turn-taking key: write only over the other side's value (or
@@ -120,12 +136,20 @@ class Writers:
                             if not (now.startswith(other) or (side == "left" and
                                                               now.startswith("init"))):
                                 continue
-                        conn.execute(sa.text("UPDATE items SET name = :v WHERE id = :k"),
-                                     {"v": f"{side[0]}{n}", "k": key})
-                    self.count[side] = n + 1
-                    self.stop.wait(rng.uniform(0, 0.03))
+                        self._write_one(conn, side, key)
+                    self.stop.wait(rng.uniform(0, 0.02))
         except BaseException as exc:
             self.errors.append(exc)
+
+    def _rename(self, conn: sa.Connection, side: str, key: int) -> None:
+        with conn.begin():
+            self._write_one(conn, side, key)
+
+    def _write_one(self, conn: sa.Connection, side: str, key: int) -> None:
+        n = self.count[side]
+        conn.execute(sa.text("UPDATE items SET name = :v WHERE id = :k"),
+                     {"v": f"{side[0]}{n}", "k": key})
+        self.count[side] = n + 1
 
 
 def start_run(config: Path, log: Path) -> subprocess.Popen[bytes]:
@@ -191,13 +215,14 @@ def check(writes: list[Write], finals: dict[str, dict[int, str]],
                             f"({len(unrecorded)} in all)")
     false = sorted(k for k in conflict_keys if k not in concurrent_keys)
     assert not false, f"conflicts recorded where every write saw the one before: {false}"
-    taking_turns = [w for w in writes if w.key > FREE]
-    assert taking_turns and not concurrent_keys & set(range(FREE + 1, KEYS + 1)), \
+    taking_turns = [w for w in writes if FREE < w.key <= TURNS]
+    assert taking_turns and not concurrent_keys & set(range(FREE + 1, TURNS + 1)), \
         "the turn-taking keys must be written, in turns"
     assert finals["left"] == finals["right"], "the two sides differ"
     superseded = set().union(*seen.values()) if seen else set()
     stale = {k: v for k, v in finals["left"].items() if v in superseded}
     assert not stale, f"keys ending on a write that a later write saw (a lost update): {stale}"
+    assert partings > 0, "no two writes raced: the workload did not test anything"
     return {"writes": len(writes), "concurrent pairs": pairs, "partings": partings,
             "keys": len(concurrent_keys)}
 

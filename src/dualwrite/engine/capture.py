@@ -527,12 +527,13 @@ class Applier:
                     # are looked at now that this transaction holds them: a change of the
                     # target's own, committed before the write, means a conflict to settle.
                     self._recheck(sess, t, maps, outcome)
-                    # Park and record conflicts first (state store), then commit the target:
-                    # a crash in between does both again on redelivery (both idempotent),
-                    # never loses one.
-                    self._park(s, outcome.parked)
+                    # Record conflicts, then park (state store), then commit the target: a
+                    # crash in between does them again on redelivery (each is idempotent),
+                    # never loses one. In that order: once a key is parked, its change comes
+                    # back as one waiting behind it, and is not seen as a conflict again.
                     for c in outcome.conflicts.values():
                         self.state.add_conflict(**c)
+                    self._park(s, outcome.parked)
                     if check_applied:  # a replay from the state store has no log position
                         self.logs[t].mark_applied(conn, self.env[s], _positions(todo))
                     if self._prune[s]:
