@@ -5,6 +5,9 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from dualwrite.engine.link import Link, open_link
 from dualwrite.errors import (
     ConfigError,
@@ -27,7 +30,10 @@ from dualwrite.errors import (
 
 open = open_link
 
-__version__ = "0.1.0"
+try:
+    __version__ = _version("dualwrite")  # one source: the installed package's metadata
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ConfigError",

@@ -125,8 +125,19 @@ def _fail(exc: DualwriteError) -> None:
 
 
 # -- global options ---------------------------------------------------------------------------
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"dualwrite {version('dualwrite')}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(config: ConfigOpt = None) -> None:
+def _main(config: ConfigOpt = None,
+          _version: Annotated[bool, typer.Option(
+              "--version", callback=_print_version, is_eager=True,
+              help="Print the version and exit.")] = False) -> None:
     """dualwrite: maps, initial sync, verify. Run `dualwrite demo` to see it work."""
     _global["config"] = config
 

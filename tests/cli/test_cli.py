@@ -46,6 +46,17 @@ def test_the_installed_entry_point_runs() -> None:
     assert all(cmd in proc.stdout for cmd in ("validate", "plan", "sync", "verify", "demo"))
 
 
+def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"dualwrite {version('dualwrite')}\n"
+    import dualwrite
+
+    assert dualwrite.__version__ == version("dualwrite")
+
+
 def test_validate_plan_sync_verify_with_json(pair: Pair, capsys: pytest.CaptureFixture[str]
                                              ) -> None:
     cfg = str(pair.config)
