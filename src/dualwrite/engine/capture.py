@@ -55,6 +55,7 @@ from dualwrite.connectors.capture import (
     columns_of_filter,
 )
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
+from dualwrite.engine.files import open_private
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.errors import (
@@ -111,7 +112,7 @@ class ApplierLock:
     def acquire(self, *, wait: bool = False) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:

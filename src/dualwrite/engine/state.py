@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualwrite.connectors.sqlite import create_sqlite_engine
+from dualwrite.engine.files import private_sqlite_file
 from dualwrite.engine.journal import DecisionJournal
 from dualwrite.errors import DualwriteError, TerminalConnectorError
 
@@ -297,6 +298,16 @@ class StateStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        database = (sa.engine.make_url(url).database or "") if url.startswith("sqlite") else ""
+        in_file = database not in ("", ":memory:") and not database.startswith("file:")
+        if in_file:
+            try:
+                private_sqlite_file(Path(database))
+            except OSError as exc:
+                raise TerminalConnectorError(
+                    f"cannot open the state store {url!r}: {exc.strerror}",
+                    hint="check `state:` in dualwrite.yaml; the folder must exist and be "
+                    "writable", environment="state") from exc
         self.engine = create_sqlite_engine(url, wal=True) if url.startswith("sqlite") else \
             sa.create_engine(url, pool_pre_ping=True)
         self._cv = threading.Condition()
@@ -315,8 +326,7 @@ class StateStore:
         # A state store in a SQLite file makes commit decisions durable in a journal beside
         # it (see dualwrite.engine.journal); other stores commit them directly.
         self._journal: DecisionJournal | None = None
-        database = sa.engine.make_url(url).database if url.startswith("sqlite") else None
-        if database and database != ":memory:" and not database.startswith("file:"):
+        if in_file:
             self._journal = DecisionJournal(Path(database + ".decisions"),
                                             self._import_journalled)
             self._journal.adopt()
