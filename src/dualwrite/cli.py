@@ -10,7 +10,9 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -355,33 +357,80 @@ def maps_resume(maps: MapsArg = None, config: ConfigOpt = None) -> None:
 
 
 # -- capture ----------------------------------------------------------------------------------
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _until_signalled(name: str, work: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Run ``work`` on a thread of its own until SIGTERM or SIGINT, then call ``stop`` and
+    wait for ``work`` to return. Errors of ``work`` are raised here.
+
+    Nothing runs inside a signal handler. A Python handler runs on the main thread between two
+    bytecodes, wherever that thread is: one that called ``threading.Event.set`` deadlocked
+    when the main thread was inside the same Event's ``wait`` holding its lock (about one stop
+    in eight hung). Here the signals are blocked before any thread exists (threads inherit the
+    mask) and the main thread takes them with ``sigtimedwait``, as ordinary code. A second
+    signal stops without waiting (exit code 1)."""
+    received: list[int] = []
+    wanted = set(_STOP_SIGNALS)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    # A thread that existed before the mask (a caller's own, in-process) could still take a
+    # signal: a handler that only appends to a list (no lock) hands it to the loop below.
+    previous = {s: signal.signal(s, lambda sig, _frame: received.append(sig)) for s in wanted}
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            work()
+        except BaseException as exc:  # raised again on the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=body, name=f"dualwrite-{name}", daemon=True)
+    try:
+        worker.start()
+        stopping = False
+        while worker.is_alive():
+            # woken by a signal at once; by the worker's end within the timeout
+            sig = signal.sigtimedwait(wanted, 0.02 if stopping else 0.25) or \
+                (received.pop() if received else None)
+            if sig is None:
+                continue
+            if stopping:
+                err.print(f"dualwrite {name}: second signal, exiting without waiting",
+                          markup=False)
+                raise Exit(1)
+            stopping = True
+            stop()
+        worker.join()
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    if failure:
+        raise failure[0]
+
+
 @app.command()
 def run(config: ConfigOpt = None) -> None:
     """Apply captured changes of every running map, both ways, until stopped (SIGTERM or
     Ctrl-C). One applier per link: a second one waits as a standby."""
-    import signal
-    import threading
-
     from dualwrite.engine.capture import run_applier
     from dualwrite.engine.heap import settle_for_latency
 
     stop = threading.Event()
 
-    def _stop(_sig: int, _frame: object) -> None:
-        stop.set()
+    def work() -> None:
+        with _link(config) as link:
+            link.bound_maps()
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    with _link(config) as link:
-        link.bound_maps()
+            def ready() -> None:
+                settle_for_latency()  # start-up done: keep its objects out of the collector's way
+                err.print(f"dualwrite run: applying captured changes of link "
+                          f"{link.config.link_name!r} (pid {os.getpid()})",
+                          markup=False)
 
-        def ready() -> None:
-            settle_for_latency()  # start-up done: keep its objects out of the collector's way
-            err.print(f"dualwrite run: applying captured changes of link "
-                      f"{link.config.link_name!r} (pid {os.getpid()})",
-                      markup=False)
+            run_applier(link, stop, ready=ready)
 
-        run_applier(link, stop, ready=ready)
+    _until_signalled("run", work, stop.set)
     err.print("dualwrite run: stopped", markup=False)
 
 
@@ -411,20 +460,38 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
+          port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")
+                          ] = 8000) -> None:
     """Serve each environment's tables over OData v4 at /odata/<env>/ (Bearer tokens),
-    with /healthz and /readyz. In-doubt transactions are recovered on start."""
+    with /healthz and /readyz, until SIGTERM or Ctrl-C. In-doubt transactions are recovered
+    on start; captured changes are applied too, as `dualwrite run` does."""
     import uvicorn
 
     from dualwrite.api.server import create_server_app
     from dualwrite.engine.heap import settle_for_latency
 
-    with _link(config) as link:
-        link.bound_maps()  # refuse to start on invalid maps, with every problem listed
-        app_ = create_server_app(link, apply_captured=True)
-        settle_for_latency()  # start-up done: keep its objects out of the collector's way
-        uvicorn.run(app_, host=host, port=port,
-                    log_level="info")
+    server: list[uvicorn.Server] = []
+    stopped = threading.Event()
+
+    def work() -> None:
+        with _link(config) as link:
+            link.bound_maps()  # refuse to start on invalid maps, with every problem listed
+            app_ = create_server_app(link, apply_captured=True)
+            settle_for_latency()  # start-up done: keep its objects out of the collector's way
+            # uvicorn's own signal handling stays off: it runs on this thread, not the main
+            # one, and it raised SIGTERM again once it had stopped (exit status -15)
+            server.append(uvicorn.Server(uvicorn.Config(app_, host=host, port=port,
+                                                        log_level="info")))
+            if not stopped.is_set():
+                server[0].run()
+
+    def stop() -> None:
+        stopped.set()
+        if server:
+            server[0].should_exit = True
+
+    _until_signalled("serve", work, stop)
+    err.print("dualwrite serve: stopped", markup=False)
 
 
 # -- recovery ---------------------------------------------------------------------------------
