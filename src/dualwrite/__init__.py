@@ -10,6 +10,7 @@ from importlib.metadata import version as _version
 
 from dualwrite.engine.link import Link, open_link
 from dualwrite.errors import (
+    AccessDenied,
     ConfigError,
     ConnectorError,
     ConstraintViolation,
@@ -36,6 +37,7 @@ except PackageNotFoundError:  # pragma: no cover - imported from a source tree n
     __version__ = "0+unknown"
 
 __all__ = [
+    "AccessDenied",
     "ConfigError",
     "ConnectorError",
     "ConstraintViolation",

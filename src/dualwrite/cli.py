@@ -512,7 +512,7 @@ def recover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 # -- tokens -----------------------------------------------------------------------------------
-tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (Bearer) and licences.")
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (Bearer): roles and licences.")
 app.add_typer(tokens_app, name="tokens")
 
 
@@ -520,28 +520,37 @@ app.add_typer(tokens_app, name="tokens")
 def tokens_create(
         principal: Annotated[str, typer.Option(help="Who the token acts as.")],
         config: ConfigOpt = None,
-        role: Annotated[list[str] | None, typer.Option(help="A role, e.g. admin.")] = None,
+        role: Annotated[str, typer.Option(
+            help="reader (GET), writer (reads and writes) or admin (also tokens and map "
+            "control).")] = "reader",
         licence: Annotated[list[str] | None, typer.Option(
-            help="A table the principal may write when its map is restricted.")] = None,
+            help="A restricted table this token may write (repeat for more); granted to the "
+            "principal too. Without any, the token has all of its principal's.")] = None,
 ) -> None:
     """Create a token; it is printed once, alone on stdout. Only its hash is stored."""
     from dualwrite.engine.security import create_token
 
     with _link(config) as link:
-        token = create_token(link.state, principal, roles=role or [], licences=licence or [])
+        token = create_token(link.state, principal, role=role, licences=licence or None)
     sys.stdout.write(token + "\n")
 
 
 @tokens_app.command("list")
 def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Tokens (ids and principals, never the tokens themselves)."""
+    """Tokens (ids and principals, never the tokens themselves) with the role and the
+    licences each one acts with."""
+    from dualwrite.engine.security import effective
+
     with _link(config) as link:
         rows = link.state.list_tokens()
         for r in rows:
             roles, licences = link.state.principal(r["principal"])
-            r["roles"], r["licences"] = sorted(roles), sorted(licences)
+            own = None if r["licences"] is None else frozenset(r["licences"])
+            role, held = effective(r["role"], own, roles, licences)
+            r["role"], r["licences"] = role, sorted(held)
+            r["own_licences"] = own is not None
     _emit("tokens", rows, as_json, [
-        ("id", "id"), ("principal", "principal"), ("roles", "roles"), ("licences", "licences"),
+        ("id", "id"), ("principal", "principal"), ("role", "role"), ("licences", "licences"),
         ("created", "created_at"), ("revoked", "revoked_at")])
 
 

@@ -29,6 +29,7 @@ from dualwrite.engine.live import (
     StepHook,
 )
 from dualwrite.engine.live import recover as recover_branches
+from dualwrite.engine.security import Principal
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
 from dualwrite.errors import (
@@ -376,11 +377,14 @@ class Link:
         return recover_branches(self.link_id, self.connectors, self.state)
 
     @contextmanager
-    def transaction(self, principal: str = "api", *, hook: StepHook | None = None
-                    ) -> Iterator[LiveTransaction]:
+    def transaction(self, principal: str | Principal = "api", *,
+                    hook: StepHook | None = None) -> Iterator[LiveTransaction]:
         """A live transaction: every write in the block, with its mirrored twins on the other
         side, commits on both sides or on neither. Raises RowError (naming map, side, table,
-        key, field and value), LicenceError or RowNotFound; both sides are then unchanged."""
+        key, field and value), LicenceError or RowNotFound; both sides are then unchanged.
+
+        ``principal`` is a name (the principal's licences apply) or a token's
+        :class:`~dualwrite.engine.security.Principal` (the token's own licences apply)."""
         if not self._recovered:
             with self._lock:
                 if not self._recovered:

@@ -106,6 +106,29 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("revoked_at", sa.String(40), nullable=True),
+    # NULL in tokens made before roles and per-token licences (see dualwrite.engine.security)
+    sa.Column("role", sa.String(20), nullable=True),
+    sa.Column("licences", sa.Text, nullable=True),  # JSON list; NULL: the principal's
+)
+
+#: requests refused for want of a role or a licence (HTTP 403, LicenceError)
+refusals = sa.Table(
+    "refusals", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("principal", sa.String(200), nullable=False),
+    sa.Column("token_id", sa.String(16), nullable=True),
+    sa.Column("environment", sa.String(200), nullable=True),
+    sa.Column("request", sa.Text, nullable=False),  # "PATCH /odata/erp/..." or "create erp.T"
+    sa.Column("needed", sa.String(200), nullable=False),  # "role writer", "licence accounts"
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+#: one-off upgrades already made to this store (key -> when)
+state_meta = sa.Table(
+    "state_meta", _md,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )
 
 parked = sa.Table(
@@ -317,6 +340,7 @@ class StateStore:
         self._cache: dict[Any, tuple[float, Any]] = {}
         try:
             _md.create_all(self.engine)
+            self._upgrade()
         except sa.exc.SQLAlchemyError as exc:
             raise TerminalConnectorError(
                 f"cannot open the state store {url!r}: {exc.__class__.__name__}: "
@@ -330,6 +354,26 @@ class StateStore:
             self._journal = DecisionJournal(Path(database + ".decisions"),
                                             self._import_journalled)
             self._journal.adopt()
+
+    #: columns later versions added to tables that create_all does not alter
+    _ADDED_COLUMNS = (("tokens", "role", "VARCHAR(20)"), ("tokens", "licences", "TEXT"))
+
+    def _upgrade(self) -> None:
+        """Bring a store an earlier version made up to date. Idempotent; two processes
+        opening one old store at once both get there (the loser's ALTER fails, and the column
+        is then there)."""
+        for table, column, ddl in self._ADDED_COLUMNS:
+            with self.engine.connect() as conn:
+                have = {c["name"] for c in sa.inspect(conn).get_columns(table)}
+            if column in have:
+                continue
+            try:
+                with self.engine.begin() as conn:
+                    conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column} {ddl}")
+            except sa.exc.SQLAlchemyError:
+                with self.engine.connect() as conn:
+                    if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
+                        raise
 
     def close(self) -> None:
         try:
@@ -805,30 +849,46 @@ class StateStore:
             return frozenset(), frozenset()
         return frozenset(json.loads(row.roles)), frozenset(json.loads(row.licences))
 
-    def add_token(self, token_id: str, principal: str, token_hash: str) -> None:
+    def add_token(self, token_id: str, principal: str, token_hash: str, *, role: str,
+                  licences: Sequence[str] | None) -> None:
+        """Store a token's hash with its role and its own licences (None: the principal's,
+        whatever they are when it is used)."""
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(tokens).values(id=token_id, principal=principal,
-                                                  token_hash=token_hash, created_at=now_iso()))
+            conn.execute(sa.insert(tokens).values(
+                id=token_id, principal=principal, token_hash=token_hash, created_at=now_iso(),
+                role=role, licences=None if licences is None else json.dumps(sorted(licences))))
 
-    def token_principal(self, token_hash: str, max_age: float = 0.0) -> str | None:
-        """The principal of an unrevoked token. With ``max_age``, a valid answer read that
-        recently may be reused (a revocation made by this store clears them at once)."""
+    def token(self, token_hash: str, max_age: float = 0.0) -> dict[str, Any] | None:
+        """``{"id", "principal", "role", "licences"}`` of an unrevoked token (role and
+        licences None where the token has none of its own), or None. With ``max_age``, a
+        valid answer read that recently may be reused (a revocation made by this store clears
+        them at once)."""
         hit = self._cache.get(("token", token_hash))
         if hit and time.monotonic() - hit[0] < max_age:
             return hit[1]  # type: ignore[no-any-return]
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(tokens.c.principal).where(
+            row = conn.execute(sa.select(tokens.c.id, tokens.c.principal, tokens.c.role,
+                                         tokens.c.licences).where(
                 tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))).first()
-        name = str(row[0]) if row else None
-        if name is not None:  # a token created elsewhere must not wait for a stale "no"
-            self._cache[("token", token_hash)] = (time.monotonic(), name)
-        return name
+        if row is None:  # not cached: a token created elsewhere must not wait for a stale "no"
+            return None
+        got = {"id": row.id, "principal": row.principal, "role": row.role,
+               "licences": None if row.licences is None
+               else frozenset(json.loads(row.licences))}
+        self._cache[("token", token_hash)] = (time.monotonic(), got)
+        return got
 
     def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token (never the token itself): id, principal, role and licences of its own
+        (None where it has none), created, revoked."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(tokens.c.id, tokens.c.principal, tokens.c.created_at,
+            rows = conn.execute(sa.select(tokens.c.id, tokens.c.principal, tokens.c.role,
+                                          tokens.c.licences, tokens.c.created_at,
                                           tokens.c.revoked_at).order_by(tokens.c.created_at))
-            return [dict(r._mapping) for r in rows]
+            out = [dict(r._mapping) for r in rows]
+        for r in out:
+            r["licences"] = None if r["licences"] is None else json.loads(r["licences"])
+        return out
 
     def revoke_token(self, token_id: str) -> bool:
         with self.engine.begin() as conn:
@@ -838,6 +898,21 @@ class StateStore:
         for k in [k for k in self._cache if isinstance(k, tuple) and k[0] == "token"]:
             self._cache.pop(k, None)
         return n.rowcount > 0
+
+    def add_refusal(self, principal: str, request: str, needed: str, reason: str, *,
+                    token_id: str | None = None, environment: str | None = None) -> None:
+        """Audit a refused request: who, with which token, what was asked, what it lacked."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(refusals).values(
+                at=now_iso(), principal=principal, token_id=token_id, environment=environment,
+                request=request[:2000], needed=needed, reason=reason[:2000]))
+
+    def refusals(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The latest refused requests, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(refusals).order_by(refusals.c.id.desc())
+                                .limit(limit)).all()
+        return [dict(r._mapping) for r in rows]
 
     # -- error inbox -------------------------------------------------------------------------
     def add_error(self, map_name: str, side: str, key: Sequence[Any], operation: str,
