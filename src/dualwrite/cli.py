@@ -467,6 +467,7 @@ def serve(config: ConfigOpt = None,
     on start; captured changes are applied too, as `dualwrite run` does."""
     import uvicorn
 
+    from dualwrite.api.access_log import install as redact_access_log
     from dualwrite.api.server import create_server_app
     from dualwrite.engine.heap import settle_for_latency
 
@@ -480,8 +481,11 @@ def serve(config: ConfigOpt = None,
             settle_for_latency()  # start-up done: keep its objects out of the collector's way
             # uvicorn's own signal handling stays off: it runs on this thread, not the main
             # one, and it raised SIGTERM again once it had stopped (exit status -15)
-            server.append(uvicorn.Server(uvicorn.Config(app_, host=host, port=port,
-                                                        log_level="info")))
+            served = link.config.model.serve
+            server.append(uvicorn.Server(uvicorn.Config(
+                app_, host=host, port=port, log_level="info", access_log=served.access_log)))
+            # after uvicorn's Config, which sets its loggers up
+            redact_access_log(redact_filter=served.redact_filter)
             if not stopped.is_set():
                 server[0].run()
 

@@ -41,6 +41,10 @@ class ServeConfig(BaseModel):
     #: tables served over OData besides the mapped ones and their lookup targets, per env
     expose: dict[str, list[str]] = Field(default_factory=dict)
     page_size: int = Field(default=1000, ge=1, le=100_000)
+    #: one line per HTTP request (tokens are never written; see dualwrite.api.access_log)
+    access_log: bool = True
+    #: write $filter with its literal values as *** (property names and operators stay)
+    redact_filter: bool = False
 
 
 class QueueBudget(BaseModel):
