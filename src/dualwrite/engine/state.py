@@ -207,6 +207,10 @@ class AuditEntry:
     map: str | None = None
 
 
+#: a conflict's detail once its row values are dropped
+_NO_DETAIL = "{}"
+_CONFLICT_VALUES_UPGRADE = "conflict row values kept while open only"
+
 #: how long live writes may reuse the running maps and a principal's licences read earlier
 CACHE_SECONDS = 1.0
 
@@ -374,6 +378,28 @@ class StateStore:
                 with self.engine.connect() as conn:
                     if column not in {c["name"] for c in sa.inspect(conn).get_columns(table)}:
                         raise
+        with self.engine.connect() as conn:
+            done = conn.execute(sa.select(state_meta.c.key).where(
+                state_meta.c.key == _CONFLICT_VALUES_UPGRADE)).first()
+        if done is None:
+            self._forget_old_conflict_values()
+
+    def _forget_old_conflict_values(self) -> None:
+        """Once per store: drop the row values an earlier version kept for every conflict
+        (settled by policy, or whose inbox entry has closed)."""
+        open_entry = sa.select(error_inbox.c.id).where(
+            error_inbox.c.map == conflicts.c.map, error_inbox.c.row_key == conflicts.c.row_key,
+            error_inbox.c.operation == "conflict", error_inbox.c.status == "open").exists()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(conflicts).where(
+                    conflicts.c.detail != _NO_DETAIL,
+                    sa.or_(conflicts.c.winner != "manual", ~open_entry))
+                    .values(detail=_NO_DETAIL))
+                conn.execute(sa.insert(state_meta).values(key=_CONFLICT_VALUES_UPGRADE,
+                                                          value=now_iso()))
+        except sa.exc.IntegrityError:
+            pass  # another process made the same upgrade meanwhile
 
     def close(self) -> None:
         try:
@@ -592,18 +618,45 @@ class StateStore:
             if status == "retry":
                 conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id)
                              .values(status="resolved", last_at=now_iso()))
+                self._forget_closed_entry(conn, error_id)
 
     def add_conflict(self, map_name: str, key: Sequence[Any], policy: str, winner: str,
                      source: str, incoming: dict[str, Any], target: dict[str, Any] | None
                      ) -> None:
+        """Record a conflict. Its row values (``incoming``, ``target``) are kept only while
+        it is open, that is for a manual one (``winner`` "manual") until its inbox entry
+        closes (:meth:`_forget_conflict_values`); one a policy settled keeps none."""
+        detail = {"incoming": incoming, "target": target} if winner == "manual" else {}
         with self.engine.begin() as conn:
             conn.execute(sa.insert(conflicts).values(
                 at=now_iso(), map=map_name, row_key=encode_values(key), policy=policy,
-                winner=winner, source=source,
-                detail=encode_doc({"incoming": incoming, "target": target})))
+                winner=winner, source=source, detail=encode_doc(detail)))
+
+    @staticmethod
+    def _forget_conflict_values(conn: sa.Connection, map_name: str, row_key: str) -> None:
+        """Drop the row values of a key's conflicts once no conflict inbox entry of it is
+        open: the store keeps business data only for open entries."""
+        still_open = conn.execute(sa.select(error_inbox.c.id).where(
+            error_inbox.c.map == map_name, error_inbox.c.row_key == row_key,
+            error_inbox.c.operation == "conflict", error_inbox.c.status == "open")
+            .limit(1)).first()
+        if still_open is None:
+            conn.execute(sa.update(conflicts).where(
+                conflicts.c.map == map_name, conflicts.c.row_key == row_key,
+                conflicts.c.detail != _NO_DETAIL).values(detail=_NO_DETAIL))
+
+    def _forget_closed_entry(self, conn: sa.Connection, error_id: int) -> None:
+        row = conn.execute(sa.select(error_inbox.c.map, error_inbox.c.row_key,
+                                     error_inbox.c.operation, error_inbox.c.status).where(
+            error_inbox.c.id == error_id)).first()
+        if row is not None and row.operation == "conflict" and \
+                row.status in ("resolved", "discarded"):
+            self._forget_conflict_values(conn, row.map, row.row_key)
 
     def conflicts(self, map_name: str | None = None, limit: int = 1000
                   ) -> list[dict[str, Any]]:
+        """The latest conflicts, newest first; an open one also with its row values
+        (``incoming``, ``target``)."""
         stmt = sa.select(conflicts).order_by(conflicts.c.id.desc()).limit(limit)
         if map_name:
             stmt = stmt.where(conflicts.c.map == map_name)
@@ -960,11 +1013,14 @@ class StateStore:
         with self.engine.begin() as conn:
             conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id).values(
                 status=status, last_at=now_iso()))
+            self._forget_closed_entry(conn, error_id)
 
     def clear_errors(self, map_name: str, side: str, key: Sequence[Any]) -> None:
         """A row that now syncs cleanly closes its open inbox entries."""
         with self.engine.begin() as conn:
-            conn.execute(sa.update(error_inbox).where(
+            n = conn.execute(sa.update(error_inbox).where(
                 error_inbox.c.map == map_name, error_inbox.c.side == side,
                 error_inbox.c.row_key == encode_values(key),
                 error_inbox.c.status == "open").values(status="resolved", last_at=now_iso()))
+            if n.rowcount:
+                self._forget_conflict_values(conn, map_name, encode_values(key))
