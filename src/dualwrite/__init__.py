@@ -9,6 +9,7 @@ from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _version
 
 from dualwrite.engine.link import Link, open_link
+from dualwrite.engine.rules import before_write
 from dualwrite.errors import (
     AccessDenied,
     ConfigError,
@@ -56,5 +57,6 @@ __all__ = [
     "TransientConnectorError",
     "ValidationFailed",
     "__version__",
+    "before_write",
     "open",
 ]

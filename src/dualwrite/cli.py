@@ -409,6 +409,14 @@ def _until_signalled(name: str, work: Callable[[], None], stop: Callable[[], Non
         raise failure[0]
 
 
+def _load_rules(link: Link) -> None:
+    """The business rules the config names, for live writes and captured changes."""
+    from dualwrite.engine.rules import load_rules
+
+    for rule in load_rules(link):
+        err.print(f"rule {rule}", markup=False)
+
+
 @app.command()
 def run(config: ConfigOpt = None) -> None:
     """Apply captured changes of every running map, both ways, until stopped (SIGTERM or
@@ -421,6 +429,7 @@ def run(config: ConfigOpt = None) -> None:
     def work() -> None:
         with _link(config) as link:
             link.bound_maps()
+            _load_rules(link)
 
             def ready() -> None:
                 settle_for_latency()  # start-up done: keep its objects out of the collector's way
@@ -477,6 +486,7 @@ def serve(config: ConfigOpt = None,
     def work() -> None:
         with _link(config) as link:
             link.bound_maps()  # refuse to start on invalid maps, with every problem listed
+            _load_rules(link)
             app_ = create_server_app(link, apply_captured=True)
             settle_for_latency()  # start-up done: keep its objects out of the collector's way
             # uvicorn's own signal handling stays off: it runs on this thread, not the main

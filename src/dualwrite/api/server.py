@@ -25,6 +25,7 @@ log = logging.getLogger("dualwrite.serve")
 
 def _apply(link: Link, stop: threading.Event) -> None:
     own = Link(link.config)
+    own.rules = link.rules  # the rules serve loaded (read-only once loaded: shared safely)
     try:
         run_applier(own, stop)
     except Exception:  # the server keeps serving; the failure is in the log and /readyz

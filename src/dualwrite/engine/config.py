@@ -68,6 +68,16 @@ class CaptureConfig(BaseModel):
     queue: QueueBudget = Field(default_factory=QueueBudget)
 
 
+class RulesConfig(BaseModel):
+    """Business rules: a Python module whose @dualwrite.before_write functions are registered
+    (see dualwrite.engine.rules)."""
+
+    model_config = ConfigDict(extra="forbid")
+    module: str = Field(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+    #: a folder put first on sys.path to import it from, relative to the config file
+    path: str | None = None
+
+
 class AlertRule(BaseModel):
     """``count`` events of ``kind`` within ``within_minutes`` on one map → ``action``.
 
@@ -104,6 +114,7 @@ class ConfigModel(BaseModel):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     alerts: list[AlertRule] = Field(default_factory=list)
+    rules: RulesConfig | None = None
 
     @model_validator(mode="after")
     def _link_names_environments(self) -> ConfigModel:

@@ -404,9 +404,17 @@ class Link:
 
 
 def open_link(path: str | Path = "dualwrite.yaml") -> Link:
-    """Open the link described by a config file. Raises ConfigError or ConnectorError with a
-    message saying what to fix."""
-    return Link.open(path)
+    """Open the link described by a config file, with the business rules its ``rules:``
+    names loaded. Raises ConfigError or ConnectorError with a message saying what to fix."""
+    from dualwrite.engine.rules import load_rules
+
+    link = Link.open(path)
+    try:
+        load_rules(link)
+    except BaseException:
+        link.close()
+        raise
+    return link
 
 
 __all__ = ["Link", "open_link"]
