@@ -177,12 +177,52 @@ def link_cmd(config: ConfigOpt = None) -> None:
 
 
 @app.command()
-def unlink(config: ConfigOpt = None) -> None:
-    """Remove this link's record from both environments."""
+def unlink(config: ConfigOpt = None,
+           purge: Annotated[bool, typer.Option(
+               "--purge", help="Drop the link record's table too.")] = False) -> None:
+    """Remove this link's record from both environments, and say what dualwrite leaves
+    behind (capture, the state store)."""
     with _link(config) as link:
-        freed = link.unlink()
+        freed = link.unlink(purge=purge)
+        left = link.leftovers()
         out.print(f"unlinked {', '.join(freed) if freed else 'nothing (not linked)'}",
                   markup=False)
+        for env, objects in left.items():
+            capture = [o for o in objects if not o.endswith(" dualwrite_link")]
+            if capture:
+                out.print(f"left behind in {env}: {', '.join(capture)} (capture: its triggers "
+                          "keep logging changes to the mapped tables); remove with "
+                          "`dualwrite maps stop --purge`", markup=False)
+            if len(capture) < len(objects):
+                out.print(f"left behind in {env}: the empty table dualwrite_link; remove with "
+                          "`dualwrite unlink --purge`", markup=False)
+        out.print(f"left behind: the state store {link.config.state_url} (audit log, tokens, "
+                  "error inbox); delete it when you no longer need them", markup=False)
+
+
+def _confirm(what: str, objects: dict[str, list[str]], yes: bool) -> None:
+    """Ask before removing ``objects`` (per environment); --yes answers for the user."""
+    listed = "; ".join(f"{env}: {', '.join(o) or 'nothing'}" for env, o in objects.items())
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise DualwriteError(f"{what} needs confirmation; it would remove {listed}",
+                             hint="run it on a terminal to answer, or pass --yes")
+    if not typer.confirm(f"{what} removes {listed}. Go on?", default=False, err=True):
+        raise Exit(1)
+
+
+@app.command()
+def uninstall(config: ConfigOpt = None, yes: YesOpt = False) -> None:
+    """Stop every map and remove every dualwrite trigger, function and table from both
+    environments, and the link. The state store stays."""
+    with _link(config) as link:
+        _confirm("uninstall", link.leftovers(), yes)
+        removed = link.uninstall()
+    for env, objects in removed.items():
+        out.print(f"{env}: removed {', '.join(objects) or 'nothing'}", markup=False)
+    out.print(f"left behind: the state store {link.config.state_url} (audit log, tokens, "
+              "error inbox); delete it when you no longer need them", markup=False)
 
 
 # -- plan / sync / verify ---------------------------------------------------------------------
@@ -332,11 +372,27 @@ def maps_start(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt 
 
 
 @maps_app.command("stop")
-def maps_stop(maps: MapsArg = None, config: ConfigOpt = None) -> None:
+def maps_stop(maps: MapsArg = None, config: ConfigOpt = None,
+              purge: Annotated[bool, typer.Option(
+                  "--purge", help="Also remove every dualwrite trigger, function and change-log "
+                  "table from both environments (every map).")] = False,
+              yes: YesOpt = False) -> None:
     """Stop maps: remove their capture and forget their queue. Starting one again runs its
     initial sync again."""
+    if purge and maps:
+        raise DualwriteError("--purge removes the change log every map shares, so it stops "
+                             "every map", hint="run `dualwrite maps stop --purge` without map "
+                             "names, or stop the maps without --purge")
     with _link(config) as link:
-        stopped = link.stop_maps(maps or [])
+        if purge:
+            _confirm("maps stop --purge", {e: [o for o in objs if not o.endswith(
+                " dualwrite_link")] for e, objs in link.leftovers().items()}, yes)
+            removed = link.purge_capture()
+            for env, objects in removed.items():
+                out.print(f"{env}: removed {', '.join(objects) or 'nothing'}", markup=False)
+            stopped = [m.name for m in link.config.maps]
+        else:
+            stopped = link.stop_maps(maps or [])
     out.print(f"stopped: {', '.join(stopped)}", markup=False)
 
 

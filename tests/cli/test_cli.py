@@ -19,7 +19,7 @@ COMMANDS = [["validate"], ["plan"], ["sync"], ["verify"], ["link"], ["unlink"],
             ["import-template"], ["demo"], ["maps", "list"], ["errors", "list"],
             ["errors", "show"], ["errors", "discard"], ["errors", "retry"], ["errors", "resolve"],
             ["maps", "start"], ["maps", "stop"], ["maps", "pause"], ["maps", "resume"], ["run"],
-            ["status"]]
+            ["status"], ["uninstall"], ["tokens", "create"], ["serve"]]
 
 
 @pytest.fixture
