@@ -3,12 +3,6 @@ when asked, and can be turned off."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +13,7 @@ import yaml
 from capture_fixtures import make_items
 from dualwrite.engine.link import Link
 from dualwrite.engine.security import create_token
+from serve_process import serve
 
 from conftest import BackendFactory
 
@@ -26,32 +21,17 @@ FILTER = "name eq 'Secret Name' and qty gt 41"
 
 
 def _served_log(config: Path, token: str) -> str:
-    """Start `dualwrite serve`, make three requests, stop it; return everything it logged
-    (uvicorn writes the access log on stdout, the rest on stderr)."""
-    proc = subprocess.Popen([sys.executable, "-m", "dualwrite", "-c", str(config), "serve",
-                             "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ})
-    assert proc.stdout is not None
-    seen = []
-    try:
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)",
-                                  "".join(seen))):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
-            seen.append(proc.stdout.readline())
-        base = f"http://127.0.0.1:{m.group(1)}"
+    """Start `dualwrite serve`, make three requests, stop it; return everything it logged."""
+    with serve(config) as served:
         auth = {"Authorization": f"Bearer {token}"}
-        with httpx.Client(base_url=base, headers=auth, timeout=30) as client:
+        with httpx.Client(base_url=served.url, headers=auth, timeout=30) as client:
             r = client.get("/odata/erp/items", params={"access_token": token, "$filter": FILTER})
             assert r.status_code == 200, r.text
             r = client.get(f"/odata/erp/items(1)?note={token}")
             assert r.status_code in (400, 404), r.text
             assert client.get("/healthz").status_code == 200
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        rest, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 0, "".join(seen) + rest
-    return "".join(seen) + rest
+    assert served.code == 0, served.log
+    return served.log
 
 
 def _configure(config: Path, **serve: Any) -> None:

@@ -4,12 +4,6 @@ clear error."""
 
 from __future__ import annotations
 
-import os
-import re
-import signal
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -23,6 +17,7 @@ from capture_fixtures import make_items
 from dualwrite.cli import main
 from dualwrite.engine.security import create_token
 from dualwrite.errors import ConfigError, RowError
+from serve_process import serve
 
 from conftest import BackendFactory
 
@@ -130,19 +125,9 @@ def test_serve_applies_the_rules_to_odata_writes(items: Path) -> None:
     _with_rules(items, RULES)
     with dualwrite.Link.open(items) as link:
         token = create_token(link.state, "writer", role="writer")
-    proc = subprocess.Popen([sys.executable, "-m", "dualwrite", "-c", str(items), "serve",
-                             "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={**os.environ})
-    assert proc.stdout is not None
-    seen: list[str] = []
-    try:
-        deadline = time.monotonic() + 60
-        while not (m := re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)",
-                                  "".join(seen))):
-            assert time.monotonic() < deadline and proc.poll() is None, "".join(seen)
-            seen.append(proc.stdout.readline())
-        assert "rule erp.items: no_big_quantities" in "".join(seen)
-        with httpx.Client(base_url=f"http://127.0.0.1:{m.group(1)}", timeout=30,
+    with serve(items) as served:
+        assert "rule erp.items: no_big_quantities" in "".join(served.lines)
+        with httpx.Client(base_url=served.url, timeout=30,
                           headers={"Authorization": f"Bearer {token}"}) as client:
             r = client.post("/odata/erp/items", json={"id": 7, "name": "x", "qty": 1000})
             assert r.status_code == 400, r.text
@@ -151,7 +136,4 @@ def test_serve_applies_the_rules_to_odata_writes(items: Path) -> None:
             r = client.post("/odata/erp/items", json={"id": 8, "name": " lower case ", "qty": 1},
                             headers={"Prefer": "return=representation"})
             assert r.status_code == 201 and r.json()["name"] == "Lower Case", r.text
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.communicate(timeout=30)
-    assert proc.returncode == 0
+    assert served.code == 0, served.log
