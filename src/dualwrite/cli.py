@@ -458,6 +458,10 @@ def _until_signalled(name: str, work: Callable[[], None], stop: Callable[[], Non
             stop()
         worker.join()
     finally:
+        # a signal that came after the work ended asks for what is done already: take it,
+        # rather than let it kill the process when the mask is lifted
+        while signal.sigtimedwait(wanted, 0) is not None:
+            pass
         for s, handler in previous.items():
             signal.signal(s, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
