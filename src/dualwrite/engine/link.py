@@ -203,10 +203,18 @@ class Link:
     def applier_pid(self) -> int | None:
         """The process id of the applier (`run`, `serve`) holding this link's lease, if
         one does; never links the environments to find out."""
-        stored = self.state.get_link(self.config.link_name)
-        if stored is None:
-            return None
-        return ApplierLock(self.config.state_url, stored["link_id"]).holder()
+        name = self.config.link_name
+        stored = self.state.get_link(name)
+        ids = {stored["link_id"]} if stored else set()
+        for s in Side:  # the state store may have lost it (or `unlink` removed it)
+            rec = self.connectors[s].get_link()
+            if rec is not None and rec.link_name == name:
+                ids.add(rec.link_id)
+        for link_id in sorted(ids):
+            pid = ApplierLock(self.config.state_url, link_id).holder()
+            if pid is not None:
+                return pid
+        return None
 
     def purge_capture(self) -> dict[str, list[str]]:
         """Stop every map and remove every dualwrite trigger, function and change-log table
