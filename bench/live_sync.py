@@ -224,7 +224,7 @@ def run_target(target: str, n: int, seconds: float, work: Path) -> dict[str, Any
 
     link = dualwrite.open(work / "dualwrite.yaml")
     link.start_maps()
-    token = create_token(link.state, "bench")
+    token = create_token(link.state, "bench", role="writer")
 
     def api_write(key: str) -> None:
         with link.transaction(principal="bench") as tx:

@@ -5,8 +5,13 @@
 
 from __future__ import annotations
 
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _version
+
 from dualwrite.engine.link import Link, open_link
+from dualwrite.engine.rules import before_write
 from dualwrite.errors import (
+    AccessDenied,
     ConfigError,
     ConnectorError,
     ConstraintViolation,
@@ -27,9 +32,13 @@ from dualwrite.errors import (
 
 open = open_link
 
-__version__ = "0.1.0"
+try:
+    __version__ = _version("dualwrite")  # one source: the installed package's metadata
+except PackageNotFoundError:  # pragma: no cover - imported from a source tree not installed
+    __version__ = "0+unknown"
 
 __all__ = [
+    "AccessDenied",
     "ConfigError",
     "ConnectorError",
     "ConstraintViolation",
@@ -48,5 +57,6 @@ __all__ = [
     "TransientConnectorError",
     "ValidationFailed",
     "__version__",
+    "before_write",
     "open",
 ]

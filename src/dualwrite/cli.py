@@ -10,7 +10,9 @@ import datetime as dt
 import json
 import os
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -125,8 +127,19 @@ def _fail(exc: DualwriteError) -> None:
 
 
 # -- global options ---------------------------------------------------------------------------
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        sys.stdout.write(f"dualwrite {version('dualwrite')}\n")
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(config: ConfigOpt = None) -> None:
+def _main(config: ConfigOpt = None,
+          _version: Annotated[bool, typer.Option(
+              "--version", callback=_print_version, is_eager=True,
+              help="Print the version and exit.")] = False) -> None:
     """dualwrite: maps, initial sync, verify. Run `dualwrite demo` to see it work."""
     _global["config"] = config
 
@@ -164,12 +177,52 @@ def link_cmd(config: ConfigOpt = None) -> None:
 
 
 @app.command()
-def unlink(config: ConfigOpt = None) -> None:
-    """Remove this link's record from both environments."""
+def unlink(config: ConfigOpt = None,
+           purge: Annotated[bool, typer.Option(
+               "--purge", help="Drop the link record's table too.")] = False) -> None:
+    """Remove this link's record from both environments, and say what dualwrite leaves
+    behind (capture, the state store)."""
     with _link(config) as link:
-        freed = link.unlink()
+        freed = link.unlink(purge=purge)
+        left = link.leftovers()
         out.print(f"unlinked {', '.join(freed) if freed else 'nothing (not linked)'}",
                   markup=False)
+        for env, objects in left.items():
+            capture = [o for o in objects if not o.endswith(" dualwrite_link")]
+            if capture:
+                out.print(f"left behind in {env}: {', '.join(capture)} (capture: its triggers "
+                          "keep logging changes to the mapped tables); remove with "
+                          "`dualwrite maps stop --purge`", markup=False)
+            if len(capture) < len(objects):
+                out.print(f"left behind in {env}: the empty table dualwrite_link; remove with "
+                          "`dualwrite unlink --purge`", markup=False)
+        out.print(f"left behind: the state store {link.config.state_url} (audit log, tokens, "
+                  "error inbox); delete it when you no longer need them", markup=False)
+
+
+def _confirm(what: str, objects: dict[str, list[str]], yes: bool) -> None:
+    """Ask before removing ``objects`` (per environment); --yes answers for the user."""
+    listed = "; ".join(f"{env}: {', '.join(o) or 'nothing'}" for env, o in objects.items())
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise DualwriteError(f"{what} needs confirmation; it would remove {listed}",
+                             hint="run it on a terminal to answer, or pass --yes")
+    if not typer.confirm(f"{what} removes {listed}. Go on?", default=False, err=True):
+        raise Exit(1)
+
+
+@app.command()
+def uninstall(config: ConfigOpt = None, yes: YesOpt = False) -> None:
+    """Stop every map and remove every dualwrite trigger, function and table from both
+    environments, and the link. The state store stays."""
+    with _link(config) as link:
+        _confirm("uninstall", link.leftovers(), yes)
+        removed = link.uninstall()
+    for env, objects in removed.items():
+        out.print(f"{env}: removed {', '.join(objects) or 'nothing'}", markup=False)
+    out.print(f"left behind: the state store {link.config.state_url} (audit log, tokens, "
+              "error inbox); delete it when you no longer need them", markup=False)
 
 
 # -- plan / sync / verify ---------------------------------------------------------------------
@@ -319,11 +372,27 @@ def maps_start(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt 
 
 
 @maps_app.command("stop")
-def maps_stop(maps: MapsArg = None, config: ConfigOpt = None) -> None:
+def maps_stop(maps: MapsArg = None, config: ConfigOpt = None,
+              purge: Annotated[bool, typer.Option(
+                  "--purge", help="Also remove every dualwrite trigger, function and change-log "
+                  "table from both environments (every map).")] = False,
+              yes: YesOpt = False) -> None:
     """Stop maps: remove their capture and forget their queue. Starting one again runs its
     initial sync again."""
+    if purge and maps:
+        raise DualwriteError("--purge removes the change log every map shares, so it stops "
+                             "every map", hint="run `dualwrite maps stop --purge` without map "
+                             "names, or stop the maps without --purge")
     with _link(config) as link:
-        stopped = link.stop_maps(maps or [])
+        if purge:
+            _confirm("maps stop --purge", {e: [o for o in objs if not o.endswith(
+                " dualwrite_link")] for e, objs in link.leftovers().items()}, yes)
+            removed = link.purge_capture()
+            for env, objects in removed.items():
+                out.print(f"{env}: removed {', '.join(objects) or 'nothing'}", markup=False)
+            stopped = [m.name for m in link.config.maps]
+        else:
+            stopped = link.stop_maps(maps or [])
     out.print(f"stopped: {', '.join(stopped)}", markup=False)
 
 
@@ -344,31 +413,92 @@ def maps_resume(maps: MapsArg = None, config: ConfigOpt = None) -> None:
 
 
 # -- capture ----------------------------------------------------------------------------------
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _until_signalled(name: str, work: Callable[[], None], stop: Callable[[], None]) -> None:
+    """Run ``work`` on a thread of its own until SIGTERM or SIGINT, then call ``stop`` and
+    wait for ``work`` to return. Errors of ``work`` are raised here.
+
+    Nothing runs inside a signal handler. A Python handler runs on the main thread between two
+    bytecodes, wherever that thread is: one that called ``threading.Event.set`` deadlocked
+    when the main thread was inside the same Event's ``wait`` holding its lock (about one stop
+    in eight hung). Here the signals are blocked before any thread exists (threads inherit the
+    mask) and the main thread takes them with ``sigtimedwait``, as ordinary code. A second
+    signal stops without waiting (exit code 1)."""
+    received: list[int] = []
+    wanted = set(_STOP_SIGNALS)
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    # A thread that existed before the mask (a caller's own, in-process) could still take a
+    # signal: a handler that only appends to a list (no lock) hands it to the loop below.
+    previous = {s: signal.signal(s, lambda sig, _frame: received.append(sig)) for s in wanted}
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            work()
+        except BaseException as exc:  # raised again on the main thread
+            failure.append(exc)
+
+    worker = threading.Thread(target=body, name=f"dualwrite-{name}", daemon=True)
+    try:
+        worker.start()
+        stopping = False
+        while worker.is_alive():
+            # woken by a signal at once; by the worker's end within the timeout
+            sig = signal.sigtimedwait(wanted, 0.02 if stopping else 0.25) or \
+                (received.pop() if received else None)
+            if sig is None:
+                continue
+            if stopping:
+                err.print(f"dualwrite {name}: second signal, exiting without waiting",
+                          markup=False)
+                raise Exit(1)
+            stopping = True
+            stop()
+        worker.join()
+    finally:
+        # a signal that came after the work ended asks for what is done already: take it,
+        # rather than let it kill the process when the mask is lifted
+        while signal.sigtimedwait(wanted, 0) is not None:
+            pass
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    if failure:
+        raise failure[0]
+
+
+def _load_rules(link: Link) -> None:
+    """The business rules the config names, for live writes and captured changes."""
+    from dualwrite.engine.rules import load_rules
+
+    for rule in load_rules(link):
+        err.print(f"rule {rule}", markup=False)
+
+
 @app.command()
 def run(config: ConfigOpt = None) -> None:
     """Apply captured changes of every running map, both ways, until stopped (SIGTERM or
     Ctrl-C). One applier per link: a second one waits as a standby."""
-    import signal
-    import threading
-
     from dualwrite.engine.capture import run_applier
     from dualwrite.engine.heap import settle_for_latency
 
     stop = threading.Event()
 
-    def _stop(_sig: int, _frame: object) -> None:
-        stop.set()
+    def work() -> None:
+        with _link(config) as link:
+            def ready() -> None:
+                settle_for_latency()  # start-up done: keep its objects out of the collector's way
+                err.print(f"dualwrite run: applying captured changes of link "
+                          f"{link.config.link_name!r} (pid {os.getpid()})",
+                          markup=False)
 
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    with _link(config) as link:
-        def ready() -> None:
-            settle_for_latency()  # start-up done: keep its objects out of the collector's way
-            err.print(f"dualwrite run: applying captured changes of link "
-                      f"{link.config.link_name!r} (pid {os.getpid()})",
-                      markup=False)
+            # the maps are validated and the rules loaded by run_applier, once the databases
+            # answer: run waits for them rather than exit
+            run_applier(link, stop, ready=ready, prepare=lambda: _load_rules(link))
 
-        run_applier(link, stop, ready=ready)
+    _until_signalled("run", work, stop.set)
     err.print("dualwrite run: stopped", markup=False)
 
 
@@ -404,20 +534,43 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 @app.command()
 def serve(config: ConfigOpt = None,
           host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-          port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000) -> None:
+          port: Annotated[int, typer.Option(help="Port to listen on (0: any free port).")
+                          ] = 8000) -> None:
     """Serve each environment's tables over OData v4 at /odata/<env>/ (Bearer tokens),
-    with /healthz and /readyz. In-doubt transactions are recovered on start."""
+    with /healthz and /readyz, until SIGTERM or Ctrl-C. In-doubt transactions are recovered
+    on start; captured changes are applied too, as `dualwrite run` does."""
     import uvicorn
 
+    from dualwrite.api.access_log import install as redact_access_log
     from dualwrite.api.server import create_server_app
     from dualwrite.engine.heap import settle_for_latency
 
-    with _link(config) as link:
-        link.bound_maps()  # refuse to start on invalid maps, with every problem listed
-        app_ = create_server_app(link, apply_captured=True)
-        settle_for_latency()  # start-up done: keep its objects out of the collector's way
-        uvicorn.run(app_, host=host, port=port,
-                    log_level="info")
+    server: list[uvicorn.Server] = []
+    stopped = threading.Event()
+
+    def work() -> None:
+        with _link(config) as link:
+            link.bound_maps()  # refuse to start on invalid maps, with every problem listed
+            _load_rules(link)
+            app_ = create_server_app(link, apply_captured=True)
+            settle_for_latency()  # start-up done: keep its objects out of the collector's way
+            # uvicorn's own signal handling stays off: it runs on this thread, not the main
+            # one, and it raised SIGTERM again once it had stopped (exit status -15)
+            served = link.config.model.serve
+            server.append(uvicorn.Server(uvicorn.Config(
+                app_, host=host, port=port, log_level="info", access_log=served.access_log)))
+            # after uvicorn's Config, which sets its loggers up
+            redact_access_log(redact_filter=served.redact_filter)
+            if not stopped.is_set():
+                server[0].run()
+
+    def stop() -> None:
+        stopped.set()
+        if server:
+            server[0].should_exit = True
+
+    _until_signalled("serve", work, stop)
+    err.print("dualwrite serve: stopped", markup=False)
 
 
 # -- recovery ---------------------------------------------------------------------------------
@@ -438,7 +591,7 @@ def recover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
 
 
 # -- tokens -----------------------------------------------------------------------------------
-tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (Bearer) and licences.")
+tokens_app = typer.Typer(no_args_is_help=True, help="API tokens (Bearer): roles and licences.")
 app.add_typer(tokens_app, name="tokens")
 
 
@@ -446,28 +599,37 @@ app.add_typer(tokens_app, name="tokens")
 def tokens_create(
         principal: Annotated[str, typer.Option(help="Who the token acts as.")],
         config: ConfigOpt = None,
-        role: Annotated[list[str] | None, typer.Option(help="A role, e.g. admin.")] = None,
+        role: Annotated[str, typer.Option(
+            help="reader (GET), writer (reads and writes) or admin (also tokens and map "
+            "control).")] = "reader",
         licence: Annotated[list[str] | None, typer.Option(
-            help="A table the principal may write when its map is restricted.")] = None,
+            help="A restricted table this token may write (repeat for more); granted to the "
+            "principal too. Without any, the token has all of its principal's.")] = None,
 ) -> None:
     """Create a token; it is printed once, alone on stdout. Only its hash is stored."""
     from dualwrite.engine.security import create_token
 
     with _link(config) as link:
-        token = create_token(link.state, principal, roles=role or [], licences=licence or [])
+        token = create_token(link.state, principal, role=role, licences=licence or None)
     sys.stdout.write(token + "\n")
 
 
 @tokens_app.command("list")
 def tokens_list(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Tokens (ids and principals, never the tokens themselves)."""
+    """Tokens (ids and principals, never the tokens themselves) with the role and the
+    licences each one acts with."""
+    from dualwrite.engine.security import effective
+
     with _link(config) as link:
         rows = link.state.list_tokens()
         for r in rows:
             roles, licences = link.state.principal(r["principal"])
-            r["roles"], r["licences"] = sorted(roles), sorted(licences)
+            own = None if r["licences"] is None else frozenset(r["licences"])
+            role, held = effective(r["role"], own, roles, licences)
+            r["role"], r["licences"] = role, sorted(held)
+            r["own_licences"] = own is not None
     _emit("tokens", rows, as_json, [
-        ("id", "id"), ("principal", "principal"), ("roles", "roles"), ("licences", "licences"),
+        ("id", "id"), ("principal", "principal"), ("role", "role"), ("licences", "licences"),
         ("created", "created_at"), ("revoked", "revoked_at")])
 
 

@@ -10,6 +10,7 @@ Every error names what was wrong and what to do about it. The tree::
     │   └── ValidationFailed            maps checked against real schemas: carries every Issue
     ├── LinkError                       an environment is linked elsewhere, or not linked
     ├── LicenceError                    a write to a restricted table without its licence
+    ├── AccessDenied                    the token's role does not allow the request
     ├── RowNotFound                     an update or delete names a row that does not exist
     ├── ConnectorError                  a database refused or failed an operation
     │   ├── TransientConnectorError     worth retrying: connection lost, deadlock, timeout
@@ -151,6 +152,19 @@ class LicenceError(DualwriteError):
                          f"{principal} --licence {licence}")
         self.principal = principal
         self.licence = licence
+
+
+class AccessDenied(DualwriteError):
+    """The token's role does not allow the request (reader < writer < admin); nothing was
+    done."""
+
+    def __init__(self, message: str, *, principal: str, role: str, needed: str,
+                 hint: str = "") -> None:
+        super().__init__(message, hint=hint or f"use a token with role {needed}: dualwrite "
+                         f"tokens create --principal {principal} --role {needed}")
+        self.principal = principal
+        self.role = role
+        self.needed = needed
 
 
 class RowNotFound(DualwriteError):

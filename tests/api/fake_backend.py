@@ -5,7 +5,8 @@ Tables are lists of dicts keyed by :class:`TableSchema`. ``query`` evaluates the
 swap the copy in only if every op succeeded) and raises the errors the engine raises:
 ``ConstraintViolation`` for NOT NULL / unique violations, ``RowNotFound`` for a missing row,
 ``PreconditionFailed`` when ``if_match`` no longer matches, ``LicenceError`` for a restricted
-table. Each error carries ``op_index``. Every ``apply`` call is recorded in ``apply_calls``.
+table. Each error carries ``op_index``. Every ``apply`` call is recorded in ``apply_calls``,
+every refused request in ``refusals``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class FakeBackend:
         self.tokens: dict[str, Principal] = {}
         self.licences: dict[tuple[str, str], str] = {}
         self.apply_calls: list[list[WriteOp]] = []
+        self.refusals: list[dict[str, Any]] = []
         self.queries: list[dict[str, Any]] = []
         self.fail_next_apply: DualwriteError | None = None
         self._lock = threading.Lock()
@@ -102,6 +104,11 @@ class FakeBackend:
 
     def authenticate(self, token: str) -> Principal | None:
         return self.tokens.get(token)
+
+    def refused(self, principal: Principal, environment: str | None, request: str,
+                needed: str, reason: str) -> None:
+        self.refusals.append({"principal": principal.name, "environment": environment,
+                              "request": request, "needed": needed, "reason": reason})
 
     def apply(self, env: str, principal: Principal,
               ops: Sequence[WriteOp]) -> list[dict[str, Any] | None]:

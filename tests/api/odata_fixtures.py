@@ -19,9 +19,11 @@ from dualwrite.api import Principal, create_app
 from dualwrite.model.schema import Column, Kind, TableSchema
 
 ADMIN = "admin-token"
-CLERK = "clerk-token"
+CLERK = "clerk-token"  # a writer without the finance licence
+READER = "reader-token"
 AUTH = {"Authorization": f"Bearer {ADMIN}"}
 CLERK_AUTH = {"Authorization": f"Bearer {CLERK}"}
+READER_AUTH = {"Authorization": f"Bearer {READER}"}
 #: page size of the test app: small, so that paging is exercised with little data
 PAGE = 10
 SCHEMAS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "odata-csdl-schemas"
@@ -93,8 +95,9 @@ def products_schema() -> TableSchema:
 
 def make_backend() -> FakeBackend:
     b = FakeBackend()
-    b.tokens[ADMIN] = Principal("admin", frozenset({"admin"}), frozenset({"finance"}))
-    b.tokens[CLERK] = Principal("clerk", frozenset({"user"}), frozenset())
+    b.tokens[ADMIN] = Principal("admin", "admin", frozenset({"finance"}))
+    b.tokens[CLERK] = Principal("clerk", "writer", frozenset())
+    b.tokens[READER] = Principal("reader", "reader", frozenset({"finance"}))
     b.add_table("crm", accounts_schema(), account_rows(), alternate_keys=[("accountnumber",)])
     lines = TableSchema("order lines", {
         "line id": Column("line id", Kind.INTEGER, nullable=False, primary_key=True),

@@ -28,7 +28,7 @@ def served(request: pytest.FixtureRequest, make_backend: BackendFactory,
     pair.erp.insert("Customers", [erp_customer(i) for i in range(6)])
     with pair.link() as link:
         link.start_maps()
-        token = create_token(link.state, "odata-user", licences=["accounts"])
+        token = create_token(link.state, "odata-user", role="writer", licences=["accounts"])
         with TestClient(create_server_app(link)) as client:
             yield pair, client, {"Authorization": f"Bearer {token}"}
 
@@ -139,8 +139,9 @@ def test_restricted_map_answers_403_and_writes_nothing(make_backend: BackendFact
     seed_groups(pair)
     with pair.link() as link:
         link.start_maps()
-        plain = create_token(link.state, "clerk")
-        licensed = create_token(link.state, "manager", licences=["Customers", "accounts"])
+        plain = create_token(link.state, "clerk", role="writer")
+        licensed = create_token(link.state, "manager", role="writer",
+                                licences=["Customers", "accounts"])
         with TestClient(create_server_app(link)) as client:
             row = {"dataAreaId": "usmf", "ACCOUNT": "C-7000", "NAME": "Restricted",
                    "PARTYTYPE": "Organization"}

@@ -96,7 +96,7 @@ def test_metadata_of_an_environment_without_tables_validates(
     backend.schemas["empty"] = {}
     backend.data["empty"] = {}
 
-    backend.tokens[ADMIN] = Principal("admin", frozenset(), frozenset())
+    backend.tokens[ADMIN] = Principal("admin", "admin")
     with TestClient(create_app(backend, page_size=PAGE), headers=AUTH) as c:
         assert edmx_schema.validate(_metadata(c, "empty"))
         assert c.get("/odata/empty/").json()["value"] == []

@@ -19,7 +19,7 @@ COMMANDS = [["validate"], ["plan"], ["sync"], ["verify"], ["link"], ["unlink"],
             ["import-template"], ["demo"], ["maps", "list"], ["errors", "list"],
             ["errors", "show"], ["errors", "discard"], ["errors", "retry"], ["errors", "resolve"],
             ["maps", "start"], ["maps", "stop"], ["maps", "pause"], ["maps", "resume"], ["run"],
-            ["status"]]
+            ["status"], ["uninstall"], ["tokens", "create"], ["serve"]]
 
 
 @pytest.fixture
@@ -44,6 +44,17 @@ def test_the_installed_entry_point_runs() -> None:
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     assert all(cmd in proc.stdout for cmd in ("validate", "plan", "sync", "verify", "demo"))
+
+
+def test_version_prints_the_installed_package_version(capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    from importlib.metadata import version
+
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out == f"dualwrite {version('dualwrite')}\n"
+    import dualwrite
+
+    assert dualwrite.__version__ == version("dualwrite")
 
 
 def test_validate_plan_sync_verify_with_json(pair: Pair, capsys: pytest.CaptureFixture[str]

@@ -250,7 +250,9 @@ def test_concurrent_writers_and_applier_kills_lose_no_update(
         pair: tuple[Backend, Backend], tmp_path: Path, policy: str, long_run: bool) -> None:
     left, right = pair
     fresh_tables(items_metadata(), left, right)
-    config = link_config(tmp_path, left, right, {"items": ITEMS_MAP.format(policy=policy)})
+    # the checker reads what each conflict met: the audit trail keeps it past settling
+    config = link_config(tmp_path, left, right, {"items": ITEMS_MAP.format(policy=policy)},
+                         extra=lambda cfg: cfg.update(capture={"keep_conflict_values": True}))
     left.insert("items", [{"id": k, "name": f"init{k}", "qty": 0} for k in range(1, KEYS + 1)])
     with Link.open(config) as link:
         link.start_maps()

@@ -95,5 +95,11 @@ class ODataBackend(Protocol):
         ...
 
     def authenticate(self, token: str) -> Principal | None:
-        """The principal a bearer token stands for, or None (401)."""
+        """The principal a bearer token stands for, with the token's role and licences, or
+        None (401)."""
+        ...
+
+    def refused(self, principal: Principal, environment: str | None, request: str,
+                needed: str, reason: str) -> None:
+        """Audit a request refused with 403 for want of ``needed`` (``"role writer"``)."""
         ...

@@ -284,6 +284,7 @@ class _Batch:
                                       "change set; send it on its own in the batch",
                                       code="InvalidBatch", target=item.id)
                 request = self.request(item, pending)
+                self.service.authorize(self.ctx, request.method, request.path)
                 target = self.service.resolve(self.ctx, request.path)
                 if target.kind not in ("collection", "entity") or \
                         (target.kind == "collection") != (request.method == "POST"):

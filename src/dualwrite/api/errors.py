@@ -1,7 +1,8 @@
 """Errors of the OData layer, and how every dualwrite error becomes an OData error response.
 
 The classes defined here extend :class:`dualwrite.errors.DualwriteError` (the one
-hierarchy); the engine's :class:`dualwrite.errors.LicenceError` (403) is re-exported:
+hierarchy); the engine's :class:`dualwrite.errors.LicenceError` (403) is re-exported, and
+:class:`dualwrite.errors.AccessDenied` (a token's role) is a 403 too:
 
 * :class:`ODataError` - a request the layer refuses itself (bad syntax, unknown property,
   wrong media type, ...). It carries the HTTP status, an OData error ``code`` and ``target``.
@@ -22,6 +23,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from dualwrite.errors import (
+    AccessDenied,
     ConfigError,
     ConnectorError,
     ConstraintViolation,
@@ -142,6 +144,9 @@ def _classify(exc: DualwriteError) -> tuple[int, str, str | None, list[dict[str,
         return 404, "NotFound", None, []
     if isinstance(exc, PreconditionFailed):
         return 412, "PreconditionFailed", None, []
+    if isinstance(exc, AccessDenied):
+        return 403, "Forbidden", None, [{"code": "Role", "message": exc.needed,
+                                         "target": exc.principal}]
     if isinstance(exc, LicenceError):
         return 403, "LicenceRequired", None, [{"code": "Licence", "message": exc.licence,
                                                 "target": exc.principal}]

@@ -89,7 +89,7 @@ class LinkBackend:
         out: list[dict[str, Any] | None] = []
         index = 0
         try:
-            with self.link.transaction(principal=principal.name) as tx:
+            with self.link.transaction(principal=principal) as tx:
                 for i, op in enumerate(ops):
                     index = i  # which op failed, for the batch response
                     if op.if_match is not None and op.key is not None:
@@ -117,3 +117,8 @@ class LinkBackend:
 
     def authenticate(self, token: str) -> Principal | None:
         return authenticate(self.link.state, token)
+
+    def refused(self, principal: Principal, environment: str | None, request: str,
+                needed: str, reason: str) -> None:
+        self.link.state.add_refusal(principal.name, request, needed, reason,
+                                    token_id=principal.token_id, environment=environment)

@@ -38,6 +38,7 @@ from starlette.routing import Mount, Router
 from starlette.types import Receive, Scope, Send
 
 from dualwrite.api import csdl
+from dualwrite.api.auth import authenticate, authorize
 from dualwrite.api.backend import ODataBackend, Principal, WriteOp
 from dualwrite.api.errors import ODataError, bad_request, error_response
 from dualwrite.api.literals import entity_path, lookup_key, parse_key_predicate, split_path
@@ -73,7 +74,6 @@ __all__ = ["ODataService", "create_app", "create_router", "odata_mount"]
 ODATA_VERSION = "4.0"
 #: Largest request body accepted, in bytes (413 above it).
 MAX_BODY_BYTES = 32 * 1024 * 1024
-_WWW_AUTHENTICATE = 'Bearer realm="dualwrite"'
 
 
 @dataclass
@@ -196,7 +196,7 @@ class ODataService:
 
     def _handle(self, env_path: str, request: HttpRequest, base: str) -> HttpResponse:
         _check_versions(request)
-        principal = self._authenticate(request)
+        principal = authenticate(self.backend, request.header("authorization"))
         env, _, rest = env_path.lstrip("/").partition("/")
         if not env:
             raise ODataError(404, "NotFound", "name an environment: /odata/<env>/")
@@ -208,35 +208,26 @@ class ODataService:
         if split_path(rest) == [_BATCH]:
             if request.method != "POST":
                 raise _method_not_allowed(request.method, ["POST"])
+            # the envelope reads; each request inside it is authorized on its own
+            self.authorize(ctx, "POST", "$batch", needed="reader")
             # imported here: the batch module builds on this one
             from dualwrite.api.batch import run_batch
 
             return run_batch(self, ctx, request)
         return self.serve(ctx, request)
 
+    def authorize(self, ctx: Context, method: str, path: str, *,
+                  needed: str | None = None) -> None:
+        """Refuse (403, audited) a request the principal's role does not allow (see
+        :func:`dualwrite.api.auth.authorize`). Every request, and every request inside a
+        ``$batch``, passes here before anything else is done with it."""
+        authorize(self.backend, ctx.principal, method, f"/odata/{ctx.env}/{path}",
+                  environment=ctx.env, needed=needed)
+
     def error(self, exc: BaseException) -> HttpResponse:
         """The OData error response for ``exc``."""
         status, body, headers = error_response(exc)
         return json_response(status, body, headers=headers)
-
-    def _authenticate(self, request: HttpRequest) -> Principal:
-        header = request.header("authorization")
-        if not header or not header.strip():
-            raise ODataError(401, "Unauthorized",
-                             "authentication required: send 'Authorization: Bearer <token>'",
-                             headers={"WWW-Authenticate": _WWW_AUTHENTICATE})
-        scheme, _, token = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise ODataError(401, "Unauthorized",
-                             "the Authorization header must be 'Bearer <token>'",
-                             headers={"WWW-Authenticate":
-                                      _WWW_AUTHENTICATE + ', error="invalid_request"'})
-        principal = self.backend.authenticate(token.strip())
-        if principal is None:
-            raise ODataError(401, "Unauthorized", "the bearer token is not valid",
-                             headers={"WWW-Authenticate":
-                                      _WWW_AUTHENTICATE + ', error="invalid_token"'})
-        return principal
 
     # ---------------------------------------------------------------------------- dispatch
 
@@ -279,8 +270,9 @@ class ODataService:
 
     def serve(self, ctx: Context, request: HttpRequest) -> HttpResponse:
         """Serve a request other than ``$batch`` (raises on failure)."""
-        target = self.resolve(ctx, request.path)
         method = request.method.upper()
+        self.authorize(ctx, method, request.path)
+        target = self.resolve(ctx, request.path)
         query = parse_query(request.query)
         if target.kind == "service":
             _allow(method, ["GET"])

@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from dualwrite.api.admin import admin_routes
 from dualwrite.api.link_backend import LinkBackend
 from dualwrite.api.odata import odata_mount
 from dualwrite.engine.capture import run_applier
@@ -24,6 +25,7 @@ log = logging.getLogger("dualwrite.serve")
 
 def _apply(link: Link, stop: threading.Event) -> None:
     own = Link(link.config)
+    own.rules = link.rules  # the rules serve loaded (read-only once loaded: shared safely)
     try:
         run_applier(own, stop)
     except Exception:  # the server keeps serving; the failure is in the log and /readyz
@@ -33,7 +35,8 @@ def _apply(link: Link, stop: threading.Event) -> None:
 
 
 def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
-    """The app: ``/odata/<env>/...``, ``/healthz`` (the process is up) and ``/readyz`` (both
+    """The app: ``/odata/<env>/...``, ``/admin/...`` (tokens and map control, role admin;
+    see :mod:`dualwrite.api.admin`), ``/healthz`` (the process is up) and ``/readyz`` (both
     databases answer). On start, in-doubt transactions are recovered first. With
     ``apply_captured`` a background thread also applies captured changes, as ``dualwrite
     run`` does (on its own connections; a standby while another applier holds the link)."""
@@ -72,6 +75,6 @@ def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
                 worker.join(timeout=30)
 
     return Starlette(routes=[
-        Route("/healthz", healthz), Route("/readyz", readyz),
+        Route("/healthz", healthz), Route("/readyz", readyz), *admin_routes(backend),
         odata_mount(backend, page_size=link.config.model.serve.page_size),
     ], lifespan=lifespan)

@@ -43,7 +43,7 @@ from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
@@ -477,6 +477,53 @@ class CaptureLog:
         if self._exists():
             self._ddl([f"DELETE FROM {CHANGES} WHERE map = '{spec.map.replace(chr(39), '')}'"],
                       "forget queued changes")
+
+    #: what dualwrite's trigger and function names look like (see CaptureSpec.tag)
+    OWN_OBJECT = re.compile(r"^dw_[0-9a-f]{10}_[a-z]+$")
+    #: per dialect: (kind, name, DROP statement) of every dualwrite trigger and function (no
+    #: % in them: a driver could take it for a placeholder)
+    _OWN_OBJECTS: ClassVar[dict[str, str]] = {
+        "postgresql": (
+            "SELECT 'trigger', t.tgname, 'DROP TRIGGER IF EXISTS ' || quote_ident(t.tgname) "
+            "|| ' ON ' || quote_ident(c.relname) FROM pg_trigger t JOIN pg_class c ON "
+            "c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT "
+            "t.tgisinternal AND n.nspname = current_schema() AND left(t.tgname, 3) = 'dw_' "
+            "UNION ALL SELECT 'function', p.proname, 'DROP FUNCTION IF EXISTS ' || "
+            "quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' "
+            "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE "
+            "n.nspname = current_schema() AND left(p.proname, 3) = 'dw_'"),
+        "mysql": (
+            "SELECT 'trigger', TRIGGER_NAME, CONCAT('DROP TRIGGER IF EXISTS `', TRIGGER_NAME, "
+            "'`') FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() AND "
+            "LEFT(TRIGGER_NAME, 3) = 'dw_'"),
+        "sqlite": (
+            "SELECT 'trigger', name, 'DROP TRIGGER IF EXISTS \"' || name || '\"' "
+            "FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, 3) = 'dw_'"),
+    }
+
+    def uninstall(self, *, dry_run: bool = False) -> list[str]:
+        """Remove every dualwrite trigger and function and every ``dualwrite_*`` table but
+        the link record's (``maps stop --purge``, ``uninstall``), found in the catalog by
+        name, so that those of maps no longer in the config go too. Returns what was removed
+        (with ``dry_run``, what would be)."""
+        c = self.connector
+        dialect = c.engine.dialect.name
+        with c.translating("list dualwrite's triggers and tables"), c.engine.connect() as conn:
+            objects = [(str(k), str(n), str(d)) for k, n, d in
+                       conn.exec_driver_sql(self._OWN_OBJECTS[dialect]).all()
+                       if self.OWN_OBJECT.match(str(n))]
+            tables = sorted(t for t in sa.inspect(conn).get_table_names()
+                            if t.startswith("dualwrite_") and t != "dualwrite_link")
+        found = [f"{kind} {name}" for kind, name, _ in objects] + [f"table {t}" for t in tables]
+        if not dry_run and found:
+            q = c.engine.dialect.identifier_preparer.quote
+            # triggers before their functions (PostgreSQL), tables last
+            self._ddl([d for k, _, d in objects if k == "trigger"] +
+                      [d for k, _, d in objects if k == "function"] +
+                      [f"DROP TABLE IF EXISTS {q(t)}" for t in tables],
+                      "remove dualwrite's triggers and tables")
+            self._ready = False
+        return found
 
     def _exists(self) -> bool:
         with self.connector.translating("look for the change log"), \

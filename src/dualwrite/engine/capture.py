@@ -57,6 +57,7 @@ from dualwrite.connectors.capture import (
     parse_time,
 )
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
+from dualwrite.engine.files import open_private
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.settle import Edit, changed_fields
 from dualwrite.engine.settle import settle as settle_versions
@@ -124,7 +125,7 @@ class ApplierLock:
     def acquire(self, *, wait: bool = False) -> bool:
         if self._fd is not None:
             return True
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_private(self.path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
@@ -531,8 +532,9 @@ class Applier:
                     # crash in between does them again on redelivery (each is idempotent),
                     # never loses one. In that order: once a key is parked, its change comes
                     # back as one waiting behind it, and is not seen as a conflict again.
+                    keep = self.link.config.model.capture.keep_conflict_values
                     for c in outcome.conflicts.values():
-                        self.state.add_conflict(**c)
+                        self.state.add_conflict(**c, keep=keep)
                     self._park(s, outcome.parked)
                     if check_applied:  # a replay from the state store has no log position
                         self.logs[t].mark_applied(conn, self.env[s], _positions(todo))
@@ -1519,12 +1521,13 @@ def _positions(changes: list[Change]) -> list[tuple[str, str, int]]:
 
 
 def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] | None = None,
-                wait_for_lock: bool = True) -> None:
+                prepare: Callable[[], None] | None = None, wait_for_lock: bool = True) -> None:
     """Take the link's applier lease (waiting for it, as a standby, while another process
     holds it), recover in-doubt live transactions, then apply captured changes until ``stop``
     is set. A database that cannot be reached, at start or later, is waited for with backoff
     (the process does not exit); the process is registered in the state store with its role
-    and a heartbeat, so that ``status`` shows whether anything applies."""
+    and a heartbeat, so that ``status`` shows whether anything applies. ``prepare`` runs once
+    the maps are valid (it may need the databases too: loading rules)."""
     me = link.state.register_process(link.config.link_name, "standby")
     lock = link.applier_lock()
     try:
@@ -1539,7 +1542,7 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
                                  note=f"standing by: pid {lock.holder()} applies")
             if stop.wait(1.0):
                 return
-        applier = _start_applier(link, stop, me)
+        applier = _start_applier(link, stop, me, prepare)
         if applier is None:
             return
         try:
@@ -1551,7 +1554,8 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
         link.state.unregister_process(me)
 
 
-def _start_applier(link: Link, stop: threading.Event, me: str) -> Applier | None:
+def _start_applier(link: Link, stop: threading.Event, me: str,
+                   prepare: Callable[[], None] | None) -> Applier | None:
     """Validate the maps, recover in-doubt transactions and make the applier, waiting with
     backoff while a database cannot be reached. None when stopped meanwhile."""
     delay = 0.1
@@ -1559,6 +1563,8 @@ def _start_applier(link: Link, stop: threading.Event, me: str) -> Applier | None
         link.state.heartbeat(me, role="applier")
         try:
             link.bound_maps()
+            if prepare is not None:
+                prepare()
             link.recover()
             return link.applier(process=me)
         except TransientConnectorError as exc:

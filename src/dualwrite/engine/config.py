@@ -41,6 +41,10 @@ class ServeConfig(BaseModel):
     #: tables served over OData besides the mapped ones and their lookup targets, per env
     expose: dict[str, list[str]] = Field(default_factory=dict)
     page_size: int = Field(default=1000, ge=1, le=100_000)
+    #: one line per HTTP request (tokens are never written; see dualwrite.api.access_log)
+    access_log: bool = True
+    #: write $filter with its literal values as *** (property names and operators stay)
+    redact_filter: bool = False
 
 
 class QueueBudget(BaseModel):
@@ -62,6 +66,19 @@ class CaptureConfig(BaseModel):
     #: the longest wait between retries when a side is unreachable
     max_backoff: float = Field(default=10.0, gt=0, le=3600)
     queue: QueueBudget = Field(default_factory=QueueBudget)
+    #: keep the row values of settled conflicts in the state store (an audit trail; business
+    #: data kept beyond open entries, so off by default)
+    keep_conflict_values: bool = False
+
+
+class RulesConfig(BaseModel):
+    """Business rules: a Python module whose @dualwrite.before_write functions are registered
+    (see dualwrite.engine.rules)."""
+
+    model_config = ConfigDict(extra="forbid")
+    module: str = Field(pattern=r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+    #: a folder put first on sys.path to import it from, relative to the config file
+    path: str | None = None
 
 
 class AlertRule(BaseModel):
@@ -100,6 +117,7 @@ class ConfigModel(BaseModel):
     serve: ServeConfig = Field(default_factory=ServeConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     alerts: list[AlertRule] = Field(default_factory=list)
+    rules: RulesConfig | None = None
 
     @model_validator(mode="after")
     def _link_names_environments(self) -> ConfigModel:

@@ -14,6 +14,8 @@ log) drain first.
 
 Files and crash safety:
 
+- The folder is ``0700`` and its files ``0600``, whatever the umask (see
+  :mod:`dualwrite.engine.files`): records carry audit rows.
 - Each process writes its own files and holds an exclusive ``flock`` on them. A file whose
   lock is free belongs to a process that is gone: the next state store to open the folder
   *adopts* it (imports its records, deletes it). A file is created under a ``.tmp`` name,
@@ -43,6 +45,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from dualwrite.engine.files import open_private, private_dir
 from dualwrite.errors import TerminalConnectorError
 
 log = logging.getLogger(__name__)
@@ -109,7 +112,9 @@ class _File:
         self.size = size
         tmp = directory / (name + ".tmp")
         self.path = directory / (name + SUFFIX)
-        self.f: BinaryIO = open(tmp, "x+b", buffering=0)  # noqa: SIM115 - lives with self
+        # owner-only whatever the umask: a record carries its transaction's audit rows
+        fd = open_private(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+        self.f: BinaryIO = os.fdopen(fd, "r+b", buffering=0)
         fcntl.flock(self.f.fileno(), fcntl.LOCK_EX)
         # zero-filled, so a torn record fails its checksum and later records never follow
         # stale bytes; written now, so appends change no file metadata and fdatasync stays a
@@ -170,7 +175,7 @@ class DecisionJournal:
         self.directory = directory
         self._sink = sink
         try:
-            directory.mkdir(exist_ok=True)
+            private_dir(directory)
         except OSError as exc:
             raise TerminalConnectorError(
                 f"cannot create the decision journal folder {str(directory)!r}: {exc}",

@@ -7,6 +7,7 @@ An environment belongs to one link only: the link id is recorded in the environm
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -14,8 +15,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector, LinkRecord
+from dualwrite.connectors.sql import LINK_TABLE, SqlConnector
 from dualwrite.engine.alerts import Alerts
 from dualwrite.engine.capture import Applier, ApplierLock
 from dualwrite.engine.config import Config, load_config
@@ -29,6 +33,7 @@ from dualwrite.engine.live import (
     StepHook,
 )
 from dualwrite.engine.live import recover as recover_branches
+from dualwrite.engine.security import Principal
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
 from dualwrite.errors import (
@@ -170,20 +175,100 @@ class Link:
             self._link_id = self.ensure_linked()
         return self._link_id
 
-    def unlink(self) -> list[str]:
+    def unlink(self, *, purge: bool = False) -> list[str]:
         """Remove this link's record from both environments; returns the environments freed.
-        Records of other links are left alone."""
+        Records of other links are left alone. With ``purge`` the record's table goes too,
+        where no other link's record is in it."""
         name = self.config.link_name
         stored = self.state.get_link(name)
         freed = []
         for s in Side:
-            rec = self.connectors[s].get_link()
-            if rec is not None and (rec.link_name == name if stored is None
-                                    else rec.link_id == stored["link_id"]):
-                self.connectors[s].clear_link()
+            c = self.connectors[s]
+            rec = c.get_link()
+            ours = rec is not None and (rec.link_name == name if stored is None
+                                        else rec.link_id == stored["link_id"])
+            if ours:
+                c.clear_link()
                 freed.append(self.env_name(s))
+            if purge and (rec is None or ours) and isinstance(c, SqlConnector):
+                c.execute(f"DROP TABLE IF EXISTS {LINK_TABLE}")
         self.state.delete_link(name)
         return freed
+
+    def leftovers(self) -> dict[str, list[str]]:
+        """Per environment, dualwrite's triggers, functions and tables still there (the link
+        record's table included)."""
+        out: dict[str, list[str]] = {}
+        for s in Side:
+            c = self.connectors[s]
+            found = c.capture_log().uninstall(dry_run=True) if c.capabilities.capture else []
+            if isinstance(c, SqlConnector) and self._has_link_table(c):
+                found.append(f"table {LINK_TABLE}")
+            out[self.env_name(s)] = found
+        return out
+
+    @staticmethod
+    def _has_link_table(c: SqlConnector) -> bool:
+        with c.translating("look for the link record"), c.engine.connect() as conn:
+            return sa.inspect(conn).has_table(LINK_TABLE)
+
+    def applier_pid(self) -> int | None:
+        """The process id of the applier (`run`, `serve`) holding this link's lease, if
+        one does; never links the environments to find out."""
+        name = self.config.link_name
+        stored = self.state.get_link(name)
+        ids = {stored["link_id"]} if stored else set()
+        for s in Side:  # the state store may have lost it (or `unlink` removed it)
+            rec = self.connectors[s].get_link()
+            if rec is not None and rec.link_name == name:
+                ids.add(rec.link_id)
+        for link_id in sorted(ids):
+            pid = ApplierLock(self.config.state_url, link_id).holder()
+            if pid is not None:
+                return pid
+        return None
+
+    def purge_capture(self) -> dict[str, list[str]]:
+        """Stop every map and remove every dualwrite trigger, function and change-log table
+        from both environments (`maps stop --purge`); the link record stays. Refused while
+        an applier runs. Returns, per environment, what was removed."""
+        self._refuse_while_applying("remove capture")
+        capture = [s for s in Side if self.connectors[s].capabilities.capture]
+        found = {s: self.connectors[s].capture_log().uninstall(dry_run=True) for s in capture}
+        # a map that no longer binds (a table gone) cannot be stopped by its spec: its
+        # triggers are found by name below
+        with contextlib.suppress(ValidationFailed):
+            self.stop_maps()
+        # maps no longer in the config, or that no longer bind, are stopped by name
+        for name, st in self.state.map_states().items():
+            if st["state"] != "stopped":
+                self.state.drop_parked(name)
+                self.state.set_map_state(name, "stopped", forget_synced=True)
+        removed: dict[str, list[str]] = {self.env_name(s): [] for s in Side}
+        for s in capture:
+            swept = self.connectors[s].capture_log().uninstall()
+            removed[self.env_name(s)] = found[s] + [x for x in swept if x not in found[s]]
+        return removed
+
+    def uninstall(self) -> dict[str, list[str]]:
+        """Stop every map, then remove every dualwrite trigger, function and table from both
+        environments, and the link (its records and the state store's). The state store
+        itself stays (audit log, tokens, inbox). Refused while an applier runs."""
+        removed = self.purge_capture()
+        had = {e for e, objects in self.leftovers().items() if f"table {LINK_TABLE}" in objects}
+        self.unlink(purge=True)
+        gone = self.leftovers()
+        for env in had:
+            if f"table {LINK_TABLE}" not in gone[env]:
+                removed[env].append(f"table {LINK_TABLE}")
+        return removed
+
+    def _refuse_while_applying(self, doing: str) -> None:
+        pid = self.applier_pid()
+        if pid is not None:
+            raise LinkError(f"cannot {doing} while an applier (pid {pid}) runs for link "
+                            f"{self.config.link_name!r}",
+                            hint="stop `dualwrite run` or `dualwrite serve` first (SIGTERM)")
 
     # -- work --------------------------------------------------------------------------------
     def _sync(self, progress: Progress | None) -> InitialSync:
@@ -427,11 +512,14 @@ class Link:
         return recover_branches(self.link_id, self.connectors, self.state)
 
     @contextmanager
-    def transaction(self, principal: str = "api", *, hook: StepHook | None = None
-                    ) -> Iterator[LiveTransaction]:
+    def transaction(self, principal: str | Principal = "api", *,
+                    hook: StepHook | None = None) -> Iterator[LiveTransaction]:
         """A live transaction: every write in the block, with its mirrored twins on the other
         side, commits on both sides or on neither. Raises RowError (naming map, side, table,
-        key, field and value), LicenceError or RowNotFound; both sides are then unchanged."""
+        key, field and value), LicenceError or RowNotFound; both sides are then unchanged.
+
+        ``principal`` is a name (the principal's licences apply) or a token's
+        :class:`~dualwrite.engine.security.Principal` (the token's own licences apply)."""
         if not self._recovered:
             with self._lock:
                 if not self._recovered:
@@ -451,9 +539,17 @@ class Link:
 
 
 def open_link(path: str | Path = "dualwrite.yaml") -> Link:
-    """Open the link described by a config file. Raises ConfigError or ConnectorError with a
-    message saying what to fix."""
-    return Link.open(path)
+    """Open the link described by a config file, with the business rules its ``rules:``
+    names loaded. Raises ConfigError or ConnectorError with a message saying what to fix."""
+    from dualwrite.engine.rules import load_rules
+
+    link = Link.open(path)
+    try:
+        load_rules(link)
+    except BaseException:
+        link.close()
+        raise
+    return link
 
 
 __all__ = ["Link", "open_link"]

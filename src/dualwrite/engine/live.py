@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
 import os
 import re
 import threading
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from dualwrite.connectors.base import Branch, Connector, Row, WriteSession
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
+from dualwrite.engine.security import Principal
 from dualwrite.engine.state import AuditEntry, StateStore
 from dualwrite.errors import (
     ConfigError,
@@ -42,6 +44,8 @@ from dualwrite.model.schema import Kind, TableSchema
 
 if TYPE_CHECKING:
     from dualwrite.engine.link import Link
+
+log = logging.getLogger(__name__)
 
 #: hook(step) called at each step of the commit protocol; tests use it to crash the process
 StepHook = Callable[[str], None]
@@ -194,12 +198,16 @@ class LiveTransaction:
     values that identify one row (the primary key or any unique key).
     """
 
-    def __init__(self, link: Link, sessions: dict[Side, WriteSession], principal: str,
-                 running: set[str]) -> None:
+    def __init__(self, link: Link, sessions: dict[Side, WriteSession],
+                 principal: str | Principal, running: set[str]) -> None:
         self.link = link
         self.sessions = sessions
-        self.principal = principal
-        _roles, self.licences = link.state.principal(principal, max_age=1.0)
+        if isinstance(principal, Principal):  # a token's: its own, possibly narrower, licences
+            self.principal, self.licences = principal.name, principal.licences
+            self.token_id = principal.token_id
+        else:
+            self.principal, self.token_id = principal, None
+            _roles, self.licences = link.state.principal(principal, max_age=1.0)
         self.running = running
         self.queued = link.state.queued_maps(max_age=1.0)
         self._captured: set[Side] = set()
@@ -238,7 +246,8 @@ class LiveTransaction:
                 self._captured.add(side)
                 return
 
-    def _check_licence(self, side: Side, table: str, mirrors: list[_Mirror]) -> None:
+    def _check_licence(self, side: Side, table: str, mirrors: list[_Mirror],
+                       operation: str) -> None:
         needed = []
         for m in mirrors:
             if m.bound.spec.restricted:
@@ -250,9 +259,17 @@ class LiveTransaction:
         for t in needed:
             if t not in self.licences and t.casefold() not in {x.casefold()
                                                                for x in self.licences}:
-                raise LicenceError(
+                exc = LicenceError(
                     f"principal {self.principal!r} holds no licence for restricted table "
                     f"{t!r}; nothing was written", principal=self.principal, licence=t)
+                env = self.link.env_name(side)
+                try:
+                    self.link.state.add_refusal(
+                        self.principal, f"{operation} {env}.{table}", f"licence {t}",
+                        exc.message, token_id=self.token_id, environment=env)
+                except Exception:  # the refusal stands even when its audit row cannot be kept
+                    log.warning("could not audit a licence refusal", exc_info=True)
+                raise exc
 
     def _write(self, side: Side, what: str, fn: Callable[[], Any], *, table: str,
                key: Sequence[Any] | None, values: dict[str, Any], map_name: str | None = None
@@ -389,7 +406,7 @@ class LiveTransaction:
         schema = self._schema(side, table)
         env = self.link.env_name(side)
         mirrors = self._mirrors(side, table)
-        self._check_licence(side, table, mirrors)
+        self._check_licence(side, table, mirrors, "create")
         self._queue_if_captured(side, schema.name)
         checked = []
         for values in rows:
@@ -441,7 +458,7 @@ class LiveTransaction:
         side = self._side(env)
         schema = self._schema(side, table)
         mirrors = self._mirrors(side, table)
-        self._check_licence(side, table, mirrors)
+        self._check_licence(side, table, mirrors, "update")
         self._queue_if_captured(side, schema.name)
         before = self._one(side, table, key)
         ctx = RuleContext("update", env, schema.name, dict(values), before, self.principal)
@@ -474,7 +491,7 @@ class LiveTransaction:
         side = self._side(env)
         schema = self._schema(side, table)
         mirrors = self._mirrors(side, table)
-        self._check_licence(side, table, mirrors)
+        self._check_licence(side, table, mirrors, "delete")
         self._queue_if_captured(side, schema.name)
         before = self._one(side, table, key)
         self.link.rules.run(RuleContext("delete", env, schema.name, {}, before,
@@ -548,9 +565,10 @@ class Coordinator:
     """Runs one live transaction: opens a branch per side, lets the caller write, then
     commits both or neither."""
 
-    def __init__(self, link: Link, principal: str, hook: StepHook | None = None) -> None:
+    def __init__(self, link: Link, principal: str | Principal,
+                 hook: StepHook | None = None) -> None:
         self.link = link
-        self.principal = principal
+        self.principal = principal.name if isinstance(principal, Principal) else principal
         self.hook = hook or (lambda step: None)
         self.stack = ExitStack()
         self.branches: dict[Side, Branch] = {}

@@ -21,6 +21,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualwrite.connectors.sqlite import create_sqlite_engine
+from dualwrite.engine.files import private_sqlite_file
 from dualwrite.engine.journal import DecisionJournal
 from dualwrite.errors import DualwriteError, TerminalConnectorError
 
@@ -105,6 +106,29 @@ tokens = sa.Table(
     sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
     sa.Column("created_at", sa.String(40), nullable=False),
     sa.Column("revoked_at", sa.String(40), nullable=True),
+    # NULL in tokens made before roles and per-token licences (see dualwrite.engine.security)
+    sa.Column("role", sa.String(20), nullable=True),
+    sa.Column("licences", sa.Text, nullable=True),  # JSON list; NULL: the principal's
+)
+
+#: requests refused for want of a role or a licence (HTTP 403, LicenceError)
+refusals = sa.Table(
+    "refusals", _md,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("at", sa.String(40), nullable=False),
+    sa.Column("principal", sa.String(200), nullable=False),
+    sa.Column("token_id", sa.String(16), nullable=True),
+    sa.Column("environment", sa.String(200), nullable=True),
+    sa.Column("request", sa.Text, nullable=False),  # "PATCH /odata/erp/..." or "create erp.T"
+    sa.Column("needed", sa.String(200), nullable=False),  # "role writer", "licence accounts"
+    sa.Column("reason", sa.Text, nullable=False),
+)
+
+#: one-off upgrades already made to this store (key -> when)
+state_meta = sa.Table(
+    "state_meta", _md,
+    sa.Column("key", sa.String(100), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
 )
 
 parked = sa.Table(
@@ -134,6 +158,8 @@ conflicts = sa.Table(
     # the incoming change's position in its source log: a conflict recorded again when its
     # change is delivered again (a crash before the target committed) is recorded once
     sa.Column("seq", sa.BigInteger, nullable=True),
+    # row values kept after the conflict closed (capture.keep_conflict_values)
+    sa.Column("kept", sa.Boolean, nullable=True),
 )
 
 events = sa.Table(
@@ -201,6 +227,10 @@ class AuditEntry:
     operation: str
     map: str | None = None
 
+
+#: a conflict's detail once its row values are dropped
+_NO_DETAIL = "{}"
+_CONFLICT_VALUES_UPGRADE = "conflict row values kept while open only"
 
 #: how long live writes may reuse the running maps and a principal's licences read earlier
 CACHE_SECONDS = 1.0
@@ -329,6 +359,16 @@ class StateStore:
 
     def __init__(self, url: str) -> None:
         self.url = url
+        database = (sa.engine.make_url(url).database or "") if url.startswith("sqlite") else ""
+        in_file = database not in ("", ":memory:") and not database.startswith("file:")
+        if in_file:
+            try:
+                private_sqlite_file(Path(database))
+            except OSError as exc:
+                raise TerminalConnectorError(
+                    f"cannot open the state store {url!r}: {exc.strerror}",
+                    hint="check `state:` in dualwrite.yaml; the folder must exist and be "
+                    "writable", environment="state") from exc
         self.engine = create_sqlite_engine(url, wal=True) if url.startswith("sqlite") else \
             sa.create_engine(url, pool_pre_ping=True)
         self._cv = threading.Condition()
@@ -338,7 +378,7 @@ class StateStore:
         self._cache: dict[Any, tuple[float, Any]] = {}
         try:
             _md.create_all(self.engine)
-            self._add_missing_columns()
+            self._upgrade()
         except sa.exc.SQLAlchemyError as exc:
             raise TerminalConnectorError(
                 f"cannot open the state store {url!r}: {exc.__class__.__name__}: "
@@ -348,24 +388,54 @@ class StateStore:
         # A state store in a SQLite file makes commit decisions durable in a journal beside
         # it (see dualwrite.engine.journal); other stores commit them directly.
         self._journal: DecisionJournal | None = None
-        database = sa.engine.make_url(url).database if url.startswith("sqlite") else None
-        if database and database != ":memory:" and not database.startswith("file:"):
+        if in_file:
             self._journal = DecisionJournal(Path(database + ".decisions"),
                                             self._import_journalled)
             self._journal.adopt()
 
-    def _add_missing_columns(self) -> None:
-        """Bring a store made by an earlier version up to date: tables it lacks are created
-        by ``create_all``, nullable columns added since are added here."""
-        insp = sa.inspect(self.engine)
-        with self.engine.begin() as conn:
-            for table in _md.sorted_tables:
-                have = {c["name"] for c in insp.get_columns(table.name)}
-                for col in table.columns:
-                    if col.name not in have and col.nullable:
-                        typ = col.type.compile(dialect=self.engine.dialect)
+    def _upgrade(self) -> None:
+        """Bring a store an earlier version made up to date: tables it lacks are created by
+        ``create_all``; nullable columns added since are added here. Idempotent; two
+        processes opening one old store at once both get there (the loser's ALTER fails, and
+        the column is then there)."""
+        for table in _md.sorted_tables:
+            with self.engine.connect() as conn:
+                have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+            for col in table.columns:
+                if col.name in have or not col.nullable:
+                    continue
+                typ = col.type.compile(dialect=self.engine.dialect)
+                try:
+                    with self.engine.begin() as conn:
                         conn.exec_driver_sql(
                             f"ALTER TABLE {table.name} ADD COLUMN {col.name} {typ}")
+                except sa.exc.SQLAlchemyError:
+                    with self.engine.connect() as conn:
+                        if col.name not in {c["name"] for c in
+                                            sa.inspect(conn).get_columns(table.name)}:
+                            raise
+        with self.engine.connect() as conn:
+            done = conn.execute(sa.select(state_meta.c.key).where(
+                state_meta.c.key == _CONFLICT_VALUES_UPGRADE)).first()
+        if done is None:
+            self._forget_old_conflict_values()
+
+    def _forget_old_conflict_values(self) -> None:
+        """Once per store: drop the row values an earlier version kept for every conflict
+        (settled by policy, or whose inbox entry has closed)."""
+        open_entry = sa.select(error_inbox.c.id).where(
+            error_inbox.c.map == conflicts.c.map, error_inbox.c.row_key == conflicts.c.row_key,
+            error_inbox.c.operation == "conflict", error_inbox.c.status == "open").exists()
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(conflicts).where(
+                    conflicts.c.detail != _NO_DETAIL,
+                    sa.or_(conflicts.c.winner != "manual", ~open_entry))
+                    .values(detail=_NO_DETAIL))
+                conn.execute(sa.insert(state_meta).values(key=_CONFLICT_VALUES_UPGRADE,
+                                                          value=now_iso()))
+        except sa.exc.IntegrityError:
+            pass  # another process made the same upgrade meanwhile
 
     def close(self) -> None:
         try:
@@ -630,12 +700,19 @@ class StateStore:
             if status == "retry":
                 conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id)
                              .values(status="resolved", last_at=now_iso()))
+                self._forget_closed_entry(conn, error_id)
 
     def add_conflict(self, map_name: str, key: Sequence[Any], policy: str, winner: str,
                      source: str, incoming: dict[str, Any], target: dict[str, Any] | None,
-                     theirs: Sequence[dict[str, Any]] = ()) -> None:
-        """Record a conflict: the ``incoming`` change from ``source``, the target's row and its
-        own changes it met (``theirs``), and who won. Once per incoming change."""
+                     theirs: Sequence[dict[str, Any]] = (), *, keep: bool = False) -> None:
+        """Record a conflict: the ``incoming`` change from ``source``, the target's row and
+        its own changes it met (``theirs``), and who won; once per incoming change. Its row
+        values are kept only while it is open, that is for a manual one (``winner``
+        "manual") until its inbox entry closes (:meth:`_forget_conflict_values`), unless
+        ``keep`` (``capture.keep_conflict_values``: an operator's audit trail); one a policy
+        settled keeps none."""
+        detail = {"incoming": incoming, "target": target, "theirs": list(theirs)} \
+            if winner == "manual" or keep else {}
         with self.engine.begin() as conn:
             seq = incoming.get("seq")
             if seq is not None and conn.execute(sa.select(conflicts.c.id).where(
@@ -644,12 +721,36 @@ class StateStore:
                 return
             conn.execute(sa.insert(conflicts).values(
                 at=now_iso(), map=map_name, row_key=encode_values(key), policy=policy,
-                winner=winner, source=source, seq=seq,
-                detail=encode_doc({"incoming": incoming, "target": target,
-                                   "theirs": list(theirs)})))
+                winner=winner, source=source, seq=seq, kept=keep or None,
+                detail=encode_doc(detail)))
+
+    @staticmethod
+    def _forget_conflict_values(conn: sa.Connection, map_name: str, row_key: str) -> None:
+        """Drop the row values of a key's conflicts once no conflict inbox entry of it is
+        open: the store keeps business data only for open entries (and those an operator
+        asked to keep)."""
+        still_open = conn.execute(sa.select(error_inbox.c.id).where(
+            error_inbox.c.map == map_name, error_inbox.c.row_key == row_key,
+            error_inbox.c.operation == "conflict", error_inbox.c.status == "open")
+            .limit(1)).first()
+        if still_open is None:
+            conn.execute(sa.update(conflicts).where(
+                conflicts.c.map == map_name, conflicts.c.row_key == row_key,
+                conflicts.c.detail != _NO_DETAIL, conflicts.c.kept.is_not(True))
+                .values(detail=_NO_DETAIL))
+
+    def _forget_closed_entry(self, conn: sa.Connection, error_id: int) -> None:
+        row = conn.execute(sa.select(error_inbox.c.map, error_inbox.c.row_key,
+                                     error_inbox.c.operation, error_inbox.c.status).where(
+            error_inbox.c.id == error_id)).first()
+        if row is not None and row.operation == "conflict" and \
+                row.status in ("resolved", "discarded"):
+            self._forget_conflict_values(conn, row.map, row.row_key)
 
     def conflicts(self, map_name: str | None = None, limit: int = 1000
                   ) -> list[dict[str, Any]]:
+        """The latest conflicts, newest first; an open one also with its row values
+        (``incoming``, ``target``)."""
         stmt = sa.select(conflicts).order_by(conflicts.c.id.desc()).limit(limit)
         if map_name:
             stmt = stmt.where(conflicts.c.map == map_name)
@@ -904,30 +1005,46 @@ class StateStore:
             return frozenset(), frozenset()
         return frozenset(json.loads(row.roles)), frozenset(json.loads(row.licences))
 
-    def add_token(self, token_id: str, principal: str, token_hash: str) -> None:
+    def add_token(self, token_id: str, principal: str, token_hash: str, *, role: str,
+                  licences: Sequence[str] | None) -> None:
+        """Store a token's hash with its role and its own licences (None: the principal's,
+        whatever they are when it is used)."""
         with self.engine.begin() as conn:
-            conn.execute(sa.insert(tokens).values(id=token_id, principal=principal,
-                                                  token_hash=token_hash, created_at=now_iso()))
+            conn.execute(sa.insert(tokens).values(
+                id=token_id, principal=principal, token_hash=token_hash, created_at=now_iso(),
+                role=role, licences=None if licences is None else json.dumps(sorted(licences))))
 
-    def token_principal(self, token_hash: str, max_age: float = 0.0) -> str | None:
-        """The principal of an unrevoked token. With ``max_age``, a valid answer read that
-        recently may be reused (a revocation made by this store clears them at once)."""
+    def token(self, token_hash: str, max_age: float = 0.0) -> dict[str, Any] | None:
+        """``{"id", "principal", "role", "licences"}`` of an unrevoked token (role and
+        licences None where the token has none of its own), or None. With ``max_age``, a
+        valid answer read that recently may be reused (a revocation made by this store clears
+        them at once)."""
         hit = self._cache.get(("token", token_hash))
         if hit and time.monotonic() - hit[0] < max_age:
             return hit[1]  # type: ignore[no-any-return]
         with self.engine.connect() as conn:
-            row = conn.execute(sa.select(tokens.c.principal).where(
+            row = conn.execute(sa.select(tokens.c.id, tokens.c.principal, tokens.c.role,
+                                         tokens.c.licences).where(
                 tokens.c.token_hash == token_hash, tokens.c.revoked_at.is_(None))).first()
-        name = str(row[0]) if row else None
-        if name is not None:  # a token created elsewhere must not wait for a stale "no"
-            self._cache[("token", token_hash)] = (time.monotonic(), name)
-        return name
+        if row is None:  # not cached: a token created elsewhere must not wait for a stale "no"
+            return None
+        got = {"id": row.id, "principal": row.principal, "role": row.role,
+               "licences": None if row.licences is None
+               else frozenset(json.loads(row.licences))}
+        self._cache[("token", token_hash)] = (time.monotonic(), got)
+        return got
 
     def list_tokens(self) -> list[dict[str, Any]]:
+        """Every token (never the token itself): id, principal, role and licences of its own
+        (None where it has none), created, revoked."""
         with self.engine.connect() as conn:
-            rows = conn.execute(sa.select(tokens.c.id, tokens.c.principal, tokens.c.created_at,
+            rows = conn.execute(sa.select(tokens.c.id, tokens.c.principal, tokens.c.role,
+                                          tokens.c.licences, tokens.c.created_at,
                                           tokens.c.revoked_at).order_by(tokens.c.created_at))
-            return [dict(r._mapping) for r in rows]
+            out = [dict(r._mapping) for r in rows]
+        for r in out:
+            r["licences"] = None if r["licences"] is None else json.loads(r["licences"])
+        return out
 
     def revoke_token(self, token_id: str) -> bool:
         with self.engine.begin() as conn:
@@ -937,6 +1054,21 @@ class StateStore:
         for k in [k for k in self._cache if isinstance(k, tuple) and k[0] == "token"]:
             self._cache.pop(k, None)
         return n.rowcount > 0
+
+    def add_refusal(self, principal: str, request: str, needed: str, reason: str, *,
+                    token_id: str | None = None, environment: str | None = None) -> None:
+        """Audit a refused request: who, with which token, what was asked, what it lacked."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(refusals).values(
+                at=now_iso(), principal=principal, token_id=token_id, environment=environment,
+                request=request[:2000], needed=needed, reason=reason[:2000]))
+
+    def refusals(self, limit: int = 1000) -> list[dict[str, Any]]:
+        """The latest refused requests, newest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(refusals).order_by(refusals.c.id.desc())
+                                .limit(limit)).all()
+        return [dict(r._mapping) for r in rows]
 
     # -- error inbox -------------------------------------------------------------------------
     def add_error(self, map_name: str, side: str, key: Sequence[Any], operation: str,
@@ -993,11 +1125,14 @@ class StateStore:
                 values["payload"] = encode_row(payload)
             conn.execute(sa.update(error_inbox).where(error_inbox.c.id == error_id)
                          .values(**values))
+            self._forget_closed_entry(conn, error_id)
 
     def clear_errors(self, map_name: str, side: str, key: Sequence[Any]) -> None:
         """A row that now syncs cleanly closes its open inbox entries."""
         with self.engine.begin() as conn:
-            conn.execute(sa.update(error_inbox).where(
+            n = conn.execute(sa.update(error_inbox).where(
                 error_inbox.c.map == map_name, error_inbox.c.side == side,
                 error_inbox.c.row_key == encode_values(key),
                 error_inbox.c.status == "open").values(status="resolved", last_at=now_iso()))
+            if n.rowcount:
+                self._forget_conflict_values(conn, map_name, encode_values(key))
