@@ -30,8 +30,11 @@ from dualwrite.errors import DualwriteError, ValidationFailed
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Keep the tables of two business applications in sync.")
 errors_app = typer.Typer(no_args_is_help=True, help="The error inbox: rows that could not sync.")
+conflicts_app = typer.Typer(no_args_is_help=True,
+                            help="Conflicts: rows both sides changed since they were synced.")
 maps_app = typer.Typer(no_args_is_help=True, help="List maps and their state.")
 app.add_typer(errors_app, name="errors")
+app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(maps_app, name="maps")
 
 # Tables stay readable when piped to a file or CI log (Rich would assume 80 columns).
@@ -58,7 +61,7 @@ def _config_path(local: Path | None) -> Path:
 
 def _jsonable(v: Any) -> Any:
     if isinstance(v, Decimal):
-        return str(v)
+        return format(v, "f") if v.is_finite() else str(v)
     if isinstance(v, dt.date | dt.datetime | dt.time):
         return v.isoformat()
     if isinstance(v, bytes):
@@ -647,24 +650,65 @@ def tokens_revoke(token_id: str, config: ConfigOpt = None) -> None:
 @errors_app.command("list")
 def errors_list(config: ConfigOpt = None, map_name: Annotated[str | None, typer.Option(
         "--map", help="Only this map.")] = None, as_json: JsonOpt = False) -> None:
-    """Open entries of the error inbox."""
+    """Open entries of the error inbox: where the write failed (``on``), where a captured
+    change came from (``from``), and why."""
     with _link(config) as link:
         entries = link.state.errors(map_name)
+        rows = [_entry_row(e, link) for e in entries]
     if not entries and not as_json:
         out.print("the error inbox is empty", markup=False)
         return
-    _emit("errors", [e.as_dict() for e in entries], as_json, [
-        ("id", "id"), ("map", "map"), ("side", "side"), ("key", "key"),
-        ("operation", "operation"), ("attempts", "attempts"), ("last", "last_at"),
+    _emit("errors", rows, as_json, [
+        ("id", "id"), ("map", "map"), ("key", "key"), ("operation", "operation"),
+        ("on", "side"), ("from", "from"), ("attempts", "attempts"), ("last", "last_at"),
         ("reason", "reason")])
+
+
+def _entry_row(e: Any, link: Link) -> dict[str, Any]:
+    """An inbox entry as ``errors list`` shows it (a captured change's source environment
+    named beside the side it failed on)."""
+    from dualwrite.model.maps import Side
+
+    source = (e.payload or {}).get("source")
+    # initial sync names the side it failed on left/right: shown as the environment, as
+    # captured changes are
+    on = link.env_name(Side(e.side)) if e.side in ("left", "right") else e.side
+    return {**e.as_dict(), "side": on, "from": link.env_name(Side(source)) if source else None}
+
+
+def _readable_change(doc: dict[str, Any] | str | None) -> dict[str, Any] | None:
+    """A captured change as the state store keeps it, for people: the operation spelt out,
+    values as plain JSON (numbers, ISO times)."""
+    from dualwrite.engine.state import decode_doc
+
+    if doc is None:
+        return None
+    c = decode_doc(doc) if isinstance(doc, str) else doc
+    ops = {"I": "create", "U": "update", "D": "delete"}
+    return {"operation": ops.get(str(c.get("op")), c.get("op")), "key": c.get("key"),
+            "captured_at": c.get("at"), "old": c.get("old"), "new": c.get("new")}
 
 
 @errors_app.command("show")
 def errors_show(error_id: int, config: ConfigOpt = None) -> None:
-    """One inbox entry with the row it concerns."""
+    """One inbox entry, readably: why it failed, the captured change (old and new values),
+    and, for a conflict, the other side's row and its own changes."""
+    from dualwrite.engine.state import decode_doc
+
     with _link(config) as link:
         e = link.state.get_error(error_id)
-    _print_json({**e.as_dict(), "payload": e.payload})
+        row = _entry_row(e, link)
+    payload = e.payload or {}
+    extra = payload.get("extra")
+    extra = decode_doc(extra) if isinstance(extra, str) else (extra or {})
+    shown = {**row, "change": _readable_change(payload.get("change"))}
+    if e.operation == "conflict":
+        shown["other_side_row"] = extra.get("target")
+        shown["other_side_changes"] = [_readable_change(x) for x in extra.get("theirs", [])]
+        shown["detected_at"] = extra.get("detected_at")
+    elif payload and "change" not in payload:
+        shown["row"] = payload  # an initial sync's failed row
+    _print_json(shown)
 
 
 @errors_app.command("discard")
@@ -727,6 +771,57 @@ def errors_resolve(error_id: int, pick: Annotated[str, typer.Option(
     with _link(config) as link:
         done = resolve_conflict(link, error_id, Side(pick))
     out.print(f"resolved {error_id}: {json.dumps(done, default=_jsonable)}", markup=False)
+
+
+# -- conflicts --------------------------------------------------------------------------------
+@conflicts_app.command("list")
+def conflicts_list(config: ConfigOpt = None, map_name: Annotated[str | None, typer.Option(
+        "--map", help="Only this map.")] = None,
+        limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 100,
+        as_json: JsonOpt = False) -> None:
+    """Conflicts recorded, newest first: when, map, key, the policy and who won (``manual``:
+    parked in the inbox until `dualwrite errors resolve`)."""
+    from dualwrite.model.maps import Side
+
+    with _link(config) as link:
+        rows = [{"id": c["id"], "at": c["at"], "map": c["map"], "key": c["key"],
+                 "policy": c["policy"], "winner": c["winner"],
+                 "from": link.env_name(Side(c["source"]))}
+                for c in link.state.conflicts(map_name, limit)]
+    if not rows and not as_json:
+        out.print("no conflicts recorded", markup=False)
+        return
+    _emit("conflicts", rows, as_json, [
+        ("id", "id"), ("at", "at"), ("map", "map"), ("key", "key"), ("policy", "policy"),
+        ("winner", "winner"), ("change from", "from")])
+
+
+@conflicts_app.command("show")
+def conflicts_show(conflict_id: int, config: ConfigOpt = None) -> None:
+    """One conflict with both versions: the incoming change (old and new values), the row the
+    other side held and the changes of its own it met. Row values are kept only while the
+    conflict is open (or with capture.keep_conflict_values)."""
+    from dualwrite.model.maps import Side
+
+    with _link(config) as link:
+        found = link.state.conflicts(conflict_id=conflict_id, limit=1)
+        if not found:
+            raise DualwriteError(f"no conflict with id {conflict_id}",
+                                 hint="list them with `dualwrite conflicts list`")
+        c = found[0]
+        source = Side(c["source"])
+        shown = {"id": c["id"], "at": c["at"], "map": c["map"], "key": c["key"],
+                 "policy": c["policy"], "winner": c["winner"],
+                 "change_from": link.env_name(source), "other_side": link.env_name(
+                     source.other)}
+    if "incoming" in c:
+        shown["incoming_change"] = _readable_change(c["incoming"])
+        shown["other_side_row"] = c.get("target")
+        shown["other_side_changes"] = [_readable_change(x) for x in c.get("theirs", [])]
+    else:
+        shown["values"] = "not kept: the conflict is settled (capture.keep_conflict_values " \
+                          "keeps them)"
+    _print_json(shown)
 
 
 # -- templates --------------------------------------------------------------------------------

@@ -197,7 +197,9 @@ def test_rejected_change_goes_to_the_inbox_retry_and_discard(kinds: tuple[str, s
         drain(applier)
         assert it.rows("right")[2] == ("fine", 2) and 1 not in it.rows("right")
         [entry] = link.state.errors("items")
-        assert entry.operation == "create" and entry.side == "erp"
+        # the side it failed on; the side it came from is in its payload
+        assert entry.operation == "create" and entry.side == "crm"
+        assert entry.payload and entry.payload["source"] == "left"
         assert "rejected" in entry.reason and list(entry.key) == [1]
         # a retry that fails again is back, with one more attempt
         link.state.resolve_error(entry.id, "retry")

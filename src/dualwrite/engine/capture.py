@@ -1104,8 +1104,10 @@ class Applier:
             c = a.change
             if status == "error":
                 reason = (info or {}).get("reason", "")
+                # the entry's side: where the write failed (as for initial sync); the side
+                # the change came from is in its payload
                 entries[c.seq] = self.state.park_error(
-                    c.map, self.env[s], s.value, a.lkey, c.op, kind, reason, c.as_dict(),
+                    c.map, self.env[s.other], s.value, a.lkey, c.op, kind, reason, c.as_dict(),
                     {k: v for k, v in (info or {}).items() if k != "reason"})
         for a, status, _kind, info in parked:
             if status != "error":

@@ -747,13 +747,15 @@ class StateStore:
                 row.status in ("resolved", "discarded"):
             self._forget_conflict_values(conn, row.map, row.row_key)
 
-    def conflicts(self, map_name: str | None = None, limit: int = 1000
-                  ) -> list[dict[str, Any]]:
+    def conflicts(self, map_name: str | None = None, limit: int = 1000, *,
+                  conflict_id: int | None = None) -> list[dict[str, Any]]:
         """The latest conflicts, newest first; an open one also with its row values
-        (``incoming``, ``target``)."""
+        (``incoming``, ``target``, ``theirs``)."""
         stmt = sa.select(conflicts).order_by(conflicts.c.id.desc()).limit(limit)
         if map_name:
             stmt = stmt.where(conflicts.c.map == map_name)
+        if conflict_id is not None:
+            stmt = stmt.where(conflicts.c.id == conflict_id)
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
         return [{"id": r.id, "at": r.at, "map": r.map, "key": list(decode_values(r.row_key)),
