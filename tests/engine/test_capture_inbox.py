@@ -113,3 +113,45 @@ def test_discard_keeps_the_target_and_applies_later_changes(it: Items) -> None:
         assert it.rows("right")[1] == it.rows("left")[1] == ("other", 5)
         assert it.rows("right")[9] == ("taken", 0)
         assert link.state.errors() == [] and link.state.parked_count() == {}
+
+
+def test_business_rules_of_the_target_see_captured_changes(it: Items) -> None:
+    """A rule on the target's table (``rules.before_write``) sees each captured change before
+    it is written: one it rejects goes to the inbox with the rule's message, its transaction
+    with it, while other rows flow; a rule that changes the values of a captured change is
+    refused (the row must stay the twin of its source)."""
+    from dualwrite import RowError
+    from dualwrite.engine.live import RuleContext
+
+    seen: list[tuple[str, bool]] = []
+
+    def at_most_100(ctx: RuleContext) -> None:
+        seen.append((ctx.operation, ctx.captured))
+        if (ctx.values.get("qty") or 0) > 100:
+            raise RowError("qty over 100", field="qty", value=ctx.values["qty"])
+        if ctx.values.get("name") == "shout":
+            ctx.values["name"] = "SHOUT"
+
+    with it.link() as link:
+        link.rules.register("crm", "items", at_most_100)
+        applier = link.applier()
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'big', 500)")
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (2, 'small', 5)")
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (4, 'shout', 5)")
+        drain(applier)
+        right = it.rows("right")
+        assert right[2] == ("small", 5) and 1 not in right and 4 not in right
+        assert ("create", True) in seen
+        reasons = {e.key[0]: e.reason for e in link.state.errors("items")}
+        assert "at_most_100" in reasons[1] and "qty over 100" in reasons[1]
+        assert "only reject captured changes" in reasons[4]
+        entry = next(e for e in link.state.errors("items") if e.key[0] == 1)
+        link.state.resolve_error(entry.id, "retry")  # nothing fixed: the rule still says no
+        drain(applier)
+        [again] = [e for e in link.state.errors("items") if e.key[0] == 1]
+        assert again.attempts == 2 and "qty over 100" in again.reason
+        assert 1 not in it.rows("right")
+        it.left.app_sql("UPDATE items SET qty = 50 WHERE id = 1")  # fixed at the source
+        link.state.resolve_error(entry.id, "retry")
+        drain(applier)
+        assert it.rows("right")[1] == ("big", 50)

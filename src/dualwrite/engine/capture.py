@@ -58,6 +58,7 @@ from dualwrite.connectors.capture import (
 )
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
 from dualwrite.engine.files import open_private
+from dualwrite.engine.live import RuleContext
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.settle import Edit, changed_fields
 from dualwrite.engine.settle import settle as settle_versions
@@ -728,7 +729,8 @@ class Applier:
         case)."""
         d = m.differ
         kind = run[0].kind
-        if careful or kind == "delete" or (kind == "update" and d.has_lookups):
+        if careful or kind == "delete" or (kind == "update" and d.has_lookups) or \
+                self.link.rules.covers(self.env[s.other], m.bound.table(s.other)):
             self._compare_and_write(sess, s, m, run, outcome, check=True)
             return
         if kind == "update":
@@ -899,8 +901,41 @@ class Applier:
         if undecided or conflicts:
             self._decide(sess, s, m, undecided, conflicts, resolved, inserts, updates,
                          deletes, outcome)
+        if self.link.rules.covers(self.env[t], table_t):
+            self._check_rules(s, m, inserts, updates, deletes, current)
         self._write(sess, s, m, inserts, updates, deletes, optimistic=not check)
         outcome.applied += len(inserts) + len(updates) + len(deletes)
+
+    def _check_rules(self, s: Side, m: _MapCtx, inserts: list[tuple[_Action, Row]],
+                     updates: list[tuple[_Action, Row]], deletes: list[_Action],
+                     current: dict[tuple[Any, ...], tuple[Any, ...]]) -> None:
+        """The target's business rules (``rules.before_write``) see each captured change
+        before it is written; one that rejects it (or changes its values: a captured row must
+        stay the twin of its source) sends it, with its source transaction, to the inbox."""
+        t = s.other
+        d, b = m.differ, m.bound
+        env, table = self.env[t], b.table(t)
+        principal = f"capture from {self.env[s]}"
+        todo = [("create", a, dict(zip(d.insert_columns[t], v, strict=True)))
+                for a, v in inserts] + \
+            [("update", a, dict(zip(d.live_columns[t], v, strict=True))) for a, v in updates] + \
+            [("delete", a, {}) for a in deletes]
+        for op, a, values in todo:
+            cur = current.get(a.tkey)
+            before = dict(zip(d.live_columns[t], cur, strict=True)) if cur is not None else None
+            ctx = RuleContext(op, env, table, dict(values), before, principal, captured=True)
+            try:
+                self.link.rules.run(ctx)
+            except RowError as exc:
+                raise _Restart(a, RowError(exc.reason, map=b.name, side=env, table=table,
+                                           key=a.tkey, field=exc.field, value=exc.value,
+                                           hint=exc.hint)) from exc
+            if ctx.values != values:
+                raise _Restart(a, RowError(
+                    "a business rule changed the values of a captured change; rules may "
+                    "only reject captured changes (the row must stay the twin of its source)",
+                    map=b.name, side=env, table=table, key=a.tkey,
+                    hint="test ctx.captured in the rule and leave the values as they are"))
 
     def _guarded_update(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
                         outcome: _Outcome) -> bool:
@@ -1228,19 +1263,45 @@ class Applier:
                             d.columns[base], current[base], row)
         other = base.other
         now = current[other]
+        rules = self.link.rules.covers(self.env[other], b.table(other))
         if row is None:
             if now is not None:
+                if rules:
+                    self._settle_rules(m, other, "delete", {}, now, keys[other])
                 sessions[other].delete(b.table(other), list(b.key(other)), [keys[other]])
         elif now is None:
-            sessions[other].insert(b.table(other), d.insert_columns[other],
-                                   [d.build_create[other](row, keys[base], resolved)])
+            vals = d.build_create[other](row, keys[base], resolved)
+            if rules:
+                self._settle_rules(m, other, "create",
+                                   dict(zip(d.insert_columns[other], vals, strict=True)), None,
+                                   keys[other])
+            sessions[other].insert(b.table(other), d.insert_columns[other], [vals])
         else:
             vals = d.build_live[other](row, keys[base], resolved)
+            if rules:
+                self._settle_rules(m, other, "update",
+                                   dict(zip(d.live_columns[other], vals, strict=True)), now,
+                                   keys[other])
             pos = [d.columns[other].index(col) for col in d.live_columns[other]]
             if d.live_columns[other] and not _same(tuple(now[i] for i in pos), vals):
                 sessions[other].update(b.table(other), list(b.key(other)),
                                        d.live_columns[other], [(keys[other], vals)])
         return True
+
+    def _settle_rules(self, m: _MapCtx, side: Side, op: str, values: dict[str, Any],
+                      now: Row | None, key: Row) -> None:
+        """The business rules of ``side`` see what settling writes there, as they see a
+        captured change (see _check_rules); a rejection reopens the entry."""
+        d, b = m.differ, m.bound
+        before = dict(zip(d.columns[side], now, strict=True)) if now is not None else None
+        ctx = RuleContext(op, self.env[side], b.table(side), dict(values), before,
+                          f"settling, from {self.env[side.other]}", captured=True)
+        self.link.rules.run(ctx)
+        if ctx.values != values:
+            raise RowError("a business rule changed the values of a captured change; rules "
+                           "may only reject captured changes", map=b.name, side=self.env[side],
+                           table=b.table(side), key=key,
+                           hint="test ctx.captured in the rule and leave the values as they are")
 
     @staticmethod
     def _write_version(sess: WriteSession, table: str, key: list[str], kvals: Row,

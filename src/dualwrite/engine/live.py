@@ -63,6 +63,10 @@ class RuleContext:
     values: dict[str, Any]
     before: dict[str, Any] | None
     principal: str
+    #: a change captured on the other side, about to be applied here: a rule may reject it
+    #: (it is parked in the inbox with the rule's message), not change its values (the row
+    #: must stay the twin of its source)
+    captured: bool = False
 
 
 Rule = Callable[[RuleContext], None]
@@ -85,6 +89,10 @@ class Rules:
             self.register(environment, table, rule)
             return rule
         return wrap
+
+    def covers(self, environment: str, table: str) -> bool:
+        """Whether any rule is registered for writes to ``table`` of ``environment``."""
+        return (environment, table.casefold()) in self._rules
 
     def run(self, ctx: RuleContext) -> None:
         for rule in self._rules.get((ctx.environment, ctx.table.casefold()), []):
