@@ -395,8 +395,31 @@ def maps_stop(maps: MapsArg = None, config: ConfigOpt = None,
                 out.print(f"{env}: removed {', '.join(objects) or 'nothing'}", markup=False)
             stopped = [m.name for m in link.config.maps]
         else:
+            _confirm_stop(link, maps or [], yes)
             stopped = link.stop_maps(maps or [])
     out.print(f"stopped: {', '.join(stopped)}", markup=False)
+
+
+def _confirm_stop(link: Link, names: list[str], yes: bool) -> None:
+    """Stopping drops a map's queue (and what waits in its inbox) and leaves the maps that
+    depend on it without it: say so, and ask (--yes answers)."""
+    named = {b.name for b in link.bound_maps(names)}
+    losses = [f"{r['map']}: {r['queued']} queued change(s) dropped"
+              for r in link.status() if r["map"] in named and r["queued"]]
+    states = link.state.map_states()
+    losses += [f"{m.name} depends on {', '.join(sorted(set(m.depends_on) & named))} and "
+               "will be held until it runs again"
+               for m in link.config.maps if m.name not in named and set(m.depends_on) & named
+               and (states.get(m.name) or {}).get("state") not in (None, "stopped")]
+    if not losses or yes:
+        return
+    listed = "; ".join(losses)
+    if not sys.stdin.isatty():
+        raise DualwriteError(f"maps stop needs confirmation: {listed}",
+                             hint="pause the map instead to keep its queue, run it on a "
+                             "terminal to answer, or pass --yes")
+    if not typer.confirm(f"maps stop: {listed}. Go on?", default=False, err=True):
+        raise Exit(1)
 
 
 @maps_app.command("pause")

@@ -77,3 +77,28 @@ def test_conflicts_show_names_an_unknown_id(make_backend: BackendFactory, tmp_pa
     assert main(["-c", str(it.config), "conflicts", "show", "999"]) == 2
     err = capsys.readouterr().err
     assert "no conflict with id 999" in err and "conflicts list" in err
+
+
+def test_maps_stop_says_what_it_drops_and_asks(make_backend: BackendFactory, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    """Stopping a map with queued changes, or one others depend on, says what is dropped and
+    needs confirmation (--yes): without it, nothing is stopped."""
+    from sync_fixtures import make_pair, seed_groups
+
+    p = make_pair(make_backend, tmp_path, "sqlite", "sqlite")
+    seed_groups(p)
+    cfg = str(p.config)
+    assert main(["-c", cfg, "maps", "start", "--yes"]) == 0
+    assert main(["-c", cfg, "maps", "pause", "groups"]) == 0
+    p.erp.app_sql('INSERT INTO "Groups" ("dataAreaId", "GROUPID", "DESCRIPTION") '
+                  "VALUES ('usmf', 'G40', 'New')")
+    capsys.readouterr()
+    assert main(["-c", cfg, "maps", "stop", "groups"]) == 2  # not a terminal: refused
+    refused = capsys.readouterr().err
+    assert "groups: 1 queued change(s) dropped" in refused
+    assert "customers depends on groups" in refused and "--yes" in refused
+    states = {m["map"]: m["state"] for m in run_json(["-c", cfg, "maps", "list", "--json"],
+                                                     capsys)["maps"]}
+    assert states["groups"] == "paused"
+    assert main(["-c", cfg, "maps", "stop", "groups", "--yes"]) == 0
+    assert "stopped: groups" in capsys.readouterr().out

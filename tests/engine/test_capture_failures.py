@@ -98,3 +98,44 @@ def test_status_says_when_nothing_applies(make_backend: BackendFactory, tmp_path
         assert row["note"].startswith("no applier for ")
         [proc] = link.processes()
         assert not proc["alive"]
+
+
+@pytest.mark.parametrize("kinds", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_pausing_a_map_holds_the_maps_that_depend_on_it(
+        make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
+    """``customers`` depends on ``groups``. With ``groups`` paused, a new group and a customer
+    in it are created on the ERP: the customer is not sent to the inbox for want of its
+    group (which is queued): it is held, and status says why. Resumed, both arrive."""
+    from sync_fixtures import erp_customer, make_pair, seed_groups
+
+    p = make_pair(make_backend, tmp_path, *kinds, batch_size=500)
+    seed_groups(p)
+    with p.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        link.pause_maps(["groups"])
+        p.erp.app_sql('INSERT INTO "Groups" ("dataAreaId", "GROUPID", "DESCRIPTION") '
+                      "VALUES ('usmf', 'G40', 'New')".replace(
+                          '"', "`" if p.erp.kind == "mariadb" else '"'))
+        row = erp_customer(40, dataAreaId="usmf", GROUPID="G40")
+        with p.erp.app().begin() as conn:
+            conn.execute(sa.text(
+                'INSERT INTO "Customers" ("dataAreaId", "ACCOUNT", "NAME", "CREDIT", "STATUS", '
+                '"GROUPID", "CREATED", "LANGUAGEID", "PARTYTYPE") VALUES (:dataAreaId, '
+                ':ACCOUNT, :NAME, :CREDIT, :STATUS, :GROUPID, :CREATED, :LANGUAGEID, '
+                ':PARTYTYPE)'), {k: v for k, v in row.items() if k != "PHONE"})
+        drain(applier)
+        assert link.state.errors() == []
+        assert ("usmf", "C-0040") not in p.accounts()
+        st = {m["map"]: m for m in link.status()}
+        assert st["customers"]["state"] == "running"
+        assert st["customers"]["note"] is not None and "held: groups" in st["customers"]["note"]
+        assert st["customers"]["queued"] == 1
+        link.resume_maps(["groups"])
+        drain(applier)
+        applier.housekeeping()  # groups: resuming -> running (its queue is empty)
+        applier.maps(refresh=True)  # (the running applier looks again within 0.2 s)
+        drain(applier)
+        assert ("usmf", "C-0040") in p.accounts()
+        assert link.state.errors() == []
+        assert all(v.ok for v in link.verify())

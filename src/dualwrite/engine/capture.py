@@ -322,12 +322,17 @@ class Applier:
                 # resumed (or started) after a fault: see the tables as they are now
                 self.link.forget_validation()
                 bound, issues = self.link.valid_maps()
+            held = held_by_dependencies(
+                {b.name: b.spec.depends_on for b in bound},
+                {n: str((st or {}).get("state")) for n, st in states.items()})
             for b in bound:
                 st = (states.get(b.name) or {}).get("state")
                 if st in CAPTURING:
                     old = self._maps.get(b.name)
                     differ = old.differ if old else self.link.differ(b.name)
-                    out[b.name] = _MapCtx(b, differ, str(st))
+                    # a map whose dependency does not apply is held with it: its rows would
+                    # only find their related rows missing (lines of a paused order header)
+                    out[b.name] = _MapCtx(b, differ, "held" if b.name in held else str(st))
             self._maps, self._maps_at = out, now
             for name, found in issues.items():
                 if (states.get(name) or {}).get("state") in APPLYING:
@@ -1481,6 +1486,30 @@ class _Terms:
             if i in fields:
                 out[p] = fields[i]
         return tuple(out)
+
+
+def held_by_dependencies(depends: dict[str, Sequence[str]], states: dict[str, str]
+                         ) -> dict[str, str]:
+    """Maps in an applying state held back because a map they depend on (``depends_on``,
+    transitively) is not running: map -> the dependency that holds it. Their changes queue
+    meanwhile, as a paused map's do."""
+    held: dict[str, str] = {}
+
+    def blocker(name: str, seen: frozenset[str]) -> str | None:
+        for dep in depends.get(name, ()):
+            if dep in seen:
+                continue
+            if states.get(dep) != "running":
+                return dep
+            found = blocker(dep, seen | {dep})
+            if found is not None:
+                return found
+        return None
+
+    for name in depends:
+        if states.get(name) in APPLYING and (dep := blocker(name, frozenset({name}))):
+            held[name] = dep
+    return held
 
 
 def _side_keys(d: MapDiffer, b: BoundMap, lkey: Sequence[Any]) -> dict[Side, Row]:

@@ -21,7 +21,7 @@ from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector, LinkRecord
 from dualwrite.connectors.sql import LINK_TABLE, SqlConnector
 from dualwrite.engine.alerts import Alerts
-from dualwrite.engine.capture import Applier, ApplierLock
+from dualwrite.engine.capture import Applier, ApplierLock, held_by_dependencies
 from dualwrite.engine.config import Config, load_config
 from dualwrite.engine.diff import MapDiffer
 from dualwrite.engine.initial_sync import InitialSync, MapResult, Progress
@@ -469,6 +469,8 @@ class Link:
         applier = f"pid {appliers[0]['pid']} on {appliers[0]['host']}" if appliers else None
         gone = min((p["heartbeat_age"] for p in procs if p["role"] == "applier"),
                    default=None)
+        held = held_by_dependencies({m.name: m.depends_on for m in self.config.maps},
+                                    {n: str(st.get("state")) for n, st in states.items()})
         out = []
         for m in dependency_order(self.config.maps):
             st = states.get(m.name) or {}
@@ -477,7 +479,11 @@ class Link:
             lag = max(0.0, _time.time() - min(oldest).timestamp()) if oldest else 0.0
             state = st.get("state") or "not running"
             applying = state in ("running", "resuming")
-            if applying and applier is None:
+            if m.name in held:
+                note = (f"held: {held[m.name]}, which it depends on, is "
+                        f"{(states.get(held[m.name]) or {}).get('state') or 'not running'}; "
+                        "its changes queue")
+            elif applying and applier is None:
                 # running as far as the maps go, yet nothing applies: say so
                 note = "no applier" + (f" for {gone:.0f} s" if gone is not None else
                                        " (start `dualwrite run` or `dualwrite serve`)")
