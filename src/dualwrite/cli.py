@@ -25,7 +25,7 @@ from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedCo
 from rich.table import Table
 
 from dualwrite.engine.link import Link
-from dualwrite.errors import DualwriteError, ValidationFailed
+from dualwrite.errors import DualwriteError, TransientConnectorError, ValidationFailed
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Keep the tables of two business applications in sync.")
@@ -576,8 +576,21 @@ def serve(config: ConfigOpt = None,
 
     def work() -> None:
         with _link(config) as link:
-            link.bound_maps()  # refuse to start on invalid maps, with every problem listed
-            _load_rules(link)
+            try:
+                link.bound_maps()  # refuse to start on invalid maps, with every problem listed
+                _load_rules(link)
+            except TransientConnectorError as exc:
+                # a database cannot be reached: serve anyway (503 for what needs it, /readyz
+                # says which); the maps are checked and the rules loaded once it answers,
+                # before the first write
+                err.print(f"dualwrite serve: {exc.message}; serving 503 until it answers",
+                          markup=False)
+                link.forget_validation()
+                def prepare() -> None:
+                    link.bound_maps()
+                    _load_rules(link)
+
+                link.before_first_write(prepare)
             app_ = create_server_app(link, apply_captured=True)
             settle_for_latency()  # start-up done: keep its objects out of the collector's way
             # uvicorn's own signal handling stays off: it runs on this thread, not the main

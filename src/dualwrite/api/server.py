@@ -18,7 +18,7 @@ from dualwrite.api.link_backend import LinkBackend
 from dualwrite.api.odata import odata_mount
 from dualwrite.engine.capture import run_applier
 from dualwrite.engine.link import Link
-from dualwrite.errors import DualwriteError
+from dualwrite.errors import DualwriteError, TransientConnectorError
 
 log = logging.getLogger("dualwrite.serve")
 
@@ -60,7 +60,12 @@ def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        await run_in_threadpool(link.recover)
+        try:
+            await run_in_threadpool(link.recover)
+        except TransientConnectorError as exc:
+            # recovery runs before the first write instead (Link.transaction), and in the
+            # applier once the database answers
+            log.warning("in-doubt transactions not recovered yet: %s", exc)
         stop = threading.Event()
         worker = None
         if apply_captured:

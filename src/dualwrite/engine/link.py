@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -60,6 +60,9 @@ class Link:
         self._link_id: str | None = None
         self._differs: dict[str, MapDiffer] = {}
         self._recovered = False
+        #: set-up that needed a database which could not be reached when the process started
+        #: (loading business rules): done before the first live write, which needs both
+        self._before_first_write: list[Callable[[], Any]] = []
         self._alerts: Alerts | None = None
         self._lock = threading.Lock()
         self.rules = Rules()
@@ -432,6 +435,13 @@ class Link:
         # named by the link's name, not its id: taking it must not need the databases
         return ApplierLock(self.config.state_url, self.config.link_name)
 
+    def before_first_write(self, step: Callable[[], Any]) -> None:
+        """Run ``step`` (set-up that needs the databases) before the first live transaction,
+        right after recovery; a step that fails is tried again at the next one."""
+        with self._lock:
+            self._recovered = False
+            self._before_first_write.append(step)
+
     def forget_validation(self) -> None:
         """Describe the tables and validate the maps again on next use (after a database was
         unreachable, or a map failed: its tables may have changed)."""
@@ -530,6 +540,9 @@ class Link:
             with self._lock:
                 if not self._recovered:
                     self.recover()
+                    for step in self._before_first_write:
+                        step()
+                    self._before_first_write.clear()
                     self._recovered = True
         coordinator = Coordinator(self, principal, hook)
         try:

@@ -1,0 +1,94 @@
+"""`dualwrite run` and `serve` start, and keep running, while a database cannot be reached
+(a closed loopback port): they wait for it instead of exiting with a traceback, `serve`
+answers 503 in the OData error format for what needs it, and `status` says what the applier
+waits for."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from capture_fixtures import make_items
+from dualwrite.engine.security import create_token
+from serve_process import serve
+
+from conftest import BackendFactory
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def unreachable_right(config: Path) -> None:
+    """Point the config's right environment at a closed port of the same kind."""
+    cfg: dict[str, Any] = yaml.safe_load(config.read_text())
+    url = cfg["environments"]["crm"]["url"]
+    head, _, tail = url.partition("@127.0.0.1:")
+    cfg["environments"]["crm"]["url"] = f"{head}@127.0.0.1:{closed_port()}/{tail.split('/', 1)[1]}"
+    config.write_text(yaml.safe_dump(cfg))
+
+
+def test_serve_answers_503_while_a_database_is_down(make_backend: BackendFactory,
+                                                     tmp_path: Path) -> None:
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb")
+    with it.link() as link:
+        link.start_maps()
+        token = create_token(link.state, "reader", role="reader")
+    unreachable_right(it.config)
+    with serve(it.config) as served:
+        with httpx.Client(base_url=served.url, timeout=30,
+                          headers={"Authorization": f"Bearer {token}"}) as http:
+            assert http.get("/healthz").status_code == 200
+            ready = http.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["checks"]["crm"] != "ok"
+            got = http.get("/odata/crm/items")
+            assert got.status_code == 503, got.text
+            assert got.json()["error"]["code"] == "ServiceUnavailable"
+            assert "crm" in got.json()["error"]["message"]
+    assert served.code == 0, served.log[-3000:]
+    assert "Traceback" not in served.log, served.log[-3000:]
+    assert "serving 503 until it answers" in served.log
+
+
+def test_run_waits_for_a_database_and_says_so(make_backend: BackendFactory,
+                                              tmp_path: Path) -> None:
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb")
+    with it.link() as link:
+        link.start_maps()
+    unreachable_right(it.config)
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "dualwrite", "-c", str(it.config),
+                                 "run"], stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for a database" not in log.read_text():
+            assert proc.poll() is None, f"run exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.05)  # polling a condition, with a deadline
+        done = subprocess.run([sys.executable, "-m", "dualwrite", "-c", str(it.config),
+                               "status", "--json"], capture_output=True, timeout=120,
+                              check=False)
+        assert done.returncode == 0, done.stderr.decode()[-3000:]
+        procs = json.loads(done.stdout)["processes"]
+        assert any(p["alive"] and "waiting for a database" in (p["note"] or "")
+                   for p in procs), procs
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, log.read_text()[-3000:]
+    assert "Traceback" not in log.read_text()
