@@ -47,16 +47,15 @@ def test_serve_answers_503_while_a_database_is_down(make_backend: BackendFactory
         link.start_maps()
         token = create_token(link.state, "reader", role="reader")
     unreachable_right(it.config)
-    with serve(it.config) as served:
-        with httpx.Client(base_url=served.url, timeout=30,
-                          headers={"Authorization": f"Bearer {token}"}) as http:
-            assert http.get("/healthz").status_code == 200
-            ready = http.get("/readyz")
-            assert ready.status_code == 503 and ready.json()["checks"]["crm"] != "ok"
-            got = http.get("/odata/crm/items")
-            assert got.status_code == 503, got.text
-            assert got.json()["error"]["code"] == "ServiceUnavailable"
-            assert "crm" in got.json()["error"]["message"]
+    with serve(it.config) as served, httpx.Client(base_url=served.url, timeout=30,
+                      headers={"Authorization": f"Bearer {token}"}) as http:
+        assert http.get("/healthz").status_code == 200
+        ready = http.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["crm"] != "ok"
+        got = http.get("/odata/crm/items")
+        assert got.status_code == 503, got.text
+        assert got.json()["error"]["code"] == "ServiceUnavailable"
+        assert "crm" in got.json()["error"]["message"]
     assert served.code == 0, served.log[-3000:]
     assert "Traceback" not in served.log, served.log[-3000:]
     assert "serving 503 until it answers" in served.log
