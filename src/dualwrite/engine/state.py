@@ -685,16 +685,18 @@ class StateStore:
                 decode_doc(r.change)))
         return [(self.get_error(entry_id), items) for entry_id, items in out.items()]
 
-    def finish_release(self, error_id: int, parked_ids: Sequence[int]) -> None:
-        """Drop the given parked changes of a released entry: they were settled. (Changes
-        parked behind it meanwhile stay, for the next round.) A retried entry is then
-        resolved; one that failed again was reopened and keeps its changes."""
+    def finish_release(self, error_id: int, parked_ids: Sequence[int] | None = None) -> None:
+        """Drop the given parked changes of a released entry (None: all of them): they were
+        settled. (Changes parked behind it meanwhile stay, for the next round.) A retried
+        entry is then resolved; one that failed again was reopened and keeps its changes."""
         with self.engine.begin() as conn:
             status = conn.execute(sa.select(error_inbox.c.status).where(
                 error_inbox.c.id == error_id)).scalar()
             if status == "open":
                 return
-            ids = list(parked_ids)
+            if parked_ids is None:
+                conn.execute(sa.delete(parked).where(parked.c.error_id == error_id))
+            ids = list(parked_ids or ())
             for i in range(0, len(ids), 500):
                 conn.execute(sa.delete(parked).where(parked.c.id.in_(ids[i:i + 500])))
             if status == "retry":
@@ -717,7 +719,8 @@ class StateStore:
             seq = incoming.get("seq")
             if seq is not None and conn.execute(sa.select(conflicts.c.id).where(
                     conflicts.c.map == map_name, conflicts.c.source == source,
-                    conflicts.c.seq == int(seq))).first() is not None:
+                    conflicts.c.seq == int(seq),
+                    conflicts.c.row_key == encode_values(key))).first() is not None:
                 return
             conn.execute(sa.insert(conflicts).values(
                 at=now_iso(), map=map_name, row_key=encode_values(key), policy=policy,
