@@ -1,0 +1,197 @@
+"""Lookups resolve within the row's own company (issue 16, section 2).
+
+Customer groups "G10" and "G20" exist in both usmf and demf. The CRM's group ids are chosen so
+that usmf's sort first: a lookup by group code alone finds usmf's group for a demf customer.
+Each path must link a row to its own company's group: initial sync and plan, live
+transactions (API and OData `$batch`), capture, both directions, and verify must report a row
+linked to the other company's group.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.testclient import TestClient
+
+from capture_fixtures import drain
+from dualwrite.api.server import create_server_app
+from dualwrite.engine.security import create_token
+from dualwrite.errors import RowError
+
+from conftest import BackendFactory
+from sync_fixtures import Pair, erp_customer, make_pair
+
+PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb"), ("sqlite", "sqlite")]
+IDS = [f"{a}-{b}" for a, b in PAIRS]
+
+#: (company, code) -> the CRM group's id; usmf's ids sort before demf's
+GROUP = {("usmf", "G10"): "a-usmf-g10", ("usmf", "G20"): "a-usmf-g20",
+         ("demf", "G10"): "b-demf-g10", ("demf", "G20"): "b-demf-g20"}
+
+
+def seed_shared_codes(pair: Pair) -> None:
+    """The same two group codes in both companies, already alike on both sides."""
+    pair.erp.insert("Groups", [
+        {"dataAreaId": c, "GROUPID": g, "DESCRIPTION": f"{g} of {c}"} for c, g in GROUP])
+    pair.crm.insert("groups", [
+        {"groupid": gid, "company": c, "groupcode": g, "description": f"{g} of {c}"}
+        for (c, g), gid in GROUP.items()])
+
+
+def customer(i: int, company: str, group: str, **over: Any) -> dict[str, Any]:
+    return erp_customer(i, dataAreaId=company, GROUPID=group, **over)
+
+
+def account(i: int, company: str, group_id: str | None, **over: Any) -> dict[str, Any]:
+    row = {"company": company, "accountnumber": f"C-{i:04d}", "name": f"Customer {i}",
+           "creditlimit": Decimal(1000 + i) / 4, "onhold": i % 3, "groupref": group_id,
+           "created": dt.date(2024, 1 + i % 12, 1 + i % 28), "typecode": 3}
+    row.update(over)
+    return row
+
+
+def links(pair: Pair) -> dict[tuple[str, str], Any]:
+    """(company, account) -> the CRM account's group id."""
+    return {k: r["groupref"] for k, r in pair.accounts().items()}
+
+
+def groups_of(pair: Pair) -> dict[tuple[str, str], Any]:
+    """(company, account) -> the ERP customer's group code."""
+    return {k: r["GROUPID"] for k, r in pair.customers().items()}
+
+
+@pytest.fixture(params=PAIRS, ids=IDS)
+def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
+    left, right = request.param
+    p = make_pair(make_backend, tmp_path, left, right, batch_size=50)
+    seed_shared_codes(p)
+    return p
+
+
+def test_initial_sync_links_rows_to_their_own_companys_group(pair: Pair) -> None:
+    pair.erp.insert("Customers", [
+        customer(i, "usmf" if i % 2 else "demf", "G10" if i % 4 < 2 else "G20")
+        for i in range(1, 121)])
+    pair.crm.insert("accounts", [
+        account(200, "demf", GROUP[("demf", "G20")]),  # only in the CRM: created in the ERP
+        account(201, "usmf", GROUP[("usmf", "G10")]),
+        # linked to usmf's G10 although the account is in demf: master left repairs it
+        account(4, "demf", GROUP[("usmf", "G10")], name="Customer 4"),
+    ])
+    with pair.link() as link:
+        [plan] = link.plan(["customers"])
+        assert plan.created == {"left": 2, "right": 119}
+        assert plan.updated == {"left": 0, "right": 1}, plan.samples
+        [g, c] = link.sync_initial()
+        assert g.unchanged == 4 and c.errors == {"left": 0, "right": 0}
+        assert c.created == plan.created and c.updated == plan.updated
+        linked = links(pair)
+        for i in range(1, 121):
+            company = "usmf" if i % 2 else "demf"
+            code = "G10" if i % 4 < 2 else "G20"
+            assert linked[(company, f"C-{i:04d}")] == GROUP[(company, code)], (company, i)
+        erp = groups_of(pair)
+        assert erp[("demf", "C-0200")] == "G20" and erp[("usmf", "C-0201")] == "G10"
+        assert all(v.ok for v in link.verify())
+        [again] = link.sync_initial(["customers"])
+        assert again.unchanged == 122 and again.updated == {"left": 0, "right": 0}
+
+
+def test_verify_reports_a_row_linked_to_the_other_companys_group(pair: Pair) -> None:
+    pair.erp.insert("Customers", [customer(i, "demf", "G10") for i in range(2, 12, 2)])
+    with pair.link() as link:
+        link.sync_initial()
+        assert all(v.ok for v in link.verify())
+        # the same code, the other company's row: invisible to a lookup by code alone
+        with pair.crm.connector.transaction() as tx:
+            tx.update("accounts", ["company", "accountnumber"], ["groupref"],
+                      [(("demf", "C-0004"), (GROUP[("usmf", "G10")],))])
+        [v] = link.verify(["customers"])
+        assert not v.ok and v.differences == 1, v.as_dict()
+        [d] = v.details
+        assert d.kind == "differs" and tuple(d.key) == ("demf", "C-0004")
+        [f] = d.fields
+        assert f["field"] == "GROUPID = groupref.groupcode"
+        assert (f["left"], f["right"]) == ("G10 (company demf)", "G10 (company usmf)")
+
+
+def test_live_transactions_resolve_within_the_company(pair: Pair) -> None:
+    with pair.link() as link:
+        link.start_maps()
+        with link.transaction() as tx:
+            tx.create_many("erp", "Customers", [customer(1000 + i, "demf", "G20")
+                                                for i in range(300)])
+            tx.create("crm", "accounts", account(2000, "demf", GROUP[("demf", "G10")]))
+        linked = links(pair)
+        assert {linked[("demf", f"C-{1000 + i:04d}")] for i in range(300)} == {
+            GROUP[("demf", "G20")]}
+        assert groups_of(pair)[("demf", "C-2000")] == "G10"
+
+        # the CRM links a demf account to usmf's group: the ERP cannot hold that link
+        before = (pair.customers(), pair.accounts())
+        with pytest.raises(RowError) as info, link.transaction() as tx:
+            tx.create("crm", "accounts", account(2001, "demf", GROUP[("usmf", "G10")]))
+        assert info.value.map == "customers" and "usmf" in info.value.reason
+        assert "demf" in info.value.reason
+        assert (pair.customers(), pair.accounts()) == before
+        assert all(v.ok for v in link.verify())
+
+
+def test_capture_resolves_within_the_company_both_ways(pair: Pair) -> None:
+    quote = "`" if pair.erp.kind == "mariadb" else '"'
+    pair.erp.insert("Customers", [customer(2, "demf", "G10"), customer(3, "usmf", "G10")])
+    with pair.link() as link:
+        link.start_maps()
+        cols = '"dataAreaId", "ACCOUNT", "NAME", "STATUS", "GROUPID", "PARTYTYPE"'
+        pair.erp.app_sql(
+            f'INSERT INTO "Customers" ({cols}) VALUES (:c, :a, :n, :s, :g, :p)'.replace(
+                '"', quote),
+            [{"c": "demf", "a": f"C-{i:04d}", "n": f"Captured {i}", "s": "No", "g": "G10",
+              "p": "Organization"} for i in range(300, 340)])
+        pair.crm.app_sql("UPDATE accounts SET groupref = :g WHERE company = 'demf' AND "
+                         "accountnumber = 'C-0002'", {"g": GROUP[("demf", "G20")]})
+        drain(link.applier())
+        linked = links(pair)
+        assert {linked[("demf", f"C-{i:04d}")] for i in range(300, 340)} == {
+            GROUP[("demf", "G10")]}
+        assert groups_of(pair)[("demf", "C-0002")] == "G20"
+        assert linked[("usmf", "C-0003")] == GROUP[("usmf", "G10")]
+
+        # a demf account linked to usmf's group cannot reach the ERP: it goes to the inbox
+        pair.crm.app_sql(
+            "INSERT INTO accounts (accountid, company, accountnumber, name, groupref, typecode)"
+            " VALUES ('x-2001', 'demf', 'C-2001', 'Cross', :g, 3)", {"g": GROUP[("usmf", "G10")]})
+        drain(link.applier())
+        assert ("demf", "C-2001") not in pair.customers()
+        [entry] = [e for e in link.state.errors("customers") if e.key == ("demf", "C-2001")]
+        assert "usmf" in entry.reason and "demf" in entry.reason
+
+
+@pytest.fixture
+def served(make_backend: BackendFactory, tmp_path: Path
+           ) -> Iterator[tuple[Pair, TestClient, dict[str, str]]]:
+    pair = make_pair(make_backend, tmp_path, "postgresql", "mariadb", batch_size=50)
+    seed_shared_codes(pair)
+    with pair.link() as link:
+        link.start_maps()
+        token = create_token(link.state, "odata-user")
+        with TestClient(create_server_app(link)) as client:
+            yield pair, client, {"Authorization": f"Bearer {token}"}
+
+
+def test_odata_batch_resolves_within_the_company(
+        served: tuple[Pair, TestClient, dict[str, str]]) -> None:
+    pair, client, auth = served
+    body = {"requests": [
+        {"id": str(i), "atomicityGroup": "g", "method": "POST", "url": "Customers",
+         "body": {"dataAreaId": "demf", "ACCOUNT": f"C-{i:04d}", "NAME": f"Batch {i}",
+                  "GROUPID": "G10", "PARTYTYPE": "Organization"}} for i in (700, 701)]}
+    r = client.post("/odata/erp/$batch", headers=auth, json=body)
+    assert {x["status"] for x in r.json()["responses"]} == {201}, r.text
+    linked = links(pair)
+    assert linked[("demf", "C-0700")] == linked[("demf", "C-0701")] == GROUP[("demf", "G10")]
