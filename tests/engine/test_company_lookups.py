@@ -10,6 +10,7 @@ linked to the other company's group.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -20,8 +21,10 @@ from starlette.testclient import TestClient
 
 from capture_fixtures import drain
 from dualwrite.api.server import create_server_app
+from dualwrite.cli import main
 from dualwrite.engine.security import create_token
 from dualwrite.errors import RowError
+from dualwrite.model.maps import Side
 
 from conftest import BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair
@@ -74,9 +77,11 @@ def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path:
 
 
 def test_initial_sync_links_rows_to_their_own_companys_group(pair: Pair) -> None:
+    pair.erp.insert("Groups", [{"dataAreaId": "usmf", "GROUPID": "G50"}])
+    pair.crm.insert("groups", [{"groupid": "a-usmf-g50", "company": "usmf", "groupcode": "G50"}])
     pair.erp.insert("Customers", [
         customer(i, "usmf" if i % 2 else "demf", "G10" if i % 4 < 2 else "G20")
-        for i in range(1, 121)])
+        for i in range(1, 121)] + [customer(150, "demf", "G50")])  # G50 is usmf's only
     pair.crm.insert("accounts", [
         account(200, "demf", GROUP[("demf", "G20")]),  # only in the CRM: created in the ERP
         account(201, "usmf", GROUP[("usmf", "G10")]),
@@ -87,9 +92,13 @@ def test_initial_sync_links_rows_to_their_own_companys_group(pair: Pair) -> None
         [plan] = link.plan(["customers"])
         assert plan.created == {"left": 2, "right": 119}
         assert plan.updated == {"left": 0, "right": 1}, plan.samples
+        assert plan.errors == {"left": 0, "right": 1}
         [g, c] = link.sync_initial()
-        assert g.unchanged == 4 and c.errors == {"left": 0, "right": 0}
+        assert g.unchanged == 5 and c.errors == {"left": 0, "right": 1}
         assert c.created == plan.created and c.updated == plan.updated
+        [entry] = link.state.errors("customers")
+        assert entry.key == ("demf", "C-0150") and "does not resolve" in entry.reason
+        assert "groups.(company,groupcode)" in entry.reason and "'demf'" in entry.reason
         linked = links(pair)
         for i in range(1, 121):
             company = "usmf" if i % 2 else "demf"
@@ -97,7 +106,9 @@ def test_initial_sync_links_rows_to_their_own_companys_group(pair: Pair) -> None
             assert linked[(company, f"C-{i:04d}")] == GROUP[(company, code)], (company, i)
         erp = groups_of(pair)
         assert erp[("demf", "C-0200")] == "G20" and erp[("usmf", "C-0201")] == "G10"
-        assert all(v.ok for v in link.verify())
+        [v] = link.verify(["customers"])
+        assert [(d.kind, tuple(d.key)) for d in v.details] == [("missing-right",
+                                                                ("demf", "C-0150"))]
         [again] = link.sync_initial(["customers"])
         assert again.unchanged == 122 and again.updated == {"left": 0, "right": 0}
 
@@ -195,3 +206,101 @@ def test_odata_batch_resolves_within_the_company(
     assert {x["status"] for x in r.json()["responses"]} == {201}, r.text
     linked = links(pair)
     assert linked[("demf", "C-0700")] == linked[("demf", "C-0701")] == GROUP[("demf", "G10")]
+
+
+def test_a_lookup_can_name_the_related_tables_company_column(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """No map for the groups: `groupref.(company,groupcode)` says where the company is."""
+    pair = make_pair(make_backend, tmp_path, "postgresql", "mariadb", batch_size=50)
+    (tmp_path / "maps" / "groups.yaml").unlink()
+    customers = tmp_path / "maps" / "customers.yaml"
+    customers.write_text(customers.read_text().replace("depends_on: [groups]\n", "").replace(
+        "GROUPID = groupref.groupcode", "GROUPID = groupref.( company, groupcode )"))
+    seed_shared_codes(pair)
+    pair.erp.insert("Customers", [customer(i, "demf", "G20") for i in range(2, 42, 2)])
+    pair.crm.insert("accounts", [account(100, "demf", GROUP[("demf", "G10")])])
+    with pair.link() as link:
+        assert link.validate()[1] == []
+        [res] = link.start_maps()  # initial sync, then live
+        assert res.created == {"left": 1, "right": 20}
+        assert set(links(pair).values()) == {GROUP[("demf", "G20")], GROUP[("demf", "G10")]}
+        assert groups_of(pair)[("demf", "C-0100")] == "G10"
+        with link.transaction() as tx:
+            tx.create("erp", "Customers", customer(102, "demf", "G10"))
+        assert links(pair)[("demf", "C-0102")] == GROUP[("demf", "G10")]
+        with pair.crm.connector.transaction() as tx:
+            tx.update("accounts", ["company", "accountnumber"], ["groupref"],
+                      [(("demf", "C-0002"), (GROUP[("usmf", "G20")],))])
+        [v] = link.verify()
+        [d] = v.details
+        assert d.fields[0]["field"] == "GROUPID = groupref.( company, groupcode )"
+        assert d.fields[0]["right"] == "G20 (company usmf)"
+
+
+@pytest.mark.parametrize("kinds", PAIRS[:2], ids=IDS[:2])
+def test_resolving_within_the_company_is_one_query_per_chunk(
+        make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
+    pair = make_pair(make_backend, tmp_path, *kinds, batch_size=500)
+    seed_shared_codes(pair)
+    pair.erp.insert("Customers", [
+        customer(i, "usmf" if i % 2 else "demf", "G10" if i % 3 else "G20")
+        for i in range(400)])
+    pair.crm.insert("accounts", [account(i, "demf", GROUP[("demf", "G10")])
+                                 for i in range(1000, 1300)])
+    with pair.link() as link:
+        differ = link.differ("customers")
+        entries = list(differ.entries(after=None, batch_size=1000))
+        assert len(entries) == 700
+        c = differ.classify(entries)
+        assert len(c.creates[Side.RIGHT]) == 400 and len(c.creates[Side.LEFT]) == 300
+        assert not c.failures
+        # the CRM's 300 group ids -> (company, code): one query; the ERP's 400 rows'
+        # (company, code) -> id: one query, not one per row
+        assert differ.resolver.queries == 2
+        linked = {row[differ.insert_columns[Side.RIGHT].index("groupref")]
+                  for row in (x.values for x in c.creates[Side.RIGHT])}
+        assert linked == set(GROUP.values())
+        differ.classify(entries)
+        assert differ.resolver.queries == 2  # the second chunk alike: all cached
+
+
+def test_validate_warns_about_a_lookup_key_that_is_not_unique(
+        make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = make_pair(make_backend, tmp_path, "sqlite", "sqlite")
+    # groups unmapped: nothing says that its rows are per company, and groupcode alone is
+    # not unique in it (only per company)
+    (tmp_path / "maps" / "groups.yaml").unlink()
+    customers = tmp_path / "maps" / "customers.yaml"
+    customers.write_text(customers.read_text().replace("depends_on: [groups]\n", ""))
+    assert main(["-c", str(pair.config), "validate", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is True and out["maps"] == ["customers"]
+    [warning] = out["issues"]
+    assert warning["code"] == "DW130" and warning["severity"] == "warning"
+    assert "'groupcode' is not unique in 'groups'" in warning["message"]
+    assert "groupref.(company,groupcode)" in warning["hint"]
+    assert main(["-c", str(pair.config), "validate"]) == 0
+    text = capsys.readouterr().out
+    assert "DW130 warning: [customers]" in text and "1 warning(s)" in text
+    with pair.link() as link:
+        assert [b.name for b in link.bound_maps()] == ["customers"]  # runs anyway
+
+
+def test_validate_refuses_a_key_column_reached_through_a_lookup(
+        make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pair = make_pair(make_backend, tmp_path, "postgresql", "mariadb")
+    (tmp_path / "maps" / "groups_by_lookup.yaml").write_text(
+        "name: customers_by_group\nleft: Customers\nright: accounts\n"
+        "key: {left: [GROUPID, ACCOUNT], right: [groupref.groupcode, accountnumber]}\n"
+        "company: {left: dataAreaId, right: company}\n"
+        "fields:\n  - GROUPID = groupref.groupcode\n  - ACCOUNT = accountnumber\n"
+        "  - NAME = name\n  - PARTYTYPE << none: {default: Organization}\n")
+    assert main(["-c", str(pair.config), "validate", "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    [error] = [i for i in out["issues"] if i["map"] == "customers_by_group"]
+    assert error["code"] == "DW131" and error["severity"] == "error"
+    assert error["line"] == 4 and "groupref.groupcode" in error["message"]
+    assert "`- GROUPID = groupcode`" in error["hint"]
+    assert "`- GROUPID > groupref.groupcode`" in error["hint"]

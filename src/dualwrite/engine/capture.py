@@ -711,7 +711,7 @@ class Applier:
                 current = {tuple(r[:len(key_t)]): tuple(r[i] for i in pos) for r in got}
             resolved: dict[tuple[Side, int], dict[Any, Any]] = {}
             if d.has_lookups:
-                resolver = LookupResolver({t: SessionLookups(sess),  # type: ignore[dict-item]
+                resolver = LookupResolver({t: SessionLookups(sess),
                                            s: self.link.connectors[s]})
                 entries = []
                 for a in run:
@@ -1239,7 +1239,7 @@ def resolve_conflict(link: Link, entry_id: int, pick: Side) -> dict[str, Any]:
     rows = link.connectors[pick].fetch(bound.table(pick), d.columns[pick],
                                        key=list(bound.key(pick)), keys=[keys[pick]])
     with link.connectors[t].transaction() as sess:
-        resolver = LookupResolver({t: SessionLookups(sess), pick: link.connectors[pick]})  # type: ignore[dict-item]
+        resolver = LookupResolver({t: SessionLookups(sess), pick: link.connectors[pick]})
         table_t = bound.table(t)
         got = sess.lock(table_t, list(bound.key(t)), key=list(bound.key(t)), keys=[keys[t]])
         if not rows:
