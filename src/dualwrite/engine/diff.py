@@ -278,24 +278,8 @@ class MapDiffer:
         mapping = (vm.to_right if s is Side.LEFT else vm.to_left) if vm is not None else None
         kind = self.kinds[t][dst.column or ""]
         lookup_key = (t, -1 - i)
-        if dst.is_lookup and dst.scoped:
-            company = self._companies[(s, t)]
-
-            def convert_scoped(r: Row, k: Row, res: dict[tuple[Side, int], dict[Any, Any]]
-                               ) -> Any:
-                v = r[idx]
-                if v is None:
-                    return None
-                if mapping is not None:
-                    found, v = mapping(v)
-                    if not found:
-                        return general(s, i, r, k, res)
-                    if v is None:
-                        return None
-                hit = res[lookup_key].get((company(r), canonical(v)), _MISSING)
-                return general(s, i, r, k, res) if hit is _MISSING else hit
-
-            return convert_scoped
+        # a lookup within the company is resolved by (the row's company, value)
+        company = self._companies[(s, t)] if (t, i) in self.scoped else None
 
         def convert(r: Row, k: Row, res: dict[tuple[Side, int], dict[Any, Any]]) -> Any:
             v = r[idx]
@@ -308,7 +292,8 @@ class MapDiffer:
             if dst.is_lookup:
                 if v is None:
                     return None
-                hit = res[lookup_key].get(canonical(v), _MISSING)
+                ck = canonical(v) if company is None else (company(r), canonical(v))
+                hit = res[lookup_key].get(ck, _MISSING)
                 return general(s, i, r, k, res) if hit is _MISSING else hit
             return coerce(v, kind)
 
