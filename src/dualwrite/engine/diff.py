@@ -184,8 +184,11 @@ class MapDiffer:
         self.scoped = {(s, i) for i, f in enumerate(bound.fields) for s in Side
                        if f.end(s).scoped}
         self.scoped_fields = {i for _s, i in self.scoped}
-        self._companies = {(s, s.other): self._company_getter(s, s.other) for s in Side
-                           if self.company_cols[s]}
+        #: side -> position of the company column in that side's rows (striped maps)
+        self.company_pos = {s: self.pos[s][self.company_cols[s][0]] for s in Side
+                            if self.company_cols[s]}
+        self._companies = {(s, s.other): self._company_getter(s, s.other)
+                           for s in self.company_pos}
         self.insert_columns = {
             s: self.company_cols[s] + [bound.fields[i].end(s).column or "" for i in
                                        self.create_into[s]] for s in Side}
@@ -302,7 +305,7 @@ class MapDiffer:
     def _company_getter(self, s: Side, t: Side) -> Callable[[Row], Any]:
         """canonical(company) that a row of side ``s`` has on side ``t`` (coerced to the
         kind of ``t``'s company column, as the row builders write it)."""
-        pos = self.pos[s][self.company_cols[s][0]]
+        pos = self.company_pos[s]
         kind = self.kinds[t][self.company_cols[t][0]]
         if self.kinds[s][self.company_cols[s][0]] is kind:
             return lambda r: canonical(r[pos])
@@ -389,7 +392,7 @@ class MapDiffer:
         if f.end(s).is_lookup and v is not None:
             found = resolved[(s, i)].get(canonical(v), _MISSING)
             if type(found) is RelatedKey and (not found.scoped or canonical(found.company) ==
-                                              canonical(row[self.pos[s][self.company_cols[s][0]]])):
+                                              canonical(row[self.company_pos[s]])):
                 return found.key
             return found
         return v
@@ -432,7 +435,7 @@ class MapDiffer:
                 map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
                 field=src_name, value=raw, hint="create the related row, or correct the id")
         if type(v) is RelatedKey:
-            own = row[self.pos[s][self.company_cols[s][0]]]
+            own = row[self.company_pos[s]]
             related = next(x.describe() for x in f.end(s).targets if x.scoped)
             raise RowError(
                 f"lookup {f.spec.ref(s)} links this row of company {own!r} to the row of "
@@ -440,7 +443,7 @@ class MapDiffer:
                 "own company, so the other side cannot hold this link",
                 map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
                 field=src_name, value=row[self.pos[s][f.end(s).column or ""]],
-                hint=f"link the row to company {own!r}'s row of {related} (create it there "
+                hint=f"link it to a row of {related} in company {own!r} (create that row "
                 "first if it is missing)")
         found, v = self._mapped(s, f, v)
         if not found:
@@ -457,8 +460,7 @@ class MapDiffer:
             vid = ids.get(lk, _MISSING)
             if vid is _MISSING:
                 names = ", ".join(x.describe() for x in end_t.targets)
-                within = f" in company {row[self.pos[s][self.company_cols[s][0]]]!r}" \
-                    if scoped else ""
+                within = f" in company {row[self.company_pos[s]]!r}" if scoped else ""
                 raise RowError(
                     f"lookup {f.spec.ref(t)} does not resolve on the {t.value} side: no row of "
                     f"{names} has this value{within}",
@@ -479,7 +481,7 @@ class MapDiffer:
         if i in self.scoped_fields and v is not None:
             if type(v) is RelatedKey:
                 return str(v)
-            return str(RelatedKey(row[self.pos[s][self.company_cols[s][0]]], v))
+            return str(RelatedKey(row[self.company_pos[s]], v))
         return v
 
     # -- classification ----------------------------------------------------------------------
