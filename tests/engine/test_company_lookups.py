@@ -22,9 +22,14 @@ from starlette.testclient import TestClient
 from capture_fixtures import drain
 from dualwrite.api.server import create_server_app
 from dualwrite.cli import main
+from dualwrite.connectors import connect
+from dualwrite.connectors.memory import MemoryConnector
+from dualwrite.engine.lookups import LookupResolver, RelatedKey
 from dualwrite.engine.security import create_token
 from dualwrite.errors import RowError
+from dualwrite.model.binding import LookupTarget as BoundTarget
 from dualwrite.model.maps import Side
+from dualwrite.model.schema import Column, ForeignKey, Kind, TableSchema
 
 from conftest import BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair
@@ -304,3 +309,46 @@ def test_validate_refuses_a_key_column_reached_through_a_lookup(
     assert error["line"] == 4 and "groupref.groupcode" in error["message"]
     assert "`- GROUPID = groupcode`" in error["hint"]
     assert "`- GROUPID > groupref.groupcode`" in error["hint"]
+
+
+def test_resolver_within_the_company_through_chains_and_polymorphic_candidates() -> None:
+    """The resolver on its own (the memory fake): a chained lookup whose last table holds
+    (company, name), and a polymorphic one whose second candidate has no company."""
+    crm = connect("crm", "memory://lookups-unit")
+    try:
+        crm.create_table(TableSchema("hierarchies", {c: Column(c, Kind.STRING) for c in (
+            "hid", "company", "name")}, ("hid",), [], [("company", "name")]))
+        crm.create_table(TableSchema("categories", {c: Column(c, Kind.STRING) for c in (
+            "catid", "hierarchyref")}, ("catid",),
+            [ForeignKey(("hierarchyref",), "hierarchies", ("hid",))]))
+        crm.create_table(TableSchema("contacts", {c: Column(c, Kind.STRING) for c in (
+            "cid", "number")}, ("cid",), [], [("number",)]))
+        with crm.transaction() as tx:
+            tx.insert("hierarchies", ["hid", "company", "name"],
+                      [("h-us", "usmf", "H1"), ("h-de", "demf", "H1")])
+            tx.insert("categories", ["catid", "hierarchyref"],
+                      [("c-us", "h-us"), ("c-de", "h-de")])
+            tx.insert("contacts", ["cid", "number"], [("k-1", "H1"), ("k-2", "K2")])
+        chain = BoundTarget("categories", "hierarchyref", "catid", Kind.STRING,
+                            BoundTarget("hierarchies", "name", "hid", Kind.STRING,
+                                        company="company"))
+        resolver = LookupResolver({Side.RIGHT: crm})
+        ids = resolver.to_ids(Side.RIGHT, (chain,), [("demf", "H1"), ("usmf", "H1"),
+                                                     ("frrt", "H1")], scoped=True)
+        assert ids == {("demf", "H1"): "c-de", ("usmf", "H1"): "c-us"}
+        assert resolver.queries == 2  # one per table of the chain, for all three keys
+        keys = resolver.to_keys(Side.RIGHT, (chain,), ["c-de", "c-us"])
+        assert keys == {"c-de": RelatedKey("demf", "H1"), "c-us": RelatedKey("usmf", "H1")}
+
+        poly = (BoundTarget("hierarchies", "name", "hid", Kind.STRING, company="company"),
+                BoundTarget("contacts", "number", "cid", Kind.STRING))
+        ids = resolver.to_ids(Side.RIGHT, poly, [("frrt", "H1"), ("demf", "K2"),
+                                                 ("demf", "H1")], scoped=True)
+        # frrt has no H1 hierarchy: the contact without a company answers
+        assert ids == {("frrt", "H1"): "k-1", ("demf", "K2"): "k-2", ("demf", "H1"): "h-de"}
+        keys = resolver.to_keys(Side.RIGHT, poly, ["h-us", "k-2"])
+        assert keys == {"h-us": RelatedKey("usmf", "H1"),
+                        "k-2": RelatedKey(None, "K2", scoped=False)}
+    finally:
+        crm.close()
+        MemoryConnector.reset("memory://lookups-unit")

@@ -81,8 +81,12 @@ ERP = {t.name: t for t in [
 ]}
 CRM = {t.name: t for t in [
     table("accounts", "accounts_id", "company", "accountnumber", "groupref", "customerid",
-          pk=("accounts_id",), unique=(("company", "accountnumber"),),
-          fks={"groupref": "groups"}),
+          "catref", pk=("accounts_id",), unique=(("company", "accountnumber"),),
+          fks={"groupref": "groups", "catref": "categories"}),
+    table("categories", "categories_id", "hierref", pk=("categories_id",),
+          fks={"hierref": "hierarchies"}),
+    table("hierarchies", "hierarchies_id", "company", "name", pk=("hierarchies_id",),
+          unique=(("company", "name"),)),
     table("groups", "groups_id", "company", "groupcode", pk=("groups_id",),
           unique=(("company", "groupcode"),)),
     table("contacts", "contacts_id", "contactnumber", pk=("contacts_id",),
@@ -181,3 +185,12 @@ def test_a_key_column_through_a_lookup_is_refused_with_what_to_do() -> None:
     assert error.code == "DW131" and "'orderref.ordernumber'" in error.message
     assert "`- ORDER = ordernumber`" in error.hint
     assert "`- ORDER > orderref.ordernumber`" in error.hint
+
+
+def test_a_chained_lookup_is_found_within_the_company_on_its_last_table() -> None:
+    bound, issues = bind(customers("CUSTOMER = catref.hierref.(company,name)"))
+    assert issues == []
+    [target] = lookup_of(bound["customers"]).targets
+    assert (target.table, target.company) == ("categories", None)
+    assert target.next is not None and target.next.company == "company"
+    assert target.scoped and target.describe() == "hierarchies.(company,name)"
