@@ -154,21 +154,33 @@ def seed_groups(pair: Pair) -> None:
     ])
 
 
+#: each company's customer groups once seed_groups' rows are synced (lookups resolve within
+#: the row's company, so a customer's group is one of its own company's)
+GROUPS_OF = {"usmf": ("G10", "G20"), "demf": ("G30", "G40")}
+
+
+def group_of(i: int, company: str) -> str:
+    return GROUPS_OF[company][(i // 2) % 2]
+
+
 def erp_customer(i: int, **over: Any) -> dict[str, Any]:
     row = {"dataAreaId": "usmf" if i % 2 else "demf", "ACCOUNT": f"C-{i:04d}",
            "NAME": f"Customer {i}", "CREDIT": Decimal(1000 + i) / 4, "PHONE": None,
-           "STATUS": ["No", "Invoice", "All"][i % 3], "GROUPID": ["G10", "G20", "G30"][i % 3],
+           "STATUS": ["No", "Invoice", "All"][i % 3], "GROUPID": None,
            "CREATED": dt.date(2024, 1 + i % 12, 1 + i % 28), "LANGUAGEID": "en-us",
            "PARTYTYPE": "Organization"}
     row.update(over)
+    if "GROUPID" not in over:
+        row["GROUPID"] = group_of(i, row["dataAreaId"])
     return row
 
 
 def crm_account(i: int, group_ids: dict[str, str], **over: Any) -> dict[str, Any]:
     row = {"company": "usmf" if i % 2 else "demf", "accountnumber": f"C-{i:04d}",
            "name": f"Customer {i}", "creditlimit": Decimal(1000 + i) / 4,
-           "telephone1": f"+1 555 {i:04d}", "onhold": i % 3,
-           "groupref": group_ids.get(["G10", "G20", "G30"][i % 3]),
+           "telephone1": f"+1 555 {i:04d}", "onhold": i % 3, "groupref": None,
            "created": dt.date(2024, 1 + i % 12, 1 + i % 28), "typecode": 3}
     row.update(over)
+    if "groupref" not in over:
+        row["groupref"] = group_ids.get(group_of(i, row["company"]))
     return row

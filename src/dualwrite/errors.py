@@ -100,7 +100,10 @@ class TemplateError(ConfigError):
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem found by validation: a stable code, where it is, what is wrong, what to do."""
+    """One problem found by validation: a stable code, where it is, what is wrong, what to do.
+
+    An ``error`` keeps the maps from running; a ``warning`` names a risk (a lookup whose
+    natural key may match several rows) and lets them run."""
 
     code: str
     message: str
@@ -108,18 +111,24 @@ class Issue:
     file: str | None = None
     line: int | None = None
     map: str | None = None
+    severity: str = "error"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
     def __str__(self) -> str:
         where = ""
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         owner = f"[{self.map}] " if self.map else ""
-        return f"{where}{self.code} {owner}{self.message} (hint: {self.hint})"
+        level = "" if self.is_error else f"{self.severity}: "
+        return f"{where}{self.code} {level}{owner}{self.message} (hint: {self.hint})"
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "code": self.code, "message": self.message, "hint": self.hint,
-            "file": self.file, "line": self.line, "map": self.map,
+            "file": self.file, "line": self.line, "map": self.map, "severity": self.severity,
         }
 
 

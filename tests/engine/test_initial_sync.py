@@ -68,12 +68,12 @@ def test_initial_sync_plan_sync_verify(pair: Pair) -> None:
         erp, crm, gid = pair.customers(), pair.accounts(), pair.group_ids()
         # ERP-only row created in the CRM: value map, lookup to a GUID, default, company
         c1 = crm[("usmf", "C-0001")]
-        assert c1["onhold"] == 1 and c1["typecode"] == 3 and c1["groupref"] == gid["G20"]
+        assert c1["onhold"] == 1 and c1["typecode"] == 3 and c1["groupref"] == gid["G10"]
         assert c1["name"] == "Customer 1" and canonical(c1["creditlimit"]) == canonical(
             Decimal(1001) / 4)
         # CRM-only row created in the ERP: reverse value map, lookup back to the code, defaults
         e60 = erp[("demf", "C-0060")]
-        assert e60["STATUS"] == "No" and e60["GROUPID"] == "G10"
+        assert e60["STATUS"] == "No" and e60["GROUPID"] == "G30"
         assert e60["LANGUAGEID"] == "en-us" and e60["PARTYTYPE"] == "Organization"
         assert e60["PHONE"] == "+1 555 0060" and e60["CREDIT"] is None  # CREDIT only flows >
         # master left: the ERP's name wins; one-way fields flow their own way only
@@ -148,7 +148,7 @@ def test_rows_that_cannot_be_written_go_to_the_inbox_and_the_rest_continue(pair:
         # fix the source rows; the rerun syncs them and closes their inbox entries
         with pair.erp.connector.transaction() as tx:
             tx.update("Customers", ["dataAreaId", "ACCOUNT"], ["GROUPID"],
-                      [(("demf", "C-0100"), ("G10",))])
+                      [(("demf", "C-0100"), ("G30",))])  # a group of its own company
             tx.update("Customers", ["dataAreaId", "ACCOUNT"], ["NAME"],
                       [(("usmf", "C-0101"), ("Now named",))])
         [res2] = link.sync_initial(["customers"])

@@ -852,7 +852,7 @@ class Applier:
                 outcome.unchecked.setdefault(b.name, []).extend(a.tkey for a in run)
             resolved: dict[tuple[Side, int], dict[Any, Any]] = {}
             if d.has_lookups:
-                resolver = LookupResolver({t: SessionLookups(sess),  # type: ignore[dict-item]
+                resolver = LookupResolver({t: SessionLookups(sess),
                                            s: self.link.connectors[s]})
                 entries = []
                 for a in run:
@@ -1252,7 +1252,7 @@ class Applier:
         entries = [Entry((), current[Side.LEFT], current[Side.RIGHT])]
         entries += [Entry((), r, None) if x is Side.LEFT else Entry((), None, r)
                     for x, old, new in rows for r in (old, new) if r is not None]
-        resolver = LookupResolver({x: SessionLookups(sessions[x])  # type: ignore[misc]
+        resolver = LookupResolver({x: SessionLookups(sessions[x])
                                    for x in Side})
         resolved = d._prefetch(entries, resolver)
         as_base = _Terms(d, base, keys[base], resolved)

@@ -17,7 +17,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dualwrite.connectors.base import Connector, Row
-from dualwrite.engine.lookups import LookupResolver
+from dualwrite.engine.lookups import LookupResolver, RelatedKey
 from dualwrite.errors import RowError
 from dualwrite.model.binding import BoundField, BoundMap
 from dualwrite.model.maps import Side
@@ -180,6 +180,15 @@ class MapDiffer:
         self.create_into = {s: bound.creatable_into(s) for s in Side}
         company = len(bound.key(Side.LEFT)) - len(bound.spec.key.left)
         self.company_cols = {s: list(bound.key(s)[:company]) for s in Side}
+        #: lookups found within the row's company: (side, field) of each scoped end
+        self.scoped = {(s, i) for i, f in enumerate(bound.fields) for s in Side
+                       if f.end(s).scoped}
+        self.scoped_fields = {i for _s, i in self.scoped}
+        #: side -> position of the company column in that side's rows (striped maps)
+        self.company_pos = {s: self.pos[s][self.company_cols[s][0]] for s in Side
+                            if self.company_cols[s]}
+        self._companies = {(s, s.other): self._company_getter(s, s.other)
+                           for s in self.company_pos}
         self.insert_columns = {
             s: self.company_cols[s] + [bound.fields[i].end(s).column or "" for i in
                                        self.create_into[s]] for s in Side}
@@ -272,6 +281,8 @@ class MapDiffer:
         mapping = (vm.to_right if s is Side.LEFT else vm.to_left) if vm is not None else None
         kind = self.kinds[t][dst.column or ""]
         lookup_key = (t, -1 - i)
+        # a lookup within the company is resolved by (the row's company, value)
+        company = self._companies[(s, t)] if (t, i) in self.scoped else None
 
         def convert(r: Row, k: Row, res: dict[tuple[Side, int], dict[Any, Any]]) -> Any:
             v = r[idx]
@@ -284,11 +295,21 @@ class MapDiffer:
             if dst.is_lookup:
                 if v is None:
                     return None
-                hit = res[lookup_key].get(canonical(v), _MISSING)
+                ck = canonical(v) if company is None else (company(r), canonical(v))
+                hit = res[lookup_key].get(ck, _MISSING)
                 return general(s, i, r, k, res) if hit is _MISSING else hit
             return coerce(v, kind)
 
         return convert
+
+    def _company_getter(self, s: Side, t: Side) -> Callable[[Row], Any]:
+        """canonical(company) that a row of side ``s`` has on side ``t`` (coerced to the
+        kind of ``t``'s company column, as the row builders write it)."""
+        pos = self.company_pos[s]
+        kind = self.kinds[t][self.company_cols[t][0]]
+        if self.kinds[s][self.company_cols[s][0]] is kind:
+            return lambda r: canonical(r[pos])
+        return lambda r: canonical(coerce(r[pos], kind))
 
     def target_key(self, s: Side, row: Row) -> Row:
         """The key of ``row``'s twin on the other side, in that side's types."""
@@ -342,28 +363,38 @@ class MapDiffer:
                 end_t, end_s = f.end(t), f.end(s)
                 if not end_t.is_lookup or not f.spec.flows_to(t) or end_s.column is None:
                     continue
+                scoped = (t, i) in self.scoped
+                company = self._companies[(s, t)] if scoped else None
                 keys: set[Any] = set()
                 for e in entries:
                     row = e.left if s is Side.LEFT else e.right
                     if row is None:
                         continue
                     v = self._logical(s, i, row, out)
-                    if v is not _MISSING and v is not None:
-                        keys.add(self._mapped(s, f, v)[1] if f.spec.values else v)
-                out[(t, -1 - i)] = resolver.to_ids(t, end_t.targets, keys)
+                    if v is _MISSING or v is None or type(v) is RelatedKey:
+                        continue  # transform names the problem
+                    v = self._mapped(s, f, v)[1] if f.spec.values else v
+                    keys.add((company(row), v) if company is not None else v)
+                out[(t, -1 - i)] = resolver.to_ids(t, end_t.targets, keys, scoped=scoped)
         return out
 
     def _logical(self, s: Side, i: int, row: Row, resolved: dict[tuple[Side, int], dict[Any, Any]]
                  ) -> Any:
         """The value of field ``i`` on side ``s`` as the map speaks of it: the natural key for a
-        lookup (``_MISSING`` when the id does not resolve), the column value otherwise."""
+        lookup (``_MISSING`` when the id does not resolve), the column value otherwise. A
+        lookup found within the row's company that links to another company's row gives
+        that row's :class:`RelatedKey` (equal to no plain value; transform refuses it)."""
         f = self.bound.fields[i]
         col = f.end(s).column
         if col is None:
             return f.spec.default
         v = row[self.pos[s][col]]
         if f.end(s).is_lookup and v is not None:
-            return resolved[(s, i)].get(canonical(v), _MISSING)
+            found = resolved[(s, i)].get(canonical(v), _MISSING)
+            if type(found) is RelatedKey and (not found.scoped or canonical(found.company) ==
+                                              canonical(row[self.company_pos[s]])):
+                return found.key
+            return found
         return v
 
     @staticmethod
@@ -378,6 +409,10 @@ class MapDiffer:
         f = self.bound.fields[i]
         if lv is _MISSING or rv is _MISSING:
             return False
+        if i in self.scoped_fields and (type(lv) is RelatedKey or type(rv) is RelatedKey):
+            # a row linked to another company's row: equal only to a link to that same row
+            return type(lv) is type(rv) and (canonical(lv.company), canonical(lv.key)) == \
+                (canonical(rv.company), canonical(rv.key))
         if f.spec.values is not None:
             found, back = f.spec.values.to_left(rv)
             return found and value_key(back) == value_key(lv)
@@ -399,6 +434,17 @@ class MapDiffer:
                 f"lookup {f.spec.ref(s)} does not resolve: no related row has id {raw!r}",
                 map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
                 field=src_name, value=raw, hint="create the related row, or correct the id")
+        if type(v) is RelatedKey:
+            own = row[self.company_pos[s]]
+            related = next(x.describe() for x in f.end(s).targets if x.scoped)
+            raise RowError(
+                f"lookup {f.spec.ref(s)} links this row of company {own!r} to the row of "
+                f"company {v.company!r} with key {v.key!r}; a lookup resolves within the row's "
+                "own company, so the other side cannot hold this link",
+                map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
+                field=src_name, value=row[self.pos[s][f.end(s).column or ""]],
+                hint=f"link it to a row of {related} in company {own!r} (create that row "
+                "first if it is missing)")
         found, v = self._mapped(s, f, v)
         if not found:
             raise RowError(
@@ -409,12 +455,15 @@ class MapDiffer:
         end_t = f.end(t)
         if end_t.is_lookup and v is not None:
             ids = resolved.get((t, -1 - i), {})
-            vid = ids.get(canonical(v), _MISSING)
+            scoped = (t, i) in self.scoped
+            lk = (self._companies[(s, t)](row), canonical(v)) if scoped else canonical(v)
+            vid = ids.get(lk, _MISSING)
             if vid is _MISSING:
-                names = ", ".join(f"{x.table}.{x.key}" for x in end_t.targets)
+                names = ", ".join(x.describe() for x in end_t.targets)
+                within = f" in company {row[self.company_pos[s]]!r}" if scoped else ""
                 raise RowError(
                     f"lookup {f.spec.ref(t)} does not resolve on the {t.value} side: no row of "
-                    f"{names} has this value",
+                    f"{names} has this value{within}",
                     map=self.bound.name, side=t.value, table=self.bound.table(t), key=key,
                     field=str(f.spec.ref(t)), value=v,
                     hint=f"create the related row on the {t.value} side first (sync the map "
@@ -422,6 +471,18 @@ class MapDiffer:
             return vid
         col = end_t.column
         return coerce(v, self.kinds[t][col]) if col else v
+
+    def _shown(self, s: Side, i: int, row: Row, v: Any) -> Any:
+        """Field ``i``'s value on side ``s`` as a difference names it: the raw id of a lookup
+        that does not resolve; for a lookup found within the company, the whole natural key,
+        ``G10 (company demf)``, so that a link to another company's row reads as such."""
+        if v is _MISSING:
+            return row[self.pos[s][self.bound.fields[i].end(s).column or ""]]
+        if i in self.scoped_fields and v is not None:
+            if type(v) is RelatedKey:
+                return str(v)
+            return str(RelatedKey(row[self.company_pos[s]], v))
+        return v
 
     # -- classification ----------------------------------------------------------------------
     def classify(self, entries: Sequence[Entry], *, report_all: bool = False) -> Classified:
@@ -455,13 +516,9 @@ class MapDiffer:
                     # the other side has no value to give).
                     continue
                 if not self._equal(i, lv, rv):
-                    f = self.bound.fields[i]
-                    diffs[i] = FieldDiff(
-                        f.spec.text,
-                        e.left[self.pos[Side.LEFT][f.left.column or ""]] if lv is _MISSING
-                        else lv,
-                        e.right[self.pos[Side.RIGHT][f.right.column or ""]] if rv is _MISSING
-                        else rv)
+                    diffs[i] = FieldDiff(self.bound.fields[i].spec.text,
+                                         self._shown(Side.LEFT, i, e.left, lv),
+                                         self._shown(Side.RIGHT, i, e.right, rv))
             if report_all:
                 if diffs:
                     out.differing.append((e.key, list(diffs.values())))

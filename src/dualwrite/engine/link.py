@@ -118,10 +118,12 @@ class Link:
         return self._bound, self._issues
 
     def bound_maps(self, names: Sequence[str] = ()) -> list[BoundMap]:
-        """Validated maps in dependency order; raises ValidationFailed listing every issue."""
+        """Validated maps in dependency order; raises ValidationFailed listing every error
+        (warnings do not stop the maps)."""
         bound, issues = self.validate()
-        if issues:
-            raise ValidationFailed(issues)
+        errors = [i for i in issues if i.is_error]
+        if errors:
+            raise ValidationFailed(errors)
         for n in names:
             self.config.map(n)  # raises a clear error for an unknown name
         ordered_names = [m.name for m in dependency_order(self.config.maps)]

@@ -220,7 +220,7 @@ class LiveTransaction:
         self.queued = link.state.queued_maps(max_age=1.0)
         self._captured: set[Side] = set()
         self.audit: list[AuditEntry] = []
-        self.resolver = LookupResolver({s: SessionLookups(sess)  # type: ignore[misc]
+        self.resolver = LookupResolver({s: SessionLookups(sess)
                                         for s, sess in sessions.items()})
         self.writes = 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from dualwrite.errors import FilterSyntaxError, Issue
 from dualwrite.model.filters import Expr, parse_filter
@@ -27,13 +28,37 @@ TableLister = Callable[[Side], list[str]]
 class LookupTarget:
     """Where a lookup column points: rows of ``table`` found by ``key``; ``id`` is the
     referenced column whose value the lookup column stores. With ``next``, ``key`` is itself a
-    lookup column of ``table`` and the natural key is found one table further."""
+    lookup column of ``table`` and the natural key is found one table further.
+
+    With ``company`` (the last hop's company column) the natural key is the pair (company,
+    key): the related row is found within the referring row's own company. The binder sets it
+    when the map is company-striped and ``table`` is the table of another striped map, or
+    when the lookup names it, ``col.(company,key)``."""
 
     table: str
     key: str
     id: str
     key_kind: Kind
     next: LookupTarget | None = None
+    company: str | None = None
+
+    @property
+    def final(self) -> LookupTarget:
+        """The last hop: the table that holds the natural key."""
+        t = self
+        while t.next is not None:
+            t = t.next
+        return t
+
+    @property
+    def scoped(self) -> bool:
+        """The natural key is (company, key): resolved within the row's company."""
+        return self.final.company is not None
+
+    def describe(self) -> str:
+        """``table.key`` or ``table.(company,key)`` of the last hop, for messages."""
+        f = self.final
+        return f"{f.table}.({f.company},{f.key})" if f.company else f"{f.table}.{f.key}"
 
 
 @dataclass(frozen=True)
@@ -47,6 +72,12 @@ class Endpoint:
     @property
     def is_lookup(self) -> bool:
         return bool(self.targets)
+
+    @property
+    def scoped(self) -> bool:
+        """Some candidate table is found within the row's company: the lookup's values are
+        (company, key) pairs."""
+        return any(t.scoped for t in self.targets)
 
 
 @dataclass(frozen=True)
@@ -121,13 +152,17 @@ class BoundMap:
 
 
 class _Binder:
-    def __init__(self, schema: SchemaSource, tables: TableLister) -> None:
+    def __init__(self, schema: SchemaSource, tables: TableLister,
+                 striped: dict[tuple[Side, str], str] | None = None) -> None:
         self.schema = schema
         self.tables = tables
+        #: (side, casefolded table) -> company column, for the tables of striped maps
+        self.striped = striped or {}
         self.issues: list[Issue] = []
 
-    def issue(self, m: TableMap, code: str, message: str, hint: str, line: int | None) -> None:
-        self.issues.append(Issue(code, message, hint, m.file, line, m.name))
+    def issue(self, m: TableMap, code: str, message: str, hint: str, line: int | None,
+              severity: str = "error") -> None:
+        self.issues.append(Issue(code, message, hint, m.file, line, m.name, severity))
 
     def column(self, m: TableMap, side: Side, schema: TableSchema, name: str,
                line: int | None, what: str = "column") -> str | None:
@@ -177,15 +212,18 @@ class _Binder:
                                "give the related table a one-column primary key", line)
                     return None
                 id_col = related.primary_key[0]
-            target = self.hops(m, side, ref, related, id_col, t.key.split("."), line)
+            target = self.hops(m, side, ref, related, id_col, t.key.split("."), line,
+                               t.company)
             if target is None:
                 return None
             out.append(target)
         return tuple(out)
 
     def hops(self, m: TableMap, side: Side, ref: FieldRef, related: TableSchema, id_col: str,
-             path: list[str], line: int | None) -> LookupTarget | None:
-        """Bind ``path`` (``key`` or ``rel.….key``) starting at table ``related``."""
+             path: list[str], line: int | None, company: str | None = None
+             ) -> LookupTarget | None:
+        """Bind ``path`` (``key`` or ``rel.….key``) starting at table ``related``; ``company``
+        is the company column the lookup names for the last hop, if any."""
         key_col = related.column(path[0])
         if key_col is None:
             self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {related.name!r} has "
@@ -193,7 +231,11 @@ class _Binder:
                        "name a column of the related table that identifies its rows", line)
             return None
         if len(path) == 1:
-            return LookupTarget(related.name, key_col.name, id_col, key_col.kind)
+            scope = self.scope(m, side, ref, related, key_col.name, company, line)
+            if scope is False:
+                return None
+            return LookupTarget(related.name, key_col.name, id_col, key_col.kind,
+                                company=scope or None)
         fk = related.references(key_col.name)
         nxt_schema = self.schema(side, fk.table) if fk else None
         if fk is None or nxt_schema is None:
@@ -201,10 +243,63 @@ class _Binder:
                        "has no foreign key to follow to the next table",
                        "declare a foreign key on it, or shorten the lookup path", line)
             return None
-        nxt = self.hops(m, side, ref, nxt_schema, fk.ref_columns[0], path[1:], line)
+        nxt = self.hops(m, side, ref, nxt_schema, fk.ref_columns[0], path[1:], line, company)
         if nxt is None:
             return None
         return LookupTarget(related.name, key_col.name, id_col, nxt.key_kind, nxt)
+
+    def scope(self, m: TableMap, side: Side, ref: FieldRef, related: TableSchema, key: str,
+              named: str | None, line: int | None) -> str | Literal[False]:
+        """The company column of ``related`` that the natural key ``key`` is found within:
+        the one the lookup names, or, in a striped map, the company column of the striped map
+        whose table ``related`` is; ``""`` for none (checking that ``key`` alone is unique);
+        False after an error."""
+        if named is not None:
+            col = related.column(named)
+            if col is None:
+                self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {related.name!r} "
+                           f"has no company column {named!r}",
+                           "name the related table's company column first: "
+                           f"{ref.column}.(company,{key})", line)
+                return False
+            if m.company is None:
+                self.issue(m, "DW132", f"lookup {str(ref)!r} names the company column "
+                           f"{col.name!r}, but map {m.name!r} is not company-striped, so a row "
+                           "has no company to find the related row in",
+                           "stripe the map (`company: {left: COLUMN, right: column}`), or "
+                           f"drop the company from the lookup: {ref.column}.{key}", line)
+                return False
+            company = col.name
+        else:
+            implied = self.striped.get((side, related.name.casefold())) if m.company else None
+            company = (c.name if implied and (c := related.column(implied)) else "")
+        self.check_unique(m, side, ref, related, key, company, line)
+        return company
+
+    def check_unique(self, m: TableMap, side: Side, ref: FieldRef, related: TableSchema,
+                     key: str, company: str, line: int | None) -> None:
+        """Warn (DW130) when no primary key or unique index makes the natural key identify
+        one row: a value would then match several rows, and the lookup take the first."""
+        cols = {key.casefold()} | ({company.casefold()} if company else set())
+        for unique in (related.primary_key, *related.unique):
+            if unique and {c.casefold() for c in unique} <= cols:
+                return
+        if company:
+            what = f"({company}, {key}) is not unique in {related.name!r}"
+            hint = f"add a unique index on {related.name} ({company}, {key})"
+        else:
+            what = f"{key!r} is not unique in {related.name!r} on its own"
+            hint = f"add a unique index on {related.name} ({key})"
+            if m.company is None:
+                hint += (", or stripe this map by company and name the related table's "
+                         f"company column: {ref.column}.(company,{key})")
+            else:
+                hint += (", or find the row within the row's company: name the related "
+                         f"table's company column, {ref.column}.(company,{key}), or map "
+                         f"{related.name} with `company:`")
+        self.issue(m, "DW130", f"lookup {str(ref)!r}: the natural key {what} (no primary key "
+                   "or unique index on it), so a value may match several rows and the "
+                   "lookup takes the first by id", hint, line, severity="warning")
 
     def endpoint(self, m: TableMap, side: Side, schema: TableSchema | None, ref: FieldRef,
                  f: FieldMap) -> Endpoint | None:
@@ -261,6 +356,10 @@ class _Binder:
                     keys[side].append(c)
         key_fields: set[int] = set()
         for kl, kr in zip(m.key.left, m.key.right, strict=True):
+            if "." in kl or "." in kr:
+                self.key_through_lookup(m, kl, kr, left_s, right_s)
+                ok = False
+                continue
             cl = self.column(m, Side.LEFT, left_s, kl, m.line_of("key"), "key column")
             cr = self.column(m, Side.RIGHT, right_s, kr, m.line_of("key"), "key column")
             if cl is None or cr is None:
@@ -313,6 +412,25 @@ class _Binder:
                         tuple(keys[Side.RIGHT]), filters[Side.LEFT], filters[Side.RIGHT],
                         key_fields)
 
+    def key_through_lookup(self, m: TableMap, kl: str, kr: str, left_s: TableSchema,
+                           right_s: TableSchema) -> None:
+        """DW131: a key column reached through a lookup (``salesorderid.ordernumber``).
+        Both sides are read and merge-joined in key order by the columns' own values, and
+        captured changes, updates and deletes find the twin by them; a related row's key
+        is none of these, so the map must carry it in a plain column."""
+        side, dotted, other = (Side.LEFT, kl, kr) if "." in kl else (Side.RIGHT, kr, kl)
+        table = (left_s if side is Side.LEFT else right_s).name
+        plain = dotted.rsplit(".", 1)[-1]
+        pair = f"{plain} = {other}" if side is Side.LEFT else f"{other} = {plain}"
+        one_way = f"{dotted} < {other}" if side is Side.LEFT else f"{other} > {dotted}"
+        self.issue(m, "DW131", f"key column {dotted!r} on the {side.value} side goes through a "
+                   "lookup; a key must be a plain column of the table (both sides are read in "
+                   "key order, and twins are found by the key's own values)",
+                   f"carry the related row's key in a plain column of {table} (e.g. "
+                   f"{plain!r}, filled by the application or a trigger), map it both ways "
+                   f"(`- {pair}`) and put it in `key`; keep the lookup beside it, one way: "
+                   f"`- {one_way}`", m.line_of("key"))
+
     def check_field(self, m: TableMap, f: FieldMap, le: Endpoint, re_: Endpoint) -> None:
         if f.values is not None and f.direction.bidirectional and not f.values.invertible:
             clashes = "; ".join(f"{a!r} and {b!r} both map to {v!r}"
@@ -356,8 +474,11 @@ class _Binder:
 
 def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister
               ) -> tuple[list[BoundMap], list[Issue]]:
-    """Bind every map; return the maps that bound cleanly and all issues found."""
-    binder = _Binder(schema, tables)
+    """Bind every map; return the maps that bound cleanly and all issues found (warnings
+    among them: ``Issue.is_error`` is False for those, and their maps are bound)."""
+    striped = {(side, m.table(side).casefold()): m.company.of(side)[0]
+               for m in maps if m.company for side in Side}
+    binder = _Binder(schema, tables, striped)
     names: dict[str, TableMap] = {}
     for m in maps:
         if m.name in names:

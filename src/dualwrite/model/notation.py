@@ -1,9 +1,10 @@
 """Field-line notation: ``LEFT SYMBOL RIGHT`` as in the published dual-write templates.
 
 Pure: no I/O. ``parse_field_line("CUSTOMERGROUPID = msdyn_customergroupid.msdyn_groupid")``
-returns a :class:`FieldLine`. Lookups (``col.key``) and polymorphic lookups
-(``col.Table(key).Other(key2)``) are parsed into :class:`FieldRef`. Options (value maps,
-defaults) are attached by the map loader, not here.
+returns a :class:`FieldLine`. Lookups (``col.key``), lookups by a company-scoped natural key
+(``col.(company,key)``) and polymorphic lookups (``col.Table(key).Other(company,key2)``) are
+parsed into :class:`FieldRef`. Options (value maps, defaults) are attached by the map loader,
+not here.
 """
 
 from __future__ import annotations
@@ -59,6 +60,17 @@ class LookupTarget:
 
     key: str
     table: str | None = None
+    #: the related table's company column, when the natural key is written as a pair
+    #: ``(company, key)``: the row is then found within the referring row's own company
+    company: str | None = None
+
+    def natural_key(self) -> str:
+        """The natural key as written: ``key`` or ``(company,key)`` (the last hop of a chain
+        carries the pair: ``rel.(company,key)``)."""
+        if self.company is None:
+            return self.key
+        head, dot, last = self.key.rpartition(".")
+        return f"{head}{dot}({self.company},{last})"
 
 
 @dataclass(frozen=True)
@@ -86,8 +98,10 @@ class FieldRef:
         if not self.targets:
             return self.column
         if self.is_polymorphic:
-            return self.column + "".join(f".{t.table}({t.key})" for t in self.targets)
-        return f"{self.column}.{self.targets[0].key}"
+            return self.column + "".join(
+                f".{t.table}({t.company + ',' if t.company else ''}{t.key})"
+                for t in self.targets)
+        return f"{self.column}.{self.targets[0].natural_key()}"
 
 
 @dataclass(frozen=True)
@@ -102,13 +116,44 @@ class FieldLine:
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 _IDENT_RE = re.compile(rf"^{_IDENT}$")
-_POLY_RE = re.compile(rf"\.({_IDENT})\(({_IDENT})\)")
+_POLY_RE = re.compile(rf"\.({_IDENT})\(([^()]*)\)")
 _LINE_RE = re.compile(r"^\s*(\S+)\s*(><|>>|<<|=|>|<)\s*(\S+)\s*$")
+#: a parenthesised list, with the spaces a writer may put inside it
+_PARENS_RE = re.compile(r"\(([^()]*)\)")
+
+_LOOKUP_HINT = ("a lookup is column.naturalkey, or column.(company,naturalkey) to find the row "
+                "within the row's own company; a polymorphic one is column.Table(key)."
+                "Other(key), e.g. customerid.Account(accountnumber).Contact("
+                "msdyn_contactpersonid)")
+
+
+def _tight(m: re.Match[str]) -> str:
+    """``( a , b )`` -> ``(a,b)``."""
+    return "(" + ",".join(p.strip() for p in m.group(1).split(",")) + ")"
+
+
+def _natural_key(inner: str, text: str, src: str) -> tuple[str | None, str]:
+    """``key`` or ``company,key`` (the inside of parentheses) -> (company column, key)."""
+    names = [n.strip() for n in inner.split(",")]
+    bad = [n for n in names if not _IDENT_RE.match(n)]
+    if bad or len(names) > 2:
+        what = (f"{len(names)} columns" if not bad else
+                "an empty column name" if "" in bad else f"{bad[0]!r}, not a column name")
+        raise MapSyntaxError(
+            f"lookup {text!r} in {src!r}: the natural key ({inner}) has {what}",
+            hint="in parentheses name the related table's company column, then its key "
+            "column: column.(company,key) or column.Table(company,key), e.g. "
+            "msdyn_customergroupid.(msdyn_company,msdyn_groupid)")
+    if len(names) == 1:
+        return None, names[0]
+    return names[0], names[1]
 
 
 def parse_ref(text: str, *, line_text: str = "") -> FieldRef:
-    """Parse one side: ``none``, ``COL``, ``col.key`` or ``col.Table(key).Table2(key2)``."""
+    """Parse one side: ``none``, ``COL``, ``col.key``, ``col.rel.key``, ``col.(company,key)``
+    or ``col.Table(key).Table2(company,key2)``."""
     src = line_text or text
+    text = _PARENS_RE.sub(_tight, text.strip())
     if text.lower() == "none":
         return FieldRef(None)
     if _IDENT_RE.match(text):
@@ -117,31 +162,43 @@ def parse_ref(text: str, *, line_text: str = "") -> FieldRef:
     if not sep or not _IDENT_RE.match(head):
         raise MapSyntaxError(
             f"field {text!r} in {src!r} is not a column name, a lookup or `none`",
-            hint="write COLUMN, column.naturalkey, or column.Table(key).Other(key)",
+            hint="write COLUMN, column.naturalkey, column.(company,naturalkey), or "
+            "column.Table(key).Other(key)",
         )
     if all(_IDENT_RE.match(part) for part in rest.split(".")):
         return FieldRef(head, (LookupTarget(rest),))
+    path, dot, last = rest.rpartition(".")
+    if last.startswith("(") and (not path or all(_IDENT_RE.match(p) for p in path.split("."))):
+        # column.(company,key) or column.rel.(company,key)
+        if not last.endswith(")") or last.count("(") != 1 or last.count(")") != 1:
+            raise MapSyntaxError(f"lookup {text!r} in {src!r} does not parse: the natural key "
+                                 f"{last!r} must be one parenthesised list",
+                                 hint=_LOOKUP_HINT)
+        company, key = _natural_key(last[1:-1], text, src)
+        if company is None:
+            raise MapSyntaxError(
+                f"lookup {text!r} in {src!r}: parentheses hold a company column and a key "
+                "column",
+                hint=f"write {head}.{path}{dot}{key} for a natural key of one column, or "
+                f"{head}.{path}{dot}(company,{key}) to find the row within the row's company")
+        return FieldRef(head, (LookupTarget(f"{path}{dot}{key}", None, company),))
     targets = []
     pos = 0
     tail = "." + rest
     for m in _POLY_RE.finditer(tail):
         if m.start() != pos:
             break
-        targets.append(LookupTarget(m.group(2), m.group(1)))
+        company, key = _natural_key(m.group(2), text, src)
+        targets.append(LookupTarget(key, m.group(1), company))
         pos = m.end()
     if not targets or pos != len(tail):
-        raise MapSyntaxError(
-            f"lookup {text!r} in {src!r} does not parse",
-            hint="a lookup is column.naturalkey; a polymorphic one is "
-            "column.Table(key).Other(key), e.g. customerid.Account(accountnumber)."
-            "Contact(msdyn_contactpersonid)",
-        )
+        raise MapSyntaxError(f"lookup {text!r} in {src!r} does not parse", hint=_LOOKUP_HINT)
     return FieldRef(head, tuple(targets))
 
 
 def parse_field_line(text: str) -> FieldLine:
     """Parse ``LEFT SYMBOL RIGHT``. Raises MapSyntaxError naming the line and what to fix."""
-    m = _LINE_RE.match(text)
+    m = _LINE_RE.match(_PARENS_RE.sub(_tight, text))
     if not m:
         raise MapSyntaxError(
             f"field line {text!r} does not parse",
