@@ -195,7 +195,7 @@ def served(make_backend: BackendFactory, tmp_path: Path
     seed_shared_codes(pair)
     with pair.link() as link:
         link.start_maps()
-        token = create_token(link.state, "odata-user")
+        token = create_token(link.state, "odata-user", role="writer")
         with TestClient(create_server_app(link)) as client:
             yield pair, client, {"Authorization": f"Bearer {token}"}
 
