@@ -152,7 +152,7 @@ def _main(config: ConfigOpt = None,
 def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Check every map against both environments' real schemas; report all problems."""
     with _link(config) as link:
-        bound, issues = link.validate()
+        bound, issues = link.validate(files=True)
         errors = [i for i in issues if i.is_error]
         warnings = len(issues) - len(errors)
         if as_json:
@@ -423,6 +423,26 @@ def _confirm_stop(link: Link, names: list[str], yes: bool) -> None:
                              "terminal to answer, or pass --yes")
     if not typer.confirm(f"maps stop: {listed}. Go on?", default=False, err=True):
         raise Exit(1)
+
+
+@maps_app.command("reload")
+def maps_reload(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt = False
+                ) -> None:
+    """Install edited map files (all whose file changed, by default) for maps that run:
+    each is checked against both schemas first (every problem listed, nothing changed),
+    capture is installed again for its columns, and running `run`/`serve` processes switch to
+    it within seconds. Changes captured before are applied as the version they were captured
+    under."""
+    with _link(config) as link:
+        done = link.reload_maps(maps or [])
+    if as_json:
+        _print_json({"maps": done})
+        return
+    for r in done:
+        if r["reloaded"]:
+            out.print(f"{r['map']}: reloaded, version {r['from']} -> {r['to']}", markup=False)
+        else:
+            out.print(f"{r['map']}: not reloaded ({r['why']})", markup=False)
 
 
 @maps_app.command("pause")

@@ -316,6 +316,9 @@ class Applier:
         now = time.monotonic()
         if refresh or now - self._maps_at > 0.2:
             states = self.state.map_states()
+            if self.link._adopt_versions(states):
+                # a map was reloaded: build its row builders, decoders and plans anew
+                self._maps, self._decoders, self._json_plans = {}, {}, {}
             out = {}
             bound, issues = self.link.valid_maps()
             if any((states.get(n) or {}).get("state") in APPLYING for n in issues):

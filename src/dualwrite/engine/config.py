@@ -228,7 +228,14 @@ def load_map_file(path: Path) -> TableMap:
     except OSError as exc:
         raise ConfigError(f"cannot read map file: {exc}", file=str(path), code="DW005",
                           hint="check the path and permissions") from exc
-    return parse_map_document(load_yaml(text, file=str(path)), file=str(path))
+    return parse_map_text(text, file=str(path))
+
+
+def parse_map_text(text: str, *, file: str | None = None) -> TableMap:
+    """A map from its YAML text (a map file's, or a version kept in the state store)."""
+    m = parse_map_document(load_yaml(text, file=file), file=file)
+    m.source = text
+    return m
 
 
 def dump_config(env_urls: dict[str, str], left: str, right: str, state: str,

@@ -8,6 +8,7 @@ An environment belongs to one link only: the link id is recorded in the environm
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -22,7 +23,7 @@ from dualwrite.connectors.base import Connector, LinkRecord
 from dualwrite.connectors.sql import LINK_TABLE, SqlConnector
 from dualwrite.engine.alerts import Alerts
 from dualwrite.engine.capture import Applier, ApplierLock, held_by_dependencies
-from dualwrite.engine.config import Config, load_config
+from dualwrite.engine.config import Config, load_config, parse_map_text
 from dualwrite.engine.diff import MapDiffer
 from dualwrite.engine.initial_sync import InitialSync, MapResult, Progress
 from dualwrite.engine.live import (
@@ -37,6 +38,7 @@ from dualwrite.engine.security import Principal
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
 from dualwrite.errors import (
+    ConfigError,
     ConnectorError,
     Issue,
     LinkError,
@@ -44,7 +46,7 @@ from dualwrite.errors import (
     ValidationFailed,
 )
 from dualwrite.model.binding import BoundMap, bind_maps
-from dualwrite.model.maps import Side, dependency_order
+from dualwrite.model.maps import Side, TableMap, dependency_order
 from dualwrite.model.schema import TableSchema
 
 
@@ -52,7 +54,11 @@ class Link:
     """Two environments linked through maps. Use as a context manager, or call close()."""
 
     def __init__(self, config: Config) -> None:
+        #: the maps as their files say (``validate`` checks these; a running map may be
+        #: installed for another version, kept in the state store: see ``_adopt_versions``)
+        self.files = config
         self.config = config
+        self._versions: dict[str, str] | None = None
         self.connectors: dict[Side, Connector] = {}
         self._state: StateStore | None = None
         self._bound: list[BoundMap] | None = None
@@ -99,10 +105,60 @@ class Link:
         return self.connectors[side].name
 
     # -- validation --------------------------------------------------------------------------
-    def validate(self) -> tuple[list[BoundMap], list[Issue]]:
-        """Bind every map to both real schemas; return bound maps and every issue found."""
+    # -- map versions --------------------------------------------------------------------------
+    def _adopt_versions(self, states: dict[str, dict[str, Any]] | None = None) -> bool:
+        """Use, for each map, the version its capture is installed for (its text is in the
+        state store), not its file: a file edited and not reloaded changes nothing, and every
+        process applies one version. True when that changed what this link uses (the caller's
+        caches of the maps are then stale)."""
+        states = self.state.map_states() if states is None else states
+        installed = {n: str(st["version"]) for n, st in states.items() if st.get("version")}
+        if installed == self._versions:
+            return False
+        maps = []
+        for m in self.files.maps:
+            v = installed.get(m.name)
+            text = self.state.map_definition(m.name, v) if v and v != m.version else None
+            maps.append(parse_map_text(text, file=m.file) if text is not None else m)
+        with self._lock:
+            self.config = dataclasses.replace(self.files, maps=maps)
+            self._versions = installed
+            self._bound = self._issues = None
+            self._differs.clear()
+        return True
+
+    def refresh_versions(self) -> bool:
+        """See whether another process reloaded a map (``maps reload``); adopt it if so."""
+        return self._adopt_versions(self.state.map_states())
+
+    def file_changes(self) -> dict[str, tuple[str, str]]:
+        """Maps whose file (as it is now on disk) differs from the version installed:
+        name -> (installed, file)."""
+        states = self.state.map_states()
+        try:
+            files = load_config(self.files.path).maps
+        except ConfigError:
+            files = self.files.maps  # a file that does not parse now: validate says why
+        out = {}
+        for m in files:
+            v = (states.get(m.name) or {}).get("version")
+            if v and v != m.version:
+                out[m.name] = (str(v), m.version)
+        return out
+
+    def validate(self, *, files: bool = False) -> tuple[list[BoundMap], list[Issue]]:
+        """Bind every map to both real schemas; return bound maps and every issue found. The
+        maps are the versions installed (``files``: as the map files say now)."""
+        if files:
+            return self._bind(self.files.maps)
+        if self._versions is None:
+            self._adopt_versions()
         if self._bound is not None and self._issues is not None:
             return self._bound, self._issues
+        self._bound, self._issues = self._bind(self.config.maps)
+        return self._bound, self._issues
+
+    def _bind(self, maps: list[TableMap]) -> tuple[list[BoundMap], list[Issue]]:
         schemas: dict[tuple[Side, str], TableSchema | None] = {}
         tables = {s: self.connectors[s].tables() for s in Side}
 
@@ -114,8 +170,7 @@ class Link:
                     schemas[(side, table)] = None
             return schemas[(side, table)]
 
-        self._bound, self._issues = bind_maps(self.config.maps, schema, lambda s: tables[s])
-        return self._bound, self._issues
+        return bind_maps(maps, schema, lambda s: tables[s])
 
     def bound_maps(self, names: Sequence[str] = ()) -> list[BoundMap]:
         """Validated maps in dependency order; raises ValidationFailed listing every error
@@ -372,15 +427,65 @@ class Link:
         return ran
 
     def install_capture(self, b: BoundMap) -> bool:
-        """Install change capture for one map on both sides; False where a side's backend has
-        none (the in-memory connector: live sync through dualwrite only)."""
+        """Install change capture for one map on both sides, and record the map version it
+        is installed for; False where a side's backend has none (the in-memory connector:
+        live sync through dualwrite only)."""
         if not all(self.connectors[s].capabilities.capture for s in Side):
             return False
         from dualwrite.engine.capture import capture_specs
 
         for s, spec in capture_specs(b).items():
             self.connectors[s].capture_log().install(spec)
+        self.state.install_map_version(b.name, b.spec.version, b.spec.source or "",
+                                       b.spec.file)
+        self._versions = None  # adopt it at the next look
         return True
+
+    def reload_maps(self, names: Sequence[str] = ()) -> list[dict[str, Any]]:
+        """Install the maps' files as they are now for maps whose capture is installed (all
+        whose file changed, by default): each new version is checked against both schemas
+        (every problem listed, nothing changed), capture is installed again with its columns,
+        and the version is recorded: running processes switch to it within seconds. A change
+        of tables, key or company is refused (that is another map: stop it and start it
+        again). Returns per map: its versions before and after, and what capture records now.
+        """
+        from dualwrite.engine.capture import CAPTURING
+
+        fresh = load_config(self.files.path)
+        self.files = fresh
+        states = self.state.map_states()
+        wanted = [m for m in fresh.maps if not names or m.name in names]
+        for n in names:
+            fresh.map(n)  # a clear error for an unknown name
+        current = {m.name: m for m in self.config.maps}
+        bound, issues = self._bind(fresh.maps)
+        by_name = {b.name: b for b in bound}
+        out: list[dict[str, Any]] = []
+        problems = [i for i in issues if i.is_error and i.map in {m.name for m in wanted}]
+        if problems:
+            raise ValidationFailed(problems)
+        for m in wanted:
+            st = states.get(m.name) or {}
+            installed = st.get("version")
+            if st.get("state") not in CAPTURING or not installed:
+                out.append({"map": m.name, "reloaded": False,
+                            "why": "not started: `maps start` installs its file"})
+                continue
+            if installed == m.version:
+                out.append({"map": m.name, "reloaded": False, "why": "unchanged"})
+                continue
+            old = current[m.name]
+            if (old.left, old.right, old.key, old.company) != (m.left, m.right, m.key,
+                                                               m.company):
+                raise LinkError(
+                    f"map {m.name!r}: its tables, key or company changed; that is another "
+                    "map, which reload cannot switch to",
+                    hint=f"stop it and start it again (`dualwrite maps stop {m.name}`, then "
+                    f"`dualwrite maps start {m.name}`: an initial sync)")
+            self.install_capture(by_name[m.name])
+            out.append({"map": m.name, "reloaded": True, "from": installed, "to": m.version})
+        self._versions = None
+        return out
 
     def remove_capture(self, b: BoundMap) -> None:
         if not all(self.connectors[s].capabilities.capture for s in Side):
@@ -476,6 +581,7 @@ class Link:
         conflicts = self.state.conflict_counts()
         activity = self.state.activity()
         failures = self.state.last_events("failed")
+        edited = self.file_changes()
         procs = self.processes()
         appliers = [p for p in procs if p["alive"] and p["role"] == "applier"]
         applier = f"pid {appliers[0]['pid']} on {appliers[0]['host']}" if appliers else None
@@ -491,18 +597,21 @@ class Link:
             lag = max(0.0, _time.time() - min(oldest).timestamp()) if oldest else 0.0
             state = st.get("state") or "not running"
             applying = state in ("running", "resuming")
+            notes = []
             if m.name in held:
-                note = (f"held: {held[m.name]}, which it depends on, is "
-                        f"{(states.get(held[m.name]) or {}).get('state') or 'not running'}; "
-                        "its changes queue")
+                notes.append(f"held: {held[m.name]}, which it depends on, is "
+                             f"{(states.get(held[m.name]) or {}).get('state') or 'not running'};"
+                             " its changes queue")
             elif applying and applier is None:
                 # running as far as the maps go, yet nothing applies: say so
-                note = "no applier" + (f" for {gone:.0f} s" if gone is not None else
-                                       " (start `dualwrite run` or `dualwrite serve`)")
-            elif state == "failed":
-                note = failures[m.name][1] if m.name in failures else "failed"
-            else:
-                note = None
+                notes.append("no applier" + (f" for {gone:.0f} s" if gone is not None else
+                                             " (start `dualwrite run` or `dualwrite serve`)"))
+            if state == "failed":
+                notes.append(failures[m.name][1] if m.name in failures else "failed")
+            if m.name in edited:
+                notes.append(f"map file changed, not reloaded (installed {edited[m.name][0]}, "
+                             f"file {edited[m.name][1]}): `dualwrite maps reload {m.name}`")
+            note = "; ".join(notes) or None
             out.append({
                 "map": m.name, "state": state,
                 "lag_seconds": round(lag, 3) if state in ("running", "resuming") else None,
@@ -514,6 +623,7 @@ class Link:
                 "initial_synced_at": st.get("initial_synced_at"),
                 "unreachable": unreachable,
                 "applier": applier if applying else None,
+                "version": st.get("version"),
                 # what is wrong: a failed map's reason, or a running map nothing applies
                 "note": note,
             })
@@ -538,6 +648,9 @@ class Link:
 
         ``principal`` is a name (the principal's licences apply) or a token's
         :class:`~dualwrite.engine.security.Principal` (the token's own licences apply)."""
+        # a map reloaded by another process is used from the next transaction (within a
+        # second: the states are cached that long)
+        self._adopt_versions(self.state.recent_map_states())
         if not self._recovered:
             with self._lock:
                 if not self._recovered:

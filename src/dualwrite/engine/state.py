@@ -51,6 +51,17 @@ map_status = sa.Table(
     sa.Column("state", sa.String(40), nullable=False),
     sa.Column("initial_synced_at", sa.String(40), nullable=True),
     sa.Column("updated_at", sa.String(40), nullable=False),
+    # the map version capture is installed for (map_versions holds its text)
+    sa.Column("version", sa.String(40), nullable=True),
+)
+
+map_versions = sa.Table(
+    "map_versions", _md,
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("version", sa.String(40), primary_key=True),
+    sa.Column("definition", sa.Text, nullable=False),
+    sa.Column("file", sa.Text, nullable=True),
+    sa.Column("installed_at", sa.String(40), nullable=False),
 )
 
 error_inbox = sa.Table(
@@ -504,11 +515,38 @@ class StateStore:
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)).first()
             synced = now if initial_synced else (row.initial_synced_at if row else None)
+            version = row.version if row is not None else None
             if forget_synced:
-                synced = None
+                synced = version = None  # capture removed: no version is installed
             conn.execute(sa.delete(map_status).where(map_status.c.map == map_name))
             conn.execute(sa.insert(map_status).values(map=map_name, state=state,
-                                                      initial_synced_at=synced, updated_at=now))
+                                                      initial_synced_at=synced, updated_at=now,
+                                                      version=version))
+
+    def install_map_version(self, map_name: str, version: str, definition: str,
+                            file: str | None) -> None:
+        """Record that capture of ``map_name`` is installed for ``version`` (its text kept, so
+        that every process applies that version, whatever its own map file says)."""
+        self._cache.pop("map_states", None)
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(map_versions.c.version).where(
+                    map_versions.c.map == map_name, map_versions.c.version == version)
+                    ).first() is None:
+                conn.execute(sa.insert(map_versions).values(
+                    map=map_name, version=version, definition=definition, file=file,
+                    installed_at=now_iso()))
+            n = conn.execute(sa.update(map_status).where(map_status.c.map == map_name)
+                             .values(version=version, updated_at=now_iso())).rowcount
+            if not n:
+                conn.execute(sa.insert(map_status).values(
+                    map=map_name, state="stopped", initial_synced_at=None,
+                    updated_at=now_iso(), version=version))
+
+    def map_definition(self, map_name: str, version: str) -> str | None:
+        """The text of a recorded map version."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(map_versions.c.definition).where(
+                map_versions.c.map == map_name, map_versions.c.version == version)).scalar()
 
     def map_states(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -520,15 +558,15 @@ class StateStore:
         """Names of running maps, read at most ``max_age`` seconds ago: live writes ask on
         every transaction, and a start or stop made by another process is seen within that
         time (at once when made through this store)."""
-        return {n for n, st in self._states(max_age).items() if st["state"] == "running"}
+        return {n for n, st in self.recent_map_states(max_age).items() if st["state"] == "running"}
 
     def queued_maps(self, max_age: float = CACHE_SECONDS) -> set[str]:
         """Maps whose changes are captured but not mirrored synchronously (initializing,
         paused, resuming): a write through dualwrite to their tables must queue."""
-        return {n for n, st in self._states(max_age).items()
+        return {n for n, st in self.recent_map_states(max_age).items()
                 if st["state"] in ("initializing", "paused", "resuming")}
 
-    def _states(self, max_age: float) -> dict[str, dict[str, Any]]:
+    def recent_map_states(self, max_age: float = CACHE_SECONDS) -> dict[str, dict[str, Any]]:
         """Map states read at most ``max_age`` seconds ago (see :meth:`running_maps`)."""
         hit = self._cache.get("map_states")
         return hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()

@@ -91,6 +91,15 @@ class TableMap:
     file: str | None = None
     line: int | None = None
     lines: dict[str, int] = field(default_factory=dict)
+    #: the text the map was read from (its version is a digest of it)
+    source: str | None = None
+
+    @property
+    def version(self) -> str:
+        """A short digest of the map's text: two texts that differ are two versions."""
+        import hashlib
+
+        return hashlib.sha256((self.source or "").encode()).hexdigest()[:12]
 
     def table(self, side: Side) -> str:
         return self.left if side is Side.LEFT else self.right
