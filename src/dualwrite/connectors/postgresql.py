@@ -11,7 +11,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualwrite.connectors.base import Branch, Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector, SqlWriteSession, end_rollback
+from dualwrite.connectors.sql import (
+    SqlConnector,
+    SqlWriteSession,
+    end_rollback,
+    without_collation,
+)
 from dualwrite.errors import ConnectorError, TerminalConnectorError
 
 _SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -228,7 +233,8 @@ class PostgresConnector(SqlConnector):
 
         guarded = returning
         names = [*key, *columns, *(columns if guarded else [])]
-        types = [table.c[c].type.compile(dialect=self.engine.dialect) for c in names]
+        types = [without_collation(table.c[c].type.compile(dialect=self.engine.dialect))
+                 for c in names]
         arrays = [[r[0][i] for r in rows] for i in range(len(key))] + \
             [[r[1][i] for r in rows] for i in range(len(columns))]
         if guarded:
@@ -282,7 +288,7 @@ class PostgresConnector(SqlConnector):
 
         defs: dict[str, str] = {}
         for c, src in zip(columns, sources, strict=True):
-            typ = table.c[c].type.compile(dialect=self.engine.dialect)
+            typ = without_collation(table.c[c].type.compile(dialect=self.engine.dialect))
             if defs.setdefault(src, typ) != typ:
                 return None
         a = sql.Identifier(alias)
