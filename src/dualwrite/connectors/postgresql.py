@@ -155,10 +155,14 @@ class PostgresConnector(SqlConnector):
         # the capture triggers skip what dualwrite writes itself (no echo), at no cost per
         # statement. Its sessions run in UTC: a timestamp without a zone (from MariaDB's
         # DATETIME, SQLite, a capture log's JSON) is UTC to dualwrite, whatever zone the
-        # server or the database defaults to.
+        # server or the database defaults to. The text settings are those the capture triggers
+        # run with, so that a key dualwrite formats (the log's key text) reads as theirs.
         return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
                                 connect_args={"options": "-c dualwrite.origin=on "
-                                                         "-c timezone=UTC"})
+                                                         "-c timezone=UTC "
+                                                         "-c extra_float_digits=1 "
+                                                         "-c bytea_output=hex "
+                                                         "-c intervalstyle=postgres"})
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
