@@ -118,6 +118,20 @@ def test_a_map_whose_column_is_gone_fails_and_the_other_maps_flow(
         assert link.connectors[side].capture_log().check(spec) == [
             "map 'items', table 'items': column(s) 'qty' gone from the table (renamed or "
             "dropped)"]
+        # recovery, as docs/capture.md says: the column back, the map stopped and started
+        # (its initial sync runs again), and capture flows again
+        if change == "rename":
+            app_exec(src, "ALTER TABLE items CHANGE quantity qty INT" if source == "mariadb"
+                     else "ALTER TABLE items RENAME COLUMN quantity TO qty")
+        else:
+            app_exec(src, "ALTER TABLE items ADD COLUMN qty INTEGER")
+        link.stop_maps(["items"])
+        link.start_maps(["items"])
+        assert link.connectors[side].capture_log().check(spec) == []
+        app_exec(src, "UPDATE items SET qty = 9 WHERE id = 2")
+        drain(link.applier())
+        assert _rows(dst, "items")[2][1] == 9
+        assert all(v.ok for v in link.verify())
 
 
 @pytest.mark.parametrize("kinds", [("postgresql", "postgresql"), ("postgresql", "mariadb")],
