@@ -1,6 +1,6 @@
 """Change capture inside an environment's own database: triggers into a change log.
 
-Each environment that has a running map carries three tables of dualwrite's own:
+Each environment that has a running map carries these tables of dualwrite's own:
 
 ``dualwrite_changes``
     The change log (the queue). Triggers on a mapped table append one row per changed row, in
@@ -15,6 +15,8 @@ Each environment that has a running map carries three tables of dualwrite's own:
     is recognised and skipped: each change takes effect once.
 ``dualwrite_origin`` (SQLite only)
     The echo guard, see below.
+``dualwrite_wake`` (PostgreSQL only)
+    The wake-up, see below. Always empty to everyone but the transaction writing to it.
 
 **No echo.** dualwrite marks its own connections so that the triggers ignore what it writes:
 a session setting on PostgreSQL (``dualwrite.origin``, given as a connection option) and a
@@ -24,8 +26,57 @@ of its write transactions and deletes it before commit: the row never commits, a
 SQLite admits one writer at a time, only dualwrite's own transaction ever sees it.
 
 **Transaction ids.** PostgreSQL: ``pg_current_xact_id()`` (64-bit, never reused). MariaDB: the
-InnoDB transaction id of the writing transaction. SQLite exposes none; as it serialises
-writers, ``seq`` order is commit order there and the applied position is a high-water mark.
+InnoDB transaction id of the writing transaction (the log is versioned by transaction id; XA
+transactions get one like any other). SQLite exposes none; as it serialises writers, ``seq``
+order is commit order there and the applied position is a high-water mark.
+
+**Any column name.** Everything the triggers declare is quoted and qualified (``t."n"``,
+``NEW.`old```); PostgreSQL's whole-row values are ``alias.*``, which no column can shadow, and
+the subqueries' own columns (``k``, ``j``) are read through aliases no table column reaches.
+
+**The log's values.** ``old``/``new`` hold one JSON member per map column, named as the
+column, in one encoding for all three databases, so that every value a column holds comes
+back exactly (:func:`value_decoder` turns a member into the Python value the connector reads;
+docs/capture.md has the table):
+
+* numbers as JSON numbers in the shortest form that reads back exactly (MariaDB ``FLOAT``
+  widened to ``DOUBLE`` first: its own JSON keeps 6 digits); ``-0`` as ``-0``; what JSON has no
+  number for as a string: ``"NaN"``, ``"Infinity"``, ``"-Infinity"`` (SQLite: ``"Inf"``);
+* binary values as the string ``"\\x<lower-case hex>"``: PostgreSQL's own text for ``bytea``;
+* text as text, converted to UTF-8 whatever the column's character set;
+* dates, times and timestamps as ISO text (``timestamptz`` in UTC); the values Python has
+  none for (``infinity``, ``-infinity``, ``24:00:00``, MariaDB times beyond a day) as the
+  database's text;
+* JSON documents (``json``/``jsonb``, MariaDB ``JSON``) as a string holding the document's
+  text, so that JSON ``null`` (``"null"``) stays apart from SQL NULL (``null``);
+* anything else as PostgreSQL prints it (intervals in the ``postgres`` style: months, days
+  and time apart). PostgreSQL's trigger functions pin the settings this depends on
+  (``bytea_output``, ``extra_float_digits``, ``IntervalStyle``, ``TimeZone``), whatever the
+  writing session uses.
+
+It is also the contract of the applier's set-based path: a PostgreSQL target reads these
+texts with its own input functions (``json_to_recordset``), as an INSERT of them would.
+
+**Schema changes never break the application's writes.** When a trigger can no longer record
+a map's columns (a mapped column renamed or dropped), it records a *marker* instead of failing:
+a change with op ``X`` (:data:`MARKER`) for that map, whose :attr:`Change.reason` names the
+missing columns (PostgreSQL, which checks the table's columns once per statement before
+reading them) or the database's error (MariaDB, whose row triggers catch it with a handler;
+errors that concern the transaction, such as a deadlock, still reach the application), and
+whose key is the row's where it can still be read (else empty). :meth:`CaptureLog.read`
+returns markers among the other changes; :meth:`CaptureLog.check` says what is wrong with the
+installed capture of a map (triggers missing or out of date, columns gone), so that it can be
+shown and reinstalled. SQLite rewrites triggers itself when a column is renamed, and refuses
+to drop a column a trigger uses.
+
+**Wake-up (PostgreSQL), and applications' own two-phase commit.** A transaction that has
+executed NOTIFY cannot ``PREPARE TRANSACTION``, so the triggers never notify. Instead, the first
+capturing statement of a transaction inserts one row into ``dualwrite_wake``, whose deferred
+constraint trigger runs at the end of the transaction: at COMMIT it notifies (the applier wakes
+at once) and deletes the row; at PREPARE TRANSACTION it only deletes the row, and the applier's
+poll finds the changes once they are committed. Once per transaction, not per row: the
+statement triggers remember the transaction they woke for in a session setting
+(``dualwrite.wake``).
 
 Trigger and function names are derived from the map name (``dw_<hash>_<op>``), so that a map
 with any name can be installed and removed, and two maps on one table each have their own.
@@ -38,16 +89,19 @@ import hashlib
 import json
 import re
 import threading
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
+from dualwrite.connectors.sql import without_collation
 from dualwrite.errors import TerminalConnectorError
+from dualwrite.model.schema import Column, Kind
 
 if TYPE_CHECKING:
     from dualwrite.connectors.sql import SqlConnector
@@ -55,9 +109,12 @@ if TYPE_CHECKING:
 CHANGES = "dualwrite_changes"
 APPLIED = "dualwrite_applied"
 ORIGIN = "dualwrite_origin"
+WAKE = "dualwrite_wake"
 NOTIFY_CHANNEL = "dualwrite_changes"
 #: the applied-position row of a source without transaction ids (SQLite): a high-water mark
 WATERMARK = ""
+#: the op of a marker: capture could not record a change of the map (see the module doc)
+MARKER = "X"
 
 
 @dataclass(frozen=True)
@@ -75,6 +132,11 @@ class CaptureSpec:
         """A short, stable, identifier-safe name for this map's triggers."""
         return "dw_" + hashlib.sha1(self.map.encode()).hexdigest()[:10]
 
+    @property
+    def needed(self) -> tuple[str, ...]:
+        """Every column the triggers read: the key, then the captured columns."""
+        return tuple(dict.fromkeys(self.key + self.columns))
+
 
 _UNDECODED: Any = object()
 #: a named parameter (``:name``) of the statements here, not a cast (``::type``)
@@ -84,11 +146,15 @@ _NAMED = re.compile(r"(?<!:):([a-z]\w*)")
 class Change:
     """One captured row change. ``old``/``new`` hold the map's columns (None for the side
     of an insert or delete that has no row); values are as JSON gave them (see
-    :func:`decode_json`), to be coerced to the column kinds by the engine.
+    :func:`decode_json`), to be turned into the columns' values by :func:`value_decoder`.
 
     A change read from a log keeps ``old_json``/``new_json``, the JSON text the trigger
     wrote, and decodes it only when ``old``/``new`` is asked for: the applier's set-based
-    paths hand the text to the target database and never decode it in Python."""
+    paths hand the text to the target database and never decode it in Python.
+
+    A marker (op ``X``) says that capture could not record a change of its map; ``reason``
+    says why, its key is the row's where the trigger could still read it (else empty), and it
+    has no versions."""
 
     __slots__ = ("_key", "_new", "_old", "at", "key_text", "map", "new_json", "old_json", "op",
                  "seq", "txid")
@@ -100,7 +166,7 @@ class Change:
         self.seq = seq
         self.map = map
         self.txid = txid
-        self.op = op  # "I", "U" or "D"
+        self.op = op  # "I", "U", "D", or "X" (a marker)
         self.key_text = key_text  # the key as the log stores it (a JSON array); see ``key``
         self._key = key  # decoded, when the reader decoded it already
         self.at = at if at is not None else dt.datetime.now(dt.UTC)
@@ -116,9 +182,19 @@ class Change:
 
     @property
     def new(self) -> dict[str, Any] | None:
+        if self.op == MARKER:
+            return None  # a marker's "new" carries its reason, not a version
         if self._new is _UNDECODED:
             self._new = decode_json(self.new_json)
         return self._new
+
+    @property
+    def reason(self) -> str | None:
+        """Why capture could not record this change (markers only; None otherwise)."""
+        if self.op != MARKER:
+            return None
+        doc = self._new if self._new is not _UNDECODED else decode_json(self.new_json)
+        return str((doc or {}).get("reason") or "capture could not record this change")
 
     @property
     def has_old(self) -> bool:
@@ -127,6 +203,8 @@ class Change:
 
     @property
     def has_new(self) -> bool:
+        if self.op == MARKER:
+            return False
         return self.new_json is not None if self._new is _UNDECODED else self._new is not None
 
     @property
@@ -139,14 +217,18 @@ class Change:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Change:
+        new = {"reason": d.get("reason")} if d["op"] == MARKER else d.get("new")
         return cls(seq=int(d["seq"]), map=str(d["map"]), txid=str(d["txid"]), op=str(d["op"]),
                    key_text=json.dumps(list(d["key"]), default=str), old=d.get("old"),
-                   new=d.get("new"), at=parse_time(d["at"]))
+                   new=new, at=parse_time(d["at"]))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "map": self.map, "txid": self.txid, "op": self.op,
-                "key": list(self.key), "old": self.old, "new": self.new,
-                "at": self.at.isoformat()}
+        out = {"seq": self.seq, "map": self.map, "txid": self.txid, "op": self.op,
+               "key": list(self.key), "old": self.old, "new": self.new,
+               "at": self.at.isoformat()}
+        if self.op == MARKER:
+            out["reason"] = self.reason
+        return out
 
     def __repr__(self) -> str:
         return (f"Change(seq={self.seq}, map={self.map!r}, txid={self.txid!r}, op={self.op!r}, "
@@ -157,12 +239,29 @@ class Change:
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
 
+def _parse_int(text: str) -> Any:
+    # JSON's -0 is an integer token, and int("-0") is 0: keep its sign (it is a float's)
+    return Decimal(text) if text == "-0" else int(text)
+
+
+#: the decoder for texts holding a -0 (rare: the default's integer parsing is C, this one's
+#: calls back into Python for every integer)
+_SIGNED_ZERO_DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=_parse_int)
+#: a -0 number token: after a member's colon, a comma or an opening bracket (the databases
+#: write no space there), before a comma or a closing bracket; inside a string it only costs
+#: the slower decoder
+_SIGNED_ZERO = re.compile(r"[:,\[]\s*-0\s*[,}\]]")
+
+
 def decode_json(text: Any) -> Any:
-    """JSON from a log column: numbers as Decimal (exact), the rest as JSON has them."""
+    """JSON from a log column: numbers as Decimal (exact, ``-0`` included), the rest as JSON
+    has them."""
     if text is None:
         return None
     if isinstance(text, dict | list):  # psycopg decodes json columns itself
         return text
+    if "-0" in text and _SIGNED_ZERO.search(text):
+        return _SIGNED_ZERO_DECODER.decode(text)
     return _DECODER.decode(text)
 
 
@@ -195,48 +294,220 @@ def columns_of_filter(expr: Any) -> set[str]:
     return out
 
 
+# -- from the log back to values ----------------------------------------------------------------
+# Each decoder takes a value as decode_json gave it (or as it comes back from the state store,
+# where numbers may have become text) and returns the Python value the connector reads for a
+# column of that kind. A value Python has no type for stays the database's text (documented in
+# docs/capture.md); a value that is not what the kind expects is returned unchanged: decoding
+# never fails, the target decides.
+
+def _float(v: Any) -> Any:
+    if type(v) is float or isinstance(v, bool):
+        return v
+    try:
+        return float(v)  # int, Decimal (exact to the nearest double), "NaN", "-Infinity"
+    except (TypeError, ValueError):
+        return v
+
+
+def _decimal(v: Any) -> Any:
+    if isinstance(v, Decimal | bool):
+        return v
+    try:
+        return Decimal(repr(v)) if isinstance(v, float) else Decimal(v)  # int, "NaN", text
+    except (TypeError, ValueError, InvalidOperation):
+        return v
+
+
+def _boolean(v: Any) -> Any:
+    if isinstance(v, bool):
+        return v
+    if v in (0, 1):  # SQLite's and MariaDB's booleans are integers
+        return bool(v)
+    return v
+
+
+def _parsed(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    """A decoder of text values by ``parse``; text it refuses stays the database's text
+    (infinity, -infinity, BC, beyond year 9999 ...)."""
+    def decode(v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        try:
+            return parse(v)
+        except ValueError:
+            return v
+
+    return decode
+
+
+_date = _parsed(dt.date.fromisoformat)
+_datetime = _parsed(dt.datetime.fromisoformat)
+_uuid = _parsed(uuid.UUID)
+_time_text = _parsed(dt.time.fromisoformat)  # with its offset, for a time with time zone
+
+
+def _time(v: Any) -> Any:
+    if isinstance(v, str) and (v[:1] == "-" or not v[:2].isdigit() or int(v[:2]) >= 24
+                               or (len(v) > 2 and v[2] != ":")):
+        return v  # 24:00:00, and MariaDB's negative times and times beyond a day: the text
+    return _time_text(v)
+
+
+def _binary(v: Any) -> Any:
+    if isinstance(v, str) and v[:2] == "\\x":
+        try:
+            return bytes.fromhex(v[2:])
+        except ValueError:
+            return v
+    return v
+
+
+def _sqlite_decimal(v: Any) -> Any:
+    # a real: the double SQLite holds, shortest; an integer or a text: exact as it is
+    if isinstance(v, Decimal) or (isinstance(v, str) and v[-3:].lower() == "inf"):
+        return _decimal(float(v))
+    return _decimal(v)
+
+
+_VALUE_DECODERS: dict[Kind, Callable[[Any], Any]] = {
+    Kind.FLOAT: _float, Kind.DECIMAL: _decimal, Kind.BOOLEAN: _boolean, Kind.DATE: _date,
+    Kind.DATETIME: _datetime, Kind.TIME: _time, Kind.UUID: _uuid, Kind.BINARY: _binary,
+}
+
+
+def value_decoder(kind: Kind) -> Callable[[Any], Any] | None:
+    """The function that turns a logged value of a column of ``kind`` into the Python value
+    the connector reads for it, or None where the logged value already is that (text,
+    integers, JSON documents, which stay their JSON text, and kinds dualwrite does not know,
+    which stay as the log has them: an interval is PostgreSQL's text for it)."""
+    return _VALUE_DECODERS.get(kind)
+
+
+# -- SQL text helpers ------------------------------------------------------------------------------
+def _sql_string(text: str) -> str:
+    """A standard SQL string literal (quotes doubled): PostgreSQL with
+    standard_conforming_strings, SQLite."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _pg_string(text: str) -> str:
+    """A PostgreSQL string literal that reads the same whatever the session's
+    standard_conforming_strings (trigger bodies are parsed in the writing session)."""
+    if "\\" in text:
+        return "E'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+    return _sql_string(text)
+
+
+def _my_string(text: str) -> str:
+    """A MariaDB string literal that reads the same whatever the sql_mode (with or without
+    NO_BACKSLASH_ESCAPES): a backslash is spelled CHAR(92). (Triggers are created on
+    dualwrite's utf8mb4 connections, so literals are utf8mb4; an introducer would be dropped
+    from the trigger's text as MariaDB keeps it.)"""
+    parts = ["'" + p.replace("'", "''") + "'" for p in text.split("\\")]
+    if len(parts) == 1:
+        return parts[0]
+    return "CONCAT(" + ", CHAR(92 USING utf8mb4), ".join(parts) + ")"
+
+
+def _dq(name: str) -> str:
+    """A double-quoted identifier (PostgreSQL, SQLite), whatever it holds."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _bq(name: str) -> str:
+    """A backquoted identifier (MariaDB), whatever it holds."""
+    return "`" + name.replace("`", "``") + "`"
+
+
+# -- the dialects ------------------------------------------------------------------------------
+#: how a column is logged, by what its type needs (see each dialect's ``encodings``)
+PLAIN, TEXT, BINARY, FLOAT32, BIT, JSON_DOC = "plain", "text", "binary", "float32", "bit", "json"
+
+
 class Dialect(ABC):
     """The SQL of change capture for one database."""
 
     #: whether the log records a real source transaction id
     has_txid = True
 
-    def __init__(self, quote: Any) -> None:
-        self.q = quote
+    def value_decoder(self, kind: Kind) -> Callable[[Any], Any] | None:
+        """See :func:`value_decoder` (the same for every database but SQLite's decimals)."""
+        return value_decoder(kind)
 
     @abstractmethod
     def log_ddl(self) -> list[str]:
         """Create the log and applied-position tables (idempotent)."""
 
     @abstractmethod
-    def install_ddl(self, spec: CaptureSpec) -> list[str]:
+    def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
+        """``table``'s columns now, each with how the triggers log it (PLAIN, TEXT, ...); None
+        when the table does not exist."""
+
+    @abstractmethod
+    def definitions(self, spec: CaptureSpec, encodings: dict[str, str]) -> dict[str, str]:
+        """Per trigger of ``spec``, the text of its definition as the database keeps it (the
+        function body on PostgreSQL, the trigger body on MariaDB, the statement on SQLite):
+        what :meth:`installed` reads back after :meth:`install_ddl`."""
+
+    @abstractmethod
+    def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
         """Create (or replace) the triggers of one map on one table."""
 
     @abstractmethod
-    def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
-        """Drop the triggers of one map (idempotent)."""
-
-    def _object(self, func: str, alias: str, columns: Sequence[str]) -> str:
-        """``func('c1', alias.c1, ...)``: a JSON object of a row's columns (MariaDB, SQLite)."""
-        return f"{func}(" + ", ".join(f"'{c}', {alias}.{self.q(c)}" for c in columns) + ")"
-
-    def _array(self, func: str, alias: str, columns: Sequence[str]) -> str:
-        """``func(alias.c1, ...)``: a JSON array of a row's columns (MariaDB, SQLite)."""
-        return f"{func}(" + ", ".join(f"{alias}.{self.q(c)}" for c in columns) + ")"
+    def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
+        """Per trigger of ``spec`` present in the database: (the table it is on, its
+        definition as :meth:`definitions` gives it); a disabled trigger's table is
+        prefixed with ``disabled:``."""
 
     @abstractmethod
-    def key_text(self, params: Sequence[str], sql_types: Sequence[str]) -> str:
-        """An SQL expression giving the log's key text for bound parameters, formatted by
-        the database exactly as the triggers format it."""
+    def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
+        """Drop the triggers of one map (idempotent, even if the table is gone)."""
+
+    @abstractmethod
+    def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
+        """An SQL expression giving the log's key text for bound parameters (values of
+        ``columns``), formatted by the database exactly as the triggers format it."""
 
 
 class PostgresDialect(Dialect):
-    def key_text(self, params: Sequence[str], sql_types: Sequence[str]) -> str:
+    """Statement-level triggers with transition tables: one ``INSERT ... SELECT`` per
+    statement. The map's columns are read by name only after a check, once per statement,
+    that the table still has them all (one catalog lookup); if not, the same statement logs
+    a marker per row from the whole row (``row_to_json(t.*)``), which reads no column by name.
+    (A plpgsql EXCEPTION block would catch the error instead, but it opens a subtransaction
+    for every captured statement: a cost on every write, and in a long transaction an
+    overflow of the subtransaction cache that slows every session's snapshots.)"""
+
+    #: settings the trigger functions run with (restored when they return), so that the
+    #: log's text does not depend on the writing session's
+    SETTINGS = (("bytea_output", "hex"), ("extra_float_digits", "1"),
+                ("intervalstyle", "postgres"), ("timezone", "UTC"))
+    TXID = "pg_current_xact_id()::text::bigint"
+    EVENTS: ClassVar[dict[str, tuple[str, str]]] = {
+        "i": ("INSERT", "REFERENCING NEW TABLE AS dw_new"),
+        "d": ("DELETE", "REFERENCING OLD TABLE AS dw_old"),
+        "u": ("UPDATE", "REFERENCING OLD TABLE AS dw_old NEW TABLE AS dw_new")}
+
+    def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
         # json_build_array takes "any": the parameters need their column's type
         return ("json_build_array(" + ", ".join(
-            f"CAST(:{p} AS {t})" for p, t in zip(params, sql_types, strict=True)) + ")::text")
+            f"CAST(:{p} AS {without_collation(c.sql_type)})"
+            for p, c in zip(params, columns, strict=True)) + ")::text")
 
     def log_ddl(self) -> list[str]:
+        wake = (
+            "CREATE OR REPLACE FUNCTION dualwrite_wake() RETURNS trigger LANGUAGE plpgsql AS "
+            "$dw$ BEGIN "
+            f"DELETE FROM {WAKE} WHERE txid = NEW.txid; "
+            # At PREPARE TRANSACTION a notification would make the PREPARE fail: the poll
+            # finds the changes once committed. A depth above 1 means the constraints were
+            # set immediate and this fires inside the capturing statement, long before the
+            # transaction ends (and it may yet be prepared).
+            "IF pg_trigger_depth() = 1 AND current_query() !~* "
+            "E'prepare\\\\s+transaction|set\\\\s+constraints' THEN "
+            f"PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); END IF; "
+            "RETURN NULL; END $dw$")
         return [
             f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq bigserial PRIMARY KEY, "
             "map text NOT NULL, txid bigint NOT NULL, op char(1) NOT NULL, k text NOT NULL, "
@@ -245,65 +516,144 @@ class PostgresDialect(Dialect):
             f"CREATE TABLE IF NOT EXISTS {APPLIED} (source text NOT NULL, map text NOT NULL, "
             "txid text NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), "
             "PRIMARY KEY (source, map, txid))",
+            # unlogged: a row lives only inside the transaction that inserts it
+            f"CREATE UNLOGGED TABLE IF NOT EXISTS {WAKE} (txid bigint PRIMARY KEY)",
+            wake,
+            # created once (replacing it would lock the table against every writer, prepared
+            # transactions included, until they end)
+            "DO $dw$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_trigger WHERE tgname = "
+            f"'dualwrite_wake' AND tgrelid = '{WAKE}'::regclass) THEN "
+            f"CREATE CONSTRAINT TRIGGER dualwrite_wake AFTER INSERT ON {WAKE} "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION dualwrite_wake(); "
+            "END IF; END $dw$",
         ]
 
-    def install_ddl(self, spec: CaptureSpec) -> list[str]:
-        q, t, tag = self.q, self.q(spec.table), spec.tag
-        mapname = spec.map.replace("'", "''")
+    def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
+        oid = conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": _dq(table)}).scalar()
+        if oid is None:
+            return None
+        rows = conn.execute(sa.text(
+            "SELECT a.attname, COALESCE(b.typname, t.typname) FROM pg_catalog.pg_attribute a "
+            "JOIN pg_catalog.pg_type t ON t.oid = a.atttypid "
+            "LEFT JOIN pg_catalog.pg_type b ON b.oid = t.typbasetype AND t.typtype = 'd' "
+            "WHERE a.attrelid = :oid AND a.attnum > 0 AND NOT a.attisdropped"),
+            {"oid": oid}).all()
+        return {str(r[0]): JSON_DOC if r[1] in ("json", "jsonb") else PLAIN for r in rows}
 
-        def obj(alias: str) -> str:
-            cols = ", ".join(f"{alias}.{q(c)}" for c in spec.columns)
-            return f"(SELECT row_to_json(v) FROM (SELECT {cols}) v)"
+    @staticmethod
+    def _value(ref: str, encoding: str | None) -> str:
+        # a JSON document as its text: row_to_json would embed it, and JSON null would read
+        # as SQL NULL
+        return f"{ref}::text" if encoding == JSON_DOC else ref
 
-        def key(alias: str) -> str:
-            return f"json_build_array({', '.join(f'{alias}.{q(c)}' for c in spec.key)})::text"
-
-        head = ("IF current_setting('dualwrite.origin', true) = 'on' THEN RETURN NULL; "
-                "END IF; ")
-        # NOTIFY wakes the applier at once. A transaction that has notified cannot PREPARE:
-        # dualwrite's own queued writes (two-phase branches) say 'queue' and skip it.
-        tail = (" IF FOUND AND current_setting('dualwrite.origin', true) IS DISTINCT FROM "
-                f"'queue' THEN PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); END IF; "
-                "RETURN NULL;")
+    def _body(self, spec: CaptureSpec, enc: dict[str, str], op: str) -> str:
+        m, txid = _pg_string(spec.map), self.TXID
+        needed = spec.needed
+        names = ", ".join(_pg_string(c) for c in needed)
+        present = ("(SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = TG_RELID "
+                   "AND attnum > 0 AND NOT attisdropped AND attname = ANY (ARRAY["
+                   f"{names}]::name[])) = {len(needed)}")
+        proj = ", ".join(f"{self._value('t.' + _dq(c), enc.get(c))} AS {_dq(c)}"
+                         for c in spec.columns)
+        row = f"(SELECT row_to_json(v.*) FROM (SELECT {proj}) AS v)"
+        key = f"json_build_array({', '.join('t.' + _dq(c) for c in spec.key)})::text"
         ins = f"INSERT INTO {CHANGES} (map, txid, op, k, old, new) "
-        txid = "pg_current_xact_id()::text::bigint"
-        join = " AND ".join(f"o.{q(c)} = n.{q(c)}" for c in spec.key)
-        o_txt = ", ".join(f"o.{q(c)}::text" for c in spec.columns)
-        n_txt = ", ".join(f"n.{q(c)}::text" for c in spec.columns)
-        bodies = {
-            "i": (f"{ins}SELECT '{mapname}', {txid}, 'I', {key('n')}, NULL, {obj('n')} "
-                  "FROM dw_new n;", "INSERT", "REFERENCING NEW TABLE AS dw_new"),
-            "d": (f"{ins}SELECT '{mapname}', {txid}, 'D', {key('o')}, {obj('o')}, NULL "
-                  "FROM dw_old o;", "DELETE", "REFERENCING OLD TABLE AS dw_old"),
-            # An update joins old and new rows on the key: a row whose key changed shows as
-            # a delete of the old key and an insert of the new one.
-            "u": (f"{ins}SELECT '{mapname}', {txid}, "
-                  "CASE WHEN o IS NULL THEN 'I' WHEN n IS NULL THEN 'D' ELSE 'U' END, "
-                  f"CASE WHEN n IS NULL THEN {key('o')} ELSE {key('n')} END, "
-                  f"CASE WHEN o IS NULL THEN NULL ELSE {obj('o')} END, "
-                  f"CASE WHEN n IS NULL THEN NULL ELSE {obj('n')} END "
-                  f"FROM dw_old o FULL JOIN dw_new n ON {join} "
-                  f"WHERE o IS NULL OR n IS NULL OR ROW({o_txt}) IS DISTINCT FROM ROW({n_txt});",
-                  "UPDATE", "REFERENCING OLD TABLE AS dw_old NEW TABLE AS dw_new"),
-        }
+
+        def rows(rel: str) -> str:
+            return f"SELECT {key} AS k, {row} AS j FROM {rel} AS t"
+
+        if op == "i":
+            capture = f"{ins}SELECT {m}, {txid}, 'I', n.k, NULL, n.j FROM ({rows('dw_new')}) AS n"
+        elif op == "d":
+            capture = f"{ins}SELECT {m}, {txid}, 'D', o.k, o.j, NULL FROM ({rows('dw_old')}) AS o"
+        else:
+            # Old and new rows joined on the key: a row whose key changed shows as a delete of
+            # the old key and an insert of the new one. The join compares the key's text (a
+            # change a collation calls equal is still a change), and never a key with a NULL.
+            whole = f"num_nulls({', '.join('t.' + _dq(c) for c in spec.key)}) = 0"
+
+            def keyed(rel: str) -> str:
+                return (f"SELECT s.k, CASE WHEN s.whole THEN s.k END AS jk, s.j FROM (SELECT "
+                        f"{key} AS k, {whole} AS whole, {row} AS j FROM {rel} AS t) AS s")
+
+            capture = (
+                f"{ins}SELECT {m}, {txid}, "
+                "CASE WHEN o.k IS NULL THEN 'I' WHEN n.k IS NULL THEN 'D' ELSE 'U' END, "
+                f"COALESCE(n.k, o.k), o.j, n.j FROM ({keyed('dw_old')}) AS o "
+                f"FULL JOIN ({keyed('dw_new')}) AS n ON o.jk = n.jk "
+                "WHERE o.k IS NULL OR n.k IS NULL OR o.j::text <> n.j::text")
+        # the marker: from the whole row, which names no column
+        keys = ", ".join(_pg_string(c) for c in spec.key)
+        marker_key = (f"CASE WHEN r.j::jsonb ?& ARRAY[{keys}] THEN json_build_array("
+                      + ", ".join(f"r.j->{_pg_string(c)}" for c in spec.key)
+                      + ")::text ELSE '[]' END")
+        gone = ("array_to_string(ARRAY(SELECT c FROM unnest(ARRAY["
+                f"{names}]::text[]) AS c WHERE NOT EXISTS (SELECT 1 FROM "
+                "pg_catalog.pg_attribute a WHERE a.attrelid = TG_RELID AND a.attname = c "
+                "AND a.attnum > 0 AND NOT a.attisdropped)), ', ')")
+        prefix = _pg_string(f"capture of map {spec.map!r} on table {spec.table!r} cannot "
+                            "record column(s) ")
+        reason = f"{prefix} || {gone} || ' (renamed or dropped)'"
+        marker = (f"{ins}SELECT {m}, {txid}, '{MARKER}', {marker_key}, NULL, "
+                  f"json_build_object('reason', {reason}) FROM (SELECT row_to_json(t.*) AS j "
+                  f"FROM {'dw_old' if op == 'd' else 'dw_new'} AS t) AS r")
+        return (
+            "DECLARE dw_tx text; BEGIN "
+            "IF current_setting('dualwrite.origin', true) = 'on' THEN RETURN NULL; END IF; "
+            f"IF {present} THEN {capture}; ELSE {marker}; END IF; "
+            # once per transaction: a row whose deferred trigger notifies at COMMIT
+            "IF FOUND THEN dw_tx := pg_current_xact_id()::text; "
+            "IF current_setting('dualwrite.wake', true) IS DISTINCT FROM dw_tx THEN "
+            f"INSERT INTO {WAKE} (txid) VALUES (dw_tx::bigint); "
+            # a session setting (a local one would end with this function's own settings),
+            # rolled back with the row if the (sub)transaction is
+            "PERFORM set_config('dualwrite.wake', dw_tx, false); END IF; END IF; "
+            "RETURN NULL; END")
+
+    def definitions(self, spec: CaptureSpec, encodings: dict[str, str]) -> dict[str, str]:
+        return {f"{spec.tag}_{op}": self._body(spec, encodings, op) for op in self.EVENTS}
+
+    def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
+        t = _dq(spec.table)
+        settings = " ".join(f"SET {k} = '{v}'" for k, v in self.SETTINGS)
         out = []
-        for op, (body, event, refs) in bodies.items():
-            name = f"{tag}_{op}"
+        for name, body in self.definitions(spec, encodings).items():
+            event, refs = self.EVENTS[name[-1]]
+            tag = "$dw$"
+            while tag in body:
+                tag = tag[:-1] + "_$"
             out += [
-                f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
-                f"$dw$ BEGIN {head}{body}{tail} END $dw$",
+                f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql "
+                f"{settings} AS {tag}{body}{tag}",
                 f"DROP TRIGGER IF EXISTS {name} ON {t}",
                 f"CREATE TRIGGER {name} AFTER {event} ON {t} {refs} FOR EACH STATEMENT "
                 f"EXECUTE FUNCTION {name}()",
             ]
         return out
 
+    def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
+        rows = conn.execute(sa.text(
+            "SELECT tg.tgname, c.relname, tg.tgenabled, p.prosrc "
+            "FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid "
+            "JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid "
+            "WHERE tg.tgname IN (:i, :d, :u)"),
+            {o: f"{spec.tag}_{o}" for o in self.EVENTS}).all()
+        return {str(r[0]): (("disabled:" if r[2] == "D" else "") + str(r[1]), str(r[3]))
+                for r in rows}
+
     def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
-        out = []
-        for op in "iud":
-            out += [f"DROP TRIGGER IF EXISTS {spec_tag}_{op} ON {self.q(table)}",
-                    f"DROP FUNCTION IF EXISTS {spec_tag}_{op}()"]
-        return out
+        # CASCADE drops each function's trigger wherever it is (the table may be renamed)
+        return [f"DROP FUNCTION IF EXISTS {spec_tag}_{op}() CASCADE" for op in "iud"]
+
+
+#: MariaDB errors a capture trigger's handler passes on to the application: they concern its
+#: transaction or the server, not what capture can record (lock wait timeout, deadlock,
+#: interrupted, killed, statement timeout, out of memory or space, XA states, read-only)
+_MY_RESIGNAL = (1205, 1213, 1317, 1927, 1969, 1037, 1038, 1041, 1021, 1114, 1180, 1181, 1399,
+                1401, 1613, 1614, 1792, 1290)
+_MY_BINARY = {"tinyblob", "blob", "mediumblob", "longblob", "binary", "varbinary", "geometry",
+              "point", "linestring", "polygon", "multipoint", "multilinestring",
+              "multipolygon", "geometrycollection"}
 
 
 class MariaDbDialect(Dialect):
@@ -313,10 +663,16 @@ class MariaDbDialect(Dialect):
     is a cache refreshed at most every 0.1 s: a new transaction is often missing from it.)
     Deleting applied changes leaves history rows; the applier purges them with DELETE
     HISTORY (every second). Each capturing transaction adds a row to
-    mysql.transaction_registry, which MariaDB never purges by itself (see docs/capture.md)."""
+    mysql.transaction_registry, which MariaDB never purges by itself (see docs/capture.md).
 
-    def key_text(self, params: Sequence[str], sql_types: Sequence[str]) -> str:
-        return "JSON_ARRAY(" + ", ".join(f":{p}" for p in params) + ")"
+    Row triggers read the map's columns by name; an exit handler turns an error (a column
+    renamed or dropped: "Unknown column 'qty' in 'OLD'") into a marker, and passes those that
+    concern the transaction (``_MY_RESIGNAL``) on."""
+
+    def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
+        return "JSON_ARRAY(" + ", ".join(
+            self._value(f":{p}", BINARY if c.kind is Kind.BINARY else PLAIN)
+            for p, c in zip(params, columns, strict=True)) + ")"
 
     def log_ddl(self) -> list[str]:
         return [
@@ -334,48 +690,132 @@ class MariaDbDialect(Dialect):
             "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
         ]
 
-    def install_ddl(self, spec: CaptureSpec) -> list[str]:
-        q, t, tag = self.q, self.q(spec.table), spec.tag
-        mapname = spec.map.replace("'", "''")
+    def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
+        rows = conn.execute(sa.text(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"), {"t": table}).all()
+        if not rows:
+            return None
+        out = {}
+        for name, data_type, charset in rows:
+            data_type = str(data_type).lower()
+            out[str(name)] = (BINARY if data_type in _MY_BINARY else
+                              FLOAT32 if data_type == "float" else
+                              BIT if data_type == "bit" else
+                              TEXT if charset is not None else PLAIN)
+        return out
 
-        def obj(alias: str) -> str:
-            return self._object("JSON_OBJECT", alias, spec.columns)
+    @staticmethod
+    def _value(ref: str, encoding: str | None) -> str:
+        if encoding == BINARY:  # "\x" and lower-case hex, as PostgreSQL writes bytea
+            return f"CONCAT(CHAR(92, 120 USING utf8mb4), LOWER(HEX({ref})))"
+        if encoding == TEXT:
+            # any character set as utf8mb4, and a JSON column as plain text (CONVERT(... USING)
+            # would keep its JSON type, and JSON_OBJECT would embed the document: JSON null
+            # would read as SQL NULL)
+            return f"CAST({ref} AS CHAR CHARACTER SET utf8mb4)"
+        if encoding == FLOAT32:  # JSON_OBJECT prints a FLOAT with 6 digits; a DOUBLE exactly
+            return f"CAST({ref} AS DOUBLE)"
+        if encoding == BIT:  # a BIT is a binary string: its number instead
+            return f"({ref} + 0)"
+        return ref
 
-        def key(alias: str) -> str:
-            return self._array("JSON_ARRAY", alias, spec.key)
+    @staticmethod
+    def _same(a: str, b: str, encoding: str | None) -> str:
+        # text compared byte for byte: a collation may call 'a' and 'A' (or 'a ') equal
+        if encoding == TEXT:
+            return f"CAST({a} AS BINARY) <=> CAST({b} AS BINARY)"
+        return f"{a} <=> {b}"
 
-        ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ('{mapname}', "
+    def _bodies(self, spec: CaptureSpec, enc: dict[str, str]) -> dict[str, str]:
+        m = _my_string(spec.map)
+
+        def obj(row: str) -> str:
+            return "JSON_OBJECT(" + ", ".join(
+                f"{_my_string(c)}, {self._value(row + '.' + _bq(c), enc.get(c))}"
+                for c in spec.columns) + ")"
+
+        def key(row: str) -> str:
+            return "JSON_ARRAY(" + ", ".join(
+                self._value(row + "." + _bq(c), enc.get(c)) for c in spec.key) + ")"
+
+        ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ({m}, "
         now = "UTC_TIMESTAMP(6)"
-        unchanged = " AND ".join(f"OLD.{q(c)} <=> NEW.{q(c)}" for c in spec.columns)
-        same_key = " AND ".join(f"OLD.{q(c)} <=> NEW.{q(c)}" for c in spec.key)
-        guard = "@dualwrite_origin IS NULL"
-        return [
-            f"DROP TRIGGER IF EXISTS {tag}_i",
-            f"CREATE TRIGGER {tag}_i AFTER INSERT ON {t} FOR EACH ROW BEGIN IF {guard} THEN "
-            f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END IF; END",
-            f"DROP TRIGGER IF EXISTS {tag}_d",
-            f"CREATE TRIGGER {tag}_d AFTER DELETE ON {t} FOR EACH ROW BEGIN IF {guard} THEN "
-            f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); END IF; END",
-            f"DROP TRIGGER IF EXISTS {tag}_u",
-            f"CREATE TRIGGER {tag}_u AFTER UPDATE ON {t} FOR EACH ROW BEGIN "
-            f"IF {guard} AND NOT ({unchanged}) THEN "
-            f"IF {same_key} THEN "
-            f"{ins}'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, {now}); "
-            f"ELSE "
-            f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); "
-            f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); "
-            f"END IF; END IF; END",
-        ]
+        prefix = _my_string(f"capture of map {spec.map!r} on table {spec.table!r} failed: ")
+
+        def handler(row: str) -> str:
+            return (
+                "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN "
+                "DECLARE dw_no INT DEFAULT 0; "
+                "DECLARE dw_msg TEXT CHARACTER SET utf8mb4 DEFAULT ''; "
+                "DECLARE dw_k TEXT CHARACTER SET utf8mb4 DEFAULT '[]'; "
+                "GET DIAGNOSTICS CONDITION 1 dw_no = MYSQL_ERRNO, dw_msg = MESSAGE_TEXT; "
+                f"IF dw_no IN ({', '.join(map(str, _MY_RESIGNAL))}) THEN RESIGNAL; END IF; "
+                # the key, if it can still be read
+                "BEGIN DECLARE CONTINUE HANDLER FOR SQLEXCEPTION SET dw_k = '[]'; "
+                f"SET dw_k = {key(row)}; END; "
+                f"{ins}'{MARKER}', dw_k, NULL, JSON_OBJECT('reason', CONCAT({prefix}, dw_msg)), "
+                f"{now}); END; ")
+
+        guard = "IF @dualwrite_origin IS NULL THEN "
+        unchanged = " AND ".join(self._same(f"OLD.{_bq(c)}", f"NEW.{_bq(c)}", enc.get(c))
+                                 for c in spec.columns)
+        same_key = " AND ".join(self._same(f"OLD.{_bq(c)}", f"NEW.{_bq(c)}", enc.get(c))
+                                for c in spec.key)
+        return {
+            f"{spec.tag}_i": f"BEGIN {handler('NEW')}{guard}"
+                             f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END IF; END",
+            f"{spec.tag}_d": f"BEGIN {handler('OLD')}{guard}"
+                             f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); END IF; END",
+            f"{spec.tag}_u": (
+                f"BEGIN {handler('NEW')}{guard}IF NOT ({unchanged}) THEN IF {same_key} THEN "
+                f"{ins}'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, {now}); ELSE "
+                f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); "
+                f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); "
+                "END IF; END IF; END IF; END"),
+        }
+
+    def definitions(self, spec: CaptureSpec, encodings: dict[str, str]) -> dict[str, str]:
+        return self._bodies(spec, encodings)
+
+    def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
+        t = _bq(spec.table)
+        events = {"i": "INSERT", "d": "DELETE", "u": "UPDATE"}
+        out = []
+        for name, body in self._bodies(spec, encodings).items():
+            out += [f"DROP TRIGGER IF EXISTS {name}",
+                    f"CREATE TRIGGER {name} AFTER {events[name[-1]]} ON {t} FOR EACH ROW {body}"]
+        return out
+
+    def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
+        rows = conn.execute(sa.text(
+            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM "
+            "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
+            "AND TRIGGER_NAME IN (:i, :d, :u)"), {o: f"{spec.tag}_{o}" for o in "idu"}).all()
+        return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
 
     def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
         return [f"DROP TRIGGER IF EXISTS {spec_tag}_{op}" for op in "iud"]
 
 
 class SqliteDialect(Dialect):
+    """Row triggers. SQLite is typed by value, not by column: every value is logged by what
+    it holds (``typeof``): a blob as ``"\\x<hex>"``, a real with 18 significant digits
+    (``json_object`` writes 15, and ``Inf`` for infinity, which is no JSON; this SQLite's
+    ``printf`` is not exact at 17 digits for every double, and is at 18).
+
+    A real read back for a decimal column is the double SQLite holds, in its shortest form:
+    the 18 digits are a way to carry the double, not the decimal's digits."""
+
     has_txid = False
 
-    def key_text(self, params: Sequence[str], sql_types: Sequence[str]) -> str:
-        return "json_array(" + ", ".join(f":{p}" for p in params) + ")"
+    def value_decoder(self, kind: Kind) -> Callable[[Any], Any] | None:
+        if kind is Kind.DECIMAL:
+            return _sqlite_decimal
+        return value_decoder(kind)
+
+    def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
+        return "json_array(" + ", ".join(self._value(f":{p}") for p in params) + ")"
 
     def log_ddl(self) -> list[str]:
         return [
@@ -389,52 +829,80 @@ class SqliteDialect(Dialect):
             f"CREATE TABLE IF NOT EXISTS {ORIGIN} (x INTEGER)",
         ]
 
-    def install_ddl(self, spec: CaptureSpec) -> list[str]:
-        q, t, tag = self.q, self.q(spec.table), spec.tag
-        mapname = spec.map.replace("'", "''")
+    def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
+        rows = conn.exec_driver_sql(f"SELECT name FROM pragma_table_info({_sql_string(table)})"
+                                    ).all()
+        return {str(r[0]): PLAIN for r in rows} if rows else None
 
-        def obj(alias: str) -> str:
-            return self._object("json_object", alias, spec.columns)
+    @staticmethod
+    def _value(ref: str) -> str:
+        digits = f"printf('%!.18g', {ref})"
+        real = (f"CASE WHEN abs({ref}) <= 1.7976931348623157e308 THEN json({digits}) "
+                f"ELSE {digits} END")
+        return (f"CASE typeof({ref}) WHEN 'blob' THEN '\\x' || lower(hex({ref})) "
+                f"WHEN 'real' THEN {real} ELSE {ref} END")
 
-        def key(alias: str) -> str:
-            return self._array("json_array", alias, spec.key)
+    def _statements(self, spec: CaptureSpec) -> dict[str, str]:
+        t, tag = _dq(spec.table), spec.tag
+
+        def obj(row: str) -> str:
+            return "json_object(" + ", ".join(
+                f"{_sql_string(c)}, {self._value(row + '.' + _dq(c))}"
+                for c in spec.columns) + ")"
+
+        def key(row: str) -> str:
+            return "json_array(" + ", ".join(self._value(row + "." + _dq(c))
+                                             for c in spec.key) + ")"
 
         now = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')"
-        ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ('{mapname}', "
+        ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ({_sql_string(spec.map)}, "
         guard = f"NOT EXISTS (SELECT 1 FROM {ORIGIN})"
-        changed = " OR ".join(f"OLD.{q(c)} IS NOT NEW.{q(c)}" for c in spec.columns)
-        same_key = " AND ".join(f"OLD.{q(c)} IS NEW.{q(c)}" for c in spec.key)
-        return [
-            f"DROP TRIGGER IF EXISTS {tag}_i",
-            f"CREATE TRIGGER {tag}_i AFTER INSERT ON {t} WHEN {guard} BEGIN "
-            f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END",
-            f"DROP TRIGGER IF EXISTS {tag}_d",
-            f"CREATE TRIGGER {tag}_d AFTER DELETE ON {t} WHEN {guard} BEGIN "
-            f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); END",
-            f"DROP TRIGGER IF EXISTS {tag}_u",
-            f"CREATE TRIGGER {tag}_u AFTER UPDATE ON {t} WHEN {guard} AND ({same_key}) "
-            f"AND ({changed}) BEGIN "
-            f"{ins}'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, {now}); END",
-            f"DROP TRIGGER IF EXISTS {tag}_k",
+        # compared byte for byte: a column's collation (NOCASE) may call 'a' and 'A' equal
+        changed = " OR ".join(f"OLD.{_dq(c)} IS NOT NEW.{_dq(c)} COLLATE BINARY"
+                              for c in spec.columns)
+        same_key = " AND ".join(f"OLD.{_dq(c)} IS NEW.{_dq(c)} COLLATE BINARY"
+                                for c in spec.key)
+        return {
+            f"{tag}_i": f"CREATE TRIGGER {tag}_i AFTER INSERT ON {t} WHEN {guard} BEGIN "
+                        f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END",
+            f"{tag}_d": f"CREATE TRIGGER {tag}_d AFTER DELETE ON {t} WHEN {guard} BEGIN "
+                        f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); END",
+            f"{tag}_u": f"CREATE TRIGGER {tag}_u AFTER UPDATE ON {t} WHEN {guard} AND "
+                        f"({same_key}) AND ({changed}) BEGIN "
+                        f"{ins}'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, {now}); END",
             # a key change: the twin of the old key goes, a twin of the new key comes
-            f"CREATE TRIGGER {tag}_k AFTER UPDATE ON {t} WHEN {guard} AND NOT ({same_key}) "
-            f"BEGIN {ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); "
-            f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END",
-        ]
+            f"{tag}_k": f"CREATE TRIGGER {tag}_k AFTER UPDATE ON {t} WHEN {guard} AND NOT "
+                        f"({same_key}) BEGIN {ins}'D', {key('OLD')}, {obj('OLD')}, NULL, "
+                        f"{now}); {ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END",
+        }
+
+    def definitions(self, spec: CaptureSpec, encodings: dict[str, str]) -> dict[str, str]:
+        return self._statements(spec)
+
+    def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
+        out = []
+        for name, statement in self._statements(spec).items():
+            out += [f"DROP TRIGGER IF EXISTS {name}", statement]
+        return out
+
+    def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
+        rows = conn.execute(sa.text(
+            "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' AND "
+            "name IN (:i, :d, :u, :k)"), {o: f"{spec.tag}_{o}" for o in "iduk"}).all()
+        return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
 
     def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
         return [f"DROP TRIGGER IF EXISTS {spec_tag}_{op}" for op in "iudk"]
 
 
 def dialect_for(connector: SqlConnector) -> Dialect:
-    quote = connector.engine.dialect.identifier_preparer.quote
     name = connector.engine.dialect.name
     if name == "postgresql":
-        return PostgresDialect(quote)
+        return PostgresDialect()
     if name in ("mysql", "mariadb"):
-        return MariaDbDialect(quote)
+        return MariaDbDialect()
     if name == "sqlite":
-        return SqliteDialect(quote)
+        return SqliteDialect()
     raise TerminalConnectorError(f"change capture is not available for {name}",
                                  environment=connector.name,
                                  hint="use PostgreSQL, MariaDB or SQLite")
@@ -466,17 +934,86 @@ class CaptureLog:
             self._ready = True
 
     def install(self, spec: CaptureSpec) -> None:
-        """Install (or refresh) the capture triggers of one map. Idempotent."""
+        """Install (or refresh) the capture triggers of one map, for the table's columns as
+        they are now. Idempotent."""
         self.ensure()
-        self._ddl(self.dialect.install_ddl(spec), f"install capture on {spec.table}")
+        c = self.connector
+        with c.translating(f"install capture on {spec.table}"), c.engine.begin() as conn:
+            encodings = self.dialect.encodings(conn, spec.table)
+            if encodings is None:
+                raise TerminalConnectorError(
+                    f"cannot capture map {spec.map!r}: table {spec.table!r} does not exist",
+                    environment=c.name, hint="create it, or correct the table name in the map")
+            gone = [col for col in spec.needed if col not in encodings]
+            if gone:
+                raise TerminalConnectorError(
+                    f"cannot capture map {spec.map!r}: table {spec.table!r} has no column(s) "
+                    f"{', '.join(repr(g) for g in gone)}", environment=c.name,
+                    hint="correct the map's field lines, or the table, and start the map again")
+            for statement in self.dialect.install_ddl(spec, encodings):
+                conn.exec_driver_sql(statement)
+
+    def check(self, spec: CaptureSpec) -> list[str]:
+        """What is wrong with the installed capture of one map: the change log or the table
+        missing, columns the map reads gone from the table (renamed or dropped), triggers
+        missing, disabled, on another table, or out of date (the table's columns changed
+        type since they were installed). Empty when capture is as :meth:`install` would
+        make it; otherwise fix the table or the map, and install again."""
+        c = self.connector
+        problems: list[str] = []
+        where = f"map {spec.map!r}, table {spec.table!r}"
+        with c.translating(f"check capture on {spec.table}"), c.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(CHANGES):
+                problems.append(f"{where}: the change log ({CHANGES}) is missing")
+            encodings = self.dialect.encodings(conn, spec.table)
+            if encodings is None:
+                return [*problems, f"{where}: the table does not exist"]
+            gone = [col for col in spec.needed if col not in encodings]
+            if gone:
+                problems.append(f"{where}: column(s) {', '.join(repr(g) for g in gone)} gone "
+                                "from the table (renamed or dropped)")
+            expected = self.dialect.definitions(spec, encodings)
+            installed = self.dialect.installed(conn, spec)
+            conn.rollback()
+        for name, definition in expected.items():
+            table, text = installed.get(name, ("", ""))
+            if not table:
+                problems.append(f"{where}: capture trigger {name} is missing")
+            elif table.startswith("disabled:"):
+                problems.append(f"{where}: capture trigger {name} is disabled")
+            elif table != spec.table:
+                problems.append(f"{where}: capture trigger {name} is on table {table!r}")
+            elif not gone and text.strip() != definition.strip():
+                problems.append(f"{where}: capture trigger {name} is out of date (the table "
+                                "changed since it was installed)")
+        return problems
 
     def remove(self, spec: CaptureSpec) -> None:
         """Remove the capture triggers of one map and forget its queued changes."""
         self._ddl(self.dialect.remove_ddl(spec.tag, spec.table),
                   f"remove capture from {spec.table}")
         if self._exists():
-            self._ddl([f"DELETE FROM {CHANGES} WHERE map = '{spec.map.replace(chr(39), '')}'"],
-                      "forget queued changes")
+            c = self.connector
+            with c.translating("forget queued changes"), c.engine.begin() as conn:
+                conn.execute(sa.text(f"DELETE FROM {CHANGES} WHERE map = :m"), {"m": spec.map})
+
+    def value_decoder(self, kind: Kind) -> Callable[[Any], Any] | None:
+        """The function that turns this log's value of a column of ``kind`` into what the
+        connector reads (see :func:`value_decoder`), or None where it already is that."""
+        return self.dialect.value_decoder(kind)
+
+    def decode(self, values: dict[str, Any] | None, kinds: dict[str, Kind]
+               ) -> dict[str, Any] | None:
+        """A change's ``old`` or ``new`` with every value decoded for its column's kind
+        (:meth:`value_decoder`); members of columns not in ``kinds`` as they are."""
+        if values is None:
+            return None
+        out = dict(values)
+        for name, v in out.items():
+            fn = self.value_decoder(kinds[name]) if name in kinds else None
+            if fn is not None and v is not None:
+                out[name] = fn(v)
+        return out
 
     #: what dualwrite's trigger and function names look like (see CaptureSpec.tag)
     OWN_OBJECT = re.compile(r"^dw_[0-9a-f]{10}_[a-z]+$")
@@ -639,19 +1176,20 @@ class CaptureLog:
         return "seq, map, txid, op, k, old, new, at"
 
     def pending(self, conn: sa.Connection, map_name: str, keys: Sequence[tuple[Any, ...]],
-                sql_types: Sequence[str]) -> list[Change]:
+                columns: Sequence[Column]) -> list[Change]:
         """Committed changes of ``map_name`` still queued in this log for the given keys
-        (values in this side's types; ``sql_types`` are the key columns' SQL types), oldest
-        first, inside the caller's transaction. The database formats the asked keys itself,
-        exactly as its triggers did."""
+        (values of the key ``columns`` of this side's table), oldest first, inside the
+        caller's transaction. The database formats the asked keys itself, exactly as its
+        triggers did."""
         if not keys:
             return []
-        width = len(sql_types)
+        width = len(columns)
         rows: list[Any] = []
         if isinstance(self.dialect, PostgresDialect):
             # all keys in one statement: one array parameter per key column
             arrays = {f"a{n}": [k[n] for k in keys] for n in range(width)}
-            unnest = ", ".join(f"CAST(:a{n} AS {t}[])" for n, t in enumerate(sql_types))
+            unnest = ", ".join(f"CAST(:a{n} AS {without_collation(c.sql_type)}[])"
+                               for n, c in enumerate(columns))
             cols = ", ".join(f"u.v{n}" for n in range(width))
             names = ", ".join(f"v{n}" for n in range(width))
             rows = list(conn.execute(sa.text(
@@ -666,7 +1204,7 @@ class CaptureLog:
                 for j, k in enumerate(chunk):
                     names_j = [f"k{j}_{n}" for n in range(width)]
                     params.update(zip(names_j, k, strict=True))
-                    exprs.append(self.dialect.key_text(names_j, sql_types))
+                    exprs.append(self.dialect.key_text(names_j, columns))
                 rows += conn.execute(sa.text(
                     f"SELECT {self._columns()} FROM {CHANGES} WHERE map = :m "
                     f"AND k IN ({', '.join(exprs)}) ORDER BY seq"), params).all()

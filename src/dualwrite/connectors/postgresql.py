@@ -11,7 +11,12 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualwrite.connectors.base import Branch, Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector, SqlWriteSession, end_rollback
+from dualwrite.connectors.sql import (
+    SqlConnector,
+    SqlWriteSession,
+    end_rollback,
+    without_collation,
+)
 from dualwrite.errors import ConnectorError, TerminalConnectorError
 
 _SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
@@ -150,10 +155,14 @@ class PostgresConnector(SqlConnector):
         # the capture triggers skip what dualwrite writes itself (no echo), at no cost per
         # statement. Its sessions run in UTC: a timestamp without a zone (from MariaDB's
         # DATETIME, SQLite, a capture log's JSON) is UTC to dualwrite, whatever zone the
-        # server or the database defaults to.
+        # server or the database defaults to. The text settings are those the capture triggers
+        # run with, so that a key dualwrite formats (the log's key text) reads as theirs.
         return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
                                 connect_args={"options": "-c dualwrite.origin=on "
-                                                         "-c timezone=UTC"})
+                                                         "-c timezone=UTC "
+                                                         "-c extra_float_digits=1 "
+                                                         "-c bytea_output=hex "
+                                                         "-c intervalstyle=postgres"})
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
@@ -228,7 +237,8 @@ class PostgresConnector(SqlConnector):
 
         guarded = returning
         names = [*key, *columns, *(columns if guarded else [])]
-        types = [table.c[c].type.compile(dialect=self.engine.dialect) for c in names]
+        types = [without_collation(table.c[c].type.compile(dialect=self.engine.dialect))
+                 for c in names]
         arrays = [[r[0][i] for r in rows] for i in range(len(key))] + \
             [[r[1][i] for r in rows] for i in range(len(columns))]
         if guarded:
@@ -282,7 +292,7 @@ class PostgresConnector(SqlConnector):
 
         defs: dict[str, str] = {}
         for c, src in zip(columns, sources, strict=True):
-            typ = table.c[c].type.compile(dialect=self.engine.dialect)
+            typ = without_collation(table.c[c].type.compile(dialect=self.engine.dialect))
             if defs.setdefault(src, typ) != typ:
                 return None
         a = sql.Identifier(alias)

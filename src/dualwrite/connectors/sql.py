@@ -6,6 +6,8 @@ classification). Everything a driver raises passes through :meth:`SqlConnector._
 
 from __future__ import annotations
 
+import copy
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -36,6 +38,23 @@ from dualwrite.model.values import canonical
 LINK_TABLE = "dualwrite_link"
 OWN_TABLE_PREFIX = "dualwrite_"
 LOOKUP_CHUNK = 1000
+
+
+_COLLATE = re.compile(r"\s+COLLATE\s+(?:\"(?:[^\"]|\"\")*\"|\S+)", re.IGNORECASE)
+
+
+def without_collation(sql_type: str) -> str:
+    """A column's SQL type without its COLLATE clause: ``VARCHAR(20) COLLATE "C"`` is a
+    column's type, but not one a CAST, an array type or a column definition list takes."""
+    return _COLLATE.sub("", sql_type)
+
+
+def plain_type(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
+    """``t`` without its collation (see :func:`without_collation`), for casts and arrays."""
+    if getattr(t, "collation", None):
+        t = copy.copy(t)
+        t.collation = None  # type: ignore[attr-defined]
+    return t
 
 
 def kind_of(t: sa.types.TypeEngine[Any]) -> Kind:
@@ -557,9 +576,9 @@ class SqlConnector(Connector):
                 chunk = keys[start:start + LOOKUP_CHUNK]
                 if len(kcols) == 1 and self.engine.dialect.name == "postgresql":
                     # one array parameter instead of a thousand
+                    array = sa.ARRAY(plain_type(kcols[0].type))
                     cond: sa.ColumnElement[bool] = kcols[0] == sa.func.any(sa.cast(
-                        sa.literal([k[0] for k in chunk], sa.ARRAY(kcols[0].type)),
-                        sa.ARRAY(kcols[0].type)))
+                        sa.literal([k[0] for k in chunk], array), array))
                 elif len(kcols) == 1:
                     cond = kcols[0].in_([k[0] for k in chunk])
                 else:

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from dualwrite.connectors.base import Row, WriteSession
 from dualwrite.connectors.capture import (
+    MARKER,
     WATERMARK,
     CaptureLog,
     CaptureSpec,
@@ -243,6 +244,8 @@ class _Outcome:
     #: per map, target keys written without first locking the row and looking at the
     #: target's queue (the optimistic fast paths): looked at before commit (_recheck)
     unchecked: dict[str, list[Row]] = field(default_factory=dict)
+    #: maps whose capture could not record a change (a marker in the log), with the reason
+    broken: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -341,7 +344,7 @@ class Applier:
                 if (states.get(name) or {}).get("state") in APPLYING:
                     # a map that no longer binds (a table or column gone, a map file broken)
                     # is out of the link, the others go on
-                    self.fail_map(name, None, ValidationFailed(found))
+                    self.fail_map(name, "binding the map", ValidationFailed(found))
         return self._maps
 
     # -- the loop ----------------------------------------------------------------------------
@@ -448,7 +451,7 @@ class Applier:
         maps = [n for n, m in self.maps().items() if m.state in APPLYING]
         if len(maps) <= 1:
             for name in maps:
-                self.fail_map(name, s, exc)
+                self.fail_map(name, f"applying changes from {self.env[s]}", exc)
             return 0
         handled = 0
         for name in maps:
@@ -457,16 +460,15 @@ class Applier:
             except TransientConnectorError:
                 raise
             except Exception as one:
-                self.fail_map(name, s, one)
+                self.fail_map(name, f"applying changes from {self.env[s]}", one)
         return handled
 
-    def fail_map(self, name: str, s: Side | None, exc: BaseException) -> None:
+    def fail_map(self, name: str, doing: str, exc: BaseException) -> None:
         """Take a map out of the link: state ``failed`` (queued changes stay in the log; a
         resume puts it back), the reason recorded as a ``failed`` event (alert rules see it),
-        and logged. ``s``: the side whose changes it was applying, if any."""
+        and logged. ``doing``: what failed ("applying changes from erp")."""
         reason = str(exc) if isinstance(exc, DualwriteError) else \
             f"{type(exc).__name__}: {exc} (a fault of dualwrite: please report it)"
-        doing = f"applying changes from {self.env[s]}" if s is not None else "binding the map"
         log.error("map %s failed %s: %s", name, doing, reason,
                   exc_info=not isinstance(exc, DualwriteError))
         self.state.set_map_state(name, "failed")
@@ -572,6 +574,8 @@ class Applier:
         if forget:
             self.logs[s].forget([c.seq for c in changes])
             self._prune[s] = sorted({(c.map, c.txid) for c in changes if c.txid != WATERMARK})
+        for name, reason in outcome.broken.items():
+            self._capture_broken(name, reason)
         for c in outcome.conflicts.values():
             self.event(c["map_name"], "conflict", f"key {c['key']}: {c['winner']} wins")
         for a, status, kind, info in outcome.parked:
@@ -593,12 +597,18 @@ class Applier:
         todo = part if not done and not marks else [
             c for c in part if (c.map, c.txid) not in done
             and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
+        changes = todo
+        if any(c.op == MARKER for c in part):  # markers of applied transactions too
+            for c in part:
+                if c.op == MARKER:
+                    outcome.broken.setdefault(c.map, c.reason or "")
+            changes = [c for c in todo if c.op != MARKER]
         live = []
         blocked, excluded = mode.blocked, mode.excluded
         # A change that failed parks its whole source transaction (never applied in part):
         # the transaction's other changes wait behind it, whichever map and key they are of.
         failed_tx = mode.failed_tx
-        for a in self._actions(s, todo, maps, outcome):
+        for a in self._actions(s, changes, maps, outcome):
             err = excluded.get(a.change.seq)
             if err is None and not blocked and not failed_tx:  # the common case
                 live.append(a)
@@ -646,7 +656,7 @@ class Applier:
                 ctx = per_map[c.map] = None if m is None else (
                     self._decoder(c.map, m.differ, s), m.bound.filter(s), m.differ,
                     operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]),
-                    *self._key_coercions(m.differ, s))
+                    *self._key_coercions(m.differ, s, self.logs[s]))
             if ctx is None:
                 continue
             decode, flt, d, keyget, width, keyfix, tkinds = ctx
@@ -661,9 +671,9 @@ class Applier:
                 skey = c.key
                 if keyfix:
                     k = list(skey)
-                    for i, kd in keyfix:
+                    for i, fn in keyfix:
                         if k[i] is not None:
-                            k[i] = coerce(k[i], kd)
+                            k[i] = fn(k[i])
                     skey = tuple(k)
                 tkey = skey if tkinds is None else tuple(
                     coerce(v, kd) for v, kd in zip(skey, tkinds, strict=True))
@@ -688,34 +698,36 @@ class Applier:
         return out
 
     @staticmethod
-    def _key_coercions(d: MapDiffer, s: Side
-                       ) -> tuple[list[tuple[int, Kind]], list[Kind] | None]:
-        """How a key read from the log becomes the source key (the coercions the decoder
-        applies to those columns) and the target key (None: the same values, the kinds
-        agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key` does)."""
+    def _key_coercions(d: MapDiffer, s: Side, log: CaptureLog
+                       ) -> tuple[list[tuple[int, Callable[[Any], Any]]], list[Kind] | None]:
+        """How a key read from the log becomes the source key (the log's decoders of those
+        columns, as the row decoder applies them) and the target key (None: the same values,
+        the kinds agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key`
+        does)."""
         t = s.other
         src = [d.kinds[s][d.columns[s][i]] for i in d.key_idx[s]]
         dst = [d.kinds[t][c] for c in d.bound.key(t)]
-        keyfix = [(i, kd) for i, kd in enumerate(src)
-                  if kd not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
+        keyfix = [(i, fn) for i, kd in enumerate(src)
+                  if (fn := log.value_decoder(kd)) is not None]
         return keyfix, None if src == dst else dst
 
     def _decoder(self, name: str, d: MapDiffer, s: Side
                  ) -> Callable[[dict[str, Any]], Row]:
         """A function turning captured values (as JSON gave them) into a row of ``d.columns``
-        in the column kinds; only kinds JSON cannot carry exactly are coerced."""
+        as the source connector reads them (the log's decoders); only kinds JSON does not
+        carry as such are decoded."""
         fn = self._decoders.get((name, s))
         if fn is None:
             cols = d.columns[s]
             kinds = d.kinds[s]
-            fix = [(i, kinds[c]) for i, c in enumerate(cols)
-                   if kinds[c] not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
+            fix = [(i, f) for i, c in enumerate(cols)
+                   if (f := self.logs[s].value_decoder(kinds[c])) is not None]
 
             def decode(values: dict[str, Any]) -> Row:
                 row = [values.get(c) for c in cols]
-                for i, kind in fix:
+                for i, f in fix:
                     if row[i] is not None:
-                        row[i] = coerce(row[i], kind)
+                        row[i] = f(row[i])
                 return tuple(row)
 
             fn = self._decoders[(name, s)] = decode
@@ -818,14 +830,13 @@ class Applier:
         conn = _conn(sess)
         if len(keys) >= _PROBE_QUEUE_AT and not self.logs[t].queues(conn, b.name):
             return {}
-        key_types = [d.connectors[t].describe(b.table(t)).columns[c].sql_type
-                     for c in b.key(t)]
-        found = self.logs[t].pending(conn, b.name, list(keys), key_types)
+        key_cols = [d.connectors[t].describe(b.table(t)).columns[c] for c in b.key(t)]
+        found = self.logs[t].pending(conn, b.name, list(keys), key_cols)
         out: dict[tuple[Any, ...], list[Change]] = {}
-        kinds = [d.kinds[t][c] for c in b.key(t)]
+        decoders = [self.logs[t].value_decoder(d.kinds[t][c]) for c in b.key(t)]
         for c in found:
-            k = canonical_key(tuple(coerce(v, kind)
-                                    for v, kind in zip(c.key, kinds, strict=True)))
+            k = canonical_key(tuple(v if fn is None or v is None else fn(v)
+                                    for v, fn in zip(c.key, decoders, strict=True)))
             out.setdefault(k, []).append(c)
         return out
 
@@ -1127,6 +1138,17 @@ class Applier:
                         side=self.env[t], table=table, key=acts[0].tkey,
                         hint=exc.hint)) from exc
                 raise
+
+    def _capture_broken(self, name: str, reason: str) -> None:
+        """Capture could no longer record a change of this map (a marker in the log: a mapped
+        column renamed or dropped): a ``capture_broken`` event, and the map fails with the
+        reason; the other maps go on."""
+        self.event(name, "capture_broken", reason)
+        self.fail_map(name, "capturing its changes", LinkError(
+            f"capture could not record a change: {reason}",
+            hint=f"correct the table or the map, then `dualwrite maps stop {name}` and "
+            f"`dualwrite maps start {name}` (an initial sync: changes made meanwhile were not "
+            "captured)"))
 
     # -- parking -----------------------------------------------------------------------------
     def _parked_keys(self) -> set[tuple[str, tuple[Any, ...]]]:

@@ -86,10 +86,12 @@ class AlertRule(BaseModel):
 
     Kinds: ``conflict``, ``rejected`` (the target refused a row), ``lookup`` (a lookup or
     value map had no answer), ``unreachable``, ``queue`` (the queue crossed 80% of its
-    budget), or ``any``."""
+    budget), ``failed`` (a map taken out of the link, with its reason), ``capture_broken``
+    (capture could not record the map: it failed too), or ``any``."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(pattern=r"^(conflict|rejected|lookup|unreachable|queue|failed|any)$")
+    kind: str = Field(
+        pattern=r"^(conflict|rejected|lookup|unreachable|queue|failed|capture_broken|any)$")
     count: int = Field(default=1, ge=1)
     within_minutes: float = Field(default=10.0, gt=0)
     action: str = Field(pattern=r"^(pause|stop|log|webhook)$")
