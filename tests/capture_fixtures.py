@@ -101,6 +101,8 @@ def drain(applier: Applier, *, timeout: float = 30.0) -> int:
     """Step the applier until two passes in a row find nothing; returns changes handled.
     Fails the test if the logs do not empty within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
+    # a running applier reads the map states every 0.2 s: see what the test just changed
+    applier.maps(refresh=True)
     handled, idle = 0, 0
     while idle < 2:
         n = applier.step()

@@ -132,6 +132,7 @@ def test_pausing_a_map_holds_the_maps_that_depend_on_it(
         assert st["customers"]["note"] is not None and "held: groups" in st["customers"]["note"]
         assert st["customers"]["queued"] == 1
         link.resume_maps(["groups"])
+        applier.maps(refresh=True)  # (a running applier looks again within 0.2 s)
         drain(applier)
         applier.housekeeping()  # groups: resuming -> running (its queue is empty)
         applier.maps(refresh=True)  # (the running applier looks again within 0.2 s)

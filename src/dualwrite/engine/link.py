@@ -407,6 +407,7 @@ class Link:
                     "(`dualwrite maps start --yes`)")
             if missing and with_dependencies:
                 names = [*missing, *names]
+        self.forget_validation()  # bind to the tables as they are now (a fault fixed)
         bound = self.bound_maps(names)
         self.ensure_linked()
         states = self.state.map_states()
@@ -498,6 +499,7 @@ class Link:
     def stop_maps(self, names: Sequence[str] = ()) -> list[str]:
         """Stop maps: remove their capture and forget what they had queued. Starting one
         again runs its initial sync again (nothing was captured while it was stopped)."""
+        self.forget_validation()  # bind to the tables as they are now (a fault fixed)
         bound = self.bound_maps(names)
         for b in reversed(bound):
             self.remove_capture(b)
