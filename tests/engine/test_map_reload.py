@@ -108,3 +108,50 @@ def test_a_running_applier_process_switches_within_seconds(
         proc.terminate()
         proc.wait(timeout=60)
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+@pytest.mark.parametrize("kinds", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def test_changes_captured_before_a_reload_are_applied_as_their_version(
+        make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
+    """A change queued under version 1 (qty mapped) is applied as version 1 after a reload to
+    version 2 (qty no longer mapped, note mapped); a change captured after the reload, as
+    version 2. Each change carries the version it was captured under."""
+    it = make_items(make_backend, tmp_path, *kinds)
+    it.left.insert("items", [{"id": 1, "name": "one", "qty": 1, "note": None}])
+    with it.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        link.pause_maps(["items"])
+        it.left.app_sql("UPDATE items SET qty = 5 WHERE id = 1")  # queued, version 1
+        [(version_1,)] = it.left.sql("SELECT v FROM dualwrite_changes")
+        edit(it, ITEMS_MAP.replace("  - qty = qty\n", "") + "  - note = note\n")
+        [done] = link.reload_maps()
+        it.left.app_sql("UPDATE items SET qty = 7, note = 'x' WHERE id = 1")  # version 2
+        versions = [r[0] for r in it.left.sql("SELECT v FROM dualwrite_changes ORDER BY seq")]
+        assert versions == [version_1, done["to"]] and version_1 == done["from"]
+        link.resume_maps(["items"])
+        drain(applier)
+        assert it.right.sql("SELECT qty, note FROM items WHERE id = 1") == [(5, "x")]
+
+
+def test_a_change_log_made_before_map_versions_gets_its_column(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """A log an earlier version made has no version column: it is added when the log is
+    first used, and a change queued in it (no version) is applied as the map is now."""
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb")
+    it.left.insert("items", [{"id": 1, "name": "one", "qty": 1}])
+    with it.link() as link:
+        link.start_maps()
+        link.pause_maps(["items"])
+        it.left.app_sql("UPDATE items SET qty = 3 WHERE id = 1")
+    for b in (it.left, it.right):
+        b.app_sql("ALTER TABLE dualwrite_changes DROP COLUMN v" if b.kind == "postgresql" else
+                  "SET STATEMENT system_versioning_alter_history = KEEP FOR "
+                  "ALTER TABLE dualwrite_changes DROP COLUMN v")
+    with it.link() as link:
+        link.resume_maps(["items"])
+        drain(link.applier())
+        assert it.right.sql("SELECT qty FROM items WHERE id = 1") == [(3,)]
+        assert "v" in [r[0] for r in it.left.sql(
+            "SELECT column_name FROM information_schema.columns WHERE table_name = "
+            "'dualwrite_changes'")]

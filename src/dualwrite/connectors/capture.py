@@ -107,6 +107,8 @@ if TYPE_CHECKING:
     from dualwrite.connectors.sql import SqlConnector
 
 CHANGES = "dualwrite_changes"
+#: the log's column of the map version a change was captured under
+VERSION = "v"
 APPLIED = "dualwrite_applied"
 ORIGIN = "dualwrite_origin"
 WAKE = "dualwrite_wake"
@@ -126,6 +128,9 @@ class CaptureSpec:
     table: str
     key: tuple[str, ...]
     columns: tuple[str, ...]
+    #: the map version the triggers capture for: each change in the log carries it, so that
+    #: it is applied as that version says (a reload changes the columns captured)
+    version: str = ""
 
     @property
     def tag(self) -> str:
@@ -157,7 +162,7 @@ class Change:
     has no versions."""
 
     __slots__ = ("_key", "_new", "_old", "at", "key_text", "map", "new_json", "old_json", "op",
-                 "seq", "txid")
+                 "seq", "txid", "version")
 
     def __init__(self, seq: int, map: str, txid: str, op: str, key_text: str,
                  old: dict[str, Any] | None = None, new: dict[str, Any] | None = None,
@@ -173,6 +178,7 @@ class Change:
         self.old_json, self.new_json = old_json, new_json
         self._old = old if old is not None or old_json is None else _UNDECODED
         self._new = new if new is not None or new_json is None else _UNDECODED
+        self.version = ""  # the map version it was captured under ("": before versions)
 
     @property
     def old(self) -> dict[str, Any] | None:
@@ -218,14 +224,16 @@ class Change:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Change:
         new = {"reason": d.get("reason")} if d["op"] == MARKER else d.get("new")
-        return cls(seq=int(d["seq"]), map=str(d["map"]), txid=str(d["txid"]), op=str(d["op"]),
-                   key_text=json.dumps(list(d["key"]), default=str), old=d.get("old"),
-                   new=new, at=parse_time(d["at"]))
+        c = cls(seq=int(d["seq"]), map=str(d["map"]), txid=str(d["txid"]), op=str(d["op"]),
+                key_text=json.dumps(list(d["key"]), default=str), old=d.get("old"),
+                new=new, at=parse_time(d["at"]))
+        c.version = str(d.get("v") or "")
+        return c
 
     def as_dict(self) -> dict[str, Any]:
         out = {"seq": self.seq, "map": self.map, "txid": self.txid, "op": self.op,
                "key": list(self.key), "old": self.old, "new": self.new,
-               "at": self.at.isoformat()}
+               "at": self.at.isoformat(), "v": self.version}
         if self.op == MARKER:
             out["reason"] = self.reason
         return out
@@ -435,6 +443,10 @@ class Dialect(ABC):
         """See :func:`value_decoder` (the same for every database but SQLite's decimals)."""
         return value_decoder(kind)
 
+    def add_version_ddl(self) -> str:
+        """Add the map-version column to a log made before map versions."""
+        return f"ALTER TABLE {CHANGES} ADD COLUMN {VERSION} TEXT"
+
     @abstractmethod
     def log_ddl(self) -> list[str]:
         """Create the log and applied-position tables (idempotent)."""
@@ -511,7 +523,7 @@ class PostgresDialect(Dialect):
         return [
             f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq bigserial PRIMARY KEY, "
             "map text NOT NULL, txid bigint NOT NULL, op char(1) NOT NULL, k text NOT NULL, "
-            "old json, new json, at timestamptz NOT NULL DEFAULT clock_timestamp())",
+            "old json, new json, at timestamptz NOT NULL DEFAULT clock_timestamp(), v text)",
             f"CREATE INDEX IF NOT EXISTS {CHANGES}_key ON {CHANGES} (map, k)",
             f"CREATE TABLE IF NOT EXISTS {APPLIED} (source text NOT NULL, map text NOT NULL, "
             "txid text NOT NULL, seq bigint NOT NULL, at timestamptz NOT NULL DEFAULT now(), "
@@ -547,7 +559,7 @@ class PostgresDialect(Dialect):
         return f"{ref}::text" if encoding == JSON_DOC else ref
 
     def _body(self, spec: CaptureSpec, enc: dict[str, str], op: str) -> str:
-        m, txid = _pg_string(spec.map), self.TXID
+        m, txid, v = _pg_string(spec.map), self.TXID, _pg_string(spec.version)
         needed = spec.needed
         names = ", ".join(_pg_string(c) for c in needed)
         present = ("(SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = TG_RELID "
@@ -557,15 +569,17 @@ class PostgresDialect(Dialect):
                          for c in spec.columns)
         row = f"(SELECT row_to_json(v.*) FROM (SELECT {proj}) AS v)"
         key = f"json_build_array({', '.join('t.' + _dq(c) for c in spec.key)})::text"
-        ins = f"INSERT INTO {CHANGES} (map, txid, op, k, old, new) "
+        ins = f"INSERT INTO {CHANGES} (map, txid, op, k, old, new, v) "
 
         def rows(rel: str) -> str:
             return f"SELECT {key} AS k, {row} AS j FROM {rel} AS t"
 
         if op == "i":
-            capture = f"{ins}SELECT {m}, {txid}, 'I', n.k, NULL, n.j FROM ({rows('dw_new')}) AS n"
+            capture = (f"{ins}SELECT {m}, {txid}, 'I', n.k, NULL, n.j, {v} "
+                       f"FROM ({rows('dw_new')}) AS n")
         elif op == "d":
-            capture = f"{ins}SELECT {m}, {txid}, 'D', o.k, o.j, NULL FROM ({rows('dw_old')}) AS o"
+            capture = (f"{ins}SELECT {m}, {txid}, 'D', o.k, o.j, NULL, {v} "
+                       f"FROM ({rows('dw_old')}) AS o")
         else:
             # Old and new rows joined on the key: a row whose key changed shows as a delete of
             # the old key and an insert of the new one. The join compares the key's text (a
@@ -579,7 +593,7 @@ class PostgresDialect(Dialect):
             capture = (
                 f"{ins}SELECT {m}, {txid}, "
                 "CASE WHEN o.k IS NULL THEN 'I' WHEN n.k IS NULL THEN 'D' ELSE 'U' END, "
-                f"COALESCE(n.k, o.k), o.j, n.j FROM ({keyed('dw_old')}) AS o "
+                f"COALESCE(n.k, o.k), o.j, n.j, {v} FROM ({keyed('dw_old')}) AS o "
                 f"FULL JOIN ({keyed('dw_new')}) AS n ON o.jk = n.jk "
                 "WHERE o.k IS NULL OR n.k IS NULL OR o.j::text <> n.j::text")
         # the marker: from the whole row, which names no column
@@ -595,7 +609,8 @@ class PostgresDialect(Dialect):
                             "record column(s) ")
         reason = f"{prefix} || {gone} || ' (renamed or dropped)'"
         marker = (f"{ins}SELECT {m}, {txid}, '{MARKER}', {marker_key}, NULL, "
-                  f"json_build_object('reason', {reason}) FROM (SELECT row_to_json(t.*) AS j "
+                  f"json_build_object('reason', {reason}), {v} FROM (SELECT row_to_json(t.*) "
+                  "AS j "
                   f"FROM {'dw_old' if op == 'd' else 'dw_new'} AS t) AS r")
         return (
             "DECLARE dw_tx text; BEGIN "
@@ -669,6 +684,11 @@ class MariaDbDialect(Dialect):
     renamed or dropped: "Unknown column 'qty' in 'OLD'") into a marker, and passes those that
     concern the transaction (``_MY_RESIGNAL``) on."""
 
+    def add_version_ddl(self) -> str:
+        # a system-versioned table is altered only with its history kept as it is
+        return (f"SET STATEMENT system_versioning_alter_history = KEEP FOR ALTER TABLE {CHANGES} "
+                f"ADD COLUMN IF NOT EXISTS {VERSION} VARCHAR(40)")
+
     def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
         return "JSON_ARRAY(" + ", ".join(
             self._value(f":{p}", BINARY if c.kind is Kind.BINARY else PLAIN)
@@ -679,6 +699,7 @@ class MariaDbDialect(Dialect):
             f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq BIGINT AUTO_INCREMENT PRIMARY KEY, "
             "map VARCHAR(190) NOT NULL, op CHAR(1) NOT NULL, "
             "k VARCHAR(700) NOT NULL, old LONGTEXT, new LONGTEXT, at DATETIME(6) NOT NULL, "
+            "v VARCHAR(40), "
             "txid BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE, "
             "txid_end BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE, "
             "PERIOD FOR SYSTEM_TIME (txid, txid_end), "
@@ -739,7 +760,8 @@ class MariaDbDialect(Dialect):
             return "JSON_ARRAY(" + ", ".join(
                 self._value(row + "." + _bq(c), enc.get(c)) for c in spec.key) + ")"
 
-        ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ({m}, "
+        ins = (f"INSERT INTO {CHANGES} (map, v, op, k, old, new, at) VALUES ({m}, "
+               f"{_my_string(spec.version)}, ")
         now = "UTC_TIMESTAMP(6)"
         prefix = _my_string(f"capture of map {spec.map!r} on table {spec.table!r} failed: ")
 
@@ -783,8 +805,10 @@ class MariaDbDialect(Dialect):
         events = {"i": "INSERT", "d": "DELETE", "u": "UPDATE"}
         out = []
         for name, body in self._bodies(spec, encodings).items():
-            out += [f"DROP TRIGGER IF EXISTS {name}",
-                    f"CREATE TRIGGER {name} AFTER {events[name[-1]]} ON {t} FOR EACH ROW {body}"]
+            # replaced in one statement: MariaDB's DDL is not transactional, and between a
+            # DROP and a CREATE an application's write would not be captured
+            out += [f"CREATE OR REPLACE TRIGGER {name} AFTER {events[name[-1]]} ON {t} "
+                    f"FOR EACH ROW {body}"]
         return out
 
     def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
@@ -821,7 +845,7 @@ class SqliteDialect(Dialect):
         return [
             f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
             "map TEXT NOT NULL, txid INTEGER, op TEXT NOT NULL, k TEXT NOT NULL, old TEXT, "
-            "new TEXT, at TEXT NOT NULL)",
+            "new TEXT, at TEXT NOT NULL, v TEXT)",
             f"CREATE INDEX IF NOT EXISTS {CHANGES}_key ON {CHANGES} (map, k)",
             f"CREATE TABLE IF NOT EXISTS {APPLIED} (source TEXT NOT NULL, map TEXT NOT NULL, "
             "txid TEXT NOT NULL, seq INTEGER NOT NULL, at TEXT, "
@@ -855,7 +879,8 @@ class SqliteDialect(Dialect):
                                              for c in spec.key) + ")"
 
         now = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')"
-        ins = f"INSERT INTO {CHANGES} (map, op, k, old, new, at) VALUES ({_sql_string(spec.map)}, "
+        ins = (f"INSERT INTO {CHANGES} (map, v, op, k, old, new, at) VALUES "
+               f"({_sql_string(spec.map)}, {_sql_string(spec.version)}, ")
         guard = f"NOT EXISTS (SELECT 1 FROM {ORIGIN})"
         # compared byte for byte: a column's collation (NOCASE) may call 'a' and 'A' equal
         changed = " OR ".join(f"OLD.{_dq(c)} IS NOT NEW.{_dq(c)} COLLATE BINARY"
@@ -931,6 +956,14 @@ class CaptureLog:
         """Create the log tables if they are missing (idempotent)."""
         if not self._ready:
             self._ddl(self.dialect.log_ddl(), "create the change log")
+            c = self.connector
+            with c.translating("look at the change log"), c.engine.connect() as conn:
+                # the columns of the log, from a query's description (reflection warns about
+                # MariaDB's PERIOD FOR SYSTEM_TIME)
+                columns = set(conn.exec_driver_sql(
+                    f"SELECT * FROM {CHANGES} WHERE 1 = 0").keys())
+            if VERSION not in columns:  # a log made before map versions
+                self._ddl([self.dialect.add_version_ddl()], "add map versions to the log")
             self._ready = True
 
     def install(self, spec: CaptureSpec) -> None:
@@ -1151,7 +1184,7 @@ class CaptureLog:
         make = Change.__new__
         for r, k in zip(rows, keys, strict=True):
             c = make(Change)
-            seq, name, txid, op, key_text, old, new, at = r
+            seq, name, txid, op, key_text, old, new, at, version = r
             c.seq = seq if type(seq) is int else int(seq)
             c.map = name if type(name) is str else str(name)
             c.txid = WATERMARK if txid is None else str(txid)
@@ -1159,6 +1192,7 @@ class CaptureLog:
             c.key_text = key_text if type(key_text) is str else str(key_text)
             c._key = tuple(k)
             c.at = at if type(at) is dt.datetime and at.tzinfo is not None else parse_time(at)
+            c.version = version or ""
             if isinstance(old, dict) or isinstance(new, dict):  # a driver that decodes JSON
                 c.old_json = c.new_json = None
                 c._old, c._new = old, new
@@ -1172,8 +1206,8 @@ class CaptureLog:
     def _columns(self) -> str:
         # JSON as text, decoded here with exact decimals (a driver would give floats)
         if self.connector.engine.dialect.name == "postgresql":
-            return "seq, map, txid, op, k, old::text, new::text, at"
-        return "seq, map, txid, op, k, old, new, at"
+            return "seq, map, txid, op, k, old::text, new::text, at, v"
+        return "seq, map, txid, op, k, old, new, at, v"
 
     def pending(self, conn: sa.Connection, map_name: str, keys: Sequence[tuple[Any, ...]],
                 columns: Sequence[Column]) -> list[Change]:

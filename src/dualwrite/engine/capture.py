@@ -106,7 +106,8 @@ def capture_specs(bound: BoundMap) -> dict[Side, CaptureSpec]:
         flt = bound.filter(s)
         if flt is not None:
             cols += sorted(c for c in columns_of_filter(flt) if c not in cols)
-        out[s] = CaptureSpec(bound.name, bound.table(s), tuple(bound.key(s)), tuple(cols))
+        out[s] = CaptureSpec(bound.name, bound.table(s), tuple(bound.key(s)), tuple(cols),
+                             bound.spec.version)
     return out
 
 
@@ -167,12 +168,14 @@ class _Action:
     version (or it lies outside the map's filter). For a map without a filter they are
     decoded only when first asked for: the set-based paths never ask."""
 
-    __slots__ = ("_decode", "_new", "_old", "change", "kind", "lkey", "skey", "source",
-                 "tkey")
+    __slots__ = ("_decode", "_new", "_old", "change", "ctx", "kind", "lkey", "skey",
+                 "source", "tkey")
 
     def __init__(self, change: Change, source: Side, kind: str, old: Row | None,
                  new: Row | None, skey: Row, tkey: Row, lkey: Row,
-                 decode: Callable[[dict[str, Any]], Row] | None = None) -> None:
+                 decode: Callable[[dict[str, Any]], Row] | None = None,
+                 ctx: _MapCtx | None = None) -> None:
+        self.ctx = ctx  # the map, as the version the change was captured under says
         self.change = change
         self.source = source
         self.kind = kind  # "create", "update" or "delete"
@@ -306,8 +309,10 @@ class Applier:
         self._purger: threading.Thread | None = None
         self._purger_stop = threading.Event()
         self._parked: set[tuple[str, tuple[Any, ...]]] | None = None
-        self._decoders: dict[tuple[str, Side], Callable[[dict[str, Any]], Row]] = {}
-        self._json_plans: dict[tuple[str, Side], _JsonPlan | None] = {}
+        self._decoders: dict[tuple[str, str, Side], Callable[[dict[str, Any]], Row]] = {}
+        self._json_plans: dict[tuple[str, str, Side], _JsonPlan | None] = {}
+        #: maps as older versions say, for changes captured under them (see _ctx_of)
+        self._versions: dict[tuple[str, str], _MapCtx | None] = {}
         self.alerts = link.alerts()
         self._waiter: Any = None
         self._waiter_at = 0.0
@@ -322,6 +327,7 @@ class Applier:
             if self.link._adopt_versions(states):
                 # a map was reloaded: build its row builders, decoders and plans anew
                 self._maps, self._decoders, self._json_plans = {}, {}, {}
+                self._versions = {}
             out = {}
             bound, issues = self.link.valid_maps()
             if any((states.get(n) or {}).get("state") in APPLYING for n in issues):
@@ -605,6 +611,8 @@ class Applier:
             changes = [c for c in todo if c.op != MARKER]
         live = []
         blocked, excluded = mode.blocked, mode.excluded
+        if any(c.version for c in changes):
+            self._unknown_versions(changes, maps, mode)
         # A change that failed parks its whole source transaction (never applied in part):
         # the transaction's other changes wait behind it, whichever map and key they are of.
         failed_tx = mode.failed_tx
@@ -637,8 +645,9 @@ class Applier:
                            not in blocked]
                     if not run:
                         continue
-            self._apply_run(sess, s, maps[run[0].change.map], run, outcome,
-                            careful=mode.careful)
+            ctx = run[0].ctx
+            assert ctx is not None
+            self._apply_run(sess, s, ctx, run, outcome, careful=mode.careful)
         return todo
 
     # -- decoding ----------------------------------------------------------------------------
@@ -647,19 +656,19 @@ class Applier:
         """Decode changes into actions for their maps (the hot loop of a large batch: what
         does not depend on the row is looked up once per map)."""
         out = []
-        per_map: dict[str, tuple[Any, ...] | None] = {}
+        per_map: dict[tuple[str, str], tuple[Any, ...] | None] = {}
         left = s is Side.LEFT
         for c in changes:
-            ctx = per_map.get(c.map, _UNSET)
+            ctx = per_map.get((c.map, c.version), _UNSET)
             if ctx is _UNSET:
-                m = maps.get(c.map)
-                ctx = per_map[c.map] = None if m is None else (
-                    self._decoder(c.map, m.differ, s), m.bound.filter(s), m.differ,
+                m = self._ctx_of(c, maps)
+                ctx = per_map[(c.map, c.version)] = None if m is None else (
+                    self._decoder(m, s), m.bound.filter(s), m.differ,
                     operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]),
-                    *self._key_coercions(m.differ, s, self.logs[s]))
+                    *self._key_coercions(m.differ, s, self.logs[s]), m)
             if ctx is None:
                 continue
-            decode, flt, d, keyget, width, keyfix, tkinds = ctx
+            decode, flt, d, keyget, width, keyfix, tkinds, m = ctx
             if flt is None:
                 # No filter: the kind follows from which versions exist, and the keys from
                 # the logged key, so the values stay undecoded until a path needs them.
@@ -679,7 +688,7 @@ class Applier:
                     coerce(v, kd) for v, kd in zip(skey, tkinds, strict=True))
                 out.append(_Action(c, s, lazy_kind, _LAZY if was else None,
                                    _LAZY if now else None, skey, tkey,
-                                   skey if left else tkey, decode))
+                                   skey if left else tkey, decode, m))
                 continue
             old = decode(c.old) if c.old is not None else None
             new = decode(c.new) if c.new is not None else None
@@ -694,7 +703,7 @@ class Applier:
             skey = keyget(row) if width > 1 else (keyget(row),)
             tkey = d.target_key(s, row)
             out.append(_Action(c, s, kind, old if was else None, new if now else None,
-                               skey, tkey, skey if left else tkey))
+                               skey, tkey, skey if left else tkey, ctx=m))
         return out
 
     @staticmethod
@@ -711,12 +720,57 @@ class Applier:
                   if (fn := log.value_decoder(kd)) is not None]
         return keyfix, None if src == dst else dst
 
-    def _decoder(self, name: str, d: MapDiffer, s: Side
-                 ) -> Callable[[dict[str, Any]], Row]:
-        """A function turning captured values (as JSON gave them) into a row of ``d.columns``
-        as the source connector reads them (the log's decoders); only kinds JSON does not
-        carry as such are decoded."""
-        fn = self._decoders.get((name, s))
+    def _ctx_of(self, c: Change, maps: dict[str, _MapCtx]) -> _MapCtx | None:
+        """The map as the version ``c`` was captured under says (its text kept in the state
+        store): after a reload, changes captured before it are applied as the old version
+        (their columns are the old version's), those after it as the new one. A version the
+        state store does not know, or that no longer binds to the tables, gives the map as
+        it is: the change is then parked (see _unknown_versions)."""
+        m = maps.get(c.map)
+        if m is None or not c.version or c.version == m.bound.spec.version:
+            return m
+        key = (c.map, c.version)
+        if key not in self._versions:
+            self._versions[key] = self._bind_version(c.map, c.version, m)
+        return self._versions[key] or m
+
+    def _bind_version(self, name: str, version: str, m: _MapCtx) -> _MapCtx | None:
+        from dualwrite.engine.config import parse_map_text
+
+        text = self.state.map_definition(name, version)
+        if text is None:
+            return None
+        spec = parse_map_text(text, file=m.bound.spec.file)
+        bound, _issues = self.link._bind([spec])
+        if not bound:
+            return None
+        return _MapCtx(bound[0], MapDiffer(bound[0], self.link.connectors), m.state)
+
+    def _unknown_versions(self, changes: list[Change], maps: dict[str, _MapCtx],
+                          mode: _Mode) -> None:
+        """Changes captured under a version that cannot be applied as such fail (they are
+        parked with the reason, with their source transaction), never applied as another
+        version."""
+        excluded = mode.excluded
+        for c in changes:
+            m = maps.get(c.map)
+            if m is None or not c.version or c.version == m.bound.spec.version or \
+                    self._ctx_of(c, maps) is not m:
+                continue
+            excluded.setdefault(c.seq, RowError(
+                f"captured under map version {c.version}, which the state store does not "
+                "know or which no longer fits the tables; applying it as version "
+                f"{m.bound.spec.version} could write it wrongly", map=c.map,
+                hint="discard it (the rows then differ: `dualwrite verify` names them, "
+                "`dualwrite sync --initial` mends them), or bring the tables back"))
+            if c.txid != WATERMARK:
+                mode.failed_tx.setdefault(c.txid, c.seq)
+
+    def _decoder(self, m: _MapCtx, s: Side) -> Callable[[dict[str, Any]], Row]:
+        """A function turning captured values of map ``m`` (its version) from side ``s``
+        into a row of its columns, each value decoded for its column's kind."""
+        name, d = m.bound.name, m.differ
+        fn = self._decoders.get((name, m.bound.spec.version, s))
         if fn is None:
             cols = d.columns[s]
             kinds = d.kinds[s]
@@ -730,7 +784,7 @@ class Applier:
                         row[i] = f(row[i])
                 return tuple(row)
 
-            fn = self._decoders[(name, s)] = decode
+            fn = self._decoders[(name, m.bound.spec.version, s)] = decode
         return fn
 
     # -- applying one run of like changes ----------------------------------------------------
@@ -789,7 +843,7 @@ class Applier:
         (``row_to_json``) or MariaDB (``JSON_OBJECT``) log and a PostgreSQL target, no filter
         on the source, no lookups, value maps, defaults or company striping, and every written
         field and every key column a copy between columns of the same kind."""
-        key = (m.bound.name, s)
+        key = (m.bound.name, m.bound.spec.version, s)
         if key in self._json_plans:
             return self._json_plans[key]
         plan = None
@@ -1270,8 +1324,7 @@ class Applier:
             current[x] = got[0] if got else None
             if self._theirs(sessions[x], x, m, [keys[x]]):
                 return False  # a change of this key not parked yet: it joins first
-        decoded = [(Side(p.source), c, self._decoder(b.name, d, Side(p.source))) for p, c in
-                   edits]
+        decoded = [(Side(p.source), c, self._decoder(m, Side(p.source))) for p, c in edits]
         rows = [(x, dec(c.old) if c.old is not None else None,
                  dec(c.new) if c.new is not None else None) for x, c, dec in decoded]
         entries = [Entry((), current[Side.LEFT], current[Side.RIGHT])]
@@ -1613,13 +1666,14 @@ def _runs(actions: list[_Action], limit: int) -> Iterator[list[_Action]]:
     one statement per kind, and order between runs is kept."""
     run: list[_Action] = []
     keys: set[tuple[Any, ...]] = set()
-    name = kind = None
+    ctx: _MapCtx | None = None
+    kind = None
     for a in actions:
         k = a.tkey  # one side's values, all of its own types: no canonical form needed
-        if a.kind != kind or a.change.map != name or k in keys or len(run) >= limit:
+        if a.kind != kind or a.ctx is not ctx or k in keys or len(run) >= limit:
             if run:
                 yield run
-            run, keys, name, kind = [], set(), a.change.map, a.kind
+            run, keys, ctx, kind = [], set(), a.ctx, a.kind
         run.append(a)
         keys.add(k)
     if run:

@@ -435,10 +435,11 @@ class Link:
             return False
         from dualwrite.engine.capture import capture_specs
 
+        self.state.record_map_version(b.name, b.spec.version, b.spec.source or "",
+                                      b.spec.file)
         for s, spec in capture_specs(b).items():
             self.connectors[s].capture_log().install(spec)
-        self.state.install_map_version(b.name, b.spec.version, b.spec.source or "",
-                                       b.spec.file)
+        self.state.install_map_version(b.name, b.spec.version)
         self._versions = None  # adopt it at the next look
         return True
 
@@ -468,10 +469,11 @@ class Link:
         for m in wanted:
             st = states.get(m.name) or {}
             installed = st.get("version")
-            if st.get("state") not in CAPTURING or not installed:
+            if st.get("state") not in CAPTURING:
                 out.append({"map": m.name, "reloaded": False,
                             "why": "not started: `maps start` installs its file"})
                 continue
+            # (a map started before map versions has none recorded: it is installed anew)
             if installed == m.version:
                 out.append({"map": m.name, "reloaded": False, "why": "unchanged"})
                 continue

@@ -523,11 +523,10 @@ class StateStore:
                                                       initial_synced_at=synced, updated_at=now,
                                                       version=version))
 
-    def install_map_version(self, map_name: str, version: str, definition: str,
-                            file: str | None) -> None:
-        """Record that capture of ``map_name`` is installed for ``version`` (its text kept, so
-        that every process applies that version, whatever its own map file says)."""
-        self._cache.pop("map_states", None)
+    def record_map_version(self, map_name: str, version: str, definition: str,
+                           file: str | None) -> None:
+        """Keep the text of a map version (before capture is installed for it: a change
+        captured under it must find it)."""
         with self.engine.begin() as conn:
             if conn.execute(sa.select(map_versions.c.version).where(
                     map_versions.c.map == map_name, map_versions.c.version == version)
@@ -535,6 +534,12 @@ class StateStore:
                 conn.execute(sa.insert(map_versions).values(
                     map=map_name, version=version, definition=definition, file=file,
                     installed_at=now_iso()))
+
+    def install_map_version(self, map_name: str, version: str) -> None:
+        """Record that capture of ``map_name`` is installed for ``version`` (recorded before):
+        every process applies that version, whatever its own map file says."""
+        self._cache.pop("map_states", None)
+        with self.engine.begin() as conn:
             n = conn.execute(sa.update(map_status).where(map_status.c.map == map_name)
                              .values(version=version, updated_at=now_iso())).rowcount
             if not n:
