@@ -61,8 +61,8 @@ def lost_connection(kind: str) -> type[Exception]:
 def through(request: pytest.FixtureRequest, make_backend: BackendFactory,
             fault_proxy: Callable[[Backend], FaultProxy]
             ) -> Iterator[tuple[str, str, FaultProxy]]:
-    """(kind, URL through the proxy, proxy) for this process's test database on each server;
-    sessions opened with ``open_session`` are closed afterwards."""
+    """(kind, URL through the proxy, proxy) for this process's test database on each
+    server; the proxy is stopped afterwards (and checked for leaks) by ``fault_proxy``."""
     backend = make_backend(request.param, "dualwrite_test_a")
     proxy = fault_proxy(backend)
     yield request.param, proxy.url(backend.url), proxy
@@ -70,6 +70,7 @@ def through(request: pytest.FixtureRequest, make_backend: BackendFactory,
 
 @pytest.fixture
 def sessions() -> Iterator[Callable[..., Session]]:
+    """A factory of sessions, each closed at the end of the test."""
     made: list[Session] = []
 
     def open_session(kind: str, url: str, connect_timeout: int = 30) -> Session:
