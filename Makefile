@@ -15,13 +15,17 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/dualwrite demo
 
+# pytest-xdist workers of `make test` (0: all tests in one process); each worker has databases
+# of its own (docs/operations.md). Chosen by measurement on 2 cores: see docs/operations.md.
+TEST_WORKERS ?= 3
+
 services:
-	bash scripts/services.sh
+	TEST_WORKERS=$(TEST_WORKERS) bash scripts/services.sh
 
 test: $(STAMP) services
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

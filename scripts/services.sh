@@ -7,6 +7,18 @@ PGHOST=127.0.0.1
 MYHOST=127.0.0.1
 NEED_PREPARED=64
 TEST_DATABASES=(dualwrite_test_a dualwrite_test_b dualwrite_bench_a dualwrite_bench_b)
+# A checkout of its own prefix (DUALWRITE_TEST_DB_PREFIX, see tests/conftest.py) uses
+# <prefix>a and <prefix>b; each pytest-xdist worker gwN of `make test` (TEST_WORKERS of them)
+# uses <prefix>gwN_a and <prefix>gwN_b, or dualwrite_gwN_a and dualwrite_gwN_b without a
+# prefix. The tests create a missing one themselves; making them here keeps that off the clock.
+PREFIX=${DUALWRITE_TEST_DB_PREFIX:-}
+WORKERS=${TEST_WORKERS:-0}
+[[ $WORKERS =~ ^[0-9]+$ ]] || { printf 'services: ERROR: TEST_WORKERS=%s is not a number of workers\n' "$WORKERS" >&2; exit 1; }
+[[ -z $PREFIX || $PREFIX =~ ^[a-z0-9_]+$ ]] || { printf 'services: ERROR: DUALWRITE_TEST_DB_PREFIX=%s: use lower-case letters, digits and _\n' "$PREFIX" >&2; exit 1; }
+[[ -n $PREFIX ]] && TEST_DATABASES+=("${PREFIX}a" "${PREFIX}b")
+for ((n = 0; n < WORKERS; n++)); do
+  TEST_DATABASES+=("${PREFIX:-dualwrite_}gw${n}_a" "${PREFIX:-dualwrite_}gw${n}_b")
+done
 
 say() { printf 'services: %s\n' "$*"; }
 die() { printf 'services: ERROR: %s\n' "$*" >&2; exit 1; }

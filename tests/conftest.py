@@ -21,7 +21,10 @@ from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector
 from dualwrite.connectors.memory import MemoryConnector
 from dualwrite.connectors.sql import SqlConnector, kind_of
+from dualwrite.engine.live import xid_prefix
 from dualwrite.model.schema import Column, ForeignKey, TableSchema
+
+from faultproxy import FaultProxy
 
 PG_URL = os.environ.get("DUALWRITE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
 MY_URL = os.environ.get("DUALWRITE_TEST_MY", "mysql+pymysql://root@127.0.0.1:3306/{db}")
@@ -146,9 +149,21 @@ class Backend:
 
     def clear_prepared(self) -> None:
         """Roll back prepared branches an earlier, failed test left: they hold locks that
-        would make DROP TABLE wait forever."""
+        would make DROP TABLE wait forever. PostgreSQL lists this database's branches only;
+        MariaDB's XA RECOVER lists the whole server's, so there only the branches of links
+        this process recorded in its own databases are touched: another worker's or another
+        checkout's are none of this test's business (and one still in flight cannot be
+        finished from here anyway: XAER_NOTA)."""
+        if self.kind == "mariadb":
+            remember_link(self.connector)
+            prefixes = tuple(_OWN_LINKS)
+        else:
+            prefixes = ("dw-",)
+        if not prefixes:
+            return
         for xid in self.connector.recover("dw-"):
-            self.connector.finish_prepared(xid, commit=False)
+            if xid.startswith(prefixes):
+                self.connector.finish_prepared(xid, commit=False)
 
     def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
         if not rows:
@@ -170,22 +185,89 @@ class Backend:
         return self.connector.execute(statement)
 
 
-def _db(name: str) -> str:
-    """The test database's name: DUALWRITE_TEST_DB_PREFIX replaces "dualwrite_test_", so that
-    two checkouts can run the suite at once on one server without sharing tables."""
+def db_prefix() -> str | None:
+    """What replaces "dualwrite_test_" in this process's database names (None: nothing).
+
+    DUALWRITE_TEST_DB_PREFIX lets two checkouts run the suite at once on one server. Under
+    pytest-xdist each worker gets databases of its own as well: worker ``gwN`` uses
+    ``<prefix>gwN_`` (``dualwrite_gwN_`` without a prefix), so workers never share tables."""
     prefix = os.environ.get("DUALWRITE_TEST_DB_PREFIX")
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        return f"{prefix or 'dualwrite_'}{worker}_"
+    return prefix
+
+
+#: xid prefixes of the links recorded in this process's MariaDB test databases
+_OWN_LINKS: set[str] = set()
+
+
+def remember_link(connector: Connector) -> None:
+    """Note the link recorded in ``connector``'s database (see ``Backend.clear_prepared``)."""
+    with contextlib.suppress(Exception):
+        record = connector.get_link()
+        if record is not None:
+            _OWN_LINKS.add(xid_prefix(record.link_id))
+
+
+def _db(name: str) -> str:
+    """The test database's name for ``name`` ("dualwrite_test_a", "dualwrite_test_b")."""
+    prefix = db_prefix()
     return name.replace("dualwrite_test_", prefix, 1) if prefix else name
+
+
+_ENSURED: set[tuple[str, str]] = set()
+
+
+def _ensure_database(kind: str, db: str) -> None:
+    """Create ``db`` on its server if it is missing (once per process), so that a plain
+    ``pytest -n 3`` works without scripts/services.sh having made the workers' databases."""
+    if (kind, db) in _ENSURED:
+        return
+    if kind == "postgresql":
+        admin = sa.create_engine(PG_URL.format(db="postgres"), isolation_level="AUTOCOMMIT",
+                                 poolclass=sa.pool.NullPool)
+        try:
+            with admin.connect() as conn:
+                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
+                                      {"d": db}).first()
+                if not exists:
+                    try:
+                        conn.exec_driver_sql(f'CREATE DATABASE "{db}"')
+                    except sa.exc.ProgrammingError as exc:  # created meanwhile by another run
+                        if "already exists" not in str(exc):
+                            raise
+        finally:
+            admin.dispose()
+    else:
+        admin = sa.create_engine(MY_URL.format(db=""), poolclass=sa.pool.NullPool)
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET "
+                                     "utf8mb4 COLLATE utf8mb4_bin")
+        finally:
+            admin.dispose()
+    _ENSURED.add((kind, db))
+
+
+def database_url(kind: str, name: str) -> str:
+    """The URL of this process's test database ``name`` on the PostgreSQL or MariaDB server
+    (``kind``), which is made sure to be up and to hold that database."""
+    if kind == "postgresql":
+        require_service("postgresql", 5432)
+        url = PG_URL.format(db=_db(name))
+    else:
+        require_service("mariadb", 3306)
+        url = MY_URL.format(db=_db(name))
+    _ensure_database(kind, _db(name))
+    return url
 
 
 def _make(kind: str, db: str, tmp_path: Path) -> Backend:
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / (db + '.db')}"
-    elif kind == "postgresql":
-        require_service("postgresql", 5432)
-        url = PG_URL.format(db=_db(db))
-    elif kind == "mariadb":
-        require_service("mariadb", 3306)
-        url = MY_URL.format(db=_db(db))
+    elif kind in ("postgresql", "mariadb"):
+        url = database_url(kind, db)
     else:
         url = f"memory://{db}-{uuid.uuid4().hex}"
     return Backend(kind, url, connect(db, url))
@@ -207,11 +289,33 @@ def make_backend(tmp_path: Path) -> Iterator[BackendFactory]:
     for b in made:
         if isinstance(b.connector, SqlConnector):
             # best-effort clean-up must not mask the test's own failure
+            if b.kind == "mariadb":
+                remember_link(b.connector)
             with contextlib.suppress(Exception):
                 b.connector.clear_link()
         b.connector.close()
         if isinstance(b.connector, MemoryConnector):
             MemoryConnector.reset(b.url)
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[Backend], FaultProxy]]:
+    """A factory: ``fault_proxy(backend)`` starts a fault proxy in front of ``backend``'s
+    server (``proxy.url(backend.url)`` reaches the same database through it). Every proxy is
+    stopped at the end of the test: its thread joined, its sockets closed."""
+    made: list[FaultProxy] = []
+
+    def factory(backend: Backend) -> FaultProxy:
+        port = sa.engine.make_url(backend.url).port
+        assert port is not None, f"{backend.url} names no port to put a proxy in front of"
+        proxy = FaultProxy(port).start()
+        made.append(proxy)
+        return proxy
+
+    yield factory
+    for proxy in made:
+        proxy.stop()
+        assert proxy.open_sockets() == 0, "the fault proxy leaked sockets"
 
 
 ALL_BACKENDS = ["memory", "sqlite", "postgresql", "mariadb"]

@@ -48,22 +48,24 @@ def test_run_applies_until_sigterm_and_status_reports(make_backend: BackendFacto
         assert proc.stderr is not None
         assert "applying captured changes" in proc.stderr.readline()
         it.right.app_sql("INSERT INTO items (id, name, qty) VALUES (2, 'from crm', 2)")
-        deadline = time.monotonic() + 20
+        # deadlines for a busy machine (13 s went by here with both cores loaded): what is
+        # asserted is that it happens, not how fast
+        deadline = time.monotonic() + 90
         while it.rows("left") != it.rows("right") or len(it.rows("left")) != 2:
-            assert time.monotonic() < deadline, "the running applier did not apply in 20 s"
+            assert time.monotonic() < deadline, "the running applier did not apply in 90 s"
             time.sleep(0.02)  # polling a condition, with a deadline
         # one applier per link: the lease is held, by that process
         with it.link() as link:
             lock = link.applier_lock()
             assert not lock.acquire() and lock.holder() == proc.pid
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while (st := _status(cfg, capsys)["items"])["state"] != "running":
             assert time.monotonic() < deadline, f"map still {st['state']}"
             time.sleep(0.05)
         assert st["queued"] == 0 and st["errors"] == 0 and st["last_applied_at"]
     finally:
         proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=20)
+        code = proc.wait(timeout=60)
         if proc.stderr:
             proc.stderr.close()
     assert code == 0

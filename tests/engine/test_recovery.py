@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from dualwrite.cli import main
-from dualwrite.engine.live import STEPS
+from dualwrite.engine.live import STEPS, xid_prefix
 
 from conftest import BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
@@ -49,8 +49,13 @@ def prepared(pair: Pair) -> list[str]:
             out += [r[0] for r in b.sql("SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'dw-%' "
                                            "AND database = current_database()")]
         else:
-            out += [r[3].decode() if isinstance(r[3], bytes) else str(r[3])
-                    for r in b.sql("XA RECOVER")]
+            # XA RECOVER lists the whole server's branches (other workers', other
+            # checkouts'): this link's only
+            record = b.connector.get_link()
+            assert record is not None
+            out += [x for x in (r[3].decode() if isinstance(r[3], bytes) else str(r[3])
+                                for r in b.sql("XA RECOVER"))
+                    if x.startswith(xid_prefix(record.link_id))]
     return out
 
 
