@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from capture_fixtures import make_items
 from dualwrite.engine.security import create_token
 from serve_process import serve
 
-from conftest import BackendFactory
+from conftest import Backend, BackendFactory
+from faultproxy import FaultProxy, Mode
 
 
 def closed_port() -> int:
@@ -91,3 +93,35 @@ def test_run_waits_for_a_database_and_says_so(make_backend: BackendFactory,
         proc.wait(timeout=60)
     assert proc.returncode == 0, log.read_text()[-3000:]
     assert "Traceback" not in log.read_text()
+
+
+def test_run_and_serve_started_while_down_work_once_the_database_answers(
+        make_backend: BackendFactory, tmp_path: Path,
+        fault_proxy: Callable[[Backend], FaultProxy]) -> None:
+    """The right database is reached through a fault proxy that refuses connections while
+    `serve` (which also applies) starts: it answers 503; once the database answers, the change
+    captured meanwhile is applied and an OData write (a two-phase transaction, after
+    recovery) goes through, with no restart."""
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb")
+    proxy = fault_proxy(it.right)
+    cfg: dict[str, Any] = yaml.safe_load(it.config.read_text())
+    cfg["environments"]["crm"]["url"] = proxy.url(it.right.url)
+    it.config.write_text(yaml.safe_dump(cfg))
+    with it.link() as link:
+        link.start_maps()
+        token = create_token(link.state, "writer", role="writer")
+    proxy.set_mode(Mode.REFUSE)
+    it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'while down', 1)")
+    with serve(it.config) as served, httpx.Client(
+            base_url=served.url, timeout=30,
+            headers={"Authorization": f"Bearer {token}"}) as http:
+        assert http.get("/odata/crm/items").status_code == 503
+        proxy.set_mode(Mode.PASS)
+        deadline = time.monotonic() + 60
+        while it.rows("right").get(1) != ("while down", 1):
+            assert time.monotonic() < deadline, f"not applied once back:\n{served.lines}"
+            time.sleep(0.05)  # polling a condition, with a deadline
+        made = http.post("/odata/erp/items", json={"id": 2, "name": "via api", "qty": 2})
+        assert made.status_code == 201, made.text
+        assert it.rows("right")[2] == ("via api", 2)
+    assert served.code == 0 and "Traceback" not in served.log, served.log[-3000:]
