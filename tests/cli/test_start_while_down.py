@@ -125,3 +125,43 @@ def test_run_and_serve_started_while_down_work_once_the_database_answers(
         assert made.status_code == 201, made.text
         assert it.rows("right")[2] == ("via api", 2)
     assert served.code == 0 and "Traceback" not in served.log, served.log[-3000:]
+
+
+def test_run_does_not_hang_on_a_database_that_stops_answering(
+        make_backend: BackendFactory, tmp_path: Path,
+        fault_proxy: Callable[[Backend], FaultProxy]) -> None:
+    """The right database's connections are accepted and then nothing answers (a stalled
+    network path): `run` gives up each attempt after its timeouts (dualwrite sets them by
+    default, 10 s to connect and 60 s to read; the URL here makes them short) and says it
+    waits, instead of hanging without end; once the path is back, it applies."""
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb")
+    proxy = fault_proxy(it.right)
+    cfg: dict[str, Any] = yaml.safe_load(it.config.read_text())
+    cfg["environments"]["crm"]["url"] = proxy.url(it.right.url) + \
+        ("&" if "?" in it.right.url else "?") + "connect_timeout=2&read_timeout=3"
+    it.config.write_text(yaml.safe_dump(cfg))
+    with it.link() as link:
+        link.start_maps()
+    proxy.set_mode(Mode.STALL)
+    it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'stalled', 1)")
+    log = tmp_path / "run.log"
+    with log.open("wb") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "dualwrite", "-c", str(it.config),
+                                 "run"], stdout=subprocess.DEVNULL, stderr=err,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 90
+        while "waiting for a database" not in log.read_text():
+            assert proc.poll() is None, f"run exited:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"run hung:\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)  # polling a condition, with a deadline
+        proxy.set_mode(Mode.PASS)
+        deadline = time.monotonic() + 90
+        while it.rows("right").get(1) != ("stalled", 1):
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, f"not applied:\n{log.read_text()[-3000:]}"
+            time.sleep(0.05)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert proc.returncode == 0, log.read_text()[-3000:]

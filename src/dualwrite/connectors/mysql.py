@@ -59,9 +59,18 @@ class MySqlConnector(SqlConnector):
         # REPEATABLE READ that look would read an older snapshot and miss them (a lost
         # update); a locking read of a missing key would also lock the gap around it, holding
         # up the application's inserts there.
+        # A server that stops answering is not waited for without end: a connection attempt
+        # gives up after 10 s, a read or write (PyMySQL reads the server's greeting under
+        # this one too) after 60 s, above the 50 s a statement may wait for a lock by
+        # default. The URL may set these.
+        args: dict[str, Any] = {"connect_timeout": 10, "read_timeout": 60,
+                                "write_timeout": 60}
+        for name in sa.engine.make_url(url).query:
+            args.pop(name, None)
         engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
                                   pool_reset_on_return=None, isolation_level="READ COMMITTED",
-                                  connect_args={"init_command": "SET @dualwrite_origin = 1, "
+                                  connect_args={**args,
+                                                "init_command": "SET @dualwrite_origin = 1, "
                                                                 "time_zone = '+00:00'",
                                                 "conv": _CONVERSIONS})
 

@@ -23,6 +23,11 @@ _SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 #: below this many rows a plain INSERT beats COPY (live sync writes one row at a time)
 COPY_THRESHOLD = 50
 BINARY_COLLATIONS = {"c", "posix", "ucs_basic", "c.utf8", "c.utf-8"}
+#: libpq connection settings dualwrite uses unless the URL sets them (seconds; the user
+#: timeout in ms): see PostgresConnector._create_engine
+CONNECT_DEFAULTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
+                    "keepalives_interval": 10, "keepalives_count": 3,
+                    "tcp_user_timeout": 60_000}
 
 
 def _idle(raw: Any) -> bool:
@@ -157,12 +162,17 @@ class PostgresConnector(SqlConnector):
         # DATETIME, SQLite, a capture log's JSON) is UTC to dualwrite, whatever zone the
         # server or the database defaults to. The text settings are those the capture triggers
         # run with, so that a key dualwrite formats (the log's key text) reads as theirs.
+        # A server that stops answering is not waited for without end: a connection attempt
+        # gives up after 10 s, and keepalives (with a bound on unacknowledged data) drop a
+        # session whose peer is gone, so that the error surfaces as transient and is
+        # retried. The URL may set any of these (its query wins).
+        args: dict[str, Any] = {**CONNECT_DEFAULTS, "options": (
+            "-c dualwrite.origin=on -c timezone=UTC -c extra_float_digits=1 "
+            "-c bytea_output=hex -c intervalstyle=postgres")}
+        for name in sa.engine.make_url(url).query:
+            args.pop(name, None)
         return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
-                                connect_args={"options": "-c dualwrite.origin=on "
-                                                         "-c timezone=UTC "
-                                                         "-c extra_float_digits=1 "
-                                                         "-c bytea_output=hex "
-                                                         "-c intervalstyle=postgres"})
+                                connect_args=args)
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:

@@ -1493,13 +1493,16 @@ class _PgListener:
         import psycopg
         from sqlalchemy.engine import make_url
 
+        from dualwrite.connectors.postgresql import CONNECT_DEFAULTS
+
         self.conns = []
         self.sel = selectors.DefaultSelector()
         for url in urls:
             u = make_url(url)
+            settings: dict[str, Any] = {**CONNECT_DEFAULTS, **u.query}
             conn = psycopg.connect(host=u.host or "localhost", port=u.port or 5432,
                                    user=u.username, password=u.password, dbname=u.database,
-                                   autocommit=True)
+                                   autocommit=True, **settings)
             conn.execute("LISTEN dualwrite_changes")
             self.conns.append(conn)
             self.sel.register(conn.fileno(), selectors.EVENT_READ, conn)
