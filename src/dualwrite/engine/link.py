@@ -70,7 +70,8 @@ class Link:
         #: (loading business rules): done before the first live write, which needs both
         self._before_first_write: list[Callable[[], Any]] = []
         self._alerts: Alerts | None = None
-        self._lock = threading.Lock()
+        # reentrant: differ() validates under it, and validation may adopt map versions
+        self._lock = threading.RLock()
         self.rules = Rules()
         try:
             self.connectors[Side.LEFT] = connect(config.left, config.url(config.left))
