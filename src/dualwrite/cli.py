@@ -565,7 +565,10 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     _emit("maps", rows, False, [
         ("map", "map"), ("state", "state"), ("lag s", "lag_seconds"),
         ("lag changes", "lag_changes"), ("queued", "queued"), ("errors", "errors"),
-        ("conflicts", "conflicts"), ("last applied", "last_applied_at"), ("note", "note")])
+        ("conflicts", "conflicts"), ("last applied", "last_applied_at")])
+    for r in rows:  # below the table: a note is a sentence, too wide for a column
+        if r.get("note"):
+            out.print(f"{r['map']}: {r['note']}", markup=False)
     for p in procs:
         out.print(f"process: {p['role']} pid {p['pid']} on {p['host']} since "
                   f"{p['started_at']}, heartbeat {p['heartbeat_age']} s ago"

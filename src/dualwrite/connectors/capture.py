@@ -134,7 +134,14 @@ class CaptureSpec:
 
     @property
     def tag(self) -> str:
-        """A short, stable, identifier-safe name for this map's triggers."""
+        """A short, stable, identifier-safe name for this map's triggers on this table. Both
+        are in it: a map's two tables may be in one database (one schema), where MariaDB's
+        trigger names and PostgreSQL's function names must differ."""
+        return "dw_" + hashlib.sha1(f"{self.map}\0{self.table}".encode()).hexdigest()[:10]
+
+    @property
+    def legacy_tag(self) -> str:
+        """The name earlier versions gave (the map's alone), to remove what they installed."""
         return "dw_" + hashlib.sha1(self.map.encode()).hexdigest()[:10]
 
     @property
@@ -985,6 +992,10 @@ class CaptureLog:
                     hint="correct the map's field lines, or the table, and start the map again")
             for statement in self.dialect.install_ddl(spec, encodings):
                 conn.exec_driver_sql(statement)
+        # what an earlier version installed under the map's name alone, removed once the new
+        # triggers are in (a change meanwhile is logged twice, and applied once)
+        self._ddl(self.dialect.remove_ddl(spec.legacy_tag, spec.table),
+                  f"remove older capture from {spec.table}")
 
     def check(self, spec: CaptureSpec) -> list[str]:
         """What is wrong with the installed capture of one map: the change log or the table
@@ -1023,7 +1034,8 @@ class CaptureLog:
 
     def remove(self, spec: CaptureSpec) -> None:
         """Remove the capture triggers of one map and forget its queued changes."""
-        self._ddl(self.dialect.remove_ddl(spec.tag, spec.table),
+        self._ddl(self.dialect.remove_ddl(spec.tag, spec.table) +
+                  self.dialect.remove_ddl(spec.legacy_tag, spec.table),
                   f"remove capture from {spec.table}")
         if self._exists():
             c = self.connector
@@ -1049,7 +1061,7 @@ class CaptureLog:
         return out
 
     #: what dualwrite's trigger and function names look like (see CaptureSpec.tag)
-    OWN_OBJECT = re.compile(r"^dw_[0-9a-f]{10}_[a-z]+$")
+    OWN_OBJECT = re.compile(r"^(dw_[0-9a-f]{10}_[a-z]+|dualwrite_wake)$")
     #: per dialect: (kind, name, DROP statement) of every dualwrite trigger and function (no
     #: % in them: a driver could take it for a placeholder)
     _OWN_OBJECTS: ClassVar[dict[str, str]] = {
@@ -1061,7 +1073,8 @@ class CaptureLog:
             "UNION ALL SELECT 'function', p.proname, 'DROP FUNCTION IF EXISTS ' || "
             "quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' "
             "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE "
-            "n.nspname = current_schema() AND left(p.proname, 3) = 'dw_'"),
+            "n.nspname = current_schema() AND (left(p.proname, 3) = 'dw_' OR "
+            "p.proname = 'dualwrite_wake')"),
         "mysql": (
             "SELECT 'trigger', TRIGGER_NAME, CONCAT('DROP TRIGGER IF EXISTS `', TRIGGER_NAME, "
             "'`') FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() AND "
@@ -1087,10 +1100,11 @@ class CaptureLog:
         found = [f"{kind} {name}" for kind, name, _ in objects] + [f"table {t}" for t in tables]
         if not dry_run and found:
             q = c.engine.dialect.identifier_preparer.quote
-            # triggers before their functions (PostgreSQL), tables last
+            # triggers, then tables (the wake table's trigger goes with it), then the
+            # functions they used (PostgreSQL)
             self._ddl([d for k, _, d in objects if k == "trigger"] +
-                      [d for k, _, d in objects if k == "function"] +
-                      [f"DROP TABLE IF EXISTS {q(t)}" for t in tables],
+                      [f"DROP TABLE IF EXISTS {q(t)}" for t in tables] +
+                      [d for k, _, d in objects if k == "function"],
                       "remove dualwrite's triggers and tables")
             self._ready = False
         return found

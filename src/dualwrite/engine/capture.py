@@ -441,7 +441,7 @@ class Applier:
                 if self.last_error[s] is None:
                     log.warning("capture %s -> %s: %s; retrying", self.env[s],
                                 self.env[s.other], exc)
-                    for name in self.maps():
+                    for name in self._maps:  # as last read: reading them may need the side
                         self.event(name, "unreachable", str(exc))
                 self.last_error[s] = str(exc)
         return handled

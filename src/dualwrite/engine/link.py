@@ -116,17 +116,24 @@ class Link:
         installed = {n: str(st["version"]) for n, st in states.items() if st.get("version")}
         if installed == self._versions:
             return False
+        using = {m.name: m for m in self.config.maps}
         maps = []
         for m in self.files.maps:
             v = installed.get(m.name)
+            now = using.get(m.name)
+            if now is not None and now.version == (v or m.version):
+                maps.append(now)  # what this link uses already
+                continue
             text = self.state.map_definition(m.name, v) if v and v != m.version else None
             maps.append(parse_map_text(text, file=m.file) if text is not None else m)
+        changed = [m.version for m in maps] != [m.version for m in self.config.maps]
         with self._lock:
-            self.config = dataclasses.replace(self.files, maps=maps)
             self._versions = installed
-            self._bound = self._issues = None
-            self._differs.clear()
-        return True
+            if changed:
+                self.config = dataclasses.replace(self.files, maps=maps)
+                self._bound = self._issues = None
+                self._differs.clear()
+        return changed
 
     def refresh_versions(self) -> bool:
         """See whether another process reloaded a map (``maps reload``); adopt it if so."""
