@@ -137,19 +137,22 @@ def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Check every map against both environments' real schemas; report all problems."""
     with _link(config) as link:
         bound, issues = link.validate()
+        errors = [i for i in issues if i.is_error]
         if as_json:
-            _print_json({"ok": not issues, "maps": [b.name for b in bound],
+            _print_json({"ok": not errors, "maps": [b.name for b in bound],
                          "issues": [i.as_dict() for i in issues]})
         else:
             for i in issues:
                 out.print(str(i), markup=False)
             n = len(link.config.maps)
-            if issues:
-                out.print(f"{len(issues)} problem(s) in {n} map(s)", markup=False)
+            others = len(issues) - len(errors)
+            said = f" ({others} warning(s) and note(s) above)" if others else ""
+            if errors:
+                out.print(f"{len(errors)} problem(s) in {n} map(s){said}", markup=False)
             else:
                 out.print(f"ok: {n} map(s) valid against {link.config.left} and "
-                          f"{link.config.right}", markup=False)
-    if issues:
+                          f"{link.config.right}{said}", markup=False)
+    if errors:
         raise Exit(1)
 
 

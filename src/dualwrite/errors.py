@@ -99,7 +99,10 @@ class TemplateError(ConfigError):
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem found by validation: a stable code, where it is, what is wrong, what to do."""
+    """One finding of validation: a stable code, where it is, what is wrong, what to do.
+
+    ``severity``: "error" (the maps cannot run), "warning" (they run, and some values will
+    be refused at their row or written as NULL) or "note" (a conversion is made, as said)."""
 
     code: str
     message: str
@@ -107,26 +110,33 @@ class Issue:
     file: str | None = None
     line: int | None = None
     map: str | None = None
+    severity: str = "error"
+
+    @property
+    def is_error(self) -> bool:
+        return self.severity == "error"
 
     def __str__(self) -> str:
         where = ""
         if self.file:
             where = f"{self.file}:{self.line}: " if self.line else f"{self.file}: "
         owner = f"[{self.map}] " if self.map else ""
-        return f"{where}{self.code} {owner}{self.message} (hint: {self.hint})"
+        level = "" if self.is_error else f"{self.severity}: "
+        return f"{where}{self.code} {level}{owner}{self.message} (hint: {self.hint})"
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "code": self.code, "message": self.message, "hint": self.hint,
-            "file": self.file, "line": self.line, "map": self.map,
+            "code": self.code, "severity": self.severity, "message": self.message,
+            "hint": self.hint, "file": self.file, "line": self.line, "map": self.map,
         }
 
 
 class ValidationFailed(ConfigError):
-    """Validation found problems; ``issues`` holds all of them, not just the first."""
+    """Validation found problems; ``issues`` holds all of them (errors only), not just the
+    first."""
 
     def __init__(self, issues: Sequence[Issue]) -> None:
-        self.issues = list(issues)
+        self.issues = [i for i in issues if i.is_error]
         lines = "\n".join(f"  {i}" for i in self.issues)
         DualwriteError.__init__(
             self,

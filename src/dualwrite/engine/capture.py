@@ -66,6 +66,7 @@ from dualwrite.errors import (
     TransientConnectorError,
 )
 from dualwrite.model.binding import BoundMap
+from dualwrite.model.conversion import from_log
 from dualwrite.model.filters import evaluate
 from dualwrite.model.maps import ConflictPolicy, Side
 from dualwrite.model.schema import Kind
@@ -531,9 +532,9 @@ class Applier:
                 skey = c.key
                 if keyfix:
                     k = list(skey)
-                    for i, kd in keyfix:
+                    for i, decode_key in keyfix:
                         if k[i] is not None:
-                            k[i] = coerce(k[i], kd)
+                            k[i] = decode_key(k[i])
                     skey = tuple(k)
                 tkey = skey if tkinds is None else tuple(
                     coerce(v, kd) for v, kd in zip(skey, tkinds, strict=True))
@@ -559,33 +560,33 @@ class Applier:
 
     @staticmethod
     def _key_coercions(d: MapDiffer, s: Side
-                       ) -> tuple[list[tuple[int, Kind]], list[Kind] | None]:
-        """How a key read from the log becomes the source key (the coercions the decoder
+                       ) -> tuple[list[tuple[int, Callable[[Any], Any]]], list[Kind] | None]:
+        """How a key read from the log becomes the source key (the decoders the decoder
         applies to those columns) and the target key (None: the same values, the kinds
         agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key` does)."""
         t = s.other
-        src = [d.kinds[s][d.columns[s][i]] for i in d.key_idx[s]]
+        cols = [d.cols[s][d.columns[s][i]] for i in d.key_idx[s]]
+        src = [c.kind for c in cols]
         dst = [d.kinds[t][c] for c in d.bound.key(t)]
-        keyfix = [(i, kd) for i, kd in enumerate(src)
-                  if kd not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
+        keyfix = [(i, fn) for i, c in enumerate(cols) if (fn := from_log(c)) is not None]
         return keyfix, None if src == dst else dst
 
     def _decoder(self, name: str, d: MapDiffer, s: Side
                  ) -> Callable[[dict[str, Any]], Row]:
         """A function turning captured values (as JSON gave them) into a row of ``d.columns``
-        in the column kinds; only kinds JSON cannot carry exactly are coerced."""
+        in the column kinds (:func:`dualwrite.model.conversion.from_log`); only kinds JSON
+        cannot carry exactly are decoded."""
         fn = self._decoders.get((name, s))
         if fn is None:
             cols = d.columns[s]
-            kinds = d.kinds[s]
-            fix = [(i, kinds[c]) for i, c in enumerate(cols)
-                   if kinds[c] not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
+            fix = [(i, f) for i, c in enumerate(cols)
+                   if (f := from_log(d.cols[s][c])) is not None]
 
             def decode(values: dict[str, Any]) -> Row:
                 row = [values.get(c) for c in cols]
-                for i, kind in fix:
+                for i, f in fix:
                     if row[i] is not None:
-                        row[i] = coerce(row[i], kind)
+                        row[i] = f(row[i])
                 return tuple(row)
 
             fn = self._decoders[(name, s)] = decode

@@ -110,9 +110,10 @@ class Link:
         return self._bound, self._issues
 
     def bound_maps(self, names: Sequence[str] = ()) -> list[BoundMap]:
-        """Validated maps in dependency order; raises ValidationFailed listing every issue."""
+        """Validated maps in dependency order; raises ValidationFailed listing every error
+        (warnings and notes do not stop the maps: ``dualwrite validate`` shows them)."""
         bound, issues = self.validate()
-        if issues:
+        if any(i.is_error for i in issues):
             raise ValidationFailed(issues)
         for n in names:
             self.config.map(n)  # raises a clear error for an unknown name
