@@ -94,8 +94,24 @@ def _literal(b: Backend, sql: str) -> str:
     return sql.replace("\\", "\\\\") if b.kind == "mariadb" else sql
 
 
-def _insert(b: Backend, case: Case, key: int, sql: str) -> None:
-    b.app_sql(f"INSERT INTO {_table(case)} (id, val) VALUES ({key}, {_literal(b, sql)})")
+class App:
+    """The application's own session on one database: each statement is its own transaction
+    (autocommit), and is captured; one connection for all of them."""
+
+    def __init__(self, b: Backend) -> None:
+        self.b = b
+        self.conn = b.app().connect().execution_options(isolation_level="AUTOCOMMIT")
+
+    def sql(self, statement: str) -> None:
+        import sqlalchemy as sa
+
+        self.conn.execute(sa.text(statement))
+
+    def insert(self, case: Case, key: int, sql: str) -> None:
+        self.sql(f"INSERT INTO {_table(case)} (id, val) VALUES ({key}, {_literal(self.b, sql)})")
+
+    def close(self) -> None:
+        self.conn.close()
 
 
 class Run:
@@ -117,6 +133,8 @@ class Run:
             self.say(c, path, text)
 
     def close(self) -> None:
+        for app in getattr(self, "apps", ()):
+            app.close()
         for b in (self.left, self.right):
             b.connector.close()
 
@@ -130,9 +148,10 @@ class Run:
         for c in self.cases:
             _create(self.left, c, c.left)
             _create(self.right, c, c.right)
+        self.apps = (App(self.left), App(self.right))
         for c in runs:
             for i, v in enumerate(c.forth):
-                _insert(self.left, c, BASE["initial"] + i, v.sql)
+                self.apps[0].insert(c, BASE["initial"] + i, v.sql)
         for b in (self.left, self.right):
             b.connector.forget_schema()
         self.validate()
@@ -273,18 +292,18 @@ class Run:
 
     def _forth(self, c: Case, _plain: V) -> None:
         for i, v in enumerate(c.forth):
-            _insert(self.left, c, BASE["capture-forth"] + i, v.sql)
+            self.apps[0].insert(c, BASE["capture-forth"] + i, v.sql)
 
     def _update(self, c: Case, plain: V) -> None:
         for i, v in enumerate(c.forth):
             key = BASE["capture-update"] + i
-            _insert(self.left, c, key, plain.sql)
-            self.left.app_sql(f"UPDATE {_table(c)} SET val = {_literal(self.left, v.sql)} "
-                              f"WHERE id = {key}")
+            self.apps[0].insert(c, key, plain.sql)
+            self.apps[0].sql(f"UPDATE {_table(c)} SET val = {_literal(self.left, v.sql)} "
+                             f"WHERE id = {key}")
 
     def _back(self, c: Case, _plain: V) -> None:
         for i, v in enumerate(c.back_values):
-            _insert(self.right, c, BASE["capture-back"] + i, v.sql)
+            self.apps[1].insert(c, BASE["capture-back"] + i, v.sql)
 
     # -- the Python API ------------------------------------------------------------------------
     def api(self, link: Link, cases: list[Case]) -> None:
@@ -382,11 +401,15 @@ def _results(matrix: dict[str, Problems], pair_id: str,
         try:
             matrix[pair_id] = run.go()
         except Exception:
-            text = traceback.format_exc()
-            matrix[pair_id] = defaultdict(lambda: [f"the run of {pair_id} failed:\n{text}"])
+            # a run that stopped judges no cell: every one of them fails with why
+            matrix[pair_id] = {_FAILED: [f"the run of {pair_id} failed:\n"
+                                         f"{traceback.format_exc()}"]}
         finally:
             run.close()
     return matrix[pair_id]
+
+
+_FAILED = ("*", "*")
 
 
 def _cells() -> Iterator[Any]:
@@ -402,7 +425,8 @@ def _cells() -> Iterator[Any]:
 @pytest.mark.parametrize("pair_id, case, path", list(_cells()))
 def test_cell(matrix: dict[str, Problems], tmp_path_factory: pytest.TempPathFactory,
               pair_id: str, case: str, path: str) -> None:
-    problems = _results(matrix, pair_id, tmp_path_factory).get((case, path), [])
+    results = _results(matrix, pair_id, tmp_path_factory)
+    problems = results.get(_FAILED) or results.get((case, path), [])
     assert not problems, "\n".join(problems)
 
 

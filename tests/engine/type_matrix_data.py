@@ -101,8 +101,11 @@ UMAX = uuid.UUID("ffffffff-ffff-ffff-ffff-ffffffffffff")
 
 # -- why a cell is expected to fail until another branch is merged -------------------------------
 H_CAPTURE = "needs h-capture: the change log carries every value exactly"
+CAPTURE = ("capture-forth", "capture-update", "capture-back")
 JSON_NULL = {path: H_CAPTURE + " (JSON null and SQL NULL are one in the log)"
-             for path in ("capture-forth", "capture-update", "capture-back")}
+             for path in CAPTURE}
+NEG_ZERO = {path: H_CAPTURE + " (-0.0 is logged as the JSON number -0, read as the "
+            "integer 0)" for path in CAPTURE}
 
 
 # -- value lists ----------------------------------------------------------------------------------
@@ -348,7 +351,7 @@ INT_ARRAYS = [
     V("'{0}'", [0]), V("'{NULL}'", [None]), NULL,
 ]
 TEXT_ARRAYS = [
-    V("'{}'", []), V("'{\"a,b\",\"\",NULL,\"\\\\\"\"}'", ["a,b", "", None, '"']),
+    V(r"""'{"a,b","",NULL,"\""}'""", ["a,b", "", None, '"']),
     V("'{ñandú,☃}'", ["ñandú", "☃"]), V("'{\"NULL\"}'", ["NULL"]), NULL,
 ]
 
@@ -416,15 +419,16 @@ def refused(reason: str) -> Refused:
 
 PG_PG = [
     Case("double", "double precision", "double precision", doubles(pg=True),
-         edm="Edm.Double"),
-    Case("real", "real", "real", reals(pg=True), edm="Edm.Single"),
+         edm="Edm.Double", xfail=NEG_ZERO),
+    Case("real", "real", "real", [*reals(pg=True), V("'-0'", -0.0)], edm="Edm.Single",
+         xfail=NEG_ZERO),
     Case("real_double", "real", "double precision", reals(pg=True),
          back=[V("0", 0.0), V("1.5", 1.5), V("16777216", 16777216.0), V("'-0'", -0.0),
                V("16777217", 16777217.0, refused("would be rounded to 16777216.0")),
                V("0.1", 0.1, refused("would be rounded")),
                V("1e300", 1e300, refused("out of the range of real")),
                V("'NaN'", NAN), V("'Infinity'", INF), NULL],
-         codes=codes("", "DW116")),
+         codes=codes("", "DW116"), xfail={"capture-back": NEG_ZERO["capture-back"]}),
     Case("numeric", "numeric", "numeric", decimals(None, inf=True), edm="Edm.Decimal"),
     Case("numeric_10_2", "numeric(10,2)", "numeric(10,2)", decimals(2)),
     Case("money", "money", "money", MONEY, edm="Edm.Decimal"),
@@ -443,9 +447,9 @@ PG_PG = [
     Case("interval", "interval", "interval", INTERVALS, edm="Edm.Duration"),
     Case("bytea", "bytea", "bytea", BYTES, edm="Edm.Binary"),
     Case("uuid", "uuid", "uuid", UUIDS, edm="Edm.Guid"),
-    Case("json", "json", "json", JSONS, edm="Edm.String"),
-    Case("jsonb", "jsonb", "jsonb", JSONS, edm="Edm.String"),
-    Case("json_jsonb", "json", "jsonb", JSONS, codes=codes("DW117", "")),
+    Case("json", "json", "json", JSONS, edm="Edm.String", xfail=JSON_NULL),
+    Case("jsonb", "jsonb", "jsonb", JSONS, edm="Edm.String", xfail=JSON_NULL),
+    Case("json_jsonb", "json", "jsonb", JSONS, codes=codes("DW117", ""), xfail=JSON_NULL),
     Case("int_array", "integer[]", "integer[]", INT_ARRAYS, edm="Collection(Edm.Int32)"),
     Case("text_array", "text[]", "text[]", TEXT_ARRAYS, edm="Collection(Edm.String)"),
     Case("inet", "inet", "inet", INETS, edm="Edm.String"),
@@ -543,7 +547,7 @@ SQLITE_SQLITE = [
          edm="Edm.Double",
          xfail={path: H_CAPTURE + " (SQLite's json_object writes a REAL with 15 digits, "
                 "and infinity as Inf, which is not JSON)"
-                for path in ("capture-forth", "capture-update", "capture-back")}),
+                for path in CAPTURE}),
     Case("numeric", "NUMERIC(18,2)", "NUMERIC(18,2)",
          [V("0", Decimal(0)), V("1.5", Decimal("1.5")), V("'NaN'", Decimal("NaN")),
           V("123456789012.34", Decimal("123456789012.34")), V("-0.01", Decimal("-0.01")),

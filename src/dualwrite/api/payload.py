@@ -209,9 +209,11 @@ def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
     if kind is Kind.UUID:
         return str(value).lower() if isinstance(value, uuid.UUID) else str(value)
     if kind is Kind.ARRAY:
+        if not isinstance(value, list):
+            return str(value)
         element = _element(column)
-        return [None if v is None else to_json(v, element, ieee754=ieee754)
-                for v in value] if isinstance(value, list) else str(value)
+        return [None if v is None else to_json(v, column if isinstance(v, list) else element,
+                                               ieee754=ieee754) for v in value]
     # Kind.JSON travels as Edm.String holding the JSON text
     return value if isinstance(value, str) else dumps(value).decode("utf-8")
 
@@ -329,7 +331,8 @@ def from_json(value: Any, prop: PropertyInfo) -> Any:
         if not isinstance(value, list):
             raise _bad_value(prop, value, "a collection (a JSON array)")
         element = PropertyInfo(prop.name, _element(column))
-        return [None if v is None else from_json(v, element) for v in value]
+        return [None if v is None else from_json(v, prop if isinstance(v, list) else element)
+                for v in value]
     if kind is Kind.NETWORK:
         if not isinstance(value, str):
             raise _bad_value(prop, value, "a string holding an address")

@@ -250,4 +250,9 @@ def _upper_name(column_type: str) -> str:
     if not paren:
         return column_type.upper()
     inner, close, tail = rest.rpartition(")")
+    if head.upper() in _INTEGERS and column_type.lower() != "tinyint(1)":
+        return f"{head.upper()}{tail.upper()}"  # the display width says nothing of values
     return f"{head.upper()}({inner}){tail.upper()}" if close else column_type.upper()
+
+
+_INTEGERS = {"TINYINT", "SMALLINT", "MEDIUMINT", "INT", "INTEGER", "BIGINT"}

@@ -503,11 +503,11 @@ def _pg_facets(t: Any, kind: Kind, f: Facets) -> tuple[Kind, Facets]:
         item = getattr(t, "item_type", None)
         if item is None:
             return kind, f
-        from dualwrite.connectors.sql import kind_of
+        from dualwrite.connectors.sql import type_facets
 
-        ikind = kind_of(item)
-        ikind, ifacets = _pg_facets(item, ikind, Facets(database=f.database,
-                                                        type_name=f.type_name.rstrip("[]")))
+        ikind, ifacets = type_facets(item, Facets(database=f.database,
+                                                  type_name=f.type_name.rstrip("[]")))
+        ikind, ifacets = _pg_facets(item, ikind, ifacets)
         return kind, replace(f, element=ikind, element_facets=ifacets)
     return kind, f
 

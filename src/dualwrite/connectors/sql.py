@@ -486,25 +486,8 @@ class SqlConnector(Connector):
         """The kind and facets of a reflected column. ``catalog``: the type as
         :meth:`_catalog` names it (or "")."""
         t = column.type
-        kind = kind_of(t)
         name = catalog or _compiled(t, self.engine.dialect)
-        f = Facets(database=self.database_name, type_name=name)
-        if kind is Kind.DECIMAL:
-            f = _replace(f, precision=getattr(t, "precision", None),
-                         scale=getattr(t, "scale", None))
-        elif kind is Kind.INTEGER:
-            f = _replace(f, precision=INTEGER_BITS.get(type(t).__name__.upper(), 64),
-                         unsigned=bool(getattr(t, "unsigned", False)))
-        elif kind is Kind.FLOAT:
-            f = _replace(f, precision=53)
-        elif kind is Kind.STRING:
-            f = _replace(f, fixed=isinstance(t, sqltypes.CHAR) and not isinstance(
-                t, sqltypes.NCHAR | sqltypes.VARCHAR))
-        elif kind is Kind.BINARY:
-            f = _replace(f, fixed=isinstance(t, sqltypes.BINARY))
-        elif kind in (Kind.DATETIME, Kind.TIME):
-            f = _replace(f, time_zone=bool(getattr(t, "timezone", False)))
-        return kind, f
+        return type_facets(t, Facets(database=self.database_name, type_name=name))
 
     def _select_expr(self, t: sa.Table, column: str) -> sa.ColumnElement[Any]:
         """How ``column`` is selected: as the driver gives it (see :func:`raw`)."""
@@ -798,6 +781,28 @@ class SqlConnector(Connector):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def type_facets(t: sa.types.TypeEngine[Any], f: Facets) -> tuple[Kind, Facets]:
+    """The kind of a SQLAlchemy type and the facets its attributes say (``f`` holds the
+    database and the type's name); dialects add their database's rules."""
+    kind = kind_of(t)
+    if kind is Kind.DECIMAL:
+        f = _replace(f, precision=getattr(t, "precision", None),
+                     scale=getattr(t, "scale", None))
+    elif kind is Kind.INTEGER:
+        f = _replace(f, precision=INTEGER_BITS.get(type(t).__name__.upper(), 64),
+                     unsigned=bool(getattr(t, "unsigned", False)))
+    elif kind is Kind.FLOAT:
+        f = _replace(f, precision=53)
+    elif kind is Kind.STRING:
+        f = _replace(f, fixed=isinstance(t, sqltypes.CHAR) and not isinstance(
+            t, sqltypes.NCHAR | sqltypes.VARCHAR))
+    elif kind is Kind.BINARY:
+        f = _replace(f, fixed=isinstance(t, sqltypes.BINARY))
+    elif kind in (Kind.DATETIME, Kind.TIME):
+        f = _replace(f, time_zone=bool(getattr(t, "timezone", False)))
+    return kind, f
 
 
 _UNSET: Any = object()
