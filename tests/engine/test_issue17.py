@@ -9,6 +9,8 @@ path; these pin the reported cases down.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,24 @@ from dualwrite.engine.link import Link
 from conftest import Backend, BackendFactory
 
 TABLE = "t17"
+#: backends a test made t17 on: dropped after it (other tests reflect these databases, and
+#: SQLAlchemy warns about a type it does not know, such as MariaDB's INET6)
+_MADE: list[Backend] = []
+
+
+@pytest.fixture(autouse=True)
+def _drop_tables() -> Iterator[None]:
+    yield
+    while _MADE:
+        b = _MADE.pop()
+        with contextlib.suppress(Exception):
+            b.sql(f"DROP TABLE IF EXISTS {TABLE}")
+
+
+def _backend(make_backend: BackendFactory, kind: str, db: str) -> Backend:
+    b = make_backend(kind, db)
+    _MADE.append(b)
+    return b
 
 
 def _q(b: Backend, name: str) -> str:
@@ -34,8 +54,9 @@ def setup(make_backend: BackendFactory, tmp_path: Path, left: str, right: str, l
     """``t17 (id, val)`` on both sides (``extra`` columns too: ``extra_right`` on the right
     when they differ), ``rows`` (SQL literals) on the left as ids 1..n, and a link with one
     map ``val = val`` (``options`` on that line)."""
-    lb = make_backend(left, "dualwrite_test_a")
-    rb = make_backend(right, "dualwrite_test_b" if right == left else "dualwrite_test_a")
+    lb = _backend(make_backend, left, "dualwrite_test_a")
+    rb = _backend(make_backend, right, "dualwrite_test_b" if right == left else
+                  "dualwrite_test_a")
     more = extra if extra_right is None else extra_right
     for b, typ, cols in ((lb, ltype, extra), (rb, rtype, more)):
         b.connector.clear_link()
@@ -243,8 +264,8 @@ def test_an_inbox_entry_holding_an_address_does_not_stop_the_applier(
 
 def test_mariadb_doubles_floats_and_times_arrive_exactly(make_backend: BackendFactory,
                                                         tmp_path: Path) -> None:
-    lb = make_backend("mariadb", "dualwrite_test_a")
-    rb = make_backend("postgresql", "dualwrite_test_a")
+    lb = _backend(make_backend, "mariadb", "dualwrite_test_a")
+    rb = _backend(make_backend, "postgresql", "dualwrite_test_a")
     for b, cols in ((lb, "d DOUBLE, f FLOAT, t TIME"),
                     (rb, "d double precision, f real, t time")):
         b.connector.clear_link()
@@ -272,8 +293,8 @@ def test_mariadb_doubles_floats_and_times_arrive_exactly(make_backend: BackendFa
         strict=True, reason="needs h-capture: MariaDB's JSON_OBJECT cannot log a blob"))])
 def test_mariadb_blob_with_nul_bytes_reaches_bytea(make_backend: BackendFactory,
                                                   tmp_path: Path, path: str) -> None:
-    lb = make_backend("mariadb", "dualwrite_test_a")
-    rb = make_backend("postgresql", "dualwrite_test_a")
+    lb = _backend(make_backend, "mariadb", "dualwrite_test_a")
+    rb = _backend(make_backend, "postgresql", "dualwrite_test_a")
     for b, typ in ((lb, "LONGBLOB"), (rb, "bytea")):
         b.connector.clear_link()
         for own in ("dualwrite_changes", "dualwrite_applied", TABLE):

@@ -14,6 +14,7 @@ into docs/maps.md (a test checks that the docs hold it as it is).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import math
@@ -133,9 +134,15 @@ class Run:
             self.say(c, path, text)
 
     def close(self) -> None:
+        """Drop the matrix's tables (other tests reflect these databases, and SQLAlchemy
+        warns about a type it does not know, such as MariaDB's INET6) and disconnect."""
         for app in getattr(self, "apps", ()):
             app.close()
         for b in (self.left, self.right):
+            q = "`" if b.kind == "mariadb" else '"'
+            for c in self.cases:
+                with contextlib.suppress(Exception):
+                    b.sql(f"DROP TABLE IF EXISTS {q}{_table(c)}{q}")
             b.connector.close()
 
     # -- the run -----------------------------------------------------------------------------

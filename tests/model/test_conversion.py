@@ -325,3 +325,19 @@ def test_fit_and_money() -> None:
     assert fit("24:00:00", Kind.TIME) is EOD
     assert parse_money("$1,234.56") == Decimal("1234.56")
     assert parse_money("($5.50)") == Decimal("-5.50")
+
+
+def test_text_safe_says_when_the_target_may_read_a_value_s_text_itself() -> None:
+    """The applier's set-based path hands log text to PostgreSQL: only where PostgreSQL's
+    own reading of it makes no conversion the row builders would make differently."""
+    my_dt6 = my(Kind.DATETIME, "DATETIME(6)", fraction=6)
+    pg_tstz = pg(Kind.DATETIME, "timestamptz", time_zone=True, specials=TEMPORAL_SPECIALS)
+    pg_ts = pg(Kind.DATETIME, "timestamp", specials=TEMPORAL_SPECIALS)
+    assert plan(my_dt6, pg_tstz).text_safe  # naive text read in a UTC session: as UTC
+    assert not plan(pg_tstz, pg_ts).text_safe  # timestamp input would drop the offset
+    assert plan(MY_DATE, PG_DATE).text_safe  # a zero date: PostgreSQL refuses it as well
+    assert plan(PG_DATE, PG_DATE).text_safe
+    numeric_2 = pg(Kind.DECIMAL, "numeric(10,2)", precision=10, scale=2,
+                   specials=frozenset({NAN}))
+    assert not plan(PG_NUMERIC, numeric_2).text_safe  # it would round 1.239 silently
+    assert not plan(PG_DOUBLE, PG_REAL).text_safe

@@ -647,14 +647,17 @@ class Applier:
             return (src.column is not None and dst.column is not None and f.spec.values is None
                     and not src.is_lookup and not dst.is_lookup
                     and d.kinds[s][src.column] is d.kinds[t][dst.column]
-                    and d.kinds[t][dst.column] in _JSON_KINDS)
+                    and d.kinds[t][dst.column] in _JSON_KINDS
+                    # a value the row builders would convert (a zone, a scale the target
+                    # would round) must not reach the target as text
+                    and d.plan(s, t, src.column, dst.column, i).text_safe)
 
         key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
         if isinstance(self.logs[s].dialect, PostgresDialect | MariaDbDialect) and \
                 isinstance(self.logs[t].dialect, PostgresDialect) and b.filter(s) is None and \
                 not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields) \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
-                        for src, dst in key_pairs):
+                        and d.plan(s, t, src, dst).text_safe for src, dst in key_pairs):
             plan = _JsonPlan(
                 live_columns=list(d.live_columns[t]),
                 live_sources=[b.fields[i].end(s).column or "" for i in d.live_into[t]],

@@ -121,6 +121,10 @@ class Plan:
     needs: str = ""
     #: the conversion of one value (raises ValueRefused); None: values are copied as they are
     convert: Convert | None = None
+    #: whether the values may instead reach the target as their text, read by the target
+    #: database's own input function: nothing is converted or stated, and what ``convert``
+    #: refuses, the database refuses too (a date that is none), loudly, at the row
+    text_safe: bool = True
 
     @property
     def pair(self) -> str:
@@ -173,6 +177,9 @@ class _Builder:
         self.nulled: list[str] = []
         self.reason = ""
         self.needs = ""
+        #: steps that only refuse what the target database would refuse itself
+        self.guards: list[Convert] = []
+        self.unsafe_notes = False
         self.sf: Facets = self.source.facets
         self.tf: Facets = self.target.facets
 
@@ -187,16 +194,22 @@ class _Builder:
                         reason=self.reason, needs=self.needs)
         verdict = Verdict.PARTIAL if self.refused else \
             Verdict.CONVERTED if (self.notes or self.nulled) else Verdict.EXACT
+        text_safe = not self.unsafe_notes and not self.nulled and all(
+            step in self.guards for step in self.steps)
         return Plan(self.source, self.target, verdict, tuple(self.notes), tuple(self.refused),
-                    tuple(self.nulled), convert=_compose(self.steps))
+                    tuple(self.nulled), convert=_compose(self.steps), text_safe=text_safe)
 
     def refuse(self, what: str) -> None:
         if what not in self.refused:
             self.refused.append(what)
 
-    def note(self, what: str) -> None:
+    def note(self, what: str, *, as_text: bool = False) -> None:
+        """State a conversion. ``as_text``: the target database makes the same conversion
+        when it reads the value's text itself (see Plan.text_safe)."""
         if what not in self.notes:
             self.notes.append(what)
+        if not as_text:
+            self.unsafe_notes = True
 
     @property
     def tl(self) -> str:
@@ -273,7 +286,7 @@ class _Builder:
         holding U+0000, which PostgreSQL cannot hold, is refused here, naming the column
         (a guard, not worth a warning at validate: such text is rare)."""
         if self.tf.fixed and not self.sf.fixed:
-            self.note(f"trailing spaces are not significant in {self.tl}")
+            self.note(f"trailing spaces are not significant in {self.tl}", as_text=True)
         if not self.tf.nul and self.sf.nul:
             tl = self.tl
 
@@ -284,6 +297,7 @@ class _Builder:
                 return v
 
             self.steps.append(no_nul)
+            self.guards.append(no_nul)
 
     def integers(self) -> None:
         """Integers copy as they are: one out of the target's range is refused by the
@@ -395,6 +409,8 @@ class _Builder:
             return v
 
         self.steps.append(admit)
+        if not missing:  # it refuses only what the target cannot read as a date either
+            self.guards.append(admit)
 
     def fraction(self) -> None:
         t_digits = self.tf.fraction if self.tf.fraction is not None else 6
@@ -424,7 +440,7 @@ class _Builder:
         if self.sf.time_zone and not self.tf.time_zone:
             self.note("written as UTC")
         elif self.tf.time_zone and not self.sf.time_zone:
-            self.note("taken as UTC")
+            self.note("taken as UTC", as_text=True)  # dualwrite's sessions run in UTC
         self.temporal_specials()
         self.fraction()
 
@@ -438,7 +454,7 @@ class _Builder:
             self.note("converted to UTC (the offset is not kept)")
             self.steps.append(_time_to_utc)
         elif self.tf.time_zone and not self.sf.time_zone:
-            self.note("taken as UTC")
+            self.note("taken as UTC", as_text=True)
         if self.sf.duration and not self.tf.duration:
             self.refuse("durations that are not a time of day (negative, or past 24:00:00)")
 
@@ -479,7 +495,7 @@ class _Builder:
     def documents(self) -> None:
         if self.tf.normalised and not self.sf.normalised:
             self.note(f"{self.tl} normalises the document (member order, spacing and duplicate "
-                      "members are not kept; its meaning is)")
+                      "members are not kept; its meaning is)", as_text=True)
 
     def arrays(self) -> None:
         se, te = self.sf.element, self.tf.element
