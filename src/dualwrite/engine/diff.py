@@ -115,10 +115,9 @@ def merge(left: Iterator[list[Row]], right: Iterator[list[Row]], lkey: Sequence[
             rcur = next(ri, None)
 
 
-def coerce(value: Any, kind: Kind) -> Any:
-    """Fit a constant or an API value to a column's kind (value maps carry text like 'False'
-    or '3'): :func:`dualwrite.model.conversion.fit`."""
-    return conversion.fit(value, kind)
+#: fit a constant or an API value to a column's kind (value maps carry text like 'False' or
+#: '3'): :func:`dualwrite.model.conversion.fit`, under the name the engine has used for it
+coerce: Callable[[Any, Kind], Any] = conversion.fit
 
 
 class MapDiffer:
@@ -191,10 +190,10 @@ class MapDiffer:
             for c_s, c_t in zip(self.company_cols[s], self.company_cols[t], strict=True):
                 plain.append(self.pos[s][c_s])
                 slots.append(len(slots))
-                conv = self.plan(s, t, c_s, c_t).convert
-                if conv is not None:
+                p = self.plan(s, t, c_s, c_t)
+                if p.convert is not None:
                     fixups.append((len(slots) - 1, self._checked(
-                        t, self.pos[s][c_s], c_t, conv)))
+                        t, self.pos[s][c_s], c_t, p)))
         for i in fields:
             f = self.bound.fields[i]
             slot = len(slots)
@@ -242,16 +241,21 @@ class MapDiffer:
                                                      options, notify)
         return got
 
-    def _checked(self, t: Side, idx: int, column: str, conv: Convert
+    def _checked(self, t: Side, idx: int, column: str, p: conversion.Plan
                  ) -> Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Any]:
-        """The value at ``idx`` converted for ``column`` on side ``t``; a value it cannot
-        hold raises the RowError that sends its row, and only its row, to the inbox."""
+        """The value at ``idx`` converted for ``column`` on side ``t`` by plan ``p``; a value
+        it cannot hold raises the RowError that sends its row, and only its row, to the
+        inbox."""
         name, table = self.bound.name, self.bound.table(t)
+        step = p.step
+        conv: Convert = p.convert or (lambda v: v)
 
         def convert(r: Row, k: Row, _res: dict[tuple[Side, int], dict[Any, Any]]) -> Any:
             v = r[idx]
+            if v is None:
+                return None
             try:
-                return conv(v)
+                return step(v) if step is not None else conv(v)
             except ValueRefused as exc:
                 raise RowError(exc.reason, map=name, side=t.value, table=table, key=k,
                                field=column, value=v, hint=exc.hint) from None
@@ -278,9 +282,9 @@ class MapDiffer:
         kind = self.kinds[t][dst.column or ""]
         lookup_key = (t, -1 - i)
         if mapping is None and not dst.is_lookup:
-            conv = self.plan(s, t, src.column or "", dst.column or "", i).convert
-            assert conv is not None  # a plain copy needing no conversion is no fixup
-            return self._checked(t, idx, dst.column or "", conv)
+            p = self.plan(s, t, src.column or "", dst.column or "", i)
+            assert p.convert is not None  # a plain copy needing no conversion is no fixup
+            return self._checked(t, idx, dst.column or "", p)
 
         def convert(r: Row, k: Row, res: dict[tuple[Side, int], dict[Any, Any]]) -> Any:
             v = r[idx]
