@@ -154,7 +154,6 @@ def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     with _link(config) as link:
         bound, issues = link.validate(files=True)
         errors = [i for i in issues if i.is_error]
-        warnings = len(issues) - len(errors)
         if as_json:
             _print_json({"ok": not errors, "maps": [b.name for b in bound],
                          "issues": [i.as_dict() for i in issues]})
@@ -162,12 +161,13 @@ def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             for i in issues:
                 out.print(str(i), markup=False)
             n = len(link.config.maps)
-            also = f", {warnings} warning(s)" if warnings else ""
+            others = len(issues) - len(errors)
+            said = f" ({others} warning(s) and note(s) above)" if others else ""
             if errors:
-                out.print(f"{len(errors)} problem(s){also} in {n} map(s)", markup=False)
+                out.print(f"{len(errors)} problem(s) in {n} map(s){said}", markup=False)
             else:
                 out.print(f"ok: {n} map(s) valid against {link.config.left} and "
-                          f"{link.config.right}{also}", markup=False)
+                          f"{link.config.right}{said}", markup=False)
     if errors:
         raise Exit(1)
 

@@ -100,10 +100,10 @@ class TemplateError(ConfigError):
 
 @dataclass(frozen=True)
 class Issue:
-    """One problem found by validation: a stable code, where it is, what is wrong, what to do.
+    """One finding of validation: a stable code, where it is, what is wrong, what to do.
 
-    An ``error`` keeps the maps from running; a ``warning`` names a risk (a lookup whose
-    natural key may match several rows) and lets them run."""
+    ``severity``: "error" (the maps cannot run), "warning" (they run, and some values will
+    be refused at their row or written as NULL) or "note" (a conversion is made, as said)."""
 
     code: str
     message: str
@@ -127,16 +127,17 @@ class Issue:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "code": self.code, "message": self.message, "hint": self.hint,
-            "file": self.file, "line": self.line, "map": self.map, "severity": self.severity,
+            "code": self.code, "severity": self.severity, "message": self.message,
+            "hint": self.hint, "file": self.file, "line": self.line, "map": self.map,
         }
 
 
 class ValidationFailed(ConfigError):
-    """Validation found problems; ``issues`` holds all of them, not just the first."""
+    """Validation found problems; ``issues`` holds all of them (errors only), not just the
+    first."""
 
     def __init__(self, issues: Sequence[Issue]) -> None:
-        self.issues = list(issues)
+        self.issues = [i for i in issues if i.is_error]
         lines = "\n".join(f"  {i}" for i in self.issues)
         DualwriteError.__init__(
             self,

@@ -233,3 +233,44 @@ def test_parse_prefer() -> None:
 ])
 def test_accepts_json(accept: str | None, ok: bool) -> None:
     assert accepts(accept, "application/json") is ok
+
+
+# -- every kind in its EDM form -----------------------------------------------------------------
+
+def _col(kind: Kind, database: str = "PostgreSQL", **facets: Any) -> Column:
+    from dualwrite.model.schema import Facets
+
+    return Column("p", kind, facets=Facets(database, **facets))
+
+
+@pytest.mark.parametrize(("column", "edm", "value", "json_value"), [
+    (_col(Kind.INTERVAL), "Edm.Duration", "1 year 2 mons 3 days 04:05:06.789",
+     "P1Y2M3DT4H5M6.789S"),
+    (_col(Kind.INTERVAL), "Edm.Duration", "-1 days", "-P1D"),
+    (_col(Kind.ARRAY, element=Kind.INTEGER, element_facets=None), "Collection(Edm.Int64)",
+     [1, None, 2], [1, None, 2]),
+    (_col(Kind.FLOAT, precision=24), "Edm.Single", 0.5, 0.5),
+    (_col(Kind.DECIMAL, precision=19, scale=2, money=True), "Edm.Decimal", Decimal("12.30"),
+     Decimal("12.30")),
+    (_col(Kind.DECIMAL), "Edm.Decimal", Decimal("NaN"), "NaN"),
+    (_col(Kind.DATE), "Edm.Date", "infinity", "infinity"),
+    (_col(Kind.TIME), "Edm.TimeOfDay", "24:00:00", "24:00:00"),
+    (_col(Kind.TIME, time_zone=True), "Edm.String", "10:00:00+02:00", "10:00:00+02:00"),
+    (_col(Kind.TIME, "MariaDB", duration=True), "Edm.Duration", dt.timedelta(hours=-1),
+     "-PT1H"),
+    (_col(Kind.NETWORK, network="inet"), "Edm.String", "10.0.0.1/8", "10.0.0.1/8"),
+    (_col(Kind.JSON), "Edm.String", {"a": [1, None]}, '{"a": [1, null]}'),
+])
+def test_each_kind_renders_and_reads_in_its_edm_form(column: Column, edm: str, value: Any,
+                                                     json_value: Any) -> None:
+    from dualwrite.api.model import edm_type
+    from dualwrite.api.payload import from_json, to_json
+    from dualwrite.model.conversion import fit
+
+    assert edm_type(column) == edm
+    python = fit(value, column.kind) if not isinstance(value, dt.timedelta) else value
+    out = to_json(python, column)
+    assert out == json_value
+    if column.kind is not Kind.DECIMAL or python.is_finite():
+        back = from_json(loads(dumps(out)), PropertyInfo("p", column))  # as a request body
+        assert back == python

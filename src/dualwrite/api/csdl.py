@@ -2,7 +2,9 @@
 
 One schema (namespace ``dualwrite.<env>``) with one entity type per exposed table and one
 entity container holding an entity set per type. Per property: the Edm type of the column's
-kind, ``Nullable``, ``MaxLength`` for strings and binary, ``Precision``/``Scale`` for decimals.
+kind and facets (:func:`~dualwrite.api.model.edm_type`), ``Nullable``, ``MaxLength`` for
+strings and binary, ``Precision``/``Scale`` for decimals, ``Precision`` (fractional-second
+digits) for timestamps, times and durations.
 Alternate keys are published with the ``Org.OData.Core.V1.AlternateKeys`` annotation, the
 ETag's properties with ``Core.OptimisticConcurrency``, and what ``$batch`` supports with
 ``Org.OData.Capabilities.V1.BatchSupport``.
@@ -15,7 +17,14 @@ from __future__ import annotations
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
 
-from dualwrite.api.model import EntitySetInfo, PropertyInfo, ServiceModel, decimal_facets, edm_type
+from dualwrite.api.model import (
+    EntitySetInfo,
+    PropertyInfo,
+    ServiceModel,
+    decimal_facets,
+    edm_type,
+    temporal_precision,
+)
 from dualwrite.model.schema import Kind
 
 __all__ = ["CORE_VOCABULARY", "metadata_json", "metadata_xml"]
@@ -53,6 +62,9 @@ def _facets(prop: PropertyInfo, *, key: bool) -> dict[str, str]:
             attrs["Precision"] = str(precision)
         # CSDL's default Scale is 0 (an integer); "variable" keeps the digits the database has
         attrs["Scale"] = str(scale) if scale is not None else "variable"
+    digits = temporal_precision(column)
+    if digits is not None:
+        attrs["Precision"] = str(digits)
     return attrs
 
 
@@ -153,6 +165,12 @@ def _json_property(prop: PropertyInfo, *, key: bool) -> dict[str, Any]:
         if precision is not None:
             out["$Precision"] = precision
         out["$Scale"] = scale if scale is not None else "variable"
+    digits = temporal_precision(column)
+    if digits is not None:
+        out["$Precision"] = digits
+    if edm_type(column).startswith("Collection("):
+        out["$Collection"] = True
+        out["$Type"] = edm_type(column)[len("Collection("):-1]
     return out
 
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 from dualwrite.api.errors import ODataError, bad_request
 from dualwrite.api.model import EntitySetInfo, PropertyInfo
 from dualwrite.model.schema import Column, Kind
+from dualwrite.model.values import Interval
 
 __all__ = [
     "Segment",
@@ -46,6 +47,7 @@ _DATETIME = re.compile(
 _TIME = re.compile(r"(\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?")
 _GUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 _BINARY = re.compile(r"(?:binary|X)'([A-Za-z0-9_\-+/=]*)'", re.IGNORECASE)
+_DURATION = re.compile(r"duration'([-+]?P[0-9YMWDTHS.+-]*)'", re.IGNORECASE)
 _INT64 = 2**63
 
 #: Characters left as they are when a key literal goes into a URL path; the rest is
@@ -162,13 +164,24 @@ def parse_literal(raw: str, prop: PropertyInfo) -> Any:
     kind = prop.column.kind
     if text == "null":
         raise _bad_literal(raw, prop, "a value (null cannot address an entity)")
-    if kind in (Kind.STRING, Kind.JSON, Kind.OTHER):
+    if kind in (Kind.STRING, Kind.JSON, Kind.OTHER, Kind.NETWORK):
         if len(text) >= 2 and text[0] == "'" and text[-1] == "'":
             inner = text[1:-1]
             if "'" not in inner.replace("''", ""):
                 return inner.replace("''", "'")
         raise _bad_literal(raw, prop, "a string in single quotes, e.g. 'C-1' (write a quote "
                            "inside it as '')")
+    if kind is Kind.INTERVAL:
+        m = _DURATION.fullmatch(text)
+        if m:
+            try:
+                return Interval.parse(m.group(1))
+            except ValueError:
+                pass
+        raise _bad_literal(raw, prop, "duration'P1DT2H' (ISO 8601)")
+    if kind is Kind.ARRAY:
+        raise _bad_literal(raw, prop, "a value of a primitive type (a collection cannot "
+                           "address an entity)")
     if kind is Kind.INTEGER:
         if _INT.fullmatch(text):
             value = int(text)
@@ -271,6 +284,8 @@ def format_literal(value: Any, column: Column) -> str:
         return str(value)
     if kind is Kind.UUID:
         return str(value).lower()
+    if kind is Kind.INTERVAL and isinstance(value, Interval):
+        return f"duration'{value.iso()}'"
     if kind is Kind.DATE and isinstance(value, dt.date):
         return (value.date() if isinstance(value, dt.datetime) else value).isoformat()
     if kind is Kind.DATETIME and isinstance(value, dt.datetime):

@@ -17,7 +17,7 @@ from dualwrite.api.backend import ODataBackend
 from dualwrite.model.schema import Column, Kind, TableSchema
 
 __all__ = ["EntitySetInfo", "PropertyInfo", "ServiceModel", "build_model", "decimal_facets",
-           "edm_type", "odata_identifier"]
+           "edm_type", "odata_identifier", "temporal_precision"]
 
 _IDENTIFIER = re.compile(r"[^\W\d]\w{0,127}")
 
@@ -150,17 +150,35 @@ def _entity_set(backend: ODataBackend, env: str, schema: TableSchema,
 
 
 def edm_type(column: Column) -> str:
-    """The Edm primitive type that carries a column of this kind.
+    """The Edm type that carries a column of this kind, exactly.
 
-    Integers are Edm.Int32 when the declared SQL type says a 32-bit-or-smaller integer
-    (INT, INTEGER, SMALLINT, TINYINT, MEDIUMINT) and Edm.Int64 otherwise (BIGINT, or no
-    declared type): choosing the wider type when unsure never truncates a value. JSON and
-    unknown kinds travel as Edm.String.
+    Integers are Edm.Int32 when they have 32 bits or fewer and are signed (the declared SQL
+    type says so where the connector gave no bits: INT, INTEGER, SMALLINT, TINYINT,
+    MEDIUMINT) and Edm.Int64 otherwise: choosing the wider type when unsure never truncates
+    a value. A single-precision float is Edm.Single; an interval (and MariaDB's TIME, a
+    duration) Edm.Duration; an array a Collection of its elements' type. A time with an
+    offset (timetz), network addresses, JSON documents and unknown kinds travel as
+    Edm.String holding their text.
     """
     kind = column.kind
+    f = column.facets
     if kind is Kind.INTEGER:
+        if f.precision is not None:
+            return "Edm.Int32" if f.precision < 32 or (f.precision == 32 and not f.unsigned) \
+                else "Edm.Int64"
         sql = column.sql_type.upper()
         return "Edm.Int32" if "INT" in sql and "BIG" not in sql else "Edm.Int64"
+    if kind is Kind.FLOAT and f.precision is not None and f.precision <= 24:
+        return "Edm.Single"
+    if kind is Kind.TIME:
+        if f.duration:
+            return "Edm.Duration"
+        if f.time_zone:
+            return "Edm.String"
+    if kind is Kind.ARRAY:
+        element = Column(column.name, f.element or Kind.OTHER,
+                         facets=f.element_facets or type(f)())
+        return f"Collection({edm_type(element)})"
     return _EDM_TYPES[kind]
 
 
@@ -172,17 +190,36 @@ _EDM_TYPES: dict[Kind, str] = {
     Kind.DATE: "Edm.Date",
     Kind.DATETIME: "Edm.DateTimeOffset",
     Kind.TIME: "Edm.TimeOfDay",
+    Kind.INTERVAL: "Edm.Duration",
     Kind.BINARY: "Edm.Binary",
     Kind.UUID: "Edm.Guid",
     Kind.JSON: "Edm.String",
+    Kind.ARRAY: "Collection(Edm.String)",
+    Kind.NETWORK: "Edm.String",
     Kind.OTHER: "Edm.String",
 }
+
+
+def temporal_precision(column: Column) -> int | None:
+    """Digits of fractional seconds of an Edm.DateTimeOffset, Edm.TimeOfDay or Edm.Duration
+    property (CSDL's default, 0, would say the values have none)."""
+    if edm_type(column) not in ("Edm.DateTimeOffset", "Edm.TimeOfDay", "Edm.Duration"):
+        return None
+    f = column.facets
+    return f.fraction if f.fraction is not None else 6
+
 
 _DECIMAL_FACETS = re.compile(r"\(\s*(\d+)\s*(?:,\s*(\d+)\s*)?\)")
 
 
 def decimal_facets(column: Column) -> tuple[int | None, int | None]:
-    """(precision, scale) declared in the column's SQL type, e.g. NUMERIC(18, 2)."""
+    """(precision, scale) of the column (the connector's facets, else as declared in its SQL
+    type, e.g. NUMERIC(18, 2))."""
+    f = column.facets
+    if f.precision is not None:
+        return f.precision, f.scale if f.scale is not None else 0
+    if f.database and f.scale is None:
+        return None, None
     m = _DECIMAL_FACETS.search(column.sql_type)
     if not m:
         return None, None

@@ -21,8 +21,18 @@ from typing import Any
 from dualwrite.api.errors import ODataError, bad_request
 from dualwrite.api.literals import decode_base64, parse_temporal
 from dualwrite.api.model import EntitySetInfo, PropertyInfo, edm_type
-from dualwrite.model.schema import Column, Kind, TableSchema
-from dualwrite.model.values import canonical
+from dualwrite.model.conversion import duration_value, fit, parse_time
+from dualwrite.model.schema import Column, Facets, Kind, TableSchema
+from dualwrite.model.values import (
+    INFINITY,
+    MINUS_INFINITY,
+    EndOfDay,
+    Infinite,
+    Interval,
+    JsonText,
+    TemporalText,
+    canonical,
+)
 
 #: Decimal exponents beyond this are refused: no column holds such a number, and arithmetic
 #: on it (even normalising it) overflows Python's decimal context.
@@ -132,13 +142,31 @@ def _datetime_text(value: dt.datetime) -> str:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
+def _duration(us: int) -> str:
+    """Edm.Duration (ISO 8601 days and time) of ``us`` microseconds."""
+    days, rest = divmod(abs(us), 86_400_000_000)
+    return ("-" if us < 0 else "") + Interval(0, days, rest).iso()
+
+
+def _micros(v: dt.timedelta | dt.time) -> int:
+    if isinstance(v, dt.time):
+        return ((v.hour * 60 + v.minute) * 60 + v.second) * 1_000_000 + v.microsecond
+    return (v.days * 86_400 + v.seconds) * 1_000_000 + v.microseconds
+
+
 def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
     """The JSON value (as Python) of ``value`` from ``column``, per its Edm type.
-    ``ieee754`` writes Edm.Int64 and Edm.Decimal as strings (``IEEE754Compatible=true``)."""
+    ``ieee754`` writes Edm.Int64 and Edm.Decimal as strings (``IEEE754Compatible=true``).
+
+    Values Edm has no literal for are written as PostgreSQL writes them: the dates and
+    timestamps ``infinity``/``-infinity``, the time ``24:00:00``, ``NaN``/``Infinity`` of an
+    Edm.Decimal, a date outside the years 1-9999 as its database's text."""
     if value is None:
         return None
     kind = column.kind
-    if kind is Kind.STRING or kind is Kind.OTHER:
+    if isinstance(value, Infinite | TemporalText | EndOfDay) and not column.facets.duration:
+        return str(value)
+    if kind is Kind.STRING or kind is Kind.OTHER or kind is Kind.NETWORK:
         return value if isinstance(value, str) else str(value)
     if kind is Kind.INTEGER:
         number = int(value)
@@ -146,7 +174,7 @@ def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
     if kind is Kind.DECIMAL:
         d = value if isinstance(value, Decimal) else Decimal(repr(value)) \
             if isinstance(value, float) else Decimal(str(value))
-        return str(d) if ieee754 else d
+        return str(d) if ieee754 or not d.is_finite() else d
     if kind is Kind.FLOAT:
         return float(value)
     if kind is Kind.BOOLEAN:
@@ -164,19 +192,38 @@ def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
             return _datetime_text(dt.datetime.combine(value, dt.time()))
         return str(value)
     if kind is Kind.TIME:
-        if isinstance(value, dt.timedelta):  # MySQL drivers hand TIME back as a timedelta
-            seconds = int(value.total_seconds()) % 86400
-            value = dt.time(seconds // 3600, seconds // 60 % 60, seconds % 60,
-                            value.microseconds)
+        if column.facets.duration:  # MariaDB's TIME: a duration, Edm.Duration
+            if isinstance(value, EndOfDay):
+                return "PT24H"
+            return _duration(_micros(value)) if isinstance(value, dt.timedelta | dt.time) \
+                else str(value)
+        if isinstance(value, dt.timedelta):
+            value = duration_value(_micros(value))
         return value.isoformat() if isinstance(value, dt.time) else str(value)
+    if kind is Kind.INTERVAL:
+        return value.iso() if isinstance(value, Interval) else str(value)
     if kind is Kind.BINARY:
         if isinstance(value, bytes | bytearray | memoryview):
             return base64.urlsafe_b64encode(bytes(value)).decode("ascii")
         return str(value)
     if kind is Kind.UUID:
         return str(value).lower() if isinstance(value, uuid.UUID) else str(value)
+    if kind is Kind.ARRAY:
+        if not isinstance(value, list):
+            return str(value)
+        element = _element(column)
+        return [None if v is None else to_json(v, column if isinstance(v, list) else element,
+                                               ieee754=ieee754) for v in value]
     # Kind.JSON travels as Edm.String holding the JSON text
     return value if isinstance(value, str) else dumps(value).decode("utf-8")
+
+
+def _element(column: Column) -> Column:
+    """A column standing for one element of an array column (a nested array is an array)."""
+    f = column.facets
+    if isinstance(f.element, Kind):
+        return Column(column.name, f.element, facets=f.element_facets or Facets())
+    return Column(column.name, Kind.OTHER)
 
 
 def entity_values(entity_set: EntitySetInfo, row: Mapping[str, Any],
@@ -212,6 +259,10 @@ def _etag_value(value: Any) -> Any:
         return "t:" + str(c.total_seconds())
     if isinstance(c, dict | list):
         return "j:" + dumps(c).decode("utf-8")
+    if isinstance(c, JsonText):  # by meaning: jsonb hands the text back normalised
+        return "j:" + dumps(c.canonical()).decode("utf-8")
+    if isinstance(c, tuple):
+        return [_etag_value(v) for v in c]
     return f"{type(c).__name__[:1]}:{c}"
 
 
@@ -274,8 +325,42 @@ def from_json(value: Any, prop: PropertyInfo) -> Any:
         raise _bad_value(prop, value, "a string")
     if kind is Kind.JSON:
         if isinstance(value, str):
-            return loads(value, what=f"JSON text of property {prop.name!r}")
-        return value
+            return JsonText.of(loads(value, what=f"JSON text of property {prop.name!r}"))
+        return JsonText.of(value)
+    if kind is Kind.ARRAY:
+        if not isinstance(value, list):
+            raise _bad_value(prop, value, "a collection (a JSON array)")
+        element = PropertyInfo(prop.name, _element(column))
+        return [None if v is None else from_json(v, prop if isinstance(v, list) else element)
+                for v in value]
+    if kind is Kind.NETWORK:
+        if not isinstance(value, str):
+            raise _bad_value(prop, value, "a string holding an address")
+        got = fit(value, Kind.NETWORK) if column.facets.network != "macaddr" else value
+        if isinstance(got, str) and column.facets.network != "macaddr":
+            raise _bad_value(prop, value, "an IP address or network")
+        return got
+    if kind is Kind.INTERVAL or (kind is Kind.TIME and column.facets.duration):
+        if not isinstance(value, str):
+            raise _bad_value(prop, value, "a duration such as P1DT2H30M")
+        try:
+            interval = Interval.parse(value)
+        except ValueError:
+            raise _bad_value(prop, value, "a duration such as P1DT2H30M") from None
+        if kind is Kind.INTERVAL:
+            return interval
+        if interval.months:
+            raise _bad_value(prop, value, "a duration in days and time (no months)")
+        return duration_value(interval.days * 86_400_000_000 + interval.microseconds)
+    if isinstance(value, str) and kind in (Kind.DATE, Kind.DATETIME) and \
+            value in ("infinity", "-infinity"):
+        return INFINITY if value == "infinity" else MINUS_INFINITY
+    if isinstance(value, str) and kind is Kind.TIME and \
+            (column.facets.time_zone or value.startswith("24:00")):
+        try:
+            return parse_time(value)
+        except ValueError:
+            raise _bad_value(prop, value, "a time of day such as 10:30:00+02:00") from None
     if kind is Kind.BOOLEAN:
         if isinstance(value, bool):
             return value
@@ -364,7 +449,7 @@ def parse_entity_body(entity_set: EntitySetInfo, body: Any) -> dict[str, Any]:
             raise bad_request(f"property {prop.name!r} is given twice ({seen[prop.name]!r} and "
                               f"{name!r})", target=name, code="InvalidBody")
         seen[prop.name] = name
-        if isinstance(value, dict | list) and prop.column.kind is not Kind.JSON:
+        if isinstance(value, dict | list) and prop.column.kind not in (Kind.JSON, Kind.ARRAY):
             raise _bad_value(prop, value, "a primitive value (nested entities and collections "
                              "are not supported)")
         values[prop.column.name] = from_json(value, prop)

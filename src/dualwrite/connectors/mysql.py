@@ -3,18 +3,26 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator, Sequence
+import ipaddress
+import re
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 from pymysql import converters
+from pymysql.constants import FIELD_TYPE
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from dualwrite.connectors.base import Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector
+from dualwrite.connectors.sql import SqlConnector, raw
+from dualwrite.model.conversion import parse_duration
+from dualwrite.model.schema import END_OF_DAY, Column, Facets, Kind
+from dualwrite.model.values import JsonText, TemporalText
 
 #: server error codes that mean "this row was rejected", whatever exception class PyMySQL uses:
 #: check constraint, NOT NULL, duplicate key, too long, out of range, bad value, foreign key
@@ -31,13 +39,44 @@ def _escape_datetime(value: dt.datetime, mapping: Any = None) -> str:
     return str(converters.escape_datetime(value, mapping))
 
 
-#: PyMySQL's conversions, datetimes with a zone written in UTC
-_CONVERSIONS = {**converters.conversions, dt.datetime: _escape_datetime}
+def _read_time(text: Any) -> Any:
+    """MariaDB's TIME: a time of day when it is one, END_OF_DAY at 24:00:00, else a duration
+    (``timedelta``); PyMySQL's own gives a timedelta, which SQLAlchemy then wrapped round
+    midnight (24:00:00 became 00:00:00)."""
+    try:
+        return parse_duration(text.decode() if isinstance(text, bytes) else text)
+    except ValueError:
+        return TemporalText(str(text))
+
+
+def _temporal(read: Callable[[Any], Any], cls: type) -> Callable[[Any], Any]:
+    """PyMySQL's date reader, with a value it cannot read ('0000-00-00') as TemporalText
+    instead of a bare string."""
+    def load(text: Any) -> Any:
+        v = read(text)
+        if isinstance(v, cls):
+            return v
+        return TemporalText(v.decode() if isinstance(v, bytes) else str(v))
+
+    return load
+
+
+#: PyMySQL's conversions, datetimes with a zone written in UTC, times read as they are
+_CONVERSIONS: dict[Any, Any] = {
+    **converters.conversions, dt.datetime: _escape_datetime,
+    FIELD_TYPE.TIME: _read_time,
+    FIELD_TYPE.DATE: _temporal(converters.convert_date, dt.date),
+    FIELD_TYPE.NEWDATE: _temporal(converters.convert_date, dt.date),
+    FIELD_TYPE.DATETIME: _temporal(converters.convert_datetime, dt.datetime),
+    FIELD_TYPE.TIMESTAMP: _temporal(converters.convert_datetime, dt.datetime),
+}
+_JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.IGNORECASE)
 
 
 class MySqlConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False,
                                 capture=True)
+    database_name = "MariaDB"
 
     def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None) -> None:
         #: (table, column) -> character set, learnt when checking a key's collation
@@ -82,6 +121,66 @@ class MySqlConnector(SqlConnector):
                     cur.execute("SET @dualwrite_origin = 1")
 
         return engine
+
+    # -- types -------------------------------------------------------------------------------
+    def _catalog(self, table: str) -> dict[str, str]:
+        """COLUMN_TYPE of each column, and JSON for a LONGTEXT that a ``json_valid`` check
+        makes a JSON column (MariaDB's JSON is such a LONGTEXT)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"), {"t": table}).all()
+            checks = conn.execute(sa.text(
+                "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
+                "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = :t"),
+                {"t": table}).all()
+        out = {str(r[0]): _upper_name(str(r[1])) for r in rows}
+        for (clause,) in checks:
+            for m in _JSON_CHECK.finditer(str(clause)):
+                name = m.group(1).replace("``", "`")
+                if out.get(name, "").endswith("TEXT"):
+                    out[name] = "JSON"
+        return out
+
+    def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
+        kind, f = super().column_type(column, catalog)
+        t = column.type
+        base = catalog.split("(")[0].split()[0] if catalog else ""
+        if base == "JSON":
+            return Kind.JSON, f
+        if base == "INET6":
+            return Kind.NETWORK, replace(f, network="inet6")
+        if base in ("YEAR", "BIT"):
+            return Kind.OTHER, f
+        if kind is Kind.FLOAT:
+            return kind, replace(f, precision=24 if base == "FLOAT" else 53,
+                                 unsigned=bool(getattr(t, "unsigned", False)))
+        if kind is Kind.DECIMAL:
+            return kind, replace(f, unsigned=bool(getattr(t, "unsigned", False)))
+        if kind is Kind.DATETIME:
+            years = (1970, 2038) if base == "TIMESTAMP" else None
+            return kind, replace(f, fraction=getattr(t, "fsp", None) or 0, years=years)
+        if kind is Kind.TIME:
+            return kind, replace(f, fraction=getattr(t, "fsp", None) or 0, duration=True,
+                                 specials=frozenset({END_OF_DAY}))
+        return kind, f
+
+    def _select_expr(self, t: sa.Table, column: str) -> sa.ColumnElement[Any]:
+        col = t.c[column]
+        if isinstance(col.type, mysql.FLOAT):
+            # the text protocol prints a FLOAT with 6 digits (16777216 as 16777200): read it
+            # as the DOUBLE holding its exact value
+            return raw(sa.cast(col, mysql.DOUBLE()).label(column))
+        return raw(col)
+
+    def _value_loader(self, column: Column) -> Callable[[Any], Any] | None:
+        if column.kind is Kind.JSON:
+            return JsonText
+        if column.kind is Kind.UUID:
+            return _uuid
+        if column.kind is Kind.NETWORK:
+            return _address
+        return None
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
@@ -147,3 +246,27 @@ class MySqlConnector(SqlConnector):
         if charset in ("utf8mb3", "utf8"):
             return sa.collate(col, "utf8mb3_bin")
         return sa.cast(col, mysql.BINARY())
+
+
+def _uuid(v: Any) -> Any:
+    return v if isinstance(v, uuid.UUID) else uuid.UUID(v.decode() if isinstance(v, bytes)
+                                                        else str(v))
+
+
+def _address(v: Any) -> Any:
+    return ipaddress.ip_address(v.decode() if isinstance(v, bytes) else str(v))
+
+
+def _upper_name(column_type: str) -> str:
+    """``decimal(10,2) unsigned`` -> ``DECIMAL(10,2) UNSIGNED``; ``enum('a','b')`` keeps its
+    values as they are."""
+    head, paren, rest = column_type.partition("(")
+    if not paren:
+        return column_type.upper()
+    inner, close, tail = rest.rpartition(")")
+    if head.upper() in _INTEGERS and column_type.lower() != "tinyint(1)":
+        return f"{head.upper()}{tail.upper()}"  # the display width says nothing of values
+    return f"{head.upper()}({inner}){tail.upper()}" if close else column_type.upper()
+
+
+_INTEGERS = {"TINYINT", "SMALLINT", "MEDIUMINT", "INT", "INTEGER", "BIGINT"}

@@ -6,9 +6,11 @@ import contextlib
 import re
 import select
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from dualwrite.connectors.base import Branch, Capabilities, Row
 from dualwrite.connectors.sql import (
@@ -18,6 +20,26 @@ from dualwrite.connectors.sql import (
     without_collation,
 )
 from dualwrite.errors import ConnectorError, TerminalConnectorError
+from dualwrite.model.conversion import parse_money, parse_time, single
+from dualwrite.model.schema import (
+    END_OF_DAY,
+    FLOAT_SPECIALS,
+    INF,
+    NAN,
+    NEG_INF,
+    TEMPORAL_SPECIALS,
+    Facets,
+    Kind,
+)
+from dualwrite.model.values import (
+    INFINITY,
+    MINUS_INFINITY,
+    EndOfDay,
+    Infinite,
+    Interval,
+    JsonText,
+    TemporalText,
+)
 
 _SAFE_XID = re.compile(r"^[A-Za-z0-9_.:-]{1,200}$")
 #: below this many rows a plain INSERT beats COPY (live sync writes one row at a time)
@@ -151,6 +173,7 @@ class PgBranch(Branch):
 
 class PostgresConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=True, capture=True)
+    database_name = "PostgreSQL"
 
     def _create_engine(self, url: str) -> sa.Engine:
         # No pre-ping: it costs a round trip per checkout on the live-sync hot path. A pooled
@@ -162,17 +185,43 @@ class PostgresConnector(SqlConnector):
         # DATETIME, SQLite, a capture log's JSON) is UTC to dualwrite, whatever zone the
         # server or the database defaults to. The text settings are those the capture triggers
         # run with, so that a key dualwrite formats (the log's key text) reads as theirs.
+        # Values: intervals are read in PostgreSQL's own style, money without a currency
+        # sign's locale, floats with every digit they need (see register_adapters).
         # A server that stops answering is not waited for without end: a connection attempt
         # gives up after 10 s, and keepalives (with a bound on unacknowledged data) drop a
         # session whose peer is gone, so that the error surfaces as transient and is
         # retried. The URL may set any of these (its query wins).
         args: dict[str, Any] = {**CONNECT_DEFAULTS, "options": (
             "-c dualwrite.origin=on -c timezone=UTC -c extra_float_digits=1 "
-            "-c bytea_output=hex -c intervalstyle=postgres")}
+            "-c bytea_output=hex -c intervalstyle=postgres -c lc_monetary=C")}
         for name in sa.engine.make_url(url).query:
             args.pop(name, None)
-        return sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
-                                connect_args=args)
+        engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
+                                  connect_args=args)
+
+        @event.listens_for(engine, "connect")
+        def _adapt(dbapi_conn: Any, _record: Any) -> None:
+            register_adapters(dbapi_conn.adapters)
+
+        return engine
+
+    # -- types -------------------------------------------------------------------------------
+    def _catalog(self, table: str) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 "
+                "AND NOT a.attisdropped"), {"t": '"' + table.replace('"', '""') + '"'}).all()
+        return {str(r[0]): _short_name(str(r[1])) for r in rows}
+
+    def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
+        kind, f = super().column_type(column, catalog)
+        return _pg_facets(column.type, kind, f)
+
+    def _bulk_update_guard(self, arrays: list[list[Any]]) -> bool:
+        """Whether the arrays can go to unnest() as binary parameters (dualwrite's own value
+        types have text forms only)."""
+        return not any(type(v) in _TEXT_ONLY for a in arrays for v in a)
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
@@ -228,15 +277,21 @@ class PostgresConnector(SqlConnector):
         # of a statement per row.
         if len(rows) < COPY_THRESHOLD or not columns:
             return None
-        return len(self._unnest_update(conn, table, key, columns,
-                                       [(k, v, None) for k, v in rows], returning=False))
+        try:
+            return len(self._unnest_update(conn, table, key, columns,
+                                           [(k, v, None) for k, v in rows], returning=False))
+        except _TextOnly:
+            return None
 
     def _bulk_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
                         columns: list[str], rows: Sequence[tuple[Row, Row, Row]]
                         ) -> set[Row] | None:
         if len(rows) < COPY_THRESHOLD or not columns:
             return None
-        return self._unnest_update(conn, table, key, columns, rows, returning=True)
+        try:
+            return self._unnest_update(conn, table, key, columns, rows, returning=True)
+        except _TextOnly:
+            return None
 
     def _unnest_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
                        columns: list[str], rows: Sequence[tuple[Row, Row, Row | None]],
@@ -253,6 +308,8 @@ class PostgresConnector(SqlConnector):
             [[r[1][i] for r in rows] for i in range(len(columns))]
         if guarded:
             arrays += [[r[2][i] for r in rows] for i in range(len(columns))]  # type: ignore[index]
+        if not self._bulk_update_guard(arrays):
+            raise _TextOnly
         alias = [sql.Identifier(f"v{i}") for i in range(len(names))]
         t = sql.Identifier(table.name)
         match = [sql.SQL("{t}.{c} = u.{a}").format(t=t, c=sql.Identifier(c), a=alias[i])
@@ -406,3 +463,158 @@ class PostgresConnector(SqlConnector):
 def _json_array(objects: Sequence[str]) -> str:
     """JSON objects (texts) as the text of one JSON array of them."""
     return "[" + ",".join(objects) + "]"
+
+
+class _TextOnly(Exception):
+    """Values the binary unnest() path cannot carry: the caller falls back to row updates."""
+
+
+_TEXT_ONLY = (Interval, Infinite, EndOfDay, TemporalText)
+
+# -- types and values -------------------------------------------------------------------------
+
+_SHORT = [("timestamp with time zone", "timestamptz"), ("timestamp without time zone", "timestamp"),
+          ("time with time zone", "timetz"), ("time without time zone", "time"),
+          ("character varying", "varchar"), ("character", "char")]
+
+
+def _short_name(name: str) -> str:
+    """PostgreSQL's type name, the common short forms (timetz, varchar(10), char(5))."""
+    for long, short in _SHORT:
+        if name.startswith(long):
+            return short + name[len(long):]
+        if name.startswith("timestamp(") and long == "timestamp with time zone" and \
+                name.endswith(" with time zone"):
+            return "timestamptz" + name[len("timestamp"):-len(" with time zone")]
+    return name
+
+
+def _pg_facets(t: Any, kind: Kind, f: Facets) -> tuple[Kind, Facets]:
+    """PostgreSQL's rules: which special values each type holds, text without U+0000,
+    floats of 24 or 53 bits, money, network addresses, arrays."""
+    name = type(t).__name__.upper()
+    if kind is Kind.OTHER:
+        if name == "MONEY":
+            return Kind.DECIMAL, replace(f, precision=19, scale=2, money=True)
+        if name in ("INET", "CIDR", "MACADDR", "MACADDR8"):
+            return Kind.NETWORK, replace(f, network=name.lower().rstrip("8"))
+        return kind, f
+    if kind is Kind.FLOAT:
+        return kind, replace(f, precision=24 if name == "REAL" else 53, specials=FLOAT_SPECIALS)
+    if kind is Kind.DECIMAL:
+        bounded = getattr(t, "precision", None) is not None
+        return kind, replace(f, specials=frozenset({NAN}) if bounded else
+                             frozenset({NAN, INF, NEG_INF}))
+    if kind is Kind.STRING:
+        return kind, replace(f, nul=False)
+    if kind in (Kind.DATE, Kind.DATETIME):
+        digits = getattr(t, "precision", None)
+        return kind, replace(f, specials=TEMPORAL_SPECIALS,
+                             fraction=digits if kind is Kind.DATETIME else None)
+    if kind is Kind.TIME:
+        return kind, replace(f, specials=frozenset({END_OF_DAY}),
+                             fraction=getattr(t, "precision", None))
+    if kind is Kind.JSON:
+        return kind, replace(f, normalised=name == "JSONB")
+    if kind is Kind.ARRAY:
+        item = getattr(t, "item_type", None)
+        if item is None:
+            return kind, f
+        from dualwrite.connectors.sql import type_facets
+
+        ikind, ifacets = type_facets(item, Facets(database=f.database,
+                                                  type_name=f.type_name.rstrip("[]")))
+        ikind, ifacets = _pg_facets(item, ikind, ifacets)
+        return kind, replace(f, element=ikind, element_facets=ifacets)
+    return kind, f
+
+
+def register_adapters(adapters: Any) -> None:
+    """Teach one psycopg connection dualwrite's values: the dates, timestamps and times
+    Python cannot hold (``infinity``, ``24:00:00``, ``0044-03-15 BC``) are read as dualwrite's
+    special values instead of failing the whole read; intervals keep months and days apart;
+    JSON documents stay text (JSON ``null`` is not SQL NULL); money is a Decimal; a real is
+    its exact binary value. And the way back, for writing."""
+    from psycopg import postgres
+    from psycopg.adapt import Dumper, Loader
+    from psycopg.errors import DataError
+    from psycopg.pq import Format
+
+    def oid(name: str) -> int:
+        return int(postgres.types[name].oid)
+
+    def safe(type_name: str, special: Any) -> type[Loader]:
+        base = postgres.adapters.get_loader(oid(type_name), Format.TEXT)
+
+        class SafeLoader(Loader):
+            def __init__(self, oid: int, context: Any = None) -> None:
+                super().__init__(oid, context)
+                self._base = base(oid, context)  # type: ignore[misc]
+
+            def load(self, data: Any) -> Any:
+                try:
+                    return self._base.load(data)
+                except (DataError, ValueError, OverflowError):
+                    return special(bytes(data).decode())
+
+        return SafeLoader
+
+    def temporal(text: str) -> Any:
+        return {"infinity": INFINITY, "-infinity": MINUS_INFINITY}.get(text) or \
+            TemporalText(text)
+
+    def time_of_day(text: str) -> Any:
+        try:
+            return parse_time(text)
+        except ValueError:
+            return TemporalText(text)
+
+    for name in ("date", "timestamp", "timestamptz"):
+        adapters.register_loader(name, safe(name, temporal))
+    for name in ("time", "timetz"):
+        adapters.register_loader(name, safe(name, time_of_day))
+
+    class IntervalLoader(Loader):
+        def load(self, data: Any) -> Any:
+            return Interval.parse(bytes(data).decode())
+
+    class JsonTextLoader(Loader):
+        def load(self, data: Any) -> Any:
+            return JsonText(bytes(data).decode())
+
+    class MoneyLoader(Loader):
+        def load(self, data: Any) -> Any:
+            return parse_money(bytes(data).decode())
+
+    float4 = postgres.adapters.get_loader(oid("float4"), Format.TEXT)
+
+    class RealLoader(Loader):
+        def __init__(self, oid: int, context: Any = None) -> None:
+            super().__init__(oid, context)
+            self._base = float4(oid, context)  # type: ignore[misc]
+
+        def load(self, data: Any) -> Any:
+            v = self._base.load(data)
+            return single(v) if v == v and v not in (float("inf"), float("-inf")) else v
+
+    adapters.register_loader("interval", IntervalLoader)
+    adapters.register_loader("json", JsonTextLoader)
+    adapters.register_loader("jsonb", JsonTextLoader)
+    adapters.register_loader("money", MoneyLoader)
+    adapters.register_loader("float4", RealLoader)
+
+    class IntervalDumper(Dumper):
+        oid = postgres.types["interval"].oid
+
+        def dump(self, obj: Any) -> bytes:
+            return str(obj.pg_text()).encode()
+
+    class TextDumper(Dumper):
+        """Written as text of unknown type: the database reads it as the column's type."""
+
+        def dump(self, obj: Any) -> bytes:
+            return str(obj).encode()
+
+    adapters.register_dumper(Interval, IntervalDumper)
+    for cls in (Infinite, EndOfDay, TemporalText):
+        adapters.register_dumper(cls, TextDumper)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,12 +33,30 @@ from dualwrite.errors import (
     TransientConnectorError,
 )
 from dualwrite.model.filters import Expr
-from dualwrite.model.schema import Column, ForeignKey, Kind, TableSchema
+from dualwrite.model.schema import Column, Facets, ForeignKey, Kind, TableSchema
 from dualwrite.model.values import canonical
 
 LINK_TABLE = "dualwrite_link"
 OWN_TABLE_PREFIX = "dualwrite_"
 LOOKUP_CHUNK = 1000
+
+#: (SQLAlchemy type, kind), most specific first
+_KINDS: list[tuple[type[Any], Kind]] = [
+    (sqltypes.Boolean, Kind.BOOLEAN),
+    (sqltypes.Uuid, Kind.UUID),
+    (sqltypes.Float, Kind.FLOAT),
+    (sqltypes.Numeric, Kind.DECIMAL),
+    (sqltypes.Integer, Kind.INTEGER),
+    (sqltypes.DateTime, Kind.DATETIME),
+    (sqltypes.Date, Kind.DATE),
+    (sqltypes.Time, Kind.TIME),
+    (sqltypes.Interval, Kind.INTERVAL),
+    (sqltypes.JSON, Kind.JSON),
+    (sqltypes.ARRAY, Kind.ARRAY),
+    (sqltypes.LargeBinary, Kind.BINARY),
+    (sqltypes._Binary, Kind.BINARY),
+    (sqltypes.String, Kind.STRING),
+]
 
 
 _COLLATE = re.compile(r"\s+COLLATE\s+(?:\"(?:[^\"]|\"\")*\"|\S+)", re.IGNORECASE)
@@ -58,25 +77,47 @@ def plain_type(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
 
 
 def kind_of(t: sa.types.TypeEngine[Any]) -> Kind:
-    """The portable kind of a reflected SQLAlchemy type."""
-    checks: list[tuple[type[Any], Kind]] = [
-        (sqltypes.Boolean, Kind.BOOLEAN),
-        (sqltypes.Uuid, Kind.UUID),
-        (sqltypes.Float, Kind.FLOAT),
-        (sqltypes.Numeric, Kind.DECIMAL),
-        (sqltypes.Integer, Kind.INTEGER),
-        (sqltypes.DateTime, Kind.DATETIME),
-        (sqltypes.Date, Kind.DATE),
-        (sqltypes.Time, Kind.TIME),
-        (sqltypes.JSON, Kind.JSON),
-        (sqltypes.LargeBinary, Kind.BINARY),
-        (sqltypes._Binary, Kind.BINARY),
-        (sqltypes.String, Kind.STRING),
-    ]
-    for cls, kind in checks:
+    """The portable kind of a reflected SQLAlchemy type (without the database's own rules:
+    see :meth:`SqlConnector.column_type`)."""
+    for cls, kind in _KINDS:
         if isinstance(t, cls):
             return kind
+    if type(t).__name__ == "INTERVAL":  # PostgreSQL's INTERVAL is not sqltypes.Interval
+        return Kind.INTERVAL
     return Kind.OTHER
+
+
+#: integer types by name -> bits (SMALLINT, MEDIUMINT... as SQLAlchemy names them)
+INTEGER_BITS = {"TINYINT": 8, "SMALLINT": 16, "MEDIUMINT": 24, "INTEGER": 32, "INT": 32,
+                "BIGINT": 64}
+
+#: a row's values from the driver -> the values of each kind (None: the driver's are those)
+RowLoader = Callable[[Sequence[Any]], tuple[Any, ...]]
+
+
+def raw(col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+    """``col`` selected as the driver hands it back: SQLAlchemy's own result conversions
+    (some lossy: DOUBLE read as a 10-digit Decimal, TIME wrapped round midnight) are left
+    out; the connector's loaders make each kind's values (see :meth:`SqlConnector._loaders`)."""
+    return sa.type_coerce(col, sqltypes.NullType()).label(getattr(col, "name", None))
+
+
+class Passthrough(sa.types.UserDefinedType[Any]):
+    """A type SQLAlchemy neither converts nor casts (a NullType parameter would take its
+    column's type, and with it that type's conversions)."""
+
+    cache_ok = True
+
+    def get_col_spec(self, **kw: Any) -> str:  # never used in DDL
+        return ""
+
+
+def untyped(name: str) -> sa.BindParameter[Any]:
+    """A bound parameter handed to the driver as it is: dualwrite's values are already in
+    their column's kind, and the drivers' adapters (registered by each connector) write
+    them; SQLAlchemy's own conversions would, for instance, write a JSON document's text as
+    a JSON string."""
+    return sa.bindparam(name, type_=Passthrough())
 
 
 class SqlWriteSession(WriteSession):
@@ -107,8 +148,8 @@ class SqlWriteSession(WriteSession):
         if bulk is not None:
             return bulk
         kcols = [t.c[k] for k in key]
-        stmt = sa.update(t).where(*[c == sa.bindparam(f"k_{i}") for i, c in enumerate(kcols)])
-        stmt = stmt.values({c: sa.bindparam(f"v_{i}") for i, c in enumerate(columns)})
+        stmt = sa.update(t).where(*[c == untyped(f"k_{i}") for i, c in enumerate(kcols)])
+        stmt = stmt.values({c: untyped(f"v_{i}") for i, c in enumerate(columns)})
         params = [
             {**{f"k_{i}": v for i, v in enumerate(k)}, **{f"v_{i}": v for i, v in enumerate(vals)}}
             for k, vals in rows
@@ -122,7 +163,7 @@ class SqlWriteSession(WriteSession):
             return 0
         t = self.connector.table(table)
         kcols = [t.c[k] for k in key]
-        stmt = sa.delete(t).where(*[c == sa.bindparam(f"k_{i}") for i, c in enumerate(kcols)])
+        stmt = sa.delete(t).where(*[c == untyped(f"k_{i}") for i, c in enumerate(kcols)])
         params = [{f"k_{i}": v for i, v in enumerate(k)} for k in keys]
         with self.connector.translating(f"delete from {table}"):
             result = self.conn.execute(stmt, params)
@@ -247,10 +288,13 @@ class SqlConnector(Connector):
     def _insert_returning(self, conn: sa.Connection, table: str, values: dict[str, Any]
                           ) -> dict[str, Any]:
         """Insert one row and return it as stored, in one round trip."""
+        t = self.table(table)
         stmt = self.statement(("insert-returning", table, tuple(values)), lambda: (
-            sa.insert(self.table(table)).returning(*self.table(table).c)))
-        row = conn.execute(stmt, values).one()
-        return dict(row._mapping)
+            sa.insert(t).values({t.c[c]: untyped(c) for c in values})
+            .returning(*[self._select_expr(t, c.name) for c in t.c])))
+        row = tuple(conn.execute(stmt, values).one())
+        load = self._loaders(table, [c.name for c in t.c])
+        return dict(zip([c.name for c in t.c], load(row) if load else row, strict=True))
 
     def _bulk_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
                      columns: list[str], rows: Sequence[tuple[Row, Row]]) -> int | None:
@@ -335,6 +379,13 @@ class SqlConnector(Connector):
                 f"{doing}: a value does not fit its column: {self._driver_message(exc)}",
                 hint="check the column's type and length on this side",
                 environment=self.name)
+        if isinstance(exc, sa_exc.DBAPIError | sa_exc.StatementError) and _is_value_error(exc):
+            # the driver could not write a value (a type it cannot adapt): the row's fault,
+            # found and sent to the inbox like a rejected row, never the whole table's
+            return ConstraintViolation(
+                f"{doing}: a value cannot be written: {self._driver_message(exc)}",
+                hint="check the value against the column's type on this side",
+                environment=self.name)
         if isinstance(exc, sa_exc.DBAPIError):
             if self._is_constraint(exc):
                 return ConstraintViolation(
@@ -399,7 +450,10 @@ class SqlConnector(Connector):
         if cached is not None:
             return cached
         try:
-            with self.translating(f"describe {table}"):
+            with self.translating(f"describe {table}"), warnings.catch_warnings():
+                # a type SQLAlchemy does not know (inet6, xml, point) is still a column: its
+                # kind is OTHER, named by the database's catalog (column_type)
+                warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
                 t = sa.Table(table, sa.MetaData(), autoload_with=self.engine)
         except TerminalConnectorError as exc:
             if isinstance(exc.__cause__, sa_exc.NoSuchTableError):
@@ -409,9 +463,11 @@ class SqlConnector(Connector):
             raise
         self._tables[table] = t
         pk = tuple(c.name for c in t.primary_key.columns)
+        with self.translating(f"describe {table}"):
+            catalog = self._catalog(table)
         cols: dict[str, Column] = {}
         for c in t.columns:
-            kind = kind_of(c.type)
+            kind, facets = self.column_type(c, catalog.get(c.name, ""))
             auto = (c.autoincrement is True or (
                 c.autoincrement == "auto" and len(pk) == 1 and c.name == pk[0]
                 and kind is Kind.INTEGER))
@@ -419,14 +475,14 @@ class SqlConnector(Connector):
                 name=c.name, kind=kind, nullable=bool(c.nullable),
                 has_default=c.server_default is not None or auto,
                 primary_key=c.primary_key, length=getattr(c.type, "length", None),
-                sql_type=str(c.type.compile(dialect=self.engine.dialect))
-                if kind is not Kind.OTHER else repr(c.type))
+                sql_type=_compiled(c.type, self.engine.dialect), facets=facets)
         fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), fk.referred_table.name,
                           tuple(e.column.name for e in fk.elements))
                for fk in t.foreign_key_constraints]
         insp = sa.inspect(self.engine)
         uniques: list[tuple[str, ...]] = []
-        with self.translating(f"describe {table}"):
+        with self.translating(f"describe {table}"), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
             for u in insp.get_unique_constraints(table):
                 uniques.append(tuple(c for c in u["column_names"] if c))
             for ix in insp.get_indexes(table):
@@ -435,6 +491,63 @@ class SqlConnector(Connector):
         schema = TableSchema(table, cols, pk, fks, uniques)
         self._schemas[table] = schema
         return schema
+
+    # -- types and values (hooks for dialects) ---------------------------------------------
+    #: the database's name in messages ("timetz (PostgreSQL)")
+    database_name = "SQL"
+
+    def _catalog(self, table: str) -> dict[str, str]:
+        """Column -> the type as the database's catalog names it, where reflection needs it
+        (types SQLAlchemy does not know; MariaDB's JSON columns)."""
+        return {}
+
+    def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
+        """The kind and facets of a reflected column. ``catalog``: the type as
+        :meth:`_catalog` names it (or "")."""
+        t = column.type
+        name = catalog or _compiled(t, self.engine.dialect)
+        return type_facets(t, Facets(database=self.database_name, type_name=name))
+
+    def _select_expr(self, t: sa.Table, column: str) -> sa.ColumnElement[Any]:
+        """How ``column`` is selected: as the driver gives it (see :func:`raw`)."""
+        return raw(t.c[column])
+
+    def _value_loader(self, column: Column) -> Callable[[Any], Any] | None:
+        """The conversion of the driver's value for ``column`` into its kind's value, where
+        the driver's adapters (registered at connect) do not make it; None: nothing to do."""
+        return None
+
+    def _loaders(self, table: str, columns: Sequence[str]) -> RowLoader | None:
+        """A function converting one row of ``columns`` read from ``table`` (None when every
+        column's driver value is already its kind's value: the common case costs nothing)."""
+        key = ("loaders", table, tuple(columns))
+        got = self._statements.get(key, _UNSET)
+        if got is not _UNSET:
+            return got  # type: ignore[no-any-return]
+        schema = self.describe(table)
+        fix = [(i, fn) for i, c in enumerate(columns)
+               if (fn := self._value_loader(schema.columns[c])) is not None]
+        out: RowLoader | None = None
+        if fix:
+            def load(row: Sequence[Any]) -> tuple[Any, ...]:
+                values = list(row)
+                for i, fn in fix:
+                    v = values[i]
+                    if v is not None:
+                        values[i] = fn(v)
+                return tuple(values)
+
+            out = load
+        self._statements[key] = out
+        return out
+
+    def _selected(self, t: sa.Table, columns: Sequence[str]) -> list[sa.ColumnElement[Any]]:
+        return [self._select_expr(t, c) for c in columns]
+
+    def _rows(self, result: Iterable[Any], load: RowLoader | None) -> list[Row]:
+        if load is None:
+            return [tuple(r) for r in result]
+        return [load(r) for r in result]
 
     def statement(self, key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
         """A Core statement built once per key: live writes run the same few statements
@@ -501,7 +614,8 @@ class SqlConnector(Connector):
         t = self.table(table)
         order = self._order_cols(t, key)
         base_filters = [t.c[k].isnot(None) for k in key] + self._where(t, where)
-        select_cols = [t.c[c] for c in columns]
+        select_cols = self._selected(t, columns)
+        load = self._loaders(table, columns)
         index_friendly = all(o is t.c[k] for o, k in zip(order, key, strict=True))
         if index_friendly or not self.stream_reads_while_writing:
             # Keyset pagination: each batch is one short query, so no lock or snapshot is held
@@ -513,7 +627,7 @@ class SqlConnector(Connector):
                     filters.append(self._after(order, last))
                 stmt = sa.select(*select_cols).where(*filters).order_by(*order).limit(batch_size)
                 with self.translating(f"read {table}"), self.engine.connect() as conn:
-                    rows = [tuple(r) for r in conn.execute(stmt)]
+                    rows = self._rows(conn.execute(stmt), load)
                 if not rows:
                     return
                 yield rows
@@ -535,13 +649,13 @@ class SqlConnector(Connector):
                     chunk = result.fetchmany(batch_size)
                     if not chunk:
                         return
-                    yield [tuple(r) for r in chunk]
+                    yield self._rows(chunk, load)
 
     def query(self, table: str, columns: Sequence[str], *, where: Expr | None = None,
               order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None,
               offset: int = 0) -> list[Row]:
         t = self.table(table)
-        stmt = sa.select(*[t.c[c] for c in columns]).where(*self._where(t, where))
+        stmt = sa.select(*self._selected(t, columns)).where(*self._where(t, where))
         order: list[sa.ColumnElement[Any]] = [
             t.c[c].desc() if desc else t.c[c].asc() for c, desc in order_by]
         # a stable order for paging: the primary key breaks ties
@@ -551,7 +665,7 @@ class SqlConnector(Connector):
         if limit is not None:
             stmt = stmt.limit(limit)
         with self.translating(f"query {table}"), self.engine.connect() as conn:
-            return [tuple(r) for r in conn.execute(stmt)]
+            return self._rows(conn.execute(stmt), self._loaders(table, columns))
 
     def count(self, table: str, *, where: Expr | None = None) -> int:
         t = self.table(table)
@@ -571,6 +685,7 @@ class SqlConnector(Connector):
         t = self.table(table)
         out: list[Row] = []
         kcols = [t.c[k] for k in key]
+        load = self._loaders(table, columns)
         with self.translating(f"fetch from {table}"):
             for start in range(0, len(keys), LOOKUP_CHUNK):
                 chunk = keys[start:start + LOOKUP_CHUNK]
@@ -583,11 +698,11 @@ class SqlConnector(Connector):
                     cond = kcols[0].in_([k[0] for k in chunk])
                 else:
                     cond = sa.tuple_(*kcols).in_([tuple(k) for k in chunk])
-                stmt = sa.select(*[t.c[c] for c in columns]).where(cond)
+                stmt = sa.select(*self._selected(t, columns)).where(cond)
                 if lock and self.engine.dialect.name != "sqlite":
                     # SQLite's write lock already covers the whole database
                     stmt = stmt.with_for_update()
-                out.extend(tuple(r) for r in conn.execute(stmt))
+                out.extend(self._rows(conn.execute(stmt), load))
         return out
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
@@ -600,12 +715,13 @@ class SqlConnector(Connector):
         t = self.table(table)
         wanted = list({canonical(v): v for v in values if v is not None}.values())
         found: dict[Any, Any] = {}
+        load = self._loaders(table, [match, returning])
         with self.translating(f"lookup in {table}"):
             for start in range(0, len(wanted), LOOKUP_CHUNK):
                 chunk = wanted[start:start + LOOKUP_CHUNK]
-                stmt = (sa.select(t.c[match], t.c[returning]).where(t.c[match].in_(chunk))
-                        .order_by(t.c[returning]))
-                for m, r in conn.execute(stmt):
+                stmt = (sa.select(*self._selected(t, [match, returning]))
+                        .where(t.c[match].in_(chunk)).order_by(t.c[returning]))
+                for m, r in self._rows(conn.execute(stmt), load):
                     found.setdefault(canonical(m), r)
         return found
 
@@ -684,6 +800,53 @@ class SqlConnector(Connector):
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def type_facets(t: sa.types.TypeEngine[Any], f: Facets) -> tuple[Kind, Facets]:
+    """The kind of a SQLAlchemy type and the facets its attributes say (``f`` holds the
+    database and the type's name); dialects add their database's rules."""
+    kind = kind_of(t)
+    if kind is Kind.DECIMAL:
+        f = _replace(f, precision=getattr(t, "precision", None),
+                     scale=getattr(t, "scale", None))
+    elif kind is Kind.INTEGER:
+        f = _replace(f, precision=INTEGER_BITS.get(type(t).__name__.upper(), 64),
+                     unsigned=bool(getattr(t, "unsigned", False)))
+    elif kind is Kind.FLOAT:
+        f = _replace(f, precision=53)
+    elif kind is Kind.STRING:
+        f = _replace(f, fixed=isinstance(t, sqltypes.CHAR) and not isinstance(
+            t, sqltypes.NCHAR | sqltypes.VARCHAR))
+    elif kind is Kind.BINARY:
+        f = _replace(f, fixed=isinstance(t, sqltypes.BINARY))
+    elif kind in (Kind.DATETIME, Kind.TIME):
+        f = _replace(f, time_zone=bool(getattr(t, "timezone", False)))
+    return kind, f
+
+
+_UNSET: Any = object()
+#: driver messages that mean "this value cannot be sent", whatever the exception class
+_VALUE_ERRORS = ("cannot adapt", "can not be used with mysql", "error binding parameter",
+                 "unsupported type", "is not json serializable")
+
+
+def _is_value_error(exc: sa_exc.StatementError) -> bool:
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    return any(w in text for w in _VALUE_ERRORS)
+
+
+def _replace(f: Facets, **changes: Any) -> Facets:
+    from dataclasses import replace
+
+    return replace(f, **changes)
+
+
+def _compiled(t: sa.types.TypeEngine[Any], dialect: sa.Dialect) -> str:
+    """The SQL text of a type, or its repr for one SQLAlchemy cannot compile."""
+    try:
+        return str(t.compile(dialect=dialect))
+    except sa_exc.CompileError:
+        return repr(t)
 
 
 class _Translating:

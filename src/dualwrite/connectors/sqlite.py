@@ -2,22 +2,73 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import ipaddress
+import math
 import sqlite3
-from collections.abc import Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from decimal import Decimal
+from dataclasses import replace
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from dualwrite.connectors.base import Capabilities, Row, WriteSession
-from dualwrite.connectors.sql import SqlConnector, SqlWriteSession
+from dualwrite.connectors.sql import SqlConnector, SqlWriteSession, untyped
 from dualwrite.errors import ConfigError
+from dualwrite.model.conversion import parse_time, text_of
+from dualwrite.model.schema import (
+    END_OF_DAY,
+    INF,
+    NAN,
+    NEG_INF,
+    TEMPORAL_SPECIALS,
+    Column,
+    Facets,
+    Kind,
+    TableSchema,
+)
+from dualwrite.model.values import (
+    INFINITY,
+    MINUS_INFINITY,
+    EndOfDay,
+    Infinite,
+    Interval,
+    JsonText,
+    TemporalText,
+)
+
+
+def _datetime_text(v: dt.datetime) -> str:
+    """SQLAlchemy's storage format for SQLite DATETIME, in UTC (a value with a zone is
+    converted: dualwrite takes a value without one as UTC)."""
+    if v.tzinfo is not None:
+        v = v.astimezone(dt.UTC).replace(tzinfo=None)
+    return v.strftime("%Y-%m-%d %H:%M:%S.%f") if v.year >= 1000 else \
+        f"{v.year:04d}-{v:%m-%d %H:%M:%S.%f}"
+
+
+def _time_text(v: dt.time) -> str:
+    return v.strftime("%H:%M:%S.%f") + (v.strftime("%z") if v.tzinfo is not None else "")
+
 
 # SQLite has no decimal type: hand Decimals to it as text, which NUMERIC affinity stores as an
-# exact integer or a REAL, instead of letting the driver refuse them.
+# exact integer or a REAL, instead of letting the driver refuse them. Dates and times go as
+# SQLAlchemy stores them (so that filters, which SQLAlchemy renders, compare alike), and
+# dualwrite's own value types as their text.
 sqlite3.register_adapter(Decimal, str)
+sqlite3.register_adapter(dt.date, lambda v: v.isoformat())
+sqlite3.register_adapter(dt.datetime, _datetime_text)
+sqlite3.register_adapter(dt.time, _time_text)
+sqlite3.register_adapter(dt.timedelta, text_of)
+sqlite3.register_adapter(uuid.UUID, str)
+for _cls in (Interval, Infinite, EndOfDay, TemporalText, ipaddress.IPv4Address,
+             ipaddress.IPv6Address, ipaddress.IPv4Interface, ipaddress.IPv6Interface,
+             ipaddress.IPv4Network, ipaddress.IPv6Network):
+    sqlite3.register_adapter(_cls, str)
 
 
 def create_sqlite_engine(url: str, *, wal: bool = False) -> sa.Engine:
@@ -44,9 +95,33 @@ class SqliteConnector(SqlConnector):
     capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=True, capture=True)
     # A reader holding a SHARED lock would block the writer's COMMIT: read in short batches.
     stream_reads_while_writing = False
+    database_name = "SQLite"
 
     def _create_engine(self, url: str) -> sa.Engine:
         return create_sqlite_engine(url)
+
+    # -- types: SQLite keeps what it is given; the declared type says what it means --------
+    def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
+        kind, f = super().column_type(column, catalog)
+        if kind is Kind.FLOAT:
+            # a REAL keeps ±Infinity, stores NaN as NULL and -0.0 as 0
+            return kind, replace(f, specials=frozenset({INF, NEG_INF}))
+        if kind is Kind.DECIMAL:
+            # NUMERIC affinity keeps a number as an integer or a REAL (15 significant
+            # digits); NaN and Infinity as text
+            return kind, replace(f, significant=15, specials=frozenset({NAN, INF, NEG_INF}))
+        if kind is Kind.INTEGER:
+            return kind, replace(f, precision=64)
+        if kind is Kind.STRING:
+            return kind, replace(f, fixed=False)
+        if kind in (Kind.DATE, Kind.DATETIME):
+            return kind, replace(f, specials=TEMPORAL_SPECIALS)
+        if kind is Kind.TIME:
+            return kind, replace(f, specials=frozenset({END_OF_DAY}))
+        return kind, f
+
+    def _value_loader(self, column: Column) -> Callable[[Any], Any] | None:
+        return _LOADERS.get(column.kind)
 
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
@@ -146,12 +221,79 @@ class _AttachedView(SqliteConnector):
             self._tables[name] = t
         return t
 
+    def describe(self, table: str) -> TableSchema:
+        return self.right.describe(table)
+
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
-        conn.execute(sa.insert(table), [dict(zip(columns, r, strict=True)) for r in rows])
+        stmt = sa.insert(table).values({table.c[c]: untyped(c) for c in columns})
+        conn.execute(stmt, [dict(zip(columns, r, strict=True)) for r in rows])
 
 
 def _adapt(v: Any) -> Any:
     if isinstance(v, bool):
         return int(v)
     return v
+
+
+# -- reading: the declared type says what the stored text or number means -------------------
+
+def _temporal(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
+    def load(v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        special = {"infinity": INFINITY, "-infinity": MINUS_INFINITY}.get(v.strip().lower())
+        if special is not None:
+            return special
+        try:
+            return parse(v)
+        except ValueError:
+            return TemporalText(v)
+
+    return load
+
+
+def _date(text: str) -> dt.date:
+    if len(text) == 10:
+        return dt.date.fromisoformat(text)
+    moment = dt.datetime.fromisoformat(text)
+    if moment.time() != dt.time():
+        raise ValueError(text)
+    return moment.date()
+
+
+def _decimal(v: Any) -> Any:
+    if isinstance(v, float):
+        return Decimal(repr(v)) if v == v else v
+    if isinstance(v, int) and not isinstance(v, bool):
+        return Decimal(v)
+    if isinstance(v, str):
+        try:
+            return Decimal(v.strip())
+        except InvalidOperation:
+            return v
+    return v
+
+
+def _boolean(v: Any) -> Any:
+    return bool(v) if isinstance(v, int) and v in (0, 1) else v
+
+
+def _json(v: Any) -> Any:
+    """A column declared JSON has numeric affinity: a document that is a bare number comes
+    back as an INTEGER or a REAL."""
+    if isinstance(v, str):
+        return JsonText(v)
+    if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v):
+        return JsonText(repr(v))
+    return v
+
+
+_LOADERS: dict[Kind, Callable[[Any], Any]] = {
+    Kind.DATE: _temporal(_date),
+    Kind.DATETIME: _temporal(dt.datetime.fromisoformat),
+    Kind.TIME: _temporal(parse_time),
+    Kind.DECIMAL: _decimal,
+    Kind.BOOLEAN: _boolean,
+    Kind.JSON: _json,
+}

@@ -80,6 +80,7 @@ from dualwrite.errors import (
     ValidationFailed,
 )
 from dualwrite.model.binding import BoundMap
+from dualwrite.model.conversion import from_log
 from dualwrite.model.filters import evaluate
 from dualwrite.model.maps import ConflictPolicy, Side
 from dualwrite.model.schema import Kind
@@ -665,7 +666,7 @@ class Applier:
                 ctx = per_map[(c.map, c.version)] = None if m is None else (
                     self._decoder(m, s), m.bound.filter(s), m.differ,
                     operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]),
-                    *self._key_coercions(m.differ, s, self.logs[s]), m)
+                    *self._key_coercions(m.differ, s), m)
             if ctx is None:
                 continue
             decode, flt, d, keyget, width, keyfix, tkinds, m = ctx
@@ -680,9 +681,9 @@ class Applier:
                 skey = c.key
                 if keyfix:
                     k = list(skey)
-                    for i, fn in keyfix:
+                    for i, decode_key in keyfix:
                         if k[i] is not None:
-                            k[i] = fn(k[i])
+                            k[i] = decode_key(k[i])
                     skey = tuple(k)
                 tkey = skey if tkinds is None else tuple(
                     coerce(v, kd) for v, kd in zip(skey, tkinds, strict=True))
@@ -707,17 +708,16 @@ class Applier:
         return out
 
     @staticmethod
-    def _key_coercions(d: MapDiffer, s: Side, log: CaptureLog
+    def _key_coercions(d: MapDiffer, s: Side
                        ) -> tuple[list[tuple[int, Callable[[Any], Any]]], list[Kind] | None]:
-        """How a key read from the log becomes the source key (the log's decoders of those
-        columns, as the row decoder applies them) and the target key (None: the same values,
-        the kinds agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key`
-        does)."""
+        """How a key read from the log becomes the source key (the decoders the decoder
+        applies to those columns) and the target key (None: the same values, the kinds
+        agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key` does)."""
         t = s.other
-        src = [d.kinds[s][d.columns[s][i]] for i in d.key_idx[s]]
+        cols = [d.cols[s][d.columns[s][i]] for i in d.key_idx[s]]
+        src = [c.kind for c in cols]
         dst = [d.kinds[t][c] for c in d.bound.key(t)]
-        keyfix = [(i, fn) for i, kd in enumerate(src)
-                  if (fn := log.value_decoder(kd)) is not None]
+        keyfix = [(i, fn) for i, c in enumerate(cols) if (fn := from_log(c)) is not None]
         return keyfix, None if src == dst else dst
 
     def _ctx_of(self, c: Change, maps: dict[str, _MapCtx]) -> _MapCtx | None:
@@ -767,15 +767,16 @@ class Applier:
                 mode.failed_tx.setdefault(c.txid, c.seq)
 
     def _decoder(self, m: _MapCtx, s: Side) -> Callable[[dict[str, Any]], Row]:
-        """A function turning captured values of map ``m`` (its version) from side ``s``
-        into a row of its columns, each value decoded for its column's kind."""
+        """A function turning captured values of map ``m`` (its version) from side ``s``, as
+        JSON gave them, into a row of its columns in their kinds
+        (:func:`dualwrite.model.conversion.from_log`); only kinds JSON cannot carry exactly
+        are decoded."""
         name, d = m.bound.name, m.differ
         fn = self._decoders.get((name, m.bound.spec.version, s))
         if fn is None:
             cols = d.columns[s]
-            kinds = d.kinds[s]
             fix = [(i, f) for i, c in enumerate(cols)
-                   if (f := self.logs[s].value_decoder(kinds[c])) is not None]
+                   if (f := from_log(d.cols[s][c])) is not None]
 
             def decode(values: dict[str, Any]) -> Row:
                 row = [values.get(c) for c in cols]
@@ -857,14 +858,17 @@ class Applier:
             return (src.column is not None and dst.column is not None and f.spec.values is None
                     and not src.is_lookup and not dst.is_lookup
                     and d.kinds[s][src.column] is d.kinds[t][dst.column]
-                    and d.kinds[t][dst.column] in _JSON_KINDS)
+                    and d.kinds[t][dst.column] in _JSON_KINDS
+                    # a value the row builders would convert (a zone, a scale the target
+                    # would round) must not reach the target as text
+                    and d.plan(s, t, src.column, dst.column, i).text_safe)
 
         key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
         if isinstance(self.logs[s].dialect, PostgresDialect | MariaDbDialect) and \
                 isinstance(self.logs[t].dialect, PostgresDialect) and b.filter(s) is None and \
                 not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields) \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
-                        for src, dst in key_pairs):
+                        and d.plan(s, t, src, dst).text_safe for src, dst in key_pairs):
             plan = _JsonPlan(
                 live_columns=list(d.live_columns[t]),
                 live_sources=[b.fields[i].end(s).column or "" for i in d.live_into[t]],
@@ -887,7 +891,7 @@ class Applier:
         key_cols = [d.connectors[t].describe(b.table(t)).columns[c] for c in b.key(t)]
         found = self.logs[t].pending(conn, b.name, list(keys), key_cols)
         out: dict[tuple[Any, ...], list[Change]] = {}
-        decoders = [self.logs[t].value_decoder(d.kinds[t][c]) for c in b.key(t)]
+        decoders = [from_log(d.cols[t][c]) for c in b.key(t)]
         for c in found:
             k = canonical_key(tuple(v if fn is None or v is None else fn(v)
                                     for v, fn in zip(c.key, decoders, strict=True)))

@@ -9,22 +9,24 @@ plan and verify are three consumers of the same classification.
 
 from __future__ import annotations
 
-import datetime as dt
+import logging
 import operator
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dualwrite.connectors.base import Connector, Row
 from dualwrite.engine.lookups import LookupResolver, RelatedKey
 from dualwrite.errors import RowError
+from dualwrite.model import conversion
 from dualwrite.model.binding import BoundField, BoundMap
+from dualwrite.model.conversion import Convert, ValueRefused
 from dualwrite.model.maps import Side
-from dualwrite.model.schema import Kind
+from dualwrite.model.schema import Column, Kind
 from dualwrite.model.values import canonical, value_key
 
 _MISSING = object()
+log = logging.getLogger("dualwrite.values")
 
 
 @dataclass
@@ -113,46 +115,9 @@ def merge(left: Iterator[list[Row]], right: Iterator[list[Row]], lkey: Sequence[
             rcur = next(ri, None)
 
 
-def coerce(value: Any, kind: Kind) -> Any:
-    """Fit a value to the target column's kind (value maps carry text like 'False' or '3')."""
-    if value is None:
-        return None
-    try:
-        if kind is Kind.BOOLEAN and not isinstance(value, bool):
-            k = value_key(value)
-            if k in ("1", "0"):
-                return k == "1"
-            if k in ("yes", "no"):
-                return k == "yes"
-            return value
-        if kind is Kind.INTEGER and not isinstance(value, int):
-            if isinstance(value, str | Decimal | float):
-                d = Decimal(str(value).strip())
-                return int(d) if d == d.to_integral_value() else value
-            return value
-        if kind is Kind.DECIMAL and isinstance(value, str | int | float) \
-                and not isinstance(value, bool):
-            return Decimal(str(value).strip())
-        if kind is Kind.FLOAT and isinstance(value, str | Decimal):
-            return float(value)
-        if kind is Kind.STRING and not isinstance(value, str):
-            if isinstance(value, bool):
-                return "true" if value else "false"
-            if isinstance(value, Decimal):
-                return format(value.normalize(), "f") if value == value.to_integral_value() \
-                    else str(value)
-            if isinstance(value, dt.date | dt.datetime | dt.time):
-                return value.isoformat()
-            return str(value)
-        if kind is Kind.DATE and isinstance(value, dt.datetime):
-            return value.date()
-        if kind is Kind.DATE and isinstance(value, str):
-            return dt.date.fromisoformat(value[:10])
-        if kind is Kind.DATETIME and isinstance(value, str):
-            return dt.datetime.fromisoformat(value)
-    except (ValueError, InvalidOperation):
-        return value
-    return value
+#: fit a constant or an API value to a column's kind (value maps carry text like 'False' or
+#: '3'): :func:`dualwrite.model.conversion.fit`, under the name the engine has used for it
+coerce: Callable[[Any, Kind], Any] = conversion.fit
 
 
 class MapDiffer:
@@ -167,9 +132,19 @@ class MapDiffer:
         self.columns = {s: bound.read_columns(s) for s in Side}
         self.pos = {s: {c: i for i, c in enumerate(self.columns[s])} for s in Side}
         self.key_idx = {s: [self.pos[s][c] for c in bound.key(s)] for s in Side}
-        self.kinds = {s: {c.name: c.kind for c in
-                          connectors[s].describe(bound.table(s)).columns.values()} for s in Side}
+        #: column name -> Column (kind and facets), per side
+        self.cols: dict[Side, dict[str, Column]] = {
+            s: dict(connectors[s].describe(bound.table(s)).columns) for s in Side}
+        self.kinds = {s: {c.name: c.kind for c in self.cols[s].values()} for s in Side}
         self.compared = [i for i, f in enumerate(bound.fields) if f.compared]
+        self._plans: dict[tuple[Side, str, str, int | None], conversion.Plan] = {}
+        #: how each plain compared field's two values are judged the same (verify, initial
+        #: sync): by the right column's kind, the left value converted first
+        self.same = {i: conversion.comparator(self.cols[Side.LEFT][f.left.column or ""],
+                                              self.cols[Side.RIGHT][f.right.column or ""],
+                                              f.options)
+                     for i, f in enumerate(bound.fields)
+                     if f.compared and not f.left.is_lookup and not f.right.is_lookup}
         self._target_keys: dict[Side, Callable[[Row], Row]] = {}
         #: whether any field is a lookup on either side (rows then need _prefetch first)
         self.has_lookups = any(f.end(s).is_lookup for f in bound.fields for s in Side)
@@ -224,9 +199,10 @@ class MapDiffer:
             for c_s, c_t in zip(self.company_cols[s], self.company_cols[t], strict=True):
                 plain.append(self.pos[s][c_s])
                 slots.append(len(slots))
-                if self.kinds[s][c_s] is not self.kinds[t][c_t]:
-                    fixups.append((len(slots) - 1, self._coercer(self.pos[s][c_s],
-                                                                 self.kinds[t][c_t])))
+                p = self.plan(s, t, c_s, c_t)
+                if p.convert is not None:
+                    fixups.append((len(slots) - 1, self._checked(
+                        t, self.pos[s][c_s], c_t, p)))
         for i in fields:
             f = self.bound.fields[i]
             slot = len(slots)
@@ -240,7 +216,7 @@ class MapDiffer:
             idx = self.pos[s][src.column]
             plain.append(idx)
             simple = (not src.is_lookup and not dst.is_lookup and f.spec.values is None
-                      and self.kinds[s][src.column] is self.kinds[t][dst.column or ""])
+                      and self.plan(s, t, src.column, dst.column or "", i).convert is None)
             if not simple:
                 fixups.append((slot, self._fast_transform(s, t, i, idx)))
         getter = operator.itemgetter(*plain) if plain else None
@@ -257,10 +233,43 @@ class MapDiffer:
 
         return build
 
-    @staticmethod
-    def _coercer(idx: int, kind: Kind) -> Callable[[Row, Row, dict[tuple[Side, int],
-                                                                    dict[Any, Any]]], Any]:
-        return lambda r, _k, _res: coerce(r[idx], kind)
+    def plan(self, s: Side, t: Side, src: str, dst: str, i: int | None = None
+             ) -> conversion.Plan:
+        """How values of column ``src`` on side ``s`` become values of ``dst`` on ``t``
+        (field ``i``'s options applied), planned once per pair."""
+        key = (s, src, dst, i)
+        got = self._plans.get(key)
+        if got is None:
+            options = self.bound.fields[i].options if i is not None else conversion.Options()
+            name = self.bound.name
+
+            def notify(message: str) -> None:
+                log.warning("map %s, %s column %s: %s", name, t.value, dst, message)
+
+            got = self._plans[key] = conversion.plan(self.cols[s][src], self.cols[t][dst],
+                                                     options, notify)
+        return got
+
+    def _checked(self, t: Side, idx: int, column: str, p: conversion.Plan
+                 ) -> Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Any]:
+        """The value at ``idx`` converted for ``column`` on side ``t`` by plan ``p``; a value
+        it cannot hold raises the RowError that sends its row, and only its row, to the
+        inbox."""
+        name, table = self.bound.name, self.bound.table(t)
+        step = p.step
+        conv: Convert = p.convert or (lambda v: v)
+
+        def convert(r: Row, k: Row, _res: dict[tuple[Side, int], dict[Any, Any]]) -> Any:
+            v = r[idx]
+            if v is None:
+                return None
+            try:
+                return step(v) if step is not None else conv(v)
+            except ValueRefused as exc:
+                raise RowError(exc.reason, map=name, side=t.value, table=table, key=k,
+                               field=column, value=v, hint=exc.hint) from None
+
+        return convert
 
     @staticmethod
     def _constant(value: Any) -> Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]],
@@ -281,6 +290,10 @@ class MapDiffer:
         mapping = (vm.to_right if s is Side.LEFT else vm.to_left) if vm is not None else None
         kind = self.kinds[t][dst.column or ""]
         lookup_key = (t, -1 - i)
+        if mapping is None and not dst.is_lookup:
+            p = self.plan(s, t, src.column or "", dst.column or "", i)
+            assert p.convert is not None  # a plain copy needing no conversion is no fixup
+            return self._checked(t, idx, dst.column or "", p)
         # a lookup within the company is resolved by (the row's company, value)
         company = self._companies[(s, t)] if (t, i) in self.scoped else None
 
@@ -416,6 +429,9 @@ class MapDiffer:
         if f.spec.values is not None:
             found, back = f.spec.values.to_left(rv)
             return found and value_key(back) == value_key(lv)
+        same = self.same.get(i)
+        if same is not None:
+            return same(lv, rv)
         if isinstance(lv, str) and isinstance(rv, str):
             return lv == rv
         return bool(canonical(lv) == canonical(rv))

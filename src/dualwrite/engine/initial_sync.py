@@ -16,6 +16,7 @@ from typing import Any
 
 from dualwrite.connectors.base import Connector, Row
 from dualwrite.engine.diff import Classified, Create, Entry, Failure, MapDiffer, Update
+from dualwrite.engine.live import explain
 from dualwrite.engine.state import StateStore
 from dualwrite.errors import ConstraintViolation, RowError, TransientConnectorError
 from dualwrite.model.binding import BoundMap
@@ -204,9 +205,13 @@ class InitialSync:
     @staticmethod
     def _failure(differ: MapDiffer, t: Side, key: Row, op: str, exc: ConstraintViolation,
                  columns: list[str], values: Row) -> Failure:
+        payload = dict(zip(columns, values, strict=True))
+        # the column (and value) the database's message names, where it names one
+        column, value = explain(exc, payload)
         err = RowError(exc.message, map=differ.bound.name, side=t.value,
-                       table=differ.bound.table(t), key=key, hint=exc.hint)
-        return Failure(t, key, op, err, dict(zip(columns, values, strict=True)))
+                       table=differ.bound.table(t), key=key, field=column, value=value,
+                       hint=exc.hint)
+        return Failure(t, key, op, err, payload)
 
     def _write(self, differ: MapDiffer, t: Side, creates: list[Create],
                updates: list[Update]) -> None:

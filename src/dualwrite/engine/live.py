@@ -41,6 +41,7 @@ from dualwrite.model.binding import BoundMap
 from dualwrite.model.filters import evaluate
 from dualwrite.model.maps import Side
 from dualwrite.model.schema import Kind, TableSchema
+from dualwrite.model.values import Infinite, TemporalText
 
 if TYPE_CHECKING:
     from dualwrite.engine.link import Link
@@ -159,9 +160,9 @@ def _fits(v: Any, kind: Kind) -> bool:
     if kind is Kind.BOOLEAN:
         return isinstance(v, bool | int)
     if kind is Kind.DATE:
-        return isinstance(v, dt.date)
+        return isinstance(v, dt.date | Infinite | TemporalText)
     if kind is Kind.DATETIME:
-        return isinstance(v, dt.datetime)
+        return isinstance(v, dt.datetime | Infinite | TemporalText)
     if kind is Kind.STRING:
         return isinstance(v, str)
     return True

@@ -24,6 +24,7 @@ from dualwrite.connectors.sqlite import create_sqlite_engine
 from dualwrite.engine.files import private_sqlite_file
 from dualwrite.engine.journal import DecisionJournal
 from dualwrite.errors import DualwriteError, TerminalConnectorError
+from dualwrite.model.values import tag, untag
 
 _md = sa.MetaData()
 
@@ -266,10 +267,14 @@ def _tag(v: Any) -> Any:
         return {"$b": base64.b64encode(bytes(v)).decode()}
     if isinstance(v, float) and v != v:
         return {"$nan": True}
-    return v
+    if isinstance(v, list):
+        return [_tag(x) for x in v]
+    return tag(v)  # dualwrite's own value types, addresses, durations
 
 
 def _untag(v: Any) -> Any:
+    if isinstance(v, list):
+        return [_untag(x) for x in v]
     if isinstance(v, dict) and len(v) == 1:
         (k, x), = v.items()
         if k == "$d":
@@ -286,6 +291,7 @@ def _untag(v: Any) -> Any:
             return base64.b64decode(x)
         if k == "$nan":
             return float("nan")
+        return untag(v)
     return v
 
 

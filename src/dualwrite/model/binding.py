@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dualwrite.errors import FilterSyntaxError, Issue
+from dualwrite.model.conversion import Options, Verdict, plan
 from dualwrite.model.filters import Expr, parse_filter
 from dualwrite.model.maps import FieldMap, Side, TableMap, find_cycles
 from dualwrite.model.notation import FieldRef
-from dualwrite.model.schema import Kind, TableSchema, can_hold, find_table
+from dualwrite.model.schema import Column, Kind, TableSchema, can_hold, find_table
 
 #: (side, table) -> schema, or None when the table does not exist
 SchemaSource = Callable[[Side, str], TableSchema | None]
@@ -68,6 +69,8 @@ class Endpoint:
     column: str | None
     targets: tuple[LookupTarget, ...] = ()
     kind: Kind = Kind.OTHER
+    #: the column itself (kind and facets), None for ``none``
+    info: Column | None = None
 
     @property
     def is_lookup(self) -> bool:
@@ -85,6 +88,8 @@ class BoundField:
     spec: FieldMap
     left: Endpoint
     right: Endpoint
+    #: the field line's choices about values it converts (``specials:``, ``convert:``)
+    options: Options = field(default_factory=Options)
 
     def end(self, side: Side) -> Endpoint:
         return self.left if side is Side.LEFT else self.right
@@ -310,13 +315,13 @@ class _Binder:
         col = self.column(m, side, schema, ref.column, f.line)
         if col is None:
             return None
-        kind = schema.columns[col].kind
+        info = schema.columns[col]
         if not ref.is_lookup:
-            return Endpoint(col, (), kind)
+            return Endpoint(col, (), info.kind, info)
         targets = self.lookup(m, side, schema, ref, f)
         if targets is None:
             return None
-        return Endpoint(col, targets, targets[0].key_kind)
+        return Endpoint(col, targets, targets[0].key_kind, info)
 
     def bind(self, m: TableMap) -> BoundMap | None:
         schemas: dict[Side, TableSchema | None] = {}
@@ -339,8 +344,10 @@ class _Binder:
             if le is None or re_ is None:
                 ok = False
                 continue
-            fields.append(BoundField(f, le, re_))
-            self.check_field(m, f, le, re_)
+            options = Options(specials_to_null=(f.specials or m.specials) == "null",
+                              utc=f.convert == "utc")
+            fields.append(BoundField(f, le, re_, options))
+            self.check_field(m, f, le, re_, options)
         if schemas[Side.LEFT] is None or schemas[Side.RIGHT] is None:
             return None
         left_s, right_s = schemas[Side.LEFT], schemas[Side.RIGHT]
@@ -431,7 +438,8 @@ class _Binder:
                    f"(`- {pair}`) and put it in `key`; keep the lookup beside it, one way: "
                    f"`- {one_way}`", m.line_of("key"))
 
-    def check_field(self, m: TableMap, f: FieldMap, le: Endpoint, re_: Endpoint) -> None:
+    def check_field(self, m: TableMap, f: FieldMap, le: Endpoint, re_: Endpoint,
+                    options: Options) -> None:
         if f.values is not None and f.direction.bidirectional and not f.values.invertible:
             clashes = "; ".join(f"{a!r} and {b!r} both map to {v!r}"
                                 for a, b, v in f.values.collisions)
@@ -441,12 +449,54 @@ class _Binder:
         if f.values is not None or le.column is None or re_.column is None:
             return
         for target, source, side in ((re_, le, Side.RIGHT), (le, re_, Side.LEFT)):
-            if f.flows_to(side) and not can_hold(target.kind, source.kind):
-                self.issue(m, "DW106", f"`{f.text}`: {side.value} column {target.column!r} "
-                           f"({target.kind.value}) cannot hold {source.kind.value} values from "
-                           f"{source.column!r}",
+            if not f.flows_to(side):
+                continue
+            if source.is_lookup or target.is_lookup or source.info is None or \
+                    target.info is None:
+                # a lookup carries the related row's natural key: its kind is the key's
+                if not can_hold(target.kind, source.kind):
+                    self.issue(m, "DW106", f"`{f.text}`: {side.value} column {target.column!r} "
+                               f"({target.kind.value}) cannot hold {source.kind.value} values "
+                               f"from {source.column!r}",
+                               "map compatible columns, or add a value map with `><`/`>>`/`<<`",
+                               f.line)
+                continue
+            self.check_values(m, f, source.info, target.info, side, options)
+
+    def check_values(self, m: TableMap, f: FieldMap, source: Column, target: Column,
+                     side: Side, options: Options) -> None:
+        """Say how the values of one direction of a plain field line arrive: exactly (say
+        nothing), converted (DW117, a note), partly (DW116: which values are refused at their
+        row; DW118: which are written as NULL), or not at all (DW106; DW115 where an option
+        would make it possible)."""
+        p = plan(source, target, options)
+        where = f"`{f.text}` ({side.value}): {p.pair}"
+        if p.verdict is Verdict.IMPOSSIBLE:
+            if p.needs:
+                self.issue(m, "DW115", f"{where}: {p.reason}",
+                           f"add `{p.needs}` to the field line to convert the values: "
+                           f"`- {f.text}: {{{p.needs}}}`, or map another column", f.line)
+            else:
+                self.issue(m, "DW106", f"{where}: {p.reason}",
                            "map compatible columns, or add a value map with `><`/`>>`/`<<`",
                            f.line)
+            return
+        if p.refused:
+            specials = any(x in r for r in p.refused for x in ("NaN", "Infinity", "infinity"))
+            self.issue(m, "DW116", f"{where}: values it cannot hold are refused at their row "
+                       f"(sent to the error inbox): {'; '.join(p.refused)}",
+                       ("add `specials: null` to the field line (or the map) to write NaN and "
+                        "infinities as NULL instead, or map a column that holds them")
+                       if specials else "map a column that holds them, or accept that such "
+                       "rows wait in the inbox", f.line, "warning")
+        if p.nulled:
+            self.issue(m, "DW118", f"{where}: {', '.join(p.nulled)} are written as NULL "
+                       "(specials: null), with a warning in the log each time",
+                       "remove `specials: null` to send such rows to the inbox instead",
+                       f.line, "warning")
+        if p.notes:
+            self.issue(m, "DW117", f"{where}: {'; '.join(p.notes)}",
+                       "nothing to do: the values keep their meaning", f.line, "note")
 
     def check_writes(self, m: TableMap, fields: list[BoundField], left_s: TableSchema,
                      right_s: TableSchema, keys: dict[Side, list[str]]) -> None:

@@ -48,6 +48,11 @@ class FieldMap:
     has_default: bool = False
     line: int | None = None
     lookup_tables: tuple[tuple[Side, str], ...] = ()
+    #: ``specials:`` of the field line: "null" (write special values the target cannot hold
+    #: as NULL), "refuse" (refuse their rows), or None (the map's choice)
+    specials: str | None = None
+    #: ``convert:`` of the field line: "utc" (a time with an offset to a column without)
+    convert: str | None = None
 
     def ref(self, side: Side) -> FieldRef:
         return self.left if side is Side.LEFT else self.right
@@ -88,6 +93,8 @@ class TableMap:
     depends_on: list[str] = field(default_factory=list)
     restricted: bool = False
     conflict: ConflictPolicy = ConflictPolicy.LEFT_WINS
+    #: ``specials:`` of the map, for field lines that do not say: "null" or "refuse"
+    specials: str = "refuse"
     file: str | None = None
     line: int | None = None
     lines: dict[str, int] = field(default_factory=dict)
@@ -117,8 +124,24 @@ class TableMap:
 
 
 _TOP_KEYS = {"name", "left", "right", "key", "master", "filter", "company", "depends_on",
-             "restricted", "fields", "conflict", "description"}
-_FIELD_OPTIONS = {"values", "default", "lookup"}
+             "restricted", "fields", "conflict", "description", "specials"}
+_FIELD_OPTIONS = {"values", "default", "lookup", "specials", "convert"}
+_OPTIONS_HINT = "allowed options: values, default, lookup, specials, convert"
+
+
+def _specials(data: Mapping[str, Any], where: str, file: str | None, line: int | None
+              ) -> str | None:
+    """The ``specials:`` option: null (YAML's null or the word) or refuse."""
+    if "specials" not in data:
+        return None
+    raw = data["specials"]
+    value = "null" if raw is None else str(raw).strip().lower()
+    if value not in ("null", "refuse"):
+        raise _err(f"`specials` of {where} is {raw!r}: it must be `null` or `refuse`",
+                   "specials: null writes NaN, ±Infinity or ±infinity as NULL where the "
+                   "target cannot hold them; refuse (the default) sends their rows to the "
+                   "inbox", file, line)
+    return value
 
 
 def _err(msg: str, hint: str, file: str | None, line: int | None) -> MapSyntaxError:
@@ -154,8 +177,8 @@ def _field(item: Any, file: str | None, line: int | None) -> FieldMap:
         if options is None:
             options = {}
         if not isinstance(options, Mapping):
-            raise _err(f"options of field {text!r} must be a mapping",
-                       "allowed options: values, default, lookup", file, line)
+            raise _err(f"options of field {text!r} must be a mapping", _OPTIONS_HINT, file,
+                       line)
     else:
         text = item
     if not isinstance(text, str):
@@ -163,8 +186,8 @@ def _field(item: Any, file: str | None, line: int | None) -> FieldMap:
                    "write `LEFTFIELD SYMBOL rightfield`", file, line)
     unknown = set(options) - _FIELD_OPTIONS
     if unknown:
-        raise _err(f"field {text!r} has unknown option(s) {sorted(unknown)}",
-                   "allowed options: values, default, lookup", file, line)
+        raise _err(f"field {text!r} has unknown option(s) {sorted(unknown)}", _OPTIONS_HINT,
+                   file, line)
     try:
         parsed: FieldLine = parse_field_line(text)
     except MapSyntaxError as exc:
@@ -195,8 +218,15 @@ def _field(item: Any, file: str | None, line: int | None) -> FieldMap:
     if (parsed.left.is_none or parsed.right.is_none) and not has_default:
         raise _err(f"field {text!r} maps `none` but gives no default",
                    "add the constant: `- none >> customertypecode: {default: 3}`", file, line)
+    convert = options.get("convert")
+    if convert is not None and str(convert).strip().lower() != "utc":
+        raise _err(f"`convert` of field {text!r} is {convert!r}: the one conversion to ask "
+                   "for is `utc`", "convert: utc stores a time with an offset (timetz) in UTC "
+                   "in a column without one", file, line)
     return FieldMap(parsed.left, parsed.direction, parsed.right, parsed.text, values,
-                    options.get("default"), has_default, line, tuple(lookup_tables))
+                    options.get("default"), has_default, line, tuple(lookup_tables),
+                    _specials(options, f"field {text!r}", file, line),
+                    "utc" if convert is not None else None)
 
 
 def parse_map_document(data: Any, *, file: str | None = None) -> TableMap:
@@ -265,7 +295,9 @@ def parse_map_document(data: Any, *, file: str | None = None) -> TableMap:
         name=name, left=data["left"], right=data["right"], key=key, fields=fields,
         master=Side(master), filter_left=flt.get("left"), filter_right=flt.get("right"),
         company=company, depends_on=list(depends), restricted=bool(data.get("restricted", False)),
-        conflict=policy, file=file, line=top_line, lines=lines,
+        conflict=policy, specials=_specials(data, "the map", file,
+                                            line_of(data, "specials")) or "refuse",
+        file=file, line=top_line, lines=lines,
     )
 
 

@@ -1,4 +1,11 @@
-"""What a connector tells about a table: columns, types, keys, foreign keys. Pure data."""
+"""What a connector tells about a table: columns, types, keys, foreign keys. Pure data.
+
+A column's type is a :class:`Kind` (a small set of portable families) with its
+:class:`Facets` (what values of that kind this column holds, as its database defines them:
+precision, scale, length, time zone, special values). Connectors fill both from reflection;
+:mod:`dualwrite.model.conversion` decides from them how a value of one column becomes a value
+of another, or that it cannot.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,18 @@ from enum import Enum
 
 
 class Kind(Enum):
-    """A portable column type family; enough to check that two columns can hold each other."""
+    """A portable column type family. The Python value a connector reads for each kind:
+
+    STRING ``str`` · INTEGER ``int`` · DECIMAL ``Decimal`` (NaN and ±Infinity where the column
+    holds them) · FLOAT ``float`` · BOOLEAN ``bool`` · DATE ``datetime.date`` · DATETIME
+    ``datetime.datetime`` (without a zone: UTC) · TIME ``datetime.time`` (a duration outside a
+    day, as MariaDB's TIME holds, is a ``timedelta``) · INTERVAL
+    :class:`~dualwrite.model.values.Interval` · BINARY ``bytes`` · UUID ``uuid.UUID`` · JSON
+    :class:`~dualwrite.model.values.JsonText` · ARRAY ``list`` of the element kind's values ·
+    NETWORK an :mod:`ipaddress` object (or text for a MAC address) · OTHER whatever the driver
+    gives. Temporal values Python cannot hold arrive as the special values of
+    :mod:`dualwrite.model.values` (``INFINITY``, ``END_OF_DAY``, ``TemporalText``).
+    """
 
     STRING = "string"
     INTEGER = "integer"
@@ -17,14 +35,82 @@ class Kind(Enum):
     DATE = "date"
     DATETIME = "datetime"
     TIME = "time"
+    INTERVAL = "interval"
     BINARY = "binary"
     UUID = "uuid"
     JSON = "json"
+    ARRAY = "array"
+    NETWORK = "network"
     OTHER = "other"
 
 
+# Special values a column may hold beyond the ordinary ones of its kind (Facets.specials).
+NAN = "NaN"
+INF = "Infinity"
+NEG_INF = "-Infinity"
+NEG_ZERO = "-0"
+#: dates and timestamps: PostgreSQL's 'infinity' and '-infinity'
+INFINITE = "infinity"
+NEG_INFINITE = "-infinity"
+#: times: 24:00:00, the end of the day
+END_OF_DAY = "24:00:00"
+#: the special values of each kind that exist at all
+FLOAT_SPECIALS = frozenset({NAN, INF, NEG_INF, NEG_ZERO})
+TEMPORAL_SPECIALS = frozenset({INFINITE, NEG_INFINITE})
+
+
+@dataclass(frozen=True)
+class Facets:
+    """What one column holds beyond its kind, as its database defines it.
+
+    ``None`` means unbounded (or unknown, which is treated alike: no check is made for it).
+    """
+
+    #: the database, for messages: PostgreSQL, MariaDB, SQLite, memory
+    database: str = ""
+    #: the column's type as its database names it, for messages: timetz, DOUBLE, CHAR(5)
+    type_name: str = ""
+    #: DECIMAL: total digits; FLOAT: mantissa bits (24 or 53); INTEGER: bits
+    precision: int | None = None
+    #: DECIMAL: digits after the point
+    scale: int | None = None
+    #: DECIMAL: at most this many significant digits in all (SQLite keeps 15)
+    significant: int | None = None
+    #: INTEGER, DECIMAL, FLOAT: no negative values
+    unsigned: bool = False
+    #: STRING, BINARY: padded to its length (CHAR(n), BINARY(n)); for text, trailing spaces
+    #: are not significant
+    fixed: bool = False
+    #: STRING: whether it can hold U+0000 (PostgreSQL text cannot)
+    nul: bool = True
+    #: DATETIME, TIME: keeps an offset (timestamptz: an instant; timetz: a time and offset)
+    time_zone: bool = False
+    #: DATETIME, TIME: digits of fractional seconds kept (None: 6, all Python has)
+    fraction: int | None = None
+    #: DATE, DATETIME: (first, last) year held
+    years: tuple[int, int] | None = None
+    #: TIME: holds durations beyond a day, negative ones too (MariaDB's TIME)
+    duration: bool = False
+    #: special values held (the constants above)
+    specials: frozenset[str] = frozenset()
+    #: ARRAY: the elements' kind and facets
+    element: Kind | None = None
+    element_facets: Facets | None = None
+    #: NETWORK: inet, cidr, macaddr, inet6
+    network: str | None = None
+    #: DECIMAL: PostgreSQL's money (a decimal with two digits after the point)
+    money: bool = False
+    #: JSON: the database stores the document normalised (jsonb: key order, spacing and
+    #: duplicate keys are not kept)
+    normalised: bool = False
+
+    def holds(self, special: str) -> bool:
+        return special in self.specials
+
+
 # Which kinds can carry a value of which other kind without loss of meaning. A value map
-# ("><") may bridge any pair, so this is only checked for untransformed lines.
+# ("><") may bridge any pair, so this is only checked for untransformed lines. Keys use it;
+# field lines are judged value by value by dualwrite.model.conversion.plan.
 _COMPATIBLE: dict[Kind, frozenset[Kind]] = {
     Kind.STRING: frozenset({Kind.STRING, Kind.UUID, Kind.INTEGER, Kind.DECIMAL, Kind.DATE,
                             Kind.DATETIME, Kind.TIME, Kind.BOOLEAN, Kind.JSON}),
@@ -35,9 +121,12 @@ _COMPATIBLE: dict[Kind, frozenset[Kind]] = {
     Kind.DATE: frozenset({Kind.DATE, Kind.DATETIME}),
     Kind.DATETIME: frozenset({Kind.DATETIME, Kind.DATE}),
     Kind.TIME: frozenset({Kind.TIME}),
+    Kind.INTERVAL: frozenset({Kind.INTERVAL}),
     Kind.BINARY: frozenset({Kind.BINARY}),
     Kind.UUID: frozenset({Kind.UUID, Kind.STRING}),
     Kind.JSON: frozenset({Kind.JSON, Kind.STRING}),
+    Kind.ARRAY: frozenset({Kind.ARRAY}),
+    Kind.NETWORK: frozenset({Kind.NETWORK}),
     Kind.OTHER: frozenset(Kind),
 }
 
@@ -56,6 +145,7 @@ class Column:
     primary_key: bool = False
     length: int | None = None
     sql_type: str = ""
+    facets: Facets = field(default_factory=Facets)
 
     @property
     def required(self) -> bool:
