@@ -27,10 +27,11 @@ from dualwrite.connectors.capture import (
     CaptureSpec,
     Change,
     decode_json,
-    value_decoder,
 )
 from dualwrite.connectors.sql import SqlConnector
-from dualwrite.model.schema import Kind
+from dualwrite.model.conversion import from_log
+from dualwrite.model.schema import Column, Kind
+from dualwrite.model.values import END_OF_DAY, INFINITY
 
 from conftest import SQL_BACKENDS, Backend, BackendFactory
 
@@ -51,15 +52,11 @@ def _log(b: Backend) -> CaptureLog:
     return log
 
 
-def _kinds(b: Backend, table: str) -> dict[str, Kind]:
-    return {c.name: c.kind for c in b.connector.describe(table).columns.values()}
-
-
 def _decoded(b: Backend, table: str, change: Change) -> tuple[dict[str, Any] | None,
                                                                dict[str, Any] | None]:
-    kinds = _kinds(b, table)
+    columns = dict(b.connector.describe(table).columns)
     log = _log(b)
-    return log.decode(change.old, kinds), log.decode(change.new, kinds)
+    return log.decode(change.old, columns), log.decode(change.new, columns)
 
 
 def _literal(b: Backend, text: str) -> str:
@@ -72,16 +69,16 @@ def test_decoding_keeps_signed_zero_and_survives_the_state_store() -> None:
     """JSON's -0 is an integer token (json gives 0); values that come back from the state
     store as text decode as from the log; a marker keeps its reason there."""
     doc = decode_json('{"a":-0,"b":[-0,-0.0,1],"c":"x:-0,"}')
-    to_float = value_decoder(Kind.FLOAT)
+    to_float = from_log(Column("f", Kind.FLOAT))
     assert to_float is not None and repr(to_float(doc["a"])) == "-0.0"
     assert [repr(float(v)) for v in doc["b"]] == ["-0.0", "-0.0", "1.0"]
     assert doc["c"] == "x:-0,"
     for kind, text, value in ((Kind.FLOAT, "-Infinity", float("-inf")),
                               (Kind.DECIMAL, "1.50", Decimal("1.50")),
                               (Kind.BINARY, "\\x00ff", b"\x00\xff"),
-                              (Kind.TIME, "24:00:00", "24:00:00"),
-                              (Kind.DATE, "infinity", "infinity")):
-        fn = value_decoder(kind)
+                              (Kind.TIME, "24:00:00", END_OF_DAY),
+                              (Kind.DATE, "infinity", INFINITY)):
+        fn = from_log(Column("c", kind))
         assert fn is not None and same(fn(text), value)
     marker = Change(seq=1, map="m", txid="7", op=MARKER, key_text="[]",
                     new_json='{"reason": "column(s) qty gone"}')

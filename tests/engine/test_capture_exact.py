@@ -253,9 +253,6 @@ def test_verify_agrees_on_what_capture_carried(make_backend: BackendFactory, tmp
         assert sum(v.compared for v in results) == len(readable)
 
 
-@pytest.mark.xfail(strict=True, reason="needs h-types: the applier's careful path reads rows "
-                   "through the connector, which cannot read infinity or 24:00:00 (psycopg has "
-                   "no Python value for them): the update is parked")
 def test_an_update_of_a_value_python_has_no_type_for_is_applied(
         make_backend: BackendFactory, tmp_path: Path) -> None:
     """The log carries infinity and 24:00:00 (test_capture_triggers), and inserts and the
@@ -272,10 +269,6 @@ def test_an_update_of_a_value_python_has_no_type_for_is_applied(
             (0, "-infinity", None), (1, None, "24:00:00")]
 
 
-@pytest.mark.xfail(strict=True, reason="needs h-types: a JSON document written through the "
-                   "connector's update path (SQLAlchemy's JSON type) is encoded again: the "
-                   "document text 'null' arrives as the JSON string \"null\", and SQL NULL as "
-                   "JSON null")
 def test_json_updates_keep_json_null_apart(make_backend: BackendFactory,
                                            tmp_path: Path) -> None:
     """The log carries JSON null apart from SQL NULL (test_capture_triggers), and inserts keep

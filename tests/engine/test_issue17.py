@@ -110,8 +110,6 @@ def test_intervals_arrive_exactly_and_starting_again_keeps_them(
         assert texts(rb) == {**want, 4: "1 mon"}
 
 
-@pytest.mark.xfail(strict=True, reason="needs h-capture: the log writes -0.0 as the JSON "
-                   "number -0, which JSON readers take for the integer 0")
 @pytest.mark.parametrize("typ", ["double precision", "real"])
 def test_negative_zero_is_kept_by_capture_both_ways(make_backend: BackendFactory,
                                                     tmp_path: Path, typ: str) -> None:
@@ -216,8 +214,6 @@ def test_nan_and_infinity_into_mariadb_go_to_the_inbox_and_the_rest_arrives(
         assert texts(rb)[7] == "7.5" and 6 not in texts(rb) and 6 in inbox(link)
 
 
-@pytest.mark.xfail(strict=True, reason="needs lead: whole-transaction parking (the applier parks "
-                   "the failing change and applies the rest of its source transaction)")
 def test_a_captured_nan_parks_its_whole_source_transaction(make_backend: BackendFactory,
                                                           tmp_path: Path) -> None:
     lb, rb, config = setup(make_backend, tmp_path, "postgresql", "mariadb", "double precision",
@@ -307,9 +303,7 @@ def test_mariadb_doubles_floats_and_times_arrive_exactly(make_backend: BackendFa
         assert result.ok, result.as_dict()
 
 
-@pytest.mark.parametrize("path", [
-    "initial", pytest.param("capture", marks=pytest.mark.xfail(
-        strict=True, reason="needs h-capture: MariaDB's JSON_OBJECT cannot log a blob"))])
+@pytest.mark.parametrize("path", ["initial", "capture"])
 def test_mariadb_blob_with_nul_bytes_reaches_bytea(make_backend: BackendFactory,
                                                   tmp_path: Path, path: str) -> None:
     lb = _backend(make_backend, "mariadb", "dualwrite_test_a")

@@ -99,15 +99,6 @@ U1 = uuid.UUID("d1b6a1e2-1234-4abc-8def-0123456789ab")
 U0 = uuid.UUID(int=0)
 UMAX = uuid.UUID("ffffffff-ffff-ffff-ffff-ffffffffffff")
 
-# -- why a cell is expected to fail until another branch is merged -------------------------------
-H_CAPTURE = "needs h-capture: the change log carries every value exactly"
-CAPTURE = ("capture-forth", "capture-update", "capture-back")
-JSON_NULL = {path: H_CAPTURE + " (JSON null and SQL NULL are one in the log)"
-             for path in CAPTURE}
-NEG_ZERO = {path: H_CAPTURE + " (-0.0 is logged as the JSON number -0, read as the "
-            "integer 0)" for path in CAPTURE}
-
-
 # -- value lists ----------------------------------------------------------------------------------
 
 def doubles(*, pg: bool, neg_zero_to: Any = SAME, specials: Any = SAME) -> list[V]:
@@ -419,16 +410,15 @@ def refused(reason: str) -> Refused:
 
 PG_PG = [
     Case("double", "double precision", "double precision", doubles(pg=True),
-         edm="Edm.Double", xfail=NEG_ZERO),
-    Case("real", "real", "real", [*reals(pg=True), V("'-0'", -0.0)], edm="Edm.Single",
-         xfail=NEG_ZERO),
+         edm="Edm.Double"),
+    Case("real", "real", "real", [*reals(pg=True), V("'-0'", -0.0)], edm="Edm.Single"),
     Case("real_double", "real", "double precision", reals(pg=True),
          back=[V("0", 0.0), V("1.5", 1.5), V("16777216", 16777216.0), V("'-0'", -0.0),
                V("16777217", 16777217.0, refused("would be rounded to 16777216.0")),
                V("0.1", 0.1, refused("would be rounded")),
                V("1e300", 1e300, refused("out of the range of real")),
                V("'NaN'", NAN), V("'Infinity'", INF), NULL],
-         codes=codes("", "DW116"), xfail={"capture-back": NEG_ZERO["capture-back"]}),
+         codes=codes("", "DW116")),
     Case("numeric", "numeric", "numeric", decimals(None, inf=True), edm="Edm.Decimal"),
     Case("numeric_10_2", "numeric(10,2)", "numeric(10,2)", decimals(2)),
     Case("money", "money", "money", MONEY, edm="Edm.Decimal"),
@@ -447,9 +437,9 @@ PG_PG = [
     Case("interval", "interval", "interval", INTERVALS, edm="Edm.Duration"),
     Case("bytea", "bytea", "bytea", BYTES, edm="Edm.Binary"),
     Case("uuid", "uuid", "uuid", UUIDS, edm="Edm.Guid"),
-    Case("json", "json", "json", JSONS, edm="Edm.String", xfail=JSON_NULL),
-    Case("jsonb", "jsonb", "jsonb", JSONS, edm="Edm.String", xfail=JSON_NULL),
-    Case("json_jsonb", "json", "jsonb", JSONS, codes=codes("DW117", ""), xfail=JSON_NULL),
+    Case("json", "json", "json", JSONS, edm="Edm.String"),
+    Case("jsonb", "jsonb", "jsonb", JSONS, edm="Edm.String"),
+    Case("json_jsonb", "json", "jsonb", JSONS, codes=codes("DW117", "")),
     Case("int_array", "integer[]", "integer[]", INT_ARRAYS, edm="Collection(Edm.Int32)"),
     Case("text_array", "text[]", "text[]", TEXT_ARRAYS, edm="Collection(Edm.String)"),
     Case("inet", "inet", "inet", INETS, edm="Edm.String"),
@@ -465,9 +455,7 @@ PG_MY = [
          back=doubles(pg=False), options="{specials: null}", codes=codes("DW117 DW118", "")),
     Case("real", "real", "FLOAT",
          reals(pg=True, specials=refused("cannot be held by FLOAT")), back=reals(pg=False),
-         codes=codes("DW116 DW117", ""), edm="Edm.Single",
-         xfail={"capture-back": H_CAPTURE + " (MariaDB's JSON_OBJECT writes a FLOAT with 6 "
-                "digits)"}),
+         codes=codes("DW116 DW117", ""), edm="Edm.Single"),
     Case("numeric_10_2", "numeric(10,2)", "DECIMAL(10,2)",
          decimals(2, nan_to=refused("NaN cannot be held by DECIMAL(10,2)")),
          back=[v for v in decimals(2) if v.sql != "'NaN'"], codes=codes("DW116", "")),
@@ -530,11 +518,10 @@ PG_MY = [
          codes=codes("DW106", "DW106")),
     Case("array", "integer[]", "LONGTEXT", [], runs=False, codes=codes("DW106", "DW106")),
     Case("cidr", "cidr", "INET6", [], runs=False, codes=codes("DW106", "DW116")),
-    Case("bytea", "bytea", "LONGBLOB", BYTES, back=my_bytes(BYTES), edm="Edm.Binary",
-         xfail={"capture-back": H_CAPTURE + " (a LONGBLOB in MariaDB's JSON_OBJECT)"}),
+    Case("bytea", "bytea", "LONGBLOB", BYTES, back=my_bytes(BYTES), edm="Edm.Binary"),
     Case("uuid", "uuid", "UUID", UUIDS, edm="Edm.Guid"),
-    Case("json", "json", "JSON", JSONS, xfail=JSON_NULL),
-    Case("jsonb", "jsonb", "JSON", JSONS, codes=codes("", "DW117"), xfail=JSON_NULL),
+    Case("json", "json", "JSON", JSONS),
+    Case("jsonb", "jsonb", "JSON", JSONS, codes=codes("", "DW117")),
     Case("inet", "inet", "INET6", inet6(INETS),
          back=[v for v in INETS if type(v.py) is ipaddress.IPv6Address] + [NULL],
          codes=codes("DW116", "")),
@@ -544,10 +531,7 @@ SQLITE_SQLITE = [
     Case("integer", "INTEGER", "INTEGER", BIGINTS, edm="Edm.Int64"),
     Case("real", "REAL", "REAL",
          [*doubles(pg=False), V("9e999", INF, odata="INF"), V("-9e999", -INF)],
-         edm="Edm.Double",
-         xfail={path: H_CAPTURE + " (SQLite's json_object writes a REAL with 15 digits, "
-                "and infinity as Inf, which is not JSON)"
-                for path in CAPTURE}),
+         edm="Edm.Double"),
     Case("numeric", "NUMERIC(18,2)", "NUMERIC(18,2)",
          [V("0", Decimal(0)), V("1.5", Decimal("1.5")), V("'NaN'", Decimal("NaN")),
           V("123456789012.34", Decimal("123456789012.34")), V("-0.01", Decimal("-0.01")),
@@ -555,12 +539,7 @@ SQLITE_SQLITE = [
          edm="Edm.Decimal"),
     Case("text", "TEXT", "TEXT", [v for v in TEXTS if "repeat" not in v.sql] +
          [V("'nul' || char(0) || 'char'", "nul\x00char")], edm="Edm.String"),
-    Case("blob", "BLOB", "BLOB", my_bytes(BYTES), edm="Edm.Binary",
-         xfail={"capture-forth": H_CAPTURE + " (SQLite's json_object refuses a BLOB, so the "
-                "application's own write fails)",
-                "capture-back": H_CAPTURE + " (SQLite's json_object refuses a BLOB, so the "
-                "application's own write fails)",
-                "capture-update": H_CAPTURE + " (SQLite's json_object refuses a BLOB)"}),
+    Case("blob", "BLOB", "BLOB", my_bytes(BYTES), edm="Edm.Binary"),
     Case("date", "DATE", "DATE",
          [V("'2024-02-29'", dt.date(2024, 2, 29)), V("'0001-01-01'", dt.date(1, 1, 1)),
           V("'infinity'", INFINITY), V("'soon'", TemporalText("soon")),

@@ -36,8 +36,8 @@ the subqueries' own columns (``k``, ``j``) are read through aliases no table col
 
 **The log's values.** ``old``/``new`` hold one JSON member per map column, named as the
 column, in one encoding for all three databases, so that every value a column holds comes
-back exactly (:func:`value_decoder` turns a member into the Python value the connector reads;
-docs/capture.md has the table):
+back exactly (:func:`dualwrite.model.conversion.from_log` turns a member into the Python
+value the connector reads; docs/capture.md has the table):
 
 * numbers as JSON numbers in the shortest form that reads back exactly (MariaDB ``FLOAT``
   widened to ``DOUBLE`` first: its own JSON keeps 6 digits); ``-0`` as ``-0``; what JSON has no
@@ -89,18 +89,18 @@ import hashlib
 import json
 import re
 import threading
-import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
 from dualwrite.connectors.sql import without_collation
 from dualwrite.errors import TerminalConnectorError
+from dualwrite.model.conversion import from_log
 from dualwrite.model.schema import Column, Kind
 
 if TYPE_CHECKING:
@@ -158,7 +158,7 @@ _NAMED = re.compile(r"(?<!:):([a-z]\w*)")
 class Change:
     """One captured row change. ``old``/``new`` hold the map's columns (None for the side
     of an insert or delete that has no row); values are as JSON gave them (see
-    :func:`decode_json`), to be turned into the columns' values by :func:`value_decoder`.
+    :func:`decode_json`), to be turned into the columns' values by ``conversion.from_log``.
 
     A change read from a log keeps ``old_json``/``new_json``, the JSON text the trigger
     wrote, and decodes it only when ``old``/``new`` is asked for: the applier's set-based
@@ -316,89 +316,6 @@ def columns_of_filter(expr: Any) -> set[str]:
 # docs/capture.md); a value that is not what the kind expects is returned unchanged: decoding
 # never fails, the target decides.
 
-def _float(v: Any) -> Any:
-    if type(v) is float or isinstance(v, bool):
-        return v
-    try:
-        return float(v)  # int, Decimal (exact to the nearest double), "NaN", "-Infinity"
-    except (TypeError, ValueError):
-        return v
-
-
-def _decimal(v: Any) -> Any:
-    if isinstance(v, Decimal | bool):
-        return v
-    try:
-        return Decimal(repr(v)) if isinstance(v, float) else Decimal(v)  # int, "NaN", text
-    except (TypeError, ValueError, InvalidOperation):
-        return v
-
-
-def _boolean(v: Any) -> Any:
-    if isinstance(v, bool):
-        return v
-    if v in (0, 1):  # SQLite's and MariaDB's booleans are integers
-        return bool(v)
-    return v
-
-
-def _parsed(parse: Callable[[str], Any]) -> Callable[[Any], Any]:
-    """A decoder of text values by ``parse``; text it refuses stays the database's text
-    (infinity, -infinity, BC, beyond year 9999 ...)."""
-    def decode(v: Any) -> Any:
-        if not isinstance(v, str):
-            return v
-        try:
-            return parse(v)
-        except ValueError:
-            return v
-
-    return decode
-
-
-_date = _parsed(dt.date.fromisoformat)
-_datetime = _parsed(dt.datetime.fromisoformat)
-_uuid = _parsed(uuid.UUID)
-_time_text = _parsed(dt.time.fromisoformat)  # with its offset, for a time with time zone
-
-
-def _time(v: Any) -> Any:
-    if isinstance(v, str) and (v[:1] == "-" or not v[:2].isdigit() or int(v[:2]) >= 24
-                               or (len(v) > 2 and v[2] != ":")):
-        return v  # 24:00:00, and MariaDB's negative times and times beyond a day: the text
-    return _time_text(v)
-
-
-def _binary(v: Any) -> Any:
-    if isinstance(v, str) and v[:2] == "\\x":
-        try:
-            return bytes.fromhex(v[2:])
-        except ValueError:
-            return v
-    return v
-
-
-def _sqlite_decimal(v: Any) -> Any:
-    # a real: the double SQLite holds, shortest; an integer or a text: exact as it is
-    if isinstance(v, Decimal) or (isinstance(v, str) and v[-3:].lower() == "inf"):
-        return _decimal(float(v))
-    return _decimal(v)
-
-
-_VALUE_DECODERS: dict[Kind, Callable[[Any], Any]] = {
-    Kind.FLOAT: _float, Kind.DECIMAL: _decimal, Kind.BOOLEAN: _boolean, Kind.DATE: _date,
-    Kind.DATETIME: _datetime, Kind.TIME: _time, Kind.UUID: _uuid, Kind.BINARY: _binary,
-}
-
-
-def value_decoder(kind: Kind) -> Callable[[Any], Any] | None:
-    """The function that turns a logged value of a column of ``kind`` into the Python value
-    the connector reads for it, or None where the logged value already is that (text,
-    integers, JSON documents, which stay their JSON text, and kinds dualwrite does not know,
-    which stay as the log has them: an interval is PostgreSQL's text for it)."""
-    return _VALUE_DECODERS.get(kind)
-
-
 # -- SQL text helpers ------------------------------------------------------------------------------
 def _sql_string(text: str) -> str:
     """A standard SQL string literal (quotes doubled): PostgreSQL with
@@ -445,10 +362,6 @@ class Dialect(ABC):
 
     #: whether the log records a real source transaction id
     has_txid = True
-
-    def value_decoder(self, kind: Kind) -> Callable[[Any], Any] | None:
-        """See :func:`value_decoder` (the same for every database but SQLite's decimals)."""
-        return value_decoder(kind)
 
     def add_version_ddl(self) -> str:
         """Add the map-version column to a log made before map versions."""
@@ -840,11 +753,6 @@ class SqliteDialect(Dialect):
 
     has_txid = False
 
-    def value_decoder(self, kind: Kind) -> Callable[[Any], Any] | None:
-        if kind is Kind.DECIMAL:
-            return _sqlite_decimal
-        return value_decoder(kind)
-
     def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
         return "json_array(" + ", ".join(self._value(f":{p}") for p in params) + ")"
 
@@ -1042,20 +950,17 @@ class CaptureLog:
             with c.translating("forget queued changes"), c.engine.begin() as conn:
                 conn.execute(sa.text(f"DELETE FROM {CHANGES} WHERE map = :m"), {"m": spec.map})
 
-    def value_decoder(self, kind: Kind) -> Callable[[Any], Any] | None:
-        """The function that turns this log's value of a column of ``kind`` into what the
-        connector reads (see :func:`value_decoder`), or None where it already is that."""
-        return self.dialect.value_decoder(kind)
-
-    def decode(self, values: dict[str, Any] | None, kinds: dict[str, Kind]
+    @staticmethod
+    def decode(values: dict[str, Any] | None, columns: dict[str, Column]
                ) -> dict[str, Any] | None:
-        """A change's ``old`` or ``new`` with every value decoded for its column's kind
-        (:meth:`value_decoder`); members of columns not in ``kinds`` as they are."""
+        """A change's ``old`` or ``new`` with every value decoded into what the connector
+        reads for its column (:func:`dualwrite.model.conversion.from_log`: one decoding for
+        the applier and everyone); members of columns not in ``columns`` as they are."""
         if values is None:
             return None
         out = dict(values)
         for name, v in out.items():
-            fn = self.value_decoder(kinds[name]) if name in kinds else None
+            fn = from_log(columns[name]) if name in columns else None
             if fn is not None and v is not None:
                 out[name] = fn(v)
         return out

@@ -34,6 +34,7 @@ import contextlib
 import fcntl
 import hashlib
 import logging
+import math
 import operator
 import os
 import tempfile
@@ -1608,6 +1609,14 @@ def _side_keys(d: MapDiffer, b: BoundMap, lkey: Sequence[Any]) -> dict[Side, Row
 
 
 def _same_value(a: Any, b: Any) -> bool:
+    """Whether two values of one column are the same value: Python equality (5 and
+    Decimal('5.00'), a datetime with a zone and one without by the instant through the
+    canonical form), except that a float zero keeps its sign (0.0 and -0.0 are two values a
+    column may hold) and NaN is itself."""
+    if type(a) is float and type(b) is float:
+        if a != a or b != b:  # NaN
+            return a != a and b != b
+        return a == b and (a != 0.0 or math.copysign(1.0, a) == math.copysign(1.0, b))
     return bool(a == b or canonical(a) == canonical(b))
 
 
@@ -1625,7 +1634,10 @@ def _same(cur: tuple[Any, ...] | None, values: tuple[Any, ...] | None) -> bool:
     already equates 5 and Decimal('5.00')), then the canonical form (datetimes, booleans)."""
     if cur is None or values is None:
         return cur is values
-    return cur == values or canonical_key(cur) == canonical_key(values)
+    if cur == values and not any(type(v) is float for v in cur):
+        return True  # the common case, at once
+    return len(cur) == len(values) and all(_same_value(a, b) for a, b in
+                                           zip(cur, values, strict=True))
 
 
 def _plain(values: tuple[Any, ...] | None, cols: list[str]) -> dict[str, Any] | None:

@@ -194,14 +194,15 @@ class Link:
         return [by_name[n] for n in ordered_names if n in by_name and (not names or n in names)]
 
     def valid_maps(self) -> tuple[list[BoundMap], dict[str, list[Issue]]]:
-        """The maps that bind cleanly, in dependency order, and the issues of the others by
-        map name (issues of no one map under ""). Unlike :meth:`bound_maps`, one invalid map
-        does not stop the others."""
+        """The maps that bind without errors, in dependency order, and the errors of the
+        others by map name (errors of no one map under ""). Unlike :meth:`bound_maps`, one
+        invalid map does not stop the others."""
         bound, issues = self.validate()
         by_map: dict[str, list[Issue]] = {}
         for i in issues:
-            by_map.setdefault(i.map or "", []).append(i)
-        by_name = {b.name: b for b in bound}
+            if i.is_error:  # warnings and notes do not keep a map from running
+                by_map.setdefault(i.map or "", []).append(i)
+        by_name = {b.name: b for b in bound if b.name not in by_map}
         return [by_name[m.name] for m in dependency_order(self.config.maps)
                 if m.name in by_name], by_map
 

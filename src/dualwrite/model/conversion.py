@@ -1057,9 +1057,15 @@ def from_log(column: Column) -> Convert | None:
         return _lenient(real)
     if column.kind is Kind.DECIMAL and f.money:
         return _lenient(_log_money)
-    if column.kind is Kind.JSON and f.database == "SQLite":
-        # SQLite's json_object() writes a text column as a JSON string: the document's text
-        return _lenient(lambda v: JsonText(v) if isinstance(v, str) else _log_json(v))
+    if column.kind is Kind.DECIMAL and f.database == "SQLite":
+        # SQLite logs a real with 18 digits, to carry its double exactly: the value read is
+        # that double, in its shortest form; an integer or a text is exact as it is
+        return _lenient(_log_sqlite_decimal)
+    if column.kind is Kind.OTHER and f.type_name.upper().startswith("BIT"):
+        # MariaDB's BIT is logged as a number, and read as its bytes
+        size = max(1, ((column.length or 1) + 7) // 8)
+        return _lenient(lambda v: int(v).to_bytes(size, "big")
+                        if isinstance(v, int | Decimal) and not isinstance(v, bool) else v)
     if column.kind is Kind.NETWORK:
         net = f.network
 
@@ -1216,7 +1222,18 @@ def _log_uuid(v: Any) -> Any:
 
 
 def _log_json(v: Any) -> Any:
-    return v if isinstance(v, JsonText) else JsonText.of(v)
+    # a change log carries a JSON document as its text (a JSON string), so that JSON null
+    # stays apart from SQL NULL; a value that is no text came from an older log
+    if isinstance(v, JsonText):
+        return v
+    return JsonText(v) if isinstance(v, str) else JsonText.of(v)
+
+
+def _log_sqlite_decimal(v: Any) -> Any:
+    # a JSON number with a point or an exponent (a real), or SQLite's Inf: the double
+    if isinstance(v, Decimal | float) or (isinstance(v, str) and v[-3:].lower() == "inf"):
+        return Decimal(repr(float(v)))
+    return _log_decimal(v)
 
 
 _LOG: dict[Kind, Convert] = {
