@@ -225,7 +225,7 @@ def test_a_lookup_can_name_the_related_tables_company_column(
     pair.erp.insert("Customers", [customer(i, "demf", "G20") for i in range(2, 42, 2)])
     pair.crm.insert("accounts", [account(100, "demf", GROUP[("demf", "G10")])])
     with pair.link() as link:
-        assert link.validate()[1] == []
+        assert [i for i in link.validate()[1] if i.is_error] == []
         [res] = link.start_maps()  # initial sync, then live
         assert res.created == {"left": 1, "right": 20}
         assert set(links(pair).values()) == {GROUP[("demf", "G20")], GROUP[("demf", "G10")]}
