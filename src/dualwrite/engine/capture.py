@@ -56,6 +56,7 @@ from dualwrite.connectors.capture import (
     columns_of_filter,
     parse_time,
 )
+from dualwrite.engine import metrics
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
 from dualwrite.engine.files import open_private
 from dualwrite.engine.live import RuleContext
@@ -292,6 +293,9 @@ class Applier:
         self.logs: dict[Side, CaptureLog] = {s: link.connectors[s].capture_log() for s in Side}
         self.state: StateStore = link.state
         self.env = {s: link.env_name(s) for s in Side}
+        #: metric labels: the link, and per source side the direction it applies
+        self._link_name = link.config.link_name
+        self._direction = {s: f"{self.env[s]}->{self.env[s.other]}" for s in Side}
         self._maps: dict[str, _MapCtx] = {}
         self._maps_at = 0.0
         self._prune: dict[Side, list[tuple[str, str]]] = {s: [] for s in Side}
@@ -421,6 +425,10 @@ class Applier:
                 except Exception as exc:
                     handled += self._isolate(s, exc)
                 self._backoff[s] = 0.0
+                if self.last_error[s] is not None:
+                    log.info("capture %s -> %s: reachable again; applying", self.env[s],
+                             self.env[s.other], extra={"event": "reconnected",
+                                                       "side": self.env[s.other]})
                 self.last_error[s] = None
             except TransientConnectorError as exc:
                 self._backoff[s] = min(max(self._backoff[s] * 2, 0.1),
@@ -428,7 +436,10 @@ class Applier:
                 self._retry_at[s] = time.monotonic() + self._backoff[s]
                 if self.last_error[s] is None:
                     log.warning("capture %s -> %s: %s; retrying", self.env[s],
-                                self.env[s.other], exc)
+                                self.env[s.other], exc,
+                                extra={"event": "unreachable", "side": self.env[s.other]})
+                    metrics.APPLY_ERRORS.labels(self._link_name, "*", self._direction[s],
+                                                "unreachable").inc()
                     for name in self.maps():
                         self.event(name, "unreachable", str(exc))
                 self.last_error[s] = str(exc)
@@ -465,7 +476,11 @@ class Applier:
             f"{type(exc).__name__}: {exc} (a fault of dualwrite: please report it)"
         doing = f"applying changes from {self.env[s]}" if s is not None else "binding the map"
         log.error("map %s failed %s: %s", name, doing, reason,
-                  exc_info=not isinstance(exc, DualwriteError))
+                  exc_info=not isinstance(exc, DualwriteError),
+                  extra={"event": "failed", "map": name,
+                         "side": self.env[s.other] if s is not None else None})
+        metrics.APPLY_ERRORS.labels(self._link_name, name, self._direction[s] if s is not None
+                                    else "-", "failed").inc()
         self.state.set_map_state(name, "failed")
         self.event(name, "failed", f"{doing}: {reason}")
         # its tables may have changed: describe them and bind the map again when it resumes
@@ -502,6 +517,7 @@ class Applier:
         later changes, in order) while the first ones are applied; ``changes`` is extended
         with them, in place, before this returns."""
         t = s.other
+        started = time.perf_counter()
         excluded: dict[int, DualwriteError] = {}
         failed_tx: dict[str, int] = {}
         row_mode = careful = False
@@ -565,6 +581,7 @@ class Applier:
             if rest is not None:  # failed before the rest was taken: take it for the retry
                 changes.extend(rest.result())
                 rest = None
+        self._count(s, changes, todo, outcome, time.perf_counter() - started)
         self._prune[s] = []
         if forget:
             self.logs[s].forget([c.seq for c in changes])
@@ -581,6 +598,60 @@ class Applier:
         self.flush_activity()
         return BatchResult(outcome.applied, outcome.skipped, len(outcome.conflicts),
                            len(outcome.parked))
+
+    def _count(self, s: Side, changes: list[Change], todo: list[Change], outcome: _Outcome,
+               seconds: float) -> None:
+        """Metrics and logs of one committed apply transaction: every change counted once
+        by outcome (applied: the target holds it; duplicate: applied before, delivered again;
+        parked: to the inbox, or waiting behind an entry there), its source transactions,
+        its conflicts by resolution, its duration."""
+        link, direction = self._link_name, self._direction[s]
+        metrics.APPLY_DURATION.labels(link, direction).observe(seconds)
+        parked = {a.change.seq for a, *_rest in outcome.parked}
+        fresh = {c.seq for c in todo} if len(todo) != len(changes) else None
+        applied: list[tuple[str, str]] = []
+        dup: list[tuple[str, str]] = []
+        held: list[tuple[str, str]] = []
+        for c in changes:
+            item = (c.map, c.op)
+            (held if c.seq in parked else dup if fresh is not None and c.seq not in fresh
+             else applied).append(item)
+        metrics.count_changes(metrics.CHANGES_CAPTURED, link, direction,
+                              [(c.map, c.op) for c in changes])
+        for outcome_name, items in (("applied", applied), ("duplicate", dup),
+                                    ("parked", held)):
+            if items:
+                metrics.count_changes(metrics.CHANGES_APPLIED, link, direction, items,
+                                      outcome=outcome_name)
+        txids = {c.txid for c in todo if c.seq not in parked}
+        if txids:
+            # a SQLite log has no transaction ids: each applied read (a snapshot) counts one
+            metrics.TRANSACTIONS_APPLIED.labels(link, direction).inc(
+                len(txids - {WATERMARK}) + (WATERMARK in txids))
+        for cf in outcome.conflicts.values():
+            metrics.CONFLICTS.labels(link, cf["map_name"], direction, cf["winner"]).inc()
+            log.info("conflict on map %s, key %s: %s (policy %s)", cf["map_name"], cf["key"],
+                     "parked in the inbox" if cf["winner"] == "manual"
+                     else f"{self.env[Side(cf['winner'])]} wins", cf["policy"],
+                     extra={"event": "conflict", "map": cf["map_name"],
+                            "side": self.env[Side(cf["source"])], "key": list(cf["key"]),
+                            "policy": cf["policy"], "winner": cf["winner"]})
+        for a, status, kind, _info in outcome.parked:
+            if status == "error":
+                metrics.APPLY_ERRORS.labels(link, a.change.map, direction, kind).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            by_tx: dict[str, list[Change]] = {}
+            for c in todo:
+                if c.seq not in parked:
+                    by_tx.setdefault(c.txid, []).append(c)
+            for txid, cs in by_tx.items():
+                log.debug("applied transaction %s from %s: %d change(s) of %s", txid,
+                          self.env[s], len(cs), ", ".join(sorted({c.map for c in cs})),
+                          extra={"event": "applied", "side": self.env[s.other],
+                                 "source": self.env[s],
+                                 "txid": txid, "keys": len(cs),
+                                 "map": cs[0].map if len({c.map for c in cs}) == 1
+                                 else None})
 
     def _apply_part(self, sess: WriteSession, s: Side, part: list[Change],
                     maps: dict[str, _MapCtx], outcome: _Outcome, mode: _Mode,
@@ -693,8 +764,8 @@ class Applier:
         t = s.other
         src = [d.kinds[s][d.columns[s][i]] for i in d.key_idx[s]]
         dst = [d.kinds[t][c] for c in d.bound.key(t)]
-        keyfix = [(i, kd) for i, kd in enumerate(src)
-                  if kd not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
+        keyfix: list[tuple[int, Kind]] = [(i, kd) for i, kd in enumerate(src)
+                                          if kd not in (Kind.STRING, Kind.INTEGER, Kind.OTHER)]
         return keyfix, None if src == dst else dst
 
     def _decoder(self, name: str, d: MapDiffer, s: Side
@@ -1149,6 +1220,14 @@ class Applier:
                 entries[c.seq] = self.state.park_error(
                     c.map, self.env[s.other], s.value, a.lkey, c.op, kind, reason, c.as_dict(),
                     {k: v for k, v in (info or {}).items() if k != "reason"})
+                if kind != "conflict":
+                    # the names and values of the inbox entry (`errors show`)
+                    log.warning("change rejected on map %s, key %s (inbox entry %s): %s",
+                                c.map, list(a.lkey), entries[c.seq], reason,
+                                extra={"event": kind, "map": c.map, "side": self.env[s.other],
+                                       "from": self.env[s], "key": list(a.lkey),
+                                       "operation": metrics.operation(c.op),
+                                       "txid": c.txid, "inbox_id": entries[c.seq]})
         for a, status, _kind, info in parked:
             if status != "error":
                 behind = (info or {}).get("behind")
@@ -1367,6 +1446,25 @@ class Applier:
             used = max(rows / budget.max_rows, size / budget.max_bytes,
                        age / budget.max_age_seconds)
             self.alerts.queue_level(name, used, rows, size, age)
+        self._sample(maps, stats)
+
+    def _sample(self, maps: dict[str, _MapCtx], stats: dict[Side, dict[str, Any]]) -> None:
+        """Every few seconds, per map: lag and queue into the state store's samples (the
+        console's chart, the throughput of `status`); alerts whose cause is gone clear."""
+        monitor = self.link.monitor
+        now = time.time()
+        if not monitor.due(now):
+            return
+        parked = self.state.parked_count()
+        per_map = {}
+        for name, m in maps.items():
+            rows = sum(stats[s].get(name, (0, 0, None))[0] for s in Side)
+            oldest = [x for s in Side if (x := stats[s].get(name, (0, 0, None))[2])]
+            applying = m.state in APPLYING
+            lag = max(0.0, now - min(oldest).timestamp()) if oldest and applying else 0.0
+            per_map[name] = (lag, rows if applying else 0, rows + parked.get(name, 0))
+        monitor.sample(per_map, now)
+        monitor.refresh(now)
 
     def _waiting_for(self) -> str | None:
         """What keeps this applier from applying, for ``status`` (None: nothing)."""
@@ -1622,8 +1720,16 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
     the maps are valid (it may need the databases too: loading rules)."""
     me = link.state.register_process(link.config.link_name, "standby")
     lock = link.applier_lock()
+    name = link.config.link_name
+    waited = False
     try:
         while not lock.acquire():
+            if not waited:
+                log.info("standing by: pid %s applies link %r; this process takes over if it "
+                         "stops", lock.holder(), name,
+                         extra={"event": "standby", "applier_pid": lock.holder()})
+                metrics.APPLIER_LEADER.labels(name).set(0)
+                waited = True
             if not wait_for_lock:
                 raise LinkError(
                     f"another applier (pid {lock.holder()}) is running for link "
@@ -1634,6 +1740,10 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
                                  note=f"standing by: pid {lock.holder()} applies")
             if stop.wait(1.0):
                 return
+        if waited:
+            log.warning("failover: the applier of link %r stopped; this process (pid %s) "
+                        "applies now", name, os.getpid(), extra={"event": "failover"})
+        metrics.APPLIER_LEADER.labels(name).set(1)
         applier = _start_applier(link, stop, me, prepare)
         if applier is None:
             return
@@ -1642,6 +1752,7 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
         finally:
             applier.close()
     finally:
+        metrics.APPLIER_LEADER.labels(name).set(0)
         lock.release()
         link.state.unregister_process(me)
 

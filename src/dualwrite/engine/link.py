@@ -8,7 +8,9 @@ An environment belongs to one link only: the link id is recorded in the environm
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -20,6 +22,7 @@ import sqlalchemy as sa
 from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector, LinkRecord
 from dualwrite.connectors.sql import LINK_TABLE, SqlConnector
+from dualwrite.engine import metrics
 from dualwrite.engine.alerts import Alerts
 from dualwrite.engine.capture import Applier, ApplierLock, held_by_dependencies
 from dualwrite.engine.config import Config, load_config
@@ -33,6 +36,7 @@ from dualwrite.engine.live import (
     StepHook,
 )
 from dualwrite.engine.live import recover as recover_branches
+from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
@@ -46,6 +50,8 @@ from dualwrite.errors import (
 from dualwrite.model.binding import BoundMap, bind_maps
 from dualwrite.model.maps import Side, dependency_order
 from dualwrite.model.schema import TableSchema
+
+log = logging.getLogger("dualwrite.link")
 
 
 class Link:
@@ -64,6 +70,7 @@ class Link:
         #: (loading business rules): done before the first live write, which needs both
         self._before_first_write: list[Callable[[], Any]] = []
         self._alerts: Alerts | None = None
+        self._monitor: Monitor | None = None
         self._lock = threading.Lock()
         self.rules = Rules()
         try:
@@ -82,6 +89,15 @@ class Link:
         if self._state is None:
             self._state = StateStore(self.config.state_url)
         return self._state
+
+    @property
+    def monitor(self) -> Monitor:
+        """Samples, initial sync progress, alert states and paged reads of the state store
+        (see :mod:`dualwrite.engine.monitor`)."""
+        if self._monitor is None:
+            self._monitor = Monitor(self.state, {r.name: r.within_minutes * 60
+                                                 for r in self.config.model.alerts})
+        return self._monitor
 
     def close(self) -> None:
         for c in self.connectors.values():
@@ -274,9 +290,29 @@ class Link:
                             hint="stop `dualwrite run` or `dualwrite serve` first (SIGTERM)")
 
     # -- work --------------------------------------------------------------------------------
-    def _sync(self, progress: Progress | None) -> InitialSync:
+    def _sync(self, progress: Progress | None, *, record: bool = False) -> InitialSync:
+        """An initial sync; with ``record`` its progress is also written to the state store
+        (at most once a second, for the console and /metrics, whichever process looks)."""
+        if record:
+            progress = self._recorded(progress)
         return InitialSync(self.connectors, self.state,
                            batch_size=self.config.model.sync.batch_size, progress=progress)
+
+    def _recorded(self, progress: Progress | None) -> Progress:
+        monitor = self.monitor
+        last: dict[str, float] = {}
+
+        def update(name: str, done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if name not in last:
+                monitor.sync_started(name, total)
+                last[name] = now
+            if done == total or now - last[name] >= PROGRESS_SECONDS:
+                monitor.sync_progressed(name, done, total, finished=done == total)
+                last[name] = now
+            if progress is not None:
+                progress(name, done, total)
+        return update
 
     def plan(self, names: Sequence[str] = (), *, master: str | None = None,
              progress: Progress | None = None) -> list[MapResult]:
@@ -284,13 +320,27 @@ class Link:
         return [self._sync(progress).plan(b, master=side) for b in self.bound_maps(names)]
 
     def sync_initial(self, names: Sequence[str] = (), *, master: str | None = None,
-                     progress: Progress | None = None, resume: bool = True) -> list[MapResult]:
-        """Initial sync of the named maps (all by default) in dependency order."""
+                     progress: Progress | None = None, resume: bool = True,
+                     skip_errors: bool = False) -> list[MapResult]:
+        """Initial sync of the named maps (all by default) in dependency order. With
+        ``skip_errors``, rows with an open inbox entry are left alone (not tried again)."""
         bound = self.bound_maps(names)
         self.ensure_linked()
         side = Side(master) if master else None
-        sync = self._sync(progress)
-        return [sync.run(b, master=side, resume=resume) for b in bound]
+        sync = self._sync(progress, record=True)
+        out = []
+        for b in bound:
+            result = sync.run(b, master=side, resume=resume, skip_errors=skip_errors)
+            self.monitor.sync_progressed(b.name, *self._done(result), finished=True)
+            out.append(result)
+        return out
+
+    @staticmethod
+    def _done(result: MapResult) -> tuple[int, int | None]:
+        d = result.as_dict()
+        n = sum(d["created"].values()) + sum(d["updated"].values()) + d["unchanged"] + \
+            sum(d["errors"].values())
+        return n, n
 
     def verify(self, names: Sequence[str] = (), *, max_details: int = 1000,
                progress: Progress | None = None) -> list[VerifyResult]:
@@ -365,7 +415,9 @@ class Link:
             if not st.get("initial_synced_at"):
                 if captured:
                     self.state.set_map_state(b.name, "initializing")
-                ran.append(self._sync(progress).run(b))
+                result = self._sync(progress, record=True).run(b)
+                self.monitor.sync_progressed(b.name, *self._done(result), finished=True)
+                ran.append(result)
             self.state.set_map_state(b.name, "running")
         return ran
 
@@ -406,6 +458,8 @@ class Link:
             if (states.get(b.name) or {}).get("state") in ("running", "resuming"):
                 self.state.set_map_state(b.name, "paused")
                 out.append(b.name)
+                log.info("map %s paused: its changes queue", b.name,
+                         extra={"event": "paused", "map": b.name})
         return out
 
     def resume_maps(self, names: Sequence[str] = ()) -> list[str]:
@@ -419,6 +473,8 @@ class Link:
             if (states.get(b.name) or {}).get("state") in ("paused", "failed"):
                 self.state.set_map_state(b.name, "resuming")
                 out.append(b.name)
+                log.info("map %s resuming: its queue replays in order", b.name,
+                         extra={"event": "resumed", "map": b.name})
         return out
 
     def alerts(self) -> Alerts:
@@ -467,9 +523,8 @@ class Link:
                 # status is most wanted when a side is down: report what the other side has
                 stats[s] = {}
                 unreachable.append(self.env_name(s))
-        errors: dict[str, int] = {}
-        for e in self.state.errors():
-            errors[e.map] = errors.get(e.map, 0) + 1
+        errors = self.monitor.error_counts()  # one grouped count: the inbox may be large
+        throughput = self.monitor.throughput()
         parked = self.state.parked_count()
         conflicts = self.state.conflict_counts()
         activity = self.state.activity()
@@ -509,6 +564,12 @@ class Link:
                 "errors": errors.get(m.name, 0),
                 "conflicts": conflicts.get(m.name, 0),
                 "last_applied_at": (activity.get(m.name) or {}).get("last_applied_at"),
+                # changes applied per second over the last minute (from the samples the
+                # applier takes; None before it has taken one)
+                "throughput": throughput.get(m.name),
+                # the map's version, where the map carries one
+                "version": getattr(m, "version", None),
+                "depends_on": list(m.depends_on),
                 "initial_synced_at": st.get("initial_synced_at"),
                 "unreachable": unreachable,
                 "applier": applier if applying else None,
@@ -545,12 +606,19 @@ class Link:
                     self._before_first_write.clear()
                     self._recovered = True
         coordinator = Coordinator(self, principal, hook)
+        counted = metrics.LIVE_TRANSACTIONS
         try:
             yield coordinator.tx
         except BaseException:
             coordinator.abort()
+            counted.labels(self.config.link_name, "rolled_back").inc()
             raise
-        coordinator.commit()
+        try:
+            coordinator.commit()
+        except BaseException:  # before the decision: rolled back on both sides
+            counted.labels(self.config.link_name, "rolled_back").inc()
+            raise
+        counted.labels(self.config.link_name, "committed").inc()
 
     def describe(self) -> dict[str, Any]:
         return {"link": self.config.link_name, "left": self.config.left,
