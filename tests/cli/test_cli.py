@@ -109,7 +109,7 @@ def test_errors_list_show_discard(pair: Pair, capsys: pytest.CaptureFixture[str]
     assert "NOPE" in entry["reason"]
     assert main(["-c", cfg, "errors", "show", str(entry["id"])]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["payload"]["GROUPID"] == "NOPE"
+    assert shown["row"]["GROUPID"] == "NOPE"  # an initial sync's failed row
     assert main(["-c", cfg, "errors", "discard", str(entry["id"])]) == 0
     capsys.readouterr()
     assert main(["-c", cfg, "errors", "list", "--json"]) == 0
