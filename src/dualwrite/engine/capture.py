@@ -649,7 +649,9 @@ class Applier:
                           self.env[s], len(cs), ", ".join(sorted({c.map for c in cs})),
                           extra={"event": "applied", "side": self.env[s.other],
                                  "source": self.env[s],
-                                 "txid": txid, "keys": len(cs),
+                                 # a SQLite log has no transaction ids
+                                 "txid": None if txid == WATERMARK else txid,
+                                 "keys": len(cs),
                                  "map": cs[0].map if len({c.map for c in cs}) == 1
                                  else None})
 
