@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-
 from browser import browser_page, shot
+
 from capture_fixtures import make_items
 from dualwrite.engine.security import create_token
 from serve_process import serve
