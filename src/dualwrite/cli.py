@@ -1018,11 +1018,23 @@ def import_template(
 @app.command()
 def demo(directory: Annotated[Path, typer.Option(
         "--dir", help="Where to create the demo applications.")] = Path("demo"),
-         scale: Annotated[int, typer.Option(help="Multiply the seed size.", min=1)] = 1) -> None:
-    """Create two SQLite applications, seed them, and run validate, plan, sync and verify."""
-    from dualwrite.demo.run import run_demo
+         scale: Annotated[int, typer.Option(help="Multiply the seed size.", min=1)] = 1,
+         live: Annotated[bool, typer.Option(
+             "--live", help="Keep the link running (serve, the console) until Ctrl-C.")
+                         ] = False,
+         port: Annotated[int, typer.Option(
+             help="Port of the demo's server (another free one if it is taken).")] = 8000
+         ) -> None:
+    """Create two SQLite applications, seed them, run validate, plan, sync and verify; then
+    run the link live (serve, writes in each application and through the API, a conflict)
+    and print the console's address with a ready token."""
+    from dualwrite.demo.run import command_name, run_demo
+    from dualwrite.logs import configure
 
-    code = run_demo(directory, scale=scale, console=out)
+    if _global["log_level"] is None:  # the demo tells its own story: the log says problems
+        configure(_global["log_format"] or "text", "warning")
+    code = run_demo(directory, scale=scale, console=out, progress=lambda: _progress(True),
+                    live=live, port=port, command=command_name())
     if code:
         raise Exit(code)
 
