@@ -1033,8 +1033,15 @@ def demo(directory: Annotated[Path, typer.Option(
 
     if _global["log_level"] is None:  # the demo tells its own story: the log says problems
         configure(_global["log_format"] or "text", "warning")
+    def until_stopped() -> None:  # Ctrl-C or SIGTERM, taken as run and serve take them
+        stop = threading.Event()
+
+        def serving() -> None:
+            stop.wait()
+        _until_signalled("demo", serving, stop.set)
+
     code = run_demo(directory, scale=scale, console=out, progress=lambda: _progress(True),
-                    live=live, port=port, command=command_name())
+                    live=live, port=port, command=command_name(), wait=until_stopped)
     if code:
         raise Exit(code)
 

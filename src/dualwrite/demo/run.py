@@ -11,6 +11,7 @@ nothing from outside. Running it again resets the demo folder's databases and st
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -86,11 +87,12 @@ def _count(link: Link, side: Side, table: str) -> int:
 def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None,
              progress: Callable[[], AbstractContextManager[Progress | None]] | None = None,
              live: bool = False, port: int = 8000,
-             command: str = "dualwrite") -> int:
+             command: str = "dualwrite", wait: Callable[[], None] | None = None) -> int:
     """Run the whole demo; return the exit code (0 when verify finds both sides agree and
     every live write arrived). ``progress`` makes the initial sync's progress display (rows,
     rate, ETA per map). ``live``: keep serving until Ctrl-C. ``command``: how the user runs
-    dualwrite (printed in the commands to go on with)."""
+    dualwrite (printed in the commands to go on with). ``wait`` blocks until the user stops
+    the live demo (default: until Ctrl-C)."""
     con = console or Console()
     started = time.monotonic()
     directory = directory.resolve()
@@ -142,7 +144,7 @@ def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None,
             con.print("[red]5. verify: the sides differ[/]")
             return 1
         con.print("5. verify: both sides agree")
-    code = run_live(config_path, con, live=live, port=port, command=command)
+    code = run_live(config_path, con, live=live, port=port, command=command, wait=wait)
     con.print(f"done in {time.monotonic() - started:.1f}s.")
     return code
 
@@ -215,7 +217,8 @@ def _write(db: Path, sql: str, *params: Any) -> None:
         conn.execute(sql, params)
 
 
-def run_live(config_path: Path, con: Console, *, live: bool, port: int, command: str) -> int:
+def run_live(config_path: Path, con: Console, *, live: bool, port: int, command: str,
+             wait: Callable[[], None] | None = None) -> int:
     """Step 6 of the demo: the link runs live (see the module's docstring)."""
     from dualwrite.engine.security import create_token
 
@@ -280,7 +283,7 @@ def run_live(config_path: Path, con: Console, *, live: bool, port: int, command:
                        con, t0)
     _next_steps(con, config_path, command, port, admin, live)
     if live:
-        return _keep_running(config_path, con, port, code=0 if ok else 1)
+        return _keep_running(config_path, con, port, code=0 if ok else 1, wait=wait)
     return 0 if ok else 1
 
 
@@ -308,15 +311,15 @@ def _next_steps(con: Console, config_path: Path, command: str, port: int, admin:
                   markup=False)
 
 
-def _keep_running(config_path: Path, con: Console, port: int, code: int) -> int:
-    """Serve until Ctrl-C (``demo --live``)."""
+def _keep_running(config_path: Path, con: Console, port: int, code: int,
+                  wait: Callable[[], None] | None) -> int:
+    """Serve until ``wait`` returns (``demo --live``: Ctrl-C or SIGTERM)."""
     with _serving(config_path, port):
         con.print(f"serving on http://127.0.0.1:{port} until Ctrl-C; write in "
                   f"{config_path.parent / 'erp.db'} or crm.db and watch it arrive")
-        try:
-            threading.Event().wait()
-        except KeyboardInterrupt:
-            con.print("stopped")
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C where no ``wait`` takes it
+            (wait or threading.Event().wait)()
+        con.print("stopped")
     return code
 
 

@@ -199,6 +199,7 @@ def lag_chart(samples: list[dict[str, Any]], since: float, until: float,
         points_rate.append(f"{x:.1f},{height - rate / top_rate * height:.1f}")
     return {"width": width, "height": height, "lag": " ".join(points_lag),
             "rate": " ".join(points_rate), "top_lag": top_lag, "top_rate": top_rate,
+            "minutes": max(1, round(span / 60)),
             "count": len(samples), "last_lag": float(samples[-1]["lag_seconds"])
             if samples else None, "last_rate": rates[-1] if rates else None}
 
@@ -303,6 +304,9 @@ def console_mount(link: Link) -> Mount:
         now = time.time()
         since = now - 3600
         errors_hour = monitor.events_since(since, ["rejected", "lookup", "failed"])
+        taken = monitor.samples(since)
+        # the chart spans what was sampled (an hour at most), not an hour of mostly nothing
+        chart = lag_chart(taken, min(taken[0]["at"], now - 60) if taken else since, now)
         states: dict[str, int] = {}
         for r in rows:
             states[r["state"]] = states.get(r["state"], 0) + 1
@@ -315,7 +319,7 @@ def console_mount(link: Link) -> Mount:
             "errors_hour": sum(errors_hour.values()),
             "throughput": sum(r["throughput"] or 0.0 for r in rows),
             "alerts": monitor.alerts(["firing", "acknowledged"], limit=10),
-            "chart": lag_chart(monitor.samples(since), since, now),
+            "chart": chart,
             "troubled": [r for r in rows if r["note"] or r["errors"] or r["state"] == "failed"],
             "now": iso(now),
         }
@@ -455,7 +459,8 @@ def console_mount(link: Link) -> Mount:
         change = readable_change(payload.get("change"))
         other = [readable_change(x) for x in extra.get("theirs", [])] \
             if e.operation == "conflict" else []
-        fields = _fields(change, extra.get("target") if e.operation == "conflict" else None)
+        fields = _fields(change, extra.get("target") if e.operation == "conflict" else None,
+                         _pairs(link, e.map, _side(payload.get("source"))))
         return _page(request, "error_detail.html", session, principal, e=e.as_dict(),
                      on=_env(link, e.side), source=link.env_name(_side(payload.get("source")))
                      if payload.get("source") else None, change=change, fields=fields,
@@ -514,7 +519,8 @@ def console_mount(link: Link) -> Mount:
             open_.append({"id": e.id, "map": e.map, "key": list(e.key), "at": e.first_at,
                           "from": link.env_name(source), "other": link.env_name(source.other),
                           "from_side": source.value, "other_side": source.other.value,
-                          "fields": _fields(change, extra.get("target")),
+                          "fields": _fields(change, extra.get("target"),
+                                            _pairs(link, e.map, source)),
                           "theirs": [readable_change(x) for x in extra.get("theirs", [])]})
         history = state.conflicts(limit=50)
         for c in history:
@@ -600,15 +606,38 @@ def _env(link: Link, side: str) -> str:
     return link.env_name(_side(side)) if side in ("left", "right") else side
 
 
-def _fields(change: dict[str, Any] | None, other: dict[str, Any] | None
-            ) -> list[dict[str, Any]]:
-    """One line per field: the change's old and new value, and the other side's row's."""
+def _pairs(link: Link, map_name: str, source: Any) -> list[tuple[str, str | None]]:
+    """(column on the change's side, the column it maps to on the other side) per field line
+    of ``map_name``, so that both versions line up; [] when the map does not bind now."""
+    try:
+        bound = {b.name: b for b in link.bound_maps()}.get(map_name)
+    except DualwriteError:
+        return []
+    if bound is None:
+        return []
+    return [(c, f.end(source.other).column) for f in bound.fields
+            if (c := f.end(source).column) is not None]
+
+
+def _fields(change: dict[str, Any] | None, other: dict[str, Any] | None,
+            pairs: list[tuple[str, str | None]] | None = None) -> list[dict[str, Any]]:
+    """One line per field: the change's old and new value, and the other side's row's value
+    of the column that field maps to (``pairs``; the same name where no pair is known)."""
     change = change or {}
     old, new = change.get("old") or {}, change.get("new") or {}
-    names = list(dict.fromkeys([*new, *old, *(other or {})]))
-    return [{"name": n, "old": old.get(n), "new": new.get(n),
-             "other": (other or {}).get(n), "changed": n in new and old.get(n) != new.get(n)}
-            for n in names]
+    other = other or {}
+    mapped = dict(pairs or [])
+    names = list(dict.fromkeys([*mapped, *new, *old]))
+    out = []
+    for n in names:
+        twin = mapped.get(n, n) if n in mapped else n
+        held = twin is not None and twin in other
+        label = n if twin in (None, n) else f"{n} = {twin}"
+        out.append({"name": label, "old": old.get(n), "new": new.get(n),
+                    "other": other.get(twin) if held else None,
+                    "changed": n in new and old.get(n) != new.get(n),
+                    "differs": held and _fmt(new.get(n)) != _fmt(other.get(twin))})
+    return out
 
 
 __all__ = ["Console", "console_mount", "lag_chart"]
