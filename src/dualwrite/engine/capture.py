@@ -606,7 +606,7 @@ class Applier:
         parked: to the inbox, or waiting behind an entry there), its source transactions,
         its conflicts by resolution, its duration."""
         link, direction = self._link_name, self._direction[s]
-        metrics.APPLY_DURATION.labels(link, direction).observe(seconds)
+        metrics.child(metrics.APPLY_DURATION, link, direction).observe(seconds)
         parked = {a.change.seq for a, *_rest in outcome.parked}
         fresh = {c.seq for c in todo} if len(todo) != len(changes) else None
         applied: list[tuple[str, str]] = []
@@ -622,11 +622,11 @@ class Applier:
                                     ("parked", held)):
             if items:
                 metrics.count_changes(metrics.CHANGES_APPLIED, link, direction, items,
-                                      outcome=outcome_name)
+                                      outcome_name)
         txids = {c.txid for c in todo if c.seq not in parked}
         if txids:
             # a SQLite log has no transaction ids: each applied read (a snapshot) counts one
-            metrics.TRANSACTIONS_APPLIED.labels(link, direction).inc(
+            metrics.child(metrics.TRANSACTIONS_APPLIED, link, direction).inc(
                 len(txids - {WATERMARK}) + (WATERMARK in txids))
         for cf in outcome.conflicts.values():
             metrics.CONFLICTS.labels(link, cf["map_name"], direction, cf["winner"]).inc()
