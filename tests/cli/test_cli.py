@@ -19,7 +19,8 @@ COMMANDS = [["validate"], ["plan"], ["sync"], ["verify"], ["link"], ["unlink"],
             ["import-template"], ["demo"], ["maps", "list"], ["errors", "list"],
             ["errors", "show"], ["errors", "discard"], ["errors", "retry"], ["errors", "resolve"],
             ["maps", "start"], ["maps", "stop"], ["maps", "pause"], ["maps", "resume"], ["run"],
-            ["status"], ["uninstall"], ["tokens", "create"], ["serve"]]
+            ["status"], ["uninstall"], ["tokens", "create"], ["serve"], ["alerts", "list"],
+            ["alerts", "ack"]]
 
 
 @pytest.fixture

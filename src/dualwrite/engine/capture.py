@@ -1451,8 +1451,9 @@ class Applier:
         self._sample(maps, stats)
 
     def _sample(self, maps: dict[str, _MapCtx], stats: dict[Side, dict[str, Any]]) -> None:
-        """Every few seconds, per map: lag and queue into the state store's samples (the
-        console's chart, the throughput of `status`); alerts whose cause is gone clear."""
+        """Every few seconds (not in the first ones), per map: lag and queue into the state
+        store's samples (the console's chart, the throughput of `status`); alerts whose cause
+        is gone clear. One state-store transaction."""
         monitor = self.link.monitor
         now = time.time()
         if not monitor.due(now):
@@ -1466,7 +1467,6 @@ class Applier:
             lag = max(0.0, now - min(oldest).timestamp()) if oldest and applying else 0.0
             per_map[name] = (lag, rows if applying else 0, rows + parked.get(name, 0))
         monitor.sample(per_map, now)
-        monitor.refresh(now)
 
     def _waiting_for(self) -> str | None:
         """What keeps this applier from applying, for ``status`` (None: nothing)."""

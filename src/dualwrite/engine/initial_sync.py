@@ -138,6 +138,8 @@ class InitialSync:
                 left = [e for e in chunk if tuple(e.key) not in skipped]
                 done += len(chunk) - len(left)
                 if not left:
+                    if self.progress:
+                        self.progress(bound.name, done, total)
                     continue
                 chunk = left
             c = self._with_retries(lambda ch=chunk: differ.classify(ch))  # type: ignore[misc]

@@ -290,29 +290,13 @@ class Link:
                             hint="stop `dualwrite run` or `dualwrite serve` first (SIGTERM)")
 
     # -- work --------------------------------------------------------------------------------
-    def _sync(self, progress: Progress | None, *, record: bool = False) -> InitialSync:
+    def _sync(self, progress: Progress | None, *, record: _Recorder | None = None
+              ) -> InitialSync:
         """An initial sync; with ``record`` its progress is also written to the state store
         (at most once a second, for the console and /metrics, whichever process looks)."""
-        if record:
-            progress = self._recorded(progress)
         return InitialSync(self.connectors, self.state,
-                           batch_size=self.config.model.sync.batch_size, progress=progress)
-
-    def _recorded(self, progress: Progress | None) -> Progress:
-        monitor = self.monitor
-        last: dict[str, float] = {}
-
-        def update(name: str, done: int, total: int | None) -> None:
-            now = time.monotonic()
-            if name not in last:
-                monitor.sync_started(name, total)
-                last[name] = now
-            if done == total or now - last[name] >= PROGRESS_SECONDS:
-                monitor.sync_progressed(name, done, total, finished=done == total)
-                last[name] = now
-            if progress is not None:
-                progress(name, done, total)
-        return update
+                           batch_size=self.config.model.sync.batch_size,
+                           progress=record.wrap(progress) if record is not None else progress)
 
     def plan(self, names: Sequence[str] = (), *, master: str | None = None,
              progress: Progress | None = None) -> list[MapResult]:
@@ -327,20 +311,13 @@ class Link:
         bound = self.bound_maps(names)
         self.ensure_linked()
         side = Side(master) if master else None
-        sync = self._sync(progress, record=True)
+        recorder = _Recorder(self.monitor)
+        sync = self._sync(progress, record=recorder)
         out = []
         for b in bound:
-            result = sync.run(b, master=side, resume=resume, skip_errors=skip_errors)
-            self.monitor.sync_progressed(b.name, *self._done(result), finished=True)
-            out.append(result)
+            out.append(sync.run(b, master=side, resume=resume, skip_errors=skip_errors))
+            recorder.finish(b.name)
         return out
-
-    @staticmethod
-    def _done(result: MapResult) -> tuple[int, int | None]:
-        d = result.as_dict()
-        n = sum(d["created"].values()) + sum(d["updated"].values()) + d["unchanged"] + \
-            sum(d["errors"].values())
-        return n, n
 
     def verify(self, names: Sequence[str] = (), *, max_details: int = 1000,
                progress: Progress | None = None) -> list[VerifyResult]:
@@ -415,9 +392,9 @@ class Link:
             if not st.get("initial_synced_at"):
                 if captured:
                     self.state.set_map_state(b.name, "initializing")
-                result = self._sync(progress, record=True).run(b)
-                self.monitor.sync_progressed(b.name, *self._done(result), finished=True)
-                ran.append(result)
+                recorder = _Recorder(self.monitor)
+                ran.append(self._sync(progress, record=recorder).run(b))
+                recorder.finish(b.name)
             self.state.set_map_state(b.name, "running")
         return ran
 
@@ -623,6 +600,35 @@ class Link:
     def describe(self) -> dict[str, Any]:
         return {"link": self.config.link_name, "left": self.config.left,
                 "right": self.config.right, "maps": [m.name for m in self.config.maps]}
+
+
+class _Recorder:
+    """Writes an initial sync's progress to the state store: when a map starts, at most once
+    a second while it runs, and when it ends (``finish``)."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.last: dict[str, float] = {}
+        self.seen: dict[str, tuple[int, int | None]] = {}
+
+    def wrap(self, progress: Progress | None) -> Progress:
+        def update(name: str, done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if name not in self.last:
+                self.monitor.sync_started(name, total)
+                self.last[name] = now
+            self.seen[name] = (done, total)
+            if now - self.last[name] >= PROGRESS_SECONDS:
+                self.monitor.sync_progressed(name, done, total)
+                self.last[name] = now
+            if progress is not None:
+                progress(name, done, total)
+        return update
+
+    def finish(self, name: str) -> None:
+        done, total = self.seen.get(name, (0, 0))
+        self.monitor.sync_progressed(name, done, total if total is not None else done,
+                                     finished=True)
 
 
 def open_link(path: str | Path = "dualwrite.yaml") -> Link:

@@ -94,7 +94,9 @@ class Monitor:
         self.windows = dict(windows or {})
         self._ready = False
         self._lock = threading.Lock()
-        self._last_sample = 0.0
+        # the first sample is taken SAMPLE_SECONDS after start: an applier's first seconds
+        # go to applying what queued while it was away, not to writes of its own
+        self._last_sample = time.time()
 
     @property
     def engine(self) -> sa.Engine:
@@ -113,7 +115,8 @@ class Monitor:
     def sample(self, per_map: dict[str, tuple[float, int, int]], now: float | None = None
                ) -> None:
         """Record, per map, (lag seconds, lag changes, queued) with the applied count the
-        state store holds now; drop samples older than KEEP_SAMPLES_SECONDS."""
+        state store holds now; drop samples older than KEEP_SAMPLES_SECONDS; clear the alerts
+        whose cause is gone (see :meth:`refresh`). One transaction."""
         now = now or time.time()
         self._last_sample = now
         applied = {n: int(a["applied"]) for n, a in self.state.activity().items()}
@@ -124,6 +127,7 @@ class Monitor:
             if rows:
                 conn.execute(sa.insert(samples), rows)
             conn.execute(sa.delete(samples).where(samples.c.at < now - KEEP_SAMPLES_SECONDS))
+            self._clear_expired(conn, now)
 
     def samples(self, since: float, map_name: str | None = None) -> list[dict[str, Any]]:
         """Samples taken since ``since`` (unix time), oldest first; of one map, or summed
@@ -262,14 +266,17 @@ class Monitor:
         no-applier alert is cleared by :func:`check_applier`. Returns how many cleared."""
         now = now or time.time()
         with self.engine.begin() as conn:
-            rows = conn.execute(sa.select(alerts.c.id, alerts.c.rule, alerts.c.at).where(
-                sa.func.coalesce(alerts.c.state, "firing") != "cleared",
-                alerts.c.rule != NO_APPLIER)).all()
-            gone = [r.id for r in rows
-                    if now - r.at > self.windows.get(r.rule, DEFAULT_WINDOW_SECONDS)]
-            if gone:
-                conn.execute(sa.update(alerts).where(alerts.c.id.in_(gone)).values(
-                    state="cleared", cleared_at=now))
+            return self._clear_expired(conn, now)
+
+    def _clear_expired(self, conn: sa.Connection, now: float) -> int:
+        rows = conn.execute(sa.select(alerts.c.id, alerts.c.rule, alerts.c.at).where(
+            sa.func.coalesce(alerts.c.state, "firing") != "cleared",
+            alerts.c.rule != NO_APPLIER)).all()
+        gone = [r.id for r in rows
+                if now - r.at > self.windows.get(r.rule, DEFAULT_WINDOW_SECONDS)]
+        if gone:
+            conn.execute(sa.update(alerts).where(alerts.c.id.in_(gone)).values(
+                state="cleared", cleared_at=now))
         return len(gone)
 
     def open_alert(self, map_name: str, rule: str) -> int | None:
