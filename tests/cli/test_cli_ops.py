@@ -101,6 +101,12 @@ def test_run_logs_json_with_the_inbox_names_and_values(
         it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'fine', 1)")
         it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (2, 'big', 101)")
         got = _lines(proc, '"event": "rejected"')
+        # a pause and a resume made by another process, as the applier sees them
+        assert main(["-c", cfg, "maps", "pause", "items"]) == 0
+        got += _lines(proc, '"event": "paused"')
+        assert main(["-c", cfg, "maps", "resume", "items"]) == 0
+        got += _lines(proc, '"event": "resumed"')
+        capsys.readouterr()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert proc.stderr is not None
@@ -124,6 +130,9 @@ def test_run_logs_json_with_the_inbox_names_and_values(
     assert rejected["side"] == entry["side"] and rejected["from"] == entry["from"]
     assert rejected["key"] == entry["key"] and rejected["inbox_id"] == entry["id"]
     assert "qty too big" in rejected["message"]
+    [paused] = [r for r in records if r["event"] == "paused"]
+    assert paused["map"] == "items" and paused["was"] == "running" and paused["level"] == "info"
+    assert any(r["event"] == "resumed" and r["map"] == "items" for r in records)
     assert records[-1]["event"] == "stopped"
 
 

@@ -92,6 +92,9 @@ log = logging.getLogger("dualwrite.capture")
 
 #: map states in which captured changes are applied
 APPLYING = ("running", "resuming")
+#: the log event of a map's move into a state, as the applier sees it
+_STATE_EVENTS = {"paused": "paused", "resuming": "resumed", "running": "running",
+                 "held": "held", "failed": "failed"}
 #: map states in which capture is installed (a failed map keeps capturing: nothing is lost
 #: while it is out)
 CAPTURING = ("initializing", "running", "paused", "resuming", "failed")
@@ -337,6 +340,13 @@ class Applier:
                     # a map whose dependency does not apply is held with it: its rows would
                     # only find their related rows missing (lines of a paused order header)
                     out[b.name] = _MapCtx(b, differ, "held" if b.name in held else str(st))
+            for name, m in out.items():
+                was = self._maps.get(name)
+                if was is not None and was.state != m.state:
+                    # a pause or resume made by any process, as this applier sees it
+                    log.info("map %s is %s (was %s)", name, m.state, was.state,
+                             extra={"event": _STATE_EVENTS.get(m.state, m.state), "map": name,
+                                    "state": m.state, "was": was.state})
             self._maps, self._maps_at = out, now
             for name, found in issues.items():
                 if (states.get(name) or {}).get("state") in APPLYING:
