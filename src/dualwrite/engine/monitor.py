@@ -392,7 +392,7 @@ def check_applier(link: Link, procs: list[dict[str, Any]] | None = None,
     gone = min((p["heartbeat_age"] for p in procs if p["role"] == "applier"), default=None)
     if gone is not None and gone < HEARTBEAT_TIMEOUT:
         return None  # a heartbeat may just be late
-    since = f"for {gone:.0f} s" if gone is not None else "(none has run)"
+    since = f"for {gone:.0f} s" if gone is not None else "(none is running)"
     message = (f"{len(applying)} map(s) running ({', '.join(applying[:5])}"
                f"{', ...' if len(applying) > 5 else ''}) and no applier {since}: start "
                "`dualwrite run` or `dualwrite serve`")
