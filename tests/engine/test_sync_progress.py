@@ -8,9 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from sync_fixtures import erp_customer, make_pair, seed_groups
-
 from conftest import BackendFactory
+from sync_fixtures import erp_customer, make_pair, seed_groups
 
 KINDS = [("sqlite", "sqlite"), ("postgresql", "mariadb")]
 
