@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-capture clean services
+.PHONY: demo test lint bench bench-capture clean services browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,7 +22,11 @@ TEST_WORKERS ?= 3
 services:
 	TEST_WORKERS=$(TEST_WORKERS) bash scripts/services.sh
 
-test: $(STAMP) services
+# Debian's Chromium and the playwright package, for the console's browser tests
+browser: $(STAMP)
+	bash scripts/browser.sh $(VENV)
+
+test: $(STAMP) services browser
 	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import shutil
 import signal
@@ -21,7 +22,15 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from dualwrite.engine.link import Link
@@ -33,7 +42,10 @@ errors_app = typer.Typer(no_args_is_help=True, help="The error inbox: rows that 
 conflicts_app = typer.Typer(no_args_is_help=True,
                             help="Conflicts: rows both sides changed since they were synced.")
 maps_app = typer.Typer(no_args_is_help=True, help="List maps and their state.")
+alerts_app = typer.Typer(no_args_is_help=True,
+                         help="Alerts: firing, acknowledged by an operator, or cleared.")
 app.add_typer(errors_app, name="errors")
+app.add_typer(alerts_app, name="alerts")
 app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(maps_app, name="maps")
 
@@ -41,7 +53,8 @@ app.add_typer(maps_app, name="maps")
 out = Console(highlight=False, soft_wrap=True, width=shutil.get_terminal_size((120, 24)).columns)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
-_global: dict[str, Path | None] = {"config": None}
+_global: dict[str, Any] = {"config": None, "log_format": None, "log_level": None}
+log = logging.getLogger("dualwrite.cli")
 
 ConfigOpt = Annotated[Path | None, typer.Option(
     "-c", "--config", help="Config file (default ./dualwrite.yaml).", show_default=False)]
@@ -77,9 +90,45 @@ def _print_json(data: Any) -> None:
 def _link(config: Path | None) -> Iterator[Link]:
     link = Link.open(_config_path(config))
     try:
+        _configure_logging(link)
         yield link
     finally:
         link.close()
+
+
+def _configure_logging(link: Link | None = None) -> None:
+    """Logging as the command line says, else as the config's ``logging:`` says."""
+    from dualwrite.logs import configure
+
+    cfg = link.config.model.logging if link is not None else None
+    configure(_global["log_format"] or (cfg.format if cfg else "text"),
+              _global["log_level"] or (cfg.level if cfg else "info"),
+              link=link.config.link_name if link is not None else None)
+
+
+def _json_logs() -> bool:
+    from dualwrite.logs import JsonFormatter
+
+    return any(isinstance(h.formatter, JsonFormatter) for h in logging.getLogger().handlers)
+
+
+def _say(text: str, event: str) -> None:
+    """A line of `run`/`serve` about themselves: as it reads on a terminal, or a log record
+    when logs are JSON (stderr stays one JSON object per line)."""
+    if _json_logs():
+        log.info(text, extra={"event": event})
+    else:
+        err.print(text, markup=False)
+
+
+class _Rate(ProgressColumn):
+    """Rows per second so far."""
+
+    def render(self, task: Any) -> Any:
+        from rich.text import Text
+
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:>8,.0f} rows/s" if speed else "       - rows/s")
 
 
 @contextmanager
@@ -89,7 +138,8 @@ def _progress(enabled: bool) -> Iterator[Callable[[str, int, int | None], None] 
         return
     with Progress(TextColumn("{task.description:<22}"), BarColumn(),
                   TextColumn("{task.completed:>9,} / {task.fields[total_text]}"),
-                  TimeElapsedColumn(), console=err, transient=False) as bar:
+                  _Rate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+                  console=err, transient=False) as bar:
         tasks: dict[str, TaskID] = {}
 
         def update(name: str, done: int, total: int | None) -> None:
@@ -142,9 +192,18 @@ def _print_version(value: bool) -> None:
 def _main(config: ConfigOpt = None,
           _version: Annotated[bool, typer.Option(
               "--version", callback=_print_version, is_eager=True,
-              help="Print the version and exit.")] = False) -> None:
+              help="Print the version and exit.")] = False,
+          log_format: Annotated[str | None, typer.Option(
+              "--log-format", help="Logs on stderr: text (readable lines, the default) or "
+              "json (one JSON object per line). Also `logging: {format: json}` in the "
+              "config.", show_default=False)] = None,
+          log_level: Annotated[str | None, typer.Option(
+              "--log-level", help="debug, info (the default), warning or error.",
+              show_default=False)] = None) -> None:
     """dualwrite: maps, initial sync, verify. Run `dualwrite demo` to see it work."""
     _global["config"] = config
+    _global["log_format"], _global["log_level"] = log_format, log_level
+    _configure_logging()
 
 
 # -- validate ---------------------------------------------------------------------------------
@@ -280,15 +339,20 @@ def sync(maps: MapsArg = None, config: ConfigOpt = None,
              help="Override each map's master: left or right.")] = None,
          restart: Annotated[bool, typer.Option(
              help="Ignore checkpoints and start each map from its first key.")] = False,
+         skip_errors: Annotated[bool, typer.Option(
+             "--skip-errors", help="Leave rows with an open inbox entry alone (they stay "
+             "in the inbox).")] = False,
          as_json: JsonOpt = False) -> None:
-    """Initial sync: copy rows between the sides in depends_on order; resumable."""
+    """Initial sync: copy rows between the sides in depends_on order; resumable. On a
+    terminal each map shows rows done, rate and ETA."""
     if not initial:
         raise DualwriteError("`dualwrite sync` needs --initial",
                              hint="run `dualwrite sync --initial [MAP...]`")
     _check_master(master)
     with _link(config) as link, _progress(not as_json) as progress:
         results = [r.as_dict() for r in link.sync_initial(
-            maps or [], master=master, progress=progress, resume=not restart)]
+            maps or [], master=master, progress=progress, resume=not restart,
+            skip_errors=skip_errors)]
         errors = sum(r["errors"]["left"] + r["errors"]["right"] for r in results)
     if as_json:
         _print_json({"maps": results, "errors": errors})
@@ -500,8 +564,8 @@ def _until_signalled(name: str, work: Callable[[], None], stop: Callable[[], Non
             if sig is None:
                 continue
             if stopping:
-                err.print(f"dualwrite {name}: second signal, exiting without waiting",
-                          markup=False)
+                _say(f"dualwrite {name}: second signal, exiting without waiting",
+                     "second-signal")
                 raise Exit(1)
             stopping = True
             stop()
@@ -523,13 +587,19 @@ def _load_rules(link: Link) -> None:
     from dualwrite.engine.rules import load_rules
 
     for rule in load_rules(link):
-        err.print(f"rule {rule}", markup=False)
+        _say(f"rule {rule}", "rule")
 
 
 @app.command()
-def run(config: ConfigOpt = None) -> None:
+def run(config: ConfigOpt = None,
+        metrics_port: Annotated[int | None, typer.Option(
+            "--metrics-port", help="Serve Prometheus metrics at http://HOST:PORT/metrics "
+            "(0: any free port).", show_default=False)] = None,
+        metrics_host: Annotated[str, typer.Option(
+            "--metrics-host", help="Address of the metrics endpoint.")] = "127.0.0.1"
+        ) -> None:
     """Apply captured changes of every running map, both ways, until stopped (SIGTERM or
-    Ctrl-C). One applier per link: a second one waits as a standby."""
+    Ctrl-C). One applier per link: a second one waits as a standby (and says so)."""
     from dualwrite.engine.capture import run_applier
     from dualwrite.engine.heap import settle_for_latency
 
@@ -537,35 +607,54 @@ def run(config: ConfigOpt = None) -> None:
 
     def work() -> None:
         with _link(config) as link:
+            server = None
+            if metrics_port is not None:
+                from dualwrite.api.metrics import start_metrics_server
+
+                server = start_metrics_server(link, metrics_host, metrics_port)
+                _say(f"dualwrite run: metrics at http://{metrics_host}:"
+                     f"{server.server_port}/metrics", "metrics")
+
             def ready() -> None:
                 settle_for_latency()  # start-up done: keep its objects out of the collector's way
-                err.print(f"dualwrite run: applying captured changes of link "
-                          f"{link.config.link_name!r} (pid {os.getpid()})",
-                          markup=False)
+                _say(f"dualwrite run: applying captured changes of link "
+                     f"{link.config.link_name!r} (pid {os.getpid()})", "ready")
 
-            # the maps are validated and the rules loaded by run_applier, once the databases
-            # answer: run waits for them rather than exit
-            run_applier(link, stop, ready=ready, prepare=lambda: _load_rules(link))
+            try:
+                # the maps are validated and the rules loaded by run_applier, once the
+                # databases answer: run waits for them rather than exit
+                run_applier(link, stop, ready=ready, prepare=lambda: _load_rules(link))
+            finally:
+                if server is not None:
+                    server.shutdown()
+                    server.server_close()
 
     _until_signalled("run", work, stop.set)
-    err.print("dualwrite run: stopped", markup=False)
+    _say("dualwrite run: stopped", "stopped")
 
 
 @app.command()
 def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per map: state, lag (seconds and changes), queued changes, errors, conflicts, and when
     it last applied a change."""
+    from dualwrite.engine.monitor import check_applier
+
     with _link(config) as link:
         rows = link.status()
         procs = link.processes()
-        alerts = link.state.alerts(limit=5)
+        # status is often the only process that looks while nothing applies: it raises
+        # (and clears) the no-applier alert itself
+        check_applier(link, procs)
+        link.monitor.refresh()
+        alerts = link.monitor.alerts(["firing", "acknowledged"], limit=20)
     if as_json:
         _print_json({"maps": rows, "processes": procs, "alerts": alerts})
         return
     _emit("maps", rows, False, [
-        ("map", "map"), ("state", "state"), ("lag s", "lag_seconds"),
+        ("map", "map"), ("state", "state"), ("version", "version"), ("lag s", "lag_seconds"),
         ("lag changes", "lag_changes"), ("queued", "queued"), ("errors", "errors"),
-        ("conflicts", "conflicts"), ("last applied", "last_applied_at")])
+        ("conflicts", "conflicts"), ("changes/s (1 min)", "throughput"),
+        ("last applied", "last_applied_at")])
     for r in rows:  # below the table: a note is a sentence, too wide for a column
         if r.get("note"):
             out.print(f"{r['map']}: {r['note']}", markup=False)
@@ -579,7 +668,46 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         out.print(f"unreachable: {', '.join(down)} (queues counted on the other side only)",
                   markup=False)
     for a in alerts:
-        out.print(f"alert ({a['action']}): {a['message']}", markup=False)
+        out.print(f"alert {a['id']} {a['state']} since {a['first_at']} ({a['kind']}, "
+                  f"{a['action']}): {a['message']}", markup=False)
+
+
+# -- alerts -----------------------------------------------------------------------------------
+@alerts_app.command("list")
+def alerts_list(config: ConfigOpt = None,
+                every: Annotated[bool, typer.Option(
+                    "--all", help="Cleared alerts too.")] = False,
+                limit: Annotated[int, typer.Option(help="At most this many, newest first.")
+                                 ] = 100,
+                as_json: JsonOpt = False) -> None:
+    """Alerts, newest first: state (firing, acknowledged, cleared), when it first and last
+    fired, who acknowledged it, what it says."""
+    with _link(config) as link:
+        link.monitor.refresh()
+        rows = link.monitor.alerts(None if every else ["firing", "acknowledged"],
+                                   limit=limit)
+    if not rows and not as_json:
+        out.print("no alert" + ("" if every else " firing (`--all` shows cleared ones)"),
+                  markup=False)
+        return
+    _emit("alerts", rows, as_json, [
+        ("id", "id"), ("state", "state"), ("map", "map"), ("kind", "kind"),
+        ("action", "action"), ("first", "first_at"), ("last", "last_at"),
+        ("times", "fired"), ("acknowledged", "acknowledged_by"), ("message", "message")])
+
+
+@alerts_app.command("ack")
+def alerts_ack(alert_id: int, config: ConfigOpt = None,
+               by: Annotated[str | None, typer.Option(
+                   help="Who acknowledges (default: the user running the command).")] = None
+               ) -> None:
+    """Acknowledge an alert: it stays listed, acknowledged, until its cause is gone."""
+    import getpass
+
+    with _link(config) as link:
+        a = link.monitor.ack(alert_id, by or getpass.getuser())
+    out.print(f"acknowledged alert {a['id']} by {a['acknowledged_by']} at "
+              f"{a['acknowledged_at']}", markup=False)
 
 
 # -- serve ------------------------------------------------------------------------------------
@@ -609,8 +737,8 @@ def serve(config: ConfigOpt = None,
                 # a database cannot be reached: serve anyway (503 for what needs it, /readyz
                 # says which); the maps are checked and the rules loaded once it answers,
                 # before the first write
-                err.print(f"dualwrite serve: {exc.message}; serving 503 until it answers",
-                          markup=False)
+                _say(f"dualwrite serve: {exc.message}; serving 503 until it answers",
+                     "unreachable")
                 link.forget_validation()
                 def prepare() -> None:
                     link.bound_maps()
@@ -622,8 +750,12 @@ def serve(config: ConfigOpt = None,
             # uvicorn's own signal handling stays off: it runs on this thread, not the main
             # one, and it raised SIGTERM again once it had stopped (exit status -15)
             served = link.config.model.serve
+            # JSON logs: uvicorn's records go through dualwrite's handler (one JSON object per
+            # line) instead of its own formatters
+            extra: dict[str, Any] = {"log_config": None} if _json_logs() else {}
             server.append(uvicorn.Server(uvicorn.Config(
-                app_, host=host, port=port, log_level="info", access_log=served.access_log)))
+                app_, host=host, port=port, log_level="info", access_log=served.access_log,
+                **extra)))
             # after uvicorn's Config, which sets its loggers up
             redact_access_log(redact_filter=served.redact_filter)
             if not stopped.is_set():
@@ -635,7 +767,7 @@ def serve(config: ConfigOpt = None,
             server[0].should_exit = True
 
     _until_signalled("serve", work, stop)
-    err.print("dualwrite serve: stopped", markup=False)
+    _say("dualwrite serve: stopped", "stopped")
 
 
 # -- recovery ---------------------------------------------------------------------------------
@@ -738,23 +870,11 @@ def _entry_row(e: Any, link: Link) -> dict[str, Any]:
     return {**e.as_dict(), "side": on, "from": link.env_name(Side(source)) if source else None}
 
 
-def _readable_change(doc: dict[str, Any] | str | None) -> dict[str, Any] | None:
-    """A captured change as the state store keeps it, for people: the operation spelt out,
-    values as plain JSON (numbers, ISO times)."""
-    from dualwrite.engine.state import decode_doc
-
-    if doc is None:
-        return None
-    c = decode_doc(doc) if isinstance(doc, str) else doc
-    ops = {"I": "create", "U": "update", "D": "delete"}
-    return {"operation": ops.get(str(c.get("op")), c.get("op")), "key": c.get("key"),
-            "captured_at": c.get("at"), "old": c.get("old"), "new": c.get("new")}
-
-
 @errors_app.command("show")
 def errors_show(error_id: int, config: ConfigOpt = None) -> None:
     """One inbox entry, readably: why it failed, the captured change (old and new values),
     and, for a conflict, the other side's row and its own changes."""
+    from dualwrite.engine.monitor import readable_change
     from dualwrite.engine.state import decode_doc
 
     with _link(config) as link:
@@ -763,10 +883,10 @@ def errors_show(error_id: int, config: ConfigOpt = None) -> None:
     payload = e.payload or {}
     extra = payload.get("extra")
     extra = decode_doc(extra) if isinstance(extra, str) else (extra or {})
-    shown = {**row, "change": _readable_change(payload.get("change"))}
+    shown = {**row, "change": readable_change(payload.get("change"))}
     if e.operation == "conflict":
         shown["other_side_row"] = extra.get("target")
-        shown["other_side_changes"] = [_readable_change(x) for x in extra.get("theirs", [])]
+        shown["other_side_changes"] = [readable_change(x) for x in extra.get("theirs", [])]
         shown["detected_at"] = extra.get("detected_at")
     elif payload and "change" not in payload:
         shown["row"] = payload  # an initial sync's failed row
@@ -863,6 +983,7 @@ def conflicts_show(conflict_id: int, config: ConfigOpt = None) -> None:
     """One conflict with both versions: the incoming change (old and new values), the row the
     other side held and the changes of its own it met. Row values are kept only while the
     conflict is open (or with capture.keep_conflict_values)."""
+    from dualwrite.engine.monitor import readable_change
     from dualwrite.model.maps import Side
 
     with _link(config) as link:
@@ -877,9 +998,9 @@ def conflicts_show(conflict_id: int, config: ConfigOpt = None) -> None:
                  "change_from": link.env_name(source), "other_side": link.env_name(
                      source.other)}
     if "incoming" in c:
-        shown["incoming_change"] = _readable_change(c["incoming"])
+        shown["incoming_change"] = readable_change(c["incoming"])
         shown["other_side_row"] = c.get("target")
-        shown["other_side_changes"] = [_readable_change(x) for x in c.get("theirs", [])]
+        shown["other_side_changes"] = [readable_change(x) for x in c.get("theirs", [])]
     else:
         shown["values"] = "not kept: the conflict is settled (capture.keep_conflict_values " \
                           "keeps them)"
@@ -923,11 +1044,30 @@ def import_template(
 @app.command()
 def demo(directory: Annotated[Path, typer.Option(
         "--dir", help="Where to create the demo applications.")] = Path("demo"),
-         scale: Annotated[int, typer.Option(help="Multiply the seed size.", min=1)] = 1) -> None:
-    """Create two SQLite applications, seed them, and run validate, plan, sync and verify."""
-    from dualwrite.demo.run import run_demo
+         scale: Annotated[int, typer.Option(help="Multiply the seed size.", min=1)] = 1,
+         live: Annotated[bool, typer.Option(
+             "--live", help="Keep the link running (serve, the console) until Ctrl-C.")
+                         ] = False,
+         port: Annotated[int, typer.Option(
+             help="Port of the demo's server (another free one if it is taken).")] = 8000
+         ) -> None:
+    """Create two SQLite applications, seed them, run validate, plan, sync and verify; then
+    run the link live (serve, writes in each application and through the API, a conflict)
+    and print the console's address with a ready token."""
+    from dualwrite.demo.run import command_name, run_demo
+    from dualwrite.logs import configure
 
-    code = run_demo(directory, scale=scale, console=out)
+    if _global["log_level"] is None:  # the demo tells its own story: the log says problems
+        configure(_global["log_format"] or "text", "warning")
+    def until_stopped() -> None:  # Ctrl-C or SIGTERM, taken as run and serve take them
+        stop = threading.Event()
+
+        def serving() -> None:
+            stop.wait()
+        _until_signalled("demo", serving, stop.set)
+
+    code = run_demo(directory, scale=scale, console=out, progress=lambda: _progress(True),
+                    live=live, port=port, command=command_name(), wait=until_stopped)
     if code:
         raise Exit(code)
 

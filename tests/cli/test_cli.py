@@ -19,7 +19,8 @@ COMMANDS = [["validate"], ["plan"], ["sync"], ["verify"], ["link"], ["unlink"],
             ["import-template"], ["demo"], ["maps", "list"], ["errors", "list"],
             ["errors", "show"], ["errors", "discard"], ["errors", "retry"], ["errors", "resolve"],
             ["maps", "start"], ["maps", "stop"], ["maps", "pause"], ["maps", "resume"], ["run"],
-            ["status"], ["uninstall"], ["tokens", "create"], ["serve"]]
+            ["status"], ["uninstall"], ["tokens", "create"], ["serve"], ["alerts", "list"],
+            ["alerts", "ack"]]
 
 
 @pytest.fixture
@@ -109,7 +110,7 @@ def test_errors_list_show_discard(pair: Pair, capsys: pytest.CaptureFixture[str]
     assert "NOPE" in entry["reason"]
     assert main(["-c", cfg, "errors", "show", str(entry["id"])]) == 0
     shown = json.loads(capsys.readouterr().out)
-    assert shown["row"]["GROUPID"] == "NOPE"  # the row that failed, readably
+    assert shown["row"]["GROUPID"] == "NOPE"  # an initial sync's failed row
     assert main(["-c", cfg, "errors", "discard", str(entry["id"])]) == 0
     capsys.readouterr()
     assert main(["-c", cfg, "errors", "list", "--json"]) == 0

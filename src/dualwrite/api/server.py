@@ -1,4 +1,5 @@
-"""The HTTP server of ``dualwrite serve``: OData per environment, health endpoints."""
+"""The HTTP server of ``dualwrite serve``: OData per environment, the console, ``/metrics``,
+health endpoints."""
 
 from __future__ import annotations
 
@@ -9,15 +10,19 @@ from contextlib import asynccontextmanager
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, RedirectResponse
 from starlette.routing import Route
 
 from dualwrite.api.admin import admin_routes
+from dualwrite.api.console import console_mount
 from dualwrite.api.link_backend import LinkBackend
+from dualwrite.api.metrics import ODataRequestCounter, metrics_endpoint
 from dualwrite.api.odata import odata_mount
 from dualwrite.engine.capture import run_applier
 from dualwrite.engine.link import Link
+from dualwrite.engine.monitor import check_applier
 from dualwrite.errors import DualwriteError, TransientConnectorError
 
 log = logging.getLogger("dualwrite.serve")
@@ -34,10 +39,35 @@ def _apply(link: Link, stop: threading.Event) -> None:
         own.close()
 
 
+def _watch(link: Link, stop: threading.Event) -> None:
+    """While serve runs: its own heartbeat as role ``server`` every second; every five, the
+    no-applier alert raised or cleared and alerts whose cause is gone cleared (so that they
+    move without anyone running `status`)."""
+    me = link.state.register_process(link.config.link_name, "server")
+    beats = 0
+    try:
+        while not stop.wait(1.0):
+            try:
+                link.state.heartbeat(me, role="server")
+                beats += 1
+                if beats % 5 == 0:
+                    check_applier(link)
+                    link.monitor.refresh()
+            except Exception:  # the state store may be busy or gone for a moment
+                log.warning("serve: heartbeat or alert check failed", exc_info=True)
+    finally:
+        try:
+            link.state.unregister_process(me)
+        except Exception:
+            log.warning("serve: could not unregister", exc_info=True)
+
+
 def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
     """The app: ``/odata/<env>/...``, ``/admin/...`` (tokens and map control, role admin;
-    see :mod:`dualwrite.api.admin`), ``/healthz`` (the process is up) and ``/readyz`` (both
-    databases answer). On start, in-doubt transactions are recovered first. With
+    see :mod:`dualwrite.api.admin`), ``/console/`` (the web console, see
+    :mod:`dualwrite.api.console`), ``/metrics`` (Prometheus), ``/healthz`` (the process is
+    up) and ``/readyz`` (both databases answer). The process registers as role ``server``
+    with a heartbeat. On start, in-doubt transactions are recovered first. With
     ``apply_captured`` a background thread also applies captured changes, as ``dualwrite
     run`` does (on its own connections; a standby while another applier holds the link)."""
     backend = LinkBackend(link)
@@ -67,6 +97,9 @@ def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
             # applier once the database answers
             log.warning("in-doubt transactions not recovered yet: %s", exc)
         stop = threading.Event()
+        watcher = threading.Thread(target=_watch, args=(link, stop), name="dualwrite-watch",
+                                   daemon=True)
+        watcher.start()
         worker = None
         if apply_captured:
             worker = threading.Thread(target=_apply, args=(link, stop), name="dualwrite-apply",
@@ -78,8 +111,16 @@ def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
             stop.set()
             if worker is not None:
                 worker.join(timeout=30)
+            watcher.join(timeout=10)
+
+    async def to_console(_request: Request) -> RedirectResponse:
+        return RedirectResponse("/console/", status_code=307)
 
     return Starlette(routes=[
         Route("/healthz", healthz), Route("/readyz", readyz), *admin_routes(backend),
+        Route("/metrics", metrics_endpoint(link)),
+        Route("/console", to_console),
+        console_mount(link),
         odata_mount(backend, page_size=link.config.model.serve.page_size),
-    ], lifespan=lifespan)
+    ], lifespan=lifespan, middleware=[
+        Middleware(ODataRequestCounter, link_name=link.config.link_name)])

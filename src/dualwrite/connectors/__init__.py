@@ -14,6 +14,10 @@ def connect(name: str, url: str) -> Connector:
     Drivers are imported only for the backend asked for.
     """
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        _need_driver(name, "psycopg", "postgresql")
+    elif scheme in ("mysql", "mariadb"):
+        _need_driver(name, "pymysql", "mariadb")
     if scheme == "sqlite":
         from dualwrite.connectors.sqlite import SqliteConnector
         return SqliteConnector(name, url)
@@ -35,3 +39,13 @@ def connect(name: str, url: str) -> Connector:
         f"environment {name!r}: unsupported database URL scheme {scheme!r} in {url!r}",
         hint="use sqlite:///file.db, postgresql+psycopg://user@host/db, "
         "mysql+pymysql://user@host/db or memory://name", code="DW003")
+
+
+def _need_driver(name: str, module: str, extra: str) -> None:
+    """The database drivers are extras of the package: say which one to install."""
+    import importlib.util
+
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(
+            f"environment {name!r} needs the Python package {module}, which is not installed",
+            hint=f"pip install 'dualwrite[{extra}]' (or dualwrite[all])", code="DW003")

@@ -1163,6 +1163,27 @@ class CaptureLog:
                     f"AND k IN ({', '.join(exprs)}) ORDER BY seq"), params).all()
         return sorted(self._changes(rows), key=lambda c: c.seq)
 
+    def peek(self, map_name: str, *, key_contains: str | None = None, limit: int = 50,
+             offset: int = 0) -> tuple[list[Change], int]:
+        """One page of the committed changes of ``map_name`` queued in this log, oldest
+        first, and how many there are; only those whose key (as the log writes it, a JSON
+        array) contains ``key_contains``, if given. Reads only (the console's queue view)."""
+        if not self._exists():
+            return [], 0
+        where, params = "map = :m", {"m": map_name}
+        if key_contains:
+            escaped = "".join("!" + ch if ch in "!%_" else ch for ch in key_contains)
+            where += " AND k LIKE :k ESCAPE '!'"
+            params["k"] = f"%{escaped}%"
+        c = self.connector
+        with c.translating("read the change log"), c.engine.connect() as conn:
+            total = conn.execute(sa.text(f"SELECT COUNT(*) FROM {CHANGES} WHERE {where}"),
+                                 params).scalar()
+            rows = self._log_rows(conn, where, params,
+                                  f"ORDER BY seq LIMIT {int(limit)} OFFSET {int(offset)}")
+            conn.rollback()
+        return self._changes(rows), int(total or 0)
+
     def queues(self, conn: sa.Connection, map_name: str) -> bool:
         """Whether this log holds any committed change of ``map_name``, inside the caller's
         transaction (one index probe)."""

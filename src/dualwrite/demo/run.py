@@ -1,4 +1,9 @@
-"""``dualwrite demo``: two SQLite applications, seeded, then validate → plan → sync → verify.
+"""``dualwrite demo``: two SQLite applications, seeded, then validate → plan → sync → verify,
+then the link runs live: the maps start, ``serve`` (which applies captured changes, as
+``run`` does) starts, writes are made in each application's own database and through the
+OData API, and each is watched arriving on the other side; one conflict is parked in the
+inbox. It ends by printing the console's address, a ready token and the commands to go on
+with; ``--live`` keeps the link running until Ctrl-C.
 
 Everything the demo needs ships in this package (schemas, seed generator, maps); it reads
 nothing from outside. Running it again resets the demo folder's databases and starts over.
@@ -6,10 +11,21 @@ nothing from outside. Running it again resets the demo folder's databases and st
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import shutil
+import socket
+import sqlite3
+import sys
+import threading
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import yaml
 from rich.console import Console
@@ -17,6 +33,7 @@ from rich.table import Table
 
 from dualwrite.connectors.sqlite import create_sqlite_engine
 from dualwrite.engine.config import dump_config
+from dualwrite.engine.initial_sync import Progress
 from dualwrite.engine.link import Link
 from dualwrite.model.maps import Side
 
@@ -67,8 +84,15 @@ def _count(link: Link, side: Side, table: str) -> int:
     return link.connectors[side].count(table)
 
 
-def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None) -> int:
-    """Run the whole demo; return the exit code (0 when verify finds both sides agree)."""
+def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None,
+             progress: Callable[[], AbstractContextManager[Progress | None]] | None = None,
+             live: bool = False, port: int = 8000,
+             command: str = "dualwrite", wait: Callable[[], None] | None = None) -> int:
+    """Run the whole demo; return the exit code (0 when verify finds both sides agree and
+    every live write arrived). ``progress`` makes the initial sync's progress display (rows,
+    rate, ETA per map). ``live``: keep serving until Ctrl-C. ``command``: how the user runs
+    dualwrite (printed in the commands to go on with). ``wait`` blocks until the user stops
+    the live demo (default: until Ctrl-C)."""
     con = console or Console()
     started = time.monotonic()
     directory = directory.resolve()
@@ -94,7 +118,8 @@ def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None)
         updates = sum(r.updated["left"] + r.updated["right"] for r in plans.values())
         con.print(f"3. plan: {creates:,} rows to create, {updates:,} to update")
         t0 = time.monotonic()
-        synced = {r.map: r for r in link.sync_initial()}
+        with (progress or nullcontext)() as shown:
+            synced = {r.map: r for r in link.sync_initial(progress=shown)}
         con.print(f"4. initial sync: done in {time.monotonic() - t0:.1f}s")
         verified = {r.map: r for r in link.verify()}
         ok = all(r.ok for r in verified.values())
@@ -120,9 +145,197 @@ def run_demo(directory: Path, *, scale: int = 1, console: Console | None = None)
             con.print("[red]5. verify: the sides differ[/]")
             return 1
         con.print("5. verify: both sides agree")
-    con.print(f"done in {time.monotonic() - started:.1f}s. Next: "
-              f"`dualwrite -c {config_path} verify`, `... plan`, `... errors list`")
-    return 0
+    code = run_live(config_path, con, live=live, port=port, command=command, wait=wait)
+    con.print(f"done in {time.monotonic() - started:.1f}s.")
+    return code
 
 
-__all__ = ["run_demo"]
+# -- live ------------------------------------------------------------------------------------
+#: the group the live part writes (company, id): created in the ERP, then through the API
+_ERP_GROUP = "LIVE-ERP"
+_API_GROUP = "LIVE-API"
+
+
+def _free_port(wanted: int) -> int:
+    """``wanted`` if it is free on loopback, else any free port."""
+    for port in (wanted, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise OSError("no free port on 127.0.0.1")
+
+
+@contextmanager
+def _serving(config_path: Path, port: int) -> Iterator[tuple[Link, str]]:
+    """``dualwrite serve`` in this process (OData, console, /metrics, and the applier)."""
+    import uvicorn
+
+    from dualwrite.api.server import create_server_app
+
+    link = Link.open(config_path)
+    server = uvicorn.Server(uvicorn.Config(create_server_app(link, apply_captured=True),
+                                           host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, name="dualwrite-demo-serve", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the demo server did not start on port {port}")
+            time.sleep(0.05)  # waiting for uvicorn to listen, with a deadline
+        yield link, f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        link.close()
+
+
+def _arrives(what: str, check: Callable[[], bool], con: Console, since: float,
+             timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            con.print(f"   [red]{what}: not there after {timeout:.0f} s[/]")
+            return False
+        time.sleep(0.05)  # watching the other side, with a deadline
+    con.print(f"   {what} [green]in {time.monotonic() - since:.2f} s[/]")
+    return True
+
+
+def _one(db: Path, sql: str, *params: Any) -> Any:
+    with sqlite3.connect(db, timeout=30) as conn:
+        row = conn.execute(sql, params).fetchone()
+    return row[0] if row else None
+
+
+def _write(db: Path, sql: str, *params: Any) -> None:
+    """A write made by the application itself, in its own database (captured)."""
+    with sqlite3.connect(db, timeout=30) as conn:
+        conn.execute(sql, params)
+
+
+def run_live(config_path: Path, con: Console, *, live: bool, port: int, command: str,
+             wait: Callable[[], None] | None = None) -> int:
+    """Step 6 of the demo: the link runs live (see the module's docstring)."""
+    from dualwrite.engine.security import create_token
+
+    directory = config_path.parent
+    erp, crm = directory / "erp.db", directory / "crm.db"
+    with Link.open(config_path) as link:
+        link.start_maps()  # capture installed; initial sync already ran
+        admin = create_token(link.state, "demo-admin", role="admin")
+        writer = create_token(link.state, "demo-app", role="writer")
+    port = _free_port(port)
+    ok = True
+    with _serving(config_path, port) as (link, url):
+        con.print(f"6. live: [bold]serve[/] started on {url} (it applies captured changes, "
+                  "as `dualwrite run` does); every map running")
+        company = _one(erp, "SELECT dataAreaId FROM CustCustomerGroup ORDER BY 1 LIMIT 1")
+        group = _one(crm, "SELECT msdyn_groupid FROM msdyn_customergroups WHERE company = ? "
+                     "ORDER BY 1 LIMIT 1", company)
+        crm_row = ("SELECT msdyn_description FROM msdyn_customergroups WHERE company = ? "
+                   "AND msdyn_groupid = ?")
+        erp_row = ("SELECT DESCRIPTION FROM CustCustomerGroup WHERE dataAreaId = ? "
+                   "AND CUSTOMERGROUPID = ?")
+        t0 = time.monotonic()
+        _write(erp, "INSERT INTO CustCustomerGroup (dataAreaId, CUSTOMERGROUPID, DESCRIPTION, "
+               "ISSALESTAXINCLUDEDINPRICE) VALUES (?, ?, 'Made in the ERP', 'No')", company,
+               _ERP_GROUP)
+        ok &= _arrives(f"ERP's own INSERT of group {_ERP_GROUP} reached the CRM",
+                       lambda: _one(crm, crm_row, company, _ERP_GROUP) == "Made in the ERP",
+                       con, t0)
+        t0 = time.monotonic()
+        _write(crm, "UPDATE msdyn_customergroups SET msdyn_description = 'Renamed in the CRM' "
+               "WHERE company = ? AND msdyn_groupid = ?", company, group)
+        ok &= _arrives(f"CRM's own UPDATE of group {group} reached the ERP",
+                       lambda: _one(erp, erp_row, company, group) == "Renamed in the CRM",
+                       con, t0)
+        t0 = time.monotonic()
+        body = json.dumps({"dataAreaId": company, "CUSTOMERGROUPID": _API_GROUP,
+                           "DESCRIPTION": "Made through the API",
+                           "ISSALESTAXINCLUDEDINPRICE": "Yes"}).encode()
+        req = urllib.request.Request(f"{url}/odata/erp/CustCustomerGroup", data=body,
+                                     method="POST", headers={
+                                         "Authorization": f"Bearer {writer}",
+                                         "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            created = resp.status == 201
+        ok &= created and _arrives(
+            f"OData POST of group {_API_GROUP} is in both applications (one transaction)",
+            lambda: _one(crm, crm_row, company, _API_GROUP) == "Made through the API"
+            and _one(erp, erp_row, company, _API_GROUP) == "Made through the API", con, t0)
+        # a conflict: both applications change one group before either change is applied
+        # (the ERP's write holds its database until the CRM's is committed)
+        t0 = time.monotonic()
+        with sqlite3.connect(erp, timeout=30, isolation_level=None) as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("UPDATE CustCustomerGroup SET DESCRIPTION = 'ERP says' WHERE "
+                         "dataAreaId = ? AND CUSTOMERGROUPID = ?", (company, group))
+            _write(crm, "UPDATE msdyn_customergroups SET msdyn_description = 'CRM says' "
+                   "WHERE company = ? AND msdyn_groupid = ?", company, group)
+            conn.execute("COMMIT")
+        ok &= _arrives(f"both applications changed group {group}: a conflict, parked in the "
+                       "inbox (policy manual)",
+                       lambda: any(e.operation == "conflict" for e in link.state.errors()),
+                       con, t0)
+    _next_steps(con, config_path, command, port, admin, live)
+    if live:
+        return _keep_running(config_path, con, port, code=0 if ok else 1, wait=wait)
+    return 0 if ok else 1
+
+
+def _next_steps(con: Console, config_path: Path, command: str, port: int, admin: str,
+                live: bool) -> None:
+    shown = os.path.relpath(config_path)
+    shown = shown if not shown.startswith("..") else str(config_path)
+    run = f"{command} -c {shown}"
+    con.print()
+    con.print("[bold]Go on[/]" + ("" if live else " (the demo's server has stopped: start it "
+                                                  "again with the first command)"))
+    if not live:
+        con.print(f"  {run} serve --port {port}        # OData, console, /metrics; applies "
+                  "changes", markup=False)
+    con.print(f"  console: http://127.0.0.1:{port}/console/   sign in with this admin token:",
+              markup=False)
+    con.print(f"    {admin}", markup=False)
+    con.print(f"  {run} status            # maps, lag, queue, processes, alerts", markup=False)
+    con.print(f"  {run} conflicts list    # the parked conflict; settle it in the console",
+              markup=False)
+    con.print(f"  {run} errors list       # the error inbox", markup=False)
+    con.print(f"  curl http://127.0.0.1:{port}/metrics", markup=False)
+    if not live:
+        con.print(f"  {command} demo --live    # the same, kept running until Ctrl-C",
+                  markup=False)
+
+
+def _keep_running(config_path: Path, con: Console, port: int, code: int,
+                  wait: Callable[[], None] | None) -> int:
+    """Serve until ``wait`` returns (``demo --live``: Ctrl-C or SIGTERM)."""
+    with _serving(config_path, port):
+        con.print(f"serving on http://127.0.0.1:{port} until Ctrl-C; write in "
+                  f"{config_path.parent / 'erp.db'} or crm.db and watch it arrive")
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C where no ``wait`` takes it
+            (wait or threading.Event().wait)()
+        con.print("stopped")
+    return code
+
+
+def command_name(argv0: str | None = None) -> str:
+    """How the user ran dualwrite, as a command that works from the current folder: the
+    script's path (``.venv/bin/dualwrite``) when it is not on PATH, else ``dualwrite``."""
+    argv0 = argv0 if argv0 is not None else sys.argv[0]
+    script = Path(argv0)
+    if script.name != "dualwrite":
+        return f"{sys.executable} -m dualwrite"
+    if shutil.which("dualwrite") and Path(shutil.which("dualwrite") or "").resolve() == \
+            script.resolve():
+        return "dualwrite"
+    relative = os.path.relpath(script.resolve())
+    return relative if not relative.startswith("..") else str(script.resolve())
+
+
+__all__ = ["command_name", "run_demo", "run_live"]

@@ -58,6 +58,7 @@ from dualwrite.connectors.capture import (
     columns_of_filter,
     parse_time,
 )
+from dualwrite.engine import metrics
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
 from dualwrite.engine.files import open_private
 from dualwrite.engine.live import RuleContext
@@ -94,6 +95,9 @@ log = logging.getLogger("dualwrite.capture")
 
 #: map states in which captured changes are applied
 APPLYING = ("running", "resuming")
+#: the log event of a map's move into a state, as the applier sees it
+_STATE_EVENTS = {"paused": "paused", "resuming": "resumed", "running": "running",
+                 "held": "held", "failed": "failed"}
 #: map states in which capture is installed (a failed map keeps capturing: nothing is lost
 #: while it is out)
 CAPTURING = ("initializing", "running", "paused", "resuming", "failed")
@@ -300,6 +304,9 @@ class Applier:
         self.logs: dict[Side, CaptureLog] = {s: link.connectors[s].capture_log() for s in Side}
         self.state: StateStore = link.state
         self.env = {s: link.env_name(s) for s in Side}
+        #: metric labels: the link, and per source side the direction it applies
+        self._link_name = link.config.link_name
+        self._direction = {s: f"{self.env[s]}->{self.env[s.other]}" for s in Side}
         self._maps: dict[str, _MapCtx] = {}
         self._maps_at = 0.0
         self._prune: dict[Side, list[tuple[str, str]]] = {s: [] for s in Side}
@@ -347,6 +354,13 @@ class Applier:
                     # a map whose dependency does not apply is held with it: its rows would
                     # only find their related rows missing (lines of a paused order header)
                     out[b.name] = _MapCtx(b, differ, "held" if b.name in held else str(st))
+            for name, m in out.items():
+                was = self._maps.get(name)
+                if was is not None and was.state != m.state:
+                    # a pause or resume made by any process, as this applier sees it
+                    log.info("map %s is %s (was %s)", name, m.state, was.state,
+                             extra={"event": _STATE_EVENTS.get(m.state, m.state), "map": name,
+                                    "state": m.state, "was": was.state})
             self._maps, self._maps_at = out, now
             for name, found in issues.items():
                 if (states.get(name) or {}).get("state") in APPLYING:
@@ -435,6 +449,10 @@ class Applier:
                 except Exception as exc:
                     handled += self._isolate(s, exc)
                 self._backoff[s] = 0.0
+                if self.last_error[s] is not None:
+                    log.info("capture %s -> %s: reachable again; applying", self.env[s],
+                             self.env[s.other], extra={"event": "reconnected",
+                                                       "side": self.env[s.other]})
                 self.last_error[s] = None
             except TransientConnectorError as exc:
                 self._backoff[s] = min(max(self._backoff[s] * 2, 0.1),
@@ -442,7 +460,10 @@ class Applier:
                 self._retry_at[s] = time.monotonic() + self._backoff[s]
                 if self.last_error[s] is None:
                     log.warning("capture %s -> %s: %s; retrying", self.env[s],
-                                self.env[s.other], exc)
+                                self.env[s.other], exc,
+                                extra={"event": "unreachable", "side": self.env[s.other]})
+                    metrics.APPLY_ERRORS.labels(self._link_name, "*", self._direction[s],
+                                                "unreachable").inc()
                     for name in self._maps:  # as last read: reading them may need the side
                         self.event(name, "unreachable", str(exc))
                 self.last_error[s] = str(exc)
@@ -459,7 +480,7 @@ class Applier:
         maps = [n for n, m in self.maps().items() if m.state in APPLYING]
         if len(maps) <= 1:
             for name in maps:
-                self.fail_map(name, f"applying changes from {self.env[s]}", exc)
+                self.fail_map(name, f"applying changes from {self.env[s]}", exc, s=s)
             return 0
         handled = 0
         for name in maps:
@@ -468,17 +489,23 @@ class Applier:
             except TransientConnectorError:
                 raise
             except Exception as one:
-                self.fail_map(name, f"applying changes from {self.env[s]}", one)
+                self.fail_map(name, f"applying changes from {self.env[s]}", one, s=s)
         return handled
 
-    def fail_map(self, name: str, doing: str, exc: BaseException) -> None:
+    def fail_map(self, name: str, doing: str, exc: BaseException, *,
+                 s: Side | None = None) -> None:
         """Take a map out of the link: state ``failed`` (queued changes stay in the log; a
         resume puts it back), the reason recorded as a ``failed`` event (alert rules see it),
-        and logged. ``doing``: what failed ("applying changes from erp")."""
+        and logged. ``doing``: what failed ("applying changes from erp"); ``s``: the side whose
+        changes it was applying, if any."""
         reason = str(exc) if isinstance(exc, DualwriteError) else \
             f"{type(exc).__name__}: {exc} (a fault of dualwrite: please report it)"
         log.error("map %s failed %s: %s", name, doing, reason,
-                  exc_info=not isinstance(exc, DualwriteError))
+                  exc_info=not isinstance(exc, DualwriteError),
+                  extra={"event": "failed", "map": name,
+                         "side": self.env[s.other] if s is not None else None})
+        metrics.APPLY_ERRORS.labels(self._link_name, name, self._direction[s] if s is not None
+                                    else "-", "failed").inc()
         self.state.set_map_state(name, "failed")
         self.event(name, "failed", f"{doing}: {reason}")
         # its tables may have changed: describe them and bind the map again when it resumes
@@ -515,6 +542,7 @@ class Applier:
         later changes, in order) while the first ones are applied; ``changes`` is extended
         with them, in place, before this returns."""
         t = s.other
+        started = time.perf_counter()
         excluded: dict[int, DualwriteError] = {}
         failed_tx: dict[str, int] = {}
         row_mode = careful = False
@@ -578,6 +606,7 @@ class Applier:
             if rest is not None:  # failed before the rest was taken: take it for the retry
                 changes.extend(rest.result())
                 rest = None
+        self._count(s, changes, todo, outcome, time.perf_counter() - started)
         self._prune[s] = []
         if forget:
             self.logs[s].forget([c.seq for c in changes])
@@ -596,6 +625,62 @@ class Applier:
         self.flush_activity()
         return BatchResult(outcome.applied, outcome.skipped, len(outcome.conflicts),
                            len(outcome.parked))
+
+    def _count(self, s: Side, changes: list[Change], todo: list[Change], outcome: _Outcome,
+               seconds: float) -> None:
+        """Metrics and logs of one committed apply transaction: every change counted once
+        by outcome (applied: the target holds it; duplicate: applied before, delivered again;
+        parked: to the inbox, or waiting behind an entry there), its source transactions,
+        its conflicts by resolution, its duration."""
+        link, direction = self._link_name, self._direction[s]
+        metrics.child(metrics.APPLY_DURATION, link, direction).observe(seconds)
+        parked = {a.change.seq for a, *_rest in outcome.parked}
+        fresh = {c.seq for c in todo} if len(todo) != len(changes) else None
+        applied: list[tuple[str, str]] = []
+        dup: list[tuple[str, str]] = []
+        held: list[tuple[str, str]] = []
+        for c in changes:
+            item = (c.map, c.op)
+            (held if c.seq in parked else dup if fresh is not None and c.seq not in fresh
+             else applied).append(item)
+        metrics.count_changes(metrics.CHANGES_CAPTURED, link, direction,
+                              [(c.map, c.op) for c in changes])
+        for outcome_name, items in (("applied", applied), ("duplicate", dup),
+                                    ("parked", held)):
+            if items:
+                metrics.count_changes(metrics.CHANGES_APPLIED, link, direction, items,
+                                      outcome_name)
+        txids = {c.txid for c in todo if c.seq not in parked}
+        if txids:
+            # a SQLite log has no transaction ids: each applied read (a snapshot) counts one
+            metrics.child(metrics.TRANSACTIONS_APPLIED, link, direction).inc(
+                len(txids - {WATERMARK}) + (WATERMARK in txids))
+        for cf in outcome.conflicts.values():
+            metrics.CONFLICTS.labels(link, cf["map_name"], direction, cf["winner"]).inc()
+            log.info("conflict on map %s, key %s: %s (policy %s)", cf["map_name"], cf["key"],
+                     "parked in the inbox" if cf["winner"] == "manual"
+                     else f"{self.env[Side(cf['winner'])]} wins", cf["policy"],
+                     extra={"event": "conflict", "map": cf["map_name"],
+                            "side": self.env[Side(cf["source"])], "key": list(cf["key"]),
+                            "policy": cf["policy"], "winner": cf["winner"]})
+        for a, status, kind, _info in outcome.parked:
+            if status == "error":
+                metrics.APPLY_ERRORS.labels(link, a.change.map, direction, kind).inc()
+        if log.isEnabledFor(logging.DEBUG):
+            by_tx: dict[str, list[Change]] = {}
+            for c in todo:
+                if c.seq not in parked:
+                    by_tx.setdefault(c.txid, []).append(c)
+            for txid, cs in by_tx.items():
+                log.debug("applied transaction %s from %s: %d change(s) of %s", txid,
+                          self.env[s], len(cs), ", ".join(sorted({c.map for c in cs})),
+                          extra={"event": "applied", "side": self.env[s.other],
+                                 "source": self.env[s],
+                                 # a SQLite log has no transaction ids
+                                 "txid": None if txid == WATERMARK else txid,
+                                 "keys": len(cs),
+                                 "map": cs[0].map if len({c.map for c in cs}) == 1
+                                 else None})
 
     def _apply_part(self, sess: WriteSession, s: Side, part: list[Change],
                     maps: dict[str, _MapCtx], outcome: _Outcome, mode: _Mode,
@@ -1233,6 +1318,14 @@ class Applier:
                 entries[c.seq] = self.state.park_error(
                     c.map, self.env[s.other], s.value, a.lkey, c.op, kind, reason, c.as_dict(),
                     {k: v for k, v in (info or {}).items() if k != "reason"})
+                if kind != "conflict":
+                    # the names and values of the inbox entry (`errors show`)
+                    log.warning("change rejected on map %s, key %s (inbox entry %s): %s",
+                                c.map, list(a.lkey), entries[c.seq], reason,
+                                extra={"event": kind, "map": c.map, "side": self.env[s.other],
+                                       "from": self.env[s], "key": list(a.lkey),
+                                       "operation": metrics.operation(c.op),
+                                       "txid": c.txid, "inbox_id": entries[c.seq]})
         for a, status, _kind, info in parked:
             if status != "error":
                 behind = (info or {}).get("behind")
@@ -1450,6 +1543,25 @@ class Applier:
             used = max(rows / budget.max_rows, size / budget.max_bytes,
                        age / budget.max_age_seconds)
             self.alerts.queue_level(name, used, rows, size, age)
+        self._sample(maps, stats)
+
+    def _sample(self, maps: dict[str, _MapCtx], stats: dict[Side, dict[str, Any]]) -> None:
+        """Every few seconds (not in the first ones), per map: lag and queue into the state
+        store's samples (the console's chart, the throughput of `status`); alerts whose cause
+        is gone clear. One state-store transaction."""
+        monitor = self.link.monitor
+        now = time.time()
+        if not monitor.due(now):
+            return
+        parked = self.state.parked_count()
+        per_map = {}
+        for name, m in maps.items():
+            rows = sum(stats[s].get(name, (0, 0, None))[0] for s in Side)
+            oldest = [x for s in Side if (x := stats[s].get(name, (0, 0, None))[2])]
+            applying = m.state in APPLYING
+            lag = max(0.0, now - min(oldest).timestamp()) if oldest and applying else 0.0
+            per_map[name] = (lag, rows if applying else 0, rows + parked.get(name, 0))
+        monitor.sample(per_map, now)
 
     def _waiting_for(self) -> str | None:
         """What keeps this applier from applying, for ``status`` (None: nothing)."""
@@ -1720,8 +1832,16 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
     the maps are valid (it may need the databases too: loading rules)."""
     me = link.state.register_process(link.config.link_name, "standby")
     lock = link.applier_lock()
+    name = link.config.link_name
+    waited = False
     try:
         while not lock.acquire():
+            if not waited:
+                log.info("standing by: pid %s applies link %r; this process takes over if it "
+                         "stops", lock.holder(), name,
+                         extra={"event": "standby", "applier_pid": lock.holder()})
+                metrics.APPLIER_LEADER.labels(name).set(0)
+                waited = True
             if not wait_for_lock:
                 raise LinkError(
                     f"another applier (pid {lock.holder()}) is running for link "
@@ -1732,6 +1852,10 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
                                  note=f"standing by: pid {lock.holder()} applies")
             if stop.wait(1.0):
                 return
+        if waited:
+            log.warning("failover: the applier of link %r stopped; this process (pid %s) "
+                        "applies now", name, os.getpid(), extra={"event": "failover"})
+        metrics.APPLIER_LEADER.labels(name).set(1)
         applier = _start_applier(link, stop, me, prepare)
         if applier is None:
             return
@@ -1740,6 +1864,7 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
         finally:
             applier.close()
     finally:
+        metrics.APPLIER_LEADER.labels(name).set(0)
         lock.release()
         link.state.unregister_process(me)
 

@@ -87,11 +87,12 @@ class AlertRule(BaseModel):
     Kinds: ``conflict``, ``rejected`` (the target refused a row), ``lookup`` (a lookup or
     value map had no answer), ``unreachable``, ``queue`` (the queue crossed 80% of its
     budget), ``failed`` (a map taken out of the link, with its reason), ``capture_broken``
-    (capture could not record the map: it failed too), or ``any``."""
+    (capture could not record the map: it failed too), ``no-applier`` (maps run and no
+    applier applies them; its map is ``*``, the whole link), or ``any``."""
 
     model_config = ConfigDict(extra="forbid")
-    kind: str = Field(
-        pattern=r"^(conflict|rejected|lookup|unreachable|queue|failed|capture_broken|any)$")
+    kind: str = Field(pattern=r"^(conflict|rejected|lookup|unreachable|queue|failed|"
+                              r"capture_broken|no-applier|any)$")
     count: int = Field(default=1, ge=1)
     within_minutes: float = Field(default=10.0, gt=0)
     action: str = Field(pattern=r"^(pause|stop|log|webhook)$")
@@ -109,6 +110,16 @@ class AlertRule(BaseModel):
         return f"{self.count} {self.kind} in {self.within_minutes:g} min -> {self.action}"
 
 
+class LoggingConfig(BaseModel):
+    """How `run` and `serve` (every command) log; ``--log-format``/``--log-level`` on the
+    command line win over these."""
+
+    model_config = ConfigDict(extra="forbid")
+    #: text: human-readable lines; json: one JSON object per line
+    format: str = Field(default="text", pattern=r"^(text|json)$")
+    level: str = Field(default="info", pattern=r"^(?i:debug|info|warning|error)$")
+
+
 class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     environments: dict[str, EnvironmentConfig]
@@ -120,6 +131,7 @@ class ConfigModel(BaseModel):
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
     alerts: list[AlertRule] = Field(default_factory=list)
     rules: RulesConfig | None = None
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
     def _link_names_environments(self) -> ConfigModel:

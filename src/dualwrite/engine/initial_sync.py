@@ -115,9 +115,11 @@ class InitialSync:
         return result
 
     # -- sync --------------------------------------------------------------------------------
-    def run(self, bound: BoundMap, *, master: Side | None = None, resume: bool = True
-            ) -> MapResult:
-        """Sync one map. Resumes from the map's checkpoint when one exists."""
+    def run(self, bound: BoundMap, *, master: Side | None = None, resume: bool = True,
+            skip_errors: bool = False) -> MapResult:
+        """Sync one map. Resumes from the map's checkpoint when one exists. With
+        ``skip_errors``, rows whose key has an open inbox entry are not tried again (they
+        stay in the inbox, untouched)."""
         differ = MapDiffer(bound, self.connectors, master=master)
         result = MapResult(bound.name)
         after, stats = self.state.get_checkpoint(bound.name, PHASE) if resume else (None, {})
@@ -125,6 +127,7 @@ class InitialSync:
             result.resumed_from = after
             result.add(stats)
         open_errors = {(e.side, e.key) for e in self.state.errors(bound.name)}
+        skipped = {tuple(k) for _s, k in open_errors} if skip_errors else set()
         started = time.monotonic()
         total = None
         if self.progress:
@@ -132,6 +135,14 @@ class InitialSync:
         done = 0
         for chunk in chunks(differ.entries(after=after, batch_size=self.batch_size),
                             self.batch_size):
+            if skipped:
+                left = [e for e in chunk if tuple(e.key) not in skipped]
+                done += len(chunk) - len(left)
+                if not left:
+                    if self.progress:
+                        self.progress(bound.name, done, total)
+                    continue
+                chunk = left
             c = self._with_retries(lambda ch=chunk: differ.classify(ch))  # type: ignore[misc]
             failed = self._apply(differ, c)
             for f in [*c.failures, *failed]:

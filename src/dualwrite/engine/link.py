@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ import sqlalchemy as sa
 from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector, LinkRecord
 from dualwrite.connectors.sql import LINK_TABLE, SqlConnector
+from dualwrite.engine import metrics
 from dualwrite.engine.alerts import Alerts
 from dualwrite.engine.capture import Applier, ApplierLock, held_by_dependencies
 from dualwrite.engine.config import Config, load_config, parse_map_text
@@ -34,6 +37,7 @@ from dualwrite.engine.live import (
     StepHook,
 )
 from dualwrite.engine.live import recover as recover_branches
+from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
@@ -48,6 +52,8 @@ from dualwrite.errors import (
 from dualwrite.model.binding import BoundMap, bind_maps
 from dualwrite.model.maps import Side, TableMap, dependency_order
 from dualwrite.model.schema import TableSchema
+
+log = logging.getLogger("dualwrite.link")
 
 
 class Link:
@@ -70,6 +76,7 @@ class Link:
         #: (loading business rules): done before the first live write, which needs both
         self._before_first_write: list[Callable[[], Any]] = []
         self._alerts: Alerts | None = None
+        self._monitor: Monitor | None = None
         # reentrant: differ() validates under it, and validation may adopt map versions
         self._lock = threading.RLock()
         self.rules = Rules()
@@ -89,6 +96,15 @@ class Link:
         if self._state is None:
             self._state = StateStore(self.config.state_url)
         return self._state
+
+    @property
+    def monitor(self) -> Monitor:
+        """Samples, initial sync progress, alert states and paged reads of the state store
+        (see :mod:`dualwrite.engine.monitor`)."""
+        if self._monitor is None:
+            self._monitor = Monitor(self.state, {r.name: r.within_minutes * 60
+                                                 for r in self.config.model.alerts})
+        return self._monitor
 
     def close(self) -> None:
         for c in self.connectors.values():
@@ -340,9 +356,13 @@ class Link:
                             hint="stop `dualwrite run` or `dualwrite serve` first (SIGTERM)")
 
     # -- work --------------------------------------------------------------------------------
-    def _sync(self, progress: Progress | None) -> InitialSync:
+    def _sync(self, progress: Progress | None, *, record: _Recorder | None = None
+              ) -> InitialSync:
+        """An initial sync; with ``record`` its progress is also written to the state store
+        (at most once a second, for the console and /metrics, whichever process looks)."""
         return InitialSync(self.connectors, self.state,
-                           batch_size=self.config.model.sync.batch_size, progress=progress)
+                           batch_size=self.config.model.sync.batch_size,
+                           progress=record.wrap(progress) if record is not None else progress)
 
     def plan(self, names: Sequence[str] = (), *, master: str | None = None,
              progress: Progress | None = None) -> list[MapResult]:
@@ -350,13 +370,20 @@ class Link:
         return [self._sync(progress).plan(b, master=side) for b in self.bound_maps(names)]
 
     def sync_initial(self, names: Sequence[str] = (), *, master: str | None = None,
-                     progress: Progress | None = None, resume: bool = True) -> list[MapResult]:
-        """Initial sync of the named maps (all by default) in dependency order."""
+                     progress: Progress | None = None, resume: bool = True,
+                     skip_errors: bool = False) -> list[MapResult]:
+        """Initial sync of the named maps (all by default) in dependency order. With
+        ``skip_errors``, rows with an open inbox entry are left alone (not tried again)."""
         bound = self.bound_maps(names)
         self.ensure_linked()
         side = Side(master) if master else None
-        sync = self._sync(progress)
-        return [sync.run(b, master=side, resume=resume) for b in bound]
+        recorder = _Recorder(self.monitor)
+        sync = self._sync(progress, record=recorder)
+        out = []
+        for b in bound:
+            out.append(sync.run(b, master=side, resume=resume, skip_errors=skip_errors))
+            recorder.finish(b.name)
+        return out
 
     def verify(self, names: Sequence[str] = (), *, max_details: int = 1000,
                progress: Progress | None = None) -> list[VerifyResult]:
@@ -432,7 +459,9 @@ class Link:
             if not st.get("initial_synced_at"):
                 if captured:
                     self.state.set_map_state(b.name, "initializing")
-                ran.append(self._sync(progress).run(b))
+                recorder = _Recorder(self.monitor)
+                ran.append(self._sync(progress, record=recorder).run(b))
+                recorder.finish(b.name)
             self.state.set_map_state(b.name, "running")
         return ran
 
@@ -526,6 +555,8 @@ class Link:
             if (states.get(b.name) or {}).get("state") in ("running", "resuming"):
                 self.state.set_map_state(b.name, "paused")
                 out.append(b.name)
+                log.info("map %s paused: its changes queue", b.name,
+                         extra={"event": "paused", "map": b.name})
         return out
 
     def resume_maps(self, names: Sequence[str] = ()) -> list[str]:
@@ -539,6 +570,8 @@ class Link:
             if (states.get(b.name) or {}).get("state") in ("paused", "failed"):
                 self.state.set_map_state(b.name, "resuming")
                 out.append(b.name)
+                log.info("map %s resuming: its queue replays in order", b.name,
+                         extra={"event": "resumed", "map": b.name})
         return out
 
     def alerts(self) -> Alerts:
@@ -587,9 +620,8 @@ class Link:
                 # status is most wanted when a side is down: report what the other side has
                 stats[s] = {}
                 unreachable.append(self.env_name(s))
-        errors: dict[str, int] = {}
-        for e in self.state.errors():
-            errors[e.map] = errors.get(e.map, 0) + 1
+        errors = self.monitor.error_counts()  # one grouped count: the inbox may be large
+        throughput = self.monitor.throughput()
         parked = self.state.parked_count()
         conflicts = self.state.conflict_counts()
         activity = self.state.activity()
@@ -633,9 +665,14 @@ class Link:
                 "errors": errors.get(m.name, 0),
                 "conflicts": conflicts.get(m.name, 0),
                 "last_applied_at": (activity.get(m.name) or {}).get("last_applied_at"),
+                # changes applied per second over the last minute (from the samples the
+                # applier takes; None before it has taken one)
+                "throughput": throughput.get(m.name),
+                "depends_on": list(m.depends_on),
                 "initial_synced_at": st.get("initial_synced_at"),
                 "unreachable": unreachable,
                 "applier": applier if applying else None,
+                # the map version capture is installed for (see `maps reload`)
                 "version": st.get("version"),
                 # what is wrong: a failed map's reason, or a running map nothing applies
                 "note": note,
@@ -673,16 +710,52 @@ class Link:
                     self._before_first_write.clear()
                     self._recovered = True
         coordinator = Coordinator(self, principal, hook)
+        counted = metrics.LIVE_TRANSACTIONS
         try:
             yield coordinator.tx
         except BaseException:
             coordinator.abort()
+            counted.labels(self.config.link_name, "rolled_back").inc()
             raise
-        coordinator.commit()
+        try:
+            coordinator.commit()
+        except BaseException:  # before the decision: rolled back on both sides
+            counted.labels(self.config.link_name, "rolled_back").inc()
+            raise
+        counted.labels(self.config.link_name, "committed").inc()
 
     def describe(self) -> dict[str, Any]:
         return {"link": self.config.link_name, "left": self.config.left,
                 "right": self.config.right, "maps": [m.name for m in self.config.maps]}
+
+
+class _Recorder:
+    """Writes an initial sync's progress to the state store: when a map starts, at most once
+    a second while it runs, and when it ends (``finish``)."""
+
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        self.last: dict[str, float] = {}
+        self.seen: dict[str, tuple[int, int | None]] = {}
+
+    def wrap(self, progress: Progress | None) -> Progress:
+        def update(name: str, done: int, total: int | None) -> None:
+            now = time.monotonic()
+            if name not in self.last:
+                self.monitor.sync_started(name, total)
+                self.last[name] = now
+            self.seen[name] = (done, total)
+            if now - self.last[name] >= PROGRESS_SECONDS:
+                self.monitor.sync_progressed(name, done, total)
+                self.last[name] = now
+            if progress is not None:
+                progress(name, done, total)
+        return update
+
+    def finish(self, name: str) -> None:
+        done, total = self.seen.get(name, (0, 0))
+        self.monitor.sync_progressed(name, done, total if total is not None else done,
+                                     finished=True)
 
 
 def open_link(path: str | Path = "dualwrite.yaml") -> Link:

@@ -191,6 +191,14 @@ alerts = sa.Table(
     sa.Column("rule", sa.String(200), nullable=False),
     sa.Column("action", sa.String(20), nullable=False),
     sa.Column("message", sa.Text, nullable=False),
+    # the alert's life (see dualwrite.engine.monitor): ``at`` is when it last fired
+    sa.Column("kind", sa.String(40), nullable=True),
+    sa.Column("state", sa.String(20), nullable=True),  # firing, acknowledged, cleared
+    sa.Column("first_at", sa.Float, nullable=True),
+    sa.Column("fired", sa.Integer, nullable=True),
+    sa.Column("acked_at", sa.Float, nullable=True),
+    sa.Column("acked_by", sa.String(200), nullable=True),
+    sa.Column("cleared_at", sa.Float, nullable=True),
 )
 
 map_activity = sa.Table(
@@ -845,11 +853,23 @@ class StateStore:
                                 .join(latest, latest.c.id == events.c.id)).all()
         return {str(r.map): (float(r.at), str(r.message)) for r in rows}
 
-    def add_alert(self, map_name: str, rule: str, action: str, message: str, at: float
-                  ) -> None:
+    def add_alert(self, map_name: str, rule: str, action: str, message: str, at: float, *,
+                  kind: str | None = None) -> None:
+        """Record that ``rule`` fired on ``map_name``: the alert of that rule and map that is
+        not cleared yet fires again (its state kept: acknowledged stays acknowledged), else a
+        new alert starts, firing."""
         with self.engine.begin() as conn:
+            row = conn.execute(sa.select(alerts.c.id, alerts.c.fired).where(
+                alerts.c.map == map_name, alerts.c.rule == rule,
+                sa.func.coalesce(alerts.c.state, "firing") != "cleared")
+                .order_by(alerts.c.id.desc()).limit(1)).first()
+            if row is not None:
+                conn.execute(sa.update(alerts).where(alerts.c.id == row.id).values(
+                    at=at, action=action, message=message, fired=(row.fired or 1) + 1))
+                return
             conn.execute(sa.insert(alerts).values(at=at, map=map_name, rule=rule,
-                                                  action=action, message=message))
+                                                  action=action, message=message, kind=kind,
+                                                  state="firing", first_at=at, fired=1))
 
     def last_alert(self, map_name: str, rule: str) -> float | None:
         with self.engine.connect() as conn:
