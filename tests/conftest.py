@@ -121,8 +121,9 @@ class Backend:
             # SQLAlchemy's MySQL reflection reads every table's DDL and does not know the
             # PERIOD clause of dualwrite's (system-versioned) change log
             warnings.filterwarnings("ignore", "Unknown schema content", sa.exc.SAWarning)
-            existing.reflect(engine, only=[t.name for t in metadata.sorted_tables
-                                           if sa.inspect(engine).has_table(t.name)])
+            with self.connector.catalog_connection() as conn:
+                existing.reflect(conn, only=[t.name for t in metadata.sorted_tables
+                                             if sa.inspect(conn).has_table(t.name)])
         existing.drop_all(engine)
         metadata.drop_all(engine)
         # a change log left by an earlier test would be applied to this one's tables

@@ -213,3 +213,25 @@ def test_non_binary_collation_is_still_read_in_code_point_order(
     after = [r[0] for batch in b.connector.read("suite_coll", ["code"], key=["code"],
                                                 after=("Z",)) for r in batch]
     assert after == ["a", "ab", "b", "é"]
+
+
+def test_catalog_json_is_read_the_drivers_way_and_documents_as_text(
+        make_backend: BackendFactory) -> None:
+    """SQLAlchemy reads a column's collation and identity options as JSON objects its
+    catalog queries build, while dualwrite reads JSON documents as text: describing a table
+    with both must work, and reading its JSON column afterwards must still give the text."""
+    b = make_backend("postgresql", "dualwrite_test_a")
+    md = sa.MetaData()
+    sa.Table("suite_ident", md,
+             sa.Column("id", sa.Integer, sa.Identity(always=True), primary_key=True),
+             sa.Column("code", sa.String(20, collation="C")),
+             sa.Column("doc", sa.JSON))
+    b.create(md)
+    schema = b.connector.describe("suite_ident")
+    assert schema.primary_key == ("id",) and schema.columns["id"].has_default
+    assert schema.columns["doc"].kind is Kind.JSON
+    with b.connector.engine.begin() as conn:
+        conn.exec_driver_sql("INSERT INTO suite_ident (code, doc) VALUES ('a', 'null')")
+    rows = [r for batch in b.connector.read("suite_ident", ["doc"], key=["id"]) for r in batch]
+    # JSON null is a document, not SQL NULL: the text survives the catalog reads
+    assert rows == [("null",)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import re
 import select
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -204,6 +204,23 @@ class PostgresConnector(SqlConnector):
             register_adapters(dbapi_conn.adapters)
 
         return engine
+
+    @contextlib.contextmanager
+    def catalog_connection(self) -> Iterator[sa.Connection]:
+        # dualwrite's connections read JSON documents as text (register_adapters), but
+        # SQLAlchemy's catalog queries build JSON objects (a column's collation, its identity
+        # options) and read them as the driver parses them: for as long as this connection
+        # reads the catalog, it does so with psycopg's own JSON loaders.
+        from psycopg.types.json import JsonbLoader, JsonLoader
+
+        with self.engine.connect() as conn:
+            adapters = conn.connection.driver_connection.adapters  # type: ignore[union-attr]
+            adapters.register_loader("json", JsonLoader)
+            adapters.register_loader("jsonb", JsonbLoader)
+            try:
+                yield conn
+            finally:
+                register_json_text(adapters)
 
     # -- types -------------------------------------------------------------------------------
     def _catalog(self, table: str) -> dict[str, str]:
@@ -529,6 +546,18 @@ def _pg_facets(t: Any, kind: Kind, f: Facets) -> tuple[Kind, Facets]:
     return kind, f
 
 
+def register_json_text(adapters: Any) -> None:
+    """Read JSON documents as the text they are (a JSON ``null`` is not SQL NULL)."""
+    from psycopg.adapt import Loader
+
+    class JsonTextLoader(Loader):
+        def load(self, data: Any) -> Any:
+            return JsonText(bytes(data).decode())
+
+    adapters.register_loader("json", JsonTextLoader)
+    adapters.register_loader("jsonb", JsonTextLoader)
+
+
 def register_adapters(adapters: Any) -> None:
     """Teach one psycopg connection dualwrite's values: the dates, timestamps and times
     Python cannot hold (``infinity``, ``24:00:00``, ``0044-03-15 BC``) are read as dualwrite's
@@ -578,10 +607,6 @@ def register_adapters(adapters: Any) -> None:
         def load(self, data: Any) -> Any:
             return Interval.parse(bytes(data).decode())
 
-    class JsonTextLoader(Loader):
-        def load(self, data: Any) -> Any:
-            return JsonText(bytes(data).decode())
-
     class MoneyLoader(Loader):
         def load(self, data: Any) -> Any:
             return parse_money(bytes(data).decode())
@@ -598,8 +623,7 @@ def register_adapters(adapters: Any) -> None:
             return single(v) if v == v and v not in (float("inf"), float("-inf")) else v
 
     adapters.register_loader("interval", IntervalLoader)
-    adapters.register_loader("json", JsonTextLoader)
-    adapters.register_loader("jsonb", JsonTextLoader)
+    register_json_text(adapters)
     adapters.register_loader("money", MoneyLoader)
     adapters.register_loader("float4", RealLoader)
 

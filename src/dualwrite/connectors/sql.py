@@ -280,6 +280,14 @@ class SqlConnector(Connector):
     def _create_engine(self, url: str) -> sa.Engine:
         return sa.create_engine(url, pool_pre_ping=True)
 
+    @contextmanager
+    def catalog_connection(self) -> Iterator[sa.Connection]:
+        """A connection to read the database's catalog with (SQLAlchemy's reflection).
+        Dialects whose connections read values dualwrite's way override it to read the
+        catalog the driver's way (SQLAlchemy's own queries expect that)."""
+        with self.engine.connect() as conn:
+            yield conn
+
     def _bulk_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      rows: Sequence[Row]) -> None:
         stmt = sa.insert(table)
@@ -454,7 +462,8 @@ class SqlConnector(Connector):
                 # a type SQLAlchemy does not know (inet6, xml, point) is still a column: its
                 # kind is OTHER, named by the database's catalog (column_type)
                 warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
-                t = sa.Table(table, sa.MetaData(), autoload_with=self.engine)
+                with self.catalog_connection() as conn:
+                    t = sa.Table(table, sa.MetaData(), autoload_with=conn)
         except TerminalConnectorError as exc:
             if isinstance(exc.__cause__, sa_exc.NoSuchTableError):
                 raise TerminalConnectorError(
@@ -479,10 +488,11 @@ class SqlConnector(Connector):
         fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), fk.referred_table.name,
                           tuple(e.column.name for e in fk.elements))
                for fk in t.foreign_key_constraints]
-        insp = sa.inspect(self.engine)
         uniques: list[tuple[str, ...]] = []
-        with self.translating(f"describe {table}"), warnings.catch_warnings():
+        with self.translating(f"describe {table}"), warnings.catch_warnings(), \
+                self.catalog_connection() as conn:
             warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
+            insp = sa.inspect(conn)
             for u in insp.get_unique_constraints(table):
                 uniques.append(tuple(c for c in u["column_names"] if c))
             for ix in insp.get_indexes(table):
