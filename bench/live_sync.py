@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 import psycopg
 import pymysql
+import sqlalchemy as sa
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
@@ -206,16 +207,41 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def run_target(target: str, n: int, seconds: float, work: Path) -> dict[str, Any]:
+STATE_DB = "dualwrite_bench_state"
+
+
+def state_url(store: str, work: Path) -> str:
+    """An empty state store: a SQLite file in ``work``, or a PostgreSQL database of its own
+    (made if missing, its tables dropped)."""
+    if store == "sqlite":
+        (work / "state.db").unlink(missing_ok=True)
+        return f"sqlite:///{work / 'state.db'}"
+    admin = sa.create_engine(URL["postgresql"].format(db="postgres"),
+                             isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    with admin.connect() as conn:
+        if conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
+                        {"d": STATE_DB}).first() is None:
+            conn.exec_driver_sql(f"CREATE DATABASE {STATE_DB}")
+    admin.dispose()
+    url = URL["postgresql"].format(db=STATE_DB)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+        conn.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+    return url
+
+
+def run_target(target: str, n: int, seconds: float, work: Path, store: str = "sqlite"
+               ) -> dict[str, Any]:
     setup(target)
     (work / "maps").mkdir(parents=True, exist_ok=True)
     (work / "maps" / "customers.yaml").write_text(MAP)
     (work / "dualwrite.yaml").write_text(
         f"environments:\n  erp: {{url: '{URL['postgresql'].format(db=LEFT_DB)}'}}\n"
         f"  crm: {{url: '{URL[target].format(db=RIGHT_DB)}'}}\n"
-        f"link: {{left: erp, right: crm}}\nstate: 'sqlite:///{work / 'state.db'}'\n"
+        f"link: {{left: erp, right: crm}}\nstate: '{state_url(store, work)}'\n"
         "maps: ['maps/*.yaml']\n")
-    (work / "state.db").unlink(missing_ok=True)
     row = {"ORGANIZATIONNAME": "Contoso Ltd", "CREDITLIMIT": 100, "ONHOLDSTATUS": "No"}
     floor = Floor(target)
 
@@ -297,12 +323,17 @@ def main() -> None:
         "(× floor p50) | rows/s 1 client: floor / API | rows/s 8 clients: floor / API / OData |",
         "|---|---|---|---|---|---|",
     ]
-    targets = ["postgresql"] + ([] if args.skip_mariadb else ["mysql"])
+    # (target, state store): the SQLite state store (its decision journal) on both pairs,
+    # and a PostgreSQL state store (each decision a committed PostgreSQL transaction)
+    runs = [("postgresql", "sqlite")] + ([] if args.skip_mariadb else [("mysql", "sqlite")]) \
+        + [("postgresql", "postgresql")]
     with tempfile.TemporaryDirectory() as tmp:
-        for target in targets:
-            label = "PostgreSQL ↔ PostgreSQL" if target == "postgresql" else \
-                "PostgreSQL ↔ MariaDB"
-            r = run_target(target, args.n, args.seconds, Path(tmp) / target)
+        for target, store in runs:
+            label = ("PostgreSQL ↔ PostgreSQL" if target == "postgresql" else
+                     "PostgreSQL ↔ MariaDB") + (", PostgreSQL state store"
+                                                if store == "postgresql" else "")
+            r = run_target(target, args.n, args.seconds, Path(tmp) / f"{target}-{store}",
+                           store)
             f50, a50, o50 = (statistics.median(r[k]) for k in ("floor", "api", "odata"))
             line = (f"| {label} | {f50:.2f} / {pct(r['floor'], 99):.2f} ms | "
                     f"{a50:.2f} / {pct(r['api'], 99):.2f} ms ({a50 / f50:.2f}×) | "

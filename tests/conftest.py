@@ -277,6 +277,23 @@ def _make(kind: str, db: str, tmp_path: Path) -> Backend:
 BackendFactory = Callable[[str, str], Backend]
 
 
+def fresh_state_url(kind: str, tmp_path: Path) -> str:
+    """The URL of an empty state store: a SQLite file in ``tmp_path``, or this process's
+    PostgreSQL test database for state stores with every state table dropped."""
+    if kind == "sqlite":
+        return f"sqlite:///{tmp_path / 'state.db'}"
+    from dualwrite.engine import monitor, state
+
+    url = database_url("postgresql", "dualwrite_test_state")
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        for md in (state._md, monitor._md):
+            md.drop_all(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
 @pytest.fixture
 def make_backend(tmp_path: Path) -> Iterator[BackendFactory]:
     made: list[Backend] = []

@@ -48,6 +48,9 @@ app.add_typer(errors_app, name="errors")
 app.add_typer(alerts_app, name="alerts")
 app.add_typer(conflicts_app, name="conflicts")
 app.add_typer(maps_app, name="maps")
+state_app = typer.Typer(no_args_is_help=True,
+                        help="The state store: its schema version and upgrades.")
+app.add_typer(state_app, name="state")
 
 # Tables stay readable when piped to a file or CI log (Rich would assume 80 columns).
 out = Console(highlight=False, soft_wrap=True, width=shutil.get_terminal_size((120, 24)).columns)
@@ -559,8 +562,13 @@ def _until_signalled(name: str, work: Callable[[], None], stop: Callable[[], Non
         stopping = False
         while worker.is_alive():
             # woken by a signal at once; by the worker's end within the timeout
-            sig = signal.sigtimedwait(wanted, 0.02 if stopping else 0.25) or \
-                (received.pop() if received else None)
+            info = signal.sigtimedwait(wanted, 0.02 if stopping else 0.25)
+            # After SIGSTOP and SIGCONT, CPython's sigtimedwait can return a siginfo that
+            # no signal filled in (garbage, not one of ``wanted``): a frozen and thawed
+            # process stopped itself that way. Only a signal asked for counts.
+            sig = info.si_signo if info is not None and info.si_signo in wanted else None
+            if sig is None and received:
+                sig = received.pop()
             if sig is None:
                 continue
             if stopping:
@@ -573,8 +581,9 @@ def _until_signalled(name: str, work: Callable[[], None], stop: Callable[[], Non
     finally:
         # a signal that came after the work ended asks for what is done already: take it,
         # rather than let it kill the process when the mask is lifted
-        while signal.sigtimedwait(wanted, 0) is not None:
-            pass
+        for _ in range(len(wanted)):
+            if signal.sigtimedwait(wanted, 0) is None:
+                break
         for s, handler in previous.items():
             signal.signal(s, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
@@ -708,6 +717,30 @@ def alerts_ack(alert_id: int, config: ConfigOpt = None,
         a = link.monitor.ack(alert_id, by or getpass.getuser())
     out.print(f"acknowledged alert {a['id']} by {a['acknowledged_by']} at "
               f"{a['acknowledged_at']}", markup=False)
+
+
+# -- state ----------------------------------------------------------------------------------
+@state_app.command("upgrade")
+def state_upgrade(config: ConfigOpt = None) -> None:
+    """Bring the state store up to the schema version this dualwrite needs (every step in
+    order; idempotent). Back the store up first, and stop every `run` and `serve` of it."""
+    from dualwrite.engine.config import load_config
+    from dualwrite.engine.state import MIGRATIONS, SCHEMA_VERSION, StateStore
+
+    url = load_config(_config_path(config)).state_url
+    store = StateStore(url, upgrade=True)
+    try:
+        if store.upgraded is None:
+            out.print(f"state store: at schema version {SCHEMA_VERSION}, nothing to do",
+                      markup=False)
+            return
+        found, now = store.upgraded
+        for version, what, _step in MIGRATIONS:
+            if found < version <= now:
+                out.print(f"  version {version}: {what}", markup=False)
+        out.print(f"state store: upgraded from schema version {found} to {now}", markup=False)
+    finally:
+        store.close()
 
 
 # -- serve ------------------------------------------------------------------------------------

@@ -68,6 +68,14 @@ class ConfigError(DualwriteError):
         self.code = code
 
 
+class StateStoreOutdated(ConfigError):
+    """The state store is at a schema version this dualwrite does not run on: an older one
+    (upgrade it with `dualwrite state upgrade`) or a newer one."""
+
+    def __init__(self, message: str, *, hint: str = "") -> None:
+        super().__init__(message, hint=hint, code="DW008")
+
+
 class MapSyntaxError(ConfigError):
     """A map file's field line, key, value map or option does not parse."""
 
@@ -151,6 +159,11 @@ class ValidationFailed(ConfigError):
 
 class LinkError(DualwriteError):
     """An environment belongs to another link, or is not linked yet."""
+
+
+class LeaseLost(LinkError):
+    """This applier no longer holds its link's lease (another process took it over while
+    this one was stopped, paused or cut off): it must commit nothing more, and stands by."""
 
 
 class LicenceError(DualwriteError):

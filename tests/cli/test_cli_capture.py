@@ -56,8 +56,8 @@ def test_run_applies_until_sigterm_and_status_reports(make_backend: BackendFacto
             time.sleep(0.02)  # polling a condition, with a deadline
         # one applier per link: the lease is held, by that process
         with it.link() as link:
-            lock = link.applier_lock()
-            assert not lock.acquire() and lock.holder() == proc.pid
+            lease = link.applier_lease()
+            assert not lease.acquire() and lease.holder() == proc.pid
         deadline = time.monotonic() + 60
         while (st := _status(cfg, capsys)["items"])["state"] != "running":
             assert time.monotonic() < deadline, f"map still {st['state']}"

@@ -170,3 +170,35 @@ def test_run_and_serve_stop_cleanly_on_sigterm_every_time(
     # and the history purger, threads that must stop too
     times = 50 if pair[0] == "sqlite" else 5
     _stop_many(forks, tmp_path, command, argvs, ready, times * 10 if long_run else times)
+
+
+def test_a_frozen_and_thawed_run_keeps_applying_and_still_stops_on_sigterm(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """SIGSTOP then SIGCONT (a debugger, a paused container, a frozen VM) is not a stop:
+    CPython's sigtimedwait then returns a siginfo no signal filled in, which once made
+    `run` stop as if it had been asked to."""
+    it = make_items(make_backend, tmp_path, "sqlite", "sqlite")
+    cfg = str(it.config)
+    assert main(["-c", cfg, "maps", "start", "--yes"]) == 0
+    log = tmp_path / "run.log"
+    with log.open("w") as out, subprocess.Popen(
+            [sys.executable, "-m", "dualwrite", "-c", cfg, "run"], stderr=out,
+            env={**os.environ}) as proc:
+        try:
+            _wait_for_line(log, "applying captured changes", proc.pid)
+            for _ in range(3):
+                proc.send_signal(signal.SIGSTOP)
+                time.sleep(0.3)  # frozen for a while: what is tested is the thaw after it
+                proc.send_signal(signal.SIGCONT)
+            it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'after', 1)")
+            deadline = time.monotonic() + 60
+            while it.rows("right") != {1: ("after", 1)}:
+                assert proc.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.02)  # polling a condition, with a deadline
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert log.read_text().rstrip().endswith("stopped")

@@ -80,18 +80,17 @@ def test_uninstall_leaves_nothing_of_dualwrite(linked: tuple[Backend, Backend, P
     err = capsys.readouterr().err
     assert "needs confirmation" in err and "dualwrite_changes" in err and "--yes" in err
     # nor while an applier runs
-    state = StateStore(f"sqlite:///{config.parent / 'state.db'}")
-    link_id = state.get_link("erp<->crm")["link_id"]  # type: ignore[index]
-    state.close()
-    from dualwrite.engine.capture import ApplierLock
+    from dualwrite.engine.lease import ApplierLease
 
-    lock = ApplierLock(f"sqlite:///{config.parent / 'state.db'}", link_id)
-    assert lock.acquire()
+    state = StateStore(f"sqlite:///{config.parent / 'state.db'}")
+    lease = ApplierLease(state, "erp<->crm")
+    assert lease.acquire()
     try:
         assert main(["-c", cfg, "uninstall", "--yes"]) == 2
         assert "while an applier" in capsys.readouterr().err
     finally:
-        lock.release()
+        lease.release()
+        state.close()
     assert "dualwrite_changes" in dualwrite_objects(left)
 
     assert main(["-c", cfg, "uninstall", "--yes"]) == 0

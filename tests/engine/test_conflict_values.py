@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from capture_fixtures import drain, make_items
 from dualwrite.engine.capture import resolve_conflict
 from dualwrite.engine.state import StateStore, encode_values
+from dualwrite.errors import StateStoreOutdated
 from dualwrite.model.maps import Side
 
 from conftest import BackendFactory
@@ -95,7 +96,9 @@ def test_values_an_earlier_version_kept_are_dropped_once(tmp_path: Path) -> None
             (encode_values([3]), detail))
         conn.exec_driver_sql("UPDATE conflicts SET detail = ?", (detail,))
     raw.dispose()
-    state = StateStore(f"sqlite:///{db}")
+    with pytest.raises(StateStoreOutdated):  # a store from before schema versions
+        StateStore(f"sqlite:///{db}")
+    state = StateStore(f"sqlite:///{db}", upgrade=True)  # `dualwrite state upgrade`
     try:
         assert sorted(values_of(state)) == [([1], "manual", True), ([2], "manual", False),
                                             ([3], "left", False)]

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from dualwrite.cli import main
 from dualwrite.engine.live import STEPS, xid_prefix
 
-from conftest import BackendFactory
+from conftest import BackendFactory, fresh_state_url
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
 CHILD = textwrap.dedent("""
@@ -59,12 +59,20 @@ def prepared(pair: Pair) -> list[str]:
     return out
 
 
-@pytest.mark.parametrize("left, right", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+#: (left, right, state store): every pair with a SQLite state store (its decision journal),
+#: and one with a PostgreSQL state store (decisions committed there directly)
+CASES = [(a, b, "sqlite") for a, b in PAIRS] + [("postgresql", "mariadb", "postgresql")]
+
+
+@pytest.mark.parametrize("left, right, store", CASES, ids=[f"{a}-{b}-state_{s}"
+                                                          for a, b, s in CASES])
 @pytest.mark.parametrize("step", STEPS)
 def test_sigkill_at_each_step_then_recover(make_backend: BackendFactory, tmp_path: Path,
-                                           left: str, right: str, step: str,
+                                           left: str, right: str, store: str, step: str,
                                            capsys: pytest.CaptureFixture[str]) -> None:
-    pair = make_pair(make_backend, tmp_path, left, right, batch_size=500)
+    state_url = fresh_state_url(store, tmp_path)
+    pair = make_pair(make_backend, tmp_path, left, right, batch_size=500,
+                     extra=lambda cfg: cfg.update(state=state_url))
     seed_groups(pair)
     pair.erp.insert("Customers", [erp_customer(i) for i in range(5)])
     with pair.link() as link:
@@ -105,7 +113,7 @@ def test_sigkill_at_each_step_then_recover(make_backend: BackendFactory, tmp_pat
     assert (erp[("usmf", "C-0001")]["NAME"] == "Changed by the killed transaction") == committed
     with pair.link() as link:
         assert all(v.ok for v in link.verify())
-        state = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+        state = sa.create_engine(state_url)
         with state.connect() as conn:
             pending = conn.execute(sa.text(
                 "SELECT count(*) FROM coordinator_log WHERE completed_at IS NULL")).scalar()

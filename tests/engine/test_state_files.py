@@ -1,5 +1,5 @@
 """The state store's files are its owner's only: the SQLite file, its -wal and -shm, the
-decision journal's folder and files, and the applier's lock file, whatever the umask."""
+decision journal's folder and files, whatever the umask."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from dualwrite.engine.capture import ApplierLock
 from dualwrite.engine.state import AuditEntry, StateStore
 
 
@@ -30,7 +29,6 @@ def umask(request: pytest.FixtureRequest) -> Iterator[int]:
 def test_state_journal_and_lock_files_are_owner_only(umask: int, tmp_path: Path) -> None:
     db = tmp_path / "state.db"
     state = StateStore(f"sqlite:///{db}")
-    lock = ApplierLock(f"sqlite:///{db}", "0123456789abcdef")
     try:
         state.put_link("l", "id", "erp", "crm")  # a write: the -wal and -shm exist now
         # a decision is journalled (and the journal file stays open, holding it) ...
@@ -39,13 +37,10 @@ def test_state_journal_and_lock_files_are_owner_only(umask: int, tmp_path: Path)
         journal = Path(f"{db}.decisions")
         files = sorted(journal.iterdir())
         assert files, "the decision was not journalled"
-        assert lock.acquire()
-        found = {p.name: mode(p) for p in
-                 [db, Path(f"{db}-wal"), Path(f"{db}-shm"), *files, lock.path]}
+        found = {p.name: mode(p) for p in [db, Path(f"{db}-wal"), Path(f"{db}-shm"), *files]}
         assert found == dict.fromkeys(found, 0o600), found
         assert mode(journal) == 0o700
     finally:
-        lock.release()
         state.close()
 
 
@@ -55,16 +50,11 @@ def test_files_an_older_version_left_readable_are_narrowed(tmp_path: Path) -> No
     journal = Path(f"{db}.decisions")
     for p, wide in ((db, 0o644), (journal, 0o755)):
         os.chmod(p, wide)
-    lock = ApplierLock(f"sqlite:///{db}", "0123456789abcdef")
-    lock.path.touch(mode=0o644)
-    os.chmod(lock.path, 0o644)
     state = StateStore(f"sqlite:///{db}")
     try:
-        assert lock.acquire()
-        assert (mode(db), mode(journal), mode(lock.path)) == (0o600, 0o700, 0o600)
+        assert (mode(db), mode(journal)) == (0o600, 0o700)
         assert state.get_link("nothing") is None  # and it still works
     finally:
-        lock.release()
         state.close()
 
 

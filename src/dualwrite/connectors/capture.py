@@ -99,7 +99,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import sqlalchemy as sa
 
 from dualwrite.connectors.sql import without_collation
-from dualwrite.errors import TerminalConnectorError
+from dualwrite.errors import LeaseLost, TerminalConnectorError
 from dualwrite.model.conversion import from_log
 from dualwrite.model.schema import Column, Kind
 
@@ -110,6 +110,8 @@ CHANGES = "dualwrite_changes"
 #: the log's column of the map version a change was captured under
 VERSION = "v"
 APPLIED = "dualwrite_applied"
+#: the ``source`` of the applied-positions row that fences out appliers of an older lease
+FENCE_SOURCE = "#fence"
 ORIGIN = "dualwrite_origin"
 WAKE = "dualwrite_wake"
 NOTIFY_CHANNEL = "dualwrite_changes"
@@ -1207,15 +1209,55 @@ class CaptureLog:
     def _text(self) -> str:
         return "CHAR" if self.connector.engine.dialect.name in ("mysql", "mariadb") else "TEXT"
 
+    # -- fencing -------------------------------------------------------------------------------
+    def fence(self, conn: sa.Connection, link: str, epoch: int) -> None:
+        """Raise the link's fence in this database to ``epoch`` inside the transaction of
+        ``conn``, or raise :class:`LeaseLost` when it holds a later epoch already (a newer
+        applier took the lease over): that transaction must then roll back. The fence is a
+        row of the applied-positions table (source ``#fence``, map = the link's name); its
+        row lock orders an old and a new applier's transactions, and the later epoch wins."""
+        self.ensure()
+        params = {"s": FENCE_SOURCE, "m": link, "e": epoch}
+        n = conn.execute(sa.text(
+            f"UPDATE {APPLIED} SET seq = :e WHERE source = :s AND map = :m AND txid = '' "
+            "AND seq <= :e"), params).rowcount
+        if n == 1:
+            return
+        held = conn.execute(sa.text(
+            f"SELECT seq FROM {APPLIED} WHERE source = :s AND map = :m AND txid = ''"),
+            params).scalar()
+        if held is None:
+            # the first fence of this link here; two first appliers at once: the unique key
+            # lets one insert, the other fails its transaction (and retries it, then fenced)
+            conn.execute(sa.text(f"INSERT INTO {APPLIED} (source, map, txid, seq) "
+                                 "VALUES (:s, :m, '', :e)"), params)
+            return
+        raise LeaseLost(
+            f"link {link!r}: a newer applier (lease epoch {held}) applies in "
+            f"{self.connector.name}; this one (epoch {epoch}) lost its lease and commits "
+            "nothing more", hint="nothing to do: this process stands by again")
+
+    def fence_epoch(self, conn: sa.Connection, link: str) -> int:
+        """The epoch the link's fence holds in this database (0: none yet)."""
+        self.ensure()
+        held = conn.execute(sa.text(
+            f"SELECT seq FROM {APPLIED} WHERE source = :s AND map = :m AND txid = ''"),
+            {"s": FENCE_SOURCE, "m": link}).scalar()
+        return int(held or 0)
+
     # -- forgetting ----------------------------------------------------------------------------
-    def forget(self, seqs: Sequence[int], conn: sa.Connection | None = None) -> None:
-        """Delete applied (or superseded, or parked) changes from the log."""
+    def forget(self, seqs: Sequence[int], conn: sa.Connection | None = None, *,
+               fence: tuple[str, int] | None = None) -> None:
+        """Delete applied (or superseded, or parked) changes from the log (behind the
+        fence ``(link, epoch)``, if given: see :meth:`fence`)."""
         if not seqs:
             return
         c = self.connector
         ordered = sorted(seqs)
 
         def run(cx: sa.Connection) -> None:
+            if fence is not None:
+                self.fence(cx, *fence)
             for i in range(0, len(ordered), 1000):
                 chunk = ordered[i:i + 1000]
                 lo, hi = chunk[0], chunk[-1]

@@ -31,19 +31,16 @@ in an applying state (``running``, ``resuming``). What it guarantees, and how:
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
 import logging
 import math
 import operator
 import os
-import tempfile
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from dualwrite.connectors.base import Row, WriteSession
@@ -60,7 +57,7 @@ from dualwrite.connectors.capture import (
 )
 from dualwrite.engine import metrics
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
-from dualwrite.engine.files import open_private
+from dualwrite.engine.lease import ApplierLease
 from dualwrite.engine.live import RuleContext
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.settle import Edit, changed_fields
@@ -76,6 +73,7 @@ from dualwrite.errors import (
     ConnectorError,
     ConstraintViolation,
     DualwriteError,
+    LeaseLost,
     LinkError,
     RowError,
     TransientConnectorError,
@@ -115,52 +113,6 @@ def capture_specs(bound: BoundMap) -> dict[Side, CaptureSpec]:
         out[s] = CaptureSpec(bound.name, bound.table(s), tuple(bound.key(s)), tuple(cols),
                              bound.spec.version)
     return out
-
-
-# -- the applier lease ------------------------------------------------------------------------
-class ApplierLock:
-    """One applier per link at a time: an exclusive ``flock`` on a file beside the state
-    store. The kernel releases it when the holder dies, even by SIGKILL."""
-
-    def __init__(self, state_url: str, link_name: str) -> None:
-        tag = hashlib.sha1(f"{state_url}\0{link_name}".encode()).hexdigest()[:12]
-        if state_url.startswith("sqlite:///") and state_url != "sqlite:///:memory:":
-            path = Path(state_url.removeprefix("sqlite:///") + f".applier-{tag}.lock")
-        else:
-            path = Path(tempfile.gettempdir()) / f"dualwrite-applier-{tag}.lock"
-        self.path = path
-        self._fd: int | None = None
-
-    def acquire(self, *, wait: bool = False) -> bool:
-        if self._fd is not None:
-            return True
-        fd = open_private(self.path)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return True
-
-    def release(self) -> None:
-        if self._fd is not None:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
-
-    def holder(self) -> int | None:
-        """The pid written by the current holder, if the lock is held."""
-        try:
-            text = self.path.read_text().strip()
-        except OSError:
-            return None
-        if self._fd is None and self.acquire():
-            self.release()
-            return None
-        return int(text) if text.isdigit() else None
 
 
 # -- one action -----------------------------------------------------------------------------
@@ -325,6 +277,55 @@ class Applier:
         self.alerts = link.alerts()
         self._waiter: Any = None
         self._waiter_at = 0.0
+        #: the lease this applier applies under (None: not fenced, e.g. a one-off drain in
+        #: tests or `sync`); its epoch goes with every transaction committed in a database
+        self.lease: ApplierLease | None = None
+        self._epoch: int | None = None
+
+    # -- the lease and its fence ---------------------------------------------------------------
+    def hold(self, lease: ApplierLease) -> None:
+        """Apply under ``lease`` (held): raise its fence in both databases now, before any
+        change is applied, so that an earlier holder still running commits nothing more."""
+        assert lease.epoch is not None, "hold() wants a held lease"
+        # A fence above the lease's epoch: the state store was made anew (or restored from a
+        # backup) while the databases kept their fences. The holder moves its epoch past them.
+        highest = 0
+        for s in Side:
+            with self.link.connectors[s].translating(  # type: ignore[attr-defined]
+                    "read the applier fence"), self.link.connectors[s].transaction() as sess:
+                highest = max(highest, self.logs[s].fence_epoch(_conn(sess), self._link_name))
+        if highest >= lease.epoch:
+            lease.advance(highest + 1)
+        assert lease.epoch is not None
+        self.lease, self._epoch = lease, lease.epoch
+        for s in Side:
+            with self.link.connectors[s].translating(  # type: ignore[attr-defined]
+                    "raise the applier fence"), self.link.connectors[s].transaction() as sess:
+                self.logs[s].fence(_conn(sess), self._link_name, lease.epoch)
+
+    def _fence(self, t: Side, conn: Any) -> None:
+        if self._epoch is not None:
+            self.logs[t].fence(conn, self._link_name, self._epoch)
+
+    def _fenced(self) -> tuple[str, int] | None:
+        return (self._link_name, self._epoch) if self._epoch is not None else None
+
+    def _renew(self) -> None:
+        """Keep the lease; raise LeaseLost when another process has taken it."""
+        if self.lease is None:
+            return
+        try:
+            held = self.lease.renew()
+        except Exception as exc:
+            # the state store cannot be reached: no standby can take the lease over through
+            # it either; the fence keeps the databases safe whatever happens meanwhile
+            log.warning("renewing the applier lease: %s", exc)
+            return
+        if not held:
+            raise LeaseLost(f"link {self._link_name!r}: another process took the applier "
+                            "lease over (this one was stopped or cut off for longer than "
+                            f"the lease's {self.lease.ttl:g} s)",
+                            hint="nothing to do: this process stands by again")
 
     # -- maps --------------------------------------------------------------------------------
     def maps(self, refresh: bool = False) -> dict[str, _MapCtx]:
@@ -377,15 +378,30 @@ class Applier:
         if ready:
             ready()
         last_housekeeping = 0.0
+        state_down: str | None = None
         while not stop.is_set():
             done = self.step()
             now = time.monotonic()
             if now - last_housekeeping > 1.0:
                 last_housekeeping = now
-                self.housekeeping()
+                try:
+                    self.housekeeping()
+                    if state_down is not None:
+                        log.info("the state store answers again", extra={"event": "reconnected",
+                                                                        "side": "state"})
+                    state_down = None
+                except TransientConnectorError as exc:
+                    # the state store is down (a PostgreSQL one, on another host): apply what
+                    # can be applied without it, and keep looking; the lease may run out
+                    # meanwhile, and the fence then stops this applier
+                    if state_down is None:
+                        log.warning("%s; retrying", exc, extra={"event": "unreachable",
+                                                                "side": "state"})
+                    state_down = str(exc)
             if done == 0:
                 self._wait(stop)
-        self.flush_activity(force=True)
+        with contextlib.suppress(TransientConnectorError):
+            self.flush_activity(force=True)
 
     def _wait(self, stop: threading.Event) -> None:
         delay = self.poll
@@ -444,7 +460,7 @@ class Applier:
             try:
                 try:
                     handled += self.apply_from(s)
-                except TransientConnectorError:
+                except (TransientConnectorError, LeaseLost):
                     raise
                 except Exception as exc:
                     handled += self._isolate(s, exc)
@@ -486,7 +502,7 @@ class Applier:
         for name in maps:
             try:
                 handled += self.apply_from(s, only=[name])
-            except TransientConnectorError:
+            except (TransientConnectorError, LeaseLost):
                 raise
             except Exception as one:
                 self.fail_map(name, f"applying changes from {self.env[s]}", one, s=s)
@@ -583,6 +599,7 @@ class Applier:
                     for c in outcome.conflicts.values():
                         self.state.add_conflict(**c, keep=keep)
                     self._park(s, outcome.parked)
+                    self._fence(t, conn)
                     if check_applied:  # a replay from the state store has no log position
                         self.logs[t].mark_applied(conn, self.env[s], _positions(todo))
                     if self._prune[s]:
@@ -609,7 +626,7 @@ class Applier:
         self._count(s, changes, todo, outcome, time.perf_counter() - started)
         self._prune[s] = []
         if forget:
-            self.logs[s].forget([c.seq for c in changes])
+            self.logs[s].forget([c.seq for c in changes], fence=self._fenced())
             self._prune[s] = sorted({(c.map, c.txid) for c in changes if c.txid != WATERMARK})
         for name, reason in outcome.broken.items():
             self._capture_broken(name, reason)
@@ -1523,6 +1540,7 @@ class Applier:
     def housekeeping(self) -> None:
         """Once a second: a heartbeat, settle released parks, finish resuming maps, watch
         queue budgets; and see that what deleted log rows leave behind is purged."""
+        self._renew()
         if self.process is not None:
             self.state.heartbeat(self.process, role="applier", note=self._waiting_for())
         try:
@@ -1590,7 +1608,12 @@ class Applier:
         self._purger.start()
 
     def event(self, map_name: str, kind: str, message: str) -> None:
-        self.alerts.record(map_name, kind, message)
+        """Record an event (alert rules count them); lost, with a log line, while the state
+        store cannot be reached: what it tells is logged already."""
+        try:
+            self.alerts.record(map_name, kind, message)
+        except TransientConnectorError as exc:
+            log.debug("event %s of map %s not recorded: %s", kind, map_name, exc)
 
     def flush_activity(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -1828,51 +1851,97 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
     holds it), recover in-doubt live transactions, then apply captured changes until ``stop``
     is set. A database that cannot be reached, at start or later, is waited for with backoff
     (the process does not exit); the process is registered in the state store with its role
-    and a heartbeat, so that ``status`` shows whether anything applies. ``prepare`` runs once
-    the maps are valid (it may need the databases too: loading rules)."""
+    and a heartbeat, so that ``status`` shows whether anything applies. An applier that loses
+    its lease (stopped or cut off for longer than it lasts, see dualwrite.engine.lease)
+    commits nothing more and stands by again. ``prepare`` runs once the maps are valid (it
+    may need the databases too: loading rules)."""
     me = link.state.register_process(link.config.link_name, "standby")
-    lock = link.applier_lock()
+    lease = link.applier_lease()
     name = link.config.link_name
     waited = False
     try:
-        while not lock.acquire():
-            if not waited:
-                log.info("standing by: pid %s applies link %r; this process takes over if it "
-                         "stops", lock.holder(), name,
-                         extra={"event": "standby", "applier_pid": lock.holder()})
-                metrics.APPLIER_LEADER.labels(name).set(0)
-                waited = True
-            if not wait_for_lock:
-                raise LinkError(
-                    f"another applier (pid {lock.holder()}) is running for link "
-                    f"{link.config.link_name!r}",
-                    hint="one applier per link: stop the other `dualwrite run` or `serve`, or "
-                    "let this one wait as a standby")
-            link.state.heartbeat(me, role="standby",
-                                 note=f"standing by: pid {lock.holder()} applies")
-            if stop.wait(1.0):
+        while not stop.is_set():
+            while not _try_acquire(lease, stop):
+                if stop.is_set():
+                    return
+                holder = _holder_text(lease)
+                if not waited:
+                    log.info("standing by: %s applies link %r; this process takes over if it "
+                             "stops", holder, name,
+                             extra={"event": "standby", "applier_pid": lease.holder()})
+                    metrics.APPLIER_LEADER.labels(name).set(0)
+                    waited = True
+                if not wait_for_lock:
+                    raise LinkError(
+                        f"another applier ({holder}) is running for link {name!r}",
+                        hint="one applier per link: stop the other `dualwrite run` or `serve`, "
+                        "or let this one wait as a standby")
+                with contextlib.suppress(TransientConnectorError):
+                    link.state.heartbeat(me, role="standby",
+                                         note=f"standing by: {holder} applies")
+                if stop.wait(1.0):
+                    return
+            if waited:
+                log.warning("failover: this process (pid %s) applies link %r now (lease epoch "
+                            "%s)", os.getpid(), name, lease.epoch,
+                            extra={"event": "failover", "epoch": lease.epoch})
+            metrics.APPLIER_LEADER.labels(name).set(1)
+            applier = _start_applier(link, stop, me, prepare, lease)
+            if applier is None:
                 return
-        if waited:
-            log.warning("failover: the applier of link %r stopped; this process (pid %s) "
-                        "applies now", name, os.getpid(), extra={"event": "failover"})
-        metrics.APPLIER_LEADER.labels(name).set(1)
-        applier = _start_applier(link, stop, me, prepare)
-        if applier is None:
-            return
-        try:
-            applier.run(stop, ready=ready)
-        finally:
-            applier.close()
+            try:
+                applier.run(stop, ready=ready)
+                return
+            except LeaseLost as exc:
+                log.warning("%s; standing by", exc, extra={"event": "lease_lost"})
+                metrics.APPLIER_LEADER.labels(name).set(0)
+                with contextlib.suppress(TransientConnectorError):
+                    link.state.heartbeat(me, role="standby", note="lost the lease")
+                ready, waited = None, True
+            finally:
+                applier.close()
     finally:
         metrics.APPLIER_LEADER.labels(name).set(0)
-        lock.release()
-        link.state.unregister_process(me)
+        # a state store that cannot be reached: the lease runs out, the row is swept
+        with contextlib.suppress(TransientConnectorError):
+            lease.release()
+        with contextlib.suppress(TransientConnectorError):
+            link.state.unregister_process(me)
+
+
+def _try_acquire(lease: ApplierLease, stop: threading.Event) -> bool:
+    """Take the lease if free; while the state store cannot be reached, wait for it (a
+    standby cannot take over through a store it cannot reach, nor can anyone else)."""
+    said = False
+    while not stop.is_set():
+        try:
+            return lease.acquire()
+        except TransientConnectorError as exc:
+            if not said:
+                log.warning("%s; waiting for it to take the applier lease", exc,
+                            extra={"event": "unreachable", "side": "state"})
+                said = True
+            stop.wait(1.0)
+    return False
+
+
+def _holder_text(lease: ApplierLease) -> str:
+    """"pid N" of the lease's holder, with its host when that is another one."""
+    try:
+        info = lease.holder_info()
+    except TransientConnectorError:
+        info = None
+    if info is None:
+        return "another process"
+    host, pid, _epoch = info
+    return f"pid {pid}" + ("" if host == socket.gethostname() else f" (on {host})")
 
 
 def _start_applier(link: Link, stop: threading.Event, me: str,
-                   prepare: Callable[[], None] | None) -> Applier | None:
-    """Validate the maps, recover in-doubt transactions and make the applier, waiting with
-    backoff while a database cannot be reached. None when stopped meanwhile."""
+                   prepare: Callable[[], None] | None, lease: ApplierLease) -> Applier | None:
+    """Validate the maps, recover in-doubt transactions and make the applier, holding
+    ``lease`` (its fence raised in both databases), waiting with backoff while a database
+    cannot be reached. None when stopped meanwhile."""
     delay = 0.1
     while not stop.is_set():
         link.state.heartbeat(me, role="applier")
@@ -1880,8 +1949,16 @@ def _start_applier(link: Link, stop: threading.Event, me: str,
             link.bound_maps()
             if prepare is not None:
                 prepare()
-            link.recover()
-            return link.applier(process=me)
+            applier = link.applier(process=me)
+            try:
+                # the fence first: an older holder still running commits nothing from here
+                # on, recovery of in-doubt transactions included
+                applier.hold(lease)
+                link.recover()
+            except BaseException:
+                applier.close()
+                raise
+            return applier
         except TransientConnectorError as exc:
             note = f"waiting for a database: {exc.message}"
             log.warning("%s; retrying in %.1f s", note, delay)
@@ -1910,5 +1987,5 @@ def resolve_conflict(link: Link, entry_id: int, pick: Side) -> dict[str, Any]:
             "kept": link.env_name(pick), "written_to": link.env_name(pick.other)}
 
 
-__all__ = ["APPLYING", "CAPTURING", "Applier", "ApplierLock", "BatchResult", "canonical_key",
+__all__ = ["APPLYING", "CAPTURING", "Applier", "BatchResult", "canonical_key",
            "capture_specs", "resolve_conflict", "run_applier"]

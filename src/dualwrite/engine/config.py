@@ -65,6 +65,9 @@ class CaptureConfig(BaseModel):
     poll_interval: float = Field(default=0.01, gt=0, le=60)
     #: the longest wait between retries when a side is unreachable
     max_backoff: float = Field(default=10.0, gt=0, le=3600)
+    #: how long the applier's lease lasts unrenewed: a standby takes over this long after
+    #: the active applier stopped answering (at once when it exits, or dies on the same host)
+    lease_seconds: float = Field(default=15.0, ge=2, le=3600)
     queue: QueueBudget = Field(default_factory=QueueBudget)
     #: keep the row values of settled conflicts in the state store (an audit trail; business
     #: data kept beyond open entries, so off by default)

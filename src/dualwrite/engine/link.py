@@ -25,10 +25,11 @@ from dualwrite.connectors.base import Connector, LinkRecord
 from dualwrite.connectors.sql import LINK_TABLE, SqlConnector
 from dualwrite.engine import metrics
 from dualwrite.engine.alerts import Alerts
-from dualwrite.engine.capture import Applier, ApplierLock, held_by_dependencies
+from dualwrite.engine.capture import Applier, held_by_dependencies
 from dualwrite.engine.config import Config, load_config, parse_map_text
 from dualwrite.engine.diff import MapDiffer
 from dualwrite.engine.initial_sync import InitialSync, MapResult, Progress
+from dualwrite.engine.lease import ApplierLease
 from dualwrite.engine.live import (
     Coordinator,
     LiveTransaction,
@@ -300,18 +301,7 @@ class Link:
     def applier_pid(self) -> int | None:
         """The process id of the applier (`run`, `serve`) holding this link's lease, if
         one does; never links the environments to find out."""
-        name = self.config.link_name
-        stored = self.state.get_link(name)
-        ids = {stored["link_id"]} if stored else set()
-        for s in Side:  # the state store may have lost it (or `unlink` removed it)
-            rec = self.connectors[s].get_link()
-            if rec is not None and rec.link_name == name:
-                ids.add(rec.link_id)
-        for link_id in sorted(ids):
-            pid = ApplierLock(self.config.state_url, link_id).holder()
-            if pid is not None:
-                return pid
-        return None
+        return self.applier_lease().holder()
 
     def purge_capture(self) -> dict[str, list[str]]:
         """Stop every map and remove every dualwrite trigger, function and change-log table
@@ -584,9 +574,11 @@ class Link:
         self.ensure_linked()
         return Applier(self, **kwargs)
 
-    def applier_lock(self) -> ApplierLock:
-        # named by the link's name, not its id: taking it must not need the databases
-        return ApplierLock(self.config.state_url, self.config.link_name)
+    def applier_lease(self) -> ApplierLease:
+        """A claim on this link's applier lease (see dualwrite.engine.lease); named by the
+        link's name, not its id: taking it must not need the databases."""
+        return ApplierLease(self.state, self.config.link_name,
+                            ttl=self.config.model.capture.lease_seconds)
 
     def before_first_write(self, step: Callable[[], Any]) -> None:
         """Run ``step`` (set-up that needs the databases) before the first live transaction,

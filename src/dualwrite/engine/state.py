@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -23,7 +23,12 @@ import sqlalchemy as sa
 from dualwrite.connectors.sqlite import create_sqlite_engine
 from dualwrite.engine.files import private_sqlite_file
 from dualwrite.engine.journal import DecisionJournal
-from dualwrite.errors import DualwriteError, TerminalConnectorError
+from dualwrite.errors import (
+    DualwriteError,
+    StateStoreOutdated,
+    TerminalConnectorError,
+    TransientConnectorError,
+)
 from dualwrite.model.values import tag, untag
 
 _md = sa.MetaData()
@@ -221,6 +226,17 @@ processes = sa.Table(
     sa.Column("note", sa.Text, nullable=True),  # what it waits for, when it waits
 )
 
+#: The applier lease of each link (see dualwrite.engine.lease): who applies, until when, and
+#: the epoch that fences every earlier holder out of the databases.
+applier_leases = sa.Table(
+    "applier_leases", _md,
+    sa.Column("link", sa.String(200), primary_key=True),
+    sa.Column("holder", sa.String(300), nullable=False),  # host:pid:nonce
+    sa.Column("epoch", sa.BigInteger, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),  # unix time; 0: released
+    sa.Column("acquired_at", sa.String(40), nullable=False),
+)
+
 #: a process whose heartbeat is older than this many seconds is taken for dead
 HEARTBEAT_TIMEOUT = 10.0
 
@@ -251,6 +267,7 @@ class AuditEntry:
 #: a conflict's detail once its row values are dropped
 _NO_DETAIL = "{}"
 _CONFLICT_VALUES_UPGRADE = "conflict row values kept while open only"
+_SCHEMA_VERSION_KEY = "schema_version"
 
 #: how long live writes may reuse the running maps and a principal's licences read earlier
 CACHE_SECONDS = 1.0
@@ -379,11 +396,41 @@ class InboxEntry:
                 "first_at": self.first_at, "last_at": self.last_at, "status": self.status}
 
 
+def _server_engine(url: str) -> sa.Engine:
+    """The engine of a state store on a database server (PostgreSQL). A server that stops
+    answering is not waited for without end (the connectors' timeouts and keepalives; the
+    URL's query wins), and losing it is a TransientConnectorError of environment "state":
+    the applier waits for it with backoff instead of exiting, and `serve` answers 503."""
+    args: dict[str, Any] = {}
+    if sa.engine.make_url(url).get_backend_name() == "postgresql":
+        from dualwrite.connectors.postgresql import CONNECT_DEFAULTS
+
+        args = {k: v for k, v in CONNECT_DEFAULTS.items()
+                if k not in sa.engine.make_url(url).query}
+    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=args)
+
+    @sa.event.listens_for(engine, "handle_error")
+    def _unreachable(ctx: sa.engine.ExceptionContext) -> None:
+        if ctx.is_disconnect or isinstance(ctx.sqlalchemy_exception, sa.exc.OperationalError):
+            raise TransientConnectorError(
+                f"the state store cannot be reached: "
+                f"{' '.join(str(ctx.original_exception).split())[:300]}",
+                hint="dualwrite retries; check the state store's server and `state:` in "
+                "dualwrite.yaml", environment="state") from ctx.original_exception
+
+    return engine
+
+
 class StateStore:
     """Access to dualwrite's own tables. Every method is one short transaction."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, upgrade: bool = False) -> None:
+        """Open the state store at ``url``: an empty one is made at the current schema
+        version; one at an older version is refused (StateStoreOutdated) unless ``upgrade``
+        (what `dualwrite state upgrade` does), one a newer dualwrite made is refused."""
         self.url = url
+        #: (version found, version now) when this opening upgraded the store
+        self.upgraded: tuple[int, int] | None = None
         database = (sa.engine.make_url(url).database or "") if url.startswith("sqlite") else ""
         in_file = database not in ("", ":memory:") and not database.startswith("file:")
         if in_file:
@@ -395,16 +442,19 @@ class StateStore:
                     hint="check `state:` in dualwrite.yaml; the folder must exist and be "
                     "writable", environment="state") from exc
         self.engine = create_sqlite_engine(url, wal=True) if url.startswith("sqlite") else \
-            sa.create_engine(url, pool_pre_ping=True)
+            _server_engine(url)
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._completed: list[str] = []
         self._writing = False
         self._cache: dict[Any, tuple[float, Any]] = {}
         try:
-            _md.create_all(self.engine)
-            self._upgrade()
+            self._open(upgrade)
+        except (StateStoreOutdated, TransientConnectorError):
+            self.engine.dispose()
+            raise
         except sa.exc.SQLAlchemyError as exc:
+            self.engine.dispose()
             raise TerminalConnectorError(
                 f"cannot open the state store {url!r}: {exc.__class__.__name__}: "
                 f"{getattr(exc, 'orig', exc)}",
@@ -418,11 +468,58 @@ class StateStore:
                                             self._import_journalled)
             self._journal.adopt()
 
+    def schema_version(self) -> int:
+        """The schema version this store is at (1: made before versions were recorded)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(sa.select(state_meta.c.value).where(
+                state_meta.c.key == _SCHEMA_VERSION_KEY)).scalar()
+        return int(value) if value is not None else 1
+
+    def _open(self, upgrade: bool) -> None:
+        with self.engine.connect() as conn:
+            have = set(sa.inspect(conn).get_table_names())
+        if not have & {t.name for t in _md.sorted_tables}:
+            _md.create_all(self.engine)
+            self._set_version(SCHEMA_VERSION)
+            return
+        if state_meta.name not in have:
+            state_meta.create(self.engine, checkfirst=True)
+        found = self.schema_version()
+        if found > SCHEMA_VERSION:
+            raise StateStoreOutdated(
+                f"the state store {self.url!r} is at schema version {found}, made by a newer "
+                f"dualwrite; this one ({_dualwrite_version()}) knows versions up to "
+                f"{SCHEMA_VERSION}", hint="run the dualwrite version that made it (or newer)")
+        if found < SCHEMA_VERSION:
+            if not upgrade:
+                raise StateStoreOutdated(
+                    f"the state store {self.url!r} is at schema version {found}; this "
+                    f"dualwrite ({_dualwrite_version()}) needs version {SCHEMA_VERSION}",
+                    hint="back it up, then run `dualwrite state upgrade` (stop every "
+                    "`run` and `serve` of its links first)")
+            for version, _what, step in MIGRATIONS:
+                if found < version <= SCHEMA_VERSION:
+                    step(self)
+                    self._set_version(version)
+            self.upgraded = (found, SCHEMA_VERSION)
+
+    def _set_version(self, version: int) -> None:
+        with self.engine.begin() as conn:
+            n = conn.execute(sa.update(state_meta).where(
+                state_meta.c.key == _SCHEMA_VERSION_KEY).values(value=str(version))).rowcount
+        if n == 0:
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.insert(state_meta).values(key=_SCHEMA_VERSION_KEY,
+                                                              value=str(version)))
+            except sa.exc.IntegrityError:
+                pass  # another process opening the new store recorded it meanwhile
+
     def _upgrade(self) -> None:
-        """Bring a store an earlier version made up to date: tables it lacks are created by
-        ``create_all``; nullable columns added since are added here. Idempotent; two
-        processes opening one old store at once both get there (the loser's ALTER fails, and
-        the column is then there)."""
+        """Migration 2: bring a store made before schema versions up to date: tables it
+        lacks are created; nullable columns added since are added; the row values earlier
+        versions kept for settled conflicts are dropped. Idempotent."""
+        _md.create_all(self.engine)
         for table in _md.sorted_tables:
             with self.engine.connect() as conn:
                 have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
@@ -1210,3 +1307,23 @@ class StateStore:
                 error_inbox.c.status == "open").values(status="resolved", last_at=now_iso()))
             if n.rowcount:
                 self._forget_conflict_values(conn, map_name, encode_values(key))
+#: The state store's schema versions: (version, what it changes, the step that makes it).
+#: A store records its version in ``state_meta``; `dualwrite state upgrade` runs the steps
+#: above it in order. Version 1 is every store made before versions were recorded.
+MIGRATIONS: list[tuple[int, str, Callable[[StateStore], None]]] = [
+    (2, "versioned schema; tables and columns added since (leases, processes, map "
+        "versions, alerts' states); conflicts keep row values only while open",
+     StateStore._upgrade),
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _dualwrite_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"dualwrite {version('dualwrite')}"
+    except PackageNotFoundError:
+        return "dualwrite"
+
+

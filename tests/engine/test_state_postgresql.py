@@ -1,0 +1,172 @@
+"""The state store on PostgreSQL (`state: postgresql+psycopg://…`), for every feature: a
+PostgreSQL ↔ MariaDB link runs its whole life on it — initial sync (checkpoints, progress),
+map versions and a reload, captured changes, a manual conflict parked with the changes behind
+it and resolved, live transactions (decisions, audit), tokens and refusals, events, alerts,
+processes — and what it keeps is in PostgreSQL's tables. And the state store's schema
+version: recorded when made, checked at every start, upgraded by `dualwrite state upgrade`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from capture_fixtures import ITEMS_MAP, Items, drain, make_items
+from dualwrite.cli import main
+from dualwrite.engine.capture import resolve_conflict
+from dualwrite.engine.security import authenticate, create_token
+from dualwrite.engine.state import SCHEMA_VERSION, StateStore
+from dualwrite.errors import StateStoreOutdated
+from dualwrite.model.maps import Side
+
+from conftest import BackendFactory, fresh_state_url
+
+WITH_NOTE = ITEMS_MAP + "  - note = note\n"
+
+
+def names(it: Items, side: str) -> dict[int, str]:
+    return {k: v[0] for k, v in it.rows(side).items()}
+
+
+def test_a_link_lives_its_whole_life_on_a_postgresql_state_store(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    url = fresh_state_url("postgresql", tmp_path)
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb", policy="manual",
+                    extra=lambda cfg: cfg.update(state=url))
+    it.left.insert("items", [{"id": i, "name": f"A{i}", "qty": i} for i in (1, 2, 3)])
+    with it.link() as link:
+        assert link.state.engine.dialect.name == "postgresql"
+        # initial sync: its checkpoints and progress, the map's state and version
+        link.start_maps()
+        assert names(it, "right") == {1: "A1", 2: "A2", 3: "A3"}
+        [row] = link.status()
+        assert row["state"] == "running" and row["version"]
+        # captured changes; a conflict parks the key with the changes behind it
+        applier = link.applier()
+        try:
+            for n in (1, 2):
+                it.left.app_sql(f"UPDATE items SET name = 'L{n}' WHERE id = 1")
+                it.right.app_sql(f"UPDATE items SET name = 'R{n}' WHERE id = 1")
+            it.left.app_sql("UPDATE items SET name = 'L-two' WHERE id = 2")
+            drain(applier)
+            assert names(it, "right")[2] == "L-two"
+            [entry] = link.state.errors()
+            assert entry.operation == "conflict" and link.state.parked_count()
+            [conflict] = link.state.conflicts("items")
+            assert conflict["winner"] == "manual"
+            [row] = link.status()
+            assert row["conflicts"] == 1 and row["errors"] == 1
+            resolve_conflict(link, entry.id, Side.RIGHT)
+            drain(applier)
+            assert names(it, "left")[1] == names(it, "right")[1] == "R2"
+            assert link.state.errors() == [] and not link.state.parked_count()
+            # a map edited and reloaded: a new version, applied from then on
+            before = link.status()[0]["version"]
+            (it.config.parent / "maps" / "items.yaml").write_text(
+                WITH_NOTE.format(policy="manual"))
+            [done] = link.reload_maps()
+            assert done["reloaded"] and done["from"] == before
+            it.left.app_sql("UPDATE items SET note = 'noted' WHERE id = 3")
+            applier.maps(refresh=True)
+            drain(applier)
+            assert it.right.sql("SELECT note FROM items WHERE id = 3") == [("noted",)]
+        finally:
+            applier.close()
+        # a live transaction: its decision and audit rows
+        with link.transaction(principal="alice") as tx:
+            tx.create("erp", "items", {"id": 9, "name": "live", "qty": 9})
+        assert names(it, "right")[9] == "live"
+        # (its completion is written with the next decision: the decision is what counts)
+        assert all(link.state.decision(x) == "commit"
+                   for x in link.state.incomplete_decisions())
+        assert any(a["principal"] == "alice" for a in link.state.audit())
+        # tokens and refusals
+        token = create_token(link.state, "bob", role="reader")
+        who = authenticate(link.state, token, max_age=0)
+        assert who is not None and who.name == "bob" and who.role == "reader"
+        link.state.add_refusal("bob", "POST /odata/erp/items", "writer", "a reader")
+        assert link.state.refusals()[0]["principal"] == "bob"
+        # events and the applier's activity
+        assert link.state.count_events("items", ["conflict"], time.time() - 3600) >= 1
+        assert all(v.ok for v in link.verify())
+    # what it keeps is PostgreSQL's: read it there, as another process would
+    raw = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with raw.connect() as conn:
+            def count(table: str) -> int:
+                return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
+
+            assert count("map_versions") >= 2 and count("map_status") == 1
+            assert count("coordinator_log") >= 1 and count("audit_log") >= 1
+            assert count("tokens") == 1 and count("refusals") == 1
+            assert count("conflicts") == 1 and count("events") >= 1
+            assert count("error_inbox") == 1  # the resolved entry, kept as resolved
+            version = conn.execute(sa.text(
+                "SELECT value FROM state_meta WHERE key = 'schema_version'")).scalar_one()
+            assert int(version) == SCHEMA_VERSION
+    finally:
+        raw.dispose()
+
+
+def _make_old(url: str) -> None:
+    """Make the store look as dualwrite left it before schema versions: no version
+    recorded, a table and a column added since missing."""
+    raw = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with raw.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM state_meta")
+            conn.exec_driver_sql("DROP TABLE applier_leases")
+            conn.exec_driver_sql("ALTER TABLE processes DROP COLUMN note")
+    finally:
+        raw.dispose()
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_the_schema_version_is_checked_at_start_and_upgraded_by_the_command(
+        store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = fresh_state_url(store, tmp_path)
+    state = StateStore(url)
+    assert state.schema_version() == SCHEMA_VERSION and state.upgraded is None
+    state.put_link("l", "id-1", "erp", "crm")
+    state.close()
+    _make_old(url)
+    # an older store is refused, with what to do
+    with pytest.raises(StateStoreOutdated) as refused:
+        StateStore(url)
+    assert "schema version 1" in str(refused.value) and refused.value.code == "DW008"
+    assert "dualwrite state upgrade" in refused.value.hint
+    # ... and so is every command that opens it (exit code 2, the message)
+    cfg = tmp_path / "dualwrite.yaml"
+    cfg.write_text(f"environments: {{erp: {{url: 'sqlite:///{tmp_path}/a.db'}}, crm: {{url: "
+                   f"'sqlite:///{tmp_path}/b.db'}}}}\nlink: {{left: erp, right: crm}}\n"
+                   f"state: '{url}'\nmaps: []\n")
+    assert main(["-c", str(cfg), "status"]) == 2
+    assert "dualwrite state upgrade" in capsys.readouterr().err
+    # the command upgrades it, keeping what it holds
+    assert main(["-c", str(cfg), "state", "upgrade"]) == 0
+    said = capsys.readouterr().out
+    assert f"upgraded from schema version 1 to {SCHEMA_VERSION}" in said
+    state = StateStore(url)
+    try:
+        assert state.schema_version() == SCHEMA_VERSION
+        assert state.get_link("l") is not None  # kept
+        pid = state.register_process("l", "applier", note="a note")  # the column is back
+        assert state.processes("l")[0]["note"] == "a note"
+        state.unregister_process(pid)
+    finally:
+        state.close()
+    # again: nothing to do
+    assert main(["-c", str(cfg), "state", "upgrade"]) == 0
+    assert "nothing to do" in capsys.readouterr().out
+    # a store a newer dualwrite made is refused, not touched
+    raw = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with raw.begin() as conn:
+            conn.exec_driver_sql(f"UPDATE state_meta SET value = '{SCHEMA_VERSION + 1}' "
+                                 "WHERE key = 'schema_version'")
+    finally:
+        raw.dispose()
+    with pytest.raises(StateStoreOutdated, match="made by a newer dualwrite"):
+        StateStore(url)
