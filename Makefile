@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-capture clean services browser
+.PHONY: demo test lint bench bench-capture bench-idle clean services browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ bench: $(STAMP) services
 bench-capture: $(STAMP) services
 	bash scripts/bench-deps.sh
 	$(BIN)/python bench/capture.py
+
+# what a quiet link costs (CPU of idle run and serve)
+bench-idle: $(STAMP) services
+	$(BIN)/python bench/idle.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -858,6 +858,8 @@ class CaptureLog:
         self.connector = connector
         self.dialect = dialect_for(connector)
         self._ready = False
+        #: whether rows were deleted since the last purge (at first: perhaps, by another run)
+        self._forgotten = True
 
     @property
     def has_txid(self) -> bool:
@@ -1252,6 +1254,7 @@ class CaptureLog:
         fence ``(link, epoch)``, if given: see :meth:`fence`)."""
         if not seqs:
             return
+        self._forgotten = True
         c = self.connector
         ordered = sorted(seqs)
 
@@ -1358,8 +1361,10 @@ class CaptureLog:
         """Drop what deleting applied changes left behind (MariaDB's history rows). Read
         committed: the scan then locks only the history rows it deletes, not every row and
         gap it passes, so applications' captured writes (new log rows) do not wait for it."""
-        if not self.needs_purge or not self._exists():
+        # nothing deleted since the last purge: nothing to purge (a quiet link costs nothing)
+        if not self.needs_purge or not self._forgotten or not self._exists():
             return
+        self._forgotten = False
         c = self.connector
         with c.translating("purge the change log's history"), \
                 c.engine.connect().execution_options(isolation_level="READ COMMITTED") as conn, \

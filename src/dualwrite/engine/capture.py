@@ -91,6 +91,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dualwrite.capture")
 
+#: the longest wait of a quiet applier whose sides all notify (PostgreSQL)
+_NOTIFIED_IDLE_MAX = 1.0
+
 #: map states in which captured changes are applied
 APPLYING = ("running", "resuming")
 #: the log event of a map's move into a state, as the applier sees it
@@ -379,6 +382,7 @@ class Applier:
             ready()
         last_housekeeping = 0.0
         state_down: str | None = None
+        idle = 0  # passes in a row that found nothing
         while not stop.is_set():
             done = self.step()
             now = time.monotonic()
@@ -398,13 +402,22 @@ class Applier:
                         log.warning("%s; retrying", exc, extra={"event": "unreachable",
                                                                 "side": "state"})
                     state_down = str(exc)
+            idle = idle + 1 if done == 0 else 0
             if done == 0:
-                self._wait(stop)
+                self._wait(stop, idle)
         with contextlib.suppress(TransientConnectorError):
             self.flush_activity(force=True)
 
-    def _wait(self, stop: threading.Event) -> None:
+    def _wait(self, stop: threading.Event, idle: int = 0) -> None:
+        """Wait for changes: until a PostgreSQL side notifies, or the next look at a polled
+        log. A link that stays quiet is looked at less and less often (``idle``: passes in a
+        row that found nothing; the wait doubles each time, up to capture.idle_poll_max, or
+        up to a second when every side notifies): a quiet applier costs next to nothing,
+        and the first change after a quiet spell is still seen within that bound."""
         delay = self.poll
+        if idle > 1:
+            cap = max(self.poll, self.link.config.model.capture.idle_poll_max)
+            delay = min(cap, self.poll * 2 ** min(idle - 1, 16))
         pending_retry = [t - time.monotonic() for t in self._retry_at.values()
                          if t > time.monotonic()]
         if pending_retry:
@@ -417,7 +430,12 @@ class Applier:
             # only PostgreSQL sides notify: with another kind of side, wake at least every
             # poll interval to look at its log
             everyone_notifies = len(waiter.conns) == len(self.link.connectors)
-            waiter(max(delay, 0.05) if everyone_notifies and not pending_retry else delay)
+            if everyone_notifies and not pending_retry:
+                # a notification wakes it at once; the timeout only bounds how late a
+                # change that notifies nobody is seen (an application's two-phase commit)
+                waiter(min(_NOTIFIED_IDLE_MAX, max(delay, 0.05) * 2 ** min(max(idle - 1, 0), 8)))
+            else:
+                waiter(delay)
         except Exception as exc:  # any failure of the LISTEN session
             # A lost LISTEN session (server restart, terminated backend) must not stop the
             # applier: poll, and listen again a little later.
