@@ -76,6 +76,20 @@ def plain_type(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     return t
 
 
+def split_table(name: str) -> tuple[str | None, str]:
+    """``fin.currency`` -> ("fin", "currency"); ``currency`` -> (None, "currency"). A table in
+    another PostgreSQL schema, or in another MariaDB database on the same server, is named
+    ``schema.table`` in maps and everywhere in dualwrite."""
+    schema, dot, table = name.partition(".")
+    return (schema, table) if dot and schema and table else (None, name)
+
+
+def qualified(t: sa.Table) -> str:
+    """The name dualwrite uses for a reflected table: ``schema.table`` when it was reflected
+    from a schema named explicitly, else the plain name."""
+    return f"{t.schema}.{t.name}" if t.schema else t.name
+
+
 def kind_of(t: sa.types.TypeEngine[Any]) -> Kind:
     """The portable kind of a reflected SQLAlchemy type (without the database's own rules:
     see :meth:`SqlConnector.column_type`)."""
@@ -267,8 +281,12 @@ class SqlConnector(Connector):
     #: whether a long-running read may stay open while another connection writes the table
     stream_reads_while_writing = True
 
-    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None) -> None:
+    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None,
+                 schema: str | None = None) -> None:
         super().__init__(name, url)
+        #: the environment's `schema:` (PostgreSQL: the search path; MariaDB: the database),
+        #: where unqualified table names and dualwrite's own tables are
+        self.default_schema = schema
         self.engine = engine or self._create_engine(url)
         self._tables: dict[str, sa.Table] = {}
         self._schemas: dict[str, TableSchema] = {}
@@ -441,10 +459,19 @@ class SqlConnector(Connector):
         return " ".join(text.split())[:500]
 
     # -- schema ------------------------------------------------------------------------------
-    def tables(self) -> list[str]:
-        with self.translating("list tables"):
-            names = sa.inspect(self.engine).get_table_names()
-        return sorted(n for n in names if not n.startswith(OWN_TABLE_PREFIX))
+    def tables(self, schema: str | None = None) -> list[str]:
+        """The tables of the connection's default schema, or of ``schema`` (then named
+        ``schema.table``)."""
+        with self.translating(f"list tables{f' of schema {schema}' if schema else ''}"), \
+                self.catalog_connection() as conn:
+            names = sa.inspect(conn).get_table_names(schema=schema)
+        return sorted(f"{schema}.{n}" if schema else n for n in names
+                      if not n.startswith(OWN_TABLE_PREFIX))
+
+    def schemas(self) -> list[str]:
+        """The schemas (MariaDB: databases) this connection can see."""
+        with self.translating("list schemas"), self.catalog_connection() as conn:
+            return sorted(sa.inspect(conn).get_schema_names())
 
     def table(self, name: str) -> sa.Table:
         t = self._tables.get(name)
@@ -462,8 +489,9 @@ class SqlConnector(Connector):
                 # a type SQLAlchemy does not know (inet6, xml, point) is still a column: its
                 # kind is OTHER, named by the database's catalog (column_type)
                 warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
+                schema_name, name = split_table(table)
                 with self.catalog_connection() as conn:
-                    t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+                    t = sa.Table(name, sa.MetaData(), schema=schema_name, autoload_with=conn)
         except TerminalConnectorError as exc:
             if isinstance(exc.__cause__, sa_exc.NoSuchTableError):
                 raise TerminalConnectorError(
@@ -485,7 +513,7 @@ class SqlConnector(Connector):
                 has_default=c.server_default is not None or auto,
                 primary_key=c.primary_key, length=getattr(c.type, "length", None),
                 sql_type=_compiled(c.type, self.engine.dialect), facets=facets)
-        fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), fk.referred_table.name,
+        fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), qualified(fk.referred_table),
                           tuple(e.column.name for e in fk.elements))
                for fk in t.foreign_key_constraints]
         uniques: list[tuple[str, ...]] = []
@@ -493,9 +521,9 @@ class SqlConnector(Connector):
                 self.catalog_connection() as conn:
             warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
             insp = sa.inspect(conn)
-            for u in insp.get_unique_constraints(table):
+            for u in insp.get_unique_constraints(t.name, schema=t.schema):
                 uniques.append(tuple(c for c in u["column_names"] if c))
-            for ix in insp.get_indexes(table):
+            for ix in insp.get_indexes(t.name, schema=t.schema):
                 if ix.get("unique"):
                     uniques.append(tuple(c for c in ix["column_names"] if c))
         schema = TableSchema(table, cols, pk, fks, uniques)
@@ -579,7 +607,7 @@ class SqlConnector(Connector):
         out: list[sa.ColumnElement[Any]] = []
         for k in key:
             c = t.c[k]
-            if isinstance(c.type, sqltypes.String) and not self._binary_ordered(t.name, k):
+            if isinstance(c.type, sqltypes.String) and not self._binary_ordered(qualified(t), k):
                 out.append(self._binary_order_expr(c))
             else:
                 out.append(c)

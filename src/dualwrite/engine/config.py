@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from dualwrite.model.yamlio import load_yaml
 class EnvironmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=1)
+    #: where the environment's unqualified table names and dualwrite's own tables (the change
+    #: log) are: a PostgreSQL schema (the search path), a MariaDB database
+    schema_: str | None = Field(default=None, alias="schema", min_length=1)
 
 
 class LinkConfig(BaseModel):
@@ -164,11 +168,16 @@ class Config:
         return self.model.link.name or f"{self.left}<->{self.right}"
 
     def url(self, env: str) -> str:
-        return resolve_url(self.model.environments[env].url, self.path.parent)
+        return resolve_url(self.model.environments[env].url, self.path.parent,
+                           f"environments.{env}.url", str(self.path))
+
+    def schema(self, env: str) -> str | None:
+        """The environment's `schema:` (None: the connection's default)."""
+        return self.model.environments[env].schema_
 
     @property
     def state_url(self) -> str:
-        return resolve_url(self.model.state, self.path.parent)
+        return resolve_url(self.model.state, self.path.parent, "state", str(self.path))
 
     def map(self, name: str) -> TableMap:
         for m in self.maps:
@@ -179,8 +188,23 @@ class Config:
                           file=str(self.path), code="DW010")
 
 
-def resolve_url(url: str, base: Path) -> str:
-    """Make a relative SQLite file path absolute against ``base``; expand env variables."""
+_BRACED_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+def resolve_url(url: str, base: Path, where: str = "url", file: str | None = None) -> str:
+    """Make a relative SQLite file path absolute against ``base``; expand environment
+    variables. A ``${VAR}`` whose variable is not set is a ConfigError naming it (left in
+    the URL, it would surface later as a baffling connection error); a bare ``$word`` that
+    is not a set variable stays as written (a password may hold a ``$``)."""
+    unset = [m.group(1) for m in _BRACED_VAR.finditer(url) if m.group(1) not in os.environ]
+    if unset:
+        names = ", ".join(f"${{{v}}}" for v in dict.fromkeys(unset))
+        raise ConfigError(
+            f"{where} uses the environment variable(s) {names}, which "
+            f"{'is' if len(unset) == 1 else 'are'} not set",
+            hint=f"set {' and '.join(dict.fromkeys(unset))} in the environment dualwrite "
+            "runs in (e.g. export " + unset[0] + "=...), or write the value into the config",
+            file=file, code="DW007")
     url = os.path.expandvars(url)
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith("sqlite:////"):

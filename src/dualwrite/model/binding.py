@@ -169,6 +169,15 @@ class _Binder:
               severity: str = "error") -> None:
         self.issues.append(Issue(code, message, hint, m.file, line, m.name, severity))
 
+    def find(self, side: Side, name: str) -> str | None:
+        """The real name of table ``name`` on ``side``: as listed (exactly, then ignoring
+        case), or, for a name in another schema (``fin.currency``, a foreign key's target)
+        that the list does not hold, the name itself if the schema source describes it."""
+        real = find_table(self.tables(side), name)
+        if real is None and "." in name and self.schema(side, name) is not None:
+            return name
+        return real
+
     def column(self, m: TableMap, side: Side, schema: TableSchema, name: str,
                line: int | None, what: str = "column") -> str | None:
         col = schema.column(name)
@@ -203,7 +212,7 @@ class _Binder:
             else:
                 table_name = t.table
                 id_col = None
-            real = find_table(self.tables(side), table_name)
+            real = self.find(side, table_name)
             related = self.schema(side, real) if real else None
             if related is None:
                 self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {table_name!r} does "
@@ -327,7 +336,7 @@ class _Binder:
         schemas: dict[Side, TableSchema | None] = {}
         for side in Side:
             name = m.table(side)
-            real = find_table(self.tables(side), name)
+            real = self.find(side, name)
             schemas[side] = self.schema(side, real) if real == name or (
                 real and real.casefold() == name.casefold()) else None
             if schemas[side] is None:
