@@ -87,8 +87,8 @@ def _print_json(data: Any) -> None:
 
 
 @contextmanager
-def _link(config: Path | None) -> Iterator[Link]:
-    link = Link.open(_config_path(config))
+def _link(config: Path | None, *, lenient: bool = False) -> Iterator[Link]:
+    link = Link.open(_config_path(config), lenient=lenient)
     try:
         _configure_logging(link)
         yield link
@@ -210,7 +210,8 @@ def _main(config: ConfigOpt = None,
 @app.command()
 def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Check every map against both environments' real schemas; report all problems."""
-    with _link(config) as link:
+    # lenient: a map file that does not parse is one more problem to list, not the end
+    with _link(config, lenient=True) as link:
         bound, issues = link.validate(files=True)
         errors = [i for i in issues if i.is_error]
         if as_json:
@@ -219,7 +220,7 @@ def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         else:
             for i in issues:
                 out.print(str(i), markup=False)
-            n = len(link.config.maps)
+            n = len(link.config.maps) + len({i.file for i in link.files.problems})
             others = len(issues) - len(errors)
             said = f" ({others} warning(s) and note(s) above)" if others else ""
             if errors:

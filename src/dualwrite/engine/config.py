@@ -9,13 +9,13 @@ from __future__ import annotations
 import glob
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dualwrite.errors import ConfigError
+from dualwrite.errors import ConfigError, Issue, MapSyntaxError, ValidationFailed
 from dualwrite.model.maps import TableMap, parse_map_document
 from dualwrite.model.yamlio import load_yaml
 
@@ -154,6 +154,9 @@ class Config:
     path: Path
     model: ConfigModel
     maps: list[TableMap]
+    #: map files that could not be read or parsed (``load_config(lenient=True)``): every
+    #: problem in each, with file and line; their maps are not in ``maps``
+    problems: list[Issue] = field(default_factory=list)
 
     @property
     def left(self) -> str:
@@ -223,11 +226,14 @@ def _pydantic_message(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, lenient: bool = False) -> Config:
     """Read and check ``dualwrite.yaml`` and every map file it names.
 
-    Raises ConfigError (file, line, what to do) for a missing file, bad YAML, a wrong key or a
-    map that does not parse. Whether tables and columns exist is checked by validation.
+    Raises ConfigError (file, line, what to do) for a missing file, bad YAML or a wrong key
+    in the config. Map files are all read, and every problem in each is found: one problem
+    is raised as it is, several as ValidationFailed listing them all; with ``lenient``
+    (``dualwrite validate``) nothing is raised for them: they are in ``Config.problems`` and
+    their maps are left out. Whether tables and columns exist is checked by validation.
     """
     p = Path(path)
     if not p.exists():
@@ -245,19 +251,30 @@ def load_config(path: str | os.PathLike[str]) -> Config:
                           hint="see docs/user-guide.md for the config format") from None
     maps: list[TableMap] = []
     seen: set[Path] = set()
+    errors: list[ConfigError] = []
     for pattern in model.maps:
         full = pattern if os.path.isabs(pattern) else str(p.parent / pattern)
         matches = sorted(glob.glob(full))
         if not matches:
-            raise ConfigError(f"map pattern {pattern!r} matches no file", file=str(p),
-                              code="DW005", hint="correct `maps:` or create the map files")
+            errors.append(ConfigError(f"map pattern {pattern!r} matches no file", file=str(p),
+                                      code="DW005",
+                                      hint="correct `maps:` or create the map files"))
         for f in matches:
             fp = Path(f).resolve()
             if fp in seen:
                 continue
             seen.add(fp)
-            maps.append(load_map_file(fp))
-    return Config(p.resolve(), model, maps)
+            try:
+                maps.append(load_map_file(fp))
+            except MapSyntaxError as exc:
+                errors += exc.problems
+            except ConfigError as exc:  # not YAML, not readable
+                errors.append(exc)
+    if errors and not lenient:
+        if len(errors) == 1:
+            raise errors[0]
+        raise ValidationFailed([e.as_issue() for e in errors])
+    return Config(p.resolve(), model, maps, [e.as_issue() for e in errors])
 
 
 def load_map_file(path: Path) -> TableMap:

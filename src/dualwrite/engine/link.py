@@ -89,8 +89,10 @@ class Link:
             raise
 
     @classmethod
-    def open(cls, path: str | Path = "dualwrite.yaml") -> Link:
-        return cls(load_config(path))
+    def open(cls, path: str | Path = "dualwrite.yaml", *, lenient: bool = False) -> Link:
+        """The link of the config at ``path``. ``lenient``: map files that do not parse are
+        left out, their problems kept for :meth:`validate` to report (``Config.problems``)."""
+        return cls(load_config(path, lenient=lenient))
 
     @property
     def state(self) -> StateStore:
@@ -175,7 +177,8 @@ class Link:
         """Bind every map to both real schemas; return bound maps and every issue found. The
         maps are the versions installed (``files``: as the map files say now)."""
         if files:
-            return self._bind(self.files.maps)
+            bound, issues = self._bind(self.files.maps)
+            return bound, [*self.files.problems, *issues]
         if self._versions is None:
             self._adopt_versions()
         if self._bound is not None and self._issues is not None:

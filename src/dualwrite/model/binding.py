@@ -156,6 +156,52 @@ class BoundMap:
                 if f.spec.flows_to(side) and f.end(side).column is not None]
 
 
+def _stem(name: str) -> str:
+    """A name without case, its publisher prefix (``msdyn_``, ``new_``: letters up to the
+    first ``_``), its schema (``fin.``), and underscores: what two spellings of one column
+    share (``msdyn_onholdstatus``, ``ONHOLDSTATUS``, ``on_hold_status``)."""
+    n = name.casefold().rpartition(".")[2]
+    head, sep, rest = n.partition("_")
+    if sep and rest and head.isalpha() and len(head) <= 6:
+        n = rest
+    return n.replace("_", "")
+
+
+def close_names(wanted: str, names: list[str] | set[str] | dict[str, object]) -> list[str]:
+    """Every name in ``names`` that ``wanted`` may have meant, best first: the same stem
+    (case, publisher prefix and underscores aside), one stem inside the other, or a close
+    spelling. Never cut short: the caller lists them all."""
+    import difflib
+
+    def plain(n: str) -> str:
+        return n.casefold().rpartition(".")[2].replace("_", "")
+
+    def score(a: str, b: str) -> float:
+        if not a or not b:
+            return 0.0
+        if a == b:
+            return 2.0
+        if len(min(a, b, key=len)) >= 4 and (a in b or b in a):
+            return 1.5
+        return difflib.SequenceMatcher(None, a, b).ratio()
+
+    scored: list[tuple[float, str]] = []
+    for n in names:
+        best = max(score(_stem(wanted), _stem(n)), score(plain(wanted), plain(n)))
+        if best >= 0.75:
+            scored.append((best, n))
+    return [n for _, n in sorted(scored, key=lambda x: (-x[0], x[1]))]
+
+
+def listing(what: str, names: list[str], limit: int = 60) -> str:
+    """``names`` for a hint: all of them, or the first ``limit`` saying how many there are
+    (a list is never cut short silently)."""
+    if len(names) <= limit:
+        return f"{what}: {', '.join(names)}"
+    return (f"{what} ({len(names)}; the first {limit}): {', '.join(names[:limit])}, "
+            f"... ({len(names) - limit} more)")
+
+
 class _Binder:
     def __init__(self, schema: SchemaSource, tables: TableLister,
                  striped: dict[tuple[Side, str], str] | None = None) -> None:
@@ -182,9 +228,10 @@ class _Binder:
                line: int | None, what: str = "column") -> str | None:
         col = schema.column(name)
         if col is None:
-            near = [c for c in schema.columns if c.casefold().startswith(name.casefold()[:4])]
-            hint = f"did you mean {', '.join(near[:3])}?" if near else \
-                f"check the {side.value} table's columns: {', '.join(list(schema.columns)[:8])}"
+            near = close_names(name, list(schema.columns))
+            columns = listing(f"the {side.value} table's columns", list(schema.columns))
+            hint = f"did you mean {' or '.join(near)}? ({columns})" if near else \
+                f"check {columns}"
             self.issue(m, "DW102", f"{side.value} table {schema.name!r} has no {what} {name!r}",
                        hint, line)
             return None
@@ -340,10 +387,12 @@ class _Binder:
             schemas[side] = self.schema(side, real) if real == name or (
                 real and real.casefold() == name.casefold()) else None
             if schemas[side] is None:
-                near = [t for t in self.tables(side) if t.casefold()[:4] == name.casefold()[:4]]
+                near = close_names(name, self.tables(side))
                 self.issue(m, "DW101", f"{side.value} table {name!r} does not exist",
-                           f"did you mean {', '.join(near[:3])}?" if near else
-                           f"create the table on the {side.value} side or correct `{side.value}:`",
+                           f"did you mean {' or '.join(near)}?" if near else
+                           f"create the table on the {side.value} side or correct "
+                           f"`{side.value}:` (a table in another schema is schema.table); "
+                           + listing(f"the {side.value} side's tables", self.tables(side)),
                            m.line_of(side.value))
         ok = True
         fields: list[BoundField] = []
