@@ -233,6 +233,12 @@ class MySqlConnector(SqlConnector):
         finally:
             raw.close()
 
+    def _refusal(self, exc: sa_exc.DBAPIError) -> str | None:
+        code = next(iter(getattr(exc.orig, "args", ())), None)
+        # access denied (password, unknown user, or an auth plugin), to the database, unknown
+        return {1045: "credentials", 1698: "credentials", 1044: "grants",
+                1049: "database"}.get(code) if isinstance(code, int) else None
+
     def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
         args: tuple[Any, ...] = tuple(getattr(exc.orig, "args", ()))
         return bool(args) and args[0] in CONSTRAINT_CODES

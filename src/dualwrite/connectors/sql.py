@@ -413,6 +413,9 @@ class SqlConnector(Connector):
                 hint="check the value against the column's type on this side",
                 environment=self.name)
         if isinstance(exc, sa_exc.DBAPIError):
+            refused = self._refused_connection(doing, exc)
+            if refused is not None:
+                return refused
             if self._is_constraint(exc):
                 return ConstraintViolation(
                     f"{doing}: the database rejected the row: {self._driver_message(exc)}",
@@ -422,8 +425,9 @@ class SqlConnector(Connector):
                                            and self._looks_transient(exc)):
                 return TransientConnectorError(
                     f"{doing}: {self._driver_message(exc)}",
-                    hint="the database is unreachable or busy; dualwrite retries, or check "
-                    "that it is running", environment=self.name)
+                    hint=f"the database at {self._shown_url()} is unreachable or busy: check that "
+                    "it is running and reachable (`run` and `serve` keep retrying; other "
+                    "commands stop here)", environment=self.name)
             return TerminalConnectorError(
                 f"{doing}: {self._driver_message(exc)}",
                 hint="check the table and column names and the database permissions",
@@ -441,6 +445,62 @@ class SqlConnector(Connector):
                 out.__cause__ = wrapped
             return out
         return None
+
+    def _shown_url(self) -> str:
+        """The environment's URL without its password, for messages."""
+        try:
+            return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except sa_exc.ArgumentError:
+            return "its URL"
+
+    def _refusal(self, exc: sa_exc.DBAPIError) -> str | None:
+        """Why the server refused to open a session: "credentials" (user or password),
+        "grants" (the user may not use the database), "database" (no such database), or
+        None. Dialects read their drivers' codes; the text is PostgreSQL's (libpq's)."""
+        text = str(exc.orig)
+        if "password authentication failed" in text or re.search(
+                r'role "[^"]*" does not exist', text) or "no pg_hba.conf entry" in text \
+                or "authentication failed" in text:
+            return "credentials"
+        if re.search(r'FATAL:\s+database "[^"]*" does not exist', text):
+            return "database"
+        if "permission denied for database" in text:
+            return "grants"
+        return None
+
+    def _refused_connection(self, doing: str, exc: sa_exc.DBAPIError
+                            ) -> TerminalConnectorError | None:
+        """A session the server would not open, as what to fix: the credentials, the grants
+        or the database name. None for any other error. Never transient: retrying the same
+        URL gets the same answer, so nothing retries it."""
+        why = self._refusal(exc)
+        if why is None:
+            return None
+        url = sa.engine.make_url(self.url)
+        where = self._shown_url()
+        if why == "credentials":
+            return TerminalConnectorError(
+                f"{doing}: the database refused the credentials of user {url.username!r} "
+                f"({where}): {self._driver_message(exc)}",
+                hint="correct the user name or password in the URL of environment "
+                f"{self.name!r} (or the ${{VAR}} it takes them from), or create that user on "
+                "the server: dualwrite does not retry this, as retrying cannot help",
+                environment=self.name)
+        if why == "grants":
+            return TerminalConnectorError(
+                f"{doing}: user {url.username!r} may not use database {url.database!r} "
+                f"({where}): {self._driver_message(exc)}",
+                hint=f"grant the user access to the database (e.g. GRANT ALL ON "
+                f"{url.database}.* TO ...), or use another user: dualwrite does not retry this, "
+                "as retrying cannot help",
+                environment=self.name)
+        return TerminalConnectorError(
+            f"{doing}: database {url.database!r} does not exist on the server ({where}): "
+            f"{self._driver_message(exc)}",
+            hint=f"create it (CREATE DATABASE {url.database}), or correct the database name "
+            f"in the URL of environment {self.name!r}: dualwrite does not retry this, as "
+            "retrying cannot help",
+            environment=self.name)
 
     def _looks_transient(self, exc: sa_exc.DBAPIError) -> bool:
         text = str(exc.orig).lower()
