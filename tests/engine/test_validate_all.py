@@ -137,3 +137,61 @@ def test_did_you_mean_sees_through_prefixes_and_lists_every_column(
     extra = next(h for m, h in hints.items() if "'EXTRA99'" in m)
     # every column of the table, the 16th too: nothing cut short
     assert "EXTRA13" in extra and "ONHOLDSTATUS" in extra
+
+
+def test_key_collations_and_coded_values_without_a_value_map_are_warned(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    erp = make_backend("postgresql", "dualwrite_test_a")
+    crm = make_backend("mariadb", "dualwrite_test_a")
+    for b in (erp, crm):
+        b.connector.clear_link()
+    md = sa.MetaData()
+    sa.Table("CustTable", md, sa.Column("ACCOUNTNUM", sa.String(20), primary_key=True),
+             sa.Column("ONHOLDSTATUS", sa.String(20)), sa.Column("BLOCKED", sa.Boolean),
+             sa.Column("NAME", sa.String(50)))
+    erp.create(md)
+    md2 = sa.MetaData()
+    sa.Table("account", md2,
+             # a case-insensitive key, as MariaDB makes by default
+             sa.Column("accountnumber", sa.String(20, collation="utf8mb4_general_ci"),
+                       primary_key=True),
+             sa.Column("msdyn_onholdstatus", sa.Integer), sa.Column("blocked", sa.Integer),
+             sa.Column("name", sa.String(50)))
+    crm.create(md2)
+    (tmp_path / "maps").mkdir()
+    (tmp_path / "maps" / "accounts.yaml").write_text(
+        "name: accounts\nleft: CustTable\nright: account\n"
+        "key: {left: [ACCOUNTNUM], right: [accountnumber]}\nfields:\n"
+        "  - ACCOUNTNUM = accountnumber\n"
+        "  - ONHOLDSTATUS >< msdyn_onholdstatus\n"      # line 7: enum text vs option set
+        "  - BLOCKED > blocked\n"                       # line 8: one-way, flag vs number
+        "  - NAME >< name\n")                           # line 9: text both sides: fine
+    config = tmp_path / "dualwrite.yaml"
+    config.write_text(
+        f"environments: {{erp: {{url: '{erp.url}'}}, crm: {{url: '{crm.url}'}}}}\n"
+        f"link: {{left: erp, right: crm}}\nstate: 'sqlite:///{tmp_path / 's.db'}'\n"
+        "maps: ['maps/*.yaml']\n")
+    with Link.open(config) as link:
+        bound, issues = link.validate(files=True)
+    assert [b.name for b in bound] == ["accounts"]  # warnings: the map runs
+    by_code = {}
+    for i in issues:
+        by_code.setdefault(i.code, []).append(i)
+    [collation] = by_code["DW133"]
+    assert collation.severity == "warning" and collation.line == 4
+    assert "utf8mb4_general_ci" in collation.message and "c-00005" in collation.message
+    assert "'accountnumber'" in collation.message and "utf8mb4_bin" in collation.hint
+    coded = sorted(by_code["DW134"], key=lambda i: i.line or 0)
+    assert [i.line for i in coded] == [7, 8]
+    assert all(i.severity == "warning" for i in coded)
+    assert "'ONHOLDSTATUS'" in coded[0].message and "values:" in coded[0].hint
+    # with a value map, and a case-sensitive key, both warnings go
+    (tmp_path / "maps" / "accounts.yaml").write_text(
+        (tmp_path / "maps" / "accounts.yaml").read_text().replace(
+            "  - ONHOLDSTATUS >< msdyn_onholdstatus\n",
+            "  - ONHOLDSTATUS >< msdyn_onholdstatus: {values: {No: 0, All: 2}}\n").replace(
+            "  - BLOCKED > blocked\n", "  - BLOCKED >> blocked: {values: {false: 0, true: 1}}\n"))
+    crm.sql("ALTER TABLE account MODIFY accountnumber VARCHAR(20) COLLATE utf8mb4_bin")
+    with Link.open(config) as link:
+        _, issues = link.validate(files=True)
+    assert not {i.code for i in issues} & {"DW133", "DW134"}

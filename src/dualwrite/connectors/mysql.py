@@ -150,6 +150,16 @@ class MySqlConnector(SqlConnector):
                     out[name] = "JSON"
         return out
 
+    def _collations(self, table: str) -> dict[str, tuple[str | None, bool]]:
+        schema, name = split_table(table)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t "
+                "AND COLLATION_NAME IS NOT NULL"), {"s": schema, "t": name}).all()
+        # utf8mb4_general_ci, utf8mb4_uca1400_ai_ci: case-insensitive; *_bin, *_cs: not
+        return {str(r[0]): (str(r[1]), "_ci" in str(r[1]).lower()) for r in rows}
+
     def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
         kind, f = super().column_type(column, catalog)
         t = column.type

@@ -269,6 +269,22 @@ class PostgresConnector(SqlConnector):
                 "AND NOT a.attisdropped"), {"t": regclass_text(table)}).all()
         return {str(r[0]): _short_name(str(r[1])) for r in rows}
 
+    def _collations(self, table: str) -> dict[str, tuple[str | None, bool]]:
+        # citext and nondeterministic (ICU, case-insensitive) collations call 'a' and 'A'
+        # equal; the default and libc collations do not
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT a.attname, CASE WHEN c.collname = 'default' THEN d.datcollate "
+                "ELSE c.collname END, COALESCE(NOT c.collisdeterministic, false) "
+                "OR t.typname = 'citext' FROM pg_attribute a "
+                "JOIN pg_type t ON t.oid = a.atttypid "
+                "LEFT JOIN pg_collation c ON c.oid = a.attcollation "
+                "JOIN pg_database d ON d.datname = current_database() "
+                "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 "
+                "AND NOT a.attisdropped AND a.attcollation <> 0"),
+                {"t": regclass_text(table)}).all()
+        return {str(r[0]): (None if r[1] is None else str(r[1]), bool(r[2])) for r in rows}
+
     def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
         kind, f = super().column_type(column, catalog)
         return _pg_facets(column.type, kind, f)

@@ -562,9 +562,15 @@ class SqlConnector(Connector):
         pk = tuple(c.name for c in t.primary_key.columns)
         with self.translating(f"describe {table}"):
             catalog = self._catalog(table)
+            collations = self._collations(table)
         cols: dict[str, Column] = {}
         for c in t.columns:
             kind, facets = self.column_type(c, catalog.get(c.name, ""))
+            if kind is Kind.STRING:
+                named = getattr(c.type, "collation", None)
+                collation, folds = collations.get(c.name, (named, bool(
+                    named and named.casefold() == "nocase")))
+                facets = _replace(facets, collation=collation, folds_case=folds)
             auto = (c.autoincrement is True or (
                 c.autoincrement == "auto" and len(pk) == 1 and c.name == pk[0]
                 and kind is Kind.INTEGER))
@@ -597,6 +603,11 @@ class SqlConnector(Connector):
     def _catalog(self, table: str) -> dict[str, str]:
         """Column -> the type as the database's catalog names it, where reflection needs it
         (types SQLAlchemy does not know; MariaDB's JSON columns)."""
+        return {}
+
+    def _collations(self, table: str) -> dict[str, tuple[str | None, bool]]:
+        """Column -> (its collation's name, whether it folds case), where the dialect reads
+        them from its catalog (else the reflected type's COLLATE clause is used)."""
         return {}
 
     def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:

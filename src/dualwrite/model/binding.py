@@ -202,6 +202,14 @@ def listing(what: str, names: list[str], limit: int = 60) -> str:
             f"... ({len(names) - limit} more)")
 
 
+def _coded_against(a: Kind, b: Kind) -> bool:
+    """Two kinds of column whose values are codes of different vocabularies: text against a
+    number or a flag (an enum's names against an option set's integers), or a number
+    against a flag."""
+    pair = {a, b}
+    return len(pair) == 2 and (pair <= {Kind.STRING, Kind.INTEGER, Kind.BOOLEAN})
+
+
 class _Binder:
     def __init__(self, schema: SchemaSource, tables: TableLister,
                  striped: dict[tuple[Side, str], str] | None = None) -> None:
@@ -419,6 +427,9 @@ class _Binder:
                     ok = False
                 else:
                     keys[side].append(c)
+            if len(keys[Side.LEFT]) == len(keys[Side.RIGHT]) == 1:
+                self.check_collations(m, left_s.columns[keys[Side.LEFT][0]],
+                                      right_s.columns[keys[Side.RIGHT][0]], "company")
         key_fields: set[int] = set()
         for kl, kr in zip(m.key.left, m.key.right, strict=True):
             if "." in kl or "." in kr:
@@ -443,6 +454,7 @@ class _Binder:
                 ok = False
             else:
                 key_fields.add(idx)
+                self.check_collations(m, left_s.columns[cl], right_s.columns[cr], "key")
                 lk, rk = left_s.columns[cl].kind, right_s.columns[cr].kind
                 if not (can_hold(lk, rk) and can_hold(rk, lk)) or {lk, rk} & {Kind.OTHER} \
                         or (lk is Kind.STRING) != (rk is Kind.STRING):
@@ -477,6 +489,33 @@ class _Binder:
                         tuple(keys[Side.RIGHT]), filters[Side.LEFT], filters[Side.RIGHT],
                         key_fields)
 
+    def check_collations(self, m: TableMap, left: Column, right: Column, what: str) -> None:
+        """DW133 (a warning): two key columns of text whose collations disagree about letter
+        case. The side whose collation folds case holds one row where the other holds two
+        (``c-00005``, ``C-00005``): the second key collides there (a duplicate key, or an
+        update of the wrong twin), and the two sides order their keys differently."""
+        if left.kind is not Kind.STRING or right.kind is not Kind.STRING or \
+                left.facets.folds_case == right.facets.folds_case:
+            return
+        ci, cs = (left, right) if left.facets.folds_case else (right, left)
+        ci_side, cs_side = ("left", "right") if ci is left else ("right", "left")
+
+        def named(c: Column) -> str:
+            db = f"{c.facets.database} " if c.facets.database else ""
+            return f"{db}collation {c.facets.collation}" if c.facets.collation else \
+                f"{db}default collation"
+
+        self.issue(m, "DW133", f"{what} {left.name} ↔ {right.name}: the {ci_side} column "
+                   f"{ci.name!r} ({named(ci)}) ignores letter case and the {cs_side} column "
+                   f"{cs.name!r} ({named(cs)}) does not, so keys that differ only in case "
+                   f"(c-00005, C-00005) are two rows on the {cs_side} side and collide as one "
+                   f"on the {ci_side} side",
+                   f"give {ci.name!r} a case-sensitive collation (MariaDB: utf8mb4_bin; SQLite: "
+                   f"BINARY), or {cs.name!r} a case-insensitive one (PostgreSQL: citext or a "
+                   "nondeterministic ICU collation), or keep keys that differ only in case out "
+                   "of both applications", m.line_of("key" if what == "key" else "company"),
+                   severity="warning")
+
     def key_through_lookup(self, m: TableMap, kl: str, kr: str, left_s: TableSchema,
                            right_s: TableSchema) -> None:
         """DW131: a key column reached through a lookup (``salesorderid.ordernumber``).
@@ -504,6 +543,22 @@ class _Binder:
             self.issue(m, "DW104", f"value map of `{f.text}` is not one-to-one: {clashes}",
                        "a `><` map must be invertible: give each left value its own right value,"
                        " or use `>>` if it only flows left to right", f.line)
+        if f.values is None and le.info is not None and re_.info is not None and \
+                not le.is_lookup and not re_.is_lookup and \
+                (f.direction.transformed or not f.direction.bidirectional) and \
+                _coded_against(le.kind, re_.kind):
+            def typed(e: Endpoint) -> str:
+                assert e.info is not None
+                return f"{e.column!r} ({e.info.facets.type_name or e.kind.value})"
+
+            self.issue(m, "DW134", f"`{f.text}` joins {typed(le)} and {typed(re_)} without a "
+                       "value map: each value is copied as it is (an option set's number "
+                       "written as an enum's text, or the other way), not translated, and "
+                       "values the target cannot take are refused at their row",
+                       f"add the value map: `- {f.text}: {{values: {{LEFT_VALUE: "
+                       "right_value, ...}}` (`dualwrite import-template` writes the values a "
+                       "published template has), or map columns of one kind", f.line,
+                       severity="warning")
         if f.values is not None or le.column is None or re_.column is None:
             return
         for target, source, side in ((re_, le, Side.RIGHT), (le, re_, Side.LEFT)):
