@@ -1016,7 +1016,10 @@ def import_template(
             "-o", "--output", help="Map file to write (default: stdout).")] = None,
         name: Annotated[str | None, typer.Option(help="Map name.")] = None) -> None:
     """Convert a published dual-write template table into a map file."""
+    from dualwrite.errors import ConfigError
     from dualwrite.model.templates import (
+        Template,
+        known_values,
         parse_template,
         render_map_yaml,
         template_comments,
@@ -1029,8 +1032,19 @@ def import_template(
         raise DualwriteError(f"cannot read template {str(file)!r}: {exc.strerror}",
                              hint="check the path") from exc
     tpl = parse_template(text, source=str(file))
-    doc = template_to_map(tpl, name=name)
-    yaml_text = render_map_yaml(doc, comments=template_comments(tpl))
+    # the templates beside it publish value maps this one may lack (same columns)
+    siblings: list[Template] = []
+    for other in sorted(file.parent.glob("*.md")):
+        if other.resolve() == file.resolve():
+            continue
+        try:
+            siblings.append(parse_template(other.read_text(encoding="utf-8"),
+                                           source=str(other)))
+        except (OSError, ConfigError):
+            continue  # not a template
+    known = known_values(siblings)
+    doc = template_to_map(tpl, name=name, known=known)
+    yaml_text = render_map_yaml(doc, comments=template_comments(tpl, known))
     if output is None:
         sys.stdout.write(yaml_text)
     else:
