@@ -196,3 +196,31 @@ def test_tables_in_another_schema_and_database_work_in_every_command(
         assert _rows(erp.app(), "SELECT count(*) FROM pg_trigger t WHERE NOT t.tgisinternal "
                      "AND left(t.tgname, 3) = 'dw_'") == [(0,)]
     app_crm.dispose()
+
+
+def test_the_commands_take_qualified_tables(setup: tuple[Backend, Backend, str],
+                                            tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    from dualwrite.cli import main
+
+    erp, crm, crm_db = setup
+    maps = {n: text.format(erp="fin.", crm=crm_db + ".")
+            for n, text in (("currencies", CURRENCIES), ("customers", CUSTOMERS))}
+    cfg = str(link_config(tmp_path, erp, crm, maps))
+    with erp.app().begin() as conn:
+        conn.exec_driver_sql("INSERT INTO fin.currency VALUES ('EUR', 'Euro', 1.0850)")
+        conn.exec_driver_sql("INSERT INTO fin.customer VALUES ('C-1', 'Contoso', 'EUR')")
+    assert main(["-c", cfg, "validate"]) == 0
+    assert "ok: 2 map(s) valid" in capsys.readouterr().out
+    assert main(["-c", cfg, "plan"]) == 0
+    assert main(["-c", cfg, "sync", "--initial"]) == 0
+    assert main(["-c", cfg, "verify"]) == 0
+    assert main(["-c", cfg, "maps", "start", "--yes"]) == 0
+    assert main(["-c", cfg, "maps", "stop", "--yes"]) == 0
+    assert "stopped: " in capsys.readouterr().out
+    # a misspelt schema-qualified table: DW101 with the schema's tables as candidates
+    (tmp_path / "maps" / "currencies.yaml").write_text(
+        maps["currencies"].replace("left: fin.currency", "left: fin.curency"))
+    assert main(["-c", cfg, "validate"]) == 1
+    out = " ".join(capsys.readouterr().out.split())
+    assert "DW101" in out and "'fin.curency'" in out and "did you mean fin.currency" in out
