@@ -224,3 +224,27 @@ def test_the_commands_take_qualified_tables(setup: tuple[Backend, Backend, str],
     assert main(["-c", cfg, "validate"]) == 1
     out = " ".join(capsys.readouterr().out.split())
     assert "DW101" in out and "'fin.curency'" in out and "did you mean fin.currency" in out
+
+
+def test_schema_and_url_options_keep_dualwrites_own_settings(make_backend: BackendFactory
+                                                             ) -> None:
+    from dualwrite.connectors import connect
+
+    erp = make_backend("postgresql", "dualwrite_test_a")
+    erp_tables(erp)
+    crm_db = _db("dualwrite_test_crm")
+    crm_tables(crm_db)
+    pg = connect("erp", erp.url + "?options=-csearch_path%3Dfin")
+    try:
+        # the URL's search path, and dualwrite's own marks (no echo) and time zone beside it
+        assert pg.execute("SELECT current_schema(), current_setting('dualwrite.origin'), "
+                          "current_setting('TimeZone')") == [("fin", "on", "UTC")]
+        assert pg.tables() == ["currency", "customer"]
+    finally:
+        pg.close()
+    my = connect("crm", database_url("mariadb", "dualwrite_test_a"), schema=crm_db)
+    try:
+        assert my.execute("SELECT DATABASE(), @dualwrite_origin") == [(crm_db, 1)]
+        assert my.tables() == ["accounts", "currencies"]
+    finally:
+        my.close()

@@ -270,9 +270,12 @@ class _Binder:
             real = self.find(side, table_name)
             related = self.schema(side, real) if real else None
             if related is None:
+                near = close_names(table_name, self.tables(side))
                 self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {table_name!r} does "
                            f"not exist on the {side.value} side",
-                           "create the table or correct the lookup", line)
+                           f"did you mean {' or '.join(near)}?" if near else
+                           "create the table or correct the lookup (a table in another schema "
+                           "is schema.table)", line)
                 return None
             if id_col is None:
                 if len(related.primary_key) != 1:
