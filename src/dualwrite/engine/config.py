@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from dualwrite.errors import ConfigError, Issue, MapSyntaxError, ValidationFailed
 from dualwrite.model.maps import TableMap, parse_map_document
-from dualwrite.model.yamlio import load_yaml
+from dualwrite.model.yamlio import line_of, load_yaml
 
 
 class EnvironmentConfig(BaseModel):
@@ -217,13 +217,29 @@ def resolve_url(url: str, base: Path, where: str = "url", file: str | None = Non
     return url
 
 
-def _pydantic_message(exc: ValidationError) -> str:
+def _line_at(data: Any, loc: tuple[Any, ...]) -> int | None:
+    """The line of the deepest key of ``loc`` found in the loaded YAML ``data``."""
+    line = line_of(data)
+    node = data
+    for part in loc:
+        inside = part in node if isinstance(node, dict) else (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        if inside:
+            line = line_of(node, part) or line
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _pydantic_problems(exc: ValidationError, data: Any) -> list[tuple[str, int | None]]:
+    """Every problem pydantic found, each with the line it is on."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+        parts.append((f"{loc}: {msg}" if loc else msg, _line_at(data, tuple(err["loc"]))))
+    return parts
 
 
 def load_config(path: str | os.PathLike[str], *, lenient: bool = False) -> Config:
@@ -247,7 +263,11 @@ def load_config(path: str | os.PathLike[str], *, lenient: bool = False) -> Confi
     try:
         model = ConfigModel.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config: {_pydantic_message(exc)}", file=str(p), code="DW004",
+        problems = _pydantic_problems(exc, data)
+        listed = "; ".join(f"{text} (line {line})" if line else text
+                           for text, line in problems)
+        raise ConfigError(f"invalid config: {listed}", file=str(p), code="DW004",
+                          line=problems[0][1] if problems else None,
                           hint="see docs/user-guide.md for the config format") from None
     maps: list[TableMap] = []
     seen: set[Path] = set()
