@@ -75,3 +75,17 @@ def test_an_unknown_database_says_so_and_that_it_is_not_retried(
     assert "dualwrite retries" not in text and "does not retry" in text
     with Link.open(path) as link, pytest.raises(TerminalConnectorError):
         link.validate(files=True)
+
+
+def test_every_config_problem_is_listed_with_its_line(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]
+                                                      ) -> None:
+    path = tmp_path / "dualwrite.yaml"
+    path.write_text("environments:\n  erp: {url: 'sqlite:///a.db', colour: red}\n"
+                    "  crm: {url: 'sqlite:///b.db'}\nlink: {left: erp, right: crm}\n"
+                    "sync: {batch_size: 0}\nbogus: 1\n")
+    text = _validate(path, capsys)
+    assert f"{path}:2: DW004" in text
+    assert "environments.erp.colour: Extra inputs are not permitted (line 2)" in text
+    assert "sync.batch_size" in text and "(line 5)" in text and "bogus" in text \
+        and "(line 6)" in text
