@@ -50,7 +50,8 @@ fields:
 def config(make_backend: BackendFactory, tmp_path: Path) -> Path:
     pair = make_pair(make_backend, tmp_path, "sqlite", "sqlite")
     (tmp_path / "maps" / "a_broken.yaml").write_text(BROKEN_SYNTAX)
-    (tmp_path / "maps" / "b_columns.yaml").write_text(BAD_COLUMNS)
+    (tmp_path / "maps" / "b_columns.yaml").write_text(
+        BAD_COLUMNS.replace("fields:", "depends_on: [broken_syntax]\nfields:"))
     (tmp_path / "maps" / "c_yaml.yaml").write_text("name: [\n")
     return pair.config
 
@@ -66,9 +67,13 @@ def test_a_map_that_does_not_parse_hides_nothing_else(config: Path) -> None:
     assert ("a_broken.yaml", 10, "DW001") in where  # unknown option valuez
     assert ("c_yaml.yaml", 1, "DW002") in where or ("c_yaml.yaml", 2, "DW002") in where
     # ... and the schema problems of the file that parses, beside them
-    assert ("b_columns.yaml", 8, "DW102") in where
     assert ("b_columns.yaml", 9, "DW102") in where
+    assert ("b_columns.yaml", 10, "DW102") in where
     assert {b.name for b in bound} == {"groups", "customers"}
+    # the map that does not parse is known by name: depending on it is not "unknown"
+    assert all(i.map == "broken_syntax" for i in issues
+               if i.file and i.file.endswith("a_broken.yaml"))
+    assert not [i for i in issues if i.code == "DW110"]
     text = "\n".join(str(i) for i in issues)
     assert "unknown key 'colour'" in text and "valuez" in text
 
@@ -81,7 +86,7 @@ def test_the_cli_lists_them_all_and_exits_1(config: Path,
     assert codes.count("DW001") == 4 and codes.count("DW102") == 2 and "DW002" in codes
     assert main(["-c", str(config), "validate"]) == 1
     text = capsys.readouterr().out
-    assert "a_broken.yaml:8: DW001" in text and "b_columns.yaml:8: DW102" in text
+    assert "a_broken.yaml:8: DW001" in text and "b_columns.yaml:9: DW102" in text
     assert "problem(s) in 5 map(s)" in text
 
 

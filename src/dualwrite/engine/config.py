@@ -6,6 +6,7 @@ folder, so ``dualwrite -c demo/dualwrite.yaml verify`` works from anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 import re
@@ -271,14 +272,14 @@ def load_config(path: str | os.PathLike[str], *, lenient: bool = False) -> Confi
                           hint="see docs/user-guide.md for the config format") from None
     maps: list[TableMap] = []
     seen: set[Path] = set()
-    errors: list[ConfigError] = []
+    errors: list[tuple[ConfigError, str | None]] = []
     for pattern in model.maps:
         full = pattern if os.path.isabs(pattern) else str(p.parent / pattern)
         matches = sorted(glob.glob(full))
         if not matches:
-            errors.append(ConfigError(f"map pattern {pattern!r} matches no file", file=str(p),
-                                      code="DW005",
-                                      hint="correct `maps:` or create the map files"))
+            errors.append((ConfigError(f"map pattern {pattern!r} matches no file", file=str(p),
+                                       code="DW005",
+                                       hint="correct `maps:` or create the map files"), None))
         for f in matches:
             fp = Path(f).resolve()
             if fp in seen:
@@ -287,14 +288,26 @@ def load_config(path: str | os.PathLike[str], *, lenient: bool = False) -> Confi
             try:
                 maps.append(load_map_file(fp))
             except MapSyntaxError as exc:
-                errors += exc.problems
+                name = _map_name(fp)
+                errors += [(e, name) for e in exc.problems]
             except ConfigError as exc:  # not YAML, not readable
-                errors.append(exc)
+                errors.append((exc, None))
     if errors and not lenient:
         if len(errors) == 1:
-            raise errors[0]
-        raise ValidationFailed([e.as_issue() for e in errors])
-    return Config(p.resolve(), model, maps, [e.as_issue() for e in errors])
+            raise errors[0][0]
+        raise ValidationFailed([e.as_issue() for e, _ in errors])
+    return Config(p.resolve(), model, maps,
+                  [dataclasses.replace(e.as_issue(), map=name) for e, name in errors])
+
+
+def _map_name(path: Path) -> str | None:
+    """The ``name:`` of a map file that does not parse as a map, if it has one."""
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"), file=str(path))
+    except (OSError, ConfigError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def load_map_file(path: Path) -> TableMap:

@@ -198,7 +198,8 @@ class Link:
                     schemas[(side, table)] = None
             return schemas[(side, table)]
 
-        return bind_maps(maps, schema, lambda s: tables[s])
+        unparsed = frozenset(i.map for i in self.files.problems if i.map)
+        return bind_maps(maps, schema, lambda s: tables[s], unparsed)
 
     def _tables(self, side: Side, maps: list[TableMap]) -> list[str]:
         """The tables of ``side``'s default schema, and those of every other schema the maps

@@ -638,10 +638,12 @@ class _Binder:
                                m.line_of("fields"))
 
 
-def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister
-              ) -> tuple[list[BoundMap], list[Issue]]:
+def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister,
+              unparsed: frozenset[str] = frozenset()) -> tuple[list[BoundMap], list[Issue]]:
     """Bind every map; return the maps that bound cleanly and all issues found (warnings
-    among them: ``Issue.is_error`` is False for those, and their maps are bound)."""
+    among them: ``Issue.is_error`` is False for those, and their maps are bound).
+    ``unparsed``: names of maps whose files do not parse (their problems are reported
+    already): a ``depends_on`` naming one is not called unknown."""
     striped = {(side, m.table(side).casefold()): m.company.of(side)[0]
                for m in maps if m.company for side in Side}
     binder = _Binder(schema, tables, striped)
@@ -653,7 +655,7 @@ def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister
         names[m.name] = m
     for m in maps:
         for dep in m.depends_on:
-            if dep not in names:
+            if dep not in names and dep not in unparsed:
                 binder.issue(m, "DW110", f"depends_on names unknown map {dep!r}",
                              f"known maps: {', '.join(sorted(names))}", m.line_of("depends_on"))
     for cycle in find_cycles(maps):
