@@ -122,6 +122,10 @@ def test_tables_in_another_schema_and_database_work_in_every_command(
                              "('C-2', 'Fabrikam', 'USD')")
     app_crm = sa.create_engine(database_url("mariadb", "dualwrite_test_crm"),
                                poolclass=sa.pool.NullPool)
+    # enough rows for the bulk paths (COPY, set-based updates) into the PostgreSQL schema
+    with app_crm.begin() as conn:
+        conn.execute(sa.text("INSERT INTO accounts (accountnumber, name) VALUES (:a, :n)"),
+                     [{"a": f"B-{i:03d}", "n": f"Bulk {i}"} for i in range(60)])
     with Link.open(config) as link:
         bound, issues = link.validate(files=True)
         assert [i for i in issues if i.is_error] == []
@@ -130,12 +134,14 @@ def test_tables_in_another_schema_and_database_work_in_every_command(
         assert planned["currencies"].created["right"] == 2
         # (plan counts a customer whose currency an earlier map creates as an error: the
         # initial sync's business, issue 10 section 1)
-        assert sum(planned["customers"].created.values()) + \
-            sum(planned["customers"].errors.values()) == 2
+        assert planned["customers"].created["left"] == 60
+        assert planned["customers"].created["right"] + \
+            planned["customers"].errors["right"] == 2
         done = {r.map: r for r in link.sync_initial()}
-        assert done["customers"].created["right"] == 2
+        assert done["customers"].created == {"left": 60, "right": 2}
         assert sum(r.errors["right"] + r.errors["left"] for r in done.values()) == 0
-        assert all(v.ok and v.compared == 2 for v in link.verify())
+        assert [(v.map, v.ok, v.compared) for v in link.verify()] == [
+            ("currencies", True, 2), ("customers", True, 62)]
         # the lookup found the currency's row in the other database
         assert _rows(app_crm, "SELECT a.accountnumber, c.isocurrencycode FROM accounts a "
                      "JOIN currencies c ON c.currencyid = a.transactioncurrencyid "
@@ -158,7 +164,11 @@ def test_tables_in_another_schema_and_database_work_in_every_command(
         with app_crm.begin() as conn:
             conn.exec_driver_sql("UPDATE accounts SET name = 'Contoso Ltd' "
                                  "WHERE accountnumber = 'C-1'")
-        assert drain(link.applier()) >= 3
+            conn.exec_driver_sql("UPDATE accounts SET name = CONCAT(name, ' renamed') "
+                                 "WHERE accountnumber LIKE 'B-%%'")
+        assert drain(link.applier()) >= 63
+        assert _rows(erp.app(), "SELECT count(*) FROM fin.customer WHERE name LIKE "
+                     "'%% renamed'") == [(60,)]
         assert _rows(app_crm, "SELECT exchangerate FROM currencies WHERE isocurrencycode = "
                      "'EUR'") == [(Decimal("1.0900"),)]
         assert _rows(app_crm, "SELECT name FROM accounts WHERE accountnumber = 'C-3'") == [
