@@ -258,3 +258,33 @@ def test_schema_and_url_options_keep_dualwrites_own_settings(make_backend: Backe
         assert my.tables() == ["accounts", "currencies"]
     finally:
         my.close()
+
+
+def test_odata_serves_and_dual_writes_qualified_tables(setup: tuple[Backend, Backend, str],
+                                                       tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from dualwrite.api.server import create_server_app
+    from dualwrite.engine.security import create_token
+
+    erp, crm, crm_db = setup
+    maps = {n: text.format(erp="fin.", crm=crm_db + ".")
+            for n, text in (("currencies", CURRENCIES), ("customers", CUSTOMERS))}
+    config = link_config(tmp_path, erp, crm, maps)
+    app_crm = sa.create_engine(database_url("mariadb", "dualwrite_test_crm"),
+                               poolclass=sa.pool.NullPool)
+    with Link.open(config) as link:
+        link.start_maps()
+        token = create_token(link.state, "odata-user", role="writer")
+        auth = {"Authorization": f"Bearer {token}"}
+        with TestClient(create_server_app(link)) as client:
+            meta = client.get("/odata/erp/$metadata", headers=auth)
+            assert meta.status_code == 200, meta.text
+            # an OData name has no dot: the set is fin_currency
+            assert 'EntitySet Name="fin_currency"' in meta.text
+            r = client.post("/odata/erp/fin_currency", headers=auth,
+                            json={"code": "CHF", "name": "Franc", "rate": 1.12})
+            assert r.status_code == 201, r.text
+    assert _rows(app_crm, "SELECT currencyname FROM currencies WHERE isocurrencycode = "
+                 "'CHF'") == [("Franc",)]
+    app_crm.dispose()
