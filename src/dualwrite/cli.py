@@ -90,8 +90,8 @@ def _print_json(data: Any) -> None:
 
 
 @contextmanager
-def _link(config: Path | None) -> Iterator[Link]:
-    link = Link.open(_config_path(config))
+def _link(config: Path | None, *, lenient: bool = False) -> Iterator[Link]:
+    link = Link.open(_config_path(config), lenient=lenient)
     try:
         _configure_logging(link)
         yield link
@@ -213,7 +213,8 @@ def _main(config: ConfigOpt = None,
 @app.command()
 def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Check every map against both environments' real schemas; report all problems."""
-    with _link(config) as link:
+    # lenient: a map file that does not parse is one more problem to list, not the end
+    with _link(config, lenient=True) as link:
         bound, issues = link.validate(files=True)
         errors = [i for i in issues if i.is_error]
         if as_json:
@@ -222,7 +223,7 @@ def validate(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         else:
             for i in issues:
                 out.print(str(i), markup=False)
-            n = len(link.config.maps)
+            n = len(link.config.maps) + len({i.file for i in link.files.problems})
             others = len(issues) - len(errors)
             said = f" ({others} warning(s) and note(s) above)" if others else ""
             if errors:
@@ -1048,7 +1049,10 @@ def import_template(
             "-o", "--output", help="Map file to write (default: stdout).")] = None,
         name: Annotated[str | None, typer.Option(help="Map name.")] = None) -> None:
     """Convert a published dual-write template table into a map file."""
+    from dualwrite.errors import ConfigError
     from dualwrite.model.templates import (
+        Template,
+        known_values,
         parse_template,
         render_map_yaml,
         template_comments,
@@ -1061,8 +1065,19 @@ def import_template(
         raise DualwriteError(f"cannot read template {str(file)!r}: {exc.strerror}",
                              hint="check the path") from exc
     tpl = parse_template(text, source=str(file))
-    doc = template_to_map(tpl, name=name)
-    yaml_text = render_map_yaml(doc, comments=template_comments(tpl))
+    # the templates beside it publish value maps this one may lack (same columns)
+    siblings: list[Template] = []
+    for other in sorted(file.parent.glob("*.md")):
+        if other.resolve() == file.resolve():
+            continue
+        try:
+            siblings.append(parse_template(other.read_text(encoding="utf-8"),
+                                           source=str(other)))
+        except (OSError, ConfigError):
+            continue  # not a template
+    known = known_values(siblings)
+    doc = template_to_map(tpl, name=name, known=known)
+    yaml_text = render_map_yaml(doc, comments=template_comments(tpl, known))
     if output is None:
         sys.stdout.write(yaml_text)
     else:

@@ -67,6 +67,10 @@ class ConfigError(DualwriteError):
         self.line = line
         self.code = code
 
+    def as_issue(self) -> Issue:
+        """This problem as a validation finding (``dualwrite validate`` lists them all)."""
+        return Issue(self.code, self.detail, self.hint, self.file, self.line)
+
 
 class StateStoreOutdated(ConfigError):
     """The state store is at a schema version this dualwrite does not run on: an older one
@@ -77,7 +81,14 @@ class StateStoreOutdated(ConfigError):
 
 
 class MapSyntaxError(ConfigError):
-    """A map file's field line, key, value map or option does not parse."""
+    """A map file's field line, key, value map or option does not parse. ``problems``: every
+    problem found in the same map file (this one first), where the parser looked on."""
+
+    problems: list[MapSyntaxError]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.problems = [self]
 
 
 class FilterSyntaxError(ConfigError):

@@ -108,7 +108,7 @@ def test_type_and_required_column_checks(make_backend: BackendFactory, tmp_path:
     ("name: x\nleft: A\nright: b\nkey: {left: [A], right: [b]}\nfields:\n  - none >> b\n",
      "gives no default"),
     ("name: x\nleft: A\nright: b\nkey: {left: [A], right: [b]}\nfields:\n  - A = b\nfoo: 1\n",
-     "unknown key(s) ['foo']"),
+     "unknown key 'foo'"),
     ("name: x\nleft: A\nright: b\nkey: {left: [A], right: [b]}\nfields:\n  - A = b\n"
      "  - A = b: {values: {x: 1}}\n", "has a value map but uses '='"),
     ("name: [\n", "not valid YAML"),

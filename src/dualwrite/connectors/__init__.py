@@ -8,12 +8,19 @@ from dualwrite.errors import ConfigError
 __all__ = ["Capabilities", "Connector", "LinkRecord", "Row", "WriteSession", "connect"]
 
 
-def connect(name: str, url: str) -> Connector:
+def connect(name: str, url: str, *, schema: str | None = None) -> Connector:
     """The one connection factory: a connector for environment ``name`` at ``url``.
 
-    Drivers are imported only for the backend asked for.
+    ``schema``: the environment's `schema:`, where its unqualified table names (and
+    dualwrite's own tables) are: PostgreSQL's search path, MariaDB's database. Drivers are
+    imported only for the backend asked for.
     """
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
+    if schema and scheme not in ("postgresql", "postgres", "mysql", "mariadb"):
+        raise ConfigError(
+            f"environment {name!r}: `schema: {schema}` is for PostgreSQL (a schema) and MariaDB "
+            f"(a database); {scheme} has no schemas", code="DW003",
+            hint=f"remove `schema:` from environment {name!r}")
     if scheme in ("postgresql", "postgres"):
         _need_driver(name, "psycopg", "postgresql")
     elif scheme in ("mysql", "mariadb"):
@@ -27,11 +34,11 @@ def connect(name: str, url: str) -> Connector:
             url = "postgresql+psycopg://" + url[len("postgres://"):]
         elif url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        return PostgresConnector(name, url)
+        return PostgresConnector(name, url, schema=schema)
     if scheme in ("mysql", "mariadb"):
         from dualwrite.connectors.mysql import MySqlConnector
         rest = url.split("://", 1)[1] if "://" in url else ""
-        return MySqlConnector(name, "mysql+pymysql://" + rest)
+        return MySqlConnector(name, "mysql+pymysql://" + rest, schema=schema)
     if scheme == "memory":
         from dualwrite.connectors.memory import MemoryConnector
         return MemoryConnector(name, url)

@@ -78,6 +78,15 @@ poll finds the changes once they are committed. Once per transaction, not per ro
 statement triggers remember the transaction they woke for in a session setting
 (``dualwrite.wake``).
 
+**Tables in other schemas.** A map's table may be in another PostgreSQL schema or another
+MariaDB database (``fin.currency``). The log and the applied positions always live in the
+*connection's* schema (PostgreSQL: the first schema of dualwrite's search path, which an
+environment's ``schema:`` sets; MariaDB: the URL's database, or ``schema:``): one log per
+environment, read by one applier. The triggers on a table elsewhere write into it by its
+qualified name: PostgreSQL's trigger functions (created in the log's schema) run with their
+search path pinned to it, whatever the writing session's search path; MariaDB's triggers,
+created in the table's own database as MariaDB requires, name the log's database.
+
 Trigger and function names are derived from the map name (``dw_<hash>_<op>``), so that a map
 with any name can be installed and removed, and two maps on one table each have their own.
 """
@@ -98,7 +107,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
-from dualwrite.connectors.sql import without_collation
+from dualwrite.connectors.sql import split_table, without_collation
 from dualwrite.errors import LeaseLost, TerminalConnectorError
 from dualwrite.model.conversion import from_log
 from dualwrite.model.schema import Column, Kind
@@ -364,6 +373,14 @@ class Dialect(ABC):
 
     #: whether the log records a real source transaction id
     has_txid = True
+    #: the schema (MariaDB: database) the log lives in, the connection's own; "" until
+    #: :meth:`CaptureLog.locate` has asked the database
+    home = ""
+
+    def split(self, table: str) -> tuple[str | None, str]:
+        """``table``'s schema (None: the log's own) and name."""
+        schema, name = split_table(table)
+        return (None if schema == self.home else schema), name
 
     def add_version_ddl(self) -> str:
         """Add the map-version column to a log made before map versions."""
@@ -429,10 +446,21 @@ class PostgresDialect(Dialect):
             f"CAST(:{p} AS {without_collation(c.sql_type)})"
             for p, c in zip(params, columns, strict=True)) + ")::text")
 
+    def _pinned(self) -> str:
+        """The SET clause of a trigger function: the settings the log's text depends on, and
+        the search path of the log's schema (a writer's own search path may not hold it)."""
+        settings = " ".join(f"SET {k} = '{v}'" for k, v in self.SETTINGS)
+        return f"{settings} SET search_path = {_dq(self.home)}" if self.home else settings
+
+    def _table(self, table: str) -> str:
+        schema, name = self.split(table)
+        return f"{_dq(schema)}.{_dq(name)}" if schema else _dq(name)
+
     def log_ddl(self) -> list[str]:
+        path = f"SET search_path = {_dq(self.home)} " if self.home else ""
         wake = (
-            "CREATE OR REPLACE FUNCTION dualwrite_wake() RETURNS trigger LANGUAGE plpgsql AS "
-            "$dw$ BEGIN "
+            "CREATE OR REPLACE FUNCTION dualwrite_wake() RETURNS trigger LANGUAGE plpgsql "
+            f"{path}AS $dw$ BEGIN "
             f"DELETE FROM {WAKE} WHERE txid = NEW.txid; "
             # At PREPARE TRANSACTION a notification would make the PREPARE fail: the poll
             # finds the changes once committed. A depth above 1 means the constraints were
@@ -463,7 +491,8 @@ class PostgresDialect(Dialect):
         ]
 
     def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
-        oid = conn.execute(sa.text("SELECT to_regclass(:t)::oid"), {"t": _dq(table)}).scalar()
+        oid = conn.execute(sa.text("SELECT to_regclass(:t)::oid"),
+                           {"t": self._table(table)}).scalar()
         if oid is None:
             return None
         rows = conn.execute(sa.text(
@@ -551,8 +580,8 @@ class PostgresDialect(Dialect):
         return {f"{spec.tag}_{op}": self._body(spec, encodings, op) for op in self.EVENTS}
 
     def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
-        t = _dq(spec.table)
-        settings = " ".join(f"SET {k} = '{v}'" for k, v in self.SETTINGS)
+        t = self._table(spec.table)
+        settings = self._pinned()
         out = []
         for name, body in self.definitions(spec, encodings).items():
             event, refs = self.EVENTS[name[-1]]
@@ -570,8 +599,10 @@ class PostgresDialect(Dialect):
 
     def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
         rows = conn.execute(sa.text(
-            "SELECT tg.tgname, c.relname, tg.tgenabled, p.prosrc "
+            "SELECT tg.tgname, CASE WHEN n.nspname = current_schema() THEN c.relname "
+            "ELSE n.nspname || '.' || c.relname END, tg.tgenabled, p.prosrc "
             "FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid "
+            "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
             "JOIN pg_catalog.pg_proc p ON p.oid = tg.tgfoid "
             "WHERE tg.tgname IN (:i, :d, :u)"),
             {o: f"{spec.tag}_{o}" for o in self.EVENTS}).all()
@@ -634,9 +665,11 @@ class MariaDbDialect(Dialect):
         ]
 
     def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
+        schema, name = self.split(table)
         rows = conn.execute(sa.text(
             "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"), {"t": table}).all()
+            "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t"),
+            {"s": schema, "t": name}).all()
         if not rows:
             return None
         out = {}
@@ -682,7 +715,9 @@ class MariaDbDialect(Dialect):
             return "JSON_ARRAY(" + ", ".join(
                 self._value(row + "." + _bq(c), enc.get(c)) for c in spec.key) + ")"
 
-        ins = (f"INSERT INTO {CHANGES} (map, v, op, k, old, new, at) VALUES ({m}, "
+        # a trigger runs in its table's database: one elsewhere names the log's
+        log = f"{_bq(self.home)}.{CHANGES}" if self.split(spec.table)[0] else CHANGES
+        ins = (f"INSERT INTO {log} (map, v, op, k, old, new, at) VALUES ({m}, "
                f"{_my_string(spec.version)}, ")
         now = "UTC_TIMESTAMP(6)"
         prefix = _my_string(f"capture of map {spec.map!r} on table {spec.table!r} failed: ")
@@ -723,25 +758,33 @@ class MariaDbDialect(Dialect):
         return self._bodies(spec, encodings)
 
     def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
-        t = _bq(spec.table)
+        schema, table = self.split(spec.table)
+        # a trigger lives in its table's database
+        db = f"{_bq(schema)}." if schema else ""
+        t = f"{db}{_bq(table)}"
         events = {"i": "INSERT", "d": "DELETE", "u": "UPDATE"}
         out = []
         for name, body in self._bodies(spec, encodings).items():
             # replaced in one statement: MariaDB's DDL is not transactional, and between a
             # DROP and a CREATE an application's write would not be captured
-            out += [f"CREATE OR REPLACE TRIGGER {name} AFTER {events[name[-1]]} ON {t} "
+            out += [f"CREATE OR REPLACE TRIGGER {db}{name} AFTER {events[name[-1]]} ON {t} "
                     f"FOR EACH ROW {body}"]
         return out
 
     def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
+        schema, _ = self.split(spec.table)
         rows = conn.execute(sa.text(
             "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM "
-            "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() "
-            "AND TRIGGER_NAME IN (:i, :d, :u)"), {o: f"{spec.tag}_{o}" for o in "idu"}).all()
-        return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
+            "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = COALESCE(:s, DATABASE()) "
+            "AND TRIGGER_NAME IN (:i, :d, :u)"),
+            {"s": schema, **{o: f"{spec.tag}_{o}" for o in "idu"}}).all()
+        return {str(r[0]): ((f"{schema}." if schema else "") + str(r[1]), str(r[2]))
+                for r in rows}
 
     def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
-        return [f"DROP TRIGGER IF EXISTS {spec_tag}_{op}" for op in "iud"]
+        schema, _ = self.split(table)
+        db = f"{_bq(schema)}." if schema else ""
+        return [f"DROP TRIGGER IF EXISTS {db}{spec_tag}_{op}" for op in "iud"]
 
 
 class SqliteDialect(Dialect):
@@ -861,11 +904,28 @@ class CaptureLog:
         #: whether rows were deleted since the last purge (at first: perhaps, by another run)
         self._forgotten = True
 
+    def locate(self) -> None:
+        """Learn the log's schema: the connection's own (see the module doc), once."""
+        if self.dialect.home or isinstance(self.dialect, SqliteDialect):
+            return
+        c = self.connector
+        query = "SELECT current_schema()" if isinstance(self.dialect, PostgresDialect) else \
+            "SELECT DATABASE()"
+        with c.translating("find the change log's schema"), c.engine.connect() as conn:
+            home = conn.exec_driver_sql(query).scalar()
+        if not home:
+            raise TerminalConnectorError(
+                "the connection has no schema to keep dualwrite's change log in",
+                environment=c.name, hint="name a database in the URL, or set the "
+                "environment's `schema:` (PostgreSQL: a schema on the search path)")
+        self.dialect.home = str(home)
+
     @property
     def has_txid(self) -> bool:
         return self.dialect.has_txid
 
     def _ddl(self, statements: Iterable[str], doing: str) -> None:
+        self.locate()
         c = self.connector
         with c.translating(doing), c.engine.begin() as conn:
             for s in statements:
@@ -874,6 +934,7 @@ class CaptureLog:
     def ensure(self) -> None:
         """Create the log tables if they are missing (idempotent)."""
         if not self._ready:
+            self.locate()
             self._ddl(self.dialect.log_ddl(), "create the change log")
             c = self.connector
             with c.translating("look at the change log"), c.engine.connect() as conn:
@@ -889,6 +950,7 @@ class CaptureLog:
         """Install (or refresh) the capture triggers of one map, for the table's columns as
         they are now. Idempotent."""
         self.ensure()
+        self.locate()
         c = self.connector
         with c.translating(f"install capture on {spec.table}"), c.engine.begin() as conn:
             encodings = self.dialect.encodings(conn, spec.table)
@@ -915,6 +977,7 @@ class CaptureLog:
         missing, disabled, on another table, or out of date (the table's columns changed
         type since they were installed). Empty when capture is as :meth:`install` would
         make it; otherwise fix the table or the map, and install again."""
+        self.locate()
         c = self.connector
         problems: list[str] = []
         where = f"map {spec.map!r}, table {spec.table!r}"
@@ -937,15 +1000,21 @@ class CaptureLog:
                 problems.append(f"{where}: capture trigger {name} is missing")
             elif table.startswith("disabled:"):
                 problems.append(f"{where}: capture trigger {name} is disabled")
-            elif table != spec.table:
+            elif table != self._local(spec.table):
                 problems.append(f"{where}: capture trigger {name} is on table {table!r}")
             elif not gone and text.strip() != definition.strip():
                 problems.append(f"{where}: capture trigger {name} is out of date (the table "
                                 "changed since it was installed)")
         return problems
 
+    def _local(self, table: str) -> str:
+        """``table`` as the catalog names it: without the schema when that is the log's."""
+        schema, name = self.dialect.split(table)
+        return f"{schema}.{name}" if schema else name
+
     def remove(self, spec: CaptureSpec) -> None:
         """Remove the capture triggers of one map and forget its queued changes."""
+        self.locate()
         self._ddl(self.dialect.remove_ddl(spec.tag, spec.table) +
                   self.dialect.remove_ddl(spec.legacy_tag, spec.table),
                   f"remove capture from {spec.table}")
@@ -975,19 +1044,25 @@ class CaptureLog:
     #: % in them: a driver could take it for a placeholder)
     _OWN_OBJECTS: ClassVar[dict[str, str]] = {
         "postgresql": (
+            # a trigger on a table in another schema calls a function in the log's schema
             "SELECT 'trigger', t.tgname, 'DROP TRIGGER IF EXISTS ' || quote_ident(t.tgname) "
-            "|| ' ON ' || quote_ident(c.relname) FROM pg_trigger t JOIN pg_class c ON "
-            "c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE NOT "
-            "t.tgisinternal AND n.nspname = current_schema() AND left(t.tgname, 3) = 'dw_' "
+            "|| ' ON ' || quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM "
+            "pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON "
+            "n.oid = c.relnamespace JOIN pg_proc f ON f.oid = t.tgfoid JOIN pg_namespace fn "
+            "ON fn.oid = f.pronamespace WHERE NOT t.tgisinternal AND (n.nspname = "
+            "current_schema() OR fn.nspname = current_schema()) AND left(t.tgname, 3) = 'dw_' "
             "UNION ALL SELECT 'function', p.proname, 'DROP FUNCTION IF EXISTS ' || "
             "quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' "
             "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE "
             "n.nspname = current_schema() AND (left(p.proname, 3) = 'dw_' OR "
             "p.proname = 'dualwrite_wake')"),
         "mysql": (
-            "SELECT 'trigger', TRIGGER_NAME, CONCAT('DROP TRIGGER IF EXISTS `', TRIGGER_NAME, "
-            "'`') FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = DATABASE() AND "
-            "LEFT(TRIGGER_NAME, 3) = 'dw_'"),
+            # a trigger in another database writes into this one's log, by its name
+            "SELECT 'trigger', TRIGGER_NAME, CONCAT('DROP TRIGGER IF EXISTS `', "
+            "REPLACE(TRIGGER_SCHEMA, '`', '``'), '`.`', TRIGGER_NAME, '`') FROM "
+            "information_schema.TRIGGERS WHERE (TRIGGER_SCHEMA = DATABASE() OR LOCATE(CONCAT("
+            "'`', REPLACE(DATABASE(), '`', '``'), '`.dualwrite_changes'), ACTION_STATEMENT) "
+            "> 0) AND LEFT(TRIGGER_NAME, 3) = 'dw_'"),
         "sqlite": (
             "SELECT 'trigger', name, 'DROP TRIGGER IF EXISTS \"' || name || '\"' "
             "FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, 3) = 'dw_'"),

@@ -19,7 +19,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from dualwrite.connectors.base import Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector, raw
+from dualwrite.connectors.sql import SqlConnector, qualified, raw, split_table
 from dualwrite.model.conversion import parse_duration
 from dualwrite.model.schema import END_OF_DAY, Column, Facets, Kind
 from dualwrite.model.values import JsonText, TemporalText
@@ -78,12 +78,18 @@ class MySqlConnector(SqlConnector):
                                 capture=True)
     database_name = "MariaDB"
 
-    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None) -> None:
+    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None,
+                 schema: str | None = None) -> None:
         #: (table, column) -> character set, learnt when checking a key's collation
         self._charsets: dict[tuple[str, str], str] = {}
-        super().__init__(name, url, engine=engine)
+        super().__init__(name, url, engine=engine, schema=schema)
 
     def _create_engine(self, url: str) -> sa.Engine:
+        if self.default_schema:
+            # MariaDB's schemas are databases: the environment's `schema:` is the database
+            # the connection uses (its unqualified tables, and dualwrite's own)
+            url = sa.engine.make_url(url).set(database=self.default_schema).render_as_string(
+                hide_password=False)
         if "charset=" not in url:
             url += ("&" if "?" in url else "?") + "charset=utf8mb4"
         # No pre-ping, as for PostgreSQL (see PostgresConnector._create_engine). No reset on
@@ -127,13 +133,15 @@ class MySqlConnector(SqlConnector):
         """COLUMN_TYPE of each column, and JSON for a LONGTEXT that a ``json_valid`` check
         makes a JSON column (MariaDB's JSON is such a LONGTEXT)."""
         with self.engine.connect() as conn:
+            schema, name = split_table(table)
             rows = conn.execute(sa.text(
                 "SELECT COLUMN_NAME, COLUMN_TYPE FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t"), {"t": table}).all()
+                "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t"),
+                {"s": schema, "t": name}).all()
             checks = conn.execute(sa.text(
                 "SELECT CHECK_CLAUSE FROM information_schema.CHECK_CONSTRAINTS "
-                "WHERE CONSTRAINT_SCHEMA = DATABASE() AND TABLE_NAME = :t"),
-                {"t": table}).all()
+                "WHERE CONSTRAINT_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t"),
+                {"s": schema, "t": name}).all()
         out = {str(r[0]): _upper_name(str(r[1])) for r in rows}
         for (clause,) in checks:
             for m in _JSON_CHECK.finditer(str(clause)):
@@ -141,6 +149,16 @@ class MySqlConnector(SqlConnector):
                 if out.get(name, "").endswith("TEXT"):
                     out[name] = "JSON"
         return out
+
+    def _collations(self, table: str) -> dict[str, tuple[str | None, bool]]:
+        schema, name = split_table(table)
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t "
+                "AND COLLATION_NAME IS NOT NULL"), {"s": schema, "t": name}).all()
+        # utf8mb4_general_ci, utf8mb4_uca1400_ai_ci: case-insensitive; *_bin, *_cs: not
+        return {str(r[0]): (str(r[1]), "_ci" in str(r[1]).lower()) for r in rows}
 
     def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
         kind, f = super().column_type(column, catalog)
@@ -188,8 +206,10 @@ class MySqlConnector(SqlConnector):
         # into multi-row INSERTs; the Core path would first build a dict per row.
         quote = self.engine.dialect.identifier_preparer.quote
         marks = ", ".join("%s" for _ in columns)
+        target = f"{quote(table.schema)}.{quote(table.name)}" if table.schema else \
+            quote(table.name)
         conn.exec_driver_sql(
-            f"INSERT INTO {quote(table.name)} ({', '.join(quote(c) for c in columns)}) "
+            f"INSERT INTO {target} ({', '.join(quote(c) for c in columns)}) "
             f"VALUES ({marks})", list(rows))
 
     def recover(self, prefix: str) -> list[str]:
@@ -223,16 +243,23 @@ class MySqlConnector(SqlConnector):
         finally:
             raw.close()
 
+    def _refusal(self, exc: sa_exc.DBAPIError) -> str | None:
+        code = next(iter(getattr(exc.orig, "args", ())), None)
+        # access denied (password, unknown user, or an auth plugin), to the database, unknown
+        return {1045: "credentials", 1698: "credentials", 1044: "grants",
+                1049: "database"}.get(code) if isinstance(code, int) else None
+
     def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
         args: tuple[Any, ...] = tuple(getattr(exc.orig, "args", ()))
         return bool(args) and args[0] in CONSTRAINT_CODES
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
+        schema, name = split_table(table)
         with self.engine.connect() as conn:
             row = conn.execute(sa.text(
                 "SELECT COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :t AND COLUMN_NAME = :c"),
-                {"t": table, "c": column}).first()
+                "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t "
+                "AND COLUMN_NAME = :c"), {"s": schema, "t": name, "c": column}).first()
         if row is None or row[0] is None:
             return True
         self._charsets[(table, column)] = row[1]
@@ -240,7 +267,8 @@ class MySqlConnector(SqlConnector):
 
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         table = getattr(col, "table", None)
-        charset = self._charsets.get((getattr(table, "name", ""), getattr(col, "name", "")))
+        charset = self._charsets.get((qualified(table) if isinstance(table, sa.Table) else "",
+                                      getattr(col, "name", "")))
         if charset == "utf8mb4":
             return sa.collate(col, "utf8mb4_bin")
         if charset in ("utf8mb3", "utf8"):

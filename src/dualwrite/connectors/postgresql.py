@@ -17,6 +17,7 @@ from dualwrite.connectors.sql import (
     SqlConnector,
     SqlWriteSession,
     end_rollback,
+    split_table,
     without_collation,
 )
 from dualwrite.errors import ConnectorError, TerminalConnectorError
@@ -50,6 +51,29 @@ BINARY_COLLATIONS = {"c", "posix", "ucs_basic", "c.utf8", "c.utf-8"}
 CONNECT_DEFAULTS = {"connect_timeout": 10, "keepalives": 1, "keepalives_idle": 30,
                     "keepalives_interval": 10, "keepalives_count": 3,
                     "tcp_user_timeout": 60_000}
+
+
+def regclass_text(table: str) -> str:
+    """``fin.currency`` as ``"fin"."currency"``, for CAST(... AS regclass): any name, quoted."""
+    schema, name = split_table(table)
+    parts = [schema, name] if schema else [name]
+    return ".".join('"' + p.replace('"', '""') + '"' for p in parts)
+
+
+def _ident(table: sa.Table | str) -> Any:
+    """The psycopg identifier of a table, schema-qualified where it has a schema."""
+    from psycopg import sql
+
+    if isinstance(table, str):
+        schema, name = split_table(table)
+    else:
+        schema, name = table.schema, table.name
+    return sql.Identifier(schema, name) if schema else sql.Identifier(name)
+
+
+def _option_value(value: str) -> str:
+    """A value for libpq's ``options`` (``-c name=value``): spaces and backslashes escaped."""
+    return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
 def _idle(raw: Any) -> bool:
@@ -191,11 +215,25 @@ class PostgresConnector(SqlConnector):
         # gives up after 10 s, and keepalives (with a bound on unacknowledged data) drop a
         # session whose peer is gone, so that the error surfaces as transient and is
         # retried. The URL may set any of these (its query wins).
-        args: dict[str, Any] = {**CONNECT_DEFAULTS, "options": (
-            "-c dualwrite.origin=on -c timezone=UTC -c extra_float_digits=1 "
-            "-c bytea_output=hex -c intervalstyle=postgres -c lc_monetary=C")}
-        for name in sa.engine.make_url(url).query:
+        # The URL's own `options` (``options=-csearch_path=fin``) are added after these, not
+        # instead of them: without dualwrite.origin every write of dualwrite's would be
+        # captured back (an echo). ``schema`` (the environment's `schema:`) is the search
+        # path: the schema unqualified table names, and dualwrite's change log, live in.
+        options = ("-c dualwrite.origin=on -c timezone=UTC -c extra_float_digits=1 "
+                   "-c bytea_output=hex -c intervalstyle=postgres -c lc_monetary=C")
+        query = sa.engine.make_url(url).query
+        theirs = query.get("options")
+        if theirs:
+            options += " " + " ".join(theirs) if isinstance(theirs, tuple) else " " + theirs
+        if self.default_schema:
+            schema = self.default_schema
+            if not re.match(r"^[a-z_][a-z0-9_$]*$", schema):
+                schema = '"' + schema.replace('"', '""') + '"'
+            options += " -c search_path=" + _option_value(schema)
+        args: dict[str, Any] = {**CONNECT_DEFAULTS}
+        for name in query:
             args.pop(name, None)
+        args["options"] = options
         engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
                                   connect_args=args)
 
@@ -228,8 +266,24 @@ class PostgresConnector(SqlConnector):
             rows = conn.execute(sa.text(
                 "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
                 "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 "
-                "AND NOT a.attisdropped"), {"t": '"' + table.replace('"', '""') + '"'}).all()
+                "AND NOT a.attisdropped"), {"t": regclass_text(table)}).all()
         return {str(r[0]): _short_name(str(r[1])) for r in rows}
+
+    def _collations(self, table: str) -> dict[str, tuple[str | None, bool]]:
+        # citext and nondeterministic (ICU, case-insensitive) collations call 'a' and 'A'
+        # equal; the default and libc collations do not
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.text(
+                "SELECT a.attname, CASE WHEN c.collname = 'default' THEN d.datcollate "
+                "ELSE c.collname END, COALESCE(NOT c.collisdeterministic, false) "
+                "OR t.typname = 'citext' FROM pg_attribute a "
+                "JOIN pg_type t ON t.oid = a.atttypid "
+                "LEFT JOIN pg_collation c ON c.oid = a.attcollation "
+                "JOIN pg_database d ON d.datname = current_database() "
+                "WHERE a.attrelid = CAST(:t AS regclass) AND a.attnum > 0 "
+                "AND NOT a.attisdropped AND a.attcollation <> 0"),
+                {"t": regclass_text(table)}).all()
+        return {str(r[0]): (None if r[1] is None else str(r[1]), bool(r[2])) for r in rows}
 
     def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
         kind, f = super().column_type(column, catalog)
@@ -249,7 +303,7 @@ class PostgresConnector(SqlConnector):
             # straight to the driver with SQL text built once (the live-sync hot path: the
             # Core statement pipeline costs more than the loopback round trip)
             raw_conn: Any = conn.connection.driver_connection
-            text = self._insert_sql(raw_conn, table.name, tuple(columns), returning=False)
+            text = self._insert_sql(raw_conn, table, tuple(columns), returning=False)
             with raw_conn.cursor() as cur:
                 if len(rows) == 1:
                     cur.execute(text, rows[0], prepare=True)
@@ -259,12 +313,12 @@ class PostgresConnector(SqlConnector):
 
         raw: Any = conn.connection.driver_connection
         stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(
-            sql.Identifier(table.name), sql.SQL(", ").join(sql.Identifier(c) for c in columns))
+            _ident(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns))
         with raw.cursor() as cur, cur.copy(stmt) as copy:
             for r in rows:
                 copy.write_row(r)
 
-    def _insert_sql(self, raw: Any, table: str, columns: tuple[str, ...], *,
+    def _insert_sql(self, raw: Any, table: sa.Table, columns: tuple[str, ...], *,
                     returning: bool) -> str:
         """INSERT text for the driver, rendered once (composing it costs more than the
         round trip it makes)."""
@@ -272,16 +326,17 @@ class PostgresConnector(SqlConnector):
 
         def build() -> str:
             return sql.SQL("INSERT INTO {} ({}) VALUES ({}){}").format(
-                sql.Identifier(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
+                _ident(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
                 sql.SQL(", ").join(sql.Placeholder() for _ in columns),
                 sql.SQL(" RETURNING *") if returning else sql.SQL("")).as_string(raw)
 
-        return str(self.statement(("raw-insert", table, columns, returning), build))
+        return str(self.statement(("raw-insert", table.schema, table.name, columns, returning),
+                                  build))
 
     def _insert_returning(self, conn: sa.Connection, table: str, values: dict[str, Any]
                           ) -> dict[str, Any]:
         raw: Any = conn.connection.driver_connection
-        text = self._insert_sql(raw, self.table(table).name, tuple(values), returning=True)
+        text = self._insert_sql(raw, self.table(table), tuple(values), returning=True)
         with raw.cursor() as cur:
             cur.execute(text, tuple(values.values()), prepare=True)
             row = cur.fetchone()
@@ -328,7 +383,7 @@ class PostgresConnector(SqlConnector):
         if not self._bulk_update_guard(arrays):
             raise _TextOnly
         alias = [sql.Identifier(f"v{i}") for i in range(len(names))]
-        t = sql.Identifier(table.name)
+        t = _ident(table)
         match = [sql.SQL("{t}.{c} = u.{a}").format(t=t, c=sql.Identifier(c), a=alias[i])
                  for i, c in enumerate(key)]
         if guarded:
@@ -398,7 +453,7 @@ class PostgresConnector(SqlConnector):
             return None
         from psycopg import sql
 
-        t = sql.Identifier(table.name)
+        t = _ident(table)
         got_new = self._json_rows(table, key + columns, key_sources + sources, "n")
         got_old = self._json_rows(table, columns, sources, "o")
         if got_new is None or got_old is None:
@@ -435,7 +490,7 @@ class PostgresConnector(SqlConnector):
             return False
         new_rows, vals = got
         stmt = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM {new_rows}").format(
-            t=sql.Identifier(table.name),
+            t=_ident(table),
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
             vals=sql.SQL(", ").join(vals), new_rows=new_rows)
         raw: Any = conn.connection.driver_connection
@@ -470,7 +525,7 @@ class PostgresConnector(SqlConnector):
                 "LEFT JOIN pg_collation c ON c.oid = a.attcollation "
                 "JOIN pg_database d ON d.datname = current_database() "
                 "WHERE a.attrelid = CAST(:t AS regclass) AND a.attname = :c"),
-                {"t": '"' + table.replace('"', '""') + '"', "c": column}).first()
+                {"t": regclass_text(table), "c": column}).first()
         return row is None or str(row[0]).lower() in BINARY_COLLATIONS
 
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:

@@ -76,6 +76,20 @@ def plain_type(t: sa.types.TypeEngine[Any]) -> sa.types.TypeEngine[Any]:
     return t
 
 
+def split_table(name: str) -> tuple[str | None, str]:
+    """``fin.currency`` -> ("fin", "currency"); ``currency`` -> (None, "currency"). A table in
+    another PostgreSQL schema, or in another MariaDB database on the same server, is named
+    ``schema.table`` in maps and everywhere in dualwrite."""
+    schema, dot, table = name.partition(".")
+    return (schema, table) if dot and schema and table else (None, name)
+
+
+def qualified(t: sa.Table) -> str:
+    """The name dualwrite uses for a reflected table: ``schema.table`` when it was reflected
+    from a schema named explicitly, else the plain name."""
+    return f"{t.schema}.{t.name}" if t.schema else t.name
+
+
 def kind_of(t: sa.types.TypeEngine[Any]) -> Kind:
     """The portable kind of a reflected SQLAlchemy type (without the database's own rules:
     see :meth:`SqlConnector.column_type`)."""
@@ -267,8 +281,12 @@ class SqlConnector(Connector):
     #: whether a long-running read may stay open while another connection writes the table
     stream_reads_while_writing = True
 
-    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None) -> None:
+    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None,
+                 schema: str | None = None) -> None:
         super().__init__(name, url)
+        #: the environment's `schema:` (PostgreSQL: the search path; MariaDB: the database),
+        #: where unqualified table names and dualwrite's own tables are
+        self.default_schema = schema
         self.engine = engine or self._create_engine(url)
         self._tables: dict[str, sa.Table] = {}
         self._schemas: dict[str, TableSchema] = {}
@@ -395,6 +413,9 @@ class SqlConnector(Connector):
                 hint="check the value against the column's type on this side",
                 environment=self.name)
         if isinstance(exc, sa_exc.DBAPIError):
+            refused = self._refused_connection(doing, exc)
+            if refused is not None:
+                return refused
             if self._is_constraint(exc):
                 return ConstraintViolation(
                     f"{doing}: the database rejected the row: {self._driver_message(exc)}",
@@ -404,8 +425,9 @@ class SqlConnector(Connector):
                                            and self._looks_transient(exc)):
                 return TransientConnectorError(
                     f"{doing}: {self._driver_message(exc)}",
-                    hint="the database is unreachable or busy; dualwrite retries, or check "
-                    "that it is running", environment=self.name)
+                    hint=f"the database at {self._shown_url()} is unreachable or busy: check that "
+                    "it is running and reachable (`run` and `serve` keep retrying; other "
+                    "commands stop here)", environment=self.name)
             return TerminalConnectorError(
                 f"{doing}: {self._driver_message(exc)}",
                 hint="check the table and column names and the database permissions",
@@ -424,6 +446,62 @@ class SqlConnector(Connector):
             return out
         return None
 
+    def _shown_url(self) -> str:
+        """The environment's URL without its password, for messages."""
+        try:
+            return sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        except sa_exc.ArgumentError:
+            return "its URL"
+
+    def _refusal(self, exc: sa_exc.DBAPIError) -> str | None:
+        """Why the server refused to open a session: "credentials" (user or password),
+        "grants" (the user may not use the database), "database" (no such database), or
+        None. Dialects read their drivers' codes; the text is PostgreSQL's (libpq's)."""
+        text = str(exc.orig)
+        if "password authentication failed" in text or re.search(
+                r'role "[^"]*" does not exist', text) or "no pg_hba.conf entry" in text \
+                or "authentication failed" in text:
+            return "credentials"
+        if re.search(r'FATAL:\s+database "[^"]*" does not exist', text):
+            return "database"
+        if "permission denied for database" in text:
+            return "grants"
+        return None
+
+    def _refused_connection(self, doing: str, exc: sa_exc.DBAPIError
+                            ) -> TerminalConnectorError | None:
+        """A session the server would not open, as what to fix: the credentials, the grants
+        or the database name. None for any other error. Never transient: retrying the same
+        URL gets the same answer, so nothing retries it."""
+        why = self._refusal(exc)
+        if why is None:
+            return None
+        url = sa.engine.make_url(self.url)
+        where = self._shown_url()
+        if why == "credentials":
+            return TerminalConnectorError(
+                f"{doing}: the database refused the credentials of user {url.username!r} "
+                f"({where}): {self._driver_message(exc)}",
+                hint="correct the user name or password in the URL of environment "
+                f"{self.name!r} (or the ${{VAR}} it takes them from), or create that user on "
+                "the server: dualwrite does not retry this, as retrying cannot help",
+                environment=self.name)
+        if why == "grants":
+            return TerminalConnectorError(
+                f"{doing}: user {url.username!r} may not use database {url.database!r} "
+                f"({where}): {self._driver_message(exc)}",
+                hint=f"grant the user access to the database (e.g. GRANT ALL ON "
+                f"{url.database}.* TO ...), or use another user: dualwrite does not retry this, "
+                "as retrying cannot help",
+                environment=self.name)
+        return TerminalConnectorError(
+            f"{doing}: database {url.database!r} does not exist on the server ({where}): "
+            f"{self._driver_message(exc)}",
+            hint=f"create it (CREATE DATABASE {url.database}), or correct the database name "
+            f"in the URL of environment {self.name!r}: dualwrite does not retry this, as "
+            "retrying cannot help",
+            environment=self.name)
+
     def _looks_transient(self, exc: sa_exc.DBAPIError) -> bool:
         text = str(exc.orig).lower()
         return any(w in text for w in (
@@ -441,10 +519,19 @@ class SqlConnector(Connector):
         return " ".join(text.split())[:500]
 
     # -- schema ------------------------------------------------------------------------------
-    def tables(self) -> list[str]:
-        with self.translating("list tables"):
-            names = sa.inspect(self.engine).get_table_names()
-        return sorted(n for n in names if not n.startswith(OWN_TABLE_PREFIX))
+    def tables(self, schema: str | None = None) -> list[str]:
+        """The tables of the connection's default schema, or of ``schema`` (then named
+        ``schema.table``)."""
+        with self.translating(f"list tables{f' of schema {schema}' if schema else ''}"), \
+                self.catalog_connection() as conn:
+            names = sa.inspect(conn).get_table_names(schema=schema)
+        return sorted(f"{schema}.{n}" if schema else n for n in names
+                      if not n.startswith(OWN_TABLE_PREFIX))
+
+    def schemas(self) -> list[str]:
+        """The schemas (MariaDB: databases) this connection can see."""
+        with self.translating("list schemas"), self.catalog_connection() as conn:
+            return sorted(sa.inspect(conn).get_schema_names())
 
     def table(self, name: str) -> sa.Table:
         t = self._tables.get(name)
@@ -462,8 +549,9 @@ class SqlConnector(Connector):
                 # a type SQLAlchemy does not know (inet6, xml, point) is still a column: its
                 # kind is OTHER, named by the database's catalog (column_type)
                 warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
+                schema_name, name = split_table(table)
                 with self.catalog_connection() as conn:
-                    t = sa.Table(table, sa.MetaData(), autoload_with=conn)
+                    t = sa.Table(name, sa.MetaData(), schema=schema_name, autoload_with=conn)
         except TerminalConnectorError as exc:
             if isinstance(exc.__cause__, sa_exc.NoSuchTableError):
                 raise TerminalConnectorError(
@@ -474,9 +562,15 @@ class SqlConnector(Connector):
         pk = tuple(c.name for c in t.primary_key.columns)
         with self.translating(f"describe {table}"):
             catalog = self._catalog(table)
+            collations = self._collations(table)
         cols: dict[str, Column] = {}
         for c in t.columns:
             kind, facets = self.column_type(c, catalog.get(c.name, ""))
+            if kind is Kind.STRING:
+                named = getattr(c.type, "collation", None)
+                collation, folds = collations.get(c.name, (named, bool(
+                    named and named.casefold() == "nocase")))
+                facets = _replace(facets, collation=collation, folds_case=folds)
             auto = (c.autoincrement is True or (
                 c.autoincrement == "auto" and len(pk) == 1 and c.name == pk[0]
                 and kind is Kind.INTEGER))
@@ -485,7 +579,7 @@ class SqlConnector(Connector):
                 has_default=c.server_default is not None or auto,
                 primary_key=c.primary_key, length=getattr(c.type, "length", None),
                 sql_type=_compiled(c.type, self.engine.dialect), facets=facets)
-        fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), fk.referred_table.name,
+        fks = [ForeignKey(tuple(e.parent.name for e in fk.elements), qualified(fk.referred_table),
                           tuple(e.column.name for e in fk.elements))
                for fk in t.foreign_key_constraints]
         uniques: list[tuple[str, ...]] = []
@@ -493,9 +587,9 @@ class SqlConnector(Connector):
                 self.catalog_connection() as conn:
             warnings.filterwarnings("ignore", "Did not recognize type", sa_exc.SAWarning)
             insp = sa.inspect(conn)
-            for u in insp.get_unique_constraints(table):
+            for u in insp.get_unique_constraints(t.name, schema=t.schema):
                 uniques.append(tuple(c for c in u["column_names"] if c))
-            for ix in insp.get_indexes(table):
+            for ix in insp.get_indexes(t.name, schema=t.schema):
                 if ix.get("unique"):
                     uniques.append(tuple(c for c in ix["column_names"] if c))
         schema = TableSchema(table, cols, pk, fks, uniques)
@@ -509,6 +603,11 @@ class SqlConnector(Connector):
     def _catalog(self, table: str) -> dict[str, str]:
         """Column -> the type as the database's catalog names it, where reflection needs it
         (types SQLAlchemy does not know; MariaDB's JSON columns)."""
+        return {}
+
+    def _collations(self, table: str) -> dict[str, tuple[str | None, bool]]:
+        """Column -> (its collation's name, whether it folds case), where the dialect reads
+        them from its catalog (else the reflected type's COLLATE clause is used)."""
         return {}
 
     def column_type(self, column: sa.Column[Any], catalog: str) -> tuple[Kind, Facets]:
@@ -579,7 +678,7 @@ class SqlConnector(Connector):
         out: list[sa.ColumnElement[Any]] = []
         for k in key:
             c = t.c[k]
-            if isinstance(c.type, sqltypes.String) and not self._binary_ordered(t.name, k):
+            if isinstance(c.type, sqltypes.String) and not self._binary_ordered(qualified(t), k):
                 out.append(self._binary_order_expr(c))
             else:
                 out.append(c)

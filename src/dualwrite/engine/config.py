@@ -6,22 +6,27 @@ folder, so ``dualwrite -c demo/dualwrite.yaml verify`` works from anywhere.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from dualwrite.errors import ConfigError
+from dualwrite.errors import ConfigError, Issue, MapSyntaxError, ValidationFailed
 from dualwrite.model.maps import TableMap, parse_map_document
-from dualwrite.model.yamlio import load_yaml
+from dualwrite.model.yamlio import line_of, load_yaml
 
 
 class EnvironmentConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str = Field(min_length=1)
+    #: where the environment's unqualified table names and dualwrite's own tables (the change
+    #: log) are: a PostgreSQL schema (the search path), a MariaDB database
+    schema_: str | None = Field(default=None, alias="schema", min_length=1)
 
 
 class LinkConfig(BaseModel):
@@ -156,6 +161,9 @@ class Config:
     path: Path
     model: ConfigModel
     maps: list[TableMap]
+    #: map files that could not be read or parsed (``load_config(lenient=True)``): every
+    #: problem in each, with file and line; their maps are not in ``maps``
+    problems: list[Issue] = field(default_factory=list)
 
     @property
     def left(self) -> str:
@@ -170,11 +178,16 @@ class Config:
         return self.model.link.name or f"{self.left}<->{self.right}"
 
     def url(self, env: str) -> str:
-        return resolve_url(self.model.environments[env].url, self.path.parent)
+        return resolve_url(self.model.environments[env].url, self.path.parent,
+                           f"environments.{env}.url", str(self.path))
+
+    def schema(self, env: str) -> str | None:
+        """The environment's `schema:` (None: the connection's default)."""
+        return self.model.environments[env].schema_
 
     @property
     def state_url(self) -> str:
-        return resolve_url(self.model.state, self.path.parent)
+        return resolve_url(self.model.state, self.path.parent, "state", str(self.path))
 
     def map(self, name: str) -> TableMap:
         for m in self.maps:
@@ -185,8 +198,23 @@ class Config:
                           file=str(self.path), code="DW010")
 
 
-def resolve_url(url: str, base: Path) -> str:
-    """Make a relative SQLite file path absolute against ``base``; expand env variables."""
+_BRACED_VAR = re.compile(r"\$\{([^}]*)\}")
+
+
+def resolve_url(url: str, base: Path, where: str = "url", file: str | None = None) -> str:
+    """Make a relative SQLite file path absolute against ``base``; expand environment
+    variables. A ``${VAR}`` whose variable is not set is a ConfigError naming it (left in
+    the URL, it would surface later as a baffling connection error); a bare ``$word`` that
+    is not a set variable stays as written (a password may hold a ``$``)."""
+    unset = [m.group(1) for m in _BRACED_VAR.finditer(url) if m.group(1) not in os.environ]
+    if unset:
+        names = ", ".join(f"${{{v}}}" for v in dict.fromkeys(unset))
+        raise ConfigError(
+            f"{where} uses the environment variable(s) {names}, which "
+            f"{'is' if len(unset) == 1 else 'are'} not set",
+            hint=f"set {' and '.join(dict.fromkeys(unset))} in the environment dualwrite "
+            "runs in (e.g. export " + unset[0] + "=...), or write the value into the config",
+            file=file, code="DW007")
     url = os.path.expandvars(url)
     prefix = "sqlite:///"
     if url.startswith(prefix) and not url.startswith("sqlite:////"):
@@ -196,20 +224,39 @@ def resolve_url(url: str, base: Path) -> str:
     return url
 
 
-def _pydantic_message(exc: ValidationError) -> str:
+def _line_at(data: Any, loc: tuple[Any, ...]) -> int | None:
+    """The line of the deepest key of ``loc`` found in the loaded YAML ``data``."""
+    line = line_of(data)
+    node = data
+    for part in loc:
+        inside = part in node if isinstance(node, dict) else (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node))
+        if inside:
+            line = line_of(node, part) or line
+            node = node[part]
+        else:
+            break
+    return line
+
+
+def _pydantic_problems(exc: ValidationError, data: Any) -> list[tuple[str, int | None]]:
+    """Every problem pydantic found, each with the line it is on."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        parts.append(f"{loc}: {msg}" if loc else msg)
-    return "; ".join(parts)
+        parts.append((f"{loc}: {msg}" if loc else msg, _line_at(data, tuple(err["loc"]))))
+    return parts
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
+def load_config(path: str | os.PathLike[str], *, lenient: bool = False) -> Config:
     """Read and check ``dualwrite.yaml`` and every map file it names.
 
-    Raises ConfigError (file, line, what to do) for a missing file, bad YAML, a wrong key or a
-    map that does not parse. Whether tables and columns exist is checked by validation.
+    Raises ConfigError (file, line, what to do) for a missing file, bad YAML or a wrong key
+    in the config. Map files are all read, and every problem in each is found: one problem
+    is raised as it is, several as ValidationFailed listing them all; with ``lenient``
+    (``dualwrite validate``) nothing is raised for them: they are in ``Config.problems`` and
+    their maps are left out. Whether tables and columns exist is checked by validation.
     """
     p = Path(path)
     if not p.exists():
@@ -223,23 +270,50 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     try:
         model = ConfigModel.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"invalid config: {_pydantic_message(exc)}", file=str(p), code="DW004",
+        problems = _pydantic_problems(exc, data)
+        listed = "; ".join(f"{text} (line {line})" if line else text
+                           for text, line in problems)
+        raise ConfigError(f"invalid config: {listed}", file=str(p), code="DW004",
+                          line=problems[0][1] if problems else None,
                           hint="see docs/user-guide.md for the config format") from None
     maps: list[TableMap] = []
     seen: set[Path] = set()
+    errors: list[tuple[ConfigError, str | None]] = []
     for pattern in model.maps:
         full = pattern if os.path.isabs(pattern) else str(p.parent / pattern)
         matches = sorted(glob.glob(full))
         if not matches:
-            raise ConfigError(f"map pattern {pattern!r} matches no file", file=str(p),
-                              code="DW005", hint="correct `maps:` or create the map files")
+            errors.append((ConfigError(f"map pattern {pattern!r} matches no file", file=str(p),
+                                       code="DW005",
+                                       hint="correct `maps:` or create the map files"), None))
         for f in matches:
             fp = Path(f).resolve()
             if fp in seen:
                 continue
             seen.add(fp)
-            maps.append(load_map_file(fp))
-    return Config(p.resolve(), model, maps)
+            try:
+                maps.append(load_map_file(fp))
+            except MapSyntaxError as exc:
+                name = _map_name(fp)
+                errors += [(e, name) for e in exc.problems]
+            except ConfigError as exc:  # not YAML, not readable
+                errors.append((exc, None))
+    if errors and not lenient:
+        if len(errors) == 1:
+            raise errors[0][0]
+        raise ValidationFailed([e.as_issue() for e, _ in errors])
+    return Config(p.resolve(), model, maps,
+                  [dataclasses.replace(e.as_issue(), map=name) for e, name in errors])
+
+
+def _map_name(path: Path) -> str | None:
+    """The ``name:`` of a map file that does not parse as a map, if it has one."""
+    try:
+        data = load_yaml(path.read_text(encoding="utf-8"), file=str(path))
+    except (OSError, ConfigError):
+        return None
+    name = data.get("name") if isinstance(data, dict) else None
+    return name if isinstance(name, str) and name else None
 
 
 def load_map_file(path: Path) -> TableMap:

@@ -82,15 +82,18 @@ class Link:
         self._lock = threading.RLock()
         self.rules = Rules()
         try:
-            self.connectors[Side.LEFT] = connect(config.left, config.url(config.left))
-            self.connectors[Side.RIGHT] = connect(config.right, config.url(config.right))
+            for side, env in ((Side.LEFT, config.left), (Side.RIGHT, config.right)):
+                self.connectors[side] = connect(env, config.url(env),
+                                                schema=config.schema(env))
         except Exception:
             self.close()
             raise
 
     @classmethod
-    def open(cls, path: str | Path = "dualwrite.yaml") -> Link:
-        return cls(load_config(path))
+    def open(cls, path: str | Path = "dualwrite.yaml", *, lenient: bool = False) -> Link:
+        """The link of the config at ``path``. ``lenient``: map files that do not parse are
+        left out, their problems kept for :meth:`validate` to report (``Config.problems``)."""
+        return cls(load_config(path, lenient=lenient))
 
     @property
     def state(self) -> StateStore:
@@ -175,7 +178,8 @@ class Link:
         """Bind every map to both real schemas; return bound maps and every issue found. The
         maps are the versions installed (``files``: as the map files say now)."""
         if files:
-            return self._bind(self.files.maps)
+            bound, issues = self._bind(self.files.maps)
+            return bound, [*self.files.problems, *issues]
         if self._versions is None:
             self._adopt_versions()
         if self._bound is not None and self._issues is not None:
@@ -185,7 +189,7 @@ class Link:
 
     def _bind(self, maps: list[TableMap]) -> tuple[list[BoundMap], list[Issue]]:
         schemas: dict[tuple[Side, str], TableSchema | None] = {}
-        tables = {s: self.connectors[s].tables() for s in Side}
+        tables = {s: self._tables(s, maps) for s in Side}
 
         def schema(side: Side, table: str) -> TableSchema | None:
             if (side, table) not in schemas:
@@ -195,7 +199,27 @@ class Link:
                     schemas[(side, table)] = None
             return schemas[(side, table)]
 
-        return bind_maps(maps, schema, lambda s: tables[s])
+        unparsed = frozenset(i.map for i in self.files.problems if i.map)
+        return bind_maps(maps, schema, lambda s: tables[s], unparsed)
+
+    def _tables(self, side: Side, maps: list[TableMap]) -> list[str]:
+        """The tables of ``side``'s default schema, and those of every other schema the maps
+        name (``fin.currency``), qualified, for validation to find tables in (and hint
+        with)."""
+        connector = self.connectors[side]
+        names = connector.tables()
+        if not isinstance(connector, SqlConnector):
+            return names
+        named = {m.table(side) for m in maps}
+        named |= {t for m in maps for f in m.fields for s, t in f.lookup_tables if s is side}
+        named |= {t.table for m in maps for f in m.fields for t in f.ref(side).targets
+                  if t.table}
+        for schema in sorted({n.partition(".")[0] for n in named if "." in n}):
+            try:
+                names += connector.tables(schema)
+            except ConnectorError:
+                continue  # a schema that does not exist: its tables are reported missing
+        return names
 
     def bound_maps(self, names: Sequence[str] = ()) -> list[BoundMap]:
         """Validated maps in dependency order; raises ValidationFailed listing every error

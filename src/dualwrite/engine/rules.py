@@ -23,14 +23,16 @@ ConfigError (DW006) that says which and why.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from dualwrite.connectors.sql import SqlConnector
 from dualwrite.engine.live import Rule, Rules
-from dualwrite.errors import ConfigError, DualwriteError
+from dualwrite.errors import ConfigError, ConnectorError, DualwriteError
 from dualwrite.model.maps import Side
 
 if TYPE_CHECKING:
@@ -88,6 +90,13 @@ def load_rules(link: Link) -> list[str]:
                     hint=f"use {' or '.join(repr(e) for e in envs)}")
             if side not in tables:
                 tables[side] = {t.casefold(): t for t in link.connectors[side].tables()}
+            schema, dot, _ = table.partition(".")
+            connector = link.connectors[side]
+            if dot and table.casefold() not in tables[side] and \
+                    isinstance(connector, SqlConnector):
+                # a table in another schema (fin.currency): that schema's tables, qualified
+                with contextlib.suppress(ConnectorError):
+                    tables[side].update({t.casefold(): t for t in connector.tables(schema)})
             if table.casefold() not in tables[side]:
                 raise ConfigError(
                     f"rule {cfg.module}.{name} is for table {table!r}, which environment "

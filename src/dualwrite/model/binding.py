@@ -156,6 +156,60 @@ class BoundMap:
                 if f.spec.flows_to(side) and f.end(side).column is not None]
 
 
+def _stem(name: str) -> str:
+    """A name without case, its publisher prefix (``msdyn_``, ``new_``: letters up to the
+    first ``_``), its schema (``fin.``), and underscores: what two spellings of one column
+    share (``msdyn_onholdstatus``, ``ONHOLDSTATUS``, ``on_hold_status``)."""
+    n = name.casefold().rpartition(".")[2]
+    head, sep, rest = n.partition("_")
+    if sep and rest and head.isalpha() and len(head) <= 6:
+        n = rest
+    return n.replace("_", "")
+
+
+def close_names(wanted: str, names: list[str] | set[str] | dict[str, object]) -> list[str]:
+    """Every name in ``names`` that ``wanted`` may have meant, best first: the same stem
+    (case, publisher prefix and underscores aside), one stem inside the other, or a close
+    spelling. Never cut short: the caller lists them all."""
+    import difflib
+
+    def plain(n: str) -> str:
+        return n.casefold().rpartition(".")[2].replace("_", "")
+
+    def score(a: str, b: str) -> float:
+        if not a or not b:
+            return 0.0
+        if a == b:
+            return 2.0
+        if len(min(a, b, key=len)) >= 4 and (a in b or b in a):
+            return 1.5
+        return difflib.SequenceMatcher(None, a, b).ratio()
+
+    scored: list[tuple[float, str]] = []
+    for n in names:
+        best = max(score(_stem(wanted), _stem(n)), score(plain(wanted), plain(n)))
+        if best >= 0.75:
+            scored.append((best, n))
+    return [n for _, n in sorted(scored, key=lambda x: (-x[0], x[1]))]
+
+
+def listing(what: str, names: list[str], limit: int = 60) -> str:
+    """``names`` for a hint: all of them, or the first ``limit`` saying how many there are
+    (a list is never cut short silently)."""
+    if len(names) <= limit:
+        return f"{what}: {', '.join(names)}"
+    return (f"{what} ({len(names)}; the first {limit}): {', '.join(names[:limit])}, "
+            f"... ({len(names) - limit} more)")
+
+
+def _coded_against(a: Kind, b: Kind) -> bool:
+    """Two kinds of column whose values are codes of different vocabularies: text against a
+    number or a flag (an enum's names against an option set's integers), or a number
+    against a flag."""
+    pair = {a, b}
+    return len(pair) == 2 and (pair <= {Kind.STRING, Kind.INTEGER, Kind.BOOLEAN})
+
+
 class _Binder:
     def __init__(self, schema: SchemaSource, tables: TableLister,
                  striped: dict[tuple[Side, str], str] | None = None) -> None:
@@ -169,13 +223,23 @@ class _Binder:
               severity: str = "error") -> None:
         self.issues.append(Issue(code, message, hint, m.file, line, m.name, severity))
 
+    def find(self, side: Side, name: str) -> str | None:
+        """The real name of table ``name`` on ``side``: as listed (exactly, then ignoring
+        case), or, for a name in another schema (``fin.currency``, a foreign key's target)
+        that the list does not hold, the name itself if the schema source describes it."""
+        real = find_table(self.tables(side), name)
+        if real is None and "." in name and self.schema(side, name) is not None:
+            return name
+        return real
+
     def column(self, m: TableMap, side: Side, schema: TableSchema, name: str,
                line: int | None, what: str = "column") -> str | None:
         col = schema.column(name)
         if col is None:
-            near = [c for c in schema.columns if c.casefold().startswith(name.casefold()[:4])]
-            hint = f"did you mean {', '.join(near[:3])}?" if near else \
-                f"check the {side.value} table's columns: {', '.join(list(schema.columns)[:8])}"
+            near = close_names(name, list(schema.columns))
+            columns = listing(f"the {side.value} table's columns", list(schema.columns))
+            hint = f"did you mean {' or '.join(near)}? ({columns})" if near else \
+                f"check {columns}"
             self.issue(m, "DW102", f"{side.value} table {schema.name!r} has no {what} {name!r}",
                        hint, line)
             return None
@@ -203,12 +267,15 @@ class _Binder:
             else:
                 table_name = t.table
                 id_col = None
-            real = find_table(self.tables(side), table_name)
+            real = self.find(side, table_name)
             related = self.schema(side, real) if real else None
             if related is None:
+                near = close_names(table_name, self.tables(side))
                 self.issue(m, "DW107", f"lookup {str(ref)!r}: related table {table_name!r} does "
                            f"not exist on the {side.value} side",
-                           "create the table or correct the lookup", line)
+                           f"did you mean {' or '.join(near)}?" if near else
+                           "create the table or correct the lookup (a table in another schema "
+                           "is schema.table)", line)
                 return None
             if id_col is None:
                 if len(related.primary_key) != 1:
@@ -327,14 +394,16 @@ class _Binder:
         schemas: dict[Side, TableSchema | None] = {}
         for side in Side:
             name = m.table(side)
-            real = find_table(self.tables(side), name)
+            real = self.find(side, name)
             schemas[side] = self.schema(side, real) if real == name or (
                 real and real.casefold() == name.casefold()) else None
             if schemas[side] is None:
-                near = [t for t in self.tables(side) if t.casefold()[:4] == name.casefold()[:4]]
+                near = close_names(name, self.tables(side))
                 self.issue(m, "DW101", f"{side.value} table {name!r} does not exist",
-                           f"did you mean {', '.join(near[:3])}?" if near else
-                           f"create the table on the {side.value} side or correct `{side.value}:`",
+                           f"did you mean {' or '.join(near)}?" if near else
+                           f"create the table on the {side.value} side or correct "
+                           f"`{side.value}:` (a table in another schema is schema.table); "
+                           + listing(f"the {side.value} side's tables", self.tables(side)),
                            m.line_of(side.value))
         ok = True
         fields: list[BoundField] = []
@@ -361,6 +430,9 @@ class _Binder:
                     ok = False
                 else:
                     keys[side].append(c)
+            if len(keys[Side.LEFT]) == len(keys[Side.RIGHT]) == 1:
+                self.check_collations(m, left_s.columns[keys[Side.LEFT][0]],
+                                      right_s.columns[keys[Side.RIGHT][0]], "company")
         key_fields: set[int] = set()
         for kl, kr in zip(m.key.left, m.key.right, strict=True):
             if "." in kl or "." in kr:
@@ -385,6 +457,7 @@ class _Binder:
                 ok = False
             else:
                 key_fields.add(idx)
+                self.check_collations(m, left_s.columns[cl], right_s.columns[cr], "key")
                 lk, rk = left_s.columns[cl].kind, right_s.columns[cr].kind
                 if not (can_hold(lk, rk) and can_hold(rk, lk)) or {lk, rk} & {Kind.OTHER} \
                         or (lk is Kind.STRING) != (rk is Kind.STRING):
@@ -419,6 +492,33 @@ class _Binder:
                         tuple(keys[Side.RIGHT]), filters[Side.LEFT], filters[Side.RIGHT],
                         key_fields)
 
+    def check_collations(self, m: TableMap, left: Column, right: Column, what: str) -> None:
+        """DW133 (a warning): two key columns of text whose collations disagree about letter
+        case. The side whose collation folds case holds one row where the other holds two
+        (``c-00005``, ``C-00005``): the second key collides there (a duplicate key, or an
+        update of the wrong twin), and the two sides order their keys differently."""
+        if left.kind is not Kind.STRING or right.kind is not Kind.STRING or \
+                left.facets.folds_case == right.facets.folds_case:
+            return
+        ci, cs = (left, right) if left.facets.folds_case else (right, left)
+        ci_side, cs_side = ("left", "right") if ci is left else ("right", "left")
+
+        def named(c: Column) -> str:
+            db = f"{c.facets.database} " if c.facets.database else ""
+            return f"{db}collation {c.facets.collation}" if c.facets.collation else \
+                f"{db}default collation"
+
+        self.issue(m, "DW133", f"{what} {left.name} ↔ {right.name}: the {ci_side} column "
+                   f"{ci.name!r} ({named(ci)}) ignores letter case and the {cs_side} column "
+                   f"{cs.name!r} ({named(cs)}) does not, so keys that differ only in case "
+                   f"(c-00005, C-00005) are two rows on the {cs_side} side and collide as one "
+                   f"on the {ci_side} side",
+                   f"give {ci.name!r} a case-sensitive collation (MariaDB: utf8mb4_bin; SQLite: "
+                   f"BINARY), or {cs.name!r} a case-insensitive one (PostgreSQL: citext or a "
+                   "nondeterministic ICU collation), or keep keys that differ only in case out "
+                   "of both applications", m.line_of("key" if what == "key" else "company"),
+                   severity="warning")
+
     def key_through_lookup(self, m: TableMap, kl: str, kr: str, left_s: TableSchema,
                            right_s: TableSchema) -> None:
         """DW131: a key column reached through a lookup (``salesorderid.ordernumber``).
@@ -446,6 +546,22 @@ class _Binder:
             self.issue(m, "DW104", f"value map of `{f.text}` is not one-to-one: {clashes}",
                        "a `><` map must be invertible: give each left value its own right value,"
                        " or use `>>` if it only flows left to right", f.line)
+        if f.values is None and le.info is not None and re_.info is not None and \
+                not le.is_lookup and not re_.is_lookup and \
+                (f.direction.transformed or not f.direction.bidirectional) and \
+                _coded_against(le.kind, re_.kind):
+            def typed(e: Endpoint) -> str:
+                assert e.info is not None
+                return f"{e.column!r} ({e.info.facets.type_name or e.kind.value})"
+
+            self.issue(m, "DW134", f"`{f.text}` joins {typed(le)} and {typed(re_)} without a "
+                       "value map: each value is copied as it is (an option set's number "
+                       "written as an enum's text, or the other way), not translated, and "
+                       "values the target cannot take are refused at their row",
+                       f"add the value map: `- {f.text}: {{values: {{LEFT_VALUE: "
+                       "right_value, ...}}` (`dualwrite import-template` writes the values a "
+                       "published template has), or map columns of one kind", f.line,
+                       severity="warning")
         if f.values is not None or le.column is None or re_.column is None:
             return
         for target, source, side in ((re_, le, Side.RIGHT), (le, re_, Side.LEFT)):
@@ -522,10 +638,12 @@ class _Binder:
                                m.line_of("fields"))
 
 
-def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister
-              ) -> tuple[list[BoundMap], list[Issue]]:
+def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister,
+              unparsed: frozenset[str] = frozenset()) -> tuple[list[BoundMap], list[Issue]]:
     """Bind every map; return the maps that bound cleanly and all issues found (warnings
-    among them: ``Issue.is_error`` is False for those, and their maps are bound)."""
+    among them: ``Issue.is_error`` is False for those, and their maps are bound).
+    ``unparsed``: names of maps whose files do not parse (their problems are reported
+    already): a ``depends_on`` naming one is not called unknown."""
     striped = {(side, m.table(side).casefold()): m.company.of(side)[0]
                for m in maps if m.company for side in Side}
     binder = _Binder(schema, tables, striped)
@@ -537,7 +655,7 @@ def bind_maps(maps: list[TableMap], schema: SchemaSource, tables: TableLister
         names[m.name] = m
     for m in maps:
         for dep in m.depends_on:
-            if dep not in names:
+            if dep not in names and dep not in unparsed:
                 binder.issue(m, "DW110", f"depends_on names unknown map {dep!r}",
                              f"known maps: {', '.join(sorted(names))}", m.line_of("depends_on"))
     for cycle in find_cycles(maps):

@@ -232,73 +232,113 @@ def _field(item: Any, file: str | None, line: int | None) -> FieldMap:
 def parse_map_document(data: Any, *, file: str | None = None) -> TableMap:
     """Check a map document's structure and field syntax; return the TableMap.
 
-    Raises MapSyntaxError (code DW001) at the first structural problem, with file and line.
+    Raises MapSyntaxError (code DW001) with file and line: the first problem, with every
+    problem found in ``problems`` (see :func:`parse_map_problems`).
     """
+    m, problems = parse_map_problems(data, file=file)
+    if problems:
+        first = problems[0]
+        first.problems = problems
+        raise first
+    assert m is not None
+    return m
+
+
+def parse_map_problems(data: Any, *, file: str | None = None
+                       ) -> tuple[TableMap | None, list[MapSyntaxError]]:
+    """Check a map document and report every problem, not just the first: unknown keys,
+    each field line that does not parse, options, key, filter... Returns the map (None when
+    there are problems) and the problems, each with file and line."""
+    problems: list[MapSyntaxError] = []
+
+    def attempt(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except MapSyntaxError as exc:
+            problems.append(exc)
+            return None
+
     top_line = line_of(data)
     if not isinstance(data, Mapping):
-        raise _err("a map file must be a YAML mapping", "start with `name: ...`", file, top_line)
+        return None, [_err("a map file must be a YAML mapping", "start with `name: ...`", file,
+                           top_line)]
     unknown = set(data) - _TOP_KEYS
-    if unknown:
-        raise _err(f"unknown key(s) {sorted(unknown)}",
-                   f"allowed keys: {', '.join(sorted(_TOP_KEYS))}", file,
-                   line_of(data, sorted(unknown)[0]))
-    for required in ("name", "left", "right", "key", "fields"):
-        if required not in data:
-            raise _err(f"missing `{required}`",
-                       "a map needs name, left, right, key and fields", file, top_line)
-    name = data["name"]
-    if not isinstance(name, str) or not name.replace("_", "").replace("-", "").isalnum():
-        raise _err(f"map name {name!r} must be letters, digits, `_` or `-`",
-                   "e.g. name: customers", file, line_of(data, "name"))
+    for key in sorted(unknown, key=str):
+        problems.append(_err(f"unknown key {key!r}",
+                             f"allowed keys: {', '.join(sorted(_TOP_KEYS))}", file,
+                             line_of(data, key)))
+    missing = [k for k in ("name", "left", "right", "key", "fields") if k not in data]
+    if missing:
+        problems.append(_err(f"missing {', '.join(f'`{k}`' for k in missing)}",
+                             "a map needs name, left, right, key and fields", file, top_line))
+    name = data.get("name")
+    if "name" in data and (not isinstance(name, str) or
+                           not name.replace("_", "").replace("-", "").isalnum()):
+        problems.append(_err(f"map name {name!r} must be letters, digits, `_` or `-`",
+                             "e.g. name: customers", file, line_of(data, "name")))
     for side in ("left", "right"):
-        if not isinstance(data[side], str) or not data[side]:
-            raise _err(f"`{side}` must be a table name", f"e.g. {side}: CustomersV3", file,
-                       line_of(data, side))
-    key = _pair(data["key"], "key", file, line_of(data, "key"))
-    company = _pair(data["company"], "company", file, line_of(data, "company")) \
+        if side in data and (not isinstance(data[side], str) or not data[side]):
+            problems.append(_err(f"`{side}` must be a table name",
+                                 f"e.g. {side}: CustomersV3 (or schema.table)", file,
+                                 line_of(data, side)))
+    key = attempt(_pair, data["key"], "key", file, line_of(data, "key")) \
+        if "key" in data else None
+    company = attempt(_pair, data["company"], "company", file, line_of(data, "company")) \
         if data.get("company") is not None else None
     if company and len(company.left) != 1:
-        raise _err("`company` names one column per side",
-                   "e.g. company: {left: dataAreaId, right: company}", file,
-                   line_of(data, "company"))
+        problems.append(_err("`company` names one column per side",
+                             "e.g. company: {left: dataAreaId, right: company}", file,
+                             line_of(data, "company")))
     master = data.get("master", "left")
     if master not in ("left", "right"):
-        raise _err(f"master {master!r} must be `left` or `right`",
-                   "name the side whose values win in initial sync", file,
-                   line_of(data, "master"))
+        problems.append(_err(f"master {master!r} must be `left` or `right`",
+                             "name the side whose values win in initial sync", file,
+                             line_of(data, "master")))
+        master = "left"
     conflict = data.get("conflict", "left-wins" if master == "left" else "right-wins")
     try:
         policy = ConflictPolicy(conflict)
     except ValueError:
-        raise _err(f"conflict policy {conflict!r} is unknown",
-                   "use left-wins, right-wins, newest-wins or manual", file,
-                   line_of(data, "conflict")) from None
+        problems.append(_err(f"conflict policy {conflict!r} is unknown",
+                             "use left-wins, right-wins, newest-wins or manual", file,
+                             line_of(data, "conflict")))
+        policy = ConflictPolicy.LEFT_WINS
     flt = data.get("filter") or {}
     if not isinstance(flt, Mapping) or not set(flt) <= {"left", "right"}:
-        raise _err("`filter` takes `left` and/or `right`",
-                   "e.g. filter: {right: \"customertypecode eq 3\"}", file,
-                   line_of(data, "filter"))
+        problems.append(_err("`filter` takes `left` and/or `right`",
+                             "e.g. filter: {right: \"customertypecode eq 3\"}", file,
+                             line_of(data, "filter")))
+        flt = {}
     depends = data.get("depends_on") or []
     if isinstance(depends, str):
         depends = [depends]
     if not isinstance(depends, list) or not all(isinstance(d, str) for d in depends):
-        raise _err("`depends_on` must be a list of map names",
-                   "e.g. depends_on: [currencies, customer_groups]", file,
-                   line_of(data, "depends_on"))
-    raw_fields = data["fields"]
-    if not isinstance(raw_fields, list) or not raw_fields:
-        raise _err("`fields` must be a non-empty list of field lines",
-                   "e.g. - CUSTOMERACCOUNT = accountnumber", file, line_of(data, "fields"))
-    fields = [_field(item, file, line_of(raw_fields, i)) for i, item in enumerate(raw_fields)]
+        problems.append(_err("`depends_on` must be a list of map names",
+                             "e.g. depends_on: [currencies, customer_groups]", file,
+                             line_of(data, "depends_on")))
+        depends = []
+    raw_fields = data.get("fields")
+    fields: list[FieldMap] = []
+    if "fields" in data and (not isinstance(raw_fields, list) or not raw_fields):
+        problems.append(_err("`fields` must be a non-empty list of field lines",
+                             "e.g. - CUSTOMERACCOUNT = accountnumber", file,
+                             line_of(data, "fields")))
+    elif isinstance(raw_fields, list):
+        for i, item in enumerate(raw_fields):
+            f = attempt(_field, item, file, line_of(raw_fields, i))
+            if f is not None:
+                fields.append(f)
+    specials = attempt(_specials, data, "the map", file, line_of(data, "specials"))
+    if problems:
+        return None, problems
     lines = {k: ln for k in data if (ln := line_of(data, k)) is not None}
+    assert key is not None
     return TableMap(
-        name=name, left=data["left"], right=data["right"], key=key, fields=fields,
+        name=str(name), left=data["left"], right=data["right"], key=key, fields=fields,
         master=Side(master), filter_left=flt.get("left"), filter_right=flt.get("right"),
         company=company, depends_on=list(depends), restricted=bool(data.get("restricted", False)),
-        conflict=policy, specials=_specials(data, "the map", file,
-                                            line_of(data, "specials")) or "refuse",
-        file=file, line=top_line, lines=lines,
-    )
+        conflict=policy, specials=specials or "refuse", file=file, line=top_line, lines=lines,
+    ), []
 
 
 def dependency_order(maps: list[TableMap]) -> list[TableMap]:

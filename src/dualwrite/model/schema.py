@@ -103,6 +103,11 @@ class Facets:
     #: JSON: the database stores the document normalised (jsonb: key order, spacing and
     #: duplicate keys are not kept)
     normalised: bool = False
+    #: STRING: the column's collation as its database names it (None: unknown or default)
+    collation: str | None = None
+    #: STRING: its collation calls two texts equal that differ in letter case (MariaDB's
+    #: ``*_ci``, SQLite's NOCASE, PostgreSQL's citext or a nondeterministic collation)
+    folds_case: bool = False
 
     def holds(self, special: str) -> bool:
         return special in self.specials

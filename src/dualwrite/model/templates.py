@@ -41,10 +41,13 @@ from dualwrite.model.notation import SYMBOLS, Direction, FieldLine, parse_field_
 from dualwrite.model.values import ValueMap, value_key
 
 __all__ = [
+    "KnownValues",
     "Template",
     "TemplateRow",
+    "borrowed_values",
     "fo_filter_to_odata",
     "guess_key",
+    "known_values",
     "parse_template",
     "render_map_yaml",
     "reversed_filter_to_odata",
@@ -709,7 +712,44 @@ def _key_columns(row: TemplateRow) -> tuple[str, str]:
     return left, right
 
 
-def template_to_map(t: Template, *, name: str | None = None) -> dict[str, Any]:
+#: (left column, right column), casefolded -> (value pairs as published, the template's source)
+KnownValues = Mapping[tuple[str, str], tuple[tuple[tuple[str, str], ...], str]]
+
+
+def known_values(templates: Sequence[Template]) -> dict[tuple[str, str],
+                                                        tuple[tuple[tuple[str, str], ...], str]]:
+    """The value maps the templates publish, by the pair of columns they join: the first
+    template (in the order given) whose row for that pair has one. Templates of one family
+    often publish a field's values once (``ONHOLDSTATUS >< msdyn_onholdstatus`` has them in
+    mt-101, not in CustomersV3-accounts)."""
+    out: dict[tuple[str, str], tuple[tuple[tuple[str, str], ...], str]] = {}
+    for t in templates:
+        for row in t.rows:
+            if row.values and _is_plain(row.left) and _is_plain(row.right):
+                out.setdefault((row.left.casefold(), row.right.casefold()),
+                               (row.values, t.source))
+    return out
+
+
+def borrowed_values(t: Template, known: KnownValues | None
+                    ) -> list[tuple[TemplateRow, tuple[tuple[str, str], ...], str]]:
+    """The transformed rows of ``t`` without a value map for which ``known`` has one: (row,
+    value pairs, the template they come from)."""
+    if not known:
+        return []
+    out = []
+    for row in t.rows:
+        if row.values or row.symbol not in ("><", ">>", "<<") or not (
+                _is_plain(row.left) and _is_plain(row.right)):
+            continue
+        hit = known.get((row.left.casefold(), row.right.casefold()))
+        if hit is not None and hit[1] != t.source:
+            out.append((row, hit[0], hit[1]))
+    return out
+
+
+def template_to_map(t: Template, *, name: str | None = None,
+                    known: KnownValues | None = None) -> dict[str, Any]:
     """A map document (as :func:`parse_map_document` reads it) for the template.
 
     ``name`` defaults to a snake_case form of the right table (``accounts``,
@@ -718,7 +758,9 @@ def template_to_map(t: Template, *, name: str | None = None) -> dict[str, Any]:
     (``right``) when the template has them. ``fields`` has one entry per template row, in
     order: a string ``"LEFT SYM right"``, or ``{"LEFT SYM right": {values: {...}}}`` /
     ``{...: {default: X}}`` with values and defaults typed by :func:`_typed` (``3`` → 3,
-    ``en-us`` stays text, ``True`` → true). Raises TemplateError when a filter does not convert.
+    ``en-us`` stays text, ``True`` → true). A transformed row without a value map takes the
+    one ``known`` has for its two columns (see :func:`known_values`), if any. Raises
+    TemplateError when a filter does not convert.
     """
     key_row, _ = guess_key(t)
     key_left, key_right = _key_columns(key_row)
@@ -748,10 +790,12 @@ def template_to_map(t: Template, *, name: str | None = None) -> dict[str, Any]:
     if flt:
         doc["filter"] = flt
     fields: list[Any] = []
+    borrowed = {id(row): pairs for row, pairs, _ in borrowed_values(t, known)}
     for row in t.rows:
         options: dict[str, Any] = {}
-        if row.values:
-            options["values"] = {_typed(a): _typed(b) for a, b in _first_pairs(row.values)}
+        pairs = row.values or borrowed.get(id(row), ())
+        if pairs:
+            options["values"] = {_typed(a): _typed(b) for a, b in _first_pairs(pairs)}
         if row.default is not None:
             options["default"] = _typed(row.default)
         fields.append({row.text: options} if options else row.text)
@@ -759,8 +803,9 @@ def template_to_map(t: Template, *, name: str | None = None) -> dict[str, Any]:
     return doc
 
 
-def template_comments(t: Template) -> list[str]:
-    """Header comments for :func:`render_map_yaml`: the source, the guessed key, the warnings."""
+def template_comments(t: Template, known: KnownValues | None = None) -> list[str]:
+    """Header comments for :func:`render_map_yaml`: the source, the guessed key, the value
+    maps taken from other templates (``known``), the warnings."""
     key_row, why = guess_key(t)
     key_left, key_right = _key_columns(key_row)
     origin = t.source or "a dual-write template"
@@ -769,6 +814,10 @@ def template_comments(t: Template) -> list[str]:
         f"KEY GUESSED - CHECK IT: templates do not state the integration key. Took "
         f"{key_left} <-> {key_right} from line {key_row.line} (`{key_row.text}`): {why}. "
         "Set `key:` to the natural key before `dualwrite sync --initial`.")
+    for row, _, source in borrowed_values(t, known):
+        out.append(f"VALUES FROM ANOTHER TEMPLATE - CHECK THEM: `{row.text}` (line {row.line}) "
+                   f"has no value map here; the one {posixpath.basename(source)} publishes for "
+                   "the same columns was taken.")
     out.extend(f"warning: {w}" for w in t.warnings)
     return out
 
@@ -830,6 +879,19 @@ def _field_warning(item: Any) -> str | None:
         return (f"WARNING: {hops[0]!r} is a lookup through several tables, which the map "
                 "notation cannot read yet; kept as published in the template.")
     raw = options.get("values")
+    if raw is None and isinstance(text, str):
+        try:
+            line = parse_field_line(text)
+        except MapSyntaxError:
+            return None
+        if line.direction.transformed and not line.left.is_none and not line.right.is_none \
+                and not line.left.is_lookup and not line.right.is_lookup:
+            return (f"VALUE MAP TO FILL IN: the template gives none for `{text}`. If the two "
+                    "columns hold different codes (an option set's numbers against an enum's "
+                    "names), write them: `- " + text + ": {values: {LEFT_VALUE: right_value, "
+                    "...}}`; `dualwrite validate` warns (DW134) while their kinds differ and "
+                    "there is none.")
+        return None
     if not isinstance(raw, Mapping) or not raw:
         return None
     try:
