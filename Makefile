@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-capture bench-idle clean services browser
+.PHONY: demo test lint bench bench-capture bench-idle bench-failover clean services browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ bench-capture: $(STAMP) services
 # what a quiet link costs (CPU of idle run and serve)
 bench-idle: $(STAMP) services
 	$(BIN)/python bench/idle.py
+
+# how long a link goes without an applier when the active one fails
+bench-failover: $(STAMP) services
+	$(BIN)/python bench/failover.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache
