@@ -652,13 +652,15 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     with _link(config) as link:
         rows = link.status()
         procs = link.processes()
+        held = link.applier_lease().holder_info()
+        lease = {"pid": held[1], "host": held[0], "epoch": held[2]} if held else None
         # status is often the only process that looks while nothing applies: it raises
         # (and clears) the no-applier alert itself
         check_applier(link, procs)
         link.monitor.refresh()
         alerts = link.monitor.alerts(["firing", "acknowledged"], limit=20)
     if as_json:
-        _print_json({"maps": rows, "processes": procs, "alerts": alerts})
+        _print_json({"maps": rows, "processes": procs, "lease": lease, "alerts": alerts})
         return
     _emit("maps", rows, False, [
         ("map", "map"), ("state", "state"), ("version", "version"), ("lag s", "lag_seconds"),
@@ -673,6 +675,8 @@ def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
                   f"{p['started_at']}, heartbeat {p['heartbeat_age']} s ago"
                   + ("" if p["alive"] else " (gone)")
                   + (f": {p['note']}" if p["note"] else ""), markup=False)
+    out.print(f"applier lease: pid {lease['pid']} on {lease['host']}, epoch {lease['epoch']}"
+              if lease else "applier lease: held by nobody", markup=False)
     down = sorted({e for r in rows for e in r["unreachable"]})
     if down:
         out.print(f"unreachable: {', '.join(down)} (queues counted on the other side only)",

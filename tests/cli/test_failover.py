@@ -201,6 +201,8 @@ def test_a_standby_takes_over_a_frozen_or_killed_applier_and_the_zombie_commits_
             while _applier(cfg, capsys) != standby.pid:
                 assert time.monotonic() < deadline, _status(cfg, capsys)["processes"]
                 time.sleep(0.1)  # polling a condition, with a deadline
+            lease = _status(cfg, capsys)["lease"]
+            assert lease["pid"] == standby.pid and lease["epoch"] >= 2
             # the zombie wakes up: it finds its lease gone and stands by, committing nothing
             active.send_signal(signal.SIGCONT)
             runs.lines(active, "standing by")
