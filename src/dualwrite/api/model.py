@@ -9,6 +9,7 @@ both ways so that nothing else in the layer has to care.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from dualwrite.api.backend import ODataBackend
 from dualwrite.model.schema import Column, Kind, TableSchema
 
 __all__ = ["EntitySetInfo", "PropertyInfo", "ServiceModel", "build_model", "decimal_facets",
-           "edm_type", "odata_identifier", "temporal_precision"]
+           "edm_type", "odata_identifier", "published_column", "temporal_precision"]
 
 _IDENTIFIER = re.compile(r"[^\W\d]\w{0,127}")
 
@@ -126,7 +127,7 @@ def _entity_set(backend: ODataBackend, env: str, schema: TableSchema,
     props: dict[str, PropertyInfo] = {}
     for column in schema.columns.values():
         pname = odata_identifier(column.name, props.keys())
-        props[pname] = PropertyInfo(pname, column)
+        props[pname] = PropertyInfo(pname, published_column(column))
     by_column = {p.column.name.casefold(): p.name for p in props.values()}
 
     def names(columns: Iterable[str]) -> tuple[str, ...] | None:
@@ -147,6 +148,16 @@ def _entity_set(backend: ODataBackend, env: str, schema: TableSchema,
         alternates.remove(key)
     return EntitySetInfo(name=name, table=schema.name, schema=schema, properties=props,
                          key=key, alternate_keys=alternates)
+
+
+def published_column(column: Column) -> Column:
+    """The column as the service publishes it: the connector's column, except that MariaDB's
+    ``tinyint(1)`` (what ``BOOLEAN`` is there) is a boolean. The property's values are then
+    read as true/false, written as true/false (the driver stores 1/0) and filtered with
+    ``true``/``false`` literals, never as numbers."""
+    if column.kind is Kind.INTEGER and column.sql_type.replace(" ", "").upper() == "TINYINT(1)":
+        return dataclasses.replace(column, kind=Kind.BOOLEAN)
+    return column
 
 
 def edm_type(column: Column) -> str:

@@ -412,8 +412,12 @@ class ODataService:
                    query: Query) -> HttpResponse:
         es = _required(target.es)
         query.only({"$filter", "$format"}, f"{es.name}/$count")
-        if not accepts(request.header("accept"), "text/plain"):
-            raise ODataError(406, "NotAcceptable", "$count is served as text/plain")
+        # python-odata and the SAP Cloud SDK ask for the count with Accept: application/json;
+        # services answer them text/plain all the same, so JSON is accepted as asking for it
+        accept = request.header("accept")
+        if not (accepts(accept, "text/plain") or accepts(accept, "application/json")):
+            raise ODataError(406, "NotAcceptable", f"$count is served as text/plain; Accept: "
+                             f"{accept} admits neither text/plain nor application/json")
         n = self.backend.count(ctx.env, es.table, where=self._where(query, es))
         return HttpResponse(200, {"Content-Type": "text/plain;charset=utf-8"},
                             str(n).encode("ascii"), payload=None)

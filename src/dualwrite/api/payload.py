@@ -115,12 +115,37 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _check_text(value: Any, what: str) -> None:
+    """Refuse a string holding a lone surrogate (JSON's ``"\\ud800"`` escape without its
+    pair): it is no Unicode character, and no database can store it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                shown = item.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+                raise bad_request(
+                    f"the {what} holds a lone surrogate (\\u{ord(item[exc.start]):04x}) in "
+                    f"the string {shown[:60]!r}, which is not a Unicode character",
+                    code="InvalidJson", hint="send UTF-16 surrogates only in pairs (one "
+                    "character above U+FFFF), or the character itself") from None
+
+
 def loads(body: bytes | str, *, what: str = "request body") -> Any:
     """Parse JSON text exactly (decimals as Decimal); a 400 ODataError if it is not JSON."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
-        return json.loads(text, parse_float=Decimal, object_pairs_hook=_no_duplicates,
-                          parse_constant=_reject_constant)
+        value = json.loads(text, parse_float=Decimal, object_pairs_hook=_no_duplicates,
+                           parse_constant=_reject_constant)
+        _check_text(value, what)
+        return value
     except UnicodeDecodeError:
         raise bad_request(f"the {what} is not UTF-8 text", code="InvalidJson") from None
     except RecursionError:

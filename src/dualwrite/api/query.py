@@ -11,16 +11,32 @@ a format it cannot produce).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import re
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from urllib.parse import quote, unquote, unquote_plus
 
 from dualwrite.api.errors import ODataError, bad_request
-from dualwrite.api.model import EntitySetInfo
+from dualwrite.api.model import EntitySetInfo, edm_type
 from dualwrite.errors import FilterSyntaxError
-from dualwrite.model.filters import Expr, Literal, Property, parse_filter
+from dualwrite.model.filters import (
+    And,
+    Arith,
+    Call,
+    Compare,
+    Expr,
+    In,
+    Literal,
+    Neg,
+    Not,
+    Or,
+    Property,
+    parse_filter,
+    to_odata,
+)
 
 __all__ = [
     "Format",
@@ -189,7 +205,148 @@ def parse_where(text: str, es: EntitySetInfo, aliases: Mapping[str, str]) -> Exp
         if isinstance(node, Literal) and not _in_range(node.value):
             raise bad_request(f"the number {node.value} in $filter is out of range",
                               target="$filter", code="InvalidFilter")
-    return _resolve_properties(expr, es)
+    resolved = _resolve_properties(expr, es)
+    check_types(expr, es)
+    return resolved
+
+
+# --------------------------------------------------------------------------------------------
+# Types of $filter expressions
+
+#: Edm types that promote to one another in comparisons and arithmetic (OData's binary
+#: numeric promotion); no other type promotes: a string is never a date or a number.
+_NUMERIC = frozenset({"Edm.Byte", "Edm.SByte", "Edm.Int16", "Edm.Int32", "Edm.Int64",
+                      "Edm.Decimal", "Edm.Single", "Edm.Double"})
+_BOOLEAN = "Edm.Boolean"
+_STRING = "Edm.String"
+_INT = "Edm.Int32"
+_NULL = "null"
+
+#: argument types and result type of each function
+_SIGNATURES: dict[str, tuple[tuple[frozenset[str], ...], str]] = {
+    "contains": ((frozenset({_STRING}), frozenset({_STRING})), _BOOLEAN),
+    "startswith": ((frozenset({_STRING}), frozenset({_STRING})), _BOOLEAN),
+    "endswith": ((frozenset({_STRING}), frozenset({_STRING})), _BOOLEAN),
+    "tolower": ((frozenset({_STRING}),), _STRING),
+    "toupper": ((frozenset({_STRING}),), _STRING),
+    "trim": ((frozenset({_STRING}),), _STRING),
+    "length": ((frozenset({_STRING}),), _INT),
+    "concat": ((frozenset({_STRING}), frozenset({_STRING})), _STRING),
+    "indexof": ((frozenset({_STRING}), frozenset({_STRING})), _INT),
+    "substring": ((frozenset({_STRING}), _NUMERIC, _NUMERIC), _STRING),
+    "year": ((frozenset({"Edm.Date", "Edm.DateTimeOffset"}),), _INT),
+    "month": ((frozenset({"Edm.Date", "Edm.DateTimeOffset"}),), _INT),
+    "day": ((frozenset({"Edm.Date", "Edm.DateTimeOffset"}),), _INT),
+    "hour": ((frozenset({"Edm.DateTimeOffset", "Edm.TimeOfDay"}),), _INT),
+    "minute": ((frozenset({"Edm.DateTimeOffset", "Edm.TimeOfDay"}),), _INT),
+    "second": ((frozenset({"Edm.DateTimeOffset", "Edm.TimeOfDay"}),), _INT),
+}
+
+
+def _literal_type(value: object) -> str:
+    if value is None:
+        return _NULL
+    if isinstance(value, bool):
+        return _BOOLEAN
+    if isinstance(value, int):
+        return "Edm.Int64"
+    if isinstance(value, Decimal):
+        return "Edm.Decimal"
+    if isinstance(value, float):
+        return "Edm.Double"
+    if isinstance(value, str):
+        return _STRING
+    if isinstance(value, dt.datetime):
+        return "Edm.DateTimeOffset"
+    if isinstance(value, dt.date):
+        return "Edm.Date"
+    if isinstance(value, dt.time):
+        return "Edm.TimeOfDay"
+    if isinstance(value, uuid.UUID):
+        return "Edm.Guid"
+    return type(value).__name__  # pragma: no cover - the parser makes only the types above
+
+
+def _compatible(a: str, b: str) -> bool:
+    return a == b or _NULL in (a, b) or (a in _NUMERIC and b in _NUMERIC)
+
+
+def _type_error(message: str, hint: str = "") -> ODataError:
+    return ODataError(400, "InvalidFilter", message, target="$filter",
+                      hint=hint or "write each literal in its property's type: 'text' for "
+                      "Edm.String, 12.5 for numbers, true/false for Edm.Boolean, 2024-01-31 "
+                      "for Edm.Date, 2024-01-31T10:00:00Z for Edm.DateTimeOffset")
+
+
+def _described(expr: Expr, type_: str) -> str:
+    what = "property" if isinstance(expr, Property) else "literal" \
+        if isinstance(expr, Literal) else "expression"
+    return f"{what} {to_odata(expr)} ({type_})"
+
+
+def check_types(expr: Expr, es: EntitySetInfo) -> None:
+    """Refuse (400, target ``$filter``) a filter whose operands do not fit together: every
+    literal is checked against the Edm type of what it is compared with or passed to, with
+    OData's numeric promotion and nothing else (a string is never a date, a number or a
+    boolean). ``expr`` names properties as the client wrote them; the filter must be a
+    condition (an Edm.Boolean)."""
+    result = _type_of(expr, es)
+    if result not in (_BOOLEAN, _NULL):
+        raise _type_error(f"$filter must be a condition, but {_described(expr, result)} is "
+                          "not a boolean", hint="compare it with something, e.g. 'x eq 1'")
+
+
+def _type_of(expr: Expr, es: EntitySetInfo) -> str:
+    """The Edm type of ``expr`` ("null" for the null literal), checking its operands."""
+    if isinstance(expr, Literal):
+        return _literal_type(expr.value)
+    if isinstance(expr, Property):
+        prop = es.prop(expr.name)
+        assert prop is not None  # _resolve_properties has refused unknown names
+        return edm_type(prop.column)
+    if isinstance(expr, Compare):
+        left, right = _type_of(expr.left, es), _type_of(expr.right, es)
+        if not _compatible(left, right):
+            raise _type_error(f"$filter compares {_described(expr.left, left)} with "
+                              f"{_described(expr.right, right)}: the types do not match")
+        if left.startswith("Collection(") or right.startswith("Collection("):
+            raise _type_error(f"$filter cannot compare the collection {to_odata(expr.left)}")
+        return _BOOLEAN
+    if isinstance(expr, In):
+        left = _type_of(expr.expr, es)
+        for value in expr.values:
+            right = _type_of(value, es)
+            if not _compatible(left, right):
+                raise _type_error(f"$filter looks for {_described(value, right)} in "
+                                  f"{_described(expr.expr, left)}: the types do not match")
+        return _BOOLEAN
+    if isinstance(expr, And | Or | Not):
+        for operand in expr.children():
+            got = _type_of(operand, es)
+            if got not in (_BOOLEAN, _NULL):
+                word = type(expr).__name__.lower()
+                raise _type_error(f"'{word}' needs conditions, but "
+                                  f"{_described(operand, got)} is not a boolean")
+        return _BOOLEAN
+    if isinstance(expr, Arith | Neg):
+        types = [_type_of(operand, es) for operand in expr.children()]
+        for operand, got in zip(expr.children(), types, strict=True):
+            if got not in _NUMERIC and got != _NULL:
+                raise _type_error(f"arithmetic needs numbers, but {_described(operand, got)} "
+                                  "is not one")
+        if "Edm.Double" in types or "Edm.Single" in types:
+            return "Edm.Double"
+        return "Edm.Decimal" if "Edm.Decimal" in types else "Edm.Int64"
+    if isinstance(expr, Call):
+        params, result = _SIGNATURES[expr.name]
+        for n, (arg, allowed) in enumerate(zip(expr.args, params, strict=False), start=1):
+            got = _type_of(arg, es)
+            if got != _NULL and got not in allowed:
+                names = " or ".join(sorted(allowed)) if allowed is not _NUMERIC else "a number"
+                raise _type_error(f"argument {n} of {expr.name}() must be {names}, but "
+                                  f"{_described(arg, got)} is not")
+        return result
+    raise _type_error(f"$filter uses {to_odata(expr)!r}, which this service cannot type")
 
 
 def _in_range(value: object) -> bool:

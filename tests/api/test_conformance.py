@@ -1,0 +1,256 @@
+"""OData conformance faults foreign clients notice (issue 12 §1), on real PostgreSQL and
+MariaDB: each test here failed before the fix it names."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from starlette.testclient import TestClient
+
+from dualwrite.api.server import create_server_app
+from dualwrite.engine.security import create_token
+
+from conftest import BackendFactory, guid_default
+from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
+
+PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql")]
+
+FLAGS_MAP = """
+name: flags
+left: Flags
+right: flags
+key: {left: [CODE], right: [code]}
+company: {left: dataAreaId, right: company}
+fields:
+  - CODE = code
+  - LABEL = label
+  - ISACTIVE = isactive
+  - DONOTEMAIL = donotemail
+"""
+
+
+def _flag_tables(pair: Pair) -> None:
+    """``Flags`` (ERP) <-> ``flags`` (CRM). ``DONOTEMAIL`` is a boolean on both sides (MariaDB:
+    ``tinyint(1)``); ``ISACTIVE`` is a boolean on PostgreSQL and a plain integer on MariaDB,
+    so that 7 is a value one side takes and the other cannot."""
+    def isactive(name: str, dialect: str) -> sa.Column[Any]:
+        return sa.Column(name, sa.Boolean if dialect == "postgresql" else sa.Integer)
+
+    erp = sa.MetaData()
+    sa.Table("Flags", erp,
+             sa.Column("dataAreaId", sa.String(4), primary_key=True),
+             sa.Column("CODE", sa.String(10), primary_key=True),
+             sa.Column("LABEL", sa.String(40)),
+             isactive("ISACTIVE", pair.erp.dialect),
+             sa.Column("DONOTEMAIL", sa.Boolean))
+    pair.erp.create(erp)
+    crm = sa.MetaData()
+    sa.Table("flags", crm,
+             sa.Column("flagid", sa.String(36), primary_key=True,
+                       server_default=guid_default(pair.crm.dialect)),
+             sa.Column("company", sa.String(4), nullable=False),
+             sa.Column("code", sa.String(10), nullable=False),
+             sa.Column("label", sa.String(40)),
+             isactive("isactive", pair.crm.dialect),
+             sa.Column("donotemail", sa.Boolean),
+             sa.UniqueConstraint("company", "code"))
+    pair.crm.create(crm)
+    (pair.config.parent / "maps" / "flags.yaml").write_text(FLAGS_MAP)
+
+
+Served = tuple[Pair, TestClient, dict[str, str]]
+
+
+@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+def served(request: pytest.FixtureRequest, make_backend: BackendFactory,
+           tmp_path: Path) -> Iterator[Served]:
+    left, right = request.param
+    pair = make_pair(make_backend, tmp_path, left, right, batch_size=500)
+    _flag_tables(pair)
+    seed_groups(pair)
+    pair.erp.insert("Customers", [erp_customer(i) for i in range(6)])
+    pair.erp.insert("Flags", [
+        {"dataAreaId": "usmf", "CODE": "F1", "LABEL": "one", "ISACTIVE": True,
+         "DONOTEMAIL": False},
+        {"dataAreaId": "usmf", "CODE": "F2", "LABEL": "two", "ISACTIVE": False,
+         "DONOTEMAIL": True}])
+    with pair.link() as link:
+        link.start_maps()
+        token = create_token(link.state, "odata-user", role="writer", licences=["accounts"])
+        with TestClient(create_server_app(link)) as client:
+            yield pair, client, {"Authorization": f"Bearer {token}"}
+
+
+def _mariadb_env(pair: Pair) -> str:
+    return "erp" if pair.erp.dialect == "mysql" else "crm"
+
+
+def _error(r: Any, status: int) -> dict[str, Any]:
+    """The OData error object of response ``r``, which must have ``status``."""
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = r.json()["error"]
+    assert error["code"] and error["message"]
+    return error
+
+
+def test_count_answers_text_plain_to_clients_accepting_json(served: Served) -> None:
+    # python-odata's .count() and the SAP Cloud SDK's count() send Accept: application/json
+    _, client, auth = served
+    for accept in ("application/json", "application/json;odata.metadata=minimal",
+                   "text/plain", "*/*"):
+        r = client.get("/odata/erp/Customers/$count", headers={**auth, "Accept": accept})
+        assert r.status_code == 200, (accept, r.text)
+        assert r.headers["content-type"].startswith("text/plain")
+        assert r.text == "6"
+    r = client.get("/odata/erp/Customers/$count", headers={**auth, "Accept": "image/png"})
+    _error(r, 406)
+
+
+WRONG_TYPES = [
+    ("erp", "Customers", "CREATED ge '2024-01-01'"),
+    ("erp", "Customers", "CREDIT gt 'abc'"),
+    ("erp", "Customers", "CREDIT gt '1'"),
+    ("erp", "Customers", "NAME gt 5"),
+    ("erp", "Customers", "contains(CREDIT,'1')"),
+    ("erp", "Customers", "startswith(NAME,1)"),
+    ("erp", "Customers", "NAME in ('Customer 1', 2)"),
+    ("erp", "Customers", "CREATED eq 2024-01-01T00:00:00Z"),
+    ("erp", "Customers", "year(NAME) eq 2024"),
+    ("erp", "Customers", "CREDIT add 'x' gt 1"),
+    ("erp", "Flags", "ISACTIVE eq 'x'"),
+    ("erp", "Flags", "DONOTEMAIL eq 1"),
+    ("crm", "flags", "donotemail eq 'x'"),
+    ("crm", "flags", "donotemail eq 1"),
+    ("crm", "accounts", "name eq 5"),
+    ("crm", "accounts", "creditlimit gt true"),
+]
+
+
+def test_filter_literal_of_the_wrong_type_is_400(served: Served) -> None:
+    # before: 500 with SQL text on PostgreSQL, 200 with wrong rows on MariaDB
+    _, client, auth = served
+    for env, entity_set, text in WRONG_TYPES:
+        r = client.get(f"/odata/{env}/{entity_set}", headers=auth, params={"$filter": text})
+        assert r.status_code == 400, (text, r.text)
+        error = _error(r, 400)
+        assert error["target"] == "$filter", text
+        assert "SELECT" not in r.text and "WHERE" not in r.text
+
+
+def test_filter_literals_promoted_by_the_standard_rules(served: Served) -> None:
+    _, client, auth = served
+
+    def accounts(env: str, entity_set: str, text: str, key: str) -> list[str]:
+        r = client.get(f"/odata/{env}/{entity_set}", headers=auth,
+                       params={"$filter": text, "$orderby": key})
+        assert r.status_code == 200, (text, r.text)
+        return [v[key] for v in r.json()["value"]]
+
+    # Edm.Int32 and Edm.Decimal literals compare with an Edm.Decimal property
+    assert accounts("erp", "Customers", "CREDIT gt 251", "ACCOUNT") == \
+        ["C-0005"]
+    assert accounts("erp", "Customers", "CREDIT le 250.25", "ACCOUNT") == \
+        ["C-0000", "C-0001"]
+    assert accounts("erp", "Customers", "CREATED ge 2024-05-01", "ACCOUNT") == \
+        ["C-0004", "C-0005"]
+    assert accounts("erp", "Customers", "contains(NAME,'mer 3')", "ACCOUNT") == ["C-0003"]
+    assert accounts("erp", "Customers", "NAME eq null", "ACCOUNT") == []
+    assert accounts("erp", "Flags", "DONOTEMAIL eq false", "CODE") == ["F1"]
+    assert accounts("crm", "flags", "donotemail eq true", "code") == ["F2"]
+    assert accounts("crm", "flags", "not donotemail", "code") == ["F1"]
+    assert accounts("erp", "Flags", "DONOTEMAIL", "CODE") == ["F2"]
+
+
+def test_mirrored_write_the_other_side_cannot_take_is_400_naming_it(served: Served) -> None:
+    pair, client, auth = served
+    env = _mariadb_env(pair)  # its ISACTIVE is an integer; the other side's a boolean
+    entity_set, company, code, field = ("Flags", "dataAreaId", "CODE", "ISACTIVE") \
+        if env == "erp" else ("flags", "company", "code", "isactive")
+    other = "crm" if env == "erp" else "erp"
+    before = (pair.erp.rows("Flags", ["CODE"]), pair.crm.rows("flags", ["code"]))
+    r = client.post(f"/odata/{env}/{entity_set}", headers=auth,
+                    json={company: "usmf", code: "F9", field.lower() if env == "crm"
+                          else field: 7})
+    error = _error(r, 400)
+    message = error["message"]
+    # the side at fault is the other one: the engine names it by its place in the link
+    side = "left" if other == "erp" else "right"
+    assert "map 'flags'" in message and f"side {side}" in message, message
+    assert f"field '{field.upper() if other == 'erp' else field.lower()}'" in message
+    assert "value 7" in message
+    assert "INSERT" not in r.text and "insert into" not in r.text.lower()
+    assert (pair.erp.rows("Flags", ["CODE"]), pair.crm.rows("flags", ["code"])) == before
+
+
+def test_lone_surrogate_in_a_json_body_is_400(served: Served) -> None:
+    pair, client, auth = served
+    headers = {**auth, "Content-Type": "application/json"}
+    for body in (b'{"dataAreaId": "usmf", "CODE": "F8", "LABEL": "\\ud800"}',
+                 b'{"dataAreaId": "usmf", "CODE": "F8", "LABEL": "a\\udfffb"}',
+                 b'{"dataAreaId": "usmf", "CODE": "F8", "\\ud800": "x"}'):
+        _error(client.post("/odata/erp/Flags", content=body, headers=headers), 400)
+    # a surrogate pair is one character, and fine
+    r = client.post("/odata/erp/Flags", headers=headers,
+                    content=b'{"dataAreaId": "usmf", "CODE": "F8", "LABEL": "\\ud83d\\ude00"}')
+    assert r.status_code == 201, r.text
+    assert r.json()["LABEL"] == "\U0001F600"
+    r = client.post("/odata/erp/$batch", headers=headers, content=(
+        b'{"requests": [{"id": "1", "method": "post", "url": "Flags", '
+        b'"body": {"dataAreaId": "usmf", "CODE": "F7", "LABEL": "\\ud800"}}]}'))
+    if r.status_code == 200:
+        assert r.json()["responses"][0]["status"] == 400, r.text
+    else:
+        _error(r, 400)
+    assert "F7" not in {row["CODE"] for row in pair.erp.rows("Flags", ["CODE"])}
+
+
+def test_duplicate_key_is_409_on_either_side(served: Served) -> None:
+    pair, client, auth = served
+    r = client.post("/odata/erp/Customers", headers=auth, json={
+        "dataAreaId": "usmf", "ACCOUNT": "C-0001", "NAME": "dup", "PARTYTYPE": "Organization"})
+    assert _error(r, 409)["code"] == "Conflict"
+    r = client.post("/odata/crm/accounts", headers=auth, json={
+        "company": "usmf", "accountnumber": "C-0001", "name": "dup", "typecode": 3})
+    assert _error(r, 409)["code"] == "Conflict"
+    # the duplicate is on the mirrored side only: the CRM holds an account the ERP has not
+    pair.crm.insert("accounts", [{"accountid": "a-900", "company": "usmf",
+                                  "accountnumber": "C-0900", "name": "CRM only",
+                                  "typecode": 3}])
+    r = client.post("/odata/erp/Customers", headers=auth, json={
+        "dataAreaId": "usmf", "ACCOUNT": "C-0900", "NAME": "dup", "PARTYTYPE": "Organization"})
+    error = _error(r, 409)
+    assert error["code"] == "Conflict" and "side crm" in error["message"]
+    assert ("usmf", "C-0900") not in pair.customers()
+
+
+def test_mariadb_tinyint1_is_an_edm_boolean_in_reads_writes_and_filters(served: Served
+                                                                         ) -> None:
+    pair, client, auth = served
+    env = _mariadb_env(pair)
+    entity_set, company, code, flag = ("Flags", "dataAreaId", "CODE", "DONOTEMAIL") \
+        if env == "erp" else ("flags", "company", "code", "donotemail")
+    xml = client.get(f"/odata/{env}/$metadata", headers=auth).text
+    assert f'<Property Name="{flag}" Type="Edm.Boolean"' in xml
+    doc = client.get(f"/odata/{env}/$metadata?$format=json", headers=auth).json()
+    assert doc[f"dualwrite.{env}"][entity_set][flag]["$Type"] == "Edm.Boolean"
+    rows = client.get(f"/odata/{env}/{entity_set}", headers=auth,
+                      params={"$orderby": code}).json()["value"]
+    assert [r[flag] for r in rows] == [False, True]
+    r = client.post(f"/odata/{env}/{entity_set}", headers=auth,
+                    json={company: "usmf", code: "F5", flag: True})
+    assert r.status_code == 201, r.text
+    assert r.json()[flag] is True
+    erp = {row["CODE"]: row for row in pair.erp.rows("Flags", ["CODE"])}
+    crm = {row["code"]: row for row in pair.crm.rows("flags", ["code"])}
+    assert erp["F5"]["DONOTEMAIL"] == 1 and crm["F5"]["donotemail"] == 1  # True == 1
+    error = _error(client.post(f"/odata/{env}/{entity_set}", headers=auth,
+                               json={company: "usmf", code: "F6", flag: 7}), 400)
+    assert error["target"] == flag
+    r = client.get(f"/odata/{env}/{entity_set}", headers=auth,
+                   params={"$filter": f"{flag} and {code} eq 'F5'"})
+    assert [v[code] for v in r.json()["value"]] == ["F5"]
