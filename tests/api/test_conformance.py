@@ -254,3 +254,36 @@ def test_mariadb_tinyint1_is_an_edm_boolean_in_reads_writes_and_filters(served: 
     r = client.get(f"/odata/{env}/{entity_set}", headers=auth,
                    params={"$filter": f"{flag} and {code} eq 'F5'"})
     assert [v[code] for v in r.json()["value"]] == ["F5"]
+
+
+def test_change_set_addresses_rows_it_created_by_alternate_key_and_reference(
+        served: Served) -> None:
+    # before: the alternate key answered 404 (group rolled back) and $1 answered 400
+    pair, client, auth = served
+    r = client.post("/odata/crm/$batch", headers=auth, json={"requests": [
+        {"id": "1", "atomicityGroup": "g", "method": "POST", "url": "accounts",
+         "body": {"company": "usmf", "accountnumber": "C-0800", "name": "new",
+                  "typecode": 3}},  # accountid: the database generates it
+        {"id": "2", "atomicityGroup": "g", "method": "PATCH",
+         "url": "accounts(company='usmf',accountnumber='C-0800')",
+         "body": {"name": "by alternate key"}},
+        {"id": "3", "atomicityGroup": "g", "dependsOn": ["1"], "method": "PATCH",
+         "url": "$1", "body": {"telephone1": "+1 555 0800"},
+         "headers": {"Prefer": "return=representation"}},
+        {"id": "4", "atomicityGroup": "h", "method": "POST", "url": "accounts",
+         "body": {"company": "usmf", "accountnumber": "C-0801", "name": "short-lived",
+                  "typecode": 3}},
+        {"id": "5", "atomicityGroup": "h", "dependsOn": ["4"], "method": "DELETE",
+         "url": "$4"},
+    ]})
+    assert r.status_code == 200, r.text
+    out = {x["id"]: x for x in r.json()["responses"]}
+    assert [out[i]["status"] for i in "12345"] == [201, 204, 200, 201, 204], r.text
+    account = pair.accounts()[("usmf", "C-0800")]
+    assert out["3"]["body"]["accountid"] == account["accountid"]
+    assert out["3"]["body"]["name"] == "by alternate key"
+    assert (account["name"], account["telephone1"]) == ("by alternate key", "+1 555 0800")
+    customer = pair.customers()[("usmf", "C-0800")]
+    assert (customer["NAME"], customer["PHONE"]) == ("by alternate key", "+1 555 0800")
+    assert ("usmf", "C-0801") not in pair.accounts()
+    assert ("usmf", "C-0801") not in pair.customers()

@@ -92,6 +92,8 @@ class LinkBackend:
             with self.link.transaction(principal=principal) as tx:
                 for i, op in enumerate(ops):
                     index = i  # which op failed, for the batch response
+                    op = op.resolved(out, self.link.connectors[self._side(env)]
+                                     .describe(op.table).primary_key)
                     if op.if_match is not None and op.key is not None:
                         current = tx.get(env, op.table, op.key)
                         schema = self.link.connectors[self._side(env)].describe(op.table)

@@ -92,6 +92,9 @@ class HttpRequest:
     body: bytes = b""
     json: Any = None
     has_json: bool = False
+    #: inside a change set: ``path`` names the entity set, and the entity is the row that op
+    #: number ``ref`` of the change set creates (a ``$<id>`` whose key is not known yet)
+    ref: int | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -136,6 +139,9 @@ class Target:
     es: EntitySetInfo | None = None
     key: dict[str, Any] | None = None  # column -> value, as given in the URL
     primary: bool = True  # whether ``key`` is the entity key (else an alternate key)
+    #: inside a change set: the index of the earlier op whose row (with a key the database
+    #: generates) this addresses; ``key`` is empty then
+    ref: int | None = None
 
 
 @dataclass
@@ -153,10 +159,32 @@ class WritePlan:
     known: dict[str, Any]
     #: column -> value of the entity key, when known before the write
     key_row: dict[str, Any] | None
+    #: the op's place in its change set (0 outside one)
+    index: int = 0
 
 
-#: Overlay of a change set being planned: (table, canonical key) -> exists after earlier ops.
-Overlay = dict[tuple[str, tuple[Any, ...]], bool]
+@dataclass
+class Overlay:
+    """What the earlier writes of a change set being planned do: the backend cannot show
+    their rows before the change set is applied, so existence and the rows created are
+    tracked here."""
+
+    #: (table, canonical entity key) -> whether the row exists after the earlier ops
+    exists: dict[tuple[str, tuple[Any, ...]], bool] = field(default_factory=dict)
+    #: (table, alternate key columns (sorted), canonical values) -> (index of the op that
+    #: created the row, its entity key when the create gave it)
+    created: dict[tuple[str, tuple[str, ...], tuple[Any, ...]],
+                  tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    #: index of a create whose key the database generates -> whether its row still exists
+    refs: dict[int, bool] = field(default_factory=dict)
+    #: how many ops have been planned so far (the index of the next one)
+    planned: int = 0
+
+
+def _alternate_slot(es: EntitySetInfo, key: Mapping[str, Any]
+                    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    columns = tuple(sorted(key))
+    return es.table, columns, tuple(canonical(key[c]) for c in columns)
 
 
 def json_response(status: int, payload: Any, fmt: Format | None = None,
@@ -293,7 +321,7 @@ class ODataService:
             _allow(method, ["GET", "PATCH", "PUT", "DELETE"])
             if method == "GET":
                 return self.read_entity(ctx, request, target, query)
-        plan = self.plan_write(ctx, request, target, {})
+        plan = self.plan_write(ctx, request, target, Overlay())
         rows = self.backend.apply(ctx.env, ctx.principal, [plan.op])
         if len(rows) != 1:
             raise RuntimeError(f"backend.apply returned {len(rows)} rows for 1 op")
@@ -490,8 +518,17 @@ class ODataService:
         ``If-None-Match`` here. ``overlay`` records what earlier writes of the same change set
         do, since the backend cannot show their rows before the change set is applied: for a
         row an earlier op touched, existence comes from the overlay and the ETag check is left
-        to the engine (through ``WriteOp.if_match``).
+        to the engine (through ``WriteOp.if_match``). A row an earlier op created can be
+        addressed by its entity key, by an alternate key its create gave, or (``target.ref``)
+        as that op's row when the database generates its key.
         """
+        plan = self._plan_write(ctx, request, target, overlay)
+        plan.index = overlay.planned
+        overlay.planned += 1
+        return plan
+
+    def _plan_write(self, ctx: Context, request: HttpRequest, target: Target,
+                    overlay: Overlay) -> WritePlan:
         es = _required(target.es)
         method = request.method.upper()
         query = parse_query(request.query)
@@ -507,13 +544,31 @@ class ODataService:
             values = self._body(request, es)
             key_row = _full_key(es, values)
             if key_row is not None:
-                overlay[(es.table, _key_of(es, key_row))] = True
+                overlay.exists[(es.table, _key_of(es, key_row))] = True
+            else:
+                overlay.refs[overlay.planned] = True
+            for alternate in es.alternate_keys:
+                columns = [es.properties[p].column.name for p in alternate]
+                if all(values.get(c) is not None for c in columns):
+                    overlay.created[_alternate_slot(es, {c: values[c] for c in columns})] = \
+                        (overlay.planned, key_row)
             op = WriteOp("create", es.table, None, values, None)
             return WritePlan(op, es, True, prefer, select, fmt,
                              _known(es, values), key_row)
 
-        url_key = _required(target.key)
         values = self._body(request, es) if method != "DELETE" else {}
+        url_key = _required(target.key)
+        ref = target.ref
+        if ref is None and not target.primary:
+            made = overlay.created.get(_alternate_slot(es, url_key))
+            if made is not None:  # created earlier in this change set
+                if made[1] is None:
+                    ref = made[0]
+                else:
+                    url_key, target = dict(made[1]), dataclasses.replace(target, primary=True)
+        if ref is not None:
+            return self._plan_on_ref(es, method, ref, values, overlay, prefer, select, fmt,
+                                     if_match)
         pk: dict[str, Any] | None
         slot: tuple[str, tuple[Any, ...]] | None = None
         exists: bool
@@ -523,16 +578,16 @@ class ODataService:
             slot = (es.table, _key_of(es, pk))
         else:
             pk = None
-        if slot is not None and slot in overlay:
-            exists = overlay[slot]
+        if slot is not None and slot in overlay.exists:
+            exists = overlay.exists[slot]
         else:
             current = self.find(ctx, es, url_key, target.primary)
             exists = current is not None
             if current is not None and pk is None:
                 pk = {c: current.get(c) for c in es.key_columns}
                 slot = (es.table, _key_of(es, pk))
-                if slot in overlay:
-                    exists, current = overlay[slot], None
+                if slot in overlay.exists:
+                    exists, current = overlay.exists[slot], None
         if exists and if_none_match is not None and (
                 current is None or etag_matches(if_none_match, etag_of(es.schema, current))):
             raise ODataError(412, "PreconditionFailed",
@@ -549,7 +604,7 @@ class ODataService:
                     raise _key_mismatch(es, column)
                 merged[column] = value
             if slot is not None:
-                overlay[slot] = True
+                overlay.exists[slot] = True
             op = WriteOp("create", es.table, None, merged, None)
             return WritePlan(op, es, True, prefer, select, fmt, _known(es, merged),
                              dict(url_key))
@@ -559,7 +614,7 @@ class ODataService:
                              "If-Match: the entity has changed since the ETag was read")
         assert pk is not None and slot is not None
         if method == "DELETE":
-            overlay[slot] = False
+            overlay.exists[slot] = False
             op = WriteOp("delete", es.table, pk, {}, if_match)
             return WritePlan(op, es, False, prefer, select, fmt, {}, pk)
         changes = {}
@@ -577,9 +632,39 @@ class ODataService:
                     changes[name] = None
         else:
             kind = "update"
-        overlay[slot] = True
+        overlay.exists[slot] = True
         op = WriteOp(kind, es.table, pk, changes, if_match)  # type: ignore[arg-type]
         return WritePlan(op, es, False, prefer, select, fmt, _known(es, {**pk, **changes}), pk)
+
+    def _plan_on_ref(self, es: EntitySetInfo, method: str, ref: int, values: dict[str, Any],
+                     overlay: Overlay, prefer: Preferences, select: list[str] | None,
+                     fmt: Format, if_match: str | None) -> WritePlan:
+        """A write to the row op ``ref`` of the change set creates, whose key the database
+        generates: the backend fills the key in from that op's row."""
+        if not overlay.refs.get(ref, False):
+            raise ODataError(404, "NotFound", f"the entity of {es.name!r} that request "
+                             f"{ref + 1} of the change set created does not exist any more",
+                             target=es.name)
+        if method == "DELETE":
+            overlay.refs[ref] = False
+            return WritePlan(WriteOp("delete", es.table, None, {}, if_match, ref=ref), es,
+                             False, prefer, select, fmt, {}, None)
+        changes = {}
+        for column, value in values.items():
+            if column in es.key_columns:
+                prop = es.by_column(column)
+                raise bad_request(f"key property {prop.name if prop else column!r} cannot be "
+                                  "set on an entity whose key the database generates",
+                                  target=prop.name if prop else column, code="KeyMismatch")
+            changes[column] = value
+        kind = "replace" if method == "PUT" else "update"
+        if kind == "replace":
+            for prop in es.properties.values():
+                name = prop.column.name
+                if name not in es.key_columns and name not in changes:
+                    changes[name] = None
+        op = WriteOp(kind, es.table, None, changes, if_match, ref=ref)  # type: ignore[arg-type]
+        return WritePlan(op, es, False, prefer, select, fmt, _known(es, changes), None)
 
     def render_write(self, ctx: Context, plan: WritePlan,
                      row: dict[str, Any] | None) -> HttpResponse:
