@@ -200,6 +200,7 @@ def test_reference_to_server_generated_key(client: TestClient, backend: FakeBack
     assert out["2"]["status"] == 200 and out["2"]["body"]["name"] == "second"
     assert out["2"]["body"]["accountid"] == out["1"]["body"]["accountid"]
     assert out["3"]["body"]["value"] == [{"@odata.etag": out["2"]["body"]["@odata.etag"],
+                                         "accountid": out["1"]["body"]["accountid"],
                                          "name": "second"}]
     # a whole-string reference is replaced; text merely containing one is data
     assert out["4"]["body"]["accountnumber"] == "second"

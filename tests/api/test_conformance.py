@@ -287,3 +287,31 @@ def test_change_set_addresses_rows_it_created_by_alternate_key_and_reference(
     assert (customer["NAME"], customer["PHONE"]) == ("by alternate key", "+1 555 0800")
     assert ("usmf", "C-0801") not in pair.accounts()
     assert ("usmf", "C-0801") not in pair.customers()
+
+
+def test_select_leaving_out_the_key_still_returns_it(served: Served) -> None:
+    _, client, auth = served
+    r = client.get("/odata/erp/Customers", headers=auth,
+                   params={"$select": "NAME,ACCOUNT", "$orderby": "ACCOUNT", "$top": "1"})
+    assert r.status_code == 200, r.text
+    [entity] = r.json()["value"]
+    assert entity["dataAreaId"] == "demf" and entity["ACCOUNT"] == "C-0000"
+    assert r.json()["@odata.context"].endswith("#Customers(ACCOUNT,NAME)")
+    url = "/odata/erp/Customers(dataAreaId='usmf',ACCOUNT='C-0001')"
+    r = client.get(url, headers=auth, params={"$select": "NAME"})
+    assert {k: v for k, v in r.json().items() if not k.startswith("@")} == {
+        "dataAreaId": "usmf", "ACCOUNT": "C-0001", "NAME": "Customer 1"}
+
+
+def test_xml_and_json_metadata_agree_with_the_version_header(served: Served) -> None:
+    # before: the XML said Version="4.0", the JSON "$Version": "4.01", the header 4.0
+    _, client, auth = served
+    for headers, version in (({}, "4.01"), ({"OData-MaxVersion": "4.01"}, "4.01"),
+                             ({"OData-MaxVersion": "4.0"}, "4.0")):
+        xml = client.get("/odata/erp/$metadata", headers={**auth, **headers})
+        js = client.get("/odata/erp/$metadata?$format=json", headers={**auth, **headers})
+        assert xml.headers["odata-version"] == js.headers["odata-version"] == version
+        assert f'Version="{version}"' in xml.text.split("\n")[1]
+        assert js.json()["$Version"] == version
+        data = client.get("/odata/erp/Customers/$count", headers={**auth, **headers})
+        assert data.headers["odata-version"] == version

@@ -107,11 +107,12 @@ def _batch_support_xml(indent: str) -> list[str]:
     return lines
 
 
-def metadata_xml(model: ServiceModel) -> bytes:
-    """The CSDL XML document (EDMX version 4.0) of ``model``."""
+def metadata_xml(model: ServiceModel, version: str = "4.01") -> bytes:
+    """The CSDL XML document of ``model``, of OData ``version`` (the one the response
+    carries in its OData-Version header)."""
     ns = model.namespace
     out = ['<?xml version="1.0" encoding="utf-8"?>',
-           f'<edmx:Edmx xmlns:edmx="{EDMX_NS}" Version="4.0">',
+           f'<edmx:Edmx xmlns:edmx="{EDMX_NS}" Version="{version}">',
            f'  <edmx:Reference Uri="{CORE_VOCABULARY}.xml">',
            '    <edmx:Include Namespace="Org.OData.Core.V1" Alias="Core"/>',
            "  </edmx:Reference>",
@@ -174,7 +175,7 @@ def _json_property(prop: PropertyInfo, *, key: bool) -> dict[str, Any]:
     return out
 
 
-def metadata_json(model: ServiceModel) -> dict[str, Any]:
+def metadata_json(model: ServiceModel, version: str = "4.01") -> dict[str, Any]:
     """The CSDL JSON document of ``model`` (``$metadata?$format=json``)."""
     ns = model.namespace
     schema: dict[str, Any] = {}
@@ -187,7 +188,7 @@ def metadata_json(model: ServiceModel) -> dict[str, Any]:
                 {"Key": [{"Name": n, "Alias": n} for n in alt]} for alt in es.alternate_keys]
         schema[es.name] = etype
     doc: dict[str, Any] = {
-        "$Version": "4.01",
+        "$Version": version,
         "$Reference": {
             f"{CORE_VOCABULARY}.json": {
                 "$Include": [{"$Namespace": "Org.OData.Core.V1", "$Alias": "Core"}]},

@@ -16,9 +16,11 @@ with all its ops. ETags are computed here from row contents (:func:`.payload.eta
 ``If-Match``/``If-None-Match`` checked against the row read just before the write; the op
 carries ``if_match`` so the engine can check again inside its transaction.
 
-Every response carries ``OData-Version: 4.0``; every error is an OData JSON error object with
-the right status; a request needs ``Authorization: Bearer <token>``. This module parses,
-dispatches and renders only: the engine decides what a write means.
+Every response carries ``OData-Version: 4.01`` (``4.0`` to a client whose
+``OData-MaxVersion`` is 4.0), and ``$metadata`` says the same version in XML and JSON; every
+error is an OData JSON error object with the right status; a request needs
+``Authorization: Bearer <token>``. This module parses, dispatches and renders only: the
+engine decides what a write means.
 """
 
 from __future__ import annotations
@@ -71,7 +73,9 @@ from dualwrite.model.values import canonical
 
 __all__ = ["ODataService", "create_app", "create_router", "odata_mount"]
 
-ODATA_VERSION = "4.0"
+#: The OData version this service speaks; a request whose OData-MaxVersion is 4.0 is answered
+#: in 4.0 (see :func:`negotiated_version`).
+ODATA_VERSION = "4.01"
 #: Largest request body accepted, in bytes (413 above it).
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -129,6 +133,8 @@ class Context:
     model: ServiceModel
     principal: Principal
     root: str  # absolute service root URL, ending with '/'
+    #: the OData version of the responses (OData-Version), as negotiated
+    version: str = ODATA_VERSION
 
 
 @dataclass
@@ -218,8 +224,8 @@ class ODataService:
             response = self._handle(env_path, request, base)
         except Exception as exc:  # every failure must reach the client as an OData error
             response = self.error(exc)
-        response.headers["OData-Version"] = response.headers.get("OData-Version",
-                                                                 ODATA_VERSION)
+        response.headers["OData-Version"] = response.headers.get(
+            "OData-Version", negotiated_version(request))
         return response
 
     def _handle(self, env_path: str, request: HttpRequest, base: str) -> HttpResponse:
@@ -231,7 +237,8 @@ class ODataService:
         if env not in self.backend.environments():
             raise ODataError(404, "NotFound", f"there is no environment {env!r}", target=env)
         ctx = Context(env=env, model=build_model(self.backend, env), principal=principal,
-                      root=f"{base}/{_quote_segment(env)}/")
+                      root=f"{base}/{_quote_segment(env)}/",
+                      version=negotiated_version(request))
         request = dataclasses.replace(request, path=rest)
         if split_path(rest) == [_BATCH]:
             if request.method != "POST":
@@ -357,9 +364,9 @@ class ODataService:
                              f"Accept: {accept}; $metadata is application/xml or "
                              "application/json")
         if as_json:
-            return json_response(200, csdl.metadata_json(ctx.model))
+            return json_response(200, csdl.metadata_json(ctx.model, ctx.version))
         return HttpResponse(200, {"Content-Type": "application/xml;charset=utf-8"},
-                            csdl.metadata_xml(ctx.model))
+                            csdl.metadata_xml(ctx.model, ctx.version))
 
     def context_url(self, ctx: Context, es: EntitySetInfo, select: list[str] | None, *,
                     entity: bool) -> str:
@@ -380,6 +387,9 @@ class ODataService:
                 out["@odata.id"] = ctx.root + entity_path(es, row)
                 out["@odata.editLink"] = entity_path(es, row)
             out["@odata.etag"] = etag_of(es.schema, row)
+        if select is not None:
+            # a client must be able to address what it read: the key is always returned
+            select = [*select, *(k for k in es.key if k not in select)]
         out.update(entity_values(es, row, select, ieee754=fmt.ieee754))
         return out
 
@@ -744,11 +754,25 @@ def _known(es: EntitySetInfo, values: Mapping[str, Any]) -> dict[str, Any]:
     return entity_values(es, values)
 
 
+def negotiated_version(request: HttpRequest) -> str:
+    """The version a response to ``request`` speaks: 4.01, or 4.0 for a client whose
+    OData-MaxVersion is below 4.01 (a service answers in the highest version it supports up
+    to the client's maximum)."""
+    max_version = request.header("odata-maxversion")
+    if max_version is not None:
+        try:
+            if Decimal(max_version.strip()) < Decimal("4.01"):
+                return "4.0"
+        except InvalidOperation:
+            pass  # _check_versions refuses it
+    return ODATA_VERSION
+
+
 def _check_versions(request: HttpRequest) -> None:
     version = request.header("odata-version")
     if version is not None and version.strip() not in ("4.0", "4.01"):
         raise bad_request(f"OData-Version {version} is not supported; this service speaks "
-                          "OData 4.0 (and 4.01 JSON batches)", target="OData-Version",
+                          "OData 4.01 (and 4.0)", target="OData-Version",
                           code="UnsupportedVersion")
     max_version = request.header("odata-maxversion")
     if max_version is not None:
@@ -758,7 +782,7 @@ def _check_versions(request: HttpRequest) -> None:
             raise bad_request(f"OData-MaxVersion {max_version!r} is not a version number",
                               target="OData-MaxVersion", code="UnsupportedVersion") from None
         if too_old:
-            raise bad_request(f"OData-MaxVersion {max_version} is below 4.0, the only version "
+            raise bad_request(f"OData-MaxVersion {max_version} is below 4.0, the lowest version "
                               "this service speaks", target="OData-MaxVersion",
                               code="UnsupportedVersion")
 
