@@ -4,6 +4,7 @@ MariaDB: each test here failed before the fix it names."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,7 +70,21 @@ Served = tuple[Pair, TestClient, dict[str, str]]
 def served(request: pytest.FixtureRequest, make_backend: BackendFactory,
            tmp_path: Path) -> Iterator[Served]:
     left, right = request.param
-    pair = make_pair(make_backend, tmp_path, left, right, batch_size=500)
+    with _serve(make_backend, tmp_path, left, right) as served:
+        yield served
+
+
+@contextmanager
+def _serve(make_backend: BackendFactory, tmp_path: Path, left: str, right: str,
+           serve: dict[str, Any] | None = None) -> Iterator[Served]:
+    """The demo pair plus ``Flags``/``flags``, seeded, served with ``serve`` settings (a
+    fresh ``tmp_path`` each time: the state store lives there)."""
+    tmp_path.mkdir(exist_ok=True)
+    def settings(cfg: dict[str, Any]) -> None:
+        if serve is not None:
+            cfg["serve"] = serve
+
+    pair = make_pair(make_backend, tmp_path, left, right, batch_size=500, extra=settings)
     _flag_tables(pair)
     seed_groups(pair)
     pair.erp.insert("Customers", [erp_customer(i) for i in range(6)])
@@ -315,3 +330,55 @@ def test_xml_and_json_metadata_agree_with_the_version_header(served: Served) -> 
         assert js.json()["$Version"] == version
         data = client.get("/odata/erp/Customers/$count", headers={**auth, **headers})
         assert data.headers["odata-version"] == version
+
+
+@pytest.mark.parametrize("left,right", PAIRS)
+def test_if_match_required_when_configured(make_backend: BackendFactory, tmp_path: Path,
+                                           left: str, right: str) -> None:
+    url = "/odata/erp/Customers(dataAreaId='usmf',ACCOUNT='C-0001')"
+    with _serve(make_backend, tmp_path, left, right) as (_, client, auth):
+        # the default: no If-Match needed
+        r = client.patch(url, headers=auth, json={"NAME": "without If-Match"})
+        assert r.status_code == 204, r.text
+    with _serve(make_backend, tmp_path / "required", left, right,
+                serve={"require_if_match": True}) as (pair, client, auth):
+        for method, body in (("PATCH", {"NAME": "x"}), ("PUT", {"NAME": "x"}),
+                             ("DELETE", None)):
+            r = client.request(method, url, headers=auth, json=body)
+            error = _error(r, 428)
+            assert error["code"] == "PreconditionRequired" and "If-Match" in error["message"]
+        assert pair.customers()[("usmf", "C-0001")]["NAME"] == "Customer 1"
+        etag = client.get(url, headers=auth).headers["ETag"]
+        r = client.patch(url, headers={**auth, "If-Match": etag}, json={"NAME": "with it"})
+        assert r.status_code == 204, r.text
+        r = client.patch(url, headers={**auth, "If-Match": "*"}, json={"NAME": "any"})
+        assert r.status_code == 204, r.text
+        assert pair.accounts()[("usmf", "C-0001")]["name"] == "any"
+        # creating needs no ETag, nor does a change to a row the same change set created
+        r = client.post("/odata/erp/$batch", headers=auth, json={"requests": [
+            {"id": "1", "atomicityGroup": "g", "method": "POST", "url": "Customers",
+             "body": {"dataAreaId": "usmf", "ACCOUNT": "C-0700", "NAME": "new",
+                      "PARTYTYPE": "Organization"}},
+            {"id": "2", "atomicityGroup": "g", "method": "PATCH", "url": "$1",
+             "body": {"NAME": "renamed"}}]})
+        assert [x["status"] for x in r.json()["responses"]] == [201, 204], r.text
+        assert pair.accounts()[("usmf", "C-0700")]["name"] == "renamed"
+
+
+def test_upsert_on_by_default_and_off_when_configured(make_backend: BackendFactory,
+                                                       tmp_path: Path) -> None:
+    url = "/odata/erp/Customers(dataAreaId='usmf',ACCOUNT='C-0600')"
+    body = {"NAME": "upserted", "PARTYTYPE": "Organization"}
+    with _serve(make_backend, tmp_path, "postgresql", "mariadb") as (pair, client, auth):
+        r = client.patch(url, headers=auth, json=body)
+        assert r.status_code == 201, r.text
+        assert pair.accounts()[("usmf", "C-0600")]["name"] == "upserted"
+    with _serve(make_backend, tmp_path / "off", "mariadb", "postgresql",
+                serve={"upsert": False}) as (pair, client, auth):
+        for method in ("PATCH", "PUT"):
+            _error(client.request(method, url, headers=auth, json=body), 404)
+        assert ("usmf", "C-0600") not in pair.customers()
+        assert ("usmf", "C-0600") not in pair.accounts()
+        r = client.patch("/odata/erp/Customers(dataAreaId='usmf',ACCOUNT='C-0001')",
+                         headers=auth, json={"NAME": "updates still work"})
+        assert r.status_code == 204, r.text

@@ -209,11 +209,17 @@ class ODataService:
     :class:`HttpResponse`. Synchronous, because the backend is; the ASGI adapter runs it in
     a worker thread."""
 
-    def __init__(self, backend: ODataBackend, *, page_size: int = 1000) -> None:
+    def __init__(self, backend: ODataBackend, *, page_size: int = 1000,
+                 require_if_match: bool = False, upsert: bool = True) -> None:
+        """``require_if_match``: an update or delete of an existing entity without
+        ``If-Match`` is refused with 428 (every entity set publishes ETags). ``upsert``: a
+        PATCH or PUT to a key that does not exist creates the entity (else 404)."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self.backend = backend
         self.page_size = page_size
+        self.require_if_match = require_if_match
+        self.upsert = upsert
 
     # ---------------------------------------------------------------------------- entry
 
@@ -604,7 +610,8 @@ class ODataService:
                              "If-None-Match: the entity exists already",
                              hint="drop If-None-Match to update it")
         if not exists:
-            if method == "DELETE" or if_match is not None or not target.primary:
+            if method == "DELETE" or if_match is not None or not target.primary or \
+                    not self.upsert:
                 raise _not_found(es, target) if if_match is None else ODataError(
                     412, "PreconditionFailed", "If-Match: the entity does not exist")
             # upsert: PATCH or PUT to a key that does not exist creates the entity
@@ -618,6 +625,14 @@ class ODataService:
             op = WriteOp("create", es.table, None, merged, None)
             return WritePlan(op, es, True, prefer, select, fmt, _known(es, merged),
                              dict(url_key))
+        if current is not None and if_match is None and self.require_if_match:
+            # an entity an earlier op of the same change set wrote has no ETag the client
+            # could know: only entities read from the database need one
+            raise ODataError(428, "PreconditionRequired",
+                             f"{method} of an existing entity needs If-Match with its ETag "
+                             "(this service has serve.require_if_match on)",
+                             hint="read the entity, then send its ETag (the ETag header or "
+                             "@odata.etag) in If-Match; If-Match: * overrides any version")
         if current is not None and if_match is not None and \
                 not etag_matches(if_match, etag_of(es.schema, current)):
             raise ODataError(412, "PreconditionFailed",
@@ -836,18 +851,25 @@ class ODataASGI:
                        headers=response.headers)(scope, receive, send)
 
 
-def odata_mount(backend: ODataBackend, *, page_size: int = 1000,
-                path: str = "/odata") -> Mount:
-    """The ``/odata`` mount, to place in an app's routes next to others."""
-    return Mount(path, app=ODataASGI(ODataService(backend, page_size=page_size)))
+def odata_mount(backend: ODataBackend, *, page_size: int = 1000, path: str = "/odata",
+                require_if_match: bool = False, upsert: bool = True) -> Mount:
+    """The ``/odata`` mount, to place in an app's routes next to others (the keywords are
+    :class:`ODataService`'s)."""
+    return Mount(path, app=ODataASGI(ODataService(
+        backend, page_size=page_size, require_if_match=require_if_match, upsert=upsert)))
 
 
-def create_router(backend: ODataBackend, *, page_size: int = 1000) -> Router:
+def create_router(backend: ODataBackend, *, page_size: int = 1000,
+                  require_if_match: bool = False, upsert: bool = True) -> Router:
     """A Router holding only the ``/odata`` mount."""
-    return Router(routes=[odata_mount(backend, page_size=page_size)])
+    return Router(routes=[odata_mount(backend, page_size=page_size,
+                                      require_if_match=require_if_match, upsert=upsert)])
 
 
-def create_app(backend: ODataBackend, *, page_size: int = 1000) -> Starlette:
+def create_app(backend: ODataBackend, *, page_size: int = 1000,
+               require_if_match: bool = False, upsert: bool = True) -> Starlette:
     """A Starlette app serving ``/odata/<env>/`` for every environment of ``backend``.
-    ``page_size`` is the most entities one response carries (server-driven paging)."""
-    return Starlette(routes=[odata_mount(backend, page_size=page_size)])
+    ``page_size`` is the most entities one response carries (server-driven paging); the
+    other keywords are :class:`ODataService`'s."""
+    return Starlette(routes=[odata_mount(backend, page_size=page_size,
+                                         require_if_match=require_if_match, upsert=upsert)])
