@@ -253,7 +253,7 @@ def test_bad_inner_urls(client: TestClient, url: str, status: int) -> None:
 
 def test_inner_errors_and_statuses(client: TestClient) -> None:
     out = _batch(client, [
-        {"id": "1", "method": "get", "url": "accounts?$expand=x"},
+        {"id": "1", "method": "get", "url": "accounts?$search=x"},
         {"id": "2", "method": "post", "url": "accounts", "headers": {"content-type": "text/csv"},
          "body": "a,b"},
         {"id": "3", "atomicityGroup": "g", "method": "get", "url": "accounts"},

@@ -10,12 +10,13 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from lxml import etree
 from starlette.testclient import TestClient
 
 from dualwrite.api.server import create_server_app
 from dualwrite.engine.security import create_token
 
-from conftest import BackendFactory, guid_default
+from conftest import BackendFactory, guid_default, shared_path
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
 PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql")]
@@ -382,3 +383,70 @@ def test_upsert_on_by_default_and_off_when_configured(make_backend: BackendFacto
         r = client.patch("/odata/erp/Customers(dataAreaId='usmf',ACCOUNT='C-0001')",
                          headers=auth, json={"NAME": "updates still work"})
         assert r.status_code == 204, r.text
+
+
+def test_lookups_are_navigation_properties_with_expand_and_filter(served: Served) -> None:
+    # before: no NavigationProperty, $expand answered 501, a path in $filter 400
+    _, client, auth = served
+    xsd = etree.XMLSchema(etree.parse(str(shared_path("data", "odata-csdl-schemas",
+                                                      "edmx.xsd"))))
+    r = client.get("/odata/crm/$metadata", headers=auth)
+    doc = etree.fromstring(r.content)
+    xsd.assertValid(doc)
+    [accounts] = [e for e in doc.iter("{*}EntityType") if e.get("Name") == "accounts"]
+    [nav] = [n for n in accounts.iter("{*}NavigationProperty") if n.get("Name") == "groupref"]
+    assert nav.get("Type") == "dualwrite.crm.groups"
+    [constraint] = nav.iter("{*}ReferentialConstraint")
+    assert (constraint.get("Property"), constraint.get("ReferencedProperty")) == \
+        ("_groupref_value", "groupid")
+    names = [p.get("Name") for p in accounts if p.get("Name")]
+    assert len(names) == len(set(names))  # one namespace for properties and navigations
+    [binding] = [b for s in doc.iter("{*}EntitySet") if s.get("Name") == "accounts"
+                 for b in s.iter("{*}NavigationPropertyBinding")]
+    assert (binding.get("Path"), binding.get("Target")) == ("groupref", "groups")
+    js = client.get("/odata/crm/$metadata?$format=json", headers=auth).json()
+    assert js["dualwrite.crm"]["accounts"]["groupref"] == {
+        "$Kind": "NavigationProperty", "$Type": "dualwrite.crm.groups", "$Nullable": True,
+        "$ReferentialConstraint": {"_groupref_value": "groupid"}}
+    assert js["dualwrite.crm"]["Container"]["accounts"]["$NavigationPropertyBinding"] == \
+        {"groupref": "groups"}
+
+    groups = {"C-0000": "G30", "C-0001": "G10", "C-0002": "G40", "C-0003": "G20",
+              "C-0004": "G30", "C-0005": "G10"}
+    r = client.get("/odata/crm/accounts", headers=auth, params={
+        "$expand": "groupref($select=groupcode)", "$orderby": "accountnumber",
+        "$select": "accountnumber,_groupref_value"})
+    assert r.status_code == 200, r.text
+    values = r.json()["value"]
+    assert {v["accountnumber"]: v["groupref"]["groupcode"] for v in values} == groups
+    assert all(v["groupref"]["groupid"] == v["_groupref_value"] for v in values)
+
+    def numbers(text: str) -> list[str]:
+        r = client.get("/odata/crm/accounts", headers=auth,
+                       params={"$filter": text, "$orderby": "accountnumber"})
+        assert r.status_code == 200, (text, r.text)
+        return [v["accountnumber"] for v in r.json()["value"]]
+
+    assert numbers("groupref/groupcode eq 'G10'") == ["C-0001", "C-0005"]
+    assert numbers("groupref/groupcode in ('G20', 'G40') and company eq 'usmf'") == \
+        ["C-0003"]
+    assert numbers("not (groupref/groupcode eq 'G30') and startswith(accountnumber,'C-')") \
+        == ["C-0001", "C-0002", "C-0003", "C-0005"]
+    assert numbers("groupref/groupcode eq 'G99'") == []
+    assert numbers("startswith(groupref/description,'Whole')") == ["C-0001", "C-0005"]
+    r = client.get("/odata/crm/accounts/$count", headers=auth,
+                   params={"$filter": "groupref/groupcode eq 'G10'"})
+    assert r.text == "2"
+    for bad in ("groupref/groupcode eq 10", "groupref/nosuch eq 'x'",
+                "nosuch/groupcode eq 'x'", "groupref/groupcode eq accountnumber",
+                "groupref eq 'x'"):
+        r = client.get("/odata/crm/accounts", headers=auth, params={"$filter": bad})
+        assert _error(r, 400)["target"] in ("$filter", "groupref", "nosuch"), bad
+    one = client.get("/odata/crm/accounts(company='usmf',accountnumber='C-0003')",
+                     headers=auth, params={"$expand": "groupref"})
+    assert one.status_code == 200, one.text
+    assert one.json()["groupref"]["groupcode"] == "G20"
+    assert one.json()["groupref"]["@odata.etag"]
+    _error(client.get("/odata/crm/accounts", headers=auth,
+                      params={"$expand": "groupref($expand=x)"}), 501)
+    _error(client.get("/odata/crm/accounts", headers=auth, params={"$expand": "name"}), 400)

@@ -19,6 +19,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from dualwrite.api.model import (
     EntitySetInfo,
+    NavigationInfo,
     PropertyInfo,
     ServiceModel,
     decimal_facets,
@@ -129,6 +130,15 @@ def metadata_xml(model: ServiceModel, version: str = "4.01") -> bytes:
         for name, prop in es.properties.items():
             attrs = {"Name": name, **_facets(prop, key=name in es.key)}
             out.append(f"        <Property{_attrs(attrs)}/>")
+        for nav in es.navigations.values():
+            attrs = {"Name": nav.name, "Type": f"{ns}.{nav.target}"}
+            if not nav.nullable:
+                attrs["Nullable"] = "false"
+            own, referenced = _constraint(model, es, nav)
+            out += [f"        <NavigationProperty{_attrs(attrs)}>",
+                    f"          <ReferentialConstraint Property={quoteattr(own)} "
+                    f"ReferencedProperty={quoteattr(referenced)}/>",
+                    "        </NavigationProperty>"]
         if es.alternate_keys:
             out += _alternate_keys_xml(es, "        ")
         out.append("      </EntityType>")
@@ -139,6 +149,8 @@ def metadata_xml(model: ServiceModel, version: str = "4.01") -> bytes:
         for es in model.sets.values():
             out.append(f"        <EntitySet Name={quoteattr(es.name)} "
                        f"EntityType={quoteattr(ns + '.' + es.name)}>")
+            out += [f"          <NavigationPropertyBinding Path={quoteattr(n.name)} "
+                    f"Target={quoteattr(n.target)}/>" for n in es.navigations.values()]
             out.append('          <Annotation Term="Org.OData.Core.V1.OptimisticConcurrency">')
             out.append("            <Collection>")
             out += [f"              <PropertyPath>{escape(p)}</PropertyPath>"
@@ -149,6 +161,15 @@ def metadata_xml(model: ServiceModel, version: str = "4.01") -> bytes:
         out.append("      </EntityContainer>")
     out += ["    </Schema>", "  </edmx:DataServices>", "</edmx:Edmx>", ""]
     return "\n".join(out).encode("utf-8")
+
+
+def _constraint(model: ServiceModel, es: EntitySetInfo, nav: NavigationInfo
+                ) -> tuple[str, str]:
+    """(property, referenced property) of a navigation property's referential constraint."""
+    own = es.by_column(nav.column)
+    referenced = model.sets[nav.target].by_column(nav.target_column)
+    assert own is not None and referenced is not None  # build_model checked both
+    return own.name, referenced.name
 
 
 def _json_property(prop: PropertyInfo, *, key: bool) -> dict[str, Any]:
@@ -183,6 +204,12 @@ def metadata_json(model: ServiceModel, version: str = "4.01") -> dict[str, Any]:
         etype: dict[str, Any] = {"$Kind": "EntityType", "$Key": list(es.key)}
         for name, prop in es.properties.items():
             etype[name] = _json_property(prop, key=name in es.key)
+        for nav in es.navigations.values():
+            own, referenced = _constraint(model, es, nav)
+            etype[nav.name] = {"$Kind": "NavigationProperty", "$Type": f"{ns}.{nav.target}",
+                               "$ReferentialConstraint": {own: referenced}}
+            if nav.nullable:
+                etype[nav.name]["$Nullable"] = True
         if es.alternate_keys:
             etype["@Core.AlternateKeys"] = [
                 {"Key": [{"Name": n, "Alias": n} for n in alt]} for alt in es.alternate_keys]
@@ -203,6 +230,9 @@ def metadata_json(model: ServiceModel, version: str = "4.01") -> dict[str, Any]:
         for es in model.sets.values():
             container[es.name] = {"$Collection": True, "$Type": f"{ns}.{es.name}",
                                   "@Core.OptimisticConcurrency": list(es.properties)}
+            if es.navigations:
+                container[es.name]["$NavigationPropertyBinding"] = {
+                    n.name: n.target for n in es.navigations.values()}
         schema[model.container] = container
         doc["$EntityContainer"] = f"{ns}.{model.container}"
     doc[ns] = schema

@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from dualwrite.api.backend import ODataBackend
 from dualwrite.model.schema import Column, Kind, TableSchema
 
-__all__ = ["EntitySetInfo", "PropertyInfo", "ServiceModel", "build_model", "decimal_facets",
-           "edm_type", "odata_identifier", "published_column", "temporal_precision"]
+__all__ = ["EntitySetInfo", "NavigationInfo", "PropertyInfo", "ServiceModel", "build_model",
+           "decimal_facets", "edm_type", "odata_identifier", "published_column",
+           "temporal_precision"]
 
 _IDENTIFIER = re.compile(r"[^\W\d]\w{0,127}")
 
@@ -51,6 +52,20 @@ class PropertyInfo:
         return self.column.name
 
 
+@dataclass(frozen=True)
+class NavigationInfo:
+    """A single-valued navigation property: the lookup column ``column`` of this entity set
+    holds ``target_column`` of a row of the entity set ``target`` (the referential
+    constraint). It is named as the lookup column; the column's value is published as the
+    structural property ``_<column>_value``, as Dataverse's Web API does."""
+
+    name: str
+    column: str
+    target: str
+    target_column: str
+    nullable: bool = True
+
+
 @dataclass
 class EntitySetInfo:
     """One entity set (and its entity type, of the same name)."""
@@ -63,6 +78,8 @@ class EntitySetInfo:
     key: tuple[str, ...]
     #: alternate keys, as tuples of property names
     alternate_keys: list[tuple[str, ...]] = field(default_factory=list)
+    #: navigation properties by name
+    navigations: dict[str, NavigationInfo] = field(default_factory=dict)
     _by_fold: dict[str, PropertyInfo] = field(default_factory=dict, repr=False)
     _by_column: dict[str, PropertyInfo] = field(default_factory=dict, repr=False)
 
@@ -77,6 +94,14 @@ class EntitySetInfo:
 
     def by_column(self, column: str) -> PropertyInfo | None:
         return self._by_column.get(column)
+
+    def navigation(self, name: str) -> NavigationInfo | None:
+        """A navigation property by name: exact, then case-insensitively."""
+        found = self.navigations.get(name)
+        if found is not None:
+            return found
+        return next((n for n in self.navigations.values()
+                     if n.name.casefold() == name.casefold()), None)
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -113,10 +138,35 @@ def build_model(backend: ODataBackend, env: str) -> ServiceModel:
     """
     namespace = "dualwrite." + odata_identifier(env)
     sets: dict[str, EntitySetInfo] = {}
-    for schema in backend.entity_sets(env):
+    schemas = backend.entity_sets(env)
+    for schema in schemas:
         info = _entity_set(backend, env, schema, sets.keys())
         if info is not None:
             sets[info.name] = info
+    # a lookup to a table the service publishes becomes a navigation property
+    by_table = {es.table: es for es in sets.values()}
+    for es in sets.values():
+        taken = {p.casefold() for p in es.properties}
+        renames: dict[str, str] = {}
+        for fk in es.schema.foreign_keys:
+            target = by_table.get(fk.table)
+            if len(fk.columns) != 1 or target is None or \
+                    target.by_column(fk.ref_columns[0]) is None:
+                continue
+            prop = es.by_column(fk.columns[0])
+            if prop is None or prop.name in es.key or prop.name in renames or \
+                    any(prop.name in alt for alt in es.alternate_keys):
+                continue  # a key is addressed by value; it stays a plain property
+            value_name = odata_identifier(f"_{prop.name}_value", taken)
+            taken.add(value_name.casefold())
+            renames[prop.name] = value_name
+            es.navigations[prop.name] = NavigationInfo(
+                prop.name, prop.column.name, target.name, fk.ref_columns[0],
+                prop.column.nullable)
+        if renames:
+            es.properties = {renames.get(n, n): PropertyInfo(renames.get(n, n), p.column)
+                             for n, p in es.properties.items()}
+            es.__post_init__()
     return ServiceModel(env=env, namespace=namespace, sets=sets)
 
 

@@ -44,7 +44,7 @@ from dualwrite.api.auth import authenticate, authorize
 from dualwrite.api.backend import ODataBackend, Principal, WriteOp
 from dualwrite.api.errors import ODataError, bad_request, error_response
 from dualwrite.api.literals import entity_path, lookup_key, parse_key_predicate, split_path
-from dualwrite.api.model import EntitySetInfo, ServiceModel, build_model
+from dualwrite.api.model import EntitySetInfo, NavigationInfo, ServiceModel, build_model
 from dualwrite.api.payload import (
     dumps,
     entity_values,
@@ -58,17 +58,20 @@ from dualwrite.api.query import (
     Preferences,
     Query,
     accepts,
+    check_types,
     encode_query,
     parse_bool_option,
     parse_count_number,
+    parse_expand,
     parse_orderby,
     parse_prefer,
     parse_query,
     parse_select,
     parse_where,
+    resolve_properties,
     response_format,
 )
-from dualwrite.model.filters import And, Compare, Expr, Literal, Property
+from dualwrite.model.filters import And, Compare, Expr, In, Literal, Property
 from dualwrite.model.values import canonical
 
 __all__ = ["ODataService", "create_app", "create_router", "odata_mount"]
@@ -76,6 +79,11 @@ __all__ = ["ODataService", "create_app", "create_router", "odata_mount"]
 #: The OData version this service speaks; a request whose OData-MaxVersion is 4.0 is answered
 #: in 4.0 (see :func:`negotiated_version`).
 ODATA_VERSION = "4.01"
+#: Most related entities a $filter condition through a navigation property may match.
+MAX_JOINED = 10_000
+#: navigation property -> (its target set, the $select inside $expand, related rows by the
+#: canonical value of the referenced column)
+Expansions = dict[str, tuple[EntitySetInfo, list[str] | None, dict[Any, dict[str, Any]]]]
 #: Largest request body accepted, in bytes (413 above it).
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -382,8 +390,10 @@ class ODataService:
         return url + ("/$entity" if entity else "")
 
     def entity(self, ctx: Context, es: EntitySetInfo, row: Mapping[str, Any],
-               select: list[str] | None, fmt: Format, *, top: bool) -> dict[str, Any]:
-        """One entity as JSON: control information, then the (selected) properties."""
+               select: list[str] | None, fmt: Format, *, top: bool,
+               expanded: Expansions | None = None) -> dict[str, Any]:
+        """One entity as JSON: control information, then the (selected) properties, then
+        the ``expanded`` navigation properties (the related entity, or null)."""
         out: dict[str, Any] = {}
         if fmt.metadata != "none":
             if top:
@@ -397,13 +407,41 @@ class ODataService:
             # a client must be able to address what it read: the key is always returned
             select = [*select, *(k for k in es.key if k not in select)]
         out.update(entity_values(es, row, select, ieee754=fmt.ieee754))
+        for nav, (target, nested, related) in (expanded or {}).items():
+            other = related.get(canonical(row.get(es.navigations[nav].column)))
+            out[nav] = None if other is None else \
+                self.entity(ctx, target, other, nested, fmt, top=False)
+        return out
+
+    def expand(self, ctx: Context, es: EntitySetInfo, query: Query,
+               rows: list[dict[str, Any]]) -> Expansions | None:
+        """The related entities ``$expand`` asks for, read in one query per navigation
+        property (and per 500 distinct values)."""
+        text = query.get("$expand")
+        if text is None:
+            return None
+        out: Expansions = {}
+        for nav, nested in parse_expand(text, es, ctx.model.sets):
+            target = ctx.model.sets[nav.target]
+            wanted = sorted({canonical(v): v for r in rows
+                             if (v := r.get(nav.column)) is not None}.items(),
+                            key=lambda kv: str(kv[0]))
+            related: dict[Any, dict[str, Any]] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = tuple(Literal(v) for _, v in wanted[start:start + 500])
+                for other in self.backend.query(
+                        ctx.env, target.table, columns=None,
+                        where=In(Property(nav.target_column), chunk), order_by=[],
+                        limit=None, offset=0):
+                    related[canonical(other.get(nav.target_column))] = other
+            out[nav.name] = (target, nested, related)
         return out
 
     def read_collection(self, ctx: Context, request: HttpRequest, target: Target,
                         query: Query) -> HttpResponse:
         es = _required(target.es)
         fmt = response_format(query, request.header("accept"))
-        where = self._where(query, es)
+        where = self._where(ctx, query, es)
         select = parse_select(query.options["$select"], es) if "$select" in query.options \
             else None
         order = parse_orderby(query.options["$orderby"], es) if "$orderby" in query.options \
@@ -441,16 +479,42 @@ class ODataService:
             payload["@odata.context"] = self.context_url(ctx, es, select, entity=False)
         if count:
             payload["@odata.count"] = self.backend.count(ctx.env, es.table, where=where)
-        payload["value"] = [self.entity(ctx, es, r, select, fmt, top=False) for r in rows]
+        expanded = self.expand(ctx, es, query, rows)
+        payload["value"] = [self.entity(ctx, es, r, select, fmt, top=False, expanded=expanded)
+                            for r in rows]
         if more:
             pairs = [(n, v) for n, v in query.pairs if n.lower() != "$skiptoken"]
             pairs.append(("$skiptoken", str(delivered + len(rows))))
             payload["@odata.nextLink"] = f"{ctx.root}{request.path}?{encode_query(pairs)}"
         return json_response(200, payload, fmt, headers)
 
-    def _where(self, query: Query, es: EntitySetInfo) -> Expr | None:
+    def _where(self, ctx: Context, query: Query, es: EntitySetInfo) -> Expr | None:
         text = query.get("$filter")
-        return parse_where(text, es, query.aliases) if text is not None else None
+        if text is None:
+            return None
+
+        def join(nav: NavigationInfo, condition: Expr) -> Expr:
+            # a semi-join in two steps: the related rows' referenced values first
+            target = ctx.model.sets[nav.target]
+            where = resolve_properties(condition, target)
+            check_types(condition, target)
+            rows = self.backend.query(ctx.env, target.table, columns=[nav.target_column],
+                                      where=where, order_by=[], limit=MAX_JOINED + 1,
+                                      offset=0)
+            if len(rows) > MAX_JOINED:
+                raise bad_request(
+                    f"$filter condition through {nav.name!r} matches more than {MAX_JOINED} "
+                    f"entities of {target.name!r}", target="$filter", code="InvalidFilter",
+                    hint=f"narrow the condition, or filter {target.name!r} itself")
+            values = {canonical(r[nav.target_column]): r[nav.target_column] for r in rows
+                      if r.get(nav.target_column) is not None}
+            prop = _required(es.by_column(nav.column))
+            if not values:  # nothing related matches: a condition no row passes
+                return And(Compare("eq", Property(prop.name), Literal(None)),
+                           Compare("ne", Property(prop.name), Literal(None)))
+            return In(Property(prop.name), tuple(Literal(v) for v in values.values()))
+
+        return parse_where(text, es, query.aliases, join)
 
     def read_count(self, ctx: Context, request: HttpRequest, target: Target,
                    query: Query) -> HttpResponse:
@@ -462,7 +526,7 @@ class ODataService:
         if not (accepts(accept, "text/plain") or accepts(accept, "application/json")):
             raise ODataError(406, "NotAcceptable", f"$count is served as text/plain; Accept: "
                              f"{accept} admits neither text/plain nor application/json")
-        n = self.backend.count(ctx.env, es.table, where=self._where(query, es))
+        n = self.backend.count(ctx.env, es.table, where=self._where(ctx, query, es))
         return HttpResponse(200, {"Content-Type": "text/plain;charset=utf-8"},
                             str(n).encode("ascii"), payload=None)
 
@@ -488,7 +552,7 @@ class ODataService:
     def read_entity(self, ctx: Context, request: HttpRequest, target: Target,
                     query: Query) -> HttpResponse:
         es = _required(target.es)
-        query.only({"$select", "$format"}, "a single entity")
+        query.only({"$select", "$format", "$expand"}, "a single entity")
         fmt = response_format(query, request.header("accept"))
         select = parse_select(query.options["$select"], es) if "$select" in query.options \
             else None
@@ -504,8 +568,9 @@ class ODataService:
         if if_match and not etag_matches(if_match, etag):
             raise ODataError(412, "PreconditionFailed",
                              "the entity's ETag does not match If-Match")
-        response = json_response(200, self.entity(ctx, es, row, select, fmt, top=True), fmt,
-                                 {"ETag": etag})
+        response = json_response(200, self.entity(
+            ctx, es, row, select, fmt, top=True, expanded=self.expand(ctx, es, query, [row])),
+            fmt, {"ETag": etag})
         response.entity_path, response.etag = entity_path(es, row), etag
         response.entity = entity_values(es, row)
         return response
