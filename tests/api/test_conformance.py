@@ -387,7 +387,7 @@ def test_upsert_on_by_default_and_off_when_configured(make_backend: BackendFacto
 
 def test_lookups_are_navigation_properties_with_expand_and_filter(served: Served) -> None:
     # before: no NavigationProperty, $expand answered 501, a path in $filter 400
-    _, client, auth = served
+    pair, client, auth = served
     xsd = etree.XMLSchema(etree.parse(str(shared_path("data", "odata-csdl-schemas",
                                                       "edmx.xsd"))))
     r = client.get("/odata/crm/$metadata", headers=auth)
@@ -449,4 +449,27 @@ def test_lookups_are_navigation_properties_with_expand_and_filter(served: Served
     assert one.json()["groupref"]["@odata.etag"]
     _error(client.get("/odata/crm/accounts", headers=auth,
                       params={"$expand": "groupref($expand=x)"}), 501)
+
+    # a lookup is written by its value property or by binding the navigation property
+    g20 = pair.group_ids()["G20"]
+    r = client.post("/odata/crm/accounts", headers=auth, json={
+        "company": "usmf", "accountnumber": "C-0810", "name": "bound", "typecode": 3,
+        "groupref@odata.bind": f"groups('{g20}')"})
+    assert r.status_code == 201, r.text
+    assert r.json()["_groupref_value"] == g20
+    assert pair.customers()[("usmf", "C-0810")]["GROUPID"] == "G20"
+    r = client.patch("/odata/crm/accounts(company='usmf',accountnumber='C-0810')",
+                     headers=auth, json={"_groupref_value": pair.group_ids()["G10"]})
+    assert r.status_code == 204, r.text
+    assert pair.customers()[("usmf", "C-0810")]["GROUPID"] == "G10"
+    _error(client.post("/odata/crm/accounts", headers=auth, json={
+        "company": "usmf", "accountnumber": "C-0811", "name": "bad", "typecode": 3,
+        "groupref@odata.bind": "accounts('x')"}), 400)
+    r = client.patch("/odata/crm/accounts(company='usmf',accountnumber='C-0810')",
+                     headers={**auth, "Prefer": "return=representation"},
+                     json={"groupref@odata.bind": None})
+    assert r.status_code == 200 and r.json()["_groupref_value"] is None, r.text
+    r = client.get("/odata/crm/accounts(company='usmf',accountnumber='C-0810')",
+                   headers=auth, params={"$expand": "groupref"})
+    assert r.json()["groupref"] is None
     _error(client.get("/odata/crm/accounts", headers=auth, params={"$expand": "name"}), 400)

@@ -120,7 +120,7 @@ def test_create_composite_key_and_conflict(client: TestClient, backend: FakeBack
     ({**NEW, "settings": "{not json"}, 400, None),
     ({**NEW, "name": "x" * 161}, 400, "name"),  # too long: the backend's RowError
     ({**NEW, "Name": "dup"}, 400, "Name"),
-    ({**NEW, "contacts@odata.bind": ["contacts(1)"]}, 501, "contacts@odata.bind"),
+    ({**NEW, "contacts@odata.bind": ["contacts(1)"]}, 400, "contacts@odata.bind"),
 ])
 def test_create_errors(client: TestClient, backend: FakeBackend, body: dict[str, Any],
                        status: int, target: str | None) -> None:

@@ -577,7 +577,8 @@ class ODataService:
 
     # ---------------------------------------------------------------------------- writes
 
-    def _body(self, request: HttpRequest, es: EntitySetInfo) -> dict[str, Any]:
+    def _body(self, ctx: Context, request: HttpRequest, es: EntitySetInfo) -> dict[str, Any]:
+        sets = ctx.model.sets
         # a missing Content-Type is taken as JSON: curl and batch parts often omit it
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
         if content_type and content_type != "application/json":
@@ -585,11 +586,11 @@ class ODataService:
                              f"request bodies must be application/json, not {content_type}",
                              target="Content-Type")
         if request.has_json:
-            return parse_entity_body(es, request.json)
+            return parse_entity_body(es, request.json, sets)
         if not request.body.strip():
             raise bad_request("the request needs a JSON body holding the entity",
                               code="InvalidBody")
-        return parse_entity_body(es, loads(request.body))
+        return parse_entity_body(es, loads(request.body), sets)
 
     def plan_write(self, ctx: Context, request: HttpRequest, target: Target,
                    overlay: Overlay) -> WritePlan:
@@ -622,7 +623,7 @@ class ODataService:
         if_none_match = request.header("if-none-match")
 
         if target.kind == "collection":  # POST: create
-            values = self._body(request, es)
+            values = self._body(ctx, request, es)
             key_row = _full_key(es, values)
             if key_row is not None:
                 overlay.exists[(es.table, _key_of(es, key_row))] = True
@@ -637,7 +638,7 @@ class ODataService:
             return WritePlan(op, es, True, prefer, select, fmt,
                              _known(es, values), key_row)
 
-        values = self._body(request, es) if method != "DELETE" else {}
+        values = self._body(ctx, request, es) if method != "DELETE" else {}
         url_key = _required(target.key)
         ref = target.ref
         if ref is None and not target.primary:
