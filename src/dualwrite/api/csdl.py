@@ -1,10 +1,12 @@
-"""``$metadata``: the CSDL document (EDMX 4.0 XML, or CSDL JSON) of an environment's service.
+"""``$metadata``: the CSDL document (EDMX XML, or CSDL JSON; of the version the response's
+OData-Version header says) of an environment's service.
 
 One schema (namespace ``dualwrite.<env>``) with one entity type per exposed table and one
 entity container holding an entity set per type. Per property: the Edm type of the column's
 kind and facets (:func:`~dualwrite.api.model.edm_type`), ``Nullable``, ``MaxLength`` for
 strings and binary, ``Precision``/``Scale`` for decimals, ``Precision`` (fractional-second
-digits) for timestamps, times and durations.
+digits) for timestamps, times and durations. A lookup is a ``NavigationProperty`` with its
+``ReferentialConstraint``, bound to its target set by a ``NavigationPropertyBinding``.
 Alternate keys are published with the ``Org.OData.Core.V1.AlternateKeys`` annotation, the
 ETag's properties with ``Core.OptimisticConcurrency``, and what ``$batch`` supports with
 ``Org.OData.Capabilities.V1.BatchSupport``.

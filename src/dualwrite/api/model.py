@@ -1,7 +1,8 @@
 """The entity data model of one environment's OData service, derived from the backend.
 
 Each exposed table is one entity type and one entity set of the same name; each column is one
-property. OData names must be CSDL simple identifiers (letters, digits, underscore; not
+property, and a lookup column (a foreign key to another exposed table) is also a navigation
+property of the column's name, its value then published as ``_<column>_value``. OData names must be CSDL simple identifiers (letters, digits, underscore; not
 starting with a digit; at most 128 characters), so a table or column whose name is not one is
 published under a sanitised name (``"order lines"`` -> ``order_lines``); the model maps names
 both ways so that nothing else in the layer has to care.

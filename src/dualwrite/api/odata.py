@@ -1,11 +1,12 @@
-"""The OData v4 service of dualwrite: ``/odata/<env>/`` over an :class:`ODataBackend`.
+"""The OData 4.01 service of dualwrite: ``/odata/<env>/`` over an :class:`ODataBackend`.
 
 :func:`create_app` returns a Starlette app; :func:`odata_mount` the ``/odata`` mount alone,
 for an app that serves other routes too. Per environment:
 
 * ``GET /odata/<env>/`` service document; ``GET /odata/<env>/$metadata`` CSDL XML (or JSON
   with ``$format=json``);
-* ``GET <set>`` with ``$filter $select $orderby $top $skip $count $skiptoken``, server-driven
+* ``GET <set>`` with ``$filter $select $orderby $top $skip $count $skiptoken $expand``
+  (``$expand`` one level deep; ``$filter`` through navigation properties), server-driven
   paging (``@odata.nextLink``; ``Prefer: odata.maxpagesize``); ``GET <set>/$count``;
 * ``GET|PATCH|PUT|DELETE <set>(<key>)`` by entity key (``('C-1')``, ``(1)``,
   ``(dataAreaId='usmf',ACCOUNT='C-1')``) or alternate key; ``POST <set>`` creates;
