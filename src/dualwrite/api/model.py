@@ -2,10 +2,11 @@
 
 Each exposed table is one entity type and one entity set of the same name; each column is one
 property, and a lookup column (a foreign key to another exposed table) is also a navigation
-property of the column's name, its value then published as ``_<column>_value``. OData names must be CSDL simple identifiers (letters, digits, underscore; not
-starting with a digit; at most 128 characters), so a table or column whose name is not one is
-published under a sanitised name (``"order lines"`` -> ``order_lines``); the model maps names
-both ways so that nothing else in the layer has to care.
+property of the column's name, its value then published as ``_<column>_value``. OData names
+must be CSDL simple identifiers (letters, digits, underscore; not starting with a digit; at
+most 128 characters), so a table or column whose name is not one is published under a
+sanitised name (``"order lines"`` -> ``order_lines``); the model maps names both ways so that
+nothing else in the layer has to care.
 """
 
 from __future__ import annotations
