@@ -121,6 +121,7 @@ class FakeBackend:
             results: list[dict[str, Any] | None] = []
             for index, op in enumerate(ops):
                 try:
+                    op = op.resolved(results, self.schemas[env][op.table].primary_key)
                     results.append(self._apply_one(env, principal, tables, op))
                 except DualwriteError as exc:
                     exc.op_index = index  # type: ignore[attr-defined]

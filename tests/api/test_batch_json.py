@@ -158,17 +158,38 @@ def test_reference_to_entity_created_in_the_same_group(client: TestClient,
 
 
 def test_reference_to_server_generated_key(client: TestClient, backend: FakeBackend) -> None:
-    # inside the group the key is not known before commit: refused, nothing applied
+    # inside the group the key is not known before commit: the op refers to the create's row
     out = _batch(client, [
         {"id": "1", "atomicityGroup": "g", "method": "post", "url": "accounts",
          "body": _account(1)},
-        {"id": "2", "atomicityGroup": "g", "dependsOn": ["1"], "method": "delete", "url": "$1"},
+        {"id": "2", "atomicityGroup": "g", "dependsOn": ["1"], "method": "patch", "url": "$1",
+         "body": {"name": "patched by reference"}},
+        {"id": "3", "atomicityGroup": "g", "method": "patch",
+         "url": "accounts(accountnumber='B-1')", "body": {"revenue": 7}},
+        {"id": "4", "atomicityGroup": "g", "method": "delete", "url": "$2"},
+        {"id": "5", "atomicityGroup": "g", "method": "patch", "url": "$1",
+         "body": {"name": "gone"}},
     ])
-    assert out["2"]["status"] == 400 and out["2"]["body"]["error"]["code"] == "InvalidReference"
-    assert out["1"]["status"] == 424 and backend.apply_calls == []
+    assert out["5"]["status"] == 404 and backend.apply_calls == []
+    out = _batch(client, [
+        {"id": "1", "atomicityGroup": "g", "method": "post", "url": "accounts",
+         "body": _account(1)},
+        {"id": "2", "atomicityGroup": "g", "dependsOn": ["1"], "method": "patch", "url": "$1",
+         "body": {"name": "patched by reference"}},
+        {"id": "3", "atomicityGroup": "g", "method": "patch",
+         "url": "accounts(accountnumber='B-1')", "body": {"revenue": 7}},
+    ])
+    assert [out[i]["status"] for i in "123"] == [201, 204, 204], out
+    [ops] = backend.apply_calls
+    assert [(op.kind, op.key, op.ref) for op in ops] == [("create", None, None),
+                                                         ("update", None, 0),
+                                                         ("update", None, 0)]
+    created = client.get("/odata/crm/accounts(accountnumber='B-1')").json()
+    assert created["name"] == "patched by reference" and created["revenue"] == 7
+    backend.apply_calls.clear()
     # across units the created entity is known
     out = _batch(client, [
-        {"id": "1", "method": "post", "url": "accounts", "body": _account(1)},
+        {"id": "1", "method": "post", "url": "accounts", "body": _account(2)},
         {"id": "2", "dependsOn": ["1"], "method": "patch", "url": "$1",
          "body": {"name": "second"}, "headers": {"prefer": "return=representation"}},
         {"id": "3", "dependsOn": ["1"], "method": "get",
@@ -179,6 +200,7 @@ def test_reference_to_server_generated_key(client: TestClient, backend: FakeBack
     assert out["2"]["status"] == 200 and out["2"]["body"]["name"] == "second"
     assert out["2"]["body"]["accountid"] == out["1"]["body"]["accountid"]
     assert out["3"]["body"]["value"] == [{"@odata.etag": out["2"]["body"]["@odata.etag"],
+                                         "accountid": out["1"]["body"]["accountid"],
                                          "name": "second"}]
     # a whole-string reference is replaced; text merely containing one is data
     assert out["4"]["body"]["accountnumber"] == "second"
@@ -231,7 +253,7 @@ def test_bad_inner_urls(client: TestClient, url: str, status: int) -> None:
 
 def test_inner_errors_and_statuses(client: TestClient) -> None:
     out = _batch(client, [
-        {"id": "1", "method": "get", "url": "accounts?$expand=x"},
+        {"id": "1", "method": "get", "url": "accounts?$search=x"},
         {"id": "2", "method": "post", "url": "accounts", "headers": {"content-type": "text/csv"},
          "body": "a,b"},
         {"id": "3", "atomicityGroup": "g", "method": "get", "url": "accounts"},

@@ -48,14 +48,14 @@ def _metadata(client: TestClient, env: str) -> etree._Element:
     r = client.get(f"/odata/{env}/$metadata")
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/xml")
-    assert r.headers["odata-version"] == "4.0"
+    assert r.headers["odata-version"] == "4.01"
     return etree.fromstring(r.content)
 
 
 def test_service_document_lists_entity_sets(client: TestClient) -> None:
     r = client.get("/odata/crm/")
     assert r.status_code == 200
-    assert r.headers["odata-version"] == "4.0"
+    assert r.headers["odata-version"] == "4.01"
     assert r.headers["content-type"].startswith("application/json;odata.metadata=minimal")
     body = r.json()
     assert body["@odata.context"] == "http://testserver/odata/crm/$metadata"

@@ -9,9 +9,10 @@ memory.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from dualwrite.api.errors import NotFound
 from dualwrite.engine.security import Principal  # the one Principal, re-exported here
 from dualwrite.model.filters import Expr
 from dualwrite.model.schema import TableSchema
@@ -33,6 +34,12 @@ class WriteOp:
       client omitted are None.
     * ``delete``: ``key`` is the primary key; ``values`` is empty.
 
+    ``ref`` (update, replace, delete) names an earlier op of the same :meth:`ODataBackend.apply`
+    call, by index, whose row this op addresses; ``key`` is None then and the backend takes
+    the primary key from the row that op returned (:meth:`resolved`). It is how a change set
+    addresses a row whose key the database generates when it is created (``$1`` in OData's
+    content-ID referencing).
+
     ``if_match`` is the client's ``If-Match`` header (an ETag list or ``*``), or None. The
     OData layer has already checked it against the row it read before the call; the engine
     may check it again inside its transaction with :func:`dualwrite.api.payload.etag_of`.
@@ -45,6 +52,20 @@ class WriteOp:
     key: dict[str, Any] | None
     values: dict[str, Any] = field(default_factory=dict)
     if_match: str | None = None
+    ref: int | None = None
+
+    def resolved(self, earlier: Sequence[dict[str, Any] | None],
+                 key_columns: Sequence[str]) -> WriteOp:
+        """This op with ``key`` filled in from the row op ``ref`` returned (``earlier`` are
+        the rows of the ops applied before this one); itself when it has no ``ref``.
+        Raises ``api.errors.NotFound`` when that op returned no row (it deleted it)."""
+        if self.ref is None:
+            return self
+        row = earlier[self.ref] if 0 <= self.ref < len(earlier) else None
+        if row is None:
+            raise NotFound(f"the entity of {self.table!r} that request {self.ref + 1} of the "
+                           "change set wrote does not exist any more", table=self.table)
+        return replace(self, key={c: row.get(c) for c in key_columns}, ref=None)
 
 
 @runtime_checkable

@@ -47,6 +47,8 @@ from dualwrite.api.odata import (
     HttpRequest,
     HttpResponse,
     ODataService,
+    Overlay,
+    Target,
     WritePlan,
     json_response,
 )
@@ -118,21 +120,23 @@ class _Batch:
         raise bad_request(f"${ref} refers to no earlier request of this batch",
                           code="InvalidReference")
 
-    def _entity_path(self, ref: str, pending: dict[str, WritePlan]) -> str:
+    def _entity_path(self, ref: str, pending: dict[str, WritePlan]) -> tuple[str, int | None]:
+        """The path of the entity request ``ref`` is about, and, for an entity created
+        earlier in the same change set with a key the database generates, the index of the
+        op creating it (the path is then the entity set's)."""
         target = self._referenced(ref, pending)
         if isinstance(target, WritePlan):
             if target.key_row is None:
-                raise bad_request(
-                    f"${ref} refers to an entity whose key the server generates when the "
-                    "change set commits, so it cannot be addressed inside the same change set",
-                    code="InvalidReference",
-                    hint="send the key in the create's body, or move the request to a later "
-                    "change set that dependsOn this one")
-            return target.es.name + key_predicate(target.es, target.key_row)
+                if target.op.kind == "delete":
+                    raise bad_request(f"${ref} refers to an entity request {ref} deleted",
+                                      code="InvalidReference")
+                return target.es.name, target.op.ref if target.op.ref is not None \
+                    else target.index
+            return target.es.name + key_predicate(target.es, target.key_row), None
         if target.entity_path is None:
             raise bad_request(f"${ref} refers to a request that returned no entity",
                               code="InvalidReference")
-        return target.entity_path
+        return target.entity_path, None
 
     def _value(self, ref: str, name: str, pending: dict[str, WritePlan]) -> Any:
         target = self._referenced(ref, pending)
@@ -186,10 +190,16 @@ class _Batch:
                                   code="InvalidUrl")
             path = path[len(root.path):]
         path = unquote(path)
+        op_ref: int | None = None
         if path.startswith("$"):
             first, sep, rest = path.partition("/")
             if first not in _SYSTEM and _REQUEST_ID.fullmatch(first[1:]):
-                path = self._entity_path(first[1:], pending) + sep + rest
+                entity, op_ref = self._entity_path(first[1:], pending)
+                if op_ref is not None and rest:
+                    raise bad_request(f"{path!r}: only the entity {first} itself can be "
+                                      "addressed before its change set commits",
+                                      code="InvalidReference")
+                path = entity + sep + rest
         if query and "$" in unquote(query):
             query = self._rewrite_query(query, pending)
         headers = dict(item.headers)
@@ -210,7 +220,8 @@ class _Batch:
                 body_json, has_json = loads(body), True
         if has_json:
             body_json = self._substitute_body(body_json, pending)
-        return HttpRequest(item.method, path, query, headers, body, body_json, has_json)
+        return HttpRequest(item.method, path, query, headers, body, body_json, has_json,
+                           ref=op_ref)
 
     def _rewrite_query(self, query: str, pending: dict[str, WritePlan]) -> str:
         parsed = parse_query(query)
@@ -267,7 +278,7 @@ class _Batch:
         members = {i.id for i in items if i.id is not None}
         pending: dict[str, WritePlan] = {}
         plans: list[WritePlan] = []
-        overlay: dict[tuple[str, tuple[Any, ...]], bool] = {}
+        overlay = Overlay()
         for index, item in enumerate(items):
             blocked = next((d for d in item.depends_on
                             if d not in members and d != unit.group
@@ -286,6 +297,8 @@ class _Batch:
                 request = self.request(item, pending)
                 self.service.authorize(self.ctx, request.method, request.path)
                 target = self.service.resolve(self.ctx, request.path)
+                if request.ref is not None and target.kind == "collection":
+                    target = Target("entity", target.es, {}, ref=request.ref)
                 if target.kind not in ("collection", "entity") or \
                         (target.kind == "collection") != (request.method == "POST"):
                     allowed = ["POST"] if target.kind == "collection" else \

@@ -1,10 +1,12 @@
-"""``$metadata``: the CSDL document (EDMX 4.0 XML, or CSDL JSON) of an environment's service.
+"""``$metadata``: the CSDL document (EDMX XML, or CSDL JSON; of the version the response's
+OData-Version header says) of an environment's service.
 
 One schema (namespace ``dualwrite.<env>``) with one entity type per exposed table and one
 entity container holding an entity set per type. Per property: the Edm type of the column's
 kind and facets (:func:`~dualwrite.api.model.edm_type`), ``Nullable``, ``MaxLength`` for
 strings and binary, ``Precision``/``Scale`` for decimals, ``Precision`` (fractional-second
-digits) for timestamps, times and durations.
+digits) for timestamps, times and durations. A lookup is a ``NavigationProperty`` with its
+``ReferentialConstraint``, bound to its target set by a ``NavigationPropertyBinding``.
 Alternate keys are published with the ``Org.OData.Core.V1.AlternateKeys`` annotation, the
 ETag's properties with ``Core.OptimisticConcurrency``, and what ``$batch`` supports with
 ``Org.OData.Capabilities.V1.BatchSupport``.
@@ -19,6 +21,7 @@ from xml.sax.saxutils import escape, quoteattr
 
 from dualwrite.api.model import (
     EntitySetInfo,
+    NavigationInfo,
     PropertyInfo,
     ServiceModel,
     decimal_facets,
@@ -107,11 +110,12 @@ def _batch_support_xml(indent: str) -> list[str]:
     return lines
 
 
-def metadata_xml(model: ServiceModel) -> bytes:
-    """The CSDL XML document (EDMX version 4.0) of ``model``."""
+def metadata_xml(model: ServiceModel, version: str = "4.01") -> bytes:
+    """The CSDL XML document of ``model``, of OData ``version`` (the one the response
+    carries in its OData-Version header)."""
     ns = model.namespace
     out = ['<?xml version="1.0" encoding="utf-8"?>',
-           f'<edmx:Edmx xmlns:edmx="{EDMX_NS}" Version="4.0">',
+           f'<edmx:Edmx xmlns:edmx="{EDMX_NS}" Version="{version}">',
            f'  <edmx:Reference Uri="{CORE_VOCABULARY}.xml">',
            '    <edmx:Include Namespace="Org.OData.Core.V1" Alias="Core"/>',
            "  </edmx:Reference>",
@@ -128,6 +132,15 @@ def metadata_xml(model: ServiceModel) -> bytes:
         for name, prop in es.properties.items():
             attrs = {"Name": name, **_facets(prop, key=name in es.key)}
             out.append(f"        <Property{_attrs(attrs)}/>")
+        for nav in es.navigations.values():
+            attrs = {"Name": nav.name, "Type": f"{ns}.{nav.target}"}
+            if not nav.nullable:
+                attrs["Nullable"] = "false"
+            own, referenced = _constraint(model, es, nav)
+            out += [f"        <NavigationProperty{_attrs(attrs)}>",
+                    f"          <ReferentialConstraint Property={quoteattr(own)} "
+                    f"ReferencedProperty={quoteattr(referenced)}/>",
+                    "        </NavigationProperty>"]
         if es.alternate_keys:
             out += _alternate_keys_xml(es, "        ")
         out.append("      </EntityType>")
@@ -138,6 +151,8 @@ def metadata_xml(model: ServiceModel) -> bytes:
         for es in model.sets.values():
             out.append(f"        <EntitySet Name={quoteattr(es.name)} "
                        f"EntityType={quoteattr(ns + '.' + es.name)}>")
+            out += [f"          <NavigationPropertyBinding Path={quoteattr(n.name)} "
+                    f"Target={quoteattr(n.target)}/>" for n in es.navigations.values()]
             out.append('          <Annotation Term="Org.OData.Core.V1.OptimisticConcurrency">')
             out.append("            <Collection>")
             out += [f"              <PropertyPath>{escape(p)}</PropertyPath>"
@@ -148,6 +163,15 @@ def metadata_xml(model: ServiceModel) -> bytes:
         out.append("      </EntityContainer>")
     out += ["    </Schema>", "  </edmx:DataServices>", "</edmx:Edmx>", ""]
     return "\n".join(out).encode("utf-8")
+
+
+def _constraint(model: ServiceModel, es: EntitySetInfo, nav: NavigationInfo
+                ) -> tuple[str, str]:
+    """(property, referenced property) of a navigation property's referential constraint."""
+    own = es.by_column(nav.column)
+    referenced = model.sets[nav.target].by_column(nav.target_column)
+    assert own is not None and referenced is not None  # build_model checked both
+    return own.name, referenced.name
 
 
 def _json_property(prop: PropertyInfo, *, key: bool) -> dict[str, Any]:
@@ -174,7 +198,7 @@ def _json_property(prop: PropertyInfo, *, key: bool) -> dict[str, Any]:
     return out
 
 
-def metadata_json(model: ServiceModel) -> dict[str, Any]:
+def metadata_json(model: ServiceModel, version: str = "4.01") -> dict[str, Any]:
     """The CSDL JSON document of ``model`` (``$metadata?$format=json``)."""
     ns = model.namespace
     schema: dict[str, Any] = {}
@@ -182,12 +206,18 @@ def metadata_json(model: ServiceModel) -> dict[str, Any]:
         etype: dict[str, Any] = {"$Kind": "EntityType", "$Key": list(es.key)}
         for name, prop in es.properties.items():
             etype[name] = _json_property(prop, key=name in es.key)
+        for nav in es.navigations.values():
+            own, referenced = _constraint(model, es, nav)
+            etype[nav.name] = {"$Kind": "NavigationProperty", "$Type": f"{ns}.{nav.target}",
+                               "$ReferentialConstraint": {own: referenced}}
+            if nav.nullable:
+                etype[nav.name]["$Nullable"] = True
         if es.alternate_keys:
             etype["@Core.AlternateKeys"] = [
                 {"Key": [{"Name": n, "Alias": n} for n in alt]} for alt in es.alternate_keys]
         schema[es.name] = etype
     doc: dict[str, Any] = {
-        "$Version": "4.01",
+        "$Version": version,
         "$Reference": {
             f"{CORE_VOCABULARY}.json": {
                 "$Include": [{"$Namespace": "Org.OData.Core.V1", "$Alias": "Core"}]},
@@ -202,6 +232,9 @@ def metadata_json(model: ServiceModel) -> dict[str, Any]:
         for es in model.sets.values():
             container[es.name] = {"$Collection": True, "$Type": f"{ns}.{es.name}",
                                   "@Core.OptimisticConcurrency": list(es.properties)}
+            if es.navigations:
+                container[es.name]["$NavigationPropertyBinding"] = {
+                    n.name: n.target for n in es.navigations.values()}
         schema[model.container] = container
         doc["$EntityContainer"] = f"{ns}.{model.container}"
     doc[ns] = schema

@@ -116,6 +116,17 @@ def _is_unique_violation(exc: ConstraintViolation) -> bool:
     return "unique" in text or "duplicate" in text
 
 
+def _unique_cause(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    cause = exc.__cause__
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConstraintViolation):
+            return _is_unique_violation(cause)
+        cause = cause.__cause__
+    return False
+
+
 def error_response(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
     """``(status, body, headers)`` for an exception raised while serving a request."""
     headers: dict[str, str] = {}
@@ -151,6 +162,11 @@ def _classify(exc: DualwriteError) -> tuple[int, str, str | None, list[dict[str,
         return 403, "LicenceRequired", None, [{"code": "Licence", "message": exc.licence,
                                                 "target": exc.principal}]
     if isinstance(exc, RowError):
+        # a row a database refused as a duplicate is a conflict with the data, on whichever
+        # side of the link it happened (the engine's RowError keeps the driver's error as
+        # its cause)
+        if _unique_cause(exc):
+            return 409, "Conflict", exc.field, []
         return 400, "RowError", exc.field, []
     if isinstance(exc, ConstraintViolation):
         if _is_unique_violation(exc):

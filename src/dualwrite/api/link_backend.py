@@ -3,6 +3,7 @@ live transactions (every change set is one atomic, dual-written transaction)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -14,7 +15,7 @@ from dualwrite.engine.security import Principal, authenticate
 from dualwrite.errors import ConfigError, DualwriteError
 from dualwrite.model.filters import Expr
 from dualwrite.model.maps import Side
-from dualwrite.model.schema import TableSchema
+from dualwrite.model.schema import ForeignKey, TableSchema
 
 
 class LinkBackend:
@@ -53,8 +54,27 @@ class LinkBackend:
         return self._tables[env]
 
     def entity_sets(self, env: str) -> list[TableSchema]:
-        conn = self.link.connectors[self._side(env)]
-        return [conn.describe(t) for t in self._table_names(env)]
+        """The tables, each with the lookups the maps make from it among its foreign keys
+        (so that the OData model publishes them as navigation properties)."""
+        side = self._side(env)
+        conn = self.link.connectors[side]
+        out = []
+        for table in self._table_names(env):
+            schema = conn.describe(table)
+            fks = list(schema.foreign_keys)
+            for b in self.link.bound_maps():
+                if b.table(side) != table:
+                    continue
+                for f in b.fields:
+                    end = f.end(side)
+                    if end.column is None or len(end.targets) != 1 or \
+                            end.targets[0].next is not None:
+                        continue  # polymorphic and chained lookups are not navigations
+                    fk = ForeignKey((end.column,), end.targets[0].table, (end.targets[0].id,))
+                    if fk not in fks:
+                        fks.append(fk)
+            out.append(dataclasses.replace(schema, foreign_keys=fks))
+        return out
 
     def alternate_keys(self, env: str, table: str) -> list[tuple[str, ...]]:
         side = self._side(env)
@@ -92,6 +112,8 @@ class LinkBackend:
             with self.link.transaction(principal=principal) as tx:
                 for i, op in enumerate(ops):
                     index = i  # which op failed, for the batch response
+                    op = op.resolved(out, self.link.connectors[self._side(env)]
+                                     .describe(op.table).primary_key)
                     if op.if_match is not None and op.key is not None:
                         current = tx.get(env, op.table, op.key)
                         schema = self.link.connectors[self._side(env)].describe(op.table)

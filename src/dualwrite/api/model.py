@@ -1,14 +1,17 @@
 """The entity data model of one environment's OData service, derived from the backend.
 
 Each exposed table is one entity type and one entity set of the same name; each column is one
-property. OData names must be CSDL simple identifiers (letters, digits, underscore; not
-starting with a digit; at most 128 characters), so a table or column whose name is not one is
-published under a sanitised name (``"order lines"`` -> ``order_lines``); the model maps names
-both ways so that nothing else in the layer has to care.
+property, and a lookup column (a foreign key to another exposed table) is also a navigation
+property of the column's name, its value then published as ``_<column>_value``. OData names
+must be CSDL simple identifiers (letters, digits, underscore; not starting with a digit; at
+most 128 characters), so a table or column whose name is not one is published under a
+sanitised name (``"order lines"`` -> ``order_lines``); the model maps names both ways so that
+nothing else in the layer has to care.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,8 +19,9 @@ from dataclasses import dataclass, field
 from dualwrite.api.backend import ODataBackend
 from dualwrite.model.schema import Column, Kind, TableSchema
 
-__all__ = ["EntitySetInfo", "PropertyInfo", "ServiceModel", "build_model", "decimal_facets",
-           "edm_type", "odata_identifier", "temporal_precision"]
+__all__ = ["EntitySetInfo", "NavigationInfo", "PropertyInfo", "ServiceModel", "build_model",
+           "decimal_facets", "edm_type", "odata_identifier", "published_column",
+           "temporal_precision"]
 
 _IDENTIFIER = re.compile(r"[^\W\d]\w{0,127}")
 
@@ -50,6 +54,20 @@ class PropertyInfo:
         return self.column.name
 
 
+@dataclass(frozen=True)
+class NavigationInfo:
+    """A single-valued navigation property: the lookup column ``column`` of this entity set
+    holds ``target_column`` of a row of the entity set ``target`` (the referential
+    constraint). It is named as the lookup column; the column's value is published as the
+    structural property ``_<column>_value``, as Dataverse's Web API does."""
+
+    name: str
+    column: str
+    target: str
+    target_column: str
+    nullable: bool = True
+
+
 @dataclass
 class EntitySetInfo:
     """One entity set (and its entity type, of the same name)."""
@@ -62,6 +80,8 @@ class EntitySetInfo:
     key: tuple[str, ...]
     #: alternate keys, as tuples of property names
     alternate_keys: list[tuple[str, ...]] = field(default_factory=list)
+    #: navigation properties by name
+    navigations: dict[str, NavigationInfo] = field(default_factory=dict)
     _by_fold: dict[str, PropertyInfo] = field(default_factory=dict, repr=False)
     _by_column: dict[str, PropertyInfo] = field(default_factory=dict, repr=False)
 
@@ -76,6 +96,14 @@ class EntitySetInfo:
 
     def by_column(self, column: str) -> PropertyInfo | None:
         return self._by_column.get(column)
+
+    def navigation(self, name: str) -> NavigationInfo | None:
+        """A navigation property by name: exact, then case-insensitively."""
+        found = self.navigations.get(name)
+        if found is not None:
+            return found
+        return next((n for n in self.navigations.values()
+                     if n.name.casefold() == name.casefold()), None)
 
     @property
     def key_columns(self) -> tuple[str, ...]:
@@ -112,10 +140,35 @@ def build_model(backend: ODataBackend, env: str) -> ServiceModel:
     """
     namespace = "dualwrite." + odata_identifier(env)
     sets: dict[str, EntitySetInfo] = {}
-    for schema in backend.entity_sets(env):
+    schemas = backend.entity_sets(env)
+    for schema in schemas:
         info = _entity_set(backend, env, schema, sets.keys())
         if info is not None:
             sets[info.name] = info
+    # a lookup to a table the service publishes becomes a navigation property
+    by_table = {es.table: es for es in sets.values()}
+    for es in sets.values():
+        taken = {p.casefold() for p in es.properties}
+        renames: dict[str, str] = {}
+        for fk in es.schema.foreign_keys:
+            target = by_table.get(fk.table)
+            if len(fk.columns) != 1 or target is None or \
+                    target.by_column(fk.ref_columns[0]) is None:
+                continue
+            prop = es.by_column(fk.columns[0])
+            if prop is None or prop.name in es.key or prop.name in renames or \
+                    any(prop.name in alt for alt in es.alternate_keys):
+                continue  # a key is addressed by value; it stays a plain property
+            value_name = odata_identifier(f"_{prop.name}_value", taken)
+            taken.add(value_name.casefold())
+            renames[prop.name] = value_name
+            es.navigations[prop.name] = NavigationInfo(
+                prop.name, prop.column.name, target.name, fk.ref_columns[0],
+                prop.column.nullable)
+        if renames:
+            es.properties = {renames.get(n, n): PropertyInfo(renames.get(n, n), p.column)
+                             for n, p in es.properties.items()}
+            es.__post_init__()
     return ServiceModel(env=env, namespace=namespace, sets=sets)
 
 
@@ -126,7 +179,7 @@ def _entity_set(backend: ODataBackend, env: str, schema: TableSchema,
     props: dict[str, PropertyInfo] = {}
     for column in schema.columns.values():
         pname = odata_identifier(column.name, props.keys())
-        props[pname] = PropertyInfo(pname, column)
+        props[pname] = PropertyInfo(pname, published_column(column))
     by_column = {p.column.name.casefold(): p.name for p in props.values()}
 
     def names(columns: Iterable[str]) -> tuple[str, ...] | None:
@@ -147,6 +200,16 @@ def _entity_set(backend: ODataBackend, env: str, schema: TableSchema,
         alternates.remove(key)
     return EntitySetInfo(name=name, table=schema.name, schema=schema, properties=props,
                          key=key, alternate_keys=alternates)
+
+
+def published_column(column: Column) -> Column:
+    """The column as the service publishes it: the connector's column, except that MariaDB's
+    ``tinyint(1)`` (what ``BOOLEAN`` is there) is a boolean. The property's values are then
+    read as true/false, written as true/false (the driver stores 1/0) and filtered with
+    ``true``/``false`` literals, never as numbers."""
+    if column.kind is Kind.INTEGER and column.sql_type.replace(" ", "").upper() == "TINYINT(1)":
+        return dataclasses.replace(column, kind=Kind.BOOLEAN)
+    return column
 
 
 def edm_type(column: Column) -> str:

@@ -1,11 +1,12 @@
-"""The OData v4 service of dualwrite: ``/odata/<env>/`` over an :class:`ODataBackend`.
+"""The OData 4.01 service of dualwrite: ``/odata/<env>/`` over an :class:`ODataBackend`.
 
 :func:`create_app` returns a Starlette app; :func:`odata_mount` the ``/odata`` mount alone,
 for an app that serves other routes too. Per environment:
 
 * ``GET /odata/<env>/`` service document; ``GET /odata/<env>/$metadata`` CSDL XML (or JSON
   with ``$format=json``);
-* ``GET <set>`` with ``$filter $select $orderby $top $skip $count $skiptoken``, server-driven
+* ``GET <set>`` with ``$filter $select $orderby $top $skip $count $skiptoken $expand``
+  (``$expand`` one level deep; ``$filter`` through navigation properties), server-driven
   paging (``@odata.nextLink``; ``Prefer: odata.maxpagesize``); ``GET <set>/$count``;
 * ``GET|PATCH|PUT|DELETE <set>(<key>)`` by entity key (``('C-1')``, ``(1)``,
   ``(dataAreaId='usmf',ACCOUNT='C-1')``) or alternate key; ``POST <set>`` creates;
@@ -16,9 +17,11 @@ with all its ops. ETags are computed here from row contents (:func:`.payload.eta
 ``If-Match``/``If-None-Match`` checked against the row read just before the write; the op
 carries ``if_match`` so the engine can check again inside its transaction.
 
-Every response carries ``OData-Version: 4.0``; every error is an OData JSON error object with
-the right status; a request needs ``Authorization: Bearer <token>``. This module parses,
-dispatches and renders only: the engine decides what a write means.
+Every response carries ``OData-Version: 4.01`` (``4.0`` to a client whose
+``OData-MaxVersion`` is 4.0), and ``$metadata`` says the same version in XML and JSON; every
+error is an OData JSON error object with the right status; a request needs
+``Authorization: Bearer <token>``. This module parses, dispatches and renders only: the
+engine decides what a write means.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ from dualwrite.api.auth import authenticate, authorize
 from dualwrite.api.backend import ODataBackend, Principal, WriteOp
 from dualwrite.api.errors import ODataError, bad_request, error_response
 from dualwrite.api.literals import entity_path, lookup_key, parse_key_predicate, split_path
-from dualwrite.api.model import EntitySetInfo, ServiceModel, build_model
+from dualwrite.api.model import EntitySetInfo, NavigationInfo, ServiceModel, build_model
 from dualwrite.api.payload import (
     dumps,
     entity_values,
@@ -56,22 +59,32 @@ from dualwrite.api.query import (
     Preferences,
     Query,
     accepts,
+    check_types,
     encode_query,
     parse_bool_option,
     parse_count_number,
+    parse_expand,
     parse_orderby,
     parse_prefer,
     parse_query,
     parse_select,
     parse_where,
+    resolve_properties,
     response_format,
 )
-from dualwrite.model.filters import And, Compare, Expr, Literal, Property
+from dualwrite.model.filters import And, Compare, Expr, In, Literal, Property
 from dualwrite.model.values import canonical
 
 __all__ = ["ODataService", "create_app", "create_router", "odata_mount"]
 
-ODATA_VERSION = "4.0"
+#: The OData version this service speaks; a request whose OData-MaxVersion is 4.0 is answered
+#: in 4.0 (see :func:`negotiated_version`).
+ODATA_VERSION = "4.01"
+#: Most related entities a $filter condition through a navigation property may match.
+MAX_JOINED = 10_000
+#: navigation property -> (its target set, the $select inside $expand, related rows by the
+#: canonical value of the referenced column)
+Expansions = dict[str, tuple[EntitySetInfo, list[str] | None, dict[Any, dict[str, Any]]]]
 #: Largest request body accepted, in bytes (413 above it).
 MAX_BODY_BYTES = 32 * 1024 * 1024
 
@@ -92,6 +105,9 @@ class HttpRequest:
     body: bytes = b""
     json: Any = None
     has_json: bool = False
+    #: inside a change set: ``path`` names the entity set, and the entity is the row that op
+    #: number ``ref`` of the change set creates (a ``$<id>`` whose key is not known yet)
+    ref: int | None = None
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
@@ -126,6 +142,8 @@ class Context:
     model: ServiceModel
     principal: Principal
     root: str  # absolute service root URL, ending with '/'
+    #: the OData version of the responses (OData-Version), as negotiated
+    version: str = ODATA_VERSION
 
 
 @dataclass
@@ -136,6 +154,9 @@ class Target:
     es: EntitySetInfo | None = None
     key: dict[str, Any] | None = None  # column -> value, as given in the URL
     primary: bool = True  # whether ``key`` is the entity key (else an alternate key)
+    #: inside a change set: the index of the earlier op whose row (with a key the database
+    #: generates) this addresses; ``key`` is empty then
+    ref: int | None = None
 
 
 @dataclass
@@ -153,10 +174,32 @@ class WritePlan:
     known: dict[str, Any]
     #: column -> value of the entity key, when known before the write
     key_row: dict[str, Any] | None
+    #: the op's place in its change set (0 outside one)
+    index: int = 0
 
 
-#: Overlay of a change set being planned: (table, canonical key) -> exists after earlier ops.
-Overlay = dict[tuple[str, tuple[Any, ...]], bool]
+@dataclass
+class Overlay:
+    """What the earlier writes of a change set being planned do: the backend cannot show
+    their rows before the change set is applied, so existence and the rows created are
+    tracked here."""
+
+    #: (table, canonical entity key) -> whether the row exists after the earlier ops
+    exists: dict[tuple[str, tuple[Any, ...]], bool] = field(default_factory=dict)
+    #: (table, alternate key columns (sorted), canonical values) -> (index of the op that
+    #: created the row, its entity key when the create gave it)
+    created: dict[tuple[str, tuple[str, ...], tuple[Any, ...]],
+                  tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
+    #: index of a create whose key the database generates -> whether its row still exists
+    refs: dict[int, bool] = field(default_factory=dict)
+    #: how many ops have been planned so far (the index of the next one)
+    planned: int = 0
+
+
+def _alternate_slot(es: EntitySetInfo, key: Mapping[str, Any]
+                    ) -> tuple[str, tuple[str, ...], tuple[Any, ...]]:
+    columns = tuple(sorted(key))
+    return es.table, columns, tuple(canonical(key[c]) for c in columns)
 
 
 def json_response(status: int, payload: Any, fmt: Format | None = None,
@@ -175,11 +218,17 @@ class ODataService:
     :class:`HttpResponse`. Synchronous, because the backend is; the ASGI adapter runs it in
     a worker thread."""
 
-    def __init__(self, backend: ODataBackend, *, page_size: int = 1000) -> None:
+    def __init__(self, backend: ODataBackend, *, page_size: int = 1000,
+                 require_if_match: bool = False, upsert: bool = True) -> None:
+        """``require_if_match``: an update or delete of an existing entity without
+        ``If-Match`` is refused with 428 (every entity set publishes ETags). ``upsert``: a
+        PATCH or PUT to a key that does not exist creates the entity (else 404)."""
         if page_size < 1:
             raise ValueError("page_size must be at least 1")
         self.backend = backend
         self.page_size = page_size
+        self.require_if_match = require_if_match
+        self.upsert = upsert
 
     # ---------------------------------------------------------------------------- entry
 
@@ -190,8 +239,8 @@ class ODataService:
             response = self._handle(env_path, request, base)
         except Exception as exc:  # every failure must reach the client as an OData error
             response = self.error(exc)
-        response.headers["OData-Version"] = response.headers.get("OData-Version",
-                                                                 ODATA_VERSION)
+        response.headers["OData-Version"] = response.headers.get(
+            "OData-Version", negotiated_version(request))
         return response
 
     def _handle(self, env_path: str, request: HttpRequest, base: str) -> HttpResponse:
@@ -203,7 +252,8 @@ class ODataService:
         if env not in self.backend.environments():
             raise ODataError(404, "NotFound", f"there is no environment {env!r}", target=env)
         ctx = Context(env=env, model=build_model(self.backend, env), principal=principal,
-                      root=f"{base}/{_quote_segment(env)}/")
+                      root=f"{base}/{_quote_segment(env)}/",
+                      version=negotiated_version(request))
         request = dataclasses.replace(request, path=rest)
         if split_path(rest) == [_BATCH]:
             if request.method != "POST":
@@ -293,7 +343,7 @@ class ODataService:
             _allow(method, ["GET", "PATCH", "PUT", "DELETE"])
             if method == "GET":
                 return self.read_entity(ctx, request, target, query)
-        plan = self.plan_write(ctx, request, target, {})
+        plan = self.plan_write(ctx, request, target, Overlay())
         rows = self.backend.apply(ctx.env, ctx.principal, [plan.op])
         if len(rows) != 1:
             raise RuntimeError(f"backend.apply returned {len(rows)} rows for 1 op")
@@ -329,9 +379,9 @@ class ODataService:
                              f"Accept: {accept}; $metadata is application/xml or "
                              "application/json")
         if as_json:
-            return json_response(200, csdl.metadata_json(ctx.model))
+            return json_response(200, csdl.metadata_json(ctx.model, ctx.version))
         return HttpResponse(200, {"Content-Type": "application/xml;charset=utf-8"},
-                            csdl.metadata_xml(ctx.model))
+                            csdl.metadata_xml(ctx.model, ctx.version))
 
     def context_url(self, ctx: Context, es: EntitySetInfo, select: list[str] | None, *,
                     entity: bool) -> str:
@@ -341,8 +391,10 @@ class ODataService:
         return url + ("/$entity" if entity else "")
 
     def entity(self, ctx: Context, es: EntitySetInfo, row: Mapping[str, Any],
-               select: list[str] | None, fmt: Format, *, top: bool) -> dict[str, Any]:
-        """One entity as JSON: control information, then the (selected) properties."""
+               select: list[str] | None, fmt: Format, *, top: bool,
+               expanded: Expansions | None = None) -> dict[str, Any]:
+        """One entity as JSON: control information, then the (selected) properties, then
+        the ``expanded`` navigation properties (the related entity, or null)."""
         out: dict[str, Any] = {}
         if fmt.metadata != "none":
             if top:
@@ -352,14 +404,45 @@ class ODataService:
                 out["@odata.id"] = ctx.root + entity_path(es, row)
                 out["@odata.editLink"] = entity_path(es, row)
             out["@odata.etag"] = etag_of(es.schema, row)
+        if select is not None:
+            # a client must be able to address what it read: the key is always returned
+            select = [*select, *(k for k in es.key if k not in select)]
         out.update(entity_values(es, row, select, ieee754=fmt.ieee754))
+        for nav, (target, nested, related) in (expanded or {}).items():
+            other = related.get(canonical(row.get(es.navigations[nav].column)))
+            out[nav] = None if other is None else \
+                self.entity(ctx, target, other, nested, fmt, top=False)
+        return out
+
+    def expand(self, ctx: Context, es: EntitySetInfo, query: Query,
+               rows: list[dict[str, Any]]) -> Expansions | None:
+        """The related entities ``$expand`` asks for, read in one query per navigation
+        property (and per 500 distinct values)."""
+        text = query.get("$expand")
+        if text is None:
+            return None
+        out: Expansions = {}
+        for nav, nested in parse_expand(text, es, ctx.model.sets):
+            target = ctx.model.sets[nav.target]
+            wanted = sorted({canonical(v): v for r in rows
+                             if (v := r.get(nav.column)) is not None}.items(),
+                            key=lambda kv: str(kv[0]))
+            related: dict[Any, dict[str, Any]] = {}
+            for start in range(0, len(wanted), 500):
+                chunk = tuple(Literal(v) for _, v in wanted[start:start + 500])
+                for other in self.backend.query(
+                        ctx.env, target.table, columns=None,
+                        where=In(Property(nav.target_column), chunk), order_by=[],
+                        limit=None, offset=0):
+                    related[canonical(other.get(nav.target_column))] = other
+            out[nav.name] = (target, nested, related)
         return out
 
     def read_collection(self, ctx: Context, request: HttpRequest, target: Target,
                         query: Query) -> HttpResponse:
         es = _required(target.es)
         fmt = response_format(query, request.header("accept"))
-        where = self._where(query, es)
+        where = self._where(ctx, query, es)
         select = parse_select(query.options["$select"], es) if "$select" in query.options \
             else None
         order = parse_orderby(query.options["$orderby"], es) if "$orderby" in query.options \
@@ -397,24 +480,54 @@ class ODataService:
             payload["@odata.context"] = self.context_url(ctx, es, select, entity=False)
         if count:
             payload["@odata.count"] = self.backend.count(ctx.env, es.table, where=where)
-        payload["value"] = [self.entity(ctx, es, r, select, fmt, top=False) for r in rows]
+        expanded = self.expand(ctx, es, query, rows)
+        payload["value"] = [self.entity(ctx, es, r, select, fmt, top=False, expanded=expanded)
+                            for r in rows]
         if more:
             pairs = [(n, v) for n, v in query.pairs if n.lower() != "$skiptoken"]
             pairs.append(("$skiptoken", str(delivered + len(rows))))
             payload["@odata.nextLink"] = f"{ctx.root}{request.path}?{encode_query(pairs)}"
         return json_response(200, payload, fmt, headers)
 
-    def _where(self, query: Query, es: EntitySetInfo) -> Expr | None:
+    def _where(self, ctx: Context, query: Query, es: EntitySetInfo) -> Expr | None:
         text = query.get("$filter")
-        return parse_where(text, es, query.aliases) if text is not None else None
+        if text is None:
+            return None
+
+        def join(nav: NavigationInfo, condition: Expr) -> Expr:
+            # a semi-join in two steps: the related rows' referenced values first
+            target = ctx.model.sets[nav.target]
+            where = resolve_properties(condition, target)
+            check_types(condition, target)
+            rows = self.backend.query(ctx.env, target.table, columns=[nav.target_column],
+                                      where=where, order_by=[], limit=MAX_JOINED + 1,
+                                      offset=0)
+            if len(rows) > MAX_JOINED:
+                raise bad_request(
+                    f"$filter condition through {nav.name!r} matches more than {MAX_JOINED} "
+                    f"entities of {target.name!r}", target="$filter", code="InvalidFilter",
+                    hint=f"narrow the condition, or filter {target.name!r} itself")
+            values = {canonical(r[nav.target_column]): r[nav.target_column] for r in rows
+                      if r.get(nav.target_column) is not None}
+            prop = _required(es.by_column(nav.column))
+            if not values:  # nothing related matches: a condition no row passes
+                return And(Compare("eq", Property(prop.name), Literal(None)),
+                           Compare("ne", Property(prop.name), Literal(None)))
+            return In(Property(prop.name), tuple(Literal(v) for v in values.values()))
+
+        return parse_where(text, es, query.aliases, join)
 
     def read_count(self, ctx: Context, request: HttpRequest, target: Target,
                    query: Query) -> HttpResponse:
         es = _required(target.es)
         query.only({"$filter", "$format"}, f"{es.name}/$count")
-        if not accepts(request.header("accept"), "text/plain"):
-            raise ODataError(406, "NotAcceptable", "$count is served as text/plain")
-        n = self.backend.count(ctx.env, es.table, where=self._where(query, es))
+        # python-odata and the SAP Cloud SDK ask for the count with Accept: application/json;
+        # services answer them text/plain all the same, so JSON is accepted as asking for it
+        accept = request.header("accept")
+        if not (accepts(accept, "text/plain") or accepts(accept, "application/json")):
+            raise ODataError(406, "NotAcceptable", f"$count is served as text/plain; Accept: "
+                             f"{accept} admits neither text/plain nor application/json")
+        n = self.backend.count(ctx.env, es.table, where=self._where(ctx, query, es))
         return HttpResponse(200, {"Content-Type": "text/plain;charset=utf-8"},
                             str(n).encode("ascii"), payload=None)
 
@@ -440,7 +553,7 @@ class ODataService:
     def read_entity(self, ctx: Context, request: HttpRequest, target: Target,
                     query: Query) -> HttpResponse:
         es = _required(target.es)
-        query.only({"$select", "$format"}, "a single entity")
+        query.only({"$select", "$format", "$expand"}, "a single entity")
         fmt = response_format(query, request.header("accept"))
         select = parse_select(query.options["$select"], es) if "$select" in query.options \
             else None
@@ -456,15 +569,17 @@ class ODataService:
         if if_match and not etag_matches(if_match, etag):
             raise ODataError(412, "PreconditionFailed",
                              "the entity's ETag does not match If-Match")
-        response = json_response(200, self.entity(ctx, es, row, select, fmt, top=True), fmt,
-                                 {"ETag": etag})
+        response = json_response(200, self.entity(
+            ctx, es, row, select, fmt, top=True, expanded=self.expand(ctx, es, query, [row])),
+            fmt, {"ETag": etag})
         response.entity_path, response.etag = entity_path(es, row), etag
         response.entity = entity_values(es, row)
         return response
 
     # ---------------------------------------------------------------------------- writes
 
-    def _body(self, request: HttpRequest, es: EntitySetInfo) -> dict[str, Any]:
+    def _body(self, ctx: Context, request: HttpRequest, es: EntitySetInfo) -> dict[str, Any]:
+        sets = ctx.model.sets
         # a missing Content-Type is taken as JSON: curl and batch parts often omit it
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
         if content_type and content_type != "application/json":
@@ -472,11 +587,11 @@ class ODataService:
                              f"request bodies must be application/json, not {content_type}",
                              target="Content-Type")
         if request.has_json:
-            return parse_entity_body(es, request.json)
+            return parse_entity_body(es, request.json, sets)
         if not request.body.strip():
             raise bad_request("the request needs a JSON body holding the entity",
                               code="InvalidBody")
-        return parse_entity_body(es, loads(request.body))
+        return parse_entity_body(es, loads(request.body), sets)
 
     def plan_write(self, ctx: Context, request: HttpRequest, target: Target,
                    overlay: Overlay) -> WritePlan:
@@ -486,8 +601,17 @@ class ODataService:
         ``If-None-Match`` here. ``overlay`` records what earlier writes of the same change set
         do, since the backend cannot show their rows before the change set is applied: for a
         row an earlier op touched, existence comes from the overlay and the ETag check is left
-        to the engine (through ``WriteOp.if_match``).
+        to the engine (through ``WriteOp.if_match``). A row an earlier op created can be
+        addressed by its entity key, by an alternate key its create gave, or (``target.ref``)
+        as that op's row when the database generates its key.
         """
+        plan = self._plan_write(ctx, request, target, overlay)
+        plan.index = overlay.planned
+        overlay.planned += 1
+        return plan
+
+    def _plan_write(self, ctx: Context, request: HttpRequest, target: Target,
+                    overlay: Overlay) -> WritePlan:
         es = _required(target.es)
         method = request.method.upper()
         query = parse_query(request.query)
@@ -500,16 +624,34 @@ class ODataService:
         if_none_match = request.header("if-none-match")
 
         if target.kind == "collection":  # POST: create
-            values = self._body(request, es)
+            values = self._body(ctx, request, es)
             key_row = _full_key(es, values)
             if key_row is not None:
-                overlay[(es.table, _key_of(es, key_row))] = True
+                overlay.exists[(es.table, _key_of(es, key_row))] = True
+            else:
+                overlay.refs[overlay.planned] = True
+            for alternate in es.alternate_keys:
+                columns = [es.properties[p].column.name for p in alternate]
+                if all(values.get(c) is not None for c in columns):
+                    overlay.created[_alternate_slot(es, {c: values[c] for c in columns})] = \
+                        (overlay.planned, key_row)
             op = WriteOp("create", es.table, None, values, None)
             return WritePlan(op, es, True, prefer, select, fmt,
                              _known(es, values), key_row)
 
+        values = self._body(ctx, request, es) if method != "DELETE" else {}
         url_key = _required(target.key)
-        values = self._body(request, es) if method != "DELETE" else {}
+        ref = target.ref
+        if ref is None and not target.primary:
+            made = overlay.created.get(_alternate_slot(es, url_key))
+            if made is not None:  # created earlier in this change set
+                if made[1] is None:
+                    ref = made[0]
+                else:
+                    url_key, target = dict(made[1]), dataclasses.replace(target, primary=True)
+        if ref is not None:
+            return self._plan_on_ref(es, method, ref, values, overlay, prefer, select, fmt,
+                                     if_match)
         pk: dict[str, Any] | None
         slot: tuple[str, tuple[Any, ...]] | None = None
         exists: bool
@@ -519,23 +661,24 @@ class ODataService:
             slot = (es.table, _key_of(es, pk))
         else:
             pk = None
-        if slot is not None and slot in overlay:
-            exists = overlay[slot]
+        if slot is not None and slot in overlay.exists:
+            exists = overlay.exists[slot]
         else:
             current = self.find(ctx, es, url_key, target.primary)
             exists = current is not None
             if current is not None and pk is None:
                 pk = {c: current.get(c) for c in es.key_columns}
                 slot = (es.table, _key_of(es, pk))
-                if slot in overlay:
-                    exists, current = overlay[slot], None
+                if slot in overlay.exists:
+                    exists, current = overlay.exists[slot], None
         if exists and if_none_match is not None and (
                 current is None or etag_matches(if_none_match, etag_of(es.schema, current))):
             raise ODataError(412, "PreconditionFailed",
                              "If-None-Match: the entity exists already",
                              hint="drop If-None-Match to update it")
         if not exists:
-            if method == "DELETE" or if_match is not None or not target.primary:
+            if method == "DELETE" or if_match is not None or not target.primary or \
+                    not self.upsert:
                 raise _not_found(es, target) if if_match is None else ODataError(
                     412, "PreconditionFailed", "If-Match: the entity does not exist")
             # upsert: PATCH or PUT to a key that does not exist creates the entity
@@ -545,17 +688,25 @@ class ODataService:
                     raise _key_mismatch(es, column)
                 merged[column] = value
             if slot is not None:
-                overlay[slot] = True
+                overlay.exists[slot] = True
             op = WriteOp("create", es.table, None, merged, None)
             return WritePlan(op, es, True, prefer, select, fmt, _known(es, merged),
                              dict(url_key))
+        if current is not None and if_match is None and self.require_if_match:
+            # an entity an earlier op of the same change set wrote has no ETag the client
+            # could know: only entities read from the database need one
+            raise ODataError(428, "PreconditionRequired",
+                             f"{method} of an existing entity needs If-Match with its ETag "
+                             "(this service has serve.require_if_match on)",
+                             hint="read the entity, then send its ETag (the ETag header or "
+                             "@odata.etag) in If-Match; If-Match: * overrides any version")
         if current is not None and if_match is not None and \
                 not etag_matches(if_match, etag_of(es.schema, current)):
             raise ODataError(412, "PreconditionFailed",
                              "If-Match: the entity has changed since the ETag was read")
         assert pk is not None and slot is not None
         if method == "DELETE":
-            overlay[slot] = False
+            overlay.exists[slot] = False
             op = WriteOp("delete", es.table, pk, {}, if_match)
             return WritePlan(op, es, False, prefer, select, fmt, {}, pk)
         changes = {}
@@ -573,9 +724,39 @@ class ODataService:
                     changes[name] = None
         else:
             kind = "update"
-        overlay[slot] = True
+        overlay.exists[slot] = True
         op = WriteOp(kind, es.table, pk, changes, if_match)  # type: ignore[arg-type]
         return WritePlan(op, es, False, prefer, select, fmt, _known(es, {**pk, **changes}), pk)
+
+    def _plan_on_ref(self, es: EntitySetInfo, method: str, ref: int, values: dict[str, Any],
+                     overlay: Overlay, prefer: Preferences, select: list[str] | None,
+                     fmt: Format, if_match: str | None) -> WritePlan:
+        """A write to the row op ``ref`` of the change set creates, whose key the database
+        generates: the backend fills the key in from that op's row."""
+        if not overlay.refs.get(ref, False):
+            raise ODataError(404, "NotFound", f"the entity of {es.name!r} that request "
+                             f"{ref + 1} of the change set created does not exist any more",
+                             target=es.name)
+        if method == "DELETE":
+            overlay.refs[ref] = False
+            return WritePlan(WriteOp("delete", es.table, None, {}, if_match, ref=ref), es,
+                             False, prefer, select, fmt, {}, None)
+        changes = {}
+        for column, value in values.items():
+            if column in es.key_columns:
+                prop = es.by_column(column)
+                raise bad_request(f"key property {prop.name if prop else column!r} cannot be "
+                                  "set on an entity whose key the database generates",
+                                  target=prop.name if prop else column, code="KeyMismatch")
+            changes[column] = value
+        kind = "replace" if method == "PUT" else "update"
+        if kind == "replace":
+            for prop in es.properties.values():
+                name = prop.column.name
+                if name not in es.key_columns and name not in changes:
+                    changes[name] = None
+        op = WriteOp(kind, es.table, None, changes, if_match, ref=ref)  # type: ignore[arg-type]
+        return WritePlan(op, es, False, prefer, select, fmt, _known(es, changes), None)
 
     def render_write(self, ctx: Context, plan: WritePlan,
                      row: dict[str, Any] | None) -> HttpResponse:
@@ -655,11 +836,25 @@ def _known(es: EntitySetInfo, values: Mapping[str, Any]) -> dict[str, Any]:
     return entity_values(es, values)
 
 
+def negotiated_version(request: HttpRequest) -> str:
+    """The version a response to ``request`` speaks: 4.01, or 4.0 for a client whose
+    OData-MaxVersion is below 4.01 (a service answers in the highest version it supports up
+    to the client's maximum)."""
+    max_version = request.header("odata-maxversion")
+    if max_version is not None:
+        try:
+            if Decimal(max_version.strip()) < Decimal("4.01"):
+                return "4.0"
+        except InvalidOperation:
+            pass  # _check_versions refuses it
+    return ODATA_VERSION
+
+
 def _check_versions(request: HttpRequest) -> None:
     version = request.header("odata-version")
     if version is not None and version.strip() not in ("4.0", "4.01"):
         raise bad_request(f"OData-Version {version} is not supported; this service speaks "
-                          "OData 4.0 (and 4.01 JSON batches)", target="OData-Version",
+                          "OData 4.01 (and 4.0)", target="OData-Version",
                           code="UnsupportedVersion")
     max_version = request.header("odata-maxversion")
     if max_version is not None:
@@ -669,7 +864,7 @@ def _check_versions(request: HttpRequest) -> None:
             raise bad_request(f"OData-MaxVersion {max_version!r} is not a version number",
                               target="OData-MaxVersion", code="UnsupportedVersion") from None
         if too_old:
-            raise bad_request(f"OData-MaxVersion {max_version} is below 4.0, the only version "
+            raise bad_request(f"OData-MaxVersion {max_version} is below 4.0, the lowest version "
                               "this service speaks", target="OData-MaxVersion",
                               code="UnsupportedVersion")
 
@@ -723,18 +918,25 @@ class ODataASGI:
                        headers=response.headers)(scope, receive, send)
 
 
-def odata_mount(backend: ODataBackend, *, page_size: int = 1000,
-                path: str = "/odata") -> Mount:
-    """The ``/odata`` mount, to place in an app's routes next to others."""
-    return Mount(path, app=ODataASGI(ODataService(backend, page_size=page_size)))
+def odata_mount(backend: ODataBackend, *, page_size: int = 1000, path: str = "/odata",
+                require_if_match: bool = False, upsert: bool = True) -> Mount:
+    """The ``/odata`` mount, to place in an app's routes next to others (the keywords are
+    :class:`ODataService`'s)."""
+    return Mount(path, app=ODataASGI(ODataService(
+        backend, page_size=page_size, require_if_match=require_if_match, upsert=upsert)))
 
 
-def create_router(backend: ODataBackend, *, page_size: int = 1000) -> Router:
+def create_router(backend: ODataBackend, *, page_size: int = 1000,
+                  require_if_match: bool = False, upsert: bool = True) -> Router:
     """A Router holding only the ``/odata`` mount."""
-    return Router(routes=[odata_mount(backend, page_size=page_size)])
+    return Router(routes=[odata_mount(backend, page_size=page_size,
+                                      require_if_match=require_if_match, upsert=upsert)])
 
 
-def create_app(backend: ODataBackend, *, page_size: int = 1000) -> Starlette:
+def create_app(backend: ODataBackend, *, page_size: int = 1000,
+               require_if_match: bool = False, upsert: bool = True) -> Starlette:
     """A Starlette app serving ``/odata/<env>/`` for every environment of ``backend``.
-    ``page_size`` is the most entities one response carries (server-driven paging)."""
-    return Starlette(routes=[odata_mount(backend, page_size=page_size)])
+    ``page_size`` is the most entities one response carries (server-driven paging); the
+    other keywords are :class:`ODataService`'s."""
+    return Starlette(routes=[odata_mount(backend, page_size=page_size,
+                                         require_if_match=require_if_match, upsert=upsert)])

@@ -19,7 +19,13 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from dualwrite.api.errors import ODataError, bad_request
-from dualwrite.api.literals import decode_base64, parse_temporal
+from dualwrite.api.literals import (
+    decode_base64,
+    lookup_key,
+    parse_key_predicate,
+    parse_temporal,
+    split_path,
+)
 from dualwrite.api.model import EntitySetInfo, PropertyInfo, edm_type
 from dualwrite.model.conversion import duration_value, fit, parse_time
 from dualwrite.model.schema import Column, Facets, Kind, TableSchema
@@ -115,12 +121,37 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _check_text(value: Any, what: str) -> None:
+    """Refuse a string holding a lone surrogate (JSON's ``"\\ud800"`` escape without its
+    pair): it is no Unicode character, and no database can store it."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                shown = item.encode("utf-8", "backslashreplace").decode("ascii", "replace")
+                raise bad_request(
+                    f"the {what} holds a lone surrogate (\\u{ord(item[exc.start]):04x}) in "
+                    f"the string {shown[:60]!r}, which is not a Unicode character",
+                    code="InvalidJson", hint="send UTF-16 surrogates only in pairs (one "
+                    "character above U+FFFF), or the character itself") from None
+
+
 def loads(body: bytes | str, *, what: str = "request body") -> Any:
     """Parse JSON text exactly (decimals as Decimal); a 400 ODataError if it is not JSON."""
     try:
         text = body.decode("utf-8") if isinstance(body, bytes) else body
-        return json.loads(text, parse_float=Decimal, object_pairs_hook=_no_duplicates,
-                          parse_constant=_reject_constant)
+        value = json.loads(text, parse_float=Decimal, object_pairs_hook=_no_duplicates,
+                           parse_constant=_reject_constant)
+        _check_text(value, what)
+        return value
     except UnicodeDecodeError:
         raise bad_request(f"the {what} is not UTF-8 text", code="InvalidJson") from None
     except RecursionError:
@@ -421,12 +452,39 @@ def _number_in(value: Any, prop: PropertyInfo) -> Any:
     return value
 
 
-def parse_entity_body(entity_set: EntitySetInfo, body: Any) -> dict[str, Any]:
+def _bound_value(entity_set: EntitySetInfo, name: str, value: Any,
+                 sets: Mapping[str, EntitySetInfo]) -> tuple[str, Any]:
+    """(column, value) a navigation binding ``nav@odata.bind: "target(key)"`` sets: the
+    lookup column takes the referenced value of the entity the binding names."""
+    nav_name = name.rsplit("@", 1)[0]
+    nav = entity_set.navigation(nav_name)
+    if nav is None:
+        raise ODataError(400, "UnknownProperty", f"{name!r}: entity set {entity_set.name!r} "
+                         f"has no navigation property {nav_name!r}", target=name)
+    target = sets[nav.target]
+    if value is None:
+        return nav.column, None
+    text = value if isinstance(value, str) else ""
+    start = text.find(f"{target.name}(")
+    segments = split_path(text[start:]) if start >= 0 else []
+    if len(segments) != 1 or segments[0].key is None:
+        raise ODataError(400, "InvalidValue", f"{name!r}: {value!r} does not name an entity "
+                         f"of {target.name!r}, e.g. {target.name}(<key>)", target=name)
+    key, primary = lookup_key(target, parse_key_predicate(segments[0].key))
+    if not primary or list(key) != [nav.target_column]:
+        raise ODataError(400, "InvalidValue", f"{name!r}: bind {nav.name!r} by the key of "
+                         f"{target.name!r}, which its lookup column holds", target=name)
+    return nav.column, key[nav.target_column]
+
+
+def parse_entity_body(entity_set: EntitySetInfo, body: Any,
+                      sets: Mapping[str, EntitySetInfo] | None = None) -> dict[str, Any]:
     """Column -> value for an entity sent in a request body.
 
-    Instance annotations (``@odata.type``, ``x@odata.etag``...) are ignored; a navigation
-    binding (``x@odata.bind``) is refused with 501, since the tables have no navigation
-    properties. An unknown property is a 400 naming it.
+    Instance annotations (``@odata.type``, ``x@odata.etag``...) are ignored. A navigation
+    binding (``nav@odata.bind: "target(<key>)"``) sets the lookup column (``sets``: the
+    entity sets by name, to find the target; without them, 501). An unknown property is a
+    400 naming it.
     """
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object holding the entity's "
@@ -436,9 +494,17 @@ def parse_entity_body(entity_set: EntitySetInfo, body: Any) -> dict[str, Any]:
     for name, value in body.items():
         if "@" in name:
             if name.endswith("@odata.bind") or name.endswith("@bind"):
-                raise ODataError(501, "NotImplemented",
-                                 f"{name!r}: binding navigation properties is not supported; "
-                                 "the entity sets have no navigation properties", target=name)
+                if sets is None:
+                    raise ODataError(501, "NotImplemented", f"{name!r}: binding navigation "
+                                     "properties is not supported here", target=name)
+                column, bound = _bound_value(entity_set, name, value, sets)
+                prop = entity_set.by_column(column)
+                assert prop is not None  # build_model made the navigation from this column
+                if prop.name in seen:
+                    raise bad_request(f"{prop.name!r} is given twice ({seen[prop.name]!r} "
+                                      f"and {name!r})", target=name, code="InvalidBody")
+                seen[prop.name] = name
+                values[column] = from_json(to_json(bound, prop.column), prop)
             continue
         prop = entity_set.prop(name)
         if prop is None:

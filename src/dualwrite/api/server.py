@@ -121,6 +121,8 @@ def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
         Route("/metrics", metrics_endpoint(link)),
         Route("/console", to_console),
         console_mount(link),
-        odata_mount(backend, page_size=link.config.model.serve.page_size),
+        odata_mount(backend, page_size=link.config.model.serve.page_size,
+                    require_if_match=link.config.model.serve.require_if_match,
+                    upsert=link.config.model.serve.upsert),
     ], lifespan=lifespan, middleware=[
         Middleware(ODataRequestCounter, link_name=link.config.link_name)])

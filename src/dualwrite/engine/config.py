@@ -50,6 +50,10 @@ class ServeConfig(BaseModel):
     access_log: bool = True
     #: write $filter with its literal values as *** (property names and operators stay)
     redact_filter: bool = False
+    #: refuse (428) an OData update or delete of an existing entity sent without If-Match
+    require_if_match: bool = False
+    #: an OData PATCH or PUT to a key that does not exist creates the entity (off: 404)
+    upsert: bool = True
 
 
 class QueueBudget(BaseModel):
