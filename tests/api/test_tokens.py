@@ -115,7 +115,7 @@ def test_tokens_made_before_roles_keep_their_principals_role_or_read(tmp_path: P
             conn.exec_driver_sql("INSERT INTO tokens VALUES (?, ?, ?, '2026-01-01', NULL)",
                                  (name[:8], name, token_hash(f"dw_{name}_secret")))
     old.dispose()
-    state = StateStore(f"sqlite:///{db}")
+    state = StateStore(f"sqlite:///{db}", upgrade=True)  # `dualwrite state upgrade`
     try:
         got = {n: authenticate(state, f"dw_{n}_secret") for n in ("root", "clerk", "plain")}
         assert {n: (p.role, p.licences) for n, p in got.items() if p} == {
