@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from capture_fixtures import ITEMS_MAP, Items, drain, fresh_tables, items_metadata, link_config
 from dualwrite.engine.state import HEARTBEAT_TIMEOUT
+from dualwrite.model.maps import Side
 
 from conftest import BackendFactory
 
@@ -140,3 +141,39 @@ def test_pausing_a_map_holds_the_maps_that_depend_on_it(
         assert ("usmf", "C-0040") in p.accounts()
         assert link.state.errors() == []
         assert all(v.ok for v in link.verify())
+
+
+@pytest.mark.parametrize("kinds", [("postgresql", "postgresql"), ("postgresql", "mariadb")],
+                         ids=lambda k: "-".join(k))
+def test_changes_applied_but_not_yet_deleted_at_a_crash_are_no_conflict_after(
+        make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
+    """An applier killed between committing an apply and deleting those changes from the
+    source log leaves them there, marked applied on the target. The application on the
+    target then writes over the applied value (having seen it). A new applier must not take
+    the left-behind changes for the target's own and record a conflict: every write saw the
+    one before."""
+    from capture_fixtures import make_items
+
+    it = make_items(make_backend, tmp_path, *kinds, policy="manual")
+    it.left.insert("items", [{"id": 1, "name": "init", "qty": 1}])
+    with it.link() as link:
+        link.start_maps()
+        crashed = link.applier()
+        try:
+            it.right.app_sql("UPDATE items SET name = 'R1' WHERE id = 1")
+            crashed.logs[Side.RIGHT].forget = lambda *a, **k: None  # type: ignore[method-assign]
+            crashed.maps(refresh=True)
+            assert crashed.step() == 1  # applied to the left; the right's log keeps it
+        finally:
+            crashed.close()
+        assert it.rows("left")[1] == ("R1", 1) and it.log("right")
+        it.left.app_sql("UPDATE items SET name = 'L2' WHERE id = 1")  # over R1: it saw it
+        after = link.applier()
+        try:
+            after.prune_markers()  # what `run` does first
+            assert it.log("right") == []
+            drain(after)
+        finally:
+            after.close()
+        assert link.state.errors() == [] and link.state.conflicts("items") == []
+        assert it.rows("left")[1] == it.rows("right")[1] == ("L2", 1)

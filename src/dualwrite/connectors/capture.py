@@ -1412,6 +1412,21 @@ class CaptureLog:
             return [(str(r[0]), str(r[1]), str(r[2])) for r in conn.execute(sa.text(
                 f"SELECT source, map, txid FROM {APPLIED} WHERE txid <> ''"))]
 
+    def forget_transactions(self, pairs: Sequence[tuple[str, str]], *,
+                            fence: tuple[str, int] | None = None) -> None:
+        """Delete the changes of the given (map, txid) from the log (behind the fence
+        ``(link, epoch)``, if given): those the other side marked applied, when a process
+        that applied them stopped before it deleted them."""
+        if not pairs or not self.has_txid:
+            return
+        self._forgotten = True
+        c = self.connector
+        with c.translating("forget applied changes"), c.engine.begin() as conn:
+            if fence is not None:
+                self.fence(conn, *fence)
+            conn.execute(sa.text(f"DELETE FROM {CHANGES} WHERE map = :m AND txid = :t"),
+                         [{"m": m, "t": int(t)} for m, t in pairs])
+
     def txids_present(self, txids: Sequence[str]) -> set[str]:
         """Which of ``txids`` still have changes in this log."""
         if not txids or not self._exists():

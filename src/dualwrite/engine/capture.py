@@ -1538,8 +1538,12 @@ class Applier:
 
     # -- housekeeping ------------------------------------------------------------------------
     def prune_markers(self) -> None:
-        """Drop applied positions whose source changes are gone (a crash between deleting
-        them from the source log and dropping the position leaves a few behind)."""
+        """At start: finish what a stopped applier left half done. Changes it applied (their
+        position marked on the target) but did not delete from the source log yet are
+        deleted now, before anything is applied: the other direction would otherwise take
+        them for the target's own changes not yet applied, and see a conflict that is not
+        one. Then applied positions whose source changes are gone are dropped (a crash
+        between deleting them and dropping the position leaves a few behind)."""
         for t in Side:
             s = t.other
             try:
@@ -1548,7 +1552,10 @@ class Applier:
                 if not marks:
                     continue
                 present = self.logs[s].txids_present(sorted({x for _m, x in marks}))
-                stale = [(m, x) for m, x in marks if x not in present]
+                left_behind = [(m, x) for m, x in marks if x in present]
+                if left_behind:
+                    self.logs[s].forget_transactions(left_behind, fence=self._fenced())
+                stale = marks
                 if stale:
                     with self.link.connectors[t].transaction() as sess:
                         self.logs[t].unmark(sess.conn, self.env[s], stale)  # type: ignore[attr-defined]
