@@ -15,13 +15,15 @@ Every error names what was wrong and what to do about it. The tree::
     ├── ConnectorError                  a database refused or failed an operation
     │   ├── TransientConnectorError     worth retrying: connection lost, deadlock, timeout
     │   └── TerminalConnectorError      retrying will not help: bad credentials, missing table
-    │       └── ConstraintViolation     the database rejected a row: not null, unique, FK, check
+    │       └── ConstraintViolation     the database rejected a row (``kind``: unique, not_null...)
     ├── RowError                        one row cannot be written or transformed (map, side,
     │                                   key, field, value); initial sync sends it to the inbox
     └── ServiceUnavailable              a service a test or command needs is down
 
 Driver exceptions are translated to ``ConnectorError`` at one choke point per connector
-(``raise ... from exc``), so callers never see a driver-specific type.
+(``raise ... from exc``), so callers never see a driver-specific type. Which error a driver's
+is follows from its code (SQLSTATE, error number, SQLite result code), never its words: see
+docs/operations.md, "How errors are classified".
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """SQL connectors on SQLAlchemy Core: the behaviour shared by SQLite, PostgreSQL and MariaDB.
 
-Dialect modules override a few hooks (bulk insert, binary ordering of string keys, error
-classification). Everything a driver raises passes through :meth:`SqlConnector._translate`.
+Dialect modules override a few hooks (bulk insert, binary ordering of string keys) and hold
+their driver's table of error codes (error classes: see :class:`Fault`). Everything a driver
+raises passes through :meth:`SqlConnector.translating`, the one translation point.
 """
 
 from __future__ import annotations
