@@ -109,6 +109,7 @@ def fault_by_text(exc: BaseException) -> Fault:
         return Fault.TRANSIENT
     return Fault.TERMINAL
 
+
 #: (SQLAlchemy type, kind), most specific first
 _KINDS: list[tuple[type[Any], Kind]] = [
     (sqltypes.Boolean, Kind.BOOLEAN),
