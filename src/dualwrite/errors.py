@@ -15,20 +15,22 @@ Every error names what was wrong and what to do about it. The tree::
     ├── ConnectorError                  a database refused or failed an operation
     │   ├── TransientConnectorError     worth retrying: connection lost, deadlock, timeout
     │   └── TerminalConnectorError      retrying will not help: bad credentials, missing table
-    │       └── ConstraintViolation     the database rejected a row: not null, unique, FK, check
+    │       └── ConstraintViolation     the database rejected a row (``kind``: unique, not_null...)
     ├── RowError                        one row cannot be written or transformed (map, side,
     │                                   key, field, value); initial sync sends it to the inbox
     └── ServiceUnavailable              a service a test or command needs is down
 
 Driver exceptions are translated to ``ConnectorError`` at one choke point per connector
-(``raise ... from exc``), so callers never see a driver-specific type.
+(``raise ... from exc``), so callers never see a driver-specific type. Which error a driver's
+is follows from its code (SQLSTATE, error number, SQLite result code), never its words: see
+docs/operations.md, "How errors are classified".
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 
 class DualwriteError(Exception):
@@ -213,14 +215,18 @@ class RowNotFound(DualwriteError):
 
 
 class ConnectorError(DualwriteError):
-    """A database refused or failed an operation."""
+    """A database refused or failed an operation. ``code``: the driver's code for it where
+    it gave one (PostgreSQL SQLSTATE, MariaDB error number, SQLite result code name), the
+    code it was classified by (docs/operations.md, "How errors are classified")."""
 
     transient: bool = False
 
-    def __init__(self, message: str, *, hint: str = "", environment: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str = "", environment: str | None = None,
+                 code: str | int | None = None) -> None:
         prefix = f"{environment}: " if environment else ""
         super().__init__(prefix + message, hint=hint)
         self.environment = environment
+        self.code = code
 
 
 class TransientConnectorError(ConnectorError):
@@ -233,12 +239,29 @@ class TerminalConnectorError(ConnectorError):
     """Retrying will not help without a change: bad credentials, missing table, bad SQL."""
 
 
+#: What a :class:`ConstraintViolation` is: the row's fault, each of a kind callers decide by
+#: (a unique violation answers 409 in OData), never by the message's words
+ViolationKind = Literal["unique", "foreign_key", "not_null", "check", "value", "other"]
+
+
 class ConstraintViolation(TerminalConnectorError):
-    """The database rejected a write: not null, unique, foreign key, check, type or length."""
+    """The database rejected a write: not null, unique, foreign key, check, type or length.
+
+    ``kind`` says which: "unique" (duplicate key), "foreign_key", "not_null", "check",
+    "value" (a value of the wrong type, too long or out of range, or one the driver cannot
+    send), or "other" (a constraint the database names no kind for, e.g. an exclusion)."""
+
+    def __init__(self, message: str, *, hint: str = "", environment: str | None = None,
+                 code: str | int | None = None, kind: ViolationKind = "other") -> None:
+        super().__init__(message, hint=hint, environment=environment, code=code)
+        self.kind: ViolationKind = kind
 
 
 class RowError(DualwriteError):
-    """One row cannot be transformed or written. Names the map, side, table, key, field, value."""
+    """One row cannot be transformed or written. Names the map, side, table, key, field, value.
+
+    ``kind``: "lookup" when a lookup or value map has no answer for the row's value (the
+    applier records a "lookup" event), "row" for anything else."""
 
     def __init__(
         self,
@@ -251,6 +274,7 @@ class RowError(DualwriteError):
         field: str | None = None,
         value: Any = None,
         hint: str = "",
+        kind: Literal["row", "lookup"] = "row",
     ) -> None:
         parts = []
         if map:
@@ -273,6 +297,7 @@ class RowError(DualwriteError):
         self.key = tuple(key) if key is not None else None
         self.field = field
         self.value = value
+        self.kind = kind
 
 
 class ServiceUnavailable(DualwriteError):

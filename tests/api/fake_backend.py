@@ -170,7 +170,8 @@ class FakeBackend:
                row: dict[str, Any], replacing: dict[str, Any] | None) -> None:
         for name, col in schema.columns.items():
             if row.get(name) is None and not col.nullable:
-                raise ConstraintViolation(f"NOT NULL constraint failed: {schema.name}.{name}")
+                raise ConstraintViolation(f"NOT NULL constraint failed: {schema.name}.{name}",
+                                          kind="not_null")
             if col.length and isinstance(row.get(name), str) and len(row[name]) > col.length:
                 raise RowError(f"longer than {col.length} characters", table=schema.name,
                                field=name, value=row[name])
@@ -185,7 +186,8 @@ class FakeBackend:
                     continue
                 if tuple(canonical(other.get(c)) for c in cols) == mine:
                     raise ConstraintViolation(
-                        f"UNIQUE constraint failed: {schema.name}.{','.join(cols)}")
+                        f"UNIQUE constraint failed: {schema.name}.{','.join(cols)}",
+                        kind="unique")
 
 
 def _sort_key(column: str) -> Callable[[dict[str, Any]], tuple[bool, Any]]:

@@ -109,20 +109,15 @@ def error_body(code: str, message: str, *, target: str | None = None,
     return {"error": error}
 
 
-def _is_unique_violation(exc: ConstraintViolation) -> bool:
-    # The connectors pass the driver's words through: SQLite "UNIQUE constraint failed",
-    # PostgreSQL "duplicate key value violates unique constraint", MariaDB "Duplicate entry".
-    text = exc.message.casefold()
-    return "unique" in text or "duplicate" in text
-
-
 def _unique_cause(exc: BaseException) -> bool:
+    """Whether a database refused ``exc``'s row as a duplicate: a unique ConstraintViolation
+    (its kind, set by the connector from the database's code) in its chain of causes."""
     seen: set[int] = set()
     cause = exc.__cause__
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
         if isinstance(cause, ConstraintViolation):
-            return _is_unique_violation(cause)
+            return cause.kind == "unique"
         cause = cause.__cause__
     return False
 
@@ -169,7 +164,7 @@ def _classify(exc: DualwriteError) -> tuple[int, str, str | None, list[dict[str,
             return 409, "Conflict", exc.field, []
         return 400, "RowError", exc.field, []
     if isinstance(exc, ConstraintViolation):
-        if _is_unique_violation(exc):
+        if exc.kind == "unique":  # set by the connector from the database's code
             return 409, "Conflict", None, []
         return 400, "ConstraintViolation", None, []
     if isinstance(exc, TransientConnectorError):

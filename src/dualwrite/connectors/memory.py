@@ -67,7 +67,7 @@ class MemoryWriteSession(WriteSession):
                     continue
                 raise ConstraintViolation(
                     f"NOT NULL constraint failed: {table}.{col.name}",
-                    hint="give the column a value", environment=self.c.name)
+                    hint="give the column a value", environment=self.c.name, kind="not_null")
         for fk in schema.foreign_keys:
             vals = tuple(row.get(c) for c in fk.columns)
             if any(v is None for v in vals):
@@ -77,7 +77,7 @@ class MemoryWriteSession(WriteSession):
                 raise ConstraintViolation(
                     f"FOREIGN KEY constraint failed: {table}.{','.join(fk.columns)} -> "
                     f"{fk.table}", hint="create the referenced row first",
-                    environment=self.c.name)
+                    environment=self.c.name, kind="foreign_key")
         reason = self.c._reject(table, row)
         if reason:
             raise ConstraintViolation(reason, environment=self.c.name)
@@ -114,14 +114,15 @@ class MemoryWriteSession(WriteSession):
             pk = _key_of(row, schema.primary_key)
             if pk in data:
                 raise ConstraintViolation(f"UNIQUE constraint failed: {table} primary key {pk}",
-                                          hint="the row exists already", environment=self.c.name)
+                                          hint="the row exists already", environment=self.c.name,
+                                          kind="unique")
             for uniq in schema.unique:
                 uk = _key_of(row, uniq)
                 taken = self._referenced(table, tuple(uniq))
                 if None not in uk and uk in taken:
                     raise ConstraintViolation(
                         f"UNIQUE constraint failed: {table}.{','.join(uniq)}",
-                        environment=self.c.name)
+                        environment=self.c.name, kind="unique")
             data[pk] = row
             for (t, cols), keys in self._index.items():  # keep the table's indexes current
                 if t == table:

@@ -15,18 +15,46 @@ import sqlalchemy as sa
 from pymysql import converters
 from pymysql.constants import FIELD_TYPE
 from sqlalchemy import event
-from sqlalchemy import exc as sa_exc
 from sqlalchemy.dialects import mysql
 
 from dualwrite.connectors.base import Capabilities, Row
-from dualwrite.connectors.sql import SqlConnector, qualified, raw, split_table
+from dualwrite.connectors.sql import Fault, SqlConnector, qualified, raw, split_table
 from dualwrite.model.conversion import parse_duration
 from dualwrite.model.schema import END_OF_DAY, Column, Facets, Kind
 from dualwrite.model.values import JsonText, TemporalText
 
-#: server error codes that mean "this row was rejected", whatever exception class PyMySQL uses:
-#: check constraint, NOT NULL, duplicate key, too long, out of range, bad value, foreign key
-CONSTRAINT_CODES = {4025, 1048, 1062, 1406, 1264, 1366, 1292, 1451, 1452, 1216, 1217, 1265}
+#: MariaDB / MySQL error number (PyMySQL's ``exc.args[0]``) -> what it means to dualwrite
+#: (docs/operations.md, "How errors are classified"). A rejected row is known by its number,
+#: whatever exception class PyMySQL raises for it. 0 (PyMySQL's closed connection) is no
+#: code: such an error is read by its words (see sql.fault_by_text).
+MY_ERROR_CLASSES: dict[int, Fault] = {
+    2002: Fault.TRANSIENT,    # can't connect through the socket
+    2003: Fault.TRANSIENT,    # can't connect (refused, unreachable)
+    2006: Fault.TRANSIENT,    # server has gone away
+    2013: Fault.TRANSIENT,    # lost connection during a query
+    1927: Fault.TRANSIENT,    # connection was killed
+    4031: Fault.TRANSIENT,    # disconnected by the server (inactivity)
+    1205: Fault.TRANSIENT,    # lock wait timeout
+    1213: Fault.TRANSIENT,    # deadlock
+    1062: Fault.UNIQUE,       # duplicate entry
+    1451: Fault.FOREIGN_KEY,  # a child row references it
+    1452: Fault.FOREIGN_KEY,  # no parent row
+    1216: Fault.FOREIGN_KEY,  # (the same, older servers)
+    1217: Fault.FOREIGN_KEY,
+    1048: Fault.NOT_NULL,     # column cannot be null
+    3819: Fault.CHECK,        # check constraint violated (MySQL)
+    4025: Fault.CHECK,        # check constraint failed (MariaDB)
+    1264: Fault.VALUE,        # out of range
+    1265: Fault.VALUE,        # data truncated
+    1292: Fault.VALUE,        # incorrect date/time value
+    1366: Fault.VALUE,        # incorrect value for the column
+    1406: Fault.VALUE,        # data too long
+    1045: Fault.CREDENTIALS,  # access denied (user or password)
+    1698: Fault.CREDENTIALS,  # access denied (an auth plugin)
+    1044: Fault.GRANTS,       # access denied to the database
+    1049: Fault.DATABASE,     # unknown database
+    1142: Fault.PRIVILEGE,    # command denied on a table
+}
 
 
 def _escape_datetime(value: dt.datetime, mapping: Any = None) -> str:
@@ -77,6 +105,11 @@ class MySqlConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False,
                                 capture=True)
     database_name = "MariaDB"
+    error_classes = MY_ERROR_CLASSES
+
+    def _error_code(self, orig: BaseException) -> int | None:
+        code = next(iter(getattr(orig, "args", ())), None)  # PyMySQL: (errno, message)
+        return code if isinstance(code, int) and code else None
 
     def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None,
                  schema: str | None = None) -> None:
@@ -242,16 +275,6 @@ class MySqlConnector(SqlConnector):
                 driver.autocommit(False)
         finally:
             raw.close()
-
-    def _refusal(self, exc: sa_exc.DBAPIError) -> str | None:
-        code = next(iter(getattr(exc.orig, "args", ())), None)
-        # access denied (password, unknown user, or an auth plugin), to the database, unknown
-        return {1045: "credentials", 1698: "credentials", 1044: "grants",
-                1049: "database"}.get(code) if isinstance(code, int) else None
-
-    def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
-        args: tuple[Any, ...] = tuple(getattr(exc.orig, "args", ()))
-        return bool(args) and args[0] in CONSTRAINT_CODES
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
         schema, name = split_table(table)

@@ -14,6 +14,7 @@ from sqlalchemy import event
 
 from dualwrite.connectors.base import Branch, Capabilities, Row
 from dualwrite.connectors.sql import (
+    Fault,
     SqlConnector,
     SqlWriteSession,
     end_rollback,
@@ -195,9 +196,43 @@ class PgBranch(Branch):
         end_rollback(self.conn, undo, lambda: self.prepared)
 
 
+#: SQLSTATE -> what it means to dualwrite (docs/operations.md, "How errors are classified").
+#: Looked up by the whole code, then by its class (the first two characters). libpq's
+#: connection failures reach psycopg without a SQLSTATE and are read by their words instead
+#: (see sql.fault_by_text).
+PG_ERROR_CLASSES: dict[str, Fault] = {
+    "08": Fault.TRANSIENT,         # connection exception
+    "53": Fault.TRANSIENT,         # insufficient resources (too many connections, disk full)
+    "57P01": Fault.TRANSIENT,      # admin shutdown (terminating connection)
+    "57P02": Fault.TRANSIENT,      # crash shutdown
+    "57P03": Fault.TRANSIENT,      # cannot connect now (starting up)
+    "40001": Fault.TRANSIENT,      # serialization failure
+    "40P01": Fault.TRANSIENT,      # deadlock detected
+    "55P03": Fault.TRANSIENT,      # lock not available (lock_timeout)
+    "23505": Fault.UNIQUE,
+    "23503": Fault.FOREIGN_KEY,
+    "23502": Fault.NOT_NULL,
+    "23514": Fault.CHECK,
+    "23": Fault.CONSTRAINT,        # any other integrity constraint (exclusion, ...)
+    "22": Fault.VALUE,             # data exception: too long, out of range, bad text
+    "28": Fault.CREDENTIALS,       # invalid authorization (password, unknown role)
+    "3D000": Fault.DATABASE,       # invalid catalog name: no such database
+    "42501": Fault.PRIVILEGE,      # insufficient privilege
+}
+
+
 class PostgresConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=True, capture=True)
     database_name = "PostgreSQL"
+    error_classes = PG_ERROR_CLASSES
+
+    def _error_code(self, orig: BaseException) -> str | None:
+        code = getattr(orig, "sqlstate", None)  # psycopg's SQLSTATE, None before the server
+        return code if isinstance(code, str) and code else None
+
+    def _classify_code(self, code: str | int) -> Fault | None:
+        code = str(code)
+        return PG_ERROR_CLASSES.get(code) or PG_ERROR_CLASSES.get(code[:2])
 
     def _create_engine(self, url: str) -> sa.Engine:
         # No pre-ping: it costs a round trip per checkout on the live-sync hot path. A pooled

@@ -1,7 +1,8 @@
 """SQL connectors on SQLAlchemy Core: the behaviour shared by SQLite, PostgreSQL and MariaDB.
 
-Dialect modules override a few hooks (bulk insert, binary ordering of string keys, error
-classification). Everything a driver raises passes through :meth:`SqlConnector._translate`.
+Dialect modules override a few hooks (bulk insert, binary ordering of string keys) and hold
+their driver's table of error codes (error classes: see :class:`Fault`). Everything a driver
+raises passes through :meth:`SqlConnector.translating`, the one translation point.
 """
 
 from __future__ import annotations
@@ -9,8 +10,9 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +33,7 @@ from dualwrite.errors import (
     ConstraintViolation,
     TerminalConnectorError,
     TransientConnectorError,
+    ViolationKind,
 )
 from dualwrite.model.filters import Expr
 from dualwrite.model.schema import Column, Facets, ForeignKey, Kind, TableSchema
@@ -39,6 +42,73 @@ from dualwrite.model.values import canonical
 LINK_TABLE = "dualwrite_link"
 OWN_TABLE_PREFIX = "dualwrite_"
 LOOKUP_CHUNK = 1000
+
+
+class Fault(Enum):
+    """What a database error means to dualwrite: each dialect module maps its driver's codes
+    to these in a table (``PG_ERROR_CLASSES``, ``MY_ERROR_CLASSES``, ``SQLITE_ERROR_CLASSES``),
+    and :meth:`SqlConnector._error_for` turns each into the error of the hierarchy."""
+
+    TRANSIENT = "transient"      # connection lost or refused, deadlock, lock timeout: retry
+    UNIQUE = "unique"            # the row's fault (ConstraintViolation, kind as named) ...
+    FOREIGN_KEY = "foreign_key"
+    NOT_NULL = "not_null"
+    CHECK = "check"
+    CONSTRAINT = "other"         # ... another constraint (exclusion, a trigger's abort)
+    VALUE = "value"              # a value of the wrong type, too long or out of range
+    UNWRITABLE = "unwritable"    # a value the driver cannot send (ConstraintViolation "value")
+    CREDENTIALS = "credentials"  # terminal: the server refused the user or password
+    GRANTS = "grants"            # terminal: the user may not use the database
+    DATABASE = "database"        # terminal: no such database
+    PRIVILEGE = "privilege"      # terminal: the user lacks a privilege on an object
+    TERMINAL = "terminal"        # anything else: retrying will not help
+
+
+_VIOLATIONS: dict[Fault, ViolationKind] = {
+    Fault.UNIQUE: "unique", Fault.FOREIGN_KEY: "foreign_key", Fault.NOT_NULL: "not_null",
+    Fault.CHECK: "check", Fault.CONSTRAINT: "other"}
+
+# The fallback, for errors that carry no code: the words below are all that tells them apart.
+# It is needed where the driver raises before any server answer: libpq's connection failures
+# (psycopg gives them no SQLSTATE: refused, unknown role or database, server starting up or
+# shutting down), a closed connection, and a value the driver cannot adapt. An error with a
+# code is never classified by its words.
+#: driver messages that mean "this value cannot be sent", whatever the exception class
+_VALUE_ERRORS = ("cannot adapt", "can not be used with mysql", "error binding parameter",
+                 "unsupported type", "is not json serializable")
+#: libpq's words for a session the server refused: (pattern, what to fix)
+_REFUSALS = (
+    (re.compile(r'password authentication failed|role "[^"]*" does not exist|'
+                r"no pg_hba\.conf entry|authentication failed"), Fault.CREDENTIALS),
+    (re.compile(r'FATAL:\s+database "[^"]*" does not exist'), Fault.DATABASE),
+    (re.compile(r"permission denied for database"), Fault.GRANTS),
+)
+#: words of an OperationalError without a code that mean "unreachable or busy, retry"
+_TRANSIENT_WORDS = (
+    "connection refused", "could not connect", "server closed", "lost connection",
+    "deadlock", "lock wait timeout", "database is locked", "serialization",
+    "can't connect", "connection reset", "terminating connection", "gone away",
+    "not currently accepting connections", "the database system is starting up",
+    "the database system is shutting down", "connection failed",
+    "connection is closed", "closed the connection")
+
+
+def fault_by_text(exc: BaseException) -> Fault:
+    """What an error that carries no driver code means, read from its message: the
+    fallback of :meth:`SqlConnector.classify` (only there, and only for such errors)."""
+    text = str(getattr(exc, "orig", None) or exc)
+    low = text.lower()
+    if any(w in low for w in _VALUE_ERRORS):
+        return Fault.UNWRITABLE
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return Fault.TERMINAL
+    for pattern, fault in _REFUSALS:
+        if pattern.search(text):
+            return fault
+    if isinstance(exc, sa_exc.OperationalError) and any(w in low for w in _TRANSIENT_WORDS):
+        return Fault.TRANSIENT
+    return Fault.TERMINAL
+
 
 #: (SQLAlchemy type, kind), most specific first
 _KINDS: list[tuple[type[Any], Kind]] = [
@@ -374,15 +444,6 @@ class SqlConnector(Connector):
             self._capture = CaptureLog(self)
         return self._capture
 
-    def _is_constraint(self, exc: sa_exc.DBAPIError) -> bool:
-        """Drivers that report a rejected row as something other than IntegrityError or
-        DataError say so here."""
-        return False
-
-    def _is_transient(self, exc: BaseException) -> bool:
-        return (isinstance(exc, sa_exc.OperationalError | sa_exc.InterfaceError) and getattr(
-            exc, "connection_invalidated", False)) or isinstance(exc, sa_exc.TimeoutError)
-
     # -- error translation: the one choke point ----------------------------------------------
     def translating(self, doing: str) -> _Translating:
         """A context in which every database error becomes a :class:`ConnectorError` naming
@@ -390,48 +451,50 @@ class SqlConnector(Connector):
         TransientConnectorError, anything else a TerminalConnectorError."""
         return _Translating(self, doing)
 
+    #: driver error code -> Fault; each dialect module holds and documents its own table
+    #: (see docs/operations.md, "How errors are classified")
+    error_classes: Mapping[Any, Fault] = {}
+
+    def _error_code(self, orig: BaseException) -> str | int | None:
+        """The driver's code for ``orig`` (SQLSTATE, error number, result code name), or None
+        where the driver gave none (an error raised before the server answered)."""
+        return None
+
+    def _classify_code(self, code: str | int) -> Fault | None:
+        """``code``'s class in :attr:`error_classes`; None for a code it does not list."""
+        return self.error_classes.get(code)
+
+    def classify(self, exc: BaseException) -> tuple[Fault, str | int | None]:
+        """(what ``exc`` means, the driver's code) for a SQLAlchemy error. By the driver's
+        code first, then by the exception's type; the message's words only for an error that
+        carries no code at all (see :func:`fault_by_text`). Runs only on errors, never on
+        the hot path."""
+        orig = getattr(exc, "orig", None)
+        code = self._error_code(orig) if isinstance(orig, BaseException) else None
+        if code is not None:
+            fault = self._classify_code(code)
+            if fault is not None:
+                return fault, code
+        if isinstance(exc, sa_exc.IntegrityError):
+            return Fault.CONSTRAINT, code
+        if isinstance(exc, sa_exc.DataError):
+            return Fault.VALUE, code
+        if isinstance(exc, sa_exc.DBAPIError) and exc.connection_invalidated:
+            return Fault.TRANSIENT, code
+        if code is None:
+            return fault_by_text(exc), None
+        return Fault.TERMINAL, code
+
     def _translated(self, doing: str, exc: BaseException) -> BaseException | None:
         """The ConnectorError that stands for ``exc``; None when ``exc`` is to propagate as
         it is (already translated, or not a database error)."""
         if isinstance(exc, ConnectorError):
             return None
-        if isinstance(exc, sa_exc.IntegrityError):
-            return ConstraintViolation(
-                f"{doing}: the database rejected the row: {self._driver_message(exc)}",
-                hint="fix the row's value or the constraint; the error names the column",
-                environment=self.name)
-        if isinstance(exc, sa_exc.DataError):
-            return ConstraintViolation(
-                f"{doing}: a value does not fit its column: {self._driver_message(exc)}",
-                hint="check the column's type and length on this side",
-                environment=self.name)
-        if isinstance(exc, sa_exc.DBAPIError | sa_exc.StatementError) and _is_value_error(exc):
-            # the driver could not write a value (a type it cannot adapt): the row's fault,
-            # found and sent to the inbox like a rejected row, never the whole table's
-            return ConstraintViolation(
-                f"{doing}: a value cannot be written: {self._driver_message(exc)}",
-                hint="check the value against the column's type on this side",
-                environment=self.name)
-        if isinstance(exc, sa_exc.DBAPIError):
-            refused = self._refused_connection(doing, exc)
-            if refused is not None:
-                return refused
-            if self._is_constraint(exc):
-                return ConstraintViolation(
-                    f"{doing}: the database rejected the row: {self._driver_message(exc)}",
-                    hint="fix the row's value or the constraint; the error names the column",
-                    environment=self.name)
-            if self._is_transient(exc) or (isinstance(exc, sa_exc.OperationalError)
-                                           and self._looks_transient(exc)):
-                return TransientConnectorError(
-                    f"{doing}: {self._driver_message(exc)}",
-                    hint=f"the database at {self._shown_url()} is unreachable or busy: check that "
-                    "it is running and reachable (`run` and `serve` keep retrying; other "
-                    "commands stop here)", environment=self.name)
-            return TerminalConnectorError(
-                f"{doing}: {self._driver_message(exc)}",
-                hint="check the table and column names and the database permissions",
-                environment=self.name)
+        if isinstance(exc, sa_exc.DBAPIError | sa_exc.StatementError):
+            fault, code = self.classify(exc)
+            if fault is Fault.TERMINAL and not isinstance(exc, sa_exc.DBAPIError):
+                return TerminalConnectorError(f"{doing}: {exc}", environment=self.name)
+            return self._error_for(doing, exc, fault, code)
         if isinstance(exc, sa_exc.SQLAlchemyError):
             return TerminalConnectorError(f"{doing}: {exc}", environment=self.name)
         dbapi = self.engine.dialect.loaded_dbapi
@@ -446,6 +509,48 @@ class SqlConnector(Connector):
             return out
         return None
 
+    def _error_for(self, doing: str, exc: sa_exc.StatementError, fault: Fault,
+                   code: str | int | None) -> ConnectorError:
+        """The error of the hierarchy for ``fault``, with the message and hint it names."""
+        said = self._driver_message(exc)
+        kind = _VIOLATIONS.get(fault)
+        if kind is not None:
+            return ConstraintViolation(
+                f"{doing}: the database rejected the row: {said}",
+                hint="fix the row's value or the constraint; the error names the column",
+                environment=self.name, code=code, kind=kind)
+        if fault is Fault.VALUE:
+            return ConstraintViolation(
+                f"{doing}: a value does not fit its column: {said}",
+                hint="check the column's type and length on this side",
+                environment=self.name, code=code, kind="value")
+        if fault is Fault.UNWRITABLE:
+            # the driver could not write a value (a type it cannot adapt): the row's fault,
+            # found and sent to the inbox like a rejected row, never the whole table's
+            return ConstraintViolation(
+                f"{doing}: a value cannot be written: {said}",
+                hint="check the value against the column's type on this side",
+                environment=self.name, code=code, kind="value")
+        if fault is Fault.TRANSIENT:
+            return TransientConnectorError(
+                f"{doing}: {said}",
+                hint=f"the database at {self._shown_url()} is unreachable or busy: check that "
+                "it is running and reachable (`run` and `serve` keep retrying; other "
+                "commands stop here)", environment=self.name, code=code)
+        if fault in (Fault.CREDENTIALS, Fault.GRANTS, Fault.DATABASE):
+            return self._refused_connection(doing, said, fault, code)
+        if fault is Fault.PRIVILEGE:
+            user = sa.engine.make_url(self.url).username
+            return TerminalConnectorError(
+                f"{doing}: user {user!r} lacks a privilege this needs: {said}",
+                hint="grant the user the privilege on the object the error names (or use "
+                "another user): dualwrite does not retry this, as retrying cannot help",
+                environment=self.name, code=code)
+        return TerminalConnectorError(
+            f"{doing}: {said}",
+            hint="check the table and column names and the database permissions",
+            environment=self.name, code=code)
+
     def _shown_url(self) -> str:
         """The environment's URL without its password, for messages."""
         try:
@@ -453,64 +558,36 @@ class SqlConnector(Connector):
         except sa_exc.ArgumentError:
             return "its URL"
 
-    def _refusal(self, exc: sa_exc.DBAPIError) -> str | None:
-        """Why the server refused to open a session: "credentials" (user or password),
-        "grants" (the user may not use the database), "database" (no such database), or
-        None. Dialects read their drivers' codes; the text is PostgreSQL's (libpq's)."""
-        text = str(exc.orig)
-        if "password authentication failed" in text or re.search(
-                r'role "[^"]*" does not exist', text) or "no pg_hba.conf entry" in text \
-                or "authentication failed" in text:
-            return "credentials"
-        if re.search(r'FATAL:\s+database "[^"]*" does not exist', text):
-            return "database"
-        if "permission denied for database" in text:
-            return "grants"
-        return None
-
-    def _refused_connection(self, doing: str, exc: sa_exc.DBAPIError
-                            ) -> TerminalConnectorError | None:
+    def _refused_connection(self, doing: str, said: str, why: Fault, code: str | int | None
+                            ) -> TerminalConnectorError:
         """A session the server would not open, as what to fix: the credentials, the grants
-        or the database name. None for any other error. Never transient: retrying the same
-        URL gets the same answer, so nothing retries it."""
-        why = self._refusal(exc)
-        if why is None:
-            return None
+        or the database name. Never transient: retrying the same URL gets the same answer,
+        so nothing retries it."""
         url = sa.engine.make_url(self.url)
         where = self._shown_url()
-        if why == "credentials":
+        if why is Fault.CREDENTIALS:
             return TerminalConnectorError(
                 f"{doing}: the database refused the credentials of user {url.username!r} "
-                f"({where}): {self._driver_message(exc)}",
+                f"({where}): {said}",
                 hint="correct the user name or password in the URL of environment "
                 f"{self.name!r} (or the ${{VAR}} it takes them from), or create that user on "
                 "the server: dualwrite does not retry this, as retrying cannot help",
-                environment=self.name)
-        if why == "grants":
+                environment=self.name, code=code)
+        if why is Fault.GRANTS:
             return TerminalConnectorError(
                 f"{doing}: user {url.username!r} may not use database {url.database!r} "
-                f"({where}): {self._driver_message(exc)}",
+                f"({where}): {said}",
                 hint=f"grant the user access to the database (e.g. GRANT ALL ON "
                 f"{url.database}.* TO ...), or use another user: dualwrite does not retry this, "
                 "as retrying cannot help",
-                environment=self.name)
+                environment=self.name, code=code)
         return TerminalConnectorError(
             f"{doing}: database {url.database!r} does not exist on the server ({where}): "
-            f"{self._driver_message(exc)}",
+            f"{said}",
             hint=f"create it (CREATE DATABASE {url.database}), or correct the database name "
             f"in the URL of environment {self.name!r}: dualwrite does not retry this, as "
             "retrying cannot help",
-            environment=self.name)
-
-    def _looks_transient(self, exc: sa_exc.DBAPIError) -> bool:
-        text = str(exc.orig).lower()
-        return any(w in text for w in (
-            "connection refused", "could not connect", "server closed", "lost connection",
-            "deadlock", "lock wait timeout", "database is locked", "serialization",
-            "can't connect", "connection reset", "terminating connection", "gone away",
-            "not currently accepting connections", "the database system is starting up",
-            "the database system is shutting down", "connection failed",
-            "connection is closed", "closed the connection"))
+            environment=self.name, code=code)
 
     @staticmethod
     def _driver_message(exc: sa_exc.DBAPIError | sa_exc.StatementError) -> str:
@@ -934,16 +1011,6 @@ def type_facets(t: sa.types.TypeEngine[Any], f: Facets) -> tuple[Kind, Facets]:
 
 
 _UNSET: Any = object()
-#: driver messages that mean "this value cannot be sent", whatever the exception class
-_VALUE_ERRORS = ("cannot adapt", "can not be used with mysql", "error binding parameter",
-                 "unsupported type", "is not json serializable")
-
-
-def _is_value_error(exc: sa_exc.StatementError) -> bool:
-    text = str(getattr(exc, "orig", None) or exc).lower()
-    return any(w in text for w in _VALUE_ERRORS)
-
-
 def _replace(f: Facets, **changes: Any) -> Facets:
     from dataclasses import replace
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 
 from dualwrite.connectors.base import Capabilities, Row, WriteSession
-from dualwrite.connectors.sql import SqlConnector, SqlWriteSession, untyped
+from dualwrite.connectors.sql import Fault, SqlConnector, SqlWriteSession, untyped
 from dualwrite.errors import ConfigError
 from dualwrite.model.conversion import parse_time, text_of
 from dualwrite.model.schema import (
@@ -91,11 +91,41 @@ def create_sqlite_engine(url: str, *, wal: bool = False) -> sa.Engine:
     return engine
 
 
+#: SQLite result code name (sqlite3's ``exc.sqlite_errorname``) -> what it means to dualwrite
+#: (docs/operations.md, "How errors are classified"). Looked up by the extended code
+#: (SQLITE_CONSTRAINT_UNIQUE), then by its primary code (SQLITE_BUSY for SQLITE_BUSY_SNAPSHOT).
+#: Errors the sqlite3 module raises itself (a parameter it cannot bind) carry no code and are
+#: read by their words (see sql.fault_by_text).
+SQLITE_ERROR_CLASSES: dict[str, Fault] = {
+    "SQLITE_BUSY": Fault.TRANSIENT,      # another connection holds the lock (past the timeout)
+    "SQLITE_LOCKED": Fault.TRANSIENT,    # a table locked within the same connection
+    "SQLITE_CONSTRAINT_UNIQUE": Fault.UNIQUE,
+    "SQLITE_CONSTRAINT_PRIMARYKEY": Fault.UNIQUE,
+    "SQLITE_CONSTRAINT_FOREIGNKEY": Fault.FOREIGN_KEY,
+    "SQLITE_CONSTRAINT_NOTNULL": Fault.NOT_NULL,
+    "SQLITE_CONSTRAINT_CHECK": Fault.CHECK,
+    "SQLITE_CONSTRAINT": Fault.CONSTRAINT,  # another one (a trigger's RAISE(ABORT), ...)
+    "SQLITE_MISMATCH": Fault.VALUE,      # a value of the wrong type for a rowid key
+    "SQLITE_TOOBIG": Fault.VALUE,        # a value over SQLite's size limit
+    "SQLITE_CANTOPEN": Fault.TERMINAL,   # the file or its directory cannot be opened
+}
+
+
 class SqliteConnector(SqlConnector):
     capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=True, capture=True)
     # A reader holding a SHARED lock would block the writer's COMMIT: read in short batches.
     stream_reads_while_writing = False
     database_name = "SQLite"
+    error_classes = SQLITE_ERROR_CLASSES
+
+    def _error_code(self, orig: BaseException) -> str | None:
+        name = getattr(orig, "sqlite_errorname", None)
+        return name if isinstance(name, str) and name else None
+
+    def _classify_code(self, code: str | int) -> Fault | None:
+        code = str(code)
+        return SQLITE_ERROR_CLASSES.get(code) or SQLITE_ERROR_CLASSES.get(
+            "_".join(code.split("_")[:2]))
 
     def _create_engine(self, url: str) -> sa.Engine:
         return create_sqlite_engine(url)

@@ -1820,10 +1820,9 @@ def _matches(flt: Any, d: MapDiffer, s: Side, row: Row, captured: dict[str, Any]
 
 
 def _kind_of(err: DualwriteError) -> str:
-    text = str(err)
-    if "lookup" in text or "value map" in text:
-        return "lookup"
-    return "rejected"
+    """The event a parked change's error records: "lookup" for a lookup or value map without
+    an answer (the error says so by its kind, not its words), else "rejected"."""
+    return "lookup" if isinstance(err, RowError) and err.kind == "lookup" else "rejected"
 
 
 def _in_commit_order(changes: list[Change], has_txid: bool) -> list[Change]:

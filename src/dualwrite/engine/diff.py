@@ -449,7 +449,8 @@ class MapDiffer:
             raise RowError(
                 f"lookup {f.spec.ref(s)} does not resolve: no related row has id {raw!r}",
                 map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
-                field=src_name, value=raw, hint="create the related row, or correct the id")
+                field=src_name, value=raw, hint="create the related row, or correct the id",
+                kind="lookup")
         if type(v) is RelatedKey:
             own = row[self.company_pos[s]]
             related = next(x.describe() for x in f.end(s).targets if x.scoped)
@@ -460,14 +461,14 @@ class MapDiffer:
                 map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
                 field=src_name, value=row[self.pos[s][f.end(s).column or ""]],
                 hint=f"link it to a row of {related} in company {own!r} (create that row "
-                "first if it is missing)")
+                "first if it is missing)", kind="lookup")
         found, v = self._mapped(s, f, v)
         if not found:
             raise RowError(
                 "value is not in the field's value map",
                 map=self.bound.name, side=s.value, table=self.bound.table(s), key=key,
                 field=src_name, value=self._logical(s, i, row, resolved),
-                hint=f"add the value to `values:` of `{f.spec.text}`")
+                hint=f"add the value to `values:` of `{f.spec.text}`", kind="lookup")
         end_t = f.end(t)
         if end_t.is_lookup and v is not None:
             ids = resolved.get((t, -1 - i), {})
@@ -483,7 +484,7 @@ class MapDiffer:
                     map=self.bound.name, side=t.value, table=self.bound.table(t), key=key,
                     field=str(f.spec.ref(t)), value=v,
                     hint=f"create the related row on the {t.value} side first (sync the map "
-                    "it belongs to), or correct the value")
+                    "it belongs to), or correct the value", kind="lookup")
             return vid
         col = end_t.column
         return coerce(v, self.kinds[t][col]) if col else v
