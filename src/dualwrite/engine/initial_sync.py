@@ -15,7 +15,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualwrite.connectors.base import Connector, Row
-from dualwrite.engine.diff import Classified, Create, Entry, Failure, MapDiffer, Update
+from dualwrite.engine.diff import (
+    Classified,
+    Create,
+    CreatedDefaults,
+    Entry,
+    Failure,
+    MapDiffer,
+    Update,
+    digest,
+    key_digest,
+)
 from dualwrite.engine.live import explain
 from dualwrite.engine.state import StateStore
 from dualwrite.errors import ConstraintViolation, RowError, TransientConnectorError
@@ -66,6 +76,16 @@ def chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
         yield chunk
 
 
+def created_defaults(state: StateStore, differ: MapDiffer, chunk: Sequence[Entry]
+                     ) -> CreatedDefaults:
+    """What the state store knows of the self-filled one-way fields of the chunk's paired
+    rows (see :meth:`MapDiffer.classify`); nothing to read when the map has none."""
+    if not any(differ.self_filled.values()):
+        return {}
+    keys = [key_digest(e.key) for e in chunk if e.left is not None and e.right is not None]
+    return state.created_defaults(differ.bound.name, keys) if keys else {}
+
+
 class InitialSync:
     """Runs initial sync (or its plan) for bound maps between two connectors."""
 
@@ -86,7 +106,7 @@ class InitialSync:
         done = 0
         for chunk in chunks(differ.entries(after=None, batch_size=self.batch_size),
                             self.batch_size):
-            c = differ.classify(chunk)
+            c = differ.classify(chunk, created=created_defaults(self.state, differ, chunk))
             for s in Side:
                 result.created[s.value] += len(c.creates[s])
                 result.updated[s.value] += len(c.updates[s])
@@ -143,8 +163,12 @@ class InitialSync:
                         self.progress(bound.name, done, total)
                     continue
                 chunk = left
-            c = self._with_retries(lambda ch=chunk: differ.classify(ch))  # type: ignore[misc]
+            c = self._with_retries(
+                lambda ch=chunk: differ.classify(  # type: ignore[misc]
+                    ch, created=created_defaults(self.state, differ, ch)))
+            self._note_self_filled(differ, c)
             failed = self._apply(differ, c)
+            self._read_self_filled(differ, c, failed)
             for f in [*c.failures, *failed]:
                 result.errors[f.side.value] += 1
                 self.state.add_error(bound.name, f.side.value, f.key, f.operation,
@@ -166,6 +190,46 @@ class InitialSync:
         self.state.set_map_state(bound.name, "synced", initial_synced=True)
         result.seconds = time.monotonic() - started
         return result
+
+    def _note_self_filled(self, differ: MapDiffer, c: Classified) -> None:
+        """Before the chunk's creates are written: the rows about to be created on a side with
+        self-filled one-way fields, their values not known yet (a sync killed before
+        :meth:`_read_self_filled` then adopts them on the rerun instead of writing them over
+        the other side); and the values classify adopted."""
+        name = differ.bound.name
+        for t in Side:
+            cols = differ.self_filled_columns[t]
+            if cols and c.creates[t]:
+                self.state.note_created_defaults(name, t.value, [
+                    (key_digest(cr.key), dict.fromkeys(cols)) for cr in c.creates[t]])
+            adopted = [(key_digest(k), {col: d}) for s, k, col, d in c.adopted if s is t]
+            self.state.note_created_defaults(name, t.value, adopted)
+
+    def _read_self_filled(self, differ: MapDiffer, c: Classified, failed: list[Failure]
+                          ) -> None:
+        """After the chunk's creates are written: read back the values each created row got
+        for its self-filled one-way fields, and keep their digests."""
+        name, bound = differ.bound.name, differ.bound
+        for t in Side:
+            cols = differ.self_filled_columns[t]
+            lost = {tuple(f.key) for f in failed if f.side is t and f.operation == "create"}
+            creates = [cr for cr in c.creates[t] if tuple(cr.key) not in lost]
+            if not cols or not creates:
+                continue
+            key = list(bound.key(t))
+            kpos = [differ.insert_columns[t].index(k) for k in key]
+            by_key = {key_digest(tuple(cr.values[p] for p in kpos)): cr.key for cr in creates}
+            rows = self._with_retries(lambda t=t, key=key, cols=cols: (  # type: ignore[misc]
+                self.connectors[t].fetch(bound.table(t), [*key, *cols], key=key, keys=[
+                    tuple(cr.values[p] for p in kpos) for cr in creates])))
+            n = len(key)
+            got = []
+            for r in rows:
+                origin = by_key.get(key_digest(tuple(r[:n])))
+                if origin is not None:
+                    got.append((key_digest(origin), {col: digest(v) for col, v in
+                                                     zip(cols, r[n:], strict=True)}))
+            self.state.note_created_defaults(name, t.value, got)
 
     def _close_fixed(self, map_name: str, chunk: Sequence[Entry],
                      open_errors: set[tuple[str, Row]], failed: set[tuple[str, Row]]) -> None:
@@ -209,8 +273,9 @@ class InitialSync:
                     try:
                         self._write(differ, t, [], [up])
                     except ConstraintViolation as exc:
-                        failed.append(self._failure(differ, t, up.key, "update", exc,
-                                                    differ.update_columns[t], up.values))
+                        failed.append(self._failure(
+                            differ, t, up.key, "update", exc,
+                            up.columns or differ.update_columns[t], up.values))
         return failed
 
     @staticmethod
@@ -230,6 +295,10 @@ class InitialSync:
         with self.connectors[t].transaction() as tx:
             if creates:
                 tx.insert(table, differ.insert_columns[t], [cr.values for cr in creates])
-            if updates:
-                tx.update(table, differ.bound.key(t), differ.update_columns[t],
-                          [(u.target_key, u.values) for u in updates])
+            groups: dict[tuple[str, ...], list[Update]] = {}
+            for u in updates:
+                groups.setdefault(tuple(u.columns if u.columns is not None
+                                        else differ.update_columns[t]), []).append(u)
+            for columns, group in groups.items():
+                tx.update(table, differ.bound.key(t), list(columns),
+                          [(u.target_key, u.values) for u in group])

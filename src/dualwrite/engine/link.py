@@ -388,7 +388,7 @@ class Link:
     def verify(self, names: Sequence[str] = (), *, max_details: int = 1000,
                progress: Progress | None = None) -> list[VerifyResult]:
         return [verify_map(b, self.connectors, batch_size=self.config.model.sync.batch_size,
-                           max_details=max_details, progress=progress)
+                           max_details=max_details, state=self.state, progress=progress)
                 for b in self.bound_maps(names)]
 
     # -- live sync ---------------------------------------------------------------------------

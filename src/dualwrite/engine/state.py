@@ -221,6 +221,20 @@ processes = sa.Table(
     sa.Column("note", sa.Text, nullable=True),  # what it waits for, when it waits
 )
 
+#: one-way fields whose value on a row that initial sync created was filled by that side's own
+#: column default (or trigger), not copied: the digest of the value it got (NULL until read
+#: back after the write). Such a field is not written over the other side's value by a re-run
+#: while it still holds that value (see docs/initial-sync.md). Digests, never the values:
+#: the store keeps no business data beyond open inbox entries.
+created_defaults = sa.Table(
+    "created_defaults", _md,
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("side", sa.String(10), primary_key=True),  # the side the row was created on
+    sa.Column("row_key", sa.String(64), primary_key=True),  # digest of the row's key
+    sa.Column("field", sa.String(200), primary_key=True),  # that side's column
+    sa.Column("digest", sa.String(64), nullable=True),
+)
+
 #: a process whose heartbeat is older than this many seconds is taken for dead
 HEARTBEAT_TIMEOUT = 10.0
 
@@ -1143,6 +1157,40 @@ class StateStore:
             rows = conn.execute(sa.select(refusals).order_by(refusals.c.id.desc())
                                 .limit(limit)).all()
         return [dict(r._mapping) for r in rows]
+
+    # -- one-way fields filled by a created row's own defaults ----------------------------
+    def note_created_defaults(self, map_name: str, side: str,
+                              rows: Sequence[tuple[str, dict[str, str | None]]]) -> None:
+        """Record, per created row (the digest of its key), the digest of each one-way field its side
+        filled itself (None: not read back yet). A repeat replaces the earlier record."""
+        if not rows:
+            return
+        with self.engine.begin() as conn:
+            for key_text, fields in rows:
+                conn.execute(sa.delete(created_defaults).where(
+                    created_defaults.c.map == map_name, created_defaults.c.side == side,
+                    created_defaults.c.row_key == key_text,
+                    created_defaults.c.field.in_(list(fields))))
+            conn.execute(sa.insert(created_defaults), [
+                {"map": map_name, "side": side, "row_key": key_text, "field": f, "digest": d}
+                for key_text, fields in rows for f, d in fields.items()])
+
+    def created_defaults(self, map_name: str, keys: Sequence[str]
+                         ) -> dict[tuple[str, str], dict[str, str | None]]:
+        """(side, key digest) -> {column: digest} for the given key digests."""
+        out: dict[tuple[str, str], dict[str, str | None]] = {}
+        wanted = list(dict.fromkeys(keys))
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 900):  # below every database's parameter limit
+                for r in conn.execute(sa.select(created_defaults).where(
+                        created_defaults.c.map == map_name,
+                        created_defaults.c.row_key.in_(wanted[i:i + 900]))):
+                    out.setdefault((r.side, r.row_key), {})[r.field] = r.digest
+        return out
+
+    def forget_created_defaults(self, map_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(created_defaults).where(created_defaults.c.map == map_name))
 
     # -- error inbox -------------------------------------------------------------------------
     def add_error(self, map_name: str, side: str, key: Sequence[Any], operation: str,

@@ -9,7 +9,8 @@ from typing import Any
 
 from dualwrite.connectors.base import Connector
 from dualwrite.engine.diff import MapDiffer
-from dualwrite.engine.initial_sync import chunks
+from dualwrite.engine.initial_sync import chunks, created_defaults
+from dualwrite.engine.state import StateStore
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import Side
 
@@ -53,10 +54,12 @@ class VerifyResult:
 
 
 def verify_map(bound: BoundMap, connectors: dict[Side, Connector], *, batch_size: int = 5000,
-               max_details: int = 1000,
+               max_details: int = 1000, state: StateStore | None = None,
                progress: Callable[[str, int, int | None], None] | None = None) -> VerifyResult:
     """Stream both sides by key and compare every mapped field. Memory is bounded by the
-    batch size and ``max_details`` (differences past it are counted, not kept)."""
+    batch size and ``max_details`` (differences past it are counted, not kept). With the
+    link's ``state``, a one-way field that a row created by initial sync filled from its own
+    side's default is judged as initial sync judges it (see :meth:`MapDiffer.classify`)."""
     differ = MapDiffer(bound, connectors)
     result = VerifyResult(bound.name)
     started = time.monotonic()
@@ -80,7 +83,8 @@ def verify_map(bound: BoundMap, connectors: dict[Side, Connector], *, batch_size
                                 reason=f"row exists only in {bound.left_table}"))
             else:
                 paired.append(e)
-        c = differ.classify(paired, report_all=True)
+        c = differ.classify(paired, report_all=True, created=created_defaults(
+            state, differ, paired) if state is not None else None)
         result.agreeing += c.unchanged
         for key, diffs in c.differing:
             note(Difference(bound.name, list(key), "differs",
