@@ -218,10 +218,11 @@ class InitialSync:
                 continue
             key = list(bound.key(t))
             kpos = [differ.insert_columns[t].index(k) for k in key]
-            by_key = {key_digest(tuple(cr.values[p] for p in kpos)): cr.key for cr in creates}
-            rows = self._with_retries(lambda t=t, key=key, cols=cols: (  # type: ignore[misc]
-                self.connectors[t].fetch(bound.table(t), [*key, *cols], key=key, keys=[
-                    tuple(cr.values[p] for p in kpos) for cr in creates])))
+            targets = [tuple(cr.values[p] for p in kpos) for cr in creates]
+            by_key = {key_digest(k): cr.key for k, cr in zip(targets, creates, strict=True)}
+            rows = self._with_retries(
+                lambda t=t, key=key, cols=cols, targets=targets:  # type: ignore[misc]
+                self.connectors[t].fetch(bound.table(t), [*key, *cols], key=key, keys=targets))
             n = len(key)
             got = []
             for r in rows:

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -1160,9 +1160,10 @@ class StateStore:
 
     # -- one-way fields filled by a created row's own defaults ----------------------------
     def note_created_defaults(self, map_name: str, side: str,
-                              rows: Sequence[tuple[str, dict[str, str | None]]]) -> None:
-        """Record, per created row (the digest of its key), the digest of each one-way field its side
-        filled itself (None: not read back yet). A repeat replaces the earlier record."""
+                              rows: Sequence[tuple[str, Mapping[str, str | None]]]) -> None:
+        """Record, per created row (the digest of its key), the digest of each one-way field
+        its side filled itself (None: not read back yet). A repeat replaces the earlier
+        record."""
         if not rows:
             return
         with self.engine.begin() as conn:
