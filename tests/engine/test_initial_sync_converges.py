@@ -9,6 +9,7 @@ for the rows that maps earlier in ``depends_on`` order would create.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,12 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
+from dualwrite.cli import main
 from dualwrite.engine.link import Link
 from dualwrite.model.values import canonical
 
 from conftest import Backend, BackendFactory, guid_default
+from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
 CUSTS_MAP = """
 name: custs
@@ -58,7 +61,7 @@ def crm_md(dialect: str) -> sa.MetaData:
     sa.Table("account", md,
              sa.Column("accountid", sa.String(36), primary_key=True,
                        server_default=guid_default(dialect)),
-             sa.Column("accountnumber", sa.String(20), nullable=False, unique=True),
+             sa.Column("accountnumber", sa.String(20), unique=True),  # NULL: not numbered yet
              sa.Column("name", sa.String(100)),
              sa.Column("createdon", sa.DateTime),
              sa.Column("price", sa.Numeric(18, 2)),
@@ -163,3 +166,126 @@ def test_one_way_fields_with_target_defaults_converge(custs: Custs) -> None:
         assert link.verify()[0].ok
         [last] = link.plan()
         assert last.updated == {"left": 0, "right": 0}
+
+
+@pytest.fixture(params=CONVERGE_PAIRS, ids=[f"{a}-{b}" for a, b in CONVERGE_PAIRS])
+def shop(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
+    left, right = request.param
+    return make_pair(make_backend, tmp_path, left, right)
+
+
+def test_plan_counts_lookups_to_rows_an_earlier_map_would_create(shop: Pair) -> None:
+    """Customers refer to groups that only the groups map, earlier in depends_on order,
+    would create in the CRM: plan must not predict lookup errors that sync then does not
+    have, and must still predict the one that sync does have."""
+    seed_groups(shop)
+    shop.erp.insert("Customers", [erp_customer(i) for i in range(12)]
+                    + [erp_customer(50, GROUPID="G99")])  # no such group anywhere
+    with shop.link() as link:
+        plans = {p.map: p for p in link.plan(errors=True)}
+        assert plans["groups"].created == {"left": 1, "right": 2}
+        customers = plans["customers"]
+        assert customers.created == {"left": 0, "right": 12}
+        assert customers.errors == {"left": 0, "right": 1}
+        [failure] = customers.failures
+        assert failure["key"] == ["demf", "C-0050"] and failure["side"] == "right"
+        assert failure["operation"] == "create" and failure["value"] == "G99"
+        assert "does not resolve" in failure["reason"]
+        assert failure["hint"]
+
+        results = {r.map: r for r in link.sync_initial()}
+        assert results["customers"].created == customers.created
+        assert results["customers"].errors == customers.errors
+
+
+def test_rows_without_a_key_are_counted_and_reported_by_plan_sync_and_verify(
+        custs: Custs, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(custs)
+    custs.crm.insert("account", [{"accountnumber": None, "name": f"Lead {i}"} for i in range(3)])
+    cfg = str(custs.config)
+    with custs.link() as link:
+        [plan] = link.plan()
+        assert plan.null_keys == {"left": 0, "right": 3}
+        [res] = link.sync_initial()
+        assert res.null_keys == {"left": 0, "right": 3}
+        assert res.created == {"left": 5, "right": 5}  # the keyless rows are not copied
+        [v] = link.verify()
+        assert v.differences == 0 and v.null_keys == {"left": 0, "right": 3} and not v.ok
+        [warning] = v.warnings
+        assert "3 row(s) of account (right) have no key (accountnumber is null)" in warning
+        assert "`accountnumber ne null`" in warning
+
+    capsys.readouterr()
+    assert main(["-c", cfg, "plan"]) == 0
+    assert "warning: 3 row(s) of account (right) have no key" in capsys.readouterr().out
+    assert main(["-c", cfg, "sync", "--initial"]) == 0
+    assert "warning: 3 row(s) of account (right) have no key" in capsys.readouterr().out
+    assert main(["-c", cfg, "verify"]) == 1
+    text = capsys.readouterr().out
+    assert "warning: 3 row(s) of account (right) have no key" in text
+    assert "verify: the sides differ" in text
+    assert main(["-c", cfg, "verify", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["maps"][0]["null_keys"] == {"left": 0, "right": 3}
+
+    # leaving them out explicitly, as the hint says, makes verify pass
+    maps = custs.config.parent / "maps" / "custs.yaml"
+    maps.write_text(CUSTS_MAP.replace("fields:", 'filter: {right: "accountnumber ne null"}\n'
+                                      "fields:"))
+    assert main(["-c", cfg, "verify"]) == 0
+    assert "both sides agree" in capsys.readouterr().out
+
+
+def test_verify_prints_values_as_written_sums_up_by_field_and_lists_rows(
+        custs: Custs, capsys: pytest.CaptureFixture[str]) -> None:
+    seed(custs)
+    cfg = str(custs.config)
+    assert main(["-c", cfg, "sync", "--initial"]) == 0
+    with custs.crm.connector.transaction() as tx:
+        tx.update("account", ["accountnumber"], ["name", "createdon", "price"], [
+            ((f"A-{i:02d}",), (f"Renamed {i}", dt.datetime(2019, 5, 6, 7, 8, 9),
+                               Decimal("1.50"))) for i in range(5, 10)])
+    capsys.readouterr()
+    assert main(["-c", cfg, "verify", "--limit", "2"]) == 1
+    text = capsys.readouterr().out
+    assert "custs: 15 key(s) compared, 5 difference(s)" in text
+    for name in ("NAME = name", "CREATEDDATETIME > createdon", "PRICE > price"):
+        assert f"  5 × {name}" in text
+    assert ('  A-05: NAME = name: left "Customer 5", right "Renamed 5"; CREATEDDATETIME > '
+            "createdon: left 2021-03-04T05:06:07, right 2019-05-06T07:08:09; PRICE > price: "
+            "left 12.5000, right 1.50") in text
+    assert "A-06:" in text and "A-07:" not in text
+    assert "3 more row(s): `--limit N` lists more, `--json` lists every one" in text
+    assert "Decimal(" not in text and "datetime." not in text
+
+    assert main(["-c", cfg, "verify", "--json"]) == 1
+    [m] = json.loads(capsys.readouterr().out)["maps"]
+    assert len(m["details"]) == 5 and m["truncated"] is False
+    assert m["by_field"] == {"NAME = name": 5, "CREATEDDATETIME > createdon": 5,
+                             "PRICE > price": 5}
+    first = {f["field"]: f for f in m["details"][0]["fields"]}
+    assert first["PRICE > price"]["right"] == "1.50"
+    assert first["CREATEDDATETIME > createdon"]["left"] == "2021-03-04T05:06:07"
+
+
+def test_plan_errors_lists_every_row_predicted_to_fail(
+        shop: Pair, capsys: pytest.CaptureFixture[str]) -> None:
+    seed_groups(shop)
+    shop.erp.insert("Customers", [erp_customer(i) for i in range(8)]
+                    + [erp_customer(60 + i, GROUPID="G99") for i in range(7)])
+    cfg = str(shop.config)
+    capsys.readouterr()
+    assert main(["-c", cfg, "plan"]) == 0
+    text = capsys.readouterr().out
+    assert "7 row(s) would fail: `dualwrite plan --errors` lists every one" in text
+    assert main(["-c", cfg, "plan", "--errors"]) == 0
+    text = capsys.readouterr().out
+    lines = [ln for ln in text.splitlines() if "does not resolve" in ln]
+    assert len(lines) == 7
+    assert any(ln.startswith("  customers: create right usmf, C-0061 groupref.groupcode "
+                             '"G99": lookup') for ln in lines)
+    assert "hint: create the related row on the right side first" in text
+    assert main(["-c", cfg, "plan", "--errors", "--json"]) == 0
+    plans = {m["map"]: m for m in json.loads(capsys.readouterr().out)["maps"]}
+    assert len(plans["customers"]["failures"]) == 7
+    assert plans["customers"]["errors"] == {"left": 0, "right": 7}

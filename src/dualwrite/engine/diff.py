@@ -22,6 +22,7 @@ from dualwrite.errors import RowError
 from dualwrite.model import conversion
 from dualwrite.model.binding import BoundField, BoundMap
 from dualwrite.model.conversion import Convert, ValueRefused
+from dualwrite.model.filters import And, Compare, Expr, Literal, Or, Property
 from dualwrite.model.maps import Side
 from dualwrite.model.schema import Column, Kind
 from dualwrite.model.values import canonical, value_key
@@ -379,6 +380,29 @@ class MapDiffer:
 
     def count(self, side: Side) -> int:
         return self.connectors[side].count(self.bound.table(side), where=self.bound.filter(side))
+
+    def null_keys(self, side: Side) -> int:
+        """How many rows inside ``side``'s filter have a null in a key column: no sync can
+        pair or copy them (they are never read), so plan, sync and verify report them."""
+        nullable = [c for c in self.bound.key(side) if self.cols[side][c].nullable]
+        if not nullable:
+            return 0  # a primary key: the database holds no nulls there
+        cond: Expr = Compare("eq", Property(nullable[0]), Literal(None))
+        for c in nullable[1:]:
+            cond = Or(cond, Compare("eq", Property(c), Literal(None)))
+        where = self.bound.filter(side)
+        return self.connectors[side].count(self.bound.table(side),
+                                           where=cond if where is None else And(where, cond))
+
+    def null_key_warning(self, side: Side, n: int) -> str:
+        """What to tell the user about ``n`` rows of ``side`` without a key."""
+        key = self.bound.key(side)
+        table = self.bound.table(side)
+        cols = " or ".join(key)
+        excl = " and ".join(f"{c} ne null" for c in key if self.cols[side][c].nullable)
+        return (f"{n:,} row(s) of {table} ({side.value}) have no key ({cols} is null): no "
+                f"sync can pair or copy them, so they are left out; give them a key, or leave "
+                f"them out explicitly with the map's {side.value} filter (`{excl}`)")
 
     # -- values ------------------------------------------------------------------------------
     def _prefetch(self, entries: Sequence[Entry], resolver: LookupResolver | None = None

@@ -27,6 +27,7 @@ from dualwrite.engine.diff import (
     key_digest,
 )
 from dualwrite.engine.live import explain
+from dualwrite.engine.lookups import PlannedLookups, PlannedRows
 from dualwrite.engine.state import StateStore
 from dualwrite.errors import ConstraintViolation, RowError, TransientConnectorError
 from dualwrite.model.binding import BoundMap
@@ -49,6 +50,18 @@ class MapResult:
     resumed_from: Row | None = None
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    #: plan with ``errors``: every row it predicts to fail
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    #: rows inside each side's filter whose key is null (never read, never synced)
+    null_keys: dict[str, int] = field(default_factory=lambda: {"left": 0, "right": 0})
+    #: what the user should know beyond the counts (null keys, with what to do)
+    warnings: list[str] = field(default_factory=list)
+
+    def note_null_keys(self, differ: MapDiffer) -> None:
+        for s in Side:
+            n = self.null_keys[s.value] = differ.null_keys(s)
+            if n:
+                self.warnings.append(differ.null_key_warning(s, n))
 
     def add(self, other: dict[str, Any]) -> None:
         for k in ("created", "updated", "errors"):
@@ -62,7 +75,9 @@ class MapResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"map": self.map, **self.counts(), "seconds": round(self.seconds, 3),
-                "resumed": self.resumed_from is not None, "samples": self.samples}
+                "resumed": self.resumed_from is not None, "samples": self.samples,
+                "failures": self.failures, "null_keys": dict(self.null_keys),
+                "warnings": self.warnings}
 
 
 def chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
@@ -74,6 +89,14 @@ def chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
             chunk = []
     if chunk:
         yield chunk
+
+
+def failure_doc(f: Failure) -> dict[str, Any]:
+    """A predicted or actual row failure as plan lists it."""
+    e = f.error
+    return {"key": list(f.key), "side": f.side.value, "operation": f.operation,
+            "table": e.table, "field": e.field, "value": e.value, "reason": e.reason,
+            "hint": e.hint}
 
 
 def created_defaults(state: StateStore, differ: MapDiffer, chunk: Sequence[Entry]
@@ -97,11 +120,17 @@ class InitialSync:
         self.progress = progress
 
     # -- plan --------------------------------------------------------------------------------
-    def plan(self, bound: BoundMap, *, master: Side | None = None, samples: int = 5
-             ) -> MapResult:
-        """What sync would do for one map, writing nothing."""
+    def plan(self, bound: BoundMap, *, master: Side | None = None, samples: int = 5,
+             planned: PlannedRows | None = None, errors: bool = False) -> MapResult:
+        """What sync would do for one map, writing nothing. With ``planned`` (the rows that
+        plans of maps earlier in ``depends_on`` order predict), lookups to those rows count
+        as resolving, as they will when sync runs the maps in that order; this map's own
+        creates are added to it. With ``errors``, every row predicted to fail is listed."""
         differ = MapDiffer(bound, self.connectors, master=master)
+        if planned is not None:
+            differ.resolver = PlannedLookups(self.connectors, planned)
         result = MapResult(bound.name)
+        result.note_null_keys(differ)
         started = time.monotonic()
         done = 0
         for chunk in chunks(differ.entries(after=None, batch_size=self.batch_size),
@@ -122,8 +151,14 @@ class InitialSync:
                             for x in result.samples):
                         result.samples.append({"key": list(cr.key), "side": s.value,
                                                "operation": "create"})
+            if planned is not None:
+                for s in Side:
+                    planned.add(s, bound.table(s), differ.insert_columns[s],
+                                [cr.values for cr in c.creates[s]])
             for f in c.failures:
                 result.errors[f.side.value] += 1
+                if errors:
+                    result.failures.append(failure_doc(f))
                 if len(result.samples) < samples:
                     result.samples.append({"key": list(f.key), "side": f.side.value,
                                            "operation": f.operation, "error": f.error.reason})
@@ -142,6 +177,7 @@ class InitialSync:
         stay in the inbox, untouched)."""
         differ = MapDiffer(bound, self.connectors, master=master)
         result = MapResult(bound.name)
+        result.note_null_keys(differ)
         after, stats = self.state.get_checkpoint(bound.name, PHASE) if resume else (None, {})
         if after is not None:
             result.resumed_from = after
