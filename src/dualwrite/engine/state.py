@@ -1166,12 +1166,17 @@ class StateStore:
         record."""
         if not rows:
             return
+        by_field: dict[str, list[str]] = {}
+        for key_text, fields in rows:
+            for f in fields:
+                by_field.setdefault(f, []).append(key_text)
         with self.engine.begin() as conn:
-            for key_text, fields in rows:
-                conn.execute(sa.delete(created_defaults).where(
-                    created_defaults.c.map == map_name, created_defaults.c.side == side,
-                    created_defaults.c.row_key == key_text,
-                    created_defaults.c.field.in_(list(fields))))
+            for f, keys in by_field.items():
+                for i in range(0, len(keys), 900):  # below every database's parameter limit
+                    conn.execute(sa.delete(created_defaults).where(
+                        created_defaults.c.map == map_name, created_defaults.c.side == side,
+                        created_defaults.c.field == f,
+                        created_defaults.c.row_key.in_(keys[i:i + 900])))
             conn.execute(sa.insert(created_defaults), [
                 {"map": map_name, "side": side, "row_key": key_text, "field": f, "digest": d}
                 for key_text, fields in rows for f, d in fields.items()])
