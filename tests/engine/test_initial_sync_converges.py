@@ -289,3 +289,34 @@ def test_plan_errors_lists_every_row_predicted_to_fail(
     plans = {m["map"]: m for m in json.loads(capsys.readouterr().out)["maps"]}
     assert len(plans["customers"]["failures"]) == 7
     assert plans["customers"]["errors"] == {"left": 0, "right": 7}
+
+
+def test_a_sync_stopped_before_reading_back_still_keeps_the_other_sides_values(
+        custs: Custs, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Stopped after writing a chunk's creates, before reading back what the target's
+    defaults gave them: the rerun must not write those defaults over the other side."""
+    from dualwrite.engine.initial_sync import InitialSync
+
+    seed(custs)
+
+    def stop(*_a: object) -> None:
+        raise KeyboardInterrupt("stopped between writing a chunk and reading it back")
+
+    with custs.link() as link:
+        monkeypatch.setattr(InitialSync, "_read_self_filled", stop)
+        with pytest.raises(KeyboardInterrupt):
+            link.sync_initial()
+        monkeypatch.undo()
+        # the first chunk (A-00..A-03, ERP only) created CRM rows with the CRM's rating
+        created = [k for k, r in custs.crm_rows().items() if r["rating"] == 1]
+        assert created == ["A-00", "A-01", "A-02", "A-03"]
+        [res] = link.sync_initial()
+        assert res.resumed_from is None  # the stopped chunk was not checkpointed
+        assert res.created == {"left": 5, "right": 1}
+        erp = custs.erp_rows()
+        assert [erp[k]["RATING"] for k in created] == [5, 5, 5, 5]  # not the CRM's default
+        [v] = link.verify()
+        assert v.ok, [d.as_dict() for d in v.details]
+        [plan] = link.plan()
+        assert plan.updated == {"left": 0, "right": 0}
+        assert plan.created == {"left": 0, "right": 0}

@@ -30,15 +30,15 @@ from dualwrite.model.values import canonical, value_key
 _MISSING = object()
 log = logging.getLogger("dualwrite.values")
 
-#: (side a row was created on, digest of its key) -> {that side's column: digest of the value
-#: the side filled itself, or None while not read back}; see :meth:`MapDiffer.classify`
-CreatedDefaults = dict[tuple[str, str], dict[str, str | None]]
+#: (side a row was created on, the row's merge key) -> {that side's column: digest of the
+#: value the side filled itself, or None while not read back}; see :meth:`MapDiffer.classify`
+CreatedDefaults = dict[tuple[Side, tuple[Any, ...]], dict[str, str | None]]
 
 
 def digest(value: Any) -> str:
     """A short stable digest of a value as :func:`canonical` compares it (the state store
     keeps digests, not business values)."""
-    return hashlib.sha256(repr(canonical(value)).encode()).hexdigest()[:32]
+    return hashlib.blake2b(repr(canonical(value)).encode(), digest_size=16).hexdigest()
 
 
 def key_digest(key: Row) -> str:
@@ -610,9 +610,9 @@ class MapDiffer:
             filled: dict[Side, dict[str, str | None]] = {}
             kept: set[int] = set()  # self-filled fields left out of this row's updates
             if created:
-                kd = key_digest(e.key)
+                k = tuple(e.key)
                 for s in Side:
-                    got = created.get((s.value, kd))
+                    got = created.get((s, k))
                     if got:
                         filled[s] = got
             for i in self.compared:

@@ -34,6 +34,9 @@ from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import Side
 
 PHASE = "initial"
+#: the checkpoint row naming the rows the chunk being written creates (key digests per side),
+#: until their self-filled values are read back
+CREATING = "initial-creating"
 TRANSIENT_RETRIES = 5
 
 #: progress(map name, rows merged so far in this run, total expected or None)
@@ -99,14 +102,31 @@ def failure_doc(f: Failure) -> dict[str, Any]:
             "hint": e.hint}
 
 
-def created_defaults(state: StateStore, differ: MapDiffer, chunk: Sequence[Entry]
-                     ) -> CreatedDefaults:
+def creating(state: StateStore, map_name: str) -> dict[Side, set[str]]:
+    """Key digests of the rows a sync that stopped mid-chunk was creating, per side."""
+    _pos, sides = state.get_checkpoint(map_name, CREATING)
+    return {Side(s): set(keys) for s, keys in sides.items()}
+
+
+def created_defaults(state: StateStore, differ: MapDiffer, chunk: Sequence[Entry],
+                     stopped: dict[Side, set[str]] | None = None) -> CreatedDefaults:
     """What the state store knows of the self-filled one-way fields of the chunk's paired
-    rows (see :meth:`MapDiffer.classify`); nothing to read when the map has none."""
+    rows (see :meth:`MapDiffer.classify`); nothing to read when the map has none. A row that
+    a stopped sync was creating (``stopped``, from :func:`creating`) and whose values were
+    not read back counts as self-filled, its values not known yet."""
     if not any(differ.self_filled.values()):
         return {}
-    keys = [key_digest(e.key) for e in chunk if e.left is not None and e.right is not None]
-    return state.created_defaults(differ.bound.name, keys) if keys else {}
+    keys = {key_digest(e.key): tuple(e.key) for e in chunk
+            if e.left is not None and e.right is not None}
+    if not keys:
+        return {}
+    out: CreatedDefaults = {
+        (Side(side), keys[kd]): fields for (side, kd), fields in
+        state.created_defaults(differ.bound.name, list(keys)).items()}
+    for s, digests in (stopped or {}).items():
+        for kd in digests.intersection(keys):
+            out.setdefault((s, keys[kd]), dict.fromkeys(differ.self_filled_columns[s]))
+    return out
 
 
 class InitialSync:
@@ -129,13 +149,15 @@ class InitialSync:
         differ = MapDiffer(bound, self.connectors, master=master)
         if planned is not None:
             differ.resolver = PlannedLookups(self.connectors, planned)
+        stopped = creating(self.state, bound.name)
         result = MapResult(bound.name)
         result.note_null_keys(differ)
         started = time.monotonic()
         done = 0
         for chunk in chunks(differ.entries(after=None, batch_size=self.batch_size),
                             self.batch_size):
-            c = differ.classify(chunk, created=created_defaults(self.state, differ, chunk))
+            c = differ.classify(chunk, created=created_defaults(self.state, differ, chunk,
+                                                                stopped))
             for s in Side:
                 result.created[s.value] += len(c.creates[s])
                 result.updated[s.value] += len(c.updates[s])
@@ -182,6 +204,7 @@ class InitialSync:
         if after is not None:
             result.resumed_from = after
             result.add(stats)
+        stopped = creating(self.state, bound.name)
         open_errors = {(e.side, e.key) for e in self.state.errors(bound.name)}
         skipped = {tuple(k) for _s, k in open_errors} if skip_errors else set()
         started = time.monotonic()
@@ -201,7 +224,7 @@ class InitialSync:
                 chunk = left
             c = self._with_retries(
                 lambda ch=chunk: differ.classify(  # type: ignore[misc]
-                    ch, created=created_defaults(self.state, differ, ch)))
+                    ch, created=created_defaults(self.state, differ, ch, stopped)))
             self._note_self_filled(differ, c)
             failed = self._apply(differ, c)
             self._read_self_filled(differ, c, failed)
@@ -223,21 +246,22 @@ class InitialSync:
             if self.progress:
                 self.progress(bound.name, done, total)
         self.state.clear_checkpoint(bound.name, PHASE)
+        self.state.clear_checkpoint(bound.name, CREATING)
         self.state.set_map_state(bound.name, "synced", initial_synced=True)
         result.seconds = time.monotonic() - started
         return result
 
     def _note_self_filled(self, differ: MapDiffer, c: Classified) -> None:
-        """Before the chunk's creates are written: the rows about to be created on a side with
-        self-filled one-way fields, their values not known yet (a sync killed before
-        :meth:`_read_self_filled` then adopts them on the rerun instead of writing them over
-        the other side); and the values classify adopted."""
+        """Before the chunk's creates are written: which rows it creates on a side with
+        self-filled one-way fields, in one checkpoint row (a sync stopped before
+        :meth:`_read_self_filled` then adopts their values on the rerun, instead of writing
+        them over the other side); and the values classify adopted."""
         name = differ.bound.name
+        sides = {t.value: [key_digest(cr.key) for cr in c.creates[t]] for t in Side
+                 if differ.self_filled_columns[t] and c.creates[t]}
+        if sides:
+            self.state.put_checkpoint(name, CREATING, None, sides)
         for t in Side:
-            cols = differ.self_filled_columns[t]
-            if cols and c.creates[t]:
-                self.state.note_created_defaults(name, t.value, [
-                    (key_digest(cr.key), dict.fromkeys(cols)) for cr in c.creates[t]])
             adopted = [(key_digest(k), {col: d}) for s, k, col, d in c.adopted if s is t]
             self.state.note_created_defaults(name, t.value, adopted)
 

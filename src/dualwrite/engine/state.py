@@ -228,9 +228,10 @@ processes = sa.Table(
 #: the store keeps no business data beyond open inbox entries.
 created_defaults = sa.Table(
     "created_defaults", _md,
+    # the key digest before the side: reads and deletes ask for both sides' keys at once
     sa.Column("map", sa.String(200), primary_key=True),
-    sa.Column("side", sa.String(10), primary_key=True),  # the side the row was created on
     sa.Column("row_key", sa.String(64), primary_key=True),  # digest of the row's key
+    sa.Column("side", sa.String(10), primary_key=True),  # the side the row was created on
     sa.Column("field", sa.String(200), primary_key=True),  # that side's column
     sa.Column("digest", sa.String(64), nullable=True),
 )
@@ -1166,6 +1167,14 @@ class StateStore:
         record."""
         if not rows:
             return
+        records = [{"map": map_name, "side": side, "row_key": key_text, "field": f,
+                    "digest": d} for key_text, fields in rows for f, d in fields.items()]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(created_defaults), records)
+            return
+        except sa.exc.IntegrityError:
+            pass  # some rows were created before (deleted and created again): replace those
         by_field: dict[str, list[str]] = {}
         for key_text, fields in rows:
             for f in fields:
@@ -1174,12 +1183,10 @@ class StateStore:
             for f, keys in by_field.items():
                 for i in range(0, len(keys), 900):  # below every database's parameter limit
                     conn.execute(sa.delete(created_defaults).where(
-                        created_defaults.c.map == map_name, created_defaults.c.side == side,
-                        created_defaults.c.field == f,
-                        created_defaults.c.row_key.in_(keys[i:i + 900])))
-            conn.execute(sa.insert(created_defaults), [
-                {"map": map_name, "side": side, "row_key": key_text, "field": f, "digest": d}
-                for key_text, fields in rows for f, d in fields.items()])
+                        created_defaults.c.map == map_name,
+                        created_defaults.c.row_key.in_(keys[i:i + 900]),
+                        created_defaults.c.side == side, created_defaults.c.field == f))
+            conn.execute(sa.insert(created_defaults), records)
 
     def created_defaults(self, map_name: str, keys: Sequence[str]
                          ) -> dict[tuple[str, str], dict[str, str | None]]:
@@ -1188,10 +1195,12 @@ class StateStore:
         wanted = list(dict.fromkeys(keys))
         with self.engine.connect() as conn:
             for i in range(0, len(wanted), 900):  # below every database's parameter limit
-                for r in conn.execute(sa.select(created_defaults).where(
+                for side, row_key, f, d in conn.execute(sa.select(
+                        created_defaults.c.side, created_defaults.c.row_key,
+                        created_defaults.c.field, created_defaults.c.digest).where(
                         created_defaults.c.map == map_name,
                         created_defaults.c.row_key.in_(wanted[i:i + 900]))):
-                    out.setdefault((r.side, r.row_key), {})[r.field] = r.digest
+                    out.setdefault((side, row_key), {})[f] = d
         return out
 
     def forget_created_defaults(self, map_name: str) -> None:

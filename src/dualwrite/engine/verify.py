@@ -9,7 +9,7 @@ from typing import Any
 
 from dualwrite.connectors.base import Connector
 from dualwrite.engine.diff import MapDiffer
-from dualwrite.engine.initial_sync import chunks, created_defaults
+from dualwrite.engine.initial_sync import chunks, created_defaults, creating
 from dualwrite.engine.state import StateStore
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import Side
@@ -73,6 +73,7 @@ def verify_map(bound: BoundMap, connectors: dict[Side, Connector], *, batch_size
     result = VerifyResult(bound.name)
     started = time.monotonic()
 
+    stopped = creating(state, bound.name) if state is not None else {}
     for s in Side:
         n = result.null_keys[s.value] = differ.null_keys(s)
         if n:
@@ -100,7 +101,7 @@ def verify_map(bound: BoundMap, connectors: dict[Side, Connector], *, batch_size
             else:
                 paired.append(e)
         c = differ.classify(paired, report_all=True, created=created_defaults(
-            state, differ, paired) if state is not None else None)
+            state, differ, paired, stopped) if state is not None else None)
         result.agreeing += c.unchanged
         for key, diffs in c.differing:
             note(Difference(bound.name, list(key), "differs",
