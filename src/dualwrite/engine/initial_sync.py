@@ -34,9 +34,6 @@ from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import Side
 
 PHASE = "initial"
-#: the checkpoint row naming the rows the chunk being written creates (key digests per side),
-#: until their self-filled values are read back
-CREATING = "initial-creating"
 TRANSIENT_RETRIES = 5
 
 #: progress(map name, rows merged so far in this run, total expected or None)
@@ -104,8 +101,7 @@ def failure_doc(f: Failure) -> dict[str, Any]:
 
 def creating(state: StateStore, map_name: str) -> dict[Side, set[str]]:
     """Key digests of the rows a sync that stopped mid-chunk was creating, per side."""
-    _pos, sides = state.get_checkpoint(map_name, CREATING)
-    return {Side(s): set(keys) for s, keys in sides.items()}
+    return {Side(s): keys for s, keys in state.creating(map_name).items()}
 
 
 def created_defaults(state: StateStore, differ: MapDiffer, chunk: Sequence[Entry],
@@ -246,21 +242,21 @@ class InitialSync:
             if self.progress:
                 self.progress(bound.name, done, total)
         self.state.clear_checkpoint(bound.name, PHASE)
-        self.state.clear_checkpoint(bound.name, CREATING)
+        self.state.clear_creating(bound.name)
         self.state.set_map_state(bound.name, "synced", initial_synced=True)
         result.seconds = time.monotonic() - started
         return result
 
     def _note_self_filled(self, differ: MapDiffer, c: Classified) -> None:
         """Before the chunk's creates are written: which rows it creates on a side with
-        self-filled one-way fields, in one checkpoint row (a sync stopped before
+        self-filled one-way fields, in one record per side (a sync stopped before
         :meth:`_read_self_filled` then adopts their values on the rerun, instead of writing
         them over the other side); and the values classify adopted."""
         name = differ.bound.name
         sides = {t.value: [key_digest(cr.key) for cr in c.creates[t]] for t in Side
                  if differ.self_filled_columns[t] and c.creates[t]}
         if sides:
-            self.state.put_checkpoint(name, CREATING, None, sides)
+            self.state.put_creating(name, sides)
         for t in Side:
             adopted = [(key_digest(k), {col: d}) for s, k, col, d in c.adopted if s is t]
             self.state.note_created_defaults(name, t.value, adopted)

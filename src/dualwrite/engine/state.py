@@ -236,6 +236,15 @@ created_defaults = sa.Table(
     sa.Column("digest", sa.String(64), nullable=True),
 )
 
+#: the rows the chunk an initial sync is writing creates (key digests, per map and side),
+#: until the values their own side filled in are read back into ``created_defaults``
+sync_creating = sa.Table(
+    "sync_creating", _md,
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("side", sa.String(10), primary_key=True),
+    sa.Column("key_digests", sa.Text, nullable=False),  # a JSON list
+)
+
 #: a process whose heartbeat is older than this many seconds is taken for dead
 HEARTBEAT_TIMEOUT = 10.0
 
@@ -1202,6 +1211,26 @@ class StateStore:
                         created_defaults.c.row_key.in_(wanted[i:i + 900]))):
                     out.setdefault((side, row_key), {})[f] = d
         return out
+
+    def put_creating(self, map_name: str, sides: Mapping[str, Sequence[str]]) -> None:
+        """Name the rows (key digests per side) the chunk about to be written creates,
+        replacing what an earlier chunk named."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(sync_creating).where(sync_creating.c.map == map_name))
+            conn.execute(sa.insert(sync_creating), [
+                {"map": map_name, "side": side, "key_digests": json.dumps(list(keys))}
+                for side, keys in sides.items()])
+
+    def creating(self, map_name: str) -> dict[str, set[str]]:
+        """What :meth:`put_creating` last named for the map (nothing once cleared)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sync_creating.c.side, sync_creating.c.key_digests).where(
+                sync_creating.c.map == map_name)).all()
+        return {side: set(json.loads(keys)) for side, keys in rows}
+
+    def clear_creating(self, map_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(sync_creating).where(sync_creating.c.map == map_name))
 
     def forget_created_defaults(self, map_name: str) -> None:
         with self.engine.begin() as conn:
