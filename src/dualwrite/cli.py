@@ -6,7 +6,6 @@ command (bad config, unreachable database, refused link). Errors go to stderr wi
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 import os
@@ -16,7 +15,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -35,6 +33,7 @@ from rich.table import Table
 
 from dualwrite.engine.link import Link
 from dualwrite.errors import DualwriteError, TransientConnectorError, ValidationFailed
+from dualwrite.model.values import readable, shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Keep the tables of two business applications in sync.")
@@ -75,18 +74,8 @@ def _config_path(local: Path | None) -> Path:
     return local or _global["config"] or Path("dualwrite.yaml")
 
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, Decimal):
-        return format(v, "f") if v.is_finite() else str(v)
-    if isinstance(v, dt.date | dt.datetime | dt.time):
-        return v.isoformat()
-    if isinstance(v, bytes):
-        return v.hex()
-    return str(v)
-
-
 def _print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=_jsonable) + "\n")
+    sys.stdout.write(json.dumps(data, indent=2, default=readable) + "\n")
 
 
 @contextmanager
@@ -308,26 +297,62 @@ def _results_table(title: str, rows: list[dict[str, Any]]) -> Table:
     return t
 
 
+def _key(key: list[Any]) -> str:
+    """A row's key as people read it: ``usmf, C-0021``."""
+    return ", ".join(str(readable(k)) for k in key)
+
+
+def _warnings(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        for w in r.get("warnings", []):
+            out.print(f"  {r['map']}: warning: {w}", markup=False)
+
+
 @app.command()
 def plan(maps: MapsArg = None, config: ConfigOpt = None,
          master: Annotated[str | None, typer.Option(
              help="Override each map's master: left or right.")] = None,
+         errors: Annotated[bool, typer.Option(
+             "--errors", help="List every row predicted to fail, with the reason.")] = False,
          as_json: JsonOpt = False) -> None:
-    """Show what initial sync would do, per map and side, writing nothing."""
+    """Show what initial sync would do, per map and side, writing nothing. Lookups to rows
+    that maps earlier in depends_on order would create count as resolving."""
     _check_master(master)
     with _link(config) as link, _progress(not as_json) as progress:
-        results = [r.as_dict() for r in link.plan(maps or [], master=master, progress=progress)]
+        results = [r.as_dict() for r in link.plan(maps or [], master=master,
+                                                    progress=progress, errors=errors)]
     if as_json:
         _print_json({"maps": results})
         return
     out.print(_results_table("plan (nothing written)", results))
     for r in results:
         for s in r["samples"]:
-            desc = ", ".join(f"{f['field']}: {f['left']!r} | {f['right']!r}"
+            if errors and "error" in s:
+                continue  # listed below with every other failing row
+            desc = "; ".join(f"{f['field']}: left {shown(f['left'])}, right {shown(f['right'])}"
                              for f in s.get("fields", []))
             extra = desc or s.get("error", "")
-            out.print(f"  {r['map']}: {s['operation']} {s['side']} {tuple(s['key'])} {extra}",
-                      markup=False)
+            out.print(f"  {r['map']}: {s['operation']} {s['side']} {_key(s['key'])}"
+                      f"{': ' + extra if extra else ''}", markup=False)
+    _warnings(results)
+    failing = sum(r["errors"]["left"] + r["errors"]["right"] for r in results)
+    if not errors:
+        if failing:
+            out.print(f"{failing:,} row(s) would fail: `dualwrite plan --errors` lists every "
+                      "one", markup=False)
+        return
+    hints: dict[str, None] = {}
+    for r in results:
+        for f in r["failures"]:
+            at = f" {f['field']} {shown(f['value'])}" if f["field"] else ""
+            out.print(f"  {r['map']}: {f['operation']} {f['side']} {_key(f['key'])}{at}: "
+                      f"{f['reason']}", markup=False)
+            if f["hint"]:
+                hints[f["hint"]] = None
+    for h in hints:
+        out.print(f"hint: {h}", markup=False)
+    if not failing:
+        out.print("no row is predicted to fail", markup=False)
 
 
 def _check_master(master: str | None) -> None:
@@ -365,6 +390,7 @@ def sync(maps: MapsArg = None, config: ConfigOpt = None,
         for r in results:
             if r["resumed"]:
                 out.print(f"  {r['map']}: resumed from its checkpoint", markup=False)
+        _warnings(results)
         if errors:
             out.print(f"{errors} row(s) went to the error inbox: `dualwrite errors list`",
                       markup=False)
@@ -372,28 +398,35 @@ def sync(maps: MapsArg = None, config: ConfigOpt = None,
 
 @app.command()
 def verify(maps: MapsArg = None, config: ConfigOpt = None, as_json: JsonOpt = False,
-           max_details: Annotated[int, typer.Option(
-               help="Differences listed per map (all are counted).")] = 1000) -> None:
-    """Compare both sides through the maps; exit 1 naming each differing key and field."""
+           limit: Annotated[int, typer.Option(
+               "--limit", help="Differing rows listed per map (all are counted and summed up "
+               "by field; --json lists every one).")] = 20) -> None:
+    """Compare both sides through the maps; exit 1 when they differ, with the differences
+    summed up by field and the first rows listed."""
     with _link(config) as link, _progress(not as_json) as progress:
-        results = link.verify(maps or [], max_details=max_details, progress=progress)
+        results = link.verify(maps or [], max_details=None if as_json else max(limit, 0),
+                              progress=progress)
     ok = all(r.ok for r in results)
     if as_json:
         _print_json({"ok": ok, "maps": [r.as_dict() for r in results]})
     else:
         for r in results:
-            status = "ok" if r.ok else f"{r.differences:,} difference(s)"
+            status = "ok" if r.differences == 0 else f"{r.differences:,} difference(s)"
             out.print(f"{r.map}: {r.compared:,} key(s) compared, {status}", markup=False)
+            for name, n in sorted(r.by_field.items(), key=lambda x: (-x[1], x[0])):
+                out.print(f"  {n:,} × {name}", markup=False)
             for d in r.details:
                 if d.kind == "differs":
-                    fields = "; ".join(f"{f['field']}: left={f['left']!r} right={f['right']!r}"
-                                       for f in d.fields)
-                    out.print(f"  {tuple(d.key)} differs: {fields}", markup=False)
+                    fields = "; ".join(f"{f['field']}: left {shown(f['left'])}, right "
+                                       f"{shown(f['right'])}" for f in d.fields)
+                    out.print(f"  {_key(d.key)}: {fields}", markup=False)
                 else:
-                    out.print(f"  {tuple(d.key)} {d.kind}: {d.reason}", markup=False)
+                    out.print(f"  {_key(d.key)}: {d.kind}: {d.reason}", markup=False)
             if r.truncated:
-                out.print(f"  ... {r.differences - len(r.details):,} more not listed",
-                          markup=False)
+                out.print(f"  ... {r.differences - len(r.details):,} more row(s): `--limit N` "
+                          "lists more, `--json` lists every one", markup=False)
+            for w in r.warnings:
+                out.print(f"  warning: {w}", markup=False)
         out.print("verify: both sides agree" if ok else "verify: the sides differ",
                   markup=False)
     if not ok:
@@ -990,7 +1023,7 @@ def errors_resolve(error_id: int, pick: Annotated[str, typer.Option(
                              hint="left is the link's left environment")
     with _link(config) as link:
         done = resolve_conflict(link, error_id, Side(pick))
-    out.print(f"resolved {error_id}: {json.dumps(done, default=_jsonable)}", markup=False)
+    out.print(f"resolved {error_id}: {json.dumps(done, default=readable)}", markup=False)
 
 
 # -- conflicts --------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def test_verify_text_output_names_key_and_field(pair: Pair,
     capsys.readouterr()
     assert main(["-c", cfg, "verify", "customers"]) == 1
     out = capsys.readouterr().out
-    assert "('usmf', 'C-0003') differs: NAME = name: left='Customer 3' right='Edited'" in out
+    assert '  usmf, C-0003: NAME = name: left "Customer 3", right "Edited"' in out
+    assert "  1 × NAME = name" in out
 
 
 def test_errors_list_show_discard(pair: Pair, capsys: pytest.CaptureFixture[str]) -> None:

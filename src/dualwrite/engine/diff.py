@@ -9,6 +9,7 @@ plan and verify are three consumers of the same classification.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import operator
 from collections.abc import Callable, Iterator, Sequence
@@ -21,12 +22,27 @@ from dualwrite.errors import RowError
 from dualwrite.model import conversion
 from dualwrite.model.binding import BoundField, BoundMap
 from dualwrite.model.conversion import Convert, ValueRefused
+from dualwrite.model.filters import And, Compare, Expr, Literal, Or, Property
 from dualwrite.model.maps import Side
 from dualwrite.model.schema import Column, Kind
 from dualwrite.model.values import canonical, value_key
 
 _MISSING = object()
 log = logging.getLogger("dualwrite.values")
+
+#: (side a row was created on, the row's merge key) -> {that side's column: digest of the
+#: value the side filled itself, or None while not read back}; see :meth:`MapDiffer.classify`
+CreatedDefaults = dict[tuple[Side, tuple[Any, ...]], dict[str, str | None]]
+
+
+def digest(value: Any) -> str:
+    """A short stable digest of a value as :func:`canonical` compares it (the state store
+    keeps digests, not business values)."""
+    return hashlib.blake2b(repr(canonical(value)).encode(), digest_size=16).hexdigest()
+
+
+def key_digest(key: Row) -> str:
+    return digest(tuple(key))
 
 
 @dataclass
@@ -59,6 +75,9 @@ class Update:
     target_key: Row
     values: Row
     diffs: list[FieldDiff]
+    #: the target columns ``values`` are for, where not the map's whole update list (a row
+    #: whose self-filled one-way fields keep their own side's value)
+    columns: list[str] | None = None
 
 
 @dataclass
@@ -80,6 +99,8 @@ class Classified:
     failures: list[Failure] = field(default_factory=list)
     #: verify: keys whose compared fields differ, with every differing field
     differing: list[tuple[Row, list[FieldDiff]]] = field(default_factory=list)
+    #: self-filled fields first seen since their row was created: (side, key, column, digest)
+    adopted: list[tuple[Side, Row, str, str]] = field(default_factory=list)
 
 
 def merge(left: Iterator[list[Row]], right: Iterator[list[Row]], lkey: Sequence[int],
@@ -151,6 +172,12 @@ class MapDiffer:
         self.one_way_source = {
             i: Side.LEFT if f.spec.direction.to_right else Side.RIGHT
             for i, f in enumerate(bound.fields) if not f.spec.direction.bidirectional}
+        #: side -> one-way fields flowing out of that side only: a row that initial sync
+        #: creates there gets their value from the side itself (a column default, a trigger)
+        self.self_filled = {s: [i for i in self.compared if i not in bound.key_fields
+                                and self.one_way_source.get(i) is s] for s in Side}
+        self.self_filled_columns = {s: [bound.fields[i].end(s).column or ""
+                                        for i in self.self_filled[s]] for s in Side}
         self.update_into = {s: bound.updatable_into(s, master) for s in Side}
         self.create_into = {s: bound.creatable_into(s) for s in Side}
         company = len(bound.key(Side.LEFT)) - len(bound.spec.key.left)
@@ -182,6 +209,8 @@ class MapDiffer:
                            for t in Side}
         self.build_update = {t: self._compile(t.other, t, self.update_into[t], company=False)
                              for t in Side}
+        self._partials: dict[tuple[Side, frozenset[int]], tuple[
+            Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Row], list[str]]] = {}
 
     # -- compiled row builders ---------------------------------------------------------------
     def _compile(self, s: Side, t: Side, fields: list[int], *, company: bool
@@ -352,6 +381,29 @@ class MapDiffer:
     def count(self, side: Side) -> int:
         return self.connectors[side].count(self.bound.table(side), where=self.bound.filter(side))
 
+    def null_keys(self, side: Side) -> int:
+        """How many rows inside ``side``'s filter have a null in a key column: no sync can
+        pair or copy them (they are never read), so plan, sync and verify report them."""
+        nullable = [c for c in self.bound.key(side) if self.cols[side][c].nullable]
+        if not nullable:
+            return 0  # a primary key: the database holds no nulls there
+        cond: Expr = Compare("eq", Property(nullable[0]), Literal(None))
+        for c in nullable[1:]:
+            cond = Or(cond, Compare("eq", Property(c), Literal(None)))
+        where = self.bound.filter(side)
+        return self.connectors[side].count(self.bound.table(side),
+                                           where=cond if where is None else And(where, cond))
+
+    def null_key_warning(self, side: Side, n: int) -> str:
+        """What to tell the user about ``n`` rows of ``side`` without a key."""
+        key = self.bound.key(side)
+        table = self.bound.table(side)
+        cols = " or ".join(key)
+        excl = " and ".join(f"{c} ne null" for c in key if self.cols[side][c].nullable)
+        return (f"{n:,} row(s) of {table} ({side.value}) have no key ({cols} is null): no "
+                f"sync can pair or copy them, so they are left out; give them a key, or leave "
+                f"them out explicitly with the map's {side.value} filter (`{excl}`)")
+
     # -- values ------------------------------------------------------------------------------
     def _prefetch(self, entries: Sequence[Entry], resolver: LookupResolver | None = None
                   ) -> dict[tuple[Side, int], dict[Any, Any]]:
@@ -501,10 +553,43 @@ class MapDiffer:
             return str(RelatedKey(row[self.company_pos[s]], v))
         return v
 
+    def _partial_update(self, t: Side, skip: frozenset[int]
+                        ) -> tuple[Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]],
+                                            Row], list[str]]:
+        """The row builder and columns of an update into ``t`` leaving out fields ``skip``."""
+        got = self._partials.get((t, skip))
+        if got is None:
+            fields = [i for i in self.update_into[t] if i not in skip]
+            got = self._partials[(t, skip)] = (
+                self._compile(t.other, t, fields, company=False),
+                [self.bound.fields[i].end(t).column or "" for i in fields])
+        return got
+
+    def _self_filled(self, s: Side, i: int, row: Row | None, key: Row,
+                     filled: dict[str, str | None], out: Classified) -> bool:
+        """Whether field ``i`` of ``row`` (side ``s``, its source) still holds the value its
+        side filled in when initial sync created the row; a value not read back yet is
+        adopted as that value."""
+        col = self.bound.fields[i].end(s).column or ""
+        if row is None or col not in filled:
+            return False
+        now = digest(row[self.pos[s][col]])
+        if filled[col] is None:
+            out.adopted.append((s, key, col, now))
+            return True
+        return filled[col] == now
+
     # -- classification ----------------------------------------------------------------------
-    def classify(self, entries: Sequence[Entry], *, report_all: bool = False) -> Classified:
+    def classify(self, entries: Sequence[Entry], *, report_all: bool = False,
+                 created: CreatedDefaults | None = None) -> Classified:
         """Decide what each entry needs. With ``report_all`` (verify) every differing compared
-        field is reported, whatever the directions and master say."""
+        field is reported, whatever the directions and master say.
+
+        ``created`` names the one-way fields that a row created by initial sync got from its
+        own side (:attr:`self_filled`). Such a field is not compared while it still holds
+        the value it got then (digest equal, or not read back yet): that value is the
+        side's default, not a value its source has to give, so the other side keeps its
+        own. Once the source changes it, it flows as the map says."""
         out = Classified()
         resolved = self._prefetch(entries)
         for e in entries:
@@ -523,14 +608,26 @@ class MapDiffer:
                 continue
             rows = {Side.LEFT: e.left, Side.RIGHT: e.right}
             diffs: dict[int, FieldDiff] = {}
+            filled: dict[Side, dict[str, str | None]] = {}
+            kept: set[int] = set()  # self-filled fields left out of this row's updates
+            if created:
+                k = tuple(e.key)
+                for s in Side:
+                    got = created.get((s, k))
+                    if got:
+                        filled[s] = got
             for i in self.compared:
                 lv = self._logical(Side.LEFT, i, e.left, resolved)
                 rv = self._logical(Side.RIGHT, i, e.right, resolved)
-                if (self.one_way_source.get(i) is Side.LEFT and lv is None) or \
-                        (self.one_way_source.get(i) is Side.RIGHT and rv is None):
+                src = self.one_way_source.get(i)
+                if (src is Side.LEFT and lv is None) or (src is Side.RIGHT and rv is None):
                     # A one-way field with nothing at its source is not compared: initial
                     # sync never erases the target's value with nothing (a row created from
                     # the other side has no value to give).
+                    continue
+                if src is not None and src in filled and self._self_filled(
+                        src, i, rows[src], e.key, filled[src], out):
+                    kept.add(i)
                     continue
                 if not self._equal(i, lv, rv):
                     diffs[i] = FieldDiff(self.bound.fields[i].spec.text,
@@ -549,15 +646,19 @@ class MapDiffer:
                 if not todo:
                     continue
                 changed = True
+                skip = kept.intersection(self.update_into[t])
+                build, columns = (self.build_update[t], None) if not skip else \
+                    self._partial_update(t, frozenset(skip))
                 try:
-                    vals = self.build_update[t](rows[s], e.key, resolved)
+                    vals = build(rows[s], e.key, resolved)
                 except RowError as err:
                     out.failures.append(Failure(t, e.key, "update", err))
                     continue
                 trow = rows[t]
                 assert trow is not None
                 tkey = tuple(trow[i] for i in self.key_idx[t])
-                out.updates[t].append(Update(t, e.key, tkey, vals, [diffs[i] for i in todo]))
+                out.updates[t].append(Update(t, e.key, tkey, vals, [diffs[i] for i in todo],
+                                             columns))
             if not changed:
                 out.unchanged += 1
         return out

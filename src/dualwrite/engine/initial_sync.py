@@ -15,8 +15,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualwrite.connectors.base import Connector, Row
-from dualwrite.engine.diff import Classified, Create, Entry, Failure, MapDiffer, Update
+from dualwrite.engine.diff import (
+    Classified,
+    Create,
+    CreatedDefaults,
+    Entry,
+    Failure,
+    MapDiffer,
+    Update,
+    digest,
+    key_digest,
+)
 from dualwrite.engine.live import explain
+from dualwrite.engine.lookups import PlannedLookups, PlannedRows
 from dualwrite.engine.state import StateStore
 from dualwrite.errors import ConstraintViolation, RowError, TransientConnectorError
 from dualwrite.model.binding import BoundMap
@@ -39,6 +50,18 @@ class MapResult:
     resumed_from: Row | None = None
     seconds: float = 0.0
     samples: list[dict[str, Any]] = field(default_factory=list)
+    #: plan with ``errors``: every row it predicts to fail
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    #: rows inside each side's filter whose key is null (never read, never synced)
+    null_keys: dict[str, int] = field(default_factory=lambda: {"left": 0, "right": 0})
+    #: what the user should know beyond the counts (null keys, with what to do)
+    warnings: list[str] = field(default_factory=list)
+
+    def note_null_keys(self, differ: MapDiffer) -> None:
+        for s in Side:
+            n = self.null_keys[s.value] = differ.null_keys(s)
+            if n:
+                self.warnings.append(differ.null_key_warning(s, n))
 
     def add(self, other: dict[str, Any]) -> None:
         for k in ("created", "updated", "errors"):
@@ -52,7 +75,9 @@ class MapResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"map": self.map, **self.counts(), "seconds": round(self.seconds, 3),
-                "resumed": self.resumed_from is not None, "samples": self.samples}
+                "resumed": self.resumed_from is not None, "samples": self.samples,
+                "failures": self.failures, "null_keys": dict(self.null_keys),
+                "warnings": self.warnings}
 
 
 def chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
@@ -66,6 +91,40 @@ def chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
         yield chunk
 
 
+def failure_doc(f: Failure) -> dict[str, Any]:
+    """A predicted or actual row failure as plan lists it."""
+    e = f.error
+    return {"key": list(f.key), "side": f.side.value, "operation": f.operation,
+            "table": e.table, "field": e.field, "value": e.value, "reason": e.reason,
+            "hint": e.hint}
+
+
+def creating(state: StateStore, map_name: str) -> dict[Side, set[str]]:
+    """Key digests of the rows a sync that stopped mid-chunk was creating, per side."""
+    return {Side(s): keys for s, keys in state.creating(map_name).items()}
+
+
+def created_defaults(state: StateStore, differ: MapDiffer, chunk: Sequence[Entry],
+                     stopped: dict[Side, set[str]] | None = None) -> CreatedDefaults:
+    """What the state store knows of the self-filled one-way fields of the chunk's paired
+    rows (see :meth:`MapDiffer.classify`); nothing to read when the map has none. A row that
+    a stopped sync was creating (``stopped``, from :func:`creating`) and whose values were
+    not read back counts as self-filled, its values not known yet."""
+    if not any(differ.self_filled.values()):
+        return {}
+    keys = {key_digest(e.key): tuple(e.key) for e in chunk
+            if e.left is not None and e.right is not None}
+    if not keys:
+        return {}
+    out: CreatedDefaults = {
+        (Side(side), keys[kd]): fields for (side, kd), fields in
+        state.created_defaults(differ.bound.name, list(keys)).items()}
+    for s, digests in (stopped or {}).items():
+        for kd in digests.intersection(keys):
+            out.setdefault((s, keys[kd]), dict.fromkeys(differ.self_filled_columns[s]))
+    return out
+
+
 class InitialSync:
     """Runs initial sync (or its plan) for bound maps between two connectors."""
 
@@ -77,16 +136,24 @@ class InitialSync:
         self.progress = progress
 
     # -- plan --------------------------------------------------------------------------------
-    def plan(self, bound: BoundMap, *, master: Side | None = None, samples: int = 5
-             ) -> MapResult:
-        """What sync would do for one map, writing nothing."""
+    def plan(self, bound: BoundMap, *, master: Side | None = None, samples: int = 5,
+             planned: PlannedRows | None = None, errors: bool = False) -> MapResult:
+        """What sync would do for one map, writing nothing. With ``planned`` (the rows that
+        plans of maps earlier in ``depends_on`` order predict), lookups to those rows count
+        as resolving, as they will when sync runs the maps in that order; this map's own
+        creates are added to it. With ``errors``, every row predicted to fail is listed."""
         differ = MapDiffer(bound, self.connectors, master=master)
+        if planned is not None:
+            differ.resolver = PlannedLookups(self.connectors, planned)
+        stopped = creating(self.state, bound.name)
         result = MapResult(bound.name)
+        result.note_null_keys(differ)
         started = time.monotonic()
         done = 0
         for chunk in chunks(differ.entries(after=None, batch_size=self.batch_size),
                             self.batch_size):
-            c = differ.classify(chunk)
+            c = differ.classify(chunk, created=created_defaults(self.state, differ, chunk,
+                                                                stopped))
             for s in Side:
                 result.created[s.value] += len(c.creates[s])
                 result.updated[s.value] += len(c.updates[s])
@@ -102,8 +169,14 @@ class InitialSync:
                             for x in result.samples):
                         result.samples.append({"key": list(cr.key), "side": s.value,
                                                "operation": "create"})
+            if planned is not None:
+                for s in Side:
+                    planned.add(s, bound.table(s), differ.insert_columns[s],
+                                [cr.values for cr in c.creates[s]])
             for f in c.failures:
                 result.errors[f.side.value] += 1
+                if errors:
+                    result.failures.append(failure_doc(f))
                 if len(result.samples) < samples:
                     result.samples.append({"key": list(f.key), "side": f.side.value,
                                            "operation": f.operation, "error": f.error.reason})
@@ -122,10 +195,12 @@ class InitialSync:
         stay in the inbox, untouched)."""
         differ = MapDiffer(bound, self.connectors, master=master)
         result = MapResult(bound.name)
+        result.note_null_keys(differ)
         after, stats = self.state.get_checkpoint(bound.name, PHASE) if resume else (None, {})
         if after is not None:
             result.resumed_from = after
             result.add(stats)
+        stopped = creating(self.state, bound.name)
         open_errors = {(e.side, e.key) for e in self.state.errors(bound.name)}
         skipped = {tuple(k) for _s, k in open_errors} if skip_errors else set()
         started = time.monotonic()
@@ -143,8 +218,12 @@ class InitialSync:
                         self.progress(bound.name, done, total)
                     continue
                 chunk = left
-            c = self._with_retries(lambda ch=chunk: differ.classify(ch))  # type: ignore[misc]
+            c = self._with_retries(
+                lambda ch=chunk: differ.classify(  # type: ignore[misc]
+                    ch, created=created_defaults(self.state, differ, ch, stopped)))
+            self._note_self_filled(differ, c)
             failed = self._apply(differ, c)
+            self._read_self_filled(differ, c, failed)
             for f in [*c.failures, *failed]:
                 result.errors[f.side.value] += 1
                 self.state.add_error(bound.name, f.side.value, f.key, f.operation,
@@ -163,9 +242,51 @@ class InitialSync:
             if self.progress:
                 self.progress(bound.name, done, total)
         self.state.clear_checkpoint(bound.name, PHASE)
+        self.state.clear_creating(bound.name)
         self.state.set_map_state(bound.name, "synced", initial_synced=True)
         result.seconds = time.monotonic() - started
         return result
+
+    def _note_self_filled(self, differ: MapDiffer, c: Classified) -> None:
+        """Before the chunk's creates are written: which rows it creates on a side with
+        self-filled one-way fields, in one record per side (a sync stopped before
+        :meth:`_read_self_filled` then adopts their values on the rerun, instead of writing
+        them over the other side); and the values classify adopted."""
+        name = differ.bound.name
+        sides = {t.value: [key_digest(cr.key) for cr in c.creates[t]] for t in Side
+                 if differ.self_filled_columns[t] and c.creates[t]}
+        if sides:
+            self.state.put_creating(name, sides)
+        for t in Side:
+            adopted = [(key_digest(k), {col: d}) for s, k, col, d in c.adopted if s is t]
+            self.state.note_created_defaults(name, t.value, adopted)
+
+    def _read_self_filled(self, differ: MapDiffer, c: Classified, failed: list[Failure]
+                          ) -> None:
+        """After the chunk's creates are written: read back the values each created row got
+        for its self-filled one-way fields, and keep their digests."""
+        name, bound = differ.bound.name, differ.bound
+        for t in Side:
+            cols = differ.self_filled_columns[t]
+            lost = {tuple(f.key) for f in failed if f.side is t and f.operation == "create"}
+            creates = [cr for cr in c.creates[t] if tuple(cr.key) not in lost]
+            if not cols or not creates:
+                continue
+            key = list(bound.key(t))
+            kpos = [differ.insert_columns[t].index(k) for k in key]
+            targets = [tuple(cr.values[p] for p in kpos) for cr in creates]
+            by_key = {key_digest(k): cr.key for k, cr in zip(targets, creates, strict=True)}
+            rows = self._with_retries(
+                lambda t=t, key=key, cols=cols, targets=targets:  # type: ignore[misc]
+                self.connectors[t].fetch(bound.table(t), [*key, *cols], key=key, keys=targets))
+            n = len(key)
+            got = []
+            for r in rows:
+                origin = by_key.get(key_digest(tuple(r[:n])))
+                if origin is not None:
+                    got.append((key_digest(origin), {col: digest(v) for col, v in
+                                                     zip(cols, r[n:], strict=True)}))
+            self.state.note_created_defaults(name, t.value, got)
 
     def _close_fixed(self, map_name: str, chunk: Sequence[Entry],
                      open_errors: set[tuple[str, Row]], failed: set[tuple[str, Row]]) -> None:
@@ -209,8 +330,9 @@ class InitialSync:
                     try:
                         self._write(differ, t, [], [up])
                     except ConstraintViolation as exc:
-                        failed.append(self._failure(differ, t, up.key, "update", exc,
-                                                    differ.update_columns[t], up.values))
+                        failed.append(self._failure(
+                            differ, t, up.key, "update", exc,
+                            up.columns or differ.update_columns[t], up.values))
         return failed
 
     @staticmethod
@@ -230,6 +352,10 @@ class InitialSync:
         with self.connectors[t].transaction() as tx:
             if creates:
                 tx.insert(table, differ.insert_columns[t], [cr.values for cr in creates])
-            if updates:
-                tx.update(table, differ.bound.key(t), differ.update_columns[t],
-                          [(u.target_key, u.values) for u in updates])
+            groups: dict[tuple[str, ...], list[Update]] = {}
+            for u in updates:
+                groups.setdefault(tuple(u.columns if u.columns is not None
+                                        else differ.update_columns[t]), []).append(u)
+            for columns, group in groups.items():
+                tx.update(table, differ.bound.key(t), list(columns),
+                          [(u.target_key, u.values) for u in group])

@@ -38,6 +38,7 @@ from dualwrite.engine.live import (
     StepHook,
 )
 from dualwrite.engine.live import recover as recover_branches
+from dualwrite.engine.lookups import PlannedRows
 from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import StateStore, now_iso
@@ -379,9 +380,17 @@ class Link:
                            progress=record.wrap(progress) if record is not None else progress)
 
     def plan(self, names: Sequence[str] = (), *, master: str | None = None,
-             progress: Progress | None = None) -> list[MapResult]:
+             progress: Progress | None = None, errors: bool = False) -> list[MapResult]:
+        """What initial sync of the named maps (all by default) would do, in dependency
+        order, writing nothing. A lookup to a row that a map planned earlier would create
+        counts as resolving, as it will in the sync. With ``errors``, each result lists
+        every row predicted to fail."""
         side = Side(master) if master else None
-        return [self._sync(progress).plan(b, master=side) for b in self.bound_maps(names)]
+        bound = self.bound_maps(names)
+        planned = PlannedRows((s, t) for b in bound for f in b.fields for s in Side
+                              for t in f.end(s).targets)
+        sync = self._sync(progress)
+        return [sync.plan(b, master=side, planned=planned, errors=errors) for b in bound]
 
     def sync_initial(self, names: Sequence[str] = (), *, master: str | None = None,
                      progress: Progress | None = None, resume: bool = True,
@@ -399,10 +408,10 @@ class Link:
             recorder.finish(b.name)
         return out
 
-    def verify(self, names: Sequence[str] = (), *, max_details: int = 1000,
+    def verify(self, names: Sequence[str] = (), *, max_details: int | None = 1000,
                progress: Progress | None = None) -> list[VerifyResult]:
         return [verify_map(b, self.connectors, batch_size=self.config.model.sync.batch_size,
-                           max_details=max_details, progress=progress)
+                           max_details=max_details, state=self.state, progress=progress)
                 for b in self.bound_maps(names)]
 
     # -- live sync ---------------------------------------------------------------------------

@@ -199,3 +199,84 @@ class LookupResolver:
         """Drop cached resolutions (the related tables may have changed)."""
         self._cache.clear()
         self._misses.clear()
+
+
+class _Planned:
+    """The id a lookup gets for a row that plan predicts an earlier map would create (plan
+    writes nothing, so the row has no id yet)."""
+
+    def __repr__(self) -> str:
+        return "<planned row>"
+
+
+PLANNED_ID = _Planned()
+
+
+class PlannedRows:
+    """Rows that plan predicts the maps before this one (in ``depends_on`` order) would
+    create, indexed by the columns lookups find rows by: ``(side, table, columns)`` -> the
+    canonical values of those columns. Only the columns some lookup matches on are kept."""
+
+    def __init__(self, targets: Iterable[tuple[Side, LookupTarget]]) -> None:
+        self._wanted: dict[tuple[Side, str], set[tuple[str, ...]]] = {}
+        for side, target in targets:
+            hop: LookupTarget | None = target
+            while hop is not None:
+                # a hop is found by its key, within the company where it has one; a
+                # candidate without a company may also be asked by the key alone
+                for match in ((hop.key,), (hop.company, hop.key) if hop.company else None):
+                    if match is not None:
+                        self._wanted.setdefault((side, hop.table.lower()), set()).add(
+                            tuple(c.lower() for c in match))
+                hop = hop.next
+        self._index: dict[tuple[Side, str, tuple[str, ...]], set[Any]] = {}
+
+    def add(self, side: Side, table: str, columns: Sequence[str], rows: Iterable[Row]) -> None:
+        """Note rows that would be created in ``table`` on ``side`` (values in ``columns``'
+        order)."""
+        wanted = self._wanted.get((side, table.lower()))
+        if not wanted:
+            return
+        pos = {c.lower(): i for i, c in enumerate(columns)}
+        matches = [(m, [pos[c] for c in m]) for m in wanted if all(c in pos for c in m)]
+        if not matches:
+            return
+        rows = list(rows)
+        for match, idx in matches:
+            index = self._index.setdefault((side, table.lower(), match), set())
+            if len(idx) == 1:
+                (only,) = idx
+                index.update(canonical(r[only]) for r in rows)
+            else:
+                index.update(tuple([canonical(r[i]) for i in idx]) for r in rows)
+
+    def find(self, side: Side, table: str, match: Sequence[str]) -> set[Any]:
+        """The canonical values (tuples for several columns) of the planned rows."""
+        return self._index.get((side, table.lower(), tuple(c.lower() for c in match)), set())
+
+
+class PlannedLookups(LookupResolver):
+    """A resolver for plan: a natural key that no row has yet but that an earlier map's
+    planned creates have resolves to :data:`PLANNED_ID`, as it will once sync has run
+    those maps first."""
+
+    def __init__(self, connectors: Mapping[Side, LookupSource], planned: PlannedRows) -> None:
+        super().__init__(connectors)
+        self.planned = planned
+
+    def _resolve(self, side: Side, table: str, match: tuple[str, ...],
+                 returning: tuple[str, ...], values: Iterable[Any]) -> dict[Any, Any]:
+        values = list(values)
+        cache = super()._resolve(side, table, match, returning, values)
+        planned = self.planned.find(side, table, match)
+        if not planned:
+            return cache
+        composite = len(match) > 1
+        answer = PLANNED_ID if len(returning) == 1 else (PLANNED_ID,) * len(returning)
+        for v in values:
+            if v is None or (composite and None in v):
+                continue
+            c = tuple([canonical(x) for x in v]) if composite else canonical(v)
+            if c not in cache and c in planned:
+                cache[c] = answer
+        return cache

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -235,6 +235,30 @@ applier_leases = sa.Table(
     sa.Column("epoch", sa.BigInteger, nullable=False),
     sa.Column("expires_at", sa.Float, nullable=False),  # unix time; 0: released
     sa.Column("acquired_at", sa.String(40), nullable=False),
+)
+
+#: one-way fields whose value on a row that initial sync created was filled by that side's own
+#: column default (or trigger), not copied: the digest of the value it got (NULL until read
+#: back after the write). Such a field is not written over the other side's value by a re-run
+#: while it still holds that value (see docs/initial-sync.md). Digests, never the values:
+#: the store keeps no business data beyond open inbox entries.
+created_defaults = sa.Table(
+    "created_defaults", _md,
+    # the key digest before the side: reads and deletes ask for both sides' keys at once
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("row_key", sa.String(64), primary_key=True),  # digest of the row's key
+    sa.Column("side", sa.String(10), primary_key=True),  # the side the row was created on
+    sa.Column("field", sa.String(200), primary_key=True),  # that side's column
+    sa.Column("digest", sa.String(64), nullable=True),
+)
+
+#: the rows the chunk an initial sync is writing creates (key digests, per map and side),
+#: until the values their own side filled in are read back into ``created_defaults``
+sync_creating = sa.Table(
+    "sync_creating", _md,
+    sa.Column("map", sa.String(200), primary_key=True),
+    sa.Column("side", sa.String(10), primary_key=True),
+    sa.Column("key_digests", sa.Text, nullable=False),  # a JSON list
 )
 
 #: a process whose heartbeat is older than this many seconds is taken for dead
@@ -1241,6 +1265,74 @@ class StateStore:
                                 .limit(limit)).all()
         return [dict(r._mapping) for r in rows]
 
+    # -- one-way fields filled by a created row's own defaults ----------------------------
+    def note_created_defaults(self, map_name: str, side: str,
+                              rows: Sequence[tuple[str, Mapping[str, str | None]]]) -> None:
+        """Record, per created row (the digest of its key), the digest of each one-way field
+        its side filled itself (None: not read back yet). A repeat replaces the earlier
+        record."""
+        if not rows:
+            return
+        records = [{"map": map_name, "side": side, "row_key": key_text, "field": f,
+                    "digest": d} for key_text, fields in rows for f, d in fields.items()]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(sa.insert(created_defaults), records)
+            return
+        except sa.exc.IntegrityError:
+            pass  # some rows were created before (deleted and created again): replace those
+        by_field: dict[str, list[str]] = {}
+        for key_text, fields in rows:
+            for f in fields:
+                by_field.setdefault(f, []).append(key_text)
+        with self.engine.begin() as conn:
+            for f, keys in by_field.items():
+                for i in range(0, len(keys), 900):  # below every database's parameter limit
+                    conn.execute(sa.delete(created_defaults).where(
+                        created_defaults.c.map == map_name,
+                        created_defaults.c.row_key.in_(keys[i:i + 900]),
+                        created_defaults.c.side == side, created_defaults.c.field == f))
+            conn.execute(sa.insert(created_defaults), records)
+
+    def created_defaults(self, map_name: str, keys: Sequence[str]
+                         ) -> dict[tuple[str, str], dict[str, str | None]]:
+        """(side, key digest) -> {column: digest} for the given key digests."""
+        out: dict[tuple[str, str], dict[str, str | None]] = {}
+        wanted = list(dict.fromkeys(keys))
+        with self.engine.connect() as conn:
+            for i in range(0, len(wanted), 900):  # below every database's parameter limit
+                for side, row_key, f, d in conn.execute(sa.select(
+                        created_defaults.c.side, created_defaults.c.row_key,
+                        created_defaults.c.field, created_defaults.c.digest).where(
+                        created_defaults.c.map == map_name,
+                        created_defaults.c.row_key.in_(wanted[i:i + 900]))):
+                    out.setdefault((side, row_key), {})[f] = d
+        return out
+
+    def put_creating(self, map_name: str, sides: Mapping[str, Sequence[str]]) -> None:
+        """Name the rows (key digests per side) the chunk about to be written creates,
+        replacing what an earlier chunk named."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(sync_creating).where(sync_creating.c.map == map_name))
+            conn.execute(sa.insert(sync_creating), [
+                {"map": map_name, "side": side, "key_digests": json.dumps(list(keys))}
+                for side, keys in sides.items()])
+
+    def creating(self, map_name: str) -> dict[str, set[str]]:
+        """What :meth:`put_creating` last named for the map (nothing once cleared)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(sync_creating.c.side, sync_creating.c.key_digests).where(
+                sync_creating.c.map == map_name)).all()
+        return {side: set(json.loads(keys)) for side, keys in rows}
+
+    def clear_creating(self, map_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(sync_creating).where(sync_creating.c.map == map_name))
+
+    def forget_created_defaults(self, map_name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(created_defaults).where(created_defaults.c.map == map_name))
+
     # -- error inbox -------------------------------------------------------------------------
     def add_error(self, map_name: str, side: str, key: Sequence[Any], operation: str,
                   reason: str, payload: dict[str, Any] | None = None) -> None:
@@ -1312,7 +1404,8 @@ class StateStore:
 #: above it in order. Version 1 is every store made before versions were recorded.
 MIGRATIONS: list[tuple[int, str, Callable[[StateStore], None]]] = [
     (2, "versioned schema; tables and columns added since (leases, processes, map "
-        "versions, alerts' states); conflicts keep row values only while open",
+        "versions, alerts' states, created rows' own defaults); conflicts keep row values "
+        "only while open",
      StateStore._upgrade),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -9,7 +9,8 @@ from typing import Any
 
 from dualwrite.connectors.base import Connector
 from dualwrite.engine.diff import MapDiffer
-from dualwrite.engine.initial_sync import chunks
+from dualwrite.engine.initial_sync import chunks, created_defaults, creating
+from dualwrite.engine.state import StateStore
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import Side
 
@@ -40,30 +41,49 @@ class VerifyResult:
     details: list[Difference] = field(default_factory=list)
     truncated: bool = False
     seconds: float = 0.0
+    #: differences per field line (all of them, listed or not); rows missing on a side
+    #: under ``missing-left`` / ``missing-right``
+    by_field: dict[str, int] = field(default_factory=dict)
+    #: rows inside each side's filter whose key is null: they cannot be compared
+    null_keys: dict[str, int] = field(default_factory=lambda: {"left": 0, "right": 0})
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return self.differences == 0
+        """Both sides agree: no difference, and no row left out for want of a key."""
+        return self.differences == 0 and not any(self.null_keys.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {"map": self.map, "ok": self.ok, "compared": self.compared,
                 "agreeing": self.agreeing, "differences": self.differences,
                 "truncated": self.truncated, "seconds": round(self.seconds, 3),
-                "details": [d.as_dict() for d in self.details]}
+                "by_field": dict(self.by_field), "null_keys": dict(self.null_keys),
+                "warnings": self.warnings, "details": [d.as_dict() for d in self.details]}
 
 
 def verify_map(bound: BoundMap, connectors: dict[Side, Connector], *, batch_size: int = 5000,
-               max_details: int = 1000,
+               max_details: int | None = 1000, state: StateStore | None = None,
                progress: Callable[[str, int, int | None], None] | None = None) -> VerifyResult:
     """Stream both sides by key and compare every mapped field. Memory is bounded by the
-    batch size and ``max_details`` (differences past it are counted, not kept)."""
+    batch size and ``max_details`` (differences past it are counted, not kept; None keeps
+    them all). With the
+    link's ``state``, a one-way field that a row created by initial sync filled from its own
+    side's default is judged as initial sync judges it (see :meth:`MapDiffer.classify`)."""
     differ = MapDiffer(bound, connectors)
     result = VerifyResult(bound.name)
     started = time.monotonic()
 
+    stopped = creating(state, bound.name) if state is not None else {}
+    for s in Side:
+        n = result.null_keys[s.value] = differ.null_keys(s)
+        if n:
+            result.warnings.append(differ.null_key_warning(s, n))
+
     def note(d: Difference) -> None:
         result.differences += 1
-        if len(result.details) < max_details:
+        for name in [f["field"] for f in d.fields] or [d.kind]:
+            result.by_field[name] = result.by_field.get(name, 0) + 1
+        if max_details is None or len(result.details) < max_details:
             result.details.append(d)
         else:
             result.truncated = True
@@ -80,7 +100,8 @@ def verify_map(bound: BoundMap, connectors: dict[Side, Connector], *, batch_size
                                 reason=f"row exists only in {bound.left_table}"))
             else:
                 paired.append(e)
-        c = differ.classify(paired, report_all=True)
+        c = differ.classify(paired, report_all=True, created=created_defaults(
+            state, differ, paired, stopped) if state is not None else None)
         result.agreeing += c.unchanged
         for key, diffs in c.differing:
             note(Difference(bound.name, list(key), "differs",

@@ -422,6 +422,33 @@ def canonical(value: Any) -> Any:
     return value
 
 
+# -- values for people ------------------------------------------------------------------------
+
+def readable(value: Any) -> Any:
+    """A value as people read it and JSON can hold it (what ``errors show``, ``verify`` and
+    ``plan`` print): numbers as plain decimals (``9.99``, never ``Decimal('9.99')``), dates
+    and times in ISO 8601, bytes in hex, dualwrite's own types as their text; values JSON
+    has (text, numbers, booleans, null) as they are."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, Decimal):
+        return format(value, "f") if value.is_finite() else str(value)
+    if isinstance(value, dt.date | dt.datetime | dt.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value).hex()
+    return str(value)
+
+
+def shown(value: Any) -> str:
+    """One value in a line of text, as :func:`readable` gives it: text in double quotes (so
+    that ``""`` and ``" "`` show), ``null``, ``true``/``false``, numbers and times bare."""
+    r = readable(value)
+    if r is None or isinstance(r, bool) or (isinstance(r, str) and r is value):
+        return json.dumps(r, ensure_ascii=False)
+    return str(r)
+
+
 # -- values in dualwrite's own JSON (inbox entries, parked changes) ---------------------------
 
 _IP_TYPES: dict[str, Any] = {
