@@ -107,12 +107,6 @@ def _status(cfg: str, capsys: pytest.CaptureFixture[str]) -> dict[str, Any]:
     return dict(json.loads(capsys.readouterr().out))
 
 
-def _applier(cfg: str, capsys: pytest.CaptureFixture[str]) -> int | None:
-    roles = [p["pid"] for p in _status(cfg, capsys)["processes"] if p["role"] == "applier"
-             and p.get("alive", True)]
-    return roles[0] if len(roles) == 1 else None
-
-
 class Writer(threading.Thread):
     """The applications, writing all along: a new key at a time, odd keys on the left, even
     ones on the right, each its own transaction."""
@@ -197,12 +191,19 @@ def test_a_standby_takes_over_a_frozen_or_killed_applier_and_the_zombie_commits_
             writer.wrote(rng.randint(1, 20))
             active.send_signal(signal.SIGSTOP)
             assert "lease epoch" in runs.lines(standby, "failover", timeout=LEASE + 60)
+            # (on a loaded machine a 2 s lease may look expired for a moment between two
+            # renewals: what is asserted is that status comes to name the new applier)
             deadline = time.monotonic() + 60
-            while _applier(cfg, capsys) != standby.pid:
-                assert time.monotonic() < deadline, _status(cfg, capsys)["processes"]
+            while True:
+                st = _status(cfg, capsys)
+                lease = st["lease"] or {}
+                appliers = [p["pid"] for p in st["processes"]
+                            if p["role"] == "applier" and p["alive"]]
+                if appliers == [standby.pid] and lease.get("pid") == standby.pid:
+                    break
+                assert time.monotonic() < deadline, st
                 time.sleep(0.1)  # polling a condition, with a deadline
-            lease = _status(cfg, capsys)["lease"]
-            assert lease["pid"] == standby.pid and lease["epoch"] >= 2
+            assert lease["epoch"] >= 2
             # the zombie wakes up: it finds its lease gone and stands by, committing nothing
             active.send_signal(signal.SIGCONT)
             runs.lines(active, "standing by")
