@@ -161,9 +161,10 @@ def _applied_once(it: Items, keys: list[int]) -> None:
     assert it.rows("left") == it.rows("right")
 
 
-def test_a_standby_takes_over_a_frozen_or_killed_applier_and_the_zombie_commits_nothing(
-        make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        long_run: bool) -> None:
+def _running_link(make_backend: BackendFactory, tmp_path: Path,
+                  capsys: pytest.CaptureFixture[str]) -> tuple[Items, str]:
+    """PostgreSQL <-> MariaDB items, a PostgreSQL state store (its URL returned), a short
+    lease, the map started, audit triggers on both sides."""
     state = fresh_state_url("postgresql", tmp_path)
 
     def config(cfg: dict[str, Any]) -> None:
@@ -171,11 +172,18 @@ def test_a_standby_takes_over_a_frozen_or_killed_applier_and_the_zombie_commits_
         cfg["capture"] = {"lease_seconds": LEASE}
 
     it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=config)
-    cfg = str(it.config)
-    assert main(["-c", cfg, "maps", "start", "--yes"]) == 0
+    assert main(["-c", str(it.config), "maps", "start", "--yes"]) == 0
     capsys.readouterr()
     _audit(it.left)
     _audit(it.right)
+    return it, state
+
+
+def test_a_standby_takes_over_a_frozen_or_killed_applier_and_the_zombie_commits_nothing(
+        make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        long_run: bool) -> None:
+    it, _state = _running_link(make_backend, tmp_path, capsys)
+    cfg = str(it.config)
     runs = Runs(cfg)
     writer = Writer(it)
     rng = random.Random(1)
@@ -232,18 +240,8 @@ def test_an_applier_cut_off_from_the_state_store_is_replaced_and_stands_by_after
     store. It keeps running (no exit), cannot renew its lease, a standby that reaches the
     store takes over; when the partition heals the cut-off one finds the lease gone and
     stands by. Every change is applied once."""
-    state = fresh_state_url("postgresql", tmp_path)
-
-    def config(cfg: dict[str, Any]) -> None:
-        cfg["state"] = state
-        cfg["capture"] = {"lease_seconds": LEASE}
-
-    it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=config)
+    it, state = _running_link(make_backend, tmp_path, capsys)
     cfg = str(it.config)
-    assert main(["-c", cfg, "maps", "start", "--yes"]) == 0
-    capsys.readouterr()
-    _audit(it.left)
-    _audit(it.right)
     with FaultProxy(5432) as proxy:
         cut_off = it.config.parent / "through-proxy.yaml"  # the same link, its state via proxy
         cut_off.write_text(it.config.read_text().replace(state, proxy.url(state)))
