@@ -377,6 +377,7 @@ class Link:
         (at most once a second, for the console and /metrics, whichever process looks)."""
         return InitialSync(self.connectors, self.state,
                            batch_size=self.config.model.sync.batch_size,
+                           bulk=self.config.model.sync.bulk,
                            progress=record.wrap(progress) if record is not None else progress)
 
     def plan(self, names: Sequence[str] = (), *, master: str | None = None,
