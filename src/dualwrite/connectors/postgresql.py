@@ -356,6 +356,9 @@ class PostgresConnector(SqlConnector):
                 copy.write_row(r)
 
     # -- bulk: COPY text ------------------------------------------------------------------
+    def _bulk_match(self, c: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        return c.collate("C") if isinstance(c.type, sa.String) else c
+
     def _bulk_text_exact(self, c: sa.ColumnElement[Any], fmt: str
                          ) -> list[sa.ColumnElement[bool]]:
         if fmt != "copy-text-portable":

@@ -881,9 +881,12 @@ class SqlConnector(Connector):
             c = t.c[f.column]
             if f.pairs is not None:
                 keys = [k for k, _v in f.pairs]
+                # matched byte for byte, as the engine matches the pairs' values: a value a
+                # collation calls equal to a pair's is a miss, which the row path decides
+                m = self._bulk_match(c)
                 exprs.append(sa.case({k: sa.literal(v) if v is not None else sa.null()
-                                      for k, v in f.pairs}, value=c) if keys else sa.null())
-                exact.append(sa.or_(c.is_(None), c.in_(keys)) if keys else c.is_(None))
+                                      for k, v in f.pairs}, value=m) if keys else sa.null())
+                exact.append(sa.or_(c.is_(None), m.in_(keys)) if keys else c.is_(None))
                 continue
             exprs.append(c)
             if isinstance(c.type, sqltypes.String):
@@ -892,6 +895,10 @@ class SqlConnector(Connector):
                 exact.extend(sa.or_(c.is_(None), cond)
                              for cond in self._bulk_text_exact(c, fmt))
         return exprs, exact
+
+    def _bulk_match(self, c: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """``c`` as compared byte for byte (text under a binary collation)."""
+        return c
 
     def _bulk_text_exact(self, c: sa.ColumnElement[Any], fmt: str
                          ) -> list[sa.ColumnElement[bool]]:
