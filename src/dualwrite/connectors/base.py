@@ -294,6 +294,17 @@ class Connector(ABC):
         """A write transaction: committed when the block ends, rolled back on an exception."""
 
     # -- two-phase commit -------------------------------------------------------------------
+    def attached_transaction(self, other: Connector
+                             ) -> AbstractContextManager[tuple[WriteSession, WriteSession]]:
+        """Where both connectors have ``capabilities.attach``: one transaction over this
+        database and ``other``'s, committed by one COMMIT (this side's session, the other's).
+        The default refuses."""
+        from dualwrite.errors import ConfigError
+
+        raise ConfigError(f"{type(self).__name__} cannot attach another database",
+                          hint="pair environments that support two-phase commit",
+                          code="DW204")
+
     def begin_branch(self, xid: str) -> Branch:
         """Open a two-phase branch named ``xid``. Only where ``capabilities.two_phase``."""
         from dualwrite.errors import TerminalConnectorError
