@@ -29,7 +29,7 @@ from dualwrite.engine.diff import (
 )
 from dualwrite.engine.live import explain
 from dualwrite.engine.lookups import PlannedLookups, PlannedRows
-from dualwrite.engine.state import StateStore
+from dualwrite.engine.state import MapState, StateStore
 from dualwrite.errors import ConstraintViolation, RowError, TransientConnectorError
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import Side
@@ -237,7 +237,7 @@ class InitialSync:
                     self.progress(bound.name, done, total)
         self.state.clear_checkpoint(bound.name, PHASE)
         self.state.clear_creating(bound.name)
-        self.state.set_map_state(bound.name, "synced", initial_synced=True)
+        self.state.set_map_state(bound.name, MapState.SYNCED, initial_synced=True)
         result.seconds = time.monotonic() - started
         return result
 

@@ -17,7 +17,7 @@ from dualwrite.engine.state.codec import (
     encode_values,
     now_iso,
 )
-from dualwrite.engine.state.records import AuditEntry, InboxEntry, ParkedChange
+from dualwrite.engine.state.records import AuditEntry, InboxEntry, MapState, ParkedChange
 from dualwrite.engine.state.schema import (
     CACHE_SECONDS,
     HEARTBEAT_TIMEOUT,
@@ -47,7 +47,7 @@ from dualwrite.engine.state.store import MIGRATIONS, SCHEMA_VERSION, StateStore
 
 __all__ = [
     "CACHE_SECONDS", "HEARTBEAT_TIMEOUT", "MIGRATIONS", "SCHEMA_VERSION", "AuditEntry",
-    "InboxEntry", "ParkedChange", "StateStore", "_md", "alerts", "applier_leases",
+    "InboxEntry", "MapState", "ParkedChange", "StateStore", "_md", "alerts", "applier_leases",
     "audit_log", "checkpoints", "conflicts", "coordinator_log", "created_defaults",
     "decode_doc", "decode_row", "decode_values", "encode_doc", "encode_row", "encode_values",
     "error_inbox", "events", "links", "map_activity", "map_status", "map_versions", "now_iso",

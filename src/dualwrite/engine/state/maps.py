@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from dualwrite.engine.state.base import StoreBase
 from dualwrite.engine.state.codec import now_iso
+from dualwrite.engine.state.records import MapState
 from dualwrite.engine.state.schema import (
     CACHE_SECONDS,
     links,
@@ -39,7 +40,7 @@ class MapsState(StoreBase):
             conn.execute(sa.delete(links).where(links.c.name == name))
 
     # -- map status ------------------------------------------------------------------
-    def set_map_state(self, map_name: str, state: str, *, initial_synced: bool = False,
+    def set_map_state(self, map_name: str, state: MapState, *, initial_synced: bool = False,
                       forget_synced: bool = False) -> None:
         """Set a map's state; ``initial_synced`` records that its initial sync just ended,
         ``forget_synced`` that it must run again (capture was removed)."""
@@ -52,7 +53,7 @@ class MapsState(StoreBase):
             if forget_synced:
                 synced = version = None  # capture removed: no version is installed
             conn.execute(sa.delete(map_status).where(map_status.c.map == map_name))
-            conn.execute(sa.insert(map_status).values(map=map_name, state=state,
+            conn.execute(sa.insert(map_status).values(map=map_name, state=MapState(state).value,
                                                       initial_synced_at=synced, updated_at=now,
                                                       version=version))
 
@@ -77,7 +78,7 @@ class MapsState(StoreBase):
                              .values(version=version, updated_at=now_iso())).rowcount
             if not n:
                 conn.execute(sa.insert(map_status).values(
-                    map=map_name, state="stopped", initial_synced_at=None,
+                    map=map_name, state=MapState.STOPPED.value, initial_synced_at=None,
                     updated_at=now_iso(), version=version))
 
     def map_definition(self, map_name: str, version: str) -> str | None:
@@ -96,13 +97,14 @@ class MapsState(StoreBase):
         """Names of running maps, read at most ``max_age`` seconds ago: live writes ask on
         every transaction, and a start or stop made by another process is seen within that
         time (at once when made through this store)."""
-        return {n for n, st in self.recent_map_states(max_age).items() if st["state"] == "running"}
+        return {n for n, st in self.recent_map_states(max_age).items()
+                if st["state"] == MapState.RUNNING}
 
     def queued_maps(self, max_age: float = CACHE_SECONDS) -> set[str]:
         """Maps whose changes are captured but not mirrored synchronously (initializing,
         paused, resuming): a write through dualwrite to their tables must queue."""
         return {n for n, st in self.recent_map_states(max_age).items()
-                if st["state"] in ("initializing", "paused", "resuming")}
+                if MapState(st["state"]).queueing}
 
     def recent_map_states(self, max_age: float = CACHE_SECONDS) -> dict[str, dict[str, Any]]:
         """Map states read at most ``max_age`` seconds ago (see :meth:`running_maps`)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 
@@ -60,3 +61,34 @@ class InboxEntry:
         return {"id": self.id, "map": self.map, "side": self.side, "key": list(self.key),
                 "operation": self.operation, "reason": self.reason, "attempts": self.attempts,
                 "first_at": self.first_at, "last_at": self.last_at, "status": self.status}
+
+
+class MapState(StrEnum):
+    """A map's state, as the state store keeps it and `dualwrite maps` shows it. The values
+    are the stored text (a StrEnum: a member equals its text)."""
+
+    #: no capture installed (never started, or stopped)
+    STOPPED = "stopped"
+    #: capture installed, initial sync running; changes queue meanwhile
+    INITIALIZING = "initializing"
+    #: initial sync done, the map not started yet
+    SYNCED = "synced"
+    #: changes flow both ways
+    RUNNING = "running"
+    #: changes queue, nothing applied
+    PAUSED = "paused"
+    #: applying what queued while paused; running once the queue is empty
+    RESUMING = "resuming"
+    #: stopped by an error (the map's events say which); `maps resume` retries
+    FAILED = "failed"
+
+    @property
+    def applying(self) -> bool:
+        """Whether the applier applies this map's changes."""
+        return self in (MapState.RUNNING, MapState.RESUMING)
+
+    @property
+    def queueing(self) -> bool:
+        """Whether changes queue without being applied (and count against the budget)."""
+        return self in (MapState.INITIALIZING, MapState.PAUSED, MapState.RESUMING)
+
