@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import random
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -267,8 +268,11 @@ def main() -> int:
     WORK.mkdir(parents=True, exist_ok=True)
     (WORK / "maps").mkdir(exist_ok=True)
     (WORK / "maps" / "items.yaml").write_text(MAP)
-    for stale in WORK.glob("state.db*"):
-        stale.unlink()
+    for stale in WORK.glob("state.db*"):  # the state file, its WAL, its decision journal
+        if stale.is_dir():
+            shutil.rmtree(stale)
+        else:
+            stale.unlink()
     (WORK / "dualwrite.yaml").write_text(
         "environments:\n"
         f"  a: {{url: '{PG_URL.format(db=DB_A)}'}}\n"
