@@ -21,8 +21,10 @@ from starlette.testclient import TestClient
 from capture_fixtures import drain
 from dualwrite.api.server import create_server_app
 from dualwrite.connectors.delta import DeltaJournal
+from dualwrite.engine.delta import ChangeFeed
 from dualwrite.engine.link import Link
 from dualwrite.engine.security import create_token
+from dualwrite.model.maps import Side
 
 from conftest import Backend, BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
@@ -216,7 +218,7 @@ def test_unknown_forged_foreign_and_expired_tokens_are_410(served: Served) -> No
     # expired: the changes after the token were pruned
     assert client.patch(customer_url("usmf", "C-0001"), headers=auth,
                         json={"NAME": "then pruned"}).status_code == 204
-    journal = DeltaJournal(link.connectors[next(iter(link.connectors))])  # the ERP side
+    journal = DeltaJournal(link.connectors[Side.LEFT])  # the ERP's
     journal.sequence()
     assert journal.prune(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)) >= 1
     error = _gone(client, auth, link_url)
@@ -236,6 +238,11 @@ def test_entity_sets_of_stopped_maps_are_not_tracked(served: Served) -> None:
     assert "Preference-Applied" not in r.headers and "@odata.deltaLink" not in r.json()
     error = _gone(client, auth, link_url)
     assert "not tracked" in error["message"]
+    # serve's housekeeping removes the journal triggers of the stopped map's table
+    journal = DeltaJournal(link.connectors[Side.LEFT])
+    assert "Customers" in journal.tracked() and journal.installed("Customers")
+    ChangeFeed(link).housekeep(retention=86_400)
+    assert "Customers" not in journal.tracked() and not journal.installed("Customers")
 
 
 @pytest.fixture

@@ -167,6 +167,15 @@ class DeltaJournal:
                 {"e": secrets.token_hex(8)})
         self._ready = True
 
+    def present(self) -> bool:
+        """Whether this environment has a journal (without creating one)."""
+        if self._ready:
+            return True
+        self._home()
+        c = self.connector
+        with c.translating("look for the delta journal"), c.engine.connect() as conn:
+            return self._exists(conn)
+
     def _trigger_ddl(self, conn: sa.Connection, table: str, key: Sequence[str]) -> list[str]:
         d, tag = self.dialect, tag_of(table)
         if isinstance(d, PostgresDialect):

@@ -148,8 +148,8 @@ class ChangeFeed:
         cut = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=retention)
         for side in Side:
             journal = self._journal(side)
-            if journal is None:
-                continue
+            if journal is None or not journal.present():
+                continue  # made when a client first asks to track a set, not before
             wanted = self.eligible(side, max_age=0)
             for table in journal.tracked():
                 if table not in wanted or not journal.installed(table):
