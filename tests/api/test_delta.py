@@ -296,6 +296,15 @@ def test_interleaved_transactions_are_never_skipped(served_pg_maria: Served, env
         engine.dispose()
     entries, _, _ = delta(client, auth, link_url)
     assert [(e[key], e[name]) for e in entries] == [("C-0001", "T1")]
+    # T1's journal row was written first (a smaller id) and sequenced after T2's: a
+    # position by write order would have handed out T2's id and skipped T1's row
+    with sa.create_engine(db.url, poolclass=sa.pool.NullPool).connect() as conn:
+        journal = conn.execute(sa.text(
+            "SELECT id, batch, k FROM dualwrite_delta WHERE tbl = :t ORDER BY id"),
+            {"t": table}).all()
+    t1 = next(r for r in reversed(journal) if str(k1) in r[2])
+    t2 = next(r for r in reversed(journal) if str(k2) in r[2])
+    assert t1[0] < t2[0] and t1[1] > t2[1]
 
 
 def test_a_large_delta_is_paged(served: Served, long_run: bool) -> None:

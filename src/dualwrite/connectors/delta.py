@@ -305,6 +305,9 @@ class DeltaJournal:
             since = int(conn.execute(sa.text(f"SELECT batch FROM {STATE} WHERE one = 1"))
                         .scalar_one())
             conn.execute(sa.text(f"DELETE FROM {TRACKED} WHERE tbl = :t"), {"t": table})
+            # what an earlier tracking left is before ``since``: no token reaches it
+            conn.execute(sa.text(f"DELETE FROM {JOURNAL} WHERE tbl = :t AND batch IS NOT NULL "
+                                 "AND batch < :s"), {"t": table, "s": since})
             conn.execute(sa.text(f"INSERT INTO {TRACKED} (tbl, tag, k, since) "
                                  "VALUES (:t, :g, :k, :s)"),
                          {"t": table, "g": tag_of(table), "k": json.dumps(list(key)),
