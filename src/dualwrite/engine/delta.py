@@ -60,9 +60,8 @@ class ChangeFeed:
     def __init__(self, link: Link) -> None:
         self.link = link
         self._journals: dict[Side, DeltaJournal] = {}
-        #: (side, table) -> key columns whose journal triggers are known to be installed
-        self._installed: dict[tuple[Side, str], tuple[str, ...]] = {}
         self._lock = threading.Lock()
+        self._install_lock = threading.Lock()
 
     def _journal(self, side: Side) -> DeltaJournal | None:
         conn = self.link.connectors[side]
@@ -88,14 +87,15 @@ class ChangeFeed:
         if journal is None or table not in self.eligible(side):
             return None
         key = tuple(key)
-        if self._installed.get((side, table)) != key:
-            # a table dropped and made anew lost its triggers: tracking begins again
+        # asked of the database every time (an initial read is rare): another serve may
+        # have stopped tracking the table, or the table was dropped and made anew (its
+        # triggers gone); tracking then begins again
+        with self._install_lock:  # two requests must not install the same triggers at once
             if journal.tracked().get(table, ((), 0))[0] != key or \
                     not journal.installed(table):
                 journal.track(table, key)
                 log.info("tracking changes of %s for OData delta links", table,
                          extra={"event": "delta_tracked", "table": table})
-            self._installed[(side, table)] = key
         batch = journal.sequence()
         return f"{journal.epoch()}.{batch}.{Position(batch).id}"
 
@@ -153,8 +153,8 @@ class ChangeFeed:
             wanted = self.eligible(side, max_age=0)
             for table in journal.tracked():
                 if table not in wanted or not journal.installed(table):
-                    journal.untrack(table)
-                    self._installed.pop((side, table), None)
+                    with self._install_lock:
+                        journal.untrack(table)
                     log.info("stopped tracking changes of %s (no started map uses it, or its "
                              "triggers are gone)", table,
                              extra={"event": "delta_untracked", "table": table})
