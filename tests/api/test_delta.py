@@ -5,13 +5,14 @@ change skipped when transactions commit out of order; paging of a large delta.""
 
 from __future__ import annotations
 
-import datetime as dt
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from odata_fixtures import make_backend as make_fake_backend
@@ -25,6 +26,7 @@ from dualwrite.engine.delta import ChangeFeed
 from dualwrite.engine.link import Link
 from dualwrite.engine.security import create_token
 from dualwrite.model.maps import Side
+from serve_process import serve
 
 from conftest import Backend, BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
@@ -218,9 +220,10 @@ def test_unknown_forged_foreign_and_expired_tokens_are_410(served: Served) -> No
     # expired: the changes after the token were pruned
     assert client.patch(customer_url("usmf", "C-0001"), headers=auth,
                         json={"NAME": "then pruned"}).status_code == 204
-    journal = DeltaJournal(link.connectors[Side.LEFT])  # the ERP's
-    journal.sequence()
-    assert journal.prune(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)) >= 1
+    feed = ChangeFeed(link)
+    feed.housekeep(retention=86_400)  # within the retention: kept
+    assert [e["NAME"] for e in delta(client, auth, link_url)[0]] == ["then pruned"]
+    feed.housekeep(retention=1e-6)  # everything sequenced before now goes
     error = _gone(client, auth, link_url)
     assert "retention" in error["message"]
     # a fresh read gives a link that works
@@ -346,3 +349,36 @@ def test_a_backend_without_change_tracking_answers_without_it() -> None:
         assert "Preference-Applied" not in r.headers
         assert all("@odata.deltaLink" not in doc for doc in [r.json()])
         _gone(client, {}, "/odata/erp/products?$deltatoken=x.1.1~00000000")
+
+
+def test_a_real_serve_prunes_to_its_configured_retention(make_backend: BackendFactory,
+                                                         tmp_path: Path) -> None:
+    """`dualwrite serve` keeps the journals itself: with `serve.delta_retention_seconds: 1`,
+    a delta link whose following changes are older than that answers 410 without anyone
+    but serve's housekeeping touching the journal; a fresh link works."""
+
+    def retention(cfg: dict[str, Any]) -> None:
+        cfg["serve"] = {"delta_retention_seconds": 1}
+
+    pair = make_pair(make_backend, tmp_path, "postgresql", "mariadb", extra=retention)
+    seed_groups(pair)
+    pair.erp.insert("Customers", [erp_customer(i) for i in range(4)])
+    with pair.link() as link:
+        link.start_maps()
+        token = create_token(link.state, "odata-user", role="reader")
+    auth = {"Authorization": f"Bearer {token}"}
+    with serve(pair.config) as served, httpx.Client(base_url=served.url, headers=auth,
+                                                    timeout=30) as http:
+        r = http.get("/odata/crm/accounts", headers=TRACK)
+        assert r.status_code == 200, r.text
+        link_url = r.json()["@odata.deltaLink"]
+        sql(pair.crm, "UPDATE accounts SET name = 'pruned soon' WHERE accountnumber = 'C-0001'")
+        told = http.get(link_url)  # sequences the change: from now on it ages
+        assert [e["name"] for e in told.json()["value"]] == ["pruned soon"]
+        deadline = time.monotonic() + 60
+        while (r := http.get(link_url)).status_code == 200:
+            assert time.monotonic() < deadline, "serve did not prune within 60 s"
+            time.sleep(0.2)  # polling a condition, with a deadline
+        assert r.status_code == 410 and r.json()["error"]["code"] == "Gone"
+        fresh = http.get("/odata/crm/accounts", headers=TRACK).json()["@odata.deltaLink"]
+        assert http.get(fresh).json()["value"] == []
