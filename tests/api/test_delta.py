@@ -382,3 +382,17 @@ def test_a_real_serve_prunes_to_its_configured_retention(make_backend: BackendFa
         assert r.status_code == 410 and r.json()["error"]["code"] == "Gone"
         fresh = http.get("/odata/crm/accounts", headers=TRACK).json()["@odata.deltaLink"]
         assert http.get(fresh).json()["value"] == []
+
+
+def test_purging_capture_removes_the_journal_and_the_applications_writes_go_on(
+        served: Served) -> None:
+    pair, link, client, auth = served
+    track(client, auth, "/odata/erp/Customers")
+    track(client, auth, "/odata/crm/accounts")
+    removed = link.purge_capture()  # `maps stop --purge`; `uninstall` does it too
+    for env in ("erp", "crm"):
+        assert "table dualwrite_delta" in removed[env]
+        assert any(x.startswith("trigger dw_") and x.endswith("_dxu") for x in removed[env])
+    sql(pair.erp, """UPDATE "Customers" SET "NAME" = 'still writable' WHERE "ACCOUNT" = 'C-0001'""")
+    sql(pair.crm, "UPDATE accounts SET name = 'still writable' WHERE accountnumber = 'C-0001'")
+    assert pair.customers()[("usmf", "C-0001")]["NAME"] == "still writable"

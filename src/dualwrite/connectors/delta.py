@@ -435,19 +435,5 @@ class DeltaJournal:
                              {"p": int(last)}).rowcount
         return int(n or 0)
 
-    def remove(self) -> None:
-        """Drop every journal trigger and the journal tables."""
-        self._home()
-        c = self.connector
-        with c.translating("remove the delta journal"), c.engine.begin() as conn:
-            names = [str(r[0]) for r in conn.execute(sa.text(f"SELECT tbl FROM {TRACKED}"))] \
-                if self._exists(conn) else []
-            for table in names:
-                for statement in self._drop_ddl(table):
-                    conn.exec_driver_sql(statement)
-            for t in (JOURNAL, STATE, TRACKED):
-                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {t}")
-        self._ready = False
-
     def _exists(self, conn: sa.Connection) -> bool:
         return sa.inspect(conn).has_table(TRACKED)
