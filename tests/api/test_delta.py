@@ -234,6 +234,8 @@ def test_unknown_forged_foreign_and_expired_tokens_are_410(served: Served) -> No
 def test_entity_sets_of_stopped_maps_are_not_tracked(served: Served) -> None:
     _, link, client, auth = served
     _, link_url = track(client, auth, "/odata/erp/Customers")
+    journal = DeltaJournal(link.connectors[Side.LEFT])
+    assert "Customers" in journal.tracked() and journal.installed("Customers")
     link.stop_maps(["customers"])
     link.state.map_states()  # the server's link shares the store: see it at once
     r = client.get("/odata/erp/Customers", headers={**auth, **TRACK})
@@ -241,9 +243,8 @@ def test_entity_sets_of_stopped_maps_are_not_tracked(served: Served) -> None:
     assert "Preference-Applied" not in r.headers and "@odata.deltaLink" not in r.json()
     error = _gone(client, auth, link_url)
     assert "not tracked" in error["message"]
-    # serve's housekeeping removes the journal triggers of the stopped map's table
-    journal = DeltaJournal(link.connectors[Side.LEFT])
-    assert "Customers" in journal.tracked() and journal.installed("Customers")
+    # serve's housekeeping (every 5 s, or this call) removes the journal triggers of the
+    # stopped map's table
     ChangeFeed(link).housekeep(retention=86_400)
     assert "Customers" not in journal.tracked() and not journal.installed("Customers")
 

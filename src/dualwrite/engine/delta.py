@@ -77,7 +77,8 @@ class ChangeFeed:
         states = self.link.state.recent_map_states() if max_age is None else \
             self.link.state.recent_map_states(max_age)
         started = {n for n, st in states.items() if st.get("state") in TRACKING}
-        return {b.table(side) for b in self.link.bound_maps() if b.name in started}
+        # maps that bind: one map gone wrong does not stop the tracking of the others
+        return {b.table(side) for b in self.link.valid_maps()[0] if b.name in started}
 
     def start(self, side: Side, table: str, key: Sequence[str]) -> str | None:
         """The position of "now" for ``table`` (every change after it will be told), tracking
