@@ -397,3 +397,8 @@ def test_purging_capture_removes_the_journal_and_the_applications_writes_go_on(
     sql(pair.erp, """UPDATE "Customers" SET "NAME" = 'still writable' WHERE "ACCOUNT" = 'C-0001'""")
     sql(pair.crm, "UPDATE accounts SET name = 'still writable' WHERE accountnumber = 'C-0001'")
     assert pair.customers()[("usmf", "C-0001")]["NAME"] == "still writable"
+    # started again, the set is tracked again: the journal is made anew
+    link.start_maps()
+    _, link_url = track(client, auth, "/odata/erp/Customers")
+    sql(pair.erp, """UPDATE "Customers" SET "NAME" = 'tracked again' WHERE "ACCOUNT" = 'C-0001'""")
+    assert [e["NAME"] for e in delta(client, auth, link_url)[0]] == ["tracked again"]

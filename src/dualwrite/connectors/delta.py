@@ -168,13 +168,15 @@ class DeltaJournal:
         self._ready = True
 
     def present(self) -> bool:
-        """Whether this environment has a journal (without creating one)."""
-        if self._ready:
-            return True
+        """Whether this environment has a journal (without creating one). Asked of the
+        database every time: `maps stop --purge` may have removed it meanwhile (the next
+        :meth:`ensure` makes it anew)."""
         self._home()
         c = self.connector
         with c.translating("look for the delta journal"), c.engine.connect() as conn:
-            return self._exists(conn)
+            exists = self._exists(conn)
+        self._ready = self._ready and exists
+        return exists
 
     def _trigger_ddl(self, conn: sa.Connection, table: str, key: Sequence[str]) -> list[str]:
         d, tag = self.dialect, tag_of(table)

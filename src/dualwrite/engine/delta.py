@@ -92,6 +92,7 @@ class ChangeFeed:
         # have stopped tracking the table, or the table was dropped and made anew (its
         # triggers gone); tracking then begins again
         with self._install_lock:  # two requests must not install the same triggers at once
+            journal.present()  # (made anew below if `maps stop --purge` removed it)
             if journal.tracked().get(table, ((), 0))[0] != key or \
                     not journal.installed(table):
                 journal.track(table, key)
