@@ -335,14 +335,22 @@ class DeltaJournal:
             return engine.execution_options(isolation_level="READ COMMITTED").begin()
         return engine.begin()
 
+    def _time(self, at: dt.datetime) -> Any:
+        """``at`` (UTC) as the journal's ``at`` column holds it: SQLite's as fixed-width text,
+        which sorts as the times do."""
+        if isinstance(self.dialect, SqliteDialect):
+            return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
+        if isinstance(self.dialect, MariaDbDialect):
+            return at.astimezone(dt.UTC).replace(tzinfo=None)
+        return at
+
     def sequence(self) -> int:
         """Put the committed journal rows without a batch into a new one; returns the last
         batch handed out (see the module doc for why this makes positions safe)."""
         self.ensure()
         c = self.connector
         now = dt.datetime.now(dt.UTC)
-        at: Any = now.isoformat() if isinstance(self.dialect, SqliteDialect) else \
-            now.replace(tzinfo=None) if isinstance(self.dialect, MariaDbDialect) else now
+        at = self._time(now)
         with c.translating("sequence the delta journal"), self._begin() as conn:
             # the lock on the state row (SQLite: the write lock) serialises sequencers
             conn.execute(sa.text(f"UPDATE {STATE} SET batch = batch + 1 WHERE one = 1"))
@@ -421,9 +429,7 @@ class DeltaJournal:
         """Delete the batches sequenced before ``older_than``; returns the rows deleted."""
         self.ensure()
         c = self.connector
-        cut: Any = older_than.isoformat() if isinstance(self.dialect, SqliteDialect) else \
-            older_than.replace(tzinfo=None) if isinstance(self.dialect, MariaDbDialect) \
-            else older_than
+        cut = self._time(older_than)
         with c.translating("prune the delta journal"), self._begin() as conn:
             last = conn.execute(sa.text(
                 f"SELECT MAX(batch) FROM {JOURNAL} WHERE batch IS NOT NULL AND at < :c"),

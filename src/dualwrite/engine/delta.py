@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from dualwrite.connectors.delta import DeltaJournal, Position
 from dualwrite.connectors.sql import SqlConnector
-from dualwrite.errors import DeltaTokenGone
+from dualwrite.errors import DeltaTokenGone, TerminalConnectorError
 from dualwrite.model.maps import Side
 from dualwrite.model.values import canonical
 
@@ -95,7 +95,14 @@ class ChangeFeed:
             journal.present()  # (made anew below if `maps stop --purge` removed it)
             if journal.tracked().get(table, ((), 0))[0] != key or \
                     not journal.installed(table):
-                journal.track(table, key)
+                try:
+                    journal.track(table, key)
+                except TerminalConnectorError as exc:
+                    # e.g. no privilege to create triggers: the read is answered without
+                    # tracking, as OData allows, and the reason is in the log
+                    log.warning("cannot track changes of %s: %s", table, exc,
+                                extra={"event": "delta_untrackable", "table": table})
+                    return None
                 log.info("tracking changes of %s for OData delta links", table,
                          extra={"event": "delta_tracked", "table": table})
         batch = journal.sequence()
