@@ -145,15 +145,21 @@ def test_changes_by_sql_api_and_applier_are_told_in_order_with_etags(served: Ser
     assert delta(client, auth, link_url)[0] == []  # the fresh link starts after them
 
     # the other side of the link is tracked as well (MariaDB or SQLite there)
-    _, crm_link = track(client, auth, "/odata/crm/accounts")
+    accounts, crm_link = track(client, auth, "/odata/crm/accounts")
     sql(pair.crm, "UPDATE accounts SET name = 'Again' WHERE accountnumber = 'C-0005'")
     r = client.post("/odata/crm/accounts", headers=auth, json={
         "company": "usmf", "accountnumber": "C-0200", "name": "Posted", "typecode": 3})
     assert r.status_code == 201, r.text
-    entries, _, _ = delta(client, auth, crm_link)
+    entries, crm_link, _ = delta(client, auth, crm_link)
     assert [(e["accountnumber"], e["name"]) for e in entries] == [("C-0005", "Again"),
                                                                   ("C-0200", "Posted")]
     assert all(e["@odata.etag"] for e in entries)
+    # a change of the entity key: the old key is deleted, the new one created
+    old_id = next(a["accountid"] for a in accounts if a["accountnumber"] == "C-0004")
+    sql(pair.crm, "UPDATE accounts SET accountid = 'new-id-4' WHERE accountnumber = 'C-0004'")
+    entries, _, _ = delta(client, auth, crm_link)
+    assert sorted((e["accountid"], "@removed" in e) for e in entries) == sorted(
+        [(old_id, True), ("new-id-4", False)])
 
 
 def test_several_changes_of_one_row_are_told_once_as_it_is_now(served: Served) -> None:
