@@ -253,6 +253,12 @@ def test_entity_sets_of_stopped_maps_are_not_tracked(served: Served) -> None:
     # stopped map's table
     ChangeFeed(link).housekeep(retention=86_400)
     assert "Customers" not in journal.tracked() and not journal.installed("Customers")
+    # started and tracked again: a token from before is still refused (changes made while
+    # it was not tracked are in no journal)
+    link.start_maps(["customers"])
+    _, fresh = track(client, auth, "/odata/erp/Customers")
+    assert "older than the tracking" in _gone(client, auth, link_url)["message"]
+    assert delta(client, auth, fresh)[0] == []
 
 
 @pytest.fixture
@@ -394,7 +400,7 @@ def test_a_real_serve_prunes_to_its_configured_retention(make_backend: BackendFa
 def test_purging_capture_removes_the_journal_and_the_applications_writes_go_on(
         served: Served) -> None:
     pair, link, client, auth = served
-    track(client, auth, "/odata/erp/Customers")
+    _, before = track(client, auth, "/odata/erp/Customers")
     track(client, auth, "/odata/crm/accounts")
     removed = link.purge_capture()  # `maps stop --purge`; `uninstall` does it too
     for env in ("erp", "crm"):
@@ -403,8 +409,10 @@ def test_purging_capture_removes_the_journal_and_the_applications_writes_go_on(
     sql(pair.erp, """UPDATE "Customers" SET "NAME" = 'still writable' WHERE "ACCOUNT" = 'C-0001'""")
     sql(pair.crm, "UPDATE accounts SET name = 'still writable' WHERE accountnumber = 'C-0001'")
     assert pair.customers()[("usmf", "C-0001")]["NAME"] == "still writable"
-    # started again, the set is tracked again: the journal is made anew
+    # started again, the set is tracked again: the journal is made anew (and a token from
+    # the old one is refused)
     link.start_maps()
     _, link_url = track(client, auth, "/odata/erp/Customers")
     sql(pair.erp, """UPDATE "Customers" SET "NAME" = 'tracked again' WHERE "ACCOUNT" = 'C-0001'""")
     assert [e["NAME"] for e in delta(client, auth, link_url)[0]] == ["tracked again"]
+    assert "another journal" in _gone(client, auth, before)["message"]
