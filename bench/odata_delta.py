@@ -28,6 +28,7 @@ Writes the odata-delta section of docs/benchmarks.md unless --no-docs.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import re
 import shutil
@@ -297,6 +298,7 @@ def main() -> int:
         f"state: 'sqlite:///{WORK / 'state.db'}'\n"
         "maps: ['maps/*.yaml']\n"
         f"serve: {{page_size: {PAGE}, access_log: false}}\n")
+    load = os.getloadavg()[0]  # other work on the machine is in the figures: say how much
     reset()
     with psycopg.connect(PG_DSN.format(db=DB_A), autocommit=True) as c:
         c.execute("INSERT INTO items (id, name, qty, note) SELECT g, 'item ' || g, 0, NULL "
@@ -377,7 +379,7 @@ def main() -> int:
         f"the other (the baseline) re-reads the set with plain paged GETs ({PAGE} per page). "
         f"Lag: from the writer's commit to the client seeing the write; {len(commits):,} "
         f"writes ({len(commits) / window:.0f}/s reached). Cost: per second while the writers "
-        "wrote.\n\n"
+        f"wrote. {os.cpu_count()} cores, load average {load:.1f} when the run began.\n\n"
         "| client | lag p50 ms | lag p99 ms | p50 sql-a | p50 api | p50 sql-b | writes "
         "never seen | requests/s | entities/s received | MB/s received | share of the time "
         "waiting on responses |\n"
