@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-capture bench-idle bench-failover clean services browser
+.PHONY: demo test lint bench bench-capture bench-idle bench-failover bench-odata-delta clean services browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench-idle: $(STAMP) services
 # how long a link goes without an applier when the active one fails
 bench-failover: $(STAMP) services
 	$(BIN)/python bench/failover.py
+
+# OData delta links against polling a served set with plain paged GETs
+bench-odata-delta: $(STAMP) services
+	$(BIN)/python bench/odata_delta.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

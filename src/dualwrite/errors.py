@@ -18,7 +18,8 @@ Every error names what was wrong and what to do about it. The tree::
     │       └── ConstraintViolation     the database rejected a row (``kind``: unique, not_null...)
     ├── RowError                        one row cannot be written or transformed (map, side,
     │                                   key, field, value); initial sync sends it to the inbox
-    └── ServiceUnavailable              a service a test or command needs is down
+    ├── ServiceUnavailable              a service a test or command needs is down
+    └── DeltaTokenGone                  an OData delta token that cannot be resumed from
 
 Driver exceptions are translated to ``ConnectorError`` at one choke point per connector
 (``raise ... from exc``), so callers never see a driver-specific type. Which error a driver's
@@ -302,3 +303,12 @@ class RowError(DualwriteError):
 
 class ServiceUnavailable(DualwriteError):
     """A service needed here is down. The hint says how to start it."""
+
+
+class DeltaTokenGone(DualwriteError):
+    """An OData delta token this service cannot resume from (expired, unknown, forged, or
+    for another entity set): the client must read the entity set anew (HTTP 410)."""
+
+    hint = ("read the entity set again with `Prefer: odata.track-changes` for a fresh delta "
+            "link; tokens stay valid for serve.delta_retention_seconds after the changes "
+            "they precede")

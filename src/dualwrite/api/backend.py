@@ -13,11 +13,12 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from dualwrite.api.errors import NotFound
+from dualwrite.engine.delta import DeltaPage  # the one DeltaPage, re-exported here
 from dualwrite.engine.security import Principal  # the one Principal, re-exported here
 from dualwrite.model.filters import Expr
 from dualwrite.model.schema import TableSchema
 
-__all__ = ["ODataBackend", "Principal", "WriteKind", "WriteOp"]
+__all__ = ["ChangeTracking", "DeltaPage", "ODataBackend", "Principal", "WriteKind", "WriteOp"]
 
 WriteKind = Literal["create", "update", "replace", "delete"]
 
@@ -123,4 +124,24 @@ class ODataBackend(Protocol):
     def refused(self, principal: Principal, environment: str | None, request: str,
                 needed: str, reason: str) -> None:
         """Audit a request refused with 403 for want of ``needed`` (``"role writer"``)."""
+        ...
+
+
+@runtime_checkable
+class ChangeTracking(Protocol):
+    """What a backend that honours ``Prefer: odata.track-changes`` adds to
+    :class:`ODataBackend`. Positions are opaque text the OData layer wraps in its tokens."""
+
+    def track_changes(self, env: str, table: str, key: Sequence[str]) -> str | None:
+        """The position of "now" for ``table`` (whose entity key is ``key``), to be read
+        before the entities are: every change committed after this call is told by a delta
+        from it. None when ``table`` is not tracked (the service then answers without)."""
+        ...
+
+    def changes_since(self, env: str, table: str, key: Sequence[str], position: str,
+                      limit: int) -> DeltaPage:
+        """At most ``limit`` keys of ``table`` that changed after ``position``, in the order of
+        their last change, each with its row as it is now (None: deleted), and the position
+        to go on from. Raises :class:`dualwrite.errors.DeltaTokenGone` (410) for a position
+        that cannot be resumed from."""
         ...

@@ -27,6 +27,7 @@ from dualwrite.errors import (
     ConfigError,
     ConnectorError,
     ConstraintViolation,
+    DeltaTokenGone,
     DualwriteError,
     FilterSyntaxError,
     LicenceError,
@@ -148,6 +149,8 @@ def _classify(exc: DualwriteError) -> tuple[int, str, str | None, list[dict[str,
     """(status, code, target, details) for a dualwrite error."""
     if isinstance(exc, NotFound | RowNotFound):
         return 404, "NotFound", None, []
+    if isinstance(exc, DeltaTokenGone):
+        return 410, "Gone", "$deltatoken", []
     if isinstance(exc, PreconditionFailed):
         return 412, "PreconditionFailed", None, []
     if isinstance(exc, AccessDenied):

@@ -10,6 +10,7 @@ from typing import Any
 from dualwrite.api.backend import WriteOp
 from dualwrite.api.errors import PreconditionFailed
 from dualwrite.api.payload import etag_matches, etag_of
+from dualwrite.engine.delta import ChangeFeed, DeltaPage
 from dualwrite.engine.link import Link
 from dualwrite.engine.security import Principal, authenticate
 from dualwrite.errors import ConfigError, DualwriteError
@@ -19,7 +20,8 @@ from dualwrite.model.schema import ForeignKey, TableSchema
 
 
 class LinkBackend:
-    """Implements :class:`dualwrite.api.backend.ODataBackend` for a :class:`Link`.
+    """Implements :class:`dualwrite.api.backend.ODataBackend` for a :class:`Link`, and
+    :class:`dualwrite.api.backend.ChangeTracking` over its :class:`ChangeFeed`.
 
     An environment exposes the tables its maps use (both the mapped tables and the tables
     their lookups point to) plus those listed under ``serve.expose`` in the config.
@@ -29,6 +31,7 @@ class LinkBackend:
         self.link = link
         self._sides = {link.env_name(s): s for s in Side}
         self._tables: dict[str, list[str]] = {}
+        self.feed = ChangeFeed(link)
 
     def _side(self, env: str) -> Side:
         try:
@@ -136,6 +139,13 @@ class LinkBackend:
             exc.op_index = index  # type: ignore[attr-defined]
             raise
         return out
+
+    def track_changes(self, env: str, table: str, key: Sequence[str]) -> str | None:
+        return self.feed.start(self._side(env), table, key)
+
+    def changes_since(self, env: str, table: str, key: Sequence[str], position: str,
+                      limit: int) -> DeltaPage:
+        return self.feed.read(self._side(env), table, key, position, limit)
 
     def authenticate(self, token: str) -> Principal | None:
         return authenticate(self.link.state, token)

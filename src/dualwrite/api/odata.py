@@ -8,6 +8,9 @@ for an app that serves other routes too. Per environment:
 * ``GET <set>`` with ``$filter $select $orderby $top $skip $count $skiptoken $expand``
   (``$expand`` one level deep; ``$filter`` through navigation properties), server-driven
   paging (``@odata.nextLink``; ``Prefer: odata.maxpagesize``); ``GET <set>/$count``;
+* change tracking (``Prefer: odata.track-changes``) on sets whose backend tracks them: the
+  last page carries ``@odata.deltaLink``; ``GET <set>?$deltatoken=`` answers the changes
+  since, in the OData JSON delta format (:meth:`ODataService.read_delta`);
 * ``GET|PATCH|PUT|DELETE <set>(<key>)`` by entity key (``('C-1')``, ``(1)``,
   ``(dataAreaId='usmf',ACCOUNT='C-1')``) or alternate key; ``POST <set>`` creates;
 * ``POST /odata/<env>/$batch`` in the JSON and the multipart format (:mod:`.batch`).
@@ -27,6 +30,7 @@ engine decides what a write means.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -42,7 +46,7 @@ from starlette.types import Receive, Scope, Send
 
 from dualwrite.api import csdl
 from dualwrite.api.auth import authenticate, authorize
-from dualwrite.api.backend import ODataBackend, Principal, WriteOp
+from dualwrite.api.backend import ChangeTracking, ODataBackend, Principal, WriteOp
 from dualwrite.api.errors import ODataError, bad_request, error_response
 from dualwrite.api.literals import entity_path, lookup_key, parse_key_predicate, split_path
 from dualwrite.api.model import EntitySetInfo, NavigationInfo, ServiceModel, build_model
@@ -72,7 +76,8 @@ from dualwrite.api.query import (
     resolve_properties,
     response_format,
 )
-from dualwrite.model.filters import And, Compare, Expr, In, Literal, Property
+from dualwrite.errors import DeltaTokenGone
+from dualwrite.model.filters import And, Compare, Expr, In, Literal, Or, Property
 from dualwrite.model.values import canonical
 
 __all__ = ["ODataService", "create_app", "create_router", "odata_mount"]
@@ -211,6 +216,21 @@ def json_response(status: int, payload: Any, fmt: Format | None = None,
 
 def _key_of(es: EntitySetInfo, row: Mapping[str, Any]) -> tuple[Any, ...]:
     return tuple(canonical(row.get(c)) for c in es.key_columns)
+
+
+def _all_of(terms: list[Expr]) -> Expr:
+    """The conjunction of ``terms``, as a balanced tree (no deep recursion to translate)."""
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return And(_all_of(terms[:half]), _all_of(terms[half:]))
+
+
+def _any_of(terms: list[Expr]) -> Expr:
+    if len(terms) == 1:
+        return terms[0]
+    half = len(terms) // 2
+    return Or(_any_of(terms[:half]), _any_of(terms[half:]))
 
 
 class ODataService:
@@ -441,6 +461,8 @@ class ODataService:
     def read_collection(self, ctx: Context, request: HttpRequest, target: Target,
                         query: Query) -> HttpResponse:
         es = _required(target.es)
+        if "$deltatoken" in query.options:
+            return self.read_delta(ctx, request, es, query)
         fmt = response_format(query, request.header("accept"))
         where = self._where(ctx, query, es)
         select = parse_select(query.options["$select"], es) if "$select" in query.options \
@@ -456,14 +478,30 @@ class ODataService:
             if "$skip" in query.options else 0
         count = parse_bool_option("$count", query.options["$count"]) \
             if "$count" in query.options else False
-        delivered = parse_count_number("$skiptoken", query.options["$skiptoken"]) \
-            if "$skiptoken" in query.options else 0
+        skiptoken = query.options.get("$skiptoken")
+        # the pages of a tracked read carry the delta position taken before the first one
+        tracked_from: str | None = None
+        if skiptoken is not None and "~" in skiptoken:
+            skiptoken, _, tracked_from = skiptoken.partition("~")
+        delivered = parse_count_number("$skiptoken", skiptoken) if skiptoken is not None \
+            else 0
         prefer = parse_prefer(request.header("prefer"))
-        headers: dict[str, str] = {}
+        applied: list[str] = []
         page = self.page_size
         if prefer.maxpagesize is not None and prefer.maxpagesize <= self.page_size:
             page = prefer.maxpagesize
-            headers["Preference-Applied"] = f"odata.maxpagesize={page}"
+            applied.append(f"odata.maxpagesize={page}")
+        if tracked_from is None and prefer.track_changes and skiptoken is None and \
+                top is None and skip == 0 and "$expand" not in query.options and \
+                isinstance(self.backend, ChangeTracking):
+            # taken before the entities are read: a change committed while the pages are
+            # read is in the delta (perhaps in a page too: telling it twice is harmless)
+            tracked_from = self.backend.track_changes(ctx.env, es.table, es.key_columns)
+        if tracked_from is not None:
+            applied.append("odata.track-changes")
+        headers: dict[str, str] = {}
+        if applied:
+            headers["Preference-Applied"] = ", ".join(applied)
         remaining = None if top is None else top - delivered
         rows: list[dict[str, Any]] = []
         more = False
@@ -485,9 +523,109 @@ class ODataService:
                             for r in rows]
         if more:
             pairs = [(n, v) for n, v in query.pairs if n.lower() != "$skiptoken"]
-            pairs.append(("$skiptoken", str(delivered + len(rows))))
+            token = str(delivered + len(rows))
+            if tracked_from is not None:
+                token += "~" + tracked_from
+            pairs.append(("$skiptoken", token))
             payload["@odata.nextLink"] = f"{ctx.root}{request.path}?{encode_query(pairs)}"
+        elif tracked_from is not None:
+            payload["@odata.deltaLink"] = self.delta_link(ctx, es, query, tracked_from)
         return json_response(200, payload, fmt, headers)
+
+    # ---------------------------------------------------------------------------- deltas
+
+    @staticmethod
+    def _set_mark(ctx: Context, es: EntitySetInfo) -> str:
+        """What ties a delta token to its environment and entity set."""
+        return hashlib.sha1(f"{ctx.env}\0{es.name}".encode()).hexdigest()[:8]
+
+    def delta_link(self, ctx: Context, es: EntitySetInfo, query: Query, position: str) -> str:
+        """The URL of the changes after ``position``, keeping the request's ``$filter``,
+        ``$select``, ``$format`` and parameter aliases."""
+        kept = {"$filter", "$select", "$format"}
+        pairs = [(n, v) for n, v in query.pairs if n.lower() in kept or n.startswith("@")]
+        pairs.append(("$deltatoken", f"{position}~{self._set_mark(ctx, es)}"))
+        return f"{ctx.root}{_quote_segment(es.name)}?{encode_query(pairs)}"
+
+    def read_delta(self, ctx: Context, request: HttpRequest, es: EntitySetInfo,
+                   query: Query) -> HttpResponse:
+        """``GET <set>?$deltatoken=...``: the entities created or changed since the token (as
+        they are now, each once, in the order of its last change, with its ETag) and those
+        deleted (``@removed``), at most a page of them, then ``@odata.nextLink`` (more
+        waiting) or a fresh ``@odata.deltaLink``. A token that cannot be resumed from
+        (expired, unknown, malformed, for another set) is a 410."""
+        query.only({"$deltatoken", "$filter", "$select", "$format"}, "a delta request")
+        fmt = response_format(query, request.header("accept"))
+        position, _, mark = query.options["$deltatoken"].rpartition("~")
+        if not position or mark != self._set_mark(ctx, es):
+            raise DeltaTokenGone(f"the delta token is not one this service gave for "
+                                 f"{es.name!r} (malformed, or for another entity set)")
+        if not isinstance(self.backend, ChangeTracking):
+            raise DeltaTokenGone(f"changes of {es.name!r} are not tracked")
+        where = self._where(ctx, query, es)
+        select = parse_select(query.options["$select"], es) if "$select" in query.options \
+            else None
+        prefer = parse_prefer(request.header("prefer"))
+        page = self.page_size
+        applied = ["odata.track-changes"]
+        if prefer.maxpagesize is not None and prefer.maxpagesize <= self.page_size:
+            page = prefer.maxpagesize
+            applied.append(f"odata.maxpagesize={page}")
+        delta = self.backend.changes_since(ctx.env, es.table, es.key_columns, position, page)
+        present = [row for _, row in delta.entries if row is not None]
+        passing = self._passing(ctx, es, where, present)
+        value: list[dict[str, Any]] = []
+        for key, row in delta.entries:
+            if row is not None and _key_of(es, row) in passing:
+                entity = self.entity(ctx, es, row, select, fmt, top=False)
+                if fmt.metadata != "none" and "@odata.id" not in entity:
+                    entity = {"@odata.id": ctx.root + entity_path(es, row), **entity}
+                value.append(entity)
+            else:
+                # gone, or no longer passing the filter: either way out of the client's set
+                value.append(self._removed(ctx, es, row or key,
+                                           "deleted" if row is None else "changed"))
+        payload: dict[str, Any] = {}
+        if fmt.metadata != "none":
+            payload["@odata.context"] = self.context_url(ctx, es, select, entity=False) + \
+                "/$delta"
+        payload["value"] = value
+        link = self.delta_link(ctx, es, query, delta.position)
+        payload["@odata.nextLink" if delta.more else "@odata.deltaLink"] = link
+        return json_response(200, payload, fmt, {"Preference-Applied": ", ".join(applied)})
+
+    def _passing(self, ctx: Context, es: EntitySetInfo, where: Expr | None,
+                 rows: list[dict[str, Any]]) -> set[tuple[Any, ...]]:
+        """The keys of ``rows`` that pass ``where``, asked of the database (so that the
+        delta agrees with a read of the set, collations and all)."""
+        keys = {_key_of(es, r) for r in rows}
+        if where is None or not rows:
+            return keys
+        out: set[tuple[Any, ...]] = set()
+        for start in range(0, len(rows), 200):
+            chunk = rows[start:start + 200]
+            if len(es.key_columns) == 1:
+                column = es.key_columns[0]
+                match: Expr = In(Property(column), tuple(Literal(r[column]) for r in chunk))
+            else:
+                match = _any_of([_all_of([Compare("eq", Property(c), Literal(r[c]))
+                                          for c in es.key_columns]) for r in chunk])
+            for r in self.backend.query(ctx.env, es.table, columns=list(es.key_columns),
+                                        where=And(where, match), order_by=[], limit=None,
+                                        offset=0):
+                out.add(_key_of(es, r))
+        return out
+
+    def _removed(self, ctx: Context, es: EntitySetInfo, key_row: Mapping[str, Any],
+                 reason: str) -> dict[str, Any]:
+        """A deleted-entity entry: OData 4.01's ``@removed`` (4.0's ``$deletedEntity``
+        to a 4.0 client), its id and its key properties."""
+        entity_id = ctx.root + entity_path(es, key_row)
+        keys = entity_values(es, key_row, list(es.key))
+        if ctx.version == "4.0":
+            return {"@odata.context": f"{ctx.root}$metadata#{es.name}/$deletedEntity",
+                    "id": entity_id, "reason": reason}
+        return {"@removed": {"reason": reason}, "@odata.id": entity_id, **keys}
 
     def _where(self, ctx: Context, query: Query, es: EntitySetInfo) -> Expr | None:
         text = query.get("$filter")

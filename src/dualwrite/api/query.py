@@ -60,10 +60,10 @@ __all__ = [
 
 #: System query options the service implements.
 SUPPORTED = frozenset({"$filter", "$select", "$orderby", "$top", "$skip", "$count",
-                       "$skiptoken", "$format", "$expand"})
+                       "$skiptoken", "$format", "$expand", "$deltatoken"})
 #: Options OData defines that the service does not implement: 501 Not Implemented.
 UNSUPPORTED = frozenset({"$search", "$apply", "$compute", "$levels", "$index",
-                         "$deltatoken", "$schemaversion", "$id"})
+                         "$schemaversion", "$id"})
 #: Above this a $top/$skip/$skiptoken is refused: no table is that large, and a database
 #: driver would overflow on it.
 MAX_NUMBER = 2**62
@@ -627,6 +627,7 @@ class Preferences:
     return_: str | None = None
     maxpagesize: int | None = None
     continue_on_error: bool | None = None
+    track_changes: bool = False
 
 
 def parse_prefer(header: str | None) -> Preferences:
@@ -636,6 +637,7 @@ def parse_prefer(header: str | None) -> Preferences:
     return_: str | None = None
     maxpagesize: int | None = None
     continue_on_error: bool | None = None
+    track_changes = False
     for item in header.split(","):
         name, _, value = item.split(";")[0].partition("=")
         name, value = name.strip().lower(), value.strip().strip('"').lower()
@@ -646,8 +648,10 @@ def parse_prefer(header: str | None) -> Preferences:
             maxpagesize = int(value)
         elif name in ("odata.continue-on-error", "continue-on-error"):
             continue_on_error = value in ("", "true")
+        elif name in ("odata.track-changes", "track-changes"):
+            track_changes = True
     return Preferences(return_=return_, maxpagesize=maxpagesize,
-                       continue_on_error=continue_on_error)
+                       continue_on_error=continue_on_error, track_changes=track_changes)
 
 
 def decode_path(path: str) -> str:

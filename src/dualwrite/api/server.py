@@ -21,6 +21,7 @@ from dualwrite.api.link_backend import LinkBackend
 from dualwrite.api.metrics import ODataRequestCounter, metrics_endpoint
 from dualwrite.api.odata import odata_mount
 from dualwrite.engine.capture import run_applier
+from dualwrite.engine.delta import ChangeFeed
 from dualwrite.engine.link import Link
 from dualwrite.engine.monitor import check_applier
 from dualwrite.errors import DualwriteError, TransientConnectorError
@@ -39,10 +40,11 @@ def _apply(link: Link, stop: threading.Event) -> None:
         own.close()
 
 
-def _watch(link: Link, stop: threading.Event) -> None:
+def _watch(link: Link, stop: threading.Event, feed: ChangeFeed) -> None:
     """While serve runs: its own heartbeat as role ``server`` every second; every five, the
     no-applier alert raised or cleared and alerts whose cause is gone cleared (so that they
-    move without anyone running `status`)."""
+    move without anyone running `status`), and the delta journals kept (sequenced, pruned to
+    ``serve.delta_retention_seconds``, tables of stopped maps no longer tracked)."""
     me = link.state.register_process(link.config.link_name, "server")
     beats = 0
     try:
@@ -53,6 +55,7 @@ def _watch(link: Link, stop: threading.Event) -> None:
                 if beats % 5 == 0:
                     check_applier(link)
                     link.monitor.refresh()
+                    feed.housekeep(link.config.model.serve.delta_retention_seconds)
             except Exception:  # the state store may be busy or gone for a moment
                 log.warning("serve: heartbeat or alert check failed", exc_info=True)
     finally:
@@ -97,7 +100,8 @@ def create_server_app(link: Link, *, apply_captured: bool = False) -> Starlette:
             # applier once the database answers
             log.warning("in-doubt transactions not recovered yet: %s", exc)
         stop = threading.Event()
-        watcher = threading.Thread(target=_watch, args=(link, stop), name="dualwrite-watch",
+        watcher = threading.Thread(target=_watch, args=(link, stop, backend.feed),
+                                   name="dualwrite-watch",
                                    daemon=True)
         watcher.start()
         worker = None

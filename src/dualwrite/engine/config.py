@@ -57,6 +57,9 @@ class ServeConfig(BaseModel):
     require_if_match: bool = False
     #: an OData PATCH or PUT to a key that does not exist creates the entity (off: 404)
     upsert: bool = True
+    #: how long the changes behind OData delta links are kept (seconds after they were
+    #: sequenced); a delta token older than that answers 410 Gone
+    delta_retention_seconds: float = Field(default=86_400.0, gt=0)
 
 
 class QueueBudget(BaseModel):
