@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Install the SAP CAP service the OData interop tests sync with (test-only): the committed
+# package.json and CDS model of tests/interop/cap/ are copied into .cap/ (ignored by git) and
+# its packages installed there with npm from the npm registry. Idempotent: npm runs only when
+# package.json changed or node_modules is missing. Needs Node 20+ and npm.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")/.." && pwd)
+SRC=$HERE/tests/interop/cap
+DEST=${DUALWRITE_CAP_DIR:-$HERE/.cap}
+
+say() { printf 'cap: %s\n' "$*"; }
+die() { printf 'cap: ERROR: %s\n' "$*" >&2; exit 1; }
+
+command -v node >/dev/null || die "node is not installed (apt-get install nodejs, Node 20 or later)"
+command -v npm >/dev/null || die "npm is not installed (apt-get install npm)"
+major=$(node -p 'process.versions.node.split(".")[0]')
+(( major >= 20 )) || die "Node $major is too old for @sap/cds 9: install Node 20 or later"
+
+mkdir -p "$DEST"
+# the model is copied every time (cheap); the install only when the dependencies changed
+rm -rf "$DEST/db" "$DEST/srv"
+cp -r "$SRC/db" "$SRC/srv" "$DEST/"
+if [[ -d $DEST/node_modules/@sap/cds && -d $DEST/node_modules/@cap-js/sqlite ]] \
+   && cmp -s "$SRC/package.json" "$DEST/package.json"; then
+  say "up to date in $DEST"
+  exit 0
+fi
+cp "$SRC/package.json" "$DEST/package.json"
+say "installing @sap/cds and @cap-js/sqlite into $DEST (npm install)"
+(cd "$DEST" && npm install --no-audit --no-fund --loglevel=error) \
+  || die "npm install failed in $DEST: is the npm registry reachable? (npm config get registry)"
+[[ -f $DEST/node_modules/@sap/cds/bin/serve.js ]] || die "@sap/cds installed without bin/serve.js"
+say "installed in $DEST"
