@@ -18,8 +18,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import sqlalchemy as sa
+import yaml
+
+from conftest import Backend, BackendFactory
 
 ROOT = Path(__file__).resolve().parent.parent
 CAP_DIR = Path(os.environ.get("DUALWRITE_CAP_DIR", ROOT / ".cap"))
@@ -92,3 +98,68 @@ def cap_server() -> Iterator[Cap]:
         if drainer is not None:
             drainer.join(timeout=30)
         proc.stdout.close()
+
+
+CUSTOMERS_MAP = """
+name: customers
+left: Customers
+right: customers
+key: {left: [ID], right: [id]}
+master: left
+fields:
+  - ID = id
+  - name = name
+  - credit = credit
+  - active = active
+  - since = since
+"""
+
+
+def crm_metadata() -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table("customers", md,
+             sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("name", sa.String(100), nullable=False),
+             sa.Column("credit", sa.Numeric(12, 2)),
+             sa.Column("active", sa.Boolean),
+             sa.Column("since", sa.Date))
+    return md
+
+
+def cap_client(cap: Cap) -> httpx.Client:
+    return httpx.Client(base_url=cap.root, auth=(USER, PASSWORD), timeout=30)
+
+
+def cap_rows(cap: Cap) -> dict[int, dict[str, Any]]:
+    with cap_client(cap) as c:
+        r = c.get("Customers", params={"$select": "ID,name,credit,active,since"})
+        assert r.status_code == 200, r.text
+        return {e["ID"]: e for e in r.json()["value"]}
+
+
+def write_config(tmp_path: Path, erp_url: str, crm: Backend) -> Path:
+    (tmp_path / "maps").mkdir(exist_ok=True)
+    (tmp_path / "maps" / "customers.yaml").write_text(CUSTOMERS_MAP)
+    cfg = {"environments": {"erp": {"url": erp_url}, "crm": {"url": crm.url}},
+           "link": {"left": "erp", "right": "crm"},
+           "state": f"sqlite:///{tmp_path / 'state.db'}", "maps": ["maps/*.yaml"]}
+    path = tmp_path / "dualwrite.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def running_cap(monkeypatch: pytest.MonkeyPatch) -> Iterator[Cap]:
+    """For a fixture: a CAP server, and ``${CAP_PASSWORD}`` set to its password."""
+    monkeypatch.setenv("CAP_PASSWORD", PASSWORD)
+    with cap_server() as served:
+        yield served
+
+
+def fresh_crm(make_backend: BackendFactory) -> Backend:
+    """For a fixture: the CRM side, a PostgreSQL database with an empty customers table."""
+    b = make_backend("postgresql", "dualwrite_test_a")
+    b.connector.clear_link()
+    b.create(crm_metadata())
+    return b
+
+

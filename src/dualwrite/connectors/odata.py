@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -293,9 +293,17 @@ class ODataClient:
 
     def request(self, method: str, path: str, *, doing: str, params: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, body: str | None = None,
-                write: bool = False) -> Any:
-        """Send one request; return the response (2xx only). ``doing`` names it in errors;
-        ``write``: a refusal is the row's fault (ConstraintViolation), not the query's."""
+                write: bool = False, parse: Callable[[Any], Any] | None = None) -> Any:
+        """Send one request; return the response (2xx only), or with ``parse`` the pair
+        (response, ``parse(response)``; a parse that raises TransientConnectorError is a
+        garbled answer). ``doing`` names it in errors; ``write``: a refusal is the
+        row's fault (ConstraintViolation), not the query's.
+
+        One retry budget (``?retries=``, attempts in all): 429 and 503 are retried for every
+        method, after ``Retry-After`` (or a doubling back-off); a GET, which changes nothing,
+        is also retried after a timeout, a dropped connection, another 5xx or malformed JSON.
+        A write is never sent twice here: whether it was applied is for the caller to find
+        out."""
         attempt = 0
         delay = 0.2
         hdrs = dict(headers or {})
@@ -303,33 +311,44 @@ class ODataClient:
             hdrs.setdefault("Content-Type", "application/json")
         while True:
             attempt += 1
+            last = attempt >= self.address.retries
             try:
                 response = self._client.request(method, path + _query(params), headers=hdrs,
                                                 content=body.encode() if body is not None
                                                 else None)
+                status = response.status_code
+                if status in (429, 503) and not last:
+                    wait = self._retry_after(response, delay)
+                    log.info("%s: %s answered %d; retrying in %.1f s", self.env, doing, status,
+                             wait)
+                    time.sleep(wait)  # the service asked to wait (Retry-After) or is overloaded
+                    delay = min(delay * 2, MAX_RETRY_AFTER)
+                    continue
+                if status >= 400:
+                    raise self._fail(status, self.error_of(response), doing, write=write)
+                return (response, parse(response)) if parse is not None else response
             except self._httpx.TimeoutException as exc:
-                raise TransientConnectorError(
+                error: ConnectorError = TransientConnectorError(
                     f"{doing}: the OData service at {self.address.root} did not answer within "
                     f"{self.address.timeout:g} s ({type(exc).__name__})", environment=self.env,
                     hint="the service is slow or down: dualwrite retries; raise ?timeout= in "
-                    "the environment's URL if it is only slow") from exc
+                    "the environment's URL if it is only slow")
+                cause: BaseException = exc
             except self._httpx.HTTPError as exc:
-                raise TransientConnectorError(
+                error = TransientConnectorError(
                     f"{doing}: the connection to the OData service at {self.address.root} "
                     f"failed or was dropped ({type(exc).__name__}: {exc})",
                     environment=self.env,
-                    hint="check that the service is up and reachable; dualwrite retries") \
-                    from exc
-            status = response.status_code
-            if status in (429, 503) and attempt < self.address.retries:
-                wait = self._retry_after(response, delay)
-                log.info("%s: %s answered %d; retrying in %.1f s", self.env, doing, status, wait)
-                time.sleep(wait)  # the service asked us to wait (Retry-After) or is overloaded
-                delay = min(delay * 2, MAX_RETRY_AFTER)
-                continue
-            if status >= 400:
-                raise self._fail(status, self.error_of(response), doing, write=write)
-            return response
+                    hint="check that the service is up and reachable; dualwrite retries")
+                cause = exc
+            except TransientConnectorError as exc:
+                error = cause = exc
+            if method != "GET" or last:
+                raise error from (cause if cause is not error else None)
+            log.info("%s: %s failed (%s); retrying in %.1f s", self.env, doing,
+                     error.message, delay)
+            time.sleep(delay)  # back off before asking again
+            delay = min(delay * 2, MAX_RETRY_AFTER)
 
     @staticmethod
     def _retry_after(response: Any, fallback: float) -> float:
@@ -476,8 +495,8 @@ class ODataConnector(Connector):
         path: str | None = _quote_path(table)
         query: dict[str, str] | None = params
         while path is not None:
-            r = self.client.request("GET", path, params=query, headers=headers, doing=doing)
-            doc = self.client.json(r, doing)
+            r, doc = self.client.request("GET", path, params=query, headers=headers,
+                                         doing=doing, parse=lambda r: self.client.json(r, doing))
             value = doc.get("value") if isinstance(doc, dict) else None
             if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
                 raise TransientConnectorError(
@@ -601,14 +620,18 @@ class ODataConnector(Connector):
         self.entity_set(table)
         params = {"$filter": to_odata(where)} if where is not None else None
         doing = f"count {table}"
-        r = self.client.request("GET", f"{_quote_path(table)}/$count", params=params,
-                                headers={"Accept": "text/plain"}, doing=doing)
-        try:
-            return int(r.text.strip().lstrip("\ufeff"))
-        except ValueError:
-            raise TransientConnectorError(
-                f"{doing}: the OData service answered {r.text[:80]!r}, not a number",
-                environment=self.name, hint="dualwrite retries") from None
+
+        def number(r: Any) -> int:
+            try:
+                return int(r.text.strip().lstrip("\ufeff"))
+            except ValueError:
+                raise TransientConnectorError(
+                    f"{doing}: the OData service answered {r.text[:80]!r}, not a number",
+                    environment=self.name, hint="dualwrite retries") from None
+
+        _, n = self.client.request("GET", f"{_quote_path(table)}/$count", params=params,
+                                   headers={"Accept": "text/plain"}, doing=doing, parse=number)
+        return int(n)
 
     def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
               keys: Sequence[Row]) -> list[Row]:

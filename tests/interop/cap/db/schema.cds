@@ -7,7 +7,7 @@ using { managed } from '@sap/cds/common';
 entity Customers : managed {
   key ID     : Integer;
       name   : String(100) not null;
-      credit : Decimal(12, 2);
+      credit : Decimal(12, 2) @assert.range: [0, 1000000];
       active : Boolean;
       since  : Date;
 }
