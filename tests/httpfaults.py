@@ -26,8 +26,8 @@ from typing import Any
 
 import httpx
 
-_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding",
-        "host"}
+#: not forwarded (Host is: a service's nextLinks then point at the proxy, not past it)
+_HOP = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
 class HttpFaults:
