@@ -18,9 +18,14 @@ major=$(node -p 'process.versions.node.split(".")[0]')
 (( major >= 20 )) || die "Node $major is too old for @sap/cds 9: install Node 20 or later"
 
 mkdir -p "$DEST"
-# the model is copied every time (cheap); the install only when the dependencies changed
-rm -rf "$DEST/db" "$DEST/srv"
-cp -r "$SRC/db" "$SRC/srv" "$DEST/"
+# the model is copied when it changed (a running server may be reading it); the install only
+# when the dependencies changed
+for part in db srv; do
+  if ! diff -rq "$SRC/$part" "$DEST/$part" >/dev/null 2>&1; then
+    rm -rf "$DEST/$part.new" && cp -r "$SRC/$part" "$DEST/$part.new"
+    rm -rf "$DEST/$part" && mv "$DEST/$part.new" "$DEST/$part"
+  fi
+done
 if [[ -d $DEST/node_modules/@sap/cds && -d $DEST/node_modules/@cap-js/sqlite ]] \
    && cmp -s "$SRC/package.json" "$DEST/package.json"; then
   say "up to date in $DEST"

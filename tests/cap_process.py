@@ -7,6 +7,7 @@ never with npx. The server is `node node_modules/@sap/cds/bin/serve.js`, started
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -53,7 +54,10 @@ class Cap:
 
 def ensure_installed() -> None:
     """Run scripts/cap.sh (quick when up to date); fail with what to do when it cannot."""
-    with _INSTALL_LOCK:
+    CAP_DIR.parent.mkdir(parents=True, exist_ok=True)
+    # one installer at a time, across the processes of `pytest -n`
+    with _INSTALL_LOCK, open(str(CAP_DIR) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if shutil.which("node") is None:
             pytest.fail("node is not installed: the CAP interop tests need Node 20+ "
                         "(apt-get install nodejs npm), then `bash scripts/cap.sh`",

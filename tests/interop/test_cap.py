@@ -21,7 +21,7 @@ from cap_process import (
     write_config,
 )
 from dualwrite.engine.link import Link
-from dualwrite.errors import TerminalConnectorError
+from dualwrite.errors import LinkError, TerminalConnectorError
 
 from conftest import Backend, BackendFactory
 
@@ -110,3 +110,12 @@ def test_wrong_password_is_a_terminal_error_naming_the_credentials(
         link.connectors[next(iter(link.connectors))].tables()
     text = str(info.value)
     assert "401" in text and "credentials" in text and "not-the-password" not in text
+
+
+def test_maps_do_not_start_live_on_an_odata_environment_yet(cap: Cap, crm: Backend,
+                                                            tmp_path: Path) -> None:
+    with Link.open(write_config(tmp_path, cap.env_url(), crm)) as link, \
+            pytest.raises(LinkError) as info:
+        link.start_maps()
+    assert "'erp' cannot run maps live" in str(info.value)
+    assert "sync --initial" in info.value.hint

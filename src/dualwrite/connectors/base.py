@@ -34,6 +34,9 @@ class Capabilities:
     transactional_ddl: bool = True
     #: triggers into a change log (see dualwrite.connectors.capture)
     capture: bool = False
+    #: maps on it can run live (``maps start``, ``run``); False: initial sync, plan and
+    #: verify only (an OData environment, until changes are read from it)
+    live: bool = True
 
 
 @dataclass(frozen=True)

@@ -443,7 +443,7 @@ class ODataConnector(Connector):
     """``odata+http(s)://HOST:PORT/PATH/``: a remote OData v4 service."""
 
     capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=False,
-                                transactional_ddl=False, capture=False)
+                                transactional_ddl=False, capture=False, live=False)
 
     def __init__(self, name: str, url: str) -> None:
         super().__init__(name, url)

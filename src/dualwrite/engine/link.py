@@ -466,6 +466,13 @@ class Link:
                     "(`dualwrite maps start --yes`)")
             if missing and with_dependencies:
                 names = [*missing, *names]
+        for s in Side:
+            if not self.connectors[s].capabilities.live:
+                raise LinkError(
+                    f"environment {self.env_name(s)!r} cannot run maps live yet: changes are "
+                    f"not read from a {type(self.connectors[s]).__name__} environment",
+                    hint="use `dualwrite sync --initial` and `dualwrite verify` with it "
+                    "(docs/odata.md, OData environments)")
         self.forget_validation()  # bind to the tables as they are now (a fault fixed)
         bound = self.bound_maps(names)
         self.ensure_linked()
