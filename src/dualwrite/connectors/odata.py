@@ -43,6 +43,15 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from dualwrite.connectors.base import Capabilities, Connector, LinkRecord, Row, WriteSession
+from dualwrite.connectors.odata_changes import (
+    DeltaPage,
+    Method,
+    ModifiedPoll,
+    RowChange,
+    applies_track_changes,
+    choose_method,
+    parse_delta_page,
+)
 from dualwrite.connectors.odata_metadata import (
     EntitySet,
     MetadataError,
@@ -414,6 +423,11 @@ class ODataClient:
                 status, "correct the row's values (the service's message says which)")
             return ConstraintViolation(said, environment=env, code=code or status, kind=kind,
                                        hint=hint)
+        if status == 413:
+            return TerminalConnectorError(said, environment=env, code=status,
+                                          hint="the change set is larger than the service "
+                                          "takes: lower `sync.batch_size`, or raise the "
+                                          "service's request size limit")
         if status == 404:
             return TerminalConnectorError(said, environment=env, code=status,
                                           hint="check the entity set's name in the map against "
@@ -681,6 +695,101 @@ class ODataConnector(Connector):
         yield session
         session.send()
 
+    # -- changes (see dualwrite.connectors.odata_changes) -----------------------------------
+    def probe_changes(self, table: str, modified: str | None) -> tuple[Method | None, str]:
+        """How the changes of ``table`` can be read: ask for change tracking once and see
+        whether the service applies it, else poll ``modified`` if the set has it."""
+        es = self.entity_set(table)
+        key = list(es.schema.primary_key)
+        r = self.client.request("GET", _quote_path(table) + _query(
+            {"$select": ",".join(key), "$top": "1"}), doing=f"probe change tracking of {table}",
+            headers={"Prefer": "odata.track-changes"})
+        return choose_method(applies_track_changes(r.headers.get("Preference-Applied")),
+                             modified, es.schema.columns)
+
+    def poll_changes(self, table: str, columns: Sequence[str], modified: str,
+                     poll: ModifiedPoll, *, page_size: int = 5000) -> list[RowChange]:
+        """One poll of ``table`` by its timestamp property ``modified``: the rows changed
+        since the cursor (less its overlap), de-duplicated and without dualwrite's own
+        writes (see :class:`ModifiedPoll`); advances the cursor."""
+        es = self.entity_set(table)
+        key = list(es.schema.primary_key)
+        select = list(dict.fromkeys([*key, *columns, modified]))
+        params = {"$select": ",".join(select), "$orderby": ",".join([modified, *key])}
+        bound = poll.lower_bound()
+        if bound is not None:
+            params["$filter"] = f"{modified} ge {literal(es.edm.get(modified, ''), bound)}"
+        rows = []
+        for page in self._pages(table, params, page_size=page_size):
+            for r in self._decode_rows(table, select, page):
+                values = dict(zip(select, r, strict=True))
+                rows.append((tuple(values[k] for k in key), values[modified], values))
+        return poll.take(rows)
+
+    def start_delta(self, table: str, columns: Sequence[str], *, page_size: int = 5000
+                    ) -> tuple[list[RowChange], str] | None:
+        """Read ``table`` whole asking for change tracking: its rows (as upserts) and the
+        delta link to ask for what changes from now on; None when the service does not
+        apply ``odata.track-changes``."""
+        es = self.entity_set(table)
+        key = list(es.schema.primary_key)
+        params = {"$select": ",".join(dict.fromkeys([*key, *columns]))}
+        doing = f"read {table} tracking changes"
+        headers = {"Prefer": f"odata.track-changes, odata.maxpagesize={page_size}"}
+        r = self.client.request("GET", _quote_path(table) + _query(params), doing=doing,
+                                headers=headers)
+        if not applies_track_changes(r.headers.get("Preference-Applied")):
+            return None
+        out: list[RowChange] = []
+        page = self._delta_page(table, key, self.client.json(r, doing), doing)
+        while True:
+            out += page.changes
+            if page.next_link:
+                page = self._get_delta(table, key, page.next_link, doing, headers)
+                continue
+            if not page.delta_link:
+                raise TransientConnectorError(
+                    f"{doing}: the service applied odata.track-changes but its last page "
+                    "has no @odata.deltaLink", environment=self.name,
+                    hint="dualwrite retries; if it persists the service's change tracking "
+                    "is broken: poll a modified property instead (`modified:`)")
+            return out, page.delta_link
+
+    def read_delta(self, table: str, delta_link: str, *, page_size: int = 5000
+                   ) -> tuple[list[RowChange], str]:
+        """What changed in ``table`` since ``delta_link`` was given, and the next one."""
+        key = list(self.entity_set(table).schema.primary_key)
+        doing = f"read the changes of {table}"
+        headers = {"Prefer": f"odata.maxpagesize={page_size}"}
+        out: list[RowChange] = []
+        page = self._get_delta(table, key, delta_link, doing, headers)
+        while True:
+            out += page.changes
+            if page.next_link:
+                page = self._get_delta(table, key, page.next_link, doing, headers)
+            elif page.delta_link:
+                return out, page.delta_link
+            else:
+                raise TransientConnectorError(
+                    f"{doing}: the delta response's last page has no @odata.deltaLink",
+                    environment=self.name, hint="dualwrite retries from the same delta link")
+
+    def _get_delta(self, table: str, key: list[str], link: str, doing: str,
+                   headers: dict[str, str]) -> DeltaPage:
+        _, doc = self.client.request("GET", self.client.url(link), doing=doing,
+                                     headers=headers, parse=lambda r: self.client.json(r, doing))
+        return self._delta_page(table, key, doc, doing)
+
+    def _delta_page(self, table: str, key: list[str], doc: Any, doing: str) -> DeltaPage:
+        edm = self.entity_set(table).edm
+        try:
+            return parse_delta_page(doc, key, edm, lambda p, v: decode(edm.get(p, ""), v))
+        except (ValueError, TypeError, KeyError, InvalidOperation) as exc:
+            raise TransientConnectorError(
+                f"{doing}: the delta response cannot be read ({exc})", environment=self.name,
+                hint="dualwrite retries from the same delta link; if it persists, poll a "
+                "modified property instead (`modified:`)") from None
+
     # -- link bookkeeping ------------------------------------------------------------------
     # The service is not dualwrite's to keep a table in: the link is the state store's alone.
     def get_link(self) -> LinkRecord | None:
@@ -706,11 +815,17 @@ class ODataWriteSession(WriteSession):
     def __init__(self, connector: ODataConnector) -> None:
         self.c = connector
         self.requests: list[dict[str, Any]] = []
+        #: after :meth:`send`: (entity set, the entity as the service stored it) for each
+        #: create and update whose answer carried it (``Prefer: return=representation``):
+        #: what echo suppression compares a later poll with
+        self.written: list[tuple[str, dict[str, Any]]] = []
+        self._sets: list[str] = []
 
     def _add(self, method: str, url: str, body: dict[str, Any] | None, etags: bool) -> None:
         req: dict[str, Any] = {"id": str(len(self.requests) + 1), "atomicityGroup": "g",
                                "method": method, "url": url}
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {"Content-Type": "application/json",
+                   "Prefer": "return=representation"} if body is not None else {}
         if etags and method in ("PATCH", "DELETE"):
             headers["If-Match"] = "*"  # no version was read here: the row as it is now
         if headers:
@@ -718,6 +833,7 @@ class ODataWriteSession(WriteSession):
         if body is not None:
             req["body"] = body
         self.requests.append(req)
+        self._sets.append(url.split("(", 1)[0])
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         es = self.c.entity_set(table)
@@ -772,6 +888,23 @@ class ODataWriteSession(WriteSession):
                 f"{r.text[:80]!r})", environment=self.c.name,
                 hint="the service may not speak the JSON $batch format of OData 4.01")
         by_id = {str(x.get("id")): x for x in responses if isinstance(x, dict)}
+        self._fail_refused(by_id, responses, doing)
+        for req, entity_set in zip(self.requests, self._sets, strict=True):
+            got = by_id.get(req["id"]) or {}
+            body = got.get("body")
+            if isinstance(body, dict) and "error" not in body and req["method"] != "DELETE":
+                es = self.c.entity_set(urllib.parse.unquote(entity_set))
+                try:
+                    self.written.append((es.name, {
+                        p: decode(es.edm[p], v) for p, v in body.items() if p in es.edm}))
+                except (ValueError, TypeError, KeyError, InvalidOperation):
+                    # committed all the same: without it, the row's echo is not suppressed
+                    log.warning("%s: the answer to a write of %s does not fit $metadata",
+                                self.c.name, es.name)
+
+    def _fail_refused(self, by_id: dict[str, Any], responses: list[Any], doing: str) -> None:
+        """Raise for the first request of the change set the service refused."""
+        client = self.c.client
         for req in self.requests:
             got = by_id.get(req["id"])
             status = int(got.get("status", 0)) if got else 0
