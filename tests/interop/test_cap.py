@@ -10,6 +10,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
+import yaml
 
 from cap_process import (
     CUSTOMERS_MAP,
@@ -119,3 +120,26 @@ def test_maps_do_not_start_live_on_an_odata_environment_yet(cap: Cap, crm: Backe
         link.start_maps()
     assert "'erp' cannot run maps live" in str(info.value)
     assert "sync --initial" in info.value.hint
+
+
+def test_validate_says_how_changes_of_the_service_would_be_read(cap: Cap, crm: Backend,
+                                                                 tmp_path: Path) -> None:
+    config = write_config(tmp_path, cap.env_url(), crm)
+
+    def said() -> list[tuple[str, str, str]]:
+        with Link.open(config) as link:
+            _, issues = link.validate()
+        return [(i.code, i.severity, i.message) for i in issues if i.code in ("DW135",
+                                                                            "DW136")]
+
+    [(code, severity, message)] = said()
+    assert (code, severity) == ("DW136", "warning") and "modified:" in message
+    doc = yaml.safe_load(config.read_text())
+    doc["environments"]["erp"]["modified"] = "modifiedAt"
+    config.write_text(yaml.safe_dump(doc))
+    assert said() == [("DW135", "note", "changes of 'Customers' (erp) are read by polling "
+                       "modifiedAt (the service offers no delta links)")]
+    (tmp_path / "maps" / "customers.yaml").write_text(
+        CUSTOMERS_MAP + "modified: {left: changedOn}\n")
+    [(code, severity, message)] = said()
+    assert (code, severity) == ("DW136", "warning") and "no property 'changedOn'" in message

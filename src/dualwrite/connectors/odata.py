@@ -696,6 +696,9 @@ class ODataConnector(Connector):
         session.send()
 
     # -- changes (see dualwrite.connectors.odata_changes) -----------------------------------
+    def change_method(self, table: str, modified: str | None) -> tuple[str | None, str] | None:
+        return self.probe_changes(table, modified)
+
     def probe_changes(self, table: str, modified: str | None) -> tuple[Method | None, str]:
         """How the changes of ``table`` can be read: ask for change tracking once and see
         whether the service applies it, else poll ``modified`` if the set has it."""

@@ -201,7 +201,36 @@ class Link:
             return schemas[(side, table)]
 
         unparsed = frozenset(i.map for i in self.files.problems if i.map)
-        return bind_maps(maps, schema, lambda s: tables[s], unparsed)
+        bound, issues = bind_maps(maps, schema, lambda s: tables[s], unparsed)
+        return bound, issues + self._change_methods(bound)
+
+    def _change_methods(self, bound: list[BoundMap]) -> list[Issue]:
+        """For each side whose changes are not captured in its database (an OData service),
+        how they would be read: a note naming the method, or a warning that the map can be
+        synced and verified but not run live, and what to do."""
+        issues = []
+        for b in bound:
+            for s in Side:
+                env = self.env_name(s)
+                modified = b.spec.modified(s) or self.config.modified(env)
+                try:
+                    found = self.connectors[s].change_method(b.table(s), modified)
+                except ConnectorError as exc:
+                    found = (None, f"it could not be asked ({exc.message})")
+                if found is None:
+                    continue
+                method, why = found
+                line = b.spec.line_of("modified")
+                if method is not None:
+                    issues.append(Issue("DW135", f"changes of {b.table(s)!r} ({env}) are read "
+                                        f"by {why}", "nothing to do", b.spec.file, line,
+                                        map=b.name, severity="note"))
+                else:
+                    issues.append(Issue("DW136", f"changes of {b.table(s)!r} ({env}) cannot be "
+                                        f"read: {why}", "until then the map can be synced and "
+                                        "verified (sync --initial, verify), not run live",
+                                        b.spec.file, line, map=b.name, severity="warning"))
+        return issues
 
     def _tables(self, side: Side, maps: list[TableMap]) -> list[str]:
         """The tables of ``side``'s default schema, and those of every other schema the maps
