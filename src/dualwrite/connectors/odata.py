@@ -423,6 +423,11 @@ class ODataClient:
                 status, "correct the row's values (the service's message says which)")
             return ConstraintViolation(said, environment=env, code=code or status, kind=kind,
                                        hint=hint)
+        if status == 410:
+            return TerminalConnectorError(said, environment=env, code=status,
+                                          hint="the delta link can no longer be followed: "
+                                          "read the entity set again asking for change "
+                                          "tracking (start_delta)")
         if status == 413:
             return TerminalConnectorError(said, environment=env, code=status,
                                           hint="the change set is larger than the service "
@@ -704,9 +709,10 @@ class ODataConnector(Connector):
         whether the service applies it, else poll ``modified`` if the set has it."""
         es = self.entity_set(table)
         key = list(es.schema.primary_key)
+        # one page of one row, without $top: a service may track no read that has one
         r = self.client.request("GET", _quote_path(table) + _query(
-            {"$select": ",".join(key), "$top": "1"}), doing=f"probe change tracking of {table}",
-            headers={"Prefer": "odata.track-changes"})
+            {"$select": ",".join(key)}), doing=f"probe change tracking of {table}",
+            headers={"Prefer": "odata.track-changes, odata.maxpagesize=1"})
         return choose_method(applies_track_changes(r.headers.get("Preference-Applied")),
                              modified, es.schema.columns)
 
