@@ -52,11 +52,11 @@ def test_changes_flow_both_ways_between_cap_and_postgresql(cap: Cap, crm: Backen
     crm.insert("customers", [{"id": i, "name": f"crm {i}", "credit": Decimal(i)}
                              for i in range(11, 16)])
     with Link.open(write_config(tmp_path, cap.env_url(), crm)) as link:
-        link.sync_initial()
         follower = ODataFollower(link.connectors, link.state, link.bound_maps(),
                                  {Side.LEFT: "modifiedAt"}, overlap=dt.timedelta(seconds=30),
                                  reconcile_every=1)
-        follower.start()
+        follower.start()  # before the initial sync: what changes while it runs is followed
+        link.sync_initial()
         assert follower.step() == 0  # nothing changed since the initial sync
 
         # through CAP's OData: an update, a create, a delete
@@ -94,10 +94,10 @@ def test_changes_flow_both_ways_between_cap_and_postgresql(cap: Cap, crm: Backen
 def test_a_row_cap_refuses_is_parked_and_the_rest_of_its_transaction_flows(
         cap: Cap, crm: Backend, tmp_path: Path) -> None:
     with Link.open(write_config(tmp_path, cap.env_url(), crm)) as link:
-        link.sync_initial()
         follower = ODataFollower(link.connectors, link.state, link.bound_maps(),
                                  {Side.LEFT: "modifiedAt"})
         follower.start()
+        link.sync_initial()
         with crm.app().begin() as conn:  # credit -1 is outside CAP's @assert.range
             conn.execute(sa.text("INSERT INTO customers (id, name, credit) "
                                  "VALUES (1, 'fine', 1), (2, 'refused', -1)"))
@@ -107,3 +107,26 @@ def test_a_row_cap_refuses_is_parked_and_the_rest_of_its_transaction_flows(
         assert (entry.side, tuple(entry.key), entry.operation) == ("left", (2,), "create")
         assert "400" in entry.reason
         assert follower.step() == 0  # parked: not tried again by itself, the rest goes on
+
+
+def test_a_failed_write_leaves_the_cursor_where_it_was(cap: Cap, crm: Backend,
+                                                       tmp_path: Path) -> None:
+    with Link.open(write_config(tmp_path, cap.env_url(), crm)) as link:
+        follower = ODataFollower(link.connectors, link.state, link.bound_maps(),
+                                 {Side.LEFT: "modifiedAt"})
+        follower.start()
+        link.sync_initial()
+        with cap_client(cap) as c:
+            assert c.post("Customers", json={"ID": 1, "name": "made in CAP"}).status_code \
+                == 201
+        # the CRM table is gone for a moment: the step fails, and reads the change again
+        with crm.app().begin() as conn:
+            conn.execute(sa.text("ALTER TABLE customers RENAME TO customers_away"))
+        crm.connector.forget_schema()
+        with pytest.raises(Exception, match="customers"):
+            follower.step()
+        with crm.app().begin() as conn:
+            conn.execute(sa.text("ALTER TABLE customers_away RENAME TO customers"))
+        crm.connector.forget_schema()
+        assert follower.step() == 1
+        assert [r["name"] for r in crm.rows("customers", ["id"], ["name"])] == ["made in CAP"]

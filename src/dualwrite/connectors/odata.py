@@ -735,6 +735,18 @@ class ODataConnector(Connector):
                 rows.append((tuple(values[k] for k in key), values[modified], values))
         return poll.take(rows)
 
+    def newest_modified(self, table: str, modified: str) -> dt.datetime | None:
+        """The newest value of ``modified`` in ``table`` (None when it has no rows): where
+        polling starts."""
+        es = self.entity_set(table)
+        params = {"$select": ",".join(dict.fromkeys([*es.schema.primary_key, modified])),
+                  "$orderby": f"{modified} desc", "$top": "1",
+                  "$filter": f"{modified} ne null"}
+        for page in self._pages(table, params, page_size=1):
+            for (value,) in self._decode_rows(table, [modified], page[:1]):
+                return value if isinstance(value, dt.datetime) else None
+        return None
+
     def start_delta(self, table: str, columns: Sequence[str], *, page_size: int = 5000
                     ) -> tuple[list[RowChange], str] | None:
         """Read ``table`` whole asking for change tracking: its rows (as upserts) and the

@@ -27,6 +27,7 @@ the refused rows go to the error inbox.
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import logging
 from collections.abc import Sequence
@@ -115,7 +116,9 @@ class ODataFollower:
     def start(self) -> None:
         """Install capture on the database side, and take the service's starting position
         (a delta link, or the newest modified value): changes from then on are followed.
-        Run after initial sync."""
+        Run *before* initial sync, as the applier's capture is installed before it: a change
+        made while the sync runs is then followed too (compared, written only if the sync
+        did not already copy it). A delta link's initial read reads the set whole once."""
         for f in self.maps:
             self._log(f).install(capture_specs(f.bound)[f.db])
             if f.method == "delta":
@@ -128,7 +131,9 @@ class ODataFollower:
                                       code="DW136")
                 f.delta_link = got[1]
             else:
-                self._poll(f)  # everything there now is the initial sync's: only the cursor
+                assert f.modified is not None
+                f.poll.since = self.connectors[f.odata].newest_modified(  # type: ignore[attr-defined]
+                    f.bound.table(f.odata), f.modified)
             self._keep(f)
 
     # -- steps ---------------------------------------------------------------------------------
@@ -158,13 +163,23 @@ class ODataFollower:
             "delta_link": f.delta_link})
 
     def _from_odata(self, f: _Followed) -> int:
+        o = f.odata
+        if f.method != "delta":
+            # the cursor moves only once what it read is written: a failed step reads again
+            saved = copy.deepcopy(f.poll)
+            try:
+                return self._apply_odata_changes(f, self._poll(f), None)
+            except BaseException:
+                f.poll = saved
+                raise
+        assert f.delta_link is not None
+        changes, link = self.connectors[o].read_delta(  # type: ignore[attr-defined]
+            f.bound.table(o), f.delta_link, page_size=self.batch)
+        return self._apply_odata_changes(f, changes, link)
+
+    def _apply_odata_changes(self, f: _Followed, changes: list[RowChange], link: str | None
+                             ) -> int:
         o, d = f.odata, f.db
-        if f.method == "delta":
-            assert f.delta_link is not None
-            changes, link = self.connectors[o].read_delta(  # type: ignore[attr-defined]
-                f.bound.table(o), f.delta_link, page_size=self.batch)
-        else:
-            changes, link = self._poll(f), None
         differ = self.differs[f.bound.name]
         cols = differ.columns[o]
         latest: dict[Row, RowChange] = {}
@@ -278,6 +293,10 @@ class ODataFollower:
         c = differ.classify(entries) if entries else Classified()
         c.creates[s], c.updates[s] = [], []  # the source side is as it should be
         doomed = [differ.target_key(s, r) for r in deletes]
+        if doomed:  # only twins that exist: a row made and deleted between steps has none
+            have = {_canon(tuple(r)) for r in self.connectors[t].fetch(
+                b.table(t), list(b.key(t)), key=b.key(t), keys=doomed)}
+            doomed = [k for k in doomed if _canon(k) in have]
         n = len(c.creates[t]) + len(c.updates[t]) + len(doomed)
         if one_change_set and t is f.odata:
             failed = self._one_change_set(f, differ, c, doomed)
