@@ -17,7 +17,9 @@ import sqlalchemy as sa
 from cap_process import Cap, cap_client, cap_rows, fresh_crm, running_cap, write_config
 from dualwrite.engine.link import Link
 from dualwrite.engine.odata_follow import ODataFollower
+from dualwrite.errors import TransientConnectorError
 from dualwrite.model.maps import Side
+from httpfaults import HttpFaults
 
 from conftest import Backend, BackendFactory
 
@@ -130,3 +132,28 @@ def test_a_failed_write_leaves_the_cursor_where_it_was(cap: Cap, crm: Backend,
         crm.connector.forget_schema()
         assert follower.step() == 1
         assert [r["name"] for r in crm.rows("customers", ["id"], ["name"])] == ["made in CAP"]
+
+
+def test_following_through_a_faulty_connection_loses_nothing(cap: Cap, crm: Backend,
+                                                             tmp_path: Path) -> None:
+    with HttpFaults(cap.root) as proxy, Link.open(write_config(
+            tmp_path, "odata+http://dualwrite:${CAP_PASSWORD}@"
+            + proxy.root.split("://", 1)[1], crm)) as link:
+        follower = ODataFollower(link.connectors, link.state, link.bound_maps(),
+                                 {Side.LEFT: "modifiedAt"})
+        follower.start()
+        link.sync_initial()
+        with crm.app().begin() as conn:
+            conn.execute(sa.text("INSERT INTO customers (id, name) VALUES (1, 'one'), "
+                                 "(2, 'two')"))
+        with cap_client(cap) as c:
+            assert c.post("Customers", json={"ID": 3, "name": "three"}).status_code == 201
+        proxy.fail("GET", "Customers", "500")  # a poll answered 500: retried at once
+        proxy.fail("POST", r"\$batch", "drop")  # the change set's connection dropped
+        with pytest.raises(TransientConnectorError, match="dropped"):
+            follower.step()
+        follow_until_verified(link, follower)
+        assert proxy.pending() == 0
+    assert {k: v["name"] for k, v in cap_rows(cap).items()} == {1: "one", 2: "two",
+                                                                3: "three"}
+    assert link.state.errors("customers") == []
