@@ -9,7 +9,8 @@ Faults, each for one request (``times`` for more): ``"500"``/``"503"``/any statu
 error body), ``"429:<seconds>"`` (with ``Retry-After``), ``"malformed"`` (a 200 whose JSON is
 cut short), ``"drop"`` (the connection closed without an answer), ``"strip:<property>"``
 (forwarded, and the property removed from every entity of the answer: the service's answers
-no longer fit its ``$metadata``). ``seen`` lists every request as (method, path and query,
+no longer fit its ``$metadata``), ``"link:<url>"`` (forwarded, with ``@odata.nextLink`` set to
+the URL). ``seen`` lists every request as (method, path and query,
 fault or None), in order.
 """
 
@@ -109,6 +110,10 @@ class HttpFaults:
             doc = r.json()
             for e in doc.get("value", []):
                 e.pop(prop, None)
+            content = json.dumps(doc).encode()
+        if fault and fault.startswith("link:"):
+            doc = r.json()
+            doc["@odata.nextLink"] = fault.split(":", 1)[1]
             content = json.dumps(doc).encode()
         self._answer(h, r.status_code, content,
                      {k: v for k, v in r.headers.items() if k.lower() not in _HOP})

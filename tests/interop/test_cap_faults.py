@@ -158,3 +158,15 @@ def test_a_row_the_service_refuses_is_parked_and_the_rest_written(cap: Cap, crm:
         assert entry.side == "left" and tuple(entry.key) == (13,)
         assert "400" in entry.reason and "Customers" in entry.reason, entry.reason
     assert sorted(cap_rows(cap)) == [i for i in range(10, 20) if i != 13]
+
+
+def test_a_next_link_to_another_host_is_not_followed(cap: Cap, proxy: HttpFaults) -> None:
+    seed_cap(cap, range(1, 4))
+    with connector(proxy) as c:
+        c.describe("Customers")
+        proxy.fail("GET", "Customers", "link:http://127.0.0.2:9/steal?$skiptoken=1")
+        with pytest.raises(TerminalConnectorError) as info:
+            list(c.read("Customers", ["ID"], key=["ID"]))
+        assert "127.0.0.2:9" in str(info.value) and "not followed" in str(info.value)
+        # a link to the service's own address is followed
+        assert c.client.url(proxy.root + "Customers?$skiptoken=1").startswith(proxy.root)

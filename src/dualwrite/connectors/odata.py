@@ -67,6 +67,7 @@ from dualwrite.errors import (
     ViolationKind,
 )
 from dualwrite.model.filters import Expr, to_odata
+from dualwrite.model.schema import TableSchema
 from dualwrite.model.values import canonical
 
 log = logging.getLogger("dualwrite.odata")
@@ -297,8 +298,20 @@ class ODataClient:
         self._client.close()
 
     def url(self, relative: str) -> str:
-        """``relative`` resolved against the service root (a nextLink may be absolute)."""
-        return urllib.parse.urljoin(self.address.root, relative)
+        """``relative`` (a next or delta link the service gave) resolved against the service
+        root. One that leads off the service's own scheme, host and port is refused: the
+        request would carry the environment's credentials there."""
+        full = urllib.parse.urljoin(self.address.root, relative)
+        mine, theirs = urllib.parse.urlsplit(self.address.root), urllib.parse.urlsplit(full)
+        if (theirs.scheme, theirs.netloc.rpartition("@")[2]) != (mine.scheme, mine.netloc):
+            raise TerminalConnectorError(
+                f"the OData service gave a link to {theirs.scheme}://"
+                f"{theirs.netloc.rpartition('@')[2]}, not to itself ({self.address.root}): "
+                "not followed, as it would carry the credentials there",
+                environment=self.env, hint="the service (or a proxy in front of it) writes "
+                "its next and delta links with another address: configure it to use the one "
+                "dualwrite's URL names, or name that one in the environment's URL")
+        return full
 
     def request(self, method: str, path: str, *, doing: str, params: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, body: str | None = None,
@@ -502,7 +515,7 @@ class ODataConnector(Connector):
                 hint="correct the map's table to one of: "
                 + ", ".join(sorted(self.metadata.sets))) from None
 
-    def describe(self, table: str) -> Any:
+    def describe(self, table: str) -> TableSchema:
         return self.entity_set(table).schema
 
     # -- reads -----------------------------------------------------------------------------
