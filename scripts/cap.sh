@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Install the SAP CAP service the OData interop tests sync with (test-only): the committed
-# package.json and CDS model of tests/interop/cap/ are copied into .cap/ (ignored by git) and
-# its packages installed there with npm from the npm registry. Idempotent: npm runs only when
-# package.json changed or node_modules is missing. Needs Node 20+ and npm.
+# package.json, package-lock.json and CDS model of tests/interop/cap/ are copied into .cap/
+# (ignored by git) and its packages installed there with `npm ci` from the npm registry, at
+# the lock file's versions. Idempotent: npm runs only when either file changed or
+# node_modules is missing. Needs Node 20+ and npm. (To move to newer versions: `npm install`
+# in tests/interop/cap/ updates the lock file; commit it.)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")/.." && pwd)
@@ -27,13 +29,16 @@ for part in db srv; do
   fi
 done
 if [[ -d $DEST/node_modules/@sap/cds && -d $DEST/node_modules/@cap-js/sqlite ]] \
-   && cmp -s "$SRC/package.json" "$DEST/package.json"; then
+   && cmp -s "$SRC/package.json" "$DEST/package.json" \
+   && cmp -s "$SRC/package-lock.json" "$DEST/.installed-lock.json"; then
   say "up to date in $DEST"
   exit 0
 fi
-cp "$SRC/package.json" "$DEST/package.json"
-say "installing @sap/cds and @cap-js/sqlite into $DEST (npm install)"
-(cd "$DEST" && npm install --no-audit --no-fund --loglevel=error) \
-  || die "npm install failed in $DEST: is the npm registry reachable? (npm config get registry)"
+cp "$SRC/package.json" "$SRC/package-lock.json" "$DEST/"
+# npm ci: exactly the versions of the committed lock file
+say "installing @sap/cds and @cap-js/sqlite into $DEST (npm ci)"
+(cd "$DEST" && npm ci --no-audit --no-fund --loglevel=error) \
+  || die "npm ci failed in $DEST: is the npm registry reachable? (npm config get registry)"
+cp "$SRC/package-lock.json" "$DEST/.installed-lock.json"
 [[ -f $DEST/node_modules/@sap/cds/bin/serve.js ]] || die "@sap/cds installed without bin/serve.js"
 say "installed in $DEST"
