@@ -157,3 +157,29 @@ def test_following_through_a_faulty_connection_loses_nothing(cap: Cap, crm: Back
     assert {k: v["name"] for k, v in cap_rows(cap).items()} == {1: "one", 2: "two",
                                                                 3: "three"}
     assert link.state.errors("customers") == []
+
+
+def test_a_new_follower_goes_on_from_the_position_kept(cap: Cap, crm: Backend,
+                                                       tmp_path: Path) -> None:
+    config = write_config(tmp_path, cap.env_url(), crm)
+    with Link.open(config) as link:
+        follower = ODataFollower(link.connectors, link.state, link.bound_maps(),
+                                 {Side.LEFT: "modifiedAt"})
+        follower.start()
+        link.sync_initial()
+    # while no follower runs: a change in CAP, and one in PostgreSQL; the position kept
+    # is "from the first row" (CAP was empty), which a second start must not move to now
+    with Link.open(config) as link:
+        assert link.state.get_checkpoint("customers", "odata-follow")[1] == {
+            "started": True, "since": None, "delta_link": None}
+    with cap_client(cap) as c:
+        assert c.post("Customers", json={"ID": 1, "name": "while stopped"}).status_code == 201
+    with crm.app().begin() as conn:
+        conn.execute(sa.text("INSERT INTO customers (id, name) VALUES (2, 'also')"))
+    with Link.open(config) as link:
+        follower = ODataFollower(link.connectors, link.state, link.bound_maps(),
+                                 {Side.LEFT: "modifiedAt"})
+        follower.start()  # a second start keeps the first one's position
+        follow_until_verified(link, follower)
+    assert {k: v["name"] for k, v in cap_rows(cap).items()} == {1: "while stopped",
+                                                                2: "also"}

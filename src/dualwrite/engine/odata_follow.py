@@ -62,6 +62,8 @@ class _Followed:
     poll: ModifiedPoll = field(default_factory=ModifiedPoll)
     delta_link: str | None = None
     steps: int = 0
+    #: the position last kept in the state store
+    kept: dict[str, Any] = field(default_factory=dict)
 
     @property
     def db(self) -> Side:
@@ -108,6 +110,7 @@ class ODataFollower:
             if stats.get("since"):
                 f.poll.since = dt.datetime.fromisoformat(stats["since"])
             f.delta_link = stats.get("delta_link")
+            f.kept = dict(stats)
             self.maps.append(f)
         self.differs = {f.bound.name: MapDiffer(f.bound, connectors, master=None)
                         for f in self.maps}
@@ -118,9 +121,12 @@ class ODataFollower:
         (a delta link, or the newest modified value): changes from then on are followed.
         Run *before* initial sync, as the applier's capture is installed before it: a change
         made while the sync runs is then followed too (compared, written only if the sync
-        did not already copy it). A delta link's initial read reads the set whole once."""
+        did not already copy it). A delta link's initial read reads the set whole once. Run
+        again (a new process), it keeps the position kept by the first."""
         for f in self.maps:
             self._log(f).install(capture_specs(f.bound)[f.db])
+            if f.kept.get("started"):
+                continue  # a position kept by an earlier start: follow on from there
             if f.method == "delta":
                 got = self.connectors[f.odata].start_delta(  # type: ignore[attr-defined]
                     f.bound.table(f.odata), self.differs[f.bound.name].columns[f.odata],
@@ -158,9 +164,14 @@ class ODataFollower:
             f.poll, page_size=self.batch))
 
     def _keep(self, f: _Followed) -> None:
-        self.state.put_checkpoint(f.bound.name, PHASE, None, {
-            "since": f.poll.since.isoformat() if f.poll.since else None,
-            "delta_link": f.delta_link})
+        """Keep the position in the state store (when it moved)."""
+        # "started": a position was taken, even "from the first row" (an empty service)
+        position = {"started": True,
+                    "since": f.poll.since.isoformat() if f.poll.since else None,
+                    "delta_link": f.delta_link}
+        if position != f.kept:
+            self.state.put_checkpoint(f.bound.name, PHASE, None, position)
+            f.kept = position
 
     def _from_odata(self, f: _Followed) -> int:
         o = f.odata
