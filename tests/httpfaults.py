@@ -7,10 +7,11 @@ real OData service that forwards every request, except those a test has asked to
 
 Faults, each for one request (``times`` for more): ``"500"``/``"503"``/any status (an OData
 error body), ``"429:<seconds>"`` (with ``Retry-After``), ``"malformed"`` (a 200 whose JSON is
-cut short), ``"drop"`` (the connection closed without an answer), ``"strip:<property>"``
-(forwarded, and the property removed from every entity of the answer: the service's answers
-no longer fit its ``$metadata``), ``"link:<url>"`` (forwarded, with ``@odata.nextLink`` set to
-the URL). ``seen`` lists every request as (method, path and query,
+cut short), ``"drop"`` (the connection closed without an answer), ``"lost"`` (forwarded,
+and the connection closed before the answer: its outcome unknown to the client),
+``"strip:<property>"`` (forwarded, and the property removed from every entity of the
+answer: the service's answers no longer fit its ``$metadata``), ``"link:<url>"`` (forwarded,
+with ``@odata.nextLink`` set to the URL). ``seen`` lists every request as (method, path and query,
 fault or None), in order.
 """
 
@@ -104,6 +105,10 @@ class HttpFaults:
             return
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
         r = self._client.request(h.command, h.path, headers=headers, content=body)
+        if fault == "lost":  # the service did it; its answer never arrives
+            h.close_connection = True
+            h.connection.shutdown(2)
+            return
         content = r.content
         if fault and fault.startswith("strip:"):
             prop = fault.split(":", 1)[1]

@@ -16,7 +16,11 @@ from dualwrite.connectors import connect
 from dualwrite.connectors.odata import ODataConnector
 from dualwrite.engine.config import resolve_url
 from dualwrite.engine.link import Link
-from dualwrite.errors import TerminalConnectorError, TransientConnectorError
+from dualwrite.errors import (
+    ConstraintViolation,
+    TerminalConnectorError,
+    TransientConnectorError,
+)
 from httpfaults import HttpFaults
 
 from conftest import Backend, BackendFactory
@@ -170,3 +174,30 @@ def test_a_next_link_to_another_host_is_not_followed(cap: Cap, proxy: HttpFaults
         assert "127.0.0.2:9" in str(info.value) and "not followed" in str(info.value)
         # a link to the service's own address is followed
         assert c.client.url(proxy.root + "Customers?$skiptoken=1").startswith(proxy.root)
+
+
+def test_a_change_set_whose_answer_was_lost_is_not_applied_twice(
+        cap: Cap, crm: Backend, proxy: HttpFaults, tmp_path: Path) -> None:
+    # CAP applies the first change set, and its answer is lost: initial sync sends it
+    # again, its creates conflict with themselves, are read back, found there, taken as done
+    crm.insert("customers", [{"id": i, "name": f"crm {i}", "credit": Decimal(i)}
+                             for i in range(1, 21)])
+    proxy.fail("POST", r"\$batch", "lost")
+    with Link.open(write_config(tmp_path, env_url(proxy), crm)) as link:
+        [result] = link.sync_initial()
+        assert result.errors == {"left": 0, "right": 0}, result.as_dict()
+        assert link.state.errors("customers") == []
+        [v] = link.verify()
+        assert v.ok, v.as_dict()
+    assert proxy.pending() == 0
+    assert sorted(cap_rows(cap)) == list(range(1, 21))
+
+
+def test_a_true_duplicate_is_still_refused(cap: Cap, crm: Backend, tmp_path: Path) -> None:
+    with connect("erp", resolve_url(cap.env_url(), Path("."))) as c:
+        with c.transaction() as tx:
+            tx.insert("Customers", ["ID", "name"], [(1, "there")])
+        with pytest.raises(ConstraintViolation) as info, c.transaction() as tx:
+            tx.insert("Customers", ["ID", "name"], [(2, "new"), (1, "another")])
+        assert info.value.kind == "unique"
+    assert {k: v["name"] for k, v in cap_rows(cap).items()} == {1: "there"}

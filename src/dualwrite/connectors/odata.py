@@ -899,7 +899,13 @@ class ODataWriteSession(WriteSession):
     def send(self) -> None:
         """Send the collected writes as one change set. Raises ConstraintViolation naming
         the first request the service refused (nothing was applied), TransientConnectorError
-        when the service could not be reached or failed as a whole."""
+        when the service could not be reached or failed as a whole.
+
+        An earlier send whose outcome was unknown (its connection dropped after the service
+        had it) may have been applied: sent again, its creates then conflict with
+        themselves. So when a create of the set is refused as a duplicate, the rows the set
+        creates are read back by key, and those that are there exactly as they would be
+        created are taken as done; the rest is sent once more."""
         if not self.requests:
             return
         if not self.c.metadata.batch:
@@ -909,6 +915,48 @@ class ODataWriteSession(WriteSession):
                 environment=self.c.name,
                 hint="writing to a service without $batch is not supported yet "
                 "(docs/odata.md, OData environments)")
+        refused = self._send_once()
+        if refused is None:
+            return
+        req, error = refused
+        if not (isinstance(error, ConstraintViolation) and error.kind == "unique"
+                and req["method"] == "POST"):
+            raise error
+        kept = [(r, es) for r, es in zip(self.requests, self._sets, strict=True)
+                if not self._arrived(r, es)]
+        if len(kept) == len(self.requests):
+            raise error
+        log.info("%s: %d create(s) of a change set were there already (an earlier send's "
+                 "outcome was unknown); sending the rest", self.c.name,
+                 len(self.requests) - len(kept))
+        self.requests = [r for r, _ in kept]
+        self._sets = [es for _, es in kept]
+        if self.requests:
+            refused = self._send_once()
+            if refused is not None:
+                raise refused[1]
+
+    def _arrived(self, req: dict[str, Any], entity_set: str) -> bool:
+        """Whether a create is in the service already, exactly as it would be created."""
+        if req["method"] != "POST" or not isinstance(req.get("body"), dict):
+            return False
+        es = self.c.entity_set(urllib.parse.unquote(entity_set))
+        key = list(es.schema.primary_key)
+        body: dict[str, Any] = req["body"]
+        if not all(k in body for k in key):
+            return False  # a key the service makes: nothing to read it back by
+        try:
+            sent = {p: decode(es.edm[p], v) for p, v in body.items() if p in es.edm}
+        except (ValueError, TypeError, KeyError, InvalidOperation):
+            return False
+        names = list(sent)
+        rows = self.c.fetch(es.name, names, key=key, keys=[tuple(sent[k] for k in key)])
+        return len(rows) == 1 and all(
+            canonical(a) == canonical(b) for a, b in zip(rows[0], sent.values(), strict=True))
+
+    def _send_once(self) -> tuple[dict[str, Any], ConnectorError] | None:
+        """One $batch of the collected writes; the first request refused and its error, or
+        None when the change set was applied."""
         client = self.c.client
         n = len(self.requests)
         doing = f"write {n} change(s) in one $batch change set"
@@ -922,7 +970,9 @@ class ODataWriteSession(WriteSession):
                 f"{r.text[:80]!r})", environment=self.c.name,
                 hint="the service may not speak the JSON $batch format of OData 4.01")
         by_id = {str(x.get("id")): x for x in responses if isinstance(x, dict)}
-        self._fail_refused(by_id, responses, doing)
+        refused = self._refused(by_id, responses, doing)
+        if refused is not None:
+            return refused
         for req, entity_set in zip(self.requests, self._sets, strict=True):
             got = by_id.get(req["id"]) or {}
             body = got.get("body")
@@ -935,9 +985,11 @@ class ODataWriteSession(WriteSession):
                     # committed all the same: without it, the row's echo is not suppressed
                     log.warning("%s: the answer to a write of %s does not fit $metadata",
                                 self.c.name, es.name)
+        return None
 
-    def _fail_refused(self, by_id: dict[str, Any], responses: list[Any], doing: str) -> None:
-        """Raise for the first request of the change set the service refused."""
+    def _refused(self, by_id: dict[str, Any], responses: list[Any], doing: str
+                 ) -> tuple[dict[str, Any], ConnectorError] | None:
+        """The first request of the change set the service refused, and its error."""
         client = self.c.client
         for req in self.requests:
             got = by_id.get(req["id"])
@@ -957,7 +1009,8 @@ class ODataWriteSession(WriteSession):
             code = str(err["code"]) if err.get("code") is not None else None
             what = f"{doing}: {req['method']} {urllib.parse.unquote(req['url'])}"
             if status in (429, 503):
-                raise TransientConnectorError(f"{what}: the service answered {status}: "
-                                              f"{message}", environment=self.c.name,
-                                              hint="dualwrite retries")
-            raise client._fail(status, (code, message), what, write=True)
+                return req, TransientConnectorError(
+                    f"{what}: the service answered {status}: {message}",
+                    environment=self.c.name, hint="dualwrite retries")
+            return req, client._fail(status, (code, message), what, write=True)
+        return None
