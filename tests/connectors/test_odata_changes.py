@@ -121,3 +121,13 @@ def test_the_method_is_chosen_with_a_reason() -> None:
     assert method is None and "no property 'changed'" in why
     method, why = choose_method(False, None, ["ID"])
     assert method is None and "modified:" in why
+
+
+def test_the_cursor_survives_a_new_process() -> None:
+    poll = ModifiedPoll(overlap=dt.timedelta(seconds=5))
+    poll.take([((1,), at(0), {"ID": 1}), ((2,), at(10), {"ID": 2})])
+    poll.expect_echo((3,), at(11))
+    again = ModifiedPoll.from_doc(poll.as_doc(), dt.timedelta(seconds=5))
+    assert (again.since, again.seen, again.echoes) == (poll.since, poll.seen, poll.echoes)
+    # what the first process saw or wrote is not a change to the second
+    assert again.take([((2,), at(10), {"ID": 2}), ((3,), at(11), {"ID": 3})]) == []

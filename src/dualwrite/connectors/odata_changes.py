@@ -22,6 +22,7 @@ keys known (:func:`deleted_keys`) finds it.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -46,8 +47,11 @@ class RowChange:
     values: dict[str, Any] | None = None
 
 
-def _ck(key: Sequence[Any]) -> Row:
-    return tuple(canonical(v) for v in key)
+def _ck(key: Sequence[Any]) -> str:
+    """A key as a short stable text (the same in every process: it is kept in the state
+    store with the cursor)."""
+    return hashlib.blake2b(repr(tuple(canonical(v) for v in key)).encode(),
+                           digest_size=12).hexdigest()
 
 
 @dataclass
@@ -61,8 +65,23 @@ class ModifiedPoll:
 
     overlap: dt.timedelta = DEFAULT_OVERLAP
     since: dt.datetime | None = None
-    seen: set[tuple[Row, dt.datetime]] = field(default_factory=set)
-    echoes: set[tuple[Row, dt.datetime]] = field(default_factory=set)
+    seen: set[tuple[str, dt.datetime]] = field(default_factory=set)
+    echoes: set[tuple[str, dt.datetime]] = field(default_factory=set)
+
+    def as_doc(self) -> dict[str, Any]:
+        """The cursor as JSON-able data (:meth:`from_doc` reads it back)."""
+        return {"since": self.since.isoformat() if self.since else None,
+                "seen": sorted([k, m.isoformat()] for k, m in self.seen),
+                "echoes": sorted([k, m.isoformat()] for k, m in self.echoes)}
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any], overlap: dt.timedelta) -> ModifiedPoll:
+        def pairs(name: str) -> set[tuple[str, dt.datetime]]:
+            return {(str(k), dt.datetime.fromisoformat(m)) for k, m in doc.get(name) or []}
+
+        since = doc.get("since")
+        return cls(overlap, dt.datetime.fromisoformat(since) if since else None,
+                   pairs("seen"), pairs("echoes"))
 
     def lower_bound(self) -> dt.datetime | None:
         """The timestamp the next poll asks for rows at or after (``ge``)."""

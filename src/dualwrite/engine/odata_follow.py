@@ -32,7 +32,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dualwrite.connectors.base import Connector, Row
 from dualwrite.connectors.capture import CaptureLog, Change
@@ -45,6 +45,9 @@ from dualwrite.errors import ConfigError, ConstraintViolation, RowError
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import ConflictPolicy, Side
 from dualwrite.model.values import canonical
+
+if TYPE_CHECKING:
+    from dualwrite.engine.link import Link
 
 log = logging.getLogger("dualwrite.odata_follow")
 
@@ -107,8 +110,7 @@ class ODataFollower:
                                   code="DW136")
             f = _Followed(b, o, found[0], mod, ModifiedPoll(overlap=overlap))
             _, stats = state.get_checkpoint(b.name, PHASE)
-            if stats.get("since"):
-                f.poll.since = dt.datetime.fromisoformat(stats["since"])
+            f.poll = ModifiedPoll.from_doc(stats.get("poll") or {}, overlap)
             f.delta_link = stats.get("delta_link")
             f.kept = dict(stats)
             self.maps.append(f)
@@ -140,6 +142,10 @@ class ODataFollower:
                 assert f.modified is not None
                 f.poll.since = self.connectors[f.odata].newest_modified(  # type: ignore[attr-defined]
                     f.bound.table(f.odata), f.modified)
+                # the rows of the overlap window below it are as initial sync will find
+                # them, not changes: read them once as seen, so that no step re-reads one
+                # as a change (it would overwrite a change the other side made meanwhile)
+                self._poll(f)
             self._keep(f)
 
     # -- steps ---------------------------------------------------------------------------------
@@ -165,10 +171,10 @@ class ODataFollower:
 
     def _keep(self, f: _Followed) -> None:
         """Keep the position in the state store (when it moved)."""
-        # "started": a position was taken, even "from the first row" (an empty service)
-        position = {"started": True,
-                    "since": f.poll.since.isoformat() if f.poll.since else None,
-                    "delta_link": f.delta_link}
+        # "started": a position was taken, even "from the first row" (an empty service);
+        # the rows seen and the echoes expected in the overlap window go with it, so that a
+        # new process does not read them again as changes
+        position = {"started": True, "poll": f.poll.as_doc(), "delta_link": f.delta_link}
         if position != f.kept:
             self.state.put_checkpoint(f.bound.name, PHASE, None, position)
             f.kept = position
@@ -229,6 +235,7 @@ class ODataFollower:
             found = {tuple(r[i] for i in differ.key_idx[d]) for r in present}
             gone = [self._row_of_key(f, d, k) for k in keys if k not in found]
             n += self._write_twins(f, d, present, master=d, deletes=gone, one_change_set=True)
+            self._keep(f)  # the echoes this write expects, before its changes are forgotten
             clog.forget([c.seq for c in group])
         return n
 
@@ -358,6 +365,14 @@ class ODataFollower:
     def _log(self, f: _Followed) -> CaptureLog:
         got: CaptureLog = self.connectors[f.db].capture_log()
         return got
+
+
+def follower_for(link: Link, *, reconcile_every: int = 10) -> ODataFollower:
+    """The follower of ``link``'s valid maps, with the environments' ``modified:``."""
+    return ODataFollower(
+        link.connectors, link.state, link.bound_maps(),
+        {s: link.config.modified(link.env_name(s)) for s in Side},
+        reconcile_every=reconcile_every, batch=min(link.config.model.sync.batch_size, 1000))
 
 
 def _canon(key: Sequence[Any]) -> Row:
