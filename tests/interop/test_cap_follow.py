@@ -14,10 +14,18 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cap_process import Cap, cap_client, cap_rows, fresh_crm, running_cap, write_config
+from cap_process import (
+    CUSTOMERS_MAP,
+    Cap,
+    cap_client,
+    cap_rows,
+    fresh_crm,
+    running_cap,
+    write_config,
+)
 from dualwrite.engine.link import Link
 from dualwrite.engine.odata_follow import ODataFollower
-from dualwrite.errors import TransientConnectorError
+from dualwrite.errors import ConfigError, TransientConnectorError
 from dualwrite.model.maps import Side
 from httpfaults import HttpFaults
 
@@ -184,3 +192,14 @@ def test_a_new_follower_goes_on_from_the_position_kept(cap: Cap, crm: Backend,
         follow_until_verified(link, follower)
     assert {k: v["name"] for k, v in cap_rows(cap).items()} == {1: "while stopped",
                                                                 2: "also"}
+
+
+def test_a_map_with_a_filter_is_refused_saying_why(cap: Cap, crm: Backend,
+                                                   tmp_path: Path) -> None:
+    config = write_config(tmp_path, cap.env_url(), crm)
+    (tmp_path / "maps" / "customers.yaml").write_text(
+        CUSTOMERS_MAP + "filter: {left: \"credit gt 0\"}\n")
+    with Link.open(config) as link, pytest.raises(ConfigError) as info:
+        ODataFollower(link.connectors, link.state, link.bound_maps(),
+                      {Side.LEFT: "modifiedAt"})
+    assert "has a filter" in str(info.value)

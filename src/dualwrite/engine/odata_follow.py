@@ -101,6 +101,11 @@ class ODataFollower:
                     "applier's old versions, which a change read from an OData service has "
                     "not", hint="use left-wins or right-wins with an OData side",
                     code="DW204")
+            if b.filter(Side.LEFT) is not None or b.filter(Side.RIGHT) is not None:
+                raise ConfigError(
+                    f"map {b.name!r} has a filter, which following an OData side does not "
+                    "apply yet (a row moving into or out of it)", hint="follow maps without "
+                    "`filter:`; sync and verify the filtered ones", code="DW204")
             mod = b.spec.modified(o) or modified.get(o)
             found = connectors[o].change_method(b.table(o), mod)
             if found is None or found[0] is None:
