@@ -24,6 +24,7 @@ from dualwrite.errors import (
 from httpfaults import HttpFaults
 
 from conftest import Backend, BackendFactory
+from faultproxy import FaultProxy, Mode
 
 
 @pytest.fixture
@@ -201,3 +202,24 @@ def test_a_true_duplicate_is_still_refused(cap: Cap, crm: Backend, tmp_path: Pat
             tx.insert("Customers", ["ID", "name"], [(2, "new"), (1, "another")])
         assert info.value.kind == "unique"
     assert {k: v["name"] for k, v in cap_rows(cap).items()} == {1: "there"}
+
+
+def test_a_service_down_or_hanging_at_the_tcp_level(cap: Cap) -> None:
+    """tests/faultproxy.py between dualwrite and CAP: refused connections, a service that
+    hangs (a request timeout) and connections reset mid-way are transient errors that say
+    which; with the service back, the same connector reads on."""
+    seed_cap(cap, range(1, 4))
+    with FaultProxy(cap.port) as tcp:
+        url = (f"odata+http://dualwrite:${{CAP_PASSWORD}}@127.0.0.1:{tcp.port}"
+               "/odata/v4/erp/?timeout=1&retries=1")
+        c = connect("erp", resolve_url(url, Path(".")))
+        with c:
+            c.describe("Customers")
+            for mode, words in ((Mode.REFUSE, "failed or was dropped"),
+                                (Mode.STALL, "did not answer within 1 s"),
+                                (Mode.RESET, "failed or was dropped")):
+                with tcp.fault(mode), pytest.raises(TransientConnectorError) as info:
+                    list(c.read("Customers", ["ID"], key=["ID"]))
+                assert words in str(info.value), (mode, str(info.value))
+            assert [r for b in c.read("Customers", ["ID"], key=["ID"]) for r in b] == [
+                (1,), (2,), (3,)]
