@@ -477,6 +477,11 @@ class ODataConnector(Connector):
     capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=False,
                                 transactional_ddl=False, capture=False, live=False)
 
+    #: ask for each written entity back (``Prefer: return=representation``), for
+    #: :attr:`ODataWriteSession.written`: what the follower's echo suppression needs; off,
+    #: a service need not read each row back (initial sync)
+    return_written: bool = False
+
     def __init__(self, name: str, url: str) -> None:
         super().__init__(name, url)
         self.address = ServiceAddress(name, url)
@@ -850,16 +855,17 @@ class ODataWriteSession(WriteSession):
         self.c = connector
         self.requests: list[dict[str, Any]] = []
         #: after :meth:`send`: (entity set, the entity as the service stored it) for each
-        #: create and update whose answer carried it (``Prefer: return=representation``):
-        #: what echo suppression compares a later poll with
+        #: create and update whose answer carried it (asked for with
+        #: ``ODataConnector.return_written``): what echo suppression compares a poll with
         self.written: list[tuple[str, dict[str, Any]]] = []
         self._sets: list[str] = []
 
     def _add(self, method: str, url: str, body: dict[str, Any] | None, etags: bool) -> None:
         req: dict[str, Any] = {"id": str(len(self.requests) + 1), "atomicityGroup": "g",
                                "method": method, "url": url}
-        headers = {"Content-Type": "application/json",
-                   "Prefer": "return=representation"} if body is not None else {}
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if body is not None and self.c.return_written:
+            headers["Prefer"] = "return=representation"
         if etags and method in ("PATCH", "DELETE"):
             headers["If-Match"] = "*"  # no version was read here: the row as it is now
         if headers:

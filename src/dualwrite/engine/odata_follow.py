@@ -93,6 +93,8 @@ class ODataFollower:
                 "service) and one with them (PostgreSQL, MariaDB, SQLite)",
                 hint="link an OData environment with a database environment", code="DW204")
         o = odata[0]
+        # the entities written come back with the service's own timestamp: echo suppression
+        connectors[o].return_written = True  # type: ignore[attr-defined]
         self.maps: list[_Followed] = []
         for b in maps:
             if b.spec.conflict not in (ConflictPolicy.LEFT_WINS, ConflictPolicy.RIGHT_WINS):
