@@ -179,7 +179,7 @@ def test_a_new_follower_goes_on_from_the_position_kept(cap: Cap, crm: Backend,
     # is "from the first row" (CAP was empty), which a second start must not move to now
     with Link.open(config) as link:
         assert link.state.get_checkpoint("customers", "odata-follow")[1] == {
-            "started": True, "delta_link": None,
+            "started": True, "method": "poll", "modified": "modifiedAt", "delta_link": None,
             "poll": {"since": None, "seen": [], "echoes": []}}
     with cap_client(cap) as c:
         assert c.post("Customers", json={"ID": 1, "name": "while stopped"}).status_code == 201

@@ -4,6 +4,7 @@ SIGTERM)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -70,3 +71,8 @@ def test_follow_from_the_command_line(cap: Cap, crm: Backend, tmp_path: Path) ->
     assert "following link" in out and "stopped" in out
     r = dualwrite(config, "verify")
     assert r.returncode == 0, r.stdout + r.stderr
+    r = dualwrite(config, "status", "--json")
+    assert r.returncode == 0, r.stderr
+    [row] = [m for m in json.loads(r.stdout)["maps"] if m["map"] == "customers"]
+    assert row["note"].startswith("followed by `dualwrite follow`: polling modifiedAt, "
+                                  "changes up to 20"), row

@@ -40,6 +40,8 @@ from dualwrite.engine.live import (
 from dualwrite.engine.live import recover as recover_branches
 from dualwrite.engine.lookups import PlannedRows
 from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
+from dualwrite.engine.odata_follow import PHASE as FOLLOW_PHASE
+from dualwrite.engine.odata_follow import describe_position
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
@@ -714,6 +716,9 @@ class Link:
                                              " (start `dualwrite run` or `dualwrite serve`)"))
             if state == "failed":
                 notes.append(failures[m.name][1] if m.name in failures else "failed")
+            if followed := describe_position(
+                    self.state.get_checkpoint(m.name, FOLLOW_PHASE)[1]):
+                notes.append(followed)
             if m.name in edited:
                 notes.append(f"map file changed, not reloaded (installed {edited[m.name][0]}, "
                              f"file {edited[m.name][1]}): `dualwrite maps reload {m.name}`")

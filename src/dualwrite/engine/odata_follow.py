@@ -181,7 +181,8 @@ class ODataFollower:
         # "started": a position was taken, even "from the first row" (an empty service);
         # the rows seen and the echoes expected in the overlap window go with it, so that a
         # new process does not read them again as changes
-        position = {"started": True, "poll": f.poll.as_doc(), "delta_link": f.delta_link}
+        position = {"started": True, "method": f.method, "modified": f.modified,
+                    "poll": f.poll.as_doc(), "delta_link": f.delta_link}
         if position != f.kept:
             self.state.put_checkpoint(f.bound.name, PHASE, None, position)
             f.kept = position
@@ -372,6 +373,17 @@ class ODataFollower:
     def _log(self, f: _Followed) -> CaptureLog:
         got: CaptureLog = self.connectors[f.db].capture_log()
         return got
+
+
+def describe_position(position: dict[str, Any]) -> str | None:
+    """What ``status`` says of a map the follower follows (its kept position), or None."""
+    if not position.get("started"):
+        return None
+    if position.get("method") == "delta":
+        return "followed by `dualwrite follow`: delta links"
+    since = (position.get("poll") or {}).get("since")
+    return (f"followed by `dualwrite follow`: polling {position.get('modified')}"
+            + (f", changes up to {since} read" if since else ""))
 
 
 def follower_for(link: Link, *, reconcile_every: int = 10) -> ODataFollower:
