@@ -23,6 +23,7 @@ from dualwrite.connectors.memory import MemoryConnector
 from dualwrite.connectors.sql import SqlConnector, kind_of
 from dualwrite.engine.live import xid_prefix
 from dualwrite.model.schema import Column, ForeignKey, TableSchema
+from dualwrite.testing import Harness
 
 from faultproxy import FaultProxy
 
@@ -93,14 +94,25 @@ def schema_of(table: sa.Table) -> TableSchema:
     return TableSchema(table.name, cols, pk, fks, uniques)
 
 
-class Backend:
-    """One database for a test: its URL, a connector, and DDL helpers."""
+class Backend(Harness):
+    """One database for a test: its URL, a connector, and DDL helpers (and the harness of
+    the connector compliance suite, dualwrite.testing)."""
 
     def __init__(self, kind: str, url: str, connector: Connector) -> None:
+        super().__init__(connector)
         self.kind = kind
         self.url = url
-        self.connector = connector
         self._app: sa.Engine | None = None
+        # what each database refuses itself: SQLite does not enforce VARCHAR lengths; the
+        # memory fake knows NOT NULL, unique keys and foreign keys only
+        self.enforces = {"memory": frozenset(), "sqlite": frozenset({"check"})}.get(
+            kind, frozenset({"check", "length"}))
+
+    def guid_default(self) -> Any:
+        return guid_default(self.dialect)
+
+    def reopen(self) -> Connector:
+        return connect(self.connector.name, self.url)
 
     @property
     def dialect(self) -> str:
@@ -165,21 +177,6 @@ class Backend:
         for xid in self.connector.recover("dw-"):
             if xid.startswith(prefixes):
                 self.connector.finish_prepared(xid, commit=False)
-
-    def insert(self, table: str, rows: list[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        cols = list(rows[0])
-        with self.connector.transaction() as tx:
-            tx.insert(table, cols, [tuple(r.get(c) for c in cols) for r in rows])
-
-    def rows(self, table: str, key: list[str], columns: list[str] | None = None
-             ) -> list[dict[str, Any]]:
-        cols = columns or list(self.connector.describe(table).columns)
-        out = []
-        for batch in self.connector.read(table, cols, key=key, batch_size=10_000):
-            out.extend(dict(zip(cols, r, strict=True)) for r in batch)
-        return out
 
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
         assert isinstance(self.connector, SqlConnector)

@@ -308,6 +308,13 @@ def _warnings(results: list[dict[str, Any]]) -> None:
             out.print(f"  {r['map']}: warning: {w}", markup=False)
 
 
+def _paths(results: list[dict[str, Any]]) -> None:
+    """Which path each map's sync takes (docs/initial-sync.md, "The bulk path")."""
+    for r in results:
+        if r.get("path"):
+            out.print(f"  {r['map']}: {r['path']}", markup=False)
+
+
 @app.command()
 def plan(maps: MapsArg = None, config: ConfigOpt = None,
          master: Annotated[str | None, typer.Option(
@@ -325,6 +332,7 @@ def plan(maps: MapsArg = None, config: ConfigOpt = None,
         _print_json({"maps": results})
         return
     out.print(_results_table("plan (nothing written)", results))
+    _paths(results)
     for r in results:
         for s in r["samples"]:
             if errors and "error" in s:
@@ -387,6 +395,7 @@ def sync(maps: MapsArg = None, config: ConfigOpt = None,
         _print_json({"maps": results, "errors": errors})
     else:
         out.print(_results_table("initial sync", results))
+        _paths(results)
         for r in results:
             if r["resumed"]:
                 out.print(f"  {r['map']}: resumed from its checkpoint", markup=False)

@@ -243,30 +243,34 @@ def test_paused_map_queues_and_replays_in_order(kinds: tuple[str, str],
         assert link.state.map_states()["items"]["state"] == "running"
 
 
+@pytest.mark.parametrize("bulk", [True, False], ids=["bulk-path", "row-path"])
 def test_writes_during_the_initial_sync_are_applied_after_it(kinds: tuple[str, str],
                                                             make_backend: BackendFactory,
-                                                            tmp_path: Path) -> None:
+                                                            tmp_path: Path, bulk: bool) -> None:
+    # batch 10: the row path writes 10 rows per chunk, the bulk path 100 per range
     it = make_items(make_backend, tmp_path, *kinds,
-                    extra=lambda c: c.update(sync={"batch_size": 10}))
-    it.left.insert("items", [{"id": i, "name": f"n{i}", "qty": i} for i in range(100)])
+                    extra=lambda c: c.update(sync={"batch_size": 10, "bulk": bulk}))
+    it.left.insert("items", [{"id": i, "name": f"n{i}", "qty": i} for i in range(1000)])
     calls = []
 
     def progress(name: str, done: int, total: int | None) -> None:
         # in the middle of the copy, the application keeps writing on both sides
         calls.append(done)
         if len(calls) == 3:
-            it.left.app_sql("UPDATE items SET qty = 1000 WHERE id = 95")  # not copied yet
+            assert done < 950
+            it.left.app_sql("UPDATE items SET qty = 1000 WHERE id = 950")  # not copied yet
             it.left.app_sql("UPDATE items SET qty = 1001 WHERE id = 5")  # already copied
-            it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (500, 'late', 1)")
-            it.right.app_sql("INSERT INTO items (id, name, qty) VALUES (600, 'crm', 2)")
+            it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1500, 'late', 1)")
+            it.right.app_sql("INSERT INTO items (id, name, qty) VALUES (1600, 'crm', 2)")
 
     with it.link() as link:
         link.start_maps(progress=progress)
         assert len(calls) > 3
         drain(link.applier())
         left, right = it.rows("left"), it.rows("right")
-        assert left == right and len(left) == 102
-        assert left[95] == ("n95", 1000) and left[5] == ("n5", 1001) and left[600] == ("crm", 2)
+        assert left == right and len(left) == 1002
+        assert left[950] == ("n950", 1000) and left[5] == ("n5", 1001)
+        assert left[1600] == ("crm", 2) and left[1500] == ("late", 1)
         # what the copy already carried is recognised, neither a conflict nor an error
         assert link.state.conflicts() == [] and link.state.errors() == []
 

@@ -37,6 +37,40 @@ class Capabilities:
     #: maps on it can run live (``maps start``, ``run``); False: initial sync, plan and
     #: verify only (an OData environment, until changes are read from it)
     live: bool = True
+    #: bulk formats :meth:`Connector.bulk_export` writes and :meth:`Connector.bulk_load`
+    #: reads (see :data:`BULK_FORMATS`); initial sync streams rows between two connectors
+    #: that share one, never decoding them in Python
+    bulk_export: frozenset[str] = frozenset()
+    bulk_import: frozenset[str] = frozenset()
+    #: a bulk load refuses (rolls back) every value the database would store otherwise than
+    #: its text says (a rounded decimal, a clipped number): values that the row builders
+    #: would only refuse may then go by the bulk path
+    bulk_load_checks: bool = False
+
+
+#: The bulk formats, in order of preference. ``copy-text``: PostgreSQL's COPY text format
+#: (tab-separated, ``\N`` for NULL, backslash escapes). ``copy-text-portable``: the same
+#: without the escapes that only PostgreSQL reads (``\f``, ``\v``): what MariaDB's
+#: ``LOAD DATA`` reads as PostgreSQL wrote it. An exporter leaves out of the stream every
+#: row it cannot write in the format (they come back from :meth:`Connector.bulk_misses`).
+BULK_FORMATS = ("copy-text", "copy-text-portable")
+
+
+@dataclass(frozen=True)
+class BulkField:
+    """One column of a bulk export, in the order of the target columns it is loaded into.
+
+    Exactly one of: ``column`` alone, copied as the source database writes its text;
+    ``column`` with ``pairs`` (source value -> the value written), where a row whose
+    non-null value is in none of the pairs is left out of the export (it is a miss, see
+    :meth:`Connector.bulk_misses`) and NULL stays NULL; ``column`` None, the ``constant``
+    for every row. Pair keys are of the source column's kind and are matched by the
+    database's equality; values and constants are ``str``, ``int``, ``Decimal``, ``bool``
+    or None."""
+
+    column: str | None = None
+    pairs: tuple[tuple[Any, Any], ...] | None = None
+    constant: Any = None
 
 
 @dataclass(frozen=True)
@@ -220,12 +254,60 @@ class Connector(ABC):
         it, in batches. Keys of the result are ``canonical(value)``; unknown values are
         absent. Where several rows match, the first in ``returning`` order wins."""
 
+    # -- bulk -----------------------------------------------------------------------------
+    # Initial sync's bulk path (dualwrite.engine.bulk). Only where ``capabilities`` names a
+    # format; the defaults refuse.
+    def bulk_boundary(self, table: str, key: Sequence[str], *, where: Expr | None,
+                      after: Row | None, limit: int) -> Row | None:
+        """The key of the ``limit``-th row after ``after`` in :meth:`read` order (rows
+        inside ``where``, null keys left out), or None when fewer rows follow."""
+        raise NotImplementedError(f"{type(self).__name__} has no bulk path")
+
+    def has_rows(self, table: str, key: Sequence[str], *, after: Row | None,
+                 upto: Row | None) -> bool:
+        """Whether ``table`` holds any row whose key is after ``after`` and at most ``upto``
+        (None: no bound) in :meth:`read` order, whatever a filter says."""
+        raise NotImplementedError(f"{type(self).__name__} has no bulk path")
+
+    def bulk_export(self, table: str, fields: Sequence[BulkField], *, key: Sequence[str],
+                    where: Expr | None, after: Row | None, upto: Row | None,
+                    fmt: str) -> AbstractContextManager[Iterator[bytes]]:
+        """The rows of the range (after, upto] inside ``where``, each built from ``fields``,
+        as blocks of ``fmt`` (any order); rows that cannot be written exactly are left out
+        (:meth:`bulk_misses` returns them)."""
+        raise NotImplementedError(f"{type(self).__name__} has no bulk path")
+
+    def bulk_misses(self, table: str, columns: Sequence[str], fields: Sequence[BulkField], *,
+                    key: Sequence[str], where: Expr | None, after: Row | None,
+                    upto: Row | None, fmt: str) -> list[Row]:
+        """The rows of the range that :meth:`bulk_export` leaves out, as :meth:`read` gives
+        them (``columns``), in key order."""
+        raise NotImplementedError(f"{type(self).__name__} has no bulk path")
+
+    def bulk_load(self, table: str, columns: Sequence[str], blocks: Iterable[bytes], *,
+                  fmt: str) -> int:
+        """Load ``blocks`` of ``fmt`` into ``columns`` in one transaction of dualwrite's own
+        (not captured): every row or none (a rejected row raises ConstraintViolation).
+        Returns the number of rows loaded."""
+        raise NotImplementedError(f"{type(self).__name__} has no bulk path")
+
     # -- writes ---------------------------------------------------------------------------
     @abstractmethod
     def transaction(self) -> AbstractContextManager[WriteSession]:
         """A write transaction: committed when the block ends, rolled back on an exception."""
 
     # -- two-phase commit -------------------------------------------------------------------
+    def attached_transaction(self, other: Connector
+                             ) -> AbstractContextManager[tuple[WriteSession, WriteSession]]:
+        """Where both connectors have ``capabilities.attach``: one transaction over this
+        database and ``other``'s, committed by one COMMIT (this side's session, the other's).
+        The default refuses."""
+        from dualwrite.errors import ConfigError
+
+        raise ConfigError(f"{type(self).__name__} cannot attach another database",
+                          hint="pair environments that support two-phase commit",
+                          code="DW204")
+
     def begin_branch(self, xid: str) -> Branch:
         """Open a two-phase branch named ``xid``. Only where ``capabilities.two_phase``."""
         from dualwrite.errors import TerminalConnectorError

@@ -5,8 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import re
+import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -17,8 +18,9 @@ from pymysql.constants import FIELD_TYPE
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 
-from dualwrite.connectors.base import Capabilities, Row
+from dualwrite.connectors.base import BulkField, Capabilities, Row
 from dualwrite.connectors.sql import Fault, SqlConnector, qualified, raw, split_table
+from dualwrite.errors import ConstraintViolation
 from dualwrite.model.conversion import parse_duration
 from dualwrite.model.schema import END_OF_DAY, Column, Facets, Kind
 from dualwrite.model.values import JsonText, TemporalText
@@ -103,7 +105,9 @@ _JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.IGNORECASE)
 
 class MySqlConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False,
-                                capture=True)
+                                capture=True, bulk_import=frozenset({"copy-text-portable"}),
+                                bulk_export=frozenset({"copy-text", "copy-text-portable"}),
+                                bulk_load_checks=True)
     database_name = "MariaDB"
     error_classes = MY_ERROR_CLASSES
 
@@ -115,9 +119,11 @@ class MySqlConnector(SqlConnector):
                  schema: str | None = None) -> None:
         #: (table, column) -> character set, learnt when checking a key's collation
         self._charsets: dict[tuple[str, str], str] = {}
+        #: the engine of bulk loads (LOAD DATA LOCAL INFILE), made at the first one
+        self._loader: sa.Engine | None = None
         super().__init__(name, url, engine=engine, schema=schema)
 
-    def _create_engine(self, url: str) -> sa.Engine:
+    def _create_engine(self, url: str, *, local_infile: bool = False) -> sa.Engine:
         if self.default_schema:
             # MariaDB's schemas are databases: the environment's `schema:` is the database
             # the connection uses (its unqualified tables, and dualwrite's own)
@@ -145,6 +151,10 @@ class MySqlConnector(SqlConnector):
                                 "write_timeout": 60}
         for name in sa.engine.make_url(url).query:
             args.pop(name, None)
+        if local_infile:
+            # only bulk loads' connections let the server ask for a client file: the file
+            # is always the one their own LOAD DATA names
+            args["local_infile"] = True
         engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
                                   pool_reset_on_return=None, isolation_level="READ COMMITTED",
                                   connect_args={**args,
@@ -244,6 +254,89 @@ class MySqlConnector(SqlConnector):
         conn.exec_driver_sql(
             f"INSERT INTO {target} ({', '.join(quote(c) for c in columns)}) "
             f"VALUES ({marks})", list(rows))
+
+    def _bulk_match(self, c: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        # compared as bytes; the pairs' values still bound as text
+        return sa.type_coerce(sa.cast(c, sa.BINARY), c.type) if isinstance(c.type, sa.String) \
+            else c
+
+    @contextmanager
+    def bulk_export(self, table: str, fields: Sequence[BulkField], *, key: Sequence[str],
+                    where: Any, after: Row | None, upto: Row | None,
+                    fmt: str) -> Iterator[Iterator[bytes]]:
+        """MariaDB has no bulk export to a client: the server writes each row as one line of
+        COPY text (``CONCAT`` of the escaped values, ``\\N`` for NULL), and the driver
+        streams one text column per row instead of decoding every value."""
+        t = self.table(table)
+        exprs, exact = self._bulk_select(t, fields, fmt)
+        parts: list[Any] = []
+        for i, e in enumerate(exprs):
+            text: Any = sa.cast(e, sa.CHAR)
+            # COPY text escapes: the backslash first, then what would end a field or a line
+            for char, escaped in (("\\", "\\\\"), ("\t", "\\t"), ("\n", "\\n"),
+                                  ("\r", "\\r")):
+                text = sa.func.replace(text, char, escaped)
+            parts += ([sa.literal("\t")] if i else []) + [sa.func.ifnull(text, "\\N")]
+        stmt = sa.select(sa.func.concat(*parts)).select_from(t).where(
+            *self._range(t, key, after, upto), *self._where(t, where), *exact)
+        with self.translating(f"read {table}"):
+            conn = self.engine.connect()
+        try:
+            def blocks() -> Iterator[bytes]:
+                with self.translating(f"read {table}"):
+                    result = conn.execution_options(stream_results=True).execute(stmt)
+                    while True:
+                        lines = result.scalars().fetchmany(2000)
+                        if not lines:
+                            return
+                        yield ("\n".join(lines) + "\n").encode()
+
+            yield blocks()
+        finally:
+            conn.close()
+
+    def bulk_load(self, table: str, columns: Sequence[str], blocks: Iterable[bytes], *,
+                  fmt: str) -> int:
+        """``LOAD DATA LOCAL INFILE`` of the blocks, spooled to a temporary file first (the
+        driver sends a file). A local load turns rejected rows into warnings and goes on
+        (the server cannot stop the client's stream), so any warning, or a row count other
+        than the lines sent, rolls the load back as a ConstraintViolation."""
+        t = self.table(table)
+        quote = self.engine.dialect.identifier_preparer.quote
+        target = f"{quote(t.schema)}.{quote(t.name)}" if t.schema else quote(t.name)
+        with tempfile.NamedTemporaryFile(prefix="dualwrite-load-", suffix=".tsv") as f:
+            lines = 0
+            for block in blocks:
+                f.write(block)
+                lines += block.count(b"\n")
+            f.flush()
+            if self._loader is None:
+                self._loader = self._create_engine(self.url, local_infile=True)
+            with self.translating("begin"):
+                conn = self._loader.connect()
+            try:
+                with self.transactional(conn), self.translating(f"insert into {table}"):
+                    loaded = conn.exec_driver_sql(
+                        f"LOAD DATA LOCAL INFILE %s INTO TABLE {target} CHARACTER SET utf8mb4 "
+                        "FIELDS TERMINATED BY '\\t' ESCAPED BY '\\\\' "
+                        f"LINES TERMINATED BY '\\n' ({', '.join(quote(c) for c in columns)})",
+                        (f.name,)).rowcount
+                    warned = conn.exec_driver_sql("SHOW WARNINGS LIMIT 1").all()
+                    if warned or loaded != lines:
+                        first = warned[0][2] if warned else "no warning"
+                        raise ConstraintViolation(
+                            f"bulk load into {table} loaded {loaded} of {lines} rows "
+                            f"({first})", environment=self.name, kind="value",
+                            hint="the rows are written one by one instead")
+            finally:
+                conn.close()
+        return int(loaded)
+
+    def close(self) -> None:
+        if self._loader is not None:
+            self._loader.dispose()
+            self._loader = None
+        super().close()
 
     def recover(self, prefix: str) -> list[str]:
         with self.translating("XA RECOVER"), self._autocommit() as cur:

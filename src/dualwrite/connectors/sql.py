@@ -21,6 +21,7 @@ from sqlalchemy.sql import sqltypes
 
 from dualwrite.connectors.base import (
     Branch,
+    BulkField,
     Capabilities,
     Connector,
     LinkRecord,
@@ -836,6 +837,99 @@ class SqlConnector(Connector):
                     if not chunk:
                         return
                     yield self._rows(chunk, load)
+
+    # -- bulk (initial sync's bulk path; the formats are the dialects') -----------------------
+    def _range(self, t: sa.Table, key: Sequence[str], after: Row | None, upto: Row | None
+               ) -> list[sa.ColumnElement[bool]]:
+        """(after, upto] in :meth:`read` order, null keys left out."""
+        order = self._order_cols(t, key)
+        out: list[sa.ColumnElement[bool]] = [t.c[k].isnot(None) for k in key]
+        if after is not None:
+            out.append(self._after(order, after))
+        if upto is not None:
+            out.append(sa.not_(self._after(order, upto)))
+        return out
+
+    def bulk_boundary(self, table: str, key: Sequence[str], *, where: Expr | None,
+                      after: Row | None, limit: int) -> Row | None:
+        t = self.table(table)
+        stmt = (sa.select(*self._selected(t, key))
+                .where(*self._range(t, key, after, None), *self._where(t, where))
+                .order_by(*self._order_cols(t, key)).offset(limit - 1).limit(1))
+        with self.translating(f"read {table}"), self.engine.connect() as conn:
+            rows = self._rows(conn.execute(stmt), self._loaders(table, key))
+        return rows[0] if rows else None
+
+    def has_rows(self, table: str, key: Sequence[str], *, after: Row | None,
+                 upto: Row | None) -> bool:
+        t = self.table(table)
+        stmt = sa.select(sa.literal(1)).select_from(t).where(
+            *self._range(t, key, after, upto)).limit(1)
+        with self.translating(f"read {table}"), self.engine.connect() as conn:
+            return conn.execute(stmt).first() is not None
+
+    def _bulk_select(self, t: sa.Table, fields: Sequence[BulkField], fmt: str
+                     ) -> tuple[list[sa.ColumnElement[Any]], list[sa.ColumnElement[bool]]]:
+        """The exported expressions, and the conditions a row meets when every one of them
+        is written exactly (the others are misses)."""
+        exprs: list[sa.ColumnElement[Any]] = []
+        exact: list[sa.ColumnElement[bool]] = []
+        for f in fields:
+            if f.column is None:
+                exprs.append(sa.null() if f.constant is None else sa.literal(f.constant))
+                continue
+            c = t.c[f.column]
+            if f.pairs is not None:
+                keys = [k for k, _v in f.pairs]
+                # matched byte for byte, as the engine matches the pairs' values: a value a
+                # collation calls equal to a pair's is a miss, which the row path decides
+                m = self._bulk_match(c)
+                exprs.append(sa.case({k: sa.literal(v) if v is not None else sa.null()
+                                      for k, v in f.pairs}, value=m) if keys else sa.null())
+                exact.append(sa.or_(c.is_(None), m.in_(keys)) if keys else c.is_(None))
+                continue
+            exprs.append(c)
+            if isinstance(c.type, sqltypes.String):
+                # NULL is written exactly; a condition on NULL would be unknown, leaving the
+                # row out of both the export and the misses
+                exact.extend(sa.or_(c.is_(None), cond)
+                             for cond in self._bulk_text_exact(c, fmt))
+        return exprs, exact
+
+    def _bulk_match(self, c: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
+        """``c`` as compared byte for byte (text under a binary collation)."""
+        return c
+
+    def _bulk_text_exact(self, c: sa.ColumnElement[Any], fmt: str
+                         ) -> list[sa.ColumnElement[bool]]:
+        """Conditions on a copied text column for its value to be written exactly in
+        ``fmt`` (none by default)."""
+        return []
+
+    def bulk_misses(self, table: str, columns: Sequence[str], fields: Sequence[BulkField], *,
+                    key: Sequence[str], where: Expr | None, after: Row | None,
+                    upto: Row | None, fmt: str) -> list[Row]:
+        t = self.table(table)
+        _exprs, exact = self._bulk_select(t, fields, fmt)
+        if not exact:
+            return []
+        stmt = (sa.select(*self._selected(t, columns))
+                .where(*self._range(t, key, after, upto), *self._where(t, where),
+                       sa.not_(sa.and_(*exact)))
+                .order_by(*self._order_cols(t, key)))
+        with self.translating(f"read {table}"), self.engine.connect() as conn:
+            return self._rows(conn.execute(stmt), self._loaders(table, columns))
+
+    def _bulk_export_sql(self, table: str, fields: Sequence[BulkField], *,
+                         key: Sequence[str], where: Expr | None, after: Row | None,
+                         upto: Row | None, fmt: str) -> str:
+        """The export's SELECT as SQL text with its values inline (a bulk export such as COPY
+        takes no parameters; every value is rendered by the dialect's literal quoting)."""
+        t = self.table(table)
+        exprs, exact = self._bulk_select(t, fields, fmt)
+        stmt = sa.select(*exprs).where(*self._range(t, key, after, upto),
+                                       *self._where(t, where), *exact)
+        return str(stmt.compile(self.engine, compile_kwargs={"literal_binds": True}))
 
     def query(self, table: str, columns: Sequence[str], *, where: Expr | None = None,
               order_by: Sequence[tuple[str, bool]] = (), limit: int | None = None,

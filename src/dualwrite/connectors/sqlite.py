@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from dualwrite.connectors.base import Capabilities, Row, WriteSession
+from dualwrite.connectors.base import Capabilities, Connector, Row, WriteSession
 from dualwrite.connectors.sql import Fault, SqlConnector, SqlWriteSession, untyped
 from dualwrite.errors import ConfigError
 from dualwrite.model.conversion import parse_time, text_of
@@ -204,12 +204,18 @@ class SqliteConnector(SqlConnector):
         return str(self.execute("PRAGMA journal_mode")[0][0]).lower()
 
     @contextmanager
-    def attached_transaction(self, right: SqliteConnector
+    def attached_transaction(self, other: Connector
                              ) -> Iterator[tuple[WriteSession, WriteSession]]:
-        """One transaction over two SQLite files: ``right``'s file ATTACHed to this one's
+        """One transaction over two SQLite files: ``other``'s file ATTACHed to this one's
         connection, so one COMMIT covers both. SQLite makes that commit atomic across the
         files with a super-journal, which exists only in rollback-journal modes: a database in
         WAL mode is refused."""
+        if not isinstance(other, SqliteConnector):
+            raise ConfigError(
+                f"environment {other.name!r} ({type(other).__name__}) cannot be attached to "
+                f"SQLite environment {self.name!r}", hint="pair two SQLite files",
+                code="DW204")
+        right = other
         for c in (self, right):
             mode = c.journal_mode()
             if mode == "wal":

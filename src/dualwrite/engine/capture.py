@@ -64,6 +64,7 @@ from dualwrite.engine.settle import Edit, changed_fields
 from dualwrite.engine.settle import settle as settle_versions
 from dualwrite.engine.state import (
     InboxEntry,
+    MapState,
     ParkedChange,
     StateStore,
     decode_doc,
@@ -540,7 +541,7 @@ class Applier:
                          "side": self.env[s.other] if s is not None else None})
         metrics.APPLY_ERRORS.labels(self._link_name, name, self._direction[s] if s is not None
                                     else "-", "failed").inc()
-        self.state.set_map_state(name, "failed")
+        self.state.set_map_state(name, MapState.FAILED)
         self.event(name, "failed", f"{doing}: {reason}")
         # its tables may have changed: describe them and bind the map again when it resumes
         self._maps.pop(name, None)
@@ -1582,7 +1583,7 @@ class Applier:
             oldest = [x for s in Side if (x := stats[s].get(name, (0, 0, None))[2])]
             age = (time.time() - min(oldest).timestamp()) if oldest else 0.0
             if m.state == "resuming" and rows == 0:
-                self.state.set_map_state(name, "running")
+                self.state.set_map_state(name, MapState.RUNNING)
             used = max(rows / budget.max_rows, size / budget.max_bytes,
                        age / budget.max_age_seconds)
             self.alerts.queue_level(name, used, rows, size, age)

@@ -42,6 +42,9 @@ class LinkConfig(BaseModel):
 class SyncConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     batch_size: int = Field(default=5000, ge=1, le=1_000_000)
+    #: initial sync streams one-sided key ranges between the databases' bulk paths where
+    #: the map compiles to SQL (docs/initial-sync.md); false: always row by row
+    bulk: bool = True
 
 
 class ServeConfig(BaseModel):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dualwrite.connectors.base import Connector, Row
+from dualwrite.engine.bulk import CHUNK_FACTOR, BulkChunk, BulkPath
 from dualwrite.engine.diff import (
     Classified,
     Create,
@@ -28,7 +29,7 @@ from dualwrite.engine.diff import (
 )
 from dualwrite.engine.live import explain
 from dualwrite.engine.lookups import PlannedLookups, PlannedRows
-from dualwrite.engine.state import StateStore
+from dualwrite.engine.state import MapState, StateStore
 from dualwrite.errors import ConstraintViolation, RowError, TransientConnectorError
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import Side
@@ -56,6 +57,10 @@ class MapResult:
     null_keys: dict[str, int] = field(default_factory=lambda: {"left": 0, "right": 0})
     #: what the user should know beyond the counts (null keys, with what to do)
     warnings: list[str] = field(default_factory=list)
+    #: which path wrote the rows: "bulk (...)" or "rows (why not bulk)"; empty for plan
+    path: str = ""
+    #: rows written by the bulk path
+    bulk_rows: int = 0
 
     def note_null_keys(self, differ: MapDiffer) -> None:
         for s in Side:
@@ -77,7 +82,7 @@ class MapResult:
         return {"map": self.map, **self.counts(), "seconds": round(self.seconds, 3),
                 "resumed": self.resumed_from is not None, "samples": self.samples,
                 "failures": self.failures, "null_keys": dict(self.null_keys),
-                "warnings": self.warnings}
+                "warnings": self.warnings, "path": self.path, "bulk_rows": self.bulk_rows}
 
 
 def chunks(entries: Iterator[Entry], size: int) -> Iterator[list[Entry]]:
@@ -129,10 +134,13 @@ class InitialSync:
     """Runs initial sync (or its plan) for bound maps between two connectors."""
 
     def __init__(self, connectors: dict[Side, Connector], state: StateStore, *,
-                 batch_size: int = 5000, progress: Progress | None = None) -> None:
+                 batch_size: int = 5000, progress: Progress | None = None,
+                 bulk: bool = True) -> None:
         self.connectors = connectors
         self.state = state
         self.batch_size = batch_size
+        #: whether one-sided key ranges may take the bulk path (dualwrite.engine.bulk)
+        self.bulk = bulk
         self.progress = progress
 
     # -- plan --------------------------------------------------------------------------------
@@ -148,6 +156,7 @@ class InitialSync:
         stopped = creating(self.state, bound.name)
         result = MapResult(bound.name)
         result.note_null_keys(differ)
+        self._bulk_path(differ, result)
         started = time.monotonic()
         done = 0
         for chunk in chunks(differ.entries(after=None, batch_size=self.batch_size),
@@ -208,44 +217,118 @@ class InitialSync:
         if self.progress:
             total = max(differ.count(Side.LEFT), differ.count(Side.RIGHT))
         done = 0
-        for chunk in chunks(differ.entries(after=after, batch_size=self.batch_size),
-                            self.batch_size):
-            if skipped:
-                left = [e for e in chunk if tuple(e.key) not in skipped]
-                done += len(chunk) - len(left)
-                if not left:
-                    if self.progress:
-                        self.progress(bound.name, done, total)
-                    continue
-                chunk = left
-            c = self._with_retries(
-                lambda ch=chunk: differ.classify(  # type: ignore[misc]
-                    ch, created=created_defaults(self.state, differ, ch, stopped)))
-            self._note_self_filled(differ, c)
-            failed = self._apply(differ, c)
-            self._read_self_filled(differ, c, failed)
-            for f in [*c.failures, *failed]:
-                result.errors[f.side.value] += 1
-                self.state.add_error(bound.name, f.side.value, f.key, f.operation,
-                                     str(f.error.message), f.payload)
-            failed_keys = {(f.side.value, tuple(f.key)) for f in [*c.failures, *failed]}
-            for s in Side:
-                result.created[s.value] += len(c.creates[s]) - sum(
-                    1 for f in failed if f.side is s and f.operation == "create")
-                result.updated[s.value] += len(c.updates[s]) - sum(
-                    1 for f in failed if f.side is s and f.operation == "update")
-            result.unchanged += c.unchanged
-            if open_errors:
-                self._close_fixed(bound.name, chunk, open_errors, failed_keys)
-            self.state.put_checkpoint(bound.name, PHASE, chunk[-1].key, result.counts())
-            done += len(chunk)
-            if self.progress:
-                self.progress(bound.name, done, total)
+        bulk = None if open_errors else self._bulk_path(differ, result)
+        if bulk is not None:
+            done = self._run_bulk(differ, bulk, result, after, stopped, total)
+        else:
+            for chunk in chunks(differ.entries(after=after, batch_size=self.batch_size),
+                                self.batch_size):
+                if skipped:
+                    left = [e for e in chunk if tuple(e.key) not in skipped]
+                    done += len(chunk) - len(left)
+                    if not left:
+                        if self.progress:
+                            self.progress(bound.name, done, total)
+                        continue
+                    chunk = left
+                self._rows(differ, chunk, result, stopped, open_errors)
+                done += len(chunk)
+                if self.progress:
+                    self.progress(bound.name, done, total)
         self.state.clear_checkpoint(bound.name, PHASE)
         self.state.clear_creating(bound.name)
-        self.state.set_map_state(bound.name, "synced", initial_synced=True)
+        self.state.set_map_state(bound.name, MapState.SYNCED, initial_synced=True)
         result.seconds = time.monotonic() - started
         return result
+
+    def _rows(self, differ: MapDiffer, chunk: list[Entry], result: MapResult,
+              stopped: dict[Side, set[str]], open_errors: set[tuple[str, Row]]) -> None:
+        """The row path for one chunk: classify, write, record failures, checkpoint."""
+        bound = differ.bound
+        c = self._with_retries(
+            lambda ch=chunk: differ.classify(  # type: ignore[misc]
+                ch, created=created_defaults(self.state, differ, ch, stopped)))
+        self._note_self_filled(differ, c)
+        failed = self._apply(differ, c)
+        self._read_self_filled(differ, c, failed)
+        self._count(differ, c, failed, result)
+        if open_errors:
+            failed_keys = {(f.side.value, tuple(f.key)) for f in [*c.failures, *failed]}
+            self._close_fixed(bound.name, chunk, open_errors, failed_keys)
+        self.state.put_checkpoint(bound.name, PHASE, chunk[-1].key, result.counts())
+
+    def _count(self, differ: MapDiffer, c: Classified, failed: list[Failure],
+               result: MapResult) -> None:
+        """Add a written chunk to the result; its failures to the inbox."""
+        for f in [*c.failures, *failed]:
+            result.errors[f.side.value] += 1
+            self.state.add_error(differ.bound.name, f.side.value, f.key, f.operation,
+                                 str(f.error.message), f.payload)
+        for s in Side:
+            result.created[s.value] += len(c.creates[s]) - sum(
+                1 for f in failed if f.side is s and f.operation == "create")
+            result.updated[s.value] += len(c.updates[s]) - sum(
+                1 for f in failed if f.side is s and f.operation == "update")
+        result.unchanged += c.unchanged
+
+    def _bulk_path(self, differ: MapDiffer, result: MapResult) -> BulkPath | None:
+        """The bulk path of the map from the side with more rows, where it compiles; the
+        result says which path runs and why (``plan`` shows it)."""
+        if not self.bulk:
+            result.path = "rows (sync.bulk is off)"
+            return None
+        counts = {s: differ.count(s) for s in Side}
+        source = Side.LEFT if counts[Side.LEFT] >= counts[Side.RIGHT] else Side.RIGHT
+        got = BulkPath.compile(differ, source, self.batch_size * CHUNK_FACTOR)
+        if isinstance(got, str):
+            result.path = f"rows ({got})"
+            return None
+        result.path = f"bulk ({source.value} to {source.other.value}, {got.fmt})"
+        return got
+
+    def _run_bulk(self, differ: MapDiffer, bulk: BulkPath, result: MapResult,
+                  after: Row | None, stopped: dict[Side, set[str]], total: int | None
+                  ) -> int:
+        """Sync the map range by range: a range with no rows on the target goes by the bulk
+        path (its misses by the row path), any other by the row path until past it."""
+        bound = differ.bound
+        t = bulk.source.other
+        done = 0
+        while True:
+            got: BulkChunk | None
+            try:
+                got = self._with_retries(lambda a=after: bulk.chunk(a))  # type: ignore[misc]
+            except ConstraintViolation:
+                got = None  # the target refused the load (rolled back): the row path says why
+            if got is not None:
+                result.created[t.value] += got.loaded
+                result.bulk_rows += got.loaded
+                if got.misses:
+                    c = self._with_retries(
+                        lambda m=got.misses: differ.classify(m))  # type: ignore[misc]
+                    self._count(differ, c, self._apply(differ, c), result)
+                done += got.loaded + len(got.misses)
+                if got.upto is None:
+                    return done
+                after = got.upto
+                self.state.put_checkpoint(bound.name, PHASE, after, result.counts())
+            else:
+                # the row path up to the range's end: one bulk range of row chunks
+                n = 0
+                for chunk in chunks(differ.entries(after=after, batch_size=self.batch_size),
+                                    self.batch_size):
+                    self._rows(differ, chunk, result, stopped, set())
+                    done += len(chunk)
+                    n += len(chunk)
+                    after = chunk[-1].key
+                    if self.progress:
+                        self.progress(bound.name, done, total)
+                    if n >= bulk.limit:
+                        break
+                else:
+                    return done
+            if self.progress:
+                self.progress(bound.name, done, total)
 
     def _note_self_filled(self, differ: MapDiffer, c: Classified) -> None:
         """Before the chunk's creates are written: which rows it creates on a side with

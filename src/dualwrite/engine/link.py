@@ -43,7 +43,7 @@ from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
 from dualwrite.engine.odata_follow import PHASE as FOLLOW_PHASE
 from dualwrite.engine.odata_follow import describe_position
 from dualwrite.engine.security import Principal
-from dualwrite.engine.state import StateStore, now_iso
+from dualwrite.engine.state import MapState, StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
 from dualwrite.errors import (
     ConfigError,
@@ -374,7 +374,7 @@ class Link:
         for name, st in self.state.map_states().items():
             if st["state"] != "stopped":
                 self.state.drop_parked(name)
-                self.state.set_map_state(name, "stopped", forget_synced=True)
+                self.state.set_map_state(name, MapState.STOPPED, forget_synced=True)
         removed: dict[str, list[str]] = {self.env_name(s): [] for s in Side}
         for s in capture:
             swept = self.connectors[s].capture_log().uninstall()
@@ -408,6 +408,7 @@ class Link:
         (at most once a second, for the console and /metrics, whichever process looks)."""
         return InitialSync(self.connectors, self.state,
                            batch_size=self.config.model.sync.batch_size,
+                           bulk=self.config.model.sync.bulk,
                            progress=record.wrap(progress) if record is not None else progress)
 
     def plan(self, names: Sequence[str] = (), *, master: str | None = None,
@@ -519,11 +520,11 @@ class Link:
             captured = self.install_capture(b)
             if not st.get("initial_synced_at"):
                 if captured:
-                    self.state.set_map_state(b.name, "initializing")
+                    self.state.set_map_state(b.name, MapState.INITIALIZING)
                 recorder = _Recorder(self.monitor)
                 ran.append(self._sync(progress, record=recorder).run(b))
                 recorder.finish(b.name)
-            self.state.set_map_state(b.name, "running")
+            self.state.set_map_state(b.name, MapState.RUNNING)
         return ran
 
     def install_capture(self, b: BoundMap) -> bool:
@@ -605,7 +606,7 @@ class Link:
         for b in reversed(bound):
             self.remove_capture(b)
             self.state.drop_parked(b.name)
-            self.state.set_map_state(b.name, "stopped", forget_synced=True)
+            self.state.set_map_state(b.name, MapState.STOPPED, forget_synced=True)
         return [b.name for b in bound]
 
     def pause_maps(self, names: Sequence[str] = ()) -> list[str]:
@@ -614,7 +615,7 @@ class Link:
         states = self.state.map_states()
         for b in self.bound_maps(names):
             if (states.get(b.name) or {}).get("state") in ("running", "resuming"):
-                self.state.set_map_state(b.name, "paused")
+                self.state.set_map_state(b.name, MapState.PAUSED)
                 out.append(b.name)
                 log.info("map %s paused: its changes queue", b.name,
                          extra={"event": "paused", "map": b.name})
@@ -629,7 +630,7 @@ class Link:
         self.forget_validation()  # a failed map's fix: bind it to the tables as they are now
         for b in self.bound_maps(names):
             if (states.get(b.name) or {}).get("state") in ("paused", "failed"):
-                self.state.set_map_state(b.name, "resuming")
+                self.state.set_map_state(b.name, MapState.RESUMING)
                 out.append(b.name)
                 log.info("map %s resuming: its queue replays in order", b.name,
                          extra={"event": "resumed", "map": b.name})

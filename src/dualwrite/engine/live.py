@@ -584,9 +584,6 @@ class Coordinator:
         left, right = link.connectors[Side.LEFT], link.connectors[Side.RIGHT]
         self.xid = new_xid(link.link_id)
         if left.capabilities.attach and right.capabilities.attach:
-            from dualwrite.connectors.sqlite import SqliteConnector
-
-            assert isinstance(left, SqliteConnector) and isinstance(right, SqliteConnector)
             ls, rs = self.stack.enter_context(left.attached_transaction(right))
             sessions = {Side.LEFT: ls, Side.RIGHT: rs}
         else:

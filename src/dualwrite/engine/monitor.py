@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from dualwrite.engine.state import (
     HEARTBEAT_TIMEOUT,
     InboxEntry,
+    MapState,
     StateStore,
     alerts,
     audit_log,
@@ -381,8 +382,8 @@ def check_applier(link: Link, procs: list[dict[str, Any]] | None = None,
     monitor = link.monitor
     procs = link.processes() if procs is None else procs
     states = link.state.map_states() if states is None else states
-    applying = sorted(n for n, st in states.items() if st.get("state") in ("running",
-                                                                             "resuming"))
+    applying = sorted(n for n, st in states.items()
+                      if st.get("state") in (MapState.RUNNING, MapState.RESUMING))
     alive = [p for p in procs if p["role"] == "applier" and p["alive"]]
     open_id = monitor.open_alert(WHOLE_LINK, NO_APPLIER)
     if alive or not applying:

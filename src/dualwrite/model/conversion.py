@@ -128,6 +128,10 @@ class Plan:
     #: database's own input function: nothing is converted or stated, and what ``convert``
     #: refuses, the database refuses too (a date that is none), loudly, at the row
     text_safe: bool = True
+    #: whether every step at most refuses a value, never changes one: the values may reach
+    #: a target as their text where the target's loader reports every value it would store
+    #: differently (MariaDB's LOAD DATA warnings), which then refuses them instead
+    refuses_only: bool = True
 
     @property
     def pair(self) -> str:
@@ -182,6 +186,8 @@ class _Builder:
         self.needs = ""
         #: steps that only refuse what the target database would refuse itself
         self.guards: list[Convert] = []
+        #: steps that refuse values (or pass them unchanged), whatever the database does
+        self.refusers: list[Convert] = []
         self.unsafe_notes = False
         self.sf: Facets = self.source.facets
         self.tf: Facets = self.target.facets
@@ -199,9 +205,12 @@ class _Builder:
             Verdict.CONVERTED if (self.notes or self.nulled) else Verdict.EXACT
         text_safe = not self.unsafe_notes and not self.nulled and all(
             step in self.guards for step in self.steps)
+        refuses_only = not self.unsafe_notes and not self.nulled and all(
+            step in self.guards or step in self.refusers for step in self.steps)
         return Plan(self.source, self.target, verdict, tuple(self.notes), tuple(self.refused),
                     tuple(self.nulled), convert=_compose(self.steps),
-                    step=self.steps[0] if len(self.steps) == 1 else None, text_safe=text_safe)
+                    step=self.steps[0] if len(self.steps) == 1 else None, text_safe=text_safe,
+                    refuses_only=refuses_only)
 
     def refuse(self, what: str) -> None:
         if what not in self.refused:
@@ -258,6 +267,7 @@ class _Builder:
             return v
 
         self.steps.append(refuse)
+        self.refusers.append(refuse)
 
     # -- kinds ---------------------------------------------------------------------------------
     def other(self) -> None:
@@ -334,6 +344,7 @@ class _Builder:
                 return v
 
             self.steps.append(scale)
+            self.refusers.append(scale)
         if tsig is not None and (ssig is None or ssig > tsig) and \
                 (sp is None or sp > tsig):
             self.refuse(f"more than {tsig} significant digits")
@@ -346,6 +357,7 @@ class _Builder:
                 return v
 
             self.steps.append(significant)
+            self.refusers.append(significant)
 
     def floats(self) -> None:
         missing = [x for x in (NAN, INF, NEG_INF)
@@ -420,6 +432,8 @@ class _Builder:
         self.steps.append(admit)
         if not missing:  # it refuses only what the target cannot read as a date either
             self.guards.append(admit)
+        if not to_null:
+            self.refusers.append(admit)
 
     def fraction(self) -> None:
         t_digits = self.tf.fraction if self.tf.fraction is not None else 6

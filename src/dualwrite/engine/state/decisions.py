@@ -1,0 +1,198 @@
+"""Two-phase commit decisions, made durable (in the journal beside a SQLite store, or
+committed), and the audit log written with them."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualwrite.engine.journal import DecisionJournal
+from dualwrite.engine.state.base import StoreBase
+from dualwrite.engine.state.codec import decode_values, encode_values, now_iso
+from dualwrite.engine.state.records import AuditEntry, _Pending
+from dualwrite.engine.state.schema import audit_log, coordinator_log
+
+
+class DecisionsState(StoreBase):
+    """Two-phase commit decisions (a part of :class:`StateStore`)."""
+
+    #: the group writer's queue (see log_commit_decision) and the journal beside a SQLite store
+    _cv: threading.Condition
+    _queue: list[_Pending]
+    _completed: list[str]
+    _writing: bool
+    _journal: DecisionJournal | None
+
+    # -- two-phase commit decisions and the audit log --------------------------------
+    def log_commit_decision(self, xid: str, participants: Sequence[str], principal: str,
+                            audit: Sequence[AuditEntry]) -> None:
+        """Record, durably, that ``xid`` commits, with its audit rows; returns once they are
+        on disk.
+
+        Called after every branch is prepared and before the first is committed: from here on
+        recovery commits the branches. A crash before this point leaves no decision, and
+        recovery rolls the branches back (presumed abort).
+
+        Group commit: concurrent callers are written together in one write (one flush for
+        all of them: a journal record, or a state-store transaction where there is no
+        journal); the first caller to arrive writes for everyone queued, the others wait for
+        it. Completions noted with :meth:`complete` ride along with the state-store write
+        (with the journal's drain, when decisions are journalled)."""
+        item = _Pending(xid, list(participants), principal, list(audit))
+        with self._cv:
+            self._queue.append(item)
+            while not item.done:
+                if self._writing:
+                    self._cv.wait()
+                    continue
+                self._writing = True
+                batch, self._queue = self._queue, []
+                completed: list[str] = []
+                if self._journal is None:  # journalled, they go with the drain instead
+                    completed, self._completed = self._completed, []
+                self._cv.release()
+                error: BaseException | None = None
+                try:
+                    self._write_decisions(batch, completed)
+                except BaseException as exc:  # every waiter of this batch gets the error
+                    error = exc
+                finally:
+                    self._cv.acquire()
+                    self._writing = False
+                    for p in batch:
+                        p.done, p.error = True, error
+                    if error is not None:
+                        self._completed = completed + self._completed
+                    self._cv.notify_all()
+        if item.error is not None:
+            raise item.error
+
+    def _write_decisions(self, batch: list[_Pending], completed: list[str]) -> None:
+        now = now_iso()
+        if self._journal is not None:
+            self._journal.append({"at": now, "decisions": [
+                [p.xid, p.participants, p.principal,
+                 [[a.environment, a.table, encode_values(a.key), a.operation, a.map]
+                  for a in p.audit]] for p in batch]})
+            return
+        if self.engine.dialect.name == "sqlite":
+            self._write_decisions_sqlite(
+                [(p.xid, json.dumps(p.participants), now) for p in batch],
+                [(now, p.xid, p.principal, a.environment, a.table, encode_values(a.key),
+                  a.operation, a.map) for p in batch for a in p.audit], completed, now)
+            return
+        with self.engine.begin() as conn:
+            conn.execute(sa.insert(coordinator_log), [
+                {"xid": p.xid, "decision": "commit", "participants": json.dumps(p.participants),
+                 "decided_at": now} for p in batch])
+            audit_rows = [
+                {"at": now, "xid": p.xid, "principal": p.principal, "environment": a.environment,
+                 "table_name": a.table, "row_key": encode_values(a.key),
+                 "operation": a.operation, "map": a.map}
+                for p in batch for a in p.audit]
+            if audit_rows:
+                conn.execute(sa.insert(audit_log), audit_rows)
+            if completed:
+                conn.execute(sa.update(coordinator_log).where(
+                    coordinator_log.c.xid.in_(completed)).values(completed_at=now))
+
+    def _import_journalled(self, payloads: list[Any]) -> None:
+        """The journal's sink: its records into coordinator_log and audit_log, with the
+        completions noted since, in one transaction; decisions already here are skipped (an
+        import that crashed before deleting its file is repeated)."""
+        decisions = [(at, d) for p in payloads for at in [p["at"]] for d in p["decisions"]]
+        with self._cv:
+            completed, self._completed = self._completed, []
+        try:
+            present: set[str] = set()
+            xids = [d[0] for _, d in decisions]
+            with self.engine.connect() as conn:
+                for i in range(0, len(xids), 500):
+                    present.update(conn.execute(sa.select(coordinator_log.c.xid).where(
+                        coordinator_log.c.xid.in_(xids[i:i + 500]))).scalars())
+            fresh = [(at, d) for at, d in decisions if d[0] not in present]
+            self._write_decisions_sqlite(
+                [(d[0], json.dumps(d[1]), at) for at, d in fresh],
+                [(at, d[0], d[2], *a) for at, d in fresh for a in d[3]], completed, now_iso())
+        except BaseException:
+            with self._cv:
+                self._completed = completed + self._completed
+            raise
+
+    def _write_decisions_sqlite(self, decisions: list[tuple[str, str, str]],
+                                rows: list[tuple[Any, ...]], completed: list[str],
+                                now: str) -> None:
+        # Plain DB-API calls on a pooled connection, one transaction, one fsync (WAL,
+        # synchronous=FULL).
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            if decisions:
+                cur.executemany(
+                    "INSERT INTO coordinator_log (xid, decision, participants, decided_at) "
+                    "VALUES (?, 'commit', ?, ?)", decisions)
+            if rows:
+                cur.executemany(
+                    "INSERT INTO audit_log (at, xid, principal, environment, table_name, "
+                    "row_key, operation, map) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+            if completed:
+                cur.executemany("UPDATE coordinator_log SET completed_at = ? WHERE xid = ?",
+                                [(now, x) for x in completed])
+            raw.commit()
+        except BaseException:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+
+    def decision(self, xid: str) -> str | None:
+        self.settle()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(coordinator_log.c.decision).where(
+                coordinator_log.c.xid == xid)).first()
+        return str(row[0]) if row else None
+
+    def complete(self, xid: str, *, now: bool = False) -> None:
+        """Note that every branch of ``xid`` is committed. Written with the next decision
+        batch (no write of its own on the hot path) unless ``now``."""
+        if not now:
+            with self._cv:
+                self._completed.append(xid)
+            return
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(coordinator_log).where(coordinator_log.c.xid == xid)
+                         .values(completed_at=now_iso()))
+
+    def flush_completions(self) -> None:
+        if self._journal is not None and self._journal.pending:
+            self._journal.drain()  # completions go with their decisions
+        with self._cv:
+            completed, self._completed = self._completed, []
+        if completed:
+            with self.engine.begin() as conn:
+                conn.execute(sa.update(coordinator_log).where(
+                    coordinator_log.c.xid.in_(completed)).values(completed_at=now_iso()))
+
+    def incomplete_decisions(self) -> list[str]:
+        self.settle()
+        with self.engine.connect() as conn:
+            return [r[0] for r in conn.execute(sa.select(coordinator_log.c.xid).where(
+                coordinator_log.c.completed_at.is_(None)))]
+
+    def audit(self, limit: int = 1000) -> list[dict[str, Any]]:
+        self.settle()
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(audit_log).order_by(audit_log.c.id.desc())
+                                .limit(limit)).all()
+        return [{**dict(r._mapping), "row_key": list(decode_values(r.row_key))} for r in rows]
+
+    def settle(self) -> None:
+        """Bring every journalled decision (this process's, and those of processes that are
+        gone) into the state store's tables, so that reading them sees all of them."""
+        if self._journal is not None:
+            self._journal.drain()
+            self._journal.adopt()

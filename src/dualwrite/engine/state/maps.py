@@ -1,0 +1,129 @@
+"""The links and maps a state store knows: link records, each map's state and installed
+version, its applied activity."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from dualwrite.engine.state.base import StoreBase
+from dualwrite.engine.state.codec import now_iso
+from dualwrite.engine.state.records import MapState
+from dualwrite.engine.state.schema import (
+    CACHE_SECONDS,
+    links,
+    map_activity,
+    map_status,
+    map_versions,
+)
+
+
+class MapsState(StoreBase):
+    """The links and maps a state store knows (a part of :class:`StateStore`)."""
+
+    # -- links -----------------------------------------------------------------------
+    def get_link(self, name: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(links).where(links.c.name == name)).first()
+        return dict(row._mapping) if row else None
+
+    def put_link(self, name: str, link_id: str, left: str, right: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(links).where(links.c.name == name))
+            conn.execute(sa.insert(links).values(name=name, link_id=link_id, left_env=left,
+                                                 right_env=right, created_at=now_iso()))
+
+    def delete_link(self, name: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(sa.delete(links).where(links.c.name == name))
+
+    # -- map status ------------------------------------------------------------------
+    def set_map_state(self, map_name: str, state: MapState, *, initial_synced: bool = False,
+                      forget_synced: bool = False) -> None:
+        """Set a map's state; ``initial_synced`` records that its initial sync just ended,
+        ``forget_synced`` that it must run again (capture was removed)."""
+        self._cache.pop("map_states", None)
+        now = now_iso()
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)).first()
+            synced = now if initial_synced else (row.initial_synced_at if row else None)
+            version = row.version if row is not None else None
+            if forget_synced:
+                synced = version = None  # capture removed: no version is installed
+            conn.execute(sa.delete(map_status).where(map_status.c.map == map_name))
+            conn.execute(sa.insert(map_status).values(map=map_name, state=MapState(state).value,
+                                                      initial_synced_at=synced, updated_at=now,
+                                                      version=version))
+
+    def record_map_version(self, map_name: str, version: str, definition: str,
+                           file: str | None) -> None:
+        """Keep the text of a map version (before capture is installed for it: a change
+        captured under it must find it)."""
+        with self.engine.begin() as conn:
+            if conn.execute(sa.select(map_versions.c.version).where(
+                    map_versions.c.map == map_name, map_versions.c.version == version)
+                    ).first() is None:
+                conn.execute(sa.insert(map_versions).values(
+                    map=map_name, version=version, definition=definition, file=file,
+                    installed_at=now_iso()))
+
+    def install_map_version(self, map_name: str, version: str) -> None:
+        """Record that capture of ``map_name`` is installed for ``version`` (recorded before):
+        every process applies that version, whatever its own map file says."""
+        self._cache.pop("map_states", None)
+        with self.engine.begin() as conn:
+            n = conn.execute(sa.update(map_status).where(map_status.c.map == map_name)
+                             .values(version=version, updated_at=now_iso())).rowcount
+            if not n:
+                conn.execute(sa.insert(map_status).values(
+                    map=map_name, state=MapState.STOPPED.value, initial_synced_at=None,
+                    updated_at=now_iso(), version=version))
+
+    def map_definition(self, map_name: str, version: str) -> str | None:
+        """The text of a recorded map version."""
+        with self.engine.connect() as conn:
+            return conn.execute(sa.select(map_versions.c.definition).where(
+                map_versions.c.map == map_name, map_versions.c.version == version)).scalar()
+
+    def map_states(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            states = {r.map: dict(r._mapping) for r in conn.execute(sa.select(map_status))}
+        self._cache["map_states"] = (time.monotonic(), states)
+        return states
+
+    def running_maps(self, max_age: float = CACHE_SECONDS) -> set[str]:
+        """Names of running maps, read at most ``max_age`` seconds ago: live writes ask on
+        every transaction, and a start or stop made by another process is seen within that
+        time (at once when made through this store)."""
+        return {n for n, st in self.recent_map_states(max_age).items()
+                if st["state"] == MapState.RUNNING}
+
+    def queued_maps(self, max_age: float = CACHE_SECONDS) -> set[str]:
+        """Maps whose changes are captured but not mirrored synchronously (initializing,
+        paused, resuming): a write through dualwrite to their tables must queue."""
+        return {n for n, st in self.recent_map_states(max_age).items()
+                if MapState(st["state"]).queueing}
+
+    def recent_map_states(self, max_age: float = CACHE_SECONDS) -> dict[str, dict[str, Any]]:
+        """Map states read at most ``max_age`` seconds ago (see :meth:`running_maps`)."""
+        hit = self._cache.get("map_states")
+        return hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()
+
+    def note_applied(self, activity: dict[str, tuple[str, int]]) -> None:
+        """Record when each map last applied a change, and how many it applied."""
+        with self.engine.begin() as conn:
+            for name, (at, n) in activity.items():
+                row = conn.execute(sa.select(map_activity.c.applied).where(
+                    map_activity.c.map == name)).first()
+                if row is None:
+                    conn.execute(sa.insert(map_activity).values(map=name, last_applied_at=at,
+                                                                applied=n))
+                else:
+                    conn.execute(sa.update(map_activity).where(map_activity.c.map == name)
+                                 .values(last_applied_at=at, applied=row.applied + n))
+
+    def activity(self) -> dict[str, dict[str, Any]]:
+        with self.engine.connect() as conn:
+            return {r.map: dict(r._mapping) for r in conn.execute(sa.select(map_activity))}

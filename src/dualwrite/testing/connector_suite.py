@@ -1,0 +1,345 @@
+"""The connector compliance suite: every test takes the backend's ``harness`` fixture.
+
+Import everything from this module into a test module that defines ``harness`` (see
+:mod:`dualwrite.testing`). What the suite checks is what the engine relies on: tables
+described with kinds, keys and foreign keys; reads in canonical key order, resumable, with
+filters pushed down and Python's semantics; lookups and fetches by key; transactions that
+commit whole or leave nothing; constraint violations translated into the one error tree;
+the link record; and, where the backend declares them, two-phase commit with recovery by a
+second process and the bulk path of initial sync.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal
+
+import pytest
+import sqlalchemy as sa
+
+from dualwrite.connectors.base import BULK_FORMATS, BulkField, LinkRecord
+from dualwrite.errors import ConstraintViolation, TerminalConnectorError
+from dualwrite.model.filters import parse_filter
+from dualwrite.model.schema import Kind
+from dualwrite.model.values import canonical
+from dualwrite.testing.harness import Harness
+
+NAMES = ["b", "B", "a", "A", "é", "z", "Z", "ab", "a b", "_x", "%y", "ü", "Ä", "0", "9", "10"]
+
+
+def metadata(harness: Harness) -> sa.MetaData:
+    md = sa.MetaData()
+    sa.Table("suite_groups", md,
+             sa.Column("gid", sa.String(36), primary_key=True,
+                       server_default=harness.guid_default()),
+             sa.Column("code", sa.String(20), nullable=False, unique=True),
+             sa.Column("label", sa.String(50)))
+    sa.Table("suite_items", md,
+             sa.Column("company", sa.String(10), primary_key=True),
+             sa.Column("code", sa.String(40), primary_key=True),
+             sa.Column("name", sa.String(30), nullable=False),
+             sa.Column("amount", sa.Numeric(18, 2)),
+             sa.Column("qty", sa.Integer),
+             sa.Column("active", sa.Boolean),
+             sa.Column("born", sa.Date),
+             sa.Column("gid", sa.String(36), sa.ForeignKey("suite_groups.gid")),
+             sa.CheckConstraint("qty IS NULL OR qty >= 0", name="ck_suite_qty"))
+    # the bulk path's target: the items' columns, loaded from an export of suite_items
+    sa.Table("suite_copies", md,
+             sa.Column("code", sa.String(40), primary_key=True),
+             sa.Column("name", sa.String(30), nullable=False),
+             sa.Column("amount", sa.Numeric(18, 2)),
+             sa.Column("status", sa.Integer),
+             sa.Column("kind", sa.Integer))
+    return md
+
+
+@pytest.fixture
+def db(harness: Harness) -> Harness:
+    harness.create(metadata(harness))
+    return harness
+
+
+def _seed(db: Harness) -> None:
+    db.insert("suite_groups", [{"gid": f"g{i}", "code": f"G{i}", "label": f"group {i}"}
+                               for i in range(3)])
+    db.insert("suite_items", [
+        {"company": c, "code": n, "name": f"item {n}", "amount": Decimal(i) + Decimal("0.25"),
+         "qty": i, "active": i % 2 == 0, "born": dt.date(2024, 1, 1 + i % 28), "gid": f"g{i % 3}"}
+        for c in ("usmf", "demf") for i, n in enumerate(NAMES)])
+
+
+# -- schema ----------------------------------------------------------------------------------
+def test_describe_reports_kinds_keys_and_foreign_keys(db: Harness) -> None:
+    s = db.connector.describe("suite_items")
+    assert s.primary_key == ("company", "code")
+    assert s.columns["name"].kind is Kind.STRING and s.columns["name"].required
+    assert s.columns["amount"].kind is Kind.DECIMAL and s.columns["amount"].nullable
+    assert s.columns["qty"].kind is Kind.INTEGER
+    assert s.columns["active"].kind in (Kind.BOOLEAN, Kind.INTEGER)  # MariaDB: TINYINT(1)
+    assert s.columns["born"].kind is Kind.DATE
+    fk = s.references("gid")
+    assert fk is not None and fk.table == "suite_groups" and fk.ref_columns == ("gid",)
+    g = db.connector.describe("suite_groups")
+    assert g.columns["gid"].has_default and not g.columns["gid"].required
+    assert ("code",) in g.unique
+    assert "suite_items" in db.connector.tables()
+
+
+def test_describe_unknown_table_is_a_clear_terminal_error(db: Harness) -> None:
+    with pytest.raises(TerminalConnectorError, match="'no_such_table' does not exist"):
+        db.connector.describe("no_such_table")
+
+
+# -- reads -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("batch", [1, 3, 1000])
+def test_read_streams_in_canonical_key_order_in_batches(db: Harness, batch: int) -> None:
+    _seed(db)
+    batches = list(db.connector.read("suite_items", ["company", "code", "qty"],
+                                     key=["company", "code"], batch_size=batch))
+    assert all(len(b) <= batch for b in batches)
+    rows = [r for b in batches for r in b]
+    keys = [(r[0], r[1]) for r in rows]
+    assert keys == sorted(keys)  # Python's str order is code point order
+    assert len(keys) == 2 * len(NAMES)
+    assert keys[0] == ("demf", "%y")
+
+
+def test_read_after_resumes_strictly_after_the_key(db: Harness) -> None:
+    _seed(db)
+    all_keys = [(r[0], r[1]) for b in db.connector.read(
+        "suite_items", ["company", "code"], key=["company", "code"]) for r in b]
+    mid = all_keys[len(all_keys) // 2]
+    rest = [(r[0], r[1]) for b in db.connector.read(
+        "suite_items", ["company", "code"], key=["company", "code"], after=mid, batch_size=4)
+        for r in b]
+    assert rest == all_keys[len(all_keys) // 2 + 1:]
+
+
+def test_read_filter_is_pushed_down_and_matches_python_semantics(db: Harness) -> None:
+    _seed(db)
+    expr = parse_filter("company eq 'usmf' and (qty ge 10 or startswith(code, 'a'))")
+    got = {r[0] for b in db.connector.read("suite_items", ["code"], key=["company", "code"],
+                                           where=expr) for r in b}
+    expected = {n for i, n in enumerate(NAMES) if i >= 10 or n.startswith("a")}
+    assert got == expected
+    assert db.connector.count("suite_items", where=expr) == len(expected)
+    assert db.connector.count("suite_items") == 2 * len(NAMES)
+
+
+def test_lookup_resolves_in_batches_and_omits_unknown_values(db: Harness) -> None:
+    _seed(db)
+    found = db.connector.lookup("suite_groups", "code", ["G0", "G2", "nope", None], "gid")
+    assert found == {"G0": "g0", "G2": "g2"}
+    back = db.connector.lookup("suite_groups", "gid", ["g1"], "code")
+    assert back == {"g1": "G1"}
+
+
+def test_fetch_by_keys(db: Harness) -> None:
+    _seed(db)
+    rows = db.connector.fetch("suite_items", ["company", "code", "qty"], key=["company", "code"],
+                              keys=[("usmf", "z"), ("demf", "A"), ("usmf", "missing")])
+    assert sorted(rows) == [("demf", "A", NAMES.index("A")), ("usmf", "z", NAMES.index("z"))]
+
+
+# -- writes ----------------------------------------------------------------------------------
+def test_update_and_delete_in_one_transaction(db: Harness) -> None:
+    _seed(db)
+    with db.connector.transaction() as tx:
+        n = tx.update("suite_items", ["company", "code"], ["name", "amount"],
+                      [(("usmf", "a"), ("renamed", Decimal("7.50"))),
+                       (("usmf", "nope"), ("x", None))])
+        assert n == 1
+        assert tx.delete("suite_items", ["company", "code"], [("demf", "a"), ("demf", "b")]) == 2
+    rows = {(r["company"], r["code"]): r for r in db.rows("suite_items", ["company", "code"])}
+    assert rows[("usmf", "a")]["name"] == "renamed"
+    assert canonical(rows[("usmf", "a")]["amount"]) == canonical(Decimal("7.5"))
+    assert ("demf", "a") not in rows and ("demf", "b") not in rows
+    assert len(rows) == 2 * len(NAMES) - 2
+
+
+def test_a_failed_transaction_leaves_nothing_behind(db: Harness) -> None:
+    _seed(db)
+    before = db.rows("suite_items", ["company", "code"])
+    with pytest.raises(ConstraintViolation), db.connector.transaction() as tx:
+        tx.insert("suite_items", ["company", "code", "name"], [("usmf", "new1", "fine")])
+        tx.update("suite_items", ["company", "code"], ["name"], [(("usmf", "a"), ("changed",))])
+        tx.insert("suite_items", ["company", "code", "name"], [("usmf", "new2", None)])
+    assert db.rows("suite_items", ["company", "code"]) == before
+
+
+@pytest.mark.parametrize("row, words, kind", [
+    ({"company": "usmf", "code": "n1", "name": None}, ["name"], "not_null"),
+    ({"company": "usmf", "code": "a", "name": "dup"}, [], "unique"),
+    ({"company": "usmf", "code": "n2", "name": "x", "gid": "no-such-group"}, [], "foreign_key"),
+])
+def test_constraint_violations_are_translated(db: Harness, row: dict[str, object],
+                                              words: list[str], kind: str) -> None:
+    _seed(db)
+    with pytest.raises(ConstraintViolation) as info:
+        db.insert("suite_items", [row])
+    assert info.value.environment == db.connector.name
+    assert info.value.kind == kind
+    for w in words:
+        assert w in str(info.value).lower()
+
+
+def test_check_constraints_and_lengths_the_database_enforces(db: Harness) -> None:
+    if not db.enforces:
+        pytest.skip("the harness declares no CHECK or length enforcement")
+    if "check" in db.enforces:
+        with pytest.raises(ConstraintViolation, match=r"(?i)ck_suite_qty|check"):
+            db.insert("suite_items", [{"company": "c", "code": "q", "name": "n", "qty": -1}])
+    if "length" in db.enforces:
+        with pytest.raises(ConstraintViolation):
+            db.insert("suite_items", [{"company": "c", "code": "q", "name": "x" * 31}])
+
+
+def test_server_default_generates_guid_keys(db: Harness) -> None:
+    db.insert("suite_groups", [{"code": "A1"}, {"code": "A2"}])
+    rows = db.rows("suite_groups", ["code"])
+    assert len({r["gid"] for r in rows}) == 2 and all(r["gid"] for r in rows)
+
+
+def test_link_record_round_trip(db: Harness) -> None:
+    db.connector.clear_link()
+    assert db.connector.get_link() is None
+    rec = LinkRecord("id-1", "erp<->crm", "erp", "2026-11-25T00:00:00+00:00")
+    db.connector.set_link(rec)
+    assert db.connector.get_link() == rec
+    assert "dualwrite_link" not in db.connector.tables()
+    db.connector.clear_link()
+    assert db.connector.get_link() is None
+
+
+# -- two-phase commit ------------------------------------------------------------------------
+def _two_phase(db: Harness) -> None:
+    if not db.connector.capabilities.two_phase:
+        pytest.skip(f"{type(db.connector).__name__} declares no two-phase commit")
+
+
+def _xid() -> str:
+    return f"dw-suite-{uuid.uuid4().hex[:16]}"
+
+
+def test_two_phase_branch_commits_only_when_told(db: Harness) -> None:
+    _two_phase(db)
+    _seed(db)
+    branch = db.connector.begin_branch(xid := _xid())
+    branch.session.insert("suite_items", ["company", "code", "name"], [("usmf", "2pc", "x")])
+    branch.prepare()
+    assert xid in db.connector.recover("dw-suite-")
+    assert ("usmf", "2pc") not in {(r["company"], r["code"]) for r in
+                                   db.rows("suite_items", ["company", "code"])}
+    branch.commit()
+    assert xid not in db.connector.recover("dw-suite-")
+    assert ("usmf", "2pc") in {(r["company"], r["code"]) for r in
+                               db.rows("suite_items", ["company", "code"])}
+
+
+def test_two_phase_rollback_from_any_state_leaves_nothing(db: Harness) -> None:
+    _two_phase(db)
+    _seed(db)
+    before = db.rows("suite_items", ["company", "code"])
+    for prepare in (False, True):
+        branch = db.connector.begin_branch(xid := _xid())
+        branch.session.insert("suite_items", ["company", "code", "name"],
+                              [("usmf", f"rb{prepare}", "x")])
+        if prepare:
+            branch.prepare()
+        branch.rollback()
+        assert xid not in db.connector.recover("dw-suite-")
+    assert db.rows("suite_items", ["company", "code"]) == before
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_a_prepared_branch_outlives_its_connector_and_is_finished_by_another(
+        db: Harness, commit: bool) -> None:
+    _two_phase(db)
+    _seed(db)
+    branch = db.connector.begin_branch(xid := _xid())
+    branch.session.insert("suite_items", ["company", "code", "name"], [("usmf", "orphan", "x")])
+    branch.prepare()
+    db.abandon(branch)  # the coordinator dies between PREPARE and its decision
+    db.connector.close()
+    other = db.reopen()
+    try:
+        assert xid in other.recover("dw-suite-")
+        other.finish_prepared(xid, commit=commit)
+        assert xid not in other.recover("dw-suite-")
+        keys = {r[1] for b in other.read("suite_items", ["company", "code"],
+                                         key=["company", "code"]) for r in b}
+        assert ("orphan" in keys) is commit
+    finally:
+        other.close()
+
+
+# -- the bulk path of initial sync -----------------------------------------------------------
+def _bulk_format(db: Harness) -> str:
+    caps = db.connector.capabilities
+    fmt = next((f for f in BULK_FORMATS if f in caps.bulk_export and f in caps.bulk_import),
+               None)
+    if fmt is None:
+        pytest.skip(f"{type(db.connector).__name__} declares no bulk format it both exports "
+                    "and loads")
+    return fmt
+
+
+BULK_FIELDS = [BulkField(column="code"), BulkField(column="name"),
+               BulkField(column="amount"),
+               BulkField(column="gid", pairs=(("g0", 10), ("g1", 11))),  # g2: a miss
+               BulkField(constant=3)]
+BULK_COLUMNS = ["code", "name", "amount", "status", "kind"]
+
+
+def test_bulk_boundary_and_range_probe(db: Harness) -> None:
+    _bulk_format(db)
+    _seed(db)
+    key = ["company", "code"]
+    keys = [(r[0], r[1]) for b in db.connector.read("suite_items", key, key=key) for r in b]
+    upto = db.connector.bulk_boundary("suite_items", key, where=None, after=keys[2], limit=5)
+    assert upto == keys[7]
+    assert db.connector.bulk_boundary("suite_items", key, where=None, after=keys[-3],
+                                      limit=5) is None
+    assert db.connector.has_rows("suite_items", key, after=keys[2], upto=keys[3])
+    assert not db.connector.has_rows("suite_items", key, after=keys[-1], upto=None)
+
+
+def test_bulk_export_and_load_write_every_exact_row_and_return_the_misses(db: Harness) -> None:
+    fmt = _bulk_format(db)
+    _seed(db)
+    key = ["company", "code"]
+    where = parse_filter("company eq 'usmf'")
+    with db.connector.bulk_export("suite_items", BULK_FIELDS, key=key, where=where, after=None,
+                                  upto=None, fmt=fmt) as blocks:
+        loaded = db.connector.bulk_load("suite_copies", BULK_COLUMNS, blocks, fmt=fmt)
+    misses = db.connector.bulk_misses("suite_items", ["code", "gid"], BULK_FIELDS, key=key,
+                                      where=where, after=None, upto=None, fmt=fmt)
+    expected_misses = sorted((n, "g2") for i, n in enumerate(NAMES) if i % 3 == 2)
+    assert sorted(misses) == expected_misses
+    assert loaded == len(NAMES) - len(expected_misses)
+    copies = {r["code"]: r for r in db.rows("suite_copies", ["code"])}
+    assert set(copies) == {n for i, n in enumerate(NAMES) if i % 3 != 2}
+    for i, n in enumerate(NAMES):
+        if n in copies:
+            c = copies[n]
+            assert c["name"] == f"item {n}" and c["kind"] == 3
+            assert canonical(c["amount"]) == canonical(Decimal(i) + Decimal("0.25"))
+            assert c["status"] == (10 if i % 3 == 0 else 11)
+
+
+def test_a_refused_bulk_load_leaves_nothing_behind(db: Harness) -> None:
+    fmt = _bulk_format(db)
+    _seed(db)
+    db.insert("suite_copies", [{"code": "b", "name": "already here"}])  # b is exported
+    with pytest.raises(ConstraintViolation), db.connector.bulk_export(
+            "suite_items", BULK_FIELDS, key=["company", "code"],
+            where=parse_filter("company eq 'usmf'"), after=None, upto=None,
+            fmt=fmt) as blocks:
+        db.connector.bulk_load("suite_copies", BULK_COLUMNS, blocks, fmt=fmt)
+    assert [r["code"] for r in db.rows("suite_copies", ["code"])] == ["b"]
+
+
+__all__ = ["metadata", "db", "NAMES"] + [name for name, value in list(globals().items())
+                                         if name.startswith("test_") and callable(value)]
