@@ -21,6 +21,7 @@ TEST_WORKERS ?= 3
 
 services:
 	TEST_WORKERS=$(TEST_WORKERS) bash scripts/services.sh
+	bash scripts/cap.sh
 
 # Debian's Chromium and the playwright package, for the console's browser tests
 browser: $(STAMP)

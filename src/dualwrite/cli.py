@@ -686,6 +686,53 @@ def run(config: ConfigOpt = None,
 
 
 @app.command()
+def follow(config: ConfigOpt = None,
+           start_only: Annotated[bool, typer.Option(
+               "--start", help="Only install capture and take the service's position, then "
+               "exit: run it before `sync --initial`.")] = False,
+           once: Annotated[bool, typer.Option(
+               "--once", help="Step until a step writes nothing, then exit.")] = False,
+           interval: Annotated[float, typer.Option(
+               "--interval", help="Seconds between steps that found nothing.")] = 1.0
+           ) -> None:
+    """Keep a link with one OData side in step, change by change, until stopped (SIGTERM or
+    Ctrl-C): docs/odata.md, "OData environments". Take the service's position first, before
+    `sync --initial`, with --start."""
+    from dualwrite.engine.odata_follow import follower_for
+    from dualwrite.errors import TransientConnectorError
+
+    stop = threading.Event()
+
+    def work() -> None:
+        with _link(config) as link:
+            follower = follower_for(link)
+            follower.start()
+            if start_only:
+                _say("dualwrite follow: capture installed and the service's position taken; "
+                     "run `dualwrite sync --initial`, then `dualwrite follow`", "started")
+                return
+            _say(f"dualwrite follow: following link {link.config.link_name!r} "
+                 f"(pid {os.getpid()})", "ready")
+            while not stop.is_set():
+                try:
+                    written = follower.step()
+                except TransientConnectorError as exc:  # the next step reads it again
+                    _say(f"dualwrite follow: {exc.message}; retrying", "retry")
+                    stop.wait(interval)
+                    continue
+                if written == 0:
+                    if once:
+                        return
+                    stop.wait(interval)
+
+    if once or start_only:
+        work()
+        return
+    _until_signalled("follow", work, stop.set)
+    _say("dualwrite follow: stopped", "stopped")
+
+
+@app.command()
 def status(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Per map: state, lag (seconds and changes), queued changes, errors, conflicts, and when
     it last applied a change."""

@@ -20,7 +20,7 @@ COMMANDS = [["validate"], ["plan"], ["sync"], ["verify"], ["link"], ["unlink"],
             ["errors", "show"], ["errors", "discard"], ["errors", "retry"], ["errors", "resolve"],
             ["maps", "start"], ["maps", "stop"], ["maps", "pause"], ["maps", "resume"], ["run"],
             ["status"], ["uninstall"], ["tokens", "create"], ["serve"], ["alerts", "list"],
-            ["alerts", "ack"]]
+            ["alerts", "ack"], ["follow"]]
 
 
 @pytest.fixture

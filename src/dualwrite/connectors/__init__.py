@@ -25,6 +25,8 @@ def connect(name: str, url: str, *, schema: str | None = None) -> Connector:
         _need_driver(name, "psycopg", "postgresql")
     elif scheme in ("mysql", "mariadb"):
         _need_driver(name, "pymysql", "mariadb")
+    elif scheme == "odata":
+        _need_driver(name, "httpx", "odata")
     if scheme == "sqlite":
         from dualwrite.connectors.sqlite import SqliteConnector
         return SqliteConnector(name, url)
@@ -39,13 +41,17 @@ def connect(name: str, url: str, *, schema: str | None = None) -> Connector:
         from dualwrite.connectors.mysql import MySqlConnector
         rest = url.split("://", 1)[1] if "://" in url else ""
         return MySqlConnector(name, "mysql+pymysql://" + rest, schema=schema)
+    if scheme == "odata":
+        from dualwrite.connectors.odata import ODataConnector
+        return ODataConnector(name, url)
     if scheme == "memory":
         from dualwrite.connectors.memory import MemoryConnector
         return MemoryConnector(name, url)
     raise ConfigError(
         f"environment {name!r}: unsupported database URL scheme {scheme!r} in {url!r}",
         hint="use sqlite:///file.db, postgresql+psycopg://user@host/db, "
-        "mysql+pymysql://user@host/db or memory://name", code="DW003")
+        "mysql+pymysql://user@host/db, odata+https://host/service/ or memory://name",
+        code="DW003")
 
 
 def _need_driver(name: str, module: str, extra: str) -> None:

@@ -34,6 +34,9 @@ class Capabilities:
     transactional_ddl: bool = True
     #: triggers into a change log (see dualwrite.connectors.capture)
     capture: bool = False
+    #: maps on it can run live (``maps start``, ``run``); False: initial sync, plan and
+    #: verify only (an OData environment, until changes are read from it)
+    live: bool = True
     #: bulk formats :meth:`Connector.bulk_export` writes and :meth:`Connector.bulk_load`
     #: reads (see :data:`BULK_FORMATS`); initial sync streams rows between two connectors
     #: that share one, never decoding them in Python
@@ -323,6 +326,13 @@ class Connector(ABC):
         two-phase commit never have one)."""
 
     # -- change capture -------------------------------------------------------------------
+    def change_method(self, table: str, modified: str | None) -> tuple[str | None, str] | None:
+        """How the changes of ``table`` would be read where they are not captured in the
+        database itself: (method, why), or (None, what to do) when they cannot be; None
+        where this question does not arise (capture by triggers, or none at all). May ask
+        the environment (an OData service is probed)."""
+        return None
+
     def capture_log(self) -> Any:
         """This environment's change log (:class:`dualwrite.connectors.capture.CaptureLog`).
         Raises TerminalConnectorError where the backend has no capture."""

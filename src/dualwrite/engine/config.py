@@ -27,6 +27,9 @@ class EnvironmentConfig(BaseModel):
     #: where the environment's unqualified table names and dualwrite's own tables (the change
     #: log) are: a PostgreSQL schema (the search path), a MariaDB database
     schema_: str | None = Field(default=None, alias="schema", min_length=1)
+    #: an OData environment without delta links: the modified-timestamp property polled for
+    #: its changes (a map may name another: its ``modified:``)
+    modified: str | None = Field(default=None, min_length=1)
 
 
 class LinkConfig(BaseModel):
@@ -190,6 +193,10 @@ class Config:
     def url(self, env: str) -> str:
         return resolve_url(self.model.environments[env].url, self.path.parent,
                            f"environments.{env}.url", str(self.path))
+
+    def modified(self, env: str) -> str | None:
+        """The environment's `modified:` property (None: not named)."""
+        return self.model.environments[env].modified
 
     def schema(self, env: str) -> str | None:
         """The environment's `schema:` (None: the connection's default)."""

@@ -391,6 +391,11 @@ class InitialSync:
                 delay = min(delay * 2, 5.0)
         raise AssertionError("unreachable")
 
+    def write_classified(self, differ: MapDiffer, c: Classified) -> list[Failure]:
+        """Write what ``c`` says (creates and updates on each side) as initial sync writes a
+        chunk; returns the rows the databases refused (not yet in the inbox)."""
+        return self._apply(differ, c)
+
     def _apply(self, differ: MapDiffer, c: Classified) -> list[Failure]:
         """Write one chunk: per side one transaction; when the database rejects it, write the
         rows one by one so that only the bad ones go to the inbox."""

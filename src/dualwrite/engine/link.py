@@ -40,6 +40,8 @@ from dualwrite.engine.live import (
 from dualwrite.engine.live import recover as recover_branches
 from dualwrite.engine.lookups import PlannedRows
 from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
+from dualwrite.engine.odata_follow import PHASE as FOLLOW_PHASE
+from dualwrite.engine.odata_follow import describe_position
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import MapState, StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
@@ -201,7 +203,36 @@ class Link:
             return schemas[(side, table)]
 
         unparsed = frozenset(i.map for i in self.files.problems if i.map)
-        return bind_maps(maps, schema, lambda s: tables[s], unparsed)
+        bound, issues = bind_maps(maps, schema, lambda s: tables[s], unparsed)
+        return bound, issues + self._change_methods(bound)
+
+    def _change_methods(self, bound: list[BoundMap]) -> list[Issue]:
+        """For each side whose changes are not captured in its database (an OData service),
+        how they would be read: a note naming the method, or a warning that the map can be
+        synced and verified but not run live, and what to do."""
+        issues = []
+        for b in bound:
+            for s in Side:
+                env = self.env_name(s)
+                modified = b.spec.modified(s) or self.config.modified(env)
+                try:
+                    found = self.connectors[s].change_method(b.table(s), modified)
+                except ConnectorError as exc:
+                    found = (None, f"it could not be asked ({exc.message})")
+                if found is None:
+                    continue
+                method, why = found
+                line = b.spec.line_of("modified")
+                if method is not None:
+                    issues.append(Issue("DW135", f"changes of {b.table(s)!r} ({env}) are read "
+                                        f"by {why}", "nothing to do", b.spec.file, line,
+                                        map=b.name, severity="note"))
+                else:
+                    issues.append(Issue("DW136", f"changes of {b.table(s)!r} ({env}) cannot be "
+                                        f"read: {why}", "until then the map can be synced and "
+                                        "verified (sync --initial, verify), not run live",
+                                        b.spec.file, line, map=b.name, severity="warning"))
+        return issues
 
     def _tables(self, side: Side, maps: list[TableMap]) -> list[str]:
         """The tables of ``side``'s default schema, and those of every other schema the maps
@@ -467,6 +498,13 @@ class Link:
                     "(`dualwrite maps start --yes`)")
             if missing and with_dependencies:
                 names = [*missing, *names]
+        for s in Side:
+            if not self.connectors[s].capabilities.live:
+                raise LinkError(
+                    f"environment {self.env_name(s)!r} cannot run maps live yet: changes are "
+                    f"not read from a {type(self.connectors[s]).__name__} environment",
+                    hint="use `dualwrite sync --initial` and `dualwrite verify` with it "
+                    "(docs/odata.md, OData environments)")
         self.forget_validation()  # bind to the tables as they are now (a fault fixed)
         bound = self.bound_maps(names)
         self.ensure_linked()
@@ -679,6 +717,9 @@ class Link:
                                              " (start `dualwrite run` or `dualwrite serve`)"))
             if state == "failed":
                 notes.append(failures[m.name][1] if m.name in failures else "failed")
+            if followed := describe_position(
+                    self.state.get_checkpoint(m.name, FOLLOW_PHASE)[1]):
+                notes.append(followed)
             if m.name in edited:
                 notes.append(f"map file changed, not reloaded (installed {edited[m.name][0]}, "
                              f"file {edited[m.name][1]}): `dualwrite maps reload {m.name}`")

@@ -95,6 +95,10 @@ class TableMap:
     conflict: ConflictPolicy = ConflictPolicy.LEFT_WINS
     #: ``specials:`` of the map, for field lines that do not say: "null" or "refuse"
     specials: str = "refuse"
+    #: ``modified:``: per side, the modified-timestamp property whose polling reads the
+    #: changes of an OData environment (over the environment's own ``modified:``)
+    modified_left: str | None = None
+    modified_right: str | None = None
     file: str | None = None
     line: int | None = None
     lines: dict[str, int] = field(default_factory=dict)
@@ -114,6 +118,9 @@ class TableMap:
     def filter(self, side: Side) -> str | None:
         return self.filter_left if side is Side.LEFT else self.filter_right
 
+    def modified(self, side: Side) -> str | None:
+        return self.modified_left if side is Side.LEFT else self.modified_right
+
     def key_columns(self, side: Side) -> tuple[str, ...]:
         """The full key on one side: the company column first when the map is striped."""
         company = self.company.of(side) if self.company else ()
@@ -124,7 +131,7 @@ class TableMap:
 
 
 _TOP_KEYS = {"name", "left", "right", "key", "master", "filter", "company", "depends_on",
-             "restricted", "fields", "conflict", "description", "specials"}
+             "restricted", "fields", "conflict", "description", "specials", "modified"}
 _FIELD_OPTIONS = {"values", "default", "lookup", "specials", "convert"}
 _OPTIONS_HINT = "allowed options: values, default, lookup, specials, convert"
 
@@ -309,6 +316,13 @@ def parse_map_problems(data: Any, *, file: str | None = None
                              "e.g. filter: {right: \"customertypecode eq 3\"}", file,
                              line_of(data, "filter")))
         flt = {}
+    modified = data.get("modified") or {}
+    if not isinstance(modified, Mapping) or not set(modified) <= {"left", "right"} or not all(
+            isinstance(v, str) and v for v in modified.values()):
+        problems.append(_err("`modified` takes `left` and/or `right`, each a property name",
+                             "e.g. modified: {left: modifiedAt}", file,
+                             line_of(data, "modified")))
+        modified = {}
     depends = data.get("depends_on") or []
     if isinstance(depends, str):
         depends = [depends]
@@ -337,7 +351,8 @@ def parse_map_problems(data: Any, *, file: str | None = None
         name=str(name), left=data["left"], right=data["right"], key=key, fields=fields,
         master=Side(master), filter_left=flt.get("left"), filter_right=flt.get("right"),
         company=company, depends_on=list(depends), restricted=bool(data.get("restricted", False)),
-        conflict=policy, specials=specials or "refuse", file=file, line=top_line, lines=lines,
+        conflict=policy, specials=specials or "refuse", modified_left=modified.get("left"),
+        modified_right=modified.get("right"), file=file, line=top_line, lines=lines,
     ), []
 
 
