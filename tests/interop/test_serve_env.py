@@ -98,3 +98,65 @@ def test_initial_sync_both_ways_with_another_dualwrites_serve(
     assert items.rows("left")[27] == ("crm 27", None)
     assert {r["id"]: r["name"] for r in crm.rows("items", ["id"], ["id", "name"])}[21] \
         == "hub 21"
+
+
+def test_changes_follow_both_ways_through_the_hubs_delta_links(
+        hub: tuple[Items, Served], make_backend: BackendFactory, tmp_path: Path) -> None:
+    """The spoke follows the hub by its delta links (the hub's `serve` tracks the tables of
+    its started maps): changes made on the hub — through its OData API and by its
+    application's own SQL — reach PostgreSQL, and PostgreSQL's reach the hub."""
+    import datetime as dt
+    import os
+    import time
+
+    import httpx
+
+    from dualwrite.engine.odata_follow import ODataFollower
+
+    items, served = hub
+    items.left.insert("items", [{"id": i, "name": f"hub {i}", "qty": i} for i in range(1, 11)])
+    crm = make_backend("postgresql", "dualwrite_test_b")
+    crm.connector.clear_link()
+    md = sa.MetaData()
+    sa.Table("items", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("name", sa.String(40), nullable=False), sa.Column("qty", sa.Integer))
+    crm.create(md)
+    config = spoke_config(tmp_path, served.url, crm, batch_size=5)
+    with Link.open(config) as link:
+        # no modified-timestamp property is named: only delta links can follow the hub
+        follower = ODataFollower(link.connectors, link.state, link.bound_maps(), {},
+                                 overlap=dt.timedelta(seconds=5), reconcile_every=1)
+        assert [f.method for f in follower.maps] == ["delta"]
+        follower.start()
+        link.sync_initial(master="left")
+
+        def follow_until_verified() -> None:
+            deadline = time.monotonic() + 60
+            while True:
+                written = follower.step()
+                [v] = link.verify()
+                if v.ok and written == 0:
+                    return
+                assert time.monotonic() < deadline, v.as_dict()
+
+        follow_until_verified()
+        headers = {"Authorization": f"Bearer {os.environ['HUB_TOKEN']}"}
+        with httpx.Client(base_url=served.url + "/odata/erp/", headers=headers) as c:
+            assert c.patch("items(3)", json={"name": "changed through the hub"}).is_success
+            assert c.post("items", json={"id": 40, "name": "made on the hub",
+                                         "qty": 4}).is_success
+            assert c.delete("items(4)").is_success
+        items.left.app_sql("UPDATE items SET qty = 700 WHERE id = 7")  # the hub's own SQL
+        with crm.app().begin() as conn:
+            conn.execute(sa.text("UPDATE items SET name = 'changed in PG' WHERE id = 8"))
+            conn.execute(sa.text("INSERT INTO items (id, name, qty) VALUES (60, 'made in PG', 6)"))
+            conn.execute(sa.text("DELETE FROM items WHERE id = 9"))
+        follow_until_verified()
+
+    hub_rows = items.rows("left")
+    pg = {r["id"]: (r["name"], r["qty"]) for r in crm.rows("items", ["id"])}
+    assert pg == hub_rows
+    assert pg[3][0] == "changed through the hub" and pg[40] == ("made on the hub", 4)
+    assert pg[7][1] == 700 and 4 not in pg
+    assert hub_rows[8][0] == "changed in PG" and hub_rows[60] == ("made in PG", 6)
+    assert 9 not in hub_rows
