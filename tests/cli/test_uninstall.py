@@ -83,6 +83,11 @@ def test_uninstall_leaves_nothing_of_dualwrite(linked: tuple[Backend, Backend, P
     from dualwrite.engine.lease import ApplierLease
 
     state = StateStore(f"sqlite:///{config.parent / 'state.db'}")
+    # what an initial sync keeps of the link's rows: the rows it was creating, the digests
+    # of fields the target filled itself
+    state.put_creating("items", {"right": ["k2"]})
+    state.note_created_defaults("items", "right", [("k1", {"qty": "d1"})])
+    assert state.creating("items") and state.created_defaults("items", ["k1"])
     lease = ApplierLease(state, "erp<->crm")
     assert lease.acquire()
     try:
@@ -101,6 +106,7 @@ def test_uninstall_leaves_nothing_of_dualwrite(linked: tuple[Backend, Backend, P
     try:
         assert state.get_link("erp<->crm") is None
         assert {m["state"] for m in state.map_states().values()} == {"stopped"}
+        assert state.creating("items") == {} and state.created_defaults("items", ["k1"]) == {}
     finally:
         state.close()
     assert main(["-c", cfg, "uninstall", "--yes"]) == 0  # again: nothing left to remove

@@ -387,6 +387,12 @@ class Link:
         itself stays (audit log, tokens, inbox). Refused while an applier runs."""
         removed = self.purge_capture()
         had = {e for e, objects in self.leftovers().items() if f"table {LINK_TABLE}" in objects}
+        # what initial sync kept of the link's rows (resume points, the rows it was creating,
+        # the digests of self-filled fields) describes tables no longer linked
+        for name in self.state.map_states():
+            self.state.clear_checkpoint(name, "initial")
+            self.state.clear_creating(name)
+            self.state.forget_created_defaults(name)
         self.unlink(purge=True)
         gone = self.leftovers()
         for env in had:
