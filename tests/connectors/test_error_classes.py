@@ -395,3 +395,24 @@ def test_the_applier_names_a_lookup_failure_by_its_kind_not_its_words() -> None:
     # a rejected row whose column is called "lookup_code" is still a rejection
     assert _kind_of(RowError("rejected", field="lookup_code", value="value map")) == "rejected"
     assert _kind_of(ConstraintViolation("lookup failed", kind="foreign_key")) == "rejected"
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+def test_a_pool_with_no_connection_free_is_transient_and_says_so(
+        make_backend: BackendFactory, kind: str) -> None:
+    """Load is not a fault: a pool whose every connection is busy past its timeout gives a
+    TransientConnectorError (retried), naming the pool and what to change."""
+    b = make_backend(kind, "dualwrite_test_a")
+    c = type(b.connector)(b.connector.name, b.url, engine=sa.create_engine(
+        b.url, pool_size=1, max_overflow=0, pool_timeout=0.2))
+    try:
+        held = c.engine.connect()
+        try:
+            with pytest.raises(TransientConnectorError) as info:
+                c.execute("SELECT 1")
+            assert "pool" in str(info.value) and "pool_size" in info.value.hint
+        finally:
+            held.close()
+        assert c.execute("SELECT 1") == [(1,)]  # free again: it works
+    finally:
+        c.close()

@@ -496,6 +496,12 @@ class SqlConnector(Connector):
             if fault is Fault.TERMINAL and not isinstance(exc, sa_exc.DBAPIError):
                 return TerminalConnectorError(f"{doing}: {exc}", environment=self.name)
             return self._error_for(doing, exc, fault, code)
+        if isinstance(exc, sa_exc.TimeoutError):
+            # the pool had no connection free in time: load, not a fault of the database
+            return TransientConnectorError(
+                f"{doing}: every connection of {self.name}'s pool is in use ({exc})",
+                hint="dualwrite retries; if it lasts, fewer concurrent clients, or a larger "
+                "pool (the URL's pool_size / max_overflow)", environment=self.name)
         if isinstance(exc, sa_exc.SQLAlchemyError):
             return TerminalConnectorError(f"{doing}: {exc}", environment=self.name)
         dbapi = self.engine.dialect.loaded_dbapi
