@@ -40,19 +40,24 @@ def _apply(link: Link, stop: threading.Event) -> None:
         own.close()
 
 
+#: seconds between serve's own heartbeats (a third of HEARTBEAT_TIMEOUT at most)
+WATCH_EVERY = 3.0
+
+
 def _watch(link: Link, stop: threading.Event, feed: ChangeFeed) -> None:
-    """While serve runs: its own heartbeat as role ``server`` every second; every five, the
+    """While serve runs: its own heartbeat as role ``server`` every WATCH_EVERY seconds
+    (well inside HEARTBEAT_TIMEOUT: a quiet serve costs little); every second beat, the
     no-applier alert raised or cleared and alerts whose cause is gone cleared (so that they
     move without anyone running `status`), and the delta journals kept (sequenced, pruned to
     ``serve.delta_retention_seconds``, tables of stopped maps no longer tracked)."""
     me = link.state.register_process(link.config.link_name, "server")
     beats = 0
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(WATCH_EVERY):
             try:
                 link.state.heartbeat(me, role="server")
                 beats += 1
-                if beats % 5 == 0:
+                if beats % 2 == 0:
                     check_applier(link)
                     link.monitor.refresh()
                     feed.housekeep(link.config.model.serve.delta_retention_seconds)

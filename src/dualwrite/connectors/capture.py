@@ -98,6 +98,7 @@ import hashlib
 import json
 import re
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
@@ -116,6 +117,8 @@ if TYPE_CHECKING:
     from dualwrite.connectors.sql import SqlConnector
 
 CHANGES = "dualwrite_changes"
+#: seconds a CaptureLog trusts that its log table exists once it has seen it
+EXISTS_TRUST = 5.0
 #: the log's column of the map version a change was captured under
 VERSION = "v"
 APPLIED = "dualwrite_applied"
@@ -901,6 +904,8 @@ class CaptureLog:
         self.connector = connector
         self.dialect = dialect_for(connector)
         self._ready = False
+        #: until when (monotonic) :meth:`_exists` trusts that the log table exists
+        self._exists_until = 0.0
         #: whether rows were deleted since the last purge (at first: perhaps, by another run)
         self._forgotten = True
 
@@ -1091,12 +1096,22 @@ class CaptureLog:
                       [d for k, _, d in objects if k == "function"],
                       "remove dualwrite's triggers and tables")
             self._ready = False
+            self._exists_until = 0.0
         return found
 
     def _exists(self) -> bool:
+        """Whether the log table exists. A yes is trusted for EXISTS_TRUST seconds (the
+        applier asks every second, and the log, once made, stays until an uninstall); a no
+        is asked again each time."""
+        now = time.monotonic()
+        if now < self._exists_until:
+            return True
         with self.connector.translating("look for the change log"), \
                 self.connector.engine.connect() as conn:
-            return sa.inspect(conn).has_table(CHANGES)
+            # the dialect's own probe: one catalog query, no Inspector built around it
+            found = bool(conn.dialect.has_table(conn, CHANGES, schema=self.dialect.home))
+        self._exists_until = now + EXISTS_TRUST if found else 0.0
+        return found
 
     # -- reading -------------------------------------------------------------------------------
     def read(self, maps: Sequence[str], limit: int) -> list[Change]:

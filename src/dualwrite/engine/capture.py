@@ -245,6 +245,12 @@ class _Restart(Exception):
         self.error = error
 
 
+#: seconds between housekeeping passes (heartbeat, lease, queue budgets, samples) while
+#: changes flow, and at most while the link is quiet (HEARTBEAT_TIMEOUT is 10 s)
+_HOUSEKEEPING = 1.0
+_IDLE_HOUSEKEEPING = 3.0
+
+
 class Applier:
     """Applies captured changes of one link, both directions. Thread-compatible, not
     thread-safe: one applier runs in one thread (``run``)."""
@@ -387,7 +393,11 @@ class Applier:
         while not stop.is_set():
             done = self.step()
             now = time.monotonic()
-            if now - last_housekeeping > 1.0:
+            # housekeeping each second while changes flow; a quiet link's less often, but
+            # always often enough to keep the lease (a third of its time to live)
+            period = _HOUSEKEEPING if idle == 0 else min(
+                _IDLE_HOUSEKEEPING, self.lease.ttl / 3 if self.lease else _IDLE_HOUSEKEEPING)
+            if now - last_housekeeping > period:
                 last_housekeeping = now
                 try:
                     self.housekeeping()
@@ -1564,8 +1574,9 @@ class Applier:
                 log.warning("pruning applied positions in %s: %s", self.env[t], exc)
 
     def housekeeping(self) -> None:
-        """Once a second: a heartbeat, settle released parks, finish resuming maps, watch
-        queue budgets; and see that what deleted log rows leave behind is purged."""
+        """Every second while changes flow, every few seconds while quiet: a heartbeat,
+        settle released parks, finish resuming maps, watch queue budgets; and see that what
+        deleted log rows leave behind is purged."""
         self._renew()
         if self.process is not None:
             self.state.heartbeat(self.process, role="applier", note=self._waiting_for())
