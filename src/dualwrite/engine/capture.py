@@ -1113,10 +1113,15 @@ class Applier:
                 return None
             mappings.append(sorted(pairs.items()))
             return JsonValue("mapped", source=src.column, mapping=len(mappings) - 1)
-        plain = (d.kinds[s][src.column] is kind_t and kind_t in _JSON_KINDS
+        col_t = d.cols[t][dst.column]
+        plain = (kind_s is kind_t and kind_t in _JSON_KINDS
                  # a value the row builders would convert (a zone, a scale the target
                  # would round) must not reach the target as text
-                 and d.plan(s, t, src.column, dst.column, i).text_safe)
+                 and d.plan(s, t, src.column, dst.column, i).text_safe
+                 # a single-precision float is logged as its shortest text, which a double
+                 # reads as another value than the float the row builders widen
+                 and (kind_t is not Kind.FLOAT or (col_s.facets.precision or 53) ==
+                      (col_t.facets.precision or 53)))
         return src.column if plain else None
 
     def _mappings(self, plan: _JsonPlan, m: _MapCtx, s: Side, run: list[_Action]
