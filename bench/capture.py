@@ -875,6 +875,60 @@ def running(contender: Contender) -> Iterator[None]:
         contender.close()
 
 
+@dataclass
+class Plain:
+    """The application's commit rate on a table nothing captures (the same `items` table,
+    its arrived_at trigger included), single-row autocommit at full speed: the baseline of
+    the write overhead. Measured before and after the contenders."""
+
+    inserts_per_s: list[float] = field(default_factory=list)
+    updates_per_s: list[float] = field(default_factory=list)
+
+    def measure(self, singles: int) -> None:
+        db = "dwcap_plain_a"
+        reset_pg([db])
+        side = PgSide(db)
+        try:
+            started = time.perf_counter()
+            for key in range(FULL_LO, FULL_LO + singles):
+                side.insert_one(key, "plain")
+            self.inserts_per_s.append(singles / (time.perf_counter() - started))
+            started = time.perf_counter()
+            for key in range(FULL_LO, FULL_LO + singles):
+                side.update_one(key, "plain-upd")
+            self.updates_per_s.append(singles / (time.perf_counter() - started))
+        finally:
+            side.close()
+        drop_pg([db])
+        print(f"  plain table: {self.inserts_per_s[-1]:,.0f} inserts/s, "
+              f"{self.updates_per_s[-1]:,.0f} updates/s", flush=True)
+
+
+def overhead(results: list[Result], plain: Plain) -> list[str]:
+    """The application's full-speed commit rate on the captured table, as a share of the
+    plain table's (PostgreSQL sides only: A's inserts, and B's updates where B is
+    PostgreSQL)."""
+    if not plain.inserts_per_s:
+        return []
+    ins = statistics.mean(plain.inserts_per_s)
+    upd = statistics.mean(plain.updates_per_s)
+    lines = [f"Plain table (nothing captures it; mean of the measurements before and after the "
+             f"contenders: {', '.join(f'{x:,.0f}' for x in plain.inserts_per_s)} inserts/s, "
+             f"{', '.join(f'{x:,.0f}' for x in plain.updates_per_s)} updates/s): "
+             f"{ins:,.0f} inserts/s, {upd:,.0f} updates/s.", "",
+             "| contender | pair | inserts/s written (× plain) | updates/s written (× plain) |",
+             "|---|---|---|---|"]
+    for r in results:
+        if r.forward is None:
+            continue
+        upd_cell = "– (MariaDB)" if r.pair == PG_MY or r.backward is None else \
+            f"{r.backward.full.written_per_s:,.0f} ({r.backward.full.written_per_s / upd:.2f}×)"
+        lines.append(f"| {LABELS[r.contender]} | {r.pair} | "
+                     f"{r.forward.full.written_per_s:,.0f} "
+                     f"({r.forward.full.written_per_s / ins:.2f}×) | {upd_cell} |")
+    return lines
+
+
 def run_contender(contender: Contender, pair: str, rows: int, singles: int,
                   rate: float) -> Result:
     result = Result(contender.name, pair)
@@ -1029,7 +1083,7 @@ def versions() -> str:
     return f"PostgreSQL {pg}, MariaDB {maria}, {bucardo_version}"
 
 
-def report(results: list[Result], args: argparse.Namespace) -> str:
+def report(results: list[Result], args: argparse.Namespace, plain: Plain) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on this project's {os.cpu_count()}-core "
         f"machine ({versions()}), `python bench/capture.py --rows {args.rows} --singles "
@@ -1083,6 +1137,13 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                   f"at most 20 ms at {args.rate:,.0f} changes/s, a {args.rows:,}-row "
                   "transaction visible within 0.3 s, both ways; better than tuned Bucardo on "
                   "every figure, in the same run.", "", *check, ""]
+    cost = overhead(results, plain)
+    if cost:
+        lines += ["**Write overhead**: the application's commit rate at full speed (single-row "
+                  "autocommit, the same writer as the lag figures, the replicator running) on "
+                  "the captured table, against the same table that nothing captures, in the "
+                  "same run. Target: dualwrite's overhead no larger than Bucardo's.", "",
+                  *cost, ""]
     reference = targets(results, args.rate, (PG_MY,))
     if reference:
         lines += ["PostgreSQL ↔ MariaDB is measured for dualwrite alone (Bucardo and logical "
@@ -1121,11 +1182,15 @@ def main() -> int:
     if "dualwrite-realistic" in only:
         plan += [(Dualwrite("postgresql", realistic=True), PG_PG),
                  (Dualwrite("mysql", realistic=True), PG_MY)]
+    plain = Plain()
     with autovacuum_on():
+        print("\n== plain table (write overhead baseline)", flush=True)
+        plain.measure(args.singles)
         results = [run_contender(c, pair, args.rows, args.singles, args.rate)
                    for c, pair in plan]
+        plain.measure(args.singles)
 
-    body = report(results, args)
+    body = report(results, args, plain)
     print("\n" + body)
     if not args.no_docs:
         update_section(ROOT / "docs" / "benchmarks.md", "capture",

@@ -31,11 +31,13 @@ in an applying state (``running``, ``resuming``). What it guarantees, and how:
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
 import operator
 import os
+import re
 import socket
 import threading
 import time
@@ -330,10 +332,6 @@ class Applier:
             with self.link.connectors[s].translating(  # type: ignore[attr-defined]
                     "raise the applier fence"), self.link.connectors[s].transaction() as sess:
                 self.logs[s].fence(_conn(sess), self._link_name, lease.epoch)
-
-    def _fence(self, t: Side, conn: Any) -> None:
-        if self._epoch is not None:
-            self.logs[t].fence(conn, self._link_name, self._epoch)
 
     def _fenced(self) -> tuple[str, int] | None:
         return (self._link_name, self._epoch) if self._epoch is not None else None
@@ -642,11 +640,11 @@ class Applier:
                     for c in outcome.conflicts.values():
                         self.state.add_conflict(**c, keep=keep)
                     self._park(s, outcome.parked)
-                    self._fence(t, conn)
-                    if check_applied:  # a replay from the state store has no log position
-                        self.logs[t].mark_applied(conn, self.env[s], _positions(todo))
-                    if self._prune[s]:
-                        self.logs[t].unmark(conn, self.env[s], self._prune[s])
+                    # the fence and the applied positions (a replay from the state store has
+                    # none), last before the commit, in one round trip
+                    self.logs[t].finish_apply(
+                        conn, self.env[s], _positions(todo) if check_applied else [],
+                        self._prune[s], self._fenced())
                 break
             except _Restart as r:
                 excluded[r.action.change.seq] = r.error
@@ -898,9 +896,11 @@ class Applier:
         parked with the reason, with their source transaction), never applied as another
         version."""
         excluded = mode.excluded
+        # a map's version is a digest of its text: worked out once per map, not per change
+        current = {n: m.bound.spec.version for n, m in maps.items()}
         for c in changes:
             m = maps.get(c.map)
-            if m is None or not c.version or c.version == m.bound.spec.version or \
+            if m is None or not c.version or c.version == current[c.map] or \
                     self._ctx_of(c, maps) is not m:
                 continue
             excluded.setdefault(c.seq, RowError(
@@ -1136,11 +1136,23 @@ class Applier:
                 out.append(mp)
                 continue
             ids: dict[str, Any] = {}
+            find = _member_pattern(mp.member)
             for a in run:
-                for doc in (a.change.new, a.change.old):
-                    v = (doc or {}).get(mp.member)
-                    if v is not None and not isinstance(v, bool):
-                        ids[v if isinstance(v, str) else str(v)] = v
+                for text in (a.change.new_json, a.change.old_json):
+                    if text is None:
+                        continue
+                    # The member's JSON literal, found in the text without decoding it all.
+                    # Only which ids to resolve depends on it: the statement matches the
+                    # member's own value, so an id missed here leaves its row to the row path.
+                    got = find.search(text)
+                    if got is None or got.group(1) == "null":
+                        continue
+                    lit = got.group(1)
+                    if lit.startswith('"'):
+                        v = decode_json(lit)
+                        ids[v] = v
+                    else:
+                        ids[lit] = decode_json(lit)
             if resolver is None:
                 resolver = LookupResolver({s: self.link.connectors[s]})
             end = m.bound.fields[mp.field].end(s)
@@ -1976,6 +1988,15 @@ def _kind_of(err: DualwriteError) -> str:
     """The event a parked change's error records: "lookup" for a lookup or value map without
     an answer (the error says so by its kind, not its words), else "rejected"."""
     return "lookup" if isinstance(err, RowError) and err.kind == "lookup" else "rejected"
+
+
+@functools.lru_cache(maxsize=256)
+def _member_pattern(member: str) -> re.Pattern[str]:
+    """Finds member ``member`` of a flat JSON object (a logged version) and its literal: a
+    number, a string, true/false or null. A quote inside a string value is escaped, so the
+    member's quoted name followed by a colon is found only as a member."""
+    return re.compile(re.escape(json.dumps(member)) +
+                      r'\s*:\s*("(?:[^"\\]|\\.)*"|[-+0-9.eE]+|true|false|null)')
 
 
 def _spellings(kind: Kind, named: Sequence[Any]) -> list[str]:
