@@ -6,7 +6,7 @@ import contextlib
 import json
 import re
 import select
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -531,6 +531,32 @@ class PostgresConnector(SqlConnector):
         # old version (as _unnest_update) and every computed value of both was found.
         if not columns:
             return None
+        raw: Any = conn.connection.driver_connection
+        text = self._json_statement(
+            ("update", table, tuple(key), tuple(columns), tuple(key_sources), tuple(sources)),
+            lambda: self._json_update_sql(table, key, columns, key_sources, sources), raw)
+        if text is None:
+            return None
+        with raw.cursor() as cur:
+            cur.execute(text, {"n": _json_array(new), "o": _json_array(old),
+                               **_mapping_params(mappings)})
+            return {tuple(r) for r in cur.fetchall()}
+
+    def _json_statement(self, key: tuple[Any, ...], build: Callable[[], Any], raw: Any
+                        ) -> str | None:
+        """The text of a set-based statement, built and rendered once per shape (a single
+        row's apply would otherwise spend longer composing it than running it); the same
+        text each time also lets psycopg prepare it on the server."""
+        cache: dict[tuple[Any, ...], str | None] = self.__dict__.setdefault("_json_sql", {})
+        if key not in cache:
+            if len(cache) > 1000:
+                cache.clear()
+            stmt = build()
+            cache[key] = None if stmt is None else stmt.as_string(raw)
+        return cache[key]
+
+    def _json_update_sql(self, table: sa.Table, key: list[str], columns: list[str],
+                         key_sources: list[str], sources: list[JsonSource]) -> Any:
         from psycopg import sql
 
         t = _ident(table)
@@ -561,17 +587,25 @@ class PostgresConnector(SqlConnector):
             exp=sql.SQL(", ").join(old_vals),
             ret=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(k))
                                    for k in key))
-        raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            cur.execute(stmt, {"n": _json_array(new), "o": _json_array(old),
-                               **_mapping_params(mappings)})
-            return {tuple(r) for r in cur.fetchall()}
+        return stmt
 
     def _json_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
                      sources: list[JsonSource], rows: Sequence[str], key: list[str],
                      mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
         if not columns:
             return None
+        raw: Any = conn.connection.driver_connection
+        text = self._json_statement(
+            ("insert", table, tuple(columns), tuple(sources), tuple(key)),
+            lambda: self._json_insert_sql(table, columns, sources, key), raw)
+        if text is None:
+            return None
+        with raw.cursor() as cur:
+            cur.execute(text, {"n": _json_array(rows), **_mapping_params(mappings)})
+            return {tuple(r) for r in cur.fetchall()}
+
+    def _json_insert_sql(self, table: sa.Table, columns: list[str], sources: list[JsonSource],
+                         key: list[str]) -> Any:
         from psycopg import sql
 
         got = self._json_rows(table, columns, sources, "n")
@@ -585,10 +619,7 @@ class PostgresConnector(SqlConnector):
             vals=sql.SQL(", ").join(vals), new_rows=new_rows,
             where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(guards) if guards else sql.SQL(""),
             ret=sql.SQL(", ").join(sql.Identifier(k) for k in key))
-        raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            cur.execute(stmt, {"n": _json_array(rows), **_mapping_params(mappings)})
-            return {tuple(r) for r in cur.fetchall()}
+        return stmt
 
     def recover(self, prefix: str) -> list[str]:
         # pg_prepared_xacts lists every database's branches: keep this database's own.

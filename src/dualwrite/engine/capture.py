@@ -997,10 +997,12 @@ class Applier:
         """Look at the target's queue for the rows the fast paths wrote in this transaction.
         They are held by it now, so whatever the target did to them committed before: a
         queued change of its own for one of them is a conflict the write did not see, and the
-        batch is applied again carefully (:class:`_Recheck`). One cheap probe per map when the
-        target queues nothing for it, the common case."""
+        batch is applied again carefully (:class:`_Recheck`). One cheap probe for all the
+        maps (the target queues nothing of them: the common case)."""
+        names = sorted(n for n, keys in outcome.unchecked.items() if keys)
+        queued = self.logs[t].queued(_conn(sess), names) if names else set()
         for name, keys in outcome.unchecked.items():
-            if not keys or not self.logs[t].queues(_conn(sess), name):
+            if not keys or name not in queued:
                 continue
             theirs = self._theirs(sess, t, maps[name], keys)
             if theirs:
@@ -1069,9 +1071,11 @@ class Applier:
             return None
         kind_t = d.kinds[t][dst.column]
         if src.column is None:  # a default
-            if kind_t not in _CONSTANT_KINDS or dst.is_lookup:
+            value = coerce(f.spec.default, kind_t)
+            if kind_t not in _CONSTANT_KINDS or dst.is_lookup or \
+                    (isinstance(value, str) and "%" in value):  # a literal beside parameters
                 return None
-            return JsonValue("constant", value=coerce(f.spec.default, kind_t))
+            return JsonValue("constant", value=value)
         col_s = d.cols[s][src.column]
         kind_s = col_s.kind
         vm = f.spec.values
