@@ -1140,6 +1140,7 @@ class Applier:
                 out.append(mp)
                 continue
             ids: dict[str, Any] = {}
+            seen: set[str] = set()
             find = _member_pattern(mp.member)
             for a in run:
                 for text in (a.change.new_json, a.change.old_json):
@@ -1152,6 +1153,9 @@ class Applier:
                     if got is None or got.group(1) == "null":
                         continue
                     lit = got.group(1)
+                    if lit in seen:  # a run holds few distinct ids: each decoded once
+                        continue
+                    seen.add(lit)
                     if lit.startswith('"'):
                         v = decode_json(lit)
                         ids[v] = v
