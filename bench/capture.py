@@ -5,6 +5,9 @@ script writes to it with its own plain psycopg / PyMySQL connections (never thro
 on the same loopback servers, in the same run, each on its own pair of databases:
 
 - ``dualwrite``: ``dualwrite maps start items`` then the applier ``dualwrite run``, both ways;
+- ``dualwrite-realistic``: the same on a business-shaped map instead of ``items``
+  (``CUSTOMERS_MAP``: a lookup by natural key, a value map, a default, a one-way field), both
+  database pairs; its figures stand beside the plain map's;
 - ``bucardo``: Bucardo (trigger-based, multi-master: a source/source dbgroup), default settings;
 - ``bucardo-tuned``: the same with ``kid_sleep``, ``ctl_sleep``, ``mcp_loop_sleep`` = 0.01 s;
 - ``logical``: PostgreSQL's native logical replication (publication / subscription; one way
@@ -21,10 +24,12 @@ Measured, in each direction (A → B: inserts; B → A: updates of the rows A �
   the rate applied (rows over the time from the first write to the last arrival).
 
 PostgreSQL ↔ MariaDB is measured for dualwrite alone (the others are PostgreSQL-only).
+Write overhead: the writer's full-speed commit rate on each captured table against a table
+that nothing captures, measured before and after the contenders.
 Autovacuum is turned on for the run and put back afterwards (see AUTOVACUUM for why).
 
 Usage: python bench/capture.py [--rows 20000] [--singles 3000] [--rate 1000]
-       [--only dualwrite,bucardo,bucardo-tuned,logical] [--no-docs]
+       [--only dualwrite,dualwrite-realistic,bucardo,bucardo-tuned,logical] [--no-docs]
 Needs what scripts/bench-deps.sh installs (`make bench-capture` runs both). Writes the capture
 section of docs/benchmarks.md unless --no-docs.
 """
