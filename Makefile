@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-capture bench-idle bench-failover bench-odata-delta clean services browser
+.PHONY: demo test lint bench bench-capture bench-capture-scale bench-idle bench-failover bench-odata-delta clean services browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ bench: $(STAMP) services
 bench-capture: $(STAMP) services
 	bash scripts/bench-deps.sh
 	$(BIN)/python bench/capture.py
+
+# capture with 100 maps on one link, and a backlog drained after a pause (--backlog 1000000
+# for the full figure: BACKLOG=1000000)
+bench-capture-scale: $(STAMP) services
+	$(BIN)/python bench/capture_scale.py --backlog $(or $(BACKLOG),100000)
 
 # what a quiet link costs (CPU of idle run and serve)
 bench-idle: $(STAMP) services

@@ -5,6 +5,9 @@ script writes to it with its own plain psycopg / PyMySQL connections (never thro
 on the same loopback servers, in the same run, each on its own pair of databases:
 
 - ``dualwrite``: ``dualwrite maps start items`` then the applier ``dualwrite run``, both ways;
+- ``dualwrite-realistic``: the same on a business-shaped map instead of ``items``
+  (``CUSTOMERS_MAP``: a lookup by natural key, a value map, a default, a one-way field), both
+  database pairs; its figures stand beside the plain map's;
 - ``bucardo``: Bucardo (trigger-based, multi-master: a source/source dbgroup), default settings;
 - ``bucardo-tuned``: the same with ``kid_sleep``, ``ctl_sleep``, ``mcp_loop_sleep`` = 0.01 s;
 - ``logical``: PostgreSQL's native logical replication (publication / subscription; one way
@@ -21,10 +24,12 @@ Measured, in each direction (A → B: inserts; B → A: updates of the rows A �
   the rate applied (rows over the time from the first write to the last arrival).
 
 PostgreSQL ↔ MariaDB is measured for dualwrite alone (the others are PostgreSQL-only).
+Write overhead: the writer's full-speed commit rate on each captured table against a table
+that nothing captures, measured before and after the contenders.
 Autovacuum is turned on for the run and put back afterwards (see AUTOVACUUM for why).
 
 Usage: python bench/capture.py [--rows 20000] [--singles 3000] [--rate 1000]
-       [--only dualwrite,bucardo,bucardo-tuned,logical] [--no-docs]
+       [--only dualwrite,dualwrite-realistic,bucardo,bucardo-tuned,logical] [--no-docs]
 Needs what scripts/bench-deps.sh installs (`make bench-capture` runs both). Writes the capture
 section of docs/benchmarks.md unless --no-docs.
 """
@@ -62,7 +67,7 @@ MY_URL = "mysql+pymysql://root@127.0.0.1:3306/{db}"
 DUALWRITE = ROOT / ".venv" / "bin" / "dualwrite"
 WORK = ROOT / ".bench" / "capture"  # git-ignored: dualwrite's config, state and logs
 
-CONTENDERS = ("dualwrite", "bucardo", "bucardo-tuned", "logical")
+CONTENDERS = ("dualwrite", "dualwrite-realistic", "bucardo", "bucardo-tuned", "logical")
 # Package defaults of Bucardo 5.6 (`bucardo show all` on a fresh install). The default run sets
 # them explicitly, so a tuned run that died before restoring them cannot leak into it.
 BUCARDO_DEFAULTS = {"kid_sleep": "0.5", "ctl_sleep": "0.2", "mcp_loop_sleep": "0.2"}
@@ -118,6 +123,62 @@ fields:
   - changed_at = changed_at
 """
 
+# The realistic map (issue 14): customers of the ERP (A, left) <-> accounts of the CRM (B,
+# right), as a business map has them: the customer group by its natural key on the left and
+# as a lookup into cust_groups on the right; an option-set value map (status text <-> code);
+# a `none >>` default; a one-way field (lat). The same arrived_at stamp and note as `items`.
+CUSTOMERS_PG_DDL = """
+CREATE TABLE customers (id bigint PRIMARY KEY, name text NOT NULL, grp text, status text,
+  credit numeric(12,2), lat numeric(9,6), note text, changed_at timestamptz,
+  arrived_at timestamptz);
+CREATE FUNCTION customers_arrived() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN NEW.arrived_at := clock_timestamp(); RETURN NEW; END$$;
+CREATE TRIGGER customers_arrived BEFORE INSERT OR UPDATE ON customers
+  FOR EACH ROW EXECUTE FUNCTION customers_arrived();
+"""
+ACCOUNTS_PG_DDL = """
+CREATE TABLE cust_groups (id integer PRIMARY KEY, code text NOT NULL UNIQUE);
+INSERT INTO cust_groups SELECT g, 'G' || g FROM generate_series(1, 20) g;
+CREATE TABLE accounts (id bigint PRIMARY KEY, name text NOT NULL,
+  group_id integer REFERENCES cust_groups (id), statuscode integer, credit numeric(12,2),
+  lat numeric(9,6), accounttype integer, note text, changed_at timestamptz,
+  arrived_at timestamptz);
+CREATE FUNCTION accounts_arrived() RETURNS trigger LANGUAGE plpgsql AS
+  $$BEGIN NEW.arrived_at := clock_timestamp(); RETURN NEW; END$$;
+CREATE TRIGGER accounts_arrived BEFORE INSERT OR UPDATE ON accounts
+  FOR EACH ROW EXECUTE FUNCTION accounts_arrived();
+"""
+ACCOUNTS_MY_DDL = """
+CREATE TABLE cust_groups (id int PRIMARY KEY, code varchar(20) NOT NULL UNIQUE);
+INSERT INTO cust_groups SELECT seq, CONCAT('G', seq) FROM seq_1_to_20;
+CREATE TABLE accounts (id bigint PRIMARY KEY, name varchar(100) NOT NULL, group_id int,
+  statuscode int, credit decimal(12,2), lat decimal(9,6), accounttype int, note varchar(100),
+  changed_at datetime(6), arrived_at datetime(6),
+  FOREIGN KEY (group_id) REFERENCES cust_groups (id));
+CREATE TRIGGER accounts_arrived_ins BEFORE INSERT ON accounts FOR EACH ROW
+  SET NEW.arrived_at = CONVERT_TZ(SYSDATE(6), @@session.time_zone, '+00:00');
+CREATE TRIGGER accounts_arrived_upd BEFORE UPDATE ON accounts FOR EACH ROW
+  SET NEW.arrived_at = CONVERT_TZ(SYSDATE(6), @@session.time_zone, '+00:00');
+"""
+CUSTOMERS_MAP = """name: customers
+left: customers
+right: accounts
+key: {left: [id], right: [id]}
+fields:
+  - id = id
+  - name = name
+  - grp = group_id.code
+  - status >< statuscode:
+      values: {Active: 1, OnHold: 2, Closed: 3}
+  - credit = credit
+  - note = note
+  - changed_at = changed_at
+  - lat > lat
+  - none >> accounttype: {default: 3}
+"""
+STATUSES = ("Active", "OnHold", "Closed")
+
+
 
 # --- the two sides --------------------------------------------------------------------------
 
@@ -138,6 +199,8 @@ class Side(Protocol):
 
 class PgSide:
     """`items` in a PostgreSQL database, through one autocommit psycopg connection."""
+
+    table = "items"
 
     def __init__(self, db: str) -> None:
         self.label = f"PostgreSQL {db}"
@@ -170,13 +233,13 @@ class PgSide:
                           "WHERE id = %s", (note, dt.datetime.now(dt.UTC), key))
 
     def count(self, lo: int, n: int, note: str) -> int:
-        row = self.conn.execute("SELECT count(*) FROM items WHERE id BETWEEN %s AND %s "
-                                "AND note = %s", (lo, lo + n - 1, note)).fetchone()
+        row = self.conn.execute(f"SELECT count(*) FROM {self.table} WHERE id BETWEEN %s AND "
+                                "%s AND note = %s", (lo, lo + n - 1, note)).fetchone()
         return int(row[0]) if row else 0
 
     def arrivals(self, lo: int, n: int, note: str) -> dict[int, float]:
-        rows = self.conn.execute("SELECT id, extract(epoch FROM arrived_at)::float8 FROM items "
-                                 "WHERE id BETWEEN %s AND %s AND note = %s",
+        rows = self.conn.execute("SELECT id, extract(epoch FROM arrived_at)::float8 FROM "
+                                 f"{self.table} WHERE id BETWEEN %s AND %s AND note = %s",
                                  (lo, lo + n - 1, note)).fetchall()
         return {int(k): float(t) for k, t in rows}
 
@@ -187,6 +250,8 @@ class PgSide:
 class MySide:
     """`items` in a MariaDB database, through one autocommit PyMySQL connection (UTC session,
     so that UNIX_TIMESTAMP() reads the UTC `arrived_at` back as epoch seconds)."""
+
+    table = "items"
 
     def __init__(self, db: str) -> None:
         self.label = f"MariaDB {db}"
@@ -225,12 +290,12 @@ class MySide:
                   "WHERE id = %s", (note, key))
 
     def count(self, lo: int, n: int, note: str) -> int:
-        rows = self._run("SELECT COUNT(*) FROM items WHERE id BETWEEN %s AND %s AND note = %s",
-                         (lo, lo + n - 1, note))
+        rows = self._run(f"SELECT COUNT(*) FROM {self.table} WHERE id BETWEEN %s AND %s "
+                         "AND note = %s", (lo, lo + n - 1, note))
         return int(rows[0][0])
 
     def arrivals(self, lo: int, n: int, note: str) -> dict[int, float]:
-        rows = self._run("SELECT id, UNIX_TIMESTAMP(arrived_at) FROM items "
+        rows = self._run(f"SELECT id, UNIX_TIMESTAMP(arrived_at) FROM {self.table} "
                          "WHERE id BETWEEN %s AND %s AND note = %s", (lo, lo + n - 1, note))
         return {int(k): float(t) for k, t in rows}
 
@@ -238,7 +303,92 @@ class MySide:
         self.conn.close()
 
 
-def open_side(kind: str, db: str) -> Side:
+class PgCustomers(PgSide):
+    """`customers` (the realistic map's left table): written with inserts only (A → B)."""
+
+    table = "customers"
+
+    def insert_batch(self, lo: int, n: int, note: str) -> float:
+        with self.conn.transaction():
+            self.conn.execute(
+                "INSERT INTO customers (id, name, grp, status, credit, lat, note, changed_at) "
+                "SELECT g, 'customer ' || g, 'G' || (1 + g %% 20), "
+                "(ARRAY['Active', 'OnHold', 'Closed'])[1 + g %% 3], (g %% 10000) / 100.0, "
+                "(g %% 90) + 0.5, %s, clock_timestamp() "
+                "FROM generate_series(%s::bigint, %s::bigint) g", (note, lo, lo + n - 1))
+        return time.time()
+
+    def insert_one(self, key: int, note: str) -> None:
+        self.conn.execute(
+            "INSERT INTO customers (id, name, grp, status, credit, lat, note, changed_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+            (key, f"customer {key}", f"G{1 + key % 20}", STATUSES[key % 3],
+             (key % 10000) / 100, key % 90 + 0.5, note, dt.datetime.now(dt.UTC)))
+
+    def update_batch(self, lo: int, n: int, note: str) -> float:
+        raise NotImplementedError("the realistic map's left side is only inserted into")
+
+    def update_one(self, key: int, note: str) -> None:
+        raise NotImplementedError("the realistic map's left side is only inserted into")
+
+
+class PgAccounts(PgSide):
+    """`accounts` (the realistic map's right table): written with updates only (B → A): a
+    new group (the lookup), status code (the value map), note and time."""
+
+    table = "accounts"
+
+    def insert_batch(self, lo: int, n: int, note: str) -> float:
+        raise NotImplementedError("the realistic map's right side is only updated")
+
+    def insert_one(self, key: int, note: str) -> None:
+        raise NotImplementedError("the realistic map's right side is only updated")
+
+    def update_batch(self, lo: int, n: int, note: str) -> float:
+        with self.conn.transaction():
+            self.conn.execute("UPDATE accounts SET group_id = 1 + group_id %% 20, "
+                              "statuscode = 1 + statuscode %% 3, note = %s, "
+                              "changed_at = clock_timestamp() WHERE id BETWEEN %s AND %s",
+                              (note, lo, lo + n - 1))
+        return time.time()
+
+    def update_one(self, key: int, note: str) -> None:
+        self.conn.execute("UPDATE accounts SET group_id = 1 + group_id %% 20, "
+                          "statuscode = 1 + statuscode %% 3, note = %s, changed_at = %s "
+                          "WHERE id = %s", (note, dt.datetime.now(dt.UTC), key))
+
+
+class MyAccounts(MySide):
+    """`accounts` in MariaDB (see PgAccounts)."""
+
+    table = "accounts"
+
+    def insert_batch(self, lo: int, n: int, note: str) -> float:
+        raise NotImplementedError("the realistic map's right side is only updated")
+
+    def insert_one(self, key: int, note: str) -> None:
+        raise NotImplementedError("the realistic map's right side is only updated")
+
+    def update_batch(self, lo: int, n: int, note: str) -> float:
+        self.conn.begin()
+        self._run("UPDATE accounts SET group_id = 1 + group_id %% 20, "
+                  "statuscode = 1 + statuscode %% 3, note = %s, "
+                  "changed_at = UTC_TIMESTAMP(6) WHERE id BETWEEN %s AND %s",
+                  (note, lo, lo + n - 1))
+        self.conn.commit()
+        return time.time()
+
+    def update_one(self, key: int, note: str) -> None:
+        self._run("UPDATE accounts SET group_id = 1 + group_id %% 20, "
+                  "statuscode = 1 + statuscode %% 3, note = %s, "
+                  "changed_at = UTC_TIMESTAMP(6) WHERE id = %s", (note, key))
+
+
+def open_side(kind: str, db: str, table: str = "items") -> Side:
+    if table == "customers":
+        return PgCustomers(db)
+    if table == "accounts":
+        return PgAccounts(db) if kind == "postgresql" else MyAccounts(db)
     return PgSide(db) if kind == "postgresql" else MySide(db)
 
 
@@ -281,8 +431,9 @@ def drop_slots(db: str, deadline_s: float = 30.0) -> None:
             time.sleep(0.05)
 
 
-def reset_pg(dbs: list[str]) -> None:
-    """Drop and create ``dbs`` (with whatever an earlier, interrupted run left in them)."""
+def reset_pg(dbs: list[str], ddl: dict[str, str] | None = None) -> None:
+    """Drop and create ``dbs`` (with whatever an earlier, interrupted run left in them), with
+    the tables ``ddl`` says for each (default: ``items``)."""
     with pg_admin() as c:
         existing = {r[0] for r in c.execute("SELECT datname FROM pg_database").fetchall()}
     for db in dbs:
@@ -295,7 +446,7 @@ def reset_pg(dbs: list[str]) -> None:
             c.execute(f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
             c.execute(f"CREATE DATABASE {db}")
     for db in dbs:
-        run_script("postgresql", db, PG_DDL)
+        run_script("postgresql", db, (ddl or {}).get(db, PG_DDL))
 
 
 def drop_pg(dbs: list[str]) -> None:
@@ -316,7 +467,7 @@ def checkpoint() -> None:
         c.execute("CHECKPOINT")
 
 
-def reset_my(db: str) -> None:
+def reset_my(db: str, ddl: str = MY_DDL) -> None:
     conn = pymysql.connect(host="127.0.0.1", user="root", autocommit=True)
     try:
         with conn.cursor() as cur:
@@ -324,7 +475,7 @@ def reset_my(db: str) -> None:
             cur.execute(f"CREATE DATABASE {db} CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
     finally:
         conn.close()
-    run_script("mysql", db, MY_DDL)
+    run_script("mysql", db, ddl)
 
 
 # --- measurements ---------------------------------------------------------------------------
@@ -584,11 +735,14 @@ class Dualwrite:
     `dualwrite run` in a child process until SIGTERM. Its config, state and output are kept in
     .bench/capture/<pair>/ for a look afterwards."""
 
-    def __init__(self, right_kind: str) -> None:
-        self.name = "dualwrite"
-        tag = "dw" if right_kind == "postgresql" else "dwmy"
+    def __init__(self, right_kind: str, realistic: bool = False) -> None:
+        self.name = "dualwrite-realistic" if realistic else "dualwrite"
+        self.realistic = realistic
+        tag = ("dw" if right_kind == "postgresql" else "dwmy") + ("r" if realistic else "")
         self.a = ("postgresql", f"dwcap_{tag}_a")
         self.b = (right_kind, f"dwcap_{tag}_b")
+        #: the tables each side writes and watches
+        self.tables = ("customers", "accounts") if realistic else ("items", "items")
         self.work = WORK / tag
         self.proc: subprocess.Popen[str] | None = None
         self.output: list[str] = []
@@ -604,11 +758,16 @@ class Dualwrite:
         if available.returncode != 0:
             raise RuntimeError("`dualwrite run --help` fails, so the capture engine is not "
                                "there yet: " + (available.stderr or available.stdout).strip())
-        reset_pg([self.a[1]] + ([self.b[1]] if self.b[0] == "postgresql" else []))
+        ddl = {self.a[1]: CUSTOMERS_PG_DDL, self.b[1]: ACCOUNTS_PG_DDL} \
+            if self.realistic else {}
+        reset_pg([self.a[1]] + ([self.b[1]] if self.b[0] == "postgresql" else []), ddl)
         if self.b[0] != "postgresql":
-            reset_my(self.b[1])
+            reset_my(self.b[1], ACCOUNTS_MY_DDL if self.realistic else MY_DDL)
         (self.work / "maps").mkdir(parents=True, exist_ok=True)
-        (self.work / "maps" / "items.yaml").write_text(MAP)
+        for old in (self.work / "maps").glob("*.yaml"):
+            old.unlink()
+        (self.work / "maps" / f"{self.map_name}.yaml").write_text(
+            CUSTOMERS_MAP if self.realistic else MAP)
         url_b = (PG_URL if self.b[0] == "postgresql" else MY_URL).format(db=self.b[1])
         (self.work / "dualwrite.yaml").write_text(
             "environments:\n"
@@ -622,10 +781,11 @@ class Dualwrite:
                 shutil.rmtree(stale)
             else:
                 stale.unlink()
-        started = self._cli("maps", "start", "items", "--yes", timeout=600)
+        started = self._cli("maps", "start", self.map_name, "--yes", timeout=600)
         (self.work / "maps-start.log").write_text(started.stdout + started.stderr)
         if started.returncode != 0:
-            raise RuntimeError(f"dualwrite maps start items --yes failed ({started.returncode}):"
+            raise RuntimeError(f"dualwrite maps start {self.map_name} --yes failed "
+                               f"({started.returncode}):"
                                f" {(started.stderr or started.stdout).strip()[-2000:]}")
         self.proc = subprocess.Popen(
             [str(DUALWRITE), "-c", str(self.work / "dualwrite.yaml"), "run"],
@@ -639,6 +799,10 @@ class Dualwrite:
                                    f"it was ready: {self.tail()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"dualwrite run printed nothing within 120 s: {self.tail()}")
+
+    @property
+    def map_name(self) -> str:
+        return "customers" if self.realistic else "items"
 
     def _drain(self) -> None:
         assert self.proc is not None and self.proc.stdout is not None
@@ -716,13 +880,68 @@ def running(contender: Contender) -> Iterator[None]:
         contender.close()
 
 
+@dataclass
+class Plain:
+    """The application's commit rate on a table nothing captures (the same `items` table,
+    its arrived_at trigger included), single-row autocommit at full speed: the baseline of
+    the write overhead. Measured before and after the contenders."""
+
+    inserts_per_s: list[float] = field(default_factory=list)
+    updates_per_s: list[float] = field(default_factory=list)
+
+    def measure(self, singles: int) -> None:
+        db = "dwcap_plain_a"
+        reset_pg([db])
+        side = PgSide(db)
+        try:
+            started = time.perf_counter()
+            for key in range(FULL_LO, FULL_LO + singles):
+                side.insert_one(key, "plain")
+            self.inserts_per_s.append(singles / (time.perf_counter() - started))
+            started = time.perf_counter()
+            for key in range(FULL_LO, FULL_LO + singles):
+                side.update_one(key, "plain-upd")
+            self.updates_per_s.append(singles / (time.perf_counter() - started))
+        finally:
+            side.close()
+        drop_pg([db])
+        print(f"  plain table: {self.inserts_per_s[-1]:,.0f} inserts/s, "
+              f"{self.updates_per_s[-1]:,.0f} updates/s", flush=True)
+
+
+def overhead(results: list[Result], plain: Plain) -> list[str]:
+    """The application's full-speed commit rate on the captured table, as a share of the
+    plain table's (PostgreSQL sides only: A's inserts, and B's updates where B is
+    PostgreSQL)."""
+    if not plain.inserts_per_s:
+        return []
+    ins = statistics.mean(plain.inserts_per_s)
+    upd = statistics.mean(plain.updates_per_s)
+    lines = [f"Plain table (nothing captures it; mean of the measurements before and after the "
+             f"contenders: {', '.join(f'{x:,.0f}' for x in plain.inserts_per_s)} inserts/s, "
+             f"{', '.join(f'{x:,.0f}' for x in plain.updates_per_s)} updates/s): "
+             f"{ins:,.0f} inserts/s, {upd:,.0f} updates/s.", "",
+             "| contender | pair | inserts/s written (× plain) | updates/s written (× plain) |",
+             "|---|---|---|---|"]
+    for r in results:
+        if r.forward is None:
+            continue
+        upd_cell = "– (MariaDB)" if r.pair == PG_MY or r.backward is None else \
+            f"{r.backward.full.written_per_s:,.0f} ({r.backward.full.written_per_s / upd:.2f}×)"
+        lines.append(f"| {LABELS[r.contender]} | {r.pair} | "
+                     f"{r.forward.full.written_per_s:,.0f} "
+                     f"({r.forward.full.written_per_s / ins:.2f}×) | {upd_cell} |")
+    return lines
+
+
 def run_contender(contender: Contender, pair: str, rows: int, singles: int,
                   rate: float) -> Result:
     result = Result(contender.name, pair)
     print(f"\n== {contender.name}, {pair}", flush=True)
     try:
         with running(contender):
-            a, b = open_side(*contender.a), open_side(*contender.b)
+            ta, tb = getattr(contender, "tables", ("items", "items"))
+            a, b = open_side(*contender.a, ta), open_side(*contender.b, tb)
             try:
                 checkpoint()
                 probe(a, b, update=False)
@@ -756,7 +975,8 @@ def show_direction(title: str, d: Direction, rows: int) -> None:
           flush=True)
 
 
-LABELS = {"dualwrite": "dualwrite", "bucardo": "Bucardo, default settings",
+LABELS = {"dualwrite": "dualwrite", "dualwrite-realistic": "dualwrite, realistic map",
+          "bucardo": "Bucardo, default settings",
           "bucardo-tuned": "Bucardo, sleeps 0.01 s", "logical": "logical replication"}
 
 
@@ -868,7 +1088,7 @@ def versions() -> str:
     return f"PostgreSQL {pg}, MariaDB {maria}, {bucardo_version}"
 
 
-def report(results: list[Result], args: argparse.Namespace) -> str:
+def report(results: list[Result], args: argparse.Namespace, plain: Plain) -> str:
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} on this project's {os.cpu_count()}-core "
         f"machine ({versions()}), `python bench/capture.py --rows {args.rows} --singles "
@@ -922,6 +1142,13 @@ def report(results: list[Result], args: argparse.Namespace) -> str:
                   f"at most 20 ms at {args.rate:,.0f} changes/s, a {args.rows:,}-row "
                   "transaction visible within 0.3 s, both ways; better than tuned Bucardo on "
                   "every figure, in the same run.", "", *check, ""]
+    cost = overhead(results, plain)
+    if cost:
+        lines += ["**Write overhead**: the application's commit rate at full speed (single-row "
+                  "autocommit, the same writer as the lag figures, the replicator running) on "
+                  "the captured table, against the same table that nothing captures, in the "
+                  "same run. Target: dualwrite's overhead no larger than Bucardo's.", "",
+                  *cost, ""]
     reference = targets(results, args.rate, (PG_MY,))
     if reference:
         lines += ["PostgreSQL ↔ MariaDB is measured for dualwrite alone (Bucardo and logical "
@@ -957,11 +1184,18 @@ def main() -> int:
         plan.append((Bucardo("bucardo-tuned", BUCARDO_TUNED), PG_PG))
     if "dualwrite" in only:
         plan += [(Dualwrite("postgresql"), PG_PG), (Dualwrite("mysql"), PG_MY)]
+    if "dualwrite-realistic" in only:
+        plan += [(Dualwrite("postgresql", realistic=True), PG_PG),
+                 (Dualwrite("mysql", realistic=True), PG_MY)]
+    plain = Plain()
     with autovacuum_on():
+        print("\n== plain table (write overhead baseline)", flush=True)
+        plain.measure(args.singles)
         results = [run_contender(c, pair, args.rows, args.singles, args.rate)
                    for c, pair in plan]
+        plain.measure(args.singles)
 
-    body = report(results, args)
+    body = report(results, args, plain)
     print("\n" + body)
     if not args.no_docs:
         update_section(ROOT / "docs" / "benchmarks.md", "capture",

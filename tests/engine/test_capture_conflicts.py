@@ -91,15 +91,20 @@ def test_a_target_write_committed_just_before_the_apply_is_a_conflict(
     mine, theirs = ("L1", "R1") if source == "left" else ("R1", "L1")
     app_update(src, 1, mine)
     raced: list[bool] = []
-    real_lock = SqlWriteSession.lock
 
-    def race_then_lock(sess: SqlWriteSession, table: str, *args: Any, **kw: Any) -> Any:
-        if not raced and sess.connector.url == dst.url:
-            raced.append(True)
-            app_update(dst, 1, theirs)  # committed before the applier locks the row
-        return real_lock(sess, table, *args, **kw)
+    def racing(real: Any) -> Any:
+        def race_then_write(sess: SqlWriteSession, table: str, *args: Any, **kw: Any) -> Any:
+            if not raced and sess.connector.url == dst.url:
+                raced.append(True)
+                app_update(dst, 1, theirs)  # committed before the applier holds the row
+            return real(sess, table, *args, **kw)
+        return race_then_write
 
-    monkeypatch.setattr(SqlWriteSession, "lock", race_then_lock)
+    # the applier's first statement on the row: a lock (the careful path), or the guarded
+    # update of the set-based path (which writes first and looks at the queue after)
+    monkeypatch.setattr(SqlWriteSession, "lock", racing(SqlWriteSession.lock))
+    monkeypatch.setattr(SqlWriteSession, "update_if_json",
+                        racing(SqlWriteSession.update_if_json))
     with it.link() as link:
         drain(link.applier())
         assert raced, "the race was not injected: the applier never locked a target row"

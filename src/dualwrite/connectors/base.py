@@ -25,6 +25,34 @@ Row = tuple[Any, ...]
 
 
 @dataclass(frozen=True)
+class JsonValue:
+    """How the target database computes one written column from a captured version (a JSON
+    object, see :meth:`WriteSession.insert_json`), where it is more than a copy of a member:
+
+    * ``constant``: ``value`` (a map's default), converted to the column's type;
+    * ``mapped``: member ``source`` (as text) looked up in mapping ``mapping`` (pairs of
+      (text, value), given with the call): a value map, or ids resolved beforehand;
+    * ``lookup``: the ``returning`` column of the row of ``table`` whose ``match`` column
+      equals member ``source`` (read in ``match``'s type; of several, the smallest
+      ``returning``, as :meth:`Connector.lookup` picks).
+
+    A version whose member is not NULL but finds no mapping or no row is not written: the
+    caller gets the keys written and takes the others another way."""
+
+    how: str  # "constant", "mapped" or "lookup"
+    source: str = ""
+    value: Any = None
+    mapping: int = 0
+    table: str = ""
+    match: str = ""
+    returning: str = ""
+
+
+#: a written column's source in a captured version: a member copied as it is, or computed
+JsonSource = str | JsonValue
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What a backend can do; tests and the engine switch on these, never on the name."""
 
@@ -133,22 +161,27 @@ class WriteSession(ABC):
         return None
 
     def update_if_json(self, table: str, key: Sequence[str], columns: Sequence[str],
-                       key_sources: Sequence[str], sources: Sequence[str], new: Sequence[str],
-                       old: Sequence[str]) -> set[Row] | None:
+                       key_sources: Sequence[str], sources: Sequence[JsonSource],
+                       new: Sequence[str], old: Sequence[str], *,
+                       mappings: Sequence[Sequence[tuple[str, Any]]] = ()) -> set[Row] | None:
         """:meth:`update_if` with the values still as JSON text, as a capture log holds them:
         ``new[i]``/``old[i]`` are JSON objects whose member ``sources[j]`` is the value of
-        ``columns[j]``, converted by the database to the column's type; the key of row ``i``
-        is read from ``new[i]`` the same way (member ``key_sources[j]`` for ``key[j]``).
+        ``columns[j]``, converted by the database to the column's type (or computed as a
+        :class:`JsonValue` says, ``mappings`` holding the pairs it names); the key of row
+        ``i`` is read from ``new[i]`` the same way (member ``key_sources[j]`` for ``key[j]``).
         Returns the keys of the rows updated, or None where the backend cannot read JSON
         this way."""
         return None
 
-    def insert_json(self, table: str, columns: Sequence[str], sources: Sequence[str],
-                    rows: Sequence[str]) -> bool:
+    def insert_json(self, table: str, key: Sequence[str], columns: Sequence[str],
+                    sources: Sequence[JsonSource], rows: Sequence[str], *,
+                    mappings: Sequence[Sequence[tuple[str, Any]]] = ()) -> set[Row] | None:
         """Insert one row per JSON object of ``rows`` (member ``sources[j]`` into
-        ``columns[j]``, converted by the database); False, having written nothing, where the
-        backend cannot read JSON this way."""
-        return False
+        ``columns[j]``, converted by the database, or computed as a :class:`JsonValue`
+        says); returns the keys (columns ``key``, among ``columns``) of the rows inserted:
+        all but those a :class:`JsonValue` could not compute. None, having written nothing,
+        where the backend cannot read JSON this way."""
+        return None
 
     def capture_own_writes(self) -> None:  # noqa: B027 - backends without capture: nothing
         """Let change capture record this transaction's writes on this side from now on

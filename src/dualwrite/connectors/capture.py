@@ -1278,6 +1278,18 @@ class CaptureLog:
             conn.rollback()
         return self._changes(rows), int(total or 0)
 
+    def queued(self, conn: sa.Connection, maps: Sequence[str]) -> set[str]:
+        """Which of ``maps`` this log holds changes of, as ``conn``'s transaction sees it
+        now: :meth:`queues` for many maps in one round trip."""
+        if len(maps) == 1:
+            return set(maps) if self.queues(conn, maps[0]) else set()
+        self.ensure()
+        params = {f"m{i}": m for i, m in enumerate(maps)}
+        union = " UNION ALL ".join(
+            f"SELECT map FROM (SELECT map FROM {CHANGES} WHERE map = :m{i} LIMIT 1) q{i}"
+            for i in range(len(maps)))
+        return {str(r[0]) for r in conn.execute(sa.text(union), params)}
+
     def queues(self, conn: sa.Connection, map_name: str) -> bool:
         """Whether this log holds any committed change of ``map_name``, inside the caller's
         transaction (one index probe)."""
@@ -1329,6 +1341,58 @@ class CaptureLog:
             f"{self.connector.name}; this one (epoch {epoch}) lost its lease and commits "
             "nothing more", hint="nothing to do: this process stands by again")
 
+    def finish_apply(self, conn: sa.Connection, source: str,
+                     positions: Sequence[tuple[str, str, int]],
+                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None) -> None:
+        """The bookkeeping that closes an apply transaction, inside it, last before its
+        commit: raise the fence (``(link, epoch)``, if given: :meth:`fence`), record
+        ``positions`` (:meth:`mark_applied`) and drop ``prune`` (:meth:`unmark`). On
+        PostgreSQL one statement, one round trip, where the fence is there already (the
+        common case): a single-row transaction would otherwise pay three."""
+        self.ensure()
+        if isinstance(self.dialect, PostgresDialect) and \
+                all(t != WATERMARK for _m, t, _s in positions):
+            if not self._finish_pg(conn, source, positions, prune, fence) and \
+                    fence is not None:
+                self.fence(conn, *fence)  # the first fence here, or a newer applier's
+            return
+        if fence is not None:
+            self.fence(conn, *fence)
+        self.mark_applied(conn, source, positions)
+        if prune:
+            self.unmark(conn, source, prune)
+
+    def _finish_pg(self, conn: sa.Connection, source: str,
+                   positions: Sequence[tuple[str, str, int]],
+                   prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None) -> bool:
+        """:meth:`finish_apply` as one statement of data-modifying CTEs (each runs once, to
+        completion, whether or not the query reads it): whether the fence was raised."""
+        parts = []
+        params: dict[str, Any] = {"s": source}
+        if fence is not None:
+            parts.append(f"f AS (UPDATE {APPLIED} SET seq = %(e)s WHERE source = %(fs)s AND "
+                         "map = %(link)s AND txid = '' AND seq <= %(e)s RETURNING 1)")
+            params.update(fs=FENCE_SOURCE, link=fence[0], e=fence[1])
+        if positions:
+            parts.append(f"i AS (INSERT INTO {APPLIED} (source, map, txid, seq) SELECT %(s)s, "
+                         "u.m, u.t, u.q FROM unnest(%(im)s::text[], %(it)s::text[], "
+                         "%(iq)s::bigint[]) AS u(m, t, q))")
+            params.update(im=[m for m, _t, _q in positions], it=[t for _m, t, _q in positions],
+                          iq=[q for _m, _t, q in positions])
+        if prune:
+            parts.append(f"d AS (DELETE FROM {APPLIED} WHERE source = %(s)s AND (map, txid) IN "
+                         "(SELECT * FROM unnest(%(dm)s::text[], %(dt)s::text[])))")
+            params.update(dm=[m for m, _t in prune], dt=[t for _m, t in prune])
+        if not parts:
+            return True
+        text = "WITH " + ", ".join(parts) + " SELECT " + \
+            ("(SELECT count(*) FROM f)" if fence is not None else "1")
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute(text, params)
+            row = cur.fetchone()
+        return row is not None and int(row[0]) == 1
+
     def fence_epoch(self, conn: sa.Connection, link: str) -> int:
         """The epoch the link's fence holds in this database (0: none yet)."""
         self.ensure()
@@ -1349,6 +1413,18 @@ class CaptureLog:
         ordered = sorted(seqs)
 
         def run(cx: sa.Connection) -> None:
+            if fence is not None and isinstance(self.dialect, PostgresDialect) and \
+                    ordered[-1] - ordered[0] + 1 == len(ordered) <= 1000:
+                # the fence and a contiguous run in one round trip (the common case)
+                if cx.execute(sa.text(
+                        f"WITH f AS (UPDATE {APPLIED} SET seq = :e WHERE source = :fs AND "
+                        "map = :link AND txid = '' AND seq <= :e RETURNING 1), "
+                        f"d AS (DELETE FROM {CHANGES} WHERE seq BETWEEN :a AND :b) "
+                        "SELECT count(*) FROM f"),
+                        {"e": fence[1], "fs": FENCE_SOURCE, "link": fence[0],
+                         "a": ordered[0], "b": ordered[-1]}).scalar() != 1:
+                    self.fence(cx, *fence)  # the first fence here, or a newer applier's
+                return
             if fence is not None:
                 self.fence(cx, *fence)
             for i in range(0, len(ordered), 1000):

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import select
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from dualwrite.connectors.base import Branch, BulkField, Capabilities, Row
+from dualwrite.connectors.base import Branch, BulkField, Capabilities, JsonSource, Row
 from dualwrite.connectors.sql import (
     Fault,
     SqlConnector,
@@ -518,85 +519,172 @@ class PostgresConnector(SqlConnector):
     def begin_branch(self, xid: str) -> Branch:
         return PgBranch(self, xid)
 
-    def _json_rows(self, table: sa.Table, columns: list[str], sources: list[str],
-                   alias: str) -> tuple[Any, list[Any]] | None:
-        """``ROWS FROM (json_to_recordset(%s::json) AS (<source> <column type>, ...)) WITH
-        ORDINALITY AS <alias>(<source>, ..., dw_ord)``: one JSON array of objects in, one
-        typed row per object out, numbered from 1; and, per column, the expression reading
-        its source member. The database converts each value with the target column's own
-        input function, as an INSERT of that text would. One call for the whole array: per
-        row, ``json_to_record`` costs several times as much. None when one source member
-        feeds columns of different types."""
+    def _json_rows(self, table: sa.Table, columns: list[str], sources: list[JsonSource],
+                   alias: str) -> tuple[Any, list[Any], list[Any]] | None:
+        """``ROWS FROM (json_to_recordset(%(<alias>)s::json) AS (<source> <type>, ...)) WITH
+        ORDINALITY AS <alias>(<source>, ..., dw_ord)``, then a join per computed column: one
+        JSON array of objects in, one typed row per object out, numbered from 1; per column,
+        the expression of its value; and the conditions under which every computed value was
+        found (see :class:`JsonValue`). A copied member is converted with the target column's
+        own input function, as an INSERT of that text would. One call for the whole array:
+        per row, ``json_to_record`` costs several times as much. None when one source
+        member would be read as two types."""
         from psycopg import sql
 
         defs: dict[str, str] = {}
-        for c, src in zip(columns, sources, strict=True):
-            typ = without_collation(table.c[c].type.compile(dialect=self.engine.dialect))
-            if defs.setdefault(src, typ) != typ:
-                return None
         a = sql.Identifier(alias)
-        rows = sql.SQL("ROWS FROM (json_to_recordset(%s::json) AS ({defs})) WITH ORDINALITY "
-                       "AS {a}({names}, dw_ord)").format(
-            a=a, defs=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
-                                         for n, t in defs.items()),
-            names=sql.SQL(", ").join(sql.Identifier(n) for n in defs))
-        values = [sql.SQL("{}.{}").format(a, sql.Identifier(src)) for src in sources]
-        return rows, values
+        values: list[Any] = []
+        joins: list[Any] = []
+        guards: list[Any] = []
+
+        def member(src: str, typ: str) -> Any:
+            if defs.setdefault(src, typ) != typ:
+                raise _TextOnly
+            return sql.SQL("{}.{}").format(a, sql.Identifier(src))
+
+        try:
+            for j, (c, src) in enumerate(zip(columns, sources, strict=True)):
+                typ = self._type_text(table.c[c])
+                if isinstance(src, str):
+                    values.append(member(src, typ))
+                    continue
+                if src.how == "constant":
+                    values.append(sql.SQL("CAST({} AS {})").format(sql.Literal(src.value),
+                                                                   sql.SQL(typ)))
+                    continue
+                if src.how == "mapped":
+                    got = member(src.source, "text")
+                    m = sql.Identifier(f"{alias}_m{j}")
+                    joins.append(sql.SQL(
+                        " LEFT JOIN (SELECT e->>0 AS k, CAST(e->>1 AS {typ}) AS v FROM "
+                        "json_array_elements({p}::json) e) {m} ON {m}.k = {got}").format(
+                        typ=sql.SQL(typ), p=sql.Placeholder(f"m{src.mapping}"), m=m, got=got))
+                    guards.append(sql.SQL("({got} IS NULL OR {m}.k IS NOT NULL)").format(
+                        got=got, m=m))
+                else:
+                    lt = self.table(src.table)
+                    got = member(src.source, self._type_text(lt.c[src.match]))
+                    lk = sql.Identifier(f"{alias}_l{j}")
+                    joins.append(sql.SQL(
+                        " LEFT JOIN LATERAL (SELECT x.{ret} AS v FROM {lt} x WHERE x.{match} "
+                        "= {got} ORDER BY x.{ret} LIMIT 1) {lk} ON true").format(
+                        ret=sql.Identifier(src.returning), lt=_ident(lt),
+                        match=sql.Identifier(src.match), got=got, lk=lk))
+                    guards.append(sql.SQL("({got} IS NULL OR {lk}.v IS NOT NULL)").format(
+                        got=got, lk=lk))
+                values.append(sql.SQL("{}.v").format(m if src.how == "mapped" else lk))
+        except _TextOnly:
+            return None
+        rows = sql.SQL("ROWS FROM (json_to_recordset({p}::json) AS ({defs})) WITH ORDINALITY "
+                       "AS {a}({names}, dw_ord){joins}").format(
+            p=sql.Placeholder(alias), a=a,
+            defs=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
+                                    for n, t in defs.items()),
+            names=sql.SQL(", ").join(sql.Identifier(n) for n in defs),
+            joins=sql.SQL("").join(joins))
+        return rows, values, guards
+
+    def _type_text(self, column: sa.Column[Any]) -> str:
+        return without_collation(column.type.compile(dialect=self.engine.dialect))
 
     def _json_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
-                        columns: list[str], key_sources: list[str], sources: list[str],
-                        new: Sequence[str], old: Sequence[str]) -> set[Row] | None:
+                        columns: list[str], key_sources: list[str], sources: list[JsonSource],
+                        new: Sequence[str], old: Sequence[str],
+                        mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
         # One statement for the whole run: the versions as two JSON arrays joined by position,
         # the keys read from the new versions; written only where the row still holds the
-        # old version (as _unnest_update).
-        if len(new) < COPY_THRESHOLD or not columns:
+        # old version (as _unnest_update) and every computed value of both was found.
+        if not columns:
             return None
+        raw: Any = conn.connection.driver_connection
+        text = self._json_statement(
+            ("update", table, tuple(key), tuple(columns), tuple(key_sources), tuple(sources)),
+            lambda: self._json_update_sql(table, key, columns, key_sources, sources), raw)
+        if text is None:
+            return None
+        with raw.cursor() as cur:
+            cur.execute(text, {"n": _json_array(new), "o": _json_array(old),
+                               **_mapping_params(mappings)})
+            return {tuple(r) for r in cur.fetchall()}
+
+    def _json_statement(self, key: tuple[Any, ...], build: Callable[[], Any], raw: Any
+                        ) -> str | None:
+        """The text of a set-based statement, built and rendered once per shape (a single
+        row's apply would otherwise spend longer composing it than running it); the same
+        text each time also lets psycopg prepare it on the server."""
+        cache: dict[tuple[Any, ...], str | None] = self.__dict__.setdefault("_json_sql", {})
+        if key not in cache:
+            if len(cache) > 1000:
+                cache.clear()
+            stmt = build()
+            cache[key] = None if stmt is None else stmt.as_string(raw)
+        return cache[key]
+
+    def _json_update_sql(self, table: sa.Table, key: list[str], columns: list[str],
+                         key_sources: list[str], sources: list[JsonSource]) -> Any:
         from psycopg import sql
 
         t = _ident(table)
-        got_new = self._json_rows(table, key + columns, key_sources + sources, "n")
+        got_new = self._json_rows(table, key + columns, [*key_sources, *sources], "n")
         got_old = self._json_rows(table, columns, sources, "o")
         if got_new is None or got_old is None:
             return None
-        (new_rows, new_vals), (old_rows, old_vals) = got_new, got_old
+        (new_rows, new_vals, new_guards), (old_rows, old_vals, old_guards) = got_new, got_old
         key_vals, new_vals = new_vals[:len(key)], new_vals[len(key):]
+        match = [sql.SQL("{t}.{c} = {v}").format(t=t, c=sql.Identifier(k), v=key_vals[i])
+                 for i, k in enumerate(key)]
+        # joins within each side's rows are parenthesised (a lone ROWS FROM cannot be)
+        if new_guards:
+            new_rows = sql.SQL("({})").format(new_rows)
+        if old_guards:
+            old_rows = sql.SQL("({})").format(old_rows)
         stmt = sql.SQL(
-            "UPDATE {t} SET {sets} FROM {new_rows} JOIN {old_rows} USING (dw_ord) "
-            "WHERE {match} AND ROW({cur}) IS NOT DISTINCT FROM ROW({exp}) RETURNING {ret}").format(
+            "UPDATE {t} SET {sets} FROM {new_rows} JOIN {old_rows} ON n.dw_ord = o.dw_ord "
+            "WHERE {match} AND ROW({cur}) IS NOT DISTINCT FROM ROW({exp}) RETURNING {ret}"
+        ).format(
             t=t,
             sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), v)
                                     for c, v in zip(columns, new_vals, strict=True)),
             new_rows=new_rows, old_rows=old_rows,
-            match=sql.SQL(" AND ").join(sql.SQL("{t}.{c} = {v}").format(
-                t=t, c=sql.Identifier(k), v=key_vals[i]) for i, k in enumerate(key)),
+            match=sql.SQL(" AND ").join(match + new_guards + old_guards),
             cur=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(c))
                                    for c in columns),
             exp=sql.SQL(", ").join(old_vals),
             ret=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(k))
                                    for k in key))
-        raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            cur.execute(stmt, [_json_array(new), _json_array(old)])
-            return {tuple(r) for r in cur.fetchall()}
+        return stmt
 
     def _json_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
-                     sources: list[str], rows: Sequence[str]) -> bool:
-        if len(rows) < COPY_THRESHOLD or not columns:
-            return False
+                     sources: list[JsonSource], rows: Sequence[str], key: list[str],
+                     mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
+        if not columns:
+            return None
+        raw: Any = conn.connection.driver_connection
+        text = self._json_statement(
+            ("insert", table, tuple(columns), tuple(sources), tuple(key)),
+            lambda: self._json_insert_sql(table, columns, sources, key), raw)
+        if text is None:
+            return None
+        with raw.cursor() as cur:
+            cur.execute(text, {"n": _json_array(rows), **_mapping_params(mappings)})
+            return {tuple(r) for r in cur.fetchall()}
+
+    def _json_insert_sql(self, table: sa.Table, columns: list[str], sources: list[JsonSource],
+                         key: list[str]) -> Any:
         from psycopg import sql
 
         got = self._json_rows(table, columns, sources, "n")
         if got is None:
-            return False
-        new_rows, vals = got
-        stmt = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM {new_rows}").format(
+            return None
+        new_rows, vals, guards = got
+        stmt = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM {new_rows}{where} "
+                       "RETURNING {ret}").format(
             t=_ident(table),
             cols=sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-            vals=sql.SQL(", ").join(vals), new_rows=new_rows)
-        raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            cur.execute(stmt, [_json_array(rows)])
-        return True
+            vals=sql.SQL(", ").join(vals), new_rows=new_rows,
+            where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(guards) if guards else sql.SQL(""),
+            ret=sql.SQL(", ").join(sql.Identifier(k) for k in key))
+        return stmt
 
     def recover(self, prefix: str) -> list[str]:
         # pg_prepared_xacts lists every database's branches: keep this database's own.
@@ -630,6 +718,12 @@ class PostgresConnector(SqlConnector):
 
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         return sa.collate(col, "C")
+
+
+def _mapping_params(mappings: Sequence[Sequence[tuple[str, Any]]]) -> dict[str, str]:
+    """Each mapping of a :class:`JsonValue` as the JSON text of an array of [text, value]
+    pairs, named as the statement's placeholders name them."""
+    return {f"m{i}": json.dumps([[k, v] for k, v in pairs]) for i, pairs in enumerate(mappings)}
 
 
 def _json_array(objects: Sequence[str]) -> str:

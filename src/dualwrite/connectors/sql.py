@@ -24,6 +24,7 @@ from dualwrite.connectors.base import (
     BulkField,
     Capabilities,
     Connector,
+    JsonSource,
     LinkRecord,
     Row,
     WriteSession,
@@ -273,18 +274,21 @@ class SqlWriteSession(WriteSession):
                                                   list(key), list(columns), rows)
 
     def update_if_json(self, table: str, key: Sequence[str], columns: Sequence[str],
-                       key_sources: Sequence[str], sources: Sequence[str], new: Sequence[str],
-                       old: Sequence[str]) -> set[Row] | None:
+                       key_sources: Sequence[str], sources: Sequence[JsonSource],
+                       new: Sequence[str], old: Sequence[str], *,
+                       mappings: Sequence[Sequence[tuple[str, Any]]] = ()) -> set[Row] | None:
         with self.connector.translating(f"update {table}"):
             return self.connector._json_update_if(
                 self.conn, self.connector.table(table), list(key), list(columns),
-                list(key_sources), list(sources), new, old)
+                list(key_sources), list(sources), new, old, mappings)
 
-    def insert_json(self, table: str, columns: Sequence[str], sources: Sequence[str],
-                    rows: Sequence[str]) -> bool:
+    def insert_json(self, table: str, key: Sequence[str], columns: Sequence[str],
+                    sources: Sequence[JsonSource], rows: Sequence[str], *,
+                    mappings: Sequence[Sequence[tuple[str, Any]]] = ()) -> set[Row] | None:
         with self.connector.translating(f"insert into {table}"):
             return self.connector._json_insert(self.conn, self.connector.table(table),
-                                               list(columns), list(sources), rows)
+                                               list(columns), list(sources), rows, list(key),
+                                               mappings)
 
     def capture_own_writes(self) -> None:
         with self.connector.translating("let capture see this transaction"):
@@ -405,17 +409,19 @@ class SqlConnector(Connector):
         return None
 
     def _json_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
-                        columns: list[str], key_sources: list[str], sources: list[str],
-                        new: Sequence[str], old: Sequence[str]) -> set[Row] | None:
+                        columns: list[str], key_sources: list[str], sources: list[JsonSource],
+                        new: Sequence[str], old: Sequence[str],
+                        mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
         """See :meth:`WriteSession.update_if_json`; None where the dialect has no such
         statement."""
         return None
 
     def _json_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
-                     sources: list[str], rows: Sequence[str]) -> bool:
-        """See :meth:`WriteSession.insert_json`; False where the dialect has no such
+                     sources: list[JsonSource], rows: Sequence[str], key: list[str],
+                     mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
+        """See :meth:`WriteSession.insert_json`; None where the dialect has no such
         statement."""
-        return False
+        return None
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
         """True when the database already orders this column by code point."""

@@ -31,19 +31,23 @@ in an applying state (``running``, ``resuming``). What it guarantees, and how:
 from __future__ import annotations
 
 import contextlib
+import functools
+import json
 import logging
 import math
 import operator
 import os
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, cast
 
-from dualwrite.connectors.base import Row, WriteSession
+from dualwrite.connectors.base import JsonSource, JsonValue, Row, WriteSession
 from dualwrite.connectors.capture import (
     MARKER,
     WATERMARK,
@@ -53,13 +57,14 @@ from dualwrite.connectors.capture import (
     MariaDbDialect,
     PostgresDialect,
     columns_of_filter,
+    decode_json,
     parse_time,
 )
 from dualwrite.engine import metrics
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
 from dualwrite.engine.lease import ApplierLease
 from dualwrite.engine.live import RuleContext
-from dualwrite.engine.lookups import LookupResolver, SessionLookups
+from dualwrite.engine.lookups import LookupResolver, RelatedKey, SessionLookups
 from dualwrite.engine.settle import Edit, changed_fields
 from dualwrite.engine.settle import settle as settle_versions
 from dualwrite.engine.state import (
@@ -85,7 +90,7 @@ from dualwrite.model.conversion import from_log
 from dualwrite.model.filters import evaluate
 from dualwrite.model.maps import ConflictPolicy, Side
 from dualwrite.model.schema import Kind
-from dualwrite.model.values import canonical
+from dualwrite.model.values import canonical, value_key
 
 if TYPE_CHECKING:
     from dualwrite.engine.link import Link
@@ -94,6 +99,13 @@ log = logging.getLogger("dualwrite.capture")
 
 #: the longest wait of a quiet applier whose sides all notify (PostgreSQL)
 _NOTIFIED_IDLE_MAX = 1.0
+
+#: kinds of the constants (defaults) the set-based statements write as literals
+_CONSTANT_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.BOOLEAN, Kind.DECIMAL})
+#: kinds of the columns a value map or a resolved lookup reads from and writes into on the
+#: set-based path: their values' JSON text is one spelling each
+_MAPPED_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.BOOLEAN})
+_MISSING: Any = object()
 
 #: map states in which captured changes are applied
 APPLYING = ("running", "resuming")
@@ -171,14 +183,29 @@ _JSON_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.DECIMAL, Kind.FLOAT, Ki
 
 @dataclass
 class _JsonPlan:
-    """Target columns and the source columns (JSON members) they are copied from."""
+    """Target columns and how each is read from a captured version (JSON text) by the target
+    database: a member copied (its source column's name) or computed (:class:`JsonValue`)."""
 
     live_columns: list[str]
-    live_sources: list[str]
+    live_sources: list[JsonSource]
     insert_columns: list[str]
-    insert_sources: list[str]
+    insert_sources: list[JsonSource]
     #: per target key column, the source column it is copied from
     key_sources: list[str]
+    #: per mapping a JsonValue names: its pairs (a value map: fixed), or the source lookup
+    #: whose ids are resolved per run (see Applier._mappings)
+    mappings: list[list[tuple[str, Any]] | _SourceLookup] = field(default_factory=list)
+
+
+@dataclass
+class _SourceLookup:
+    """A lookup on the source side, resolved before the write: the ids a run's versions hold
+    in member ``member``, turned into natural keys by the source database, as pairs (id as
+    JSON text, natural key in the target column's kind)."""
+
+    member: str
+    field: int
+    kind: Kind
 
 
 @dataclass
@@ -312,10 +339,6 @@ class Applier:
             with self.link.connectors[s].translating(  # type: ignore[attr-defined]
                     "raise the applier fence"), self.link.connectors[s].transaction() as sess:
                 self.logs[s].fence(_conn(sess), self._link_name, lease.epoch)
-
-    def _fence(self, t: Side, conn: Any) -> None:
-        if self._epoch is not None:
-            self.logs[t].fence(conn, self._link_name, self._epoch)
 
     def _fenced(self) -> tuple[str, int] | None:
         return (self._link_name, self._epoch) if self._epoch is not None else None
@@ -628,11 +651,11 @@ class Applier:
                     for c in outcome.conflicts.values():
                         self.state.add_conflict(**c, keep=keep)
                     self._park(s, outcome.parked)
-                    self._fence(t, conn)
-                    if check_applied:  # a replay from the state store has no log position
-                        self.logs[t].mark_applied(conn, self.env[s], _positions(todo))
-                    if self._prune[s]:
-                        self.logs[t].unmark(conn, self.env[s], self._prune[s])
+                    # the fence and the applied positions (a replay from the state store has
+                    # none), last before the commit, in one round trip
+                    self.logs[t].finish_apply(
+                        conn, self.env[s], _positions(todo) if check_applied else [],
+                        self._prune[s], self._fenced())
                 break
             except _Restart as r:
                 excluded[r.action.change.seq] = r.error
@@ -884,9 +907,11 @@ class Applier:
         parked with the reason, with their source transaction), never applied as another
         version."""
         excluded = mode.excluded
+        # a map's version is a digest of its text: worked out once per map, not per change
+        current = {n: m.bound.spec.version for n, m in maps.items()}
         for c in changes:
             m = maps.get(c.map)
-            if m is None or not c.version or c.version == m.bound.spec.version or \
+            if m is None or not c.version or c.version == current[c.map] or \
                     self._ctx_of(c, maps) is not m:
                 continue
             excluded.setdefault(c.seq, RowError(
@@ -936,7 +961,9 @@ class Applier:
         case)."""
         d = m.differ
         kind = run[0].kind
-        if careful or kind == "delete" or (kind == "update" and d.has_lookups) or \
+        plan = self._json_plan(m, s)
+        if careful or kind == "delete" or \
+                (kind == "update" and d.has_lookups and plan is None) or \
                 self.link.rules.covers(self.env[s.other], m.bound.table(s.other)):
             self._compare_and_write(sess, s, m, run, outcome, check=True)
             return
@@ -944,25 +971,49 @@ class Applier:
             if not self._guarded_update(sess, s, m, run, outcome):
                 self._compare_and_write(sess, s, m, run, outcome, check=True)
             return
-        plan = self._json_plan(m, s)
         texts = [a.change.new_json for a in run] if plan is not None else []
-        if plan is not None and None not in texts and \
-                sess.insert_json(m.bound.table(s.other), plan.insert_columns,
-                                 plan.insert_sources, cast(list[str], texts)):
-            outcome.applied += len(run)
-            outcome.unchecked.setdefault(m.bound.name, []).extend(a.tkey for a in run)
-            return
+        if plan is not None and None not in texts:
+            t = s.other
+            done = sess.insert_json(m.bound.table(t), list(m.bound.key(t)),
+                                    plan.insert_columns, plan.insert_sources,
+                                    cast(list[str], texts),
+                                    mappings=self._mappings(plan, m, s, run))
+            if done is not None:
+                # the rows a computed value left out (a lookup that finds nothing, a value
+                # the map lacks) take the row path, which names what is wrong
+                rest = self._written(m, run, outcome, done)
+                if rest:
+                    self._compare_and_write(sess, s, m, rest, outcome, check=False)
+                return
         self._compare_and_write(sess, s, m, run, outcome, check=False)
+
+    @staticmethod
+    def _written(m: _MapCtx, run: list[_Action], outcome: _Outcome, done: set[Row]
+                 ) -> list[_Action]:
+        """Count what a set-based statement wrote (keys ``done``; to be looked at before
+        commit); returns the rest of ``run``."""
+        written = outcome.unchecked.setdefault(m.bound.name, [])
+        if len(done) == len(run):  # the common case: every row written
+            outcome.applied += len(run)
+            written.extend(a.tkey for a in run)
+            return []
+        done_keys = {canonical_key(k) for k in done}
+        rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
+        written.extend(a.tkey for a in run if canonical_key(a.tkey) in done_keys)
+        outcome.applied += len(run) - len(rest)
+        return rest
 
     def _recheck(self, sess: WriteSession, t: Side, maps: dict[str, _MapCtx],
                  outcome: _Outcome) -> None:
         """Look at the target's queue for the rows the fast paths wrote in this transaction.
         They are held by it now, so whatever the target did to them committed before: a
         queued change of its own for one of them is a conflict the write did not see, and the
-        batch is applied again carefully (:class:`_Recheck`). One cheap probe per map when the
-        target queues nothing for it, the common case."""
+        batch is applied again carefully (:class:`_Recheck`). One cheap probe for all the
+        maps (the target queues nothing of them: the common case)."""
+        names = sorted(n for n, keys in outcome.unchecked.items() if keys)
+        queued = self.logs[t].queued(_conn(sess), names) if names else set()
         for name, keys in outcome.unchecked.items():
-            if not keys or not self.logs[t].queues(_conn(sess), name):
+            if not keys or name not in queued:
                 continue
             theirs = self._theirs(sess, t, maps[name], keys)
             if theirs:
@@ -973,42 +1024,168 @@ class Applier:
         """Whether changes from side ``s`` for this map can go to the target as the log's JSON
         text, converted by the target database (no decoding, no row building in Python),
         and how. Only where that is exactly what the row builders would do: a PostgreSQL
-        (``row_to_json``) or MariaDB (``JSON_OBJECT``) log and a PostgreSQL target, no filter
-        on the source, no lookups, value maps, defaults or company striping, and every written
-        field and every key column a copy between columns of the same kind."""
+        (``row_to_json``) or MariaDB (``JSON_OBJECT``) log and a PostgreSQL target, no
+        company striping, every key column a copy between columns of the same kind, and
+        every written field either such a copy, a default, a value map, a lookup on the
+        target (a join by natural key) or one on the source (resolved per run) of the shapes
+        :meth:`_json_value` takes. A filter on the source is evaluated as before (it decides
+        each change's kind); the values still go as text."""
         key = (m.bound.name, m.bound.spec.version, s)
         if key in self._json_plans:
             return self._json_plans[key]
         plan = None
         t = s.other
         d, b = m.differ, m.bound
-        fields = sorted(set(d.create_into[t]) | set(d.live_into[t]))
-
-        def plain(i: int) -> bool:
-            f = b.fields[i]
-            src, dst = f.end(s), f.end(t)
-            return (src.column is not None and dst.column is not None and f.spec.values is None
-                    and not src.is_lookup and not dst.is_lookup
-                    and d.kinds[s][src.column] is d.kinds[t][dst.column]
-                    and d.kinds[t][dst.column] in _JSON_KINDS
-                    # a value the row builders would convert (a zone, a scale the target
-                    # would round) must not reach the target as text
-                    and d.plan(s, t, src.column, dst.column, i).text_safe)
-
+        mappings: list[list[tuple[str, Any]] | _SourceLookup] = []
+        values: dict[int, JsonSource | None] = {
+            i: self._json_value(m, s, i, mappings)
+            for i in sorted(set(d.create_into[t]) | set(d.live_into[t]))}
         key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
         if isinstance(self.logs[s].dialect, PostgresDialect | MariaDbDialect) and \
-                isinstance(self.logs[t].dialect, PostgresDialect) and b.filter(s) is None and \
-                not d.has_lookups and not d.company_cols[t] and all(plain(i) for i in fields) \
+                isinstance(self.logs[t].dialect, PostgresDialect) and \
+                not d.company_cols[t] and None not in values.values() \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
                         and d.plan(s, t, src, dst).text_safe for src, dst in key_pairs):
             plan = _JsonPlan(
                 live_columns=list(d.live_columns[t]),
-                live_sources=[b.fields[i].end(s).column or "" for i in d.live_into[t]],
+                live_sources=[cast(JsonSource, values[i]) for i in d.live_into[t]],
                 insert_columns=list(d.insert_columns[t]),
-                insert_sources=[b.fields[i].end(s).column or "" for i in d.create_into[t]],
-                key_sources=[src for src, _dst in key_pairs])
+                insert_sources=[cast(JsonSource, values[i]) for i in d.create_into[t]],
+                key_sources=[src for src, _dst in key_pairs], mappings=mappings)
         self._json_plans[key] = plan
         return plan
+
+    @staticmethod
+    def _json_value(m: _MapCtx, s: Side, i: int,
+                    mappings: list[list[tuple[str, Any]] | _SourceLookup]) -> JsonSource | None:
+        """How the target database computes field ``i`` from a version of side ``s``, exactly
+        as the row builders would (:meth:`MapDiffer._compile`), or None where it cannot:
+
+        * a copy between columns of the same kind whose text the target reads back exactly;
+        * a default (``none >> col``): the constant, as the row builders coerce it;
+        * a value map from a text, integer or boolean column into one: the map's pairs,
+          each source spelling the map names (a JSON value as the log writes it) with the
+          answer of the map itself; a spelling it does not name (another letter case, say)
+          is not written by the set-based statement, and the change takes the row path;
+        * a lookup on the target by a text or integer natural key: a join with the related
+          table, as :meth:`Connector.lookup` resolves it;
+        * a lookup on the source into a text or integer column: resolved before the write
+          (:meth:`Applier._mappings`).
+
+        A value the statement cannot compute (a lookup that finds nothing, a value the map
+        lacks) leaves its change to the row path, which parks it with the row path's error."""
+        t = s.other
+        d, b = m.differ, m.bound
+        f = b.fields[i]
+        src, dst = f.end(s), f.end(t)
+        if dst.column is None:
+            return None
+        kind_t = d.kinds[t][dst.column]
+        if src.column is None:  # a default
+            value = coerce(f.spec.default, kind_t)
+            if kind_t not in _CONSTANT_KINDS or dst.is_lookup or \
+                    (isinstance(value, str) and "%" in value):  # a literal beside parameters
+                return None
+            return JsonValue("constant", value=value)
+        col_s = d.cols[s][src.column]
+        kind_s = col_s.kind
+        vm = f.spec.values
+        computed = src.is_lookup or dst.is_lookup or vm is not None
+        if computed and from_log(col_s) is not None:
+            return None  # the values a computed field reads are JSON's own
+        if src.is_lookup or dst.is_lookup:
+            if vm is not None or (src.is_lookup and dst.is_lookup):
+                return None
+            end = src if src.is_lookup else dst
+            if (s, i) in d.scoped or (t, i) in d.scoped or len(end.targets) != 1:
+                return None
+            target = end.targets[0]
+            if src.is_lookup:
+                if kind_s not in _MAPPED_KINDS or kind_t not in _MAPPED_KINDS or \
+                        kind_s is Kind.BOOLEAN:
+                    return None
+                mappings.append(_SourceLookup(src.column, i, kind_t))
+                return JsonValue("mapped", source=src.column, mapping=len(mappings) - 1)
+            if target.next is not None or target.company is not None or \
+                    kind_s is not target.key_kind or kind_s not in (Kind.STRING, Kind.INTEGER):
+                return None
+            return JsonValue("lookup", source=src.column, table=target.table,
+                             match=target.key, returning=target.id)
+        if vm is not None:
+            if kind_s not in _MAPPED_KINDS or kind_t not in _MAPPED_KINDS:
+                return None
+            to = vm.to_right if s is Side.LEFT else vm.to_left
+            named = list(vm.pairs) if s is Side.LEFT else list(vm.pairs.values())
+            pairs: dict[str, Any] = {}
+            for literal in _spellings(kind_s, named):
+                value = decode_json('{"v": ' + literal + '}')["v"]
+                found, out = to(value)
+                text = value if isinstance(value, str) else literal
+                if found and text not in pairs:
+                    pairs[text] = None if out is None else coerce(out, kind_t)
+            if any(v is not None and not isinstance(v, str | int | bool)
+                   for v in pairs.values()):
+                return None
+            mappings.append(sorted(pairs.items()))
+            return JsonValue("mapped", source=src.column, mapping=len(mappings) - 1)
+        col_t = d.cols[t][dst.column]
+        plain = (kind_s is kind_t and kind_t in _JSON_KINDS
+                 # a value the row builders would convert (a zone, a scale the target
+                 # would round) must not reach the target as text
+                 and d.plan(s, t, src.column, dst.column, i).text_safe
+                 # a single-precision float is logged as its shortest text, which a double
+                 # reads as another value than the float the row builders widen
+                 and (kind_t is not Kind.FLOAT or (col_s.facets.precision or 53) ==
+                      (col_t.facets.precision or 53)))
+        return src.column if plain else None
+
+    def _mappings(self, plan: _JsonPlan, m: _MapCtx, s: Side, run: list[_Action]
+                  ) -> list[list[tuple[str, Any]]]:
+        """The pairs of each mapping of ``plan`` for ``run``: a value map's as planned; a
+        source lookup's resolved now, for the ids the run's versions hold (one query per
+        lookup and run, on the source, as the row path's)."""
+        out: list[list[tuple[str, Any]]] = []
+        resolver: LookupResolver | None = None
+        for mp in plan.mappings:
+            if not isinstance(mp, _SourceLookup):
+                out.append(mp)
+                continue
+            ids: dict[str, Any] = {}
+            seen: set[str] = set()
+            find = _member_pattern(mp.member)
+            for a in run:
+                for text in (a.change.new_json, a.change.old_json):
+                    if text is None:
+                        continue
+                    # The member's JSON literal, found in the text without decoding it all.
+                    # Only which ids to resolve depends on it: the statement matches the
+                    # member's own value, so an id missed here leaves its row to the row path.
+                    got = find.search(text)
+                    if got is None or got.group(1) == "null":
+                        continue
+                    lit = got.group(1)
+                    if lit in seen:  # a run holds few distinct ids: each decoded once
+                        continue
+                    seen.add(lit)
+                    if lit.startswith('"'):
+                        v = decode_json(lit)
+                        ids[v] = v
+                    else:
+                        ids[lit] = decode_json(lit)
+            if resolver is None:
+                resolver = LookupResolver({s: self.link.connectors[s]})
+            end = m.bound.fields[mp.field].end(s)
+            found = resolver.to_keys(s, end.targets, ids.values())
+            pairs = []
+            for text, v in ids.items():
+                k = found.get(canonical(v), _MISSING)
+                if k is _MISSING or isinstance(k, RelatedKey):
+                    continue  # the row path names it
+                k = None if k is None else coerce(k, mp.kind)
+                if k is None or isinstance(k, str | int):
+                    pairs.append((text, k))
+            out.append(pairs)
+        return out
 
     def _theirs(self, sess: WriteSession, t: Side, m: _MapCtx, keys: Sequence[Row]
                 ) -> dict[tuple[Any, ...], list[Change]]:
@@ -1160,9 +1337,12 @@ class Applier:
             if None not in news and None not in olds:  # every change still as logged text
                 done = sess.update_if_json(
                     b.table(t), list(b.key(t)), plan.live_columns, plan.key_sources,
-                    plan.live_sources, cast(list[str], news), cast(list[str], olds))
+                    plan.live_sources, cast(list[str], news), cast(list[str], olds),
+                    mappings=self._mappings(plan, m, s, run))
                 if done is not None:
                     return self._after_guarded(sess, s, m, run, outcome, done)
+        if d.has_lookups:
+            return False  # the row builders below resolve no lookups
         rows = []
         try:
             for a in run:
@@ -1179,16 +1359,9 @@ class Applier:
     def _after_guarded(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
                        outcome: _Outcome, done: set[Row]) -> bool:
         """Count what a guarded update wrote (to be looked at before commit); the rows it
-        left (the target moved on) go through the careful path."""
-        written = outcome.unchecked.setdefault(m.bound.name, [])
-        if len(done) == len(run):  # the common case: every row still held the old version
-            outcome.applied += len(run)
-            written.extend(a.tkey for a in run)
-            return True
-        done_keys = {canonical_key(k) for k in done}
-        rest = [a for a in run if canonical_key(a.tkey) not in done_keys]
-        written.extend(a.tkey for a in run if canonical_key(a.tkey) in done_keys)
-        outcome.applied += len(run) - len(rest)
+        left (the target moved on, or a computed value was not found) go through the
+        careful path."""
+        rest = self._written(m, run, outcome, done)
         if rest:
             self._compare_and_write(sess, s, m, rest, outcome, check=True)
         return True
@@ -1835,6 +2008,39 @@ def _kind_of(err: DualwriteError) -> str:
     """The event a parked change's error records: "lookup" for a lookup or value map without
     an answer (the error says so by its kind, not its words), else "rejected"."""
     return "lookup" if isinstance(err, RowError) and err.kind == "lookup" else "rejected"
+
+
+@functools.lru_cache(maxsize=256)
+def _member_pattern(member: str) -> re.Pattern[str]:
+    """Finds member ``member`` of a flat JSON object (a logged version) and its literal: a
+    number, a string, true/false or null. A quote inside a string value is escaped, so the
+    member's quoted name followed by a colon is found only as a member."""
+    return re.compile(re.escape(json.dumps(member)) +
+                      r'\s*:\s*("(?:[^"\\]|\\.)*"|[-+0-9.eE]+|true|false|null)')
+
+
+def _spellings(kind: Kind, named: Sequence[Any]) -> list[str]:
+    """The JSON literals a log may hold, in a column of ``kind``, for the values a value map
+    names: each one a candidate that the map itself then accepts or not."""
+    if kind is Kind.BOOLEAN:  # PostgreSQL logs true/false, MariaDB 1/0
+        return ["true", "false", "1", "0"]
+    out = []
+    for v in named:
+        if v is None:
+            continue
+        if kind is Kind.STRING:
+            out.append(json.dumps(str(v)))
+            if isinstance(v, bool):
+                out.append(json.dumps(str(v).lower()))
+            continue
+        vk = value_key(v)
+        try:
+            n = Decimal(vk or "")
+        except InvalidOperation:
+            continue
+        if n.is_finite() and n == n.to_integral_value():
+            out.append(str(int(n)))
+    return out
 
 
 def _in_commit_order(changes: list[Change], has_txid: bool) -> list[Change]:
