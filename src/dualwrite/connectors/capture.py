@@ -1108,8 +1108,7 @@ class CaptureLog:
             return True
         with self.connector.translating("look for the change log"), \
                 self.connector.engine.connect() as conn:
-            # the dialect's own probe: one catalog query, no Inspector built around it
-            found = bool(conn.dialect.has_table(conn, CHANGES, schema=self.dialect.home))
+            found = sa.inspect(conn).has_table(CHANGES)
         self._exists_until = now + EXISTS_TRUST if found else 0.0
         return found
 
