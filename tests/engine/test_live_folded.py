@@ -191,4 +191,3 @@ def test_a_value_not_in_the_value_map_is_named_as_before(
                                             "GROUPID": "G1", "STATUS": "Later"})
         assert info.value.field == "STATUS" and "value map" in info.value.reason
         assert _accounts(crm) == {}
-
