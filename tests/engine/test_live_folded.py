@@ -11,6 +11,7 @@ import sqlalchemy as sa
 import yaml
 
 from dualwrite.connectors.base import FoldedLookup
+from dualwrite.connectors.postgresql import PostgresConnector
 from dualwrite.engine.diff import Folded
 from dualwrite.engine.link import Link
 from dualwrite.errors import RowError
@@ -107,8 +108,23 @@ def _group_ids(crm: Backend) -> dict[str, str]:
     return {r["groupcode"]: r["groupid"] for r in crm.rows("fgroups", ["groupcode"])}
 
 
+@pytest.fixture
+def folded(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
+    """What each folded INSERT answered (True inserted, False a lookup found nothing): the
+    tests below must go through the folded path, not only end as it would."""
+    answers: list[bool | None] = []
+    plain = PostgresConnector._insert_resolving
+
+    def recording(self: PostgresConnector, *args: Any) -> bool | None:
+        answers.append(plain(self, *args))
+        return answers[-1]
+
+    monkeypatch.setattr(PostgresConnector, "_insert_resolving", recording)
+    return answers
+
+
 def test_the_lookup_is_folded_and_finds_the_related_row(
-        linked: tuple[Backend, Backend, Path]) -> None:
+        linked: tuple[Backend, Backend, Path], folded: list[bool | None]) -> None:
     _erp, crm, path = linked
     with Link.open(path) as link:
         differ = link.differ("customers")
@@ -123,6 +139,7 @@ def test_the_lookup_is_folded_and_finds_the_related_row(
         assert got["C1"]["groupref"] == ids["G2"] and got["C1"]["onhold"] == 0
         assert got["C1"]["typecode"] == 3 and got["C1"]["name"] == "One"
         assert got["C2"]["groupref"] is None and got["C2"]["onhold"] == 1
+        assert folded == [True]  # C2 has no group: nothing to find, the plain insert
         ops = {(a["environment"], a["table_name"], a["operation"], a["map"])
                for a in link.state.audit()}
         assert ("crm", "faccounts", "create", "customers") in ops
@@ -130,7 +147,7 @@ def test_the_lookup_is_folded_and_finds_the_related_row(
 
 
 def test_a_related_row_created_earlier_in_the_transaction_is_found(
-        linked: tuple[Backend, Backend, Path]) -> None:
+        linked: tuple[Backend, Backend, Path], folded: list[bool | None]) -> None:
     _erp, crm, path = linked
     with Link.open(path) as link:
         with link.transaction() as tx:
@@ -138,10 +155,11 @@ def test_a_related_row_created_earlier_in_the_transaction_is_found(
             tx.create("erp", "FCustomers", {"ACCOUNT": "C9", "NAME": "Nine", "STATUS": "No",
                                             "GROUPID": "G9"})
         assert _accounts(crm)["C9"]["groupref"] == _group_ids(crm)["G9"]
+        assert folded == [True]
 
 
 def test_an_unresolved_lookup_names_the_value_and_leaves_both_sides_untouched(
-        linked: tuple[Backend, Backend, Path]) -> None:
+        linked: tuple[Backend, Backend, Path], folded: list[bool | None]) -> None:
     erp, crm, path = linked
     with Link.open(path) as link:
         with link.transaction() as tx:
@@ -155,6 +173,7 @@ def test_an_unresolved_lookup_names_the_value_and_leaves_both_sides_untouched(
         assert err.map == "customers" and err.side == "right"
         assert err.field == "groupref.groupcode" and err.value == "G404"
         assert "does not resolve" in err.reason
+        assert folded == [True, False]  # C1, then C5 through the folded path
         assert (erp.rows("FCustomers", ["ACCOUNT"]),
                 crm.rows("faccounts", ["accountnumber"])) == before
 
