@@ -433,9 +433,9 @@ class MapDiffer:
     # -- lookups the INSERT finds -------------------------------------------------------------
     def foldable(self, t: Side) -> dict[int, LookupTarget]:
         """Fields created into side ``t`` through a lookup that the INSERT itself may find
-        (field -> where): one candidate table, no chain, no company, a text natural key, the
-        id of the lookup column's own kind, and the value read from a plain column of the
-        other side. Others are resolved beforehand, as always."""
+        (field -> where): one candidate table, no chain, no company, a natural key in a
+        varchar or text column, the id of the lookup column's own kind, and the value read
+        from a plain column of the other side. Others are resolved beforehand, as always."""
         got = self._foldable.get(t)
         if got is None:
             got = {}
@@ -450,8 +450,14 @@ class MapDiffer:
                 if target.next is not None or target.company is not None or \
                         target.key_kind is not Kind.STRING:
                     continue
-                id_col = self.connectors[t].describe(target.table).column(target.id)
+                related = self.connectors[t].describe(target.table)
+                id_col, key_col = related.column(target.id), related.column(target.key)
                 if id_col is None or id_col.kind is not self.kinds[t][dst.column or ""]:
+                    continue
+                # the INSERT matches with SQL's `=`, the ordinary lookup by the exact text
+                # too: only where the two agree (no padding CHAR(n), no case-blind citext)
+                if key_col is None or key_col.facets.fixed or not \
+                        key_col.facets.type_name.lower().startswith(("varchar", "text")):
                     continue
                 got[i] = target
             self._foldable[t] = got
