@@ -341,6 +341,29 @@ def run_target(target: str, n: int, seconds: float, work: Path, store: str = "sq
     }
 
 
+#: What changed last and why the targets not met are not (from profiles; kept with the
+#: benchmark so that the section it writes says it).
+NOTES = (
+    "Since the previous run: a single-row create whose twin goes into PostgreSQL finds its "
+    "simple lookups inside the twin's INSERT (`INSERT ... SELECT` from the related table) "
+    "instead of a lookup round trip through SQLAlchemy Core first; in-process A/B runs "
+    "(same machine, interleaved) put the API at 1.07–1.46× the floor with it against "
+    "1.33–1.88× without, and 8 clients at 0.63× the floor against 0.55×. What is left, "
+    "from cProfile and process CPU time over 300–500 creates: dualwrite's client CPU is "
+    "about 1.2 ms per create against the floor's 0.7 ms (mapping, validation, audit rows, "
+    "the pool, psycopg's per-statement Python), plus the decision's `fdatasync` (0.1–0.3 ms). "
+    "Latency ratios depend on the machine's load: the busier it is, the more the floor's "
+    "eight sequential round trips cost against dualwrite's six (both prepares and both "
+    "commits overlapped); on a quiet machine (floor p50 1.26 ms) the same code measured "
+    "1.49× (API), 2.76× (OData) and 0.63× (8 clients), so the API target is met only on "
+    "a busy machine so far. "
+    "With 8 clients the two cores are the limit, so that extra CPU is what keeps the API "
+    "below 0.8× the floor; next: cut the per-transaction Python (map-state, principal and "
+    "mirror look-ups per transaction, the pool's checkout/reset) and, for OData, profile the "
+    "HTTP path (uvicorn, Starlette, the thread-pool hop), which adds about 1.5 ms over the "
+    "Python API on a quiet machine.")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=300)
@@ -382,9 +405,13 @@ def main() -> None:
                     f"{r['floor_8']:,.0f} / {r['api_8']:,.0f} / {r['odata_8']:,.0f} |")
             lines.append(line)
             print(label, line, flush=True)
-    lines += ["", "Targets: Python API p50 at most 1.5× the floor, OData p50 at most 3× the "
-              "floor, at least 1,000 dual-written rows/s with 8 clients PostgreSQL ↔ "
-              "PostgreSQL."]
+            if (target, store) == ("postgresql", "sqlite"):
+                met = {"API p50 ≤ 1.3× floor": a50 / f50 <= 1.3,
+                       "OData p50 ≤ 2× floor": o50 / f50 <= 2.0,
+                       "8 clients API ≥ 0.8× floor": r["api_8"] / r["floor_8"] >= 0.8}
+    lines += ["", "Targets (issue 14, PostgreSQL ↔ PostgreSQL, SQLite state store): "
+              + "; ".join(f"{k}: {'met' if ok else 'not met'}" for k, ok in met.items())
+              + ".", "", NOTES]
     if not args.no_report:
         update_section(ROOT / "docs" / "benchmarks.md", "live-sync", "Live sync",
                        "\n".join(lines))

@@ -74,6 +74,8 @@ class Capabilities:
     #: its text says (a rounded decimal, a clipped number): values that the row builders
     #: would only refuse may then go by the bulk path
     bulk_load_checks: bool = False
+    #: :meth:`WriteSession.insert_resolving` finds simple lookups inside the INSERT
+    insert_resolving: bool = False
 
 
 #: The bulk formats, in order of preference. ``copy-text``: PostgreSQL's COPY text format
@@ -111,6 +113,19 @@ class LinkRecord:
     created_at: str
 
 
+@dataclass(frozen=True)
+class FoldedLookup:
+    """A lookup :meth:`WriteSession.insert_resolving` resolves inside its INSERT: slot
+    ``slot`` of the row gets ``returning`` of the row of ``table`` whose ``match`` column
+    equals ``value``."""
+
+    slot: int
+    table: str
+    match: str
+    returning: str
+    value: Any
+
+
 class WriteSession(ABC):
     """Writes inside one open transaction of one connector. Commit happens when the
     ``Connector.transaction()`` block exits without an exception; otherwise everything
@@ -145,6 +160,18 @@ class WriteSession(ABC):
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:
         """As :meth:`Connector.lookup`, inside this transaction."""
+
+    def insert_resolving(self, table: str, columns: Sequence[str], row: Row,
+                         lookups: Sequence[FoldedLookup]) -> bool | None:
+        """Insert one row whose ``lookups`` slots hold ids still to be found, finding them in
+        the same statement (one round trip instead of a lookup and an insert). Each slot gets
+        the ``returning`` value of the row of ``lookup.table`` whose ``match`` equals
+        ``lookup.value`` (the smallest ``returning`` where several match, as
+        :meth:`lookup`), as this transaction sees the table. Returns True when the row was
+        inserted, False when some lookup found no row (then nothing was written), None where
+        the backend has no such statement (nothing was written; callers look up and insert
+        themselves). Raises ConstraintViolation as :meth:`insert`."""
+        return None
 
     def lock(self, table: str, columns: Sequence[str], *, key: Sequence[str],
              keys: Sequence[Row]) -> list[Row]:

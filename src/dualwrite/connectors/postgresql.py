@@ -13,7 +13,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from dualwrite.connectors.base import Branch, BulkField, Capabilities, JsonSource, Row
+from dualwrite.connectors.base import (
+    Branch,
+    BulkField,
+    Capabilities,
+    FoldedLookup,
+    JsonSource,
+    Row,
+)
 from dualwrite.connectors.sql import (
     Fault,
     SqlConnector,
@@ -225,7 +232,8 @@ PG_ERROR_CLASSES: dict[str, Fault] = {
 class PostgresConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, bulk_copy=True, capture=True,
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
-                                bulk_import=frozenset({"copy-text"}))
+                                bulk_import=frozenset({"copy-text"}),
+                                insert_resolving=True)
     database_name = "PostgreSQL"
     error_classes = PG_ERROR_CLASSES
 
@@ -443,6 +451,38 @@ class PostgresConnector(SqlConnector):
             row = cur.fetchone()
             names = [d.name for d in cur.description]
         return dict(zip(names, row, strict=True))
+
+    def _insert_resolving(self, conn: sa.Connection, table: str, columns: tuple[str, ...],
+                          row: Row, lookups: Sequence[FoldedLookup]) -> bool | None:
+        # INSERT ... SELECT from one-row subqueries, one per lookup: a lookup that finds
+        # nothing makes the SELECT empty, so nothing is inserted and the caller can name the
+        # problem with the transaction as it was. The parameters take their types from the
+        # target columns, as in INSERT ... VALUES (same coercions, same errors).
+        raw: Any = conn.connection.driver_connection
+        at = {f.slot: n for n, f in enumerate(lookups)}
+        shape = tuple((f.slot, f.table, f.match, f.returning) for f in lookups)
+
+        def build() -> str:
+            from psycopg import sql
+
+            picks = [sql.SQL("{}.v").format(sql.Identifier(f"l{at[i]}")) if i in at
+                     else sql.Placeholder() for i in range(len(columns))]
+            sources = [sql.SQL("(SELECT {r} AS v FROM {t} WHERE {m} = {p} ORDER BY {r} "
+                               "LIMIT 1) {a}").format(
+                r=sql.Identifier(f.returning), t=_ident(self.table(f.table)),
+                m=sql.Identifier(f.match), p=sql.Placeholder(), a=sql.Identifier(f"l{n}"))
+                for n, f in enumerate(lookups)]
+            return sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+                _ident(self.table(table)), sql.SQL(", ").join(sql.Identifier(c)
+                                                              for c in columns),
+                sql.SQL(", ").join(picks), sql.SQL(" CROSS JOIN ").join(sources)
+            ).as_string(raw)
+
+        text = str(self.statement(("raw-insert-resolving", table, columns, shape), build))
+        params = [v for i, v in enumerate(row) if i not in at] + [f.value for f in lookups]
+        with raw.cursor() as cur:
+            cur.execute(text, params, prepare=True)
+            return bool(cur.rowcount == 1)
 
     def _bulk_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
                      columns: list[str], rows: Sequence[tuple[Row, Row]]) -> int | None:

@@ -24,6 +24,7 @@ from dualwrite.connectors.base import (
     BulkField,
     Capabilities,
     Connector,
+    FoldedLookup,
     JsonSource,
     LinkRecord,
     Row,
@@ -263,6 +264,12 @@ class SqlWriteSession(WriteSession):
                ) -> dict[Any, Any]:
         return self.connector._lookup(self.conn, table, match, values, returning)
 
+    def insert_resolving(self, table: str, columns: Sequence[str], row: Row,
+                         lookups: Sequence[FoldedLookup]) -> bool | None:
+        with self.connector.translating(f"insert into {table}"):
+            return self.connector._insert_resolving(self.conn, table, tuple(columns), row,
+                                                    lookups)
+
     def lock(self, table: str, columns: Sequence[str], *, key: Sequence[str],
              keys: Sequence[Row]) -> list[Row]:
         return self.connector._fetch(self.conn, table, columns, key, keys, lock=True)
@@ -396,6 +403,12 @@ class SqlConnector(Connector):
         row = tuple(conn.execute(stmt, values).one())
         load = self._loaders(table, [c.name for c in t.c])
         return dict(zip([c.name for c in t.c], load(row) if load else row, strict=True))
+
+    def _insert_resolving(self, conn: sa.Connection, table: str, columns: tuple[str, ...],
+                          row: Row, lookups: Sequence[FoldedLookup]) -> bool | None:
+        """See :meth:`WriteSession.insert_resolving`; None where the dialect has no such
+        statement."""
+        return None
 
     def _bulk_update(self, conn: sa.Connection, table: sa.Table, key: list[str],
                      columns: list[str], rows: Sequence[tuple[Row, Row]]) -> int | None:

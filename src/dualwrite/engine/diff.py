@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import operator
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,7 +20,7 @@ from dualwrite.connectors.base import Connector, Row
 from dualwrite.engine.lookups import LookupResolver, RelatedKey
 from dualwrite.errors import RowError
 from dualwrite.model import conversion
-from dualwrite.model.binding import BoundField, BoundMap
+from dualwrite.model.binding import BoundField, BoundMap, LookupTarget
 from dualwrite.model.conversion import Convert, ValueRefused
 from dualwrite.model.filters import And, Compare, Expr, Literal, Or, Property
 from dualwrite.model.maps import Side
@@ -28,6 +28,31 @@ from dualwrite.model.schema import Column, Kind
 from dualwrite.model.values import canonical, value_key
 
 _MISSING = object()
+
+
+class Folded:
+    """In a row built for a create, the id of lookup field ``field`` that the INSERT itself
+    finds (:meth:`~dualwrite.connectors.base.WriteSession.insert_resolving`)."""
+
+    __slots__ = ("field",)
+
+    def __init__(self, field: int) -> None:
+        self.field = field
+
+    def __repr__(self) -> str:
+        return f"<id found by the insert, field {self.field}>"
+
+
+class _FoldedIds(dict[Any, Any]):
+    """A lookup's resolved ids where the INSERT finds them: every natural key answers the
+    field's :class:`Folded` marker."""
+
+    def __init__(self, marker: Folded) -> None:
+        super().__init__()
+        self.marker = marker
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        return self.marker
 log = logging.getLogger("dualwrite.values")
 
 #: (side a row was created on, the row's merge key) -> {that side's column: digest of the
@@ -209,6 +234,7 @@ class MapDiffer:
                            for t in Side}
         self.build_update = {t: self._compile(t.other, t, self.update_into[t], company=False)
                              for t in Side}
+        self._foldable: dict[Side, dict[int, LookupTarget]] = {}
         self._partials: dict[tuple[Side, frozenset[int]], tuple[
             Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Row], list[str]]] = {}
 
@@ -404,13 +430,72 @@ class MapDiffer:
                 f"sync can pair or copy them, so they are left out; give them a key, or leave "
                 f"them out explicitly with the map's {side.value} filter (`{excl}`)")
 
+    # -- lookups the INSERT finds -------------------------------------------------------------
+    def foldable(self, t: Side) -> dict[int, LookupTarget]:
+        """Fields created into side ``t`` through a lookup that the INSERT itself may find
+        (field -> where): one candidate table, no chain, no company, a natural key in a
+        varchar or text column, the id of the lookup column's own kind, and the value read
+        from a plain column of the other side. Others are resolved beforehand, as always."""
+        got = self._foldable.get(t)
+        if got is None:
+            got = {}
+            s = t.other
+            for i in self.create_into[t]:
+                f = self.bound.fields[i]
+                src, dst = f.end(s), f.end(t)
+                if not dst.is_lookup or src.is_lookup or src.column is None or \
+                        (t, i) in self.scoped or len(dst.targets) != 1:
+                    continue
+                target = dst.targets[0]
+                if target.next is not None or target.company is not None or \
+                        target.key_kind is not Kind.STRING:
+                    continue
+                related = self.connectors[t].describe(target.table)
+                id_col, key_col = related.column(target.id), related.column(target.key)
+                if id_col is None or id_col.kind is not self.kinds[t][dst.column or ""]:
+                    continue
+                # the INSERT matches with SQL's `=`, the ordinary lookup by the exact text
+                # too: only where the two agree (no padding CHAR(n), no case-blind citext)
+                if key_col is None or key_col.facets.fixed or not \
+                        key_col.facets.type_name.lower().startswith(("varchar", "text")):
+                    continue
+                got[i] = target
+            self._foldable[t] = got
+        return got
+
+    def fold_keys(self, t: Side, row: Row) -> dict[int, str] | None:
+        """The natural key each :meth:`foldable` field of ``row`` (a row of the other side)
+        looks up on ``t``; a field whose value is None needs no lookup and is left out.
+        None when some value is not text or not in its field's value map: that row takes
+        the ordinary path, which converts the value or names the problem."""
+        s = t.other
+        out: dict[int, str] = {}
+        for i in self.foldable(t):
+            f = self.bound.fields[i]
+            v = row[self.pos[s][f.end(s).column or ""]]
+            if v is None:
+                continue
+            if f.spec.values is not None:
+                found, v = self._mapped(s, f, v)
+                if not found:
+                    return None
+                if v is None:
+                    continue
+            if type(v) is not str:
+                return None
+            out[i] = v
+        return out
+
     # -- values ------------------------------------------------------------------------------
-    def _prefetch(self, entries: Sequence[Entry], resolver: LookupResolver | None = None
+    def _prefetch(self, entries: Sequence[Entry], resolver: LookupResolver | None = None,
+                  folded: Collection[tuple[Side, int]] = ()
                   ) -> dict[tuple[Side, int], dict[Any, Any]]:
         """Resolve, for the whole chunk, every lookup id read on either side to its natural
         key, and every natural key that will be written through a lookup to its id.
         ``resolver`` defaults to the differ's own (live transactions pass one that reads
-        through their open branches, so rows created earlier in the transaction resolve)."""
+        through their open branches, so rows created earlier in the transaction resolve).
+        A ``folded`` (side, field)'s ids are left to the INSERT: the rows built from the
+        answer hold the field's :class:`Folded` marker in their place."""
         resolver = resolver or self.resolver
         out: dict[tuple[Side, int], dict[Any, Any]] = {}
         for s in Side:
@@ -427,6 +512,9 @@ class MapDiffer:
             for i, f in enumerate(self.bound.fields):
                 end_t, end_s = f.end(t), f.end(s)
                 if not end_t.is_lookup or not f.spec.flows_to(t) or end_s.column is None:
+                    continue
+                if (t, i) in folded:
+                    out[(t, -1 - i)] = _FoldedIds(Folded(i))
                     continue
                 scoped = (t, i) in self.scoped
                 company = self._companies[(s, t)] if scoped else None

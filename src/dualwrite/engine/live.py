@@ -24,8 +24,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
-from dualwrite.connectors.base import Branch, Connector, Row, WriteSession
-from dualwrite.engine.diff import Entry, MapDiffer, coerce
+from dualwrite.connectors.base import Branch, Connector, FoldedLookup, Row, WriteSession
+from dualwrite.engine.diff import Entry, Folded, MapDiffer, coerce
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import AuditEntry, StateStore
@@ -341,6 +341,9 @@ class LiveTransaction:
         tuples = [self._as_row(m, r) for r in rows if self._in_filter(m, r)]
         if not tuples:
             return
+        if len(tuples) == 1 and self.link.connectors[t].capabilities.insert_resolving and \
+                m.differ.foldable(t) and self._create_folded(m, tuples[0]):
+            return
         resolved = self._resolved(m, tuples)
         values, keys = [], []
         for r in tuples:
@@ -354,6 +357,39 @@ class LiveTransaction:
                     values=dict(zip(cols, values[0], strict=True)), map_name=m.bound.name)
         self.audit += [AuditEntry(self.link.env_name(t), table, k, "create", m.bound.name)
                        for k in keys]
+
+    def _create_folded(self, m: _Mirror, row: Row) -> bool:
+        """Create ``row``'s twin with its simple lookups found by the INSERT itself: one
+        round trip instead of a lookup and an insert. False when it wrote nothing and the
+        ordinary path must run: a value it does not fold, or a natural key with no row,
+        which the ordinary path then names in its RowError (the transaction is as it was:
+        the INSERT inserted nothing)."""
+        t = m.side.other
+        keys = m.differ.fold_keys(t, row)
+        if not keys:
+            return False
+        entry = Entry((), row, None) if m.side is Side.LEFT else Entry((), None, row)
+        resolved = m.differ._prefetch([entry], self.resolver, folded={(t, i) for i in keys})
+        key = tuple(row[i] for i in m.differ.key_idx[m.side])
+        values = m.differ.build_create[t](row, key, resolved)
+        where = m.differ.foldable(t)
+        lookups = [FoldedLookup(n, where[v.field].table, where[v.field].key, where[v.field].id,
+                                keys[v.field])
+                   for n, v in enumerate(values) if type(v) is Folded]
+        if not lookups:
+            return False
+        table = m.bound.table(t)
+        cols = m.differ.insert_columns[t]
+        shown = {c: keys[v.field] if type(v) is Folded else v
+                 for c, v in zip(cols, values, strict=True)}
+        done = self._write(t, "mirrored create", lambda: self.sessions[t].insert_resolving(
+            table, cols, values, lookups), table=table, key=key, values=shown,
+            map_name=m.bound.name)
+        if not done:
+            return False
+        self.audit.append(AuditEntry(self.link.env_name(t), table, key, "create",
+                                     m.bound.name))
+        return True
 
     def _mirror_update(self, m: _Mirror, before: dict[str, Any], after: dict[str, Any]) -> None:
         was, now = self._in_filter(m, before), self._in_filter(m, after)
