@@ -1156,6 +1156,43 @@ class CaptureLog:
         threading.Thread(target=read_rest, name="dualwrite-log-read", daemon=True).start()
         return self._changes(rows), rest
 
+    def transactions(self, maps: Sequence[str], after: int, limit: int
+                     ) -> list[tuple[int, str]]:
+        """(seq, txid) of up to ``limit`` committed changes of ``maps`` past ``after``, in
+        seq order, without their values: how a JetStream reader finds the transactions it
+        has not published yet (the log keeps published ones until they are applied)."""
+        if not maps:
+            return []
+        self.ensure()
+        params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
+        marks = ", ".join(f":m{i}" for i in range(len(maps)))
+        with self.connector.translating("read the change log"), \
+                self.connector.engine.connect() as conn:
+            rows = self._rows(conn, f"SELECT seq, txid FROM {CHANGES} WHERE map IN ({marks}) "
+                              f"AND seq > :after ORDER BY seq LIMIT {int(limit)}",
+                              {**params, "after": after})
+            conn.rollback()
+        return [(int(r[0]), WATERMARK if r[1] is None else str(r[1])) for r in rows]
+
+    def read_transactions(self, maps: Sequence[str], txids: Sequence[str]) -> list[Change]:
+        """Every change of ``maps`` of the given (committed) transactions, in seq order."""
+        if not maps or not txids:
+            return []
+        self.ensure()
+        params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
+        marks = ", ".join(f":m{i}" for i in range(len(maps)))
+        out: list[Any] = []
+        with self.connector.translating("read the change log"), \
+                self.connector.engine.connect() as conn:
+            for i in range(0, len(txids), 500):
+                chunk = list(txids[i:i + 500])
+                tparams = {f"t{j}": int(t) for j, t in enumerate(chunk)}
+                tmarks = ", ".join(f":t{j}" for j in range(len(chunk)))
+                out += self._log_rows(conn, f"map IN ({marks}) AND txid IN ({tmarks})",
+                                      {**params, **tparams}, "ORDER BY seq")
+            conn.rollback()
+        return sorted(self._changes(out), key=lambda c: c.seq)
+
     def _log_rows(self, conn: sa.Connection, where: str, params: dict[str, Any],
                   tail: str = "") -> list[Any]:
         """Log rows (``_columns``) matching ``where`` (named ``:parameters``), ``tail``
