@@ -40,6 +40,8 @@ log = logging.getLogger("dualwrite.jetstream")
 
 #: log rows looked at per query while scanning a log for transactions not published yet
 _SCAN_PAGE = 20_000
+#: seconds between looks at the whole of a log (else only past the last change seen)
+_FULL_SCAN_EVERY = 1.0
 
 
 def publish_changes(applier: Applier, stop: threading.Event,
@@ -66,6 +68,8 @@ class _Reader:
         self.names = Names(applier.link.config.link_name, cfg.partitions)
         #: per side: txids published by this reader and still in the log
         self.published: dict[Side, set[str]] = {s: set() for s in Side}
+        self.last_seq: dict[Side, int] = {s: -1 for s in Side}
+        self.full_at: dict[Side, float] = {s: 0.0 for s in Side}
         self.js: Any = None
         self.down: str | None = None
 
@@ -110,9 +114,13 @@ class _Reader:
         maps = [n for n, m in applier.maps().items() if m.state in APPLYING]
         if not maps:
             return 0
+        # Past the last change seen, as a rule; the whole log once a second: a transaction
+        # that commits after later-numbered ones were read (its changes numbered before
+        # theirs) is found by that full look (it committed after them: it follows them).
+        full = time.monotonic() - self.full_at[s] > _FULL_SCAN_EVERY
         try:
             seen: dict[str, int] = {}
-            after = -1
+            after = -1 if full else self.last_seq[s]
             while True:
                 page = await asyncio.to_thread(logs.transactions, maps, after, _SCAN_PAGE)
                 for seq, txid in page:
@@ -120,8 +128,12 @@ class _Reader:
                 if len(page) < _SCAN_PAGE:
                     break
                 after = page[-1][0]
+            if seen:
+                self.last_seq[s] = max(self.last_seq[s], max(seen.values()))
             published = self.published[s]
-            published &= seen.keys()  # those gone from the log were applied
+            if full:
+                self.full_at[s] = time.monotonic()
+                published &= seen.keys()  # those gone from the log were applied
             new = [t for t in seen if t not in published and t != WATERMARK]
             if not new:
                 return 0
