@@ -59,12 +59,14 @@ def ensure_db(name: str) -> None:
             c.execute(f"CREATE DATABASE {name}")  # type: ignore[arg-type]
 
 
-def fresh_state() -> str:
-    ensure_db(STATE_DB)
-    with psycopg.connect(PG.format(db=STATE_DB), autocommit=True) as c:
+def fresh_state(i: int = 0) -> str:
+    """A state store of its own for link ``i`` (a store keeps one link's maps)."""
+    db = f"{STATE_DB}{i}"
+    ensure_db(db)
+    with psycopg.connect(PG.format(db=db), autocommit=True) as c:
         c.execute("DROP SCHEMA public CASCADE")
         c.execute("CREATE SCHEMA public")
-    return URL.format(db=STATE_DB)
+    return URL.format(db=db)
 
 
 def free_port() -> int:
@@ -210,9 +212,8 @@ def pct(xs: list[float], p: float) -> float:
 def shape(work: Path, nlinks: int, workers: int | None, n: int, lease: float,
           partitions: int) -> dict[str, float]:
     """Run one shape (workers None: in-process appliers) and measure a burst."""
-    state = fresh_state()
     broker = Broker(work) if workers is not None else None
-    links = [Link(work, i, state, f"nats://127.0.0.1:{broker.port}" if broker else None,
+    links = [Link(work, i, fresh_state(i), f"nats://127.0.0.1:{broker.port}" if broker else None,
                   lease, partitions) for i in range(nlinks)]
     try:
         for link in links:
