@@ -26,6 +26,8 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -54,21 +56,39 @@ log = logging.getLogger("dualwrite.jetstream")
 _LIVE = 3.0
 
 
-class PartitionApplier(Applier):
-    """The applier, fenced by the lease of the partition whose message it applies."""
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    partition_fence: tuple[str, int] | None = None
+
+class PartitionApplier(Applier):
+    """The applier, fenced by the leases of the partitions whose messages it applies (in
+    name order: two transactions raise shared fences in one order, so never deadlock)."""
+
+    partition_fences: list[tuple[str, int]] = []  # noqa: RUF012 (set per batch)
 
     def _fence(self, t: Side, conn: Any) -> None:
-        if self.partition_fence is not None:
-            self.logs[t].fence(conn, *self.partition_fence)
+        for name, epoch in self.partition_fences:
+            self.logs[t].fence(conn, name, epoch)
 
     def _fenced(self) -> tuple[str, int] | None:
-        return self.partition_fence
+        # deleting applied changes from the source log: they are applied and marked, so
+        # one partition's fence is enough to keep a stale worker from running it late
+        return self.partition_fences[0] if self.partition_fences else None
 
 
 class _Outcome:
-    APPLIED, GONE, HELD, RETRY = "applied", "gone", "held", "retry"
+    APPLIED, GONE, HELD, RETRY, LOST = "applied", "gone", "held", "retry", "lost"
+
+
+#: messages applied together in one target transaction at most (group commit: one message
+#: per partition is in flight, so a batch holds messages of different partitions)
+_BATCH = 64
 
 
 class LinkWorker:
@@ -86,11 +106,17 @@ class LinkWorker:
         self.tasks: dict[int, asyncio.Task[None]] = {}
         self.leaving: dict[int, asyncio.Event] = {}
         self.js: Any = None
+        #: messages waiting to be applied, with the futures their partitions wait on
+        self.queue: list[tuple[Message, tuple[str, int], asyncio.Future[str]]] = []
+        self.queued = asyncio.Event()
+        self.batcher: asyncio.Task[None] | None = None
 
     # -- ownership ----------------------------------------------------------------------------
     def _fair_share(self) -> int:
+        here = socket.gethostname()
         live = [p for p in self.link.state.processes(self.names.link)
-                if p["role"] == "worker" and p["heartbeat_age"] <= _LIVE]
+                if p["role"] == "worker" and p["heartbeat_age"] <= _LIVE
+                and not (p["host"] == here and not _pid_alive(int(p["pid"])))]
         return math.ceil(self.names.partitions / max(1, len(live)))
 
     def _rebalance(self) -> tuple[list[int], list[int]]:
@@ -139,7 +165,117 @@ class LinkWorker:
         for t in list(self.tasks.values()):
             with contextlib.suppress(Exception):
                 await t
+        if self.batcher is not None:
+            self.batcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.batcher
         self.applier.close()
+
+    # -- applying, in batches -----------------------------------------------------------------
+    async def submit(self, m: Message, fence: tuple[str, int]) -> str:
+        """Apply ``m`` (with the next batch); its outcome."""
+        if self.batcher is None:
+            self.batcher = asyncio.create_task(self.apply_batches())
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self.queue.append((m, fence, fut))
+        self.queued.set()
+        return await fut
+
+    async def apply_batches(self) -> None:
+        """Apply what is queued, a batch per target transaction: messages that arrive while
+        one batch is applied form the next (group commit)."""
+        while True:
+            await self.queued.wait()
+            self.queued.clear()
+            while self.queue:
+                batch, self.queue = self.queue[:_BATCH], self.queue[_BATCH:]
+                try:
+                    results = await asyncio.to_thread(
+                        self.apply_batch, [(m, f) for m, f, _fut in batch])
+                except BaseException as exc:  # handed to each message's partition
+                    for _m, _f, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    if isinstance(exc, asyncio.CancelledError):
+                        raise
+                    continue
+                for (_m, _f, fut), r in zip(batch, results, strict=True):
+                    if not fut.done():
+                        fut.set_result(r)
+
+    def apply_batch(self, items: list[tuple[Message, tuple[str, int]]]) -> list[str]:
+        """Apply messages of distinct partitions (in a worker thread, one batch at a time):
+        per direction one target transaction; when it fails, each message alone (so that
+        only the messages at fault are held, and a lost partition loses only its own)."""
+        out: list[str] = [_Outcome.RETRY] * len(items)
+        with self.lock:
+            a = self.applier
+            try:
+                maps = {n: x for n, x in a.maps().items() if x.state in APPLYING}
+                todo: dict[Side, list[int]] = {s: [] for s in Side}
+                for i, (m, _f) in enumerate(items):
+                    assert m.changes is not None
+                    if any(c.map not in maps for c in m.changes):
+                        out[i] = _Outcome.HELD
+                    else:
+                        todo[Side(m.side)].append(i)
+                for s, idx in todo.items():
+                    if not idx:
+                        continue
+                    present = a.logs[s].txids_present([items[i][0].txid for i in idx])
+                    for i in idx:
+                        if items[i][0].txid not in present:
+                            out[i] = _Outcome.GONE
+                    idx = [i for i in idx if items[i][0].txid in present]
+                    if len(idx) > 1:
+                        try:
+                            self._apply(s, [items[i] for i in idx], maps)
+                            for i in idx:
+                                out[i] = _Outcome.APPLIED
+                            continue
+                        except TransientConnectorError as exc:
+                            log.warning("applying from %s: %s; retrying", a.env[s], exc,
+                                        extra={"event": "unreachable",
+                                               "side": a.env[s.other]})
+                            continue
+                        except Exception as exc:  # each alone: see which is at fault
+                            log.debug("a batch failed (%s); applying its messages one by one",
+                                      exc)
+                    for i in idx:
+                        out[i] = self._apply_one(s, items[i], maps)
+            except TransientConnectorError as exc:
+                log.warning("the state store: %s; retrying", exc)
+        return out
+
+    def _apply(self, s: Side, items: list[tuple[Message, tuple[str, int]]],
+               maps: dict[str, Any]) -> None:
+        a = self.applier
+        changes = [c for m, _f in items for c in (m.changes or [])]
+        a.partition_fences = sorted({f for _m, f in items})
+        try:
+            a.apply_changes(s, changes, maps)
+        finally:
+            a.partition_fences = []
+
+    def _apply_one(self, s: Side, item: tuple[Message, tuple[str, int]],
+                   maps: dict[str, Any]) -> str:
+        a = self.applier
+        m = item[0]
+        try:
+            self._apply(s, [item], maps)
+        except TransientConnectorError as exc:
+            log.warning("applying from %s: %s; retrying", a.env[s], exc,
+                        extra={"event": "unreachable", "side": a.env[s.other]})
+            return _Outcome.RETRY
+        except LeaseLost:
+            return _Outcome.LOST
+        except Exception as exc:
+            # not a change's fault (each is parked alone): its maps are out of the link,
+            # the message waits for them to be resumed
+            for name in sorted({c.map for c in m.changes or []}):
+                a.fail_map(name, f"applying changes from {a.env[s]}", exc, s=s)
+            return _Outcome.HELD
+        return _Outcome.APPLIED
 
     # -- one partition ----------------------------------------------------------------------
     async def serve(self, p: int) -> None:
@@ -200,8 +336,13 @@ class LinkWorker:
         barrier = decode_barrier((msg.headers or {}).get(BARRIER_HEADER))
         if barrier and not await self.wait_for_barrier(p, barrier, msg):
             return
-        fence = (self.names.lease(p), lease.epoch)
-        result = await asyncio.to_thread(self.apply, m, fence)
+        result = await self.submit(m, (self.names.lease(p), lease.epoch))
+        if result == _Outcome.LOST:
+            raise LeaseLost(f"partition {p} of link {self.names.link!r}: another worker "
+                            "took it over", hint="nothing to do: that worker applies it")
+        if result == _Outcome.GONE:
+            log.info("partition %d: transaction %s from %s was applied already (delivered "
+                     "again); skipped", p, m.txid, m.side, extra={"event": "duplicate"})
         if result == _Outcome.HELD:
             await msg.nak(delay=1.0)  # its map does not apply now: the partition waits
         elif result == _Outcome.RETRY:
@@ -216,36 +357,6 @@ class LinkWorker:
             await msg.ack_sync(timeout=5)
         except Exception as exc:
             log.debug("acknowledging: %s (the message comes again and is skipped)", exc)
-
-    def apply(self, m: Message, fence: tuple[str, int]) -> str:
-        """Apply one transaction (in a worker thread, one at a time)."""
-        s = Side(m.side)
-        assert m.changes is not None
-        with self.lock:
-            a = self.applier
-            try:
-                maps = {n: x for n, x in a.maps().items() if x.state in APPLYING}
-                if any(c.map not in maps for c in m.changes):
-                    return _Outcome.HELD
-                if not a.logs[s].txids_present([m.txid]):
-                    return _Outcome.GONE
-                a.partition_fence = fence
-                a.apply_changes(s, list(m.changes), maps)
-            except TransientConnectorError as exc:
-                log.warning("applying from %s: %s; retrying", a.env[s], exc,
-                            extra={"event": "unreachable", "side": a.env[s.other]})
-                return _Outcome.RETRY
-            except LeaseLost:
-                raise
-            except Exception as exc:
-                # not a change's fault (each is parked alone): its maps are out of the link,
-                # the message waits for them to be resumed
-                for name in sorted({c.map for c in m.changes}):
-                    a.fail_map(name, f"applying changes from {a.env[s]}", exc, s=s)
-                return _Outcome.HELD
-            finally:
-                a.partition_fence = None
-        return _Outcome.APPLIED
 
     def _gone(self, m: Message) -> bool:
         return not self.applier.logs[Side(m.side)].txids_present([m.txid])
