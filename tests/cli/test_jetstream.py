@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from capture_fixtures import Items, make_items
 from dualwrite.cli import main
@@ -154,12 +155,15 @@ def _audit(it: Items) -> None:
 
 class Writer(threading.Thread):
     """The applications: transaction k inserts keys 10k+1 and 10k+2 (on the left for odd
-    k, on the right for even k), paced."""
+    k, on the right for even k) and, from k = 6 on, adds 1 to the qty of one of the first
+    five transactions' rows written on the same side: a few rows updated over and over, so
+    that an old update applied again (a duplicate) would take a row back. Paced."""
 
     def __init__(self, it: Items) -> None:
         super().__init__(daemon=True)
         self.it = it
         self.keys: list[int] = []
+        self.updates: dict[int, int] = {}
         self.stop = threading.Event()
         self.failure: BaseException | None = None
 
@@ -169,10 +173,20 @@ class Writer(threading.Thread):
             while not self.stop.wait(0.01):
                 k += 1
                 a, b = 10 * k + 1, 10 * k + 2
-                (self.it.left if k % 2 else self.it.right).app_sql(
-                    f"INSERT INTO items (id, name, qty) VALUES ({a}, 'w{a}', {a}), "
-                    f"({b}, 'w{b}', {b})")
+                sql = [f"INSERT INTO items (id, name, qty) VALUES ({a}, 'w{a}', {a}), "
+                       f"({b}, 'w{b}', {b})"]
+                hot = None
+                if k > 5:
+                    j = 1 + 2 * ((k // 2) % 3) if k % 2 else 2 + 2 * ((k // 2) % 2)
+                    hot = 10 * j + 1
+                    sql.append(f"UPDATE items SET qty = qty + 1 WHERE id = {hot}")
+                side = self.it.left if k % 2 else self.it.right
+                with side.app().begin() as conn:  # one transaction
+                    for statement in sql:
+                        conn.execute(sa.text(statement))
                 self.keys += [a, b]
+                if hot is not None:
+                    self.updates[hot] = self.updates.get(hot, 0) + 1
         except BaseException as exc:  # handed to the test
             self.failure = exc
 
@@ -240,7 +254,7 @@ def test_workers_killed_added_removed_frozen_and_a_broker_restart_lose_and_doubl
         cfg["state"] = state
         cfg["capture"] = {"lease_seconds": LEASE}
         cfg["transport"] = {"nats": {"url": broker.url, "partitions": PARTITIONS,
-                                     "ack_wait": ACK_WAIT}}
+                                     "ack_wait": ACK_WAIT, "duplicate_window": 1}}
 
     it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=config)
     assert main(["-c", str(it.config), "maps", "start", "--yes"]) == 0
@@ -250,12 +264,23 @@ def test_workers_killed_added_removed_frozen_and_a_broker_restart_lose_and_doubl
     writer, watcher = Writer(it), Watcher(it)
     rng = random.Random(7)
     try:
-        procs.start(until="publishing link")
+        reader = procs.start(until="publishing link")
+        standby = procs.start(until="standing by")
         workers = [procs.start("--worker", until="applying partitions")]
         workers.append(procs.start("--worker", until="applying partitions"))
         writer.start()
         watcher.start()
         for _round in range(5 if long_run else 1):
+            # kill -9 the reader: its standby takes over and publishes again what is still
+            # in the logs (the broker's duplicate window is 1 s: the workers skip copies)
+            writer.wrote(rng.randint(5, 20))
+            reader.send_signal(signal.SIGKILL)
+            reader.wait(timeout=30)
+            reader = standby
+            while not any("publishing link" in x for x in procs.out[reader.pid]):
+                assert reader.poll() is None, procs.text()[-4000:]
+                time.sleep(0.02)  # polling a condition (the deadline: the test's timeout)
+            standby = procs.start(until="standing by")
             # kill -9 a worker mid-stream; its partitions move to the other one
             writer.wrote(rng.randint(5, 20))
             victim = workers.pop(rng.randrange(len(workers)))
@@ -292,9 +317,11 @@ def test_workers_killed_added_removed_frozen_and_a_broker_restart_lose_and_doubl
         procs.close()
     assert watcher.looks > 0
     assert watcher.halves == [], watcher.halves[:10]
+    expected = sorted([(k, "I") for k in keys] +
+                      [(k, "U") for k, n in writer.updates.items() for _ in range(n)])
     for name, b in (("left", it.left), ("right", it.right)):
         audit = sorted(b.sql("SELECT id, op FROM items_audit ORDER BY id"))
-        assert audit == sorted((k, "I") for k in keys), name
+        assert audit == expected, name
     assert it.rows("left") == it.rows("right")
     with it.link() as link:
         assert all(v.ok for v in link.verify())
