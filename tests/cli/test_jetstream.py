@@ -115,7 +115,8 @@ class Procs:
         return p
 
     def text(self) -> str:
-        return "".join(f"--- pid {pid}\n" + "".join(x) for pid, x in self.out.items())
+        """What each process logged (its last lines), for a failing assertion."""
+        return "".join(f"--- pid {pid}\n" + "".join(x[-25:]) for pid, x in self.out.items())
 
     def close(self) -> None:
         for p in self.procs:
@@ -229,8 +230,10 @@ class Watcher(threading.Thread):
 def _arrived(it: Items, keys: list[int], procs: Procs) -> None:
     deadline = time.monotonic() + 180
     while not (len(it.rows("left")) == len(it.rows("right")) == len(keys)):
-        assert time.monotonic() < deadline, (len(it.rows("left")), len(it.rows("right")),
-                                             len(keys), procs.text()[-6000:])
+        if time.monotonic() > deadline:
+            missing = {side: sorted(set(keys) - set(it.rows(side))) for side in
+                       ("left", "right")}
+            raise AssertionError(f"not arrived: {missing}\n{procs.text()}")
         time.sleep(0.05)  # polling a condition, with a deadline
 
 

@@ -25,7 +25,9 @@ async def connect(cfg: NatsTransport, stop: threading.Event) -> Any:
         try:
             return await nats.connect(cfg.url, max_reconnect_attempts=-1,
                                       reconnect_time_wait=0.25, connect_timeout=2,
-                                      allow_reconnect=True)
+                                      allow_reconnect=True, error_cb=_error,
+                                      disconnected_cb=_disconnected,
+                                      reconnected_cb=_reconnected)
         except (TimeoutError, NoServersError, OSError) as exc:
             if not said:
                 log.warning("NATS at %s cannot be reached (%s); retrying", cfg.url, exc,
@@ -33,6 +35,20 @@ async def connect(cfg: NatsTransport, stop: threading.Event) -> Any:
                 said = True
             await asyncio.sleep(0.5)
     return None
+
+
+async def _error(exc: Exception) -> None:
+    # the client's own default prints a traceback per failed reconnection attempt
+    log.debug("NATS: %s", exc or type(exc).__name__)
+
+
+async def _disconnected() -> None:
+    log.warning("NATS connection lost; reconnecting", extra={"event": "unreachable",
+                                                             "side": "nats"})
+
+
+async def _reconnected() -> None:
+    log.info("NATS connection back", extra={"event": "reconnected", "side": "nats"})
 
 
 def consumer_config(names: Names, cfg: NatsTransport, p: int) -> Any:

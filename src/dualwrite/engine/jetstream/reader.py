@@ -7,7 +7,9 @@ a worker has applied it (the worker deletes it, in the applier's own way), so th
 detection, which looks at the target's queued changes, sees the same queue as in-process.
 Which transactions are published already is kept in memory; a reader that takes over
 publishes again what is still in the logs, and the broker drops the copies it has seen
-within the stream's duplicate window (``Nats-Msg-Id``); a worker skips any later copy.
+within the stream's duplicate window (``Nats-Msg-Id``); a worker skips any later copy. A
+transaction still in its log long after it was published (ten ack waits) is published
+again: a broker that lost a message (its store lost, or purged) cannot stop a partition.
 """
 
 from __future__ import annotations
@@ -66,8 +68,11 @@ class _Reader:
         self.cfg = cfg
         self.stop = stop
         self.names = Names(applier.link.config.link_name, cfg.partitions)
-        #: per side: txids published by this reader and still in the log
-        self.published: dict[Side, set[str]] = {s: set() for s in Side}
+        #: per side: txids published by this reader and still in the log, with when
+        self.published: dict[Side, dict[str, float]] = {s: {} for s in Side}
+        #: a transaction still in its log this long after it was published is published
+        #: again (a message the broker lost: a copy is skipped if the first one arrives)
+        self.republish_after = max(10 * cfg.ack_wait, 10.0)
         self.last_seq: dict[Side, int] = {s: -1 for s in Side}
         self.full_at: dict[Side, float] = {s: 0.0 for s in Side}
         self.js: Any = None
@@ -93,6 +98,8 @@ class _Reader:
                 found = 0
                 for s in Side:
                     found += await self.publish_side(s)
+                    if self.down is not None:
+                        break  # the broker is away: keep the lease renewed meanwhile
                 now = time.monotonic()
                 if now - last_housekeeping > 1.0:
                     last_housekeeping = now
@@ -133,7 +140,17 @@ class _Reader:
             published = self.published[s]
             if full:
                 self.full_at[s] = time.monotonic()
-                published &= seen.keys()  # those gone from the log were applied
+                for t in published.keys() - seen.keys():  # gone from the log: applied
+                    del published[t]
+                old = time.monotonic() - self.republish_after
+                stale = [t for t, at in published.items() if at < old]
+                if stale:
+                    log.warning("%d transaction(s) of %s still in the log %.0f s after they "
+                                "were published: publishing them again", len(stale),
+                                applier.env[s], self.republish_after,
+                                extra={"event": "republish"})
+                    for t in stale:
+                        del published[t]
             new = [t for t in seen if t not in published and t != WATERMARK]
             if not new:
                 return 0
@@ -149,7 +166,7 @@ class _Reader:
         for txid in sorted(by_tx, key=lambda t: by_tx[t][-1].seq):
             if not await self.publish(s, txid, by_tx[txid]):
                 break  # the broker is away: the rest waits, in order
-            published.add(txid)
+            published[txid] = time.monotonic()
             done += 1
         return done
 
@@ -163,7 +180,7 @@ class _Reader:
             markers = {}
             for q in parts[1:]:
                 ack = await self.js.publish(
-                    self.names.subject(q), encode_marker(s.value, txid, home), timeout=5,
+                    self.names.subject(q), encode_marker(s.value, txid, home), timeout=2,
                     headers={"Nats-Msg-Id": self.names.msg_id(direction, txid, q)})
                 markers[q] = ack.seq
             headers = {"Nats-Msg-Id": self.names.msg_id(direction, txid)}
@@ -171,7 +188,7 @@ class _Reader:
                 headers[BARRIER_HEADER] = encode_barrier(markers)
             await self.js.publish(self.names.subject(home),
                                   encode_transaction(s.value, txid, changes, parts),
-                                  timeout=5, headers=headers)
+                                  timeout=2, headers=headers)
         except Exception as exc:  # any failure of the broker: published again later
             if self.down is None:
                 log.warning("publishing to NATS: %s; retrying", exc or type(exc).__name__,

@@ -334,8 +334,12 @@ class LinkWorker:
             await self.hold_at_marker(p, m, msg)
             return
         barrier = decode_barrier((msg.headers or {}).get(BARRIER_HEADER))
-        if barrier and not await self.wait_for_barrier(p, barrier, msg):
-            return
+        if barrier:
+            if await asyncio.to_thread(self._gone, m):  # a copy of one applied already
+                await self.ack(msg)
+                return
+            if not await self.wait_for_barrier(p, barrier, m, msg):
+                return
         result = await self.submit(m, (self.names.lease(p), lease.epoch))
         if result == _Outcome.LOST:
             raise LeaseLost(f"partition {p} of link {self.names.link!r}: another worker "
@@ -374,20 +378,37 @@ class LinkWorker:
             await asyncio.sleep(0.01)
         await self.ack(msg)
 
-    async def wait_for_barrier(self, p: int, barrier: dict[int, int], msg: Any) -> bool:
-        """Until every partition in ``barrier`` has delivered its marker (all before it is
-        applied there); False when ``p`` is handed on meanwhile."""
+    async def _at_marker(self, q: int, seq: int, m: Message) -> bool:
+        """Whether partition ``q`` has applied everything before ``m``'s marker there: it
+        delivered that marker (``seq``), or it holds at an earlier copy of it (published by
+        a reader before the one that took over and published ``m`` again, past the
+        broker's duplicate window)."""
+        info = await self.js.consumer_info(self.names.stream, self.names.durable(q))
+        if info.delivered.stream_seq >= seq:
+            return True
+        if not info.num_ack_pending:
+            return False
+        held = await self.js.get_msg(self.names.stream, info.delivered.stream_seq)
+        try:
+            other = decode(held.data or b"")
+        except (ValueError, KeyError, TypeError):
+            return False
+        return other.changes is None and (other.side, other.txid) == (m.side, m.txid)
+
+    async def wait_for_barrier(self, p: int, barrier: dict[int, int], m: Message,
+                               msg: Any) -> bool:
+        """Until every partition in ``barrier`` has applied everything before its marker
+        (it holds there); False when ``p`` is handed on meanwhile."""
         beat = time.monotonic()
         waiting = dict(barrier)
         while waiting:
             for q, seq in list(waiting.items()):
                 try:
-                    info = await self.js.consumer_info(self.names.stream, self.names.durable(q))
+                    if await self._at_marker(q, seq, m):
+                        del waiting[q]
                 except Exception as exc:  # the broker is away: look again
                     log.debug("barrier: %s", exc)
                     break
-                if info.delivered.stream_seq >= seq:
-                    del waiting[q]
             if not waiting:
                 break
             if self.leaving[p].is_set() or p not in self.leases:
