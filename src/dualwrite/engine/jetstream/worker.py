@@ -119,8 +119,9 @@ class LinkWorker:
                 and not (p["host"] == here and not _pid_alive(int(p["pid"])))]
         return math.ceil(self.names.partitions / max(1, len(live)))
 
-    def _rebalance(self) -> tuple[list[int], list[int]]:
-        """(partitions taken, partitions to hand back) now; renews the leases held."""
+    def _rebalance(self, busy: set[int]) -> tuple[list[int], list[int]]:
+        """(partitions taken, partitions to hand back) now; renews the leases held. A
+        partition in ``busy`` (its task still ending) is not taken again yet."""
         self.link.state.heartbeat(self.me, role="worker",
                                   note=f"partitions {sorted(self.leases)}")
         lost = [p for p, lease in self.leases.items() if not lease.renew()]
@@ -131,7 +132,7 @@ class LinkWorker:
         for p in range(self.names.partitions):
             if len(self.leases) >= fair:
                 break
-            if p in self.leases:
+            if p in self.leases or p in busy:
                 continue
             lease = ApplierLease(self.link.state, self.names.lease(p),
                                  ttl=self.link.config.model.capture.lease_seconds)
@@ -145,7 +146,7 @@ class LinkWorker:
 
     async def tick(self) -> None:
         try:
-            taken, gone = await asyncio.to_thread(self._rebalance)
+            taken, gone = await asyncio.to_thread(self._rebalance, set(self.tasks))
         except (TransientConnectorError, ConnectorError) as exc:
             log.warning("the state store: %s; partitions kept until their leases run out",
                         exc)
@@ -283,6 +284,7 @@ class LinkWorker:
         import nats.errors
 
         leaving = self.leaving[p]
+        mine = self.leases.get(p)
         sub = None
         try:
             while not leaving.is_set():
@@ -309,12 +311,13 @@ class LinkWorker:
         except LeaseLost as exc:
             log.warning("%s; partition %d handed on", exc, p, extra={"event": "lease_lost"})
         finally:
-            lease = self.leases.pop(p, None)
-            if lease is not None:
+            if mine is not None and self.leases.get(p) is mine:
+                del self.leases[p]
                 with contextlib.suppress(DualwriteError):
-                    await asyncio.to_thread(lease.release)
-            self.tasks.pop(p, None)
-            self.leaving.pop(p, None)
+                    await asyncio.to_thread(mine.release)
+            if self.leaving.get(p) is leaving:
+                self.tasks.pop(p, None)
+                del self.leaving[p]
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
