@@ -324,10 +324,12 @@ def main() -> None:
         "**What this means on 2 cores.** PostgreSQL, the writers, nats-server, the reader and "
         "every worker share the two cores: more workers cannot add CPU here, and each message "
         "costs more CPU in total than the in-process applier spends per change (it is "
-        "encoded, sent, received, decoded and acknowledged, and each transaction is one "
-        "target transaction: the in-process applier groups consecutive transactions into "
-        "one). The ratios above are therefore the cost of distribution on a machine that is "
-        "already full, not its gain.",
+        "encoded, sent, received, decoded and acknowledged; a partition has one message in "
+        "flight, so a worker's group commit holds at most one transaction per partition it "
+        "owns, where the in-process applier groups every transaction waiting in the log). "
+        "More workers split the partitions, so each one's batches get smaller and its CPU "
+        "per change grows. The ratios above are therefore the cost of distribution on a "
+        "machine that is already full, not its gain.",
         "",
         f"**Projection.** One worker spends {w1:.2f} ms of CPU per change, so one core "
         f"applies about {projected:.0f} changes/s; with a core per worker (and the "

@@ -261,6 +261,9 @@ class Change:
                 f"key={self.key_text})")
 
 
+#: the advisory lock (PostgreSQL) that dualwrite's own DDL in a database is made under
+_DDL_LOCK = 0x64775F6464  # "dw_dd"
+
 #: one decoder for every log row: json.loads(parse_float=...) would build one per call
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
@@ -928,6 +931,10 @@ class CaptureLog:
         self.locate()
         c = self.connector
         with c.translating(doing), c.engine.begin() as conn:
+            if isinstance(self.dialect, PostgresDialect):
+                # processes starting at once (JetStream workers) would otherwise meet in
+                # CREATE OR REPLACE FUNCTION: "tuple concurrently updated"
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})")
             for s in statements:
                 conn.exec_driver_sql(s)
 
