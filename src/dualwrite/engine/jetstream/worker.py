@@ -290,6 +290,7 @@ class LinkWorker:
             while not leaving.is_set():
                 if sub is None:
                     try:
+                        await self.fresh_consumer(p)
                         sub = await self.js.pull_subscribe(
                             self.names.subject(p), durable=self.names.durable(p),
                             stream=self.names.stream,
@@ -322,6 +323,18 @@ class LinkWorker:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
+    async def fresh_consumer(self, p: int) -> None:
+        """Make the partition's consumer anew as it is taken: a message the previous owner
+        had in flight (it died, or handed the partition on while a pull request of its own
+        was still out) is delivered again now, not after the ack wait. The stream keeps
+        only unacknowledged messages (work-queue retention), so the new consumer starts at
+        the partition's oldest message not applied, in order."""
+        from nats.js.errors import NotFoundError
+
+        with contextlib.suppress(NotFoundError):
+            await self.js.delete_consumer(self.names.stream, self.names.durable(p))
+        await self.js.add_consumer(self.names.stream, consumer_config(self.names, self.cfg, p))
+
     async def handle(self, p: int, msg: Any) -> None:
         try:
             m = decode(msg.data)
@@ -343,7 +356,11 @@ class LinkWorker:
                 return
             if not await self.wait_for_barrier(p, barrier, m, msg):
                 return
-        result = await self.submit(m, (self.names.lease(p), lease.epoch))
+        keepalive = asyncio.create_task(self.keep_alive(msg))
+        try:
+            result = await self.submit(m, (self.names.lease(p), lease.epoch))
+        finally:
+            keepalive.cancel()
         if result == _Outcome.LOST:
             raise LeaseLost(f"partition {p} of link {self.names.link!r}: another worker "
                             "took it over", hint="nothing to do: that worker applies it")
@@ -356,6 +373,14 @@ class LinkWorker:
             await msg.nak(delay=0.5)
         else:
             await self.ack(msg)
+
+    async def keep_alive(self, msg: Any) -> None:
+        """While a message waits for its batch and is applied: tell the broker it is in
+        progress, so that a long transaction is not delivered again meanwhile."""
+        while True:
+            await asyncio.sleep(self.cfg.ack_wait / 3)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
 
     async def ack(self, msg: Any) -> None:
         """Acknowledge, confirmed by the broker where it answers; a lost acknowledgement
