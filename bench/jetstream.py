@@ -15,6 +15,7 @@ Writes the jetstream section of docs/benchmarks.md unless --no-report.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -37,6 +38,8 @@ from report import run_script, update_section  # noqa: E402
 PG = "host=127.0.0.1 user=postgres dbname={db}"
 URL = "postgresql+psycopg://postgres@127.0.0.1:5432/{db}"
 STATE_DB = "dualwrite_bench_js_state"
+#: each part's figures, kept between runs of one part (``--part``)
+RESULTS = ROOT / "bench" / "jetstream-results.json"
 LEFT_DDL = ("DROP TABLE IF EXISTS js_items; DROP TABLE IF EXISTS dualwrite_changes; "
             "DROP TABLE IF EXISTS dualwrite_applied; DROP TABLE IF EXISTS dualwrite_link; "
             "DROP TABLE IF EXISTS dualwrite_wake; "
@@ -261,6 +264,8 @@ def worker_failover(work: Path, lease: float, partitions: int, trials: int
                 link.arrival()
                 victim = workers.pop(0)
                 victim.send_signal(signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
+                if kind == "kill":
+                    victim.wait(timeout=60)  # reaped, as a supervisor would (else a zombie)
                 # a row per partition: the slowest is the partition that moved
                 took = max(link.arrival() for _ in range(partitions * 2))
                 out[kind].append(took)
@@ -282,22 +287,41 @@ def main() -> None:
     ap.add_argument("--lease", type=float, default=5.0)
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--no-report", action="store_true")
+    ap.add_argument("--part", choices=("all", "shapes", "failover"), default="all",
+                    help="measure only this part; the other part's figures are taken from "
+                    "bench/jetstream-results.json, where each run keeps its own")
     args = ap.parse_args()
-    rows: list[tuple[str, dict[str, float]]] = []
+    saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for label, nlinks, workers in (
-                ("1 link, in-process applier (baseline)", 1, None),
-                ("1 link, JetStream, 1 worker", 1, 1),
-                ("1 link, JetStream, 2 workers", 1, 2),
-                ("1 link, JetStream, 4 workers", 1, 4),
-                ("4 links, 4 in-process appliers (baseline)", 4, None),
-                ("4 links, JetStream, 4 readers + 2 workers", 4, 2)):
-            r = shape(work, nlinks, workers, args.rows, args.lease, args.partitions)
-            rows.append((label, r))
-            print(label, {k: round(v, 4) for k, v in r.items()}, flush=True)
-        fo = worker_failover(work, args.lease, args.partitions, args.trials)
-        print("worker failover", fo, flush=True)
+        if args.part in ("all", "shapes"):
+            shapes = []
+            for label, nlinks, workers in (
+                    ("1 link, in-process applier (baseline)", 1, None),
+                    ("1 link, JetStream, 1 worker", 1, 1),
+                    ("1 link, JetStream, 2 workers", 1, 2),
+                    ("1 link, JetStream, 4 workers", 1, 4),
+                    ("4 links, 4 in-process appliers (baseline)", 4, None),
+                    ("4 links, JetStream, 4 readers + 2 workers", 4, 2)):
+                r = shape(work, nlinks, workers, args.rows, args.lease, args.partitions)
+                shapes.append((label, r))
+                print(label, {k: round(v, 4) for k, v in r.items()}, flush=True)
+            saved["shapes"] = {"rows": shapes, "per_link": args.rows,
+                               "partitions": args.partitions,
+                               "date": time.strftime("%Y-%m-%d %H:%M")}
+        if args.part in ("all", "failover"):
+            got = worker_failover(work, args.lease, args.partitions, args.trials)
+            print("worker failover", got, flush=True)
+            saved["failover"] = {"times": got, "lease": args.lease, "trials": args.trials,
+                                 "date": time.strftime("%Y-%m-%d %H:%M")}
+    RESULTS.write_text(json.dumps(saved, indent=1) + "\n")
+    if "shapes" not in saved or "failover" not in saved:
+        print("both parts are needed for the report: run the other part")
+        return
+    rows = [(str(label), r) for label, r in saved["shapes"]["rows"]]
+    fo = saved["failover"]["times"]
+    args.rows, args.partitions = saved["shapes"]["per_link"], saved["shapes"]["partitions"]
+    args.lease, args.trials = saved["failover"]["lease"], saved["failover"]["trials"]
     base1, base4 = rows[0][1]["rate"], rows[4][1]["rate"]
     table = ["| shape | rows/s | × in-process | lag p50 | lag p99 | CPU ms/change (all "
              "processes) | worker CPU ms/change |", "|---|---|---|---|---|---|---|"]
@@ -310,7 +334,8 @@ def main() -> None:
     w1 = rows[1][1]["worker_cpu_per_change_ms"]
     projected = 1000 / w1 if w1 else 0.0
     lines = [
-        f"Measured {time.strftime('%Y-%m-%d')} on this project's 2-core machine, "
+        f"Measured on this project's 2-core machine, shared with other work (throughput "
+        f"{saved['shapes']['date']}, worker failover {saved['failover']['date']}), "
         f"`python bench/jetstream.py` ({args.rows} single-row transactions per link, written "
         "by two threads per link while the appliers run; PostgreSQL ↔ PostgreSQL, "
         f"PostgreSQL state store, {args.partitions} partitions, a private nats-server). "
