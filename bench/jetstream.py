@@ -287,9 +287,9 @@ def main() -> None:
     ap.add_argument("--lease", type=float, default=5.0)
     ap.add_argument("--trials", type=int, default=2)
     ap.add_argument("--no-report", action="store_true")
-    ap.add_argument("--part", choices=("all", "shapes", "failover"), default="all",
-                    help="measure only this part; the other part's figures are taken from "
-                    "bench/jetstream-results.json, where each run keeps its own")
+    ap.add_argument("--part", choices=("all", "shapes", "failover", "report"), default="all",
+                    help="measure only this part (report: none); the other part's figures are "
+                    "taken from bench/jetstream-results.json, where each run keeps its own")
     args = ap.parse_args()
     saved = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -361,7 +361,12 @@ def main() -> None:
         "databases, the broker and the reader on their own hosts) N workers apply up to "
         "about N × that, as long as the changes spread over at least N partitions, the "
         "reader keeps up (its CPU is in the \"all processes\" column minus the workers') "
-        "and the target database takes the concurrent transactions.",
+        "and the target database takes the concurrent transactions. That is an upper "
+        "bound: with fewer partitions per worker its batches are smaller, and its CPU per "
+        "change grows (the 2- and 4-worker rows), so count on the per-worker CPU measured "
+        "with as many partitions per worker as the deployment will have. Not yet "
+        "optimised: per message a pull request, a JSON decode, a look at the source log "
+        "and an acknowledgement, besides the apply.",
         "",
         f"Worker failover (one link, 2 workers, lease {args.lease:g} s, "
         f"{args.trials} trials; a row written into every partition right after the fault, "
