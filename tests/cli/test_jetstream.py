@@ -23,10 +23,17 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from capture_fixtures import Items, make_items
+from capture_fixtures import (
+    ITEMS_MAP,
+    Items,
+    fresh_tables,
+    items_metadata,
+    link_config,
+    make_items,
+)
 from dualwrite.cli import main
 
-from conftest import BackendFactory, fresh_state_url
+from conftest import BackendFactory, database_url, fresh_state_url
 
 NATS_SERVER = "/usr/sbin/nats-server"
 LEASE = 4.0
@@ -328,3 +335,69 @@ def test_workers_killed_added_removed_frozen_and_a_broker_restart_lose_and_doubl
     assert it.rows("left") == it.rows("right")
     with it.link() as link:
         assert all(v.ok for v in link.verify())
+
+
+def _state_url(db: str) -> str:
+    """An empty PostgreSQL state store in test database ``db`` (one per link: a store
+    keeps one link's maps)."""
+    from dualwrite.engine import monitor, state
+
+    url = database_url("postgresql", db)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        for md in (state._md, monitor._md):
+            md.drop_all(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+def test_two_links_share_their_workers(make_backend: BackendFactory, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str],
+                                       broker: Broker) -> None:
+    """Several links in one deployment: a reader per link, two workers applying both
+    (`run --worker --also`); every change of both links arrives once, both verify clean."""
+    links: list[Items] = []
+    for i, db in enumerate(("dualwrite_test_a", "dualwrite_test_b")):
+        d = tmp_path / f"link{i}"
+        d.mkdir()
+        state = _state_url(f"dualwrite_test_state{i}")
+
+        def config(cfg: dict[str, Any], state: str = state) -> None:
+            cfg["state"] = state
+            cfg["capture"] = {"lease_seconds": LEASE}
+            cfg["transport"] = {"nats": {"url": broker.url, "partitions": PARTITIONS}}
+
+        lb, rb = make_backend("postgresql", db), make_backend("mariadb", db)
+        fresh_tables(items_metadata(), lb, rb)
+        path = link_config(d, lb, rb, {"items": ITEMS_MAP.format(policy="left-wins")},
+                           extra=config)
+        assert main(["-c", str(path), "maps", "start", "--yes"]) == 0
+        links.append(Items(lb, rb, path))
+    capsys.readouterr()
+    procs = Procs(str(links[0].config))
+    try:
+        for it in links:
+            procs.cfg = str(it.config)
+            procs.start(until="publishing link")
+        procs.cfg = str(links[0].config)
+        for _ in range(2):
+            w = procs.start("--worker", "--also", str(links[1].config),
+                            until="applying partitions")
+        assert "erp<->crm" in "".join(procs.out[w.pid])
+        keys = list(range(1, 41))
+        for it in links:
+            for k in keys:
+                (it.left if k % 2 else it.right).app_sql(
+                    f"INSERT INTO items (id, name, qty) VALUES ({k}, 'w{k}', {k})")
+        for it in links:
+            _arrived(it, keys, procs)
+    finally:
+        procs.close()
+    for it in links:
+        assert it.rows("left") == it.rows("right")
+        with it.link() as link:
+            assert all(v.ok for v in link.verify())
+            workers = [p for p in link.state.processes(link.config.link_name)
+                       if p["role"] == "worker"]
+        assert len(workers) == 0  # both stopped and unregistered

@@ -61,5 +61,7 @@ def test_barrier_headers_and_names() -> None:
     assert n.subject(2).startswith("dualwrite.") and n.subject(2).endswith(".p2")
     assert " " not in n.subject(2) and n.subject(2).count(".") == 2
     assert Names("a", 4).stream != Names("b", 4).stream
+    # two links of one name (two state stores) on one broker: a stream each
+    assert Names("a", 4, "id-1").stream != Names("a", 4, "id-2").stream
     assert n.msg_id("erp->crm", "9") != n.msg_id("crm->erp", "9")
     assert n.msg_id("erp->crm", "9", marker=2) != n.msg_id("erp->crm", "9")

@@ -27,15 +27,20 @@ BARRIER_HEADER = "Dw-Barrier"
 class Names:
     """The JetStream names of one link: its stream, and per partition a subject and a
     durable consumer. Link names may hold any character; the broker's names are derived
-    from a hash of it (plus its safe characters, for people reading `nats stream ls`)."""
+    from a hash of the name and the link's id (two links given one name, in two state
+    stores, still get a stream each), plus the name's safe characters for people reading
+    `nats stream ls`."""
 
     link: str
     partitions: int
+    #: the link's id (recorded in both environments, see Link.ensure_linked)
+    link_id: str = ""
 
     @property
     def tag(self) -> str:
         safe = re.sub(r"[^A-Za-z0-9_-]", "_", self.link)[:32]
-        return f"{safe}_{hashlib.sha1(self.link.encode()).hexdigest()[:8]}"
+        digest = hashlib.sha1(f"{self.link}\0{self.link_id}".encode()).hexdigest()[:8]
+        return f"{safe}_{digest}"
 
     @property
     def stream(self) -> str:

@@ -67,7 +67,8 @@ class _Reader:
         self.applier = applier
         self.cfg = cfg
         self.stop = stop
-        self.names = Names(applier.link.config.link_name, cfg.partitions)
+        self.names = Names(applier.link.config.link_name, cfg.partitions,
+                           applier.link.ensure_linked())
         #: per side: txids published by this reader and still in the log, with when
         self.published: dict[Side, dict[str, float]] = {s: {} for s in Side}
         #: a transaction still in its log this long after it was published is published

@@ -98,8 +98,7 @@ class LinkWorker:
         self.link = link
         self.cfg = cfg
         self.me = me
-        self.names = Names(link.config.link_name, cfg.partitions)
-        link.ensure_linked()
+        self.names = Names(link.config.link_name, cfg.partitions, link.ensure_linked())
         self.applier = PartitionApplier(link, process=me)
         self.lock = threading.Lock()  # one apply at a time: the applier is not thread-safe
         self.leases: dict[int, ApplierLease] = {}
