@@ -6,6 +6,7 @@ command (bad config, unreachable database, refused link). Errors go to stderr wi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,7 +33,12 @@ from rich.progress import (
 from rich.table import Table
 
 from dualwrite.engine.link import Link
-from dualwrite.errors import DualwriteError, TransientConnectorError, ValidationFailed
+from dualwrite.errors import (
+    ConfigError,
+    DualwriteError,
+    TransientConnectorError,
+    ValidationFailed,
+)
 from dualwrite.model.values import readable, shown
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -648,17 +654,33 @@ def run(config: ConfigOpt = None,
             "--metrics-port", help="Serve Prometheus metrics at http://HOST:PORT/metrics "
             "(0: any free port).", show_default=False)] = None,
         metrics_host: Annotated[str, typer.Option(
-            "--metrics-host", help="Address of the metrics endpoint.")] = "127.0.0.1"
+            "--metrics-host", help="Address of the metrics endpoint.")] = "127.0.0.1",
+        transport: Annotated[str | None, typer.Option(
+            "--transport", help="Distributed apply over NATS JetStream at this URL "
+            "(nats://HOST:4222), as `transport: {nats: {url: ...}}` in the config does.",
+            show_default=False)] = None,
+        worker: Annotated[bool, typer.Option(
+            "--worker", help="With a NATS transport: apply the messages of the partitions "
+            "this process owns (without: read the change logs and publish them).")] = False,
+        also: Annotated[list[Path] | None, typer.Option(
+            "--also", help="A worker of these links' configs too (repeatable).",
+            show_default=False)] = None
         ) -> None:
     """Apply captured changes of every running map, both ways, until stopped (SIGTERM or
-    Ctrl-C). One applier per link: a second one waits as a standby (and says so)."""
+    Ctrl-C). One applier per link: a second one waits as a standby (and says so). With a
+    NATS transport, this process reads and publishes instead (one active per link, the same
+    standby), and `run --worker` processes apply."""
     from dualwrite.engine.capture import run_applier
     from dualwrite.engine.heap import settle_for_latency
 
     stop = threading.Event()
+    if worker:
+        _run_worker(config, also or [], transport, stop)
+        return
 
     def work() -> None:
         with _link(config) as link:
+            _transport(link, transport)
             server = None
             if metrics_port is not None:
                 from dualwrite.api.metrics import start_metrics_server
@@ -675,7 +697,13 @@ def run(config: ConfigOpt = None,
             try:
                 # the maps are validated and the rules loaded by run_applier, once the
                 # databases answer: run waits for them rather than exit
-                run_applier(link, stop, ready=ready, prepare=lambda: _load_rules(link))
+                runner = None
+                if link.config.model.transport.nats is not None:
+                    from dualwrite.engine.jetstream.reader import publish_changes
+
+                    runner = publish_changes
+                run_applier(link, stop, ready=ready, prepare=lambda: _load_rules(link),
+                            runner=runner)
             finally:
                 if server is not None:
                     server.shutdown()
@@ -683,6 +711,39 @@ def run(config: ConfigOpt = None,
 
     _until_signalled("run", work, stop.set)
     _say("dualwrite run: stopped", "stopped")
+
+
+def _transport(link: Link, url: str | None) -> None:
+    """``--transport URL``: the link's transport, whatever its config says."""
+    if url is None:
+        return
+    from dualwrite.engine.config import NatsTransport
+
+    if not url.startswith(("nats://", "tls://")):
+        raise ConfigError(f"--transport {url!r} is not a NATS URL",
+                          hint="give nats://HOST:PORT")
+    cfg = link.config.model.transport
+    cfg.nats = cfg.nats.model_copy(update={"url": url}) if cfg.nats else NatsTransport(url=url)
+
+
+def _run_worker(config: Path | None, also: list[Path], transport: str | None,
+                stop: threading.Event) -> None:
+    """`run --worker`: apply the owned partitions of this link (and the ``also`` ones)."""
+    from dualwrite.engine.jetstream.worker import run_worker
+
+    def work() -> None:
+        with contextlib.ExitStack() as stack:
+            links = [stack.enter_context(_link(config))]
+            links += [stack.enter_context(_link(p)) for p in also]
+            for link in links:
+                _transport(link, transport)
+            names = ", ".join(repr(x.config.link_name) for x in links)
+            run_worker(links, stop, prepare=_load_rules, ready=lambda: _say(
+                f"dualwrite run --worker: applying partitions of link {names} "
+                f"(pid {os.getpid()})", "ready"))
+
+    _until_signalled("run", work, stop.set)
+    _say("dualwrite run --worker: stopped", "stopped")
 
 
 @app.command()

@@ -264,6 +264,9 @@ class Change:
                 f"key={self.key_text})")
 
 
+#: the advisory lock (PostgreSQL) that dualwrite's own DDL in a database is made under
+_DDL_LOCK = 0x64775F6464  # "dw_dd"
+
 #: one decoder for every log row: json.loads(parse_float=...) would build one per call
 _DECODER = json.JSONDecoder(parse_float=Decimal)
 
@@ -933,6 +936,10 @@ class CaptureLog:
         self.locate()
         c = self.connector
         with c.translating(doing), c.engine.begin() as conn:
+            if isinstance(self.dialect, PostgresDialect):
+                # processes starting at once (JetStream workers) would otherwise meet in
+                # CREATE OR REPLACE FUNCTION: "tuple concurrently updated"
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_DDL_LOCK})")
             for s in statements:
                 conn.exec_driver_sql(s)
 
@@ -1169,6 +1176,43 @@ class CaptureLog:
 
         threading.Thread(target=read_rest, name="dualwrite-log-read", daemon=True).start()
         return self._changes(rows), rest
+
+    def transactions(self, maps: Sequence[str], after: int, limit: int
+                     ) -> list[tuple[int, str]]:
+        """(seq, txid) of up to ``limit`` committed changes of ``maps`` past ``after``, in
+        seq order, without their values: how a JetStream reader finds the transactions it
+        has not published yet (the log keeps published ones until they are applied)."""
+        if not maps:
+            return []
+        self.ensure()
+        params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
+        marks = ", ".join(f":m{i}" for i in range(len(maps)))
+        with self.connector.translating("read the change log"), \
+                self.connector.engine.connect() as conn:
+            rows = self._rows(conn, f"SELECT seq, txid FROM {CHANGES} WHERE map IN ({marks}) "
+                              f"AND seq > :after ORDER BY seq LIMIT {int(limit)}",
+                              {**params, "after": after})
+            conn.rollback()
+        return [(int(r[0]), WATERMARK if r[1] is None else str(r[1])) for r in rows]
+
+    def read_transactions(self, maps: Sequence[str], txids: Sequence[str]) -> list[Change]:
+        """Every change of ``maps`` of the given (committed) transactions, in seq order."""
+        if not maps or not txids:
+            return []
+        self.ensure()
+        params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
+        marks = ", ".join(f":m{i}" for i in range(len(maps)))
+        out: list[Any] = []
+        with self.connector.translating("read the change log"), \
+                self.connector.engine.connect() as conn:
+            for i in range(0, len(txids), 500):
+                chunk = list(txids[i:i + 500])
+                tparams = {f"t{j}": int(t) for j, t in enumerate(chunk)}
+                tmarks = ", ".join(f":t{j}" for j in range(len(chunk)))
+                out += self._log_rows(conn, f"map IN ({marks}) AND txid IN ({tmarks})",
+                                      {**params, **tparams}, "ORDER BY seq")
+            conn.rollback()
+        return sorted(self._changes(out), key=lambda c: c.seq)
 
     def _log_rows(self, conn: sa.Connection, where: str, params: dict[str, Any],
                   tail: str = "") -> list[Any]:

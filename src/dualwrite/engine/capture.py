@@ -2088,7 +2088,9 @@ def _positions(changes: list[Change]) -> list[tuple[str, str, int]]:
 
 
 def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] | None = None,
-                prepare: Callable[[], None] | None = None, wait_for_lock: bool = True) -> None:
+                prepare: Callable[[], None] | None = None, wait_for_lock: bool = True,
+                runner: Callable[[Applier, threading.Event, Callable[[], None] | None], None]
+                | None = None) -> None:
     """Take the link's applier lease (waiting for it, as a standby, while another process
     holds it), recover in-doubt live transactions, then apply captured changes until ``stop``
     is set. A database that cannot be reached, at start or later, is waited for with backoff
@@ -2096,7 +2098,9 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
     and a heartbeat, so that ``status`` shows whether anything applies. An applier that loses
     its lease (stopped or cut off for longer than it lasts, see dualwrite.engine.lease)
     commits nothing more and stands by again. ``prepare`` runs once the maps are valid (it
-    may need the databases too: loading rules)."""
+    may need the databases too: loading rules). ``runner(applier, stop, ready)``, if given,
+    does the holder's work instead of ``applier.run`` (the JetStream reader, see
+    dualwrite.engine.jetstream); it raises LeaseLost like it when the lease is lost."""
     me = link.state.register_process(link.config.link_name, "standby")
     lease = link.applier_lease()
     name = link.config.link_name
@@ -2132,7 +2136,10 @@ def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] 
             if applier is None:
                 return
             try:
-                applier.run(stop, ready=ready)
+                if runner is None:
+                    applier.run(stop, ready=ready)
+                else:
+                    runner(applier, stop, ready)
                 return
             except LeaseLost as exc:
                 log.warning("%s; standing by", exc, extra={"event": "lease_lost"})

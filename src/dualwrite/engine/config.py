@@ -95,6 +95,26 @@ class CaptureConfig(BaseModel):
     keep_conflict_values: bool = False
 
 
+class NatsTransport(BaseModel):
+    """Distributed apply over NATS JetStream (docs/operations.md, "Workers on JetStream")."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(default="nats://127.0.0.1:4222", min_length=1)
+    #: partitions per link: rows are spread over them by a hash of their key; at most this
+    #: many workers apply one link at a time
+    partitions: int = Field(default=8, ge=1, le=256)
+    #: seconds a worker may hold a message unacknowledged before it is delivered again
+    ack_wait: float = Field(default=30.0, ge=0.5, le=3600)
+    #: seconds within which a message published twice (a reader taking over) is dropped by
+    #: the broker; later duplicates are skipped by the workers
+    duplicate_window: float = Field(default=3600.0, ge=1, le=7 * 86_400)
+
+
+class TransportConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    nats: NatsTransport | None = None
+
+
 class RulesConfig(BaseModel):
     """Business rules: a Python module whose @dualwrite.before_write functions are registered
     (see dualwrite.engine.rules)."""
@@ -153,6 +173,8 @@ class ConfigModel(BaseModel):
     sync: SyncConfig = Field(default_factory=SyncConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
     capture: CaptureConfig = Field(default_factory=CaptureConfig)
+    #: none: the in-process applier; ``nats``: readers publish, workers apply (JetStream)
+    transport: TransportConfig = Field(default_factory=TransportConfig)
     alerts: list[AlertRule] = Field(default_factory=list)
     rules: RulesConfig | None = None
     logging: LoggingConfig = Field(default_factory=LoggingConfig)

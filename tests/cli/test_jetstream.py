@@ -1,0 +1,403 @@
+"""Distributed apply on NATS JetStream with real processes: a `dualwrite run` reader and
+`dualwrite run --worker` processes, a PostgreSQL state store, a private `nats-server -js`
+(its own port and store, restarted by the test). The applications write two-row
+transactions all along; meanwhile workers are killed (-9), added, removed (SIGTERM) and
+frozen past the ack wait, and the broker is restarted. Every change lands exactly once on
+the other side (audit triggers count committed writes per key), the target never shows
+half of a transaction, and `verify` is clean. Small by default; ``--long`` for more rounds."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from capture_fixtures import (
+    ITEMS_MAP,
+    Items,
+    fresh_tables,
+    items_metadata,
+    link_config,
+    make_items,
+)
+from dualwrite.cli import main
+
+from conftest import BackendFactory, database_url, fresh_state_url
+
+NATS_SERVER = "/usr/sbin/nats-server"
+LEASE = 4.0
+ACK_WAIT = 1.0
+PARTITIONS = 4
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """A private nats-server with JetStream, on its own port and store directory."""
+
+    def __init__(self, store: Path) -> None:
+        if not os.access(NATS_SERVER, os.X_OK):
+            pytest.fail(f"{NATS_SERVER} is missing: run `bash scripts/services.sh` (it "
+                        "installs nats-server)")
+        self.store = store
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([NATS_SERVER, "-a", "127.0.0.1", "-p", str(self.port),
+                                      "-js", "-sd", str(self.store)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1):
+                    return
+            except OSError:
+                assert self.proc.poll() is None, "nats-server exited at start"
+                assert time.monotonic() < deadline, "nats-server did not listen"
+                time.sleep(0.05)  # polling a condition, with a deadline
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+class Procs:
+    """dualwrite processes of one config; a thread per process reads its stderr."""
+
+    def __init__(self, cfg: str) -> None:
+        self.cfg = cfg
+        self.procs: list[subprocess.Popen[str]] = []
+        self.out: dict[int, list[str]] = {}
+        self.readers: list[threading.Thread] = []
+
+    def start(self, *args: str, until: str) -> subprocess.Popen[str]:
+        p = subprocess.Popen([sys.executable, "-m", "dualwrite", "-c", self.cfg, "run", *args],
+                             stderr=subprocess.PIPE, text=True, env={**os.environ})
+        self.procs.append(p)
+        lines = self.out[p.pid] = []
+
+        def reader() -> None:
+            assert p.stderr is not None
+            for line in p.stderr:
+                lines.append(line)
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        self.readers.append(t)
+        deadline = time.monotonic() + 90
+        while not any(until in x for x in lines):
+            assert p.poll() is None and time.monotonic() < deadline, \
+                f"{until!r} not printed by pid {p.pid}:\n{''.join(lines)}"
+            time.sleep(0.02)  # polling a condition, with a deadline
+        return p
+
+    def text(self) -> str:
+        """What each process logged (its last lines), for a failing assertion."""
+        return "".join(f"--- pid {pid}\n" + "".join(x[-25:]) for pid, x in self.out.items())
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGCONT)
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for t in self.readers:
+            t.join(10)
+        for p in self.procs:
+            if p.stderr:
+                p.stderr.close()
+
+
+def _audit(it: Items) -> None:
+    """Count every committed insert and update of ``items`` per key, on both sides."""
+    for b in (it.left, it.right):
+        b.app_sql("DROP TABLE IF EXISTS items_audit")
+        b.app_sql("CREATE TABLE items_audit (id INT NOT NULL, op CHAR(1) NOT NULL)")
+        if b.kind == "postgresql":
+            b.app_sql("DROP FUNCTION IF EXISTS items_audit() CASCADE")
+            b.app_sql("CREATE FUNCTION items_audit() RETURNS trigger LANGUAGE plpgsql AS $$ "
+                      "BEGIN INSERT INTO items_audit VALUES (NEW.id, left(TG_OP, 1)); "
+                      "RETURN NULL; END $$")
+            b.app_sql("CREATE TRIGGER items_audit AFTER INSERT OR UPDATE ON items FOR EACH "
+                      "ROW EXECUTE FUNCTION items_audit()")
+        else:
+            for op in ("INSERT", "UPDATE"):
+                b.app_sql(f"CREATE TRIGGER items_audit_{op[0]} AFTER {op} ON items FOR EACH "
+                          f"ROW INSERT INTO items_audit VALUES (NEW.id, '{op[0]}')")
+
+
+class Writer(threading.Thread):
+    """The applications: transaction k inserts keys 10k+1 and 10k+2 (on the left for odd
+    k, on the right for even k) and, from k = 6 on, adds 1 to the qty of one of the first
+    five transactions' rows written on the same side: a few rows updated over and over, so
+    that an old update applied again (a duplicate) would take a row back. Paced."""
+
+    def __init__(self, it: Items) -> None:
+        super().__init__(daemon=True)
+        self.it = it
+        self.keys: list[int] = []
+        self.updates: dict[int, int] = {}
+        self.stop = threading.Event()
+        self.failure: BaseException | None = None
+
+    def run(self) -> None:
+        try:
+            k = 0
+            while not self.stop.wait(0.01):
+                k += 1
+                a, b = 10 * k + 1, 10 * k + 2
+                sql = [f"INSERT INTO items (id, name, qty) VALUES ({a}, 'w{a}', {a}), "
+                       f"({b}, 'w{b}', {b})"]
+                hot = None
+                if k > 5:
+                    j = 1 + 2 * ((k // 2) % 3) if k % 2 else 2 + 2 * ((k // 2) % 2)
+                    hot = 10 * j + 1
+                    sql.append(f"UPDATE items SET qty = qty + 1 WHERE id = {hot}")
+                side = self.it.left if k % 2 else self.it.right
+                with side.app().begin() as conn:  # one transaction
+                    for statement in sql:
+                        conn.execute(sa.text(statement))
+                self.keys += [a, b]
+                if hot is not None:
+                    self.updates[hot] = self.updates.get(hot, 0) + 1
+        except BaseException as exc:  # handed to the test
+            self.failure = exc
+
+    def wrote(self, more: int) -> None:
+        want = len(self.keys) + 2 * more
+        deadline = time.monotonic() + 60
+        while len(self.keys) < want:
+            assert self.failure is None and time.monotonic() < deadline, self.failure
+            time.sleep(0.005)  # polling a condition, with a deadline
+
+    def finish(self) -> list[int]:
+        self.stop.set()
+        self.join(30)
+        assert self.failure is None, self.failure
+        return self.keys
+
+
+class Watcher(threading.Thread):
+    """Looks at both sides all along: a transaction's two rows are there together or not
+    at all (never half a transaction)."""
+
+    def __init__(self, it: Items) -> None:
+        super().__init__(daemon=True)
+        self.it = it
+        self.stop = threading.Event()
+        self.halves: list[tuple[str, int]] = []
+        self.looks = 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.02):
+            for side in ("left", "right"):
+                ids = set(self.it.rows(side))
+                for i in ids:
+                    twin = i + 1 if i % 10 == 1 else i - 1
+                    if twin not in ids:
+                        self.halves.append((side, i))
+            self.looks += 1
+
+
+def _arrived(it: Items, keys: list[int], procs: Procs) -> None:
+    deadline = time.monotonic() + 180
+    while not (len(it.rows("left")) == len(it.rows("right")) == len(keys)):
+        if time.monotonic() > deadline:
+            missing = {side: sorted(set(keys) - set(it.rows(side))) for side in
+                       ("left", "right")}
+            raise AssertionError(f"not arrived: {missing}\n{procs.text()}")
+        time.sleep(0.05)  # polling a condition, with a deadline
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Any:
+    b = Broker(tmp_path / "nats-store")
+    b.start()
+    try:
+        yield b
+    finally:
+        b.stop()
+        shutil.rmtree(b.store, ignore_errors=True)
+
+
+def test_workers_killed_added_removed_frozen_and_a_broker_restart_lose_and_double_nothing(
+        make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        broker: Broker, long_run: bool) -> None:
+    state = fresh_state_url("postgresql", tmp_path)
+
+    def config(cfg: dict[str, Any]) -> None:
+        cfg["state"] = state
+        cfg["capture"] = {"lease_seconds": LEASE}
+        cfg["transport"] = {"nats": {"url": broker.url, "partitions": PARTITIONS,
+                                     "ack_wait": ACK_WAIT, "duplicate_window": 1}}
+
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=config)
+    assert main(["-c", str(it.config), "maps", "start", "--yes"]) == 0
+    capsys.readouterr()
+    _audit(it)
+    procs = Procs(str(it.config))
+    writer, watcher = Writer(it), Watcher(it)
+    rng = random.Random(7)
+    try:
+        reader = procs.start(until="publishing link")
+        standby = procs.start(until="standing by")
+        workers = [procs.start("--worker", until="applying partitions")]
+        workers.append(procs.start("--worker", until="applying partitions"))
+        writer.start()
+        watcher.start()
+        for _round in range(5 if long_run else 1):
+            # kill -9 the reader: its standby takes over and publishes again what is still
+            # in the logs (the broker's duplicate window is 1 s: the workers skip copies)
+            writer.wrote(rng.randint(5, 20))
+            reader.send_signal(signal.SIGKILL)
+            reader.wait(timeout=30)
+            reader = standby
+            while not any("publishing link" in x for x in procs.out[reader.pid]):
+                assert reader.poll() is None, procs.text()[-4000:]
+                time.sleep(0.02)  # polling a condition (the deadline: the test's timeout)
+            standby = procs.start(until="standing by")
+            # kill -9 a worker mid-stream; its partitions move to the other one
+            writer.wrote(rng.randint(5, 20))
+            victim = workers.pop(rng.randrange(len(workers)))
+            victim.send_signal(signal.SIGKILL)
+            victim.wait(timeout=30)
+            # add two: the partitions are shared out again while changes flow
+            writer.wrote(rng.randint(5, 20))
+            workers.append(procs.start("--worker", until="applying partitions"))
+            workers.append(procs.start("--worker", until="applying partitions"))
+            # frozen past the ack wait (not past its leases): its message in flight is
+            # delivered again, and skipped once applied
+            writer.wrote(rng.randint(5, 20))
+            frozen = rng.choice(workers)
+            frozen.send_signal(signal.SIGSTOP)
+            time.sleep(ACK_WAIT * 2)  # the fault's length, not a synchronisation
+            frozen.send_signal(signal.SIGCONT)
+            # the broker killed and started again on its store
+            writer.wrote(rng.randint(5, 20))
+            broker.kill()
+            writer.wrote(5)
+            broker.start()
+            # remove one (SIGTERM): it hands its partitions on
+            writer.wrote(rng.randint(5, 20))
+            leaving = workers.pop(rng.randrange(len(workers)))
+            leaving.send_signal(signal.SIGTERM)
+            assert leaving.wait(timeout=60) == 0, procs.text()[-4000:]
+        writer.wrote(10)
+        keys = writer.finish()
+        _arrived(it, keys, procs)
+    finally:
+        writer.stop.set()
+        watcher.stop.set()
+        watcher.join(30)
+        procs.close()
+    assert watcher.looks > 0
+    assert watcher.halves == [], watcher.halves[:10]
+    expected = sorted([(k, "I") for k in keys] +
+                      [(k, "U") for k, n in writer.updates.items() for _ in range(n)])
+    for name, b in (("left", it.left), ("right", it.right)):
+        audit = sorted(b.sql("SELECT id, op FROM items_audit ORDER BY id"))
+        assert audit == expected, name
+    assert it.rows("left") == it.rows("right")
+    with it.link() as link:
+        assert all(v.ok for v in link.verify())
+
+
+def _state_url(db: str) -> str:
+    """An empty PostgreSQL state store in test database ``db`` (one per link: a store
+    keeps one link's maps)."""
+    from dualwrite.engine import monitor, state
+
+    url = database_url("postgresql", db)
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        for md in (state._md, monitor._md):
+            md.drop_all(engine)
+    finally:
+        engine.dispose()
+    return url
+
+
+def test_two_links_share_their_workers(make_backend: BackendFactory, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str],
+                                       broker: Broker) -> None:
+    """Several links in one deployment: a reader per link, two workers applying both
+    (`run --worker --also`); every change of both links arrives once, both verify clean."""
+    links: list[Items] = []
+    for i, db in enumerate(("dualwrite_test_a", "dualwrite_test_b")):
+        d = tmp_path / f"link{i}"
+        d.mkdir()
+        state = _state_url(f"dualwrite_test_state{i}")
+
+        def config(cfg: dict[str, Any], state: str = state) -> None:
+            cfg["state"] = state
+            cfg["capture"] = {"lease_seconds": LEASE}
+            cfg["transport"] = {"nats": {"url": broker.url, "partitions": PARTITIONS}}
+
+        lb, rb = make_backend("postgresql", db), make_backend("mariadb", db)
+        fresh_tables(items_metadata(), lb, rb)
+        path = link_config(d, lb, rb, {"items": ITEMS_MAP.format(policy="left-wins")},
+                           extra=config)
+        assert main(["-c", str(path), "maps", "start", "--yes"]) == 0
+        links.append(Items(lb, rb, path))
+    capsys.readouterr()
+    procs = Procs(str(links[0].config))
+    try:
+        for it in links:
+            procs.cfg = str(it.config)
+            procs.start(until="publishing link")
+        procs.cfg = str(links[0].config)
+        for _ in range(2):
+            w = procs.start("--worker", "--also", str(links[1].config),
+                            until="applying partitions")
+        assert "erp<->crm" in "".join(procs.out[w.pid])
+        keys = list(range(1, 41))
+        for it in links:
+            for k in keys:
+                (it.left if k % 2 else it.right).app_sql(
+                    f"INSERT INTO items (id, name, qty) VALUES ({k}, 'w{k}', {k})")
+        for it in links:
+            _arrived(it, keys, procs)
+    finally:
+        procs.close()
+    for it in links:
+        assert it.rows("left") == it.rows("right")
+        with it.link() as link:
+            assert all(v.ok for v in link.verify())
+            workers = [p for p in link.state.processes(link.config.link_name)
+                       if p["role"] == "worker"]
+        assert len(workers) == 0  # both stopped and unregistered
