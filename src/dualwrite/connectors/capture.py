@@ -1451,6 +1451,11 @@ class CaptureLog:
         fence ``(link, epoch)``, if given: see :meth:`fence`)."""
         if not seqs:
             return
+        # the log's tables made (or known) before any transaction below holds a lock on them:
+        # a fence raised for the first time here would otherwise run ensure()'s DDL on another
+        # connection, waiting for this transaction's own lock (a JetStream worker's first
+        # write to a partition's fence)
+        self.ensure()
         self._forgotten = True
         c = self.connector
         ordered = sorted(seqs)

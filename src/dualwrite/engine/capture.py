@@ -298,6 +298,7 @@ class Applier:
         self._direction = {s: f"{self.env[s]}->{self.env[s.other]}" for s in Side}
         self._maps: dict[str, _MapCtx] = {}
         self._maps_at = 0.0
+        self._maps_version = -1  # the store's map_states_version when last read
         self._prune: dict[Side, list[tuple[str, str]]] = {s: [] for s in Side}
         self._backoff: dict[Side, float] = {s: 0.0 for s in Side}
         self._retry_at: dict[Side, float] = {s: 0.0 for s in Side}
@@ -365,7 +366,9 @@ class Applier:
         """Maps whose capture is installed, with their state (re-read at most every 0.2 s,
         so that pause/resume from another process take effect promptly)."""
         now = time.monotonic()
-        if refresh or now - self._maps_at > 0.2:
+        version = self.state.map_states_version
+        if refresh or now - self._maps_at > 0.2 or version != self._maps_version:
+            self._maps_version = version
             states = self.state.map_states()
             if self.link._adopt_versions(states):
                 # a map was reloaded: build its row builders, decoders and plans anew

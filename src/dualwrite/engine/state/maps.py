@@ -23,6 +23,10 @@ from dualwrite.engine.state.schema import (
 class MapsState(StoreBase):
     """The links and maps a state store knows (a part of :class:`StateStore`)."""
 
+    #: bumped by every map state this process sets: an applier sharing this store sees a
+    #: pause or stop made through it before its next step (another process's within 0.2 s)
+    map_states_version = 0
+
     # -- links -----------------------------------------------------------------------
     def get_link(self, name: str) -> dict[str, Any] | None:
         with self.engine.connect() as conn:
@@ -45,6 +49,7 @@ class MapsState(StoreBase):
         """Set a map's state; ``initial_synced`` records that its initial sync just ended,
         ``forget_synced`` that it must run again (capture was removed)."""
         self._cache.pop("map_states", None)
+        self.map_states_version += 1  # an applier in this process looks again at once
         now = now_iso()
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)).first()
