@@ -37,6 +37,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP) services
+	bash scripts/bench-deps.sh
 	$(BIN)/python bench/initial_sync.py
 
 bench-capture: $(STAMP) services

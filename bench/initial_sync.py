@@ -356,8 +356,14 @@ def logical_plain(rows: int) -> float | str:
     try:
         with psycopg.connect(PG.format(db=b), autocommit=True) as c:
             started = time.perf_counter()
+            # both databases on one server: CREATE SUBSCRIPTION cannot make its slot on the
+            # same cluster inside its own transaction (it would wait for itself), so the slot
+            # is made first, as the PostgreSQL documentation says
+            with psycopg.connect(PG.format(db=a), autocommit=True) as src:
+                src.execute("SELECT pg_create_logical_replication_slot('dwis_sub', 'pgoutput')")
             c.execute(f"CREATE SUBSCRIPTION dwis_sub CONNECTION 'host=127.0.0.1 user=postgres "
-                      f"dbname={a}' PUBLICATION dwis_pub WITH (copy_data = true)")
+                      f"dbname={a}' PUBLICATION dwis_pub WITH (copy_data = true, "
+                      "create_slot = false, slot_name = 'dwis_sub')")
 
             def synced() -> bool:
                 row = c.execute("SELECT count(*) FILTER (WHERE srsubstate IN ('s', 'r')), "
