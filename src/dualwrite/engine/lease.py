@@ -2,7 +2,8 @@
 fence that keeps an applier which lost its lease out of both databases.
 
 The lease is a row of the state store (``applier_leases``): holder, an epoch and an expiry.
-The holder renews it every second (``ttl`` is how long a holder may go unheard); a process
+The holder renews it at each housekeeping pass: every second while changes flow, at least
+every third of ``ttl`` while quiet (``ttl`` is how long a holder may go unheard); a process
 that finds it expired — or released, or held by a process of its own host that no longer
 exists — takes it over in one compare-and-swap statement, and with it the next epoch.
 Expiry is judged by the clocks of the processes (hosts should run NTP; a skew only moves
