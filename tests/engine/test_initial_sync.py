@@ -9,12 +9,13 @@ import pytest
 
 from dualwrite.errors import LinkError, TransientConnectorError
 from dualwrite.model.values import canonical
+from dualwrite.testing.backends import pair_id
 
 from conftest import PAIRS, BackendFactory
 from sync_fixtures import Pair, crm_account, erp_customer, make_pair, seed_groups
 
 
-@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
     left, right = request.param
     return make_pair(make_backend, tmp_path, left, right)
