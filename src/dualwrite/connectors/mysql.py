@@ -104,8 +104,8 @@ _JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.IGNORECASE)
 
 
 class MySqlConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False,
-                                capture=True, bulk_import=frozenset({"copy-text-portable"}),
+    capabilities = Capabilities(two_phase=True, capture=True,
+                                bulk_import=frozenset({"copy-text-portable"}),
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
                                 bulk_load_checks=True)
     database_name = "MariaDB"

@@ -230,7 +230,7 @@ PG_ERROR_CLASSES: dict[str, Fault] = {
 
 
 class PostgresConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, bulk_copy=True, capture=True,
+    capabilities = Capabilities(two_phase=True, capture=True,
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
                                 bulk_import=frozenset({"copy-text"}),
                                 insert_resolving=True)

@@ -112,7 +112,7 @@ SQLITE_ERROR_CLASSES: dict[str, Fault] = {
 
 
 class SqliteConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=True, capture=True)
+    capabilities = Capabilities(attach=True, capture=True)
     # A reader holding a SHARED lock would block the writer's COMMIT: read in short batches.
     stream_reads_while_writing = False
     database_name = "SQLite"

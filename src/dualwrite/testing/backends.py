@@ -25,12 +25,13 @@ suite against it (:mod:`dualwrite.testing.connector_suite`), and add its
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import os
 import socket
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -112,16 +113,13 @@ class BackendSpec:
     enforces: frozenset[str] = frozenset({"check", "length"})
     fake: bool = False
     recover_lists_server: bool = False
-    _caps: list[Capabilities] = field(default_factory=list, compare=False, repr=False)
 
-    @property
+    @functools.cached_property
     def capabilities(self) -> Capabilities:
         """The capabilities its connector class declares."""
-        if not self._caps:
-            module, _, cls = self.connector.partition(":")
-            klass: type[Connector] = getattr(importlib.import_module(module), cls)
-            self._caps.append(klass.capabilities)
-        return self._caps[0]
+        module, _, cls = self.connector.partition(":")
+        klass: type[Connector] = getattr(importlib.import_module(module), cls)
+        return klass.capabilities
 
     def has(self, need: str) -> bool:
         """Whether the backend has ``need``: a trait, ``bulk``, or a capability (a flag that
