@@ -1,4 +1,5 @@
-"""MariaDB / MySQL through PyMySQL: multi-row INSERT for bulk loads, XA two-phase commit."""
+"""MariaDB / MySQL through PyMySQL: multi-row INSERTs for batches, ``LOAD DATA LOCAL INFILE``
+for initial sync's bulk path, XA two-phase commit, capture by triggers."""
 
 from __future__ import annotations
 

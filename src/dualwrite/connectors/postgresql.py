@@ -1,4 +1,5 @@
-"""PostgreSQL through psycopg 3: COPY for bulk loads, two-phase commit capable."""
+"""PostgreSQL through psycopg 3: COPY for large batches and initial sync's bulk path,
+two-phase commit on psycopg directly (:class:`PgBranch`), capture by triggers."""
 
 from __future__ import annotations
 
