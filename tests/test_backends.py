@@ -11,6 +11,9 @@ import pytest
 import dualwrite
 from dualwrite.connectors import connect
 from dualwrite.connectors.base import Capabilities
+from dualwrite.connectors.memory import MemoryConnector
+from dualwrite.connectors.sql import SqlConnector
+from dualwrite.model.schema import Column, Kind, TableSchema
 from dualwrite.testing.backends import NEEDS, REGISTRY, backends, only, pair_id, pairs, spec
 
 from conftest import BackendFactory
@@ -75,3 +78,33 @@ def test_every_capability_is_read_somewhere() -> None:
     unread = [f.name for f in fields(Capabilities)
               if not re.search(rf"\.{f.name}\b", text)]
     assert unread == []
+
+
+@pytest.mark.parametrize("kind", backends(needs=("sql",)))
+def test_drop_removes_a_test_database_and_url_makes_it_anew(kind: str, tmp_path: Path) -> None:
+    s = spec(kind)
+    c = connect("dropme", s.url("dualwrite_test_dropme", tmp_path))
+    try:
+        assert isinstance(c, SqlConnector)
+        c.execute("CREATE TABLE kept_until_dropped (id INTEGER PRIMARY KEY)")
+        assert "kept_until_dropped" in c.tables()
+    finally:
+        c.close()
+    s.drop("dualwrite_test_dropme", tmp_path)
+    c = connect("dropme", s.url("dualwrite_test_dropme", tmp_path))
+    try:
+        assert c.tables() == []
+    finally:
+        c.close()
+    s.drop("dualwrite_test_dropme", tmp_path)
+
+
+def test_dropping_a_memory_database_forgets_its_tables(tmp_path: Path) -> None:
+    s = spec("memory")
+    c = connect("dropme", s.url("dualwrite_test_dropme", tmp_path))
+    assert isinstance(c, MemoryConnector)
+    c.create_table(TableSchema("t", {"id": Column("id", Kind.INTEGER, nullable=False,
+                                                  primary_key=True)}, ("id",)))
+    assert connect("again", s.url("dualwrite_test_dropme", tmp_path)).tables() == ["t"]
+    s.drop("dualwrite_test_dropme", tmp_path)
+    assert connect("again", s.url("dualwrite_test_dropme", tmp_path)).tables() == []
