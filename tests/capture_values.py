@@ -27,9 +27,7 @@ U1 = uuid.UUID("0b7e4d3c-1f2a-4c5d-9e8f-0123456789ab")
 
 def ident(b: Backend, name: str) -> str:
     """``name`` quoted for ``b``'s SQL, whatever it holds."""
-    if b.kind == "mariadb":
-        return "`" + name.replace("`", "``") + "`"
-    return '"' + name.replace('"', '""') + '"'
+    return b.quote(name)
 
 
 def fresh(b: Backend, tables: list[str], ddl: list[str]) -> None:

@@ -156,6 +156,12 @@ class Backend(Harness):
             if xid.startswith(prefixes):
                 self.connector.finish_prepared(xid, commit=False)
 
+    def quote(self, name: str) -> str:
+        """``name`` as an identifier of this database's SQL (always quoted), whatever it
+        holds."""
+        assert isinstance(self.connector, SqlConnector)
+        return self.connector.engine.dialect.identifier_preparer.quote_identifier(name)
+
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
         assert isinstance(self.connector, SqlConnector)
         return self.connector.execute(statement)
