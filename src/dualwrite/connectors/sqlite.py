@@ -19,7 +19,7 @@ from sqlalchemy import event
 from dualwrite.connectors.base import Capabilities, Connector, Row, WriteSession
 from dualwrite.connectors.sql import Fault, SqlConnector, SqlWriteSession, untyped
 from dualwrite.errors import ConfigError
-from dualwrite.model.conversion import parse_time, text_of
+from dualwrite.model.codec import parse_time, text_of
 from dualwrite.model.schema import (
     END_OF_DAY,
     INF,
