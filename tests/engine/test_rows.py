@@ -32,6 +32,9 @@ def test_a_live_create_builds_the_row_initial_sync_builds(pair: Pair) -> None:
         row = d.row_of(Side.LEFT, erp_customer(1))  # usmf, status Invoice, group G10
         key = d.source_key(Side.LEFT, row)
         assert key == ("usmf", "C-0001")
+        # the twin's key from the key alone (what a logged change or a state-store key gives)
+        assert d.target_key(Side.LEFT, d.row_of_key(Side.LEFT, key)) == \
+            d.target_key(Side.LEFT, row) == ("usmf", "C-0001")
         resolved = d.resolve([(Side.LEFT, row), (Side.RIGHT, None)])
         values = d.create_values(Side.RIGHT, row, resolved)
         got = dict(zip(d.insert_columns[Side.RIGHT], values, strict=True))

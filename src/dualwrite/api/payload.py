@@ -27,6 +27,7 @@ from dualwrite.api.literals import (
 from dualwrite.api.model import EntitySetInfo, PropertyInfo, edm_type
 from dualwrite.model.codec import (
     base64url_text,
+    decimal_of_float,
     duration_iso,
     duration_value,
     from_base64,
@@ -189,7 +190,7 @@ def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
         number = int(value)
         return str(number) if ieee754 and edm_type(column) == "Edm.Int64" else number
     if kind is Kind.DECIMAL:
-        d = value if isinstance(value, Decimal) else Decimal(repr(value)) \
+        d = value if isinstance(value, Decimal) else decimal_of_float(value) \
             if isinstance(value, float) else Decimal(str(value))
         return str(d) if ieee754 or not d.is_finite() else d
     if kind is Kind.FLOAT:

@@ -512,6 +512,14 @@ class CompiledMap:
         """The key of ``row``, a row of side ``s``, in that side's own types."""
         return tuple(row[i] for i in self.key_idx[s])
 
+    def row_of_key(self, s: Side, key: Sequence[Any]) -> Row:
+        """A row of side ``s`` holding only ``key`` (its other columns None): enough for
+        :meth:`target_key`."""
+        row: list[Any] = [None] * len(self.columns[s])
+        for i, v in zip(self.key_idx[s], key, strict=True):
+            row[i] = v
+        return tuple(row)
+
     def resolve(self, rows: Iterable[tuple[Side, Row | None]],
                 resolver: LookupResolver | None = None,
                 folded: Collection[tuple[Side, int]] = ()) -> Resolved:

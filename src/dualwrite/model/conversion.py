@@ -691,7 +691,7 @@ class _Builder:
                     f = single(f)
                 except OverflowError:
                     raise ValueRefused(f"{v} is out of the range of {tl}") from None
-            if math.isinf(f) or Decimal(repr(f)) != v:
+            if math.isinf(f) or decimal_of_float(f) != v:
                 raise ValueRefused(f"{v} is not exactly a value of {tl}: it would become "
                                    f"{f!r}", hint="use a decimal column")
             return f

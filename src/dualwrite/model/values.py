@@ -404,6 +404,8 @@ def canonical(value: Any) -> Any:
         if value != value:
             return NAN_KEY
         # repr() gives the shortest string that round-trips: 0.1 -> '0.1', not its binary value
+        # (codec.decimal_of_float's rule, spelled here: codec builds on this module, and this
+        # is the hottest path of all)
         return Decimal(repr(value)).normalize()
     if isinstance(value, Decimal):
         if value.is_nan():
