@@ -1,29 +1,29 @@
 """Values between Python, JSON and text: each conversion defined once, here. Pure (no I/O).
 
 A value of each :class:`~dualwrite.model.schema.Kind` is one Python object (see ``Kind``). It
-travels in four other forms, and every module that writes or reads one of them calls the
+travels in three other forms, and every module that writes or reads one of them calls the
 functions below rather than spelling the conversion itself:
 
-=========  ==========================  ===============================  =====================
-Kind       change log JSON (from_log)  state store JSON (tag_value)     text (text_of / parse)
-=========  ==========================  ===============================  =====================
-INTEGER    number (exact, any size)    number                           ``12``
-DECIMAL    number as Decimal (exact);  ``{"$d": "1.50"}``               ``1.50``, ``NaN``,
+=========  ===========================  ==============================  ========================
+Kind       a change log's JSON          the state store's JSON          text
+           (:func:`from_log`)           (:func:`tag_value`)             (:func:`text_of`, parse)
+=========  ===========================  ==============================  ========================
+INTEGER    number (exact, any size)     number                          ``12``
+DECIMAL    number, read as Decimal;     ``{"$d": "1.50"}``              ``1.50``, ``NaN``,
            money as ``$1,234.56``                                       ``Infinity``
-FLOAT      number (shortest repr);     number; NaN ``{"$nan": true}``,  ``0.1``, ``NaN``,
-           specials as text            ±inf ``{"$inf": ±1}``            ``-Infinity``
-BOOLEAN    true/false or 1/0           true/false                       ``true``/``false``
-DATE       ISO text, ``infinity``,     ``{"$date": ...}``, ``$infinite``  ISO 8601
-           BC dates as TemporalText    ``$temporal``
-DATETIME   ISO text (naive: UTC)       ``{"$dt": ...}``                 ISO 8601 (OData:
-                                                                        :func:`utc_text`)
-TIME       ISO text, ``24:00:00``,     ``{"$t": ...}``, ``$eod``,       ISO 8601 or MariaDB's
-           MariaDB durations           durations ``$td``                ``-838:59:59``
-INTERVAL   PostgreSQL's text           ``{"$interval": ...}``           ``1 mon 2 days``
-BINARY     ``"\\x0a0b"``              ``{"$b": base64}``                hex / base64(url)
-UUID       text                        ``{"$u": ...}``                  text
-JSON       the document as its text    ``{"$json": text}``              the document's text
-=========  ==========================  ===============================  =====================
+FLOAT      number (shortest repr);      number; ``{"$nan": true}``,     ``0.1``, ``NaN``,
+           specials as text             ``{"$inf": -1}``                ``-Infinity``
+BOOLEAN    true/false or 1/0            true/false                      ``true``, ``false``
+DATE       ISO text, ``infinity``;      ``{"$date": ...}``,             ISO 8601
+           BC dates as TemporalText     ``$infinite``, ``$temporal``
+DATETIME   ISO text (naive: UTC)        ``{"$dt": ...}``                ISO 8601
+TIME       ISO text, ``24:00:00``,      ``{"$t": ...}``, ``$eod``,      ISO 8601, MariaDB's
+           MariaDB's durations          ``$td``                         ``-838:59:59``
+INTERVAL   PostgreSQL's text            ``{"$interval": ...}``          ``1 mon 2 days``
+BINARY     ``"\\x0a0b"``                ``{"$b": base64}``              none (refused)
+UUID       text                         ``{"$u": ...}``                 text
+JSON       the document's text          ``{"$json": text}``             the document's text
+=========  ===========================  ==============================  ========================
 
 The OData JSON format (Edm types, ``IEEE754Compatible``, ``INF``) is a different *format*
 over the same values: :mod:`dualwrite.api.payload` (the service) and
