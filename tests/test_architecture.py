@@ -66,3 +66,31 @@ def test_public_api_is_reexported() -> None:
     assert defined <= exported, defined - exported  # every error is public
     for n in defined:
         assert issubclass(getattr(errors_module, n), dualwrite.DualwriteError)
+
+
+#: the value conversions defined once, in model/codec.py (the rest of the code calls them)
+_CODEC = ("decode_json", "from_log", "text_of", "tag_value", "untag_value", "tag", "untag",
+          "utc_text", "parse_instant", "duration_iso", "duration_text", "micros",
+          "from_base64", "base64url_text", "decimal_of_float", "parse_duration",
+          "duration_value", "parse_money", "parse_time")
+
+
+def test_the_new_modules_are_under_the_import_rule() -> None:
+    """The value-conversion module and the row builder sit where the import rule above
+    checks them: model/codec.py imports only model/ (pure), engine/rows.py no api/ or cli."""
+    for module, package in (("model/codec.py", "model"), ("engine/rows.py", "engine")):
+        path = SRC / module
+        assert path.is_file(), module
+        assert _imports(path) <= ALLOWED[package], (module, _imports(path))
+
+
+def test_value_conversions_are_defined_once_in_the_model_s_codec() -> None:
+    """None of model/codec.py's conversions is defined a second time elsewhere."""
+    twice = []
+    for path in sorted(SRC.rglob("*.py")):
+        if path == SRC / "model" / "codec.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        twice += [f"{path.relative_to(SRC)} defines {node.name}" for node in tree.body
+                  if isinstance(node, ast.FunctionDef) and node.name in _CODEC]
+    assert not twice, "\n".join(twice)

@@ -26,10 +26,9 @@ from dualwrite.connectors.capture import (
     CaptureLog,
     CaptureSpec,
     Change,
-    decode_json,
 )
 from dualwrite.connectors.sql import SqlConnector
-from dualwrite.model.conversion import from_log
+from dualwrite.model.codec import decode_json, from_log
 from dualwrite.model.schema import Column, Kind
 from dualwrite.model.values import END_OF_DAY, INFINITY
 from dualwrite.testing.backends import backends, only

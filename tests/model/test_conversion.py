@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from dualwrite.model.codec import tag, untag
 from dualwrite.model.conversion import (
     Options,
     ValueRefused,
@@ -46,8 +47,6 @@ from dualwrite.model.values import (
     JsonText,
     TemporalText,
     canonical,
-    tag,
-    untag,
 )
 
 

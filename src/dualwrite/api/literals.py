@@ -9,8 +9,6 @@ written ``''``), ``42`` for an integer, ``1.5`` / ``1e3`` for decimals and doubl
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import math
 import re
@@ -23,12 +21,12 @@ from urllib.parse import quote
 
 from dualwrite.api.errors import ODataError, bad_request
 from dualwrite.api.model import EntitySetInfo, PropertyInfo
+from dualwrite.model.codec import base64url_text, from_base64, utc_text
 from dualwrite.model.schema import Column, Kind
 from dualwrite.model.values import Interval
 
 __all__ = [
     "Segment",
-    "decode_base64",
     "entity_path",
     "format_literal",
     "key_predicate",
@@ -212,7 +210,7 @@ def parse_literal(raw: str, prop: PropertyInfo) -> Any:
         m = _BINARY.fullmatch(text)
         if m:
             try:
-                return decode_base64(m.group(1))
+                return from_base64(m.group(1))
             except ValueError:
                 pass
         raise _bad_literal(raw, prop, "binary'<base64url>'")
@@ -249,22 +247,6 @@ def parse_temporal(text: str, kind: Kind) -> dt.date | dt.time:
     raise ValueError(f"{kind} is not temporal")  # pragma: no cover - callers pass temporal kinds
 
 
-def decode_base64(text: str) -> bytes:
-    """Bytes from base64url (OData's binary encoding) or plain base64, padded or not."""
-    cleaned = text.replace("-", "+").replace("_", "/").rstrip("=")
-    try:
-        return base64.b64decode(cleaned + "=" * (-len(cleaned) % 4), validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise ValueError(str(exc)) from None
-
-
-def _utc_text(value: dt.datetime) -> str:
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)  # a naive DATETIME column holds UTC
-    text = value.isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
 def format_literal(value: Any, column: Column) -> str:
     """The URL literal for ``value`` in ``column`` (inverse of :func:`parse_literal`)."""
     if value is None:
@@ -289,11 +271,11 @@ def format_literal(value: Any, column: Column) -> str:
     if kind is Kind.DATE and isinstance(value, dt.date):
         return (value.date() if isinstance(value, dt.datetime) else value).isoformat()
     if kind is Kind.DATETIME and isinstance(value, dt.datetime):
-        return _utc_text(value)
+        return utc_text(value)
     if kind is Kind.TIME and isinstance(value, dt.time):
         return value.isoformat()
     if kind is Kind.BINARY and isinstance(value, bytes | bytearray | memoryview):
-        return "binary'" + base64.urlsafe_b64encode(bytes(value)).decode("ascii") + "'"
+        return "binary'" + base64url_text(value) + "'"
     if kind in (Kind.STRING, Kind.JSON, Kind.OTHER) or isinstance(value, str):
         return "'" + str(value).replace("'", "''") + "'"
     return str(value)

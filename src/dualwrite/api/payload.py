@@ -8,7 +8,6 @@ parsed with decimals kept exact (never through float) and duplicate names reject
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import hashlib
 import json
@@ -20,14 +19,23 @@ from typing import Any
 
 from dualwrite.api.errors import ODataError, bad_request
 from dualwrite.api.literals import (
-    decode_base64,
     lookup_key,
     parse_key_predicate,
     parse_temporal,
     split_path,
 )
 from dualwrite.api.model import EntitySetInfo, PropertyInfo, edm_type
-from dualwrite.model.conversion import duration_value, fit, parse_time
+from dualwrite.model.codec import (
+    base64url_text,
+    decimal_of_float,
+    duration_iso,
+    duration_value,
+    from_base64,
+    micros,
+    parse_time,
+    utc_text,
+)
+from dualwrite.model.conversion import fit
 from dualwrite.model.schema import Column, Facets, Kind, TableSchema
 from dualwrite.model.values import (
     INFINITY,
@@ -164,27 +172,6 @@ def loads(body: bytes | str, *, what: str = "request body") -> Any:
 # Values out
 
 
-def _aware(value: dt.datetime) -> dt.datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
-
-
-def _datetime_text(value: dt.datetime) -> str:
-    text = _aware(value).isoformat()
-    return text[:-6] + "Z" if text.endswith("+00:00") else text
-
-
-def _duration(us: int) -> str:
-    """Edm.Duration (ISO 8601 days and time) of ``us`` microseconds."""
-    days, rest = divmod(abs(us), 86_400_000_000)
-    return ("-" if us < 0 else "") + Interval(0, days, rest).iso()
-
-
-def _micros(v: dt.timedelta | dt.time) -> int:
-    if isinstance(v, dt.time):
-        return ((v.hour * 60 + v.minute) * 60 + v.second) * 1_000_000 + v.microsecond
-    return (v.days * 86_400 + v.seconds) * 1_000_000 + v.microseconds
-
-
 def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
     """The JSON value (as Python) of ``value`` from ``column``, per its Edm type.
     ``ieee754`` writes Edm.Int64 and Edm.Decimal as strings (``IEEE754Compatible=true``).
@@ -203,7 +190,7 @@ def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
         number = int(value)
         return str(number) if ieee754 and edm_type(column) == "Edm.Int64" else number
     if kind is Kind.DECIMAL:
-        d = value if isinstance(value, Decimal) else Decimal(repr(value)) \
+        d = value if isinstance(value, Decimal) else decimal_of_float(value) \
             if isinstance(value, float) else Decimal(str(value))
         return str(d) if ieee754 or not d.is_finite() else d
     if kind is Kind.FLOAT:
@@ -218,24 +205,24 @@ def to_json(value: Any, column: Column, *, ieee754: bool = False) -> Any:
         return value.isoformat() if isinstance(value, dt.date) else str(value)
     if kind is Kind.DATETIME:
         if isinstance(value, dt.datetime):
-            return _datetime_text(value)
+            return utc_text(value)
         if isinstance(value, dt.date):
-            return _datetime_text(dt.datetime.combine(value, dt.time()))
+            return utc_text(dt.datetime.combine(value, dt.time()))
         return str(value)
     if kind is Kind.TIME:
         if column.facets.duration:  # MariaDB's TIME: a duration, Edm.Duration
             if isinstance(value, EndOfDay):
                 return "PT24H"
-            return _duration(_micros(value)) if isinstance(value, dt.timedelta | dt.time) \
+            return duration_iso(micros(value)) if isinstance(value, dt.timedelta | dt.time) \
                 else str(value)
         if isinstance(value, dt.timedelta):
-            value = duration_value(_micros(value))
+            value = duration_value(micros(value))
         return value.isoformat() if isinstance(value, dt.time) else str(value)
     if kind is Kind.INTERVAL:
         return value.iso() if isinstance(value, Interval) else str(value)
     if kind is Kind.BINARY:
         if isinstance(value, bytes | bytearray | memoryview):
-            return base64.urlsafe_b64encode(bytes(value)).decode("ascii")
+            return base64url_text(value)
         return str(value)
     if kind is Kind.UUID:
         return str(value).lower() if isinstance(value, uuid.UUID) else str(value)
@@ -407,7 +394,7 @@ def from_json(value: Any, prop: PropertyInfo) -> Any:
             raise _bad_value(prop, value, "a GUID") from None
     if kind is Kind.BINARY:
         try:
-            return decode_base64(value)
+            return from_base64(value)
         except ValueError:
             raise _bad_value(prop, value, "base64url-encoded binary") from None
     try:

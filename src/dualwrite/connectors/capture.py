@@ -103,14 +103,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
-from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import sqlalchemy as sa
 
 from dualwrite.connectors.sql import split_table, without_collation
 from dualwrite.errors import LeaseLost, TerminalConnectorError
-from dualwrite.model.conversion import from_log
+from dualwrite.model.codec import decode_json as decode_json
+from dualwrite.model.codec import from_log, parse_instant
 from dualwrite.model.schema import Column, Kind
 
 if TYPE_CHECKING:
@@ -267,41 +267,9 @@ class Change:
 #: the advisory lock (PostgreSQL) that dualwrite's own DDL in a database is made under
 _DDL_LOCK = 0x64775F6464  # "dw_dd"
 
-#: one decoder for every log row: json.loads(parse_float=...) would build one per call
-_DECODER = json.JSONDecoder(parse_float=Decimal)
-
-
-def _parse_int(text: str) -> Any:
-    # JSON's -0 is an integer token, and int("-0") is 0: keep its sign (it is a float's)
-    return Decimal(text) if text == "-0" else int(text)
-
-
-#: the decoder for texts holding a -0 (rare: the default's integer parsing is C, this one's
-#: calls back into Python for every integer)
-_SIGNED_ZERO_DECODER = json.JSONDecoder(parse_float=Decimal, parse_int=_parse_int)
-#: a -0 number token: after a member's colon, a comma or an opening bracket (the databases
-#: write no space there), before a comma or a closing bracket; inside a string it only costs
-#: the slower decoder
-_SIGNED_ZERO = re.compile(r"[:,\[]\s*-0\s*[,}\]]")
-
-
-def decode_json(text: Any) -> Any:
-    """JSON from a log column: numbers as Decimal (exact, ``-0`` included), the rest as JSON
-    has them."""
-    if text is None:
-        return None
-    if isinstance(text, dict | list):  # psycopg decodes json columns itself
-        return text
-    if "-0" in text and _SIGNED_ZERO.search(text):
-        return _SIGNED_ZERO_DECODER.decode(text)
-    return _DECODER.decode(text)
-
-
-def parse_time(value: Any) -> dt.datetime:
-    if isinstance(value, dt.datetime):
-        return value if value.tzinfo else value.replace(tzinfo=dt.UTC)
-    t = dt.datetime.fromisoformat(str(value))
-    return t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+#: a log's timestamp as an aware datetime, under the name the applier imports it by
+#: (:func:`dualwrite.model.codec.parse_instant`)
+parse_time = parse_instant
 
 
 def columns_of_filter(expr: Any) -> set[str]:

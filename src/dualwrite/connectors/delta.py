@@ -60,12 +60,11 @@ from dualwrite.connectors.capture import (
     _my_string,
     _pg_string,
     _sql_string,
-    decode_json,
     dialect_for,
 )
 from dualwrite.connectors.sql import SqlConnector
 from dualwrite.errors import DeltaTokenGone
-from dualwrite.model.conversion import from_log
+from dualwrite.model.codec import decode_json, from_log
 from dualwrite.model.schema import Column
 
 JOURNAL = "dualwrite_delta"

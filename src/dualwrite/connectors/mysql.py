@@ -22,7 +22,7 @@ from sqlalchemy.dialects import mysql
 from dualwrite.connectors.base import BulkField, Capabilities, Row
 from dualwrite.connectors.sql import Fault, SqlConnector, qualified, raw, split_table
 from dualwrite.errors import ConstraintViolation
-from dualwrite.model.conversion import parse_duration
+from dualwrite.model.codec import parse_duration
 from dualwrite.model.schema import END_OF_DAY, Column, Facets, Kind
 from dualwrite.model.values import JsonText, TemporalText
 

@@ -66,6 +66,7 @@ from dualwrite.errors import (
     TransientConnectorError,
     ViolationKind,
 )
+from dualwrite.model.codec import base64url_text, utc_text
 from dualwrite.model.filters import Expr, to_odata
 from dualwrite.model.schema import TableSchema
 from dualwrite.model.values import canonical
@@ -192,14 +193,13 @@ def encode(edm: str, value: Any) -> Any:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:  # a column without a zone holds UTC (see Kind)
             value = value.replace(tzinfo=dt.UTC)
-        text = value.astimezone(dt.UTC).isoformat()
-        return text.replace("+00:00", "Z")
+        return utc_text(value.astimezone(dt.UTC))
     if isinstance(value, dt.date | dt.time):
         return value.isoformat()
     if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, bytes | bytearray | memoryview):
-        return base64.urlsafe_b64encode(bytes(value)).decode().rstrip("=")
+        return base64url_text(value, padded=False)
     return value
 
 

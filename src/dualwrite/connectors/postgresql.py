@@ -31,7 +31,7 @@ from dualwrite.connectors.sql import (
     without_collation,
 )
 from dualwrite.errors import ConnectorError, TerminalConnectorError
-from dualwrite.model.conversion import parse_money, parse_time, single
+from dualwrite.model.codec import parse_money, parse_time, single
 from dualwrite.model.schema import (
     END_OF_DAY,
     FLOAT_SPECIALS,

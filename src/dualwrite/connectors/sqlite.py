@@ -21,7 +21,7 @@ from sqlalchemy import event
 from dualwrite.connectors.base import Capabilities, Connector, Row, WriteSession
 from dualwrite.connectors.sql import Fault, SqlConnector, SqlWriteSession, untyped
 from dualwrite.errors import ConfigError
-from dualwrite.model.conversion import parse_time, text_of
+from dualwrite.model.codec import decimal_of_float, parse_time, text_of
 from dualwrite.model.schema import (
     END_OF_DAY,
     INF,
@@ -302,7 +302,7 @@ def _date(text: str) -> dt.date:
 
 def _decimal(v: Any) -> Any:
     if isinstance(v, float):
-        return Decimal(repr(v)) if v == v else v
+        return decimal_of_float(v) if v == v else v  # NaN: as SQLite holds it
     if isinstance(v, int) and not isinstance(v, bool):
         return Decimal(v)
     if isinstance(v, str):

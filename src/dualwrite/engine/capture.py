@@ -1471,9 +1471,9 @@ class Applier:
             return
         assert a.new is not None
         if cur is None:
-            inserts.append((a, d.build_create[t](a.new, a.skey, resolved)))
+            inserts.append((a, d.create_values(t, a.new, resolved, a.skey)))
         else:
-            updates.append((a, d.build_live[t](a.new, a.skey, resolved)))
+            updates.append((a, d.live_values(t, a.new, resolved, a.skey)))
 
     def _write(self, sess: WriteSession, s: Side, m: _MapCtx,
                inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
@@ -1647,12 +1647,10 @@ class Applier:
         decoded = [(Side(p.source), c, self._decoder(m, Side(p.source))) for p, c in edits]
         rows = [(x, dec(c.old) if c.old is not None else None,
                  dec(c.new) if c.new is not None else None) for x, c, dec in decoded]
-        entries = [Entry((), current[Side.LEFT], current[Side.RIGHT])]
-        entries += [Entry((), r, None) if x is Side.LEFT else Entry((), None, r)
-                    for x, old, new in rows for r in (old, new) if r is not None]
         resolver = LookupResolver({x: SessionLookups(sessions[x])
                                    for x in Side})
-        resolved = d._prefetch(entries, resolver)
+        resolved = d.resolve([*current.items(), *((x, r) for x, old, new in rows
+                                                  for r in (old, new))], resolver)
         as_base = _Terms(d, base, keys[base], resolved)
         changes = []
         for (x, c, _dec), (_x, old, new) in zip(decoded, rows, strict=True):
@@ -1673,20 +1671,19 @@ class Applier:
                     self._settle_rules(m, other, "delete", {}, now, keys[other])
                 sessions[other].delete(b.table(other), list(b.key(other)), [keys[other]])
         elif now is None:
-            vals = d.build_create[other](row, keys[base], resolved)
+            vals = d.create_values(other, row, resolved, keys[base])
             if rules:
                 self._settle_rules(m, other, "create",
                                    dict(zip(d.insert_columns[other], vals, strict=True)), None,
                                    keys[other])
             sessions[other].insert(b.table(other), d.insert_columns[other], [vals])
         else:
-            vals = d.build_live[other](row, keys[base], resolved)
+            vals = d.live_values(other, row, resolved, keys[base])
             if rules:
                 self._settle_rules(m, other, "update",
                                    dict(zip(d.live_columns[other], vals, strict=True)), now,
                                    keys[other])
-            pos = [d.columns[other].index(col) for col in d.live_columns[other]]
-            if d.live_columns[other] and not _same(tuple(now[i] for i in pos), vals):
+            if d.live_columns[other] and not _same(d.live_current(other, now), vals):
                 sessions[other].update(b.table(other), list(b.key(other)),
                                        d.live_columns[other], [(keys[other], vals)])
         return True

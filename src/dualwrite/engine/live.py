@@ -25,8 +25,8 @@ from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
 from dualwrite.connectors.base import Branch, Connector, FoldedLookup, Row, WriteSession
-from dualwrite.engine.diff import Entry, Folded, MapDiffer, coerce
 from dualwrite.engine.lookups import LookupResolver, SessionLookups
+from dualwrite.engine.rows import CompiledMap, Folded, Resolved, coerce
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import AuditEntry, StateStore
 from dualwrite.errors import (
@@ -196,7 +196,8 @@ def explain(exc: ConstraintViolation, values: dict[str, Any]) -> tuple[str | Non
 @dataclass
 class _Mirror:
     bound: BoundMap
-    differ: MapDiffer
+    #: the map's row builder (the one every write path uses: see dualwrite.engine.rows)
+    differ: CompiledMap
     side: Side  # the side the application wrote
 
 
@@ -323,7 +324,7 @@ class LiveTransaction:
 
     # -- mirroring ---------------------------------------------------------------------------
     def _as_row(self, m: _Mirror, row: dict[str, Any]) -> Row:
-        return tuple(row.get(c) for c in m.differ.columns[m.side])
+        return m.differ.row_of(m.side, row)
 
     def _in_filter(self, m: _Mirror, row: dict[str, Any] | None) -> bool:
         if row is None:
@@ -331,10 +332,10 @@ class LiveTransaction:
         f = m.bound.filter(m.side)
         return f is None or evaluate(f, row)
 
-    def _resolved(self, m: _Mirror, rows: list[Row]) -> dict[tuple[Side, int], dict[Any, Any]]:
-        entries = [Entry((), r, None) if m.side is Side.LEFT else Entry((), None, r)
-                   for r in rows]
-        return m.differ._prefetch(entries, self.resolver)
+    def _resolved(self, m: _Mirror, rows: list[Row]) -> Resolved:
+        """The lookups building the twins of ``rows`` needs, read through this transaction's
+        open branches (rows it created earlier resolve)."""
+        return m.differ.resolve([(m.side, r) for r in rows], self.resolver)
 
     def _mirror_create(self, m: _Mirror, rows: list[dict[str, Any]]) -> None:
         t = m.side.other
@@ -347,8 +348,8 @@ class LiveTransaction:
         resolved = self._resolved(m, tuples)
         values, keys = [], []
         for r in tuples:
-            key = tuple(r[i] for i in m.differ.key_idx[m.side])
-            values.append(m.differ.build_create[t](r, key, resolved))
+            key = m.differ.source_key(m.side, r)
+            values.append(m.differ.create_values(t, r, resolved, key))
             keys.append(key)
         table = m.bound.table(t)
         cols = m.differ.insert_columns[t]
@@ -368,10 +369,10 @@ class LiveTransaction:
         keys = m.differ.fold_keys(t, row)
         if not keys:
             return False
-        entry = Entry((), row, None) if m.side is Side.LEFT else Entry((), None, row)
-        resolved = m.differ._prefetch([entry], self.resolver, folded={(t, i) for i in keys})
-        key = tuple(row[i] for i in m.differ.key_idx[m.side])
-        values = m.differ.build_create[t](row, key, resolved)
+        resolved = m.differ.resolve([(m.side, row)], self.resolver,
+                                    folded={(t, i) for i in keys})
+        key = m.differ.source_key(m.side, row)
+        values = m.differ.create_values(t, row, resolved, key)
         where = m.differ.foldable(t)
         lookups = [FoldedLookup(n, where[v.field].table, where[v.field].key, where[v.field].id,
                                 keys[v.field])
@@ -410,8 +411,7 @@ class LiveTransaction:
                                          m.bound.name))
             return
         resolved = self._resolved(m, [row])
-        key = tuple(row[i] for i in m.differ.key_idx[m.side])
-        vals = m.differ.build_live[t](row, key, resolved)
+        vals = m.differ.live_values(t, row, resolved)
         cols = m.differ.live_columns[t]
         n = self._write(t, "mirrored update", lambda: self.sessions[t].update(
             table, m.bound.key(t), cols, [(tkey, vals)]), table=table, key=tkey,

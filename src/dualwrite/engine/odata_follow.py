@@ -290,11 +290,7 @@ class ODataFollower:
     # -- writing -------------------------------------------------------------------------------
     def _row_of_key(self, f: _Followed, s: Side, key: Row) -> Row:
         """A row of side ``s`` holding only ``key`` (for the differ's key conversions)."""
-        differ = self.differs[f.bound.name]
-        row: list[Any] = [None] * len(differ.columns[s])
-        for i, v in zip(differ.key_idx[s], key, strict=True):
-            row[i] = v
-        return tuple(row)
+        return self.differs[f.bound.name].row_of_key(s, key)
 
     def _write_twins(self, f: _Followed, s: Side, rows: Sequence[Row], *, master: Side,
                      deletes: Sequence[Row] = (), one_change_set: bool = False) -> int:

@@ -14,7 +14,10 @@ whichever path carries it:
   and carries on with the others;
 * :func:`from_log` turns a value as a change log's JSON carries it into the value a connector
   reads for that column (bytes from ``"\\x..."``, intervals from their text, documents as
-  :class:`~dualwrite.model.values.JsonText`);
+  :class:`~dualwrite.model.values.JsonText`); it, and every other conversion of one value
+  between Python, JSON and text that the steps here use (:func:`text_of`, the parsers), is
+  defined in :mod:`dualwrite.model.codec` and named here too for the callers that import it
+  from this module;
 * :func:`comparator` says whether two values of a pair of columns are the same value
   (``verify``: NaN equals NaN, CHAR padding is not significant, documents compare by
   meaning, a timestamp with a zone and one without compare by the instant);
@@ -27,7 +30,6 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
-import struct
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -35,6 +37,25 @@ from decimal import Decimal, InvalidOperation
 from enum import Enum
 from typing import Any
 
+from dualwrite.model.codec import (
+    TEXT_PARSERS,
+    Convert,
+    ValueRefused,
+    decimal_of_float,
+    duration_text,
+    duration_value,
+    from_log,
+    map_array,
+    parse_date,
+    parse_datetime,
+    parse_duration,
+    parse_float,
+    parse_json,
+    parse_money,
+    parse_time,
+    single,
+    text_of,
+)
 from dualwrite.model.schema import (
     END_OF_DAY as END_OF_DAY_SPECIAL,
 )
@@ -52,8 +73,6 @@ from dualwrite.model.schema import (
 )
 from dualwrite.model.values import (
     END_OF_DAY,
-    INFINITY,
-    MINUS_INFINITY,
     EndOfDay,
     Infinite,
     Interval,
@@ -63,18 +82,8 @@ from dualwrite.model.values import (
     value_key,
 )
 
-Convert = Callable[[Any], Any]
 #: called with a message each time a special value is written as NULL (``specials: null``)
 Notify = Callable[[str], None]
-
-
-class ValueRefused(ValueError):
-    """A value the target column cannot hold. ``reason`` says why, ``hint`` what to do."""
-
-    def __init__(self, reason: str, hint: str = "") -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.hint = hint
 
 
 @dataclass(frozen=True)
@@ -372,11 +381,11 @@ class _Builder:
             self.refuse("numbers a single-precision float cannot hold exactly")
             tl = self.tl
 
-            def single(v: Any) -> Any:
+            def to_single(v: Any) -> Any:
                 if not isinstance(v, float) or v != v or math.isinf(v):
                     return v
                 try:
-                    r = _single(v)
+                    r = single(v)
                 except OverflowError:
                     raise ValueRefused(f"{v!r} is out of the range of {tl}",
                                        hint="use a double-precision column") from None
@@ -385,7 +394,7 @@ class _Builder:
                                        f"{r!r}", hint="use a double-precision column")
                 return v
 
-            self.steps.append(single)
+            self.steps.append(to_single)
 
     def temporal_specials(self) -> None:
         """Dates and timestamps Python has no type for: ±infinity (refused, or NULL with
@@ -483,7 +492,7 @@ class _Builder:
 
             def time_of_day(v: Any) -> Any:
                 if isinstance(v, dt.timedelta):
-                    raise ValueRefused(f"{_duration_text(v)} is a duration, not a time of day "
+                    raise ValueRefused(f"{duration_text(v)} is a duration, not a time of day "
                                        f"{tl} holds", hint="correct the value at the source")
                 return v
 
@@ -537,7 +546,7 @@ class _Builder:
             conv = inner.convert
 
             def each(v: Any) -> Any:
-                return _map_array(v, conv)
+                return map_array(v, conv)
 
             self.steps.append(each)
 
@@ -591,7 +600,7 @@ class _Builder:
 
     def from_text(self) -> None:
         tk = self.target.kind
-        parse = _PARSERS.get(tk)
+        parse = TEXT_PARSERS.get(tk)
         if parse is None or not can_hold(tk, Kind.STRING):
             self.impossible(f"{self.tl} cannot hold text values (a value map, `><`, can "
                             "translate them)")
@@ -629,7 +638,7 @@ class _Builder:
         tl = self.tl
 
         def exact(v: Any) -> Any:
-            f = float(v) if mantissa == 53 else _single(float(v))
+            f = float(v) if mantissa == 53 else single(float(v))
             if int(f) != v:
                 raise ValueRefused(f"{v} is not exactly a value of {tl}",
                                    hint="use a decimal or integer column")
@@ -679,10 +688,10 @@ class _Builder:
                 return f
             if bits < 53:
                 try:
-                    f = _single(f)
+                    f = single(f)
                 except OverflowError:
                     raise ValueRefused(f"{v} is out of the range of {tl}") from None
-            if math.isinf(f) or Decimal(repr(f)) != v:
+            if math.isinf(f) or decimal_of_float(f) != v:
                 raise ValueRefused(f"{v} is not exactly a value of {tl}: it would become "
                                    f"{f!r}", hint="use a decimal column")
             return f
@@ -695,7 +704,7 @@ class _Builder:
         if self.sf.holds(NEG_ZERO):
             self.note("-0.0 arrives as 0")
         self.note("as the shortest decimal that reads back as the same double")
-        self.steps.append(_float_decimal)
+        self.steps.append(decimal_of_float)
         self.decimal_digits(None, None, None)
 
     def float_to_int(self) -> None:
@@ -787,17 +796,6 @@ def _rstrip(v: Any) -> Any:
     return v.rstrip(" ") if isinstance(v, str) else v
 
 
-def _single(v: float) -> float:
-    """``v`` rounded to single precision (raises OverflowError out of its range)."""
-    return float(struct.unpack("<f", struct.pack("<f", v))[0])
-
-
-def single(v: float) -> float:
-    """The double holding exactly the single-precision float nearest ``v`` (how dualwrite
-    carries a REAL/FLOAT value: its exact binary value)."""
-    return _single(v)
-
-
 def _float_special(v: Any) -> str | None:
     if isinstance(v, float) and not math.isfinite(v):
         return NAN if v != v else (INF if v > 0 else NEG_INF)
@@ -810,16 +808,6 @@ def _decimal_special(v: Any) -> str | None:
     if isinstance(v, float):
         return _float_special(v)
     return None
-
-
-def _float_decimal(v: Any) -> Any:
-    if not isinstance(v, float):
-        return v
-    if v != v:
-        return Decimal("NaN")
-    if math.isinf(v):
-        return Decimal("Infinity") if v > 0 else Decimal("-Infinity")
-    return Decimal(repr(v))
 
 
 def _date_to_datetime(v: Any) -> Any:
@@ -837,114 +825,6 @@ def _time_to_utc(v: Any) -> Any:
         off = v.utcoffset() or dt.timedelta()
         return (dt.datetime.combine(dt.date(2000, 1, 2), v.replace(tzinfo=None)) - off).time()
     return v
-
-
-def _duration_text(v: dt.timedelta) -> str:
-    us = v.days * 86_400_000_000 + v.seconds * 1_000_000 + v.microseconds
-    sign = "-" if us < 0 else ""
-    h, rest = divmod(abs(us), 3_600_000_000)
-    m, rest = divmod(rest, 60_000_000)
-    s, frac = divmod(rest, 1_000_000)
-    return f"{sign}{h:02d}:{m:02d}:{s:02d}" + (f".{frac:06d}".rstrip("0") if frac else "")
-
-
-def _map_array(v: Any, conv: Convert) -> Any:
-    if isinstance(v, list):
-        return [None if x is None else _map_array(x, conv) for x in v]
-    return conv(v)
-
-
-def text_of(v: Any) -> Any:
-    """The exact text of a value of any kind (what a text column on the other side holds)."""
-    if isinstance(v, str):
-        return str(v)
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, Decimal):
-        if not v.is_finite():
-            return "NaN" if v.is_nan() else ("Infinity" if v > 0 else "-Infinity")
-        return format(v.normalize(), "f") if v == v.to_integral_value() else str(v)
-    if isinstance(v, float):
-        if v != v:
-            return "NaN"
-        if math.isinf(v):
-            return "Infinity" if v > 0 else "-Infinity"
-        return repr(v)
-    if isinstance(v, dt.datetime | dt.date | dt.time):
-        return v.isoformat()
-    if isinstance(v, dt.timedelta):
-        return _duration_text(v)
-    if isinstance(v, bytes | bytearray | memoryview):
-        raise ValueRefused("bytes have no text form here", hint="map them to a binary column")
-    return str(v)
-
-
-def _parse_int(v: Any) -> int:
-    if isinstance(v, int):
-        return v
-    return int(str(v).strip())
-
-
-def _parse_decimal(v: Any) -> Decimal:
-    d = Decimal(str(v).strip())
-    return d
-
-
-def _parse_float(v: Any) -> float:
-    text = str(v).strip()
-    return float({"Infinity": "inf", "-Infinity": "-inf"}.get(text, text))
-
-
-def _parse_bool(v: Any) -> bool:
-    k = value_key(v)
-    if k in ("1", "0", "yes", "no", "t", "f"):
-        return k in ("1", "yes", "t")
-    raise ValueError(f"{v!r} is not a boolean")
-
-
-def _parse_date(v: Any) -> Any:
-    text = str(v).strip()
-    special = {"infinity": INFINITY, "-infinity": MINUS_INFINITY}.get(text.lower())
-    return special if special is not None else dt.date.fromisoformat(text)
-
-
-def _parse_datetime(v: Any) -> Any:
-    text = str(v).strip()
-    special = {"infinity": INFINITY, "-infinity": MINUS_INFINITY}.get(text.lower())
-    return special if special is not None else dt.datetime.fromisoformat(text)
-
-
-def parse_time(v: Any) -> Any:
-    """A time of day from its ISO text (with an offset for a timetz); ``24:00:00`` is
-    END_OF_DAY. Raises ValueError if it is not one."""
-    text = str(v).strip()
-    if text.startswith("24:00:00") or text == "24:00":
-        rest = text[8:] if text.startswith("24:00:00") else ""
-        if rest.strip("0.") == "":
-            return END_OF_DAY
-        off = dt.datetime.fromisoformat("2000-01-01T00:00:00" + rest.lstrip("0.") if rest
-                                        else "").utcoffset()
-        return EndOfDay(int(off.total_seconds()) if off is not None else None)
-    return dt.time.fromisoformat(text)
-
-
-def _parse_json(v: Any) -> JsonText:
-    doc = JsonText(str(v))
-    doc.parsed()  # raises ValueError when it is not JSON
-    return doc
-
-
-def _parse_uuid(v: Any) -> uuid.UUID:
-    return v if isinstance(v, uuid.UUID) else uuid.UUID(str(v).strip())
-
-
-_PARSERS: dict[Kind, Callable[[Any], Any]] = {
-    Kind.INTEGER: _parse_int, Kind.DECIMAL: _parse_decimal, Kind.FLOAT: _parse_float,
-    Kind.BOOLEAN: _parse_bool, Kind.DATE: _parse_date, Kind.DATETIME: _parse_datetime,
-    Kind.TIME: parse_time, Kind.UUID: _parse_uuid, Kind.JSON: _parse_json,
-}
 
 
 # -- lenient fitting (constants, API values) ---------------------------------------------------
@@ -991,14 +871,14 @@ def _fit_integer(value: Any, cls: type) -> Any:
 
 def _fit_decimal(value: Any, cls: type) -> Any:
     if cls is float:
-        return _float_decimal(value)
+        return decimal_of_float(value)
     if isinstance(value, str | int) and not isinstance(value, bool):
         return Decimal(str(value).strip())
     return value
 
 
 def _fit_float(value: Any, cls: type) -> Any:
-    return _parse_float(value) if isinstance(value, str | Decimal) else value
+    return parse_float(value) if isinstance(value, str | Decimal) else value
 
 
 def _fit_string(value: Any, cls: type) -> Any:
@@ -1011,7 +891,7 @@ def _fit_date(value: Any, cls: type) -> Any:
     if isinstance(value, dt.datetime):
         return value.date()
     if isinstance(value, str):
-        return _parse_date(value[:10] if value[:1].isdigit() else value)
+        return parse_date(value[:10] if value[:1].isdigit() else value)
     return value
 
 
@@ -1026,7 +906,7 @@ def _fit_interval(value: Any, cls: type) -> Any:
 def _fit_json(value: Any, cls: type) -> Any:
     if isinstance(value, JsonText):
         return value
-    return _parse_json(value) if isinstance(value, str) else JsonText.of(value)
+    return parse_json(value) if isinstance(value, str) else JsonText.of(value)
 
 
 def _fit_network(value: Any, cls: type) -> Any:
@@ -1042,7 +922,7 @@ def _when_text(parse: Callable[[Any], Any]) -> Callable[[Any, type], Any]:
 _FIT: dict[Kind, Callable[[Any, type], Any]] = {
     Kind.BOOLEAN: _fit_boolean, Kind.INTEGER: _fit_integer, Kind.DECIMAL: _fit_decimal,
     Kind.FLOAT: _fit_float, Kind.STRING: _fit_string, Kind.DATE: _fit_date,
-    Kind.DATETIME: _when_text(_parse_datetime), Kind.TIME: _when_text(parse_time),
+    Kind.DATETIME: _when_text(parse_datetime), Kind.TIME: _when_text(parse_time),
     Kind.INTERVAL: _fit_interval,
     Kind.UUID: _when_text(lambda v: uuid.UUID(v.strip())), Kind.JSON: _fit_json,
     Kind.BINARY: lambda value, cls: bytes(value) if isinstance(value, memoryview | bytearray)
@@ -1051,211 +931,6 @@ _FIT: dict[Kind, Callable[[Any, type], Any]] = {
 }
 
 
-# -- values from a change log ------------------------------------------------------------------
-
-
-def from_log(column: Column) -> Convert | None:
-    """The decoder of ``column``'s values as a change log's JSON carries them (numbers as
-    Decimal, everything else JSON has no type for as text), giving the value a connector
-    reads for that column; None where JSON carries it as it is. A value it cannot read is
-    returned as it is, for the conversion to refuse at its row."""
-    f = column.facets
-    if column.kind is Kind.FLOAT and (f.precision or 53) < 53:
-        def real(v: Any) -> Any:
-            x = _log_float(v)
-            try:
-                return _single(x) if isinstance(x, float) and math.isfinite(x) else x
-            except OverflowError:
-                return x
-
-        return _lenient(real)
-    if column.kind is Kind.DECIMAL and f.money:
-        return _lenient(_log_money)
-    if column.kind is Kind.DECIMAL and f.database == "SQLite":
-        # SQLite logs a real with 18 digits, to carry its double exactly: the value read is
-        # that double, in its shortest form; an integer or a text is exact as it is
-        return _lenient(_log_sqlite_decimal)
-    if column.kind is Kind.OTHER and f.type_name.upper().startswith("BIT"):
-        # MariaDB's BIT is logged as a number, and read as its bytes
-        size = max(1, ((column.length or 1) + 7) // 8)
-        return _lenient(lambda v: int(v).to_bytes(size, "big")
-                        if isinstance(v, int | Decimal) and not isinstance(v, bool) else v)
-    if column.kind is Kind.NETWORK:
-        net = f.network
-
-        def address(v: Any) -> Any:
-            if not isinstance(v, str) or net == "macaddr":
-                return v
-            if net == "cidr":
-                return ipaddress.ip_network(v)
-            return ipaddress.ip_interface(v) if "/" in v else ipaddress.ip_address(v)
-
-        return _lenient(address)
-    if column.kind is Kind.ARRAY:
-        inner = from_log(Column("element", f.element or Kind.OTHER,
-                                facets=f.element_facets or Facets()))
-        if inner is None:
-            return None
-        conv = inner
-
-        def each(v: Any) -> Any:
-            return _map_array(v, conv) if isinstance(v, list) else v
-
-        return each
-    dec = _LOG.get(column.kind)
-    return None if dec is None else _lenient(dec)
-
-
-def _lenient(fn: Convert) -> Convert:
-    def decode(v: Any) -> Any:
-        if v is None:
-            return None
-        try:
-            return fn(v)
-        except (ValueError, InvalidOperation, TypeError, OverflowError):
-            return v
-
-    return decode
-
-
-def _log_decimal(v: Any) -> Any:
-    if isinstance(v, Decimal):
-        return v
-    if isinstance(v, int | str) and not isinstance(v, bool):
-        return Decimal(str(v).strip())
-    return v
-
-
-def _log_money(v: Any) -> Any:
-    if isinstance(v, Decimal | int):
-        return Decimal(v)
-    if isinstance(v, str):
-        return parse_money(v)
-    return v
-
-
-def parse_money(text: str) -> Decimal:
-    """PostgreSQL's money text (``$1,234.56``, ``-$5.50``, ``($5.50)``) as a Decimal; the
-    group separator is the one that is not followed by exactly two final digits."""
-    t = text.strip()
-    neg = t.startswith("-") or (t.startswith("(") and t.endswith(")")) or t.endswith("-")
-    digits = "".join(c for c in t if c.isdigit() or c in ".,")
-    if len(digits) > 3 and digits[-3] in ".,":
-        whole, frac = digits[:-3], digits[-2:]
-    else:
-        whole, frac = digits, ""
-    whole = whole.replace(",", "").replace(".", "")
-    d = Decimal(f"{whole or '0'}.{frac or '00'}")
-    return -d if neg else d
-
-
-def _log_float(v: Any) -> Any:
-    if isinstance(v, float):
-        return v
-    if isinstance(v, Decimal | int) and not isinstance(v, bool):
-        return float(v)
-    if isinstance(v, str):
-        return _parse_float(v)
-    return v
-
-
-def _log_bool(v: Any) -> Any:
-    if isinstance(v, bool):
-        return v
-    if isinstance(v, int | Decimal):
-        return bool(v)
-    return _parse_bool(v)
-
-
-def _log_date(v: Any) -> Any:
-    if not isinstance(v, str):
-        return v
-    try:
-        return _parse_date(v)
-    except ValueError:
-        return TemporalText(v)
-
-
-def _log_datetime(v: Any) -> Any:
-    if not isinstance(v, str):
-        return v
-    try:
-        return _parse_datetime(v)
-    except ValueError:
-        return TemporalText(v)
-
-
-def _log_time(v: Any) -> Any:
-    if not isinstance(v, str):
-        return v
-    try:
-        return parse_time(v)
-    except ValueError:
-        return parse_duration(v)
-
-
-def parse_duration(text: str) -> Any:
-    """MariaDB's TIME text (``-838:59:59.5``, ``25:00:00``) as a time of day when it is one
-    (``24:00:00`` as END_OF_DAY), else a ``timedelta``."""
-    t = text.strip()
-    neg = t.startswith("-")
-    parts = t.lstrip("+-").split(":")
-    if len(parts) != 3:
-        raise ValueError(f"{text!r} is not a TIME value")
-    whole, _, frac = parts[2].partition(".")
-    us = (int(parts[0]) * 3600 + int(parts[1]) * 60 + int(whole)) * 1_000_000 + \
-        int((frac + "000000")[:6] or 0)
-    return duration_value(-us if neg else us)
-
-
-def duration_value(us: int) -> Any:
-    """A MariaDB TIME of ``us`` microseconds: a ``time`` within the day, END_OF_DAY at 24:00,
-    else a ``timedelta`` (a duration)."""
-    if 0 <= us < 86_400_000_000:
-        h, rest = divmod(us, 3_600_000_000)
-        m, rest = divmod(rest, 60_000_000)
-        s, micro = divmod(rest, 1_000_000)
-        return dt.time(h, m, s, micro)
-    if us == 86_400_000_000:
-        return END_OF_DAY
-    return dt.timedelta(microseconds=us)
-
-
-def _log_interval(v: Any) -> Any:
-    return Interval.parse(v) if isinstance(v, str) else v
-
-
-def _log_binary(v: Any) -> Any:
-    if isinstance(v, str) and v.startswith("\\x"):
-        return bytes.fromhex(v[2:])
-    return v
-
-
-def _log_uuid(v: Any) -> Any:
-    return uuid.UUID(v) if isinstance(v, str) else v
-
-
-def _log_json(v: Any) -> Any:
-    # a change log carries a JSON document as its text (a JSON string), so that JSON null
-    # stays apart from SQL NULL; a value that is no text came from an older log
-    if isinstance(v, JsonText):
-        return v
-    return JsonText(v) if isinstance(v, str) else JsonText.of(v)
-
-
-def _log_sqlite_decimal(v: Any) -> Any:
-    # a JSON number with a point or an exponent (a real), or SQLite's Inf: the double
-    if isinstance(v, Decimal | float) or (isinstance(v, str) and v[-3:].lower() == "inf"):
-        return Decimal(repr(float(v)))
-    return _log_decimal(v)
-
-
-_LOG: dict[Kind, Convert] = {
-    Kind.DECIMAL: _log_decimal, Kind.FLOAT: _log_float, Kind.BOOLEAN: _log_bool,
-    Kind.DATE: _log_date, Kind.DATETIME: _log_datetime, Kind.TIME: _log_time,
-    Kind.INTERVAL: _log_interval, Kind.BINARY: _log_binary, Kind.UUID: _log_uuid,
-    Kind.JSON: _log_json,
-}
 
 
 # -- comparing -----------------------------------------------------------------------------------
@@ -1383,7 +1058,6 @@ def _time_same_utc(a: Any, b: Any) -> bool:
     return bool(_time_key(a, True) == _time_key(b, True))
 
 
-__all__ = ["Options", "Plan", "ValueRefused", "Verdict", "comparator", "duration_value", "fit",
-           "from_log", "parse_duration", "parse_money", "parse_time", "plan", "single",
-           "text_of",
-           "type_label"]
+__all__ = ["Convert", "Options", "Plan", "ValueRefused", "Verdict", "comparator",
+           "duration_value", "fit", "from_log", "parse_duration", "parse_money", "parse_time",
+           "plan", "single", "text_of", "type_label"]

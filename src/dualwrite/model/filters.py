@@ -40,6 +40,7 @@ from decimal import Decimal, DivisionByZero, InvalidOperation
 from typing import Any, ClassVar
 
 from dualwrite.errors import FilterSyntaxError, RowError
+from dualwrite.model.codec import decimal_of_float
 from dualwrite.model.values import canonical
 
 __all__ = [
@@ -688,7 +689,7 @@ def _literal_text(value: Any) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        value = Decimal(repr(value))
+        value = decimal_of_float(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{value} has no OData filter literal")

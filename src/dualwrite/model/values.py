@@ -22,7 +22,6 @@ value is read, compared and written exactly instead of failing or changing:
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 import json
 import re
 import uuid
@@ -405,6 +404,8 @@ def canonical(value: Any) -> Any:
         if value != value:
             return NAN_KEY
         # repr() gives the shortest string that round-trips: 0.1 -> '0.1', not its binary value
+        # (codec.decimal_of_float's rule, spelled here: codec builds on this module, and this
+        # is the hottest path of all)
         return Decimal(repr(value)).normalize()
     if isinstance(value, Decimal):
         if value.is_nan():
@@ -447,64 +448,6 @@ def shown(value: Any) -> str:
     if r is None or isinstance(r, bool) or (isinstance(r, str) and r is value):
         return json.dumps(r, ensure_ascii=False)
     return str(r)
-
-
-# -- values in dualwrite's own JSON (inbox entries, parked changes) ---------------------------
-
-_IP_TYPES: dict[str, Any] = {
-    "IPv4Address": ipaddress.IPv4Address, "IPv6Address": ipaddress.IPv6Address,
-    "IPv4Interface": ipaddress.IPv4Interface, "IPv6Interface": ipaddress.IPv6Interface,
-    "IPv4Network": ipaddress.IPv4Network, "IPv6Network": ipaddress.IPv6Network,
-}
-
-
-def tag(value: Any) -> Any:
-    """A JSON-ready stand-in for a value of a type JSON has not (one-member objects with a
-    ``$`` name, read back by :func:`untag`); JSON-ready values as they are. The state store's
-    encoders fall back to this for every type they do not know themselves."""
-    if isinstance(value, Interval):
-        return {"$interval": value.pg_text()}
-    if isinstance(value, Infinite):
-        return {"$infinite": value.sign}
-    if isinstance(value, EndOfDay):
-        return {"$eod": value.offset}
-    if isinstance(value, TemporalText):
-        return {"$temporal": value.text}
-    if isinstance(value, JsonText):
-        return {"$json": str(value)}
-    if isinstance(value, dt.timedelta):
-        return {"$td": [value.days, value.seconds, value.microseconds]}
-    if type(value).__name__ in _IP_TYPES:
-        return {"$ip": [type(value).__name__, str(value)]}
-    if isinstance(value, set | frozenset):
-        return sorted(tag(v) for v in value)
-    if isinstance(value, float) and value in (float("inf"), float("-inf")):
-        return {"$inf": 1 if value > 0 else -1}
-    return value
-
-
-def untag(value: Any) -> Any:
-    """The value :func:`tag` stood in for (anything else unchanged)."""
-    if not isinstance(value, dict) or len(value) != 1:
-        return value
-    (k, x), = value.items()
-    if k == "$interval":
-        return Interval.parse(x)
-    if k == "$infinite":
-        return INFINITY if x > 0 else MINUS_INFINITY
-    if k == "$eod":
-        return EndOfDay(x)
-    if k == "$temporal":
-        return TemporalText(x)
-    if k == "$json":
-        return JsonText(x)
-    if k == "$td":
-        return dt.timedelta(days=x[0], seconds=x[1], microseconds=x[2])
-    if k == "$ip" and x[0] in _IP_TYPES:
-        return _IP_TYPES[x[0]](x[1])
-    if k == "$inf":
-        return float("inf") if x > 0 else float("-inf")
-    return value
 
 
 def value_key(value: Any) -> str | None:

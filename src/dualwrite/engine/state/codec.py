@@ -1,64 +1,20 @@
 """How the state store writes values: tagged JSON, so that a key comes back with the Python
-types it was read with."""
+types it was read with. The tags themselves are :func:`dualwrite.model.codec.tag_value`'s (one
+definition of every value's JSON form); this module writes and reads the documents."""
 
 from __future__ import annotations
 
-import base64
 import datetime as dt
 import json
-import uuid
 from collections.abc import Sequence
-from decimal import Decimal
 from typing import Any
 
-from dualwrite.model.values import tag, untag
+from dualwrite.model.codec import tag_value as _tag
+from dualwrite.model.codec import untag_value as _untag
 
 
 def now_iso() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _tag(v: Any) -> Any:
-    if isinstance(v, Decimal):
-        return {"$d": str(v)}
-    if isinstance(v, dt.datetime):
-        return {"$dt": v.isoformat()}
-    if isinstance(v, dt.date):
-        return {"$date": v.isoformat()}
-    if isinstance(v, dt.time):
-        return {"$t": v.isoformat()}
-    if isinstance(v, uuid.UUID):
-        return {"$u": str(v)}
-    if isinstance(v, bytes | memoryview):
-        return {"$b": base64.b64encode(bytes(v)).decode()}
-    if isinstance(v, float) and v != v:
-        return {"$nan": True}
-    if isinstance(v, list):
-        return [_tag(x) for x in v]
-    return tag(v)  # dualwrite's own value types, addresses, durations
-
-
-def _untag(v: Any) -> Any:
-    if isinstance(v, list):
-        return [_untag(x) for x in v]
-    if isinstance(v, dict) and len(v) == 1:
-        (k, x), = v.items()
-        if k == "$d":
-            return Decimal(x)
-        if k == "$dt":
-            return dt.datetime.fromisoformat(x)
-        if k == "$date":
-            return dt.date.fromisoformat(x)
-        if k == "$t":
-            return dt.time.fromisoformat(x)
-        if k == "$u":
-            return uuid.UUID(x)
-        if k == "$b":
-            return base64.b64decode(x)
-        if k == "$nan":
-            return float("nan")
-        return untag(v)
-    return v
 
 
 def encode_values(values: Sequence[Any]) -> str:
