@@ -3,9 +3,13 @@ PostgreSQL and MariaDB, and the tests of what only PostgreSQL and MariaDB have."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import sqlalchemy as sa
 
+from dualwrite.connectors import connect
+from dualwrite.connectors.memory import MemoryConnector
 from dualwrite.model.schema import Kind
 from dualwrite.testing.connector_suite import *  # noqa: F403 - the suite's tests
 
@@ -13,10 +17,16 @@ from conftest import Backend, BackendFactory
 
 
 @pytest.fixture
-def harness(backend: Backend) -> Backend:
+def harness(backend: Backend) -> Iterator[Backend]:
     """The suite's backend: each of conftest's backends in turn (memory, SQLite, PostgreSQL,
-    MariaDB)."""
-    return backend
+    MariaDB); the memory database with its change capture on."""
+    if backend.kind != "memory":
+        yield backend
+        return
+    url = backend.url + "?capture=on"
+    captured = Backend("memory", url, connect("suite", url))
+    yield captured
+    MemoryConnector.reset(url)
 
 
 @pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
