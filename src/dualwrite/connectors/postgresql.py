@@ -584,7 +584,8 @@ class PostgresConnector(SqlConnector):
         import psycopg
 
         cargs, cparams = self.engine.dialect.create_connect_args(self.engine.url)
-        return psycopg.connect(*cargs, **{**cparams, **self._connect_args, **settings})
+        theirs = getattr(self, "_connect_args", {})  # none: an engine given from outside
+        return psycopg.connect(*cargs, **{**cparams, **theirs, **settings})
 
     def begin_branch(self, xid: str) -> Branch:
         return PgBranch(self, xid)
