@@ -9,7 +9,6 @@ FLOAT and DOUBLE), the value the column holds, as docs/capture.md says the log g
 
 from __future__ import annotations
 
-import struct
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -26,16 +25,9 @@ CONNECTOR: Any = object()
 U1 = uuid.UUID("0b7e4d3c-1f2a-4c5d-9e8f-0123456789ab")
 
 
-def f32(x: float) -> float:
-    """The float32 nearest ``x``, as a Python float: what a MariaDB FLOAT holds."""
-    return float(struct.unpack("<f", struct.pack("<f", x))[0])
-
-
 def ident(b: Backend, name: str) -> str:
     """``name`` quoted for ``b``'s SQL, whatever it holds."""
-    if b.kind == "mariadb":
-        return "`" + name.replace("`", "``") + "`"
-    return '"' + name.replace('"', '""') + '"'
+    return b.quote(name)
 
 
 def fresh(b: Backend, tables: list[str], ddl: list[str]) -> None:

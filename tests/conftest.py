@@ -1,14 +1,14 @@
-"""Shared fixtures: real databases (SQLite, PostgreSQL, MariaDB) and the memory fake.
+"""Shared fixtures: the backends of ``dualwrite.testing.backends`` (real databases and the
+memory fake), one :class:`Backend` per database a test asks for.
 
 A database that is down FAILS the test with the command that starts it; nothing is skipped.
+Tests choose backends by what they need (``backends(needs=...)``, ``pairs(needs=...)``),
+never by lists of names: a backend added to the registry runs through every test it can.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import socket
-import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,22 +24,12 @@ from dualwrite.connectors.sql import SqlConnector, kind_of
 from dualwrite.engine.live import xid_prefix
 from dualwrite.model.schema import Column, ForeignKey, TableSchema
 from dualwrite.testing import Harness
+from dualwrite.testing.backends import PG_URL as PG_URL  # re-exported for tests
+from dualwrite.testing.backends import backends, pairs, spec
 
 from faultproxy import FaultProxy
 
-PG_URL = os.environ.get("DUALWRITE_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/{db}")
-MY_URL = os.environ.get("DUALWRITE_TEST_MY", "mysql+pymysql://root@127.0.0.1:3306/{db}")
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-
-START = {
-    "postgresql": "bash scripts/services.sh  (or: pg_ctlcluster --skip-systemctl-redirect 15 "
-                  "main start)",
-    "mariadb": "bash scripts/services.sh  (or: start-stop-daemon --start --oknodo --background "
-               "--exec /usr/sbin/mariadbd)",
-    "nats": "bash scripts/services.sh  (or: start-stop-daemon --start --oknodo --background "
-            "--exec /usr/sbin/nats-server -- -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server)",
-}
-
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--long", action="store_true", default=False,
@@ -49,16 +39,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 @pytest.fixture(scope="session")
 def long_run(request: pytest.FixtureRequest) -> bool:
     return bool(request.config.getoption("--long"))
-
-
-def require_service(name: str, port: int) -> None:
-    """Fail (never skip) with how to start the service when it is not listening."""
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=2):
-            return
-    except OSError as exc:
-        pytest.fail(f"{name} is not reachable on 127.0.0.1:{port} ({exc}); start it with: "
-                    f"{START[name]}", pytrace=False)
 
 
 def shared_path(*parts: str) -> Path:
@@ -103,10 +83,8 @@ class Backend(Harness):
         self.kind = kind
         self.url = url
         self._app: sa.Engine | None = None
-        # what each database refuses itself: SQLite does not enforce VARCHAR lengths; the
-        # memory fake knows NOT NULL, unique keys and foreign keys only
-        self.enforces = {"memory": frozenset(), "sqlite": frozenset({"check"})}.get(
-            kind, frozenset({"check", "length"}))
+        self.spec = spec(kind)
+        self.enforces = self.spec.enforces
 
     def guid_default(self) -> Any:
         return guid_default(self.dialect)
@@ -116,8 +94,8 @@ class Backend(Harness):
 
     @property
     def dialect(self) -> str:
-        return {"sqlite": "sqlite", "postgresql": "postgresql", "mariadb": "mysql",
-                "memory": "sqlite"}[self.kind]
+        """The SQLAlchemy dialect of its DDL (the memory fake: SQLite's)."""
+        return self.spec.dialect
 
     def create(self, metadata: sa.MetaData) -> None:
         """Create the tables of ``metadata`` (dropping same-named ones first)."""
@@ -167,7 +145,7 @@ class Backend(Harness):
         this process recorded in its own databases are touched: another worker's or another
         checkout's are none of this test's business (and one still in flight cannot be
         finished from here anyway: XAER_NOTA)."""
-        if self.kind == "mariadb":
+        if self.spec.recover_lists_server:
             remember_link(self.connector)
             prefixes = tuple(_OWN_LINKS)
         else:
@@ -178,22 +156,15 @@ class Backend(Harness):
             if xid.startswith(prefixes):
                 self.connector.finish_prepared(xid, commit=False)
 
+    def quote(self, name: str) -> str:
+        """``name`` as an identifier of this database's SQL (always quoted), whatever it
+        holds."""
+        assert isinstance(self.connector, SqlConnector)
+        return self.connector.engine.dialect.identifier_preparer.quote_identifier(name)
+
     def sql(self, statement: str) -> list[tuple[Any, ...]]:
         assert isinstance(self.connector, SqlConnector)
         return self.connector.execute(statement)
-
-
-def db_prefix() -> str | None:
-    """What replaces "dualwrite_test_" in this process's database names (None: nothing).
-
-    DUALWRITE_TEST_DB_PREFIX lets two checkouts run the suite at once on one server. Under
-    pytest-xdist each worker gets databases of its own as well: worker ``gwN`` uses
-    ``<prefix>gwN_`` (``dualwrite_gwN_`` without a prefix), so workers never share tables."""
-    prefix = os.environ.get("DUALWRITE_TEST_DB_PREFIX")
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    if worker:
-        return f"{prefix or 'dualwrite_'}{worker}_"
-    return prefix
 
 
 #: xid prefixes of the links recorded in this process's MariaDB test databases
@@ -208,66 +179,14 @@ def remember_link(connector: Connector) -> None:
             _OWN_LINKS.add(xid_prefix(record.link_id))
 
 
-def _db(name: str) -> str:
-    """The test database's name for ``name`` ("dualwrite_test_a", "dualwrite_test_b")."""
-    prefix = db_prefix()
-    return name.replace("dualwrite_test_", prefix, 1) if prefix else name
-
-
-_ENSURED: set[tuple[str, str]] = set()
-
-
-def _ensure_database(kind: str, db: str) -> None:
-    """Create ``db`` on its server if it is missing (once per process), so that a plain
-    ``pytest -n 3`` works without scripts/services.sh having made the workers' databases."""
-    if (kind, db) in _ENSURED:
-        return
-    if kind == "postgresql":
-        admin = sa.create_engine(PG_URL.format(db="postgres"), isolation_level="AUTOCOMMIT",
-                                 poolclass=sa.pool.NullPool)
-        try:
-            with admin.connect() as conn:
-                exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :d"),
-                                      {"d": db}).first()
-                if not exists:
-                    try:
-                        conn.exec_driver_sql(f'CREATE DATABASE "{db}"')
-                    except sa.exc.ProgrammingError as exc:  # created meanwhile by another run
-                        if "already exists" not in str(exc):
-                            raise
-        finally:
-            admin.dispose()
-    else:
-        admin = sa.create_engine(MY_URL.format(db=""), poolclass=sa.pool.NullPool)
-        try:
-            with admin.connect() as conn:
-                conn.exec_driver_sql(f"CREATE DATABASE IF NOT EXISTS `{db}` CHARACTER SET "
-                                     "utf8mb4 COLLATE utf8mb4_bin")
-        finally:
-            admin.dispose()
-    _ENSURED.add((kind, db))
-
-
 def database_url(kind: str, name: str) -> str:
-    """The URL of this process's test database ``name`` on the PostgreSQL or MariaDB server
-    (``kind``), which is made sure to be up and to hold that database."""
-    if kind == "postgresql":
-        require_service("postgresql", 5432)
-        url = PG_URL.format(db=_db(name))
-    else:
-        require_service("mariadb", 3306)
-        url = MY_URL.format(db=_db(name))
-    _ensure_database(kind, _db(name))
-    return url
+    """The URL of this process's test database ``name`` of backend ``kind`` (a server's),
+    which is made sure to be up and to hold that database."""
+    return spec(kind).url(name, Path("."))
 
 
 def _make(kind: str, db: str, tmp_path: Path) -> Backend:
-    if kind == "sqlite":
-        url = f"sqlite:///{tmp_path / (db + '.db')}"
-    elif kind in ("postgresql", "mariadb"):
-        url = database_url(kind, db)
-    else:
-        url = f"memory://{db}-{uuid.uuid4().hex}"
+    url = spec(kind).url(db, tmp_path)
     return Backend(kind, url, connect(db, url))
 
 
@@ -304,7 +223,7 @@ def make_backend(tmp_path: Path) -> Iterator[BackendFactory]:
     for b in made:
         if isinstance(b.connector, SqlConnector):
             # best-effort clean-up must not mask the test's own failure
-            if b.kind == "mariadb":
+            if b.spec.recover_lists_server:
                 remember_link(b.connector)
             with contextlib.suppress(Exception):
                 b.connector.clear_link()
@@ -333,13 +252,10 @@ def fault_proxy() -> Iterator[Callable[[Backend], FaultProxy]]:
         assert proxy.open_sockets() == 0, "the fault proxy leaked sockets"
 
 
-ALL_BACKENDS = ["memory", "sqlite", "postgresql", "mariadb"]
-SQL_BACKENDS = ["sqlite", "postgresql", "mariadb"]
-#: (left, right) pairs for end-to-end sync tests
-PAIRS = [("memory", "memory"), ("sqlite", "sqlite"), ("postgresql", "postgresql"),
-         ("postgresql", "mariadb")]
+#: (left, right) pairs for end-to-end sync tests: each backend with itself or the reference
+PAIRS = pairs()
 
 
-@pytest.fixture(params=ALL_BACKENDS)
+@pytest.fixture(params=backends())
 def backend(request: pytest.FixtureRequest, make_backend: BackendFactory) -> Backend:
     return make_backend(request.param, "dualwrite_test_a")

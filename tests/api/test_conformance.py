@@ -22,11 +22,12 @@ from dualwrite.api import Principal, create_app
 from dualwrite.api.server import create_server_app
 from dualwrite.engine.security import create_token
 from dualwrite.model.schema import Column, ForeignKey, Kind, TableSchema
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory, guid_default, shared_path
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
-PAIRS = [("postgresql", "mariadb"), ("mariadb", "postgresql")]
+PAIRS = pairs(needs=("sql", "two_phase"), same="none", both_ways=True)
 
 FLAGS_MAP = """
 name: flags
@@ -74,7 +75,7 @@ def _flag_tables(pair: Pair) -> None:
 Served = tuple[Pair, TestClient, dict[str, str]]
 
 
-@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def served(request: pytest.FixtureRequest, make_backend: BackendFactory,
            tmp_path: Path) -> Iterator[Served]:
     left, right = request.param

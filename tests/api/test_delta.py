@@ -26,18 +26,19 @@ from dualwrite.engine.delta import ChangeFeed
 from dualwrite.engine.link import Link
 from dualwrite.engine.security import create_token
 from dualwrite.model.maps import Side
+from dualwrite.testing.backends import pair_id, pairs
 from serve_process import serve
 
 from conftest import Backend, BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
-PAIRS = [("postgresql", "mariadb"), ("sqlite", "sqlite")]
+PAIRS = pairs(needs=("capture",), same="none")
 TRACK = {"Prefer": "odata.track-changes"}
 
 Served = tuple[Pair, Link, TestClient, dict[str, str]]
 
 
-@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def served(request: pytest.FixtureRequest, make_backend: BackendFactory,
            tmp_path: Path) -> Iterator[Served]:
     left, right = request.param

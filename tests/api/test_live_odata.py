@@ -12,14 +12,15 @@ from starlette.testclient import TestClient
 
 from dualwrite.api.server import create_server_app
 from dualwrite.engine.security import create_token
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory, shared_path
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
-PAIRS = [("postgresql", "mariadb"), ("sqlite", "sqlite")]
+PAIRS = pairs(needs=("sql",), same="none")
 
 
-@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def served(request: pytest.FixtureRequest, make_backend: BackendFactory,
            tmp_path: Path) -> Iterator[tuple[Pair, TestClient, dict[str, str]]]:
     left, right = request.param

@@ -16,6 +16,7 @@ from dualwrite.cli import main
 from dualwrite.engine.link import Link
 from dualwrite.engine.security import authenticate, create_token, token_hash
 from dualwrite.engine.state import StateStore
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory
 from sync_fixtures import Pair, make_pair, seed_groups
@@ -28,8 +29,7 @@ def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-@pytest.fixture(params=[("sqlite", "sqlite"), ("postgresql", "mariadb")],
-                ids=["sqlite-sqlite", "postgresql-mariadb"])
+@pytest.fixture(params=pairs(needs=("sql",), same="none"), ids=pair_id)
 def restricted(request: pytest.FixtureRequest, make_backend: BackendFactory,
                tmp_path: Path) -> Iterator[tuple[Pair, Link, TestClient]]:
     """Both maps running; customers restricted (a write needs Customers and accounts)."""

@@ -12,6 +12,7 @@ import yaml
 from dualwrite.cli import main
 from dualwrite.engine.link import Link
 from dualwrite.errors import ConfigError, TerminalConnectorError
+from dualwrite.testing.backends import backends, only
 
 from conftest import BackendFactory, database_url
 
@@ -48,7 +49,8 @@ def test_an_unset_variable_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert info.value.code == "DW007" and "environments.erp.url" in info.value.detail
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+@pytest.mark.parametrize("kind", only("postgresql", "mariadb",
+                                      why="how each server's test URL is made wrong"))
 def test_refused_credentials_say_credentials(kind: str, tmp_path: Path,
                                              make_backend: BackendFactory,
                                              capsys: pytest.CaptureFixture[str]) -> None:
@@ -64,7 +66,7 @@ def test_refused_credentials_say_credentials(kind: str, tmp_path: Path,
     assert "not-the-password" not in text  # the password is never shown
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "mariadb"])
+@pytest.mark.parametrize("kind", backends(needs=("server",)))
 def test_an_unknown_database_says_so_and_that_it_is_not_retried(
         kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = database_url(kind, "dualwrite_test_a").rsplit("/", 1)[0] + "/dwr_no_such_database"

@@ -21,6 +21,7 @@ import pytest
 
 from capture_fixtures import ITEMS_MAP, fresh_tables, items_metadata, link_config, make_items
 from dualwrite.cli import main
+from dualwrite.testing.backends import pair_id, pairs, spec
 
 from conftest import BackendFactory
 
@@ -105,16 +106,16 @@ def _wait_for_line(log: Path, marker: str, pid: int, timeout: float = 30.0) -> N
 
 def _configs(make_backend: BackendFactory, tmp_path: Path, pair: tuple[str, str]
              ) -> list[Path]:
-    """Links of the items map, started: four of SQLite files (stopped four at a time), or
-    one of PostgreSQL and MariaDB."""
-    if pair[0] != "sqlite":
+    """Links of the items map, started: four of database files (SQLite: stopped four at a
+    time), or one of two database servers (PostgreSQL and MariaDB)."""
+    if spec(pair[0]).has("server"):
         it = make_items(make_backend, tmp_path, *pair)
         configs = [it.config]
     else:
         configs = []
         for i in range(4):
-            left = make_backend("sqlite", f"signals_{i}_a")
-            right = make_backend("sqlite", f"signals_{i}_b")
+            left = make_backend(pair[0], f"signals_{i}_a")
+            right = make_backend(pair[1], f"signals_{i}_b")
             fresh_tables(items_metadata(), left, right)
             configs.append(link_config(tmp_path / f"link{i}", left, right,
                                        {"items": ITEMS_MAP.format(policy="left-wins")}))
@@ -152,8 +153,7 @@ def _stop_many(forks: ForkServer, tmp_path: Path, command: str, argvs: list[list
                 assert bad not in text, f"stop {done}/{times}: {bad} in the log\n{text}"
 
 
-@pytest.mark.parametrize("pair", [("sqlite", "sqlite"), ("postgresql", "mariadb")],
-                         ids=["sqlite-sqlite", "postgresql-mariadb"])
+@pytest.mark.parametrize("pair", pairs(needs=("capture",), same="none"), ids=pair_id)
 @pytest.mark.parametrize("command", ["run", "serve"])
 def test_run_and_serve_stop_cleanly_on_sigterm_every_time(
         command: str, pair: tuple[str, str], make_backend: BackendFactory, tmp_path: Path,
@@ -168,7 +168,7 @@ def test_run_and_serve_stop_cleanly_on_sigterm_every_time(
         ready = "applying captured changes"
     # SQLite sides start fastest: the 50 stops; PostgreSQL and MariaDB add the LISTEN session
     # and the history purger, threads that must stop too
-    times = 50 if pair[0] == "sqlite" else 5
+    times = 5 if spec(pair[0]).has("server") else 50
     _stop_many(forks, tmp_path, command, argvs, ready, times * 10 if long_run else times)
 
 

@@ -21,8 +21,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from dualwrite.connectors.sqlfilter import compile_filter, like_escape
 from dualwrite.errors import ConfigError
 from dualwrite.model.filters import evaluate, parse_filter
-
-from conftest import database_url
+from dualwrite.testing.backends import backends, spec
 
 TABLE = "filt_rows"
 
@@ -227,15 +226,13 @@ def _resolver(table: sa.Table) -> Callable[[str], sa.ColumnElement[Any]]:
 
 
 def _connect(backend: str, tmp: Path) -> sa.Engine:
-    if backend == "sqlite":
-        return sa.create_engine(f"sqlite:///{tmp / 'filters.db'}")
-    # this process's test database (its own under pytest-xdist); a server that is down fails
-    # the test with how to start it, never a skip: a filter that only works on SQLite must
-    # not pass unnoticed
-    return sa.create_engine(database_url(backend, "dualwrite_test_a"))
+    # this process's test database (its own under pytest-xdist; a file's in ``tmp``); a server
+    # that is down fails the test with how to start it, never a skip: a filter that only
+    # works on SQLite must not pass unnoticed
+    return sa.create_engine(spec(backend).url("dualwrite_test_a", tmp))
 
 
-@pytest.fixture(scope="module", params=["sqlite", "postgresql", "mariadb"])
+@pytest.fixture(scope="module", params=backends(needs=("sql",)))
 def loaded(request: pytest.FixtureRequest,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[sa.Engine, sa.Table]]:
     backend: str = request.param

@@ -19,12 +19,12 @@ from dualwrite.engine.capture import resolve_conflict
 from dualwrite.errors import LinkError
 from dualwrite.model.maps import Side
 from dualwrite.model.values import canonical
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
-CAPTURE_PAIRS = [("sqlite", "sqlite"), ("postgresql", "postgresql"), ("postgresql", "mariadb")]
-IDS = [f"{a}-{b}" for a, b in CAPTURE_PAIRS]
+CAPTURE_PAIRS = pairs(needs=("capture",))
 
 
 def q(pair_kind: str, name: str) -> str:
@@ -32,7 +32,7 @@ def q(pair_kind: str, name: str) -> str:
     return f"`{name}`" if pair_kind == "mariadb" else f'"{name}"'
 
 
-@pytest.fixture(params=CAPTURE_PAIRS, ids=IDS)
+@pytest.fixture(params=CAPTURE_PAIRS, ids=pair_id)
 def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
     left, right = request.param
     p = make_pair(make_backend, tmp_path, left, right, batch_size=500)
@@ -43,7 +43,7 @@ def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path:
     return p
 
 
-@pytest.fixture(params=CAPTURE_PAIRS, ids=IDS)
+@pytest.fixture(params=CAPTURE_PAIRS, ids=pair_id)
 def kinds(request: pytest.FixtureRequest) -> tuple[str, str]:
     return request.param  # type: ignore[no-any-return]
 

@@ -25,11 +25,11 @@ from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.sql import SqlWriteSession
 from dualwrite.engine.capture import resolve_conflict
 from dualwrite.model.maps import Side
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import Backend, BackendFactory
 
-PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
-PAIR_IDS = [f"{a}-{b}" for a, b in PAIRS]
+PAIRS = pairs(needs=("two_phase", "capture"))
 POLICIES = ["manual", "left-wins", "right-wins", "newest-wins"]
 
 
@@ -61,7 +61,7 @@ def blocked_writes(b: Backend) -> int:
                      "COMMAND = 'Query' AND INFO LIKE 'UPDATE items SET name%'")[0][0])
 
 
-@pytest.fixture(params=PAIRS, ids=PAIR_IDS)
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def kinds(request: pytest.FixtureRequest) -> tuple[str, str]:
     return request.param  # type: ignore[no-any-return]
 

@@ -12,10 +12,11 @@ import sqlalchemy as sa
 from capture_fixtures import ITEMS_MAP, Items, drain, fresh_tables, items_metadata, link_config
 from dualwrite.engine.state import HEARTBEAT_TIMEOUT
 from dualwrite.model.maps import Side
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory
 
-PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
+PAIRS = pairs(needs=("two_phase", "capture"))
 
 OTHERS_MAP = ITEMS_MAP.replace("name: items", "name: others").replace(
     "left: items", "left: others").replace("right: items", "right: others")
@@ -35,7 +36,7 @@ def two_maps(make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str
     return Items(left, right, path)
 
 
-@pytest.mark.parametrize("kinds", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.mark.parametrize("kinds", PAIRS, ids=pair_id)
 def test_a_failing_map_is_failed_with_its_reason_and_the_others_flow(
         make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
     """The right side's ``items`` table is renamed away while both maps run: applying the
@@ -101,7 +102,7 @@ def test_status_says_when_nothing_applies(make_backend: BackendFactory, tmp_path
         assert not proc["alive"]
 
 
-@pytest.mark.parametrize("kinds", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.mark.parametrize("kinds", PAIRS, ids=pair_id)
 def test_pausing_a_map_holds_the_maps_that_depend_on_it(
         make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
     """``customers`` depends on ``groups``. With ``groups`` paused, a new group and a customer
@@ -143,8 +144,7 @@ def test_pausing_a_map_holds_the_maps_that_depend_on_it(
         assert all(v.ok for v in link.verify())
 
 
-@pytest.mark.parametrize("kinds", [("postgresql", "postgresql"), ("postgresql", "mariadb")],
-                         ids=lambda k: "-".join(k))
+@pytest.mark.parametrize("kinds", PAIRS, ids=pair_id)
 def test_changes_applied_but_not_yet_deleted_at_a_crash_are_no_conflict_after(
         make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
     """An applier killed between committing an apply and deleting those changes from the

@@ -8,13 +8,14 @@ from pathlib import Path
 import pytest
 
 from capture_fixtures import Items, drain, make_items
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory
 
-PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
+PAIRS = pairs(needs=("two_phase", "capture"))
 
 
-@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def it(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Items:
     """A running ``items`` map; the right side has a unique index on ``name`` and a row
     (id 9) named 'taken' that the left does not know of."""

@@ -51,6 +51,7 @@ from dualwrite.engine.capture import Applier
 from dualwrite.engine.link import Link
 from dualwrite.errors import TransientConnectorError
 from dualwrite.model.maps import Side
+from dualwrite.testing.backends import pairs
 
 from conftest import PG_URL, Backend, BackendFactory
 from faultproxy import FaultProxy, Mode
@@ -264,7 +265,7 @@ def drain(applier: Applier, link: Link, timeout: float = 60.0) -> None:
 
 # -- 1. stateful property test --------------------------------------------------------------------
 
-PROPERTY_PAIRS = [("sqlite", "sqlite"), ("postgresql", "postgresql"), ("postgresql", "mariadb")]
+PROPERTY_PAIRS = pairs(needs=("capture",))
 POLICIES = ["left-wins", "right-wins", "newest-wins"]
 
 KEY_RANGE = range(6)
@@ -617,7 +618,7 @@ def wait_drained(link: Link, pair: ItemsPair, model: dict[int, Value], timeout: 
 
 # -- 2. SIGKILL at random points -----------------------------------------------------------------
 
-KILL_PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
+KILL_PAIRS = pairs(needs=("two_phase", "capture"))
 
 
 def target_writes(backend: Backend) -> int:
@@ -879,6 +880,7 @@ def test_queued_change_already_reflected_is_not_replayed(
     assert contents(pair.left) == contents(pair.right) == {}
 
 
+#: about PostgreSQL alone: its sessions are terminated through pg_stat_activity
 PG_PG = [("postgresql", "postgresql")]
 
 

@@ -30,12 +30,12 @@ from dualwrite.errors import RowError
 from dualwrite.model.binding import LookupTarget as BoundTarget
 from dualwrite.model.maps import Side
 from dualwrite.model.schema import Column, ForeignKey, Kind, TableSchema
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair
 
-PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb"), ("sqlite", "sqlite")]
-IDS = [f"{a}-{b}" for a, b in PAIRS]
+PAIRS = pairs(needs=("sql",))
 
 #: (company, code) -> the CRM group's id; usmf's ids sort before demf's
 GROUP = {("usmf", "G10"): "a-usmf-g10", ("usmf", "G20"): "a-usmf-g20",
@@ -73,7 +73,7 @@ def groups_of(pair: Pair) -> dict[tuple[str, str], Any]:
     return {k: r["GROUPID"] for k, r in pair.customers().items()}
 
 
-@pytest.fixture(params=PAIRS, ids=IDS)
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
     left, right = request.param
     p = make_pair(make_backend, tmp_path, left, right, batch_size=50)
@@ -242,7 +242,7 @@ def test_a_lookup_can_name_the_related_tables_company_column(
         assert d.fields[0]["right"] == "G20 (company usmf)"
 
 
-@pytest.mark.parametrize("kinds", PAIRS[:2], ids=IDS[:2])
+@pytest.mark.parametrize("kinds", pairs(needs=("server",)), ids=pair_id)
 def test_resolving_within_the_company_is_one_query_per_chunk(
         make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
     pair = make_pair(make_backend, tmp_path, *kinds, batch_size=500)

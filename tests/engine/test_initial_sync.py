@@ -9,12 +9,13 @@ import pytest
 
 from dualwrite.errors import LinkError, TransientConnectorError
 from dualwrite.model.values import canonical
+from dualwrite.testing.backends import pair_id
 
 from conftest import PAIRS, BackendFactory
 from sync_fixtures import Pair, crm_account, erp_customer, make_pair, seed_groups
 
 
-@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
     left, right = request.param
     return make_pair(make_backend, tmp_path, left, right)
@@ -171,18 +172,9 @@ def test_sync_resumes_from_its_checkpoint_after_a_failure(make_backend: BackendF
 
         assert isinstance(crm, MemoryConnector)
         # the 4th chunk's commit fails for good (after all retries)
-        fails = [TransientConnectorError("connection lost") for _ in range(5)]
-        calls = {"n": 0}
-        orig = crm._maybe_fail
-
-        def flaky(op: str, table: str | None) -> None:
-            if op == "commit":
-                calls["n"] += 1
-                if calls["n"] >= 4 and fails:
-                    raise fails.pop()
-            orig(op, table)
-
-        crm._maybe_fail = flaky  # type: ignore[method-assign]
+        for i in range(5):
+            crm.fail_next("commit", None, TransientConnectorError("connection lost"),
+                          after=3 if i == 0 else 0)
         with pytest.raises(TransientConnectorError):
             link.sync_initial(["customers"])
         position, stats = link.state.get_checkpoint("customers", "initial")

@@ -21,6 +21,7 @@ import yaml
 from dualwrite.cli import main
 from dualwrite.engine.link import Link
 from dualwrite.model.values import canonical
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import Backend, BackendFactory, guid_default
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
@@ -41,7 +42,7 @@ fields:
 ERP_CREATED = dt.datetime(2021, 3, 4, 5, 6, 7)
 CRM_CREATED = dt.datetime(2020, 1, 2, 3, 4, 5)
 
-CONVERGE_PAIRS = [("postgresql", "mariadb"), ("postgresql", "postgresql")]
+CONVERGE_PAIRS = pairs(needs=("server",))
 
 
 def erp_md() -> sa.MetaData:
@@ -103,7 +104,7 @@ def make_custs(make_backend: BackendFactory, tmp_path: Path, left: str, right: s
     return Custs(erp, crm, path)
 
 
-@pytest.fixture(params=CONVERGE_PAIRS, ids=[f"{a}-{b}" for a, b in CONVERGE_PAIRS])
+@pytest.fixture(params=CONVERGE_PAIRS, ids=pair_id)
 def custs(request: pytest.FixtureRequest, make_backend: BackendFactory,
           tmp_path: Path) -> Custs:
     left, right = request.param
@@ -168,7 +169,7 @@ def test_one_way_fields_with_target_defaults_converge(custs: Custs) -> None:
         assert last.updated == {"left": 0, "right": 0}
 
 
-@pytest.fixture(params=CONVERGE_PAIRS, ids=[f"{a}-{b}" for a, b in CONVERGE_PAIRS])
+@pytest.fixture(params=CONVERGE_PAIRS, ids=pair_id)
 def shop(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
     left, right = request.param
     return make_pair(make_backend, tmp_path, left, right)

@@ -45,7 +45,7 @@ def _backend(make_backend: BackendFactory, kind: str, db: str) -> Backend:
 
 
 def _q(b: Backend, name: str) -> str:
-    return f"`{name}`" if b.kind == "mariadb" else f'"{name}"'
+    return b.quote(name)
 
 
 def setup(make_backend: BackendFactory, tmp_path: Path, left: str, right: str, ltype: str,

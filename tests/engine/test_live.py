@@ -10,15 +10,15 @@ import pytest
 
 from dualwrite.errors import ConfigError, LicenceError, RowError, RowNotFound
 from dualwrite.model.values import canonical
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
-LIVE_PAIRS = [("memory", "memory"), ("sqlite", "sqlite"), ("postgresql", "postgresql"),
-              ("postgresql", "mariadb"), ("mariadb", "mariadb")]
+LIVE_PAIRS = pairs(same="all")
 
 
-@pytest.fixture(params=LIVE_PAIRS, ids=[f"{a}-{b}" for a, b in LIVE_PAIRS])
+@pytest.fixture(params=LIVE_PAIRS, ids=pair_id)
 def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path) -> Pair:
     left, right = request.param
     p = make_pair(make_backend, tmp_path, left, right, batch_size=500)

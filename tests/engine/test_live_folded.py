@@ -16,6 +16,7 @@ from dualwrite.engine.diff import Folded
 from dualwrite.engine.link import Link
 from dualwrite.errors import RowError
 from dualwrite.model.maps import Side
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import Backend, BackendFactory, guid_default
 
@@ -40,8 +41,9 @@ fields:
   - none >> typecode: {default: 3}
 """
 
-#: the left side is any live-sync backend; the lookups are folded into PostgreSQL inserts
-PAIRS = [("postgresql", "postgresql"), ("mariadb", "postgresql")]
+#: the left side is any live-sync backend; the lookups are folded into the inserts of a
+#: backend with insert_resolving (PostgreSQL)
+PAIRS = pairs(needs=("server",), right=("insert_resolving",), both_ways=True)
 
 
 def _left(dialect: str) -> sa.MetaData:
@@ -73,7 +75,7 @@ def _right(dialect: str, code: sa.types.TypeEngine[Any] | None = None) -> sa.Met
     return md
 
 
-@pytest.fixture(params=PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.fixture(params=PAIRS, ids=pair_id)
 def linked(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path: Path
            ) -> tuple[Backend, Backend, Path]:
     left_kind, right_kind = request.param

@@ -16,10 +16,11 @@ import pytest
 from capture_fixtures import ITEMS_MAP, Items, drain, make_items
 from dualwrite.cli import main
 from dualwrite.errors import LinkError, ValidationFailed
+from dualwrite.testing.backends import pair_id, pairs
 
 from conftest import BackendFactory
 
-PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
+PAIRS = pairs(needs=("capture", "server"))
 WITH_NOTE = ITEMS_MAP + "  - note = note\n"
 
 
@@ -27,7 +28,7 @@ def edit(it: Items, text: str) -> None:
     (it.config.parent / "maps" / "items.yaml").write_text(text.format(policy="left-wins"))
 
 
-@pytest.mark.parametrize("kinds", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.mark.parametrize("kinds", PAIRS, ids=pair_id)
 def test_an_edited_map_changes_nothing_until_reloaded_then_everything(
         make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
     it = make_items(make_backend, tmp_path, *kinds)
@@ -110,7 +111,7 @@ def test_a_running_applier_process_switches_within_seconds(
     assert proc.returncode == 0, log.read_text()[-3000:]
 
 
-@pytest.mark.parametrize("kinds", PAIRS, ids=[f"{a}-{b}" for a, b in PAIRS])
+@pytest.mark.parametrize("kinds", PAIRS, ids=pair_id)
 def test_changes_captured_before_a_reload_are_applied_as_their_version(
         make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
     """A change queued under version 1 (qty mapped) is applied as version 1 after a reload to

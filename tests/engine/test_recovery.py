@@ -16,6 +16,7 @@ import sqlalchemy as sa
 
 from dualwrite.cli import main
 from dualwrite.engine.live import STEPS, xid_prefix
+from dualwrite.testing.backends import pairs
 
 from conftest import BackendFactory, fresh_state_url
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
@@ -39,7 +40,7 @@ CHILD = textwrap.dedent("""
     print("committed")
 """)
 
-PAIRS = [("postgresql", "postgresql"), ("postgresql", "mariadb")]
+PAIRS = pairs(needs=("two_phase", "sql"))
 
 
 def prepared(pair: Pair) -> list[str]:
@@ -61,7 +62,8 @@ def prepared(pair: Pair) -> list[str]:
 
 #: (left, right, state store): every pair with a SQLite state store (its decision journal),
 #: and one with a PostgreSQL state store (decisions committed there directly)
-CASES = [(a, b, "sqlite") for a, b in PAIRS] + [("postgresql", "mariadb", "postgresql")]
+CASES = [(a, b, "sqlite") for a, b in PAIRS] + [
+    (a, b, "postgresql") for a, b in pairs(needs=("two_phase", "sql"), same="none")[:1]]
 
 
 @pytest.mark.parametrize("left, right, store", CASES, ids=[f"{a}-{b}-state_{s}"

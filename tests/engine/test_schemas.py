@@ -15,8 +15,9 @@ import sqlalchemy as sa
 from capture_fixtures import drain, link_config
 from dualwrite.engine.capture import capture_specs
 from dualwrite.engine.link import Link
+from dualwrite.testing.backends import database_name
 
-from conftest import Backend, BackendFactory, _db, database_url, guid_default
+from conftest import Backend, BackendFactory, database_url, guid_default
 
 CURRENCIES = """
 name: currencies
@@ -90,7 +91,7 @@ def setup(make_backend: BackendFactory) -> tuple[Backend, Backend, str]:
         b.connector.clear_link()
     crm.create(sa.MetaData())  # the link's own database: no log left by another test
     erp_tables(erp)
-    crm_db = _db("dualwrite_test_crm")
+    crm_db = database_name("dualwrite_test_crm")
     crm_tables(crm_db)
     return erp, crm, crm_db
 
@@ -245,7 +246,7 @@ def test_schema_and_url_options_keep_dualwrites_own_settings(make_backend: Backe
 
     erp = make_backend("postgresql", "dualwrite_test_a")
     erp_tables(erp)
-    crm_db = _db("dualwrite_test_crm")
+    crm_db = database_name("dualwrite_test_crm")
     crm_tables(crm_db)
     pg = connect("erp", erp.url + "?options=-csearch_path%3Dfin")
     try:

@@ -8,13 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from dualwrite.testing.backends import pair_id, pairs
+
 from conftest import BackendFactory
 from sync_fixtures import erp_customer, make_pair, seed_groups
 
-KINDS = [("sqlite", "sqlite"), ("postgresql", "mariadb")]
+#: a pair of one kind linked by attaching (SQLite), and two servers of different kinds
+KINDS = pairs(needs=("sql",), same="none")
 
 
-@pytest.mark.parametrize("kinds", KINDS, ids=[f"{a}-{b}" for a, b in KINDS])
+@pytest.mark.parametrize("kinds", KINDS, ids=pair_id)
 def test_progress_is_recorded_and_a_rerun_can_skip_the_inbox(
         make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
     p = make_pair(make_backend, tmp_path, *kinds, batch_size=10)

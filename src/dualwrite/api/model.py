@@ -49,10 +49,6 @@ class PropertyInfo:
     name: str
     column: Column
 
-    @property
-    def column_name(self) -> str:
-        return self.column.name
-
 
 @dataclass(frozen=True)
 class NavigationInfo:

@@ -1,9 +1,16 @@
 """The connector seam: one small interface that every backend implements.
 
 A connector is one environment's database. It describes tables, reads rows in the canonical
-key order, resolves lookups in batches, and writes batches inside a transaction. Drivers are
-imported lazily by the concrete modules; driver errors are translated to
+key order, resolves lookups in batches, and writes batches inside a transaction; what a
+backend can do beyond that it declares in :class:`Capabilities` (two-phase commit, capture,
+bulk formats, ...), and the engine asks those, never the connector's class. Each backend's
+module imports its driver, and :func:`dualwrite.connectors.connect` imports only the module
+of the backend asked for; driver errors are translated to
 :class:`dualwrite.errors.ConnectorError` at each module's choke point.
+
+A new backend is one module here, a scheme in ``connect``, and an entry in
+:data:`dualwrite.testing.backends.REGISTRY`, which runs it through the compliance suite and
+every test whose needs it meets.
 
 Canonical key order is the order of the key tuples under :func:`dualwrite.model.values.canonical`:
 numbers by value, strings by code point (binary collation). Both sides of a map must stream in
@@ -57,12 +64,14 @@ JsonSource = str | JsonValue
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend can do; tests and the engine switch on these, never on the name."""
+    """What a backend can do; tests and the engine switch on these, never on the name
+    (tests: :func:`dualwrite.testing.backends.backends` and ``pairs``)."""
 
+    #: :meth:`Connector.begin_branch`: two-phase commit, so that live sync can pair it with
+    #: a database of another kind
     two_phase: bool = False
-    bulk_copy: bool = False
+    #: :meth:`Connector.attached_transaction`: one transaction over two of its databases
     attach: bool = False
-    transactional_ddl: bool = True
     #: triggers into a change log (see dualwrite.connectors.capture)
     capture: bool = False
     #: maps on it can run live (``maps start``, ``run``); False: initial sync, plan and
@@ -279,6 +288,12 @@ class Connector(ABC):
     def tables(self) -> list[str]:
         """Names of the tables in this environment (dualwrite's own tables excluded)."""
 
+    def schema_tables(self, schema: str) -> list[str]:
+        """The tables of ``schema``, another schema than the environment's own, named
+        ``schema.table`` (for maps naming ``fin.currency``). Raises ConnectorError where the
+        schema does not exist; none where the backend has no schemas (the default)."""
+        return []
+
     @abstractmethod
     def describe(self, table: str) -> TableSchema:
         """Columns, kinds, keys and foreign keys of ``table``.
@@ -433,6 +448,15 @@ class Connector(ABC):
     @abstractmethod
     def clear_link(self) -> None:
         """Remove the link record."""
+
+    def link_storage(self) -> list[str]:
+        """What keeps the link record in the environment, as ``uninstall`` lists it
+        (``table dualwrite_link``), where it is there; none by default."""
+        return []
+
+    def drop_link_storage(self) -> None:  # noqa: B027 - nothing kept apart by default
+        """Remove what keeps the link record (see :meth:`link_storage`). Callers make sure
+        it holds no other link's record first."""
 
     def forget_schema(self) -> None:  # noqa: B027 - a backend without caches has nothing
         """Drop what was learnt of the tables (their schemas, prepared statements): the next

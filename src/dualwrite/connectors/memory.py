@@ -4,9 +4,10 @@ It behaves like a database for everything the engine relies on: declared schemas
 key order, NOT NULL / unique / foreign-key checks, atomic transactions (changes become
 visible only on commit). It never replaces the real-database tests.
 
-Fault injection: ``fail_next(op, table, exc)`` makes the next matching operation raise;
-``fail_when(predicate)`` rejects rows for which ``predicate(table, row_dict)`` returns a
-reason string.
+Fault injection, per connector (a link's own connectors: ``link.connectors[side]``):
+``fail_next(op, table, exc, after=n)`` makes the matching operation after the next ``n``
+raise ``exc``; ``fail_when(predicate)`` rejects each written row for which
+``predicate(table, row_dict)`` returns a reason, as a ConstraintViolation saying it.
 
 Change capture (opt-in: ``memory://name?capture=on``): :class:`MemoryChangeLog` implements
 the change-log seam (:class:`dualwrite.connectors.changelog.ChangeLog`) the way the SQL logs
@@ -258,16 +259,16 @@ class MemoryBranch(Branch):
 class MemoryConnector(Connector):
     """``memory://NAME``: connectors with the same URL share one database."""
 
-    capabilities = Capabilities(two_phase=True, bulk_copy=False)
+    capabilities = Capabilities(two_phase=True)
 
     def __init__(self, name: str, url: str) -> None:
         super().__init__(name, url)
         with _REGISTRY_LOCK:
             self.store: _Store = _REGISTRY.setdefault(url, {}).setdefault("store", _Store())
-        self._failures: list[tuple[str, str | None, BaseException]] = []
+        self._failures: list[list[Any]] = []  # [op, table, exc, matches still let pass]
         self._predicates: list[RowPredicate] = []
         if "capture=on" in url.partition("?")[2].split("&"):
-            self.capabilities = Capabilities(two_phase=True, bulk_copy=False, capture=True)
+            self.capabilities = Capabilities(two_phase=True, capture=True)
         self._log: MemoryChangeLog | None = None
 
     def change_log(self) -> MemoryChangeLog:
@@ -289,17 +290,28 @@ class MemoryConnector(Connector):
             self.store.schemas[schema.name] = schema
             self.store.rows.setdefault(schema.name, {})
 
-    def fail_next(self, op: str, table: str | None, exc: BaseException) -> None:
-        """Make the next ``op`` ('insert', 'update', 'delete', 'read', 'commit') on ``table``
-        (None: any table) raise ``exc``."""
-        self._failures.append((op, table, exc))
+    def fail_next(self, op: str, table: str | None, exc: BaseException, *,
+                  after: int = 0) -> None:
+        """Make the next ``op`` ('insert', 'update', 'delete', 'read'; 'prepare' and 'commit',
+        of any table; the change log's 'read_log', 'mark_applied' and 'forget', see
+        MemoryChangeLog) on ``table`` (None: any table) raise ``exc``, once, after letting
+        ``after`` such operations pass. Faults for one operation fire in the order given:
+        five calls ``fail_next("commit", None, exc, after=3)``, then four with ``after=0``,
+        fail the fourth commit and the four after it."""
+        self._failures.append([op, table, exc, after])
 
     def fail_when(self, predicate: RowPredicate) -> None:
+        """Reject every row written to this connector (insert, update) for which
+        ``predicate(table, row)`` returns a reason: ConstraintViolation with that reason."""
         self._predicates.append(predicate)
 
     def _maybe_fail(self, op: str, table: str | None) -> None:
-        for i, (fop, ftable, exc) in enumerate(self._failures):
+        for i, fault in enumerate(self._failures):
+            fop, ftable, exc, after = fault
             if fop == op and (ftable is None or ftable == table):
+                if after:
+                    fault[3] = after - 1
+                    return
                 del self._failures[i]
                 raise exc
 

@@ -1,4 +1,5 @@
-"""MariaDB / MySQL through PyMySQL: multi-row INSERT for bulk loads, XA two-phase commit."""
+"""MariaDB / MySQL through PyMySQL: multi-row INSERTs for batches, ``LOAD DATA LOCAL INFILE``
+for initial sync's bulk path, XA two-phase commit, capture by triggers."""
 
 from __future__ import annotations
 
@@ -119,8 +120,8 @@ _JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.IGNORECASE)
 
 
 class MySqlConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, bulk_copy=False, transactional_ddl=False,
-                                capture=True, bulk_import=frozenset({"copy-text-portable"}),
+    capabilities = Capabilities(two_phase=True, capture=True,
+                                bulk_import=frozenset({"copy-text-portable"}),
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
                                 bulk_load_checks=True, supports_json_log=True)
     database_name = "MariaDB"

@@ -474,8 +474,7 @@ class ODataClient:
 class ODataConnector(Connector):
     """``odata+http(s)://HOST:PORT/PATH/``: a remote OData v4 service."""
 
-    capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=False,
-                                transactional_ddl=False, capture=False, live=False)
+    capabilities = Capabilities(live=False)
 
     #: ask for each written entity back (``Prefer: return=representation``), for
     #: :attr:`ODataWriteSession.written`: what the follower's echo suppression needs; off,

@@ -1,4 +1,5 @@
-"""PostgreSQL through psycopg 3: COPY for bulk loads, two-phase commit capable."""
+"""PostgreSQL through psycopg 3: COPY for large batches and initial sync's bulk path,
+two-phase commit on psycopg directly (:class:`PgBranch`), capture by triggers."""
 
 from __future__ import annotations
 
@@ -246,7 +247,7 @@ PG_ERROR_CLASSES: dict[str, Fault] = {
 
 
 class PostgresConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, bulk_copy=True, capture=True,
+    capabilities = Capabilities(two_phase=True, capture=True,
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
                                 bulk_import=frozenset({"copy-text"}),
                                 insert_resolving=True, supports_json_log=True,

@@ -641,6 +641,9 @@ class SqlConnector(Connector):
         return sorted(f"{schema}.{n}" if schema else n for n in names
                       if not n.startswith(OWN_TABLE_PREFIX))
 
+    def schema_tables(self, schema: str) -> list[str]:
+        return self.tables(schema)
+
     def schemas(self) -> list[str]:
         """The schemas (MariaDB: databases) this connection can see."""
         with self.translating("list schemas"), self.catalog_connection() as conn:
@@ -1112,6 +1115,13 @@ class SqlConnector(Connector):
         with self.translating("remove link record"), self.engine.begin() as conn:
             if sa.inspect(conn).has_table(LINK_TABLE):
                 conn.execute(sa.delete(t))
+
+    def link_storage(self) -> list[str]:
+        with self.translating("look for the link record"), self.engine.connect() as conn:
+            return [f"table {LINK_TABLE}"] if sa.inspect(conn).has_table(LINK_TABLE) else []
+
+    def drop_link_storage(self) -> None:
+        self.execute(f"DROP TABLE IF EXISTS {LINK_TABLE}")
 
     def close(self) -> None:
         if self._capture is not None:

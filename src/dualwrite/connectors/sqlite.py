@@ -1,4 +1,6 @@
-"""SQLite: the embedded default for the demo and for dualwrite's own state."""
+"""SQLite: the embedded default for the demo and for dualwrite's own state
+(:func:`create_sqlite_engine`). Two files are linked live in one transaction over one
+connection, the other file attached (no two-phase commit); capture by triggers."""
 
 from __future__ import annotations
 
@@ -122,7 +124,7 @@ SQLITE_ERROR_CLASSES: dict[str, Fault] = {
 
 
 class SqliteConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=True, capture=True)
+    capabilities = Capabilities(attach=True, capture=True)
     # A reader holding a SHARED lock would block the writer's COMMIT: read in short batches.
     stream_reads_while_writing = False
     database_name = "SQLite"

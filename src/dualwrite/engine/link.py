@@ -2,7 +2,8 @@
 
 :class:`Link` is what ``dualwrite.open()`` returns and what every CLI command works through.
 An environment belongs to one link only: the link id is recorded in the environment itself
-(``dualwrite_link`` table), and a second link to it is refused with the other link's name.
+(:meth:`Connector.set_link`; a SQL database's ``dualwrite_link`` table), and a second link to
+it is refused with the other link's name.
 """
 
 from __future__ import annotations
@@ -18,11 +19,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
-
 from dualwrite.connectors import connect
 from dualwrite.connectors.base import Connector, LinkRecord
-from dualwrite.connectors.sql import LINK_TABLE, SqlConnector
 from dualwrite.engine import metrics
 from dualwrite.engine.alerts import Alerts
 from dualwrite.engine.capture import Applier, held_by_dependencies
@@ -158,10 +156,6 @@ class Link:
                 self._differs.clear()
         return changed
 
-    def refresh_versions(self) -> bool:
-        """See whether another process reloaded a map (``maps reload``); adopt it if so."""
-        return self._adopt_versions(self.state.map_states())
-
     def file_changes(self) -> dict[str, tuple[str, str]]:
         """Maps whose file (as it is now on disk) differs from the version installed:
         name -> (installed, file)."""
@@ -240,15 +234,13 @@ class Link:
         with)."""
         connector = self.connectors[side]
         names = connector.tables()
-        if not isinstance(connector, SqlConnector):
-            return names
         named = {m.table(side) for m in maps}
         named |= {t for m in maps for f in m.fields for s, t in f.lookup_tables if s is side}
         named |= {t.table for m in maps for f in m.fields for t in f.ref(side).targets
                   if t.table}
         for schema in sorted({n.partition(".")[0] for n in named if "." in n}):
             try:
-                names += connector.tables(schema)
+                names += connector.schema_tables(schema)
             except ConnectorError:
                 continue  # a schema that does not exist: its tables are reported missing
         return names
@@ -332,8 +324,8 @@ class Link:
             if ours:
                 c.clear_link()
                 freed.append(self.env_name(s))
-            if purge and (rec is None or ours) and isinstance(c, SqlConnector):
-                c.execute(f"DROP TABLE IF EXISTS {LINK_TABLE}")
+            if purge and (rec is None or ours):
+                c.drop_link_storage()
         self.state.delete_link(name)
         return freed
 
@@ -344,15 +336,8 @@ class Link:
         for s in Side:
             c = self.connectors[s]
             found = c.change_log().uninstall(dry_run=True) if c.capabilities.capture else []
-            if isinstance(c, SqlConnector) and self._has_link_table(c):
-                found.append(f"table {LINK_TABLE}")
-            out[self.env_name(s)] = found
+            out[self.env_name(s)] = found + c.link_storage()
         return out
-
-    @staticmethod
-    def _has_link_table(c: SqlConnector) -> bool:
-        with c.translating("look for the link record"), c.engine.connect() as conn:
-            return sa.inspect(conn).has_table(LINK_TABLE)
 
     def applier_pid(self) -> int | None:
         """The process id of the applier (`run`, `serve`) holding this link's lease, if
@@ -386,7 +371,7 @@ class Link:
         environments, and the link (its records and the state store's). The state store
         itself stays (audit log, tokens, inbox). Refused while an applier runs."""
         removed = self.purge_capture()
-        had = {e for e, objects in self.leftovers().items() if f"table {LINK_TABLE}" in objects}
+        had = {s: self.connectors[s].link_storage() for s in Side}
         # what initial sync kept of the link's rows (resume points, the rows it was creating,
         # the digests of self-filled fields) describes tables no longer linked
         for name in self.state.map_states():
@@ -394,10 +379,9 @@ class Link:
             self.state.clear_creating(name)
             self.state.forget_created_defaults(name)
         self.unlink(purge=True)
-        gone = self.leftovers()
-        for env in had:
-            if f"table {LINK_TABLE}" not in gone[env]:
-                removed[env].append(f"table {LINK_TABLE}")
+        for s in Side:
+            still = self.connectors[s].link_storage()
+            removed[self.env_name(s)] += [x for x in had[s] if x not in still]
         return removed
 
     def _refuse_while_applying(self, doing: str) -> None:

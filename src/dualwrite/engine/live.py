@@ -490,13 +490,6 @@ class LiveTransaction:
                        for v in (stored or checked)]
         return stored or checked
 
-    @staticmethod
-    def _unique_key(schema: TableSchema, values: dict[str, Any]) -> tuple[str, ...] | None:
-        for cand in [schema.primary_key, *schema.unique]:
-            if cand and all(values.get(c) is not None for c in cand):
-                return tuple(cand)
-        return None
-
     def update(self, env: str, table: str, key: dict[str, Any], values: dict[str, Any]
                ) -> dict[str, Any]:
         """Update one row (found by ``key``) and its twins; return the row as stored."""

@@ -30,7 +30,6 @@ import traceback
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from dualwrite.connectors.sql import SqlConnector
 from dualwrite.engine.live import Rule, Rules
 from dualwrite.errors import ConfigError, ConnectorError, DualwriteError
 from dualwrite.model.maps import Side
@@ -92,11 +91,11 @@ def load_rules(link: Link) -> list[str]:
                 tables[side] = {t.casefold(): t for t in link.connectors[side].tables()}
             schema, dot, _ = table.partition(".")
             connector = link.connectors[side]
-            if dot and table.casefold() not in tables[side] and \
-                    isinstance(connector, SqlConnector):
+            if dot and table.casefold() not in tables[side]:
                 # a table in another schema (fin.currency): that schema's tables, qualified
                 with contextlib.suppress(ConnectorError):
-                    tables[side].update({t.casefold(): t for t in connector.tables(schema)})
+                    tables[side].update({t.casefold(): t for t in
+                                         connector.schema_tables(schema)})
             if table.casefold() not in tables[side]:
                 raise ConfigError(
                     f"rule {cfg.module}.{name} is for table {table!r}, which environment "

@@ -21,8 +21,11 @@ connector and how to make the suite's tables), and imports the suite's tests::
 Tests that need a capability the backend does not declare (``Connector.capabilities``:
 two-phase commit, bulk export/load) are skipped with that reason, never silently; tests of
 what the database enforces (lengths, CHECK constraints) follow :attr:`Harness.enforces`.
-dualwrite's own suite runs it against the memory connector, SQLite, PostgreSQL and MariaDB
-(tests/connectors/test_connector_suite.py).
+
+dualwrite's own tests run it against every backend of :mod:`dualwrite.testing.backends`
+(tests/connectors/test_connector_suite.py): the one place a backend is registered for the
+tests, which choose backends by capability (``backends(needs=...)``, ``pairs(needs=...)``),
+so a backend registered there runs through the suite and every test whose needs it meets.
 """
 
 from dualwrite.testing.harness import Harness
