@@ -94,3 +94,68 @@ def test_value_conversions_are_defined_once_in_the_model_s_codec() -> None:
         twice += [f"{path.relative_to(SRC)} defines {node.name}" for node in tree.body
                   if isinstance(node, ast.FunctionDef) and node.name in _CODEC]
     assert not twice, "\n".join(twice)
+
+
+#: what names a database or its driver: the engine switches on capabilities and connector
+#: methods, never on these (see dualwrite.connectors.changelog)
+DATABASE_WORDS = ("postgres", "mariadb", "mysql", "sqlite", "psycopg", "pymysql")
+
+
+def _database_mentions(path: Path) -> list[str]:
+    """Where a file's code names a database: identifiers, imported modules, and string
+    constants that are code (no whitespace: a dialect name, a URL prefix), not docstrings,
+    comments or messages to people."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    docstrings = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                docstrings.add(id(body[0].value))
+    found = []
+    for node in ast.walk(tree):
+        texts: list[str] = []
+        if isinstance(node, ast.Name):
+            texts = [node.id]
+        elif isinstance(node, ast.Attribute):
+            texts = [node.attr]
+        elif isinstance(node, ast.alias):
+            texts = [node.name, node.asname or ""]
+        elif isinstance(node, ast.ImportFrom):
+            texts = [node.module or ""]
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            texts = [node.name]
+        elif isinstance(node, ast.arg):
+            texts = [node.arg]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
+                id(node) not in docstrings and not any(ch.isspace() for ch in node.value):
+            texts = [node.value]
+        for text in texts:
+            if any(w in text.lower() for w in DATABASE_WORDS):
+                found.append(f"{path.relative_to(SRC)}:{getattr(node, 'lineno', '?')}: {text}")
+    return found
+
+
+def test_the_engine_names_no_database() -> None:
+    """No database-specific branch in the engine: what differs by database is a connector's
+    (its module, its Capabilities, its change log)."""
+    found = [m for path in sorted((SRC / "engine").rglob("*.py"))
+             for m in _database_mentions(path)]
+    assert not found, "\n".join(found)
+
+
+def test_the_change_log_seam_has_no_sql() -> None:
+    """The change-log protocol is implementable without SQL: it imports no SQL library."""
+    text = (SRC / "connectors" / "changelog.py").read_text(encoding="utf-8")
+    assert "sqlalchemy" not in text and "import sa" not in text
+
+
+def test_the_apply_core_does_no_io() -> None:
+    """Where conflicts are decided (dualwrite.engine.apply.core): plain data in, decisions
+    out; no SQL, no connections, no clock or threads of its own."""
+    path = SRC / "engine" / "apply" / "core.py"
+    text = path.read_text(encoding="utf-8")
+    for forbidden in ("sqlalchemy", "import threading", "import time", "import socket",
+                      "open(", "engine.state", "connectors.capture", "connectors.memory"):
+        assert forbidden not in text, f"core.py uses {forbidden!r}: the apply core is pure"
+    assert _imports(path) <= {"connectors", "model", "errors", "engine"}

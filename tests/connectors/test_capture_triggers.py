@@ -47,7 +47,7 @@ def db(request: pytest.FixtureRequest, make_backend: BackendFactory) -> Backend:
 
 def _log(b: Backend) -> CaptureLog:
     assert isinstance(b.connector, SqlConnector)
-    log = b.connector.capture_log()
+    log = b.connector.change_log()
     assert isinstance(log, CaptureLog)
     return log
 

@@ -3,9 +3,13 @@ PostgreSQL and MariaDB, and the tests of what only PostgreSQL and MariaDB have."
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import sqlalchemy as sa
 
+from dualwrite.connectors import connect
+from dualwrite.connectors.memory import MemoryConnector
 from dualwrite.model.schema import Kind
 from dualwrite.testing.backends import only
 from dualwrite.testing.connector_suite import *  # noqa: F403 - the suite's tests
@@ -14,10 +18,16 @@ from conftest import Backend, BackendFactory
 
 
 @pytest.fixture
-def harness(backend: Backend) -> Backend:
+def harness(backend: Backend) -> Iterator[Backend]:
     """The suite's backend: each registered backend in turn (dualwrite.testing.backends:
-    memory, SQLite, PostgreSQL, MariaDB)."""
-    return backend
+    memory, SQLite, PostgreSQL, MariaDB); the memory database with its change capture on."""
+    if backend.kind != "memory":
+        yield backend
+        return
+    url = backend.url + "?capture=on"
+    captured = Backend("memory", url, connect("suite", url))
+    yield captured
+    MemoryConnector.reset(url)
 
 
 @pytest.mark.parametrize("kind", only("postgresql", "mariadb",

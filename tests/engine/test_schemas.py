@@ -188,7 +188,7 @@ def test_tables_in_another_schema_and_database_work_in_every_command(
                      "TRIGGER_SCHEMA = DATABASE()") == [(6,)]
         for b in link.bound_maps():
             for side, spec in capture_specs(b).items():
-                assert link.connectors[side].capture_log().check(spec) == []
+                assert link.connectors[side].change_log().check(spec) == []
 
         # stop removes the triggers where they are
         link.stop_maps()

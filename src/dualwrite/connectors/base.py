@@ -21,12 +21,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dualwrite.model.filters import Expr
 from dualwrite.model.schema import TableSchema
+
+if TYPE_CHECKING:
+    from dualwrite.connectors.changelog import ChangeLog
 
 Row = tuple[Any, ...]
 
@@ -85,6 +88,13 @@ class Capabilities:
     bulk_load_checks: bool = False
     #: :meth:`WriteSession.insert_resolving` finds simple lookups inside the INSERT
     insert_resolving: bool = False
+    #: the change log's versions are JSON text that a target's own input functions read back
+    #: to the values the row builders would write (numbers exact, dates as ISO text): the
+    #: applier may hand them to a target that ``supports_json_apply`` undecoded
+    supports_json_log: bool = False
+    #: :meth:`WriteSession.insert_json` and :meth:`WriteSession.update_if_json` read captured
+    #: versions (the applier's set-based path)
+    supports_json_apply: bool = False
 
 
 #: The bulk formats, in order of preference. ``copy-text``: PostgreSQL's COPY text format
@@ -408,14 +418,23 @@ class Connector(ABC):
         the environment (an OData service is probed)."""
         return None
 
-    def capture_log(self) -> Any:
-        """This environment's change log (:class:`dualwrite.connectors.capture.CaptureLog`).
-        Raises TerminalConnectorError where the backend has no capture."""
+    def change_log(self) -> ChangeLog:
+        """This environment's change log (see :mod:`dualwrite.connectors.changelog`; the SQL
+        databases' is :class:`dualwrite.connectors.capture.CaptureLog`). Only where
+        ``capabilities.capture``; raises TerminalConnectorError elsewhere."""
         from dualwrite.errors import TerminalConnectorError
 
         raise TerminalConnectorError(
             f"{type(self).__name__} has no change capture", environment=self.name,
             hint="capture needs PostgreSQL, MariaDB or SQLite")
+
+    # -- errors ---------------------------------------------------------------------------
+    def translating(self, doing: str) -> AbstractContextManager[None]:
+        """A context in which the backend's own errors become the :class:`ConnectorError` of
+        the one error tree, naming ``doing`` (each backend's single translation choke point,
+        kept on purpose: the engine wraps its statements in it and handles one hierarchy).
+        The default translates nothing: a backend whose code raises ConnectorErrors itself."""
+        return nullcontext()
 
     # -- link bookkeeping -----------------------------------------------------------------
     @abstractmethod

@@ -52,9 +52,6 @@ from typing import Any
 import sqlalchemy as sa
 
 from dualwrite.connectors.capture import (
-    MariaDbDialect,
-    PostgresDialect,
-    SqliteDialect,
     _bq,
     _dq,
     _my_string,
@@ -103,19 +100,20 @@ class DeltaJournal:
 
     def __init__(self, connector: SqlConnector) -> None:
         self.connector = connector
-        self.dialect = dialect_for(connector)
+        # Any: the journal's SQL reaches into each database's own dialect
+        self.dialect: Any = dialect_for(connector)
         self._ready = False
 
     # ------------------------------------------------------------------------ set up
     def _home(self) -> str:
-        log = self.connector.capture_log()
+        log = self.connector.change_log()
         log.locate()
         self.dialect.home = log.dialect.home
-        return self.dialect.home
+        return str(self.dialect.home)
 
     def _journal_ddl(self) -> list[str]:
         d = self.dialect
-        if isinstance(d, PostgresDialect):
+        if d.name == "postgresql":
             return [
                 f"CREATE TABLE IF NOT EXISTS {JOURNAL} (id BIGSERIAL PRIMARY KEY, "
                 "tbl TEXT NOT NULL, k TEXT NOT NULL, batch BIGINT, at TIMESTAMPTZ)",
@@ -127,7 +125,7 @@ class DeltaJournal:
                 f"CREATE TABLE IF NOT EXISTS {TRACKED} (tbl TEXT PRIMARY KEY, tag TEXT NOT NULL, "
                 "k TEXT NOT NULL, since BIGINT NOT NULL)",
             ]
-        if isinstance(d, MariaDbDialect):
+        if d.name == "mariadb":
             opts = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
             return [
                 f"CREATE TABLE IF NOT EXISTS {JOURNAL} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
@@ -179,7 +177,7 @@ class DeltaJournal:
 
     def _trigger_ddl(self, conn: sa.Connection, table: str, key: Sequence[str]) -> list[str]:
         d, tag = self.dialect, tag_of(table)
-        if isinstance(d, PostgresDialect):
+        if d.name == "postgresql":
             t = d._table(table)
             name = _pg_string(table)
 
@@ -194,7 +192,7 @@ class DeltaJournal:
             }
             out = []
             for op, select in bodies.items():
-                event, referencing = PostgresDialect.EVENTS[op]
+                event, referencing = d.EVENTS[op]
                 out += [
                     f"CREATE OR REPLACE FUNCTION {tag}{op}() RETURNS trigger LANGUAGE plpgsql "
                     f"{d._pinned()} AS $dw$ BEGIN INSERT INTO {JOURNAL} (tbl, k) {select}; "
@@ -204,7 +202,7 @@ class DeltaJournal:
                     f"FOR EACH STATEMENT EXECUTE FUNCTION {tag}{op}()",
                 ]
             return out
-        if isinstance(d, MariaDbDialect):
+        if d.name == "mariadb":
             schema, bare = d.split(table)
             db = f"{_bq(schema)}." if schema else ""
             t = f"{db}{_bq(bare)}"
@@ -227,7 +225,7 @@ class DeltaJournal:
             events = {"i": "INSERT", "d": "DELETE", "u": "UPDATE"}
             return [f"CREATE OR REPLACE TRIGGER {db}{tag}{op} AFTER {events[op]} ON {t} "
                     f"FOR EACH ROW {body}" for op, body in bodies.items()]
-        assert isinstance(d, SqliteDialect)
+        assert d.name == "sqlite"
         t = _dq(table)
 
         def lite_key(row: str) -> str:
@@ -250,10 +248,10 @@ class DeltaJournal:
 
     def _drop_ddl(self, table: str) -> list[str]:
         d, tag = self.dialect, tag_of(table)
-        if isinstance(d, PostgresDialect):
+        if d.name == "postgresql":
             return [f"DROP TRIGGER IF EXISTS {tag}{op} ON {d._table(table)}" for op in "idu"] + \
                 [f"DROP FUNCTION IF EXISTS {tag}{op}()" for op in "idu"]
-        if isinstance(d, MariaDbDialect):
+        if d.name == "mariadb":
             schema, _ = d.split(table)
             db = f"{_bq(schema)}." if schema else ""
             return [f"DROP TRIGGER IF EXISTS {db}{tag}{op}" for op in "idu"]
@@ -266,11 +264,11 @@ class DeltaJournal:
         d, tag = self.dialect, tag_of(table)
         names = {o: f"{tag}{o}" for o in "idu"}
         schema, bare = d.split(table)
-        if isinstance(d, PostgresDialect):
+        if d.name == "postgresql":
             query = ("SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgname IN (:i, :d, :u) "
                      "AND tgrelid = to_regclass(:t) AND tgenabled <> 'D'")
             params: dict[str, Any] = {**names, "t": d._table(table)}
-        elif isinstance(d, MariaDbDialect):
+        elif d.name == "mariadb":
             query = ("SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = "
                      "COALESCE(:s, DATABASE()) AND EVENT_OBJECT_TABLE = :t AND TRIGGER_NAME "
                      "IN (:i, :d, :u)")
@@ -327,7 +325,7 @@ class DeltaJournal:
     # ------------------------------------------------------------------------ positions
     def _begin(self) -> Any:
         engine = self.connector.engine
-        if isinstance(self.dialect, MariaDbDialect):
+        if self.dialect.name == "mariadb":
             # each statement sees what committed before it (the sequencer's SELECT must see
             # the batches of the sequencer it waited for), and reads of uncommitted journal
             # rows never wait for their writers
@@ -337,9 +335,9 @@ class DeltaJournal:
     def _time(self, at: dt.datetime) -> Any:
         """``at`` (UTC) as the journal's ``at`` column holds it: SQLite's as fixed-width text,
         which sorts as the times do."""
-        if isinstance(self.dialect, SqliteDialect):
+        if self.dialect.name == "sqlite":
             return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-        if isinstance(self.dialect, MariaDbDialect):
+        if self.dialect.name == "mariadb":
             return at.astimezone(dt.UTC).replace(tzinfo=None)
         return at
 

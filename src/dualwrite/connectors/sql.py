@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
@@ -41,6 +41,9 @@ from dualwrite.errors import (
 from dualwrite.model.filters import Expr
 from dualwrite.model.schema import Column, Facets, ForeignKey, Kind, TableSchema
 from dualwrite.model.values import canonical
+
+if TYPE_CHECKING:
+    from dualwrite.connectors.capture import CaptureLog, Dialect
 
 LINK_TABLE = "dualwrite_link"
 OWN_TABLE_PREFIX = "dualwrite_"
@@ -374,7 +377,7 @@ class SqlConnector(Connector):
         self._schemas: dict[str, TableSchema] = {}
         self._binary_order: dict[tuple[str, str], bool] = {}
         self._statements: dict[tuple[Any, ...], Any] = {}
-        self._capture: Any = None
+        self._capture: CaptureLog | None = None
 
     # -- hooks for dialects -----------------------------------------------------------------
     def _create_engine(self, url: str) -> sa.Engine:
@@ -457,7 +460,14 @@ class SqlConnector(Connector):
         else:
             conn.exec_driver_sql("DELETE FROM dualwrite_origin")
 
-    def capture_log(self) -> Any:
+    def capture_dialect(self) -> Dialect:
+        """The SQL of change capture for this database (its module's Dialect); the default
+        refuses."""
+        raise TerminalConnectorError(
+            f"change capture is not available for {self.engine.dialect.name}",
+            environment=self.name, hint="use PostgreSQL, MariaDB or SQLite")
+
+    def change_log(self) -> CaptureLog:
         if self._capture is None:
             from dualwrite.connectors.capture import CaptureLog
 
@@ -1114,6 +1124,8 @@ class SqlConnector(Connector):
         self.execute(f"DROP TABLE IF EXISTS {LINK_TABLE}")
 
     def close(self) -> None:
+        if self._capture is not None:
+            self._capture.close()
         self.engine.dispose()
 
 

@@ -7,11 +7,13 @@ its previous firing, so a steady stream of errors fires it once per ``count`` ev
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from dualwrite.engine.config import AlertRule
@@ -32,8 +34,11 @@ class Alerts:
         self._levels: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def record(self, map_name: str, kind: str, message: str) -> list[str]:
-        """Record an event; run the actions of every rule it makes fire. Returns them."""
+    def record(self, map_name: str, kind: str, message: str, *,
+               defer: Callable[[Callable[[], None]], None] | None = None) -> list[str]:
+        """Record an event; run the actions of every rule it makes fire, or hand each to
+        ``defer`` to be run later (the applier runs them after its step: an action that
+        pauses or stops a map changes the maps the apply loop works on). Returns them."""
         now = time.time()
         state = self.link.state
         state.add_event(map_name, kind, message, now)
@@ -54,7 +59,10 @@ class Alerts:
             text = (f"map {map_name}: {n} {kind} event(s) within {rule.within_minutes:g} min "
                     f"(last: {message})")
             state.add_alert(map_name, rule.name, rule.action, text, now)
-            self._act(rule, map_name, kind, text)
+            if defer is None:
+                self._act(rule, map_name, kind, text)
+            else:
+                defer(functools.partial(self._act, rule, map_name, kind, text))
             fired.append(rule.action)
         return fired
 

@@ -1,8 +1,14 @@
 """Applying captured changes: writes that bypassed dualwrite reach the other side.
 
-The :class:`Applier` reads each environment's change log (see
+The :class:`Applier` reads each environment's change log (the change-log seam,
+:class:`dualwrite.connectors.changelog.ChangeLog`: triggers in the SQL databases, see
 :mod:`dualwrite.connectors.capture`) and applies what it finds to the other side, for every map
-in an applying state (``running``, ``resuming``). What it guarantees, and how:
+in an applying state (``running``, ``resuming``). It is in three parts: the decisions
+(ordering, runs, parking, conflicts, positions) in :mod:`dualwrite.engine.apply.core`, with no
+I/O; the driver (stepping, backoff, waiting, housekeeping, the purger thread, the lease) in
+:mod:`dualwrite.engine.apply.driver`; and here, what one step reads, locks, compares and
+writes. It switches on the connectors' capabilities, never on a database's name. What it
+guarantees, and how:
 
 * **Order.** Changes are read oldest first and applied transaction by transaction, in the
   order of each transaction's last change. A transaction that wrote after another one
@@ -30,37 +36,54 @@ in an applying state (``running``, ``resuming``). What it guarantees, and how:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import json
 import logging
-import math
 import operator
-import os
 import re
-import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, cast
 
 from dualwrite.connectors.base import JsonSource, JsonValue, Row, WriteSession
-from dualwrite.connectors.capture import (
+from dualwrite.connectors.changelog import (
     MARKER,
     WATERMARK,
-    CaptureLog,
     CaptureSpec,
     Change,
-    MariaDbDialect,
-    PostgresDialect,
+    ChangeLog,
     columns_of_filter,
     decode_json,
     parse_time,
 )
 from dualwrite.engine import metrics
+from dualwrite.engine.apply.core import (
+    APPLYING,
+    canonical_key,
+    decide,
+    force,
+    held_by_dependencies,
+    hold_back,
+    not_applied,
+    route,
+    winner,
+)
+from dualwrite.engine.apply.core import KINDS as _KINDS
+from dualwrite.engine.apply.core import LAZY as _LAZY
+from dualwrite.engine.apply.core import Action as _Action
+from dualwrite.engine.apply.core import Mode as _Mode
+from dualwrite.engine.apply.core import Outcome as _Outcome
+from dualwrite.engine.apply.core import in_commit_order as _in_commit_order
+from dualwrite.engine.apply.core import kind_of as _kind_of
+from dualwrite.engine.apply.core import positions as _positions
+from dualwrite.engine.apply.core import runs as _runs
+from dualwrite.engine.apply.core import same as _same
+from dualwrite.engine.apply.core import same_value as _same_value
+from dualwrite.engine.apply.driver import ApplierLoop, run_applier
 from dualwrite.engine.diff import Entry, MapDiffer, coerce
 from dualwrite.engine.lease import ApplierLease
 from dualwrite.engine.live import RuleContext
@@ -88,7 +111,7 @@ from dualwrite.errors import (
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.conversion import from_log
 from dualwrite.model.filters import evaluate
-from dualwrite.model.maps import ConflictPolicy, Side
+from dualwrite.model.maps import Side
 from dualwrite.model.schema import Kind
 from dualwrite.model.values import canonical, value_key
 
@@ -97,9 +120,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dualwrite.capture")
 
-#: the longest wait of a quiet applier whose sides all notify (PostgreSQL)
-_NOTIFIED_IDLE_MAX = 1.0
-
 #: kinds of the constants (defaults) the set-based statements write as literals
 _CONSTANT_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.BOOLEAN, Kind.DECIMAL})
 #: kinds of the columns a value map or a resolved lookup reads from and writes into on the
@@ -107,8 +127,6 @@ _CONSTANT_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.BOOLEAN, Kind.DECIM
 _MAPPED_KINDS = frozenset({Kind.STRING, Kind.INTEGER, Kind.BOOLEAN})
 _MISSING: Any = object()
 
-#: map states in which captured changes are applied
-APPLYING = ("running", "resuming")
 #: the log event of a map's move into a state, as the applier sees it
 _STATE_EVENTS = {"paused": "paused", "resuming": "resumed", "running": "running",
                  "held": "held", "failed": "failed"}
@@ -129,49 +147,6 @@ def capture_specs(bound: BoundMap) -> dict[Side, CaptureSpec]:
         out[s] = CaptureSpec(bound.name, bound.table(s), tuple(bound.key(s)), tuple(cols),
                              bound.spec.version)
     return out
-
-
-# -- one action -----------------------------------------------------------------------------
-_LAZY: Any = object()
-
-
-class _Action:
-    """A captured change, decoded for one map: what the source row was and became.
-
-    ``old``/``new`` are rows of the map's source columns, or None where there is no such
-    version (or it lies outside the map's filter). For a map without a filter they are
-    decoded only when first asked for: the set-based paths never ask."""
-
-    __slots__ = ("_decode", "_new", "_old", "change", "ctx", "kind", "lkey", "skey",
-                 "source", "tkey")
-
-    def __init__(self, change: Change, source: Side, kind: str, old: Row | None,
-                 new: Row | None, skey: Row, tkey: Row, lkey: Row,
-                 decode: Callable[[dict[str, Any]], Row] | None = None,
-                 ctx: _MapCtx | None = None) -> None:
-        self.ctx = ctx  # the map, as the version the change was captured under says
-        self.change = change
-        self.source = source
-        self.kind = kind  # "create", "update" or "delete"
-        self._old, self._new = old, new  # a row, None, or _LAZY (decode on first use)
-        self.skey = skey
-        self.tkey = tkey
-        self.lkey = lkey  # the key on the left side: how a row is parked, whichever side
-        self._decode = decode
-
-    @property
-    def old(self) -> Row | None:
-        if self._old is _LAZY:
-            assert self._decode is not None and self.change.old is not None
-            self._old = self._decode(self.change.old)
-        return self._old
-
-    @property
-    def new(self) -> Row | None:
-        if self._new is _LAZY:
-            assert self._decode is not None and self.change.new is not None
-            self._new = self._decode(self.change.new)
-        return self._new
 
 
 #: kinds whose JSON text (as PostgreSQL's row_to_json and MariaDB's JSON_OBJECT write it:
@@ -223,36 +198,6 @@ class BatchResult:
     parked: int = 0
 
 
-@dataclass
-class _Outcome:
-    #: conflicts settled in this transaction, one per (map, key) however many of its changes
-    #: met the target's own
-    conflicts: dict[tuple[str, tuple[Any, ...]], dict[str, Any]] = field(default_factory=dict)
-    parked: list[tuple[_Action, str, str, dict[str, Any] | None]] = field(default_factory=list)
-    applied: int = 0
-    skipped: int = 0
-    #: (map, canonical left key) parked in this transaction: later changes to it wait
-    held: set[tuple[str, tuple[Any, ...]]] = field(default_factory=set)
-    #: per map, target keys written without first locking the row and looking at the
-    #: target's queue (the optimistic fast paths): looked at before commit (_recheck)
-    unchecked: dict[str, list[Row]] = field(default_factory=dict)
-    #: maps whose capture could not record a change (a marker in the log), with the reason
-    broken: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class _Mode:
-    """How one attempt at an apply transaction writes: run length, whether every row is
-    compared first, the changes that failed before (by seq) and the keys held back."""
-
-    limit: int
-    careful: bool
-    excluded: dict[int, DualwriteError]
-    blocked: set[tuple[str, tuple[Any, ...]]]
-    #: source transaction id -> seq of its change that failed: the rest of it waits
-    failed_tx: dict[str, int] = field(default_factory=dict)
-
-
 class _Postpone(Exception):
     """An entry cannot be settled yet: roll back what was written for it (see _settle)."""
 
@@ -272,13 +217,7 @@ class _Restart(Exception):
         self.error = error
 
 
-#: seconds between housekeeping passes (heartbeat, lease, queue budgets, samples) while
-#: changes flow, and at most while the link is quiet (HEARTBEAT_TIMEOUT is 10 s)
-_HOUSEKEEPING = 1.0
-_IDLE_HOUSEKEEPING = 3.0
-
-
-class Applier:
+class Applier(ApplierLoop):
     """Applies captured changes of one link, both directions. Thread-compatible, not
     thread-safe: one applier runs in one thread (``run``)."""
 
@@ -290,7 +229,7 @@ class Applier:
         cfg = link.config.model.capture
         self.batch = batch or cfg.batch_size
         self.poll = poll if poll is not None else cfg.poll_interval
-        self.logs: dict[Side, CaptureLog] = {s: link.connectors[s].capture_log() for s in Side}
+        self.logs: dict[Side, ChangeLog] = {s: link.connectors[s].change_log() for s in Side}
         self.state: StateStore = link.state
         self.env = {s: link.env_name(s) for s in Side}
         #: metric labels: the link, and per source side the direction it applies
@@ -313,6 +252,8 @@ class Applier:
         #: maps as older versions say, for changes captured under them (see _ctx_of)
         self._versions: dict[tuple[str, str], _MapCtx | None] = {}
         self.alerts = link.alerts()
+        #: alert actions fired by this step's events, run after it (see run_deferred)
+        self._deferred: list[Callable[[], None]] = []
         self._waiter: Any = None
         self._waiter_at = 0.0
         #: the lease this applier applies under (None: not fenced, e.g. a one-off drain in
@@ -329,37 +270,24 @@ class Applier:
         # backup) while the databases kept their fences. The holder moves its epoch past them.
         highest = 0
         for s in Side:
-            with self.link.connectors[s].translating(  # type: ignore[attr-defined]
-                    "read the applier fence"), self.link.connectors[s].transaction() as sess:
-                highest = max(highest, self.logs[s].fence_epoch(_conn(sess), self._link_name))
+            with self.link.connectors[s].translating("read the applier fence"), \
+                    self.link.connectors[s].transaction() as sess:
+                highest = max(highest, self.logs[s].fence_epoch(sess, self._link_name))
         if highest >= lease.epoch:
             lease.advance(highest + 1)
         assert lease.epoch is not None
         self.lease, self._epoch = lease, lease.epoch
         for s in Side:
-            with self.link.connectors[s].translating(  # type: ignore[attr-defined]
-                    "raise the applier fence"), self.link.connectors[s].transaction() as sess:
-                self.logs[s].fence(_conn(sess), self._link_name, lease.epoch)
+            with self.link.connectors[s].translating("raise the applier fence"), \
+                    self.link.connectors[s].transaction() as sess:
+                self.logs[s].fence(sess, self._link_name, lease.epoch)
+
+    def _raise_more_fences(self, sess: WriteSession, t: Side) -> None:
+        """Fences besides :meth:`_fenced`'s to raise in the target transaction (``sess``, on
+        side ``t``) before it commits; none for an applier under one lease."""
 
     def _fenced(self) -> tuple[str, int] | None:
         return (self._link_name, self._epoch) if self._epoch is not None else None
-
-    def _renew(self) -> None:
-        """Keep the lease; raise LeaseLost when another process has taken it."""
-        if self.lease is None:
-            return
-        try:
-            held = self.lease.renew()
-        except Exception as exc:
-            # the state store cannot be reached: no standby can take the lease over through
-            # it either; the fence keeps the databases safe whatever happens meanwhile
-            log.warning("renewing the applier lease: %s", exc)
-            return
-        if not held:
-            raise LeaseLost(f"link {self._link_name!r}: another process took the applier "
-                            "lease over (this one was stopped or cut off for longer than "
-                            f"the lease's {self.lease.ttl:g} s)",
-                            hint="nothing to do: this process stands by again")
 
     # -- maps --------------------------------------------------------------------------------
     def maps(self, refresh: bool = False) -> dict[str, _MapCtx]:
@@ -405,140 +333,6 @@ class Applier:
                     # is out of the link, the others go on
                     self.fail_map(name, "binding the map", ValidationFailed(found))
         return self._maps
-
-    # -- the loop ----------------------------------------------------------------------------
-    def run(self, stop: threading.Event, *, ready: Callable[[], None] | None = None) -> None:
-        """Apply until ``stop`` is set. Waits for changes on PostgreSQL's NOTIFY, else polls."""
-        self.prune_markers()
-        self.replay_released()
-        if ready:
-            ready()
-        last_housekeeping = 0.0
-        state_down: str | None = None
-        idle = 0  # passes in a row that found nothing
-        while not stop.is_set():
-            done = self.step()
-            now = time.monotonic()
-            # housekeeping each second while changes flow; a quiet link's less often, but
-            # always often enough to keep the lease (a third of its time to live)
-            period = _HOUSEKEEPING if idle == 0 else min(
-                _IDLE_HOUSEKEEPING, self.lease.ttl / 3 if self.lease else _IDLE_HOUSEKEEPING)
-            if now - last_housekeeping > period:
-                last_housekeeping = now
-                try:
-                    self.housekeeping()
-                    if state_down is not None:
-                        log.info("the state store answers again", extra={"event": "reconnected",
-                                                                        "side": "state"})
-                    state_down = None
-                except TransientConnectorError as exc:
-                    # the state store is down (a PostgreSQL one, on another host): apply what
-                    # can be applied without it, and keep looking; the lease may run out
-                    # meanwhile, and the fence then stops this applier
-                    if state_down is None:
-                        log.warning("%s; retrying", exc, extra={"event": "unreachable",
-                                                                "side": "state"})
-                    state_down = str(exc)
-            idle = idle + 1 if done == 0 else 0
-            if done == 0:
-                self._wait(stop, idle)
-        with contextlib.suppress(TransientConnectorError):
-            self.flush_activity(force=True)
-
-    def _wait(self, stop: threading.Event, idle: int = 0) -> None:
-        """Wait for changes: until a PostgreSQL side notifies, or the next look at a polled
-        log. A link that stays quiet is looked at less and less often (``idle``: passes in a
-        row that found nothing; the wait doubles each time, up to capture.idle_poll_max, or
-        up to a second when every side notifies): a quiet applier costs next to nothing,
-        and the first change after a quiet spell is still seen within that bound."""
-        delay = self.poll
-        if idle > 1:
-            cap = max(self.poll, self.link.config.model.capture.idle_poll_max)
-            delay = min(cap, self.poll * 2 ** min(idle - 1, 16))
-        pending_retry = [t - time.monotonic() for t in self._retry_at.values()
-                         if t > time.monotonic()]
-        if pending_retry:
-            delay = min(delay, max(min(pending_retry), 0.001))
-        waiter = self._notify_waiter()
-        if waiter is None:
-            stop.wait(delay)
-            return
-        try:
-            # only PostgreSQL sides notify: with another kind of side, wake at least every
-            # poll interval to look at its log
-            everyone_notifies = len(waiter.conns) == len(self.link.connectors)
-            if everyone_notifies and not pending_retry:
-                # a notification wakes it at once; the timeout only bounds how late a
-                # change that notifies nobody is seen (an application's two-phase commit)
-                waiter(min(_NOTIFIED_IDLE_MAX, max(delay, 0.05) * 2 ** min(max(idle - 1, 0), 8)))
-            else:
-                waiter(delay)
-        except Exception as exc:  # any failure of the LISTEN session
-            # A lost LISTEN session (server restart, terminated backend) must not stop the
-            # applier: poll, and listen again a little later.
-            log.warning("LISTEN session lost (%s); polling until it is back", exc)
-            waiter.close()
-            self._waiter = None
-            self._waiter_at = time.monotonic() + 1.0
-            stop.wait(delay)
-
-    def _notify_waiter(self) -> _PgListener | None:
-        """LISTEN on the PostgreSQL sides, so that their changes wake the applier at once (set
-        up again after a failure, at most once a second)."""
-        if self._waiter is None and time.monotonic() >= self._waiter_at:
-            self._waiter = False
-            urls = [c.url for c in self.link.connectors.values()
-                    if c.engine.dialect.name == "postgresql"]  # type: ignore[attr-defined]
-            if urls:
-                try:
-                    self._waiter = _PgListener(urls)
-                except Exception:  # unreachable now: poll, retry later
-                    self._waiter = None
-                    self._waiter_at = time.monotonic() + 1.0
-        return self._waiter or None
-
-    def close(self) -> None:
-        if self._waiter:
-            self._waiter.close()
-        if self._purger is not None:
-            self._purger_stop.set()
-            self._purger.join(timeout=30)
-            self._purger = None
-        self.flush_activity(force=True)
-
-    def step(self) -> int:
-        """One pass over both directions; returns how many changes were handled."""
-        handled = 0
-        for s in Side:
-            if time.monotonic() < self._retry_at[s]:
-                continue
-            try:
-                try:
-                    handled += self.apply_from(s)
-                except (TransientConnectorError, LeaseLost):
-                    raise
-                except Exception as exc:
-                    handled += self._isolate(s, exc)
-                self._backoff[s] = 0.0
-                if self.last_error[s] is not None:
-                    log.info("capture %s -> %s: reachable again; applying", self.env[s],
-                             self.env[s.other], extra={"event": "reconnected",
-                                                       "side": self.env[s.other]})
-                self.last_error[s] = None
-            except TransientConnectorError as exc:
-                self._backoff[s] = min(max(self._backoff[s] * 2, 0.1),
-                                       self.link.config.model.capture.max_backoff)
-                self._retry_at[s] = time.monotonic() + self._backoff[s]
-                if self.last_error[s] is None:
-                    log.warning("capture %s -> %s: %s; retrying", self.env[s],
-                                self.env[s.other], exc,
-                                extra={"event": "unreachable", "side": self.env[s.other]})
-                    metrics.APPLY_ERRORS.labels(self._link_name, "*", self._direction[s],
-                                                "unreachable").inc()
-                    for name in self._maps:  # as last read: reading them may need the side
-                        self.event(name, "unreachable", str(exc))
-                self.last_error[s] = str(exc)
-        return handled
 
     def _isolate(self, s: Side, exc: BaseException) -> int:
         """A batch from side ``s`` failed for a reason that retrying will not fix (a change
@@ -623,13 +417,11 @@ class Applier:
             try:
                 # every statement of the apply transaction passes the connector's error
                 # translation: a lost session is a transient error, retried with backoff
-                with self.link.connectors[t].translating(  # type: ignore[attr-defined]
-                        "apply captured changes"), \
+                with self.link.connectors[t].translating("apply captured changes"), \
                         self.link.connectors[t].transaction() as sess:
-                    conn = _conn(sess)
                     # the rest has no transaction the first part has not: its pairs are known
                     pairs = sorted({(c.map, c.txid) for c in changes})
-                    done, marks = self.logs[t].applied(conn, self.env[s], pairs) \
+                    done, marks = self.logs[t].applied(sess, self.env[s], pairs) \
                         if check_applied else (set(), {})
                     blocked = set(parked_keys)
                     mode = _Mode(1 if row_mode else self.batch, careful, excluded, blocked,
@@ -656,8 +448,9 @@ class Applier:
                     self._park(s, outcome.parked)
                     # the fence and the applied positions (a replay from the state store has
                     # none), last before the commit, in one round trip
+                    self._raise_more_fences(sess, t)
                     self.logs[t].finish_apply(
-                        conn, self.env[s], _positions(todo) if check_applied else [],
+                        sess, self.env[s], _positions(todo) if check_applied else [],
                         self._prune[s], self._fenced())
                 break
             except _Restart as r:
@@ -759,51 +552,24 @@ class Applier:
                     done: set[tuple[str, str]], marks: dict[str, int]) -> list[Change]:
         """Apply consecutive changes of one apply transaction; returns those that were not
         applied before (their positions are to be recorded)."""
-        todo = part if not done and not marks else [
-            c for c in part if (c.map, c.txid) not in done
-            and not (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))]
+        todo = not_applied(part, done, marks)
         changes = todo
         if any(c.op == MARKER for c in part):  # markers of applied transactions too
             for c in part:
                 if c.op == MARKER:
                     outcome.broken.setdefault(c.map, c.reason or "")
             changes = [c for c in todo if c.op != MARKER]
-        live = []
-        blocked, excluded = mode.blocked, mode.excluded
         if any(c.version for c in changes):
             self._unknown_versions(changes, maps, mode)
-        # A change that failed parks its whole source transaction (never applied in part):
-        # the transaction's other changes wait behind it, whichever map and key they are of.
-        failed_tx = mode.failed_tx
-        for a in self._actions(s, changes, maps, outcome):
-            err = excluded.get(a.change.seq)
-            if err is None and not blocked and not failed_tx:  # the common case
-                live.append(a)
-                continue
-            held = (a.change.map, canonical_key(a.lkey))
-            if err is not None:
-                outcome.parked.append((a, "error", _kind_of(err), {"reason": str(err)}))
-                blocked.add(held)  # what follows on this key waits behind it
-            elif a.change.txid in failed_tx:
-                outcome.parked.append((a, "waiting", "",
-                                       {"behind": failed_tx[a.change.txid]}))
-                blocked.add(held)
-            elif held in blocked:
-                outcome.parked.append((a, "waiting", "", None))
-            else:
-                live.append(a)
+        # the parking rules (dualwrite.engine.apply.core): a change that failed parks its
+        # whole source transaction; what follows on a parked key waits behind it
+        live = route(self._actions(s, changes, maps, outcome), mode, outcome)
         for run in _runs(live, mode.limit):
-            if outcome.held:
-                # a key parked by an earlier run of this transaction (a manual conflict):
-                # its later changes wait behind it, they are not conflicts of their own
-                blocked |= outcome.held
-                waiting = [a for a in run if (a.change.map, canonical_key(a.lkey)) in blocked]
-                if waiting:
-                    outcome.parked += [(a, "waiting", "", None) for a in waiting]
-                    run = [a for a in run if (a.change.map, canonical_key(a.lkey))
-                           not in blocked]
-                    if not run:
-                        continue
+            # a key parked by an earlier run of this transaction (a manual conflict): its
+            # later changes wait behind it, they are not conflicts of their own
+            run = hold_back(run, mode.blocked, outcome)
+            if not run:
+                continue
             ctx = run[0].ctx
             assert ctx is not None
             self._apply_run(sess, s, ctx, run, outcome, careful=mode.careful)
@@ -1014,7 +780,7 @@ class Applier:
         batch is applied again carefully (:class:`_Recheck`). One cheap probe for all the
         maps (the target queues nothing of them: the common case)."""
         names = sorted(n for n, keys in outcome.unchecked.items() if keys)
-        queued = self.logs[t].queued(_conn(sess), names) if names else set()
+        queued = self.logs[t].queued(sess, names) if names else set()
         for name, keys in outcome.unchecked.items():
             if not keys or name not in queued:
                 continue
@@ -1026,8 +792,9 @@ class Applier:
     def _json_plan(self, m: _MapCtx, s: Side) -> _JsonPlan | None:
         """Whether changes from side ``s`` for this map can go to the target as the log's JSON
         text, converted by the target database (no decoding, no row building in Python),
-        and how. Only where that is exactly what the row builders would do: a PostgreSQL
-        (``row_to_json``) or MariaDB (``JSON_OBJECT``) log and a PostgreSQL target, no
+        and how. Only where that is exactly what the row builders would do: a source whose
+        log's JSON text a target reads back exactly (``supports_json_log``) and a target that
+        reads it (``supports_json_apply``: :meth:`WriteSession.insert_json`), no
         company striping, every key column a copy between columns of the same kind, and
         every written field either such a copy, a default, a value map, a lookup on the
         target (a join by natural key) or one on the source (resolved per run) of the shapes
@@ -1044,8 +811,8 @@ class Applier:
             i: self._json_value(m, s, i, mappings)
             for i in sorted(set(d.create_into[t]) | set(d.live_into[t]))}
         key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
-        if isinstance(self.logs[s].dialect, PostgresDialect | MariaDbDialect) and \
-                isinstance(self.logs[t].dialect, PostgresDialect) and \
+        if self.link.connectors[s].capabilities.supports_json_log and \
+                self.link.connectors[t].capabilities.supports_json_apply and \
                 not d.company_cols[t] and None not in values.values() \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
                         and d.plan(s, t, src, dst).text_safe for src, dst in key_pairs):
@@ -1197,11 +964,10 @@ class Applier:
         target queues anything of this map at all (the common case: it does not): one cheap
         probe instead of sending every key."""
         d, b = m.differ, m.bound
-        conn = _conn(sess)
-        if len(keys) >= _PROBE_QUEUE_AT and not self.logs[t].queues(conn, b.name):
+        if len(keys) >= _PROBE_QUEUE_AT and not self.logs[t].queues(sess, b.name):
             return {}
         key_cols = [d.connectors[t].describe(b.table(t)).columns[c] for c in b.key(t)]
-        found = self.logs[t].pending(conn, b.name, list(keys), key_cols)
+        found = self.logs[t].pending(sess, b.name, list(keys), key_cols)
         out: dict[tuple[Any, ...], list[Change]] = {}
         decoders = [from_log(d.cols[t][c]) for c in b.key(t)]
         for c in found:
@@ -1394,86 +1160,15 @@ class Applier:
         src = self.link.connectors[s].fetch(b.table(s), d.columns[s], key=list(b.key(s)),
                                             keys=[a.skey for a in asked])
         src_now = {canonical_key(tuple(r[i] for i in d.key_idx[s])): r for r in src}
-
-        def agree(a: _Action, cur: tuple[Any, ...] | None) -> bool:
-            """Both sides hold the same version now (a later change, or a synchronous write,
-            got there): nothing to apply."""
-            now_row = src_now.get(canonical_key(a.skey))
-            if now_row is None or cur is None:
-                return now_row is None and cur is None
-            try:
-                return canonical_key(d.build_live[t](now_row, a.skey, resolved)) == cur
-            except RowError:
-                return False
-
-        for a, cur in undecided:
-            if agree(a, cur):
-                outcome.skipped += 1
-            else:
-                self._force(a, cur, d, t, resolved, inserts, updates, deletes)
-        to_forget: list[Change] = []
-        for a, cur, theirs in conflicts:
-            if agree(a, cur):
-                outcome.skipped += 1
-                continue
-            policy = b.spec.conflict
-            winner = self._winner(policy, a, theirs)
-            held = (b.name, canonical_key(a.lkey))
-            if held not in outcome.conflicts:  # one conflict, however many changes met it
-                outcome.conflicts[held] = {
-                    "map_name": b.name, "key": list(a.lkey), "policy": policy.value,
-                    "winner": winner.value if winner else "manual", "source": s.value,
-                    "incoming": a.change.as_dict(), "target": _plain(cur, d.live_columns[t]),
-                    "theirs": [x.as_dict() for x in theirs]}
-            if winner is None:
-                outcome.held.add(held)
-                outcome.parked.append((a, "error", "conflict", {
-                    "reason": f"conflict: both sides changed this row since it was last "
-                    f"synced (map policy: manual); {self.env[s]} changed it at "
-                    f"{a.change.at.isoformat()}, {self.env[t]} at "
-                    f"{max(x.at for x in theirs).isoformat()}",
-                    "target": _plain(cur, d.live_columns[t]),
-                    "theirs": [x.as_dict() for x in theirs],
-                    # what either side changes after this is applied on top of the version
-                    # the conflict is resolved for (see dualwrite.engine.settle)
-                    "detected_at": now_iso()}))
-            elif winner is t:
-                outcome.skipped += 1
-            else:
-                # the target's own changes to this row lost: they must not flow back
-                to_forget += theirs
-                self._force(a, cur, d, t, resolved, inserts, updates, deletes)
+        # the decisions themselves: dualwrite.engine.apply.core (no I/O)
+        to_forget = decide(s, b, d, undecided, conflicts, src_now, resolved, self.env,
+                           now_iso, inserts, updates, deletes, outcome)
         if to_forget:
-            self.logs[t].forget([c.seq for c in to_forget], _conn(sess))
+            self.logs[t].forget([c.seq for c in to_forget], sess)
 
-    @staticmethod
-    def _winner(policy: ConflictPolicy, a: _Action, theirs: list[Change]) -> Side | None:
-        if policy is ConflictPolicy.LEFT_WINS:
-            return Side.LEFT
-        if policy is ConflictPolicy.RIGHT_WINS:
-            return Side.RIGHT
-        if policy is ConflictPolicy.NEWEST_WINS:
-            latest = max(x.at for x in theirs)
-            if a.change.at == latest:
-                return Side.LEFT
-            return a.source if a.change.at > latest else a.source.other
-        return None
-
-    @staticmethod
-    def _force(a: _Action, cur: tuple[Any, ...] | None, d: MapDiffer, t: Side,
-               resolved: dict[tuple[Side, int], dict[Any, Any]],
-               inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
-               deletes: list[_Action]) -> None:
-        """Make the target hold the change's new version, whatever it holds now."""
-        if a.kind == "delete":
-            if cur is not None:
-                deletes.append(a)
-            return
-        assert a.new is not None
-        if cur is None:
-            inserts.append((a, d.create_values(t, a.new, resolved, a.skey)))
-        else:
-            updates.append((a, d.live_values(t, a.new, resolved, a.skey)))
+    #: the conflict rules (dualwrite.engine.apply.core)
+    _winner = staticmethod(winner)
+    _force = staticmethod(force)
 
     def _write(self, sess: WriteSession, s: Side, m: _MapCtx,
                inserts: list[tuple[_Action, Row]], updates: list[tuple[_Action, Row]],
@@ -1579,6 +1274,7 @@ class Applier:
             self.state.finish_release(entry.id, [p.id for p in items])
             n += len(items)
         self._parked = None
+        self.run_deferred()
         return n
 
     def _reopen(self, entry: InboxEntry, exc: DualwriteError) -> None:
@@ -1742,88 +1438,29 @@ class Applier:
                 stale = marks
                 if stale:
                     with self.link.connectors[t].transaction() as sess:
-                        self.logs[t].unmark(sess.conn, self.env[s], stale)  # type: ignore[attr-defined]
+                        self.logs[t].unmark(sess, self.env[s], stale)
             except ConnectorError as exc:
                 log.warning("pruning applied positions in %s: %s", self.env[t], exc)
 
-    def housekeeping(self) -> None:
-        """Every second while changes flow, every few seconds while quiet: a heartbeat,
-        settle released parks, finish resuming maps, watch queue budgets; and see that what
-        deleted log rows leave behind is purged."""
-        self._renew()
-        if self.process is not None:
-            self.state.heartbeat(self.process, role="applier", note=self._waiting_for())
-        try:
-            self.replay_released()
-            stats = {s: self.logs[s].stats() for s in Side}
-        except ConnectorError:
-            return
-        self._start_purger()
-        budget = self.link.config.model.capture.queue
-        maps = self.maps(refresh=True)
-        for name, m in maps.items():
-            rows = sum(stats[s].get(name, (0, 0, None))[0] for s in Side)
-            size = sum(stats[s].get(name, (0, 0, None))[1] for s in Side)
-            oldest = [x for s in Side if (x := stats[s].get(name, (0, 0, None))[2])]
-            age = (time.time() - min(oldest).timestamp()) if oldest else 0.0
-            if m.state == "resuming" and rows == 0:
-                self.state.set_map_state(name, MapState.RUNNING)
-            used = max(rows / budget.max_rows, size / budget.max_bytes,
-                       age / budget.max_age_seconds)
-            self.alerts.queue_level(name, used, rows, size, age)
-        self._sample(maps, stats)
-
-    def _sample(self, maps: dict[str, _MapCtx], stats: dict[Side, dict[str, Any]]) -> None:
-        """Every few seconds (not in the first ones), per map: lag and queue into the state
-        store's samples (the console's chart, the throughput of `status`); alerts whose cause
-        is gone clear. One state-store transaction."""
-        monitor = self.link.monitor
-        now = time.time()
-        if not monitor.due(now):
-            return
-        parked = self.state.parked_count()
-        per_map = {}
-        for name, m in maps.items():
-            rows = sum(stats[s].get(name, (0, 0, None))[0] for s in Side)
-            oldest = [x for s in Side if (x := stats[s].get(name, (0, 0, None))[2])]
-            applying = m.state in APPLYING
-            lag = max(0.0, now - min(oldest).timestamp()) if oldest and applying else 0.0
-            per_map[name] = (lag, rows if applying else 0, rows + parked.get(name, 0))
-        monitor.sample(per_map, now)
-
-    def _waiting_for(self) -> str | None:
-        """What keeps this applier from applying, for ``status`` (None: nothing)."""
-        down = [f"{self.env[x.other]} unreachable ({e})" for x, e in self.last_error.items()
-                if e is not None]
-        return "; ".join(down) or None
-
-    def _start_purger(self) -> None:
-        """MariaDB keeps deleted log rows as history, and every read of the log wades through
-        them until they are purged: purge every second (cheap when small), on a thread of its
-        own. Inline, purging what a 20,000-row transaction left took about 50 ms, which every
-        change arriving meanwhile waited for."""
-        logs = [c for c in self.logs.values() if c.needs_purge]
-        if not logs or self._purger is not None:
-            return
-
-        def purge() -> None:
-            while not self._purger_stop.wait(_PURGE_EVERY):
-                for c in logs:
-                    try:
-                        c.purge()
-                    except ConnectorError as exc:  # unreachable: the applier says so
-                        log.debug("purging the change log: %s", exc)
-
-        self._purger = threading.Thread(target=purge, name="dualwrite-log-purge", daemon=True)
-        self._purger.start()
-
     def event(self, map_name: str, kind: str, message: str) -> None:
         """Record an event (alert rules count them); lost, with a log line, while the state
-        store cannot be reached: what it tells is logged already."""
+        store cannot be reached: what it tells is logged already. The actions of the rules it
+        fires run after the step (:meth:`run_deferred`), never inside the apply loop: one
+        that pauses or stops a map changes the maps the loop works on."""
         try:
-            self.alerts.record(map_name, kind, message)
+            self.alerts.record(map_name, kind, message, defer=self._deferred.append)
         except TransientConnectorError as exc:
             log.debug("event %s of map %s not recorded: %s", kind, map_name, exc)
+
+    def run_deferred(self) -> None:
+        """Run the alert actions fired since the last call (pause or stop a map, call a
+        webhook). One that fails is logged; the applier goes on."""
+        while self._deferred:
+            action = self._deferred.pop(0)
+            try:
+                action()
+            except Exception as exc:  # an alert's action must not stop the applier
+                log.warning("alert action failed: %s", exc, exc_info=True)
 
     def flush_activity(self, force: bool = False) -> None:
         now = time.monotonic()
@@ -1833,56 +1470,11 @@ class Applier:
             self._flushed = now
 
 
-class _PgListener:
-    """LISTEN on every PostgreSQL database of the link; ``wait(timeout)`` returns at the
-    first notification or after ``timeout`` seconds."""
-
-    def __init__(self, urls: Sequence[str]) -> None:
-        import selectors
-
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        from dualwrite.connectors.postgresql import CONNECT_DEFAULTS
-
-        self.conns = []
-        self.sel = selectors.DefaultSelector()
-        for url in urls:
-            u = make_url(url)
-            settings: dict[str, Any] = {**CONNECT_DEFAULTS, **u.query}
-            conn = psycopg.connect(host=u.host or "localhost", port=u.port or 5432,
-                                   user=u.username, password=u.password, dbname=u.database,
-                                   autocommit=True, **settings)
-            conn.execute("LISTEN dualwrite_changes")
-            self.conns.append(conn)
-            self.sel.register(conn.fileno(), selectors.EVENT_READ, conn)
-
-    def __call__(self, timeout: float) -> None:
-        for key, _ev in self.sel.select(timeout):
-            conn = key.data
-            # drain: notifications arrive as soon as the socket is read
-            for _n in conn.notifies(timeout=0, stop_after=100):
-                pass
-
-    def close(self) -> None:
-        for c in self.conns:
-            with contextlib.suppress(Exception):
-                c.close()
-
-
 # -- helpers ---------------------------------------------------------------------------------
 _UNSET: Any = object()
-_SEQ = operator.attrgetter("seq")
 #: from this many changes in a run on, the target's log is probed for any queued change of the
 #: map before its queued changes for the run's keys are looked up
 _PROBE_QUEUE_AT = 50
-#: seconds between purges of a log's history (MariaDB)
-_PURGE_EVERY = 1.0
-#: action kind by (row in the filter before, row in the filter after)
-_KINDS: tuple[tuple[str | None, str], tuple[str, str]] = (
-    (None, "create"), ("delete", "update"))
-
-
 class _Terms:
     """A map's rows in the terms of one side (``base``): each field's value as the base side's
     column holds it. A row of the other side is converted field by field as writing it into
@@ -1919,30 +1511,6 @@ class _Terms:
         return tuple(out)
 
 
-def held_by_dependencies(depends: dict[str, Sequence[str]], states: dict[str, str]
-                         ) -> dict[str, str]:
-    """Maps in an applying state held back because a map they depend on (``depends_on``,
-    transitively) is not running: map -> the dependency that holds it. Their changes queue
-    meanwhile, as a paused map's do."""
-    held: dict[str, str] = {}
-
-    def blocker(name: str, seen: frozenset[str]) -> str | None:
-        for dep in depends.get(name, ()):
-            if dep in seen:
-                continue
-            if states.get(dep) != "running":
-                return dep
-            found = blocker(dep, seen | {dep})
-            if found is not None:
-                return found
-        return None
-
-    for name in depends:
-        if states.get(name) in APPLYING and (dep := blocker(name, frozenset({name}))):
-            held[name] = dep
-    return held
-
-
 def _side_keys(d: MapDiffer, b: BoundMap, lkey: Sequence[Any]) -> dict[Side, Row]:
     """A row's key on each side, from its left key (as the state store holds it)."""
     left = tuple(coerce(v, d.kinds[Side.LEFT][c])
@@ -1951,45 +1519,6 @@ def _side_keys(d: MapDiffer, b: BoundMap, lkey: Sequence[Any]) -> dict[Side, Row
     for i, v in zip(d.key_idx[Side.LEFT], left, strict=True):
         shaped[i] = v
     return {Side.LEFT: left, Side.RIGHT: d.target_key(Side.LEFT, tuple(shaped))}
-
-
-def _same_value(a: Any, b: Any) -> bool:
-    """Whether two values of one column are the same value: Python equality (5 and
-    Decimal('5.00'), a datetime with a zone and one without by the instant through the
-    canonical form), except that a float zero keeps its sign (0.0 and -0.0 are two values a
-    column may hold) and NaN is itself."""
-    if type(a) is float and type(b) is float:
-        if a != a or b != b:  # NaN
-            return a != a and b != b
-        return a == b and (a != 0.0 or math.copysign(1.0, a) == math.copysign(1.0, b))
-    return bool(a == b or canonical(a) == canonical(b))
-
-
-def _conn(sess: WriteSession) -> Any:
-    """The SQL connection under a write session (the change log's statements run on it)."""
-    return sess.conn  # type: ignore[attr-defined]
-
-
-def canonical_key(values: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(canonical(v) for v in values)
-
-
-def _same(cur: tuple[Any, ...] | None, values: tuple[Any, ...] | None) -> bool:
-    """Whether a target row's values equal values built for it: Python equality first (it
-    already equates 5 and Decimal('5.00')), then the canonical form (datetimes, booleans)."""
-    if cur is None or values is None:
-        return cur is values
-    if cur == values and not any(type(v) is float for v in cur):
-        return True  # the common case, at once
-    return len(cur) == len(values) and all(_same_value(a, b) for a, b in
-                                           zip(cur, values, strict=True))
-
-
-def _plain(values: tuple[Any, ...] | None, cols: list[str]) -> dict[str, Any] | None:
-    if values is None:
-        return None
-    return {c: (str(v) if v is not None and not isinstance(v, int | str) else v)
-            for c, v in zip(cols, values, strict=True)}
 
 
 def _matches(flt: Any, d: MapDiffer, s: Side, row: Row, captured: dict[str, Any] | None
@@ -2002,12 +1531,6 @@ def _matches(flt: Any, d: MapDiffer, s: Side, row: Row, captured: dict[str, Any]
         return evaluate(flt, values)
     except RowError:
         return False
-
-
-def _kind_of(err: DualwriteError) -> str:
-    """The event a parked change's error records: "lookup" for a lookup or value map without
-    an answer (the error says so by its kind, not its words), else "rejected"."""
-    return "lookup" if isinstance(err, RowError) and err.kind == "lookup" else "rejected"
 
 
 @functools.lru_cache(maxsize=256)
@@ -2043,181 +1566,6 @@ def _spellings(kind: Kind, named: Sequence[Any]) -> list[str]:
     return out
 
 
-def _in_commit_order(changes: list[Change], has_txid: bool) -> list[Change]:
-    """Transactions ordered by their last change, each transaction's changes by seq."""
-    ordered = sorted(changes, key=_SEQ)  # linear for a read that came in seq order
-    if not has_txid:
-        return ordered
-    by_tx: dict[str, list[Change]] = {}
-    for c in ordered:
-        by_tx.setdefault(c.txid, []).append(c)
-    if len(by_tx) == 1:
-        return ordered
-    groups = sorted(by_tx.values(), key=lambda g: g[-1].seq)
-    return [c for g in groups for c in g]
-
-
-def _runs(actions: list[_Action], limit: int) -> Iterator[list[_Action]]:
-    """Consecutive actions of one map and kind, with no key twice: each run is written with
-    one statement per kind, and order between runs is kept."""
-    run: list[_Action] = []
-    keys: set[tuple[Any, ...]] = set()
-    ctx: _MapCtx | None = None
-    kind = None
-    for a in actions:
-        k = a.tkey  # one side's values, all of its own types: no canonical form needed
-        if a.kind != kind or a.ctx is not ctx or k in keys or len(run) >= limit:
-            if run:
-                yield run
-            run, keys, ctx, kind = [], set(), a.ctx, a.kind
-        run.append(a)
-        keys.add(k)
-    if run:
-        yield run
-
-
-def _positions(changes: list[Change]) -> list[tuple[str, str, int]]:
-    top: dict[tuple[str, str], int] = {}
-    for c in changes:
-        k = (c.map, c.txid)
-        if top.get(k, -1) < c.seq:
-            top[k] = c.seq
-    return [(m, t, q) for (m, t), q in top.items()]
-
-
-
-
-def run_applier(link: Link, stop: threading.Event, *, ready: Callable[[], None] | None = None,
-                prepare: Callable[[], None] | None = None, wait_for_lock: bool = True,
-                runner: Callable[[Applier, threading.Event, Callable[[], None] | None], None]
-                | None = None) -> None:
-    """Take the link's applier lease (waiting for it, as a standby, while another process
-    holds it), recover in-doubt live transactions, then apply captured changes until ``stop``
-    is set. A database that cannot be reached, at start or later, is waited for with backoff
-    (the process does not exit); the process is registered in the state store with its role
-    and a heartbeat, so that ``status`` shows whether anything applies. An applier that loses
-    its lease (stopped or cut off for longer than it lasts, see dualwrite.engine.lease)
-    commits nothing more and stands by again. ``prepare`` runs once the maps are valid (it
-    may need the databases too: loading rules). ``runner(applier, stop, ready)``, if given,
-    does the holder's work instead of ``applier.run`` (the JetStream reader, see
-    dualwrite.engine.jetstream); it raises LeaseLost like it when the lease is lost."""
-    me = link.state.register_process(link.config.link_name, "standby")
-    lease = link.applier_lease()
-    name = link.config.link_name
-    waited = False
-    try:
-        while not stop.is_set():
-            while not _try_acquire(lease, stop):
-                if stop.is_set():
-                    return
-                holder = _holder_text(lease)
-                if not waited:
-                    log.info("standing by: %s applies link %r; this process takes over if it "
-                             "stops", holder, name,
-                             extra={"event": "standby", "applier_pid": lease.holder()})
-                    metrics.APPLIER_LEADER.labels(name).set(0)
-                    waited = True
-                if not wait_for_lock:
-                    raise LinkError(
-                        f"another applier ({holder}) is running for link {name!r}",
-                        hint="one applier per link: stop the other `dualwrite run` or `serve`, "
-                        "or let this one wait as a standby")
-                with contextlib.suppress(TransientConnectorError):
-                    link.state.heartbeat(me, role="standby",
-                                         note=f"standing by: {holder} applies")
-                if stop.wait(1.0):
-                    return
-            if waited:
-                log.warning("failover: this process (pid %s) applies link %r now (lease epoch "
-                            "%s)", os.getpid(), name, lease.epoch,
-                            extra={"event": "failover", "epoch": lease.epoch})
-            metrics.APPLIER_LEADER.labels(name).set(1)
-            applier = _start_applier(link, stop, me, prepare, lease)
-            if applier is None:
-                return
-            try:
-                if runner is None:
-                    applier.run(stop, ready=ready)
-                else:
-                    runner(applier, stop, ready)
-                return
-            except LeaseLost as exc:
-                log.warning("%s; standing by", exc, extra={"event": "lease_lost"})
-                metrics.APPLIER_LEADER.labels(name).set(0)
-                with contextlib.suppress(TransientConnectorError):
-                    link.state.heartbeat(me, role="standby", note="lost the lease")
-                ready, waited = None, True
-            finally:
-                applier.close()
-    finally:
-        metrics.APPLIER_LEADER.labels(name).set(0)
-        # a state store that cannot be reached: the lease runs out, the row is swept
-        with contextlib.suppress(TransientConnectorError):
-            lease.release()
-        with contextlib.suppress(TransientConnectorError):
-            link.state.unregister_process(me)
-
-
-def _try_acquire(lease: ApplierLease, stop: threading.Event) -> bool:
-    """Take the lease if free; while the state store cannot be reached, wait for it (a
-    standby cannot take over through a store it cannot reach, nor can anyone else)."""
-    said = False
-    while not stop.is_set():
-        try:
-            return lease.acquire()
-        except TransientConnectorError as exc:
-            if not said:
-                log.warning("%s; waiting for it to take the applier lease", exc,
-                            extra={"event": "unreachable", "side": "state"})
-                said = True
-            stop.wait(1.0)
-    return False
-
-
-def _holder_text(lease: ApplierLease) -> str:
-    """"pid N" of the lease's holder, with its host when that is another one."""
-    try:
-        info = lease.holder_info()
-    except TransientConnectorError:
-        info = None
-    if info is None:
-        return "another process"
-    host, pid, _epoch = info
-    return f"pid {pid}" + ("" if host == socket.gethostname() else f" (on {host})")
-
-
-def _start_applier(link: Link, stop: threading.Event, me: str,
-                   prepare: Callable[[], None] | None, lease: ApplierLease) -> Applier | None:
-    """Validate the maps, recover in-doubt transactions and make the applier, holding
-    ``lease`` (its fence raised in both databases), waiting with backoff while a database
-    cannot be reached. None when stopped meanwhile."""
-    delay = 0.1
-    while not stop.is_set():
-        link.state.heartbeat(me, role="applier")
-        try:
-            link.bound_maps()
-            if prepare is not None:
-                prepare()
-            applier = link.applier(process=me)
-            try:
-                # the fence first: an older holder still running commits nothing from here
-                # on, recovery of in-doubt transactions included
-                applier.hold(lease)
-                link.recover()
-            except BaseException:
-                applier.close()
-                raise
-            return applier
-        except TransientConnectorError as exc:
-            note = f"waiting for a database: {exc.message}"
-            log.warning("%s; retrying in %.1f s", note, delay)
-            link.state.heartbeat(me, role="applier", note=note)
-            link.forget_validation()
-            stop.wait(delay)
-            delay = min(delay * 2, link.config.model.capture.max_backoff)
-    return None
-
-
 def resolve_conflict(link: Link, entry_id: int, pick: Side) -> dict[str, Any]:
     """Resolve a parked conflict for the ``pick`` side. The applier then settles it (see
     :mod:`dualwrite.engine.settle`): both sides get the picked side's row as it is then, with
@@ -2236,5 +1584,7 @@ def resolve_conflict(link: Link, entry_id: int, pick: Side) -> dict[str, Any]:
             "kept": link.env_name(pick), "written_to": link.env_name(pick.other)}
 
 
-__all__ = ["APPLYING", "CAPTURING", "Applier", "BatchResult", "canonical_key",
-           "capture_specs", "resolve_conflict", "run_applier"]
+# ``held_by_dependencies`` and ``_kind_of`` are the core's (dualwrite.engine.apply.core),
+# re-exported for their importers here
+__all__ = ["APPLYING", "CAPTURING", "Applier", "BatchResult", "_kind_of", "canonical_key",
+           "capture_specs", "held_by_dependencies", "resolve_conflict", "run_applier"]

@@ -16,6 +16,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from dualwrite.connectors.stores import DEFAULT_STATE_URL, resolve_file_url
 from dualwrite.errors import ConfigError, Issue, MapSyntaxError, ValidationFailed
 from dualwrite.model.maps import TableMap, parse_map_document
 from dualwrite.model.yamlio import line_of, load_yaml
@@ -168,7 +169,7 @@ class ConfigModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
     environments: dict[str, EnvironmentConfig]
     link: LinkConfig
-    state: str = "sqlite:///dualwrite-state.db"
+    state: str = DEFAULT_STATE_URL
     maps: list[str] = Field(default_factory=lambda: ["maps/*.yaml"])
     sync: SyncConfig = Field(default_factory=SyncConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
@@ -254,13 +255,7 @@ def resolve_url(url: str, base: Path, where: str = "url", file: str | None = Non
             hint=f"set {' and '.join(dict.fromkeys(unset))} in the environment dualwrite "
             "runs in (e.g. export " + unset[0] + "=...), or write the value into the config",
             file=file, code="DW007")
-    url = os.path.expandvars(url)
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith("sqlite:////"):
-        rest = url[len(prefix):]
-        if rest and rest != ":memory:" and not rest.startswith(":"):
-            return prefix + str((base / rest).resolve())
-    return url
+    return resolve_file_url(os.path.expandvars(url), base)
 
 
 def _line_at(data: Any, loc: tuple[Any, ...]) -> int | None:

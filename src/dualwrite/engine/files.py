@@ -49,14 +49,20 @@ def private_dir(path: Path) -> None:
     narrow(path, DIR_MODE)
 
 
-def private_sqlite_file(path: Path) -> None:
-    """Create the SQLite database file ``0600`` before SQLite opens it, and narrow a wider one
-    with its ``-wal``, ``-shm`` and ``-journal`` files. SQLite creates those with the
-    database file's own mode, so they are ``0600`` from then on too."""
+def private_database_file(path: Path) -> None:
+    """Create a database file ``0600`` before the database opens it, and narrow a wider one
+    with its ``-wal``, ``-shm`` and ``-journal`` files. The database creates those with the
+    file's own mode, so they are ``0600`` from then on too."""
     os.close(open_private(path))
     for suffix in ("-wal", "-shm", "-journal"):
         narrow(f"{path}{suffix}")
 
 
-__all__ = ["DIR_MODE", "FILE_MODE", "narrow", "open_private", "private_dir",
-           "private_sqlite_file"]
+__all__ = [
+    "DIR_MODE",
+    "FILE_MODE",
+    "narrow",
+    "open_private",
+    "private_database_file",
+    "private_dir",
+]

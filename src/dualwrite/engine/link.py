@@ -335,7 +335,7 @@ class Link:
         out: dict[str, list[str]] = {}
         for s in Side:
             c = self.connectors[s]
-            found = c.capture_log().uninstall(dry_run=True) if c.capabilities.capture else []
+            found = c.change_log().uninstall(dry_run=True) if c.capabilities.capture else []
             out[self.env_name(s)] = found + c.link_storage()
         return out
 
@@ -350,7 +350,7 @@ class Link:
         an applier runs. Returns, per environment, what was removed."""
         self._refuse_while_applying("remove capture")
         capture = [s for s in Side if self.connectors[s].capabilities.capture]
-        found = {s: self.connectors[s].capture_log().uninstall(dry_run=True) for s in capture}
+        found = {s: self.connectors[s].change_log().uninstall(dry_run=True) for s in capture}
         # a map that no longer binds (a table gone) cannot be stopped by its spec: its
         # triggers are found by name below
         with contextlib.suppress(ValidationFailed):
@@ -362,7 +362,7 @@ class Link:
                 self.state.set_map_state(name, MapState.STOPPED, forget_synced=True)
         removed: dict[str, list[str]] = {self.env_name(s): [] for s in Side}
         for s in capture:
-            swept = self.connectors[s].capture_log().uninstall()
+            swept = self.connectors[s].change_log().uninstall()
             removed[self.env_name(s)] = found[s] + [x for x in swept if x not in found[s]]
         return removed
 
@@ -528,7 +528,7 @@ class Link:
         self.state.record_map_version(b.name, b.spec.version, b.spec.source or "",
                                       b.spec.file)
         for s, spec in capture_specs(b).items():
-            self.connectors[s].capture_log().install(spec)
+            self.connectors[s].change_log().install(spec)
         self.state.install_map_version(b.name, b.spec.version)
         self._versions = None  # adopt it at the next look
         return True
@@ -586,7 +586,7 @@ class Link:
         from dualwrite.engine.capture import capture_specs
 
         for s, spec in capture_specs(b).items():
-            self.connectors[s].capture_log().remove(spec)
+            self.connectors[s].change_log().remove(spec)
 
     def stop_maps(self, names: Sequence[str] = ()) -> list[str]:
         """Stop maps: remove their capture and forget what they had queued. Starting one
@@ -669,7 +669,7 @@ class Link:
         for s in Side:
             c = self.connectors[s]
             try:
-                stats[s] = c.capture_log().stats() if c.capabilities.capture else {}
+                stats[s] = c.change_log().stats() if c.capabilities.capture else {}
             except ConnectorError:
                 # status is most wanted when a side is down: report what the other side has
                 stats[s] = {}

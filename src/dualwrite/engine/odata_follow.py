@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from dualwrite.connectors.base import Connector, Row
-from dualwrite.connectors.capture import CaptureLog, Change
+from dualwrite.connectors.capture import CaptureLog
+from dualwrite.connectors.changelog import Change, ChangeLog
 from dualwrite.connectors.odata_changes import DEFAULT_OVERLAP, ModifiedPoll, RowChange
 from dualwrite.engine.capture import capture_specs
 from dualwrite.engine.diff import Classified, Entry, Failure, MapDiffer
@@ -277,8 +278,8 @@ class ODataFollower:
             return n
         clog = self._log(f)
         key_columns = [differ.cols[d][c] for c in f.bound.key(d)]
-        with clog.connector.engine.connect() as conn:
-            queued = clog.pending(conn, f.bound.name, missing, key_columns)
+        with self.connectors[d].transaction() as sess:  # reads only: commits nothing
+            queued = clog.pending(sess, f.bound.name, missing, key_columns)
         by_name = {col.name: col for col in key_columns}
         waiting = {_canon(self._db_key(change, by_name)) for change in queued}
         doomed = [k for k in missing if _canon(k) not in waiting]
@@ -366,9 +367,8 @@ class ODataFollower:
             if f.modified in entity and all(k in entity for k in key):
                 f.poll.expect_echo(tuple(entity[k] for k in key), entity[f.modified])
 
-    def _log(self, f: _Followed) -> CaptureLog:
-        got: CaptureLog = self.connectors[f.db].capture_log()
-        return got
+    def _log(self, f: _Followed) -> ChangeLog:
+        return self.connectors[f.db].change_log()
 
 
 def describe_position(position: dict[str, Any]) -> str | None:

@@ -6,20 +6,24 @@ described with kinds, keys and foreign keys; reads in canonical key order, resum
 filters pushed down and Python's semantics; lookups and fetches by key; transactions that
 commit whole or leave nothing; constraint violations translated into the one error tree;
 the link record; and, where the backend declares them, two-phase commit with recovery by a
-second process and the bulk path of initial sync.
+second process, the bulk path of initial sync, and change capture: the change log
+(:class:`dualwrite.connectors.changelog.ChangeLog`) read in commit order, applied positions
+that commit and roll back with the session that writes them, fences, and waiting for changes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Iterator, Sequence
 from decimal import Decimal
 
 import pytest
 import sqlalchemy as sa
 
 from dualwrite.connectors.base import BULK_FORMATS, BulkField, LinkRecord
-from dualwrite.errors import ConstraintViolation, TerminalConnectorError
+from dualwrite.connectors.changelog import WATERMARK, CaptureSpec, Change, ChangeLog
+from dualwrite.errors import ConstraintViolation, LeaseLost, TerminalConnectorError
 from dualwrite.model.filters import parse_filter
 from dualwrite.model.schema import Kind
 from dualwrite.model.values import canonical
@@ -341,5 +345,133 @@ def test_a_refused_bulk_load_leaves_nothing_behind(db: Harness) -> None:
     assert [r["code"] for r in db.rows("suite_copies", ["code"])] == ["b"]
 
 
-__all__ = ["metadata", "db", "NAMES"] + [name for name, value in list(globals().items())
-                                         if name.startswith("test_") and callable(value)]
+# -- change capture --------------------------------------------------------------------------
+@pytest.fixture
+def change_log(db: Harness) -> Iterator[tuple[ChangeLog, CaptureSpec]]:
+    """The backend's change log, capturing a map of its own (a new name each time: what an
+    earlier test left queued is of another map) on ``suite_groups``; removed afterwards."""
+    if not db.connector.capabilities.capture:
+        pytest.skip(f"{type(db.connector).__name__} declares no change capture")
+    log = db.connector.change_log()
+    assert isinstance(log, ChangeLog)
+    spec = CaptureSpec(f"suite_{uuid.uuid4().hex[:8]}", "suite_groups", ("gid",),
+                       ("gid", "code", "label"), "v1")
+    log.ensure()
+    log.install(spec)
+    try:
+        yield log, spec
+    finally:
+        log.remove(spec)
+
+
+def _app_write(db: Harness, inserts: Sequence[dict[str, object]] = (),
+               updates: Sequence[tuple[str, str]] = (), deletes: Sequence[str] = ()) -> None:
+    """One transaction whose writes capture records, as an application's (dualwrite's own
+    writes are invisible to capture unless the session asks: no echo)."""
+    with db.connector.transaction() as tx:
+        tx.capture_own_writes()
+        if inserts:
+            cols = list(inserts[0])
+            tx.insert("suite_groups", cols, [tuple(r[c] for c in cols) for r in inserts])
+        if updates:
+            tx.update("suite_groups", ["gid"], ["label"], [((g, ), (label,)) for g, label
+                                                           in updates])
+        if deletes:
+            tx.delete("suite_groups", ["gid"], [(g,) for g in deletes])
+
+
+def _is_applied(done: set[tuple[str, str]], marks: dict[str, int], c: Change) -> bool:
+    return (c.map, c.txid) in done or (c.txid == WATERMARK and c.seq <= marks.get(c.map, -1))
+
+
+def test_change_log_reads_captured_changes_in_commit_order(
+        db: Harness, change_log: tuple[ChangeLog, CaptureSpec]) -> None:
+    log, spec = change_log
+    _app_write(db, inserts=[{"gid": "g1", "code": "C1", "label": "one"},
+                            {"gid": "g2", "code": "C2", "label": "two"}])
+    _app_write(db, updates=[("g1", "uno")], deletes=["g2"])
+    db.insert("suite_groups", [{"gid": "g3", "code": "C3", "label": "own"}])  # not captured
+    got = log.read([spec.map], 100)
+    assert [(c.op, c.key) for c in got] == [("I", ("g1",)), ("I", ("g2",)), ("U", ("g1",)),
+                                            ("D", ("g2",))]
+    assert [c.seq for c in got] == sorted(c.seq for c in got)
+    assert all(c.map == spec.map and c.version == "v1" for c in got)
+    if log.has_txid:  # one source transaction each, told apart
+        assert got[0].txid == got[1].txid != got[2].txid == got[3].txid
+    assert got[2].old is not None and got[2].old["label"] == "one"
+    assert got[2].new is not None and got[2].new["label"] == "uno"
+    assert got[3].new is None and got[3].old is not None and got[3].old["code"] == "C2"
+    assert log.read(["suite_other_map"], 100) == []
+
+
+def test_applied_positions_commit_and_roll_back_with_their_session(
+        db: Harness, change_log: tuple[ChangeLog, CaptureSpec]) -> None:
+    """The applied position (and forgetting the change) inside a write session that rolls
+    back leaves the change queued and unmarked; in one that commits, the change is marked
+    and never read again."""
+    log, spec = change_log
+    _app_write(db, inserts=[{"gid": "g1", "code": "C1", "label": "one"}])
+    got = log.read([spec.map], 100)
+    assert len(got) == 1
+    positions = [(c.map, c.txid, c.seq) for c in got]
+    pairs = [(c.map, c.txid) for c in got]
+    with pytest.raises(RuntimeError), db.connector.transaction() as sess:
+        log.finish_apply(sess, "suite_source", positions, [], None)
+        log.forget([c.seq for c in got], sess)
+        raise RuntimeError("the target write failed")
+    with db.connector.transaction() as sess:
+        done, marks = log.applied(sess, "suite_source", pairs)
+    assert not any(_is_applied(done, marks, c) for c in got)
+    assert [c.seq for c in log.read([spec.map], 100)] == [c.seq for c in got]
+    with db.connector.transaction() as sess:
+        log.finish_apply(sess, "suite_source", positions, [], None)
+        log.forget([c.seq for c in got], sess)
+    with db.connector.transaction() as sess:
+        done, marks = log.applied(sess, "suite_source", pairs)
+        assert all(_is_applied(done, marks, c) for c in got)
+        assert log.pending(sess, spec.map, [("g1",)],
+                           [db.connector.describe("suite_groups").columns["gid"]]) == []
+    assert log.read([spec.map], 100) == []
+
+
+def test_pending_finds_queued_changes_by_key_inside_a_session(
+        db: Harness, change_log: tuple[ChangeLog, CaptureSpec]) -> None:
+    log, spec = change_log
+    _app_write(db, inserts=[{"gid": "g1", "code": "C1", "label": "one"},
+                            {"gid": "g2", "code": "C2", "label": "two"}])
+    gid = db.connector.describe("suite_groups").columns["gid"]
+    with db.connector.transaction() as sess:
+        found = log.pending(sess, spec.map, [("g2",), ("g9",)], [gid])
+        assert [c.key for c in found] == [("g2",)]
+        assert log.queues(sess, spec.map) and log.queued(sess, [spec.map, "x"]) == {spec.map}
+
+
+def test_a_fence_holds_out_older_epochs(
+        db: Harness, change_log: tuple[ChangeLog, CaptureSpec]) -> None:
+    log, spec = change_log
+    link = f"suite-link-{spec.map}"
+    with db.connector.transaction() as sess:
+        log.fence(sess, link, 2)
+    with pytest.raises(LeaseLost), db.connector.transaction() as sess:
+        log.fence(sess, link, 1)
+    with db.connector.transaction() as sess:
+        assert log.fence_epoch(sess, link) == 2
+        log.fence(sess, link, 3)  # a later epoch takes over
+    with db.connector.transaction() as sess:
+        assert log.fence_epoch(sess, link) == 3
+
+
+def test_wait_returns_on_a_new_change(
+        db: Harness, change_log: tuple[ChangeLog, CaptureSpec]) -> None:
+    """``wait`` watches from its first call; a change committed since returns it early
+    (the deadline is only an upper bound, never reached when it works)."""
+    log, spec = change_log
+    log.wait(0)
+    _app_write(db, inserts=[{"gid": "g1", "code": "C1", "label": "one"}])
+    assert log.wait(60) is True
+    assert [c.key for c in log.read([spec.map], 10)] == [("g1",)]
+
+
+__all__ = ["metadata", "db", "change_log", "NAMES"] + [
+    name for name, value in list(globals().items())
+    if name.startswith("test_") and callable(value)]

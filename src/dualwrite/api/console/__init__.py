@@ -377,13 +377,13 @@ def console_mount(link: Link) -> Mount:
             return HTMLResponse(f"no map named {name!r}", status_code=404)
         key = request.query_params.get("key") or None
         pg = _int(request.query_params.get("page"))
-        sides = []
+        sides: list[dict[str, Any]] = []
         for s in Side:
             c = link.connectors[s]
             if not c.capabilities.capture:
                 continue
             first = (pg - 1) * PAGE
-            changes, total = c.capture_log().peek(name, key_contains=key, limit=PAGE,
+            changes, total = c.change_log().peek(name, key_contains=key, limit=PAGE,
                                                   offset=first)
             sides.append({"env": link.env_name(s), "to": link.env_name(s.other),
                           "total": total, "changes": [readable_change(ch.as_dict())

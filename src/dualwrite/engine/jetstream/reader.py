@@ -57,8 +57,8 @@ def publish_changes(applier: Applier, stop: threading.Event,
         if not applier.logs[s].has_txid:
             raise ConfigError(
                 f"the JetStream transport needs transaction ids in both change logs; "
-                f"{applier.env[s]} is SQLite", hint="remove `transport:` from the config "
-                "(the in-process applier), or use PostgreSQL or MariaDB")
+                f"{applier.env[s]}'s has none (a SQLite database)", hint="remove `transport:` "
+                "from the config (the in-process applier), or use PostgreSQL or MariaDB")
     asyncio.run(_Reader(applier, cfg, stop).run(ready))
 
 

@@ -47,6 +47,7 @@ from dualwrite.errors import ConnectorError, DualwriteError, LeaseLost, Transien
 from dualwrite.model.maps import Side
 
 if TYPE_CHECKING:
+    from dualwrite.connectors.base import WriteSession
     from dualwrite.engine.config import NatsTransport
     from dualwrite.engine.link import Link
 
@@ -72,9 +73,11 @@ class PartitionApplier(Applier):
 
     partition_fences: list[tuple[str, int]] = []  # noqa: RUF012 (set per batch)
 
-    def _fence(self, t: Side, conn: Any) -> None:
-        for name, epoch in self.partition_fences:
-            self.logs[t].fence(conn, name, epoch)
+    def _raise_more_fences(self, sess: WriteSession, t: Side) -> None:
+        # a batch holds messages of several partitions: every one of their leases must still
+        # be this worker's when the batch commits (the first is raised by finish_apply)
+        for name, epoch in self.partition_fences[1:]:
+            self.logs[t].fence(sess, name, epoch)
 
     def _fenced(self) -> tuple[str, int] | None:
         # deleting applied changes from the source log: they are applied and marked, so

@@ -10,6 +10,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from dualwrite.connectors.stores import is_embedded
 from dualwrite.engine.journal import DecisionJournal
 from dualwrite.engine.state.base import StoreBase
 from dualwrite.engine.state.codec import decode_values, encode_values, now_iso
@@ -79,8 +80,8 @@ class DecisionsState(StoreBase):
                  [[a.environment, a.table, encode_values(a.key), a.operation, a.map]
                   for a in p.audit]] for p in batch]})
             return
-        if self.engine.dialect.name == "sqlite":
-            self._write_decisions_sqlite(
+        if is_embedded(self.engine):
+            self._write_decisions_direct(
                 [(p.xid, json.dumps(p.participants), now) for p in batch],
                 [(now, p.xid, p.principal, a.environment, a.table, encode_values(a.key),
                   a.operation, a.map) for p in batch for a in p.audit], completed, now)
@@ -115,7 +116,7 @@ class DecisionsState(StoreBase):
                     present.update(conn.execute(sa.select(coordinator_log.c.xid).where(
                         coordinator_log.c.xid.in_(xids[i:i + 500]))).scalars())
             fresh = [(at, d) for at, d in decisions if d[0] not in present]
-            self._write_decisions_sqlite(
+            self._write_decisions_direct(
                 [(d[0], json.dumps(d[1]), at) for at, d in fresh],
                 [(at, d[0], d[2], *a) for at, d in fresh for a in d[3]], completed, now_iso())
         except BaseException:
@@ -123,7 +124,7 @@ class DecisionsState(StoreBase):
                 self._completed = completed + self._completed
             raise
 
-    def _write_decisions_sqlite(self, decisions: list[tuple[str, str, str]],
+    def _write_decisions_direct(self, decisions: list[tuple[str, str, str]],
                                 rows: list[tuple[Any, ...]], completed: list[str],
                                 now: str) -> None:
         # Plain DB-API calls on a pooled connection, one transaction, one fsync (WAL,

@@ -1,4 +1,5 @@
-"""The state store: opened at a URL (SQLite or PostgreSQL), its schema versioned and migrated."""
+"""The state store: opened at a URL (a database file, or a database server; see
+:mod:`dualwrite.connectors.stores`), its schema versioned and migrated."""
 
 from __future__ import annotations
 
@@ -9,8 +10,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dualwrite.connectors.sqlite import create_sqlite_engine
-from dualwrite.engine.files import private_sqlite_file
+from dualwrite.connectors.stores import database_file, is_embedded, store_engine
+from dualwrite.engine.files import private_database_file
 from dualwrite.engine.journal import DecisionJournal
 from dualwrite.engine.state.access import PrincipalsState
 from dualwrite.engine.state.alerting import EventsState
@@ -37,18 +38,13 @@ from dualwrite.errors import (
 )
 
 
-def _server_engine(url: str) -> sa.Engine:
-    """The engine of a state store on a database server (PostgreSQL). A server that stops
-    answering is not waited for without end (the connectors' timeouts and keepalives; the
-    URL's query wins), and losing it is a TransientConnectorError of environment "state":
+def _engine(url: str) -> sa.Engine:
+    """The engine of a state store (:func:`dualwrite.connectors.stores.store_engine`). On a
+    database server, losing the server is a TransientConnectorError of environment "state":
     the applier waits for it with backoff instead of exiting, and `serve` answers 503."""
-    args: dict[str, Any] = {}
-    if sa.engine.make_url(url).get_backend_name() == "postgresql":
-        from dualwrite.connectors.postgresql import CONNECT_DEFAULTS
-
-        args = {k: v for k, v in CONNECT_DEFAULTS.items()
-                if k not in sa.engine.make_url(url).query}
-    engine = sa.create_engine(url, pool_pre_ping=True, connect_args=args)
+    engine = store_engine(url)
+    if is_embedded(engine):
+        return engine
 
     @sa.event.listens_for(engine, "handle_error")
     def _unreachable(ctx: sa.engine.ExceptionContext) -> None:
@@ -75,18 +71,16 @@ class StateStore(MapsState, CheckpointsState, ProcessesState, InboxState, Events
         self.url = url
         #: (version found, version now) when this opening upgraded the store
         self.upgraded: tuple[int, int] | None = None
-        database = (sa.engine.make_url(url).database or "") if url.startswith("sqlite") else ""
-        in_file = database not in ("", ":memory:") and not database.startswith("file:")
-        if in_file:
+        file = database_file(url)
+        if file is not None:
             try:
-                private_sqlite_file(Path(database))
+                private_database_file(file)
             except OSError as exc:
                 raise TerminalConnectorError(
                     f"cannot open the state store {url!r}: {exc.strerror}",
                     hint="check `state:` in dualwrite.yaml; the folder must exist and be "
                     "writable", environment="state") from exc
-        self.engine = create_sqlite_engine(url, wal=True) if url.startswith("sqlite") else \
-            _server_engine(url)
+        self.engine = _engine(url)
         self._cv = threading.Condition()
         self._queue: list[_Pending] = []
         self._completed: list[str] = []
@@ -104,11 +98,11 @@ class StateStore(MapsState, CheckpointsState, ProcessesState, InboxState, Events
                 f"{getattr(exc, 'orig', exc)}",
                 hint="check `state:` in dualwrite.yaml; the folder must exist and be writable",
                 environment="state") from exc
-        # A state store in a SQLite file makes commit decisions durable in a journal beside
-        # it (see dualwrite.engine.journal); other stores commit them directly.
+        # A state store in a database file makes commit decisions durable in a journal
+        # beside it (see dualwrite.engine.journal); other stores commit them directly.
         self._journal: DecisionJournal | None = None
-        if in_file:
-            self._journal = DecisionJournal(Path(database + ".decisions"),
+        if file is not None:
+            self._journal = DecisionJournal(Path(f"{file}.decisions"),
                                             self._import_journalled)
             self._journal.adopt()
 
