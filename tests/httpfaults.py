@@ -8,7 +8,8 @@ real OData service that forwards every request, except those a test has asked to
 Faults, each for one request (``times`` for more): ``"500"``/``"503"``/any status (an OData
 error body), ``"429:<seconds>"`` (with ``Retry-After``), ``"malformed"`` (a 200 whose JSON is
 cut short), ``"drop"`` (the connection closed without an answer), ``"lost"`` (forwarded,
-and the connection closed before the answer: its outcome unknown to the client),
+and the connection closed before the answer: its outcome unknown to the client), ``"hang"``
+(forwarded, and no answer until the proxy closes: the client's request times out),
 ``"strip:<property>"`` (forwarded, and the property removed from every entity of the
 answer: the service's answers no longer fit its ``$metadata``), ``"link:<url>"`` (forwarded,
 with ``@odata.nextLink`` set to the URL). ``seen`` lists every request as (method, path and query,
@@ -39,6 +40,7 @@ class HttpFaults:
         self.path = parts.path
         self._faults: list[tuple[str, re.Pattern[str], str]] = []
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self.seen: list[tuple[str, str, str | None, float]] = []
         self._client = httpx.Client(base_url=self.target, timeout=60)
         proxy = self
@@ -67,6 +69,11 @@ class HttpFaults:
         matches the regular expression ``path`` get ``fault``."""
         with self._lock:
             self._faults += [(method.upper(), re.compile(path), fault)] * times
+
+    def clear(self) -> None:
+        """Forget the faults not given yet: every request is forwarded from now on."""
+        with self._lock:
+            self._faults.clear()
 
     def pending(self) -> int:
         with self._lock:
@@ -105,7 +112,9 @@ class HttpFaults:
             return
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
         r = self._client.request(h.command, h.path, headers=headers, content=body)
-        if fault == "lost":  # the service did it; its answer never arrives
+        if fault in ("lost", "hang"):  # the service did it; its answer never arrives
+            if fault == "hang":
+                self._closing.wait()
             h.close_connection = True
             h.connection.shutdown(2)
             return
@@ -139,6 +148,7 @@ class HttpFaults:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=30)

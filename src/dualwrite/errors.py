@@ -240,6 +240,13 @@ class TerminalConnectorError(ConnectorError):
     """Retrying will not help without a change: bad credentials, missing table, bad SQL."""
 
 
+class InDoubt(ConnectorError):
+    """A live transaction's change set went to an OData service and what became of it could
+    not be found out: the database side stays prepared (its rows locked) until recovery
+    reads the rows back from the service and commits or rolls it back. Not worth retrying
+    as such: the writes may have been made."""
+
+
 #: What a :class:`ConstraintViolation` is: the row's fault, each of a kind callers decide by
 #: (a unique violation answers 409 in OData), never by the message's words
 ViolationKind = Literal["unique", "foreign_key", "not_null", "check", "value", "other"]

@@ -231,6 +231,11 @@ def dumps(document: Any) -> str:
     return text
 
 
+def loads(text: str) -> Any:
+    """JSON text as :func:`dumps` writes it: numbers with a fraction as exact Decimals."""
+    return _JSON.decode(text)
+
+
 def literal(edm: str, value: Any) -> str:
     """``value`` as an OData URL literal of Edm type ``edm`` (keys, ``$filter``)."""
     if value is None:
@@ -712,6 +717,45 @@ class ODataConnector(Connector):
         edm = self.entity_set(table).edm
         return {c: encode(edm.get(c, ""), v) for c, v in zip(columns, values, strict=True)}
 
+    def require_change_sets(self) -> None:
+        """Raise TerminalConnectorError unless the service takes atomic change sets."""
+        if not self.metadata.batch:
+            raise TerminalConnectorError(
+                "the OData service does not support $batch (Capabilities.BatchSupported is "
+                "false), and dualwrite writes only through atomic change sets",
+                environment=self.name,
+                hint="writing to a service without $batch is not supported yet "
+                "(docs/odata.md, OData environments)")
+
+    def applied(self, expectations: Sequence[dict[str, Any]]) -> bool:
+        """Whether the service holds every row as ``expectations`` (from
+        :meth:`ODataWriteSession.expectations`) say: True when each row written is there with
+        the values sent (or gone, for a delete), False when one is not — a change set is
+        applied whole or not at all, so one row not as sent means none was. Values are
+        compared as the service gives them back (exactly; a service that stores a value
+        other than it was sent, e.g. rounding a time's fraction, reads as not applied).
+        Raises TransientConnectorError when the service cannot be asked."""
+        for exp in expectations:
+            es = self.entity_set(exp["set"])
+            key = list(exp["key"])
+            kvals = tuple(decode(es.edm.get(c, ""), v) for c, v in exp["key"].items())
+            want = exp["values"]
+            cols = [c for c in (want or {}) if c in es.edm] or key
+            rows = self.fetch(es.name, cols, key=key, keys=[kvals])
+            if want is None:
+                if rows:
+                    return False
+                continue
+            if len(rows) != 1:
+                return False
+            try:
+                sent = [canonical(decode(es.edm[c], want[c])) for c in cols]
+            except (ValueError, TypeError, KeyError, InvalidOperation):
+                return False
+            if [canonical(v) for v in rows[0]] != sent:
+                return False
+        return True
+
     @contextmanager
     def transaction(self) -> Iterator[WriteSession]:
         session = ODataWriteSession(self)
@@ -844,6 +888,10 @@ class ODataConnector(Connector):
         self.client.close()
 
 
+class OutcomeUnknown(TransientConnectorError):
+    """A change set was sent and no answer says whether the service applied it."""
+
+
 class ODataWriteSession(WriteSession):
     """Writes collected for one JSON ``$batch`` atomicity group, sent when the transaction
     ends (:meth:`send`): all are applied or none. Reads inside the session (``fetch``,
@@ -859,8 +907,12 @@ class ODataWriteSession(WriteSession):
         #: ``ODataConnector.return_written``): what echo suppression compares a poll with
         self.written: list[tuple[str, dict[str, Any]]] = []
         self._sets: list[str] = []
+        #: per request: (entity set, key columns, key values) of the row it writes, or None
+        #: for a create whose key the service makes (it cannot be read back by key)
+        self.targets: list[tuple[str, tuple[str, ...], Row] | None] = []
 
-    def _add(self, method: str, url: str, body: dict[str, Any] | None, etags: bool) -> None:
+    def _add(self, method: str, url: str, body: dict[str, Any] | None, etags: bool,
+             target: tuple[str, tuple[str, ...], Row] | None = None) -> None:
         req: dict[str, Any] = {"id": str(len(self.requests) + 1), "atomicityGroup": "g",
                                "method": method, "url": url}
         headers = {"Content-Type": "application/json"} if body is not None else {}
@@ -874,25 +926,85 @@ class ODataWriteSession(WriteSession):
             req["body"] = body
         self.requests.append(req)
         self._sets.append(url.split("(", 1)[0])
+        self.targets.append(target)
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         es = self.c.entity_set(table)
+        # the key a create can be read back by: the primary key, else an alternate key,
+        # among the columns sent
+        given = {c.casefold() for c in columns}
+        key = next((tuple(k) for k in [es.schema.primary_key, *es.schema.unique]
+                    if k and all(c.casefold() in given for c in k)), None)
+        pos = {c.casefold(): i for i, c in enumerate(columns)}
         for r in rows:
-            self._add("POST", _quote_path(table), self.c.body(table, columns, r), es.etags)
+            target = (es.name, key, tuple(r[pos[c.casefold()]] for c in key)) if key else None
+            self._add("POST", _quote_path(table), self.c.body(table, columns, r), es.etags,
+                      target)
 
     def update(self, table: str, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[tuple[Row, Row]]) -> int:
         es = self.c.entity_set(table)
         for k, vals in rows:
             self._add("PATCH", self.c.entity_path(table, key, k),
-                      self.c.body(table, columns, vals), es.etags)
+                      self.c.body(table, columns, vals), es.etags, (es.name, tuple(key), k))
         return len(rows)
 
     def delete(self, table: str, key: Sequence[str], keys: Sequence[Row]) -> int:
         es = self.c.entity_set(table)
         for k in keys:
-            self._add("DELETE", self.c.entity_path(table, key, k), None, es.etags)
+            self._add("DELETE", self.c.entity_path(table, key, k), None, es.etags,
+                      (es.name, tuple(key), k))
         return len(keys)
+
+    def expectations(self) -> list[dict[str, Any]] | None:
+        """What the service holds once the collected change set is applied, per row written
+        (JSON-ready, to be kept in the state store): ``{"set", "key": {property: value},
+        "values": {property: value} | None}`` (None: the row is gone), the requests of one
+        row folded in order. None when a create's key is made by the service: such a change
+        set cannot be read back by key (:meth:`ODataConnector.applied`)."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for req, target in zip(self.requests, self.targets, strict=True):
+            if target is None:
+                return None
+            name, key, values = target
+            edm = self.c.entity_set(name).edm
+            k = {c: encode(edm.get(c, ""), v) for c, v in zip(key, values, strict=True)}
+            ident = (name, dumps(sorted(k.items())))
+            body = req.get("body")
+            if req["method"] == "DELETE":
+                out[ident] = {"set": name, "key": k, "values": None}
+            elif req["method"] == "PATCH" and ident in out and out[ident]["values"] is not None:
+                out[ident]["values"] = {**out[ident]["values"], **(body or {})}
+            else:
+                out[ident] = {"set": name, "key": k, "values": {**k, **(body or {})}}
+        return list(out.values())
+
+    def send_as_last_resource(self) -> None:
+        """Send the collected writes as one change set, once, and say what became of it:
+        returns when the service applied it; raises TerminalConnectorError (a
+        ConstraintViolation for a refused request) or TransientConnectorError when it was
+        certainly not applied (refused, answered 4xx, or never sent: the connection could
+        not be made); raises :class:`OutcomeUnknown` when it was sent and no answer tells
+        (a timeout, a dropped connection, a 5xx a gateway may have given, a garbled
+        answer): the caller reads the rows back (:meth:`ODataConnector.applied`)."""
+        if not self.requests:
+            return
+        self.c.require_change_sets()
+        httpx = self.c.client._httpx
+        try:
+            refused = self._send_once()
+        except TerminalConnectorError:
+            raise  # the service answered, refusing the whole $batch
+        except TransientConnectorError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+                raise  # never sent
+            raise OutcomeUnknown(
+                f"{exc.message.removeprefix(f'{self.c.name}: ')} (sent: whether the service "
+                "applied the change set is unknown)", environment=self.c.name,
+                hint="dualwrite reads the rows back by key to find out") from exc
+        if refused is not None:
+            raise refused[1]
 
     def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
               keys: Sequence[Row]) -> list[Row]:
@@ -914,13 +1026,7 @@ class ODataWriteSession(WriteSession):
         created are taken as done; the rest is sent once more."""
         if not self.requests:
             return
-        if not self.c.metadata.batch:
-            raise TerminalConnectorError(
-                "the OData service does not support $batch (Capabilities.BatchSupported is "
-                "false), and dualwrite writes only through atomic change sets",
-                environment=self.c.name,
-                hint="writing to a service without $batch is not supported yet "
-                "(docs/odata.md, OData environments)")
+        self.c.require_change_sets()
         refused = self._send_once()
         if refused is None:
             return
@@ -997,7 +1103,11 @@ class ODataWriteSession(WriteSession):
                  ) -> tuple[dict[str, Any], ConnectorError] | None:
         """The first request of the change set the service refused, and its error."""
         client = self.c.client
-        for req in self.requests:
+        # a request that failed only because another of its group did (424 Failed
+        # Dependency) is named last: the one that failed itself says what is wrong
+        ordered = sorted(self.requests, key=lambda q: int(
+            (by_id.get(q["id"]) or {}).get("status", 0)) == 424)
+        for req in ordered:
             got = by_id.get(req["id"])
             status = int(got.get("status", 0)) if got else 0
             if 200 <= status < 300:
