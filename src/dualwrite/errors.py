@@ -249,7 +249,8 @@ class InDoubt(ConnectorError):
 
 #: What a :class:`ConstraintViolation` is: the row's fault, each of a kind callers decide by
 #: (a unique violation answers 409 in OData), never by the message's words
-ViolationKind = Literal["unique", "foreign_key", "not_null", "check", "value", "other"]
+ViolationKind = Literal["unique", "foreign_key", "not_null", "check", "value", "conflict",
+                        "other"]
 
 
 class ConstraintViolation(TerminalConnectorError):
@@ -257,7 +258,8 @@ class ConstraintViolation(TerminalConnectorError):
 
     ``kind`` says which: "unique" (duplicate key), "foreign_key", "not_null", "check",
     "value" (a value of the wrong type, too long or out of range, or one the driver cannot
-    send), or "other" (a constraint the database names no kind for, e.g. an exclusion)."""
+    send), "conflict" (an OData service's 412: the row changed since its ETag was read), or
+    "other" (a constraint the database names no kind for, e.g. an exclusion)."""
 
     def __init__(self, message: str, *, hint: str = "", environment: str | None = None,
                  code: str | int | None = None, kind: ViolationKind = "other") -> None:

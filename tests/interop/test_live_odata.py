@@ -71,12 +71,13 @@ def db_side(make_backend: BackendFactory, kind: str) -> Backend:
     return db
 
 
-def spoke(tmp_path: Path, hub_root: str, db: Backend) -> Path:
+def spoke(tmp_path: Path, hub_root: str, db: Backend, *, conflict: str = "left-wins"
+          ) -> Path:
     """A link hub (OData, through ``hub_root``) ↔ crm (``db``); requests time out after
     2 s and are tried once (a test of a lost answer needs no waiting)."""
     root = tmp_path / "spoke"
     (root / "maps").mkdir(parents=True, exist_ok=True)
-    (root / "maps" / "items.yaml").write_text(ITEMS_MAP)
+    (root / "maps" / "items.yaml").write_text(ITEMS_MAP + f"conflict: {conflict}\n")
     cfg = {"environments": {
                "hub": {"url": f"odata+{hub_root}?token=${{HUB_TOKEN}}&timeout=2&retries=1"},
                "crm": {"url": db.url}},
@@ -347,3 +348,78 @@ def test_sigkill_at_each_step_then_recover(
     assert rows == items.rows("left")
     assert (50 in rows) == applied
     assert rows[1][0] == ("changed by the killed" if applied else "row 1")
+
+
+def hub_patch(served: Served, key: int, values: dict[str, object]) -> None:
+    """Change a hub row through its OData API directly (not through the proxy)."""
+    import httpx
+
+    with httpx.Client(base_url=served.url + "/odata/erp/", headers={
+            "Authorization": f"Bearer {os.environ['HUB_TOKEN']}"}) as c:
+        r = c.patch(f"items({key})", json=values)
+        assert r.is_success, r.text
+
+
+def test_a_row_changed_in_the_service_after_the_transaction_read_it_fails_it(
+        hub: tuple[Items, Served], proxy: HttpFaults, make_backend: BackendFactory,
+        tmp_path: Path) -> None:
+    """An update of a service row sends If-Match with the ETag read: a change made in the
+    service between that read and the change set is a 412, and the whole transaction fails
+    naming the map and key, nothing written on either side."""
+    items, served = hub
+    db = db_side(make_backend, "postgresql")
+    seeded(items, db)
+    with Link.open(spoke(tmp_path, proxy.root, db)) as link:
+        with pytest.raises(RowError) as caught, link.transaction() as tx:
+            tx.update("hub", "items", {"id": 1}, {"qty": 100})
+            tx.create("crm", "items", {"id": 40, "name": "not kept", "qty": 4})
+            hub_patch(served, 1, {"name": "changed meanwhile"})
+        assert caught.value.map == "items" and caught.value.key == (1,)
+        assert caught.value.side == "hub"
+        assert "changed in the OData service since this transaction read it" in \
+            caught.value.message and "nothing was written" in caught.value.message
+        assert prepared(db, link) == [] and in_doubt(link) == []
+        # without a change in between, the same update goes through (its ETag matches)
+        with link.transaction() as tx:
+            tx.update("hub", "items", {"id": 2}, {"qty": 200})
+    assert pg_rows(db) == {1: ("row 1", 1), 2: ("row 2", 200), 3: ("row 3", 3)}
+    assert items.rows("left") == {1: ("changed meanwhile", 1), 2: ("row 2", 200),
+                                  3: ("row 3", 3)}
+
+
+@pytest.mark.parametrize("conflict", ["left-wins", "right-wins"])
+def test_the_follower_sees_a_change_made_in_the_service_before_its_write_as_a_conflict(
+        hub: tuple[Items, Served], proxy: HttpFaults, make_backend: BackendFactory,
+        tmp_path: Path, conflict: str) -> None:
+    """The follower reads the twin (and its ETag) and writes the database's change with
+    If-Match; the service's row is changed just before the change set arrives (412). The
+    conflict is recorded; the winner's change ends on both sides."""
+    import time
+
+    from dualwrite.engine.odata_follow import ODataFollower
+
+    items, served = hub
+    db = db_side(make_backend, "postgresql")
+    seeded(items, db)
+    with Link.open(spoke(tmp_path, proxy.root, db, conflict=conflict)) as link:
+        follower = ODataFollower(link.connectors, link.state, link.bound_maps(), {},
+                                 reconcile_every=1)
+        follower.start()
+        with db.app().begin() as conn:
+            conn.execute(sa.text("UPDATE items SET name = 'changed in PG' WHERE id = 3"))
+        proxy.before("POST", r"\$batch", lambda: hub_patch(served, 3, {"name": "in hub"}))
+        deadline = time.monotonic() + 60
+        while True:
+            written = follower.step()
+            [v] = link.verify()
+            if v.ok and written == 0 and proxy.pending() == 0:
+                break
+            assert time.monotonic() < deadline, v.as_dict()
+        [c] = link.state.conflicts()
+        assert c["map"] == "items" and c["key"] == [3]
+        assert c["winner"] == ("left" if conflict == "left-wins" else "right")
+        assert link.state.errors() == []
+    winner = "in hub" if conflict == "left-wins" else "changed in PG"
+    assert pg_rows(db)[3] == items.rows("left")[3] == (winner, 3)
+    statuses = [f for m, rel, f, _ in proxy.seen if m == "POST"]
+    assert "before" in statuses

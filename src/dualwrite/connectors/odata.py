@@ -428,6 +428,8 @@ class ODataClient:
             kind: ViolationKind = "other"
             if status == 409:
                 kind = "unique"
+            elif status == 412:
+                kind = "conflict"
             elif status in (400, 422):
                 kind = "value"
             for part, k in _CODE_KINDS:
@@ -481,6 +483,11 @@ class ODataConnector(Connector):
 
     capabilities = Capabilities(two_phase=False, bulk_copy=False, attach=False,
                                 transactional_ddl=False, capture=False, live=False)
+
+    #: the ETags of rows read by :meth:`fetch` outside a write session, for the writes
+    #: that follow (``If-Match``); None: not kept (the follower turns it on: it reads each
+    #: twin just before writing it, in one thread)
+    etags: ETags | None = None
 
     #: ask for each written entity back (``Prefer: return=representation``), for
     #: :attr:`ODataWriteSession.written`: what the follower's echo suppression needs; off,
@@ -676,15 +683,25 @@ class ODataConnector(Connector):
         return int(n)
 
     def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
-              keys: Sequence[Row]) -> list[Row]:
+              keys: Sequence[Row], etags: ETags | None = None) -> list[Row]:
+        """Rows by key; with ``etags`` (or when :attr:`etags` tracks them), the ETag the
+        service gave each row (``@odata.etag``) is noted there, by key."""
         out: list[Row] = []
         keys = list(dict.fromkeys(tuple(k) for k in keys))
+        noting = [e for e in (etags, self.etags) if e is not None]
         for start in range(0, len(keys), KEYS_PER_REQUEST):
             part = keys[start:start + KEYS_PER_REQUEST]
             params = {"$select": ",".join(dict.fromkeys([*columns, *key])),
                       "$filter": self._keys_filter(table, key, part)}
             for page in self._pages(table, params, page_size=5000):
                 out += self._decode_rows(table, columns, page)
+                if noting:
+                    for k, e in zip(self._decode_rows(table, list(key), page), page,
+                                    strict=True):
+                        tag = e.get("@odata.etag")
+                        if isinstance(tag, str):
+                            for n in noting:
+                                n.note(table, key, k, tag)
         return out
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
@@ -888,6 +905,38 @@ class ODataConnector(Connector):
         self.client.close()
 
 
+class ETags:
+    """The ETags of rows read, by entity set and key, for the writes that follow: an update
+    or delete sends ``If-Match`` with the one read (a 412 then says the row changed in the
+    service since), or ``*`` when none was read. After the write the row has another,
+    which the next read notes (a write sent again after its change set failed sends the
+    same one). Holds at most :data:`MAX` (the oldest are forgotten: their
+    writes send ``*``)."""
+
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self._tags: dict[tuple[str, tuple[str, ...], Row], str] = {}
+
+    @staticmethod
+    def _id(table: str, key: Sequence[str], values: Row) -> tuple[str, tuple[str, ...], Row]:
+        return (table.casefold(), tuple(k.casefold() for k in key),
+                tuple(canonical(v) for v in values))
+
+    def note(self, table: str, key: Sequence[str], values: Row, tag: str) -> None:
+        ident = self._id(table, key, values)
+        self._tags.pop(ident, None)
+        self._tags[ident] = tag
+        if len(self._tags) > self.MAX:
+            del self._tags[next(iter(self._tags))]
+
+    def get(self, table: str, key: Sequence[str], values: Row) -> str | None:
+        return self._tags.get(self._id(table, key, values))
+
+    def __len__(self) -> int:
+        return len(self._tags)
+
+
 class OutcomeUnknown(TransientConnectorError):
     """A change set was sent and no answer says whether the service applied it."""
 
@@ -910,6 +959,9 @@ class ODataWriteSession(WriteSession):
         #: per request: (entity set, key columns, key values) of the row it writes, or None
         #: for a create whose key the service makes (it cannot be read back by key)
         self.targets: list[tuple[str, tuple[str, ...], Row] | None] = []
+        #: ETags of the rows read in this session (:meth:`fetch`)
+        self.etags = ETags()
+        self._written: set[tuple[str, tuple[str, ...], Row]] = set()
 
     def _add(self, method: str, url: str, body: dict[str, Any] | None, etags: bool,
              target: tuple[str, tuple[str, ...], Row] | None = None) -> None:
@@ -919,7 +971,7 @@ class ODataWriteSession(WriteSession):
         if body is not None and self.c.return_written:
             headers["Prefer"] = "return=representation"
         if etags and method in ("PATCH", "DELETE"):
-            headers["If-Match"] = "*"  # no version was read here: the row as it is now
+            headers["If-Match"] = self._if_match(target)
         if headers:
             req["headers"] = headers
         if body is not None:
@@ -927,6 +979,21 @@ class ODataWriteSession(WriteSession):
         self.requests.append(req)
         self._sets.append(url.split("(", 1)[0])
         self.targets.append(target)
+
+    def _if_match(self, target: tuple[str, tuple[str, ...], Row] | None) -> str:
+        """The ETag of the row as it was read (in this session, or by the connector), or
+        ``*`` (the row as it is now) when none was, or when an earlier request of this
+        change set writes the row already (that one carries the check)."""
+        if target is None:
+            return "*"
+        ident = ETags._id(*target)
+        if ident in self._written:
+            return "*"
+        self._written.add(ident)
+        tag = self.etags.get(*target)
+        if tag is None and self.c.etags is not None:
+            tag = self.c.etags.get(*target)
+        return tag or "*"
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         es = self.c.entity_set(table)
@@ -1008,7 +1075,7 @@ class ODataWriteSession(WriteSession):
 
     def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
               keys: Sequence[Row]) -> list[Row]:
-        return self.c.fetch(table, columns, key=key, keys=keys)
+        return self.c.fetch(table, columns, key=key, keys=keys, etags=self.etags)
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:

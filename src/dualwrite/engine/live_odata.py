@@ -259,8 +259,10 @@ class LastResourceCoordinator:
         table, key = (target[0], target[2]) if target else (None, None)
         maps = [b.name for b in self.link.bound_maps()
                 if table and b.table(self.odata).casefold() == table.casefold()]
-        return RowError(f"the OData service refused the mirrored write: {exc.message}; "
-                        "nothing was written on either side",
+        what = ("the row changed in the OData service since this transaction read it (its "
+                "ETag no longer matches)" if exc.kind == "conflict"
+                else "the OData service refused the write")
+        return RowError(f"{what}: {exc.message}; nothing was written on either side",
                         map=maps[0] if len(maps) == 1 else None,
                         side=self.link.env_name(self.odata), table=table, key=key,
                         hint=exc.hint)
