@@ -60,13 +60,14 @@ def proxy(hub: tuple[Items, Served]) -> Iterator[HttpFaults]:
         yield p
 
 
-def db_side(make_backend: BackendFactory, kind: str) -> Backend:
+def db_side(make_backend: BackendFactory, kind: str, *, name_length: int = 40) -> Backend:
     # a SQLite file of its own: the hub's are dualwrite_test_a and _b of the same directory
     db = make_backend(kind, "dualwrite_spoke" if kind == "sqlite" else "dualwrite_test_b")
     db.connector.clear_link()
     md = sa.MetaData()
     sa.Table("items", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-             sa.Column("name", sa.String(40), nullable=False), sa.Column("qty", sa.Integer))
+             sa.Column("name", sa.String(name_length), nullable=False),
+             sa.Column("qty", sa.Integer))
     db.create(md)
     return db
 
@@ -423,3 +424,39 @@ def test_the_follower_sees_a_change_made_in_the_service_before_its_write_as_a_co
     assert pg_rows(db)[3] == items.rows("left")[3] == (winner, 3)
     statuses = [f for m, rel, f, _ in proxy.seen if m == "POST"]
     assert "before" in statuses
+
+
+def test_a_service_without_batch_is_written_row_by_row_and_refused_for_live_sync(
+        hub: tuple[Items, Served], proxy: HttpFaults, make_backend: BackendFactory,
+        tmp_path: Path) -> None:
+    """The proxy answers 501 to every $batch, as a service without it would: initial sync
+    writes row by row (a row the service refuses to the error inbox, the rest written),
+    and a live transaction is refused, saying why, with nothing written."""
+    from dualwrite.errors import TerminalConnectorError
+
+    items, _ = hub
+    db = db_side(make_backend, "postgresql", name_length=100)  # the hub's name holds 40
+    items.left.insert("items", [{"id": i, "name": f"hub {i}", "qty": i} for i in range(1, 4)])
+    db.insert("items", [{"id": i, "name": "x" * 60 if i == 12 else f"crm {i}", "qty": i}
+                        for i in range(10, 15)])
+    proxy.fail("POST", r"\$batch", "501", times=50)
+    with Link.open(spoke(tmp_path, proxy.root, db)) as link:
+        [result] = link.sync_initial(master="left")
+        # (the count is of the rows to create; the one refused is among the errors)
+        assert result.created == {"left": 4, "right": 3}, result.as_dict()
+        assert result.errors == {"left": 1, "right": 0}, result.as_dict()
+        [error] = link.state.errors()
+        assert error.key == (12,) and error.side == "left" and error.operation == "create"
+        assert "no $batch: one request per row" in error.reason and "holds 40" in \
+            error.reason
+        with pytest.raises(TerminalConnectorError, match="takes no atomic change sets") \
+                as caught, link.transaction() as tx:
+            tx.create("crm", "items", {"id": 30, "name": "not written", "qty": 3})
+        assert "answered 501 to $batch" in caught.value.message
+        assert "follow" in caught.value.hint
+    assert items.rows("left") == {**{i: (f"hub {i}", i) for i in range(1, 4)},
+                                  **{i: (f"crm {i}", i) for i in (10, 11, 13, 14)}}
+    assert 30 not in pg_rows(db) and set(pg_rows(db)) == {1, 2, 3, 10, 11, 12, 13, 14}
+    batches = [rel for m, rel, _, _ in proxy.seen if m == "POST" and rel == "$batch"]
+    assert len(batches) == 1  # found out once: then row by row
+    assert [rel for m, rel, _, _ in proxy.seen if m == "POST" and rel == "items"]

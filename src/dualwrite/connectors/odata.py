@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -76,6 +76,8 @@ log = logging.getLogger("dualwrite.odata")
 KEYS_PER_REQUEST = 40
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 5
+#: what a service that does not know ``$batch`` answers it
+NO_BATCH = (404, 405, 501)
 #: the longest single wait for a Retry-After (a longer one is capped, and retried)
 MAX_RETRY_AFTER = 30.0
 
@@ -320,8 +322,10 @@ class ODataClient:
 
     def request(self, method: str, path: str, *, doing: str, params: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, body: str | None = None,
-                write: bool = False, parse: Callable[[Any], Any] | None = None) -> Any:
-        """Send one request; return the response (2xx only), or with ``parse`` the pair
+                write: bool = False, parse: Callable[[Any], Any] | None = None,
+                accept: Collection[int] = ()) -> Any:
+        """Send one request; return the response (2xx, or a status of ``accept``), or with
+        ``parse`` the pair
         (response, ``parse(response)``; a parse that raises TransientConnectorError is a
         garbled answer). ``doing`` names it in errors; ``write``: a refusal is the
         row's fault (ConstraintViolation), not the query's.
@@ -351,7 +355,7 @@ class ODataClient:
                     time.sleep(wait)  # the service asked to wait (Retry-After) or is overloaded
                     delay = min(delay * 2, MAX_RETRY_AFTER)
                     continue
-                if status >= 400:
+                if status >= 400 and status not in accept:
                     raise self._fail(status, self.error_of(response), doing, write=write)
                 return (response, parse(response)) if parse is not None else response
             except self._httpx.TimeoutException as exc:
@@ -734,14 +738,27 @@ class ODataConnector(Connector):
         edm = self.entity_set(table).edm
         return {c: encode(edm.get(c, ""), v) for c, v in zip(columns, values, strict=True)}
 
+    #: why the service takes no ``$batch`` (found when one was answered 404, 405 or 501);
+    #: None: it does, as far as is known
+    no_batch: str | None = None
+
+    def change_sets(self) -> bool:
+        """Whether the service takes atomic ``$batch`` change sets: its ``$metadata`` does
+        not say ``Capabilities.BatchSupported`` false, and no ``$batch`` was refused as
+        unknown."""
+        return self.metadata.batch and self.no_batch is None
+
     def require_change_sets(self) -> None:
-        """Raise TerminalConnectorError unless the service takes atomic change sets."""
-        if not self.metadata.batch:
+        """Raise TerminalConnectorError unless the service takes atomic change sets (live
+        sync needs them)."""
+        if not self.change_sets():
+            why = self.no_batch or "its $metadata says Capabilities.BatchSupported false"
             raise TerminalConnectorError(
-                "the OData service does not support $batch (Capabilities.BatchSupported is "
-                "false), and dualwrite writes only through atomic change sets",
+                f"the OData service takes no atomic change sets ({why}), and live sync "
+                "needs them: a transaction's writes could be applied in part",
                 environment=self.name,
-                hint="writing to a service without $batch is not supported yet "
+                hint="write to it with `sync --initial` and `dualwrite follow` (row by row, "
+                "a refused row to the error inbox); live writes need a service with $batch "
                 "(docs/odata.md, OData environments)")
 
     def applied(self, expectations: Sequence[dict[str, Any]]) -> bool:
@@ -1090,11 +1107,22 @@ class ODataWriteSession(WriteSession):
         had it) may have been applied: sent again, its creates then conflict with
         themselves. So when a create of the set is refused as a duplicate, the rows the set
         creates are read back by key, and those that are there exactly as they would be
-        created are taken as done; the rest is sent once more."""
+        created are taken as done; the rest is sent once more.
+
+        A service without ``$batch`` (its ``$metadata`` says so, or it answers 404, 405 or
+        501 to one) gets one request per row instead (:meth:`_send_each`): not atomic."""
         if not self.requests:
             return
-        self.c.require_change_sets()
-        refused = self._send_once()
+        if not self.c.change_sets():
+            self._send_each()
+            return
+        try:
+            refused = self._send_once()
+        except TerminalConnectorError:
+            if self.c.no_batch is None:
+                raise
+            self._send_each()  # the $batch was refused unread: nothing of it was applied
+            return
         if refused is None:
             return
         req, error = refused
@@ -1114,6 +1142,38 @@ class ODataWriteSession(WriteSession):
             refused = self._send_once()
             if refused is not None:
                 raise refused[1]
+
+    def _send_each(self) -> None:
+        """The collected writes one request each, in order, to a service without ``$batch``:
+        not atomic. Raises the first refusal (ConstraintViolation) or failure; the requests
+        before it were applied. Sent again, the writes are idempotent: a create refused as a
+        duplicate whose row is there exactly as sent is taken as done (an earlier attempt
+        made it), a delete of a row already gone (404) too; an update sets the same values."""
+        client = self.c.client
+        for req, entity_set in zip(self.requests, self._sets, strict=True):
+            what = f"{req['method']} {urllib.parse.unquote(req['url'])} (no $batch: one " \
+                   "request per row)"
+            headers = dict(req.get("headers") or {})
+            body = req.get("body")
+            try:
+                r = client.request(req["method"], req["url"], doing=what, headers=headers,
+                                   body=dumps(body) if body is not None else None, write=True,
+                                   accept=(404,) if req["method"] == "DELETE" else ())
+            except ConstraintViolation as exc:
+                if req["method"] == "POST" and exc.kind == "unique" and \
+                        self._arrived(req, entity_set):
+                    continue
+                raise
+            if req["method"] != "DELETE" and r.content:  # (a DELETE's 404: gone already)
+                try:
+                    got = client.json(r, what)
+                    es = self.c.entity_set(urllib.parse.unquote(entity_set))
+                    self.written.append((es.name, {p: decode(es.edm[p], v)
+                                                   for p, v in got.items() if p in es.edm}))
+                except (ConnectorError, ValueError, TypeError, KeyError, InvalidOperation,
+                        AttributeError):
+                    log.warning("%s: the answer to a write of %s cannot be read",
+                                self.c.name, entity_set)
 
     def _arrived(self, req: dict[str, Any], entity_set: str) -> bool:
         """Whether a create is in the service already, exactly as it would be created."""
@@ -1140,7 +1200,17 @@ class ODataWriteSession(WriteSession):
         n = len(self.requests)
         doing = f"write {n} change(s) in one $batch change set"
         r = client.request("POST", "$batch", doing=doing, body=dumps({"requests": self.requests}),
-                           headers={"Accept": "application/json"})
+                           headers={"Accept": "application/json"}, accept=NO_BATCH)
+        if r.status_code in NO_BATCH:
+            # nothing was applied: the service does not know $batch at all
+            self.c.no_batch = f"it answered {r.status_code} to $batch"
+            log.warning("%s: the service answered %d to $batch: writing row by row, without "
+                        "atomicity, from now on", self.c.name, r.status_code)
+            raise TerminalConnectorError(
+                f"{doing}: the OData service answered {r.status_code}: it takes no $batch",
+                environment=self.c.name, code=r.status_code,
+                hint="dualwrite writes to it row by row from now on; live sync needs atomic "
+                "change sets and is refused")
         doc = client.json(r, doing)
         responses = doc.get("responses") if isinstance(doc, dict) else None
         if not isinstance(responses, list):
