@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -460,3 +460,77 @@ def test_a_service_without_batch_is_written_row_by_row_and_refused_for_live_sync
     batches = [rel for m, rel, _, _ in proxy.seen if m == "POST" and rel == "$batch"]
     assert len(batches) == 1  # found out once: then row by row
     assert [rel for m, rel, _, _ in proxy.seen if m == "POST" and rel == "items"]
+
+
+class _Running:
+    """A `dualwrite run` process, its output collected line by line by a thread."""
+
+    def __init__(self, config: Path) -> None:
+        import threading
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "dualwrite", "-c", str(config), "run"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(
+            self.proc.stdout or ()), daemon=True)
+        self._reader.start()
+
+    def wait_for(self, words: str, deadline: float) -> None:
+        import time
+
+        while not any(words in line for line in self.lines):
+            assert time.monotonic() < deadline and self.proc.poll() is None, self.lines
+            time.sleep(0.05)  # polling the output for the condition, with a deadline
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout=60)
+        self._reader.join(timeout=30)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+
+def test_run_follows_a_link_with_an_odata_side_under_the_applier_lease(
+        hub: tuple[Items, Served], make_backend: BackendFactory, tmp_path: Path) -> None:
+    """`dualwrite run` on a link with an OData side follows it (no `dualwrite follow`
+    needed); a second `run` stands by, and takes over when the first stops."""
+    import time
+
+    items, served = hub
+    db = db_side(make_backend, "postgresql")
+    seeded(items, db)
+    config = spoke(tmp_path, served.url + "/odata/erp/", db)
+
+    def until(cond: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # polling both sides for the condition, with a deadline
+
+    first = _Running(config)
+    second: _Running | None = None
+    try:
+        first.wait_for("following link", time.monotonic() + 60)
+        second = _Running(config)
+        second.wait_for("standing by", time.monotonic() + 60)
+        with db.app().begin() as conn:
+            conn.execute(sa.text("UPDATE items SET name = 'changed in PG' WHERE id = 1"))
+        hub_patch(served, 2, {"name": "changed in the hub"})
+        until(lambda: items.rows("left")[1][0] == "changed in PG"
+              and pg_rows(db)[2][0] == "changed in the hub")
+        assert first.stop() == 0
+        second.wait_for("following link", time.monotonic() + 60)
+        with db.app().begin() as conn:
+            conn.execute(sa.text("INSERT INTO items (id, name, qty) VALUES (9, 'after', 9)"))
+        until(lambda: items.rows("left").get(9) == ("after", 9))
+        assert second.stop() == 0
+    finally:
+        for p in (first, second):
+            if p is not None and p.proc.poll() is None:
+                p.stop()
+    said = [("standby" if "standing by" in line else "follow") for line in second.lines
+            if "standing by" in line or "following link" in line]
+    assert said == ["standby", "follow"], second.lines
+    assert pg_rows(db) == items.rows("left")

@@ -30,7 +30,10 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-from collections.abc import Iterable, Sequence
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +44,9 @@ from dualwrite.connectors.odata_changes import DEFAULT_OVERLAP, ModifiedPoll, Ro
 from dualwrite.engine.capture import capture_specs
 from dualwrite.engine.diff import Classified, Entry, Failure, MapDiffer
 from dualwrite.engine.initial_sync import InitialSync
+from dualwrite.engine.lease import DEFAULT_TTL, ApplierLease
 from dualwrite.engine.state import StateStore
-from dualwrite.errors import ConfigError, ConstraintViolation, RowError
+from dualwrite.errors import ConfigError, ConstraintViolation, RowError, TransientConnectorError
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import ConflictPolicy, Side
 from dualwrite.model.values import canonical
@@ -432,6 +436,65 @@ def follower_for(link: Link, *, reconcile_every: int = 10) -> ODataFollower:
         link.connectors, link.state, link.bound_maps(),
         {s: link.config.modified(link.env_name(s)) for s in Side},
         reconcile_every=reconcile_every, batch=min(link.config.model.sync.batch_size, 1000))
+
+
+def run_follower(link: Link, stop: threading.Event, *, say: Callable[[str, str], None],
+                 interval: float = 1.0, ttl: float = DEFAULT_TTL) -> None:
+    """``dualwrite run`` on a link with an OData side: follow it (:class:`ODataFollower`)
+    under the link's applier lease until ``stop`` is set — one follower per link; another
+    process waits as a standby and takes over when the lease is released (at a stop) or
+    expires (``ttl`` seconds unheard). The follower takes the service's position as
+    ``start()`` does, or goes on from the one kept. ``say(text, event)`` tells the operator.
+
+    No fence as the applier's: a holder stopped (SIGSTOP) past ``ttl`` and woken after
+    another took over may still run the step it was in; its writes are decided by comparing
+    current rows, so it writes nothing the new holder's step did not (it may write a row
+    both read before the other side changed it again, which the next step compares
+    anew)."""
+    lease = ApplierLease(link.state, link.config.link_name, ttl=ttl)
+    follower: ODataFollower | None = None
+    standing_by = False
+    renewed = 0.0
+    try:
+        while not stop.is_set():
+            if follower is None:
+                if not lease.acquire():
+                    if not standing_by:
+                        say(f"dualwrite run: another process follows link "
+                            f"{link.config.link_name!r}; standing by", "standby")
+                        standing_by = True
+                    stop.wait(min(interval, ttl / 3))
+                    continue
+                standing_by = False
+                try:
+                    follower = follower_for(link)
+                    follower.start()
+                except TransientConnectorError as exc:
+                    say(f"dualwrite run: {exc.message}; retrying", "retry")
+                    follower = None
+                    lease.release()
+                    stop.wait(interval)
+                    continue
+                say(f"dualwrite run: following link {link.config.link_name!r} with an OData "
+                    f"side (pid {os.getpid()})", "ready")
+                renewed = time.monotonic()
+            if time.monotonic() - renewed >= min(1.0, ttl / 3):
+                if not lease.renew():
+                    say("dualwrite run: another process took the lease over; standing by",
+                        "standby")
+                    follower, standing_by = None, True
+                    continue
+                renewed = time.monotonic()
+            try:
+                written = follower.step()
+            except TransientConnectorError as exc:  # the next step reads it again
+                say(f"dualwrite run: {exc.message}; retrying", "retry")
+                stop.wait(interval)
+                continue
+            if written == 0:
+                stop.wait(interval)
+    finally:
+        lease.release()
 
 
 def _canon(key: Iterable[Any]) -> Row:
