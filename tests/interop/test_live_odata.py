@@ -534,3 +534,25 @@ def test_run_follows_a_link_with_an_odata_side_under_the_applier_lease(
             if "standing by" in line or "following link" in line]
     assert said == ["standby", "follow"], second.lines
     assert pg_rows(db) == items.rows("left")
+
+
+def test_a_transaction_with_nothing_for_the_service_commits_the_database_alone(
+        hub: tuple[Items, Served], proxy: HttpFaults, make_backend: BackendFactory,
+        tmp_path: Path) -> None:
+    """A write to a table no map names sends no change set: the database branch commits
+    by itself (audited as any other)."""
+    items, _ = hub
+    db = db_side(make_backend, "postgresql")
+    md = sa.MetaData()
+    sa.Table("notes", md, sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+             sa.Column("text", sa.String(40)))
+    db.create(md)
+    with Link.open(spoke(tmp_path, proxy.root, db)) as link:
+        with link.transaction("clerk") as tx:
+            tx.create("crm", "notes", {"id": 1, "text": "only here"})
+        assert prepared(db, link) == [] and in_doubt(link) == []
+        assert [(a["environment"], a["table_name"]) for a in link.state.audit()] == [
+            ("crm", "notes")]
+    assert db.rows("notes", ["id"]) == [{"id": 1, "text": "only here"}]
+    assert [m for m, rel, _, _ in proxy.seen if m == "POST"] == []
+    assert items.rows("left") == {}

@@ -144,14 +144,13 @@ class LastResourceCoordinator:
         if not self.tx.audit:
             self._rollback()
             return
-        if not self.session.requests:  # nothing for the service (filtered out): one branch
+        if not self.session.requests:  # nothing for the service (unmapped, filtered out)
             try:
-                self.branch.commit()
+                self.branch.prepare()
             except BaseException:
                 self._rollback()
                 raise
-            state.log_commit_decision(self.xid, [], self.principal, self.tx.audit)
-            state.complete(self.xid)
+            self._end(applied=True)
             return
         expected = self.session.expectations()
         if expected is None:
@@ -284,10 +283,10 @@ def resolve_in_doubt(link_id: str, connectors: dict[Side, Connector], state: Sta
     actions: list[RecoveryAction] = []
     waiting: set[str] = set()
     side = odata_side(connectors)
+    if side is None:
+        return actions, waiting
     prefix = xid_prefix(link_id)
     records = [(x, r) for x, r in state.checkpoints_in_phase(IN_DOUBT) if x.startswith(prefix)]
-    if side is None or not records:
-        return actions, waiting
     service: ODataConnector = connectors[side]  # type: ignore[assignment]
     db = connectors[side.other]
     for xid, record in records:
