@@ -7,6 +7,7 @@ raises passes through :meth:`SqlConnector.translating`, the one translation poin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import warnings
@@ -321,6 +322,13 @@ class SqlBranch(Branch):
                 raise
         self.session = SqlWriteSession(connector, self.conn)
         self.prepared = False
+
+    def release(self) -> None:
+        # invalidated, not returned to the pool: a pool's reset must not touch what the
+        # branch left prepared
+        with contextlib.suppress(Exception):
+            self.conn.invalidate()
+            self.conn.close()
 
     def prepare(self) -> None:
         with self.connector.translating(f"prepare {self.xid}"):
