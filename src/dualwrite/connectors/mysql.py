@@ -625,3 +625,62 @@ class MariaDbDialect(Dialect):
     def purge(self, conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"DELETE HISTORY FROM {CHANGES}")
 
+    # -- the delta journal ------------------------------------------------------------------
+    #: each statement sees what committed before it (the sequencer's SELECT must see the
+    #: batches of the sequencer it waited for), and reads of uncommitted journal rows never
+    #: wait for their writers
+    journal_isolation = "READ COMMITTED"
+
+    def journal_ddl(self, journal: str, state: str, tracked: str) -> list[str]:
+        opts = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
+        return [
+            f"CREATE TABLE IF NOT EXISTS {journal} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
+            "tbl VARCHAR(190) NOT NULL, k VARCHAR(700) NOT NULL, batch BIGINT, "
+            f"at DATETIME(6), KEY {journal}_pos (tbl, batch, id), "
+            f"KEY {journal}_new (batch, id)) {opts}",
+            f"CREATE TABLE IF NOT EXISTS {state} (one INT PRIMARY KEY, "
+            f"batch BIGINT NOT NULL, pruned BIGINT NOT NULL, epoch VARCHAR(40) NOT NULL) "
+            f"{opts}",
+            f"CREATE TABLE IF NOT EXISTS {tracked} (tbl VARCHAR(190) PRIMARY KEY, "
+            f"tag VARCHAR(40) NOT NULL, k TEXT NOT NULL, since BIGINT NOT NULL) {opts}",
+        ]
+
+    def journal_trigger_ddl(self, conn: sa.Connection, journal: str, table: str,
+                            key: Sequence[str], tag: str) -> list[str]:
+        schema, bare = self.split(table)
+        db = f"{_bq(schema)}." if schema else ""
+        t = f"{db}{_bq(bare)}"
+        encodings = self.encodings(conn, table) or {}
+        home_journal = f"{_bq(self.home)}.{journal}"
+        name = _my_string(table)
+
+        def my_key(row: str) -> str:
+            return "JSON_ARRAY(" + ", ".join(
+                self._value(f"{row}.{_bq(c)}", encodings.get(c)) for c in key) + ")"
+
+        ins = f"INSERT INTO {home_journal} (tbl, k) VALUES ({name}, "
+        same = " AND ".join(f"OLD.{_bq(c)} <=> NEW.{_bq(c)}" for c in key)
+        bodies = {
+            "i": f"{ins}{my_key('NEW')})",
+            "d": f"{ins}{my_key('OLD')})",
+            "u": f"BEGIN {ins}{my_key('NEW')}); IF NOT ({same}) THEN "
+                 f"{ins}{my_key('OLD')}); END IF; END",
+        }
+        events = {"i": "INSERT", "d": "DELETE", "u": "UPDATE"}
+        return [f"CREATE OR REPLACE TRIGGER {db}{tag}{op} AFTER {events[op]} ON {t} "
+                f"FOR EACH ROW {body}" for op, body in bodies.items()]
+
+    def journal_drop_ddl(self, table: str, tag: str) -> list[str]:
+        schema, _ = self.split(table)
+        db = f"{_bq(schema)}." if schema else ""
+        return [f"DROP TRIGGER IF EXISTS {db}{tag}{op}" for op in "idu"]
+
+    def journal_triggers_query(self, table: str, names: dict[str, str]
+                               ) -> tuple[str, dict[str, Any]]:
+        schema, bare = self.split(table)
+        return ("SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = "
+                "COALESCE(:s, DATABASE()) AND EVENT_OBJECT_TABLE = :t AND TRIGGER_NAME "
+                "IN (:i, :d, :u)", {**names, "s": schema, "t": bare})
+
+    def journal_time(self, at: dt.datetime) -> Any:
+        return at.astimezone(dt.UTC).replace(tzinfo=None)

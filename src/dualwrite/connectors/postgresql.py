@@ -1255,6 +1255,57 @@ class PostgresDialect(Dialect):
             {"e": fence[1], "fs": FENCE_SOURCE, "link": fence[0], "a": lo, "b": hi}
         ).scalar() == 1
 
+    # -- the delta journal ------------------------------------------------------------------
+    def journal_ddl(self, journal: str, state: str, tracked: str) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {journal} (id BIGSERIAL PRIMARY KEY, "
+            "tbl TEXT NOT NULL, k TEXT NOT NULL, batch BIGINT, at TIMESTAMPTZ)",
+            f"CREATE INDEX IF NOT EXISTS {journal}_pos ON {journal} (tbl, batch, id)",
+            f"CREATE INDEX IF NOT EXISTS {journal}_new ON {journal} (id) "
+            "WHERE batch IS NULL",
+            f"CREATE TABLE IF NOT EXISTS {state} (one INTEGER PRIMARY KEY, "
+            "batch BIGINT NOT NULL, pruned BIGINT NOT NULL, epoch TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {tracked} (tbl TEXT PRIMARY KEY, tag TEXT NOT NULL, "
+            "k TEXT NOT NULL, since BIGINT NOT NULL)",
+        ]
+
+    def journal_trigger_ddl(self, conn: sa.Connection, journal: str, table: str,
+                            key: Sequence[str], tag: str) -> list[str]:
+        t = self._table(table)
+        name = _pg_string(table)
+
+        def keys(rel: str) -> str:
+            return (f"SELECT {name}, json_build_array("
+                    + ", ".join(f"{rel}.{_dq(c)}" for c in key) + f")::text FROM {rel}")
+
+        bodies = {
+            "i": keys("dw_new"), "d": keys("dw_old"),
+            # an update of the key leaves the old key without its row: both are told
+            "u": f"{keys('dw_new')} UNION {keys('dw_old')}",
+        }
+        out = []
+        for op, query in bodies.items():
+            when, referencing = self.EVENTS[op]
+            out += [
+                f"CREATE OR REPLACE FUNCTION {tag}{op}() RETURNS trigger LANGUAGE plpgsql "
+                f"{self._pinned()} AS $dw$ BEGIN INSERT INTO {journal} (tbl, k) {query}; "
+                "RETURN NULL; END $dw$",
+                f"DROP TRIGGER IF EXISTS {tag}{op} ON {t}",
+                f"CREATE TRIGGER {tag}{op} AFTER {when} ON {t} {referencing} "
+                f"FOR EACH STATEMENT EXECUTE FUNCTION {tag}{op}()",
+            ]
+        return out
+
+    def journal_drop_ddl(self, table: str, tag: str) -> list[str]:
+        return [f"DROP TRIGGER IF EXISTS {tag}{op} ON {self._table(table)}" for op in "idu"] + \
+            [f"DROP FUNCTION IF EXISTS {tag}{op}()" for op in "idu"]
+
+    def journal_triggers_query(self, table: str, names: dict[str, str]
+                               ) -> tuple[str, dict[str, Any]]:
+        return ("SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgname IN (:i, :d, :u) "
+                "AND tgrelid = to_regclass(:t) AND tgenabled <> 'D'",
+                {**names, "t": self._table(table)})
+
     def listen(self, connector: SqlConnector) -> ChangeSignal | None:
         assert isinstance(connector, PostgresConnector)
         return PgChangeSignal(connector)

@@ -450,3 +450,49 @@ class SqliteDialect(Dialect):
         "SELECT 'trigger', name, 'DROP TRIGGER IF EXISTS \"' || name || '\"' "
         "FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, 3) = 'dw_'")
 
+    # -- the delta journal ------------------------------------------------------------------
+    def journal_ddl(self, journal: str, state: str, tracked: str) -> list[str]:
+        return [
+            f"CREATE TABLE IF NOT EXISTS {journal} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+            "tbl TEXT NOT NULL, k TEXT NOT NULL, batch INTEGER, at TEXT)",
+            f"CREATE INDEX IF NOT EXISTS {journal}_pos ON {journal} (tbl, batch, id)",
+            f"CREATE INDEX IF NOT EXISTS {journal}_new ON {journal} (batch, id)",
+            f"CREATE TABLE IF NOT EXISTS {state} (one INTEGER PRIMARY KEY, "
+            "batch INTEGER NOT NULL, pruned INTEGER NOT NULL, epoch TEXT NOT NULL)",
+            f"CREATE TABLE IF NOT EXISTS {tracked} (tbl TEXT PRIMARY KEY, tag TEXT NOT NULL, "
+            "k TEXT NOT NULL, since INTEGER NOT NULL)",
+        ]
+
+    def journal_trigger_ddl(self, conn: sa.Connection, journal: str, table: str,
+                            key: Sequence[str], tag: str) -> list[str]:
+        t = _dq(table)
+
+        def lite_key(row: str) -> str:
+            return "json_array(" + ", ".join(self._value(f"{row}.{_dq(c)}") for c in key) + ")"
+
+        ins = f"INSERT INTO {journal} (tbl, k) VALUES ({_sql_string(table)}, "
+        same = " AND ".join(f"OLD.{_dq(c)} IS NEW.{_dq(c)}" for c in key)
+        lite: dict[str, tuple[str, str]] = {
+            "i": ("INSERT", f"{ins}{lite_key('NEW')});"),
+            "d": ("DELETE", f"{ins}{lite_key('OLD')});"),
+            "u": ("UPDATE", f"{ins}{lite_key('NEW')}); INSERT INTO {journal} (tbl, k) "
+                            f"SELECT {_sql_string(table)}, {lite_key('OLD')} "
+                            f"WHERE NOT ({same});"),
+        }
+        out = []
+        for op, (when, body) in lite.items():
+            out += [f"DROP TRIGGER IF EXISTS {tag}{op}",
+                    f"CREATE TRIGGER {tag}{op} AFTER {when} ON {t} BEGIN {body} END"]
+        return out
+
+    def journal_drop_ddl(self, table: str, tag: str) -> list[str]:
+        return [f"DROP TRIGGER IF EXISTS {tag}{op}" for op in "idu"]
+
+    def journal_triggers_query(self, table: str, names: dict[str, str]
+                               ) -> tuple[str, dict[str, Any]]:
+        return ("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND "
+                "tbl_name = :t AND name IN (:i, :d, :u)", {**names, "t": table})
+
+    def journal_time(self, at: dt.datetime) -> Any:
+        # fixed-width text, which sorts as the times do
+        return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
