@@ -131,6 +131,11 @@ class MySqlConnector(SqlConnector):
         code = next(iter(getattr(orig, "args", ())), None)  # PyMySQL: (errno, message)
         return code if isinstance(code, int) and code else None
 
+    def _unmark_origin(self, conn: sa.Connection) -> None:
+        conn.exec_driver_sql("SET @dualwrite_origin = NULL")
+        # the pool's checkin hook restores the mark (see _create_engine)
+        conn.connection._connection_record.info["dw_unmarked"] = True
+
     def capture_dialect(self) -> Dialect:
         return MariaDbDialect()
 

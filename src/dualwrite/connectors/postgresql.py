@@ -42,6 +42,7 @@ from dualwrite.connectors.sql import (
     SqlConnector,
     SqlWriteSession,
     end_rollback,
+    plain_type,
     split_table,
     without_collation,
 )
@@ -574,6 +575,15 @@ class PostgresConnector(SqlConnector):
             if returning:
                 return {tuple(r) for r in cur.fetchall()}
             return {(i,) for i in range(max(cur.rowcount, 0))}
+
+    def _unmark_origin(self, conn: sa.Connection) -> None:
+        conn.exec_driver_sql("SET LOCAL dualwrite.origin = 'queue'")
+
+    def _key_in(self, column: sa.ColumnElement[Any], values: list[Any]
+                ) -> sa.ColumnElement[bool]:
+        # one array parameter instead of a thousand
+        array = sa.ARRAY(plain_type(column.type))
+        return column == sa.func.any(sa.cast(sa.literal(values, array), array))
 
     def capture_dialect(self) -> Dialect:
         return PostgresDialect()

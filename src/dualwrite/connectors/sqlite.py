@@ -200,6 +200,9 @@ class SqliteConnector(SqlConnector):
                 out.append(str(schema))
         return out
 
+    #: the write transaction's lock already covers the whole database
+    locks_rows = False
+
     def capture_dialect(self) -> Dialect:
         return SqliteDialect()
 
