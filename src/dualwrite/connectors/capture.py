@@ -337,7 +337,7 @@ class Dialect(ABC):
 
 
 def dialect_for(connector: SqlConnector) -> Dialect:
-    """The capture SQL of ``connector``'s database (its module's :class:`Dialect`)."""
+    """The capture SQL of ``connector``'s database (its package's :class:`Dialect`)."""
     return connector.capture_dialect()
 
 

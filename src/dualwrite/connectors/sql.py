@@ -1,7 +1,8 @@
 """SQL connectors on SQLAlchemy Core: the behaviour shared by SQLite, PostgreSQL and MariaDB.
 
-Dialect modules override a few hooks (bulk insert, binary ordering of string keys) and hold
-their driver's table of error codes (error classes: see :class:`Fault`). Everything a driver
+Each backend's package (``connectors/<database>/connector.py``) overrides a few hooks (bulk
+insert, binary ordering of string keys, the no-echo mark, locking reads) and holds its
+driver's table of error codes (error classes: see :class:`Fault`). Everything a driver
 raises passes through :meth:`SqlConnector.translating`, the one translation point.
 """
 
@@ -465,7 +466,7 @@ class SqlConnector(Connector):
         return column.in_(values)
 
     def capture_dialect(self) -> Dialect:
-        """The SQL of change capture for this database (its module's Dialect); the default
+        """The SQL of change capture for this database (its package's Dialect); the default
         refuses."""
         raise TerminalConnectorError(
             f"change capture is not available for {self.engine.dialect.name}",

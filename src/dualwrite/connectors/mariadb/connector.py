@@ -1,5 +1,6 @@
 """MariaDB / MySQL through PyMySQL: multi-row INSERTs for batches, ``LOAD DATA LOCAL INFILE``
-for initial sync's bulk path, XA two-phase commit, capture by triggers."""
+for initial sync's bulk path, XA two-phase commit; capture by triggers (their SQL in
+``dialect.py``)."""
 
 from __future__ import annotations
 

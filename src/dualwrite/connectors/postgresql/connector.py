@@ -1,5 +1,6 @@
 """PostgreSQL through psycopg 3: COPY for large batches and initial sync's bulk path,
-two-phase commit on psycopg directly (:class:`PgBranch`), capture by triggers."""
+two-phase commit on psycopg directly (:class:`PgBranch`); capture by triggers (their SQL
+in ``dialect.py``)."""
 
 from __future__ import annotations
 

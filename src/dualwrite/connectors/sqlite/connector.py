@@ -1,6 +1,7 @@
 """SQLite: the embedded default for the demo and for dualwrite's own state
 (:func:`create_sqlite_engine`). Two files are linked live in one transaction over one
-connection, the other file attached (no two-phase commit); capture by triggers."""
+connection, the other file attached (no two-phase commit); capture by triggers (their
+SQL in ``dialect.py``)."""
 
 from __future__ import annotations
 
