@@ -162,7 +162,7 @@ def test_a_database_is_one_folder() -> None:
         {p.name for p in shared}
     found = [m for path in shared for m in _database_mentions(path)]
     assert not found, "\n".join(found)
-    for database in ("postgresql", "mariadb", "sqlite", "memory"):
+    for database in ("postgresql", "mariadb", "sqlite", "memory", "odata"):
         package = connectors / database
         assert (package / "__init__.py").is_file() and (package / "connector.py").is_file(), \
             database
