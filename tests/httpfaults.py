@@ -8,11 +8,14 @@ real OData service that forwards every request, except those a test has asked to
 Faults, each for one request (``times`` for more): ``"500"``/``"503"``/any status (an OData
 error body), ``"429:<seconds>"`` (with ``Retry-After``), ``"malformed"`` (a 200 whose JSON is
 cut short), ``"drop"`` (the connection closed without an answer), ``"lost"`` (forwarded,
-and the connection closed before the answer: its outcome unknown to the client),
+and the connection closed before the answer: its outcome unknown to the client), ``"hang"``
+(forwarded, and no answer until the proxy closes: the client's request times out),
 ``"strip:<property>"`` (forwarded, and the property removed from every entity of the
 answer: the service's answers no longer fit its ``$metadata``), ``"link:<url>"`` (forwarded,
-with ``@odata.nextLink`` set to the URL). ``seen`` lists every request as (method, path and query,
-fault or None), in order.
+with ``@odata.nextLink`` set to the URL), or a callable (called, then the request
+forwarded: a change made in the service just before it, by ``proxy.before(...)``).
+``seen`` lists every request as (method, path and query, fault or None — ``"before"``
+for a callable —, time), in order.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -37,8 +41,9 @@ class HttpFaults:
         parts = urllib.parse.urlsplit(target_root)
         self.target = f"{parts.scheme}://{parts.netloc}"
         self.path = parts.path
-        self._faults: list[tuple[str, re.Pattern[str], str]] = []
+        self._faults: list[tuple[str, re.Pattern[str], str | Callable[[], None]]] = []
         self._lock = threading.Lock()
+        self._closing = threading.Event()
         self.seen: list[tuple[str, str, str | None, float]] = []
         self._client = httpx.Client(base_url=self.target, timeout=60)
         proxy = self
@@ -68,11 +73,22 @@ class HttpFaults:
         with self._lock:
             self._faults += [(method.upper(), re.compile(path), fault)] * times
 
+    def before(self, method: str, path: str, action: Callable[[], None]) -> None:
+        """Call ``action`` when the next request of ``method`` matching ``path`` arrives,
+        then forward the request."""
+        with self._lock:
+            self._faults.append((method.upper(), re.compile(path), action))
+
+    def clear(self) -> None:
+        """Forget the faults not given yet: every request is forwarded from now on."""
+        with self._lock:
+            self._faults.clear()
+
     def pending(self) -> int:
         with self._lock:
             return len(self._faults)
 
-    def _take(self, method: str, rel: str) -> str | None:
+    def _take(self, method: str, rel: str) -> str | Callable[[], None] | None:
         with self._lock:
             for i, (m, rx, fault) in enumerate(self._faults):
                 if m == method and rx.match(rel):
@@ -86,6 +102,9 @@ class HttpFaults:
         rel = urllib.parse.unquote(h.path[len(self.path):] if h.path.startswith(self.path)
                                    else h.path)
         fault = self._take(h.command, rel)
+        if callable(fault):
+            fault()
+            fault = "before"
         self.seen.append((h.command, rel, fault, time.monotonic()))
         if fault == "drop":
             h.close_connection = True
@@ -105,7 +124,9 @@ class HttpFaults:
             return
         headers = {k: v for k, v in h.headers.items() if k.lower() not in _HOP}
         r = self._client.request(h.command, h.path, headers=headers, content=body)
-        if fault == "lost":  # the service did it; its answer never arrives
+        if fault in ("lost", "hang"):  # the service did it; its answer never arrives
+            if fault == "hang":
+                self._closing.wait()
             h.close_connection = True
             h.connection.shutdown(2)
             return
@@ -139,6 +160,7 @@ class HttpFaults:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(timeout=30)

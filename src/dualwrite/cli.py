@@ -669,7 +669,8 @@ def run(config: ConfigOpt = None,
     """Apply captured changes of every running map, both ways, until stopped (SIGTERM or
     Ctrl-C). One applier per link: a second one waits as a standby (and says so). With a
     NATS transport, this process reads and publishes instead (one active per link, the same
-    standby), and `run --worker` processes apply."""
+    standby), and `run --worker` processes apply. On a link with an OData side: follow it
+    (as `dualwrite follow`) under the same lease."""
     from dualwrite.engine.capture import run_applier
     from dualwrite.engine.heap import settle_for_latency
 
@@ -695,6 +696,14 @@ def run(config: ConfigOpt = None,
                      f"{link.config.link_name!r} (pid {os.getpid()})", "ready")
 
             try:
+                from dualwrite.engine.live_odata import odata_side
+
+                if odata_side(link.connectors) is not None:
+                    from dualwrite.engine.odata_follow import run_follower
+
+                    settle_for_latency()
+                    run_follower(link, stop, say=_say)
+                    return
                 # the maps are validated and the rules loaded by run_applier, once the
                 # databases answer: run waits for them rather than exit
                 runner = None

@@ -240,9 +240,17 @@ class TerminalConnectorError(ConnectorError):
     """Retrying will not help without a change: bad credentials, missing table, bad SQL."""
 
 
+class InDoubt(ConnectorError):
+    """A live transaction's change set went to an OData service and what became of it could
+    not be found out: the database side stays prepared (its rows locked) until recovery
+    reads the rows back from the service and commits or rolls it back. Not worth retrying
+    as such: the writes may have been made."""
+
+
 #: What a :class:`ConstraintViolation` is: the row's fault, each of a kind callers decide by
 #: (a unique violation answers 409 in OData), never by the message's words
-ViolationKind = Literal["unique", "foreign_key", "not_null", "check", "value", "other"]
+ViolationKind = Literal["unique", "foreign_key", "not_null", "check", "value", "conflict",
+                        "other"]
 
 
 class ConstraintViolation(TerminalConnectorError):
@@ -250,7 +258,8 @@ class ConstraintViolation(TerminalConnectorError):
 
     ``kind`` says which: "unique" (duplicate key), "foreign_key", "not_null", "check",
     "value" (a value of the wrong type, too long or out of range, or one the driver cannot
-    send), or "other" (a constraint the database names no kind for, e.g. an exclusion)."""
+    send), "conflict" (an OData service's 412: the row changed since its ETag was read), or
+    "other" (a constraint the database names no kind for, e.g. an exclusion)."""
 
     def __init__(self, message: str, *, hint: str = "", environment: str | None = None,
                  code: str | int | None = None, kind: ViolationKind = "other") -> None:

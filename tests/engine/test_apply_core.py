@@ -127,7 +127,11 @@ def _differ() -> Any:
     """A map's row builders, as plain functions: the target row is the source row."""
     build = {Side.LEFT: lambda row, key, resolved: tuple(row),
              Side.RIGHT: lambda row, key, resolved: tuple(row)}
-    return SimpleNamespace(build_live=build, build_create=build,
+    def values(t: Side, row: Any, resolved: Any, key: Any = None) -> tuple[Any, ...]:
+        return build[t](row, key, resolved)
+
+    return SimpleNamespace(build_live=build, build_create=build, create_values=values,
+                           live_values=values,
                            live_columns={Side.LEFT: ["v"], Side.RIGHT: ["v"]})
 
 

@@ -241,3 +241,35 @@ def test_a_new_state_store_moves_the_epoch_past_the_fences_the_databases_keep(
         finally:
             fresh.release()
             applier.close()
+
+
+def test_a_partition_worker_s_batch_carries_every_partition_s_fence(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """A JetStream worker applies messages of several partitions in one target transaction:
+    it commits only while it still holds every one of those partitions' leases. A newer
+    worker that took one partition over (its fence raised in the database) makes the whole
+    batch roll back, however current the other partitions' fences are."""
+    from dualwrite.engine.jetstream.worker import PartitionApplier
+    from dualwrite.model.maps import Side
+
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb")
+    with it.link() as link:
+        link.start_maps()
+        worker = PartitionApplier(link, process="worker-a")
+        try:
+            # a newer worker took partition p1 over: epoch 2 in the target database
+            right = link.connectors[Side.RIGHT]
+            with right.transaction() as sess:
+                right.change_log().fence(sess, "p1", 2)
+            it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'erp', 1)")
+            worker.partition_fences = [("p0", 1), ("p1", 1)]
+            with pytest.raises(LeaseLost):
+                worker.step()
+            assert it.rows("right") == {}
+            # holding both (p1 at its new epoch), the same batch commits
+            worker.partition_fences = [("p0", 1), ("p1", 2)]
+            drain(worker)
+            assert it.rows("right") == {1: ("erp", 1)}
+        finally:
+            worker.partition_fences = []
+            worker.close()

@@ -273,6 +273,11 @@ class Branch(ABC):
     def finish_commit(self) -> None:  # noqa: B027 - nothing in flight by default
         pass
 
+    def release(self) -> None:  # noqa: B027 - nothing held by default
+        """Let go of a prepared branch without ending it: it stays prepared in the database,
+        for :meth:`Connector.finish_prepared` to end by its xid (a coordinator that cannot
+        decide yet). What it held (a connection) is discarded, never reused."""
+
 
 class Connector(ABC):
     """One environment's database."""

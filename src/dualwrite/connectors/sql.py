@@ -8,6 +8,7 @@ raises passes through :meth:`SqlConnector.translating`, the one translation poin
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import re
 import warnings
@@ -322,6 +323,13 @@ class SqlBranch(Branch):
                 raise
         self.session = SqlWriteSession(connector, self.conn)
         self.prepared = False
+
+    def release(self) -> None:
+        # invalidated, not returned to the pool: a pool's reset must not touch what the
+        # branch left prepared
+        with contextlib.suppress(Exception):
+            self.conn.invalidate()
+            self.conn.close()
 
     def prepare(self) -> None:
         with self.connector.translating(f"prepare {self.xid}"):

@@ -432,6 +432,7 @@ class InitialSync:
         err = RowError(exc.message, map=differ.bound.name, side=t.value,
                        table=differ.bound.table(t), key=key, field=column, value=value,
                        hint=exc.hint)
+        err.__cause__ = exc  # what the service or database said, kind and all
         return Failure(t, key, op, err, payload)
 
     def _write(self, differ: MapDiffer, t: Side, creates: list[Create],

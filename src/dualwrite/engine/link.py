@@ -36,6 +36,7 @@ from dualwrite.engine.live import (
     StepHook,
 )
 from dualwrite.engine.live import recover as recover_branches
+from dualwrite.engine.live_odata import LastResourceCoordinator, odata_side, resolve_in_doubt
 from dualwrite.engine.lookups import PlannedRows
 from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
 from dualwrite.engine.odata_follow import PHASE as FOLLOW_PHASE
@@ -744,7 +745,11 @@ class Link:
     def recover(self) -> RecoveryReport:
         """End every branch of this link left prepared by a dead coordinator (see
         :func:`dualwrite.engine.live.recover`)."""
-        return recover_branches(self.link_id, self.connectors, self.state)
+        done, in_doubt = resolve_in_doubt(self.link_id, self.connectors, self.state)
+        report = recover_branches(self.link_id, self.connectors, self.state,
+                                  in_doubt=in_doubt)
+        report.actions[:0] = done
+        return report
 
     @contextmanager
     def transaction(self, principal: str | Principal = "api", *,
@@ -766,7 +771,9 @@ class Link:
                         step()
                     self._before_first_write.clear()
                     self._recovered = True
-        coordinator = Coordinator(self, principal, hook)
+        coordinator: Coordinator | LastResourceCoordinator = (
+            LastResourceCoordinator(self, principal, hook)
+            if odata_side(self.connectors) is not None else Coordinator(self, principal, hook))
         counted = metrics.LIVE_TRANSACTIONS
         try:
             yield coordinator.tx

@@ -18,7 +18,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -721,16 +721,21 @@ class RecoveryReport:
     completed: list[str] = field(default_factory=list)
 
 
-def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore
-            ) -> RecoveryReport:
+def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
+            *, in_doubt: Collection[str] = ()) -> RecoveryReport:
     """Commit or roll back every branch of this link left prepared by a coordinator that is
-    no longer running, according to the decision log (presumed abort)."""
+    no longer running, according to the decision log (presumed abort). Transactions
+    ``in_doubt`` (an OData service's answer still unknown: see
+    :mod:`dualwrite.engine.live_odata`) are left prepared."""
     report = RecoveryReport()
     prefix = xid_prefix(link_id)
     prepared_anywhere: set[str] = set()
     for conn in connectors.values():
         for xid in conn.recover(prefix):
             prepared_anywhere.add(transaction_of(xid))
+            if transaction_of(xid) in in_doubt:
+                report.actions.append(RecoveryAction(xid, conn.name, "left in doubt"))
+                continue
             if coordinator_alive(xid):
                 report.actions.append(RecoveryAction(xid, conn.name,
                                                      "skipped (coordinator alive)"))

@@ -30,7 +30,10 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import logging
-from collections.abc import Sequence
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -38,11 +41,13 @@ from dualwrite.connectors.base import Connector, Row
 from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.changelog import Change, ChangeLog
 from dualwrite.connectors.odata.changes import DEFAULT_OVERLAP, ModifiedPoll, RowChange
+from dualwrite.connectors.odata.connector import ETags
 from dualwrite.engine.capture import capture_specs
 from dualwrite.engine.diff import Classified, Entry, Failure, MapDiffer
 from dualwrite.engine.initial_sync import InitialSync
+from dualwrite.engine.lease import DEFAULT_TTL, ApplierLease
 from dualwrite.engine.state import StateStore
-from dualwrite.errors import ConfigError, ConstraintViolation, RowError
+from dualwrite.errors import ConfigError, ConstraintViolation, RowError, TransientConnectorError
 from dualwrite.model.binding import BoundMap
 from dualwrite.model.maps import ConflictPolicy, Side
 from dualwrite.model.values import canonical
@@ -96,6 +101,9 @@ class ODataFollower:
         o = odata[0]
         # the entities written come back with the service's own timestamp: echo suppression
         connectors[o].return_written = True  # type: ignore[attr-defined]
+        # the twins read before each write carry their ETags: a write sends If-Match with
+        # the one read, and a change made in the service in between is a conflict (412)
+        connectors[o].etags = ETags()  # type: ignore[attr-defined]
         self.maps: list[_Followed] = []
         for b in maps:
             if b.spec.conflict not in (ConflictPolicy.LEFT_WINS, ConflictPolicy.RIGHT_WINS):
@@ -294,9 +302,15 @@ class ODataFollower:
         return self.differs[f.bound.name].row_of_key(s, key)
 
     def _write_twins(self, f: _Followed, s: Side, rows: Sequence[Row], *, master: Side,
-                     deletes: Sequence[Row] = (), one_change_set: bool = False) -> int:
+                     deletes: Sequence[Row] = (), one_change_set: bool = False,
+                     again: bool = True) -> int:
         """Compare ``rows`` of side ``s`` with their twins and write the differences to the
-        other side (and delete the twins of ``deletes``)."""
+        other side (and delete the twins of ``deletes``).
+
+        A write the service refuses with 412 (the twin changed there since it was read) is
+        a conflict, recorded as one: the side the map's policy makes win keeps its change —
+        the service's: this one is dropped (the service's change is read in a later step);
+        the database's: the twins are read again and written once more (``again``)."""
         t = s.other
         if not rows and not deletes:
             return 0
@@ -325,10 +339,39 @@ class ODataFollower:
             failed = self._one_change_set(f, differ, c, doomed)
         else:
             failed = self.sync.write_classified(differ, c)
+        conflicted = [fl for fl in failed if _conflict(fl)]
         for fail in [*c.failures, *failed]:
-            self.state.add_error(b.name, fail.side.value, fail.key, fail.operation,
-                                 str(fail.error.message), fail.payload)
+            if fail not in conflicted:
+                self.state.add_error(b.name, fail.side.value, fail.key, fail.operation,
+                                     str(fail.error.message), fail.payload)
+        if conflicted:
+            n += self._conflicts(f, s, rows, deletes, conflicted, differ, master=master,
+                                 again=again)
         return n - len(failed)
+
+    def _conflicts(self, f: _Followed, s: Side, rows: Sequence[Row], deletes: Sequence[Row],
+                   conflicted: list[Failure], differ: MapDiffer, *, master: Side,
+                   again: bool) -> int:
+        b = f.bound
+        winner = Side.LEFT if b.spec.conflict is ConflictPolicy.LEFT_WINS else Side.RIGHT
+        keys = {_canon(fl.key) for fl in conflicted}
+        for fl in conflicted:
+            log.info("%s: map %s, key %r: the row changed in the service since it was read "
+                     "(412); %s wins", self.connectors[f.odata].name, b.name, fl.key,
+                     winner.value)
+            self.state.add_conflict(b.name, list(fl.key), b.spec.conflict.value,
+                                    winner.value, s.value, dict(fl.payload or {}), None)
+        if winner is not s or not again:
+            return 0
+
+        def entry_key(r: Row) -> Row:
+            twin = differ.target_key(s, r)
+            return _canon(r[i] for i in differ.key_idx[s]) if s is Side.LEFT else \
+                _canon(twin)
+
+        retry = [r for r in rows if entry_key(r) in keys]
+        gone = [r for r in deletes if _canon(differ.target_key(s, r)) in keys]
+        return self._write_twins(f, s, retry, master=master, deletes=gone, again=False)
 
     def _one_change_set(self, f: _Followed, differ: MapDiffer, c: Classified,
                         doomed: list[Row]) -> list[Failure]:
@@ -354,9 +397,10 @@ class ODataFollower:
                     with self.connectors[t].transaction() as tx:
                         tx.delete(b.table(t), b.key(t), [k])
                 except ConstraintViolation as exc:
-                    failed.append(Failure(t, k, "delete", RowError(
-                        exc.message, map=b.name, side=t.value, table=b.table(t), key=k,
-                        hint=exc.hint)))
+                    err = RowError(exc.message, map=b.name, side=t.value, table=b.table(t),
+                                   key=k, hint=exc.hint)
+                    err.__cause__ = exc
+                    failed.append(Failure(t, k, "delete", err))
             return failed
 
     def _note_echoes(self, f: _Followed, tx: Any) -> None:
@@ -390,5 +434,70 @@ def follower_for(link: Link, *, reconcile_every: int = 10) -> ODataFollower:
         reconcile_every=reconcile_every, batch=min(link.config.model.sync.batch_size, 1000))
 
 
-def _canon(key: Sequence[Any]) -> Row:
+def run_follower(link: Link, stop: threading.Event, *, say: Callable[[str, str], None],
+                 interval: float = 1.0, ttl: float = DEFAULT_TTL) -> None:
+    """``dualwrite run`` on a link with an OData side: follow it (:class:`ODataFollower`)
+    under the link's applier lease until ``stop`` is set — one follower per link; another
+    process waits as a standby and takes over when the lease is released (at a stop) or
+    expires (``ttl`` seconds unheard). The follower takes the service's position as
+    ``start()`` does, or goes on from the one kept. ``say(text, event)`` tells the operator.
+
+    No fence as the applier's: a holder stopped (SIGSTOP) past ``ttl`` and woken after
+    another took over may still run the step it was in; its writes are decided by comparing
+    current rows, so it writes nothing the new holder's step did not (it may write a row
+    both read before the other side changed it again, which the next step compares
+    anew)."""
+    lease = ApplierLease(link.state, link.config.link_name, ttl=ttl)
+    follower: ODataFollower | None = None
+    standing_by = False
+    renewed = 0.0
+    try:
+        while not stop.is_set():
+            if follower is None:
+                if not lease.acquire():
+                    if not standing_by:
+                        say(f"dualwrite run: another process follows link "
+                            f"{link.config.link_name!r}; standing by", "standby")
+                        standing_by = True
+                    stop.wait(min(interval, ttl / 3))
+                    continue
+                standing_by = False
+                try:
+                    follower = follower_for(link)
+                    follower.start()
+                except TransientConnectorError as exc:
+                    say(f"dualwrite run: {exc.message}; retrying", "retry")
+                    follower = None
+                    lease.release()
+                    stop.wait(interval)
+                    continue
+                say(f"dualwrite run: following link {link.config.link_name!r} with an OData "
+                    f"side (pid {os.getpid()})", "ready")
+                renewed = time.monotonic()
+            if time.monotonic() - renewed >= min(1.0, ttl / 3):
+                if not lease.renew():
+                    say("dualwrite run: another process took the lease over; standing by",
+                        "standby")
+                    follower, standing_by = None, True
+                    continue
+                renewed = time.monotonic()
+            try:
+                written = follower.step()
+            except TransientConnectorError as exc:  # the next step reads it again
+                say(f"dualwrite run: {exc.message}; retrying", "retry")
+                stop.wait(interval)
+                continue
+            if written == 0:
+                stop.wait(interval)
+    finally:
+        lease.release()
+
+
+def _canon(key: Iterable[Any]) -> Row:
     return tuple(canonical(v) for v in key)
+
+
+def _conflict(failure: Failure) -> bool:
+    """Whether a write failed because the service's row changed since it was read (412)."""
+    cause = failure.error.__cause__
+    return isinstance(cause, ConstraintViolation) and cause.kind == "conflict"

@@ -36,7 +36,7 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from decimal import Decimal, InvalidOperation
 from email.utils import parsedate_to_datetime
@@ -77,6 +77,8 @@ log = logging.getLogger("dualwrite.odata")
 KEYS_PER_REQUEST = 40
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_RETRIES = 5
+#: what a service that does not know ``$batch`` answers it
+NO_BATCH = (404, 405, 501)
 #: the longest single wait for a Retry-After (a longer one is capped, and retried)
 MAX_RETRY_AFTER = 30.0
 
@@ -231,6 +233,11 @@ def dumps(document: Any) -> str:
     return text
 
 
+def loads(text: str) -> Any:
+    """JSON text as :func:`dumps` writes it: numbers with a fraction as exact Decimals."""
+    return _JSON.decode(text)
+
+
 def literal(edm: str, value: Any) -> str:
     """``value`` as an OData URL literal of Edm type ``edm`` (keys, ``$filter``)."""
     if value is None:
@@ -315,8 +322,10 @@ class ODataClient:
 
     def request(self, method: str, path: str, *, doing: str, params: dict[str, str] | None = None,
                 headers: dict[str, str] | None = None, body: str | None = None,
-                write: bool = False, parse: Callable[[Any], Any] | None = None) -> Any:
-        """Send one request; return the response (2xx only), or with ``parse`` the pair
+                write: bool = False, parse: Callable[[Any], Any] | None = None,
+                accept: Collection[int] = ()) -> Any:
+        """Send one request; return the response (2xx, or a status of ``accept``), or with
+        ``parse`` the pair
         (response, ``parse(response)``; a parse that raises TransientConnectorError is a
         garbled answer). ``doing`` names it in errors; ``write``: a refusal is the
         row's fault (ConstraintViolation), not the query's.
@@ -346,7 +355,7 @@ class ODataClient:
                     time.sleep(wait)  # the service asked to wait (Retry-After) or is overloaded
                     delay = min(delay * 2, MAX_RETRY_AFTER)
                     continue
-                if status >= 400:
+                if status >= 400 and status not in accept:
                     raise self._fail(status, self.error_of(response), doing, write=write)
                 return (response, parse(response)) if parse is not None else response
             except self._httpx.TimeoutException as exc:
@@ -423,6 +432,8 @@ class ODataClient:
             kind: ViolationKind = "other"
             if status == 409:
                 kind = "unique"
+            elif status == 412:
+                kind = "conflict"
             elif status in (400, 422):
                 kind = "value"
             for part, k in _CODE_KINDS:
@@ -475,6 +486,11 @@ class ODataConnector(Connector):
     """``odata+http(s)://HOST:PORT/PATH/``: a remote OData v4 service."""
 
     capabilities = Capabilities(live=False)
+
+    #: the ETags of rows read by :meth:`fetch` outside a write session, for the writes
+    #: that follow (``If-Match``); None: not kept (the follower turns it on: it reads each
+    #: twin just before writing it, in one thread)
+    etags: ETags | None = None
 
     #: ask for each written entity back (``Prefer: return=representation``), for
     #: :attr:`ODataWriteSession.written`: what the follower's echo suppression needs; off,
@@ -670,15 +686,25 @@ class ODataConnector(Connector):
         return int(n)
 
     def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
-              keys: Sequence[Row]) -> list[Row]:
+              keys: Sequence[Row], etags: ETags | None = None) -> list[Row]:
+        """Rows by key; with ``etags`` (or when :attr:`etags` tracks them), the ETag the
+        service gave each row (``@odata.etag``) is noted there, by key."""
         out: list[Row] = []
         keys = list(dict.fromkeys(tuple(k) for k in keys))
+        noting = [e for e in (etags, self.etags) if e is not None]
         for start in range(0, len(keys), KEYS_PER_REQUEST):
             part = keys[start:start + KEYS_PER_REQUEST]
             params = {"$select": ",".join(dict.fromkeys([*columns, *key])),
                       "$filter": self._keys_filter(table, key, part)}
             for page in self._pages(table, params, page_size=5000):
                 out += self._decode_rows(table, columns, page)
+                if noting:
+                    for k, e in zip(self._decode_rows(table, list(key), page), page,
+                                    strict=True):
+                        tag = e.get("@odata.etag")
+                        if isinstance(tag, str):
+                            for n in noting:
+                                n.note(table, key, k, tag)
         return out
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
@@ -710,6 +736,58 @@ class ODataConnector(Connector):
     def body(self, table: str, columns: Sequence[str], values: Row) -> dict[str, Any]:
         edm = self.entity_set(table).edm
         return {c: encode(edm.get(c, ""), v) for c, v in zip(columns, values, strict=True)}
+
+    #: why the service takes no ``$batch`` (found when one was answered 404, 405 or 501);
+    #: None: it does, as far as is known
+    no_batch: str | None = None
+
+    def change_sets(self) -> bool:
+        """Whether the service takes atomic ``$batch`` change sets: its ``$metadata`` does
+        not say ``Capabilities.BatchSupported`` false, and no ``$batch`` was refused as
+        unknown."""
+        return self.metadata.batch and self.no_batch is None
+
+    def require_change_sets(self) -> None:
+        """Raise TerminalConnectorError unless the service takes atomic change sets (live
+        sync needs them)."""
+        if not self.change_sets():
+            why = self.no_batch or "its $metadata says Capabilities.BatchSupported false"
+            raise TerminalConnectorError(
+                f"the OData service takes no atomic change sets ({why}), and live sync "
+                "needs them: a transaction's writes could be applied in part",
+                environment=self.name,
+                hint="write to it with `sync --initial` and `dualwrite follow` (row by row, "
+                "a refused row to the error inbox); live writes need a service with $batch "
+                "(docs/odata.md, OData environments)")
+
+    def applied(self, expectations: Sequence[dict[str, Any]]) -> bool:
+        """Whether the service holds every row as ``expectations`` (from
+        :meth:`ODataWriteSession.expectations`) say: True when each row written is there with
+        the values sent (or gone, for a delete), False when one is not — a change set is
+        applied whole or not at all, so one row not as sent means none was. Values are
+        compared as the service gives them back (exactly; a service that stores a value
+        other than it was sent, e.g. rounding a time's fraction, reads as not applied).
+        Raises TransientConnectorError when the service cannot be asked."""
+        for exp in expectations:
+            es = self.entity_set(exp["set"])
+            key = list(exp["key"])
+            kvals = tuple(decode(es.edm.get(c, ""), v) for c, v in exp["key"].items())
+            want = exp["values"]
+            cols = [c for c in (want or {}) if c in es.edm] or key
+            rows = self.fetch(es.name, cols, key=key, keys=[kvals])
+            if want is None:
+                if rows:
+                    return False
+                continue
+            if len(rows) != 1:
+                return False
+            try:
+                sent = [canonical(decode(es.edm[c], want[c])) for c in cols]
+            except (ValueError, TypeError, KeyError, InvalidOperation):
+                return False
+            if [canonical(v) for v in rows[0]] != sent:
+                return False
+        return True
 
     @contextmanager
     def transaction(self) -> Iterator[WriteSession]:
@@ -843,6 +921,42 @@ class ODataConnector(Connector):
         self.client.close()
 
 
+class ETags:
+    """The ETags of rows read, by entity set and key, for the writes that follow: an update
+    or delete sends ``If-Match`` with the one read (a 412 then says the row changed in the
+    service since), or ``*`` when none was read. After the write the row has another,
+    which the next read notes (a write sent again after its change set failed sends the
+    same one). Holds at most :data:`MAX` (the oldest are forgotten: their
+    writes send ``*``)."""
+
+    MAX = 100_000
+
+    def __init__(self) -> None:
+        self._tags: dict[tuple[str, tuple[str, ...], Row], str] = {}
+
+    @staticmethod
+    def _id(table: str, key: Sequence[str], values: Row) -> tuple[str, tuple[str, ...], Row]:
+        return (table.casefold(), tuple(k.casefold() for k in key),
+                tuple(canonical(v) for v in values))
+
+    def note(self, table: str, key: Sequence[str], values: Row, tag: str) -> None:
+        ident = self._id(table, key, values)
+        self._tags.pop(ident, None)
+        self._tags[ident] = tag
+        if len(self._tags) > self.MAX:
+            del self._tags[next(iter(self._tags))]
+
+    def get(self, table: str, key: Sequence[str], values: Row) -> str | None:
+        return self._tags.get(self._id(table, key, values))
+
+    def __len__(self) -> int:
+        return len(self._tags)
+
+
+class OutcomeUnknown(TransientConnectorError):
+    """A change set was sent and no answer says whether the service applied it."""
+
+
 class ODataWriteSession(WriteSession):
     """Writes collected for one JSON ``$batch`` atomicity group, sent when the transaction
     ends (:meth:`send`): all are applied or none. Reads inside the session (``fetch``,
@@ -858,44 +972,126 @@ class ODataWriteSession(WriteSession):
         #: ``ODataConnector.return_written``): what echo suppression compares a poll with
         self.written: list[tuple[str, dict[str, Any]]] = []
         self._sets: list[str] = []
+        #: per request: (entity set, key columns, key values) of the row it writes, or None
+        #: for a create whose key the service makes (it cannot be read back by key)
+        self.targets: list[tuple[str, tuple[str, ...], Row] | None] = []
+        #: ETags of the rows read in this session (:meth:`fetch`)
+        self.etags = ETags()
+        self._written: set[tuple[str, tuple[str, ...], Row]] = set()
 
-    def _add(self, method: str, url: str, body: dict[str, Any] | None, etags: bool) -> None:
+    def _add(self, method: str, url: str, body: dict[str, Any] | None, etags: bool,
+             target: tuple[str, tuple[str, ...], Row] | None = None) -> None:
         req: dict[str, Any] = {"id": str(len(self.requests) + 1), "atomicityGroup": "g",
                                "method": method, "url": url}
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if body is not None and self.c.return_written:
             headers["Prefer"] = "return=representation"
         if etags and method in ("PATCH", "DELETE"):
-            headers["If-Match"] = "*"  # no version was read here: the row as it is now
+            headers["If-Match"] = self._if_match(target)
         if headers:
             req["headers"] = headers
         if body is not None:
             req["body"] = body
         self.requests.append(req)
         self._sets.append(url.split("(", 1)[0])
+        self.targets.append(target)
+
+    def _if_match(self, target: tuple[str, tuple[str, ...], Row] | None) -> str:
+        """The ETag of the row as it was read (in this session, or by the connector), or
+        ``*`` (the row as it is now) when none was, or when an earlier request of this
+        change set writes the row already (that one carries the check)."""
+        if target is None:
+            return "*"
+        ident = ETags._id(*target)
+        if ident in self._written:
+            return "*"
+        self._written.add(ident)
+        tag = self.etags.get(*target)
+        if tag is None and self.c.etags is not None:
+            tag = self.c.etags.get(*target)
+        return tag or "*"
 
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Row]) -> None:
         es = self.c.entity_set(table)
+        # the key a create can be read back by: the primary key, else an alternate key,
+        # among the columns sent
+        given = {c.casefold() for c in columns}
+        key = next((tuple(k) for k in [es.schema.primary_key, *es.schema.unique]
+                    if k and all(c.casefold() in given for c in k)), None)
+        pos = {c.casefold(): i for i, c in enumerate(columns)}
         for r in rows:
-            self._add("POST", _quote_path(table), self.c.body(table, columns, r), es.etags)
+            target = (es.name, key, tuple(r[pos[c.casefold()]] for c in key)) if key else None
+            self._add("POST", _quote_path(table), self.c.body(table, columns, r), es.etags,
+                      target)
 
     def update(self, table: str, key: Sequence[str], columns: Sequence[str],
                rows: Sequence[tuple[Row, Row]]) -> int:
         es = self.c.entity_set(table)
         for k, vals in rows:
             self._add("PATCH", self.c.entity_path(table, key, k),
-                      self.c.body(table, columns, vals), es.etags)
+                      self.c.body(table, columns, vals), es.etags, (es.name, tuple(key), k))
         return len(rows)
 
     def delete(self, table: str, key: Sequence[str], keys: Sequence[Row]) -> int:
         es = self.c.entity_set(table)
         for k in keys:
-            self._add("DELETE", self.c.entity_path(table, key, k), None, es.etags)
+            self._add("DELETE", self.c.entity_path(table, key, k), None, es.etags,
+                      (es.name, tuple(key), k))
         return len(keys)
+
+    def expectations(self) -> list[dict[str, Any]] | None:
+        """What the service holds once the collected change set is applied, per row written
+        (JSON-ready, to be kept in the state store): ``{"set", "key": {property: value},
+        "values": {property: value} | None}`` (None: the row is gone), the requests of one
+        row folded in order. None when a create's key is made by the service: such a change
+        set cannot be read back by key (:meth:`ODataConnector.applied`)."""
+        out: dict[tuple[str, str], dict[str, Any]] = {}
+        for req, target in zip(self.requests, self.targets, strict=True):
+            if target is None:
+                return None
+            name, key, values = target
+            edm = self.c.entity_set(name).edm
+            k = {c: encode(edm.get(c, ""), v) for c, v in zip(key, values, strict=True)}
+            ident = (name, dumps(sorted(k.items())))
+            body = req.get("body")
+            if req["method"] == "DELETE":
+                out[ident] = {"set": name, "key": k, "values": None}
+            elif req["method"] == "PATCH" and ident in out and out[ident]["values"] is not None:
+                out[ident]["values"] = {**out[ident]["values"], **(body or {})}
+            else:
+                out[ident] = {"set": name, "key": k, "values": {**k, **(body or {})}}
+        return list(out.values())
+
+    def send_as_last_resource(self) -> None:
+        """Send the collected writes as one change set, once, and say what became of it:
+        returns when the service applied it; raises TerminalConnectorError (a
+        ConstraintViolation for a refused request) or TransientConnectorError when it was
+        certainly not applied (refused, answered 4xx, or never sent: the connection could
+        not be made); raises :class:`OutcomeUnknown` when it was sent and no answer tells
+        (a timeout, a dropped connection, a 5xx a gateway may have given, a garbled
+        answer): the caller reads the rows back (:meth:`ODataConnector.applied`)."""
+        if not self.requests:
+            return
+        self.c.require_change_sets()
+        httpx = self.c.client._httpx
+        try:
+            refused = self._send_once()
+        except TerminalConnectorError:
+            raise  # the service answered, refusing the whole $batch
+        except TransientConnectorError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, httpx.ConnectError | httpx.ConnectTimeout):
+                raise  # never sent
+            raise OutcomeUnknown(
+                f"{exc.message.removeprefix(f'{self.c.name}: ')} (sent: whether the service "
+                "applied the change set is unknown)", environment=self.c.name,
+                hint="dualwrite reads the rows back by key to find out") from exc
+        if refused is not None:
+            raise refused[1]
 
     def fetch(self, table: str, columns: Sequence[str], *, key: Sequence[str],
               keys: Sequence[Row]) -> list[Row]:
-        return self.c.fetch(table, columns, key=key, keys=keys)
+        return self.c.fetch(table, columns, key=key, keys=keys, etags=self.etags)
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:
@@ -910,17 +1106,22 @@ class ODataWriteSession(WriteSession):
         had it) may have been applied: sent again, its creates then conflict with
         themselves. So when a create of the set is refused as a duplicate, the rows the set
         creates are read back by key, and those that are there exactly as they would be
-        created are taken as done; the rest is sent once more."""
+        created are taken as done; the rest is sent once more.
+
+        A service without ``$batch`` (its ``$metadata`` says so, or it answers 404, 405 or
+        501 to one) gets one request per row instead (:meth:`_send_each`): not atomic."""
         if not self.requests:
             return
-        if not self.c.metadata.batch:
-            raise TerminalConnectorError(
-                "the OData service does not support $batch (Capabilities.BatchSupported is "
-                "false), and dualwrite writes only through atomic change sets",
-                environment=self.c.name,
-                hint="writing to a service without $batch is not supported yet "
-                "(docs/odata.md, OData environments)")
-        refused = self._send_once()
+        if not self.c.change_sets():
+            self._send_each()
+            return
+        try:
+            refused = self._send_once()
+        except TerminalConnectorError:
+            if self.c.no_batch is None:
+                raise
+            self._send_each()  # the $batch was refused unread: nothing of it was applied
+            return
         if refused is None:
             return
         req, error = refused
@@ -940,6 +1141,38 @@ class ODataWriteSession(WriteSession):
             refused = self._send_once()
             if refused is not None:
                 raise refused[1]
+
+    def _send_each(self) -> None:
+        """The collected writes one request each, in order, to a service without ``$batch``:
+        not atomic. Raises the first refusal (ConstraintViolation) or failure; the requests
+        before it were applied. Sent again, the writes are idempotent: a create refused as a
+        duplicate whose row is there exactly as sent is taken as done (an earlier attempt
+        made it), a delete of a row already gone (404) too; an update sets the same values."""
+        client = self.c.client
+        for req, entity_set in zip(self.requests, self._sets, strict=True):
+            what = f"{req['method']} {urllib.parse.unquote(req['url'])} (no $batch: one " \
+                   "request per row)"
+            headers = dict(req.get("headers") or {})
+            body = req.get("body")
+            try:
+                r = client.request(req["method"], req["url"], doing=what, headers=headers,
+                                   body=dumps(body) if body is not None else None, write=True,
+                                   accept=(404,) if req["method"] == "DELETE" else ())
+            except ConstraintViolation as exc:
+                if req["method"] == "POST" and exc.kind == "unique" and \
+                        self._arrived(req, entity_set):
+                    continue
+                raise
+            if req["method"] != "DELETE" and r.content:  # (a DELETE's 404: gone already)
+                try:
+                    got = client.json(r, what)
+                    es = self.c.entity_set(urllib.parse.unquote(entity_set))
+                    self.written.append((es.name, {p: decode(es.edm[p], v)
+                                                   for p, v in got.items() if p in es.edm}))
+                except (ConnectorError, ValueError, TypeError, KeyError, InvalidOperation,
+                        AttributeError):
+                    log.warning("%s: the answer to a write of %s cannot be read",
+                                self.c.name, entity_set)
 
     def _arrived(self, req: dict[str, Any], entity_set: str) -> bool:
         """Whether a create is in the service already, exactly as it would be created."""
@@ -966,7 +1199,17 @@ class ODataWriteSession(WriteSession):
         n = len(self.requests)
         doing = f"write {n} change(s) in one $batch change set"
         r = client.request("POST", "$batch", doing=doing, body=dumps({"requests": self.requests}),
-                           headers={"Accept": "application/json"})
+                           headers={"Accept": "application/json"}, accept=NO_BATCH)
+        if r.status_code in NO_BATCH:
+            # nothing was applied: the service does not know $batch at all
+            self.c.no_batch = f"it answered {r.status_code} to $batch"
+            log.warning("%s: the service answered %d to $batch: writing row by row, without "
+                        "atomicity, from now on", self.c.name, r.status_code)
+            raise TerminalConnectorError(
+                f"{doing}: the OData service answered {r.status_code}: it takes no $batch",
+                environment=self.c.name, code=r.status_code,
+                hint="dualwrite writes to it row by row from now on; live sync needs atomic "
+                "change sets and is refused")
         doc = client.json(r, doing)
         responses = doc.get("responses") if isinstance(doc, dict) else None
         if not isinstance(responses, list):
@@ -996,7 +1239,11 @@ class ODataWriteSession(WriteSession):
                  ) -> tuple[dict[str, Any], ConnectorError] | None:
         """The first request of the change set the service refused, and its error."""
         client = self.c.client
-        for req in self.requests:
+        # a request that failed only because another of its group did (424 Failed
+        # Dependency) is named last: the one that failed itself says what is wrong
+        ordered = sorted(self.requests, key=lambda q: int(
+            (by_id.get(q["id"]) or {}).get("status", 0)) == 424)
+        for req in ordered:
             got = by_id.get(req["id"])
             status = int(got.get("status", 0)) if got else 0
             if 200 <= status < 300:

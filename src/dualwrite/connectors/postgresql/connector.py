@@ -166,6 +166,13 @@ class PgBranch(Branch):
         self._collect()
         self.prepared = True
 
+    def release(self) -> None:
+        # invalidated, not returned to the pool: a pool's reset must not touch what the
+        # branch left prepared
+        with contextlib.suppress(Exception):
+            self.conn.invalidate()
+            self.conn.close()
+
     def prepare(self) -> None:
         self.start_prepare()
         self.finish_prepare()

@@ -38,6 +38,13 @@ class CheckpointsState(StoreBase):
             if n.rowcount == 0:
                 conn.execute(sa.insert(checkpoints).values(map=map_name, phase=phase, **values))
 
+    def checkpoints_in_phase(self, phase: str) -> list[tuple[str, dict[str, Any]]]:
+        """Every (name, stats) kept under ``phase``, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(checkpoints.c.map, checkpoints.c.stats).where(
+                checkpoints.c.phase == phase).order_by(checkpoints.c.updated_at)).all()
+        return [(str(r.map), json.loads(r.stats)) for r in rows]
+
     def clear_checkpoint(self, map_name: str, phase: str) -> None:
         with self.engine.begin() as conn:
             conn.execute(sa.delete(checkpoints).where(
