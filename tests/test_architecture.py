@@ -144,6 +144,30 @@ def test_the_engine_names_no_database() -> None:
     assert not found, "\n".join(found)
 
 
+#: shared modules of connectors/ that name databases on purpose, and why
+_NAMES_DATABASES = {
+    "__init__.py": "connect: the one table of URL schemes and which package serves each",
+    "stores.py": "the state store's own database facts (a SQLite file or a server)",
+    "sqlfilter.py": "SQLAlchemy compile hooks, keyed by SQLAlchemy's dialect names",
+}
+
+
+def test_a_database_is_one_folder() -> None:
+    """Everything that is one database's is in its package under connectors/: the shared
+    modules (the SQL machinery, the change log, the delta journal) name no database in code
+    and so never branch on one, apart from the few listed above."""
+    connectors = SRC / "connectors"
+    shared = sorted(p for p in connectors.glob("*.py") if p.name not in _NAMES_DATABASES)
+    assert {"sql.py", "capture.py", "changelog.py", "delta.py", "base.py"} <= \
+        {p.name for p in shared}
+    found = [m for path in shared for m in _database_mentions(path)]
+    assert not found, "\n".join(found)
+    for database in ("postgresql", "mariadb", "sqlite", "memory", "odata"):
+        package = connectors / database
+        assert (package / "__init__.py").is_file() and (package / "connector.py").is_file(), \
+            database
+
+
 def test_the_change_log_seam_has_no_sql() -> None:
     """The change-log protocol is implementable without SQL: it imports no SQL library."""
     text = (SRC / "connectors" / "changelog.py").read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from dualwrite.connectors import connect
-from dualwrite.connectors.postgresql import PG_ERROR_CLASSES
+from dualwrite.connectors.postgresql.connector import PG_ERROR_CLASSES
 from dualwrite.connectors.sql import Fault, SqlConnector, fault_by_text
 from dualwrite.engine.capture import _kind_of
 from dualwrite.errors import (

@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 
-from dualwrite.connectors.odata import decode
-from dualwrite.connectors.odata_changes import (
+from dualwrite.connectors.odata.changes import (
     ModifiedPoll,
     RowChange,
     applies_track_changes,
@@ -19,6 +18,7 @@ from dualwrite.connectors.odata_changes import (
     key_from_id,
     parse_delta_page,
 )
+from dualwrite.connectors.odata.connector import decode
 
 T0 = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 EDM = {"ID": "Edm.Int32", "name": "Edm.String", "company": "Edm.String", "no": "Edm.Int64"}

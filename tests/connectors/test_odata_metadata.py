@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from dualwrite.connectors.odata import ServiceAddress, decode, dumps, encode, literal
-from dualwrite.connectors.odata_metadata import MetadataError, parse_metadata
+from dualwrite.connectors.odata.connector import ServiceAddress, decode, dumps, encode, literal
+from dualwrite.connectors.odata.metadata import MetadataError, parse_metadata
 from dualwrite.errors import ConfigError
 from dualwrite.model.schema import ForeignKey, Kind
 

@@ -13,7 +13,7 @@ import pytest
 from cap_process import Cap, cap_client, running_cap
 from dualwrite.connectors import connect
 from dualwrite.connectors.odata import ODataConnector
-from dualwrite.connectors.odata_changes import ModifiedPoll, RowChange, deleted_keys
+from dualwrite.connectors.odata.changes import ModifiedPoll, RowChange, deleted_keys
 from dualwrite.engine.config import resolve_url
 
 COLUMNS = ["ID", "name", "credit"]

@@ -38,7 +38,7 @@ def connect(name: str, url: str, *, schema: str | None = None) -> Connector:
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         return PostgresConnector(name, url, schema=schema)
     if scheme in ("mysql", "mariadb"):
-        from dualwrite.connectors.mysql import MySqlConnector
+        from dualwrite.connectors.mariadb import MySqlConnector
         rest = url.split("://", 1)[1] if "://" in url else ""
         return MySqlConnector(name, "mysql+pymysql://" + rest, schema=schema)
     if scheme == "odata":

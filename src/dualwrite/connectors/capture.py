@@ -179,13 +179,13 @@ PLAIN, TEXT, BINARY, FLOAT32, BIT, JSON_DOC = "plain", "text", "binary", "float3
 
 
 class Dialect(ABC):
-    """The SQL of change capture for one database. Each backend's module holds its own
-    (:class:`dualwrite.connectors.postgresql.PostgresDialect`, ``mysql.MariaDbDialect``,
-    ``sqlite.SqliteDialect``) and hands it out from ``SqlConnector.capture_dialect``; the
-    log logic they share is :class:`CaptureLog`'s."""
+    """The SQL of change capture (and of the delta journal) for one database. Each backend's
+    package holds its own (``connectors/<backend>/dialect.py``) and hands it out from
+    ``SqlConnector.capture_dialect``; the logic they share is :class:`CaptureLog`'s and
+    :class:`dualwrite.connectors.delta.DeltaJournal`'s, which never ask which database
+    this is."""
 
-    #: the database's name, for the capture code that differs by database outside the
-    #: dialect (the delta journal)
+    #: the database's name, for messages and logs only (no code branches on it)
     name: ClassVar[str] = ""
 
     #: whether the log records a real source transaction id
@@ -305,9 +305,39 @@ class Dialect(ABC):
         """A signal of committed changes (see :meth:`CaptureLog.listen`); None: polled."""
         return None
 
+    # -- the delta journal's SQL (dualwrite.connectors.delta, which names the tables) ------
+    #: the isolation level the journal's transactions run at; None: the connection's own
+    journal_isolation: str | None = None
+
+    @abstractmethod
+    def journal_ddl(self, journal: str, state: str, tracked: str) -> list[str]:
+        """Create the journal, its state row's table and the tracked-tables table, with the
+        columns :mod:`dualwrite.connectors.delta` describes (idempotent)."""
+
+    @abstractmethod
+    def journal_trigger_ddl(self, conn: sa.Connection, journal: str, table: str,
+                            key: Sequence[str], tag: str) -> list[str]:
+        """Create (or replace) the three triggers ``<tag>i``/``d``/``u`` that insert
+        ``(table, key as a JSON array)`` into ``journal`` for every changed row of ``table``
+        (an update of the key: both the new and the old key), in the writer's transaction."""
+
+    @abstractmethod
+    def journal_drop_ddl(self, table: str, tag: str) -> list[str]:
+        """Drop ``table``'s journal triggers (and functions) of ``tag`` (idempotent)."""
+
+    @abstractmethod
+    def journal_triggers_query(self, table: str, names: dict[str, str]
+                               ) -> tuple[str, dict[str, Any]]:
+        """A query counting which of the enabled triggers ``names`` (bound as ``:i``, ``:d``,
+        ``:u``) are on ``table``, and its parameters (``names`` included)."""
+
+    def journal_time(self, at: dt.datetime) -> Any:
+        """``at`` (UTC) as the journal's ``at`` column holds it."""
+        return at
+
 
 def dialect_for(connector: SqlConnector) -> Dialect:
-    """The capture SQL of ``connector``'s database (its module's :class:`Dialect`)."""
+    """The capture SQL of ``connector``'s database (its package's :class:`Dialect`)."""
     return connector.capture_dialect()
 
 

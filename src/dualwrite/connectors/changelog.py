@@ -13,7 +13,7 @@ This module holds no SQL and does no I/O: the types a change log hands out (:cla
 :class:`CaptureSpec`) and the protocols. A backend's log translates its own errors into the one
 error tree at its connector's single choke point (``Connector.translating``), kept on purpose
 as the only place driver errors are classified. (An OData service has no change log of its
-own: its changes are read by the sans-I/O decisions of :mod:`dualwrite.connectors.odata_changes`
+own: its changes are read by the sans-I/O decisions of :mod:`dualwrite.connectors.odata.changes`
 behind ``Connector.change_method``, a seam kept as it is.)
 """
 

@@ -51,14 +51,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dualwrite.connectors.capture import (
-    _bq,
-    _dq,
-    _my_string,
-    _pg_string,
-    _sql_string,
-    dialect_for,
-)
+from dualwrite.connectors.capture import dialect_for
 from dualwrite.connectors.sql import SqlConnector
 from dualwrite.errors import DeltaTokenGone
 from dualwrite.model.codec import decode_json, from_log
@@ -100,8 +93,8 @@ class DeltaJournal:
 
     def __init__(self, connector: SqlConnector) -> None:
         self.connector = connector
-        # Any: the journal's SQL reaches into each database's own dialect
-        self.dialect: Any = dialect_for(connector)
+        # the journal's SQL is each database's own (its capture dialect's journal_* hooks)
+        self.dialect = dialect_for(connector)
         self._ready = False
 
     # ------------------------------------------------------------------------ set up
@@ -111,44 +104,6 @@ class DeltaJournal:
         self.dialect.home = log.dialect.home
         return str(self.dialect.home)
 
-    def _journal_ddl(self) -> list[str]:
-        d = self.dialect
-        if d.name == "postgresql":
-            return [
-                f"CREATE TABLE IF NOT EXISTS {JOURNAL} (id BIGSERIAL PRIMARY KEY, "
-                "tbl TEXT NOT NULL, k TEXT NOT NULL, batch BIGINT, at TIMESTAMPTZ)",
-                f"CREATE INDEX IF NOT EXISTS {JOURNAL}_pos ON {JOURNAL} (tbl, batch, id)",
-                f"CREATE INDEX IF NOT EXISTS {JOURNAL}_new ON {JOURNAL} (id) "
-                "WHERE batch IS NULL",
-                f"CREATE TABLE IF NOT EXISTS {STATE} (one INTEGER PRIMARY KEY, "
-                "batch BIGINT NOT NULL, pruned BIGINT NOT NULL, epoch TEXT NOT NULL)",
-                f"CREATE TABLE IF NOT EXISTS {TRACKED} (tbl TEXT PRIMARY KEY, tag TEXT NOT NULL, "
-                "k TEXT NOT NULL, since BIGINT NOT NULL)",
-            ]
-        if d.name == "mariadb":
-            opts = "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin"
-            return [
-                f"CREATE TABLE IF NOT EXISTS {JOURNAL} (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
-                "tbl VARCHAR(190) NOT NULL, k VARCHAR(700) NOT NULL, batch BIGINT, "
-                f"at DATETIME(6), KEY {JOURNAL}_pos (tbl, batch, id), "
-                f"KEY {JOURNAL}_new (batch, id)) {opts}",
-                f"CREATE TABLE IF NOT EXISTS {STATE} (one INT PRIMARY KEY, "
-                f"batch BIGINT NOT NULL, pruned BIGINT NOT NULL, epoch VARCHAR(40) NOT NULL) "
-                f"{opts}",
-                f"CREATE TABLE IF NOT EXISTS {TRACKED} (tbl VARCHAR(190) PRIMARY KEY, "
-                f"tag VARCHAR(40) NOT NULL, k TEXT NOT NULL, since BIGINT NOT NULL) {opts}",
-            ]
-        return [
-            f"CREATE TABLE IF NOT EXISTS {JOURNAL} (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "tbl TEXT NOT NULL, k TEXT NOT NULL, batch INTEGER, at TEXT)",
-            f"CREATE INDEX IF NOT EXISTS {JOURNAL}_pos ON {JOURNAL} (tbl, batch, id)",
-            f"CREATE INDEX IF NOT EXISTS {JOURNAL}_new ON {JOURNAL} (batch, id)",
-            f"CREATE TABLE IF NOT EXISTS {STATE} (one INTEGER PRIMARY KEY, "
-            "batch INTEGER NOT NULL, pruned INTEGER NOT NULL, epoch TEXT NOT NULL)",
-            f"CREATE TABLE IF NOT EXISTS {TRACKED} (tbl TEXT PRIMARY KEY, tag TEXT NOT NULL, "
-            "k TEXT NOT NULL, since INTEGER NOT NULL)",
-        ]
-
     def ensure(self) -> None:
         """Create the journal tables if they are missing (idempotent)."""
         if self._ready:
@@ -156,7 +111,7 @@ class DeltaJournal:
         self._home()
         c = self.connector
         with c.translating("create the delta journal"), c.engine.begin() as conn:
-            for statement in self._journal_ddl():
+            for statement in self.dialect.journal_ddl(JOURNAL, STATE, TRACKED):
                 conn.exec_driver_sql(statement)
             conn.execute(sa.text(
                 f"INSERT INTO {STATE} (one, batch, pruned, epoch) SELECT 1, 0, 0, :e "
@@ -175,108 +130,13 @@ class DeltaJournal:
         self._ready = self._ready and exists
         return exists
 
-    def _trigger_ddl(self, conn: sa.Connection, table: str, key: Sequence[str]) -> list[str]:
-        d, tag = self.dialect, tag_of(table)
-        if d.name == "postgresql":
-            t = d._table(table)
-            name = _pg_string(table)
-
-            def keys(rel: str) -> str:
-                return (f"SELECT {name}, json_build_array("
-                        + ", ".join(f"{rel}.{_dq(c)}" for c in key) + f")::text FROM {rel}")
-
-            bodies = {
-                "i": keys("dw_new"), "d": keys("dw_old"),
-                # an update of the key leaves the old key without its row: both are told
-                "u": f"{keys('dw_new')} UNION {keys('dw_old')}",
-            }
-            out = []
-            for op, select in bodies.items():
-                event, referencing = d.EVENTS[op]
-                out += [
-                    f"CREATE OR REPLACE FUNCTION {tag}{op}() RETURNS trigger LANGUAGE plpgsql "
-                    f"{d._pinned()} AS $dw$ BEGIN INSERT INTO {JOURNAL} (tbl, k) {select}; "
-                    "RETURN NULL; END $dw$",
-                    f"DROP TRIGGER IF EXISTS {tag}{op} ON {t}",
-                    f"CREATE TRIGGER {tag}{op} AFTER {event} ON {t} {referencing} "
-                    f"FOR EACH STATEMENT EXECUTE FUNCTION {tag}{op}()",
-                ]
-            return out
-        if d.name == "mariadb":
-            schema, bare = d.split(table)
-            db = f"{_bq(schema)}." if schema else ""
-            t = f"{db}{_bq(bare)}"
-            encodings = d.encodings(conn, table) or {}
-            journal = f"{_bq(d.home)}.{JOURNAL}"
-            name = _my_string(table)
-
-            def my_key(row: str) -> str:
-                return "JSON_ARRAY(" + ", ".join(
-                    d._value(f"{row}.{_bq(c)}", encodings.get(c)) for c in key) + ")"
-
-            ins = f"INSERT INTO {journal} (tbl, k) VALUES ({name}, "
-            same = " AND ".join(f"OLD.{_bq(c)} <=> NEW.{_bq(c)}" for c in key)
-            bodies = {
-                "i": f"{ins}{my_key('NEW')})",
-                "d": f"{ins}{my_key('OLD')})",
-                "u": f"BEGIN {ins}{my_key('NEW')}); IF NOT ({same}) THEN "
-                     f"{ins}{my_key('OLD')}); END IF; END",
-            }
-            events = {"i": "INSERT", "d": "DELETE", "u": "UPDATE"}
-            return [f"CREATE OR REPLACE TRIGGER {db}{tag}{op} AFTER {events[op]} ON {t} "
-                    f"FOR EACH ROW {body}" for op, body in bodies.items()]
-        assert d.name == "sqlite"
-        t = _dq(table)
-
-        def lite_key(row: str) -> str:
-            return "json_array(" + ", ".join(d._value(f"{row}.{_dq(c)}") for c in key) + ")"
-
-        ins = f"INSERT INTO {JOURNAL} (tbl, k) VALUES ({_sql_string(table)}, "
-        same = " AND ".join(f"OLD.{_dq(c)} IS NEW.{_dq(c)}" for c in key)
-        lite: dict[str, tuple[str, str]] = {
-            "i": ("INSERT", f"{ins}{lite_key('NEW')});"),
-            "d": ("DELETE", f"{ins}{lite_key('OLD')});"),
-            "u": ("UPDATE", f"{ins}{lite_key('NEW')}); INSERT INTO {JOURNAL} (tbl, k) "
-                            f"SELECT {_sql_string(table)}, {lite_key('OLD')} "
-                            f"WHERE NOT ({same});"),
-        }
-        out = []
-        for op, (event, body) in lite.items():
-            out += [f"DROP TRIGGER IF EXISTS {tag}{op}",
-                    f"CREATE TRIGGER {tag}{op} AFTER {event} ON {t} BEGIN {body} END"]
-        return out
-
-    def _drop_ddl(self, table: str) -> list[str]:
-        d, tag = self.dialect, tag_of(table)
-        if d.name == "postgresql":
-            return [f"DROP TRIGGER IF EXISTS {tag}{op} ON {d._table(table)}" for op in "idu"] + \
-                [f"DROP FUNCTION IF EXISTS {tag}{op}()" for op in "idu"]
-        if d.name == "mariadb":
-            schema, _ = d.split(table)
-            db = f"{_bq(schema)}." if schema else ""
-            return [f"DROP TRIGGER IF EXISTS {db}{tag}{op}" for op in "idu"]
-        return [f"DROP TRIGGER IF EXISTS {tag}{op}" for op in "idu"]
-
     def installed(self, table: str) -> bool:
         """Whether all of ``table``'s journal triggers are there (a table dropped and made
         anew has lost them)."""
         self.ensure()
-        d, tag = self.dialect, tag_of(table)
-        names = {o: f"{tag}{o}" for o in "idu"}
-        schema, bare = d.split(table)
-        if d.name == "postgresql":
-            query = ("SELECT count(*) FROM pg_catalog.pg_trigger WHERE tgname IN (:i, :d, :u) "
-                     "AND tgrelid = to_regclass(:t) AND tgenabled <> 'D'")
-            params: dict[str, Any] = {**names, "t": d._table(table)}
-        elif d.name == "mariadb":
-            query = ("SELECT count(*) FROM information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = "
-                     "COALESCE(:s, DATABASE()) AND EVENT_OBJECT_TABLE = :t AND TRIGGER_NAME "
-                     "IN (:i, :d, :u)")
-            params = {**names, "s": schema, "t": bare}
-        else:
-            query = ("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND "
-                     "tbl_name = :t AND name IN (:i, :d, :u)")
-            params = {**names, "t": table}
+        tag = tag_of(table)
+        query, params = self.dialect.journal_triggers_query(
+            table, {o: f"{tag}{o}" for o in "idu"})
         c = self.connector
         with c.translating(f"look for the journal triggers of {table}"), \
                 c.engine.connect() as conn:
@@ -297,7 +157,8 @@ class DeltaJournal:
         self.ensure()
         c = self.connector
         with c.translating(f"track changes of {table}"), c.engine.begin() as conn:
-            statements = self._trigger_ddl(conn, table, key)
+            statements = self.dialect.journal_trigger_ddl(conn, JOURNAL, table, key,
+                                                          tag_of(table))
             for statement in statements:
                 conn.exec_driver_sql(statement)
             conn.execute(sa.text(f"UPDATE {STATE} SET batch = batch + 1 WHERE one = 1"))
@@ -317,7 +178,7 @@ class DeltaJournal:
         self.ensure()
         c = self.connector
         with c.translating(f"stop tracking changes of {table}"), c.engine.begin() as conn:
-            for statement in self._drop_ddl(table):
+            for statement in self.dialect.journal_drop_ddl(table, tag_of(table)):
                 conn.exec_driver_sql(statement)
             conn.execute(sa.text(f"DELETE FROM {TRACKED} WHERE tbl = :t"), {"t": table})
             conn.execute(sa.text(f"DELETE FROM {JOURNAL} WHERE tbl = :t"), {"t": table})
@@ -325,21 +186,13 @@ class DeltaJournal:
     # ------------------------------------------------------------------------ positions
     def _begin(self) -> Any:
         engine = self.connector.engine
-        if self.dialect.name == "mariadb":
-            # each statement sees what committed before it (the sequencer's SELECT must see
-            # the batches of the sequencer it waited for), and reads of uncommitted journal
-            # rows never wait for their writers
-            return engine.execution_options(isolation_level="READ COMMITTED").begin()
+        if self.dialect.journal_isolation is not None:
+            # (MariaDB: READ COMMITTED) each statement sees what committed before it (the
+            # sequencer's SELECT must see the batches of the sequencer it waited for), and
+            # reads of uncommitted journal rows never wait for their writers
+            return engine.execution_options(
+                isolation_level=self.dialect.journal_isolation).begin()
         return engine.begin()
-
-    def _time(self, at: dt.datetime) -> Any:
-        """``at`` (UTC) as the journal's ``at`` column holds it: SQLite's as fixed-width text,
-        which sorts as the times do."""
-        if self.dialect.name == "sqlite":
-            return at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f+00:00")
-        if self.dialect.name == "mariadb":
-            return at.astimezone(dt.UTC).replace(tzinfo=None)
-        return at
 
     def sequence(self) -> int:
         """Put the committed journal rows without a batch into a new one; returns the last
@@ -353,7 +206,7 @@ class DeltaJournal:
                             ).first() is None:
                 return int(conn.execute(sa.text(f"SELECT batch FROM {STATE} WHERE one = 1"))
                            .scalar_one())
-        at = self._time(dt.datetime.now(dt.UTC))
+        at = self.dialect.journal_time(dt.datetime.now(dt.UTC))
         with c.translating("sequence the delta journal"), self._begin() as conn:
             # the lock on the state row (SQLite: the write lock) serialises sequencers
             conn.execute(sa.text(f"UPDATE {STATE} SET batch = batch + 1 WHERE one = 1"))
@@ -432,7 +285,7 @@ class DeltaJournal:
         """Delete the batches sequenced before ``older_than``; returns the rows deleted."""
         self.ensure()
         c = self.connector
-        cut = self._time(older_than)
+        cut = self.dialect.journal_time(older_than)
         with c.translating("prune the delta journal"), self._begin() as conn:
             last = conn.execute(sa.text(
                 f"SELECT MAX(batch) FROM {JOURNAL} WHERE batch IS NOT NULL AND at < :c"),

@@ -1,7 +1,8 @@
 """SQL connectors on SQLAlchemy Core: the behaviour shared by SQLite, PostgreSQL and MariaDB.
 
-Dialect modules override a few hooks (bulk insert, binary ordering of string keys) and hold
-their driver's table of error codes (error classes: see :class:`Fault`). Everything a driver
+Each backend's package (``connectors/<database>/connector.py``) overrides a few hooks (bulk
+insert, binary ordering of string keys, the no-echo mark, locking reads) and holds its
+driver's table of error codes (error classes: see :class:`Fault`). Everything a driver
 raises passes through :meth:`SqlConnector.translating`, the one translation point.
 """
 
@@ -457,19 +458,23 @@ class SqlConnector(Connector):
 
     def _unmark_origin(self, conn: sa.Connection) -> None:
         """Make this session's writes visible to change capture until its transaction ends
-        (see :mod:`dualwrite.connectors.capture`, "No echo")."""
-        name = self.engine.dialect.name
-        if name == "postgresql":
-            conn.exec_driver_sql("SET LOCAL dualwrite.origin = 'queue'")
-        elif name in ("mysql", "mariadb"):
-            conn.exec_driver_sql("SET @dualwrite_origin = NULL")
-            # the pool's checkin hook restores the mark (see MySqlConnector._create_engine)
-            conn.connection._connection_record.info["dw_unmarked"] = True
-        else:
-            conn.exec_driver_sql("DELETE FROM dualwrite_origin")
+        (see :mod:`dualwrite.connectors.capture`, "No echo"): each backend's own way."""
+        raise TerminalConnectorError(
+            f"change capture is not available for {self.engine.dialect.name}",
+            environment=self.name, hint="use a backend with change capture")
+
+    #: whether a locking read takes row locks (``SELECT ... FOR UPDATE``); False where the
+    #: write transaction's lock already covers the whole database
+    locks_rows = True
+
+    def _key_in(self, column: sa.ColumnElement[Any], values: list[Any]
+                ) -> sa.ColumnElement[bool]:
+        """``column`` is one of ``values`` (a chunk of single-column keys), as the database
+        takes it fastest."""
+        return column.in_(values)
 
     def capture_dialect(self) -> Dialect:
-        """The SQL of change capture for this database (its module's Dialect); the default
+        """The SQL of change capture for this database (its package's Dialect); the default
         refuses."""
         raise TerminalConnectorError(
             f"change capture is not available for {self.engine.dialect.name}",
@@ -1015,18 +1020,12 @@ class SqlConnector(Connector):
         with self.translating(f"fetch from {table}"):
             for start in range(0, len(keys), LOOKUP_CHUNK):
                 chunk = keys[start:start + LOOKUP_CHUNK]
-                if len(kcols) == 1 and self.engine.dialect.name == "postgresql":
-                    # one array parameter instead of a thousand
-                    array = sa.ARRAY(plain_type(kcols[0].type))
-                    cond: sa.ColumnElement[bool] = kcols[0] == sa.func.any(sa.cast(
-                        sa.literal([k[0] for k in chunk], array), array))
-                elif len(kcols) == 1:
-                    cond = kcols[0].in_([k[0] for k in chunk])
+                if len(kcols) == 1:
+                    cond = self._key_in(kcols[0], [k[0] for k in chunk])
                 else:
                     cond = sa.tuple_(*kcols).in_([tuple(k) for k in chunk])
                 stmt = sa.select(*self._selected(t, columns)).where(cond)
-                if lock and self.engine.dialect.name != "sqlite":
-                    # SQLite's write lock already covers the whole database
+                if lock and self.locks_rows:
                     stmt = stmt.with_for_update()
                 out.extend(self._rows(conn.execute(stmt), load))
         return out

@@ -53,12 +53,12 @@ def store_engine(url: str) -> sa.Engine:
     import sqlalchemy as sa
 
     if url.startswith("sqlite"):
-        from dualwrite.connectors.sqlite import create_sqlite_engine
+        from dualwrite.connectors.sqlite.connector import create_sqlite_engine
 
         return create_sqlite_engine(url, wal=True)
     args: dict[str, Any] = {}
     if sa.engine.make_url(url).get_backend_name() == "postgresql":
-        from dualwrite.connectors.postgresql import CONNECT_DEFAULTS
+        from dualwrite.connectors.postgresql.connector import CONNECT_DEFAULTS
 
         args = {k: v for k, v in CONNECT_DEFAULTS.items()
                 if k not in sa.engine.make_url(url).query}

@@ -31,7 +31,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from dualwrite.connectors.sqlite import create_sqlite_engine
+from dualwrite.connectors.sqlite.connector import create_sqlite_engine
 from dualwrite.engine.config import dump_config
 from dualwrite.engine.initial_sync import Progress
 from dualwrite.engine.link import Link

@@ -38,7 +38,7 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any
 
 from dualwrite.connectors.base import Branch
-from dualwrite.connectors.odata import (
+from dualwrite.connectors.odata.connector import (
     ODataConnector,
     ODataWriteSession,
     OutcomeUnknown,

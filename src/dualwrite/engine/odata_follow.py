@@ -40,8 +40,8 @@ from typing import TYPE_CHECKING, Any
 from dualwrite.connectors.base import Connector, Row
 from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.changelog import Change, ChangeLog
-from dualwrite.connectors.odata import ETags
-from dualwrite.connectors.odata_changes import DEFAULT_OVERLAP, ModifiedPoll, RowChange
+from dualwrite.connectors.odata.changes import DEFAULT_OVERLAP, ModifiedPoll, RowChange
+from dualwrite.connectors.odata.connector import ETags
 from dualwrite.engine.capture import capture_specs
 from dualwrite.engine.diff import Classified, Entry, Failure, MapDiffer
 from dualwrite.engine.initial_sync import InitialSync

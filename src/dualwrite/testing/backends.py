@@ -232,14 +232,14 @@ def _my_drop(database: str, directory: Path) -> None:
 #: every backend of the tests, in the order tests run them; the first that can pair across
 #: kinds is the reference other backends are paired with (see :func:`pairs`)
 REGISTRY: dict[str, BackendSpec] = {s.name: s for s in (
-    BackendSpec("memory", "dualwrite.connectors.memory:MemoryConnector", "sqlite",
+    BackendSpec("memory", "dualwrite.connectors.memory.connector:MemoryConnector", "sqlite",
                 _memory_url, _memory_drop, enforces=frozenset(), fake=True),
     # SQLite does not enforce VARCHAR lengths
-    BackendSpec("sqlite", "dualwrite.connectors.sqlite:SqliteConnector", "sqlite",
+    BackendSpec("sqlite", "dualwrite.connectors.sqlite.connector:SqliteConnector", "sqlite",
                 _sqlite_url, _sqlite_drop, frozenset({"sql"}), frozenset({"check"})),
-    BackendSpec("postgresql", "dualwrite.connectors.postgresql:PostgresConnector",
+    BackendSpec("postgresql", "dualwrite.connectors.postgresql.connector:PostgresConnector",
                 "postgresql", _pg_url, _pg_drop, frozenset({"sql", "server"})),
-    BackendSpec("mariadb", "dualwrite.connectors.mysql:MySqlConnector", "mysql",
+    BackendSpec("mariadb", "dualwrite.connectors.mariadb.connector:MySqlConnector", "mysql",
                 _my_url, _my_drop, frozenset({"sql", "server"}), recover_lists_server=True),
 )}
 

@@ -1,6 +1,7 @@
 """SQLite: the embedded default for the demo and for dualwrite's own state
 (:func:`create_sqlite_engine`). Two files are linked live in one transaction over one
-connection, the other file attached (no two-phase commit); capture by triggers."""
+connection, the other file attached (no two-phase commit); capture by triggers (their
+SQL in ``dialect.py``)."""
 
 from __future__ import annotations
 
@@ -20,14 +21,7 @@ from sqlalchemy import event
 
 from dualwrite.connectors.base import Capabilities, Connector, Row, WriteSession
 from dualwrite.connectors.capture import (
-    APPLIED,
-    CHANGES,
-    ORIGIN,
-    PLAIN,
-    CaptureSpec,
     Dialect,
-    _dq,
-    _sql_string,
 )
 from dualwrite.connectors.sql import Fault, SqlConnector, SqlWriteSession, untyped
 from dualwrite.errors import ConfigError
@@ -200,7 +194,12 @@ class SqliteConnector(SqlConnector):
                 out.append(str(schema))
         return out
 
+    #: the write transaction's lock already covers the whole database
+    locks_rows = False
+
     def capture_dialect(self) -> Dialect:
+        from dualwrite.connectors.sqlite.dialect import SqliteDialect
+
         return SqliteDialect()
 
     def _unmark_origin(self, conn: sa.Connection) -> None:
@@ -348,105 +347,3 @@ _LOADERS: dict[Kind, Callable[[Any], Any]] = {
     Kind.BOOLEAN: _boolean,
     Kind.JSON: _json,
 }
-
-
-# -- change capture ---------------------------------------------------------------------------
-class SqliteDialect(Dialect):
-    """Row triggers. SQLite is typed by value, not by column: every value is logged by what
-    it holds (``typeof``): a blob as ``"\\x<hex>"``, a real with 18 significant digits
-    (``json_object`` writes 15, and ``Inf`` for infinity, which is no JSON; this SQLite's
-    ``printf`` is not exact at 17 digits for every double, and is at 18).
-
-    A real read back for a decimal column is the double SQLite holds, in its shortest form:
-    the 18 digits are a way to carry the double, not the decimal's digits."""
-
-    name = "sqlite"
-
-    has_txid = False
-
-    def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
-        return "json_array(" + ", ".join(self._value(f":{p}") for p in params) + ")"
-
-    def log_ddl(self) -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq INTEGER PRIMARY KEY AUTOINCREMENT, "
-            "map TEXT NOT NULL, txid INTEGER, op TEXT NOT NULL, k TEXT NOT NULL, old TEXT, "
-            "new TEXT, at TEXT NOT NULL, v TEXT)",
-            f"CREATE INDEX IF NOT EXISTS {CHANGES}_key ON {CHANGES} (map, k)",
-            f"CREATE TABLE IF NOT EXISTS {APPLIED} (source TEXT NOT NULL, map TEXT NOT NULL, "
-            "txid TEXT NOT NULL, seq INTEGER NOT NULL, at TEXT, "
-            "PRIMARY KEY (source, map, txid))",
-            f"CREATE TABLE IF NOT EXISTS {ORIGIN} (x INTEGER)",
-        ]
-
-    def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
-        rows = conn.exec_driver_sql(f"SELECT name FROM pragma_table_info({_sql_string(table)})"
-                                    ).all()
-        return {str(r[0]): PLAIN for r in rows} if rows else None
-
-    @staticmethod
-    def _value(ref: str) -> str:
-        digits = f"printf('%!.18g', {ref})"
-        real = (f"CASE WHEN abs({ref}) <= 1.7976931348623157e308 THEN json({digits}) "
-                f"ELSE {digits} END")
-        return (f"CASE typeof({ref}) WHEN 'blob' THEN '\\x' || lower(hex({ref})) "
-                f"WHEN 'real' THEN {real} ELSE {ref} END")
-
-    def _statements(self, spec: CaptureSpec) -> dict[str, str]:
-        t, tag = _dq(spec.table), spec.tag
-
-        def obj(row: str) -> str:
-            return "json_object(" + ", ".join(
-                f"{_sql_string(c)}, {self._value(row + '.' + _dq(c))}"
-                for c in spec.columns) + ")"
-
-        def key(row: str) -> str:
-            return "json_array(" + ", ".join(self._value(row + "." + _dq(c))
-                                             for c in spec.key) + ")"
-
-        now = "strftime('%Y-%m-%dT%H:%M:%f+00:00', 'now')"
-        ins = (f"INSERT INTO {CHANGES} (map, v, op, k, old, new, at) VALUES "
-               f"({_sql_string(spec.map)}, {_sql_string(spec.version)}, ")
-        guard = f"NOT EXISTS (SELECT 1 FROM {ORIGIN})"
-        # compared byte for byte: a column's collation (NOCASE) may call 'a' and 'A' equal
-        changed = " OR ".join(f"OLD.{_dq(c)} IS NOT NEW.{_dq(c)} COLLATE BINARY"
-                              for c in spec.columns)
-        same_key = " AND ".join(f"OLD.{_dq(c)} IS NEW.{_dq(c)} COLLATE BINARY"
-                                for c in spec.key)
-        return {
-            f"{tag}_i": f"CREATE TRIGGER {tag}_i AFTER INSERT ON {t} WHEN {guard} BEGIN "
-                        f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END",
-            f"{tag}_d": f"CREATE TRIGGER {tag}_d AFTER DELETE ON {t} WHEN {guard} BEGIN "
-                        f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); END",
-            f"{tag}_u": f"CREATE TRIGGER {tag}_u AFTER UPDATE ON {t} WHEN {guard} AND "
-                        f"({same_key}) AND ({changed}) BEGIN "
-                        f"{ins}'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, {now}); END",
-            # a key change: the twin of the old key goes, a twin of the new key comes
-            f"{tag}_k": f"CREATE TRIGGER {tag}_k AFTER UPDATE ON {t} WHEN {guard} AND NOT "
-                        f"({same_key}) BEGIN {ins}'D', {key('OLD')}, {obj('OLD')}, NULL, "
-                        f"{now}); {ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END",
-        }
-
-    def definitions(self, spec: CaptureSpec, encodings: dict[str, str]) -> dict[str, str]:
-        return self._statements(spec)
-
-    def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
-        out = []
-        for name, statement in self._statements(spec).items():
-            out += [f"DROP TRIGGER IF EXISTS {name}", statement]
-        return out
-
-    def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
-        rows = conn.execute(sa.text(
-            "SELECT name, tbl_name, sql FROM sqlite_master WHERE type = 'trigger' AND "
-            "name IN (:i, :d, :u, :k)"), {o: f"{spec.tag}_{o}" for o in "iduk"}).all()
-        return {str(r[0]): (str(r[1]), str(r[2])) for r in rows}
-
-    def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
-        return [f"DROP TRIGGER IF EXISTS {spec_tag}_{op}" for op in "iudk"]
-
-    # -- the shared log's hooks -----------------------------------------------------------------
-    own_objects = (
-        "SELECT 'trigger', name, 'DROP TRIGGER IF EXISTS \"' || name || '\"' "
-        "FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, 3) = 'dw_'")
-

@@ -1,5 +1,6 @@
 """MariaDB / MySQL through PyMySQL: multi-row INSERTs for batches, ``LOAD DATA LOCAL INFILE``
-for initial sync's bulk path, XA two-phase commit, capture by triggers."""
+for initial sync's bulk path, XA two-phase commit; capture by triggers (their SQL in
+``dialect.py``)."""
 
 from __future__ import annotations
 
@@ -21,19 +22,7 @@ from sqlalchemy.dialects import mysql
 
 from dualwrite.connectors.base import BulkField, Capabilities, Row
 from dualwrite.connectors.capture import (
-    APPLIED,
-    BINARY,
-    BIT,
-    CHANGES,
-    FLOAT32,
-    MARKER,
-    PLAIN,
-    TEXT,
-    VERSION,
-    CaptureSpec,
     Dialect,
-    _bq,
-    _my_string,
 )
 from dualwrite.connectors.sql import Fault, SqlConnector, qualified, raw, split_table
 from dualwrite.errors import ConstraintViolation
@@ -131,7 +120,14 @@ class MySqlConnector(SqlConnector):
         code = next(iter(getattr(orig, "args", ())), None)  # PyMySQL: (errno, message)
         return code if isinstance(code, int) and code else None
 
+    def _unmark_origin(self, conn: sa.Connection) -> None:
+        conn.exec_driver_sql("SET @dualwrite_origin = NULL")
+        # the pool's checkin hook restores the mark (see _create_engine)
+        conn.connection._connection_record.info["dw_unmarked"] = True
+
     def capture_dialect(self) -> Dialect:
+        from dualwrite.connectors.mariadb.dialect import MariaDbDialect
+
         return MariaDbDialect()
 
     def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None,
@@ -433,195 +429,3 @@ def _upper_name(column_type: str) -> str:
 
 
 _INTEGERS = {"TINYINT", "SMALLINT", "MEDIUMINT", "INT", "INTEGER", "BIGINT"}
-
-
-# -- change capture ---------------------------------------------------------------------------
-#: MariaDB errors a capture trigger's handler passes on to the application: they concern its
-#: transaction or the server, not what capture can record (lock wait timeout, deadlock,
-#: interrupted, killed, statement timeout, out of memory or space, XA states, read-only)
-_MY_RESIGNAL = (1205, 1213, 1317, 1927, 1969, 1037, 1038, 1041, 1021, 1114, 1180, 1181, 1399,
-                1401, 1613, 1614, 1792, 1290)
-_MY_BINARY = {"tinyblob", "blob", "mediumblob", "longblob", "binary", "varbinary", "geometry",
-              "point", "linestring", "polygon", "multipoint", "multilinestring",
-              "multipolygon", "geometrycollection"}
-
-
-class MariaDbDialect(Dialect):
-    """MariaDB exposes the id of the writing transaction only through system versioning:
-    the log is a table versioned by transaction id, so the row-start column of each change
-    *is* its source transaction id. (information_schema.INNODB_TRX would be simpler, but it
-    is a cache refreshed at most every 0.1 s: a new transaction is often missing from it.)
-    Deleting applied changes leaves history rows; the applier purges them with DELETE
-    HISTORY (every second). Each capturing transaction adds a row to
-    mysql.transaction_registry, which MariaDB never purges by itself (see docs/capture.md).
-
-    Row triggers read the map's columns by name; an exit handler turns an error (a column
-    renamed or dropped: "Unknown column 'qty' in 'OLD'") into a marker, and passes those that
-    concern the transaction (``_MY_RESIGNAL``) on."""
-
-    name = "mariadb"
-
-    def add_version_ddl(self) -> str:
-        # a system-versioned table is altered only with its history kept as it is
-        return (f"SET STATEMENT system_versioning_alter_history = KEEP FOR ALTER TABLE {CHANGES} "
-                f"ADD COLUMN IF NOT EXISTS {VERSION} VARCHAR(40)")
-
-    def key_text(self, params: Sequence[str], columns: Sequence[Column]) -> str:
-        return "JSON_ARRAY(" + ", ".join(
-            self._value(f":{p}", BINARY if c.kind is Kind.BINARY else PLAIN)
-            for p, c in zip(params, columns, strict=True)) + ")"
-
-    def log_ddl(self) -> list[str]:
-        return [
-            f"CREATE TABLE IF NOT EXISTS {CHANGES} (seq BIGINT AUTO_INCREMENT PRIMARY KEY, "
-            "map VARCHAR(190) NOT NULL, op CHAR(1) NOT NULL, "
-            "k VARCHAR(700) NOT NULL, old LONGTEXT, new LONGTEXT, at DATETIME(6) NOT NULL, "
-            "v VARCHAR(40), "
-            "txid BIGINT UNSIGNED GENERATED ALWAYS AS ROW START INVISIBLE, "
-            "txid_end BIGINT UNSIGNED GENERATED ALWAYS AS ROW END INVISIBLE, "
-            "PERIOD FOR SYSTEM_TIME (txid, txid_end), "
-            "KEY dualwrite_changes_key (map, k(200))) ENGINE=InnoDB "
-            "DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin WITH SYSTEM VERSIONING",
-            f"CREATE TABLE IF NOT EXISTS {APPLIED} (source VARCHAR(190) NOT NULL, "
-            "map VARCHAR(190) NOT NULL, txid VARCHAR(40) NOT NULL, seq BIGINT NOT NULL, "
-            "at DATETIME(6) NOT NULL DEFAULT NOW(6), PRIMARY KEY (source, map, txid)) "
-            "ENGINE=InnoDB DEFAULT CHARSET=utf8mb4 COLLATE=utf8mb4_bin",
-        ]
-
-    def encodings(self, conn: sa.Connection, table: str) -> dict[str, str] | None:
-        schema, name = self.split(table)
-        rows = conn.execute(sa.text(
-            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_SET_NAME FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t"),
-            {"s": schema, "t": name}).all()
-        if not rows:
-            return None
-        out = {}
-        for name, data_type, charset in rows:
-            data_type = str(data_type).lower()
-            out[str(name)] = (BINARY if data_type in _MY_BINARY else
-                              FLOAT32 if data_type == "float" else
-                              BIT if data_type == "bit" else
-                              TEXT if charset is not None else PLAIN)
-        return out
-
-    @staticmethod
-    def _value(ref: str, encoding: str | None) -> str:
-        if encoding == BINARY:  # "\x" and lower-case hex, as PostgreSQL writes bytea
-            return f"CONCAT(CHAR(92, 120 USING utf8mb4), LOWER(HEX({ref})))"
-        if encoding == TEXT:
-            # any character set as utf8mb4, and a JSON column as plain text (CONVERT(... USING)
-            # would keep its JSON type, and JSON_OBJECT would embed the document: JSON null
-            # would read as SQL NULL)
-            return f"CAST({ref} AS CHAR CHARACTER SET utf8mb4)"
-        if encoding == FLOAT32:  # JSON_OBJECT prints a FLOAT with 6 digits; a DOUBLE exactly
-            return f"CAST({ref} AS DOUBLE)"
-        if encoding == BIT:  # a BIT is a binary string: its number instead
-            return f"({ref} + 0)"
-        return ref
-
-    @staticmethod
-    def _same(a: str, b: str, encoding: str | None) -> str:
-        # text compared byte for byte: a collation may call 'a' and 'A' (or 'a ') equal
-        if encoding == TEXT:
-            return f"CAST({a} AS BINARY) <=> CAST({b} AS BINARY)"
-        return f"{a} <=> {b}"
-
-    def _bodies(self, spec: CaptureSpec, enc: dict[str, str]) -> dict[str, str]:
-        m = _my_string(spec.map)
-
-        def obj(row: str) -> str:
-            return "JSON_OBJECT(" + ", ".join(
-                f"{_my_string(c)}, {self._value(row + '.' + _bq(c), enc.get(c))}"
-                for c in spec.columns) + ")"
-
-        def key(row: str) -> str:
-            return "JSON_ARRAY(" + ", ".join(
-                self._value(row + "." + _bq(c), enc.get(c)) for c in spec.key) + ")"
-
-        # a trigger runs in its table's database: one elsewhere names the log's
-        log = f"{_bq(self.home)}.{CHANGES}" if self.split(spec.table)[0] else CHANGES
-        ins = (f"INSERT INTO {log} (map, v, op, k, old, new, at) VALUES ({m}, "
-               f"{_my_string(spec.version)}, ")
-        now = "UTC_TIMESTAMP(6)"
-        prefix = _my_string(f"capture of map {spec.map!r} on table {spec.table!r} failed: ")
-
-        def handler(row: str) -> str:
-            return (
-                "DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN "
-                "DECLARE dw_no INT DEFAULT 0; "
-                "DECLARE dw_msg TEXT CHARACTER SET utf8mb4 DEFAULT ''; "
-                "DECLARE dw_k TEXT CHARACTER SET utf8mb4 DEFAULT '[]'; "
-                "GET DIAGNOSTICS CONDITION 1 dw_no = MYSQL_ERRNO, dw_msg = MESSAGE_TEXT; "
-                f"IF dw_no IN ({', '.join(map(str, _MY_RESIGNAL))}) THEN RESIGNAL; END IF; "
-                # the key, if it can still be read
-                "BEGIN DECLARE CONTINUE HANDLER FOR SQLEXCEPTION SET dw_k = '[]'; "
-                f"SET dw_k = {key(row)}; END; "
-                f"{ins}'{MARKER}', dw_k, NULL, JSON_OBJECT('reason', CONCAT({prefix}, dw_msg)), "
-                f"{now}); END; ")
-
-        guard = "IF @dualwrite_origin IS NULL THEN "
-        unchanged = " AND ".join(self._same(f"OLD.{_bq(c)}", f"NEW.{_bq(c)}", enc.get(c))
-                                 for c in spec.columns)
-        same_key = " AND ".join(self._same(f"OLD.{_bq(c)}", f"NEW.{_bq(c)}", enc.get(c))
-                                for c in spec.key)
-        return {
-            f"{spec.tag}_i": f"BEGIN {handler('NEW')}{guard}"
-                             f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); END IF; END",
-            f"{spec.tag}_d": f"BEGIN {handler('OLD')}{guard}"
-                             f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); END IF; END",
-            f"{spec.tag}_u": (
-                f"BEGIN {handler('NEW')}{guard}IF NOT ({unchanged}) THEN IF {same_key} THEN "
-                f"{ins}'U', {key('NEW')}, {obj('OLD')}, {obj('NEW')}, {now}); ELSE "
-                f"{ins}'D', {key('OLD')}, {obj('OLD')}, NULL, {now}); "
-                f"{ins}'I', {key('NEW')}, NULL, {obj('NEW')}, {now}); "
-                "END IF; END IF; END IF; END"),
-        }
-
-    def definitions(self, spec: CaptureSpec, encodings: dict[str, str]) -> dict[str, str]:
-        return self._bodies(spec, encodings)
-
-    def install_ddl(self, spec: CaptureSpec, encodings: dict[str, str]) -> list[str]:
-        schema, table = self.split(spec.table)
-        # a trigger lives in its table's database
-        db = f"{_bq(schema)}." if schema else ""
-        t = f"{db}{_bq(table)}"
-        events = {"i": "INSERT", "d": "DELETE", "u": "UPDATE"}
-        out = []
-        for name, body in self._bodies(spec, encodings).items():
-            # replaced in one statement: MariaDB's DDL is not transactional, and between a
-            # DROP and a CREATE an application's write would not be captured
-            out += [f"CREATE OR REPLACE TRIGGER {db}{name} AFTER {events[name[-1]]} ON {t} "
-                    f"FOR EACH ROW {body}"]
-        return out
-
-    def installed(self, conn: sa.Connection, spec: CaptureSpec) -> dict[str, tuple[str, str]]:
-        schema, _ = self.split(spec.table)
-        rows = conn.execute(sa.text(
-            "SELECT TRIGGER_NAME, EVENT_OBJECT_TABLE, ACTION_STATEMENT FROM "
-            "information_schema.TRIGGERS WHERE TRIGGER_SCHEMA = COALESCE(:s, DATABASE()) "
-            "AND TRIGGER_NAME IN (:i, :d, :u)"),
-            {"s": schema, **{o: f"{spec.tag}_{o}" for o in "idu"}}).all()
-        return {str(r[0]): ((f"{schema}." if schema else "") + str(r[1]), str(r[2]))
-                for r in rows}
-
-    def remove_ddl(self, spec_tag: str, table: str) -> list[str]:
-        schema, _ = self.split(table)
-        db = f"{_bq(schema)}." if schema else ""
-        return [f"DROP TRIGGER IF EXISTS {db}{spec_tag}_{op}" for op in "iud"]
-
-    # -- the shared log's hooks -----------------------------------------------------------------
-    home_query = "SELECT DATABASE()"
-    #: a trigger in another database writes into this one's log, by its name
-    own_objects = (
-        "SELECT 'trigger', TRIGGER_NAME, CONCAT('DROP TRIGGER IF EXISTS `', "
-        "REPLACE(TRIGGER_SCHEMA, '`', '``'), '`.`', TRIGGER_NAME, '`') FROM "
-        "information_schema.TRIGGERS WHERE (TRIGGER_SCHEMA = DATABASE() OR LOCATE(CONCAT("
-        "'`', REPLACE(DATABASE(), '`', '``'), '`.dualwrite_changes'), ACTION_STATEMENT) "
-        "> 0) AND LEFT(TRIGGER_NAME, 3) = 'dw_'")
-    text_type = "CHAR"
-    needs_purge = True
-
-    def purge(self, conn: sa.Connection) -> None:
-        conn.exec_driver_sql(f"DELETE HISTORY FROM {CHANGES}")
-

@@ -2,7 +2,7 @@
 ``odata+https://...``.
 
 Its entity sets are the tables; ``$metadata`` gives their columns, keys and alternate keys
-(:mod:`dualwrite.connectors.odata_metadata`). Reads are ``GET`` with ``$select``, ``$filter``
+(:mod:`dualwrite.connectors.odata.metadata`). Reads are ``GET`` with ``$select``, ``$filter``
 and ``$orderby`` by the key, paged by the server (``@odata.nextLink``, ``Prefer:
 odata.maxpagesize``); each transaction's writes are sent at its end as one JSON ``$batch``
 whose requests form one atomicity group (a change set), so they are applied all or none.
@@ -43,7 +43,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 from dualwrite.connectors.base import Capabilities, Connector, LinkRecord, Row, WriteSession
-from dualwrite.connectors.odata_changes import (
+from dualwrite.connectors.odata.changes import (
     DeltaPage,
     Method,
     ModifiedPoll,
@@ -52,7 +52,7 @@ from dualwrite.connectors.odata_changes import (
     choose_method,
     parse_delta_page,
 )
-from dualwrite.connectors.odata_metadata import (
+from dualwrite.connectors.odata.metadata import (
     EntitySet,
     MetadataError,
     ServiceMetadata,
@@ -795,7 +795,7 @@ class ODataConnector(Connector):
         yield session
         session.send()
 
-    # -- changes (see dualwrite.connectors.odata_changes) -----------------------------------
+    # -- changes (see dualwrite.connectors.odata.changes) -----------------------------------
     def change_method(self, table: str, modified: str | None) -> tuple[str | None, str] | None:
         return self.probe_changes(table, modified)
 
