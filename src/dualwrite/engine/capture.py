@@ -84,7 +84,7 @@ from dualwrite.engine.apply.core import runs as _runs
 from dualwrite.engine.apply.core import same as _same
 from dualwrite.engine.apply.core import same_value as _same_value
 from dualwrite.engine.apply.driver import ApplierLoop, run_applier
-from dualwrite.engine.diff import Entry, MapDiffer, coerce
+from dualwrite.engine.diff import MapDiffer, coerce
 from dualwrite.engine.lease import ApplierLease
 from dualwrite.engine.live import RuleContext
 from dualwrite.engine.lookups import LookupResolver, RelatedKey, SessionLookups
@@ -247,7 +247,6 @@ class Applier(ApplierLoop):
         self._purger: threading.Thread | None = None
         self._purger_stop = threading.Event()
         self._parked: set[tuple[str, tuple[Any, ...]]] | None = None
-        self._decoders: dict[tuple[str, str, Side], Callable[[dict[str, Any]], Row]] = {}
         self._json_plans: dict[tuple[str, str, Side], _JsonPlan | None] = {}
         #: maps as older versions say, for changes captured under them (see _ctx_of)
         self._versions: dict[tuple[str, str], _MapCtx | None] = {}
@@ -300,7 +299,7 @@ class Applier(ApplierLoop):
             states = self.state.map_states()
             if self.link._adopt_versions(states):
                 # a map was reloaded: build its row builders, decoders and plans anew
-                self._maps, self._decoders, self._json_plans = {}, {}, {}
+                self._maps, self._json_plans = {}, {}
                 self._versions = {}
             out = {}
             bound, issues = self.link.valid_maps()
@@ -375,7 +374,6 @@ class Applier(ApplierLoop):
         self.event(name, "failed", f"{doing}: {reason}")
         # its tables may have changed: describe them and bind the map again when it resumes
         self._maps.pop(name, None)
-        self._decoders = {k: v for k, v in self._decoders.items() if k[0] != name}
         self._json_plans = {k: v for k, v in self._json_plans.items() if k[0] != name}
         self.link.forget_validation()
         self._maps_at = 0.0  # read again at the next look
@@ -588,9 +586,9 @@ class Applier(ApplierLoop):
             if ctx is _UNSET:
                 m = self._ctx_of(c, maps)
                 ctx = per_map[(c.map, c.version)] = None if m is None else (
-                    self._decoder(m, s), m.bound.filter(s), m.differ,
+                    m.differ.decoder(s), m.bound.filter(s), m.differ,
                     operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]),
-                    *self._key_coercions(m.differ, s), m)
+                    *m.differ.key_decoders(s), m)
             if ctx is None:
                 continue
             decode, flt, d, keyget, width, keyfix, tkinds, m = ctx
@@ -630,19 +628,6 @@ class Applier(ApplierLoop):
             out.append(_Action(c, s, kind, old if was else None, new if now else None,
                                skey, tkey, skey if left else tkey, ctx=m))
         return out
-
-    @staticmethod
-    def _key_coercions(d: MapDiffer, s: Side
-                       ) -> tuple[list[tuple[int, Callable[[Any], Any]]], list[Kind] | None]:
-        """How a key read from the log becomes the source key (the decoders the decoder
-        applies to those columns) and the target key (None: the same values, the kinds
-        agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key` does)."""
-        t = s.other
-        cols = [d.cols[s][d.columns[s][i]] for i in d.key_idx[s]]
-        src = [c.kind for c in cols]
-        dst = [d.kinds[t][c] for c in d.bound.key(t)]
-        keyfix = [(i, fn) for i, c in enumerate(cols) if (fn := from_log(c)) is not None]
-        return keyfix, None if src == dst else dst
 
     def _ctx_of(self, c: Change, maps: dict[str, _MapCtx]) -> _MapCtx | None:
         """The map as the version ``c`` was captured under says (its text kept in the state
@@ -691,28 +676,6 @@ class Applier(ApplierLoop):
                 "`dualwrite sync --initial` mends them), or bring the tables back"))
             if c.txid != WATERMARK:
                 mode.failed_tx.setdefault(c.txid, c.seq)
-
-    def _decoder(self, m: _MapCtx, s: Side) -> Callable[[dict[str, Any]], Row]:
-        """A function turning captured values of map ``m`` (its version) from side ``s``, as
-        JSON gave them, into a row of its columns in their kinds
-        (:func:`dualwrite.model.conversion.from_log`); only kinds JSON cannot carry exactly
-        are decoded."""
-        name, d = m.bound.name, m.differ
-        fn = self._decoders.get((name, m.bound.spec.version, s))
-        if fn is None:
-            cols = d.columns[s]
-            fix = [(i, f) for i, c in enumerate(cols)
-                   if (f := from_log(d.cols[s][c])) is not None]
-
-            def decode(values: dict[str, Any]) -> Row:
-                row = [values.get(c) for c in cols]
-                for i, f in fix:
-                    if row[i] is not None:
-                        row[i] = f(row[i])
-                return tuple(row)
-
-            fn = self._decoders[(name, m.bound.spec.version, s)] = decode
-        return fn
 
     # -- applying one run of like changes ----------------------------------------------------
     def _apply_run(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
@@ -799,7 +762,19 @@ class Applier(ApplierLoop):
         every written field either such a copy, a default, a value map, a lookup on the
         target (a join by natural key) or one on the source (resolved per run) of the shapes
         :meth:`_json_value` takes. A filter on the source is evaluated as before (it decides
-        each change's kind); the values still go as text."""
+        each change's kind); the values still go as text.
+
+        This is a second compiler of the map, on purpose: it compiles into SQL over the log's
+        JSON text, where the compiled map's row builders are Python closures over decoded
+        rows, so it cannot call them without decoding every row (the cost it exists to
+        avoid). What keeps the two in agreement: it reads the same facts from the compiled map
+        (``create_into``/``live_into``, ``insert_columns``/``live_columns``, the kinds, the
+        conversion plans and their ``text_safe``, the scoped lookups) and coerces defaults and
+        value-map answers with the same :func:`coerce`; a field it cannot compute exactly as
+        the row builders would makes the whole plan None (the row path), and a row its
+        statement leaves out takes the row path. tests/engine/test_capture_realistic.py and
+        tests/engine/test_capture_bulk.py apply the same changes on both paths and compare
+        the rows and the inbox."""
         key = (m.bound.name, m.bound.spec.version, s)
         if key in self._json_plans:
             return self._json_plans[key]
@@ -985,18 +960,16 @@ class Applier(ApplierLoop):
         t = s.other
         d, b = m.differ, m.bound
         table_t = b.table(t)
-        key_t = list(b.key(t))
-        live_cols = d.live_columns[t]
-        cols = key_t + [c for c in live_cols if c not in key_t]
         theirs: dict[tuple[Any, ...], list[Change]] = {}
         try:
             current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             if check:
-                got = sess.lock(table_t, cols, key=key_t, keys=[a.tkey for a in run])
+                got = sess.lock(table_t, d.lock_columns[t], key=list(b.key(t)),
+                                keys=[a.tkey for a in run])
                 # raw values: Python's == already equates 5, 5.0 and Decimal('5.00');
                 # the canonical form is the fallback (see _same)
-                pos = [cols.index(c) for c in live_cols]
-                current = {tuple(r[:len(key_t)]): tuple(r[i] for i in pos) for r in got}
+                locked = d.locked_current
+                current = dict(locked(t, r) for r in got)
                 theirs = self._theirs(sess, t, m, [a.tkey for a in run])
             else:
                 outcome.unchecked.setdefault(b.name, []).extend(a.tkey for a in run)
@@ -1004,13 +977,8 @@ class Applier(ApplierLoop):
             if d.has_lookups:
                 resolver = LookupResolver({t: SessionLookups(sess),
                                            s: self.link.connectors[s]})
-                entries = []
-                for a in run:
-                    for row in (a.old, a.new):
-                        if row is not None:
-                            entries.append(Entry((), row, None) if s is Side.LEFT
-                                           else Entry((), None, row))
-                resolved = d._prefetch(entries, resolver)
+                resolved = d.resolve(((s, row) for a in run for row in (a.old, a.new)),
+                                     resolver)
         except (RowError, ConstraintViolation) as exc:
             if len(run) == 1:
                 raise _Restart(run[0], exc) from exc
@@ -1020,11 +988,12 @@ class Applier(ApplierLoop):
         deletes: list[_Action] = []
         undecided: list[tuple[_Action, tuple[Any, ...] | None]] = []
         conflicts: list[tuple[_Action, tuple[Any, ...] | None, list[Change]]] = []
-        build_create, build_live = d.build_create[t], d.build_live[t]
+        create_values, live_values = d.create_values, d.live_values
         for a in run:
             try:
                 cur = current.get(a.tkey) if check else None
-                new_vals = build_live(a.new, a.skey, resolved) if a.new is not None else None
+                new_vals = live_values(t, a.new, resolved, a.skey) if a.new is not None \
+                    else None
                 if a.new is not None and cur is not None and _same(cur, new_vals):
                     outcome.skipped += 1  # already there
                     continue
@@ -1038,7 +1007,7 @@ class Applier(ApplierLoop):
                 elif a.kind == "create":
                     assert a.new is not None
                     if cur is None:
-                        inserts.append((a, build_create(a.new, a.skey, resolved)))
+                        inserts.append((a, create_values(t, a.new, resolved, a.skey)))
                     else:
                         undecided.append((a, canonical_key(cur)))
                 elif a.kind == "update":
@@ -1116,8 +1085,8 @@ class Applier(ApplierLoop):
         try:
             for a in run:
                 assert a.new is not None and a.old is not None
-                rows.append((a.tkey, d.build_live[t](a.new, a.skey, {}),
-                             d.build_live[t](a.old, a.skey, {})))
+                rows.append((a.tkey, d.live_values(t, a.new, {}, a.skey),
+                             d.live_values(t, a.old, {}, a.skey)))
         except RowError:
             return False  # a value that does not convert: let the careful path name it
         done = sess.update_if(b.table(t), list(b.key(t)), d.live_columns[t], rows)
@@ -1140,7 +1109,7 @@ class Applier(ApplierLoop):
         if a.old is None:
             return None
         try:
-            return d.build_live[t](a.old, a.skey, resolved)
+            return d.live_values(t, a.old, resolved, a.skey)
         except RowError:
             return None  # the old version no longer resolves: it cannot match the target
 
@@ -1332,7 +1301,7 @@ class Applier(ApplierLoop):
                     sessions: dict[Side, WriteSession]) -> bool:
         """Settle one key of map ``m`` (``lkey``: its left key) inside ``sessions``."""
         d, b = m.differ, m.bound
-        keys = _side_keys(d, b, lkey)
+        keys = d.keys_from_left(lkey)
         current: dict[Side, Row | None] = {}
         for x in Side:
             got = sessions[x].lock(b.table(x), d.columns[x], key=list(b.key(x)),
@@ -1340,14 +1309,14 @@ class Applier(ApplierLoop):
             current[x] = got[0] if got else None
             if self._theirs(sessions[x], x, m, [keys[x]]):
                 return False  # a change of this key not parked yet: it joins first
-        decoded = [(Side(p.source), c, self._decoder(m, Side(p.source))) for p, c in edits]
+        decoded = [(Side(p.source), c, d.decoder(Side(p.source))) for p, c in edits]
         rows = [(x, dec(c.old) if c.old is not None else None,
                  dec(c.new) if c.new is not None else None) for x, c, dec in decoded]
         resolver = LookupResolver({x: SessionLookups(sessions[x])
                                    for x in Side})
         resolved = d.resolve([*current.items(), *((x, r) for x, old, new in rows
                                                   for r in (old, new))], resolver)
-        as_base = _Terms(d, base, keys[base], resolved)
+        as_base = d.terms(base, keys[base], resolved)
         changes = []
         for (x, c, _dec), (_x, old, new) in zip(decoded, rows, strict=True):
             version = as_base.fields(new, x) or {}
@@ -1475,50 +1444,6 @@ _UNSET: Any = object()
 #: from this many changes in a run on, the target's log is probed for any queued change of the
 #: map before its queued changes for the run's keys are looked up
 _PROBE_QUEUE_AT = 50
-class _Terms:
-    """A map's rows in the terms of one side (``base``): each field's value as the base side's
-    column holds it. A row of the other side is converted field by field as writing it into
-    the base side would (lookups, value maps, defaults), fields that do not flow that way
-    left out."""
-
-    def __init__(self, d: MapDiffer, base: Side, key: Row,
-                 resolved: dict[tuple[Side, int], dict[Any, Any]]) -> None:
-        self.d, self.base, self.key, self.resolved = d, base, key, resolved
-        self.slots = [(i, d.pos[base][col]) for i, f in enumerate(d.bound.fields)
-                      if (col := f.end(base).column) is not None]
-
-    def fields(self, row: Row | None, side: Side) -> dict[int, Any] | None:
-        if row is None:
-            return None
-        if side is self.base:
-            return {i: row[p] for i, p in self.slots}
-        d = self.d
-        return {i: d.transform(side, i, row, self.key, self.resolved) for i, _p in self.slots
-                if d.bound.fields[i].spec.flows_to(self.base) or i in d.bound.key_fields}
-
-    def row(self, fields: dict[int, Any] | None, current: Row | None) -> Row | None:
-        """A base-side row (its read columns) holding ``fields``: the current row's other
-        columns kept, its key as given."""
-        if fields is None:
-            return None
-        d, base = self.d, self.base
-        out = list(current) if current is not None else [None] * len(d.columns[base])
-        for col, v in zip(d.bound.key(base), self.key, strict=True):
-            out[d.pos[base][col]] = v
-        for i, p in self.slots:
-            if i in fields:
-                out[p] = fields[i]
-        return tuple(out)
-
-
-def _side_keys(d: MapDiffer, b: BoundMap, lkey: Sequence[Any]) -> dict[Side, Row]:
-    """A row's key on each side, from its left key (as the state store holds it)."""
-    left = tuple(coerce(v, d.kinds[Side.LEFT][c])
-                 for v, c in zip(lkey, b.key(Side.LEFT), strict=True))
-    shaped: list[Any] = [None] * len(d.columns[Side.LEFT])
-    for i, v in zip(d.key_idx[Side.LEFT], left, strict=True):
-        shaped[i] = v
-    return {Side.LEFT: left, Side.RIGHT: d.target_key(Side.LEFT, tuple(shaped))}
 
 
 def _matches(flt: Any, d: MapDiffer, s: Side, row: Row, captured: dict[str, Any] | None
