@@ -47,9 +47,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
-from dualwrite.connectors.base import JsonSource, JsonValue, Row, WriteSession
+from dualwrite.connectors.base import Connector, JsonSource, JsonValue, Row, WriteSession
 from dualwrite.connectors.changelog import (
     MARKER,
     WATERMARK,
@@ -86,7 +86,7 @@ from dualwrite.engine.apply.core import same_value as _same_value
 from dualwrite.engine.apply.driver import ApplierLoop, run_applier
 from dualwrite.engine.diff import MapDiffer, coerce
 from dualwrite.engine.lease import ApplierLease
-from dualwrite.engine.live import RuleContext
+from dualwrite.engine.live import RuleContext, Rules
 from dualwrite.engine.lookups import LookupResolver, RelatedKey, SessionLookups
 from dualwrite.engine.settle import Edit, changed_fields
 from dualwrite.engine.settle import settle as settle_versions
@@ -116,7 +116,12 @@ from dualwrite.model.schema import Kind
 from dualwrite.model.values import canonical, value_key
 
 if TYPE_CHECKING:
+    from dualwrite.engine.alerts import Alerts
+    from dualwrite.engine.config import CaptureConfig
     from dualwrite.engine.link import Link
+    from dualwrite.engine.monitor import Monitor
+    from dualwrite.errors import Issue
+    from dualwrite.model.maps import TableMap
 
 log = logging.getLogger("dualwrite.capture")
 
@@ -183,6 +188,24 @@ class _SourceLookup:
     kind: Kind
 
 
+@dataclass(frozen=True)
+class MapSource:
+    """Where the applier's maps come from (a link's: :meth:`Applier.for_link`): the
+    applier asks, it never holds the link."""
+
+    #: use, for each map, the version its capture is installed for (``states``: the store's
+    #: map states); True when a map was reloaded (its row builders are then built anew)
+    adopt_versions: Callable[[dict[str, dict[str, Any]]], bool]
+    #: the maps that bind without errors, and the errors of the others by map
+    valid_maps: Callable[[], tuple[list[BoundMap], dict[str, list[Issue]]]]
+    #: describe the tables and bind the maps again at the next :attr:`valid_maps`
+    forget_validation: Callable[[], None]
+    #: a map's compiled row builders (shared with the link's other write paths)
+    differ: Callable[[str], MapDiffer]
+    #: bind map texts (an older version of a map, for changes captured under it)
+    bind: Callable[[list[TableMap]], tuple[list[BoundMap], list[Issue]]]
+
+
 @dataclass
 class _MapCtx:
     bound: BoundMap
@@ -219,21 +242,34 @@ class _Restart(Exception):
 
 class Applier(ApplierLoop):
     """Applies captured changes of one link, both directions. Thread-compatible, not
-    thread-safe: one applier runs in one thread (``run``)."""
+    thread-safe: one applier runs in one thread (``run``).
 
-    def __init__(self, link: Link, *, batch: int | None = None, poll: float | None = None,
+    Its collaborators are passed in (:meth:`for_link` takes them from a link, the usual
+    way): where its maps come from (``maps``), the connectors per side, the state store, the
+    environments' names, the link's name (metric labels, fences), the capture settings it
+    reads (batch size, poll interval, backoff, queue budgets, conflict values kept), the
+    business rules, the alerts its events feed, and the monitor housekeeping samples into
+    (a getter: a link makes its monitor on first use)."""
+
+    def __init__(self, maps: MapSource, connectors: dict[Side, Connector], state: StateStore,
+                 *, env: dict[Side, str], link_name: str, capture: CaptureConfig,
+                 rules: Rules, alerts: Alerts, monitor: Callable[[], Monitor],
+                 batch: int | None = None, poll: float | None = None,
                  process: str | None = None) -> None:
-        self.link = link
+        self.map_source = maps
+        self.connectors = connectors
+        self.capture = capture
+        self.rules = rules
+        self.monitor = monitor
         #: this process's id in the state store, given a heartbeat by housekeeping
         self.process = process
-        cfg = link.config.model.capture
-        self.batch = batch or cfg.batch_size
-        self.poll = poll if poll is not None else cfg.poll_interval
-        self.logs: dict[Side, ChangeLog] = {s: link.connectors[s].change_log() for s in Side}
-        self.state: StateStore = link.state
-        self.env = {s: link.env_name(s) for s in Side}
+        self.batch = batch or capture.batch_size
+        self.poll = poll if poll is not None else capture.poll_interval
+        self.logs: dict[Side, ChangeLog] = {s: connectors[s].change_log() for s in Side}
+        self.state: StateStore = state
+        self.env = dict(env)
         #: metric labels: the link, and per source side the direction it applies
-        self._link_name = link.config.link_name
+        self._link_name = link_name
         self._direction = {s: f"{self.env[s]}->{self.env[s.other]}" for s in Side}
         self._maps: dict[str, _MapCtx] = {}
         self._maps_at = 0.0
@@ -250,7 +286,7 @@ class Applier(ApplierLoop):
         self._json_plans: dict[tuple[str, str, Side], _JsonPlan | None] = {}
         #: maps as older versions say, for changes captured under them (see _ctx_of)
         self._versions: dict[tuple[str, str], _MapCtx | None] = {}
-        self.alerts = link.alerts()
+        self.alerts = alerts
         #: alert actions fired by this step's events, run after it (see run_deferred)
         self._deferred: list[Callable[[], None]] = []
         self._waiter: Any = None
@@ -259,6 +295,18 @@ class Applier(ApplierLoop):
         #: tests or `sync`); its epoch goes with every transaction committed in a database
         self.lease: ApplierLease | None = None
         self._epoch: int | None = None
+
+    @classmethod
+    def for_link(cls, link: Link, **kwargs: Any) -> Self:
+        """An applier of ``link``'s captured changes, its collaborators the link's (keyword
+        arguments as for the constructor: ``batch``, ``poll``, ``process``)."""
+        maps = MapSource(adopt_versions=link._adopt_versions, valid_maps=link.valid_maps,
+                         forget_validation=link.forget_validation, differ=link.differ,
+                         bind=link._bind)
+        return cls(maps, link.connectors, link.state,
+                   env={s: link.env_name(s) for s in Side}, link_name=link.config.link_name,
+                   capture=link.config.model.capture, rules=link.rules, alerts=link.alerts(),
+                   monitor=lambda: link.monitor, **kwargs)
 
     # -- the lease and its fence ---------------------------------------------------------------
     def hold(self, lease: ApplierLease) -> None:
@@ -269,16 +317,16 @@ class Applier(ApplierLoop):
         # backup) while the databases kept their fences. The holder moves its epoch past them.
         highest = 0
         for s in Side:
-            with self.link.connectors[s].translating("read the applier fence"), \
-                    self.link.connectors[s].transaction() as sess:
+            with self.connectors[s].translating("read the applier fence"), \
+                    self.connectors[s].transaction() as sess:
                 highest = max(highest, self.logs[s].fence_epoch(sess, self._link_name))
         if highest >= lease.epoch:
             lease.advance(highest + 1)
         assert lease.epoch is not None
         self.lease, self._epoch = lease, lease.epoch
         for s in Side:
-            with self.link.connectors[s].translating("raise the applier fence"), \
-                    self.link.connectors[s].transaction() as sess:
+            with self.connectors[s].translating("raise the applier fence"), \
+                    self.connectors[s].transaction() as sess:
                 self.logs[s].fence(sess, self._link_name, lease.epoch)
 
     def _raise_more_fences(self, sess: WriteSession, t: Side) -> None:
@@ -297,16 +345,16 @@ class Applier(ApplierLoop):
         if refresh or now - self._maps_at > 0.2 or version != self._maps_version:
             self._maps_version = version
             states = self.state.map_states()
-            if self.link._adopt_versions(states):
+            if self.map_source.adopt_versions(states):
                 # a map was reloaded: build its row builders, decoders and plans anew
                 self._maps, self._json_plans = {}, {}
                 self._versions = {}
             out = {}
-            bound, issues = self.link.valid_maps()
+            bound, issues = self.map_source.valid_maps()
             if any((states.get(n) or {}).get("state") in APPLYING for n in issues):
                 # resumed (or started) after a fault: see the tables as they are now
-                self.link.forget_validation()
-                bound, issues = self.link.valid_maps()
+                self.map_source.forget_validation()
+                bound, issues = self.map_source.valid_maps()
             held = held_by_dependencies(
                 {b.name: b.spec.depends_on for b in bound},
                 {n: str((st or {}).get("state")) for n, st in states.items()})
@@ -314,7 +362,7 @@ class Applier(ApplierLoop):
                 st = (states.get(b.name) or {}).get("state")
                 if st in CAPTURING:
                     old = self._maps.get(b.name)
-                    differ = old.differ if old else self.link.differ(b.name)
+                    differ = old.differ if old else self.map_source.differ(b.name)
                     # a map whose dependency does not apply is held with it: its rows would
                     # only find their related rows missing (lines of a paused order header)
                     out[b.name] = _MapCtx(b, differ, "held" if b.name in held else str(st))
@@ -375,7 +423,7 @@ class Applier(ApplierLoop):
         # its tables may have changed: describe them and bind the map again when it resumes
         self._maps.pop(name, None)
         self._json_plans = {k: v for k, v in self._json_plans.items() if k[0] != name}
-        self.link.forget_validation()
+        self.map_source.forget_validation()
         self._maps_at = 0.0  # read again at the next look
 
     # -- one direction -----------------------------------------------------------------------
@@ -415,8 +463,8 @@ class Applier(ApplierLoop):
             try:
                 # every statement of the apply transaction passes the connector's error
                 # translation: a lost session is a transient error, retried with backoff
-                with self.link.connectors[t].translating("apply captured changes"), \
-                        self.link.connectors[t].transaction() as sess:
+                with self.connectors[t].translating("apply captured changes"), \
+                        self.connectors[t].transaction() as sess:
                     # the rest has no transaction the first part has not: its pairs are known
                     pairs = sorted({(c.map, c.txid) for c in changes})
                     done, marks = self.logs[t].applied(sess, self.env[s], pairs) \
@@ -440,7 +488,7 @@ class Applier(ApplierLoop):
                     # crash in between does them again on redelivery (each is idempotent),
                     # never loses one. In that order: once a key is parked, its change comes
                     # back as one waiting behind it, and is not seen as a conflict again.
-                    keep = self.link.config.model.capture.keep_conflict_values
+                    keep = self.capture.keep_conflict_values
                     for c in outcome.conflicts.values():
                         self.state.add_conflict(**c, keep=keep)
                     self._park(s, outcome.parked)
@@ -650,10 +698,10 @@ class Applier(ApplierLoop):
         if text is None:
             return None
         spec = parse_map_text(text, file=m.bound.spec.file)
-        bound, _issues = self.link._bind([spec])
+        bound, _issues = self.map_source.bind([spec])
         if not bound:
             return None
-        return _MapCtx(bound[0], MapDiffer(bound[0], self.link.connectors), m.state)
+        return _MapCtx(bound[0], MapDiffer(bound[0], self.connectors), m.state)
 
     def _unknown_versions(self, changes: list[Change], maps: dict[str, _MapCtx],
                           mode: _Mode) -> None:
@@ -696,7 +744,7 @@ class Applier(ApplierLoop):
         plan = self._json_plan(m, s)
         if careful or kind == "delete" or \
                 (kind == "update" and d.has_lookups and plan is None) or \
-                self.link.rules.covers(self.env[s.other], m.bound.table(s.other)):
+                self.rules.covers(self.env[s.other], m.bound.table(s.other)):
             self._compare_and_write(sess, s, m, run, outcome, check=True)
             return
         if kind == "update":
@@ -786,8 +834,8 @@ class Applier(ApplierLoop):
             i: self._json_value(m, s, i, mappings)
             for i in sorted(set(d.create_into[t]) | set(d.live_into[t]))}
         key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
-        if self.link.connectors[s].capabilities.supports_json_log and \
-                self.link.connectors[t].capabilities.supports_json_apply and \
+        if self.connectors[s].capabilities.supports_json_log and \
+                self.connectors[t].capabilities.supports_json_apply and \
                 not d.company_cols[t] and None not in values.values() \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
                         and d.plan(s, t, src, dst).text_safe for src, dst in key_pairs):
@@ -918,7 +966,7 @@ class Applier(ApplierLoop):
                     else:
                         ids[lit] = decode_json(lit)
             if resolver is None:
-                resolver = LookupResolver({s: self.link.connectors[s]})
+                resolver = LookupResolver({s: self.connectors[s]})
             end = m.bound.fields[mp.field].end(s)
             found = resolver.to_keys(s, end.targets, ids.values())
             pairs = []
@@ -976,7 +1024,7 @@ class Applier(ApplierLoop):
             resolved: dict[tuple[Side, int], dict[Any, Any]] = {}
             if d.has_lookups:
                 resolver = LookupResolver({t: SessionLookups(sess),
-                                           s: self.link.connectors[s]})
+                                           s: self.connectors[s]})
                 resolved = d.resolve(((s, row) for a in run for row in (a.old, a.new)),
                                      resolver)
         except (RowError, ConstraintViolation) as exc:
@@ -1025,7 +1073,7 @@ class Applier(ApplierLoop):
         if undecided or conflicts:
             self._decide(sess, s, m, undecided, conflicts, resolved, inserts, updates,
                          deletes, outcome)
-        if self.link.rules.covers(self.env[t], table_t):
+        if self.rules.covers(self.env[t], table_t):
             self._check_rules(s, m, inserts, updates, deletes, current)
         self._write(sess, s, m, inserts, updates, deletes, optimistic=not check)
         outcome.applied += len(inserts) + len(updates) + len(deletes)
@@ -1049,7 +1097,7 @@ class Applier(ApplierLoop):
             before = dict(zip(d.live_columns[t], cur, strict=True)) if cur is not None else None
             ctx = RuleContext(op, env, table, dict(values), before, principal, captured=True)
             try:
-                self.link.rules.run(ctx)
+                self.rules.run(ctx)
             except RowError as exc:
                 raise _Restart(a, RowError(exc.reason, map=b.name, side=env, table=table,
                                            key=a.tkey, field=exc.field, value=exc.value,
@@ -1126,7 +1174,7 @@ class Applier(ApplierLoop):
         t = s.other
         d, b = m.differ, m.bound
         asked = [a for a, _c in undecided] + [a for a, _c, _x in conflicts]
-        src = self.link.connectors[s].fetch(b.table(s), d.columns[s], key=list(b.key(s)),
+        src = self.connectors[s].fetch(b.table(s), d.columns[s], key=list(b.key(s)),
                                             keys=[a.skey for a in asked])
         src_now = {canonical_key(tuple(r[i] for i in d.key_idx[s])): r for r in src}
         # the decisions themselves: dualwrite.engine.apply.core (no I/O)
@@ -1286,8 +1334,8 @@ class Applier(ApplierLoop):
         keys = {g: next(p.key for p in items if (p.map, canonical_key(p.key)) == g)
                 for g in groups}
         try:
-            with self.link.connectors[Side.LEFT].transaction() as left, \
-                    self.link.connectors[Side.RIGHT].transaction() as right:
+            with self.connectors[Side.LEFT].transaction() as left, \
+                    self.connectors[Side.RIGHT].transaction() as right:
                 sessions = {Side.LEFT: left, Side.RIGHT: right}
                 for g, group_edits in groups.items():
                     if not self._settle_key(maps[g[0]], keys[g], base, group_edits, sessions):
@@ -1329,7 +1377,7 @@ class Applier(ApplierLoop):
                             d.columns[base], current[base], row)
         other = base.other
         now = current[other]
-        rules = self.link.rules.covers(self.env[other], b.table(other))
+        rules = self.rules.covers(self.env[other], b.table(other))
         if row is None:
             if now is not None:
                 if rules:
@@ -1361,7 +1409,7 @@ class Applier(ApplierLoop):
         before = dict(zip(d.columns[side], now, strict=True)) if now is not None else None
         ctx = RuleContext(op, self.env[side], b.table(side), dict(values), before,
                           f"settling, from {self.env[side.other]}", captured=True)
-        self.link.rules.run(ctx)
+        self.rules.run(ctx)
         if ctx.values != values:
             raise RowError("a business rule changed the values of a captured change; rules "
                            "may only reject captured changes", map=b.name, side=self.env[side],
@@ -1406,7 +1454,7 @@ class Applier(ApplierLoop):
                     self.logs[s].forget_transactions(left_behind, fence=self._fenced())
                 stale = marks
                 if stale:
-                    with self.link.connectors[t].transaction() as sess:
+                    with self.connectors[t].transaction() as sess:
                         self.logs[t].unmark(sess, self.env[s], stale)
             except ConnectorError as exc:
                 log.warning("pruning applied positions in %s: %s", self.env[t], exc)
