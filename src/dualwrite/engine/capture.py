@@ -1036,12 +1036,13 @@ class Applier(ApplierLoop):
         deletes: list[_Action] = []
         undecided: list[tuple[_Action, tuple[Any, ...] | None]] = []
         conflicts: list[tuple[_Action, tuple[Any, ...] | None, list[Change]]] = []
-        create_values, live_values = d.create_values, d.live_values
+        # the compiled builders themselves (what create_values / live_values call), bound
+        # once per run: this loop is per row, and the wrappers would add a call to each
+        build_create, build_live = d.build_create[t], d.build_live[t]
         for a in run:
             try:
                 cur = current.get(a.tkey) if check else None
-                new_vals = live_values(t, a.new, resolved, a.skey) if a.new is not None \
-                    else None
+                new_vals = build_live(a.new, a.skey, resolved) if a.new is not None else None
                 if a.new is not None and cur is not None and _same(cur, new_vals):
                     outcome.skipped += 1  # already there
                     continue
@@ -1055,7 +1056,7 @@ class Applier(ApplierLoop):
                 elif a.kind == "create":
                     assert a.new is not None
                     if cur is None:
-                        inserts.append((a, create_values(t, a.new, resolved, a.skey)))
+                        inserts.append((a, build_create(a.new, a.skey, resolved)))
                     else:
                         undecided.append((a, canonical_key(cur)))
                 elif a.kind == "update":
@@ -1130,11 +1131,11 @@ class Applier(ApplierLoop):
         if d.has_lookups:
             return False  # the row builders below resolve no lookups
         rows = []
+        build = d.build_live[t]  # live_values' builder, bound once: a per-row loop
         try:
             for a in run:
                 assert a.new is not None and a.old is not None
-                rows.append((a.tkey, d.live_values(t, a.new, {}, a.skey),
-                             d.live_values(t, a.old, {}, a.skey)))
+                rows.append((a.tkey, build(a.new, a.skey, {}), build(a.old, a.skey, {})))
         except RowError:
             return False  # a value that does not convert: let the careful path name it
         done = sess.update_if(b.table(t), list(b.key(t)), d.live_columns[t], rows)
