@@ -183,3 +183,33 @@ def test_the_apply_core_does_no_io() -> None:
                       "open(", "engine.state", "connectors.capture", "connectors.memory"):
         assert forbidden not in text, f"core.py uses {forbidden!r}: the apply core is pure"
     assert _imports(path) <= {"connectors", "model", "errors", "engine"}
+
+
+def _runtime_imports(path: Path) -> set[str]:
+    """The modules ``path`` imports when it runs: an ``if TYPE_CHECKING:`` block left out."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+               and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+               for n in ast.walk(node)}
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_the_applier_is_given_its_collaborators_not_the_link() -> None:
+    """The applier (engine/capture.py and engine/apply/) gets its maps, connectors, state,
+    settings, rules and alerts passed in (``Applier.for_link`` takes them from a link): it
+    neither imports the link at run time nor keeps one to reach into."""
+    paths = [SRC / "engine" / "capture.py", *sorted((SRC / "engine" / "apply").glob("*.py"))]
+    for path in paths:
+        name = path.relative_to(SRC)
+        assert "dualwrite.engine.link" not in _runtime_imports(path), \
+            f"{name} imports the link at run time"
+        assert "self.link" not in path.read_text(encoding="utf-8"), \
+            f"{name} reaches into a link (self.link): pass what it needs instead"

@@ -7,6 +7,7 @@ command (bad config, unreachable database, refused link). Errors go to stderr wi
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -710,7 +711,7 @@ def run(config: ConfigOpt = None,
                 if link.config.model.transport.nats is not None:
                     from dualwrite.engine.jetstream.reader import publish_changes
 
-                    runner = publish_changes
+                    runner = functools.partial(publish_changes, link)
                 run_applier(link, stop, ready=ready, prepare=lambda: _load_rules(link),
                             runner=runner)
             finally:

@@ -127,12 +127,11 @@ def _differ() -> Any:
     """A map's row builders, as plain functions: the target row is the source row."""
     build = {Side.LEFT: lambda row, key, resolved: tuple(row),
              Side.RIGHT: lambda row, key, resolved: tuple(row)}
-    def values(t: Side, row: Any, resolved: Any, key: Any = None) -> tuple[Any, ...]:
-        return build[t](row, key, resolved)
-
-    return SimpleNamespace(build_live=build, build_create=build, create_values=values,
-                           live_values=values,
-                           live_columns={Side.LEFT: ["v"], Side.RIGHT: ["v"]})
+    return SimpleNamespace(
+        build_live=build, build_create=build,
+        live_values=lambda t, row, resolved, key=None: tuple(row),
+        create_values=lambda t, row, resolved, key=None: tuple(row),
+        live_columns={Side.LEFT: ["v"], Side.RIGHT: ["v"]})
 
 
 def test_force_writes_the_new_version_whatever_the_target_holds() -> None:

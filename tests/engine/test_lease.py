@@ -255,7 +255,7 @@ def test_a_partition_worker_s_batch_carries_every_partition_s_fence(
     it = make_items(make_backend, tmp_path, "postgresql", "mariadb")
     with it.link() as link:
         link.start_maps()
-        worker = PartitionApplier(link, process="worker-a")
+        worker = PartitionApplier.for_link(link, process="worker-a")
         try:
             # a newer worker took partition p1 over: epoch 2 in the target database
             right = link.connectors[Side.RIGHT]

@@ -70,3 +70,57 @@ def test_a_value_the_map_cannot_build_names_its_row_and_field(pair: Pair) -> Non
             d.create_values(Side.RIGHT, row, resolved)
         assert got.value.field == "STATUS" and got.value.value == "Unknown"
         assert tuple(got.value.key or ()) == d.source_key(Side.LEFT, row)
+
+
+def test_keys_from_left_give_both_keys_as_the_row_gives_them(pair: Pair) -> None:
+    with pair.link() as link:
+        d = link.differ("customers")
+        row = d.row_of(Side.LEFT, erp_customer(4))
+        lkey = d.source_key(Side.LEFT, row)
+        # a state-store key comes back as JSON gave it: a list
+        assert d.keys_from_left(list(lkey)) == {
+            Side.LEFT: lkey, Side.RIGHT: d.target_key(Side.LEFT, row)}
+
+
+def test_locked_current_splits_a_locked_row_into_its_key_and_live_values(pair: Pair) -> None:
+    with pair.link() as link:
+        d = link.differ("customers")
+        row = d.row_of(Side.LEFT, erp_customer(5))
+        resolved = d.resolve([(Side.LEFT, row)])
+        twin = dict(zip(d.insert_columns[Side.RIGHT],
+                        d.create_values(Side.RIGHT, row, resolved), strict=True))
+        locked = tuple(twin.get(c) for c in d.lock_columns[Side.RIGHT])
+        key, live = d.locked_current(Side.RIGHT, locked)
+        assert key == d.target_key(Side.LEFT, row)
+        assert live == d.live_values(Side.RIGHT, row, resolved)
+
+
+def test_the_decoder_reads_a_logged_version_into_the_row_the_builders_read(pair: Pair
+                                                                           ) -> None:
+    with pair.link() as link:
+        d = link.differ("customers")
+        values = erp_customer(6)
+        logged = {c: (str(v) if v is not None and not isinstance(v, int | str) else v)
+                  for c, v in values.items()}  # JSON carries decimals and times as text
+        assert d.decoder(Side.LEFT)(logged) == d.row_of(Side.LEFT, values)
+        assert d.decoder(Side.LEFT) is d.decoder(Side.LEFT)  # built once
+        keyfix, target_kinds = d.key_decoders(Side.LEFT)
+        assert keyfix == [] and target_kinds is None  # text keys: nothing to decode
+
+
+def test_terms_put_the_other_sides_row_in_the_base_sides_terms(pair: Pair) -> None:
+    with pair.link() as link:
+        d = link.differ("customers")
+        row = d.row_of(Side.LEFT, erp_customer(7))
+        resolved = d.resolve([(Side.LEFT, row)])
+        twin = d.row_of(Side.RIGHT, dict(zip(
+            d.insert_columns[Side.RIGHT], d.create_values(Side.RIGHT, row, resolved),
+            strict=True)))
+        resolved = d.resolve([(Side.LEFT, row), (Side.RIGHT, twin)])
+        as_left = d.terms(Side.LEFT, d.source_key(Side.LEFT, row), resolved)
+        mine, theirs = as_left.fields(row, Side.LEFT), as_left.fields(twin, Side.RIGHT)
+        assert mine is not None and theirs is not None
+        # every field that flows into the left side reads the same from either row
+        assert theirs == {i: mine[i] for i in theirs}
+        assert as_left.row(mine, row) == row
+        assert as_left.fields(None, Side.RIGHT) is None and as_left.row(None, row) is None

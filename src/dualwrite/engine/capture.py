@@ -47,9 +47,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Self, cast
 
-from dualwrite.connectors.base import JsonSource, JsonValue, Row, WriteSession
+from dualwrite.connectors.base import Connector, JsonSource, JsonValue, Row, WriteSession
 from dualwrite.connectors.changelog import (
     MARKER,
     WATERMARK,
@@ -84,9 +84,9 @@ from dualwrite.engine.apply.core import runs as _runs
 from dualwrite.engine.apply.core import same as _same
 from dualwrite.engine.apply.core import same_value as _same_value
 from dualwrite.engine.apply.driver import ApplierLoop, run_applier
-from dualwrite.engine.diff import Entry, MapDiffer, coerce
+from dualwrite.engine.diff import MapDiffer, coerce
 from dualwrite.engine.lease import ApplierLease
-from dualwrite.engine.live import RuleContext
+from dualwrite.engine.live import RuleContext, Rules
 from dualwrite.engine.lookups import LookupResolver, RelatedKey, SessionLookups
 from dualwrite.engine.settle import Edit, changed_fields
 from dualwrite.engine.settle import settle as settle_versions
@@ -116,7 +116,12 @@ from dualwrite.model.schema import Kind
 from dualwrite.model.values import canonical, value_key
 
 if TYPE_CHECKING:
+    from dualwrite.engine.alerts import Alerts
+    from dualwrite.engine.config import CaptureConfig
     from dualwrite.engine.link import Link
+    from dualwrite.engine.monitor import Monitor
+    from dualwrite.errors import Issue
+    from dualwrite.model.maps import TableMap
 
 log = logging.getLogger("dualwrite.capture")
 
@@ -183,6 +188,24 @@ class _SourceLookup:
     kind: Kind
 
 
+@dataclass(frozen=True)
+class MapSource:
+    """Where the applier's maps come from (a link's: :meth:`Applier.for_link`): the
+    applier asks, it never holds the link."""
+
+    #: use, for each map, the version its capture is installed for (``states``: the store's
+    #: map states); True when a map was reloaded (its row builders are then built anew)
+    adopt_versions: Callable[[dict[str, dict[str, Any]]], bool]
+    #: the maps that bind without errors, and the errors of the others by map
+    valid_maps: Callable[[], tuple[list[BoundMap], dict[str, list[Issue]]]]
+    #: describe the tables and bind the maps again at the next :attr:`valid_maps`
+    forget_validation: Callable[[], None]
+    #: a map's compiled row builders (shared with the link's other write paths)
+    differ: Callable[[str], MapDiffer]
+    #: bind map texts (an older version of a map, for changes captured under it)
+    bind: Callable[[list[TableMap]], tuple[list[BoundMap], list[Issue]]]
+
+
 @dataclass
 class _MapCtx:
     bound: BoundMap
@@ -219,21 +242,34 @@ class _Restart(Exception):
 
 class Applier(ApplierLoop):
     """Applies captured changes of one link, both directions. Thread-compatible, not
-    thread-safe: one applier runs in one thread (``run``)."""
+    thread-safe: one applier runs in one thread (``run``).
 
-    def __init__(self, link: Link, *, batch: int | None = None, poll: float | None = None,
+    Its collaborators are passed in (:meth:`for_link` takes them from a link, the usual
+    way): where its maps come from (``maps``), the connectors per side, the state store, the
+    environments' names, the link's name (metric labels, fences), the capture settings it
+    reads (batch size, poll interval, backoff, queue budgets, conflict values kept), the
+    business rules, the alerts its events feed, and the monitor housekeeping samples into
+    (a getter: a link makes its monitor on first use)."""
+
+    def __init__(self, maps: MapSource, connectors: dict[Side, Connector], state: StateStore,
+                 *, env: dict[Side, str], link_name: str, capture: CaptureConfig,
+                 rules: Rules, alerts: Alerts, monitor: Callable[[], Monitor],
+                 batch: int | None = None, poll: float | None = None,
                  process: str | None = None) -> None:
-        self.link = link
+        self.map_source = maps
+        self.connectors = connectors
+        self.capture = capture
+        self.rules = rules
+        self.monitor = monitor
         #: this process's id in the state store, given a heartbeat by housekeeping
         self.process = process
-        cfg = link.config.model.capture
-        self.batch = batch or cfg.batch_size
-        self.poll = poll if poll is not None else cfg.poll_interval
-        self.logs: dict[Side, ChangeLog] = {s: link.connectors[s].change_log() for s in Side}
-        self.state: StateStore = link.state
-        self.env = {s: link.env_name(s) for s in Side}
+        self.batch = batch or capture.batch_size
+        self.poll = poll if poll is not None else capture.poll_interval
+        self.logs: dict[Side, ChangeLog] = {s: connectors[s].change_log() for s in Side}
+        self.state: StateStore = state
+        self.env = dict(env)
         #: metric labels: the link, and per source side the direction it applies
-        self._link_name = link.config.link_name
+        self._link_name = link_name
         self._direction = {s: f"{self.env[s]}->{self.env[s.other]}" for s in Side}
         self._maps: dict[str, _MapCtx] = {}
         self._maps_at = 0.0
@@ -247,11 +283,10 @@ class Applier(ApplierLoop):
         self._purger: threading.Thread | None = None
         self._purger_stop = threading.Event()
         self._parked: set[tuple[str, tuple[Any, ...]]] | None = None
-        self._decoders: dict[tuple[str, str, Side], Callable[[dict[str, Any]], Row]] = {}
         self._json_plans: dict[tuple[str, str, Side], _JsonPlan | None] = {}
         #: maps as older versions say, for changes captured under them (see _ctx_of)
         self._versions: dict[tuple[str, str], _MapCtx | None] = {}
-        self.alerts = link.alerts()
+        self.alerts = alerts
         #: alert actions fired by this step's events, run after it (see run_deferred)
         self._deferred: list[Callable[[], None]] = []
         self._waiter: Any = None
@@ -260,6 +295,18 @@ class Applier(ApplierLoop):
         #: tests or `sync`); its epoch goes with every transaction committed in a database
         self.lease: ApplierLease | None = None
         self._epoch: int | None = None
+
+    @classmethod
+    def for_link(cls, link: Link, **kwargs: Any) -> Self:
+        """An applier of ``link``'s captured changes, its collaborators the link's (keyword
+        arguments as for the constructor: ``batch``, ``poll``, ``process``)."""
+        maps = MapSource(adopt_versions=link._adopt_versions, valid_maps=link.valid_maps,
+                         forget_validation=link.forget_validation, differ=link.differ,
+                         bind=link._bind)
+        return cls(maps, link.connectors, link.state,
+                   env={s: link.env_name(s) for s in Side}, link_name=link.config.link_name,
+                   capture=link.config.model.capture, rules=link.rules, alerts=link.alerts(),
+                   monitor=lambda: link.monitor, **kwargs)
 
     # -- the lease and its fence ---------------------------------------------------------------
     def hold(self, lease: ApplierLease) -> None:
@@ -270,16 +317,16 @@ class Applier(ApplierLoop):
         # backup) while the databases kept their fences. The holder moves its epoch past them.
         highest = 0
         for s in Side:
-            with self.link.connectors[s].translating("read the applier fence"), \
-                    self.link.connectors[s].transaction() as sess:
+            with self.connectors[s].translating("read the applier fence"), \
+                    self.connectors[s].transaction() as sess:
                 highest = max(highest, self.logs[s].fence_epoch(sess, self._link_name))
         if highest >= lease.epoch:
             lease.advance(highest + 1)
         assert lease.epoch is not None
         self.lease, self._epoch = lease, lease.epoch
         for s in Side:
-            with self.link.connectors[s].translating("raise the applier fence"), \
-                    self.link.connectors[s].transaction() as sess:
+            with self.connectors[s].translating("raise the applier fence"), \
+                    self.connectors[s].transaction() as sess:
                 self.logs[s].fence(sess, self._link_name, lease.epoch)
 
     def _raise_more_fences(self, sess: WriteSession, t: Side) -> None:
@@ -298,16 +345,16 @@ class Applier(ApplierLoop):
         if refresh or now - self._maps_at > 0.2 or version != self._maps_version:
             self._maps_version = version
             states = self.state.map_states()
-            if self.link._adopt_versions(states):
+            if self.map_source.adopt_versions(states):
                 # a map was reloaded: build its row builders, decoders and plans anew
-                self._maps, self._decoders, self._json_plans = {}, {}, {}
+                self._maps, self._json_plans = {}, {}
                 self._versions = {}
             out = {}
-            bound, issues = self.link.valid_maps()
+            bound, issues = self.map_source.valid_maps()
             if any((states.get(n) or {}).get("state") in APPLYING for n in issues):
                 # resumed (or started) after a fault: see the tables as they are now
-                self.link.forget_validation()
-                bound, issues = self.link.valid_maps()
+                self.map_source.forget_validation()
+                bound, issues = self.map_source.valid_maps()
             held = held_by_dependencies(
                 {b.name: b.spec.depends_on for b in bound},
                 {n: str((st or {}).get("state")) for n, st in states.items()})
@@ -315,7 +362,7 @@ class Applier(ApplierLoop):
                 st = (states.get(b.name) or {}).get("state")
                 if st in CAPTURING:
                     old = self._maps.get(b.name)
-                    differ = old.differ if old else self.link.differ(b.name)
+                    differ = old.differ if old else self.map_source.differ(b.name)
                     # a map whose dependency does not apply is held with it: its rows would
                     # only find their related rows missing (lines of a paused order header)
                     out[b.name] = _MapCtx(b, differ, "held" if b.name in held else str(st))
@@ -375,9 +422,8 @@ class Applier(ApplierLoop):
         self.event(name, "failed", f"{doing}: {reason}")
         # its tables may have changed: describe them and bind the map again when it resumes
         self._maps.pop(name, None)
-        self._decoders = {k: v for k, v in self._decoders.items() if k[0] != name}
         self._json_plans = {k: v for k, v in self._json_plans.items() if k[0] != name}
-        self.link.forget_validation()
+        self.map_source.forget_validation()
         self._maps_at = 0.0  # read again at the next look
 
     # -- one direction -----------------------------------------------------------------------
@@ -417,8 +463,8 @@ class Applier(ApplierLoop):
             try:
                 # every statement of the apply transaction passes the connector's error
                 # translation: a lost session is a transient error, retried with backoff
-                with self.link.connectors[t].translating("apply captured changes"), \
-                        self.link.connectors[t].transaction() as sess:
+                with self.connectors[t].translating("apply captured changes"), \
+                        self.connectors[t].transaction() as sess:
                     # the rest has no transaction the first part has not: its pairs are known
                     pairs = sorted({(c.map, c.txid) for c in changes})
                     done, marks = self.logs[t].applied(sess, self.env[s], pairs) \
@@ -442,7 +488,7 @@ class Applier(ApplierLoop):
                     # crash in between does them again on redelivery (each is idempotent),
                     # never loses one. In that order: once a key is parked, its change comes
                     # back as one waiting behind it, and is not seen as a conflict again.
-                    keep = self.link.config.model.capture.keep_conflict_values
+                    keep = self.capture.keep_conflict_values
                     for c in outcome.conflicts.values():
                         self.state.add_conflict(**c, keep=keep)
                     self._park(s, outcome.parked)
@@ -588,9 +634,9 @@ class Applier(ApplierLoop):
             if ctx is _UNSET:
                 m = self._ctx_of(c, maps)
                 ctx = per_map[(c.map, c.version)] = None if m is None else (
-                    self._decoder(m, s), m.bound.filter(s), m.differ,
+                    m.differ.decoder(s), m.bound.filter(s), m.differ,
                     operator.itemgetter(*m.differ.key_idx[s]), len(m.differ.key_idx[s]),
-                    *self._key_coercions(m.differ, s), m)
+                    *m.differ.key_decoders(s), m)
             if ctx is None:
                 continue
             decode, flt, d, keyget, width, keyfix, tkinds, m = ctx
@@ -631,19 +677,6 @@ class Applier(ApplierLoop):
                                skey, tkey, skey if left else tkey, ctx=m))
         return out
 
-    @staticmethod
-    def _key_coercions(d: MapDiffer, s: Side
-                       ) -> tuple[list[tuple[int, Callable[[Any], Any]]], list[Kind] | None]:
-        """How a key read from the log becomes the source key (the decoders the decoder
-        applies to those columns) and the target key (None: the same values, the kinds
-        agree; else the target kinds to coerce to, as :meth:`MapDiffer.target_key` does)."""
-        t = s.other
-        cols = [d.cols[s][d.columns[s][i]] for i in d.key_idx[s]]
-        src = [c.kind for c in cols]
-        dst = [d.kinds[t][c] for c in d.bound.key(t)]
-        keyfix = [(i, fn) for i, c in enumerate(cols) if (fn := from_log(c)) is not None]
-        return keyfix, None if src == dst else dst
-
     def _ctx_of(self, c: Change, maps: dict[str, _MapCtx]) -> _MapCtx | None:
         """The map as the version ``c`` was captured under says (its text kept in the state
         store): after a reload, changes captured before it are applied as the old version
@@ -665,10 +698,10 @@ class Applier(ApplierLoop):
         if text is None:
             return None
         spec = parse_map_text(text, file=m.bound.spec.file)
-        bound, _issues = self.link._bind([spec])
+        bound, _issues = self.map_source.bind([spec])
         if not bound:
             return None
-        return _MapCtx(bound[0], MapDiffer(bound[0], self.link.connectors), m.state)
+        return _MapCtx(bound[0], MapDiffer(bound[0], self.connectors), m.state)
 
     def _unknown_versions(self, changes: list[Change], maps: dict[str, _MapCtx],
                           mode: _Mode) -> None:
@@ -692,28 +725,6 @@ class Applier(ApplierLoop):
             if c.txid != WATERMARK:
                 mode.failed_tx.setdefault(c.txid, c.seq)
 
-    def _decoder(self, m: _MapCtx, s: Side) -> Callable[[dict[str, Any]], Row]:
-        """A function turning captured values of map ``m`` (its version) from side ``s``, as
-        JSON gave them, into a row of its columns in their kinds
-        (:func:`dualwrite.model.conversion.from_log`); only kinds JSON cannot carry exactly
-        are decoded."""
-        name, d = m.bound.name, m.differ
-        fn = self._decoders.get((name, m.bound.spec.version, s))
-        if fn is None:
-            cols = d.columns[s]
-            fix = [(i, f) for i, c in enumerate(cols)
-                   if (f := from_log(d.cols[s][c])) is not None]
-
-            def decode(values: dict[str, Any]) -> Row:
-                row = [values.get(c) for c in cols]
-                for i, f in fix:
-                    if row[i] is not None:
-                        row[i] = f(row[i])
-                return tuple(row)
-
-            fn = self._decoders[(name, m.bound.spec.version, s)] = decode
-        return fn
-
     # -- applying one run of like changes ----------------------------------------------------
     def _apply_run(self, sess: WriteSession, s: Side, m: _MapCtx, run: list[_Action],
                    outcome: _Outcome, *, careful: bool = True) -> None:
@@ -733,7 +744,7 @@ class Applier(ApplierLoop):
         plan = self._json_plan(m, s)
         if careful or kind == "delete" or \
                 (kind == "update" and d.has_lookups and plan is None) or \
-                self.link.rules.covers(self.env[s.other], m.bound.table(s.other)):
+                self.rules.covers(self.env[s.other], m.bound.table(s.other)):
             self._compare_and_write(sess, s, m, run, outcome, check=True)
             return
         if kind == "update":
@@ -799,7 +810,19 @@ class Applier(ApplierLoop):
         every written field either such a copy, a default, a value map, a lookup on the
         target (a join by natural key) or one on the source (resolved per run) of the shapes
         :meth:`_json_value` takes. A filter on the source is evaluated as before (it decides
-        each change's kind); the values still go as text."""
+        each change's kind); the values still go as text.
+
+        This is a second compiler of the map, on purpose: it compiles into SQL over the log's
+        JSON text, where the compiled map's row builders are Python closures over decoded
+        rows, so it cannot call them without decoding every row (the cost it exists to
+        avoid). What keeps the two in agreement: it reads the same facts from the compiled map
+        (``create_into``/``live_into``, ``insert_columns``/``live_columns``, the kinds, the
+        conversion plans and their ``text_safe``, the scoped lookups) and coerces defaults and
+        value-map answers with the same :func:`coerce`; a field it cannot compute exactly as
+        the row builders would makes the whole plan None (the row path), and a row its
+        statement leaves out takes the row path. tests/engine/test_capture_realistic.py and
+        tests/engine/test_capture_bulk.py apply the same changes on both paths and compare
+        the rows and the inbox."""
         key = (m.bound.name, m.bound.spec.version, s)
         if key in self._json_plans:
             return self._json_plans[key]
@@ -811,8 +834,8 @@ class Applier(ApplierLoop):
             i: self._json_value(m, s, i, mappings)
             for i in sorted(set(d.create_into[t]) | set(d.live_into[t]))}
         key_pairs = [(d.columns[s][i], c) for i, c in zip(d.key_idx[s], b.key(t), strict=True)]
-        if self.link.connectors[s].capabilities.supports_json_log and \
-                self.link.connectors[t].capabilities.supports_json_apply and \
+        if self.connectors[s].capabilities.supports_json_log and \
+                self.connectors[t].capabilities.supports_json_apply and \
                 not d.company_cols[t] and None not in values.values() \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
                         and d.plan(s, t, src, dst).text_safe for src, dst in key_pairs):
@@ -943,7 +966,7 @@ class Applier(ApplierLoop):
                     else:
                         ids[lit] = decode_json(lit)
             if resolver is None:
-                resolver = LookupResolver({s: self.link.connectors[s]})
+                resolver = LookupResolver({s: self.connectors[s]})
             end = m.bound.fields[mp.field].end(s)
             found = resolver.to_keys(s, end.targets, ids.values())
             pairs = []
@@ -985,32 +1008,25 @@ class Applier(ApplierLoop):
         t = s.other
         d, b = m.differ, m.bound
         table_t = b.table(t)
-        key_t = list(b.key(t))
-        live_cols = d.live_columns[t]
-        cols = key_t + [c for c in live_cols if c not in key_t]
         theirs: dict[tuple[Any, ...], list[Change]] = {}
         try:
             current: dict[tuple[Any, ...], tuple[Any, ...]] = {}
             if check:
-                got = sess.lock(table_t, cols, key=key_t, keys=[a.tkey for a in run])
+                got = sess.lock(table_t, d.lock_columns[t], key=list(b.key(t)),
+                                keys=[a.tkey for a in run])
                 # raw values: Python's == already equates 5, 5.0 and Decimal('5.00');
                 # the canonical form is the fallback (see _same)
-                pos = [cols.index(c) for c in live_cols]
-                current = {tuple(r[:len(key_t)]): tuple(r[i] for i in pos) for r in got}
+                locked = d.locked_current
+                current = dict(locked(t, r) for r in got)
                 theirs = self._theirs(sess, t, m, [a.tkey for a in run])
             else:
                 outcome.unchecked.setdefault(b.name, []).extend(a.tkey for a in run)
             resolved: dict[tuple[Side, int], dict[Any, Any]] = {}
             if d.has_lookups:
                 resolver = LookupResolver({t: SessionLookups(sess),
-                                           s: self.link.connectors[s]})
-                entries = []
-                for a in run:
-                    for row in (a.old, a.new):
-                        if row is not None:
-                            entries.append(Entry((), row, None) if s is Side.LEFT
-                                           else Entry((), None, row))
-                resolved = d._prefetch(entries, resolver)
+                                           s: self.connectors[s]})
+                resolved = d.resolve(((s, row) for a in run for row in (a.old, a.new)),
+                                     resolver)
         except (RowError, ConstraintViolation) as exc:
             if len(run) == 1:
                 raise _Restart(run[0], exc) from exc
@@ -1020,6 +1036,8 @@ class Applier(ApplierLoop):
         deletes: list[_Action] = []
         undecided: list[tuple[_Action, tuple[Any, ...] | None]] = []
         conflicts: list[tuple[_Action, tuple[Any, ...] | None, list[Change]]] = []
+        # the compiled builders themselves (what create_values / live_values call), bound
+        # once per run: this loop is per row, and the wrappers would add a call to each
         build_create, build_live = d.build_create[t], d.build_live[t]
         for a in run:
             try:
@@ -1056,7 +1074,7 @@ class Applier(ApplierLoop):
         if undecided or conflicts:
             self._decide(sess, s, m, undecided, conflicts, resolved, inserts, updates,
                          deletes, outcome)
-        if self.link.rules.covers(self.env[t], table_t):
+        if self.rules.covers(self.env[t], table_t):
             self._check_rules(s, m, inserts, updates, deletes, current)
         self._write(sess, s, m, inserts, updates, deletes, optimistic=not check)
         outcome.applied += len(inserts) + len(updates) + len(deletes)
@@ -1080,7 +1098,7 @@ class Applier(ApplierLoop):
             before = dict(zip(d.live_columns[t], cur, strict=True)) if cur is not None else None
             ctx = RuleContext(op, env, table, dict(values), before, principal, captured=True)
             try:
-                self.link.rules.run(ctx)
+                self.rules.run(ctx)
             except RowError as exc:
                 raise _Restart(a, RowError(exc.reason, map=b.name, side=env, table=table,
                                            key=a.tkey, field=exc.field, value=exc.value,
@@ -1113,11 +1131,11 @@ class Applier(ApplierLoop):
         if d.has_lookups:
             return False  # the row builders below resolve no lookups
         rows = []
+        build = d.build_live[t]  # live_values' builder, bound once: a per-row loop
         try:
             for a in run:
                 assert a.new is not None and a.old is not None
-                rows.append((a.tkey, d.build_live[t](a.new, a.skey, {}),
-                             d.build_live[t](a.old, a.skey, {})))
+                rows.append((a.tkey, build(a.new, a.skey, {}), build(a.old, a.skey, {})))
         except RowError:
             return False  # a value that does not convert: let the careful path name it
         done = sess.update_if(b.table(t), list(b.key(t)), d.live_columns[t], rows)
@@ -1140,7 +1158,7 @@ class Applier(ApplierLoop):
         if a.old is None:
             return None
         try:
-            return d.build_live[t](a.old, a.skey, resolved)
+            return d.live_values(t, a.old, resolved, a.skey)
         except RowError:
             return None  # the old version no longer resolves: it cannot match the target
 
@@ -1157,7 +1175,7 @@ class Applier(ApplierLoop):
         t = s.other
         d, b = m.differ, m.bound
         asked = [a for a, _c in undecided] + [a for a, _c, _x in conflicts]
-        src = self.link.connectors[s].fetch(b.table(s), d.columns[s], key=list(b.key(s)),
+        src = self.connectors[s].fetch(b.table(s), d.columns[s], key=list(b.key(s)),
                                             keys=[a.skey for a in asked])
         src_now = {canonical_key(tuple(r[i] for i in d.key_idx[s])): r for r in src}
         # the decisions themselves: dualwrite.engine.apply.core (no I/O)
@@ -1317,8 +1335,8 @@ class Applier(ApplierLoop):
         keys = {g: next(p.key for p in items if (p.map, canonical_key(p.key)) == g)
                 for g in groups}
         try:
-            with self.link.connectors[Side.LEFT].transaction() as left, \
-                    self.link.connectors[Side.RIGHT].transaction() as right:
+            with self.connectors[Side.LEFT].transaction() as left, \
+                    self.connectors[Side.RIGHT].transaction() as right:
                 sessions = {Side.LEFT: left, Side.RIGHT: right}
                 for g, group_edits in groups.items():
                     if not self._settle_key(maps[g[0]], keys[g], base, group_edits, sessions):
@@ -1332,7 +1350,7 @@ class Applier(ApplierLoop):
                     sessions: dict[Side, WriteSession]) -> bool:
         """Settle one key of map ``m`` (``lkey``: its left key) inside ``sessions``."""
         d, b = m.differ, m.bound
-        keys = _side_keys(d, b, lkey)
+        keys = d.keys_from_left(lkey)
         current: dict[Side, Row | None] = {}
         for x in Side:
             got = sessions[x].lock(b.table(x), d.columns[x], key=list(b.key(x)),
@@ -1340,14 +1358,14 @@ class Applier(ApplierLoop):
             current[x] = got[0] if got else None
             if self._theirs(sessions[x], x, m, [keys[x]]):
                 return False  # a change of this key not parked yet: it joins first
-        decoded = [(Side(p.source), c, self._decoder(m, Side(p.source))) for p, c in edits]
+        decoded = [(Side(p.source), c, d.decoder(Side(p.source))) for p, c in edits]
         rows = [(x, dec(c.old) if c.old is not None else None,
                  dec(c.new) if c.new is not None else None) for x, c, dec in decoded]
         resolver = LookupResolver({x: SessionLookups(sessions[x])
                                    for x in Side})
         resolved = d.resolve([*current.items(), *((x, r) for x, old, new in rows
                                                   for r in (old, new))], resolver)
-        as_base = _Terms(d, base, keys[base], resolved)
+        as_base = d.terms(base, keys[base], resolved)
         changes = []
         for (x, c, _dec), (_x, old, new) in zip(decoded, rows, strict=True):
             version = as_base.fields(new, x) or {}
@@ -1360,7 +1378,7 @@ class Applier(ApplierLoop):
                             d.columns[base], current[base], row)
         other = base.other
         now = current[other]
-        rules = self.link.rules.covers(self.env[other], b.table(other))
+        rules = self.rules.covers(self.env[other], b.table(other))
         if row is None:
             if now is not None:
                 if rules:
@@ -1392,7 +1410,7 @@ class Applier(ApplierLoop):
         before = dict(zip(d.columns[side], now, strict=True)) if now is not None else None
         ctx = RuleContext(op, self.env[side], b.table(side), dict(values), before,
                           f"settling, from {self.env[side.other]}", captured=True)
-        self.link.rules.run(ctx)
+        self.rules.run(ctx)
         if ctx.values != values:
             raise RowError("a business rule changed the values of a captured change; rules "
                            "may only reject captured changes", map=b.name, side=self.env[side],
@@ -1437,7 +1455,7 @@ class Applier(ApplierLoop):
                     self.logs[s].forget_transactions(left_behind, fence=self._fenced())
                 stale = marks
                 if stale:
-                    with self.link.connectors[t].transaction() as sess:
+                    with self.connectors[t].transaction() as sess:
                         self.logs[t].unmark(sess, self.env[s], stale)
             except ConnectorError as exc:
                 log.warning("pruning applied positions in %s: %s", self.env[t], exc)
@@ -1475,50 +1493,6 @@ _UNSET: Any = object()
 #: from this many changes in a run on, the target's log is probed for any queued change of the
 #: map before its queued changes for the run's keys are looked up
 _PROBE_QUEUE_AT = 50
-class _Terms:
-    """A map's rows in the terms of one side (``base``): each field's value as the base side's
-    column holds it. A row of the other side is converted field by field as writing it into
-    the base side would (lookups, value maps, defaults), fields that do not flow that way
-    left out."""
-
-    def __init__(self, d: MapDiffer, base: Side, key: Row,
-                 resolved: dict[tuple[Side, int], dict[Any, Any]]) -> None:
-        self.d, self.base, self.key, self.resolved = d, base, key, resolved
-        self.slots = [(i, d.pos[base][col]) for i, f in enumerate(d.bound.fields)
-                      if (col := f.end(base).column) is not None]
-
-    def fields(self, row: Row | None, side: Side) -> dict[int, Any] | None:
-        if row is None:
-            return None
-        if side is self.base:
-            return {i: row[p] for i, p in self.slots}
-        d = self.d
-        return {i: d.transform(side, i, row, self.key, self.resolved) for i, _p in self.slots
-                if d.bound.fields[i].spec.flows_to(self.base) or i in d.bound.key_fields}
-
-    def row(self, fields: dict[int, Any] | None, current: Row | None) -> Row | None:
-        """A base-side row (its read columns) holding ``fields``: the current row's other
-        columns kept, its key as given."""
-        if fields is None:
-            return None
-        d, base = self.d, self.base
-        out = list(current) if current is not None else [None] * len(d.columns[base])
-        for col, v in zip(d.bound.key(base), self.key, strict=True):
-            out[d.pos[base][col]] = v
-        for i, p in self.slots:
-            if i in fields:
-                out[p] = fields[i]
-        return tuple(out)
-
-
-def _side_keys(d: MapDiffer, b: BoundMap, lkey: Sequence[Any]) -> dict[Side, Row]:
-    """A row's key on each side, from its left key (as the state store holds it)."""
-    left = tuple(coerce(v, d.kinds[Side.LEFT][c])
-                 for v, c in zip(lkey, b.key(Side.LEFT), strict=True))
-    shaped: list[Any] = [None] * len(d.columns[Side.LEFT])
-    for i, v in zip(d.key_idx[Side.LEFT], left, strict=True):
-        shaped[i] = v
-    return {Side.LEFT: left, Side.RIGHT: d.target_key(Side.LEFT, tuple(shaped))}
 
 
 def _matches(flt: Any, d: MapDiffer, s: Side, row: Row, captured: dict[str, Any] | None

@@ -635,7 +635,7 @@ class Link:
     def applier(self, **kwargs: Any) -> Applier:
         """An applier of this link's captured changes (see :mod:`dualwrite.engine.capture`)."""
         self.ensure_linked()
-        return Applier(self, **kwargs)
+        return Applier.for_link(self, **kwargs)
 
     def applier_lease(self) -> ApplierLease:
         """A claim on this link's applier lease (see dualwrite.engine.lease); named by the

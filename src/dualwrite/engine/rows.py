@@ -37,7 +37,7 @@ from dualwrite.engine.lookups import LookupResolver, RelatedKey
 from dualwrite.errors import RowError
 from dualwrite.model import conversion
 from dualwrite.model.binding import BoundField, BoundMap, LookupTarget
-from dualwrite.model.conversion import Convert, ValueRefused
+from dualwrite.model.conversion import Convert, ValueRefused, from_log
 from dualwrite.model.maps import Side
 from dualwrite.model.schema import Column, Kind
 from dualwrite.model.values import canonical
@@ -152,6 +152,15 @@ class CompiledMap:
         self._foldable: dict[Side, dict[int, LookupTarget]] = {}
         self._partials: dict[tuple[Side, frozenset[int]], tuple[
             Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Row], list[str]]] = {}
+        #: per target side: the columns a lock of target rows reads (the key, then the live
+        #: columns not in it), and where the live columns are in such a row
+        self.lock_columns = {t: list(bound.key(t)) + [c for c in self.live_columns[t]
+                                                       if c not in bound.key(t)] for t in Side}
+        self._locked_live_pos = {t: [self.lock_columns[t].index(c) for c in self.live_columns[t]]
+                                 for t in Side}
+        self._decoders: dict[Side, Callable[[Mapping[str, Any]], Row]] = {}
+        self._key_decoders: dict[Side, tuple[list[tuple[int, Callable[[Any], Any]]],
+                                             list[Kind] | None]] = {}
 
     # -- compiled row builders ---------------------------------------------------------------
     def _compile(self, s: Side, t: Side, fields: list[int], *, company: bool
@@ -550,3 +559,97 @@ class CompiledMap:
         """What ``row``, a row of side ``t``, holds in :attr:`live_columns` of ``t``: the
         values :meth:`live_values` are compared with."""
         return tuple(row[i] for i in self._live_pos[t])
+
+    def locked_current(self, t: Side, row: Row) -> tuple[Row, Row]:
+        """A row of side ``t`` read in :attr:`lock_columns` of ``t``: its key, and what it
+        holds in :attr:`live_columns` (as :meth:`live_current`). Raw values: Python's ==
+        already equates 5, 5.0 and Decimal('5.00')."""
+        return tuple(row[:len(self.key_idx[t])]), tuple(row[i] for i in self._locked_live_pos[t])
+
+    def keys_from_left(self, lkey: Sequence[Any]) -> dict[Side, Row]:
+        """A row's key on each side, from its left key as the state store holds it (each
+        value coerced to the left key column's kind first)."""
+        left = tuple(coerce(v, self.kinds[Side.LEFT][c])
+                     for v, c in zip(lkey, self.bound.key(Side.LEFT), strict=True))
+        return {Side.LEFT: left,
+                Side.RIGHT: self.target_key(Side.LEFT, self.row_of_key(Side.LEFT, left))}
+
+    def terms(self, base: Side, key: Row, resolved: Resolved) -> Terms:
+        """The map's rows in the terms of side ``base`` for the row of ``key`` (its key on
+        ``base``), lookups as ``resolved`` answers them: see :class:`Terms`."""
+        return Terms(self, base, key, resolved)
+
+    # -- rows from a change log --------------------------------------------------------------
+    def decoder(self, s: Side) -> Callable[[Mapping[str, Any]], Row]:
+        """A function turning captured values of side ``s`` (a logged version, as JSON gave
+        them) into a row of side ``s`` in its columns' kinds
+        (:func:`dualwrite.model.conversion.from_log`); only kinds JSON cannot carry exactly
+        are decoded. Built once per side."""
+        fn = self._decoders.get(s)
+        if fn is None:
+            cols = self.columns[s]
+            fix = [(i, f) for i, c in enumerate(cols)
+                   if (f := from_log(self.cols[s][c])) is not None]
+
+            def decode(values: Mapping[str, Any]) -> Row:
+                row = [values.get(c) for c in cols]
+                for i, f in fix:
+                    if row[i] is not None:
+                        row[i] = f(row[i])
+                return tuple(row)
+
+            fn = self._decoders[s] = decode
+        return fn
+
+    def key_decoders(self, s: Side
+                     ) -> tuple[list[tuple[int, Callable[[Any], Any]]], list[Kind] | None]:
+        """How a key of side ``s`` read from a change log becomes the source key (the
+        decoders :meth:`decoder` applies to those columns, by position in the key) and the
+        target key (None: the same values, the kinds agree; else the target kinds to coerce
+        to, as :meth:`target_key` does). Built once per side."""
+        got = self._key_decoders.get(s)
+        if got is None:
+            t = s.other
+            cols = [self.cols[s][self.columns[s][i]] for i in self.key_idx[s]]
+            src = [c.kind for c in cols]
+            dst = [self.kinds[t][c] for c in self.bound.key(t)]
+            keyfix = [(i, fn) for i, c in enumerate(cols) if (fn := from_log(c)) is not None]
+            got = self._key_decoders[s] = (keyfix, None if src == dst else dst)
+        return got
+
+
+class Terms:
+    """A map's rows in the terms of one side (``base``): each field's value as the base side's
+    column holds it. A row of the other side is converted field by field as writing it into
+    the base side would (lookups, value maps, defaults), fields that do not flow that way
+    left out. What settling a resolved conflict compares and merges (see
+    :mod:`dualwrite.engine.settle`)."""
+
+    def __init__(self, d: CompiledMap, base: Side, key: Row, resolved: Resolved) -> None:
+        self.d, self.base, self.key, self.resolved = d, base, key, resolved
+        self.slots = [(i, d.pos[base][col]) for i, f in enumerate(d.bound.fields)
+                      if (col := f.end(base).column) is not None]
+
+    def fields(self, row: Row | None, side: Side) -> dict[int, Any] | None:
+        """``row`` (a row of ``side``, or None) as field -> value in the base side's terms."""
+        if row is None:
+            return None
+        if side is self.base:
+            return {i: row[p] for i, p in self.slots}
+        d = self.d
+        return {i: d.transform(side, i, row, self.key, self.resolved) for i, _p in self.slots
+                if d.bound.fields[i].spec.flows_to(self.base) or i in d.bound.key_fields}
+
+    def row(self, fields: dict[int, Any] | None, current: Row | None) -> Row | None:
+        """A base-side row (its read columns) holding ``fields``: the current row's other
+        columns kept, its key as given."""
+        if fields is None:
+            return None
+        d, base = self.d, self.base
+        out = list(current) if current is not None else [None] * len(d.columns[base])
+        for col, v in zip(d.bound.key(base), self.key, strict=True):
+            out[d.pos[base][col]] = v
+        for i, p in self.slots:
+            if i in fields:
+                out[p] = fields[i]
+        return tuple(out)

@@ -280,7 +280,7 @@ def decide(s: Side, b: BoundMap, d: MapDiffer,
         if now_row is None or cur is None:
             return now_row is None and cur is None
         try:
-            return canonical_key(d.build_live[t](now_row, a.skey, resolved)) == cur
+            return canonical_key(d.live_values(t, now_row, resolved, a.skey)) == cur
         except RowError:
             return False
 

@@ -36,9 +36,12 @@ from dualwrite.errors import (
 from dualwrite.model.maps import Side
 
 if TYPE_CHECKING:
+    from dualwrite.connectors.base import Connector
     from dualwrite.engine.alerts import Alerts
     from dualwrite.engine.capture import Applier
+    from dualwrite.engine.config import CaptureConfig
     from dualwrite.engine.link import Link
+    from dualwrite.engine.monitor import Monitor
 
 #: the applier's log (one logger for the applier, whichever module logs)
 log = logging.getLogger("dualwrite.capture")
@@ -58,7 +61,9 @@ class ApplierLoop:
     stepping, backoff, waiting, housekeeping and the purger thread. What it needs of the
     applier is declared here."""
 
-    link: Link
+    connectors: dict[Side, Connector]
+    capture: CaptureConfig
+    monitor: Callable[[], Monitor]
     logs: dict[Side, ChangeLog]
     state: StateStore
     alerts: Alerts
@@ -167,7 +172,7 @@ class ApplierLoop:
         and the first change after a quiet spell is still seen within that bound."""
         delay = self.poll
         if idle > 1:
-            cap = max(self.poll, self.link.config.model.capture.idle_poll_max)
+            cap = max(self.poll, self.capture.idle_poll_max)
             delay = min(cap, self.poll * 2 ** min(idle - 1, 16))
         pending_retry = [t - time.monotonic() for t in self._retry_at.values()
                          if t > time.monotonic()]
@@ -180,7 +185,7 @@ class ApplierLoop:
         try:
             # with a side whose log does not notify, wake at least every poll interval to
             # look at its log
-            everyone_notifies = len(waiter.signals) == len(self.link.connectors)
+            everyone_notifies = len(waiter.signals) == len(self.connectors)
             if everyone_notifies and not pending_retry:
                 # a notification wakes it at once; the timeout only bounds how late a
                 # change that notifies nobody is seen (an application's two-phase commit)
@@ -249,7 +254,7 @@ class ApplierLoop:
                 self.last_error[s] = None
             except TransientConnectorError as exc:
                 self._backoff[s] = min(max(self._backoff[s] * 2, 0.1),
-                                       self.link.config.model.capture.max_backoff)
+                                       self.capture.max_backoff)
                 self._retry_at[s] = time.monotonic() + self._backoff[s]
                 if self.last_error[s] is None:
                     log.warning("capture %s -> %s: %s; retrying", self.env[s],
@@ -277,7 +282,7 @@ class ApplierLoop:
         except ConnectorError:
             return
         self._start_purger()
-        budget = self.link.config.model.capture.queue
+        budget = self.capture.queue
         maps = self.maps(refresh=True)
         for name, m in maps.items():
             rows = sum(stats[s].get(name, (0, 0, None))[0] for s in Side)
@@ -296,7 +301,7 @@ class ApplierLoop:
         """Every few seconds (not in the first ones), per map: lag and queue into the state
         store's samples (the console's chart, the throughput of `status`); alerts whose cause
         is gone clear. One state-store transaction."""
-        monitor = self.link.monitor
+        monitor = self.monitor()
         now = time.time()
         if not monitor.due(now):
             return

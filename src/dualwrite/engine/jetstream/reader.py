@@ -37,6 +37,7 @@ from dualwrite.model.maps import Side
 
 if TYPE_CHECKING:
     from dualwrite.engine.config import NatsTransport
+    from dualwrite.engine.link import Link
 
 log = logging.getLogger("dualwrite.jetstream")
 
@@ -46,12 +47,14 @@ _SCAN_PAGE = 20_000
 _FULL_SCAN_EVERY = 1.0
 
 
-def publish_changes(applier: Applier, stop: threading.Event,
+def publish_changes(link: Link, applier: Applier, stop: threading.Event,
                     ready: Callable[[], None] | None) -> None:
-    """The reader's work while it holds the link's lease: until ``stop``, publish each new
+    """The reader's work while it holds ``link``'s lease: until ``stop``, publish each new
     transaction of both logs, and keep the link's housekeeping (lease, heartbeat, settling
-    released inbox entries, queue alerts). Raises LeaseLost when the lease is lost."""
-    cfg = applier.link.config.model.transport.nats
+    released inbox entries, queue alerts) through ``applier`` (the link's). Raises LeaseLost
+    when the lease is lost. ``run_applier`` takes it bound to its link
+    (``functools.partial(publish_changes, link)``)."""
+    cfg = link.config.model.transport.nats
     assert cfg is not None
     for s in Side:
         if not applier.logs[s].has_txid:
@@ -59,16 +62,17 @@ def publish_changes(applier: Applier, stop: threading.Event,
                 f"the JetStream transport needs transaction ids in both change logs; "
                 f"{applier.env[s]}'s has none (a SQLite database)", hint="remove `transport:` "
                 "from the config (the in-process applier), or use PostgreSQL or MariaDB")
-    asyncio.run(_Reader(applier, cfg, stop).run(ready))
+    asyncio.run(_Reader(applier, cfg, stop, link.config.link_name,
+                        link.ensure_linked()).run(ready))
 
 
 class _Reader:
-    def __init__(self, applier: Applier, cfg: NatsTransport, stop: threading.Event) -> None:
+    def __init__(self, applier: Applier, cfg: NatsTransport, stop: threading.Event,
+                 link_name: str, link_id: str) -> None:
         self.applier = applier
         self.cfg = cfg
         self.stop = stop
-        self.names = Names(applier.link.config.link_name, cfg.partitions,
-                           applier.link.ensure_linked())
+        self.names = Names(link_name, cfg.partitions, link_id)
         #: per side: txids published by this reader and still in the log, with when
         self.published: dict[Side, dict[str, float]] = {s: {} for s in Side}
         #: a transaction still in its log this long after it was published is published

@@ -102,7 +102,7 @@ class LinkWorker:
         self.cfg = cfg
         self.me = me
         self.names = Names(link.config.link_name, cfg.partitions, link.ensure_linked())
-        self.applier = PartitionApplier(link, process=me)
+        self.applier = PartitionApplier.for_link(link, process=me)
         self.lock = threading.Lock()  # one apply at a time: the applier is not thread-safe
         self.leases: dict[int, ApplierLease] = {}
         self.tasks: dict[int, asyncio.Task[None]] = {}
