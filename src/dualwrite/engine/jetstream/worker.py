@@ -89,6 +89,10 @@ class _Outcome:
     APPLIED, GONE, HELD, RETRY, LOST = "applied", "gone", "held", "retry", "lost"
 
 
+#: how long a partition's pulls time out before its worker looks whether the broker still
+#: has its consumer (seconds)
+_CONSUMER_CHECK = 5.0
+
 #: messages applied together in one target transaction at most (group commit: one message
 #: per partition is in flight, so a batch holds messages of different partitions)
 _BATCH = 64
@@ -288,6 +292,7 @@ class LinkWorker:
         leaving = self.leaving[p]
         mine = self.leases.get(p)
         sub = None
+        quiet_since = time.monotonic()
         try:
             while not leaving.is_set():
                 if sub is None:
@@ -304,11 +309,24 @@ class LinkWorker:
                 try:
                     msgs = await sub.fetch(1, timeout=0.5)
                 except (TimeoutError, nats.errors.TimeoutError):
+                    # A pull from a consumer the broker no longer has times out like an idle
+                    # one: a broker killed and restarted can lose it (JetStream syncs its
+                    # store every 2 minutes by default). Look now and then, make it anew.
+                    if time.monotonic() - quiet_since >= _CONSUMER_CHECK:
+                        quiet_since = time.monotonic()
+                        if not await self.consumer_exists(p):
+                            log.info("partition %d: the broker lost its consumer; making it "
+                                     "anew", p, extra={"event": "consumer_lost"})
+                            await self._drop(sub)
+                            sub = None
                     continue
-                except Exception as exc:  # a broker restart: fetch again
+                except Exception as exc:  # a broker restart: subscribe again
                     log.debug("fetching partition %d: %s", p, exc)
+                    await self._drop(sub)
+                    sub = None
                     await asyncio.sleep(0.2)
                     continue
+                quiet_since = time.monotonic()
                 for msg in msgs:
                     await self.handle(p, msg)
         except LeaseLost as exc:
@@ -324,6 +342,24 @@ class LinkWorker:
             if sub is not None:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
+
+    @staticmethod
+    async def _drop(sub: Any) -> None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+
+    async def consumer_exists(self, p: int) -> bool:
+        """Whether the broker has partition ``p``'s consumer (True when it cannot say: the
+        fetch loop waits an unreachable broker out)."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            await self.js.consumer_info(self.names.stream, self.names.durable(p))
+        except NotFoundError:
+            return False
+        except Exception:  # the broker is away
+            return True
+        return True
 
     async def fresh_consumer(self, p: int) -> None:
         """Make the partition's consumer anew as it is taken: a message the previous owner
