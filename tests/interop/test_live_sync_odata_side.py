@@ -18,40 +18,21 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from capture_fixtures import Items, make_items
+import hub_fixtures
+from capture_fixtures import Items
 from dualwrite.engine.link import Link
 from dualwrite.engine.live import xid_prefix
 from dualwrite.engine.live_odata import IN_DOUBT, LAST_RESOURCE_STEPS
 from dualwrite.engine.security import create_token
 from dualwrite.errors import ConfigError, InDoubt, RowError, TransientConnectorError
 from httpfaults import HttpFaults
+from hub_fixtures import ITEMS_MAP
 from serve_process import Served, serve
 
 from conftest import Backend, BackendFactory
 
-ITEMS_MAP = """
-name: items
-left: items
-right: items
-key: {left: [id], right: [id]}
-fields:
-  - id = id
-  - name = name
-  - qty = qty
-"""
-
-
-@pytest.fixture
-def hub(make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-        ) -> Iterator[tuple[Items, Served]]:
-    """A running `serve` of a SQLite ↔ SQLite items link; ${HUB_TOKEN} holds a writer's
-    token for it."""
-    items = make_items(make_backend, tmp_path / "hub", "sqlite", "sqlite")
-    with Link.open(items.config) as link:
-        link.start_maps()
-        monkeypatch.setenv("HUB_TOKEN", create_token(link.state, "spoke", role="writer"))
-    with serve(items.config) as served:
-        yield items, served
+#: the hub: another dualwrite's `serve` (tests/hub_fixtures.py)
+hub = hub_fixtures.hub
 
 
 @pytest.fixture

@@ -4,51 +4,28 @@ sync both ways through server paging and JSON $batch, verify."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 import yaml
 
-from capture_fixtures import Items, make_items
+import hub_fixtures
+from capture_fixtures import Items
 from dualwrite.engine.link import Link
-from dualwrite.engine.security import create_token
 from httpfaults import HttpFaults
-from serve_process import Served, serve
+from hub_fixtures import ITEMS_MAP
+from serve_process import Served
 
 from conftest import Backend, BackendFactory
 
-HUB_MAP = """
-name: items
-left: items
-right: items
-key: {left: [id], right: [id]}
-fields:
-  - id = id
-  - name = name
-  - qty = qty
-"""
-
-
-@pytest.fixture
-def hub(make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-        ) -> Iterator[tuple[Items, Served]]:
-    """A running `serve` of a SQLite ↔ SQLite items link; ${HUB_TOKEN} holds a writer's
-    token for it."""
-    items = make_items(make_backend, tmp_path / "hub", "sqlite", "sqlite")
-    with Link.open(items.config) as link:
-        link.start_maps()
-        monkeypatch.setenv("HUB_TOKEN", create_token(link.state, "other-dualwrite",
-                                                     role="writer"))
-    with serve(items.config) as served:
-        yield items, served
+#: the hub: another dualwrite's `serve` (tests/hub_fixtures.py)
+hub = hub_fixtures.hub
 
 
 def spoke_config(tmp_path: Path, hub_url: str, crm: Backend, batch_size: int) -> Path:
     root = tmp_path / "spoke"
     (root / "maps").mkdir(parents=True)
-    (root / "maps" / "items.yaml").write_text(HUB_MAP)
+    (root / "maps" / "items.yaml").write_text(ITEMS_MAP)
     cfg = {"environments": {
                "hub": {"url": f"odata+{hub_url}/odata/erp/?token=${{HUB_TOKEN}}"},
                "crm": {"url": crm.url}},
