@@ -17,7 +17,10 @@ Barrier: a transaction touching several partitions is applied in its home partit
 lowest) once every other partition it touches has delivered its marker, i.e. applied
 everything before it; the owners of those partitions hold at the marker until the
 transaction is gone from the source log. The target never shows half a transaction, nor a
-later change to one of its rows before it.
+later change to one of its rows before it. Whether a partition holds at its marker is read
+from the broker (its consumer's last delivery), so a holder checks that the broker still
+counts its marker as delivered: a broker killed and restarted can read a consumer's state
+back older than it was, and the hold would then be invisible to the transaction's home.
 """
 
 from __future__ import annotations
@@ -90,8 +93,19 @@ class _Outcome:
 
 
 #: how long a partition's pulls time out before its worker looks whether the broker still
-#: has its consumer (seconds)
+#: has its consumer, and whether that consumer holds messages it does not deliver (seconds)
 _CONSUMER_CHECK = 5.0
+
+#: how often a partition holding at a marker, or waiting at a barrier, looks whether the
+#: broker still counts the message it holds as delivered to it (seconds)
+_DELIVERY_CHECK = 1.0
+
+
+class _Forgotten(Exception):
+    """The broker no longer counts the message a partition holds as delivered to its
+    consumer: it was killed and started again on a store that had not yet written the
+    consumer's state (nats-server writes it asynchronously). Nobody else can see that the
+    partition holds there, so the partition fetches again on a consumer made anew."""
 
 #: messages applied together in one target transaction at most (group commit: one message
 #: per partition is in flight, so a batch holds messages of different partitions)
@@ -310,13 +324,15 @@ class LinkWorker:
                     msgs = await sub.fetch(1, timeout=0.5)
                 except (TimeoutError, nats.errors.TimeoutError):
                     # A pull from a consumer the broker no longer has times out like an idle
-                    # one: a broker killed and restarted can lose it (JetStream syncs its
-                    # store every 2 minutes by default). Look now and then, make it anew.
+                    # one, and so does one from a consumer whose state a restarted broker
+                    # read back older than it was (a message counted as delivered to
+                    # nobody blocks it until its ack wait ends). Look now and then.
                     if time.monotonic() - quiet_since >= _CONSUMER_CHECK:
                         quiet_since = time.monotonic()
-                        if not await self.consumer_exists(p):
-                            log.info("partition %d: the broker lost its consumer; making it "
-                                     "anew", p, extra={"event": "consumer_lost"})
+                        stalled = await self.consumer_stalled(p)
+                        if stalled:
+                            log.info("partition %d: %s; making its consumer anew", p,
+                                     stalled, extra={"event": "consumer_lost"})
                             await self._drop(sub)
                             sub = None
                     continue
@@ -327,8 +343,15 @@ class LinkWorker:
                     await asyncio.sleep(0.2)
                     continue
                 quiet_since = time.monotonic()
-                for msg in msgs:
-                    await self.handle(p, msg)
+                try:
+                    for msg in msgs:
+                        await self.handle(p, msg)
+                except _Forgotten:
+                    log.info("partition %d: the broker no longer counts the message held "
+                             "as delivered (it was restarted); making its consumer anew", p,
+                             extra={"event": "consumer_lost"})
+                    await self._drop(sub)
+                    sub = None
         except LeaseLost as exc:
             log.warning("%s; partition %d handed on", exc, p, extra={"event": "lease_lost"})
         finally:
@@ -348,18 +371,40 @@ class LinkWorker:
         with contextlib.suppress(Exception):
             await sub.unsubscribe()
 
-    async def consumer_exists(self, p: int) -> bool:
-        """Whether the broker has partition ``p``'s consumer (True when it cannot say: the
-        fetch loop waits an unreachable broker out)."""
+    async def consumer_stalled(self, p: int) -> str | None:
+        """Why partition ``p``'s consumer cannot deliver to its idle owner, or None: the
+        broker lost it, or it holds messages yet the pulls time out (asked while nothing of
+        the partition is in flight, so a message counted as delivered and unacknowledged
+        was delivered to nobody). None when the broker cannot say: the fetch loop waits an
+        unreachable broker out."""
         from nats.js.errors import NotFoundError
 
         try:
-            await self.js.consumer_info(self.names.stream, self.names.durable(p))
+            info = await self.js.consumer_info(self.names.stream, self.names.durable(p))
         except NotFoundError:
-            return False
+            return "the broker lost its consumer"
         except Exception:  # the broker is away
+            return None
+        if info.num_ack_pending or info.num_pending:
+            return (f"its consumer holds {info.num_pending} message(s) and counts "
+                    f"{info.num_ack_pending} as delivered, yet delivers none")
+        return None
+
+    async def forgotten(self, p: int, msg: Any) -> bool:
+        """Whether the broker no longer counts ``msg`` (which partition ``p`` holds) as
+        delivered to ``p``'s consumer and unacknowledged. One message is in flight per
+        partition, so while it is held the consumer's last delivery is that message. False
+        when the broker cannot say."""
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await self.js.consumer_info(self.names.stream, self.names.durable(p))
+        except NotFoundError:
             return True
-        return True
+        except Exception:  # the broker is away: in_progress keeps the message meanwhile
+            return False
+        held = msg.metadata.sequence.stream
+        return not info.num_ack_pending or info.delivered.stream_seq != held
 
     async def fresh_consumer(self, p: int) -> None:
         """Make the partition's consumer anew as it is taken: a message the previous owner
@@ -432,8 +477,9 @@ class LinkWorker:
         return not self.applier.logs[Side(m.side)].txids_present([m.txid])
 
     async def hold_at_marker(self, p: int, m: Message, msg: Any) -> None:
-        """Partition ``p`` holds at a marker until its transaction is applied."""
-        beat = time.monotonic()
+        """Partition ``p`` holds at a marker until its transaction is applied. Raises
+        _Forgotten when the broker no longer counts the marker as delivered to ``p``."""
+        beat = looked = time.monotonic()
         while not await asyncio.to_thread(self._gone, m):
             if self.leaving[p].is_set() or p not in self.leases:
                 return  # handed on: redelivered to the next owner
@@ -441,8 +487,20 @@ class LinkWorker:
                 beat = time.monotonic()
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
+            looked = await self._still_delivered(p, msg, looked)
             await asyncio.sleep(0.01)
         await self.ack(msg)
+
+    async def _still_delivered(self, p: int, msg: Any, looked: float) -> float:
+        """Every ``_DELIVERY_CHECK`` seconds (since ``looked``): raise _Forgotten when the
+        broker no longer counts ``msg`` as delivered to ``p``. Other partitions wait for
+        ``p`` to be at its marker by asking the broker (``_at_marker``): a hold the broker
+        forgot would hold them, and so ``p``, for ever. When to look next."""
+        if time.monotonic() - looked < _DELIVERY_CHECK:
+            return looked
+        if await self.forgotten(p, msg):
+            raise _Forgotten(p)
+        return time.monotonic()
 
     async def _at_marker(self, q: int, seq: int, m: Message) -> bool:
         """Whether partition ``q`` has applied everything before ``m``'s marker there: it
@@ -464,8 +522,9 @@ class LinkWorker:
     async def wait_for_barrier(self, p: int, barrier: dict[int, int], m: Message,
                                msg: Any) -> bool:
         """Until every partition in ``barrier`` has applied everything before its marker
-        (it holds there); False when ``p`` is handed on meanwhile."""
-        beat = time.monotonic()
+        (it holds there); False when ``p`` is handed on meanwhile. Raises _Forgotten when
+        the broker no longer counts ``msg`` as delivered to ``p``."""
+        beat = looked = time.monotonic()
         waiting = dict(barrier)
         while waiting:
             for q, seq in list(waiting.items()):
@@ -483,6 +542,7 @@ class LinkWorker:
                 beat = time.monotonic()
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
+            looked = await self._still_delivered(p, msg, looked)
             await asyncio.sleep(0.005)
         return True
 
