@@ -79,6 +79,8 @@ class ApplierLoop:
     _retry_at: dict[Side, float]
     _waiter: Any
     _waiter_at: float
+    #: per side, when its log was last read (monotonic); see :meth:`_due`
+    _read_at: dict[Side, float]
     _purger: threading.Thread | None
     _purger_stop: threading.Event
 
@@ -135,8 +137,9 @@ class ApplierLoop:
         last_housekeeping = 0.0
         state_down: str | None = None
         idle = 0  # passes in a row that found nothing
+        due: set[Side] | None = None  # the sides to read next (None: every side)
         while not stop.is_set():
-            done = self.step()
+            done = self.step(due)
             now = time.monotonic()
             # housekeeping each second while changes flow; a quiet link's less often, but
             # always often enough to keep the lease (a third of its time to live)
@@ -159,17 +162,19 @@ class ApplierLoop:
                                                                 "side": "state"})
                     state_down = str(exc)
             idle = idle + 1 if done == 0 else 0
+            due = None
             if done == 0:
-                self._wait(stop, idle)
+                due = self._due(self._wait(stop, idle))
         with contextlib.suppress(TransientConnectorError):
             self.flush_activity(force=True)
 
-    def _wait(self, stop: threading.Event, idle: int = 0) -> None:
+    def _wait(self, stop: threading.Event, idle: int = 0) -> set[Side] | None:
         """Wait for changes: until a side's log signals, or the next look at a polled
         log. A link that stays quiet is looked at less and less often (``idle``: passes in a
         row that found nothing; the wait doubles each time, up to capture.idle_poll_max, or
         up to a second when every side notifies): a quiet applier costs next to nothing,
-        and the first change after a quiet spell is still seen within that bound."""
+        and the first change after a quiet spell is still seen within that bound. Returns
+        the sides whose logs signalled, or None where it cannot say (no signals)."""
         delay = self.poll
         if idle > 1:
             cap = max(self.poll, self.capture.idle_poll_max)
@@ -181,7 +186,7 @@ class ApplierLoop:
         waiter = self._notify_waiter()
         if waiter is None:
             stop.wait(delay)
-            return
+            return None
         try:
             # with a side whose log does not notify, wake at least every poll interval to
             # look at its log
@@ -189,9 +194,9 @@ class ApplierLoop:
             if everyone_notifies and not pending_retry:
                 # a notification wakes it at once; the timeout only bounds how late a
                 # change that notifies nobody is seen (an application's two-phase commit)
-                waiter(min(_NOTIFIED_IDLE_MAX, max(delay, 0.05) * 2 ** min(max(idle - 1, 0), 8)))
-            else:
-                waiter(delay)
+                return waiter(min(_NOTIFIED_IDLE_MAX,
+                                  max(delay, 0.05) * 2 ** min(max(idle - 1, 0), 8)))
+            return waiter(delay)
         except Exception as exc:  # any failure of a signal (a lost LISTEN session)
             # A lost signal (server restart, terminated backend) must not stop the applier:
             # poll, and listen again a little later.
@@ -200,6 +205,22 @@ class ApplierLoop:
             self._waiter = None
             self._waiter_at = time.monotonic() + 1.0
             stop.wait(delay)
+            return None
+
+    def _due(self, signalled: set[Side] | None) -> set[Side] | None:
+        """The sides to read after a wait that found ``signalled``: those, every side whose
+        log is polled (its turn came), and every side not read for a second, even one that
+        notifies (a change that notifies nobody, as an application's two-phase commit's,
+        is still seen within that bound). A quiet link waiting on MariaDB's polled log thus
+        does not read PostgreSQL's, which would have notified, on every poll. None: every
+        side."""
+        if signalled is None or not self._waiter:
+            return None
+        notifying = set(self._waiter.sides)
+        now = time.monotonic()
+        return {s for s in Side if s in signalled or s not in notifying
+                or self.last_error[s] is not None  # its retry is due (see _wait)
+                or now - self._read_at.get(s, 0.0) >= _NOTIFIED_IDLE_MAX}
 
     def _notify_waiter(self) -> _Signals | None:
         """The signals of the logs that notify (see :meth:`ChangeLog.listen`), so that their
@@ -207,14 +228,14 @@ class ApplierLoop:
         second)."""
         if self._waiter is None and time.monotonic() >= self._waiter_at:
             self._waiter = False
-            signals: list[ChangeSignal] = []
+            signals: dict[Side, ChangeSignal] = {}
             try:
                 for s in Side:
                     signal = self.logs[s].listen()
                     if signal is not None:
-                        signals.append(signal)
+                        signals[s] = signal
             except Exception:  # unreachable now: poll, retry later
-                for signal in signals:
+                for signal in signals.values():
                     signal.close()
                 self._waiter = None
                 self._waiter_at = time.monotonic() + 1.0
@@ -233,12 +254,14 @@ class ApplierLoop:
             self._purger = None
         self.flush_activity(force=True)
 
-    def step(self) -> int:
-        """One pass over both directions; returns how many changes were handled."""
+    def step(self, sides: set[Side] | None = None) -> int:
+        """One pass over both directions (or only those from ``sides``); returns how many
+        changes were handled."""
         handled = 0
         for s in Side:
-            if time.monotonic() < self._retry_at[s]:
+            if time.monotonic() < self._retry_at[s] or (sides is not None and s not in sides):
                 continue
+            self._read_at[s] = time.monotonic()
             try:
                 try:
                     handled += self.apply_from(s)
@@ -343,18 +366,23 @@ class ApplierLoop:
 
 
 class _Signals:
-    """Waits on the signals of several change logs at once; ``wait(timeout)`` returns at
-    the first one or after ``timeout`` seconds."""
+    """Waits on the signals of several sides' change logs at once; a call returns at the
+    first one, with the sides that signalled, or after ``timeout`` seconds (none)."""
 
-    def __init__(self, signals: Sequence[ChangeSignal]) -> None:
-        self.signals = list(signals)
+    def __init__(self, signals: dict[Side, ChangeSignal]) -> None:
+        self.sides = dict(signals)
+        self.signals = list(signals.values())
         self.sel = selectors.DefaultSelector()
-        for signal in self.signals:
-            self.sel.register(signal.fileno(), selectors.EVENT_READ, signal)
+        for side, signal in self.sides.items():
+            self.sel.register(signal.fileno(), selectors.EVENT_READ, (side, signal))
 
-    def __call__(self, timeout: float) -> None:
+    def __call__(self, timeout: float) -> set[Side]:
+        fired = set()
         for key, _ev in self.sel.select(timeout):
-            key.data.drain()
+            side, signal = key.data
+            signal.drain()
+            fired.add(side)
+        return fired
 
     def close(self) -> None:
         self.sel.close()

@@ -1,0 +1,80 @@
+"""How a running applier waits on a quiet link: each side's log is read only as often as it
+needs to be (docs/capture.md, "Waiting for changes")."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from capture_fixtures import make_items
+from dualwrite.model.maps import Side
+
+from conftest import BackendFactory
+
+
+def _until(cond: Callable[[], bool], what: Callable[[], str], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what()
+        time.sleep(0.01)  # polling a condition, with a deadline
+
+
+def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_each_poll(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """PostgreSQL (left) notifies when changes commit; MariaDB (right) is polled, every
+    ``capture.idle_poll_max`` on a quiet link (0.1 s here). Each poll reads MariaDB's log
+    only: PostgreSQL's is read when it notifies, and once a second besides (an application's
+    two-phase commit notifies nobody). Both kinds of change still arrive."""
+
+    def polled_often(cfg: dict[str, Any]) -> None:
+        cfg["capture"] = {"idle_poll_max": 0.1}
+
+    it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=polled_often)
+    with it.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        reads = {s: 0 for s in Side}
+        apply_from = applier.apply_from
+
+        def counted(s: Side, only: Sequence[str] | None = None) -> int:
+            reads[s] += 1
+            return apply_from(s, only)
+
+        applier.apply_from = counted  # type: ignore[method-assign]
+        stop = threading.Event()
+        runner = threading.Thread(target=applier.run, args=(stop,), daemon=True)
+        runner.start()
+        try:
+            _until(lambda: reads[Side.RIGHT] >= 5, lambda: f"never polled: {reads}")
+            start, before = time.monotonic(), dict(reads)
+            _until(lambda: reads[Side.RIGHT] - before[Side.RIGHT] >= 15,
+                   lambda: f"MariaDB's log was not polled: {reads}")
+            elapsed = time.monotonic() - start
+            polled = reads[Side.RIGHT] - before[Side.RIGHT]
+            notifying = reads[Side.LEFT] - before[Side.LEFT]
+            assert notifying <= elapsed + 2, \
+                f"PostgreSQL's log read {notifying} times in {elapsed:.1f} s ({polled} polls)"
+
+            it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'notified', 1)")
+            _until(lambda: 1 in it.rows("right"), lambda: "a notified change never arrived")
+            it.right.app_sql("INSERT INTO items (id, name, qty) VALUES (2, 'polled', 2)")
+            _until(lambda: 2 in it.rows("left"), lambda: "a polled change never arrived")
+            dsn = it.left.url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(dsn, autocommit=True) as app:
+                app.execute("BEGIN")
+                app.execute("INSERT INTO items (id, name, qty) VALUES (3, 'two-phase', 3)")
+                app.execute("PREPARE TRANSACTION 'dwtest-wait-1'")
+                app.execute("COMMIT PREPARED 'dwtest-wait-1'")
+            _until(lambda: 3 in it.rows("right"),
+                   lambda: "a change that notified nobody never arrived")
+        finally:
+            stop.set()
+            runner.join(30)
+            applier.close()
+    assert it.rows("left") == it.rows("right") == {
+        1: ("notified", 1), 2: ("polled", 2), 3: ("two-phase", 3)}
