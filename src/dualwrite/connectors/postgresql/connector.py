@@ -598,69 +598,87 @@ class PostgresConnector(SqlConnector):
     def begin_branch(self, xid: str) -> Branch:
         return PgBranch(self, xid)
 
-    def _json_rows(self, table: sa.Table, columns: list[str], sources: list[JsonSource],
-                   alias: str) -> tuple[Any, list[Any], list[Any]] | None:
-        """``ROWS FROM (json_to_recordset(%(<alias>)s::json) AS (<source> <type>, ...)) WITH
-        ORDINALITY AS <alias>(<source>, ..., dw_ord)``, then a join per computed column: one
-        JSON array of objects in, one typed row per object out, numbered from 1; per column,
-        the expression of its value; and the conditions under which every computed value was
-        found (see :class:`JsonValue`). A copied member is converted with the target column's
-        own input function, as an INSERT of that text would. One call for the whole array:
-        per row, ``json_to_record`` costs several times as much. None when one source
-        member would be read as two types."""
+    def _json_rows(self, table: sa.Table,
+                   versions: Sequence[tuple[str, list[str], list[JsonSource]]]
+                   ) -> tuple[Any, list[list[Any]], list[Any]] | None:
+        """``ROWS FROM (json_to_recordset(%(<name>)s::json) AS (<source> <type>, ...), ...)
+        AS r(...)``, then a join per lookup on the target: per version (``name``, the
+        columns written, their sources), one JSON array of objects in; the arrays zipped by
+        position, one typed row out per position, the members of version ``name`` named
+        ``"<name>.<source>"``. Returns the rows, per version the expression of each column's
+        value, and the conditions under which every computed value was found (see
+        :class:`JsonValue`). A copied member is converted with the target column's own input
+        function, as an INSERT of that text would. One call per array for all of its
+        objects (per row, ``json_to_record`` costs several times as much), and no join
+        between the versions (json_to_recordset's row estimate is a constant, so a join by
+        position is planned blind: a nested loop over both arrays, once). None when one
+        source member would be read as two types."""
         from psycopg import sql
 
-        defs: dict[str, str] = {}
-        a = sql.Identifier(alias)
-        values: list[Any] = []
+        r = sql.Identifier("r")
+        funcs: list[Any] = []
+        names: list[Any] = []
+        values: list[list[Any]] = []
         joins: list[Any] = []
         guards: list[Any] = []
-
-        def member(src: str, typ: str) -> Any:
-            if defs.setdefault(src, typ) != typ:
-                raise _TextOnly
-            return sql.SQL("{}.{}").format(a, sql.Identifier(src))
-
         try:
-            for j, (c, src) in enumerate(zip(columns, sources, strict=True)):
-                typ = self._type_text(table.c[c])
-                if isinstance(src, str):
-                    values.append(member(src, typ))
-                    continue
-                if src.how == "constant":
-                    values.append(sql.SQL("CAST({} AS {})").format(sql.Literal(src.value),
-                                                                   sql.SQL(typ)))
-                    continue
-                if src.how == "mapped":
-                    got = member(src.source, "text")
-                    m = sql.Identifier(f"{alias}_m{j}")
-                    joins.append(sql.SQL(
-                        " LEFT JOIN (SELECT e->>0 AS k, CAST(e->>1 AS {typ}) AS v FROM "
-                        "json_array_elements({p}::json) e) {m} ON {m}.k = {got}").format(
-                        typ=sql.SQL(typ), p=sql.Placeholder(f"m{src.mapping}"), m=m, got=got))
-                    guards.append(sql.SQL("({got} IS NULL OR {m}.k IS NOT NULL)").format(
-                        got=got, m=m))
-                else:
-                    lt = self.table(src.table)
-                    got = member(src.source, self._type_text(lt.c[src.match]))
-                    lk = sql.Identifier(f"{alias}_l{j}")
-                    joins.append(sql.SQL(
-                        " LEFT JOIN LATERAL (SELECT x.{ret} AS v FROM {lt} x WHERE x.{match} "
-                        "= {got} ORDER BY x.{ret} LIMIT 1) {lk} ON true").format(
-                        ret=sql.Identifier(src.returning), lt=_ident(lt),
-                        match=sql.Identifier(src.match), got=got, lk=lk))
-                    guards.append(sql.SQL("({got} IS NULL OR {lk}.v IS NOT NULL)").format(
-                        got=got, lk=lk))
-                values.append(sql.SQL("{}.v").format(m if src.how == "mapped" else lk))
+            for name, columns, sources in versions:
+                defs: dict[str, str] = {}
+
+                def member(src: str, typ: str, defs: dict[str, str] = defs,
+                           name: str = name) -> Any:
+                    if defs.setdefault(src, typ) != typ:
+                        raise _TextOnly
+                    return sql.SQL("{}.{}").format(r, sql.Identifier(f"{name}.{src}"))
+
+                out: list[Any] = []
+                for j, (c, src) in enumerate(zip(columns, sources, strict=True)):
+                    typ = self._type_text(table.c[c])
+                    if isinstance(src, str):
+                        out.append(member(src, typ))
+                    elif src.how == "constant":
+                        out.append(sql.SQL("CAST({} AS {})").format(sql.Literal(src.value),
+                                                                    sql.SQL(typ)))
+                    elif src.how == "mapped":
+                        # one jsonb object (text -> value), parsed once per statement (an
+                        # uncorrelated subquery is an InitPlan) and probed by key per row;
+                        # joined as a derived table of pairs it was parsed again per row
+                        got = member(src.source, "text")
+                        m = sql.SQL("(SELECT {p}::jsonb)").format(
+                            p=sql.Placeholder(f"m{src.mapping}"))
+                        out.append(sql.SQL("CAST(({m} ->> {got}) AS {typ})").format(
+                            m=m, got=got, typ=sql.SQL(typ)))
+                        guards.append(sql.SQL("({got} IS NULL OR {m} ? {got})").format(
+                            got=got, m=m))
+                    else:  # a lookup on the target
+                        lt = self.table(src.table)
+                        got = member(src.source, self._type_text(lt.c[src.match]))
+                        lk = sql.Identifier(f"{name}_l{j}")
+                        joins.append(sql.SQL(
+                            " LEFT JOIN LATERAL (SELECT x.{ret} AS v FROM {lt} x WHERE "
+                            "x.{match} = {got} ORDER BY x.{ret} LIMIT 1) {lk} ON true").format(
+                            ret=sql.Identifier(src.returning), lt=_ident(lt),
+                            match=sql.Identifier(src.match), got=got, lk=lk))
+                        guards.append(sql.SQL("({got} IS NULL OR {lk}.v IS NOT NULL)").format(
+                            got=got, lk=lk))
+                        out.append(sql.SQL("{}.v").format(lk))
+                values.append(out)
+                if not defs:  # a version that reads no member (only constants)
+                    defs["dw_none"] = "text"
+                funcs.append(sql.SQL("json_to_recordset({p}::json) AS ({defs})").format(
+                    p=sql.Placeholder(name),
+                    defs=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n),
+                                                                    sql.SQL(t))
+                                            for n, t in defs.items())))
+                names += [sql.Identifier(f"{name}.{n}") for n in defs]
         except _TextOnly:
             return None
-        rows = sql.SQL("ROWS FROM (json_to_recordset({p}::json) AS ({defs})) WITH ORDINALITY "
-                       "AS {a}({names}, dw_ord){joins}").format(
-            p=sql.Placeholder(alias), a=a,
-            defs=sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(t))
-                                    for n, t in defs.items()),
-            names=sql.SQL(", ").join(sql.Identifier(n) for n in defs),
+        rows = sql.SQL("ROWS FROM ({funcs}) AS {r}({names}){joins}").format(
+            funcs=sql.SQL(", ").join(funcs), r=r, names=sql.SQL(", ").join(names),
             joins=sql.SQL("").join(joins))
+        if joins:
+            # parenthesised, to be joined with others (a lone ROWS FROM cannot be)
+            rows = sql.SQL("({})").format(rows)
         return rows, values, guards
 
     def _type_text(self, column: sa.Column[Any]) -> str:
@@ -704,28 +722,23 @@ class PostgresConnector(SqlConnector):
         from psycopg import sql
 
         t = _ident(table)
-        got_new = self._json_rows(table, key + columns, [*key_sources, *sources], "n")
-        got_old = self._json_rows(table, columns, sources, "o")
-        if got_new is None or got_old is None:
+        got = self._json_rows(table, [("n", key + columns, [*key_sources, *sources]),
+                                      ("o", columns, sources)])
+        if got is None:
             return None
-        (new_rows, new_vals, new_guards), (old_rows, old_vals, old_guards) = got_new, got_old
+        rows, (new_vals, old_vals), guards = got
         key_vals, new_vals = new_vals[:len(key)], new_vals[len(key):]
         match = [sql.SQL("{t}.{c} = {v}").format(t=t, c=sql.Identifier(k), v=key_vals[i])
                  for i, k in enumerate(key)]
-        # joins within each side's rows are parenthesised (a lone ROWS FROM cannot be)
-        if new_guards:
-            new_rows = sql.SQL("({})").format(new_rows)
-        if old_guards:
-            old_rows = sql.SQL("({})").format(old_rows)
         stmt = sql.SQL(
-            "UPDATE {t} SET {sets} FROM {new_rows} JOIN {old_rows} ON n.dw_ord = o.dw_ord "
+            "UPDATE {t} SET {sets} FROM {rows} "
             "WHERE {match} AND ROW({cur}) IS NOT DISTINCT FROM ROW({exp}) RETURNING {ret}"
         ).format(
             t=t,
             sets=sql.SQL(", ").join(sql.SQL("{} = {}").format(sql.Identifier(c), v)
                                     for c, v in zip(columns, new_vals, strict=True)),
-            new_rows=new_rows, old_rows=old_rows,
-            match=sql.SQL(" AND ").join(match + new_guards + old_guards),
+            rows=rows,
+            match=sql.SQL(" AND ").join(match + guards),
             cur=sql.SQL(", ").join(sql.SQL("{t}.{c}").format(t=t, c=sql.Identifier(c))
                                    for c in columns),
             exp=sql.SQL(", ").join(old_vals),
@@ -752,10 +765,10 @@ class PostgresConnector(SqlConnector):
                          key: list[str]) -> Any:
         from psycopg import sql
 
-        got = self._json_rows(table, columns, sources, "n")
+        got = self._json_rows(table, [("n", columns, sources)])
         if got is None:
             return None
-        new_rows, vals, guards = got
+        new_rows, (vals,), guards = got
         stmt = sql.SQL("INSERT INTO {t} ({cols}) SELECT {vals} FROM {new_rows}{where} "
                        "RETURNING {ret}").format(
             t=_ident(table),
@@ -800,9 +813,9 @@ class PostgresConnector(SqlConnector):
 
 
 def _mapping_params(mappings: Sequence[Sequence[tuple[str, Any]]]) -> dict[str, str]:
-    """Each mapping of a :class:`JsonValue` as the JSON text of an array of [text, value]
-    pairs, named as the statement's placeholders name them."""
-    return {f"m{i}": json.dumps([[k, v] for k, v in pairs]) for i, pairs in enumerate(mappings)}
+    """Each mapping of a :class:`JsonValue` as the JSON text of one object, text -> value
+    (a mapping's texts are distinct), named as the statement's placeholders name them."""
+    return {f"m{i}": json.dumps(dict(pairs)) for i, pairs in enumerate(mappings)}
 
 
 def _json_array(objects: Sequence[str]) -> str:
