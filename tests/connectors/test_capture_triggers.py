@@ -5,6 +5,7 @@ application's writes."""
 from __future__ import annotations
 
 import time
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -304,7 +305,8 @@ def test_postgresql_application_two_phase_commit_on_a_captured_table(
     spec = CaptureSpec("items", "items", ("id",), ("id", "name"))
     log.install(spec)
     dsn = db.url.replace("postgresql+psycopg://", "postgresql://")
-    gids = ["dwtest-app-1", "dwtest-app-2", "dwtest-app-3"]
+    run = uuid.uuid4().hex[:12]  # prepared transactions' ids are server-wide
+    gids = [f"dwtest-app-{run}-{i}" for i in (1, 2, 3)]
     with psycopg.connect(dsn, autocommit=True) as listener, psycopg.connect(dsn) as app:
         listener.execute("LISTEN dualwrite_changes")
         try:
@@ -367,7 +369,8 @@ def test_mariadb_application_xa_transaction_on_a_captured_table(
         raw.autocommit(True)
         with raw.cursor() as cur:
             cur.execute("INSERT INTO items VALUES (1, 'a')")
-            for xid, commit, before in (("dwtest-xa-1", True, 1), ("dwtest-xa-2", False, 3)):
+            run = uuid.uuid4().hex[:12]  # XA ids are server-wide
+            for xid, commit, before in ((f"xa1-{run}", True, 1), (f"xa2-{run}", False, 3)):
                 cur.execute(f"XA START '{xid}'")
                 try:
                     cur.execute(f"UPDATE items SET name = '{xid}' WHERE id = 1")
@@ -380,5 +383,5 @@ def test_mariadb_application_xa_transaction_on_a_captured_table(
                     cur.execute(f"XA {'COMMIT' if commit else 'ROLLBACK'} '{xid}'")
     changes = log.read(["items"], 100)
     assert [(c.op, c.key, (c.new or {}).get("name")) for c in changes] == [
-        ("I", (1,), "a"), ("U", (1,), "dwtest-xa-1"), ("I", (3,), "x")]
+        ("I", (1,), "a"), ("U", (1,), f"xa1-{run}"), ("I", (3,), "x")]
     assert changes[1].txid == changes[2].txid != changes[0].txid

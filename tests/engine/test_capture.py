@@ -243,6 +243,29 @@ def test_paused_map_queues_and_replays_in_order(kinds: tuple[str, str],
         assert link.state.map_states()["items"]["state"] == "running"
 
 
+def test_a_pause_made_in_the_same_process_holds_the_next_change(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """`serve` pauses a map from its console through one state store while its applier runs
+    on another (a Link of its own): the applier sees the pause at its next look, not up to
+    0.2 s later when it reads the states again (the console's pause, then at once an
+    application's write, was applied: seen in a busy full run). The pause is counted for
+    every store of the database in the process, once committed."""
+    it = make_items(make_backend, tmp_path, "postgresql", "postgresql")
+    with it.link() as console, it.link() as own:
+        console.start_maps()
+        applier = own.applier()
+        assert set(applier.maps()) == {"items"}  # the states just read: 'running'
+        assert console.pause_maps(["items"]) == ["items"]
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'queued', 1)")
+        assert applier.apply_from(Side.LEFT) == 0
+        assert it.rows("right") == {}
+        assert applier.maps()["items"].state == "paused"
+        assert console.resume_maps(["items"]) == ["items"]
+        drain(applier)
+        assert it.rows("right") == {1: ("queued", 1)}
+        applier.close()
+
+
 @pytest.mark.parametrize("bulk", [True, False], ids=["bulk-path", "row-path"])
 def test_writes_during_the_initial_sync_are_applied_after_it(kinds: tuple[str, str],
                                                             make_backend: BackendFactory,

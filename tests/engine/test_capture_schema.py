@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -147,12 +148,12 @@ def test_application_two_phase_commit_is_captured_and_applied(
     them, once."""
     left, right, config = _items_and_others(make_backend, tmp_path, kinds)
     src, dst = (left, right) if kinds[1] == "postgresql" else (right, left)
-    gid = "dwtest-e2e-1"
+    gid = f"dwtest-e2e-{uuid.uuid4().hex[:12]}"  # server-wide: unique per run
     with Link.open(config) as link:
         link.start_maps()
         stop = threading.Event()
         applier = link.applier()
-        passes = _count_passes(applier)
+        passes = _count_passes(applier, Side.LEFT if src is left else Side.RIGHT)
         runner = threading.Thread(target=applier.run, args=(stop,), daemon=True)
         runner.start()
         try:
@@ -195,14 +196,16 @@ def test_application_two_phase_commit_is_captured_and_applied(
         assert link.state.errors() == []
 
 
-def _count_passes(applier: Any) -> list[int]:
-    """A list that grows by one each time ``applier`` looks at the logs (a pass)."""
+def _count_passes(applier: Any, side: Side) -> list[int]:
+    """A list that grows by one each time ``applier`` looks at ``side``'s log (a pass; a
+    wake-up may read only the other side's)."""
     passes: list[int] = []
     step = applier.step
 
-    def counted() -> int:
-        n = int(step())
-        passes.append(n)
+    def counted(sides: set[Side] | None = None) -> int:
+        n = int(step(sides))
+        if sides is None or side in sides:
+            passes.append(n)
         return n
 
     applier.step = counted

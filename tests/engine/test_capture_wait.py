@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -68,8 +69,9 @@ def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_ea
             with psycopg.connect(dsn, autocommit=True) as app:
                 app.execute("BEGIN")
                 app.execute("INSERT INTO items (id, name, qty) VALUES (3, 'two-phase', 3)")
-                app.execute("PREPARE TRANSACTION 'dwtest-wait-1'")
-                app.execute("COMMIT PREPARED 'dwtest-wait-1'")
+                gid = f"dwtest-wait-{uuid.uuid4().hex[:12]}"  # server-wide: unique
+                app.execute(f"PREPARE TRANSACTION '{gid}'")
+                app.execute(f"COMMIT PREPARED '{gid}'")
             _until(lambda: 3 in it.rows("right"),
                    lambda: "a change that notified nobody never arrived")
         finally:

@@ -514,8 +514,9 @@ def _start_applier(link: Link, stop: threading.Event, me: str,
             return applier
         except TransientConnectorError as exc:
             note = f"waiting for a database: {exc.message}"
-            log.warning("%s; retrying in %.1f s", note, delay)
+            # the note first: `status` then says what the log says
             link.state.heartbeat(me, role="applier", note=note)
+            log.warning("%s; retrying in %.1f s", note, delay)
             link.forget_validation()
             stop.wait(delay)
             delay = min(delay * 2, link.config.model.capture.max_backoff)

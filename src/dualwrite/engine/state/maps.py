@@ -3,6 +3,7 @@ version, its applied activity."""
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -19,13 +20,21 @@ from dualwrite.engine.state.schema import (
     map_versions,
 )
 
+#: per state store (its URL), bumped by every map state this process sets, once committed
+_VERSIONS: dict[str, int] = {}
+_VERSIONS_LOCK = threading.Lock()
+
 
 class MapsState(StoreBase):
     """The links and maps a state store knows (a part of :class:`StateStore`)."""
 
-    #: bumped by every map state this process sets: an applier sharing this store sees a
-    #: pause or stop made through it before its next step (another process's within 0.2 s)
-    map_states_version = 0
+    @property
+    def map_states_version(self) -> int:
+        """Bumped by every map state set in this process through any store of the same
+        database (``serve``'s console and its applier each open one), after it commits: an
+        applier sees a pause or stop made in its own process before its next step (another
+        process's within 0.2 s, when it next reads the states)."""
+        return _VERSIONS.get(self.url, 0)
 
     # -- links -----------------------------------------------------------------------
     def get_link(self, name: str) -> dict[str, Any] | None:
@@ -49,7 +58,6 @@ class MapsState(StoreBase):
         """Set a map's state; ``initial_synced`` records that its initial sync just ended,
         ``forget_synced`` that it must run again (capture was removed)."""
         self._cache.pop("map_states", None)
-        self.map_states_version += 1  # an applier in this process looks again at once
         now = now_iso()
         with self.engine.begin() as conn:
             row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)).first()
@@ -61,6 +69,11 @@ class MapsState(StoreBase):
             conn.execute(sa.insert(map_status).values(map=map_name, state=MapState(state).value,
                                                       initial_synced_at=synced, updated_at=now,
                                                       version=version))
+        # once committed: an applier that looked at the bump before would read the old state
+        # and take it for the new one
+        self._cache.pop("map_states", None)
+        with _VERSIONS_LOCK:
+            _VERSIONS[self.url] = _VERSIONS.get(self.url, 0) + 1
 
     def record_map_version(self, map_name: str, version: str, definition: str,
                            file: str | None) -> None:
