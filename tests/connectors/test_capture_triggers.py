@@ -354,6 +354,29 @@ def _notifications(listener: psycopg.Connection[Any], *, wanted: int) -> int:
     return got
 
 
+def test_an_autocommit_statement_with_parameters_notifies(make_backend: BackendFactory
+                                                           ) -> None:
+    """Drivers send a statement with parameters by the extended protocol; in autocommit it
+    commits at the protocol's Sync, where no query is current. The wake-up took that for
+    a PREPARE and did not notify: the applier saw such changes (psycopg's, JDBC's prepared
+    statements') only at its next timeout, up to a second later. Each such commit notifies
+    once, as a simple-protocol one does."""
+    db = make_backend("postgresql", "dualwrite_test_a")
+    fresh(db, ["items"], ["CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT)"])
+    log = _log(db)
+    log.install(CaptureSpec("items", "items", ("id",), ("id", "name")))
+    dsn = db.url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as listener, \
+            psycopg.connect(dsn, autocommit=True) as app:
+        listener.execute("LISTEN dualwrite_changes")
+        app.execute("INSERT INTO items VALUES (%s, %s)", (1, "with parameters"))
+        assert _notifications(listener, wanted=1) == 1
+        app.execute("UPDATE items SET name = %s WHERE id = %s", ("again", 1))
+        app.execute("INSERT INTO items VALUES (2, 'simple')")
+        assert _notifications(listener, wanted=2) == 2
+    assert [c.op for c in log.read(["items"], 100)] == ["I", "U", "I"]
+
+
 def test_mariadb_application_xa_transaction_on_a_captured_table(
         make_backend: BackendFactory) -> None:
     """XA START / END / PREPARE / COMMIT on a captured table: the log (versioned by

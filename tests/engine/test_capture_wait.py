@@ -80,3 +80,44 @@ def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_ea
             applier.close()
     assert it.rows("left") == it.rows("right") == {
         1: ("notified", 1), 2: ("polled", 2), 3: ("two-phase", 3)}
+
+
+def test_a_busy_applier_reads_only_the_side_that_changed(make_backend: BackendFactory,
+                                                          tmp_path: Path) -> None:
+    """Single-row changes from one side of a PostgreSQL <-> PostgreSQL link, one after the
+    other: each costs one read of that side's log (its notification), not one of each log
+    and a second pass over both; the quiet side's log is read about once a second."""
+    it = make_items(make_backend, tmp_path, "postgresql", "postgresql")
+    with it.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        reads = {s: 0 for s in Side}
+        apply_from = applier.apply_from
+
+        def counted(s: Side, only: Sequence[str] | None = None) -> int:
+            reads[s] += 1
+            return apply_from(s, only)
+
+        applier.apply_from = counted  # type: ignore[method-assign]
+        stop = threading.Event()
+        runner = threading.Thread(target=applier.run, args=(stop,), daemon=True)
+        runner.start()
+        try:
+            _until(lambda: reads[Side.RIGHT] >= 1, lambda: f"never read: {reads}")
+            start, before = time.monotonic(), dict(reads)
+            n = 30
+            for k in range(1, n + 1):
+                it.left.app_sql(f"INSERT INTO items (id, name, qty) VALUES ({k}, 'one', {k})")
+                _until(lambda k=k: k in it.rows("right"), lambda k=k: f"{k} never arrived")
+            elapsed = time.monotonic() - start
+            quiet = reads[Side.RIGHT] - before[Side.RIGHT]
+            busy = reads[Side.LEFT] - before[Side.LEFT]
+            assert quiet <= elapsed + 3, \
+                f"the quiet side's log read {quiet} times for {n} changes in {elapsed:.1f} s"
+            assert busy <= 1.5 * n + elapsed + 3, \
+                f"the busy side's log read {busy} times for {n} changes in {elapsed:.1f} s"
+        finally:
+            stop.set()
+            runner.join(30)
+            applier.close()
+    assert it.rows("right") == {k: ("one", k) for k in range(1, 31)}

@@ -278,6 +278,7 @@ class Applier(ApplierLoop):
         self._backoff: dict[Side, float] = {s: 0.0 for s in Side}
         self._retry_at: dict[Side, float] = {s: 0.0 for s in Side}
         self._read_at: dict[Side, float] = {s: 0.0 for s in Side}
+        self._read_last: dict[Side, int] = {s: 0 for s in Side}
         self.last_error: dict[Side, str | None] = {s: None for s in Side}
         self._activity: dict[str, tuple[str, int]] = {}
         self._flushed = 0.0

@@ -84,8 +84,11 @@ class PostgresDialect(Dialect):
             # At PREPARE TRANSACTION a notification would make the PREPARE fail: the poll
             # finds the changes once committed. A depth above 1 means the constraints were
             # set immediate and this fires inside the capturing statement, long before the
-            # transaction ends (and it may yet be prepared).
-            "IF pg_trigger_depth() = 1 AND current_query() !~* "
+            # transaction ends (and it may yet be prepared). No current query is the
+            # implicit commit of an autocommit statement sent with parameters (the extended
+            # protocol's Sync), which cannot be a PREPARE: it notifies (it did not, and the
+            # applier saw such a change only at its next timeout, up to a second later).
+            "IF pg_trigger_depth() = 1 AND COALESCE(current_query(), '') !~* "
             "E'prepare\\\\s+transaction|set\\\\s+constraints' THEN "
             f"PERFORM pg_notify('{NOTIFY_CHANNEL}', ''); END IF; "
             "RETURN NULL; END $dw$")

@@ -81,6 +81,9 @@ class ApplierLoop:
     _waiter_at: float
     #: per side, when its log was last read (monotonic); see :meth:`_due`
     _read_at: dict[Side, float]
+    #: per side, the changes the last step read from its log (see :meth:`_due_after_work`)
+    _read_last: dict[Side, int]
+    batch: int
     _purger: threading.Thread | None
     _purger_stop: threading.Event
 
@@ -162,9 +165,7 @@ class ApplierLoop:
                                                                 "side": "state"})
                     state_down = str(exc)
             idle = idle + 1 if done == 0 else 0
-            due = None
-            if done == 0:
-                due = self._due(self._wait(stop, idle))
+            due = self._due(self._wait(stop, idle)) if done == 0 else self._due_after_work()
         with contextlib.suppress(TransientConnectorError):
             self.flush_activity(force=True)
 
@@ -222,6 +223,24 @@ class ApplierLoop:
                 or self.last_error[s] is not None  # its retry is due (see _wait)
                 or now - self._read_at.get(s, 0.0) >= _NOTIFIED_IDLE_MAX}
 
+    def _due_after_work(self) -> set[Side] | None:
+        """The sides to read after a step that applied changes: a side whose read may have
+        left more (a full batch), and those :meth:`_due` names for the signals that came in
+        meanwhile (looked at without waiting). A single-row change from a notifying side
+        thus costs one read of its log, not three (its own again, and the other side's). None:
+        every side (no signals)."""
+        waiter = self._notify_waiter()
+        if waiter is None:
+            return None
+        try:
+            signalled = waiter(0)
+        except Exception:  # a lost signal: the next wait notices it and polls meanwhile
+            return None
+        due = self._due(signalled)
+        if due is None:
+            return None
+        return due | {s for s in Side if self._read_last.get(s, 0) >= self.batch}
+
     def _notify_waiter(self) -> _Signals | None:
         """The signals of the logs that notify (see :meth:`ChangeLog.listen`), so that their
         changes wake the applier at once (set up again after a failure, at most once a
@@ -259,16 +278,19 @@ class ApplierLoop:
         changes were handled."""
         handled = 0
         for s in Side:
+            self._read_last[s] = 0
             if time.monotonic() < self._retry_at[s] or (sides is not None and s not in sides):
                 continue
             self._read_at[s] = time.monotonic()
             try:
                 try:
-                    handled += self.apply_from(s)
+                    self._read_last[s] = n = self.apply_from(s)
+                    handled += n
                 except (TransientConnectorError, LeaseLost):
                     raise
                 except Exception as exc:
                     handled += self._isolate(s, exc)
+                    self._read_last[s] = self.batch  # what the fault left: read it again
                 self._backoff[s] = 0.0
                 if self.last_error[s] is not None:
                     log.info("capture %s -> %s: reachable again; applying", self.env[s],
