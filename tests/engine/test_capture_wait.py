@@ -29,8 +29,9 @@ def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_ea
         make_backend: BackendFactory, tmp_path: Path) -> None:
     """PostgreSQL (left) notifies when changes commit; MariaDB (right) is polled, every
     ``capture.idle_poll_max`` on a quiet link (0.1 s here). Each poll reads MariaDB's log
-    only: PostgreSQL's is read when it notifies, and once a second besides (an application's
-    two-phase commit notifies nobody). Both kinds of change still arrive."""
+    only: PostgreSQL's is read when it notifies (its notification wakes the applier, for a
+    statement sent with parameters too), and once a second besides (an application's
+    two-phase commit notifies nobody). Every kind of change arrives."""
 
     def polled_often(cfg: dict[str, Any]) -> None:
         cfg["capture"] = {"idle_poll_max": 0.1}
@@ -47,6 +48,14 @@ def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_ea
             return apply_from(s, only)
 
         applier.apply_from = counted  # type: ignore[method-assign]
+        woken: list[set[Side] | None] = []
+        wait = applier._wait
+
+        def recorded(stop: threading.Event, idle: int = 0) -> set[Side] | None:
+            woken.append(got := wait(stop, idle))
+            return got
+
+        applier._wait = recorded  # type: ignore[method-assign]
         stop = threading.Event()
         runner = threading.Thread(target=applier.run, args=(stop,), daemon=True)
         runner.start()
@@ -61,11 +70,17 @@ def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_ea
             assert notifying <= elapsed + 2, \
                 f"PostgreSQL's log read {notifying} times in {elapsed:.1f} s ({polled} polls)"
 
-            it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'notified', 1)")
+            dsn = it.left.url.replace("postgresql+psycopg://", "postgresql://")
+            with psycopg.connect(dsn, autocommit=True) as app:
+                # with parameters: the extended protocol, whose commit has no current query
+                woken.clear()
+                app.execute("INSERT INTO items (id, name, qty) VALUES (%s, %s, %s)",
+                            (1, "notified", 1))
             _until(lambda: 1 in it.rows("right"), lambda: "a notified change never arrived")
+            _until(lambda: any(w and Side.LEFT in w for w in woken),
+                   lambda: f"PostgreSQL's notification never woke the applier: {woken[-10:]}")
             it.right.app_sql("INSERT INTO items (id, name, qty) VALUES (2, 'polled', 2)")
             _until(lambda: 2 in it.rows("left"), lambda: "a polled change never arrived")
-            dsn = it.left.url.replace("postgresql+psycopg://", "postgresql://")
             with psycopg.connect(dsn, autocommit=True) as app:
                 app.execute("BEGIN")
                 app.execute("INSERT INTO items (id, name, qty) VALUES (3, 'two-phase', 3)")
