@@ -263,10 +263,13 @@ class MySqlConnector(SqlConnector):
         """The plan's ``text_safe``, or, for a decimal, a date or a datetime, the same plan
         without what the statements convert or guard themselves (json_apply): a zone offset
         (put in UTC), special values and dates of no plain shape (their rows left out, to the
-        row path, which refuses them)."""
+        row path, which refuses them). Never PostgreSQL's money: its log holds display text.
+        """
+        s, t = p.source, p.target
+        if s.facets.money:
+            return False  # PostgreSQL logs money as its display text ('$1,234.56')
         if p.text_safe:
             return True
-        s, t = p.source, p.target
         if s.kind is not t.kind or t.kind not in _GUARDED_KINDS or p.nulled:
             return False
         f = replace(s.facets, specials=s.facets.specials - _GUARDED_SPECIALS,
