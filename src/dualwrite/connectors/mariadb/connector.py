@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import re
 import tempfile
 import uuid
@@ -291,8 +292,8 @@ class MySqlConnector(SqlConnector):
         if text is None:
             return None
         with raw_conn.cursor() as cur:
-            cur.execute(text, {"n": "[" + ",".join(rows) + "]",
-                               **ja.mapping_params(mappings)})
+            cur.execute(text % {"n": ja.json_literal(rows),
+                                **ja.mapping_params(mappings, raw_conn.escape)})
             return {tuple(r) for r in cur.fetchall()}
 
     def _json_insert_sql(self, raw_conn: Any, table: sa.Table, columns: list[str],
@@ -327,27 +328,37 @@ class MySqlConnector(SqlConnector):
             raw_conn, table, key, columns, key_sources, sources))
         if check is None or write is None:
             return None
-        params = ja.mapping_params(mappings)
+        params = ja.mapping_params(mappings, raw_conn.escape)
         with raw_conn.cursor() as cur:
-            cur.execute(check, {"n": "[" + ",".join(
-                f"[{a},{b}]" for a, b in zip(new, old, strict=True)) + "]", **params})
-            found = [r for r in cur.fetchall() if r[1]]
+            cur.execute(check % {"n": ja.json_literal(
+                [f"[{a},{b}]" for a, b in zip(new, old, strict=True)]), **params})
+            (agg, passed), = cur.fetchall()
+            try:
+                found = [r for r in json.loads(agg or "[]") if r is not None]
+            except ValueError:
+                found = []
+            if len(found) != passed:  # cannot be: a result cut short
+                raise ConstraintViolation(
+                    f"the set-based update of {qualified(table)} could not read which rows "
+                    "to write", environment=self.name, kind="other",
+                    hint="the batch is applied again row by row")
             if not found:
                 return set()
-            cur.execute(write, {"n": "[" + ",".join(
-                f"[{new[int(r[0]) - 1]}]" for r in found) + "]", **params})
+            cur.execute(write % {"n": ja.json_literal(
+                [f"[{new[int(r[0]) - 1]}]" for r in found]), **params})
             if cur.rowcount != len(found):
                 raise ConstraintViolation(
                     f"the set-based update of {qualified(table)} matched {cur.rowcount} rows "
                     f"of the {len(found)} it had locked", environment=self.name, kind="other",
                     hint="the batch is applied again row by row")
-            return {tuple(r[2:]) for r in found}
+            return {tuple(r[1:]) for r in found}
 
     def _json_check_sql(self, raw_conn: Any, table: sa.Table, key: list[str],
                         columns: list[str], key_sources: list[str], sources: list[JsonSource]
                         ) -> str:
-        """SELECT dw_ord, <holds the old version and every value was found>, <key> per
-        version (elements [new, old]), locking the target rows by key."""
+        """Per version (elements [new, old]) whose row still holds the old version and
+        whose every value was found: [dw_ord, <key>...], as one JSON array (one row back
+        instead of one per version), and how many; locking the run's target rows by key."""
         cols = self._json_columns(table)
         rows = self._json_reader(raw_conn)
         match = self._json_key_match(rows, table, cols, key, key_sources)
@@ -358,8 +369,12 @@ class MySqlConnector(SqlConnector):
         holds = [ja.same(cols[c], f"t.{self._quote(c)}", v)
                  for c, v in zip(columns, old_vals, strict=True)]
         q = self._quote
-        return (f"SELECT n.dw_ord, ({' AND '.join(holds + rows.guards)}), "
-                f"{', '.join('t.' + q(k) for k in key)} "
+        cond = f"({' AND '.join(holds + rows.guards)})"
+        # JSON_ARRAYAGG is cut at group_concat_max_len: none for this statement
+        return (f"SET STATEMENT group_concat_max_len = 4294967295 FOR "
+                f"SELECT JSON_ARRAYAGG(IF({cond}, JSON_ARRAY(n.dw_ord, "
+                f"{', '.join('t.' + q(k) for k in key)}), NULL)), "
+                f"COALESCE(SUM({cond}), 0) "
                 f"FROM {rows.table_function('n')} STRAIGHT_JOIN {self._table_sql(table)} t "
                 f"ON {match}{''.join(rows.joins)} FOR UPDATE")
 
