@@ -288,7 +288,7 @@ class MySqlConnector(SqlConnector):
         raw_conn: Any = conn.connection.driver_connection
         text = self._json_statement(
             ("insert", table, tuple(columns), tuple(sources), tuple(key)),
-            lambda: self._json_insert_sql(raw_conn, table, columns, sources, key))
+            lambda: self._json_insert_sql(raw_conn, table, columns, sources, key), raw_conn)
         if text is None:
             return None
         with raw_conn.cursor() as cur:
@@ -323,9 +323,9 @@ class MySqlConnector(SqlConnector):
         raw_conn: Any = conn.connection.driver_connection
         shape = (table, tuple(key), tuple(columns), tuple(key_sources), tuple(sources))
         check = self._json_statement(("check", *shape), lambda: self._json_check_sql(
-            raw_conn, table, key, columns, key_sources, sources))
+            raw_conn, table, key, columns, key_sources, sources), raw_conn)
         write = self._json_statement(("write", *shape), lambda: self._json_write_sql(
-            raw_conn, table, key, columns, key_sources, sources))
+            raw_conn, table, key, columns, key_sources, sources), raw_conn)
         if check is None or write is None:
             return None
         params = ja.mapping_params(mappings, raw_conn.escape)
@@ -406,9 +406,13 @@ class MySqlConnector(SqlConnector):
                          else None)
             for k, src in zip(key, key_sources, strict=True))
 
-    def _json_statement(self, key: tuple[Any, ...], build: Callable[[], str]) -> str | None:
+    def _json_statement(self, key: tuple[Any, ...], build: Callable[[], str],
+                        raw_conn: Any) -> str | None:
         """A set-based statement's text, built once per shape; None: the shape cannot be
-        written exactly this way (the row path)."""
+        written exactly this way, or the server is no MariaDB 10.6 or later (JSON_TABLE,
+        INSERT ... RETURNING, SET STATEMENT): the row path."""
+        if not _json_table_server(raw_conn):
+            return None
         cache: dict[tuple[Any, ...], str | None] = self.__dict__.setdefault("_json_sql", {})
         if key not in cache:
             if len(cache) > 1000:
@@ -621,6 +625,15 @@ class MySqlConnector(SqlConnector):
         if charset in ("utf8mb3", "utf8"):
             return sa.collate(col, "utf8mb3_bin")
         return sa.cast(col, mysql.BINARY())
+
+
+def _json_table_server(raw_conn: Any) -> bool:
+    """Whether the server is MariaDB 10.6 or later (PyMySQL's server version string, e.g.
+    ``10.11.19-MariaDB-0+deb12u1``, or with the ``5.5.5-`` prefix older MariaDB servers
+    send; MySQL's has no ``MariaDB``)."""
+    info = str(raw_conn.get_server_info())
+    m = re.match(r"(?:5\.5\.5-)?(\d+)\.(\d+)", info)
+    return "MariaDB" in info and m is not None and (int(m.group(1)), int(m.group(2))) >= (10, 6)
 
 
 def _uuid(v: Any) -> Any:
