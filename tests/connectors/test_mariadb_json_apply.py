@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
+from dualwrite.connectors.base import JsonValue
 from dualwrite.connectors.mariadb import MySqlConnector
 from dualwrite.connectors.mariadb.connector import _json_table_server
+from dualwrite.connectors.mariadb.json_apply import MAX_PAIRS, small_mappings
 from dualwrite.model.conversion import Options, plan
 from dualwrite.model.schema import INF, NAN, NEG_INF, TEMPORAL_SPECIALS, Column, Facets, Kind
 
@@ -73,3 +75,15 @@ def test_only_mariadb_10_6_or_later_takes_the_set_based_path(version: str, taken
             return version
 
     assert _json_table_server(Server()) is taken
+
+
+def test_a_large_mapping_takes_the_row_path() -> None:
+    """A mapping of more pairs than MAX_PAIRS (a source lookup's many ids) would be joined in
+    a nested loop: the statements decline (None, nothing written) before reaching the
+    database."""
+    pairs = [[(str(i), i) for i in range(MAX_PAIRS + 1)]]
+    src = [JsonValue("mapped", source="grp", mapping=0)]
+    assert CONNECTOR._json_insert(None, None, ["v"], src, ["{}"], ["v"], pairs) is None
+    assert CONNECTOR._json_update_if(None, None, ["id"], ["v"], ["id"], src, ["{}"], ["{}"],
+                                     pairs) is None
+    assert small_mappings([[(str(i), i) for i in range(MAX_PAIRS)]])

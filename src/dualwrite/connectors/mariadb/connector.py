@@ -283,7 +283,7 @@ class MySqlConnector(SqlConnector):
                      sources: list[JsonSource], rows: Sequence[str], key: list[str],
                      mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
         # INSERT ... SELECT over JSON_TABLE, the keys written by RETURNING (MariaDB 10.5+)
-        if not columns:
+        if not columns or not ja.small_mappings(mappings):
             return None
         raw_conn: Any = conn.connection.driver_connection
         text = self._json_statement(
@@ -318,7 +318,7 @@ class MySqlConnector(SqlConnector):
         # are held by this transaction since the read: nothing changed them in between).
         # It matches as many rows as the read found, else the batch fails and is applied
         # again row by row (a lookup's row that went away in between, say).
-        if not columns:
+        if not columns or not ja.small_mappings(mappings):
             return None
         raw_conn: Any = conn.connection.driver_connection
         shape = (table, tuple(key), tuple(columns), tuple(key_sources), tuple(sources))
