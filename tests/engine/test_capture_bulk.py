@@ -481,3 +481,63 @@ def test_values_mariadb_cannot_hold_are_left_to_the_row_path_which_parks_them(
     reasons = " | ".join(r for _k, _o, r in inbox_fast)
     assert "NaN cannot be held" in reasons, reasons
     assert right_fast[1] == _expected(1, 0)  # the failed transaction left nothing behind
+
+
+CODED = """
+name: coded
+left: coded
+right: coded
+key: {left: [code], right: [code]}
+fields:
+  - code = code
+  - label = label
+"""
+
+
+@pytest.mark.parametrize("set_based", [True, False])
+def test_text_keys_go_set_based_into_mariadb_and_match_byte_for_byte(
+        make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        set_based: bool) -> None:
+    """A text key: the statements find the target row by the key column's index, then compare
+    byte for byte. MariaDB's key column is case-insensitive (utf8mb4_general_ci): the row the
+    right side holds under 'KEY-7' (renamed there directly, uncaptured) is not the twin of the
+    left's 'key-7', so the set-based update leaves it, and the row path decides that change
+    as it does alone: the same rows and the same inbox either way."""
+    md = sa.MetaData()
+    sa.Table("coded", md, sa.Column("code", sa.String(20), primary_key=True),
+             sa.Column("label", sa.String(60)))
+    left = make_backend("postgresql", "dualwrite_test_a")
+    right = make_backend("mariadb", "dualwrite_test_b")
+    fresh_tables(md, left, right)
+    right.sql("ALTER TABLE coded MODIFY code varchar(20) CHARACTER SET utf8mb4 "
+              "COLLATE utf8mb4_general_ci NOT NULL")
+    config = link_config(tmp_path, left, right, {"coded": CODED})
+    spy = Spy(monkeypatch)
+    if not set_based:
+        monkeypatch.setattr(Applier, "_json_plan", lambda self, m, s: None)
+    codes = [f"key-{i} ☃ \"q\" \\" for i in range(N)] + ["key-7"]
+    with Link.open(config) as link:
+        link.start_maps()
+        applier = link.applier()
+        with left.app().begin() as conn:
+            conn.execute(sa.text("INSERT INTO coded (code, label) VALUES (:c, :l)"),
+                         [{"c": c, "l": f"v0 {c}"} for c in codes])
+        drain(applier)
+        got = {r["code"]: r["label"] for r in right.rows("coded", ["code"], ["code", "label"])}
+        assert got == {c: f"v0 {c}" for c in codes}
+        right.connector.execute("UPDATE coded SET code = 'KEY-7' WHERE code = 'key-7'")
+        with left.app().begin() as conn:  # one transaction of N + 1 updates
+            conn.execute(sa.text("UPDATE coded SET label = 'v1 ' || code"))
+        drain(applier)
+        if set_based:
+            assert spy.inserted == [N + 1]
+            assert spy.update_tried[0] == N + 1 and spy.updated[0] == N  # not 'KEY-7'
+        else:
+            assert spy.inserted == spy.update_tried == []
+        got = {r["code"]: r["label"] for r in right.rows("coded", ["code"], ["code", "label"])}
+        # the change of 'key-7' has no twin to update: parked, with its whole source
+        # transaction (the rest of it waits behind it), nothing of it written
+        assert got["KEY-7"] == "v0 key-7" and "key-7" not in got
+        assert all(got[c] == f"v0 {c}" for c in codes[:-1])
+        assert [tuple(e.key) for e in link.state.errors("coded")] == [("key-7",)]
+        assert link.state.parked_count() == {"coded": N + 1}
