@@ -30,6 +30,7 @@ from dualwrite.model.schema import TableSchema
 
 if TYPE_CHECKING:
     from dualwrite.connectors.changelog import ChangeLog
+    from dualwrite.model.conversion import Plan
 
 Row = tuple[Any, ...]
 
@@ -287,6 +288,18 @@ class Connector(ABC):
     def __init__(self, name: str, url: str) -> None:
         self.name = name
         self.url = url
+
+    def reads_log_text(self, plan: Plan) -> bool:
+        """Whether :meth:`WriteSession.insert_json` and :meth:`WriteSession.update_if_json`
+        may copy a member of a captured version (its JSON text, from a source that
+        ``supports_json_log``) into a column of ``plan.target``: they then write exactly
+        what the row builders would for the value ``plan.source`` held, and leave out (do
+        not write) every row whose value the row builders would refuse, so that it takes the
+        row path. Default: ``plan.text_safe`` (the database's own input function reads the
+        text as the row builders convert the value). A backend that converts or guards more
+        in its statement (MariaDB: a zone offset put in UTC, a special value left out) says
+        so here."""
+        return plan.text_safe
 
     # -- schema ---------------------------------------------------------------------------
     @abstractmethod

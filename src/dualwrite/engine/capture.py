@@ -840,7 +840,8 @@ class Applier(ApplierLoop):
                 self.connectors[t].capabilities.supports_json_apply and \
                 not d.company_cols[t] and None not in values.values() \
                 and all(d.kinds[s][src] is d.kinds[t][dst] and d.kinds[t][dst] in _JSON_KINDS
-                        and d.plan(s, t, src, dst).text_safe for src, dst in key_pairs):
+                        and self.connectors[t].reads_log_text(d.plan(s, t, src, dst))
+                        for src, dst in key_pairs):
             plan = _JsonPlan(
                 live_columns=list(d.live_columns[t]),
                 live_sources=[cast(JsonSource, values[i]) for i in d.live_into[t]],
@@ -926,8 +927,9 @@ class Applier(ApplierLoop):
         col_t = d.cols[t][dst.column]
         plain = (kind_s is kind_t and kind_t in _JSON_KINDS
                  # a value the row builders would convert (a zone, a scale the target
-                 # would round) must not reach the target as text
-                 and d.plan(s, t, src.column, dst.column, i).text_safe
+                 # would round) must not reach the target as text, unless the target's
+                 # statement converts it as they would (Connector.reads_log_text)
+                 and d.connectors[t].reads_log_text(d.plan(s, t, src.column, dst.column, i))
                  # a single-precision float is logged as its shortest text, which a double
                  # reads as another value than the float the row builders widen
                  and (kind_t is not Kind.FLOAT or (col_s.facets.precision or 53) ==

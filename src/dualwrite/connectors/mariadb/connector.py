@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import json
 import re
 import tempfile
 import uuid
@@ -20,14 +21,26 @@ from pymysql.constants import FIELD_TYPE
 from sqlalchemy import event
 from sqlalchemy.dialects import mysql
 
-from dualwrite.connectors.base import BulkField, Capabilities, Row
+from dualwrite.connectors.base import BulkField, Capabilities, JsonSource, JsonValue, Row
 from dualwrite.connectors.capture import (
     Dialect,
 )
+from dualwrite.connectors.mariadb import json_apply as ja
 from dualwrite.connectors.sql import Fault, SqlConnector, qualified, raw, split_table
 from dualwrite.errors import ConstraintViolation
 from dualwrite.model.codec import parse_duration
-from dualwrite.model.schema import END_OF_DAY, Column, Facets, Kind
+from dualwrite.model.conversion import Plan, plan
+from dualwrite.model.schema import (
+    END_OF_DAY,
+    INF,
+    INFINITE,
+    NAN,
+    NEG_INF,
+    NEG_INFINITE,
+    Column,
+    Facets,
+    Kind,
+)
 from dualwrite.model.values import JsonText, TemporalText
 
 #: MariaDB / MySQL error number (PyMySQL's ``exc.args[0]``) -> what it means to dualwrite
@@ -105,6 +118,10 @@ _CONVERSIONS: dict[Any, Any] = {
     FIELD_TYPE.DATETIME: _temporal(converters.convert_datetime, dt.datetime),
     FIELD_TYPE.TIMESTAMP: _temporal(converters.convert_datetime, dt.datetime),
 }
+#: kinds whose pairs the set-based path takes beyond text_safe (see reads_log_text)
+_GUARDED_KINDS = frozenset({Kind.DECIMAL, Kind.DATE, Kind.DATETIME})
+#: special values whose text the set-based statements leave to the row path
+_GUARDED_SPECIALS = frozenset({NAN, INF, NEG_INF, INFINITE, NEG_INFINITE})
 _JSON_CHECK = re.compile(r"json_valid\(`((?:[^`]|``)+)`\)", re.IGNORECASE)
 
 
@@ -112,7 +129,8 @@ class MySqlConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, capture=True,
                                 bulk_import=frozenset({"copy-text-portable"}),
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
-                                bulk_load_checks=True, supports_json_log=True)
+                                bulk_load_checks=True, supports_json_log=True,
+                                supports_json_apply=True)
     database_name = "MariaDB"
     error_classes = MY_ERROR_CLASSES
 
@@ -240,6 +258,208 @@ class MySqlConnector(SqlConnector):
             return kind, replace(f, fraction=getattr(t, "fsp", None) or 0, duration=True,
                                  specials=frozenset({END_OF_DAY}))
         return kind, f
+
+    # -- the applier's set-based path (see json_apply) ------------------------------------
+    def reads_log_text(self, p: Plan) -> bool:
+        """The plan's ``text_safe``, or, for a decimal, a date or a datetime, the same plan
+        without what the statements convert or guard themselves (json_apply): a zone offset
+        (put in UTC), special values and dates of no plain shape (their rows left out, to the
+        row path, which refuses them). Never PostgreSQL's money: its log holds display text.
+        """
+        s, t = p.source, p.target
+        if s.facets.money:
+            return False  # PostgreSQL logs money as its display text ('$1,234.56')
+        if p.text_safe:
+            return True
+        if s.kind is not t.kind or t.kind not in _GUARDED_KINDS or p.nulled:
+            return False
+        f = replace(s.facets, specials=s.facets.specials - _GUARDED_SPECIALS,
+                    database=t.facets.database)
+        if t.kind is Kind.DATETIME:
+            f = replace(f, time_zone=t.facets.time_zone)
+        return plan(replace(s, facets=f), t).text_safe
+
+    def _json_insert(self, conn: sa.Connection, table: sa.Table, columns: list[str],
+                     sources: list[JsonSource], rows: Sequence[str], key: list[str],
+                     mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
+        # INSERT ... SELECT over JSON_TABLE, the keys written by RETURNING (MariaDB 10.5+)
+        if not columns or not ja.small_mappings(mappings):
+            return None
+        raw_conn: Any = conn.connection.driver_connection
+        text = self._json_statement(
+            ("insert", table, tuple(columns), tuple(sources), tuple(key)),
+            lambda: self._json_insert_sql(raw_conn, table, columns, sources, key), raw_conn)
+        if text is None:
+            return None
+        with raw_conn.cursor() as cur:
+            cur.execute(text % {"n": ja.json_literal(rows),
+                                **ja.mapping_params(mappings, raw_conn.escape)})
+            return {tuple(r) for r in cur.fetchall()}
+
+    def _json_insert_sql(self, raw_conn: Any, table: sa.Table, columns: list[str],
+                         sources: list[JsonSource], key: list[str]) -> str:
+        cols = self._json_columns(table)
+        rows = self._json_reader(raw_conn)
+        vals = [rows.value(cols[c], src, "$") for c, src in zip(columns, sources, strict=True)]
+        q = self._quote
+        where = " WHERE " + " AND ".join(rows.guards) if rows.guards else ""
+        return (f"INSERT INTO {self._table_sql(table)} ({', '.join(q(c) for c in columns)}) "
+                f"SELECT {', '.join(vals)} FROM {rows.table_function('n')}"
+                f"{''.join(rows.joins)}{where} RETURNING {', '.join(q(k) for k in key)}")
+
+    def _json_update_if(self, conn: sa.Connection, table: sa.Table, key: list[str],
+                        columns: list[str], key_sources: list[str], sources: list[JsonSource],
+                        new: Sequence[str], old: Sequence[str],
+                        mappings: Sequence[Sequence[tuple[str, Any]]]) -> set[Row] | None:
+        # MariaDB has no UPDATE ... RETURNING. Two statements in this transaction: a locking
+        # read of the run's target rows (by key: it locks only them, and reads them as
+        # committed now) tells, per version, whether the row still holds the old version
+        # and every computed value was found; then one UPDATE writes exactly those (they
+        # are held by this transaction since the read: nothing changed them in between).
+        # It matches as many rows as the read found, else the batch fails and is applied
+        # again row by row (a lookup's row that went away in between, say).
+        if not columns or not ja.small_mappings(mappings):
+            return None
+        raw_conn: Any = conn.connection.driver_connection
+        shape = (table, tuple(key), tuple(columns), tuple(key_sources), tuple(sources))
+        check = self._json_statement(("check", *shape), lambda: self._json_check_sql(
+            raw_conn, table, key, columns, key_sources, sources), raw_conn)
+        write = self._json_statement(("write", *shape), lambda: self._json_write_sql(
+            raw_conn, table, key, columns, key_sources, sources), raw_conn)
+        if check is None or write is None:
+            return None
+        params = ja.mapping_params(mappings, raw_conn.escape)
+        with raw_conn.cursor() as cur:
+            cur.execute(check % {"n": ja.json_literal(
+                [f"[{a},{b}]" for a, b in zip(new, old, strict=True)]), **params})
+            (agg, passed), = cur.fetchall()
+            try:
+                found = [r for r in json.loads(agg or "[]") if r is not None]
+            except ValueError:
+                found = []
+            if len(found) != passed:  # cannot be: a result cut short
+                raise ConstraintViolation(
+                    f"the set-based update of {qualified(table)} could not read which rows "
+                    "to write", environment=self.name, kind="other",
+                    hint="the batch is applied again row by row")
+            if not found:
+                return set()
+            cur.execute(write % {"n": ja.json_literal(
+                [f"[{new[int(r[0]) - 1]}]" for r in found]), **params})
+            if cur.rowcount != len(found):
+                raise ConstraintViolation(
+                    f"the set-based update of {qualified(table)} matched {cur.rowcount} rows "
+                    f"of the {len(found)} it had locked", environment=self.name, kind="other",
+                    hint="the batch is applied again row by row")
+            return {tuple(r[1:]) for r in found}
+
+    def _json_check_sql(self, raw_conn: Any, table: sa.Table, key: list[str],
+                        columns: list[str], key_sources: list[str], sources: list[JsonSource]
+                        ) -> str:
+        """Per version (elements [new, old]) whose row still holds the old version and
+        whose every value was found: [dw_ord, <key>...], as one JSON array (one row back
+        instead of one per version), and how many; locking the run's target rows by key."""
+        cols = self._json_columns(table)
+        rows = self._json_reader(raw_conn)
+        match = self._json_key_match(rows, table, cols, key, key_sources)
+        for c, src in zip(columns, sources, strict=True):
+            rows.value(cols[c], src, "$[0]")  # its guards: the write computes it again
+        old_vals = [rows.value(cols[c], src, "$[1]")
+                    for c, src in zip(columns, sources, strict=True)]
+        holds = [ja.same(cols[c], f"t.{self._quote(c)}", v)
+                 for c, v in zip(columns, old_vals, strict=True)]
+        q = self._quote
+        cond = f"({' AND '.join(holds + rows.guards)})"
+        # JSON_ARRAYAGG is cut at group_concat_max_len: none for this statement
+        return (f"SET STATEMENT group_concat_max_len = 4294967295 FOR "
+                f"SELECT JSON_ARRAYAGG(IF({cond}, JSON_ARRAY(n.dw_ord, "
+                f"{', '.join('t.' + q(k) for k in key)}), NULL)), "
+                f"COALESCE(SUM({cond}), 0) "
+                f"FROM {rows.table_function('n')} STRAIGHT_JOIN {self._table_sql(table)} t "
+                f"ON {match}{''.join(rows.joins)} FOR UPDATE")
+
+    def _json_write_sql(self, raw_conn: Any, table: sa.Table, key: list[str],
+                        columns: list[str], key_sources: list[str], sources: list[JsonSource]
+                        ) -> str:
+        """The UPDATE of the rows the check found (elements [new])."""
+        cols = self._json_columns(table)
+        rows = self._json_reader(raw_conn)
+        for src in sources:
+            if isinstance(src, JsonValue) and src.how == "lookup" and \
+                    self.table(src.table) is table:
+                raise ja.Declined  # a subquery on the table updated: not in one UPDATE
+        match = self._json_key_match(rows, table, cols, key, key_sources)
+        vals = [rows.value(cols[c], src, "$[0]") for c, src in zip(columns, sources, strict=True)]
+        q = self._quote
+        where = " WHERE " + " AND ".join(rows.guards) if rows.guards else ""
+        return (f"UPDATE {rows.table_function('n')} STRAIGHT_JOIN {self._table_sql(table)} t "
+                f"ON {match}{''.join(rows.joins)} SET "
+                + ", ".join(f"t.{q(c)} = {v}" for c, v in zip(columns, vals, strict=True))
+                + where)
+
+    def _json_key_match(self, rows: ja.Rows, table: sa.Table, cols: dict[str, Column],
+                        key: list[str], key_sources: list[str]) -> str:
+        name = qualified(table)
+        return " AND ".join(
+            ja.key_match(cols[k], f"t.{self._quote(k)}", rows.member("$[0]", src),
+                         self._text_collation(name, k) if cols[k].kind is Kind.STRING
+                         else None)
+            for k, src in zip(key, key_sources, strict=True))
+
+    def _json_statement(self, key: tuple[Any, ...], build: Callable[[], str],
+                        raw_conn: Any) -> str | None:
+        """A set-based statement's text, built once per shape; None: the shape cannot be
+        written exactly this way, or the server is no MariaDB 10.6 or later (JSON_TABLE,
+        INSERT ... RETURNING, SET STATEMENT): the row path."""
+        if not _json_table_server(raw_conn):
+            return None
+        cache: dict[tuple[Any, ...], str | None] = self.__dict__.setdefault("_json_sql", {})
+        if key not in cache:
+            if len(cache) > 1000:
+                cache.clear()
+            try:
+                cache[key] = build()
+            except ja.Declined:
+                cache[key] = None
+        return cache[key]
+
+    def _json_reader(self, raw_conn: Any) -> ja.Rows:
+        def literal(v: Any) -> str:
+            return str(raw_conn.escape(v)).replace("%", "%%")
+
+        def table_sql(name: str) -> str:
+            return self._table_sql(self.table(name))
+
+        return ja.Rows(self._quote, literal, self._json_columns_of, table_sql,
+                       self._text_collation)
+
+    def _json_columns_of(self, table: str) -> dict[str, Column]:
+        return self.describe(table).columns
+
+    def _json_columns(self, table: sa.Table) -> dict[str, Column]:
+        return self.describe(qualified(table)).columns
+
+    def _quote(self, name: str) -> str:
+        return str(self.engine.dialect.identifier_preparer.quote(name)).replace("%", "%%")
+
+    def _table_sql(self, t: sa.Table) -> str:
+        return f"{self._quote(t.schema)}.{self._quote(t.name)}" if t.schema else \
+            self._quote(t.name)
+
+    def _text_collation(self, table: str, column: str) -> str | None:
+        """A text column's collation where its character set is utf8mb4, else None
+        (cached)."""
+        key = (table, column)
+        cache: dict[tuple[str, str], str | None] = self.__dict__.setdefault("_utf8mb4", {})
+        if key not in cache:
+            schema, name = split_table(table)
+            with self.engine.connect() as conn:
+                row = conn.execute(sa.text(
+                    "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+                    "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t "
+                    "AND COLUMN_NAME = :c"), {"s": schema, "t": name, "c": column}).first()
+            cache[key] = str(row[1]) if row is not None and row[0] == "utf8mb4" else None
+        return cache[key]
 
     def _select_expr(self, t: sa.Table, column: str) -> sa.ColumnElement[Any]:
         col = t.c[column]
@@ -405,6 +625,15 @@ class MySqlConnector(SqlConnector):
         if charset in ("utf8mb3", "utf8"):
             return sa.collate(col, "utf8mb3_bin")
         return sa.cast(col, mysql.BINARY())
+
+
+def _json_table_server(raw_conn: Any) -> bool:
+    """Whether the server is MariaDB 10.6 or later (PyMySQL's server version string, e.g.
+    ``10.11.19-MariaDB-0+deb12u1``, or with the ``5.5.5-`` prefix older MariaDB servers
+    send; MySQL's has no ``MariaDB``)."""
+    info = str(raw_conn.get_server_info())
+    m = re.match(r"(?:5\.5\.5-)?(\d+)\.(\d+)", info)
+    return "MariaDB" in info and m is not None and (int(m.group(1)), int(m.group(2))) >= (10, 6)
 
 
 def _uuid(v: Any) -> Any:
