@@ -6,13 +6,16 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
 from capture_fixtures import make_items
+from dualwrite.engine.link import Link
 from dualwrite.model.maps import Side
 
 from conftest import BackendFactory
@@ -23,6 +26,42 @@ def _until(cond: Callable[[], bool], what: Callable[[], str], timeout: float = 6
     while not cond():
         assert time.monotonic() < deadline, what()
         time.sleep(0.01)  # polling a condition, with a deadline
+
+
+@dataclass
+class Watched:
+    """A running applier's reads of each side's log, and what each of its waits returned."""
+
+    reads: dict[Side, int] = field(default_factory=lambda: {s: 0 for s in Side})
+    woken: list[set[Side] | None] = field(default_factory=list)
+
+
+@contextmanager
+def running(link: Link) -> Iterator[Watched]:
+    """``link``'s applier running in a thread, watched, until the block ends."""
+    applier = link.applier()
+    seen = Watched()
+    apply_from, wait = applier.apply_from, applier._wait
+
+    def counted(s: Side, only: Sequence[str] | None = None) -> int:
+        seen.reads[s] += 1
+        return apply_from(s, only)
+
+    def recorded(stop: threading.Event, idle: int = 0) -> set[Side] | None:
+        seen.woken.append(got := wait(stop, idle))
+        return got
+
+    applier.apply_from = counted  # type: ignore[method-assign]
+    applier._wait = recorded  # type: ignore[method-assign]
+    stop = threading.Event()
+    runner = threading.Thread(target=applier.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        yield seen
+    finally:
+        stop.set()
+        runner.join(30)
+        applier.close()
 
 
 def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_each_poll(
@@ -39,27 +78,8 @@ def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_ea
     it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=polled_often)
     with it.link() as link:
         link.start_maps()
-        applier = link.applier()
-        reads = {s: 0 for s in Side}
-        apply_from = applier.apply_from
-
-        def counted(s: Side, only: Sequence[str] | None = None) -> int:
-            reads[s] += 1
-            return apply_from(s, only)
-
-        applier.apply_from = counted  # type: ignore[method-assign]
-        woken: list[set[Side] | None] = []
-        wait = applier._wait
-
-        def recorded(stop: threading.Event, idle: int = 0) -> set[Side] | None:
-            woken.append(got := wait(stop, idle))
-            return got
-
-        applier._wait = recorded  # type: ignore[method-assign]
-        stop = threading.Event()
-        runner = threading.Thread(target=applier.run, args=(stop,), daemon=True)
-        runner.start()
-        try:
+        with running(link) as seen:
+            reads, woken = seen.reads, seen.woken
             _until(lambda: reads[Side.RIGHT] >= 5, lambda: f"never polled: {reads}")
             start, before = time.monotonic(), dict(reads)
             _until(lambda: reads[Side.RIGHT] - before[Side.RIGHT] >= 15,
@@ -89,10 +109,6 @@ def test_a_quiet_applier_reads_a_notifying_log_once_a_second_and_a_polled_one_ea
                 app.execute(f"COMMIT PREPARED '{gid}'")
             _until(lambda: 3 in it.rows("right"),
                    lambda: "a change that notified nobody never arrived")
-        finally:
-            stop.set()
-            runner.join(30)
-            applier.close()
     assert it.rows("left") == it.rows("right") == {
         1: ("notified", 1), 2: ("polled", 2), 3: ("two-phase", 3)}
 
@@ -105,19 +121,8 @@ def test_a_busy_applier_reads_only_the_side_that_changed(make_backend: BackendFa
     it = make_items(make_backend, tmp_path, "postgresql", "postgresql")
     with it.link() as link:
         link.start_maps()
-        applier = link.applier()
-        reads = {s: 0 for s in Side}
-        apply_from = applier.apply_from
-
-        def counted(s: Side, only: Sequence[str] | None = None) -> int:
-            reads[s] += 1
-            return apply_from(s, only)
-
-        applier.apply_from = counted  # type: ignore[method-assign]
-        stop = threading.Event()
-        runner = threading.Thread(target=applier.run, args=(stop,), daemon=True)
-        runner.start()
-        try:
+        with running(link) as seen:
+            reads = seen.reads
             _until(lambda: reads[Side.RIGHT] >= 1, lambda: f"never read: {reads}")
             start, before = time.monotonic(), dict(reads)
             n = 30
@@ -131,8 +136,4 @@ def test_a_busy_applier_reads_only_the_side_that_changed(make_backend: BackendFa
                 f"the quiet side's log read {quiet} times for {n} changes in {elapsed:.1f} s"
             assert busy <= 1.5 * n + elapsed + 3, \
                 f"the busy side's log read {busy} times for {n} changes in {elapsed:.1f} s"
-        finally:
-            stop.set()
-            runner.join(30)
-            applier.close()
     assert it.rows("right") == {k: ("one", k) for k in range(1, 31)}

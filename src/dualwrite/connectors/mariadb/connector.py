@@ -151,7 +151,7 @@ class MySqlConnector(SqlConnector):
     def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None,
                  schema: str | None = None) -> None:
         #: (table, column) -> character set, learnt when checking a key's collation
-        self._charsets: dict[tuple[str, str], str] = {}
+        self._charsets: dict[tuple[str, str], str | None] = {}
         #: the engine of bulk loads (LOAD DATA LOCAL INFILE), made at the first one
         self._loader: sa.Engine | None = None
         super().__init__(name, url, engine=engine, schema=schema)
@@ -452,14 +452,23 @@ class MySqlConnector(SqlConnector):
         key = (table, column)
         cache: dict[tuple[str, str], str | None] = self.__dict__.setdefault("_utf8mb4", {})
         if key not in cache:
-            schema, name = split_table(table)
-            with self.engine.connect() as conn:
-                row = conn.execute(sa.text(
-                    "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
-                    "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t "
-                    "AND COLUMN_NAME = :c"), {"s": schema, "t": name, "c": column}).first()
-            cache[key] = str(row[1]) if row is not None and row[0] == "utf8mb4" else None
+            charset, collation = self._charset_collation(table, column)
+            cache[key] = collation if charset == "utf8mb4" else None
         return cache[key]
+
+    def _charset_collation(self, table: str, column: str) -> tuple[str | None, str | None]:
+        """A column's character set and collation (None, None: not a text column, or no such
+        column)."""
+        schema, name = split_table(table)
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.text(
+                "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+                "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t "
+                "AND COLUMN_NAME = :c"), {"s": schema, "t": name, "c": column}).first()
+        if row is None:
+            return None, None
+        return (None if row[0] is None else str(row[0]),
+                None if row[1] is None else str(row[1]))
 
     def _select_expr(self, t: sa.Table, column: str) -> sa.ColumnElement[Any]:
         col = t.c[column]
@@ -605,16 +614,11 @@ class MySqlConnector(SqlConnector):
             raw.close()
 
     def _column_is_binary_ordered(self, table: str, column: str) -> bool:
-        schema, name = split_table(table)
-        with self.engine.connect() as conn:
-            row = conn.execute(sa.text(
-                "SELECT COLLATION_NAME, CHARACTER_SET_NAME FROM information_schema.COLUMNS "
-                "WHERE TABLE_SCHEMA = COALESCE(:s, DATABASE()) AND TABLE_NAME = :t "
-                "AND COLUMN_NAME = :c"), {"s": schema, "t": name, "c": column}).first()
-        if row is None or row[0] is None:
+        charset, collation = self._charset_collation(table, column)
+        if collation is None:
             return True
-        self._charsets[(table, column)] = row[1]
-        return str(row[0]).endswith("_bin") or row[0] == "binary"
+        self._charsets[(table, column)] = charset
+        return collation.endswith("_bin") or collation == "binary"
 
     def _binary_order_expr(self, col: sa.ColumnElement[Any]) -> sa.ColumnElement[Any]:
         table = getattr(col, "table", None)
