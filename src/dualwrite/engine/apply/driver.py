@@ -191,7 +191,7 @@ class ApplierLoop:
         try:
             # with a side whose log does not notify, wake at least every poll interval to
             # look at its log
-            everyone_notifies = len(waiter.signals) == len(self.connectors)
+            everyone_notifies = len(waiter.sides) == len(self.connectors)
             if everyone_notifies and not pending_retry:
                 # a notification wakes it at once; the timeout only bounds how late a
                 # change that notifies nobody is seen (an application's two-phase commit)
@@ -221,7 +221,7 @@ class ApplierLoop:
         now = time.monotonic()
         return {s for s in Side if s in signalled or s not in notifying
                 or self.last_error[s] is not None  # its retry is due (see _wait)
-                or now - self._read_at.get(s, 0.0) >= _NOTIFIED_IDLE_MAX}
+                or now - self._read_at[s] >= _NOTIFIED_IDLE_MAX}
 
     def _due_after_work(self) -> set[Side] | None:
         """The sides to read after a step that applied changes: a side whose read may have
@@ -239,7 +239,7 @@ class ApplierLoop:
         due = self._due(signalled)
         if due is None:
             return None
-        return due | {s for s in Side if self._read_last.get(s, 0) >= self.batch}
+        return due | {s for s in Side if self._read_last[s] >= self.batch}
 
     def _notify_waiter(self) -> _Signals | None:
         """The signals of the logs that notify (see :meth:`ChangeLog.listen`), so that their
@@ -393,7 +393,6 @@ class _Signals:
 
     def __init__(self, signals: dict[Side, ChangeSignal]) -> None:
         self.sides = dict(signals)
-        self.signals = list(signals.values())
         self.sel = selectors.DefaultSelector()
         for side, signal in self.sides.items():
             self.sel.register(signal.fileno(), selectors.EVENT_READ, (side, signal))
@@ -408,7 +407,7 @@ class _Signals:
 
     def close(self) -> None:
         self.sel.close()
-        for signal in self.signals:
+        for signal in self.sides.values():
             with contextlib.suppress(Exception):
                 signal.close()
 
