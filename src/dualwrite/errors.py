@@ -259,12 +259,20 @@ class ConstraintViolation(TerminalConnectorError):
     ``kind`` says which: "unique" (duplicate key), "foreign_key", "not_null", "check",
     "value" (a value of the wrong type, too long or out of range, or one the driver cannot
     send), "conflict" (an OData service's 412: the row changed since its ETag was read), or
-    "other" (a constraint the database names no kind for, e.g. an exclusion)."""
+    "other" (a constraint the database names no kind for, e.g. an exclusion).
+
+    ``column`` and ``value``: the column the database's report names (and the value, as the
+    database printed it, where it prints one), read by the backend that raised it from its
+    own report (SQLSTATE diagnostics, MariaDB's and SQLite's messages, an OData error's
+    ``target``); None when it names none. The engine reads these, never the message."""
 
     def __init__(self, message: str, *, hint: str = "", environment: str | None = None,
-                 code: str | int | None = None, kind: ViolationKind = "other") -> None:
+                 code: str | int | None = None, kind: ViolationKind = "other",
+                 column: str | None = None, value: str | None = None) -> None:
         super().__init__(message, hint=hint, environment=environment, code=code)
         self.kind: ViolationKind = kind
+        self.column = column
+        self.value = value
 
 
 class RowError(DualwriteError):

@@ -111,6 +111,39 @@ def test_a_rejected_row_is_a_constraint_violation_of_its_kind(
     assert info.value.kind == kind
     assert info.value.code == CODES[db.kind][kind]
     assert info.value.environment == db.connector.name
+    # the column is read from the database's own report, where it names one
+    assert info.value.column == COLUMNS[db.kind].get(case), info.value.message
+
+
+#: the column each database's report of each rejection names (absent: it names none)
+COLUMNS: dict[str, dict[str, str]] = {
+    "postgresql": {"duplicate key": "id", "foreign key": "parent_id", "not null": "name"},
+    "mariadb": {"foreign key": "parent_id", "not null": "name", "too long": "name"},
+    "sqlite": {"duplicate key": "id", "not null": "name"},
+}
+
+
+@pytest.mark.parametrize("backend_kind", only("postgresql", why="its detail line's values"))
+def test_a_duplicate_names_its_key_value(make_backend: BackendFactory,
+                                         backend_kind: str) -> None:
+    db = _made(make_backend, backend_kind)
+    with pytest.raises(ConstraintViolation) as info:
+        db.insert("errc_child", [ROW_FAULTS["duplicate key"][0]])
+    assert (info.value.column, info.value.value) == ("id", "1")
+
+
+@pytest.mark.parametrize("backend_kind", only("mariadb", why="its message's spelling"))
+def test_mariadb_names_the_column_of_a_value_it_cannot_convert(
+        make_backend: BackendFactory, backend_kind: str) -> None:
+    """Error 1366 names the column as `db`.`table`.`column`: the column is the last part."""
+    db = _made(make_backend, backend_kind)
+    assert isinstance(db.connector, SqlConnector)
+    with pytest.raises(ConstraintViolation) as info, db.connector.translating("insert"):
+        with db.connector.engine.begin() as conn:
+            conn.exec_driver_sql("SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
+            conn.exec_driver_sql("INSERT INTO errc_child (id, name, qty) "
+                                 "VALUES (9, 'n', 'many')")
+    assert (info.value.column, info.value.value) == ("qty", "many")
 
 
 def test_sqlite_type_mismatch_is_a_value_violation(lite_db: Backend) -> None:

@@ -507,6 +507,12 @@ class SqlConnector(Connector):
         """``code``'s class in :attr:`error_classes`; None for a code it does not list."""
         return self.error_classes.get(code)
 
+    def _violated(self, orig: BaseException) -> tuple[str | None, str | None]:
+        """(the column, the value as printed) that the database's report of a rejected write
+        names, where it names them; read from the backend's own report, so each backend
+        says how (see :class:`~dualwrite.errors.ConstraintViolation`)."""
+        return None, None
+
     def classify(self, exc: BaseException) -> tuple[Fault, str | int | None]:
         """(what ``exc`` means, the driver's code) for a SQLAlchemy error. By the driver's
         code first, then by the exception's type; the message's words only for an error that
@@ -563,16 +569,20 @@ class SqlConnector(Connector):
         """The error of the hierarchy for ``fault``, with the message and hint it names."""
         said = self._driver_message(exc)
         kind = _VIOLATIONS.get(fault)
+        if kind is not None or fault is Fault.VALUE:
+            orig = getattr(exc, "orig", None)
+            column, value = (self._violated(orig) if isinstance(orig, BaseException)
+                             else (None, None))
         if kind is not None:
             return ConstraintViolation(
                 f"{doing}: the database rejected the row: {said}",
                 hint="fix the row's value or the constraint; the error names the column",
-                environment=self.name, code=code, kind=kind)
+                environment=self.name, code=code, kind=kind, column=column, value=value)
         if fault is Fault.VALUE:
             return ConstraintViolation(
                 f"{doing}: a value does not fit its column: {said}",
                 hint="check the column's type and length on this side",
-                environment=self.name, code=code, kind="value")
+                environment=self.name, code=code, kind="value", column=column, value=value)
         if fault is Fault.UNWRITABLE:
             # the driver could not write a value (a type it cannot adapt): the row's fault,
             # found and sent to the inbox like a rejected row, never the whole table's

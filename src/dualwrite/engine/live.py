@@ -16,7 +16,6 @@ import contextlib
 import datetime as dt
 import logging
 import os
-import re
 import threading
 from collections.abc import Callable, Collection, Sequence
 from contextlib import ExitStack
@@ -168,28 +167,16 @@ def _fits(v: Any, kind: Kind) -> bool:
     return True
 
 
-_FIELD_PATTERNS = [
-    re.compile(r'column "(?P<f>[^"]+)"'),                          # PostgreSQL not null
-    re.compile(r"Key \((?P<f>[^)]+)\)=\((?P<v>[^)]*)\)"),           # PostgreSQL unique / FK
-    re.compile(r"Column '(?P<f>[^']+)' cannot be null"),            # MariaDB not null
-    re.compile(r"for column [`'](?P<f>[^`']+)[`']"),                # MariaDB too long / range
-    re.compile(r"FOREIGN KEY \(`(?P<f>[^`]+)`\)"),                  # MariaDB FK
-    re.compile(r"constraint failed: [\w.]*?\.?(?P<f>\w+)(?:,|$| )"),  # SQLite NOT NULL/UNIQUE
-]
-
-
 def explain(exc: ConstraintViolation, values: dict[str, Any]) -> tuple[str | None, Any]:
-    """The field (and value) a database's constraint message names, where it names one."""
-    text = exc.message
-    for pat in _FIELD_PATTERNS:
-        m = pat.search(text)
-        if m:
-            f = m.group("f").split(",")[0].strip().strip('"`')
-            for k, v in values.items():
-                if k.casefold() == f.casefold():
-                    return k, v
-            return f, m.groupdict().get("v")
-    return None, None
+    """The field (and value) a database's rejection names, where it names one: the column
+    its backend read from the database's report (:class:`ConstraintViolation`), spelled as
+    in ``values`` when they hold it, with the value given rather than the one printed."""
+    if exc.column is None:
+        return None, None
+    for k, v in values.items():
+        if k.casefold() == exc.column.casefold():
+            return k, v
+    return exc.column, exc.value
 
 
 # -- the transaction ------------------------------------------------------------------------

@@ -93,7 +93,8 @@ class MemoryWriteSession(WriteSession):
                     continue
                 raise ConstraintViolation(
                     f"NOT NULL constraint failed: {table}.{col.name}",
-                    hint="give the column a value", environment=self.c.name, kind="not_null")
+                    hint="give the column a value", environment=self.c.name, kind="not_null",
+                    column=col.name)
         for fk in schema.foreign_keys:
             vals = tuple(row.get(c) for c in fk.columns)
             if any(v is None for v in vals):
@@ -103,7 +104,7 @@ class MemoryWriteSession(WriteSession):
                 raise ConstraintViolation(
                     f"FOREIGN KEY constraint failed: {table}.{','.join(fk.columns)} -> "
                     f"{fk.table}", hint="create the referenced row first",
-                    environment=self.c.name, kind="foreign_key")
+                    environment=self.c.name, kind="foreign_key", column=fk.columns[0])
         reason = self.c._reject(table, row)
         if reason:
             raise ConstraintViolation(reason, environment=self.c.name)

@@ -242,6 +242,10 @@ PG_ERROR_CLASSES: dict[str, Fault] = {
 }
 
 
+#: the detail line of a unique or foreign key violation: "Key (a, b)=(1, 2) already exists."
+_KEY_DETAIL = re.compile(r"Key \((.+?)\)=\((.*)\)")
+
+
 class PostgresConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, capture=True,
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
@@ -258,6 +262,19 @@ class PostgresConnector(SqlConnector):
     def _classify_code(self, code: str | int) -> Fault | None:
         code = str(code)
         return PG_ERROR_CLASSES.get(code) or PG_ERROR_CLASSES.get(code[:2])
+
+    def _violated(self, orig: BaseException) -> tuple[str | None, str | None]:
+        # The server's diagnostics name the column of a NOT NULL violation; a unique or
+        # foreign key violation names its columns and values only in the detail line
+        # ("Key (a, b)=(1, 2) already exists.").
+        diag = getattr(orig, "diag", None)
+        column = getattr(diag, "column_name", None)
+        if column:
+            return str(column), None
+        m = _KEY_DETAIL.search(getattr(diag, "message_detail", None) or "")
+        if m:
+            return m.group(1).split(",")[0].strip().strip('"'), m.group(2)
+        return None, None
 
     def _create_engine(self, url: str) -> sa.Engine:
         # No pre-ping: it costs a round trip per checkout on the live-sync hot path. A pooled

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import math
+import re
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -117,6 +118,9 @@ SQLITE_ERROR_CLASSES: dict[str, Fault] = {
 }
 
 
+_SQLITE_COLUMN_REPORT = re.compile(r"(?:NOT NULL|UNIQUE) constraint failed: (?:\w+\.)?(\w+)")
+
+
 class SqliteConnector(SqlConnector):
     capabilities = Capabilities(attach=True, capture=True)
     # A reader holding a SHARED lock would block the writer's COMMIT: read in short batches.
@@ -132,6 +136,12 @@ class SqliteConnector(SqlConnector):
         code = str(code)
         return SQLITE_ERROR_CLASSES.get(code) or SQLITE_ERROR_CLASSES.get(
             "_".join(code.split("_")[:2]))
+
+    def _violated(self, orig: BaseException) -> tuple[str | None, str | None]:
+        # "NOT NULL constraint failed: t.c", "UNIQUE constraint failed: t.a, t.b": the
+        # message is SQLite's only report of the column (a foreign key's names none)
+        m = _SQLITE_COLUMN_REPORT.search(str(orig))
+        return (m.group(1), None) if m else (None, None)
 
     def _create_engine(self, url: str) -> sa.Engine:
         return create_sqlite_engine(url)
