@@ -138,11 +138,10 @@ def test_mariadb_names_the_column_of_a_value_it_cannot_convert(
     """Error 1366 names the column as `db`.`table`.`column`: the column is the last part."""
     db = _made(make_backend, backend_kind)
     assert isinstance(db.connector, SqlConnector)
-    with pytest.raises(ConstraintViolation) as info, db.connector.translating("insert"):
-        with db.connector.engine.begin() as conn:
-            conn.exec_driver_sql("SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
-            conn.exec_driver_sql("INSERT INTO errc_child (id, name, qty) "
-                                 "VALUES (9, 'n', 'many')")
+    with pytest.raises(ConstraintViolation) as info, db.connector.translating("insert"), \
+            db.connector.engine.begin() as conn:
+        conn.exec_driver_sql("SET SESSION sql_mode = 'STRICT_ALL_TABLES'")
+        conn.exec_driver_sql("INSERT INTO errc_child (id, name, qty) VALUES (9, 'n', 'many')")
     assert (info.value.column, info.value.value) == ("qty", "many")
 
 

@@ -30,6 +30,7 @@ from dualwrite.model.schema import TableSchema
 
 if TYPE_CHECKING:
     from dualwrite.connectors.changelog import ChangeLog
+    from dualwrite.connectors.delta import DeltaJournal
     from dualwrite.model.conversion import Plan
 
 Row = tuple[Any, ...]
@@ -445,6 +446,12 @@ class Connector(ABC):
         raise TerminalConnectorError(
             f"{type(self).__name__} has no change capture", environment=self.name,
             hint="capture needs PostgreSQL, MariaDB or SQLite")
+
+    def delta_journal(self) -> DeltaJournal | None:
+        """This environment's delta journal (change tracking for the OData service's delta
+        links, :mod:`dualwrite.connectors.delta`), or None where it keeps none: only a SQL
+        database with capture keeps one."""
+        return None
 
     # -- errors ---------------------------------------------------------------------------
     def translating(self, doing: str) -> AbstractContextManager[None]:

@@ -46,6 +46,7 @@ from dualwrite.model.values import canonical
 
 if TYPE_CHECKING:
     from dualwrite.connectors.capture import CaptureLog, Dialect
+    from dualwrite.connectors.delta import DeltaJournal
 
 LINK_TABLE = "dualwrite_link"
 OWN_TABLE_PREFIX = "dualwrite_"
@@ -387,6 +388,7 @@ class SqlConnector(Connector):
         self._binary_order: dict[tuple[str, str], bool] = {}
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._capture: CaptureLog | None = None
+        self._delta: DeltaJournal | None = None
 
     # -- hooks for dialects -----------------------------------------------------------------
     def _create_engine(self, url: str) -> sa.Engine:
@@ -486,6 +488,15 @@ class SqlConnector(Connector):
 
             self._capture = CaptureLog(self)
         return self._capture
+
+    def delta_journal(self) -> DeltaJournal | None:
+        if not self.capabilities.capture:
+            return None
+        if self._delta is None:
+            from dualwrite.connectors.delta import DeltaJournal
+
+            self._delta = DeltaJournal(self)
+        return self._delta
 
     # -- error translation: the one choke point ----------------------------------------------
     def translating(self, doing: str) -> _Translating:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from dualwrite.connectors.delta import DeltaJournal, Position
-from dualwrite.connectors.sql import SqlConnector
 from dualwrite.errors import DeltaTokenGone, TerminalConnectorError
 from dualwrite.model.maps import Side
 from dualwrite.model.values import canonical
@@ -64,12 +63,12 @@ class ChangeFeed:
         self._install_lock = threading.Lock()
 
     def _journal(self, side: Side) -> DeltaJournal | None:
-        conn = self.link.connectors[side]
-        if not isinstance(conn, SqlConnector) or not conn.capabilities.capture:
-            return None
         with self._lock:
             if side not in self._journals:
-                self._journals[side] = DeltaJournal(conn)
+                journal = self.link.connectors[side].delta_journal()
+                if journal is None:
+                    return None
+                self._journals[side] = journal
             return self._journals[side]
 
     def eligible(self, side: Side, *, max_age: float | None = None) -> set[str]:

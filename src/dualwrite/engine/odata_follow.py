@@ -40,7 +40,12 @@ from typing import TYPE_CHECKING, Any
 from dualwrite.connectors.base import Connector, Row
 from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.changelog import Change, ChangeLog
-from dualwrite.connectors.odata.changes import DEFAULT_OVERLAP, ModifiedPoll, RowChange
+from dualwrite.connectors.odata.changes import (
+    DEFAULT_OVERLAP,
+    FollowedService,
+    ModifiedPoll,
+    RowChange,
+)
 from dualwrite.connectors.odata.connector import ETags
 from dualwrite.engine.capture import capture_specs
 from dualwrite.engine.diff import Classified, Entry, Failure, MapDiffer
@@ -99,11 +104,19 @@ class ODataFollower:
                 "service) and one with them (PostgreSQL, MariaDB, SQLite)",
                 hint="link an OData environment with a database environment", code="DW204")
         o = odata[0]
+        service = connectors[o]
+        if not isinstance(service, FollowedService):
+            raise ConfigError(
+                f"environment {service.name!r} has no change tracking or modified-timestamp "
+                "reading (it is not an OData service)", code="DW204",
+                hint="follow a link between an OData environment and a database")
+        #: the service's connector, as what following needs of it
+        self.service: FollowedService = service
         # the entities written come back with the service's own timestamp: echo suppression
-        connectors[o].return_written = True  # type: ignore[attr-defined]
+        service.return_written = True
         # the twins read before each write carry their ETags: a write sends If-Match with
         # the one read, and a change made in the service in between is a conflict (412)
-        connectors[o].etags = ETags()  # type: ignore[attr-defined]
+        service.etags = ETags()
         self.maps: list[_Followed] = []
         for b in maps:
             if b.spec.conflict not in (ConflictPolicy.LEFT_WINS, ConflictPolicy.RIGHT_WINS):
@@ -146,7 +159,7 @@ class ODataFollower:
             if f.kept.get("started"):
                 continue  # a position kept by an earlier start: follow on from there
             if f.method == "delta":
-                got = self.connectors[f.odata].start_delta(  # type: ignore[attr-defined]
+                got = self.service.start_delta(
                     f.bound.table(f.odata), self.differs[f.bound.name].columns[f.odata],
                     page_size=self.batch)
                 if got is None:
@@ -156,7 +169,7 @@ class ODataFollower:
                 f.delta_link = got[1]
             else:
                 assert f.modified is not None
-                f.poll.since = self.connectors[f.odata].newest_modified(  # type: ignore[attr-defined]
+                f.poll.since = self.service.newest_modified(
                     f.bound.table(f.odata), f.modified)
                 # the rows of the overlap window below it are as initial sync will find
                 # them, not changes: read them once as seen, so that no step re-reads one
@@ -181,7 +194,7 @@ class ODataFollower:
 
     def _poll(self, f: _Followed) -> list[RowChange]:
         assert f.modified is not None
-        return list(self.connectors[f.odata].poll_changes(  # type: ignore[attr-defined]
+        return list(self.service.poll_changes(
             f.bound.table(f.odata), self.differs[f.bound.name].columns[f.odata], f.modified,
             f.poll, page_size=self.batch))
 
@@ -207,7 +220,7 @@ class ODataFollower:
                 f.poll = saved
                 raise
         assert f.delta_link is not None
-        changes, link = self.connectors[o].read_delta(  # type: ignore[attr-defined]
+        changes, link = self.service.read_delta(
             f.bound.table(o), f.delta_link, page_size=self.batch)
         return self._apply_odata_changes(f, changes, link)
 

@@ -26,9 +26,12 @@ import hashlib
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 from dualwrite.model.values import canonical
+
+if TYPE_CHECKING:
+    from dualwrite.connectors.odata.connector import ETags
 
 Row = tuple[Any, ...]
 #: decode one JSON value of one property: (property, value) -> Python value
@@ -231,3 +234,33 @@ def choose_method(tracks_changes: bool, modified: str | None, columns: Iterable[
                       "`modified:`")
     return None, ("the service offers no delta links: name the entity set's modified-"
                   "timestamp property in the environment's `modified:` (CAP: modifiedAt)")
+
+
+@runtime_checkable
+class FollowedService(Protocol):
+    """What following a service's changes needs of its connector, beside the
+    :class:`~dualwrite.connectors.base.Connector` it is (the OData connector implements it;
+    :mod:`dualwrite.engine.odata_follow` drives it). Reading is by delta links or by polling
+    a modified-timestamp property, as :meth:`Connector.change_method` probed."""
+
+    #: ask the service for each written entity back (its own timestamp: echo suppression)
+    return_written: bool
+    #: the ETags of rows read, sent as If-Match by the writes that follow (None: If-Match: *)
+    etags: ETags | None
+
+    def start_delta(self, table: str, columns: Sequence[str], *, page_size: int = 5000
+                    ) -> tuple[list[RowChange], str] | None:
+        """Read ``table`` asking for change tracking: its rows and the first delta link, or
+        None when the service did not apply the preference."""
+
+    def read_delta(self, table: str, delta_link: str, *, page_size: int = 5000
+                   ) -> tuple[list[RowChange], str]:
+        """What changed since ``delta_link`` was given, and the next delta link."""
+
+    def newest_modified(self, table: str, modified: str) -> dt.datetime | None:
+        """The newest value of the ``modified`` property in ``table`` (None: no rows)."""
+
+    def poll_changes(self, table: str, columns: Sequence[str], modified: str,
+                     poll: ModifiedPoll, *, page_size: int = 5000) -> list[RowChange]:
+        """The rows changed since ``poll.since`` less the overlap, without those ``poll``
+        has emitted already or expects as dualwrite's own echoes."""
