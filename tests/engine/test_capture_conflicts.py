@@ -129,7 +129,7 @@ def test_a_target_write_racing_the_apply_is_ordered_or_a_conflict(
         kinds: tuple[str, str], make_backend: BackendFactory, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
     """The target application's rename starts right after the applier first looked at the
-    target's queue, in its own thread. Whichever commits first, the outcome is one of the two
+    target's queue (on PostgreSQL in the round trip of its bookkeeping), in its own thread. Whichever commits first, the outcome is one of the two
     correct ones: the target's write is ordered after the applied one (both sides end with the
     target's value, no conflict), or it committed first and is a recorded conflict. Both sides
     holding the source's value with no conflict recorded is the lost update."""
@@ -137,7 +137,8 @@ def test_a_target_write_racing_the_apply_is_ordered_or_a_conflict(
     app_update(it.left, 1, "L1")
     writer: list[threading.Thread] = []
     errors: list[BaseException] = []
-    for name in ("queues", "pending"):
+    # where the applier looks at the target's queue: alone, or with its bookkeeping
+    for name in ("queues", "pending", "finish_apply"):
         real = getattr(CaptureLog, name)
 
         def hooked(log: CaptureLog, conn: Any, *args: Any, _real: Any = real) -> Any:

@@ -284,11 +284,12 @@ class Dialect(ABC):
 
     def finish_apply(self, conn: sa.Connection, source: str,
                      positions: Sequence[tuple[str, str, int]],
-                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None
-                     ) -> bool | None:
+                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None,
+                     probe: Sequence[str]) -> tuple[bool, set[str]] | None:
         """:meth:`CaptureLog.finish_apply` in one round trip where the database can: whether
         the fence was raised (False: the first fence here, or a newer applier's; the caller
-        raises it the plain way); None where there is no such statement (nothing done)."""
+        raises it the plain way), and which of the ``probe`` maps the log holds changes of;
+        None where there is no such statement (nothing done)."""
         return None
 
     def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]
@@ -767,25 +768,29 @@ class CaptureLog:
 
     def finish_apply(self, sess: WriteSession, source: str,
                      positions: Sequence[tuple[str, str, int]],
-                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None) -> None:
+                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None,
+                     probe: Sequence[str] = ()) -> set[str]:
         """The bookkeeping that closes an apply transaction, inside it, last before its
         commit: raise the fence (``(link, epoch)``, if given: :meth:`fence`), record
-        ``positions`` (:meth:`mark_applied`) and drop ``prune`` (:meth:`unmark`). In one
-        round trip where the dialect has such a statement (PostgreSQL) and the fence is there
-        already (the common case): a single-row transaction would otherwise pay three."""
+        ``positions`` (:meth:`mark_applied`) and drop ``prune`` (:meth:`unmark`); then which
+        of the ``probe`` maps this log holds changes of (:meth:`queued`). In one round trip
+        where the dialect has such a statement (PostgreSQL) and the fence is there already
+        (the common case): a single-row transaction would otherwise pay four."""
         self.ensure()
         conn = _sql(sess)
         if all(t != WATERMARK for _m, t, _s in positions):
-            raised = self.dialect.finish_apply(conn, source, positions, prune, fence)
-            if raised is not None:
+            done = self.dialect.finish_apply(conn, source, positions, prune, fence, probe)
+            if done is not None:
+                raised, queued = done
                 if not raised and fence is not None:
                     self._fence(conn, *fence)  # the first fence here, or a newer applier's
-                return
+                return queued
         if fence is not None:
             self._fence(conn, *fence)
         self._mark_applied(conn, source, positions)
         if prune:
             self._unmark(conn, source, prune)
+        return self.queued(sess, probe) if probe else set()
 
     def fence_epoch(self, sess: WriteSession, link: str) -> int:
         """The epoch the link's fence holds in this database (0: none yet)."""

@@ -305,9 +305,12 @@ class ChangeLog(Protocol):
 
     def finish_apply(self, sess: WriteSession, source: str,
                      positions: Sequence[tuple[str, str, int]],
-                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None) -> None:
+                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None,
+                     probe: Sequence[str] = ()) -> set[str]:
         """Raise ``fence``, :meth:`mark_applied` ``positions`` and :meth:`unmark` ``prune``,
-        last before ``sess`` commits."""
+        last before ``sess`` commits (or rolls back); and return which of the maps ``probe``
+        names this log holds changes of (:meth:`queued`), asked in the same round trip where
+        the backend can."""
 
     def fence(self, sess: WriteSession, link: str, epoch: int) -> None:
         """Raise the link's fence to ``epoch`` inside ``sess`` (LeaseLost if later)."""

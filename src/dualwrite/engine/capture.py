@@ -482,10 +482,18 @@ class Applier(ApplierLoop):
                         # a new list: the first part's may be ``changes`` itself
                         todo = todo + self._apply_part(sess, s, more, maps, outcome, mode,
                                                        done, marks)
+                    # The fence and the applied positions (a replay from the state store has
+                    # none), in one round trip with the probe of the target's queue below:
+                    # they commit with the rows, or roll back with them on a recheck.
+                    self._raise_more_fences(sess, t)
+                    unchecked = sorted(n for n, keys in outcome.unchecked.items() if keys)
+                    queued = self.logs[t].finish_apply(
+                        sess, self.env[s], _positions(todo) if check_applied else [],
+                        self._prune[s], self._fenced(), unchecked)
                     # Rows the fast paths wrote without looking at the target's queue first
                     # are looked at now that this transaction holds them: a change of the
                     # target's own, committed before the write, means a conflict to settle.
-                    self._recheck(sess, t, maps, outcome)
+                    self._recheck(sess, t, maps, outcome, queued)
                     # Record conflicts, then park (state store), then commit the target: a
                     # crash in between does them again on redelivery (each is idempotent),
                     # never loses one. In that order: once a key is parked, its change comes
@@ -494,12 +502,6 @@ class Applier(ApplierLoop):
                     for c in outcome.conflicts.values():
                         self.state.add_conflict(**c, keep=keep)
                     self._park(s, outcome.parked)
-                    # the fence and the applied positions (a replay from the state store has
-                    # none), last before the commit, in one round trip
-                    self._raise_more_fences(sess, t)
-                    self.logs[t].finish_apply(
-                        sess, self.env[s], _positions(todo) if check_applied else [],
-                        self._prune[s], self._fenced())
                 break
             except _Restart as r:
                 excluded[r.action.change.seq] = r.error
@@ -786,14 +788,13 @@ class Applier(ApplierLoop):
         return rest
 
     def _recheck(self, sess: WriteSession, t: Side, maps: dict[str, _MapCtx],
-                 outcome: _Outcome) -> None:
+                 outcome: _Outcome, queued: set[str]) -> None:
         """Look at the target's queue for the rows the fast paths wrote in this transaction.
         They are held by it now, so whatever the target did to them committed before: a
         queued change of its own for one of them is a conflict the write did not see, and the
-        batch is applied again carefully (:class:`_Recheck`). One cheap probe for all the
-        maps (the target queues nothing of them: the common case)."""
-        names = sorted(n for n, keys in outcome.unchecked.items() if keys)
-        queued = self.logs[t].queued(sess, names) if names else set()
+        batch is applied again carefully (:class:`_Recheck`). ``queued``: the maps the
+        target queues anything of, probed once for all of them with the transaction's
+        bookkeeping (none: the common case)."""
         for name, keys in outcome.unchecked.items():
             if not keys or name not in queued:
                 continue

@@ -424,11 +424,14 @@ def test_applied_positions_commit_and_roll_back_with_their_session(
     assert not any(_is_applied(done, marks, c) for c in got)
     assert [c.seq for c in log.read([spec.map], 100)] == [c.seq for c in got]
     with db.connector.transaction() as sess:
-        log.finish_apply(sess, "suite_source", positions, [], None)
+        # the probe of the queue, asked with the bookkeeping, sees the change still queued
+        assert log.finish_apply(sess, "suite_source", positions, [], None,
+                                [spec.map, "no such map"]) == {spec.map}
         log.forget([c.seq for c in got], sess)
     with db.connector.transaction() as sess:
         done, marks = log.applied(sess, "suite_source", pairs)
         assert all(_is_applied(done, marks, c) for c in got)
+        assert log.finish_apply(sess, "suite_source", [], [], None, [spec.map]) == set()
         assert log.pending(sess, spec.map, [("g1",)],
                            [db.connector.describe("suite_groups").columns["gid"]]) == []
     assert log.read([spec.map], 100) == []

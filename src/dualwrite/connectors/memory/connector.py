@@ -666,11 +666,13 @@ class MemoryChangeLog:
 
     def finish_apply(self, sess: WriteSession, source: str,
                      positions: Sequence[tuple[str, str, int]],
-                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None) -> None:
+                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None,
+                     probe: Sequence[str] = ()) -> set[str]:
         if fence is not None:
             self.fence(sess, *fence)
         self.mark_applied(sess, source, positions)
         self.unmark(sess, source, prune)
+        return self.queued(sess, probe) if probe else set()
 
     def fence(self, sess: WriteSession, link: str, epoch: int) -> None:
         marks = self._rows(sess, _APPLIED)

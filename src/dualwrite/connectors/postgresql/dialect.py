@@ -284,12 +284,14 @@ class PostgresDialect(Dialect):
 
     def finish_apply(self, conn: sa.Connection, source: str,
                      positions: Sequence[tuple[str, str, int]],
-                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None
-                     ) -> bool | None:
+                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None,
+                     probe: Sequence[str]) -> tuple[bool, set[str]] | None:
         """One statement of data-modifying CTEs (each runs once, to completion, whether or
-        not the query reads it)."""
+        not the query reads it), whose row also says which ``probe`` maps the log holds
+        changes of (the log's map index, one probe each: the snapshot is the statement's,
+        so a change committed before it is seen, as :meth:`CaptureLog.queued` would)."""
         parts = []
-        params: dict[str, Any] = {"s": source}
+        params: dict[str, Any] = {"s": source, "pm": list(probe)}
         if fence is not None:
             parts.append(f"f AS (UPDATE {APPLIED} SET seq = %(e)s WHERE source = %(fs)s AND "
                          "map = %(link)s AND txid = '' AND seq <= %(e)s RETURNING 1)")
@@ -304,15 +306,20 @@ class PostgresDialect(Dialect):
             parts.append(f"d AS (DELETE FROM {APPLIED} WHERE source = %(s)s AND (map, txid) IN "
                          "(SELECT * FROM unnest(%(dm)s::text[], %(dt)s::text[])))")
             params.update(dm=[m for m, _t in prune], dt=[t for _m, t in prune])
-        if not parts:
-            return True
-        text = "WITH " + ", ".join(parts) + " SELECT " + \
-            ("(SELECT count(*) FROM f)" if fence is not None else "1")
+        if not parts and not probe:
+            return True, set()
+        queued = (f"ARRAY(SELECT p.m FROM unnest(%(pm)s::text[]) AS p(m) WHERE EXISTS "
+                  f"(SELECT 1 FROM {CHANGES} c WHERE c.map = p.m))") if probe else \
+            "'{}'::text[]"
+        text = ("WITH " + ", ".join(parts) + " " if parts else "") + "SELECT " + \
+            ("(SELECT count(*) FROM f)" if fence is not None else "1") + ", " + queued
         raw: Any = conn.connection.driver_connection
         with raw.cursor() as cur:
             cur.execute(text, params)
             row = cur.fetchone()
-        return row is not None and int(row[0]) == 1
+        if row is None:
+            return False, set()
+        return int(row[0]) == 1, {str(m) for m in row[1] or ()}
 
     def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]
                      ) -> bool | None:
