@@ -129,10 +129,11 @@ def test_a_target_write_racing_the_apply_is_ordered_or_a_conflict(
         kinds: tuple[str, str], make_backend: BackendFactory, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
     """The target application's rename starts right after the applier first looked at the
-    target's queue (on PostgreSQL in the round trip of its bookkeeping), in its own thread. Whichever commits first, the outcome is one of the two
-    correct ones: the target's write is ordered after the applied one (both sides end with the
-    target's value, no conflict), or it committed first and is a recorded conflict. Both sides
-    holding the source's value with no conflict recorded is the lost update."""
+    target's queue (on PostgreSQL in the round trip of its bookkeeping), in its own thread.
+    Whichever commits first, the outcome is one of the two correct ones: the target's write
+    is ordered after the applied one (both sides end with the target's value, no conflict),
+    or it committed first and is a recorded conflict. Both sides holding the source's value
+    with no conflict recorded is the lost update."""
     it = synced_items(make_backend, tmp_path, kinds, policy)
     app_update(it.left, 1, "L1")
     writer: list[threading.Thread] = []

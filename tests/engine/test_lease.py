@@ -19,6 +19,7 @@ from capture_fixtures import drain, make_items
 from dualwrite.engine.lease import ApplierLease
 from dualwrite.engine.state import StateStore
 from dualwrite.errors import LeaseLost
+from dualwrite.model.maps import Side
 
 from conftest import BackendFactory, fresh_state_url
 
@@ -149,7 +150,8 @@ def _audit(backend: Any) -> None:
 @pytest.mark.parametrize("pair", [("postgresql", "mariadb"), ("postgresql", "postgresql")],
                          ids=lambda p: "-".join(p))
 def test_a_zombie_caught_mid_transaction_rolls_back_and_the_change_is_applied_once(
-        make_backend: BackendFactory, tmp_path: Path, pair: tuple[str, str]) -> None:
+        make_backend: BackendFactory, tmp_path: Path, pair: tuple[str, str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     it = make_items(make_backend, tmp_path, *pair)
     for b in (it.left, it.right):
         b.app_sql("DROP TABLE IF EXISTS items_audit")
@@ -163,15 +165,19 @@ def test_a_zombie_caught_mid_transaction_rolls_back_and_the_change_is_applied_on
         assert zombie_lease.acquire()
         zombie, heir = link.applier(), link.applier()
         inside, wake = threading.Event(), threading.Event()
-        park = zombie._park
+        zombie_threads: list[threading.Thread] = []
+        target_log = zombie.logs[Side.RIGHT]
+        finish = target_log.finish_apply
 
-        def stalled(*args: Any) -> Any:
-            # the zombie has written the rows in its open target transaction: it stops here
-            inside.set()
-            assert wake.wait(120)
-            return park(*args)
+        def stalled(*args: Any, **kwargs: Any) -> Any:
+            if threading.current_thread() in zombie_threads:
+                # the zombie has written the rows in its open target transaction: it stops
+                # here, before its bookkeeping (where the fence is raised) and its commit
+                inside.set()
+                assert wake.wait(120)
+            return finish(*args, **kwargs)
 
-        zombie._park = stalled  # type: ignore[method-assign]
+        monkeypatch.setattr(target_log, "finish_apply", stalled)
         outcome: list[BaseException] = []
 
         def zombie_step() -> None:
@@ -184,6 +190,7 @@ def test_a_zombie_caught_mid_transaction_rolls_back_and_the_change_is_applied_on
             zombie.hold(zombie_lease)
             it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (10, 'once', 1)")
             worker = threading.Thread(target=zombie_step)
+            zombie_threads.append(worker)
             worker.start()
             assert inside.wait(60), "the zombie never reached its commit"
             heir_lease = ApplierLease(link.state, name, ttl=60)

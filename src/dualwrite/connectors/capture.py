@@ -294,9 +294,10 @@ class Dialect(ABC):
 
     def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]
                      ) -> bool | None:
-        """Delete log rows ``lo``..``hi`` and raise ``fence`` in one round trip where the
-        database can: whether the fence was raised; None where there is no such statement
-        (nothing done)."""
+        """Raise ``fence`` where it is there already and no later, and only then delete log
+        rows ``lo``..``hi``, in one statement atomic by itself (it may run outside any
+        transaction): True when both were done; False or None (no such statement here) when
+        nothing was, and the caller raises the fence the plain way and deletes."""
         return None
 
     def purge(self, conn: sa.Connection) -> None:  # noqa: B027 - nothing left behind
@@ -556,7 +557,7 @@ class CaptureLog:
         params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
         marks = ", ".join(f":m{i}" for i in range(len(maps)))
         more = None
-        with c.translating("read the change log"), c.engine.connect() as conn:
+        with c.translating("read the change log"), c.single_statements() as conn:
             if not self.has_txid:
                 rows = self._log_rows(conn, f"map IN ({marks})", params, "ORDER BY seq")
             else:
@@ -571,9 +572,10 @@ class CaptureLog:
                             {**params, "after": rows[-1][0],
                              **{f"t{i}": t for i, t in enumerate(txids)}})
                     if len(txids) > 1:  # which commits first is known only with the rest
+                        # (committed transactions do not grow: a second snapshot finds
+                        # the same changes of theirs as the first would)
                         rows += self._log_rows(conn, *more)
                         more = None
-            conn.rollback()
         if more is None:
             return self._changes(rows), None
         rest: Future[list[Change]] = Future()
@@ -581,9 +583,8 @@ class CaptureLog:
 
         def read_rest() -> None:
             try:
-                with c.translating("read the change log"), c.engine.connect() as cx:
+                with c.translating("read the change log"), c.single_statements() as cx:
                     got = self._log_rows(cx, *query)
-                    cx.rollback()
                 rest.set_result(sorted(self._changes(got), key=lambda ch: ch.seq))
             except BaseException as exc:  # handed to the caller, raised where it waits
                 rest.set_exception(exc)
@@ -602,11 +603,10 @@ class CaptureLog:
         params: dict[str, Any] = {f"m{i}": m for i, m in enumerate(maps)}
         marks = ", ".join(f":m{i}" for i in range(len(maps)))
         with self.connector.translating("read the change log"), \
-                self.connector.engine.connect() as conn:
+                self.connector.single_statements() as conn:
             rows = self._rows(conn, f"SELECT seq, txid FROM {CHANGES} WHERE map IN ({marks}) "
                               f"AND seq > :after ORDER BY seq LIMIT {int(limit)}",
                               {**params, "after": after})
-            conn.rollback()
         return [(int(r[0]), WATERMARK if r[1] is None else str(r[1])) for r in rows]
 
     def read_transactions(self, maps: Sequence[str], txids: Sequence[str]) -> list[Change]:
@@ -817,17 +817,17 @@ class CaptureLog:
         c = self.connector
         ordered = sorted(seqs)
 
+        # the fence and a contiguous run in one statement (the common case), where the
+        # dialect has such a statement: it deletes only behind a fence it raised
+        ranged = fence is not None and ordered[-1] - ordered[0] + 1 == len(ordered) <= 1000
+
         def run(cx: sa.Connection) -> None:
-            if fence is not None and ordered[-1] - ordered[0] + 1 == len(ordered) <= 1000:
-                # the fence and a contiguous run in one round trip (the common case), where
-                # the dialect has such a statement
-                raised = self.dialect.forget_range(cx, ordered[0], ordered[-1], fence)
-                if raised is not None:
-                    if not raised:
-                        self._fence(cx, *fence)  # the first fence here, or a newer applier's
+            if ranged:
+                assert fence is not None
+                if self.dialect.forget_range(cx, ordered[0], ordered[-1], fence):
                     return
             if fence is not None:
-                self._fence(cx, *fence)
+                self._fence(cx, *fence)  # the first fence here, or a newer applier's
             for i in range(0, len(ordered), 1000):
                 chunk = ordered[i:i + 1000]
                 lo, hi = chunk[0], chunk[-1]
@@ -841,6 +841,13 @@ class CaptureLog:
         if sess is not None:
             run(_sql(sess))
             return
+        if ranged:
+            assert fence is not None
+            # one statement, atomic by itself: no transaction around it where that is free
+            with c.translating("forget applied changes"), c.single_statements() as cx:
+                if self.dialect.forget_range(cx, ordered[0], ordered[-1], fence):
+                    return
+            # nothing deleted: the fence is raised (or refused) the plain way, below
         with c.translating("forget applied changes"), c.engine.begin() as cx:
             run(cx)
 

@@ -602,6 +602,13 @@ class PostgresConnector(SqlConnector):
 
         return PostgresDialect()
 
+    @contextlib.contextmanager
+    def single_statements(self) -> Iterator[sa.Connection]:
+        # psycopg's autocommit is a client-side flag, and so is SQLAlchemy's reset of it when
+        # the connection goes back to the pool (no SET is sent either way)
+        with self.engine.connect() as conn:
+            yield conn.execution_options(isolation_level="AUTOCOMMIT")
+
     def driver_connect(self, **settings: Any) -> Any:
         """A psycopg connection of its own (outside the pool), made with this connector's
         connection settings (the URL's, and dualwrite's session options), ``settings``

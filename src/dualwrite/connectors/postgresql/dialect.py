@@ -326,8 +326,9 @@ class PostgresDialect(Dialect):
         return conn.execute(sa.text(
             f"WITH f AS (UPDATE {APPLIED} SET seq = :e WHERE source = :fs AND "
             "map = :link AND txid = '' AND seq <= :e RETURNING 1), "
-            f"d AS (DELETE FROM {CHANGES} WHERE seq BETWEEN :a AND :b) "
-            "SELECT count(*) FROM f"),
+            # the delete sees the fence's RETURNING rows: nothing goes unless it was raised
+            f"d AS (DELETE FROM {CHANGES} WHERE seq BETWEEN :a AND :b AND EXISTS "
+            "(SELECT 1 FROM f)) SELECT count(*) FROM f"),
             {"e": fence[1], "fs": FENCE_SOURCE, "link": fence[0], "a": lo, "b": hi}
         ).scalar() == 1
 
