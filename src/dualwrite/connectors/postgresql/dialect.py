@@ -323,14 +323,15 @@ class PostgresDialect(Dialect):
 
     def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]
                      ) -> bool | None:
-        return conn.execute(sa.text(
+        # through the driver itself, like finish_apply: once per apply, on the hot path
+        got = self.rows(conn, (
             f"WITH f AS (UPDATE {APPLIED} SET seq = :e WHERE source = :fs AND "
             "map = :link AND txid = '' AND seq <= :e RETURNING 1), "
             # the delete sees the fence's RETURNING rows: nothing goes unless it was raised
             f"d AS (DELETE FROM {CHANGES} WHERE seq BETWEEN :a AND :b AND EXISTS "
             "(SELECT 1 FROM f)) SELECT count(*) FROM f"),
-            {"e": fence[1], "fs": FENCE_SOURCE, "link": fence[0], "a": lo, "b": hi}
-        ).scalar() == 1
+            {"e": fence[1], "fs": FENCE_SOURCE, "link": fence[0], "a": lo, "b": hi})
+        return int(got[0][0]) == 1
 
     # -- the delta journal ------------------------------------------------------------------
     def journal_ddl(self, journal: str, state: str, tracked: str) -> list[str]:
