@@ -292,6 +292,9 @@ class Dialect(ABC):
         None where there is no such statement (nothing done)."""
         return None
 
+    #: whether :meth:`forget_range` has a statement here (the common forget, one round trip)
+    has_forget_range: ClassVar[bool] = False
+
     def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]
                      ) -> bool | None:
         """Raise ``fence`` where it is there already and no later, and only then delete log
@@ -819,7 +822,8 @@ class CaptureLog:
 
         # the fence and a contiguous run in one statement (the common case), where the
         # dialect has such a statement: it deletes only behind a fence it raised
-        ranged = fence is not None and ordered[-1] - ordered[0] + 1 == len(ordered) <= 1000
+        ranged = (self.dialect.has_forget_range and fence is not None
+                  and ordered[-1] - ordered[0] + 1 == len(ordered) <= 1000)
 
         def run(cx: sa.Connection) -> None:
             if ranged:

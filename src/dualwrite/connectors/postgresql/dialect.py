@@ -321,6 +321,8 @@ class PostgresDialect(Dialect):
             return False, set()
         return int(row[0]) == 1, {str(m) for m in row[1] or ()}
 
+    has_forget_range = True
+
     def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]
                      ) -> bool | None:
         # through the driver itself, like finish_apply: once per apply, on the hot path
