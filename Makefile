@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-capture bench-capture-scale bench-idle bench-failover bench-odata-delta clean services browser
+.PHONY: demo test lint bench bench-capture bench-capture-scale bench-idle bench-failover bench-odata-delta bench-odata-follow clean services browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-failover: $(STAMP) services
 # OData delta links against polling a served set with plain paged GETs
 bench-odata-delta: $(STAMP) services
 	$(BIN)/python bench/odata_delta.py
+
+# capture lag of `dualwrite run` following an OData side (serve by delta links, CAP and serve
+# by polling) against plain paged GETs of the same set
+bench-odata-follow: $(STAMP) services
+	$(BIN)/python bench/odata_follow.py
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache

@@ -141,10 +141,17 @@ def cap_rows(cap: Cap) -> dict[int, dict[str, Any]]:
         return {e["ID"]: e for e in r.json()["value"]}
 
 
-def write_config(tmp_path: Path, erp_url: str, crm: Backend) -> Path:
+def write_config(tmp_path: Path, erp_url: str, crm: Backend,
+                 modified: str | None = "modifiedAt") -> Path:
+    """A link erp (CAP, at ``erp_url``) <-> crm (``crm``) with the customers map; the
+    environment names CAP's ``modified`` property (None: none, and its changes cannot be
+    read: DW136)."""
     (tmp_path / "maps").mkdir(exist_ok=True)
     (tmp_path / "maps" / "customers.yaml").write_text(CUSTOMERS_MAP)
-    cfg = {"environments": {"erp": {"url": erp_url}, "crm": {"url": crm.url}},
+    erp: dict[str, str] = {"url": erp_url}
+    if modified is not None:
+        erp["modified"] = modified
+    cfg = {"environments": {"erp": erp, "crm": {"url": crm.url}},
            "link": {"left": "erp", "right": "crm"},
            "state": f"sqlite:///{tmp_path / 'state.db'}", "maps": ["maps/*.yaml"]}
     path = tmp_path / "dualwrite.yaml"

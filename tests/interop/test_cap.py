@@ -22,7 +22,7 @@ from cap_process import (
     write_config,
 )
 from dualwrite.engine.link import Link
-from dualwrite.errors import LinkError, TerminalConnectorError
+from dualwrite.errors import Issue, LinkError, TerminalConnectorError, ValidationFailed
 
 from conftest import Backend, BackendFactory
 
@@ -124,22 +124,45 @@ def test_maps_do_not_start_live_on_an_odata_environment_yet(cap: Cap, crm: Backe
 
 def test_validate_says_how_changes_of_the_service_would_be_read(cap: Cap, crm: Backend,
                                                                  tmp_path: Path) -> None:
-    config = write_config(tmp_path, cap.env_url(), crm)
+    config = write_config(tmp_path, cap.env_url(), crm, modified=None)
 
-    def said() -> list[tuple[str, str, str]]:
+    def said() -> list[Issue]:
         with Link.open(config) as link:
             _, issues = link.validate()
-        return [(i.code, i.severity, i.message) for i in issues if i.code in ("DW135",
-                                                                            "DW136")]
+        return [i for i in issues if i.code in ("DW135", "DW136")]
 
-    [(code, severity, message)] = said()
-    assert (code, severity) == ("DW136", "warning") and "modified:" in message
+    # CAP applies no change tracking, and no modified property is named: an error
+    [issue] = said()
+    assert (issue.code, issue.severity, issue.map) == ("DW136", "error", "customers")
+    assert "no change tracking" in issue.message and "`modified:`" in issue.message
+    assert "`erp: {url: ..., modified: modifiedAt}`" in issue.hint  # per environment
+    assert "`modified: {left: modifiedAt}`" in issue.hint  # per map
     doc = yaml.safe_load(config.read_text())
     doc["environments"]["erp"]["modified"] = "modifiedAt"
     config.write_text(yaml.safe_dump(doc))
-    assert said() == [("DW135", "note", "changes of 'Customers' (erp) are read by polling "
-                       "modifiedAt (the service offers no delta links)")]
+    assert [(i.code, i.severity, i.message) for i in said()] == [
+        ("DW135", "note", "changes of 'Customers' (erp) are read by polling modifiedAt (the "
+         "service offers no delta links)")]
     (tmp_path / "maps" / "customers.yaml").write_text(
-        CUSTOMERS_MAP + "modified: {left: changedOn}\n")
-    [(code, severity, message)] = said()
-    assert (code, severity) == ("DW136", "warning") and "no property 'changedOn'" in message
+        CUSTOMERS_MAP + "modified: {left: changedOn}\n")  # the map's own, wrong, wins
+    [issue] = said()
+    assert (issue.code, issue.severity) == ("DW136", "error")
+    assert "no property 'changedOn'" in issue.message and issue.line is not None
+
+
+def test_a_map_whose_changes_cannot_be_read_is_synced_and_verified_not_run_live(
+        cap: Cap, crm: Backend, tmp_path: Path) -> None:
+    """DW136 keeps a map from running live (a live transaction is refused naming it) but
+    not from plan, initial sync and verify, which read no changes."""
+    crm.insert("customers", [{"id": 1, "name": "from crm", "credit": Decimal(1)}])
+    with Link.open(write_config(tmp_path, cap.env_url(), crm, modified=None)) as link:
+        [planned] = link.plan()
+        assert planned.created == {"left": 1, "right": 0}, planned.as_dict()
+        [result] = link.sync_initial()
+        assert result.created == {"left": 1, "right": 0}, result.as_dict()
+        [v] = link.verify()
+        assert v.ok, v.as_dict()
+        with pytest.raises(ValidationFailed) as info, link.transaction("clerk") as tx:
+            tx.update("crm", "customers", {"id": 1}, {"name": "not written"})
+        assert [i.code for i in info.value.issues] == ["DW136"]
+    assert cap_rows(cap)[1]["name"] == "from crm"

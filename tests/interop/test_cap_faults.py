@@ -223,3 +223,19 @@ def test_a_service_down_or_hanging_at_the_tcp_level(cap: Cap) -> None:
                 assert words in str(info.value), (mode, str(info.value))
             assert [r for b in c.read("Customers", ["ID"], key=["ID"]) for r in b] == [
                 (1,), (2,), (3,)]
+
+
+def test_a_probe_of_change_tracking_that_cannot_be_made_is_transient_not_dw136(
+        cap: Cap, crm: Backend, proxy: HttpFaults, tmp_path: Path) -> None:
+    """validate's probe of how changes are read, dropped: a transient error (the service
+    could not be asked), not the error DW136 that would hold the map until restart; asked
+    again once the service answers, the map is valid."""
+    config = write_config(tmp_path, env_url(proxy, "?retries=1"), crm)
+    with Link.open(config) as link:
+        proxy.fail("GET", r"^Customers\?", "drop", times=1)
+        with pytest.raises(TransientConnectorError, match="probe change tracking"):
+            link.validate()
+        assert proxy.pending() == 0
+        _, issues = link.validate()
+    assert [(i.code, i.severity) for i in issues if i.code in ("DW135", "DW136")] == [
+        ("DW135", "note")]

@@ -38,9 +38,7 @@ def dualwrite(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_follow_from_the_command_line(cap: Cap, crm: Backend, tmp_path: Path) -> None:
-    config = write_config(tmp_path, cap.env_url(), crm)
-    doc = config.read_text().replace("url: odata+", "modified: modifiedAt\n    url: odata+")
-    config.write_text(doc)
+    config = write_config(tmp_path, cap.env_url(), crm)  # modified: modifiedAt
     with cap_client(cap) as c:
         assert c.post("Customers", json={"ID": 1, "name": "before"}).status_code == 201
     r = dualwrite(config, "follow", "--start")
@@ -76,3 +74,31 @@ def test_follow_from_the_command_line(cap: Cap, crm: Backend, tmp_path: Path) ->
     [row] = [m for m in json.loads(r.stdout)["maps"] if m["map"] == "customers"]
     assert row["note"].startswith("followed by `dualwrite follow`: polling modifiedAt, "
                                   "changes up to 20"), row
+
+
+def test_a_map_whose_changes_cannot_be_read_is_refused_by_validate_follow_and_run(
+        cap: Cap, crm: Backend, tmp_path: Path) -> None:
+    """No `modified:` named and CAP applies no change tracking: validate fails (DW136, the
+    hint naming `modified:` per environment and per map), `follow` and `run` refuse the map
+    with the same message, and `sync --initial` and `verify` still work."""
+    config = write_config(tmp_path, cap.env_url(), crm, modified=None)
+    with cap_client(cap) as c:
+        assert c.post("Customers", json={"ID": 1, "name": "in CAP"}).status_code == 201
+    r = dualwrite(config, "validate", "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    doc = json.loads(r.stdout)
+    [issue] = [i for i in doc["issues"] if i["code"] == "DW136"]
+    assert not doc["ok"] and issue["severity"] == "error" and issue["map"] == "customers"
+    assert "no change tracking" in issue["message"]
+    assert "`erp: {url: ..., modified: modifiedAt}`" in issue["hint"]
+    assert "`modified: {left: modifiedAt}`" in issue["hint"]
+    for command in (["follow", "--start"], ["follow", "--once"], ["run"]):
+        r = dualwrite(config, *command)
+        said = r.stdout + r.stderr
+        assert r.returncode != 0, (command, said)
+        assert "DW136" in said and issue["message"] in " ".join(said.split()), (command, said)
+    r = dualwrite(config, "sync", "--initial")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [row["id"] for row in crm.rows("customers", ["id"], ["id"])] == [1]
+    r = dualwrite(config, "verify")
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -432,7 +432,7 @@ class Connector(ABC):
     # -- change capture -------------------------------------------------------------------
     def change_method(self, table: str, modified: str | None) -> tuple[str | None, str] | None:
         """How the changes of ``table`` would be read where they are not captured in the
-        database itself: (method, why), or (None, what to do) when they cannot be; None
+        database itself: (method, why), or (None, why not) when they cannot be; None
         where this question does not arise (capture by triggers, or none at all). May ask
         the environment (an OData service is probed)."""
         return None

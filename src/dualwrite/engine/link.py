@@ -40,7 +40,7 @@ from dualwrite.engine.live_odata import LastResourceCoordinator, odata_side, res
 from dualwrite.engine.lookups import PlannedRows
 from dualwrite.engine.monitor import PROGRESS_SECONDS, Monitor
 from dualwrite.engine.odata_follow import PHASE as FOLLOW_PHASE
-from dualwrite.engine.odata_follow import describe_position
+from dualwrite.engine.odata_follow import cannot_follow, describe_position
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import MapState, StateStore, now_iso
 from dualwrite.engine.verify import VerifyResult, verify_map
@@ -57,6 +57,11 @@ from dualwrite.model.maps import Side, TableMap, dependency_order
 from dualwrite.model.schema import TableSchema
 
 log = logging.getLogger("dualwrite.link")
+
+#: errors that keep a map from running live — following its changes, live writes — but not
+#: from being planned, synced (`sync --initial`) and verified, which read no changes: DW136,
+#: an OData side whose changes cannot be read
+NOT_FOR_SYNC = frozenset({"DW136"})
 
 
 class Link:
@@ -203,8 +208,10 @@ class Link:
 
     def _change_methods(self, bound: list[BoundMap]) -> list[Issue]:
         """For each side whose changes are not captured in its database (an OData service),
-        how they would be read: a note naming the method, or a warning that the map can be
-        synced and verified but not run live, and what to do."""
+        how they would be read: a note naming the method, or the error DW136 that they
+        cannot be, and what to name (the map can still be planned, synced and verified:
+        :data:`NOT_FOR_SYNC`). A service that cannot be reached (transient) raises, as
+        describing it does."""
         issues = []
         for b in bound:
             for s in Side:
@@ -212,7 +219,7 @@ class Link:
                 modified = b.spec.modified(s) or self.config.modified(env)
                 try:
                     found = self.connectors[s].change_method(b.table(s), modified)
-                except ConnectorError as exc:
+                except TerminalConnectorError as exc:
                     found = (None, f"it could not be asked ({exc.message})")
                 if found is None:
                     continue
@@ -223,10 +230,9 @@ class Link:
                                         f"by {why}", "nothing to do", b.spec.file, line,
                                         map=b.name, severity="note"))
                 else:
-                    issues.append(Issue("DW136", f"changes of {b.table(s)!r} ({env}) cannot be "
-                                        f"read: {why}", "until then the map can be synced and "
-                                        "verified (sync --initial, verify), not run live",
-                                        b.spec.file, line, map=b.name, severity="warning"))
+                    message, hint = cannot_follow(b.table(s), env, s, why)
+                    issues.append(Issue("DW136", message, hint, b.spec.file, line,
+                                        map=b.name))
         return issues
 
     def _tables(self, side: Side, maps: list[TableMap]) -> list[str]:
@@ -246,11 +252,12 @@ class Link:
                 continue  # a schema that does not exist: its tables are reported missing
         return names
 
-    def bound_maps(self, names: Sequence[str] = ()) -> list[BoundMap]:
+    def bound_maps(self, names: Sequence[str] = (), *, live: bool = True) -> list[BoundMap]:
         """Validated maps in dependency order; raises ValidationFailed listing every error
-        (warnings do not stop the maps)."""
+        (warnings do not stop the maps). ``live=False`` (plan, initial sync, verify: they
+        read no changes) lets the errors of :data:`NOT_FOR_SYNC` pass."""
         bound, issues = self.validate()
-        errors = [i for i in issues if i.is_error]
+        errors = [i for i in issues if i.is_error and (live or i.code not in NOT_FOR_SYNC)]
         if errors:
             raise ValidationFailed(errors)
         for n in names:
@@ -409,7 +416,7 @@ class Link:
         counts as resolving, as it will in the sync. With ``errors``, each result lists
         every row predicted to fail."""
         side = Side(master) if master else None
-        bound = self.bound_maps(names)
+        bound = self.bound_maps(names, live=False)
         planned = PlannedRows((s, t) for b in bound for f in b.fields for s in Side
                               for t in f.end(s).targets)
         sync = self._sync(progress)
@@ -420,7 +427,7 @@ class Link:
                      skip_errors: bool = False) -> list[MapResult]:
         """Initial sync of the named maps (all by default) in dependency order. With
         ``skip_errors``, rows with an open inbox entry are left alone (not tried again)."""
-        bound = self.bound_maps(names)
+        bound = self.bound_maps(names, live=False)
         self.ensure_linked()
         side = Side(master) if master else None
         recorder = _Recorder(self.monitor)
@@ -435,7 +442,7 @@ class Link:
                progress: Progress | None = None) -> list[VerifyResult]:
         return [verify_map(b, self.connectors, batch_size=self.config.model.sync.batch_size,
                            max_details=max_details, state=self.state, progress=progress)
-                for b in self.bound_maps(names)]
+                for b in self.bound_maps(names, live=False)]
 
     # -- live sync ---------------------------------------------------------------------------
     def live_maps(self) -> list[BoundMap]:

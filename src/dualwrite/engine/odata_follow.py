@@ -133,10 +133,9 @@ class ODataFollower:
             mod = b.spec.modified(o) or modified.get(o)
             found = connectors[o].change_method(b.table(o), mod)
             if found is None or found[0] is None:
-                why = found[1] if found else "the environment reads no changes"
-                raise ConfigError(f"map {b.name!r}: the changes of {b.table(o)!r} cannot be "
-                                  f"read: {why}", hint="see `dualwrite validate` (DW136)",
-                                  code="DW136")
+                message, hint = cannot_follow(b.table(o), connectors[o].name, o,
+                                              found[1] if found else "it reads no changes")
+                raise ConfigError(f"map {b.name!r}: {message}", hint=hint, code="DW136")
             f = _Followed(b, o, found[0], mod, ModifiedPoll(overlap=overlap))
             _, stats = state.get_checkpoint(b.name, PHASE)
             f.poll = ModifiedPoll.from_doc(stats.get("poll") or {}, overlap)
@@ -426,6 +425,17 @@ class ODataFollower:
 
     def _log(self, f: _Followed) -> ChangeLog:
         return self.connectors[f.db].change_log()
+
+
+def cannot_follow(table: str, env: str, side: Side, why: str) -> tuple[str, str]:
+    """The message and hint of DW136 (a map whose OData side's changes cannot be read), the
+    same from ``validate`` and from a follower refusing the map."""
+    return (f"changes of {table!r} ({env}) cannot be read: {why}",
+            f"name the entity set's modified-timestamp property (CAP's `managed`: modifiedAt) "
+            f"for the environment (`{env}: {{url: ..., modified: modifiedAt}}`) or for this "
+            f"map (`modified: {{{side.value}: modifiedAt}}`); until then the map can be "
+            "planned, synced and verified (`sync --initial`, `verify`), not followed "
+            "(`follow`, `run`) nor written live")
 
 
 def describe_position(position: dict[str, Any]) -> str | None:

@@ -221,19 +221,19 @@ Method = Literal["delta", "poll"]
 
 def choose_method(tracks_changes: bool, modified: str | None, columns: Iterable[str]
                   ) -> tuple[Method | None, str]:
-    """How changes of an entity set are read, and why; (None, what to do) when neither way
-    is open."""
+    """How changes of an entity set are read, and why; (None, why neither way is open) when
+    they cannot be (what to do is for the caller to say: validate's DW136)."""
     if tracks_changes:
         return "delta", "the service applies odata.track-changes (delta links)"
     cols = set(columns)
     if modified and modified in cols:
         return "poll", f"polling {modified} (the service offers no delta links)"
     if modified:
-        return None, (f"the entity set has no property {modified!r} to poll, and the service "
-                      "offers no delta links: name its modified-timestamp property in "
-                      "`modified:`")
-    return None, ("the service offers no delta links: name the entity set's modified-"
-                  "timestamp property in the environment's `modified:` (CAP: modifiedAt)")
+        return None, ("the service applies no change tracking (odata.track-changes) to the "
+                      f"entity set, and it has no property {modified!r} (named in `modified:`)"
+                      " to poll")
+    return None, ("the service applies no change tracking (odata.track-changes) to the entity "
+                  "set, and no modified-timestamp property is named in `modified:` to poll")
 
 
 @runtime_checkable
