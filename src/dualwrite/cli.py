@@ -703,7 +703,9 @@ def run(config: ConfigOpt = None,
                     from dualwrite.engine.odata_follow import run_follower
 
                     settle_for_latency()
-                    run_follower(link, stop, say=_say)
+                    # a quiet service is looked at as often as a quiet polled change log
+                    run_follower(link, stop, say=_say,
+                                 interval=link.config.model.capture.idle_poll_max)
                     return
                 # the maps are validated and the rules loaded by run_applier, once the
                 # databases answer: run waits for them rather than exit
