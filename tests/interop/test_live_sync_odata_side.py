@@ -447,13 +447,14 @@ def test_a_service_without_batch_is_written_row_by_row_and_refused_for_live_sync
 
 
 class _Running:
-    """A `dualwrite run` process, its output collected line by line by a thread."""
+    """A `dualwrite run` (or ``serve``) process, its output collected line by line by a
+    thread."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, *command: str) -> None:
         import threading
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dualwrite", "-c", str(config), "run"],
+            [sys.executable, "-m", "dualwrite", "-c", str(config), *(command or ("run",))],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ})
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(
@@ -517,6 +518,42 @@ def test_run_follows_a_link_with_an_odata_side_under_the_applier_lease(
     said = [("standby" if "standing by" in line else "follow") for line in second.lines
             if "standing by" in line or "following link" in line]
     assert said == ["standby", "follow"], second.lines
+    assert pg_rows(db) == items.rows("left")
+
+
+def test_serve_follows_a_link_with_an_odata_side_and_run_stands_by(
+        hub: tuple[Items, Served], make_backend: BackendFactory, tmp_path: Path) -> None:
+    """`dualwrite serve` on a link with an OData side follows it as `run` does (both ways),
+    under the same lease: a `run` started beside it stands by."""
+    import time
+
+    items, served = hub
+    db = db_side(make_backend, "postgresql")
+    seeded(items, db)
+    config = spoke(tmp_path, served.url + "/odata/erp/", db)
+
+    def until(cond: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not cond():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # polling both sides for the condition, with a deadline
+
+    ours = _Running(config, "serve", "--port", "0")
+    beside: _Running | None = None
+    try:
+        ours.wait_for("following link", time.monotonic() + 60)
+        with db.app().begin() as conn:
+            conn.execute(sa.text("UPDATE items SET name = 'changed in PG' WHERE id = 1"))
+        hub_patch(served, 2, {"name": "changed in the hub"})
+        until(lambda: items.rows("left")[1][0] == "changed in PG"
+              and pg_rows(db)[2][0] == "changed in the hub")
+        beside = _Running(config)
+        beside.wait_for("standing by", time.monotonic() + 60)
+    finally:
+        for p in (beside, ours):
+            if p is not None and p.proc.poll() is None:
+                assert p.stop() == 0, p.lines
+    assert any("dualwrite serve: following link" in line for line in ours.lines), ours.lines
     assert pg_rows(db) == items.rows("left")
 
 

@@ -23,17 +23,27 @@ from dualwrite.api.odata import odata_mount
 from dualwrite.engine.capture import run_applier
 from dualwrite.engine.delta import ChangeFeed
 from dualwrite.engine.link import Link
+from dualwrite.engine.live_odata import odata_side
 from dualwrite.engine.monitor import check_applier
+from dualwrite.engine.odata_follow import run_follower
 from dualwrite.errors import DualwriteError, TransientConnectorError
 
 log = logging.getLogger("dualwrite.serve")
 
 
 def _apply(link: Link, stop: threading.Event) -> None:
+    """Apply captured changes as `dualwrite run` does: the applier, or on a link with an
+    OData side the follower (dualwrite.engine.odata_follow), under the link's applier lease
+    either way (a standby while another process holds it)."""
     own = Link(link.config)
     own.rules = link.rules  # the rules serve loaded (read-only once loaded: shared safely)
     try:
-        run_applier(own, stop)
+        if odata_side(own.connectors) is not None:
+            run_follower(own, stop, say=lambda message, event: log.info(
+                message, extra={"event": event}),
+                interval=own.config.model.capture.idle_poll_max, command="serve")
+        else:
+            run_applier(own, stop)
     except Exception:  # the server keeps serving; the failure is in the log and /readyz
         log.exception("the capture applier stopped")
     finally:

@@ -458,8 +458,9 @@ def follower_for(link: Link, *, reconcile_every: int = 10) -> ODataFollower:
 
 
 def run_follower(link: Link, stop: threading.Event, *, say: Callable[[str, str], None],
-                 interval: float = 1.0, ttl: float = DEFAULT_TTL) -> None:
-    """``dualwrite run`` on a link with an OData side: follow it (:class:`ODataFollower`)
+                 interval: float = 1.0, ttl: float = DEFAULT_TTL, command: str = "run") -> None:
+    """``dualwrite run`` (or ``serve``: ``command`` names it in what is said) on a link with
+    an OData side: follow it (:class:`ODataFollower`)
     under the link's applier lease until ``stop`` is set — one follower per link; another
     process waits as a standby and takes over when the lease is released (at a stop) or
     expires (``ttl`` seconds unheard). The follower takes the service's position as
@@ -479,7 +480,7 @@ def run_follower(link: Link, stop: threading.Event, *, say: Callable[[str, str],
             if follower is None:
                 if not lease.acquire():
                     if not standing_by:
-                        say(f"dualwrite run: another process follows link "
+                        say(f"dualwrite {command}: another process follows link "
                             f"{link.config.link_name!r}; standing by", "standby")
                         standing_by = True
                     stop.wait(min(interval, ttl / 3))
@@ -489,17 +490,17 @@ def run_follower(link: Link, stop: threading.Event, *, say: Callable[[str, str],
                     follower = follower_for(link)
                     follower.start()
                 except TransientConnectorError as exc:
-                    say(f"dualwrite run: {exc.message}; retrying", "retry")
+                    say(f"dualwrite {command}: {exc.message}; retrying", "retry")
                     follower = None
                     lease.release()
                     stop.wait(interval)
                     continue
-                say(f"dualwrite run: following link {link.config.link_name!r} with an OData "
+                say(f"dualwrite {command}: following link {link.config.link_name!r} with an OData "
                     f"side (pid {os.getpid()})", "ready")
                 renewed = time.monotonic()
             if time.monotonic() - renewed >= min(1.0, ttl / 3):
                 if not lease.renew():
-                    say("dualwrite run: another process took the lease over; standing by",
+                    say(f"dualwrite {command}: another process took the lease over; standing by",
                         "standby")
                     follower, standing_by = None, True
                     continue
@@ -507,7 +508,7 @@ def run_follower(link: Link, stop: threading.Event, *, say: Callable[[str, str],
             try:
                 written = follower.step()
             except TransientConnectorError as exc:  # the next step reads it again
-                say(f"dualwrite run: {exc.message}; retrying", "retry")
+                say(f"dualwrite {command}: {exc.message}; retrying", "retry")
                 stop.wait(interval)
                 continue
             if written == 0:
