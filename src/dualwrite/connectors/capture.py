@@ -957,6 +957,11 @@ class CaptureLog:
                 conn.begin():
             self.dialect.purge(conn)
 
+    def catch_up(self, sess: WriteSession | None = None) -> bool:
+        """See :meth:`ChangeLog.catch_up`: the triggers write in the writer's transaction,
+        so a committed change is in the log already."""
+        return False
+
     # -- waiting -------------------------------------------------------------------------------
     def listen(self) -> ChangeSignal | None:
         """A signal of committed changes where the database notifies (PostgreSQL: LISTEN on

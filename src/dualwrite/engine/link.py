@@ -86,7 +86,8 @@ class Link:
         try:
             for side, env in ((Side.LEFT, config.left), (Side.RIGHT, config.right)):
                 self.connectors[side] = connect(env, config.url(env),
-                                                schema=config.schema(env))
+                                                schema=config.schema(env),
+                                                capture=config.capture_mode(env))
         except Exception:
             self.close()
             raise
