@@ -55,6 +55,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ from dualwrite.connectors.capture import (
     _dq,
     _pg_string,
 )
-from dualwrite.connectors.changelog import ChangeSignal
+from dualwrite.connectors.changelog import Change, ChangeSignal
 from dualwrite.errors import TerminalConnectorError, TransientConnectorError
 
 if TYPE_CHECKING:
@@ -111,7 +112,7 @@ class Relation:
 class RowChange:
     """One decoded row change, values as their output functions print them (None: NULL)."""
 
-    relid: int
+    rel: Relation  # as the WAL described the table when the row changed
     op: str  # "I", "U", "D"
     old: dict[str, str | None] | None
     new: dict[str, str | None] | None
@@ -222,7 +223,7 @@ class PgOutput:
                     old = before if tag == b"O" else None
                     r.take("!c")  # N
                 new = r.tuple(rel, old)
-            self.tx.changes.append(RowChange(relid, kind.decode(), old, new, self.own))
+            self.tx.changes.append(RowChange(rel, kind.decode(), old, new, self.own))
         # Origin, Type and Truncate messages: nothing to log (TRUNCATE is not captured by
         # the triggers either)
         return None
@@ -233,8 +234,7 @@ def _local(rel: Relation, home: str) -> str:
     return rel.name if rel.schema == home else f"{rel.schema}.{rel.name}"
 
 
-def log_entries(tx: Transaction, relations: dict[int, Relation],
-                specs: dict[str, list[CaptureSpec]], home: str
+def log_entries(tx: Transaction, specs: dict[str, list[CaptureSpec]], home: str
                 ) -> list[tuple[CaptureSpec, Relation, list[dict[str, Any]]]]:
     """The log rows a transaction makes, as runs of one map on one relation, in the order
     the rows were changed: each entry's ``op`` with the map's columns of its ``o`` (old) and
@@ -245,7 +245,7 @@ def log_entries(tx: Transaction, relations: dict[int, Relation],
     for ch in tx.changes:
         if ch.own:
             continue
-        rel = relations[ch.relid]
+        rel = ch.rel
         for spec in specs.get(_local(rel, home), ()):
             names = {c for c, _t in rel.columns}
             gone = [c for c in spec.needed if c not in names]
@@ -378,6 +378,12 @@ class Decoder:
         #: a fault injected by tests: called after the log's commit, before the slot is told
         self.after_commit: Any = None
 
+    @property
+    def listened(self) -> bool:
+        """Whether someone listens (an applier that reads when woken)."""
+        with self._lock:
+            return bool(self._signals)
+
     def subscribe(self) -> PipeSignal:
         signal = PipeSignal(self)
         with self._lock:
@@ -471,17 +477,17 @@ class Decoder:
                 if msg is not None:
                     tx = proto.feed(msg.payload)
                     if tx is not None:
-                        specs = lg.follow_specs(tx, proto.relations, specs)
+                        specs = lg.follow_specs(tx, specs)
                         if tx.commit_lsn > done and any(not c.own for c in tx.changes):
                             pending.append(tx)
                             rows += len(tx.changes)
                         confirmed = max(confirmed, tx.end_lsn)
                         if rows >= 50_000:  # a large backlog: log it in parts
-                            done = self._flush(cur, pending, proto, specs, confirmed)
+                            done = self._flush(cur, pending, specs, confirmed)
                             pending, rows = [], 0
                     continue
                 if pending:
-                    done = self._flush(cur, pending, proto, specs, confirmed)
+                    done = self._flush(cur, pending, specs, confirmed)
                     pending, rows = [], 0
                 elif confirmed > told and not proto.in_transaction:
                     cur.send_feedback(flush_lsn=confirmed)
@@ -508,11 +514,11 @@ class Decoder:
             with contextlib.suppress(Exception):
                 conn.close()
 
-    def _flush(self, cur: Any, pending: list[Transaction], proto: PgOutput,
+    def _flush(self, cur: Any, pending: list[Transaction],
                specs: dict[str, list[CaptureSpec]], confirmed: int) -> int:
         """Log ``pending`` (one transaction of the log's own, with the LSN reached), commit,
         then confirm the slot and wake the listeners; returns the LSN recorded."""
-        done = self.log.write(pending, proto.relations, specs)
+        done = self.log.write(pending, specs)
         if self.after_commit is not None:
             self.after_commit()
         cur.send_feedback(flush_lsn=max(confirmed, pending[-1].end_lsn))
@@ -762,16 +768,39 @@ class LogicalCaptureLog(CaptureLog):
             if self._decoder is not None:
                 self._decoder.stop()
             if has_slot:
-                with c.translating("drop the replication slot"), \
-                        c.engine.connect().execution_options(
-                            isolation_level="AUTOCOMMIT") as conn:
-                    conn.execute(sa.text("SELECT pg_drop_replication_slot(:s)"), {"s": slot})
+                self._drop_slot(slot)
             if has_pub:
                 self._ddl([f"DROP PUBLICATION IF EXISTS {slot}"], "drop the publication")
         found += super().uninstall(dry_run=dry_run)
         if not dry_run:
             self._ddl(["DROP FUNCTION IF EXISTS dualwrite_mark()"], "remove the marking")
         return found
+
+    def _drop_slot(self, slot: str, wait: float = 10.0) -> None:
+        """Drop the slot once no session streams it: a decoder just stopped lets go of it
+        within moments (its server process ends); one of another process is not waited for
+        longer than ``wait`` seconds."""
+        c = self.connector
+        deadline = time.monotonic() + wait
+        with c.translating("drop the replication slot"), \
+                c.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            while True:
+                active = conn.execute(sa.text(
+                    "SELECT active_pid FROM pg_catalog.pg_replication_slots "
+                    "WHERE slot_name = :s"), {"s": slot}).first()
+                if active is None:
+                    return
+                if active[0] is None:
+                    with contextlib.suppress(sa.exc.OperationalError):
+                        conn.execute(sa.text("SELECT pg_drop_replication_slot(:s)"),
+                                     {"s": slot})
+                        return
+                if time.monotonic() > deadline:
+                    raise TerminalConnectorError(
+                        f"replication slot {slot} is in use by server process {active[0]}",
+                        environment=c.name, hint="stop the `dualwrite run` or `serve` that "
+                        "applies this link, then uninstall again")
+                time.sleep(0.05)
 
     # -- the decoder's database work -----------------------------------------------------------
     def replication_params(self) -> dict[str, Any]:
@@ -809,12 +838,11 @@ class LogicalCaptureLog(CaptureLog):
             out.setdefault(spec.table, []).append(spec)
         return out
 
-    def follow_specs(self, tx: Transaction, relations: dict[int, Relation],
-                     specs: dict[str, list[CaptureSpec]]) -> dict[str, list[CaptureSpec]]:
+    def follow_specs(self, tx: Transaction, specs: dict[str, list[CaptureSpec]]
+                     ) -> dict[str, list[CaptureSpec]]:
         """``specs`` after the changes ``tx`` made to them (an install, a reload or a
         removal takes effect exactly where it committed in the WAL)."""
-        ours = [ch for ch in tx.changes
-                if _local(relations[ch.relid], self.dialect.home) == SPECS]
+        ours = [ch for ch in tx.changes if _local(ch.rel, self.dialect.home) == SPECS]
         if not ours:
             return specs
         by_tag = {s.tag: s for group in specs.values() for s in group}
@@ -832,8 +860,7 @@ class LogicalCaptureLog(CaptureLog):
         tx.changes = [ch for ch in tx.changes if ch not in ours]
         return out
 
-    def write(self, txs: Sequence[Transaction], relations: dict[int, Relation],
-              specs: dict[str, list[CaptureSpec]]) -> int:
+    def write(self, txs: Sequence[Transaction], specs: dict[str, list[CaptureSpec]]) -> int:
         """Log the rows of ``txs`` and record the last one's commit LSN, in one transaction;
         returns that LSN."""
         c = self.connector
@@ -847,7 +874,7 @@ class LogicalCaptureLog(CaptureLog):
                 next_xid = int(row[0]) if row else 0
                 for tx in txs:
                     xid = full_xid(tx.xid, next_xid)
-                    for spec, rel, rows in log_entries(tx, relations, specs, home):
+                    for spec, rel, rows in log_entries(tx, specs, home):
                         cur.execute(self._insert(cur, spec, rel),
                                     {"m": spec.map, "x": xid, "v": spec.version, "at": tx.at,
                                      "rows": json.dumps(rows)})
@@ -867,6 +894,17 @@ class LogicalCaptureLog(CaptureLog):
                     self._types[typ] = str(got[0])
             text = self._sql[shape] = insert_sql(spec, rel, self._types)
         return text
+
+    # -- reading -----------------------------------------------------------------------------
+    def read_start(self, maps: Sequence[str], limit: int
+                   ) -> tuple[list[Change], Future[list[Change]] | None]:
+        """:meth:`CaptureLog.read_start`. A reader that does not listen (a one-off read, a
+        test) reads what was committed before it asked: the decoder catches up first. One
+        that listens (the applier) reads what was logged when it was woken, and is woken
+        again for more."""
+        if maps and not self.decoder.listened:
+            self.catch_up()
+        return super().read_start(maps, limit)
 
     # -- waiting -----------------------------------------------------------------------------
     def listen(self) -> ChangeSignal | None:
