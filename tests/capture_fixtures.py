@@ -112,13 +112,17 @@ LOGICAL_KINDS = [("postgresql", "postgresql", "logical"), ("postgresql", "mariad
 
 
 def drain(applier: Applier, *, timeout: float = 30.0) -> int:
-    """Step the applier until two passes in a row find nothing; returns changes handled.
+    """Step the applier until two passes in a row find nothing; returns changes handled
+    (each pass after the logs caught up with what was committed: logical decoding).
     Fails the test if the logs do not empty within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     # a running applier reads the map states every 0.2 s: see what the test just changed
     applier.maps(refresh=True)
     handled, idle = 0, 0
     while idle < 2:
+        # as a running applier's decoders do: every change committed so far in the logs
+        for log in applier.logs.values():
+            log.catch_up()
         n = applier.step()
         applier.replay_released()
         handled += n

@@ -544,9 +544,12 @@ class LogicalCaptureLog(CaptureLog):
 
     @property
     def slot(self) -> str:
-        """The slot's and the publication's name: the environment's, in its schema."""
+        """The slot's and the publication's name: the environment's, in its database and
+        schema (slot names are the whole server's)."""
         self.locate()
-        digest = hashlib.sha1(f"{self.dialect.home}\0{self.connector.name}".encode())
+        database = self.connector.engine.url.database or ""
+        digest = hashlib.sha1(
+            f"{database}\0{self.dialect.home}\0{self.connector.name}".encode())
         return "dualwrite_" + digest.hexdigest()[:16]
 
     @property
