@@ -592,8 +592,9 @@ class LogicalCaptureLog(CaptureLog):
             f"CREATE TABLE IF NOT EXISTS {SPECS} (tag text PRIMARY KEY, map text NOT NULL, "
             "tbl text NOT NULL, k text NOT NULL, cols text NOT NULL, v text NOT NULL)",
             f"ALTER TABLE {SPECS} REPLICA IDENTITY FULL",
+            # the LSN as a number (a pg_lsn column would puzzle catalog readers)
             f"CREATE TABLE IF NOT EXISTS {SLOT_TABLE} (slot text PRIMARY KEY, "
-            "lsn pg_lsn NOT NULL)",
+            "lsn bigint NOT NULL)",
             "CREATE OR REPLACE FUNCTION dualwrite_mark() RETURNS trigger LANGUAGE plpgsql AS "
             f"$dw$ BEGIN PERFORM pg_logical_emit_message(true, '{PREFIX}', "
             "current_setting('dualwrite.origin', true)); RETURN NULL; END $dw$",
@@ -823,7 +824,7 @@ class LogicalCaptureLog(CaptureLog):
         c = self.connector
         with c.translating("read the decoder's position"), c.engine.connect() as conn:
             got = conn.execute(sa.text(
-                f"SELECT lsn - '0/0'::pg_lsn FROM {SLOT_TABLE} WHERE slot = :s"),
+                f"SELECT lsn FROM {SLOT_TABLE} WHERE slot = :s"),
                 {"s": self.slot}).scalar()
             conn.rollback()
         return int(got or 0)
@@ -881,9 +882,9 @@ class LogicalCaptureLog(CaptureLog):
                         cur.execute(self._insert(cur, spec, rel),
                                     {"m": spec.map, "x": xid, "v": spec.version, "at": tx.at,
                                      "rows": json.dumps(rows)})
-                cur.execute(f"INSERT INTO {SLOT_TABLE} (slot, lsn) VALUES (%(s)s, "
-                            "'0/0'::pg_lsn + %(l)s::numeric) ON CONFLICT (slot) DO UPDATE "
-                            "SET lsn = EXCLUDED.lsn", {"s": self.slot, "l": lsn})
+                cur.execute(f"INSERT INTO {SLOT_TABLE} (slot, lsn) VALUES (%(s)s, %(l)s) "
+                            "ON CONFLICT (slot) DO UPDATE SET lsn = EXCLUDED.lsn",
+                            {"s": self.slot, "l": lsn})
         return lsn
 
     def _insert(self, cur: Any, spec: CaptureSpec, rel: Relation) -> str:
