@@ -692,6 +692,18 @@ class LogicalCaptureLog(CaptureLog):
                     f"'{self.slot}' AND p.prrelid = to_regclass({_pg_string(t)})) THEN "
                     f"EXECUTE 'ALTER PUBLICATION {self.slot} DROP TABLE ' || "
                     f"{_pg_string(t)}; END IF; END $dw$")
+            last = conn.execute(sa.text(f"SELECT 1 FROM {SPECS}")).first() is None
+        if last:
+            # nothing captured any more: a slot nobody reads would keep WAL for ever. Dropped
+            # unless a decoder streams it now (that applier keeps reading it; the next
+            # install makes one again where it is gone)
+            with c.translating("drop the replication slot"), \
+                    c.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as cx:
+                cx.execute(sa.text(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM "
+                    "pg_catalog.pg_replication_slots WHERE slot_name = :s AND NOT active"),
+                    {"s": self.slot})
+            self._ready = False  # the next install makes the slot again
 
     def check(self, spec: CaptureSpec) -> list[str]:
         """What is wrong with the installed capture of one map: the change log or the table
