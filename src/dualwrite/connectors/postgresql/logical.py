@@ -314,7 +314,7 @@ def insert_sql(spec: CaptureSpec, rel: Relation, types: dict[int, str]) -> str:
             f"ELSE {key} END, {old}, "
             f"CASE WHEN r.e->>'op' = '{MARKER}' THEN json_build_object('reason', "
             f"r.e->>'reason') ELSE {new} END, "
-            "%(v)s, %(at)s FROM json_array_elements(%(rows)s::json) WITH ORDINALITY "
+            "%(v)s, %(at)s FROM jsonb_array_elements(%(rows)s::jsonb) WITH ORDINALITY "
             "AS r(e, i) ORDER BY r.i")
 
 
