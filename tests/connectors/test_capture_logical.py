@@ -33,7 +33,7 @@ from dualwrite.testing.connector_suite import (  # noqa: F401 - the suite's chan
     test_wait_returns_on_a_new_change,
 )
 
-from conftest import Backend, drop_logical_capture
+from conftest import Backend, BackendFactory, drop_logical_capture
 
 
 @pytest.fixture
@@ -223,3 +223,34 @@ def test_pgoutput_messages_decode_and_xids_widen() -> None:
         ("U", False, {"id": "1", "name": "own"}, {"id": "1", "name": None})]
     assert full_xid(42, (5 << 32) | 100) == (5 << 32) | 42
     assert full_xid(0xFFFFFFF0, (5 << 32) | 3) == (4 << 32) | 0xFFFFFFF0
+
+
+def test_validate_reports_an_environment_that_cannot_decode(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """`dualwrite validate` names the environment, what it lacks and the way out (DW137);
+    `maps start` refuses with the same message; the other side is not concerned."""
+    from capture_fixtures import make_items
+    from dualwrite.engine.link import Link
+
+    role = f"dwlg_{uuid.uuid4().hex[:6]}"
+    it = make_items(make_backend, tmp_path, "postgresql", "postgresql", "logical")
+    it.left.sql(f"CREATE ROLE {role} LOGIN NOREPLICATION")
+    try:
+        it.left.sql(f"GRANT ALL ON SCHEMA public TO {role}")
+        it.left.sql(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        url = sa.engine.make_url(it.left.url).set(username=role)
+        text = it.config.read_text().replace(it.left.url,
+                                             url.render_as_string(hide_password=False))
+        it.config.write_text(text)
+        with Link.open(it.config) as link:
+            _bound, issues = link.validate()
+            [issue] = [i for i in issues if i.code == "DW137"]
+            assert "'erp'" in issue.message and "REPLICATION" in issue.message
+            assert "capture: triggers" in issue.hint and issue.is_error
+            with pytest.raises(Exception, match="REPLICATION"):
+                link.start_maps()
+    finally:
+        it.left.sql(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}")
+        it.left.sql(f"REVOKE ALL ON SCHEMA public FROM {role}")
+        it.left.sql(f"DROP OWNED BY {role}")
+        it.left.sql(f"DROP ROLE {role}")
