@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
+from capture_fixtures import make_items
 from dualwrite.connectors import connect
 from dualwrite.connectors.changelog import MARKER, CaptureSpec
 from dualwrite.connectors.postgresql.logical import (
@@ -21,7 +22,9 @@ from dualwrite.connectors.postgresql.logical import (
     decoding,
     full_xid,
 )
+from dualwrite.engine.link import Link
 from dualwrite.errors import ConfigError, TerminalConnectorError
+from dualwrite.model.maps import Side
 from dualwrite.testing.backends import spec
 from dualwrite.testing.connector_suite import (  # noqa: F401 - the suite's change-log tests
     change_log,
@@ -254,3 +257,25 @@ def test_validate_reports_an_environment_that_cannot_decode(
         it.left.sql(f"REVOKE ALL ON SCHEMA public FROM {role}")
         it.left.sql(f"DROP OWNED BY {role}")
         it.left.sql(f"DROP ROLE {role}")
+
+
+def test_status_and_check_warn_about_a_slot_far_behind(
+        make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A slot that holds back WAL (nobody reads it) is named in `status`'s note of every
+    running map and in `check`, with what to do."""
+    from dualwrite.connectors.postgresql import logical
+
+    it = make_items(make_backend, tmp_path, "postgresql", "postgresql", "logical")
+    with Link.open(it.config) as link:
+        link.start_maps()
+        [row] = link.status()
+        assert row["note"] is None or "WAL behind" not in row["note"]
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'a', 1)")
+        monkeypatch.setattr(logical, "SLOT_BEHIND_WARN", 0)  # any WAL held back counts
+        [row] = link.status()
+        assert "erp: replication slot" in row["note"] and "WAL behind" in row["note"]
+        assert "dualwrite uninstall" in row["note"]
+        log = link.connectors[Side.LEFT].change_log()
+        assert isinstance(log, LogicalCaptureLog)
+        spec = CaptureSpec("items", "items", ("id",), ("id", "name", "qty"))
+        assert any("WAL behind" in p for p in log.check(spec))

@@ -710,6 +710,16 @@ class Link:
                 # status is most wanted when a side is down: report what the other side has
                 stats[s] = {}
                 unreachable.append(self.env_name(s))
+        # a logical-decoding environment's slot missing, or holding back much WAL (its
+        # queue is then in the WAL, not in the log: see docs/capture.md)
+        slot_notes: list[str] = []
+        for s in Side:
+            slot_problems = getattr(self.connectors[s].change_log(), "slot_problems", None) \
+                if self.connectors[s].capabilities.capture else None
+            if slot_problems is None or self.env_name(s) in unreachable:
+                continue
+            with contextlib.suppress(ConnectorError):
+                slot_notes += [f"{self.env_name(s)}: {p}" for p in slot_problems()]
         errors = self.monitor.error_counts()  # one grouped count: the inbox may be large
         throughput = self.monitor.throughput()
         parked = self.state.parked_count()
@@ -743,6 +753,8 @@ class Link:
                                              " (start `dualwrite run` or `dualwrite serve`)"))
             if state == "failed":
                 notes.append(failures[m.name][1] if m.name in failures else "failed")
+            if applying:
+                notes += slot_notes
             if followed := describe_position(
                     self.state.get_checkpoint(m.name, FOLLOW_PHASE)[1]):
                 notes.append(followed)
