@@ -493,7 +493,7 @@ class CaptureLog:
         return out
 
     #: what dualwrite's trigger and function names look like (see CaptureSpec.tag)
-    OWN_OBJECT = re.compile(r"^(dw_[0-9a-f]{10}_[a-z]+|dualwrite_wake)$")
+    OWN_OBJECT = re.compile(r"^(dw_[0-9a-f]{10}_[a-z]+|dualwrite_wake|dualwrite_mark)$")
     def uninstall(self, *, dry_run: bool = False) -> list[str]:
         """Remove every dualwrite trigger and function and every ``dualwrite_*`` table but
         the link record's (``maps stop --purge``, ``uninstall``), found in the catalog by

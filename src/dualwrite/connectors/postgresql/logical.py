@@ -787,10 +787,8 @@ class LogicalCaptureLog(CaptureLog):
                 self._drop_slot(slot)
             if has_pub:
                 self._ddl([f"DROP PUBLICATION IF EXISTS {slot}"], "drop the publication")
-        found += super().uninstall(dry_run=dry_run)
-        if not dry_run:
-            self._ddl(["DROP FUNCTION IF EXISTS dualwrite_mark()"], "remove the marking")
-        return found
+        # the marking function goes with the triggers' (the trigger log's own_objects)
+        return found + super().uninstall(dry_run=dry_run)
 
     def _drop_slot(self, slot: str, wait: float = 10.0) -> None:
         """Drop the slot once no session streams it: a decoder just stopped lets go of it
