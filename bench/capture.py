@@ -8,6 +8,8 @@ on the same loopback servers, in the same run, each on its own pair of databases
 - ``dualwrite-realistic``: the same on a business-shaped map instead of ``items``
   (``CUSTOMERS_MAP``: a lookup by natural key, a value map, a default, a one-way field), both
   database pairs; its figures stand beside the plain map's;
+- ``dualwrite-logical``: the same as ``dualwrite`` with ``capture: logical`` on the PostgreSQL
+  environments (logical decoding of the WAL instead of triggers; MariaDB keeps its triggers);
 - ``bucardo``: Bucardo (trigger-based, multi-master: a source/source dbgroup), default settings;
 - ``bucardo-tuned``: the same with ``kid_sleep``, ``ctl_sleep``, ``mcp_loop_sleep`` = 0.01 s;
 - ``logical``: PostgreSQL's native logical replication (publication / subscription; one way
@@ -29,7 +31,8 @@ that nothing captures, measured before and after the contenders.
 Autovacuum is turned on for the run and put back afterwards (see AUTOVACUUM for why).
 
 Usage: python bench/capture.py [--rows 20000] [--singles 3000] [--rate 1000]
-       [--only dualwrite,dualwrite-realistic,bucardo,bucardo-tuned,logical] [--no-docs]
+       [--only dualwrite,dualwrite-logical,dualwrite-realistic,bucardo,bucardo-tuned,logical]
+       [--no-docs]
 Needs what scripts/bench-deps.sh installs (`make bench-capture` runs both). Writes the capture
 section of docs/benchmarks.md unless --no-docs.
 """
@@ -67,7 +70,8 @@ MY_URL = "mysql+pymysql://root@127.0.0.1:3306/{db}"
 DUALWRITE = ROOT / ".venv" / "bin" / "dualwrite"
 WORK = ROOT / ".bench" / "capture"  # git-ignored: dualwrite's config, state and logs
 
-CONTENDERS = ("dualwrite", "dualwrite-realistic", "bucardo", "bucardo-tuned", "logical")
+CONTENDERS = ("dualwrite", "dualwrite-logical", "dualwrite-realistic", "bucardo",
+              "bucardo-tuned", "logical")
 # Package defaults of Bucardo 5.6 (`bucardo show all` on a fresh install). The default run sets
 # them explicitly, so a tuned run that died before restoring them cannot leak into it.
 BUCARDO_DEFAULTS = {"kid_sleep": "0.5", "ctl_sleep": "0.2", "mcp_loop_sleep": "0.2"}
@@ -735,10 +739,16 @@ class Dualwrite:
     `dualwrite run` in a child process until SIGTERM. Its config, state and output are kept in
     .bench/capture/<pair>/ for a look afterwards."""
 
-    def __init__(self, right_kind: str, realistic: bool = False) -> None:
+    def __init__(self, right_kind: str, realistic: bool = False, capture: str = "triggers"
+                 ) -> None:
         self.name = "dualwrite-realistic" if realistic else "dualwrite"
+        if capture != "triggers":
+            self.name += "-" + capture
         self.realistic = realistic
-        tag = ("dw" if right_kind == "postgresql" else "dwmy") + ("r" if realistic else "")
+        #: the capture mode of the PostgreSQL environments (`capture:`)
+        self.capture = capture
+        tag = ("dw" if right_kind == "postgresql" else "dwmy") + ("r" if realistic else "") \
+            + ("l" if capture == "logical" else "")
         self.a = ("postgresql", f"dwcap_{tag}_a")
         self.b = (right_kind, f"dwcap_{tag}_b")
         #: the tables each side writes and watches
@@ -769,10 +779,11 @@ class Dualwrite:
         (self.work / "maps" / f"{self.map_name}.yaml").write_text(
             CUSTOMERS_MAP if self.realistic else MAP)
         url_b = (PG_URL if self.b[0] == "postgresql" else MY_URL).format(db=self.b[1])
+        mode = f", capture: {self.capture}"
         (self.work / "dualwrite.yaml").write_text(
             "environments:\n"
-            f"  a: {{url: '{PG_URL.format(db=self.a[1])}'}}\n"
-            f"  b: {{url: '{url_b}'}}\n"
+            f"  a: {{url: '{PG_URL.format(db=self.a[1])}'{mode}}}\n"
+            f"  b: {{url: '{url_b}'{mode if self.b[0] == 'postgresql' else ''}}}\n"
             f"link: {{name: {self.a[1]}, left: a, right: b}}\n"
             f"state: 'sqlite:///{self.work / 'state.db'}'\n"
             "maps: ['maps/*.yaml']\n")
@@ -975,7 +986,8 @@ def show_direction(title: str, d: Direction, rows: int) -> None:
           flush=True)
 
 
-LABELS = {"dualwrite": "dualwrite", "dualwrite-realistic": "dualwrite, realistic map",
+LABELS = {"dualwrite": "dualwrite", "dualwrite-logical": "dualwrite, `capture: logical`",
+          "dualwrite-realistic": "dualwrite, realistic map",
           "bucardo": "Bucardo, default settings",
           "bucardo-tuned": "Bucardo, sleeps 0.01 s", "logical": "logical replication"}
 
@@ -1124,7 +1136,12 @@ def report(results: list[Result], args: argparse.Namespace, plain: Plain) -> str
         "and a subscription on B; it is then dropped, and B → A is a publication on B and a "
         "subscription on A, on the same tables. The floor for log-based shipping.",
         "- **dualwrite**: `dualwrite maps start items --yes`, then `dualwrite run`, both ways "
-        "at once.",
+        "at once. **dualwrite, `capture: logical`**: the same with the PostgreSQL "
+        "environments' `capture: logical` (a decoder thread in `dualwrite run` streams the "
+        "WAL from a pgoutput slot into the change log; no capture trigger on the application's "
+        "path); MariaDB keeps its triggers.",
+        f"- **load**: the machine is shared; its load average (1 / 5 / 15 min) was "
+        f"{args.load_before} at the start of the run and {args.load_after} at its end.",
         "- **autovacuum** is on, with a 1 s naptime, for the run (this machine's test "
         "configuration turns it off): never analyzed, Bucardo's delta and track tables make "
         "its delta check a nested loop, 1 s per check at 26,000 delta rows instead of 3 ms, "
@@ -1184,16 +1201,21 @@ def main() -> int:
         plan.append((Bucardo("bucardo-tuned", BUCARDO_TUNED), PG_PG))
     if "dualwrite" in only:
         plan += [(Dualwrite("postgresql"), PG_PG), (Dualwrite("mysql"), PG_MY)]
+    if "dualwrite-logical" in only:
+        plan += [(Dualwrite("postgresql", capture="logical"), PG_PG),
+                 (Dualwrite("mysql", capture="logical"), PG_MY)]
     if "dualwrite-realistic" in only:
         plan += [(Dualwrite("postgresql", realistic=True), PG_PG),
                  (Dualwrite("mysql", realistic=True), PG_MY)]
     plain = Plain()
+    args.load_before = " / ".join(f"{x:.1f}" for x in os.getloadavg())
     with autovacuum_on():
         print("\n== plain table (write overhead baseline)", flush=True)
         plain.measure(args.singles)
         results = [run_contender(c, pair, args.rows, args.singles, args.rate)
                    for c, pair in plan]
         plain.measure(args.singles)
+    args.load_after = " / ".join(f"{x:.1f}" for x in os.getloadavg())
 
     body = report(results, args, plain)
     print("\n" + body)

@@ -43,9 +43,21 @@ if ! pg_up >/dev/null 2>&1; then
   wait_for postgres 60 pg_up || die "PostgreSQL is not reachable on $PGHOST:5432; start it with: pg_ctlcluster --skip-systemctl-redirect 15 main start"
 fi
 current=$(psql -h "$PGHOST" -U postgres -d postgres -Atc 'show max_prepared_transactions')
+restart=""
 if (( current < NEED_PREPARED )); then
-  say "raising max_prepared_transactions $current -> $NEED_PREPARED (two-phase commit); restarting PostgreSQL"
+  say "raising max_prepared_transactions $current -> $NEED_PREPARED (two-phase commit)"
   psql -h "$PGHOST" -U postgres -d postgres -qc "ALTER SYSTEM SET max_prepared_transactions = $NEED_PREPARED"
+  restart=1
+fi
+# `capture: logical` (logical decoding) and its tests need wal_level = logical
+level=$(psql -h "$PGHOST" -U postgres -d postgres -Atc 'show wal_level')
+if [[ $level != logical ]]; then
+  say "setting wal_level $level -> logical (capture: logical)"
+  psql -h "$PGHOST" -U postgres -d postgres -qc "ALTER SYSTEM SET wal_level = logical"
+  restart=1
+fi
+if [[ -n $restart ]]; then
+  say "restarting PostgreSQL for the settings above"
   pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | sort -V | tail -n1)" main restart
   wait_for postgres 60 pg_up || die "PostgreSQL did not come back after the restart; see /var/log/postgresql/"
 fi
@@ -54,7 +66,7 @@ for db in "${TEST_DATABASES[@]}"; do
     psql -h "$PGHOST" -U postgres -d postgres -qc "CREATE DATABASE $db"
   fi
 done
-say "PostgreSQL ok (max_prepared_transactions=$(psql -h "$PGHOST" -U postgres -d postgres -Atc 'show max_prepared_transactions'))"
+say "PostgreSQL ok (max_prepared_transactions=$(psql -h "$PGHOST" -U postgres -d postgres -Atc 'show max_prepared_transactions'), wal_level=$(psql -h "$PGHOST" -U postgres -d postgres -Atc 'show wal_level'))"
 
 # --- MariaDB ----------------------------------------------------------------------------------
 if ! my_up >/dev/null 2>&1; then

@@ -86,25 +86,43 @@ def link_config(tmp_path: Path, left: Backend, right: Backend, maps: dict[str, s
     return path
 
 
-def make_items(make_backend: BackendFactory, tmp_path: Path, left: str, right: str, *,
-               policy: str = "left-wins",
+def make_items(make_backend: BackendFactory, tmp_path: Path, left: str, right: str,
+               capture: str = "triggers", *, policy: str = "left-wins",
                extra: Callable[[dict[str, Any]], None] | None = None) -> Items:
+    """``capture``: the capture mode of the PostgreSQL sides (``triggers`` or ``logical``:
+    a third member of a ``kinds`` parameter, see :data:`LOGICAL_KINDS`)."""
     lb = make_backend(left, "dualwrite_test_a")
     rb = make_backend(right, "dualwrite_test_b" if right == left else "dualwrite_test_a")
     fresh_tables(items_metadata(), lb, rb)
+
+    def configure(cfg: dict[str, Any]) -> None:
+        for env, kind in (("erp", left), ("crm", right)):
+            if capture != "triggers" and kind == "postgresql":
+                cfg["environments"][env]["capture"] = capture
+        if extra is not None:
+            extra(cfg)
+
     path = link_config(tmp_path, lb, rb, {"items": ITEMS_MAP.format(policy=policy)},
-                       extra=extra)
+                       extra=configure)
     return Items(lb, rb, path)
 
 
+#: the ``kinds`` of capture tests that also run with PostgreSQL's logical decoding
+LOGICAL_KINDS = [("postgresql", "postgresql", "logical"), ("postgresql", "mariadb", "logical")]
+
+
 def drain(applier: Applier, *, timeout: float = 30.0) -> int:
-    """Step the applier until two passes in a row find nothing; returns changes handled.
+    """Step the applier until two passes in a row find nothing; returns changes handled
+    (each pass after the logs caught up with what was committed: logical decoding).
     Fails the test if the logs do not empty within ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     # a running applier reads the map states every 0.2 s: see what the test just changed
     applier.maps(refresh=True)
     handled, idle = 0, 0
     while idle < 2:
+        # as a running applier's decoders do: every change committed so far in the logs
+        for log in applier.logs.values():
+            log.catch_up()
         n = applier.step()
         applier.replay_released()
         handled += n

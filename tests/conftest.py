@@ -9,6 +9,7 @@ never by lists of names: a backend added to the registry runs through every test
 from __future__ import annotations
 
 import contextlib
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -230,6 +231,37 @@ def make_backend(tmp_path: Path) -> Iterator[BackendFactory]:
         b.connector.close()
         if isinstance(b.connector, MemoryConnector):
             MemoryConnector.reset(b.url)
+        if b.kind == "postgresql":
+            drop_logical_capture(b.url)
+
+
+def drop_logical_capture(url: str, timeout: float = 15.0) -> None:
+    """Drop what `capture: logical` left in the database at ``url``: its replication slots
+    (a slot left behind keeps WAL on the shared server, and no database that has one can be
+    dropped), once their decoders have let go of them, and its publications."""
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    deadline = time.monotonic() + timeout
+    try:
+        with engine.connect() as conn:
+            while True:
+                slots = conn.execute(sa.text(
+                    "SELECT slot_name, active FROM pg_replication_slots WHERE database = "
+                    "current_database() AND slot_name LIKE 'dualwrite\\_%'")).all()
+                for name, active in slots:
+                    if not active:
+                        conn.execute(sa.text("SELECT pg_drop_replication_slot(:s)"),
+                                     {"s": name})
+                if not any(active for _n, active in slots):
+                    break
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"replication slots still in use: {slots}")
+                time.sleep(0.05)
+            for (name,) in conn.execute(sa.text(
+                    "SELECT pubname FROM pg_publication WHERE pubname LIKE "
+                    "'dualwrite\\_%'")).all():
+                conn.exec_driver_sql(f'DROP PUBLICATION IF EXISTS "{name}"')
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from capture_fixtures import drain, make_items
+from capture_fixtures import LOGICAL_KINDS, drain, make_items
 from dualwrite.connectors.capture import Change
 from dualwrite.engine.capture import resolve_conflict
 from dualwrite.errors import LinkError
@@ -43,8 +43,10 @@ def pair(request: pytest.FixtureRequest, make_backend: BackendFactory, tmp_path:
     return p
 
 
-@pytest.fixture(params=CAPTURE_PAIRS, ids=pair_id)
-def kinds(request: pytest.FixtureRequest) -> tuple[str, str]:
+@pytest.fixture(params=CAPTURE_PAIRS + LOGICAL_KINDS, ids=pair_id)
+def kinds(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """(left, right[, capture mode]): each pair with triggers, and with logical decoding
+    where a side is PostgreSQL."""
     return request.param  # type: ignore[no-any-return]
 
 
@@ -100,7 +102,7 @@ def test_filter_moves_and_key_changes(pair: Pair) -> None:
         assert all(v.ok for v in link.verify())
 
 
-def test_one_source_transaction_is_applied_whole_and_once(kinds: tuple[str, str],
+def test_one_source_transaction_is_applied_whole_and_once(kinds: tuple[str, ...],
                                                           make_backend: BackendFactory,
                                                           tmp_path: Path) -> None:
     it = make_items(make_backend, tmp_path, *kinds)
@@ -129,7 +131,7 @@ def test_one_source_transaction_is_applied_whole_and_once(kinds: tuple[str, str]
 
 @pytest.mark.parametrize("policy,winner", [("left-wins", "left"), ("right-wins", "right"),
                                            ("newest-wins", "right")])
-def test_conflicts_follow_the_policy(kinds: tuple[str, str], make_backend: BackendFactory,
+def test_conflicts_follow_the_policy(kinds: tuple[str, ...], make_backend: BackendFactory,
                                      tmp_path: Path, policy: str, winner: str) -> None:
     it = make_items(make_backend, tmp_path, *kinds, policy=policy)
     it.left.insert("items", [{"id": 1, "name": "base", "qty": 1},
@@ -150,7 +152,7 @@ def test_conflicts_follow_the_policy(kinds: tuple[str, str], make_backend: Backe
         assert next(r for r in link.status() if r["map"] == "items")["conflicts"] == 1
 
 
-def test_manual_conflict_parks_the_row_and_the_rest_flows(kinds: tuple[str, str],
+def test_manual_conflict_parks_the_row_and_the_rest_flows(kinds: tuple[str, ...],
                                                           make_backend: BackendFactory,
                                                           tmp_path: Path) -> None:
     it = make_items(make_backend, tmp_path, *kinds, policy="manual")
@@ -181,7 +183,7 @@ def test_manual_conflict_parks_the_row_and_the_rest_flows(kinds: tuple[str, str]
         assert all(v.ok for v in link.verify())
 
 
-def test_rejected_change_goes_to_the_inbox_retry_and_discard(kinds: tuple[str, str],
+def test_rejected_change_goes_to_the_inbox_retry_and_discard(kinds: tuple[str, ...],
                                                              make_backend: BackendFactory,
                                                              tmp_path: Path) -> None:
     it = make_items(make_backend, tmp_path, *kinds)
@@ -215,7 +217,7 @@ def test_rejected_change_goes_to_the_inbox_retry_and_discard(kinds: tuple[str, s
         assert link.state.parked_count() == {}
 
 
-def test_paused_map_queues_and_replays_in_order(kinds: tuple[str, str],
+def test_paused_map_queues_and_replays_in_order(kinds: tuple[str, ...],
                                                 make_backend: BackendFactory,
                                                 tmp_path: Path) -> None:
     it = make_items(make_backend, tmp_path, *kinds)
@@ -267,7 +269,7 @@ def test_a_pause_made_in_the_same_process_holds_the_next_change(
 
 
 @pytest.mark.parametrize("bulk", [True, False], ids=["bulk-path", "row-path"])
-def test_writes_during_the_initial_sync_are_applied_after_it(kinds: tuple[str, str],
+def test_writes_during_the_initial_sync_are_applied_after_it(kinds: tuple[str, ...],
                                                             make_backend: BackendFactory,
                                                             tmp_path: Path, bulk: bool) -> None:
     # batch 10: the row path writes 10 rows per chunk, the bulk path 100 per range
@@ -382,7 +384,7 @@ def test_change_round_trips_through_the_state_store() -> None:
     assert back.old == {"x": Decimal("1.50")} and back.key == ("a", 1) and back.at == c.at
 
 
-def test_a_large_update_applies_in_bulk_and_still_sees_conflicts(kinds: tuple[str, str],
+def test_a_large_update_applies_in_bulk_and_still_sees_conflicts(kinds: tuple[str, ...],
                                                                  make_backend: BackendFactory,
                                                                  tmp_path: Path) -> None:
     """Enough rows for the bulk path (one guarded UPDATE on PostgreSQL): rows whose target
@@ -403,7 +405,7 @@ def test_a_large_update_applies_in_bulk_and_still_sees_conflicts(kinds: tuple[st
         assert [c["key"] for c in link.state.conflicts()] == [[7]]
 
 
-def test_a_row_changed_and_changed_back_is_still_a_conflict(kinds: tuple[str, str],
+def test_a_row_changed_and_changed_back_is_still_a_conflict(kinds: tuple[str, ...],
                                                             make_backend: BackendFactory,
                                                             tmp_path: Path) -> None:
     """ABA: the target holds the old version again, but it changed twice meanwhile; its
@@ -425,7 +427,7 @@ def test_a_row_changed_and_changed_back_is_still_a_conflict(kinds: tuple[str, st
 
 
 @pytest.mark.parametrize("same", [True, False], ids=["same-values", "different-values"])
-def test_a_row_created_on_both_sides_is_compared_not_rejected(kinds: tuple[str, str],
+def test_a_row_created_on_both_sides_is_compared_not_rejected(kinds: tuple[str, ...],
                                                               make_backend: BackendFactory,
                                                               tmp_path: Path,
                                                               same: bool) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from capture_fixtures import Items, drain, make_items
+from capture_fixtures import LOGICAL_KINDS, Items, drain, make_items
 from dualwrite.connectors.capture import CaptureLog
 from dualwrite.connectors.sql import SqlWriteSession
 from dualwrite.engine.capture import resolve_conflict
@@ -61,12 +61,13 @@ def blocked_writes(b: Backend) -> int:
                      "COMMAND = 'Query' AND INFO LIKE 'UPDATE items SET name%'")[0][0])
 
 
-@pytest.fixture(params=PAIRS, ids=pair_id)
-def kinds(request: pytest.FixtureRequest) -> tuple[str, str]:
+@pytest.fixture(params=PAIRS + LOGICAL_KINDS, ids=pair_id)
+def kinds(request: pytest.FixtureRequest) -> tuple[str, ...]:
+    """(left, right[, capture mode]): each pair with triggers, and with logical decoding."""
     return request.param  # type: ignore[no-any-return]
 
 
-def synced_items(make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str],
+def synced_items(make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, ...],
                  policy: str, n: int = 3) -> Items:
     it = make_items(make_backend, tmp_path, *kinds, policy=policy)
     it.left.insert("items", [{"id": i, "name": f"A{i}", "qty": i} for i in range(1, n + 1)])
@@ -79,7 +80,7 @@ def synced_items(make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str,
 @pytest.mark.parametrize("policy", POLICIES)
 @pytest.mark.parametrize("source", ["left", "right"])
 def test_a_target_write_committed_just_before_the_apply_is_a_conflict(
-        kinds: tuple[str, str], make_backend: BackendFactory, tmp_path: Path,
+        kinds: tuple[str, ...], make_backend: BackendFactory, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, policy: str, source: str) -> None:
     """The source application renames row 1; the target application renames it too and
     commits while the applier is about to write (after it looked at the target's queue, before
@@ -126,7 +127,7 @@ def test_a_target_write_committed_just_before_the_apply_is_a_conflict(
 
 @pytest.mark.parametrize("policy", ["manual", "left-wins"])
 def test_a_target_write_racing_the_apply_is_ordered_or_a_conflict(
-        kinds: tuple[str, str], make_backend: BackendFactory, tmp_path: Path,
+        kinds: tuple[str, ...], make_backend: BackendFactory, tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch, policy: str) -> None:
     """The target application's rename starts right after the applier first looked at the
     target's queue (on PostgreSQL in the round trip of its bookkeeping), in its own thread.
@@ -180,7 +181,7 @@ def test_a_target_write_racing_the_apply_is_ordered_or_a_conflict(
 
 @pytest.mark.parametrize("policy", ["manual"])
 def test_changes_queued_behind_a_conflict_replay_after_resolve_and_count_once(
-        kinds: tuple[str, str], make_backend: BackendFactory, tmp_path: Path,
+        kinds: tuple[str, ...], make_backend: BackendFactory, tmp_path: Path,
         policy: str) -> None:
     """Both sides rename row 1 while the applier is stopped (a conflict), then each side
     changes it twice more. The conflict is counted once (not once per change behind it); the
@@ -213,7 +214,7 @@ def test_changes_queued_behind_a_conflict_replay_after_resolve_and_count_once(
 
 
 def test_a_change_made_after_the_conflict_is_applied_after_resolve(
-        kinds: tuple[str, str], make_backend: BackendFactory, tmp_path: Path) -> None:
+        kinds: tuple[str, ...], make_backend: BackendFactory, tmp_path: Path) -> None:
     """A change to the parked key made while the conflict is open waits, and is applied once
     the conflict is resolved: the picked side's version first, then the later change."""
     it = synced_items(make_backend, tmp_path, kinds, "manual")
@@ -290,7 +291,7 @@ class TwoWriters:
 
 
 @pytest.fixture
-def busy_period(kinds: tuple[str, str], make_backend: BackendFactory, tmp_path: Path,
+def busy_period(kinds: tuple[str, ...], make_backend: BackendFactory, tmp_path: Path,
                 long_run: bool) -> Iterator[Items]:
     shared = 30
     it = synced_items(make_backend, tmp_path, kinds, "manual", n=shared)

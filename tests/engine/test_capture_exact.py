@@ -145,10 +145,13 @@ def _map(name: str, table: str, columns: list[str]) -> str:
 
 
 def _run(make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str],
-         cases: list[Case], *, updates: bool = True) -> tuple[Backend, Backend, Link]:
+         cases: list[Case], *, updates: bool = True, capture: str = "triggers"
+         ) -> tuple[Backend, Backend, Link]:
     """Tables and a map over every case's column; the application writes each case's value
     into its own row on the left, in one transaction, and then (one transaction per row, if
     ``updates``) clears it and writes it again; the applier drains, parking nothing.
+    ``capture``: the PostgreSQL sides' capture mode (``logical``: the decoder must log
+    every value exactly as the triggers do).
     Returns the backends and the open link (closed by the caller)."""
     left = make_backend(kinds[0], "dualwrite_test_a")
     right = make_backend(kinds[1], "dualwrite_test_b" if kinds[0] == kinds[1]
@@ -157,7 +160,13 @@ def _run(make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str],
         b.connector.clear_link()
     _tables(left, right, cases, "vals")
     columns = list(dict.fromkeys(c[0] for c in cases))
-    config = link_config(tmp_path, left, right, {"vals": _map("vals", "vals", columns)})
+    def mode(cfg: dict[str, Any]) -> None:
+        for env, kind in zip(("erp", "crm"), kinds, strict=True):
+            if kind == "postgresql":
+                cfg["environments"][env]["capture"] = capture
+
+    config = link_config(tmp_path, left, right, {"vals": _map("vals", "vals", columns)},
+                         extra=mode)
     link = Link.open(config)
     link.start_maps()
     app_exec(left, *[f"INSERT INTO vals (id, {ident(left, col)}) VALUES ({i}, {lit})"
@@ -197,31 +206,36 @@ def _wrong(left: Backend, right: Backend, cases: list[Case]) -> list[str]:
     return wrong
 
 
+@pytest.mark.parametrize("capture", ["triggers", "logical"])
 def test_postgresql_values_arrive_exactly_in_postgresql(make_backend: BackendFactory,
-                                                        tmp_path: Path) -> None:
-    left, right, link = _run(make_backend, tmp_path, ("postgresql", "postgresql"), PG_PG)
+                                                        tmp_path: Path, capture: str) -> None:
+    left, right, link = _run(make_backend, tmp_path, ("postgresql", "postgresql"), PG_PG,
+                             capture=capture)
     with link:
         wrong = _wrong(left, right, PG_PG)
         assert wrong == [], "\n".join(wrong)
 
 
+@pytest.mark.parametrize("capture", ["triggers", "logical"])
 def test_json_null_and_sql_null_stay_apart_on_insert(make_backend: BackendFactory,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, capture: str) -> None:
     cases: list[Case] = [("j", "jsonb", "jsonb", "'null'", None),
                          ("j", "jsonb", "jsonb", "'{\"b\": [1, 2.50], \"a\": null}'", None),
                          ("j", "jsonb", "jsonb", "NULL", None),
                          ("js", "json", "json", "' {\"b\": 1,  \"a\" : null} '", None)]
     _left, right, link = _run(make_backend, tmp_path, ("postgresql", "postgresql"), cases,
-                              updates=False)
+                              updates=False, capture=capture)
     with link:
         assert right.sql("SELECT id, j::text, j IS NULL, js::text FROM vals ORDER BY id") == [
             (0, "null", False, None), (1, '{"a": null, "b": [1, 2.50]}', False, None),
             (2, None, True, None), (3, None, True, ' {"b": 1,  "a" : null} ')]
 
 
+@pytest.mark.parametrize("capture", ["triggers", "logical"])
 def test_postgresql_values_arrive_exactly_in_mariadb(make_backend: BackendFactory,
-                                                     tmp_path: Path) -> None:
-    left, right, link = _run(make_backend, tmp_path, ("postgresql", "mariadb"), PG_MY)
+                                                     tmp_path: Path, capture: str) -> None:
+    left, right, link = _run(make_backend, tmp_path, ("postgresql", "mariadb"), PG_MY,
+                             capture=capture)
     with link:
         assert _wrong(left, right, PG_MY) == []
 

@@ -8,12 +8,15 @@ from dualwrite.errors import ConfigError
 __all__ = ["Capabilities", "Connector", "LinkRecord", "Row", "WriteSession", "connect"]
 
 
-def connect(name: str, url: str, *, schema: str | None = None) -> Connector:
+def connect(name: str, url: str, *, schema: str | None = None,
+            capture: str = "triggers") -> Connector:
     """The one connection factory: a connector for environment ``name`` at ``url``.
 
     ``schema``: the environment's `schema:`, where its unqualified table names (and
     dualwrite's own tables) are: PostgreSQL's search path, MariaDB's database. Drivers are
-    imported only for the backend asked for.
+    imported only for the backend asked for. ``capture``: how writes that bypass dualwrite
+    are captured (``triggers``, or ``logical``: PostgreSQL's logical decoding, see
+    :mod:`dualwrite.connectors.postgresql.logical`).
     """
     scheme = url.split(":", 1)[0].split("+", 1)[0].lower()
     if schema and scheme not in ("postgresql", "postgres", "mysql", "mariadb"):
@@ -21,6 +24,14 @@ def connect(name: str, url: str, *, schema: str | None = None) -> Connector:
             f"environment {name!r}: `schema: {schema}` is for PostgreSQL (a schema) and MariaDB "
             f"(a database); {scheme} has no schemas", code="DW003",
             hint=f"remove `schema:` from environment {name!r}")
+    if capture not in ("triggers", "logical"):
+        raise ConfigError(f"environment {name!r}: unknown capture mode {capture!r}",
+                          code="DW003", hint="use `capture: triggers` or `capture: logical`")
+    if capture == "logical" and scheme not in ("postgresql", "postgres"):
+        raise ConfigError(
+            f"environment {name!r}: `capture: logical` is PostgreSQL's logical decoding; "
+            f"{scheme} has none", code="DW003",
+            hint=f"remove `capture: logical` from environment {name!r} (triggers capture it)")
     if scheme in ("postgresql", "postgres"):
         _need_driver(name, "psycopg", "postgresql")
     elif scheme in ("mysql", "mariadb"):
@@ -36,7 +47,7 @@ def connect(name: str, url: str, *, schema: str | None = None) -> Connector:
             url = "postgresql+psycopg://" + url[len("postgres://"):]
         elif url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
-        return PostgresConnector(name, url, schema=schema)
+        return PostgresConnector(name, url, schema=schema, capture=capture)
     if scheme in ("mysql", "mariadb"):
         from dualwrite.connectors.mariadb import MySqlConnector
         rest = url.split("://", 1)[1] if "://" in url else ""

@@ -498,7 +498,7 @@ class CaptureLog:
         return out
 
     #: what dualwrite's trigger and function names look like (see CaptureSpec.tag)
-    OWN_OBJECT = re.compile(r"^(dw_[0-9a-f]{10}_[a-z]+|dualwrite_wake)$")
+    OWN_OBJECT = re.compile(r"^(dw_[0-9a-f]{10}_[a-z]+|dualwrite_wake|dualwrite_mark)$")
     def uninstall(self, *, dry_run: bool = False) -> list[str]:
         """Remove every dualwrite trigger and function and every ``dualwrite_*`` table but
         the link record's (``maps stop --purge``, ``uninstall``), found in the catalog by
@@ -973,6 +973,11 @@ class CaptureLog:
                 c.engine.connect().execution_options(isolation_level="READ COMMITTED") as conn, \
                 conn.begin():
             self.dialect.purge(conn)
+
+    def catch_up(self, sess: WriteSession | None = None) -> bool:
+        """See :meth:`ChangeLog.catch_up`: the triggers write in the writer's transaction,
+        so a committed change is in the log already."""
+        return False
 
     # -- waiting -------------------------------------------------------------------------------
     def listen(self) -> ChangeSignal | None:

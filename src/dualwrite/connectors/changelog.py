@@ -334,6 +334,12 @@ class ChangeLog(Protocol):
     def purge(self) -> None:
         """Drop what forgetting left behind (see :attr:`needs_purge`)."""
 
+    def catch_up(self, sess: WriteSession | None = None) -> bool:
+        """Make every change committed before now (before ``sess``'s last statement, if
+        given) readable in the log, waiting for it where the log is filled after the writer
+        commits (logical decoding); returns whether the log may have grown meanwhile. A log
+        the writer's own transaction fills (triggers) has nothing to wait for: False."""
+
     # -- waiting ----------------------------------------------------------------------------
     def listen(self) -> ChangeSignal | None:
         """A signal that wakes a waiter when changes commit, or None where the log is polled

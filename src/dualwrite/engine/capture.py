@@ -1076,6 +1076,19 @@ class Applier(ApplierLoop):
                     undecided.append((a, canonical_key(cur) if cur is not None else None))
             except RowError as exc:
                 raise _Restart(a, exc) from exc
+        if undecided and check and self.logs[t].catch_up(sess):
+            # A target whose log is filled after its writers commit (logical decoding): a
+            # change of its own committed before the lock may not be in its log yet. Now
+            # that the log holds everything committed before the lock, look again.
+            late = self._theirs(sess, t, m, [a.tkey for a, _cur in undecided])
+            still = []
+            for a, cur in undecided:
+                contested = late.get(canonical_key(a.tkey))
+                if contested:
+                    conflicts.append((a, cur, contested))
+                else:
+                    still.append((a, cur))
+            undecided = still
         if undecided or conflicts:
             self._decide(sess, s, m, undecided, conflicts, resolved, inserts, updates,
                          deletes, outcome)

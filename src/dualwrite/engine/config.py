@@ -12,7 +12,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -31,6 +31,11 @@ class EnvironmentConfig(BaseModel):
     #: an OData environment without delta links: the modified-timestamp property polled for
     #: its changes (a map may name another: its ``modified:``)
     modified: str | None = Field(default=None, min_length=1)
+    #: how writes that bypass dualwrite are captured on a PostgreSQL environment: ``triggers``
+    #: (the default: statement triggers into the change log, in the writer's transaction) or
+    #: ``logical`` (logical decoding of the WAL, pgoutput; needs ``wal_level = logical`` and a
+    #: role that may replicate: see docs/capture.md, "Choosing how to capture")
+    capture: Literal["triggers", "logical"] = "triggers"
 
 
 class LinkConfig(BaseModel):
@@ -222,6 +227,10 @@ class Config:
     def modified(self, env: str) -> str | None:
         """The environment's `modified:` property (None: not named)."""
         return self.model.environments[env].modified
+
+    def capture_mode(self, env: str) -> str:
+        """The environment's `capture:` mode (``triggers`` or ``logical``)."""
+        return self.model.environments[env].capture
 
     def schema(self, env: str) -> str | None:
         """The environment's `schema:` (None: the connection's default)."""

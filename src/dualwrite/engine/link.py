@@ -91,7 +91,8 @@ class Link:
         try:
             for side, env in ((Side.LEFT, config.left), (Side.RIGHT, config.right)):
                 self.connectors[side] = connect(env, config.url(env),
-                                                schema=config.schema(env))
+                                                schema=config.schema(env),
+                                                capture=config.capture_mode(env))
         except Exception:
             self.close()
             raise
@@ -204,7 +205,41 @@ class Link:
 
         unparsed = frozenset(i.map for i in self.files.problems if i.map)
         bound, issues = bind_maps(maps, schema, lambda s: tables[s], unparsed)
-        return bound, issues + self._change_methods(bound)
+        return bound, issues + self._change_methods(bound) + self._capture_modes(maps)
+
+    def _capture_modes(self, maps: list[TableMap]) -> list[Issue]:
+        """For each environment that captures by logical decoding (``capture: logical``):
+        an error when the server cannot (``wal_level``, the role's REPLICATION), and a warning
+        when its replication slot is missing or holds back much WAL."""
+        issues: list[Issue] = []
+        if not maps:
+            return issues
+        for s in Side:
+            env = self.env_name(s)
+            if self.config.capture_mode(env) != "logical":
+                continue
+            log = self.connectors[s].change_log()
+            requirements = getattr(log, "requirements", None)
+            slot_problems = getattr(log, "slot_problems", None)
+            if requirements is None or slot_problems is None:
+                continue
+            try:
+                missing = requirements()
+                behind = [] if missing else slot_problems()
+            except ConnectorError:
+                continue  # unreachable: reported where the tables are described
+            for m in missing:
+                issues.append(Issue("DW137", f"environment {env!r} cannot capture by logical "
+                                    f"decoding: {m}", "fix the server as said, or set "
+                                    f"`capture: triggers` for {env!r}", str(self.config.path),
+                                    None, severity="error"))
+            for b in behind:
+                if "missing" in b:
+                    continue  # before the first `maps start`: nothing installed yet
+                issues.append(Issue("DW138", f"environment {env!r}: {b}", "see "
+                                    "docs/capture.md, choosing how to capture",
+                                    str(self.config.path), None, severity="warning"))
+        return issues
 
     def _change_methods(self, bound: list[BoundMap]) -> list[Issue]:
         """For each side whose changes are not captured in its database (an OData service),
@@ -682,6 +717,16 @@ class Link:
                 # status is most wanted when a side is down: report what the other side has
                 stats[s] = {}
                 unreachable.append(self.env_name(s))
+        # a logical-decoding environment's slot missing, or holding back much WAL (its
+        # queue is then in the WAL, not in the log: see docs/capture.md)
+        slot_notes: list[str] = []
+        for s in Side:
+            slot_problems = getattr(self.connectors[s].change_log(), "slot_problems", None) \
+                if self.connectors[s].capabilities.capture else None
+            if slot_problems is None or self.env_name(s) in unreachable:
+                continue
+            with contextlib.suppress(ConnectorError):
+                slot_notes += [f"{self.env_name(s)}: {p}" for p in slot_problems()]
         errors = self.monitor.error_counts()  # one grouped count: the inbox may be large
         throughput = self.monitor.throughput()
         parked = self.state.parked_count()
@@ -715,6 +760,8 @@ class Link:
                                              " (start `dualwrite run` or `dualwrite serve`)"))
             if state == "failed":
                 notes.append(failures[m.name][1] if m.name in failures else "failed")
+            if applying:
+                notes += slot_notes
             if followed := describe_position(
                     self.state.get_checkpoint(m.name, FOLLOW_PHASE)[1]):
                 notes.append(followed)

@@ -378,6 +378,8 @@ def _app_write(db: Harness, inserts: Sequence[dict[str, object]] = (),
                                                            in updates])
         if deletes:
             tx.delete("suite_groups", ["gid"], [(g,) for g in deletes])
+    # a log filled after the commit (logical decoding) holds the changes once caught up
+    db.connector.change_log().catch_up()
 
 
 def _is_applied(done: set[tuple[str, str]], marks: dict[str, int], c: Change) -> bool:
@@ -391,6 +393,7 @@ def test_change_log_reads_captured_changes_in_commit_order(
                             {"gid": "g2", "code": "C2", "label": "two"}])
     _app_write(db, updates=[("g1", "uno")], deletes=["g2"])
     db.insert("suite_groups", [{"gid": "g3", "code": "C3", "label": "own"}])  # not captured
+    log.catch_up()
     got = log.read([spec.map], 100)
     assert [(c.op, c.key) for c in got] == [("I", ("g1",)), ("I", ("g2",)), ("U", ("g1",)),
                                             ("D", ("g2",))]

@@ -724,6 +724,10 @@ class MemoryChangeLog:
     def listen(self) -> ChangeSignal | None:
         return None  # waited for in-process (wait)
 
+    def catch_up(self, sess: WriteSession | None = None) -> bool:
+        """Captured at commit, in the writer's transaction: nothing to wait for."""
+        return False
+
     def wait(self, timeout: float) -> bool:
         with self.store.changed:
             if self._seen < 0:

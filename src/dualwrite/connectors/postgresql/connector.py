@@ -24,6 +24,7 @@ from dualwrite.connectors.base import (
     Row,
 )
 from dualwrite.connectors.capture import (
+    CaptureLog,
     Dialect,
 )
 from dualwrite.connectors.sql import (
@@ -254,6 +255,19 @@ class PostgresConnector(SqlConnector):
                                 supports_json_apply=True)
     database_name = "PostgreSQL"
     error_classes = PG_ERROR_CLASSES
+
+    def __init__(self, name: str, url: str, *, engine: sa.Engine | None = None,
+                 schema: str | None = None, capture: str = "triggers") -> None:
+        super().__init__(name, url, engine=engine, schema=schema)
+        #: how writes that bypass dualwrite are captured: ``triggers`` or ``logical``
+        self.capture_mode = capture
+
+    def change_log(self) -> CaptureLog:
+        if self._capture is None and self.capture_mode == "logical":
+            from dualwrite.connectors.postgresql.logical import LogicalCaptureLog
+
+            self._capture = LogicalCaptureLog(self)
+        return super().change_log()
 
     def _error_code(self, orig: BaseException) -> str | None:
         code = getattr(orig, "sqlstate", None)  # psycopg's SQLSTATE, None before the server

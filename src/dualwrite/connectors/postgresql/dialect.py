@@ -249,7 +249,7 @@ class PostgresDialect(Dialect):
             "quote_ident(p.proname) || '(' || pg_get_function_identity_arguments(p.oid) || ')' "
             "FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE "
             "n.nspname = current_schema() AND (left(p.proname, 3) = 'dw_' OR "
-            "p.proname = 'dualwrite_wake')")
+            "p.proname IN ('dualwrite_wake', 'dualwrite_mark'))")
     length_function = "octet_length"
 
     def log_columns(self) -> str:
