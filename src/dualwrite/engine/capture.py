@@ -551,15 +551,17 @@ class Applier(ApplierLoop):
         metrics.child(metrics.APPLY_DURATION, link, direction).observe(seconds)
         parked = {a.change.seq for a, *_rest in outcome.parked}
         fresh = {c.seq for c in todo} if len(todo) != len(changes) else None
+        items = [(c.map, c.op) for c in changes]
         applied: list[tuple[str, str]] = []
         dup: list[tuple[str, str]] = []
         held: list[tuple[str, str]] = []
-        for c in changes:
-            item = (c.map, c.op)
-            (held if c.seq in parked else dup if fresh is not None and c.seq not in fresh
-             else applied).append(item)
-        metrics.count_changes(metrics.CHANGES_CAPTURED, link, direction,
-                              [(c.map, c.op) for c in changes])
+        if not parked and fresh is None:  # the common case: every change applied now
+            applied = items
+        else:
+            for c, item in zip(changes, items, strict=True):
+                (held if c.seq in parked else dup if fresh is not None and c.seq not in fresh
+                 else applied).append(item)
+        metrics.count_changes(metrics.CHANGES_CAPTURED, link, direction, items)
         for outcome_name, items in (("applied", applied), ("duplicate", dup),
                                     ("parked", held)):
             if items:
@@ -713,13 +715,21 @@ class Applier(ApplierLoop):
         parked with the reason, with their source transaction), never applied as another
         version."""
         excluded = mode.excluded
-        # a map's version is a digest of its text: worked out once per map, not per change
+        # a map's version is a digest of its text: worked out once per map, not per change,
+        # and each (map, version) pair of the batch is judged once, on its first change
         current = {n: m.bound.spec.version for n, m in maps.items()}
+        first: dict[tuple[str, str], Change] = {}
         for c in changes:
-            m = maps.get(c.map)
-            if m is None or not c.version or c.version == current[c.map] or \
-                    self._ctx_of(c, maps) is not m:
+            first.setdefault((c.map, c.version), c)
+        unknown = {pair for pair, c in first.items()
+                   if (m := maps.get(c.map)) is not None and c.version
+                   and c.version != current[c.map] and self._ctx_of(c, maps) is m}
+        if not unknown:
+            return
+        for c in changes:
+            if (c.map, c.version) not in unknown:
                 continue
+            m = maps[c.map]
             excluded.setdefault(c.seq, RowError(
                 f"captured under map version {c.version}, which the state store does not "
                 "know or which no longer fits the tables; applying it as version "
