@@ -922,10 +922,10 @@ def serve(config: ConfigOpt = None,
     import uvicorn
 
     from dualwrite.api.access_log import install as redact_access_log
-    from dualwrite.api.server import create_server_app
+    from dualwrite.api.server import QuietServer, create_server_app
     from dualwrite.engine.heap import settle_for_latency
 
-    server: list[uvicorn.Server] = []
+    server: list[QuietServer] = []
     stopped = threading.Event()
 
     def work() -> None:
@@ -953,7 +953,7 @@ def serve(config: ConfigOpt = None,
             # JSON logs: uvicorn's records go through dualwrite's handler (one JSON object per
             # line) instead of its own formatters
             extra: dict[str, Any] = {"log_config": None} if _json_logs() else {}
-            server.append(uvicorn.Server(uvicorn.Config(
+            server.append(QuietServer(uvicorn.Config(
                 app_, host=host, port=port, log_level="info", access_log=served.access_log,
                 **extra)))
             # after uvicorn's Config, which sets its loggers up
@@ -964,7 +964,7 @@ def serve(config: ConfigOpt = None,
     def stop() -> None:
         stopped.set()
         if server:
-            server[0].should_exit = True
+            server[0].request_exit()
 
     _until_signalled("serve", work, stop)
     _say("dualwrite serve: stopped", "stopped")

@@ -3,11 +3,14 @@ health endpoints."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -29,6 +32,36 @@ from dualwrite.engine.odata_follow import run_follower
 from dualwrite.errors import DualwriteError, TransientConnectorError
 
 log = logging.getLogger("dualwrite.serve")
+
+
+class QuietServer(uvicorn.Server):
+    """uvicorn's server, its housekeeping loop waking once a second instead of ten times.
+    That loop only refreshes the ``Date`` header (once a second either way) and looks for a
+    stop request: an idle serve spent about a quarter of its CPU in the tenfold tick (py-spy
+    of a quiet PostgreSQL <-> MariaDB link). :meth:`request_exit` wakes it at once, so a
+    stop is not a second late."""
+
+    _wake: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    async def main_loop(self) -> None:
+        self._wake, self._loop = asyncio.Event(), asyncio.get_running_loop()
+        counter = 0
+        should_exit = await self.on_tick(counter)
+        while not should_exit:
+            # on_tick refreshes the Date header when counter % 10 == 0: at every tick here
+            counter = (counter + 10) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), 1.0)
+            should_exit = await self.on_tick(counter)
+
+    def request_exit(self) -> None:
+        """Stop serving (from any thread): as ``should_exit = True``, without the wait."""
+        self.should_exit = True
+        loop, wake = self._loop, self._wake
+        if loop is not None and wake is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nothing to wake
+                loop.call_soon_threadsafe(wake.set)
 
 
 def _apply(link: Link, stop: threading.Event) -> None:
