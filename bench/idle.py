@@ -138,7 +138,10 @@ def main() -> None:
         "arrives: up to 1 s where every side notifies, `capture.idle_poll_max` = 0.5 s where "
         "a log is polled, MariaDB's); a wake-up reads only the logs that signalled, the polled "
         "ones and any not read for a second; its housekeeping (heartbeat, lease, queue levels) "
-        "runs once a second while changes flow, every 3 s while the link is quiet.",
+        "runs once a second while changes flow, every 3 s while the link is quiet; reads of "
+        "a log and its statistics go through the driver, outside a transaction on "
+        "PostgreSQL; `serve`'s HTTP server wakes once a second (uvicorn's own loop: ten "
+        "times).",
     ]
     if not args.no_report:
         update_section(ROOT / "docs" / "benchmarks.md", "idle", "Idle", "\n".join(lines))
