@@ -477,6 +477,16 @@ class _Running:
         return code
 
 
+def until(cond: Callable[[], bool], seconds: float = 60) -> None:
+    """Wait for ``cond`` (both sides polled), failing after ``seconds``."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polling both sides for the condition, with a deadline
+
+
 def test_run_follows_a_link_with_an_odata_side_under_the_applier_lease(
         hub: tuple[Items, Served], make_backend: BackendFactory, tmp_path: Path) -> None:
     """`dualwrite run` on a link with an OData side follows it (no `dualwrite follow`
@@ -487,12 +497,6 @@ def test_run_follows_a_link_with_an_odata_side_under_the_applier_lease(
     db = db_side(make_backend, "postgresql")
     seeded(items, db)
     config = spoke(tmp_path, served.url + "/odata/erp/", db)
-
-    def until(cond: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 60
-        while not cond():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)  # polling both sides for the condition, with a deadline
 
     first = _Running(config)
     second: _Running | None = None
@@ -531,12 +535,6 @@ def test_serve_follows_a_link_with_an_odata_side_and_run_stands_by(
     db = db_side(make_backend, "postgresql")
     seeded(items, db)
     config = spoke(tmp_path, served.url + "/odata/erp/", db)
-
-    def until(cond: Callable[[], bool]) -> None:
-        deadline = time.monotonic() + 60
-        while not cond():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)  # polling both sides for the condition, with a deadline
 
     ours = _Running(config, "serve", "--port", "0")
     beside: _Running | None = None

@@ -346,6 +346,26 @@ def dialect_for(connector: SqlConnector) -> Dialect:
     return connector.capture_dialect()
 
 
+def capturable(dialect: Dialect, conn: sa.Connection, spec: CaptureSpec, env: str
+               ) -> dict[str, str]:
+    """The encodings of ``spec``'s table (see :meth:`Dialect.encodings`), after making sure
+    the table and every column the map reads are there: a map that cannot be captured is
+    refused at install, naming what is missing, rather than failing the application's
+    writes later."""
+    encodings = dialect.encodings(conn, spec.table)
+    if encodings is None:
+        raise TerminalConnectorError(
+            f"cannot capture map {spec.map!r}: table {spec.table!r} does not exist",
+            environment=env, hint="create it, or correct the table name in the map")
+    gone = [col for col in spec.needed if col not in encodings]
+    if gone:
+        raise TerminalConnectorError(
+            f"cannot capture map {spec.map!r}: table {spec.table!r} has no column(s) "
+            f"{', '.join(repr(g) for g in gone)}", environment=env,
+            hint="correct the map's field lines, or the table, and start the map again")
+    return encodings
+
+
 class CaptureLog:
     """The change log of one SQL environment: install and remove capture, read and forget
     changes, and the applied positions written inside an apply transaction."""
@@ -412,17 +432,7 @@ class CaptureLog:
         self.locate()
         c = self.connector
         with c.translating(f"install capture on {spec.table}"), c.engine.begin() as conn:
-            encodings = self.dialect.encodings(conn, spec.table)
-            if encodings is None:
-                raise TerminalConnectorError(
-                    f"cannot capture map {spec.map!r}: table {spec.table!r} does not exist",
-                    environment=c.name, hint="create it, or correct the table name in the map")
-            gone = [col for col in spec.needed if col not in encodings]
-            if gone:
-                raise TerminalConnectorError(
-                    f"cannot capture map {spec.map!r}: table {spec.table!r} has no column(s) "
-                    f"{', '.join(repr(g) for g in gone)}", environment=c.name,
-                    hint="correct the map's field lines, or the table, and start the map again")
+            encodings = capturable(self.dialect, conn, spec, c.name)
             for statement in self.dialect.install_ddl(spec, encodings):
                 conn.exec_driver_sql(statement)
         # what an earlier version installed under the map's name alone, removed once the new

@@ -68,6 +68,7 @@ from dualwrite.connectors.capture import (
     CaptureSpec,
     _dq,
     _pg_string,
+    capturable,
 )
 from dualwrite.connectors.changelog import Change, ChangeSignal
 from dualwrite.errors import TerminalConnectorError, TransientConnectorError
@@ -631,17 +632,7 @@ class LogicalCaptureLog(CaptureLog):
         t = self.dialect._table(spec.table)  # type: ignore[attr-defined]
         with c.translating(f"install capture on {spec.table}"), c.engine.begin() as conn:
             self.dialect.lock_ddl(conn)
-            encodings = self.dialect.encodings(conn, spec.table)
-            if encodings is None:
-                raise TerminalConnectorError(
-                    f"cannot capture map {spec.map!r}: table {spec.table!r} does not exist",
-                    environment=c.name, hint="create it, or correct the table name in the map")
-            gone = [col for col in spec.needed if col not in encodings]
-            if gone:
-                raise TerminalConnectorError(
-                    f"cannot capture map {spec.map!r}: table {spec.table!r} has no column(s) "
-                    f"{', '.join(repr(g) for g in gone)}", environment=c.name,
-                    hint="correct the map's field lines, or the table, and start the map again")
+            capturable(self.dialect, conn, spec, c.name)
             for statement in self._install_ddl(spec, t, conn):
                 conn.exec_driver_sql(statement)
             conn.execute(sa.text(
