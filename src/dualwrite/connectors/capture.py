@@ -178,6 +178,21 @@ def _bq(name: str) -> str:
 PLAIN, TEXT, BINARY, FLOAT32, BIT, JSON_DOC = "plain", "text", "binary", "float32", "bit", "json"
 
 
+#: a named parameter (``:name``, not a ``::`` cast) of a statement given to Dialect.rows
+_NAMED = re.compile(r"(?<!:):([a-z]\w*)")
+
+
+def driver_rows(conn: sa.Connection, text: str, params: dict[str, Any]) -> list[Any]:
+    """The rows of one query (named ``:parameters``) run through the DB-API driver itself,
+    for drivers that take pyformat parameters (psycopg, PyMySQL): the change log's reads
+    and bookkeeping run on every step and every poll, and spent much of their CPU in
+    SQLAlchemy's statement machinery. A literal ``%`` is doubled for the driver."""
+    raw: Any = conn.connection.driver_connection
+    with raw.cursor() as cur:
+        cur.execute(_NAMED.sub(r"%(\1)s", text.replace("%", "%%")), params)
+        return list(cur.fetchall())
+
+
 class Dialect(ABC):
     """The SQL of change capture (and of the delta journal) for one database. Each backend's
     package holds its own (``connectors/<backend>/dialect.py``) and hands it out from
@@ -260,7 +275,8 @@ class Dialect(ABC):
         """Serialise dualwrite's own DDL in this database, inside ``conn``'s transaction."""
 
     def rows(self, conn: sa.Connection, text: str, params: dict[str, Any]) -> list[Any]:
-        """The rows of one query (named ``:parameters``)."""
+        """The rows of one query (named ``:parameters``). Dialects whose driver takes
+        pyformat parameters return :func:`driver_rows` instead."""
         return list(conn.execute(sa.text(text), params).all())
 
     def pending_rows(self, conn: sa.Connection, map_name: str,

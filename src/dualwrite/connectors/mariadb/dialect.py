@@ -5,7 +5,6 @@ id from system versioning), and the delta journal's triggers (the ``journal_*`` 
 from __future__ import annotations
 
 import datetime as dt
-import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,6 +24,7 @@ from dualwrite.connectors.capture import (
     Dialect,
     _bq,
     _my_string,
+    driver_rows,
 )
 from dualwrite.model.schema import Column, Kind
 
@@ -36,10 +36,6 @@ _MY_RESIGNAL = (1205, 1213, 1317, 1927, 1969, 1037, 1038, 1041, 1021, 1114, 1180
 _MY_BINARY = {"tinyblob", "blob", "mediumblob", "longblob", "binary", "varbinary", "geometry",
               "point", "linestring", "polygon", "multipoint", "multilinestring",
               "multipolygon", "geometrycollection"}
-
-
-#: a named parameter (``:name``) of a statement given to :meth:`MariaDbDialect.rows`
-_NAMED = re.compile(r"(?<!:):([a-z]\w*)")
 
 
 class MariaDbDialect(Dialect):
@@ -58,13 +54,9 @@ class MariaDbDialect(Dialect):
     name = "mariadb"
 
     def rows(self, conn: sa.Connection, text: str, params: dict[str, Any]) -> list[Any]:
-        # through PyMySQL itself: the log's reads (every poll of a quiet link, every step of
-        # a busy one) spent most of their CPU in SQLAlchemy's statement machinery; literal
-        # percent signs doubled for PyMySQL's own parameter format
-        raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            cur.execute(_NAMED.sub(r"%(\1)s", text.replace("%", "%%")), params)
-            return list(cur.fetchall())
+        # through PyMySQL itself: a quiet link's poll of the log spent most of its CPU in
+        # SQLAlchemy's statement machinery
+        return driver_rows(conn, text, params)
 
     def add_version_ddl(self) -> str:
         # a system-versioned table is altered only with its history kept as it is

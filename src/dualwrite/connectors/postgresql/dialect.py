@@ -5,7 +5,6 @@ log, the LISTEN wake-up (:class:`PgChangeSignal`), and the delta journal's trigg
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -24,6 +23,7 @@ from dualwrite.connectors.capture import (
     Dialect,
     _dq,
     _pg_string,
+    driver_rows,
 )
 from dualwrite.connectors.changelog import ChangeSignal
 from dualwrite.connectors.sql import SqlConnector, without_collation
@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from dualwrite.connectors.postgresql.connector import PostgresConnector
 
 #: a named parameter (``:name``) of the capture log's statements, not a cast (``::type``)
-_NAMED = re.compile(r"(?<!:):([a-z]\w*)")
 #: the advisory lock that dualwrite's own DDL in a database is made under
 _DDL_LOCK = 0x64775F6464  # "dw_dd"
 
@@ -263,10 +262,7 @@ class PostgresDialect(Dialect):
     def rows(self, conn: sa.Connection, text: str, params: dict[str, Any]) -> list[Any]:
         # through the driver itself: a large read spends a good part of its time in
         # SQLAlchemy's row handling
-        raw: Any = conn.connection.driver_connection
-        with raw.cursor() as cur:
-            cur.execute(_NAMED.sub(r"%(\1)s", text), params)
-            return list(cur.fetchall())
+        return driver_rows(conn, text, params)
 
     def pending_rows(self, conn: sa.Connection, map_name: str,
                      keys: Sequence[tuple[Any, ...]], columns: Sequence[Column]) -> list[Any]:
