@@ -414,7 +414,7 @@ def test_random_writes_on_both_sides_converge(backends: Callable[[str, str], tup
     # minutes. The default run reports a failure as found; --long shrinks it too.
     phases = list(Phase) if long_run else [Phase.explicit, Phase.reuse, Phase.generate]
     run_state_machine_as_test(machine, settings=settings(
-        max_examples=300 if long_run else 15, stateful_step_count=50 if long_run else 20,
+        max_examples=300 if long_run else 8, stateful_step_count=50 if long_run else 20,
         deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True,
         phases=phases))
 
@@ -636,7 +636,7 @@ def test_run_killed_at_random_points_applies_each_change_once(
     condition waited for, however long a busy machine takes), at a random point shortly
     after, so that those kills land on an applier at work with a backlog still coming. Only
     the applier writes the target; the last run drains what the killed ones left."""
-    kills = 100 if long_run else 20
+    kills = 100 if long_run else 8
     left, right = backends(left_kind, right_kind)
     pair = reset_items_pair(left, right, tmp_path, capture={"batch_size": 50})
     with pair.link() as link:
