@@ -105,24 +105,32 @@ class Broker:
 
 
 class Procs:
-    """dualwrite processes of one config; a thread per process reads its stderr."""
+    """dualwrite processes of one config, logging at debug level; a thread per process reads
+    its stderr into ``logs``/PID.log (kept with the test's output: a failure names them)."""
 
-    def __init__(self, cfg: str) -> None:
+    def __init__(self, cfg: str, logs: Path) -> None:
         self.cfg = cfg
+        self.logs = logs
+        logs.mkdir(parents=True, exist_ok=True)
         self.procs: list[subprocess.Popen[str]] = []
         self.out: dict[int, list[str]] = {}
         self.readers: list[threading.Thread] = []
 
     def start(self, *args: str, until: str) -> subprocess.Popen[str]:
-        p = subprocess.Popen([sys.executable, "-m", "dualwrite", "-c", self.cfg, "run", *args],
+        p = subprocess.Popen([sys.executable, "-m", "dualwrite", "--log-level", "debug", "-c",
+                              self.cfg, "run", *args],
                              stderr=subprocess.PIPE, text=True, env={**os.environ})
         self.procs.append(p)
         lines = self.out[p.pid] = []
 
         def reader() -> None:
             assert p.stderr is not None
-            for line in p.stderr:
-                lines.append(line)
+            with (self.logs / f"{p.pid}.log").open("w") as f:
+                f.write(" ".join([sys.executable, "-m", "dualwrite", "run", *args]) + "\n")
+                for line in p.stderr:
+                    lines.append(line)
+                    f.write(line)
+                    f.flush()
 
         t = threading.Thread(target=reader, daemon=True)
         t.start()
@@ -135,8 +143,10 @@ class Procs:
         return p
 
     def text(self) -> str:
-        """What each process logged (its last lines), for a failing assertion."""
-        return "".join(f"--- pid {pid}\n" + "".join(x[-25:]) for pid, x in self.out.items())
+        """What each process logged at info level and above (its last lines), and where its
+        whole log is, for a failing assertion."""
+        return "".join(f"--- pid {pid} (all of it: {self.logs / f'{pid}.log'})\n" + "".join(
+            [line for line in x if " debug " not in line][-25:]) for pid, x in self.out.items())
 
     def close(self) -> None:
         for p in self.procs:
@@ -283,7 +293,7 @@ def test_workers_killed_added_removed_frozen_and_a_broker_restart_lose_and_doubl
     assert main(["-c", str(it.config), "maps", "start", "--yes"]) == 0
     capsys.readouterr()
     _audit(it)
-    procs = Procs(str(it.config))
+    procs = Procs(str(it.config), tmp_path / "logs")
     writer, watcher = Writer(it), Watcher(it)
     rng = random.Random(7)
     try:
@@ -388,7 +398,7 @@ def test_two_links_share_their_workers(make_backend: BackendFactory, tmp_path: P
         assert main(["-c", str(path), "maps", "start", "--yes"]) == 0
         links.append(Items(lb, rb, path))
     capsys.readouterr()
-    procs = Procs(str(links[0].config))
+    procs = Procs(str(links[0].config), tmp_path / "logs")
     try:
         for it in links:
             procs.cfg = str(it.config)

@@ -479,7 +479,9 @@ class LinkWorker:
     async def hold_at_marker(self, p: int, m: Message, msg: Any) -> None:
         """Partition ``p`` holds at a marker until its transaction is applied. Raises
         _Forgotten when the broker no longer counts the marker as delivered to ``p``."""
-        beat = looked = time.monotonic()
+        beat = looked = since = time.monotonic()
+        log.debug("partition %d holds at the marker of transaction %s from %s (stream "
+                  "sequence %d)", p, m.txid, m.side, msg.metadata.sequence.stream)
         while not await asyncio.to_thread(self._gone, m):
             if self.leaving[p].is_set() or p not in self.leases:
                 return  # handed on: redelivered to the next owner
@@ -489,6 +491,8 @@ class LinkWorker:
                     await msg.in_progress()
             looked = await self._still_delivered(p, msg, looked)
             await asyncio.sleep(0.01)
+        log.debug("partition %d: transaction %s applied after %.2f s at its marker", p, m.txid,
+                  time.monotonic() - since)
         await self.ack(msg)
 
     async def _still_delivered(self, p: int, msg: Any, looked: float) -> float:
@@ -524,8 +528,10 @@ class LinkWorker:
         """Until every partition in ``barrier`` has applied everything before its marker
         (it holds there); False when ``p`` is handed on meanwhile. Raises _Forgotten when
         the broker no longer counts ``msg`` as delivered to ``p``."""
-        beat = looked = time.monotonic()
+        beat = looked = since = time.monotonic()
         waiting = dict(barrier)
+        log.debug("partition %d waits for partitions %s at the markers of transaction %s "
+                  "from %s", p, barrier, m.txid, m.side)
         while waiting:
             for q, seq in list(waiting.items()):
                 try:
@@ -544,6 +550,8 @@ class LinkWorker:
                     await msg.in_progress()
             looked = await self._still_delivered(p, msg, looked)
             await asyncio.sleep(0.005)
+        log.debug("partition %d: the barrier of transaction %s passed after %.2f s", p, m.txid,
+                  time.monotonic() - since)
         return True
 
 
