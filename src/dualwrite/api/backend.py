@@ -87,6 +87,15 @@ class ODataBackend(Protocol):
         """Unique column sets usable as alternate keys, e.g. ``[("accountnumber",)]``."""
         ...
 
+    def model_version(self, env: str) -> tuple[object, ...]:
+        """What :meth:`entity_sets` and :meth:`alternate_keys` of ``env`` answer from:
+        objects that are replaced, never changed in place, whenever those answers may change
+        (maps reloaded, a table described anew). The OData layer keeps its model of ``env``
+        while each of them is the same object (compared by identity) and builds the model
+        again otherwise. A backend that cannot tell returns a new object every time: the
+        model is then built for every request."""
+        ...
+
     def query(self, env: str, table: str, *, columns: Sequence[str] | None, where: Expr | None,
               order_by: Sequence[tuple[str, bool]], limit: int | None,
               offset: int) -> list[dict[str, Any]]:

@@ -30,7 +30,9 @@ class LinkBackend:
     def __init__(self, link: Link) -> None:
         self.link = link
         self._sides = {link.env_name(s): s for s in Side}
-        self._tables: dict[str, list[str]] = {}
+        #: per environment: the tables it exposes, and the maps (validated list) they were
+        #: read from
+        self._tables: dict[str, tuple[object, list[str]]] = {}
         self.feed = ChangeFeed(link)
 
     def _side(self, env: str) -> Side:
@@ -45,16 +47,29 @@ class LinkBackend:
         return list(self._sides)
 
     def _table_names(self, env: str) -> list[str]:
-        if env not in self._tables:
-            side = self._side(env)
-            names: list[str] = []
-            for b in self.link.bound_maps():
-                names.append(b.table(side))
-                for f in b.fields:
-                    names += [t.table for t in f.end(side).targets]
-            names += self.link.config.model.serve.expose.get(env, [])
-            self._tables[env] = sorted(set(names), key=names.index)
-        return self._tables[env]
+        # the link keeps its validated maps in one list until they change (a map reloaded,
+        # a table described anew): a new list, new tables
+        bound = self.link.validate()[0]
+        cached = self._tables.get(env)
+        if cached is not None and cached[0] is bound:
+            return cached[1]
+        side = self._side(env)
+        names: list[str] = []
+        for b in self.link.bound_maps():
+            names.append(b.table(side))
+            for f in b.fields:
+                names += [t.table for t in f.end(side).targets]
+        names += self.link.config.model.serve.expose.get(env, [])
+        tables = sorted(set(names), key=names.index)
+        self._tables[env] = (bound, tables)
+        return tables
+
+    def model_version(self, env: str) -> tuple[object, ...]:
+        # The validated maps (a new list when they change) and each exposed table's schema
+        # as the connector keeps it (a new object when described anew): what entity_sets
+        # and alternate_keys read.
+        conn = self.link.connectors[self._side(env)]
+        return (self.link.validate()[0], *(conn.describe(t) for t in self._table_names(env)))
 
     def entity_sets(self, env: str) -> list[TableSchema]:
         """The tables, each with the lookups the maps make from it among its foreign keys
