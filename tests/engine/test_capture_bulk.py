@@ -429,6 +429,51 @@ def test_mariadb_history_is_purged_off_the_apply_loop(
         assert not purger.is_alive()
 
 
+def test_postgresql_logs_are_vacuumed_off_the_apply_loop(
+        make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting applied changes (and pruning applied positions) leaves dead row versions that
+    every later read of the log steps over until a vacuum, and autovacuum comes about once a
+    minute: the applier's purger vacuums the source's log and the target's positions within
+    a second or two of a transaction applied, and stops with the applier. A quiet applier
+    that deleted nothing since does not vacuum again."""
+
+    def vacuums(b: Backend) -> dict[str, int]:
+        # vacuum_count counts VACUUM commands (autovacuum has a counter of its own)
+        return {str(r[0]): int(r[1]) for r in b.sql(
+            "SELECT relname, vacuum_count FROM pg_stat_user_tables WHERE relname IN "
+            "('dualwrite_changes', 'dualwrite_applied', 'dualwrite_wake')")}
+
+    with _started(make_backend, tmp_path, monkeypatch, "postgresql", MAP) as it:
+        before = {"left": vacuums(it.left), "right": vacuums(it.right)}
+        _app_write(it.left, UPDATE, [_row(i, 1) for i in range(1, N + 1)])
+        drain(it.applier)
+        assert it.left.sql("SELECT COUNT(*) FROM dualwrite_changes")[0][0] == 0
+        it.applier.housekeeping()  # returns at once: the vacuum is not done inline
+        purger = it.applier._purger
+        assert purger is not None and purger.is_alive()
+
+        def done() -> bool:
+            now = {"left": vacuums(it.left), "right": vacuums(it.right)}
+            return now["left"].get("dualwrite_changes", 0) > \
+                before["left"].get("dualwrite_changes", 0) and \
+                now["right"].get("dualwrite_applied", 0) > \
+                before["right"].get("dualwrite_applied", 0)
+
+        deadline = time.monotonic() + 15
+        while not done():
+            assert time.monotonic() < deadline, (
+                f"not vacuumed within 15 s: before {before}, now "
+                f"{ {'left': vacuums(it.left), 'right': vacuums(it.right)} }")
+            time.sleep(0.05)
+        # nothing deleted since: the next rounds leave the tables alone
+        settled = {"left": vacuums(it.left), "right": vacuums(it.right)}
+        assert not it.applier.logs[Side.LEFT]._forgotten
+        assert not it.applier.logs[Side.RIGHT]._forgotten
+        it.applier.close()
+        assert not purger.is_alive()
+        assert {"left": vacuums(it.left), "right": vacuums(it.right)} == settled
+
+
 def _special_rows(version: int) -> list[dict[str, Any]]:
     """Rows 1..N of ``version``, three of them holding a value MariaDB cannot hold."""
     rows = [_row(i, version) for i in range(1, N + 1)]

@@ -263,8 +263,12 @@ class Dialect(ABC):
     #: for it
     length_function = "length"
     text_type = "TEXT"
-    #: whether deleting from the log leaves rows behind that :meth:`purge` drops
+    #: whether deleting from the log (or pruning applied positions) leaves something behind
+    #: that :meth:`purge` clears: MariaDB's history rows, PostgreSQL's dead row versions
     needs_purge = False
+    #: whether :meth:`purge` runs inside a transaction (read committed); False: outside any
+    #: (PostgreSQL's VACUUM cannot run inside one)
+    purge_in_transaction: ClassVar[bool] = True
 
     def log_columns(self) -> str:
         """The log's columns as :meth:`CaptureLog._changes` reads them (JSON as text,
@@ -320,7 +324,8 @@ class Dialect(ABC):
         return None
 
     def purge(self, conn: sa.Connection) -> None:  # noqa: B027 - nothing left behind
-        """Drop what deleting log rows left behind (see :attr:`needs_purge`)."""
+        """Clear what deleting log rows and pruning applied positions left behind (see
+        :attr:`needs_purge`)."""
 
     def listen(self, connector: SqlConnector) -> ChangeSignal | None:
         """A signal of committed changes (see :meth:`CaptureLog.listen`); None: polled."""
@@ -808,6 +813,8 @@ class CaptureLog:
         (the common case): a single-row transaction would otherwise pay four."""
         self.ensure()
         conn = _sql(sess)
+        if prune:
+            self._forgotten = True  # pruned positions: dead rows to purge here too
         if all(t != WATERMARK for _m, t, _s in positions):
             done = self.dialect.finish_apply(conn, source, positions, prune, fence, probe)
             if done is not None:
@@ -939,6 +946,7 @@ class CaptureLog:
                 ) -> None:
         plain = [(m, t) for m, t in pairs if t != WATERMARK]
         if plain:
+            self._forgotten = True
             conn.execute(sa.text(f"DELETE FROM {APPLIED} WHERE source = :s AND map = :m AND "
                                  "txid = :t"), [{"s": source, "m": m, "t": t} for m, t in plain])
 
@@ -984,18 +992,25 @@ class CaptureLog:
 
     @property
     def needs_purge(self) -> bool:
-        """Whether deleting changes leaves something behind to purge (MariaDB's history)."""
+        """Whether deleting changes leaves something behind to purge (MariaDB's history,
+        PostgreSQL's dead row versions)."""
         return self.dialect.needs_purge
 
     def purge(self) -> None:
-        """Drop what deleting applied changes left behind (MariaDB's history rows). Read
-        committed: the scan then locks only the history rows it deletes, not every row and
-        gap it passes, so applications' captured writes (new log rows) do not wait for it."""
+        """Clear what deleting applied changes and pruning applied positions left behind
+        (the dialect's :meth:`Dialect.purge`: MariaDB's history rows, PostgreSQL's dead row
+        versions). MariaDB's runs read committed: the scan then locks only the history rows
+        it deletes, not every row and gap it passes, so applications' captured writes (new
+        log rows) do not wait for it."""
         # nothing deleted since the last purge: nothing to purge (a quiet link costs nothing)
         if not self.needs_purge or not self._forgotten or not self._exists():
             return
         self._forgotten = False
         c = self.connector
+        if not self.dialect.purge_in_transaction:
+            with c.translating("purge the change log"), c.single_statements() as conn:
+                self.dialect.purge(conn)
+            return
         with c.translating("purge the change log's history"), \
                 c.engine.connect().execution_options(isolation_level="READ COMMITTED") as conn, \
                 conn.begin():

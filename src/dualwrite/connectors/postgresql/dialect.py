@@ -317,6 +317,21 @@ class PostgresDialect(Dialect):
             return False, set()
         return int(row[0]) == 1, {str(m) for m in row[1] or ()}
 
+    # The log, the applied positions and the wake-up rows are queues: a row in and a row out
+    # for each change or transaction. A deleted row stays in the table and its indexes, as a
+    # dead version, until a vacuum; every read of the log and every look at the positions
+    # steps over them, and autovacuum visits a database about once a minute. Measured: one
+    # single-row apply (PostgreSQL to PostgreSQL) took 3.3 ms p50 on fresh tables, 5.5 ms
+    # after a 20,000-row transaction had been applied and deleted, 3.3 ms again once
+    # vacuumed. The applier's purger (a thread of its own, every second, only after
+    # something was deleted) vacuums them.
+    needs_purge = True
+    purge_in_transaction = False
+
+    def purge(self, conn: sa.Connection) -> None:
+        # SKIP_LOCKED: a table autovacuum (or another applier) is vacuuming is left to it
+        conn.exec_driver_sql(f"VACUUM (SKIP_LOCKED) {CHANGES}, {APPLIED}, {WAKE}")
+
     has_forget_range = True
 
     def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]

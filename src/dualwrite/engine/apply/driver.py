@@ -367,10 +367,11 @@ class ApplierLoop:
         return "; ".join(down) or None
 
     def _start_purger(self) -> None:
-        """MariaDB keeps deleted log rows as history, and every read of the log wades through
-        them until they are purged: purge every second (cheap when small), on a thread of its
-        own. Inline, purging what a 20,000-row transaction left took about 50 ms, which every
-        change arriving meanwhile waited for."""
+        """MariaDB keeps deleted log rows as history, PostgreSQL keeps them as dead row
+        versions, and every read of the log wades through them until they are purged
+        (vacuumed): purge every second after something was deleted (cheap when small), on a
+        thread of its own. Inline, purging what a 20,000-row transaction left took about
+        50 ms on MariaDB, which every change arriving meanwhile waited for."""
         logs = [c for c in self.logs.values() if c.needs_purge]
         if not logs or self._purger is not None:
             return
