@@ -469,6 +469,7 @@ def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
             reader = _Reader(applier, cfg, threading.Event(), link.config.link_name,
                              link.ensure_linked())
             reader.js = js
+            await reader.finish_left_transactions()  # as it starts
             assert await reader.publish_side(Side.LEFT) == 1  # a marker, the transaction
             for p in (home, held):
                 lease = ApplierLease(link.state, names.lease(p), ttl=LEASE * 10)
@@ -509,10 +510,6 @@ def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
     assert it.rows("left") == it.rows("right")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known deadlock, not fixed yet: a marker left without its transaction by a stopped "
-    "reader holds its partition while the transaction waits behind a barrier on it (seen "
-    "now and then in the worker test above; see the session note of 2026-12-07)"))
 def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up(
         make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         broker: Broker) -> None:
@@ -521,15 +518,8 @@ def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up
     partition until the transaction is applied. The reader that takes over publishes the
     other side's later transactions first, one of them with a barrier on that partition,
     and then the transaction, behind that one in its home partition: each waits for the
-    other for ever (seen in CI: nothing applied after a reader was killed). Made
-    deterministic here, in one process.
-
-    Emptying the stream as a reader starts (and publishing again what is in the logs) ends
-    the deadlock, but measured wrong: a worker waiting at a barrier read in the old stream's
-    positions saw a partition past them after the new stream had started, and applied a
-    transaction ahead of an earlier one of its rows (an update then skipped as already
-    there: 3 runs of 4 of the worker test). A fix must publish the left marker's transaction
-    first, or make barriers name their stream."""
+    other for ever (seen in CI: nothing applied after a reader was killed). A reader
+    publishes such a transaction first. Made deterministic here, in one process."""
     state = fresh_state_url("postgresql", tmp_path)
 
     def config(cfg: dict[str, Any]) -> None:
@@ -573,6 +563,7 @@ def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up
             reader = _Reader(applier, cfg, threading.Event(), link.config.link_name,
                              link.ensure_linked())
             reader.js = js
+            await reader.finish_left_transactions()  # as it starts
             assert await reader.publish_side(Side.LEFT) == 1
             assert await reader.publish_side(Side.RIGHT) == 1
             for p in (home, held):

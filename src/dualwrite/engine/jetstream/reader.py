@@ -26,7 +26,9 @@ from dualwrite.engine.capture import APPLYING, Applier
 from dualwrite.engine.jetstream.broker import connect, ensure_stream
 from dualwrite.engine.jetstream.partition import (
     BARRIER_HEADER,
+    Message,
     Names,
+    decode,
     encode_barrier,
     encode_marker,
     encode_transaction,
@@ -90,6 +92,7 @@ class _Reader:
         try:
             self.js = nc.jetstream()
             await ensure_stream(self.js, self.names, self.cfg)
+            await self.finish_left_transactions()
             # what a stopped applier (or worker) applied but did not delete from the log
             await asyncio.to_thread(self.applier.prune_markers)
             if ready:
@@ -117,6 +120,58 @@ class _Reader:
                     await asyncio.to_thread(self.applier._wait, self.stop, idle)
         finally:
             await nc.close()
+
+    async def finish_left_transactions(self) -> None:
+        """Publish, first of all, the transactions whose markers a stopped reader published
+        without the transaction itself.
+
+        A reader publishes a transaction's markers, then the transaction; one stopped in
+        between (killed, or its lease lost) leaves markers that hold their partitions until
+        the transaction is applied. Published again in this reader's own order, behind
+        later transactions in its home partition, the transaction waited behind one whose
+        barrier needed a held partition to move on: each waited for the other for ever (seen
+        in CI: nothing applied after a reader was killed). Such a marker is the last message
+        of its partition (its reader published nothing after it), so the last message of
+        each partition tells: a marker whose transaction is not the last message of any
+        partition, and is still in its log, is published now, with the markers it still
+        lacks and a barrier naming the ones already there. A transaction that was published
+        whole after all is published once more: a copy, skipped once the first is applied.
+        Where the broker cannot say, nothing is done here (its partitions are retried by the
+        republishing of transactions still in their logs)."""
+        from nats.js.errors import NotFoundError
+
+        last: dict[int, tuple[int, Message]] = {}
+        try:
+            for q in range(self.names.partitions):
+                try:
+                    raw = await self.js.get_last_msg(self.names.stream, self.names.subject(q))
+                except NotFoundError:
+                    continue
+                try:
+                    last[q] = (int(raw.seq), decode(raw.data or b""))
+                except (ValueError, KeyError, TypeError):
+                    continue  # not dualwrite's: the worker drops it
+        except Exception as exc:  # the broker is away
+            log.debug("looking for markers left without their transaction: %s", exc)
+            return
+        whole = {(m.side, m.txid) for _seq, m in last.values() if m.changes is not None}
+        left: dict[tuple[str, str], dict[int, int]] = {}
+        for q, (seq, m) in last.items():
+            if m.changes is None and (m.side, m.txid) not in whole:
+                left.setdefault((m.side, m.txid), {})[q] = seq
+        maps = [n for n, x in self.applier.maps().items() if x.state in APPLYING]
+        # in the order their readers published them
+        for (side, txid), markers in sorted(left.items(), key=lambda kv: min(kv[1].values())):
+            s = Side(side)
+            changes = await asyncio.to_thread(self.applier.logs[s].read_transactions, maps,
+                                              [txid])
+            if not changes:
+                continue  # applied meanwhile: its markers go as soon as it is gone
+            log.info("transaction %s of %s: its markers were published without it (a reader "
+                     "stopped in between); publishing it first", txid, self.applier.env[s],
+                     extra={"event": "republish"})
+            if not await self.publish(s, txid, changes, markers):
+                return  # the broker is away: republished with the rest later
 
     async def publish_side(self, s: Side) -> int:
         """Publish the transactions of side ``s``'s log not published yet (oldest commit
@@ -175,15 +230,19 @@ class _Reader:
             done += 1
         return done
 
-    async def publish(self, s: Side, txid: str, changes: list[Change]) -> bool:
+    async def publish(self, s: Side, txid: str, changes: list[Change],
+                      published: dict[int, int] | None = None) -> bool:
         """Markers in the partitions the transaction touches besides its home, then the
-        transaction in its home, naming the markers' positions (its barrier)."""
+        transaction in its home, naming the markers' positions (its barrier). ``published``:
+        markers in the stream already (partition: position), not published again."""
         direction = self.applier._direction[s]
         parts = partitions_of(changes, self.names.partitions)
         home = parts[0]
         try:
-            markers = {}
+            markers = {q: seq for q, seq in (published or {}).items() if q in parts[1:]}
             for q in parts[1:]:
+                if q in markers:
+                    continue
                 ack = await self.js.publish(
                     self.names.subject(q), encode_marker(s.value, txid, home), timeout=2,
                     headers={"Nats-Msg-Id": self.names.msg_id(direction, txid, q)})
