@@ -279,3 +279,22 @@ def test_status_and_check_warn_about_a_slot_far_behind(
         assert isinstance(log, LogicalCaptureLog)
         spec = CaptureSpec("items", "items", ("id",), ("id", "name", "qty"))
         assert any("WAL behind" in p for p in log.check(spec))
+
+
+def test_validate_warns_about_the_slot_only_once_there_is_one(
+        make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before the first `maps start` there is no slot yet, and `validate` says nothing of
+    it; once there is one holding back WAL, `validate` warns (DW138, not an error)."""
+    from dualwrite.connectors.postgresql import logical
+
+    it = make_items(make_backend, tmp_path, "postgresql", "postgresql", "logical")
+    monkeypatch.setattr(logical, "SLOT_BEHIND_WARN", 0)  # any WAL held back counts
+    with Link.open(it.config) as link:
+        _bound, issues = link.validate()
+        assert [i for i in issues if i.code in ("DW137", "DW138")] == []
+        link.start_maps()
+        it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'a', 1)")
+        link.forget_validation()  # validate again, as a new process would
+        _bound, issues = link.validate()
+        [warning] = [i for i in issues if i.code == "DW138" and "'erp'" in i.message]
+        assert "WAL behind" in warning.message and not warning.is_error

@@ -461,6 +461,12 @@ class CaptureLog:
         self._ddl(self.dialect.remove_ddl(spec.legacy_tag, spec.table),
                   f"remove older capture from {spec.table}")
 
+    def capture_requirements(self) -> list[str]:
+        return []  # the triggers need their tables only (made by ensure)
+
+    def capture_warnings(self, *, before_install: bool = False) -> list[str]:
+        return []
+
     def check(self, spec: CaptureSpec) -> list[str]:
         """What is wrong with the installed capture of one map: the change log or the table
         missing, columns the map reads gone from the table (renamed or dropped), triggers

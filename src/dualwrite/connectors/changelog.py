@@ -248,6 +248,17 @@ class ChangeLog(Protocol):
     def check(self, spec: CaptureSpec) -> list[str]:
         """What is wrong with the installed capture of one map (empty: nothing)."""
 
+    def capture_requirements(self) -> list[str]:
+        """What this log needs of its server and the server lacks, each said with what to
+        do (empty: nothing; a log that needs nothing beyond its own tables, as the triggers'
+        does). Validation makes each an error. Raises ConnectorError when the server cannot
+        be reached."""
+
+    def capture_warnings(self, *, before_install: bool = False) -> list[str]:
+        """What an operator of this log should look at, besides the queue (logical
+        decoding: its replication slot missing or far behind). ``before_install``: what
+        the first ``maps start`` makes is not missing yet."""
+
     def uninstall(self, *, dry_run: bool = False) -> list[str]:
         """Remove everything of dualwrite's capture; returns what was (would be) removed."""
 

@@ -219,13 +219,10 @@ class Link:
             if self.config.capture_mode(env) != "logical":
                 continue
             log = self.connectors[s].change_log()
-            requirements = getattr(log, "requirements", None)
-            slot_problems = getattr(log, "slot_problems", None)
-            if requirements is None or slot_problems is None:
-                continue
             try:
-                missing = requirements()
-                behind = [] if missing else slot_problems()
+                missing = log.capture_requirements()
+                # before the first `maps start` nothing is installed yet: not a warning
+                behind = [] if missing else log.capture_warnings(before_install=True)
             except ConnectorError:
                 continue  # unreachable: reported where the tables are described
             for m in missing:
@@ -234,8 +231,6 @@ class Link:
                                     f"`capture: triggers` for {env!r}", str(self.config.path),
                                     None, severity="error"))
             for b in behind:
-                if "missing" in b:
-                    continue  # before the first `maps start`: nothing installed yet
                 issues.append(Issue("DW138", f"environment {env!r}: {b}", "see "
                                     "docs/capture.md, choosing how to capture",
                                     str(self.config.path), None, severity="warning"))
@@ -721,12 +716,11 @@ class Link:
         # queue is then in the WAL, not in the log: see docs/capture.md)
         slot_notes: list[str] = []
         for s in Side:
-            slot_problems = getattr(self.connectors[s].change_log(), "slot_problems", None) \
-                if self.connectors[s].capabilities.capture else None
-            if slot_problems is None or self.env_name(s) in unreachable:
+            if not self.connectors[s].capabilities.capture or self.env_name(s) in unreachable:
                 continue
             with contextlib.suppress(ConnectorError):
-                slot_notes += [f"{self.env_name(s)}: {p}" for p in slot_problems()]
+                slot_notes += [f"{self.env_name(s)}: {p}"
+                               for p in self.connectors[s].change_log().capture_warnings()]
         errors = self.monitor.error_counts()  # one grouped count: the inbox may be large
         throughput = self.monitor.throughput()
         parked = self.state.parked_count()

@@ -535,6 +535,12 @@ class MemoryChangeLog:
     def ensure(self) -> None:
         """Nothing to make: the log lives in the store's rows."""
 
+    def capture_requirements(self) -> list[str]:
+        return []
+
+    def capture_warnings(self, *, before_install: bool = False) -> list[str]:
+        return []
+
     def install(self, spec: CaptureSpec) -> None:
         schema = self.c.describe(spec.table)
         gone = [col for col in spec.needed if col not in schema.columns]

@@ -560,8 +560,9 @@ class LogicalCaptureLog(CaptureLog):
         return self._decoder
 
     # -- set-up ------------------------------------------------------------------------------
-    def requirements(self) -> list[str]:
-        """What the server lacks for logical capture (empty: nothing)."""
+    def capture_requirements(self) -> list[str]:
+        """What the server lacks for logical capture: ``wal_level``, the role's REPLICATION
+        (empty: nothing)."""
         c = self.connector
         with c.translating("check logical decoding"), c.engine.connect() as conn:
             level, may = conn.execute(sa.text(
@@ -580,7 +581,7 @@ class LogicalCaptureLog(CaptureLog):
     def ensure(self) -> None:
         if self._ready:
             return
-        missing = self.requirements()
+        missing = self.capture_requirements()
         if missing:
             raise TerminalConnectorError(
                 f"environment {self.connector.name!r} cannot capture by logical decoding: "
@@ -732,11 +733,12 @@ class LogicalCaptureLog(CaptureLog):
         if not marked:
             problems.append(f"{where}: the marking trigger {spec.tag}_o is missing or disabled "
                             "(dualwrite's own writes would be captured back)")
-        return problems + self.slot_problems()
+        return problems + self.capture_warnings()
 
-    def slot_problems(self) -> list[str]:
-        """The slot missing, or holding back more than :data:`SLOT_BEHIND_WARN` bytes of WAL
-        (an abandoned slot keeps every segment from its position on)."""
+    def capture_warnings(self, *, before_install: bool = False) -> list[str]:
+        """The slot missing (unless ``before_install``: the first ``maps start`` makes it),
+        or holding back more than :data:`SLOT_BEHIND_WARN` bytes of WAL (an abandoned slot
+        keeps every segment from its position on)."""
         c = self.connector
         with c.translating("look at the replication slot"), c.engine.connect() as conn:
             row = conn.execute(sa.text(
@@ -746,8 +748,9 @@ class LogicalCaptureLog(CaptureLog):
                 {"s": self.slot}).first()
             conn.rollback()
         if row is None:
-            return [f"replication slot {self.slot} is missing (nothing is captured: stop and "
-                    "start the maps)"]
+            return [] if before_install else [
+                f"replication slot {self.slot} is missing (nothing is captured: stop and "
+                "start the maps)"]
         if int(row[1] or 0) > SLOT_BEHIND_WARN:
             return [f"replication slot {self.slot} is {int(row[1]) >> 20} MiB of WAL behind"
                     f"{'' if row[0] else ' and no applier reads it'} (PostgreSQL keeps that "
