@@ -7,6 +7,7 @@ version: recorded when made, checked at every start, upgraded by `dualwrite stat
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -170,3 +171,44 @@ def test_the_schema_version_is_checked_at_start_and_upgraded_by_the_command(
         raw.dispose()
     with pytest.raises(StateStoreOutdated, match="made by a newer dualwrite"):
         StateStore(url)
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_processes_counting_applied_changes_at_once_lose_no_count(tmp_path: Path,
+                                                                  kind: str) -> None:
+    """JetStream workers of one link apply the same map in several processes and each adds
+    what it applied to the map's activity row. Two that met on a map's first row both
+    inserted it: one failed with a duplicate key, and the map was failed with it (seen in CI:
+    "map items failed ... duplicate key value violates unique constraint map_activity_pkey");
+    two that met on an existing row each wrote what they had read plus their own, and one
+    count was lost. Every count arrives, whatever the interleaving."""
+    url = fresh_state_url(kind, tmp_path)
+    stores = [StateStore(url) for _ in range(2)]
+    rounds = 40
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def worker(store: StateStore, n: int) -> None:
+        try:
+            for i in range(rounds):
+                start.wait(timeout=60)
+                store.note_applied({f"map{i}": ("2026-12-07T00:00:00+00:00", n)})
+                start.wait(timeout=60)
+                store.note_applied({"shared": ("2026-12-07T00:00:01+00:00", n)})
+        except BaseException as exc:  # handed to the test
+            failures.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=worker, args=(s, n)) for n, s in ((1, stores[0]),
+                                                                        (10, stores[1]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == [], failures[:1]
+    activity = stores[0].activity()
+    assert {m: activity[m]["applied"] for m in (f"map{i}" for i in range(rounds))} == \
+        {f"map{i}": 11 for i in range(rounds)}
+    assert activity["shared"]["applied"] == 11 * rounds
+    for s in stores:
+        s.close()

@@ -130,17 +130,24 @@ class MapsState(StoreBase):
         return hit[1] if hit and time.monotonic() - hit[0] < max_age else self.map_states()
 
     def note_applied(self, activity: dict[str, tuple[str, int]]) -> None:
-        """Record when each map last applied a change, and how many it applied."""
+        """Record when each map last applied a change, and add how many it applied.
+
+        Several processes add to one map's row at once (JetStream workers): the count is
+        added in the UPDATE itself (a read, then a write of what was read plus one's own,
+        lost the other's), and a first row two processes insert at once is added to by the
+        one whose INSERT met the other's (it failed the map with a duplicate key)."""
         with self.engine.begin() as conn:
             for name, (at, n) in activity.items():
-                row = conn.execute(sa.select(map_activity.c.applied).where(
-                    map_activity.c.map == name)).first()
-                if row is None:
-                    conn.execute(sa.insert(map_activity).values(map=name, last_applied_at=at,
-                                                                applied=n))
-                else:
-                    conn.execute(sa.update(map_activity).where(map_activity.c.map == name)
-                                 .values(last_applied_at=at, applied=row.applied + n))
+                add = (sa.update(map_activity).where(map_activity.c.map == name)
+                       .values(last_applied_at=at, applied=map_activity.c.applied + n))
+                if conn.execute(add).rowcount:
+                    continue
+                try:
+                    with conn.begin_nested():  # a savepoint: the failed INSERT alone undone
+                        conn.execute(sa.insert(map_activity).values(
+                            map=name, last_applied_at=at, applied=n))
+                except sa.exc.IntegrityError:  # inserted by another process meanwhile
+                    conn.execute(add)
 
     def activity(self) -> dict[str, dict[str, Any]]:
         with self.engine.connect() as conn:
