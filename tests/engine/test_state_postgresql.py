@@ -212,3 +212,43 @@ def test_processes_counting_applied_changes_at_once_lose_no_count(tmp_path: Path
     assert activity["shared"]["applied"] == 11 * rounds
     for s in stores:
         s.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_processes_setting_a_maps_state_at_once_both_succeed(tmp_path: Path,
+                                                             kind: str) -> None:
+    """Two processes setting one map's state at once (JetStream workers failing a map):
+    each change is made, one after the other; none fails on the row's key (it was deleted
+    and inserted again, and the two inserts met)."""
+    from dualwrite.engine.state import MapState
+
+    url = fresh_state_url(kind, tmp_path)
+    stores = [StateStore(url) for _ in range(2)]
+    rounds = 40
+    start = threading.Barrier(2)
+    failures: list[BaseException] = []
+
+    def worker(store: StateStore, state: MapState) -> None:
+        try:
+            for i in range(rounds):
+                start.wait(timeout=60)
+                store.set_map_state(f"map{i}", state)
+                start.wait(timeout=60)
+                store.set_map_state("shared", state, initial_synced=True)
+        except BaseException as exc:  # handed to the test
+            failures.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=worker, args=(s, st)) for s, st in (
+        (stores[0], MapState.PAUSED), (stores[1], MapState.FAILED))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == [], failures[:1]
+    states = stores[0].map_states()
+    assert {states[f"map{i}"]["state"] for i in range(rounds)} <= {"paused", "failed"}
+    assert len([m for m in states if m.startswith("map")]) == rounds
+    assert states["shared"]["initial_synced_at"] is not None
+    for s in stores:
+        s.close()

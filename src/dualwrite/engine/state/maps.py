@@ -60,15 +60,26 @@ class MapsState(StoreBase):
         self._cache.pop("map_states", None)
         now = now_iso()
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)).first()
+            # the row held from the read on (where the database locks rows): two processes
+            # setting one map's state at once (JetStream workers failing it) take turns; a
+            # delete and insert of the row met the other's insert on its key
+            row = conn.execute(sa.select(map_status).where(map_status.c.map == map_name)
+                               .with_for_update()).first()
             synced = now if initial_synced else (row.initial_synced_at if row else None)
             version = row.version if row is not None else None
             if forget_synced:
                 synced = version = None  # capture removed: no version is installed
-            conn.execute(sa.delete(map_status).where(map_status.c.map == map_name))
-            conn.execute(sa.insert(map_status).values(map=map_name, state=MapState(state).value,
-                                                      initial_synced_at=synced, updated_at=now,
-                                                      version=version))
+            values = {"state": MapState(state).value, "initial_synced_at": synced,
+                      "updated_at": now, "version": version}
+            update = sa.update(map_status).where(map_status.c.map == map_name).values(values)
+            if row is not None:
+                conn.execute(update)
+            else:
+                try:
+                    with conn.begin_nested():  # a savepoint: the failed INSERT alone undone
+                        conn.execute(sa.insert(map_status).values(map=map_name, **values))
+                except sa.exc.IntegrityError:  # made by another process meanwhile
+                    conn.execute(update)
         # once committed: an applier that looked at the bump before would read the old state
         # and take it for the new one
         self._cache.pop("map_states", None)
