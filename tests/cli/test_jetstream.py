@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -426,15 +428,10 @@ def test_two_links_share_their_workers(make_backend: BackendFactory, tmp_path: P
         assert len(workers) == 0  # both stopped and unregistered
 
 
-def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
-        make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-        broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
-    """A broker killed and started again can read a consumer's state back older than it
-    was (nats-server writes it asynchronously): a partition holding at a marker is then no
-    longer seen there by the transaction's home, which waits for it, and both wait for
-    ever (seen in CI: nothing applied after a broker restart). The holder notices that the
-    broker forgot its delivery and fetches again. Made deterministic here, in one process:
-    the held partition's consumer is made anew under it, as such a restart leaves it."""
+def _one_process_items(make_backend: BackendFactory, tmp_path: Path,
+                       broker: Broker) -> Items:
+    """An items link PostgreSQL ↔ MariaDB with a transport on ``broker`` and its map started,
+    for scenarios that play reader and worker in this process."""
     state = fresh_state_url("postgresql", tmp_path)
 
     def config(cfg: dict[str, Any]) -> None:
@@ -445,6 +442,73 @@ def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
 
     it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=config)
     assert main(["-c", str(it.config), "maps", "start", "--yes"]) == 0
+    return it
+
+
+@dataclasses.dataclass
+class _OneProcess:
+    """A reader's and a worker's parts in this process, on one link's stream."""
+
+    link: Any
+    cfg: Any
+    names: Names
+    js: Any
+    applier: Applier
+    worker: LinkWorker
+    tasks: list[asyncio.Task[None]]
+
+    def reader(self) -> _Reader:
+        r = _Reader(self.applier, self.cfg, threading.Event(), self.link.config.link_name,
+                    self.link.ensure_linked())
+        r.js = self.js
+        return r
+
+    def take(self, *partitions: int) -> None:
+        """The worker owns ``partitions`` (their leases taken; nothing served yet)."""
+        for p in partitions:
+            lease = ApplierLease(self.link.state, self.names.lease(p), ttl=LEASE * 10)
+            assert lease.acquire()
+            self.worker.leases[p] = lease
+            self.worker.leaving[p] = asyncio.Event()
+
+    def serve(self, p: int) -> None:
+        self.tasks.append(asyncio.create_task(self.worker.serve(p)))
+
+
+@contextlib.asynccontextmanager
+async def _one_process(link: Any, broker: Broker) -> AsyncIterator[_OneProcess]:
+    cfg = link.config.model.transport.nats
+    names = Names(link.config.link_name, PARTITIONS, link.ensure_linked())
+    nc = await nats.connect(broker.url)
+    js = nc.jetstream()
+    applier = Applier.for_link(link)
+    w = LinkWorker(link, cfg, link.state.register_process(link.config.link_name, "worker"))
+    w.js = js
+    run = _OneProcess(link, cfg, names, js, applier, w, [])
+    try:
+        await ensure_stream(js, names, cfg)
+        yield run
+    finally:
+        for ev in w.leaving.values():
+            ev.set()
+        for t in run.tasks:
+            with contextlib.suppress(Exception):
+                await t
+        await w.close()
+        applier.close()
+        await nc.close()
+
+
+def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
+        make_backend: BackendFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        broker: Broker, caplog: pytest.LogCaptureFixture) -> None:
+    """A broker killed and started again can read a consumer's state back older than it
+    was (nats-server writes it asynchronously): a partition holding at a marker is then no
+    longer seen there by the transaction's home, which waits for it, and both wait for
+    ever (seen in CI: nothing applied after a broker restart). The holder notices that the
+    broker forgot its delivery and fetches again. Made deterministic here, in one process:
+    the held partition's consumer is made anew under it, as such a restart leaves it."""
+    it = _one_process_items(make_backend, tmp_path, broker)
     capsys.readouterr()
     a = 1
     b = next(k for k in range(2, 100)
@@ -455,28 +519,11 @@ def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
                     f"({b}, 'b', 2)")  # one transaction, two partitions
 
     async def scenario(link: Any) -> None:
-        cfg = link.config.model.transport.nats
-        names = Names(link.config.link_name, PARTITIONS, link.ensure_linked())
-        nc = await nats.connect(broker.url)
-        js = nc.jetstream()
-        applier = Applier.for_link(link)
-        w = LinkWorker(link, cfg, link.state.register_process(link.config.link_name,
-                                                                "worker"))
-        w.js = js
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            await ensure_stream(js, names, cfg)
-            reader = _Reader(applier, cfg, threading.Event(), link.config.link_name,
-                             link.ensure_linked())
-            reader.js = js
-            await reader.finish_left_transactions()  # as it starts
-            assert await reader.publish_side(Side.LEFT) == 1  # a marker, the transaction
-            for p in (home, held):
-                lease = ApplierLease(link.state, names.lease(p), ttl=LEASE * 10)
-                assert lease.acquire()
-                w.leases[p] = lease
-                w.leaving[p] = asyncio.Event()
-            tasks.append(asyncio.create_task(w.serve(held)))
+        async with _one_process(link, broker) as run:
+            js, names = run.js, run.names
+            assert await run.reader().publish_side(Side.LEFT) == 1  # a marker, the txn
+            run.take(home, held)
+            run.serve(held)
             deadline = time.monotonic() + 30
             while not (await js.consumer_info(names.stream,
                                               names.durable(held))).num_ack_pending:
@@ -484,8 +531,8 @@ def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
                 await asyncio.sleep(0.02)  # polling a condition, with a deadline
             # the broker forgets that it delivered the marker (its consumer state lost)
             await js.delete_consumer(names.stream, names.durable(held))
-            await js.add_consumer(names.stream, consumer_config(names, cfg, held))
-            tasks.append(asyncio.create_task(w.serve(home)))
+            await js.add_consumer(names.stream, consumer_config(names, run.cfg, held))
+            run.serve(home)
             while set(it.rows("right")) != {a, b}:
                 assert time.monotonic() < deadline + 30, \
                     f"not applied: the partitions wait for each other ({it.rows('right')})"
@@ -493,15 +540,6 @@ def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
             while (await js.stream_info(names.stream)).state.messages:  # marker acked too
                 assert time.monotonic() < deadline + 60, "the marker is still held"
                 await asyncio.sleep(0.05)  # polling a condition, with a deadline
-        finally:
-            for ev in w.leaving.values():
-                ev.set()
-            for t in tasks:
-                with contextlib.suppress(Exception):
-                    await t
-            await w.close()
-            applier.close()
-            await nc.close()
 
     caplog.set_level(logging.INFO, logger="dualwrite.jetstream")
     with it.link() as link:
@@ -520,16 +558,7 @@ def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up
     and then the transaction, behind that one in its home partition: each waits for the
     other for ever (seen in CI: nothing applied after a reader was killed). A reader
     publishes such a transaction first. Made deterministic here, in one process."""
-    state = fresh_state_url("postgresql", tmp_path)
-
-    def config(cfg: dict[str, Any]) -> None:
-        cfg["state"] = state
-        cfg["capture"] = {"lease_seconds": LEASE}
-        cfg["transport"] = {"nats": {"url": broker.url, "partitions": PARTITIONS,
-                                     "ack_wait": ACK_WAIT}}
-
-    it = make_items(make_backend, tmp_path, "postgresql", "mariadb", extra=config)
-    assert main(["-c", str(it.config), "maps", "start", "--yes"]) == 0
+    it = _one_process_items(make_backend, tmp_path, broker)
     capsys.readouterr()
     by_partition: dict[int, list[int]] = {}
     for k in range(1, 200):
@@ -542,36 +571,22 @@ def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up
     it.left.app_sql(f"INSERT INTO items (id, name, qty) VALUES ({a}, 'a', 1), ({b}, 'b', 2)")
 
     async def scenario(link: Any) -> None:
-        cfg = link.config.model.transport.nats
-        names = Names(link.config.link_name, PARTITIONS, link.ensure_linked())
-        nc = await nats.connect(broker.url)
-        js = nc.jetstream()
-        applier = Applier.for_link(link)
-        w = LinkWorker(link, cfg, link.state.register_process(link.config.link_name,
-                                                                "worker"))
-        w.js = js
-        tasks: list[asyncio.Task[None]] = []
-        try:
-            await ensure_stream(js, names, cfg)
+        async with _one_process(link, broker) as run:
             # the stopped reader: the right side's marker, and nothing more
-            [txid] = {t for _seq, t in applier.logs[Side.RIGHT].transactions(["items"], -1,
-                                                                           100)}
-            await js.publish(names.subject(held), encode_marker(Side.RIGHT.value, txid, home),
-                             headers={"Nats-Msg-Id": names.msg_id(
-                                 applier._direction[Side.RIGHT], txid, held)})
+            [txid] = {t for _seq, t in run.applier.logs[Side.RIGHT].transactions(
+                ["items"], -1, 100)}
+            await run.js.publish(
+                run.names.subject(held), encode_marker(Side.RIGHT.value, txid, home),
+                headers={"Nats-Msg-Id": run.names.msg_id(
+                    run.applier._direction[Side.RIGHT], txid, held)})
             # the reader that takes over: the left side first, then the right
-            reader = _Reader(applier, cfg, threading.Event(), link.config.link_name,
-                             link.ensure_linked())
-            reader.js = js
+            reader = run.reader()
             await reader.finish_left_transactions()  # as it starts
             assert await reader.publish_side(Side.LEFT) == 1
             assert await reader.publish_side(Side.RIGHT) == 1
-            for p in (home, held):
-                lease = ApplierLease(link.state, names.lease(p), ttl=LEASE * 10)
-                assert lease.acquire()
-                w.leases[p] = lease
-                w.leaving[p] = asyncio.Event()
-                tasks.append(asyncio.create_task(w.serve(p)))
+            run.take(home, held)
+            run.serve(home)
+            run.serve(held)
             # seconds for four rows that arrive in well under one when nothing waits
             deadline = time.monotonic() + 10
             while set(it.rows("right")) != {a, b, c, d} or set(it.rows("left")) != {a, b, c, d}:
@@ -579,15 +594,6 @@ def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up
                     "not applied: the partitions wait for each other (left "
                     f"{sorted(it.rows('left'))}, right {sorted(it.rows('right'))})")
                 await asyncio.sleep(0.05)  # polling a condition, with a deadline
-        finally:
-            for ev in w.leaving.values():
-                ev.set()
-            for t in tasks:
-                with contextlib.suppress(Exception):
-                    await t
-            await w.close()
-            applier.close()
-            await nc.close()
 
     with it.link() as link:
         asyncio.run(scenario(link))

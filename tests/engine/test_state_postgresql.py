@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -173,6 +174,30 @@ def test_the_schema_version_is_checked_at_start_and_upgraded_by_the_command(
         StateStore(url)
 
 
+def at_once(stores: list[StateStore], rounds: int,
+            step: Callable[[StateStore, int, int], None]) -> None:
+    """``step(store, n, round)`` for each store in a thread of its own, the threads let go
+    together at each of ``rounds`` rounds (so that they meet); the first failure raised."""
+    start = threading.Barrier(len(stores))
+    failures: list[BaseException] = []
+
+    def worker(store: StateStore, n: int) -> None:
+        try:
+            for i in range(rounds):
+                start.wait(timeout=60)
+                step(store, n, i)
+        except BaseException as exc:  # handed to the test
+            failures.append(exc)
+            start.abort()
+
+    threads = [threading.Thread(target=worker, args=(s, n)) for n, s in enumerate(stores)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert failures == [], failures[:1]
+
+
 @pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
 def test_processes_counting_applied_changes_at_once_lose_no_count(tmp_path: Path,
                                                                   kind: str) -> None:
@@ -182,30 +207,15 @@ def test_processes_counting_applied_changes_at_once_lose_no_count(tmp_path: Path
     "map items failed ... duplicate key value violates unique constraint map_activity_pkey");
     two that met on an existing row each wrote what they had read plus their own, and one
     count was lost. Every count arrives, whatever the interleaving."""
-    url = fresh_state_url(kind, tmp_path)
-    stores = [StateStore(url) for _ in range(2)]
+    stores = [StateStore(fresh_state_url(kind, tmp_path)) for _ in range(2)]
     rounds = 40
-    start = threading.Barrier(2)
-    failures: list[BaseException] = []
 
-    def worker(store: StateStore, n: int) -> None:
-        try:
-            for i in range(rounds):
-                start.wait(timeout=60)
-                store.note_applied({f"map{i}": ("2026-12-07T00:00:00+00:00", n)})
-                start.wait(timeout=60)
-                store.note_applied({"shared": ("2026-12-07T00:00:01+00:00", n)})
-        except BaseException as exc:  # handed to the test
-            failures.append(exc)
-            start.abort()
+    def step(store: StateStore, n: int, i: int) -> None:
+        # a first row for each round's map, and one row every round adds to
+        name = f"map{i // 2}" if i % 2 == 0 else "shared"
+        store.note_applied({name: ("2026-12-07T00:00:00+00:00", 10 ** n)})
 
-    threads = [threading.Thread(target=worker, args=(s, n)) for n, s in ((1, stores[0]),
-                                                                        (10, stores[1]))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert failures == [], failures[:1]
+    at_once(stores, 2 * rounds, step)
     activity = stores[0].activity()
     assert {m: activity[m]["applied"] for m in (f"map{i}" for i in range(rounds))} == \
         {f"map{i}": 11 for i in range(rounds)}
@@ -222,33 +232,20 @@ def test_processes_setting_a_maps_state_at_once_both_succeed(tmp_path: Path,
     and inserted again, and the two inserts met)."""
     from dualwrite.engine.state import MapState
 
-    url = fresh_state_url(kind, tmp_path)
-    stores = [StateStore(url) for _ in range(2)]
+    stores = [StateStore(fresh_state_url(kind, tmp_path)) for _ in range(2)]
     rounds = 40
-    start = threading.Barrier(2)
-    failures: list[BaseException] = []
+    states = (MapState.PAUSED, MapState.FAILED)
 
-    def worker(store: StateStore, state: MapState) -> None:
-        try:
-            for i in range(rounds):
-                start.wait(timeout=60)
-                store.set_map_state(f"map{i}", state)
-                start.wait(timeout=60)
-                store.set_map_state("shared", state, initial_synced=True)
-        except BaseException as exc:  # handed to the test
-            failures.append(exc)
-            start.abort()
+    def step(store: StateStore, n: int, i: int) -> None:
+        if i % 2 == 0:
+            store.set_map_state(f"map{i // 2}", states[n])
+        else:
+            store.set_map_state("shared", states[n], initial_synced=True)
 
-    threads = [threading.Thread(target=worker, args=(s, st)) for s, st in (
-        (stores[0], MapState.PAUSED), (stores[1], MapState.FAILED))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert failures == [], failures[:1]
-    states = stores[0].map_states()
-    assert {states[f"map{i}"]["state"] for i in range(rounds)} <= {"paused", "failed"}
-    assert len([m for m in states if m.startswith("map")]) == rounds
-    assert states["shared"]["initial_synced_at"] is not None
+    at_once(stores, 2 * rounds, step)
+    got = stores[0].map_states()
+    assert {got[f"map{i}"]["state"] for i in range(rounds)} <= {"paused", "failed"}
+    assert len([m for m in got if m.startswith("map")]) == rounds
+    assert got["shared"]["initial_synced_at"] is not None
     for s in stores:
         s.close()
