@@ -84,6 +84,9 @@ class _Reader:
         self.full_at: dict[Side, float] = {s: 0.0 for s in Side}
         self.js: Any = None
         self.down: str | None = None
+        #: a transaction whose publication failed part way (side, txid, changes): published
+        #: before anything else (see :meth:`publish_side`)
+        self.unfinished: tuple[Side, str, list[Change]] | None = None
 
     async def run(self, ready: Callable[[], None] | None) -> None:
         nc = await connect(self.cfg, self.stop)
@@ -175,7 +178,10 @@ class _Reader:
 
     async def publish_side(self, s: Side) -> int:
         """Publish the transactions of side ``s``'s log not published yet (oldest commit
-        first); how many were published."""
+        first); how many were published. A transaction whose publication failed part way
+        goes first, whichever side it is from (see :meth:`finish_unfinished`)."""
+        if not await self.finish_unfinished():
+            return 0
         applier = self.applier
         logs = applier.logs[s]
         maps = [n for n, m in applier.maps().items() if m.state in APPLYING]
@@ -230,6 +236,21 @@ class _Reader:
             done += 1
         return done
 
+    async def finish_unfinished(self) -> bool:
+        """Publish again the transaction whose publication failed part way (the broker went
+        away after some of its markers); whether nothing is left unfinished. It goes before
+        anything else: its markers hold their partitions until it is applied, and the other
+        side's transactions published first put it behind one whose barrier needed a held
+        partition, each waiting for the other for ever (seen in CI after a broker restart)."""
+        if self.unfinished is None:
+            return True
+        s, txid, changes = self.unfinished
+        if not await self.publish(s, txid, changes):
+            return False
+        self.unfinished = None
+        self.published[s][txid] = time.monotonic()
+        return True
+
     async def publish(self, s: Side, txid: str, changes: list[Change],
                       published: dict[int, int] | None = None) -> bool:
         """Markers in the partitions the transaction touches besides its home, then the
@@ -253,7 +274,8 @@ class _Reader:
             await self.js.publish(self.names.subject(home),
                                   encode_transaction(s.value, txid, changes, parts),
                                   timeout=2, headers=headers)
-        except Exception as exc:  # any failure of the broker: published again later
+        except Exception as exc:  # any failure of the broker: published again, first
+            self.unfinished = (s, txid, changes)
             if self.down is None:
                 log.warning("publishing to NATS: %s; retrying", exc or type(exc).__name__,
                             extra={"event": "unreachable", "side": "nats"})
