@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -474,6 +474,20 @@ class _OneProcess:
     def serve(self, p: int) -> None:
         self.tasks.append(asyncio.create_task(self.worker.serve(p)))
 
+    async def apply_all(self, it: Items, *partitions: int) -> None:
+        """The worker serves ``partitions`` until both sides hold the same rows (those of
+        the test's transactions: every row either side holds)."""
+        self.take(*partitions)
+        for p in partitions:
+            self.serve(p)
+        await _both_sides_hold(it, set(it.rows("left")) | set(it.rows("right")))
+
+
+def _in_one_process(it: Items, scenario: Callable[[Any], Awaitable[None]]) -> None:
+    with it.link() as link:
+        asyncio.run(scenario(link))
+    assert it.rows("left") == it.rows("right")
+
 
 @contextlib.asynccontextmanager
 async def _one_process(link: Any, broker: Broker) -> AsyncIterator[_OneProcess]:
@@ -497,6 +511,28 @@ async def _one_process(link: Any, broker: Broker) -> AsyncIterator[_OneProcess]:
         await w.close()
         applier.close()
         await nc.close()
+
+
+def _two_partitions() -> tuple[int, int, tuple[int, int, int, int]]:
+    """Two partitions (home, the lower, and held) and keys a, b, c, d: a and c in home, b
+    and d in held (a transaction writing a and b, or c and d, touches both)."""
+    by_partition: dict[int, list[int]] = {}
+    for k in range(1, 200):
+        by_partition.setdefault(partition_of("items", [k], PARTITIONS), []).append(k)
+    home, held = sorted(by_partition)[:2]
+    (a, c), (b, d) = by_partition[home][:2], by_partition[held][:2]
+    return home, held, (a, b, c, d)
+
+
+async def _both_sides_hold(it: Items, keys: set[int]) -> None:
+    """Until both sides hold exactly ``keys``: seconds for rows that arrive in well under
+    one when nothing waits."""
+    deadline = time.monotonic() + 10
+    while set(it.rows("right")) != keys or set(it.rows("left")) != keys:
+        assert time.monotonic() < deadline, (
+            "not applied: the partitions wait for each other (left "
+            f"{sorted(it.rows('left'))}, right {sorted(it.rows('right'))})")
+        await asyncio.sleep(0.05)  # polling a condition, with a deadline
 
 
 def test_a_partition_holding_at_a_marker_the_broker_forgot_takes_it_again(
@@ -560,11 +596,7 @@ def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up
     publishes such a transaction first. Made deterministic here, in one process."""
     it = _one_process_items(make_backend, tmp_path, broker)
     capsys.readouterr()
-    by_partition: dict[int, list[int]] = {}
-    for k in range(1, 200):
-        by_partition.setdefault(partition_of("items", [k], PARTITIONS), []).append(k)
-    home, held = sorted(by_partition)[:2]
-    (a, c), (b, d) = by_partition[home][:2], by_partition[held][:2]
+    home, held, (a, b, c, d) = _two_partitions()
     # the right side's transaction (its marker will be left alone), then the left side's;
     # each touches both partitions
     it.right.app_sql(f"INSERT INTO items (id, name, qty) VALUES ({c}, 'c', 3), ({d}, 'd', 4)")
@@ -584,20 +616,9 @@ def test_a_marker_a_stopped_reader_left_without_its_transaction_holds_nothing_up
             await reader.finish_left_transactions()  # as it starts
             assert await reader.publish_side(Side.LEFT) == 1
             assert await reader.publish_side(Side.RIGHT) == 1
-            run.take(home, held)
-            run.serve(home)
-            run.serve(held)
-            # seconds for four rows that arrive in well under one when nothing waits
-            deadline = time.monotonic() + 10
-            while set(it.rows("right")) != {a, b, c, d} or set(it.rows("left")) != {a, b, c, d}:
-                assert time.monotonic() < deadline, (
-                    "not applied: the partitions wait for each other (left "
-                    f"{sorted(it.rows('left'))}, right {sorted(it.rows('right'))})")
-                await asyncio.sleep(0.05)  # polling a condition, with a deadline
+            await run.apply_all(it, home, held)
 
-    with it.link() as link:
-        asyncio.run(scenario(link))
-    assert it.rows("left") == it.rows("right")
+    _in_one_process(it, scenario)
 
 
 class _FailingPublish:
@@ -627,11 +648,7 @@ def test_a_transaction_whose_publication_failed_part_way_goes_first(
     first. Made deterministic here, in one process."""
     it = _one_process_items(make_backend, tmp_path, broker)
     capsys.readouterr()
-    by_partition: dict[int, list[int]] = {}
-    for k in range(1, 200):
-        by_partition.setdefault(partition_of("items", [k], PARTITIONS), []).append(k)
-    home, held = sorted(by_partition)[:2]
-    (a, c), (b, d) = by_partition[home][:2], by_partition[held][:2]
+    home, held, (a, b, c, d) = _two_partitions()
 
     async def scenario(link: Any) -> None:
         async with _one_process(link, broker) as run:
@@ -645,17 +662,6 @@ def test_a_transaction_whose_publication_failed_part_way_goes_first(
                             f"({b}, 'b', 2)")
             assert await reader.publish_side(Side.LEFT) == 1
             await reader.publish_side(Side.RIGHT)
-            run.take(home, held)
-            run.serve(home)
-            run.serve(held)
-            # seconds for four rows that arrive in well under one when nothing waits
-            deadline = time.monotonic() + 10
-            while set(it.rows("right")) != {a, b, c, d} or set(it.rows("left")) != {a, b, c, d}:
-                assert time.monotonic() < deadline, (
-                    "not applied: the partitions wait for each other (left "
-                    f"{sorted(it.rows('left'))}, right {sorted(it.rows('right'))})")
-                await asyncio.sleep(0.05)  # polling a condition, with a deadline
+            await run.apply_all(it, home, held)
 
-    with it.link() as link:
-        asyncio.run(scenario(link))
-    assert it.rows("left") == it.rows("right")
+    _in_one_process(it, scenario)
