@@ -453,11 +453,11 @@ def test_postgresql_logs_are_vacuumed_off_the_apply_loop(
         assert purger is not None and purger.is_alive()
 
         def done() -> bool:
+            # every table of both sides: one VACUUM statement a side, its tables counted
+            # one after the other
             now = {"left": vacuums(it.left), "right": vacuums(it.right)}
-            return now["left"].get("dualwrite_changes", 0) > \
-                before["left"].get("dualwrite_changes", 0) and \
-                now["right"].get("dualwrite_applied", 0) > \
-                before["right"].get("dualwrite_applied", 0)
+            return all(now[side].get(t, 0) > before[side].get(t, 0) for side in now
+                       for t in ("dualwrite_changes", "dualwrite_applied", "dualwrite_wake"))
 
         deadline = time.monotonic() + 15
         while not done():
