@@ -10,6 +10,10 @@ publishes again what is still in the logs, and the broker drops the copies it ha
 within the stream's duplicate window (``Nats-Msg-Id``); a worker skips any later copy. A
 transaction still in its log long after it was published (ten ack waits) is published
 again: a broker that lost a message (its store lost, or purged) cannot stop a partition.
+A transaction whose markers are in the stream without it goes before anything else, so that
+no later transaction's barrier waits on a partition its marker holds: one a stopped reader
+left (:meth:`_Reader.finish_left_transactions`, at start) and one whose publication failed
+part way (:meth:`_Reader.finish_unfinished`).
 """
 
 from __future__ import annotations
@@ -252,15 +256,15 @@ class _Reader:
         return True
 
     async def publish(self, s: Side, txid: str, changes: list[Change],
-                      published: dict[int, int] | None = None) -> bool:
+                      in_stream: dict[int, int] | None = None) -> bool:
         """Markers in the partitions the transaction touches besides its home, then the
-        transaction in its home, naming the markers' positions (its barrier). ``published``:
+        transaction in its home, naming the markers' positions (its barrier). ``in_stream``:
         markers in the stream already (partition: position), not published again."""
         direction = self.applier._direction[s]
         parts = partitions_of(changes, self.names.partitions)
         home = parts[0]
         try:
-            markers = {q: seq for q, seq in (published or {}).items() if q in parts[1:]}
+            markers = {q: seq for q, seq in (in_stream or {}).items() if q in parts[1:]}
             for q in parts[1:]:
                 if q in markers:
                     continue
