@@ -1042,7 +1042,9 @@ class SqlConnector(Connector):
               keys: Sequence[Row]) -> list[Row]:
         if not keys:
             return []
-        with self.engine.connect() as conn:
+        # each chunk's statement reads on its own (READ COMMITTED takes a snapshot per
+        # statement in a transaction as well): no transaction where it costs round trips
+        with self.single_statements() as conn:
             return self._fetch(conn, table, columns, key, keys)
 
     def _fetch(self, conn: sa.Connection, table: str, columns: Sequence[str],
@@ -1066,7 +1068,7 @@ class SqlConnector(Connector):
 
     def lookup(self, table: str, match: str, values: Iterable[Any], returning: str
                ) -> dict[Any, Any]:
-        with self.engine.connect() as conn:
+        with self.single_statements() as conn:  # as fetch
             return self._lookup(conn, table, match, values, returning)
 
     def _lookup(self, conn: sa.Connection, table: str, match: str, values: Iterable[Any],

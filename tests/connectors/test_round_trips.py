@@ -1,0 +1,59 @@
+"""Reads that need no transaction take none where that spares round trips (PostgreSQL: no
+BEGIN and no ROLLBACK around a lookup or a fetch by key, the applier's resolution of a source
+lookup on every batch); reads inside a write session stay in its transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import psycopg
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from capture_values import fresh
+from dualwrite.connectors.sql import SqlConnector
+
+from conftest import BackendFactory
+
+
+@contextmanager
+def _statuses(engine: sa.Engine) -> Iterator[list[tuple[str, psycopg.pq.TransactionStatus]]]:
+    """(statement, the session's transaction status right after it) for each statement run
+    through ``engine`` inside the block: IDLE means no transaction was open around it."""
+    seen: list[tuple[str, psycopg.pq.TransactionStatus]] = []
+
+    def after(conn: sa.Connection, _cursor: Any, statement: str, *_args: Any) -> None:
+        dbapi = conn.connection.dbapi_connection
+        assert isinstance(dbapi, psycopg.Connection)
+        seen.append((statement, dbapi.info.transaction_status))
+
+    event.listen(engine, "after_cursor_execute", after)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "after_cursor_execute", after)
+
+
+def test_postgresql_lookups_and_fetches_run_outside_a_transaction(
+        make_backend: BackendFactory) -> None:
+    pg = make_backend("postgresql", "dualwrite_test_a")
+    fresh(pg, ["rt_groups"],
+          ["CREATE TABLE rt_groups (id integer PRIMARY KEY, code text NOT NULL)"])
+    pg.app_sql("INSERT INTO rt_groups VALUES (1, 'G1'), (2, 'G2'), (3, 'G3')")
+    c = pg.connector
+    assert isinstance(c, SqlConnector)
+    with _statuses(c.engine) as seen:
+        assert c.lookup("rt_groups", "id", [2, 3, 9], "code") == {2: "G2", 3: "G3"}
+        assert sorted(c.fetch("rt_groups", ["id", "code"], key=["id"], keys=[(1,), (3,)])) \
+            == [(1, "G1"), (3, "G3")]
+    reads = [(s, st) for s, st in seen if "rt_groups" in s]
+    assert len(reads) == 2, seen
+    assert all(st == psycopg.pq.TransactionStatus.IDLE for _s, st in reads), reads
+    # inside a write session the same reads see its transaction (and its own writes)
+    with _statuses(c.engine) as seen, c.transaction() as sess:
+        sess.insert("rt_groups", ["id", "code"], [(4, "G4")])
+        assert sess.lookup("rt_groups", "id", [4], "code") == {4: "G4"}
+    reads = [(s, st) for s, st in seen if "rt_groups" in s and s.lstrip().startswith("SELECT")]
+    assert reads and all(st == psycopg.pq.TransactionStatus.INTRANS for _s, st in reads), reads
