@@ -30,7 +30,7 @@ def test_state_journal_and_lock_files_are_owner_only(umask: int, tmp_path: Path)
     db = tmp_path / "state.db"
     state = StateStore(f"sqlite:///{db}")
     try:
-        state.put_link("l", "id", "erp", "crm")  # a write: the -wal and -shm exist now
+        state.claim_link("l", "id", "erp", "crm")  # a write: the -wal and -shm exist now
         # a decision is journalled (and the journal file stays open, holding it) ...
         state.log_commit_decision("dw-x-1", ["erp", "crm"], "alice",
                                   [AuditEntry("erp", "t", (1,), "create")])

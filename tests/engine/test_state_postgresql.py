@@ -131,7 +131,7 @@ def test_the_schema_version_is_checked_at_start_and_upgraded_by_the_command(
     url = fresh_state_url(store, tmp_path)
     state = StateStore(url)
     assert state.schema_version() == SCHEMA_VERSION and state.upgraded is None
-    state.put_link("l", "id-1", "erp", "crm")
+    state.claim_link("l", "id-1", "erp", "crm")
     state.close()
     _make_old(url)
     # an older store is refused, with what to do

@@ -468,7 +468,9 @@ class Connector(ABC):
 
     @abstractmethod
     def set_link(self, record: LinkRecord) -> None:
-        """Record the link. Callers check ``get_link()`` first; this overwrites."""
+        """Record the link. Callers check ``get_link()`` first; this overwrites. Where another
+        process records this environment at the same moment, either record may stand:
+        callers read it back (``get_link()``) to see whose did."""
 
     @abstractmethod
     def clear_link(self) -> None:

@@ -1146,12 +1146,25 @@ class SqlConnector(Connector):
 
     def set_link(self, record: LinkRecord) -> None:
         t = self._link_table()
-        with self.translating("record link"), self.engine.begin() as conn:
-            t.metadata.create_all(conn)
-            conn.execute(sa.delete(t))
-            conn.execute(sa.insert(t).values(
-                environment=record.environment, link_id=record.link_id,
-                link_name=record.link_name, created_at=record.created_at))
+        try:
+            with self.translating("record link"), self.engine.begin() as conn:
+                t.metadata.create_all(conn)
+        except ConnectorError:
+            # Another process made the table at the same moment (PostgreSQL's CREATE TABLE
+            # then fails on the catalog's unique name): it is there, which is all we need.
+            if not self.link_storage():
+                raise
+        try:
+            with self.translating("record link"), self.engine.begin() as conn:
+                conn.execute(sa.delete(t))
+                conn.execute(sa.insert(t).values(
+                    environment=record.environment, link_id=record.link_id,
+                    link_name=record.link_name, created_at=record.created_at))
+        except ConstraintViolation:
+            # Another process recorded this environment meanwhile (our insert met its row on
+            # the environment's name): that record stands; the caller reads it back.
+            if self.get_link() is None:
+                raise
 
     def clear_link(self) -> None:
         t = self._link_table()

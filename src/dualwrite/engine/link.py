@@ -324,6 +324,27 @@ class Link:
             # this very link (state store moved or lost), adopt it rather than refuse.
             ids = {r.link_id for r in records.values() if r and r.link_name == name}
             link_id = ids.pop() if len(ids) == 1 and all(records.values()) else str(uuid.uuid4())
+            # Another link's record refuses at once; a record of this link's name waits for
+            # the claim: processes of this link starting together on a new state store (`run`
+            # and `serve`, JetStream workers) each made an id up, the first one recorded
+            # stands, and a record a faster one already wrote carries that id.
+            self._refuse_other_links({s: r for s, r in records.items()
+                                      if r is not None and r.link_name != name}, link_id)
+            link_id = self.state.claim_link(name, link_id, self.config.left,
+                                            self.config.right)
+        self._refuse_other_links(records, link_id)
+        missing = [s for s, rec in records.items() if rec is None]
+        for s in missing:
+            self.connectors[s].set_link(LinkRecord(link_id, name, self.env_name(s),
+                                                   now_iso()))
+        if missing:  # another link's process may have recorded one meanwhile
+            self._refuse_other_links({s: self.connectors[s].get_link() for s in missing},
+                                     link_id)
+        return link_id
+
+    def _refuse_other_links(self, records: dict[Side, LinkRecord | None], link_id: str
+                            ) -> None:
+        """LinkError where an environment's record names another link than ``link_id``."""
         for s, rec in records.items():
             if rec is not None and rec.link_id != link_id:
                 raise LinkError(
@@ -332,13 +353,6 @@ class Link:
                     "environment can be in one link only",
                     hint=f"run `dualwrite unlink` with the config of link {rec.link_name!r} "
                     "first, or link another environment")
-        for s, rec in records.items():
-            if rec is None:
-                self.connectors[s].set_link(LinkRecord(link_id, name, self.env_name(s),
-                                                       now_iso()))
-        if not stored:
-            self.state.put_link(name, link_id, self.config.left, self.config.right)
-        return link_id
 
     @property
     def link_id(self) -> str:

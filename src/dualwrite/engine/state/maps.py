@@ -19,6 +19,7 @@ from dualwrite.engine.state.schema import (
     map_status,
     map_versions,
 )
+from dualwrite.errors import LinkError
 
 #: per state store (its URL), bumped by every map state this process sets, once committed
 _VERSIONS: dict[str, int] = {}
@@ -42,11 +43,25 @@ class MapsState(StoreBase):
             row = conn.execute(sa.select(links).where(links.c.name == name)).first()
         return dict(row._mapping) if row else None
 
-    def put_link(self, name: str, link_id: str, left: str, right: str) -> None:
+    def claim_link(self, name: str, link_id: str, left: str, right: str) -> str:
+        """Record link ``name`` with ``link_id`` unless it is recorded already; return the
+        id recorded, this one or the one another process recorded first (processes of one
+        link starting at once on a new state store must all take the same id)."""
         with self.engine.begin() as conn:
-            conn.execute(sa.delete(links).where(links.c.name == name))
-            conn.execute(sa.insert(links).values(name=name, link_id=link_id, left_env=left,
-                                                 right_env=right, created_at=now_iso()))
+            try:
+                with conn.begin_nested():  # a savepoint: the failed INSERT alone undone
+                    conn.execute(sa.insert(links).values(
+                        name=name, link_id=link_id, left_env=left, right_env=right,
+                        created_at=now_iso()))
+                return link_id
+            except sa.exc.IntegrityError:  # recorded by another process meanwhile
+                pass
+            stored = conn.execute(sa.select(links.c.link_id).where(links.c.name == name)
+                                  ).scalar()
+        if stored is None:  # deleted again in between: `unlink` ran; let the caller retry
+            raise LinkError(f"link {name!r} was unlinked while it was being linked",
+                            hint="start the process again")
+        return str(stored)
 
     def delete_link(self, name: str) -> None:
         with self.engine.begin() as conn:
