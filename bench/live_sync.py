@@ -384,7 +384,17 @@ NOTES = (
     "cores are the limit, so that CPU is what keeps the API at about 0.5× the floor. Next: "
     "serve OData writes without the event loop's hop (a thread per connection for the "
     "blocking backend), and cut the per-create Python (one pooled branch pair per client, "
-    "the row built once for both the check and the insert).")
+    "the row built once for both the check and the insert)."
+    " The statement log of one create (2026-12-07) shows dualwrite sending what the floor "
+    "sends: `BEGIN` and the insert on each side (the lookup, the value map and the default "
+    "folded into the right side's insert), both `PREPARE TRANSACTION`s and both `COMMIT "
+    "PREPARED`s, each pair overlapped; the gap is the client's CPU and the decision's flush, "
+    "not round trips. A step below the floor's round trips: commit the last participant in "
+    "one phase, with the decision written in that same transaction (the last-resource "
+    "optimisation: `PREPARE` on the left, `COMMIT` on the right with a decision row, `COMMIT "
+    "PREPARED` on the left; recovery reads the right side's decision rows), which spares a "
+    "`PREPARE`, a `COMMIT PREPARED` and the local `fdatasync`. It changes the coordinator's "
+    "recovery and needs its fault-injection tests redone; not started.")
 
 
 
