@@ -475,18 +475,12 @@ class CaptureLog:
         make it; otherwise fix the table or the map, and install again."""
         self.locate()
         c = self.connector
-        problems: list[str] = []
         where = f"map {spec.map!r}, table {spec.table!r}"
         with c.translating(f"check capture on {spec.table}"), c.engine.connect() as conn:
-            if not sa.inspect(conn).has_table(CHANGES):
-                problems.append(f"{where}: the change log ({CHANGES}) is missing")
-            encodings = self.dialect.encodings(conn, spec.table)
+            problems, encodings = self._check_table(conn, spec)
             if encodings is None:
-                return [*problems, f"{where}: the table does not exist"]
+                return problems
             gone = [col for col in spec.needed if col not in encodings]
-            if gone:
-                problems.append(f"{where}: column(s) {', '.join(repr(g) for g in gone)} gone "
-                                "from the table (renamed or dropped)")
             expected = self.dialect.definitions(spec, encodings)
             installed = self.dialect.installed(conn, spec)
             conn.rollback()
@@ -502,6 +496,24 @@ class CaptureLog:
                 problems.append(f"{where}: capture trigger {name} is out of date (the table "
                                 "changed since it was installed)")
         return problems
+
+    def _check_table(self, conn: sa.Connection, spec: CaptureSpec
+                     ) -> tuple[list[str], dict[str, str] | None]:
+        """What :meth:`check` finds wrong in every capture mode (the change log missing, the
+        table missing, columns the map reads gone), and the table's encodings (None: no
+        table, nothing more to check)."""
+        where = f"map {spec.map!r}, table {spec.table!r}"
+        problems: list[str] = []
+        if not sa.inspect(conn).has_table(CHANGES):
+            problems.append(f"{where}: the change log ({CHANGES}) is missing")
+        encodings = self.dialect.encodings(conn, spec.table)
+        if encodings is None:
+            return [*problems, f"{where}: the table does not exist"], None
+        gone = [col for col in spec.needed if col not in encodings]
+        if gone:
+            problems.append(f"{where}: column(s) {', '.join(repr(g) for g in gone)} gone "
+                            "from the table (renamed or dropped)")
+        return problems, encodings
 
     def _local(self, table: str) -> str:
         """``table`` as the catalog names it: without the schema when that is the log's."""

@@ -705,18 +705,11 @@ class LogicalCaptureLog(CaptureLog):
         self.locate()
         c = self.connector
         where = f"map {spec.map!r}, table {spec.table!r}"
-        problems: list[str] = []
         t = self.dialect._table(spec.table)  # type: ignore[attr-defined]
         with c.translating(f"check capture on {spec.table}"), c.engine.connect() as conn:
-            if not sa.inspect(conn).has_table(CHANGES):
-                problems.append(f"{where}: the change log ({CHANGES}) is missing")
-            encodings = self.dialect.encodings(conn, spec.table)
+            problems, encodings = self._check_table(conn, spec)
             if encodings is None:
-                return [*problems, f"{where}: the table does not exist"]
-            gone = [col for col in spec.needed if col not in encodings]
-            if gone:
-                problems.append(f"{where}: column(s) {', '.join(repr(g) for g in gone)} gone "
-                                "from the table (renamed or dropped)")
+                return problems
             ident, published, marked = conn.execute(sa.text(
                 "SELECT c.relreplident, EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel p "
                 "JOIN pg_catalog.pg_publication b ON b.oid = p.prpubid WHERE b.pubname = :p "
