@@ -12,6 +12,7 @@ import sqlalchemy as sa
 import yaml
 
 from dualwrite.engine.link import Link
+from dualwrite.errors import LinkError
 
 from conftest import BackendFactory, fresh_state_url
 from sync_fixtures import make_pair
@@ -75,3 +76,26 @@ def test_processes_linking_a_fresh_pair_at_once_agree_on_one_link(
         finally:
             for lk in links:
                 lk.close()
+
+
+def test_a_record_a_lost_state_store_left_is_refused_and_recorded_nowhere(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """One environment carries a record of this link's name with an id the (new, empty)
+    state store does not know, the other none: not a peer's that claimed first (the state
+    store would hold its id), so it is refused as before, nothing is recorded, and one
+    `unlink` frees the environment (it finds the record by the link's name)."""
+    pair = make_pair(make_backend, tmp_path, "postgresql", "postgresql")
+    with Link.open(pair.config) as link:
+        link.ensure_linked()
+        name = link.config.link_name
+        pair.crm.connector.clear_link()
+        link.state.delete_link(name)  # the state store lost
+        with pytest.raises(LinkError, match="already belongs to link"):
+            link.ensure_linked()
+        assert link.state.get_link(name) is None
+        assert pair.crm.connector.get_link() is None
+        assert link.unlink() == ["erp"]
+        fresh_id = link.ensure_linked()
+        for b in (pair.erp, pair.crm):
+            rec = b.connector.get_link()
+            assert rec is not None and rec.link_id == fresh_id

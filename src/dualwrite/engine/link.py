@@ -324,14 +324,22 @@ class Link:
             # this very link (state store moved or lost), adopt it rather than refuse.
             ids = {r.link_id for r in records.values() if r and r.link_name == name}
             link_id = ids.pop() if len(ids) == 1 and all(records.values()) else str(uuid.uuid4())
-            # Another link's record refuses at once; a record of this link's name waits for
-            # the claim: processes of this link starting together on a new state store (`run`
-            # and `serve`, JetStream workers) each made an id up, the first one recorded
-            # stands, and a record a faster one already wrote carries that id.
+            # Processes of this link starting together on a new state store (`run` and
+            # `serve`, JetStream workers) each made an id up: the first one claimed in the
+            # state store stands. A record of this link's name with another id is one such
+            # process's, written after its claim (then the state store has it by now), or
+            # one a lost state store left (then it is refused as before, with nothing
+            # recorded here: `unlink` finds it by the link's name).
             self._refuse_other_links({s: r for s, r in records.items()
                                       if r is not None and r.link_name != name}, link_id)
-            link_id = self.state.claim_link(name, link_id, self.config.left,
-                                            self.config.right)
+            if any(r is not None and r.link_id != link_id for r in records.values()):
+                stored = self.state.get_link(name)
+                self._refuse_other_links(records, stored["link_id"] if stored else link_id)
+            if stored:
+                link_id = stored["link_id"]
+            else:
+                link_id = self.state.claim_link(name, link_id, self.config.left,
+                                                self.config.right)
         self._refuse_other_links(records, link_id)
         missing = [s for s, rec in records.items() if rec is None]
         for s in missing:
