@@ -402,7 +402,8 @@ NOTES = (
     "adapter figure inside `dualwrite serve` is the event loop's time shared with uvicorn's"
     " protocol code. So about 0.45 ms of the OData figure is the service; the rest is HTTP "
     "(uvicorn, the loopback, the client's own parsing), which the floor does not pay: with "
-    "the API at 1.6x, OData at 2x would leave the HTTP exchange 0.7 ms.")
+    "the API at 1.6x, OData at 2x would leave the service and the HTTP exchange 0.7 ms "
+    "together.")
 
 
 
