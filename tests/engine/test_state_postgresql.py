@@ -249,3 +249,40 @@ def test_processes_setting_a_maps_state_at_once_both_succeed(tmp_path: Path,
     assert got["shared"]["initial_synced_at"] is not None
     for s in stores:
         s.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_processes_deciding_a_due_alert_at_once_fire_it_once(tmp_path: Path,
+                                                             kind: str) -> None:
+    """JetStream workers failing together each record an event of the map and ask whether a
+    rule is due: each read the rule's last firing and the count before any of them wrote its
+    firing, so each fired it (one webhook per worker, the alert's count bumped by each).
+    Deciding at the same moment, one fires it and the others find it fired."""
+    from dualwrite.engine.state import MapState
+
+    url = fresh_state_url(kind, tmp_path)
+    stores = [StateStore(url) for _ in range(3)]
+    stores[0].set_map_state("items", MapState.RUNNING)
+    for i in range(3):
+        stores[0].add_event("items", "failed", f"failure {i}", 100.0 + i)
+    rounds = 12
+    fired: list[tuple[int, str]] = []
+
+    def step(store: StateStore, n: int, i: int) -> None:
+        text = store.fire_alert("items", f"rule{i}", "log", kinds=["failed"], count=3,
+                                since=0.0, now=200.0, describe=lambda k: f"{k} failures")
+        if text is not None:
+            fired.append((i, text))
+
+    at_once(stores, rounds, step)
+    assert sorted(fired) == [(i, "3 failures") for i in range(rounds)]
+    alerts = {a["rule"]: a for a in stores[0].alerts(limit=100)}
+    assert {r: alerts[r]["fired"] for r in alerts} == {f"rule{i}": 1 for i in range(rounds)}
+    # not due: fewer events than the count after the last firing
+    assert stores[1].fire_alert("items", "rule0", "log", kinds=["failed"], count=3,
+                                since=0.0, now=300.0, describe=str) is None
+    stores[0].add_event("items", "failed", "later", 250.0)
+    assert stores[1].fire_alert("items", "rule0", "log", kinds=["failed"], count=1,
+                                since=0.0, now=300.0, describe=lambda k: f"{k} more") == "1 more"
+    for s in stores:
+        s.close()

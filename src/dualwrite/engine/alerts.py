@@ -2,7 +2,10 @@
 
 Events are recorded in the state store (so that ``dualwrite status`` and every process see
 them); a rule fires when its count is reached within its window, counting only events after
-its previous firing, so a steady stream of errors fires it once per ``count`` events.
+its previous firing, so a steady stream of errors fires it once per ``count`` events. The
+decision is the state store's, one process at a time per map
+(:meth:`~dualwrite.engine.state.StateStore.fire_alert`): processes recording events of one
+map at once fire a rule once, not once each.
 """
 
 from __future__ import annotations
@@ -27,6 +30,11 @@ log = logging.getLogger("dualwrite.alerts")
 QUEUE_ALERT_LEVEL = 0.8
 
 
+def _describe(map_name: str, kind: str, window: str, message: str, n: int) -> str:
+    """An alert's message: ``n`` events of ``kind`` counted within ``window``."""
+    return f"map {map_name}: {n} {kind} event(s) within {window} (last: {message})"
+
+
 class Alerts:
     def __init__(self, link: Link, rules: list[AlertRule]) -> None:
         self.link = link
@@ -48,17 +56,14 @@ class Alerts:
                 continue
             if rule.kind not in ("any", kind):
                 continue
-            since = now - rule.within_minutes * 60
-            last = state.last_alert(map_name, rule.name)
-            if last is not None and last >= since:
-                since = last + 1e-6
-            n = state.count_events(map_name, None if rule.kind == "any" else [rule.kind],
-                                   since)
-            if n < rule.count:
+            window = f"{rule.within_minutes:g} min"
+            text = state.fire_alert(
+                map_name, rule.name, rule.action,
+                kinds=None if rule.kind == "any" else [rule.kind], count=rule.count,
+                since=now - rule.within_minutes * 60, now=now,
+                describe=functools.partial(_describe, map_name, kind, window, message))
+            if text is None:
                 continue
-            text = (f"map {map_name}: {n} {kind} event(s) within {rule.within_minutes:g} min "
-                    f"(last: {message})")
-            state.add_alert(map_name, rule.name, rule.action, text, now)
             if defer is None:
                 self._act(rule, map_name, kind, text)
             else:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from dualwrite.engine.state.base import StoreBase
-from dualwrite.engine.state.schema import alerts, events
+from dualwrite.engine.state.schema import alerts, events, map_status
 
 
 class EventsState(StoreBase):
@@ -45,23 +45,52 @@ class EventsState(StoreBase):
         not cleared yet fires again (its state kept: acknowledged stays acknowledged), else a
         new alert starts, firing."""
         with self.engine.begin() as conn:
-            row = conn.execute(sa.select(alerts.c.id, alerts.c.fired).where(
-                alerts.c.map == map_name, alerts.c.rule == rule,
-                sa.func.coalesce(alerts.c.state, "firing") != "cleared")
-                .order_by(alerts.c.id.desc()).limit(1)).first()
-            if row is not None:
-                conn.execute(sa.update(alerts).where(alerts.c.id == row.id).values(
-                    at=at, action=action, message=message, fired=(row.fired or 1) + 1))
-                return
-            conn.execute(sa.insert(alerts).values(at=at, map=map_name, rule=rule,
-                                                  action=action, message=message, kind=kind,
-                                                  state="firing", first_at=at, fired=1))
+            self._add_alert(conn, map_name, rule, action, message, at, kind=kind)
 
-    def last_alert(self, map_name: str, rule: str) -> float | None:
-        with self.engine.connect() as conn:
-            v = conn.execute(sa.select(sa.func.max(alerts.c.at)).where(
+    @staticmethod
+    def _add_alert(conn: sa.Connection, map_name: str, rule: str, action: str, message: str,
+                   at: float, *, kind: str | None) -> None:
+        row = conn.execute(sa.select(alerts.c.id, alerts.c.fired).where(
+            alerts.c.map == map_name, alerts.c.rule == rule,
+            sa.func.coalesce(alerts.c.state, "firing") != "cleared")
+            .order_by(alerts.c.id.desc()).limit(1)).first()
+        if row is not None:
+            conn.execute(sa.update(alerts).where(alerts.c.id == row.id).values(
+                at=at, action=action, message=message, fired=(row.fired or 1) + 1))
+            return
+        conn.execute(sa.insert(alerts).values(at=at, map=map_name, rule=rule,
+                                              action=action, message=message, kind=kind,
+                                              state="firing", first_at=at, fired=1))
+
+    def fire_alert(self, map_name: str, rule: str, action: str, *, kinds: Sequence[str] | None,
+                   count: int, since: float, now: float, describe: Callable[[int], str]
+                   ) -> str | None:
+        """Fire ``rule`` on ``map_name`` if it is due: ``count`` or more events of ``kinds``
+        (None: any kind) on the map from ``since`` on and after the rule's last firing. Due,
+        the alert is recorded as :meth:`add_alert` records it, at ``now``, with the message
+        ``describe(n)`` (n: the events counted), which is returned; not due, None.
+
+        One process at a time decides for a map (its status row is written first, which
+        holds it: a row lock on a database server, the write lock in SQLite): processes that
+        record events of one map at once (JetStream workers failing together) fire a rule
+        that reached its count once, not once each."""
+        with self.engine.begin() as conn:
+            conn.execute(sa.update(map_status).where(map_status.c.map == map_name)
+                         .values(map=map_status.c.map))
+            last = conn.execute(sa.select(sa.func.max(alerts.c.at)).where(
                 alerts.c.map == map_name, alerts.c.rule == rule)).scalar()
-        return float(v) if v is not None else None
+            if last is not None and float(last) >= since:
+                since = float(last) + 1e-6
+            stmt = sa.select(sa.func.count()).select_from(events).where(
+                events.c.map == map_name, events.c.at >= since)
+            if kinds:
+                stmt = stmt.where(events.c.kind.in_(list(kinds)))
+            n = int(conn.execute(stmt).scalar() or 0)
+            if n < count:
+                return None
+            message = describe(n)
+            self._add_alert(conn, map_name, rule, action, message, now, kind=None)
+            return message
 
     def alerts(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
