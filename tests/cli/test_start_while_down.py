@@ -165,3 +165,33 @@ def test_run_does_not_hang_on_a_database_that_stops_answering(
         proc.terminate()
         proc.wait(timeout=60)
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+def test_the_waiting_note_stays_while_the_applier_tries_again(make_backend: BackendFactory,
+                                                               tmp_path: Path) -> None:
+    """`status` read between two attempts found no reason: the applier cleared its note at
+    the top of each attempt (test_run_waits_for_a_database_and_says_so failed on it once in
+    a full run). The note stays until an attempt succeeds."""
+    import threading
+
+    from dualwrite.engine.apply.driver import _start_applier
+    from dualwrite.errors import TransientConnectorError
+
+    it = make_items(make_backend, tmp_path, "postgresql", "postgresql")
+    with it.link() as link:
+        link.start_maps()
+        me = link.state.register_process(link.config.link_name, "applier")
+        stop = threading.Event()
+        notes: list[str | None] = []
+
+        def down() -> None:
+            # each attempt: what `status` would read while it runs
+            notes.append(next(p["note"] for p in link.state.processes(link.config.link_name)
+                              if p["id"] == me))
+            if len(notes) == 3:
+                stop.set()
+            raise TransientConnectorError("the server does not answer", environment="crm")
+
+        assert _start_applier(link, stop, me, down, link.applier_lease()) is None
+        assert notes[0] is None  # the first attempt has no reason yet
+        assert notes[1:] == ["waiting for a database: crm: the server does not answer"] * 2

@@ -518,8 +518,11 @@ def _start_applier(link: Link, stop: threading.Event, me: str,
     ``lease`` (its fence raised in both databases), waiting with backoff while a database
     cannot be reached. None when stopped meanwhile."""
     delay = 0.1
+    note: str | None = None
     while not stop.is_set():
-        link.state.heartbeat(me, role="applier")
+        # the note stays while the next attempt runs: until one succeeds, the process is
+        # still waiting (clearing it here let `status` see no reason between two attempts)
+        link.state.heartbeat(me, role="applier", note=note)
         try:
             link.bound_maps()
             if prepare is not None:
