@@ -11,6 +11,18 @@ from dualwrite.engine.state.base import StoreBase
 from dualwrite.engine.state.schema import alerts, events, map_status
 
 
+def _count_events(conn: sa.Connection, map_name: str | None, kinds: Sequence[str] | None,
+                  since: float) -> int:
+    """Events from ``since`` on, of ``map_name`` (None: every map) and ``kinds`` (None:
+    every kind)."""
+    stmt = sa.select(sa.func.count()).select_from(events).where(events.c.at >= since)
+    if map_name:
+        stmt = stmt.where(events.c.map == map_name)
+    if kinds:
+        stmt = stmt.where(events.c.kind.in_(list(kinds)))
+    return int(conn.execute(stmt).scalar() or 0)
+
+
 class EventsState(StoreBase):
     """Events (lookup misses (a part of :class:`StateStore`)."""
 
@@ -22,13 +34,8 @@ class EventsState(StoreBase):
 
     def count_events(self, map_name: str | None, kinds: Sequence[str] | None, since: float
                      ) -> int:
-        stmt = sa.select(sa.func.count()).select_from(events).where(events.c.at >= since)
-        if map_name:
-            stmt = stmt.where(events.c.map == map_name)
-        if kinds:
-            stmt = stmt.where(events.c.kind.in_(list(kinds)))
         with self.engine.connect() as conn:
-            return int(conn.execute(stmt).scalar() or 0)
+            return _count_events(conn, map_name, kinds, since)
 
     def last_events(self, kind: str) -> dict[str, tuple[float, str]]:
         """Per map, the time and message of its latest event of ``kind``."""
@@ -73,7 +80,8 @@ class EventsState(StoreBase):
         One process at a time decides for a map (its status row is written first, which
         holds it: a row lock on a database server, the write lock in SQLite): processes that
         record events of one map at once (JetStream workers failing together) fire a rule
-        that reached its count once, not once each."""
+        that reached its count once, not once each. A map without a status row (never
+        started) is not held."""
         with self.engine.begin() as conn:
             conn.execute(sa.update(map_status).where(map_status.c.map == map_name)
                          .values(map=map_status.c.map))
@@ -81,11 +89,7 @@ class EventsState(StoreBase):
                 alerts.c.map == map_name, alerts.c.rule == rule)).scalar()
             if last is not None and float(last) >= since:
                 since = float(last) + 1e-6
-            stmt = sa.select(sa.func.count()).select_from(events).where(
-                events.c.map == map_name, events.c.at >= since)
-            if kinds:
-                stmt = stmt.where(events.c.kind.in_(list(kinds)))
-            n = int(conn.execute(stmt).scalar() or 0)
+            n = _count_events(conn, map_name, kinds, since)
             if n < count:
                 return None
             message = describe(n)
