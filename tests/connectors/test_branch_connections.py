@@ -1,0 +1,141 @@
+"""A PostgreSQL two-phase branch sends its BEGIN when it opens and, once committed, leaves its
+connection for the next branch (no pool checkout per live transaction). A connection kept so
+must come back as a fresh session: no transaction left open, and a spare the server closed
+meanwhile is replaced instead of failing the transaction."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from capture_values import fresh
+from dualwrite.connectors.postgresql.connector import PgBranch, PostgresConnector
+
+from conftest import BackendFactory
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(what)
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def pg(make_backend: BackendFactory) -> PostgresConnector:
+    b = make_backend("postgresql", "dualwrite_test_a")
+    fresh(b, ["bc_rows"], ["CREATE TABLE bc_rows (id integer PRIMARY KEY, note text)"])
+    assert isinstance(b.connector, PostgresConnector)
+    return b.connector
+
+
+def _branch(c: PostgresConnector) -> PgBranch:
+    b = c.begin_branch(f"dw-test-{uuid.uuid4().hex[:12]}")
+    assert isinstance(b, PgBranch)
+    return b
+
+
+def _pid(b: PgBranch) -> int:
+    return int(b.raw.info.backend_pid)
+
+
+def _ids(c: PostgresConnector) -> list[int]:
+    with c.engine.connect() as conn:
+        return [r[0] for r in conn.execute(sa.text("SELECT id FROM bc_rows ORDER BY id"))]
+
+
+def _session_open(c: PostgresConnector, pid: int) -> bool:
+    # a connection per look: pg_stat_activity is read once per transaction
+    with c.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT 1 FROM pg_stat_activity WHERE pid = :p"),
+                            {"p": pid}).first() is not None
+
+
+def _server_now(c: PostgresConnector) -> object:
+    with c.engine.connect() as conn:
+        return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
+
+
+def _commit(b: PgBranch) -> None:
+    b.prepare()
+    b.commit()
+
+
+def test_a_committed_branch_leaves_its_connection_to_the_next(pg: PostgresConnector) -> None:
+    first = _branch(pg)
+    # the BEGIN was sent when the branch opened: answered, before any statement of its own
+    first.ready()
+    assert first.raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+    first.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    assert _ids(pg) == []  # inside the branch's transaction: the BEGIN went out first
+    _commit(first)
+    second = _branch(pg)
+    assert _pid(second) == _pid(first)
+    second.session.insert("bc_rows", ["id", "note"], [(2, "two")])
+    _commit(second)
+    assert _ids(pg) == [1, 2]
+
+
+def test_a_branch_that_rolls_back_goes_back_to_the_pool(pg: PostgresConnector) -> None:
+    first = _branch(pg)
+    first.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    first.rollback()
+    assert _ids(pg) == []
+    second = _branch(pg)
+    second.session.insert("bc_rows", ["id", "note"], [(2, "two")])
+    _commit(second)
+    assert _ids(pg) == [2]
+
+
+def test_an_empty_branch_leaves_no_transaction_open_for_the_next(
+        pg: PostgresConnector) -> None:
+    empty = _branch(pg)
+    _commit(empty)  # nothing written: not prepared, its BEGIN only answered
+    after = _server_now(pg)
+    nxt = _branch(pg)
+    started = nxt.ready().exec_driver_sql("SELECT now()").scalar_one()
+    # now() is the transaction's start: a session still in the empty branch's transaction
+    # (its BEGIN answered, never ended) would give a time before the empty branch ended
+    assert started >= after
+    nxt.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    _commit(nxt)
+    assert _ids(pg) == [1]
+
+
+def test_a_spare_the_server_closed_is_replaced_not_failed(pg: PostgresConnector) -> None:
+    first = _branch(pg)
+    first.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    _commit(first)
+    gone = _pid(first)
+    with pg.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": gone}).scalar()
+    wait_for(lambda: not _session_open(pg, gone), 30, f"session {gone} did not end")
+    nxt = _branch(pg)
+    nxt.session.insert("bc_rows", ["id", "note"], [(2, "two")])
+    _commit(nxt)
+    assert _pid(nxt) != gone
+    assert _ids(pg) == [1, 2]
+
+
+def test_closing_the_connector_closes_its_spares(make_backend: BackendFactory) -> None:
+    b = make_backend("postgresql", "dualwrite_test_a")
+    fresh(b, ["bc_rows"], ["CREATE TABLE bc_rows (id integer PRIMARY KEY, note text)"])
+    c = b.reopen()
+    assert isinstance(c, PostgresConnector)
+    branch = _branch(c)
+    branch.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    _commit(branch)
+    pid = _pid(branch)
+    c.close()
+    other = b.connector
+    assert isinstance(other, PostgresConnector)
+    assert other is not c
+    wait_for(lambda: not _session_open(other, pid), 30,
+             f"the spare's session {pid} is still open after close()")
+
