@@ -14,7 +14,9 @@ import pytest
 import sqlalchemy as sa
 
 from capture_values import fresh
+from dualwrite.connectors.base import Branch
 from dualwrite.connectors.postgresql.connector import PgBranch, PostgresConnector
+from dualwrite.connectors.sql import SqlBranch, SqlConnector
 
 from conftest import BackendFactory
 
@@ -45,7 +47,7 @@ def _pid(b: PgBranch) -> int:
     return int(b.raw.info.backend_pid)
 
 
-def _ids(c: PostgresConnector) -> list[int]:
+def _ids(c: SqlConnector) -> list[int]:
     with c.engine.connect() as conn:
         return [r[0] for r in conn.execute(sa.text("SELECT id FROM bc_rows ORDER BY id"))]
 
@@ -62,7 +64,7 @@ def _server_now(c: PostgresConnector) -> object:
         return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
 
 
-def _commit(b: PgBranch) -> None:
+def _commit(b: Branch) -> None:
     b.prepare()
     b.commit()
 
@@ -138,4 +140,68 @@ def test_closing_the_connector_closes_its_spares(make_backend: BackendFactory) -
     assert other is not c
     wait_for(lambda: not _session_open(other, pid), 30,
              f"the spare's session {pid} is still open after close()")
+
+
+
+# -- MariaDB (XA through SQLAlchemy's two-phase transaction) ---------------------------------
+@pytest.fixture
+def maria(make_backend: BackendFactory) -> SqlConnector:
+    b = make_backend("mariadb", "dualwrite_test_b")
+    fresh(b, ["bc_rows"], ["CREATE TABLE bc_rows (id integer PRIMARY KEY, note text)"])
+    assert isinstance(b.connector, SqlConnector)
+    return b.connector
+
+
+def _session_id(b: Branch) -> int:
+    assert isinstance(b, SqlBranch)
+    return int(b.conn.exec_driver_sql("SELECT CONNECTION_ID()").scalar_one())
+
+
+def _maria_branch(c: SqlConnector, row: int) -> Branch:
+    b = c.begin_branch(f"dw-test-{uuid.uuid4().hex[:12]}")
+    b.session.insert("bc_rows", ["id", "note"], [(row, "x")])
+    return b
+
+
+def test_mariadb_a_committed_branch_leaves_its_connection_to_the_next(
+        maria: SqlConnector) -> None:
+    first = _maria_branch(maria, 1)
+    sid = _session_id(first)
+    _commit(first)
+    second = _maria_branch(maria, 2)
+    assert _session_id(second) == sid
+    _commit(second)
+    assert _ids(maria) == [1, 2]
+
+
+def test_mariadb_a_session_that_let_capture_see_its_writes_is_not_kept(
+        maria: SqlConnector) -> None:
+    first = _maria_branch(maria, 1)
+    first.session.capture_own_writes()  # @dualwrite_origin = NULL for this session
+    _commit(first)
+    second = _maria_branch(maria, 2)
+    assert isinstance(second, SqlBranch)
+    # kept, the session would write without dualwrite's mark: captured back, an echo
+    assert second.conn.exec_driver_sql("SELECT @dualwrite_origin").scalar_one() == 1
+    _commit(second)
+
+
+def test_mariadb_a_spare_the_server_closed_is_replaced_not_failed(
+        maria: SqlConnector) -> None:
+    first = _maria_branch(maria, 1)
+    sid = _session_id(first)
+    _commit(first)
+    with maria.engine.connect() as conn:
+        conn.exec_driver_sql(f"KILL CONNECTION {sid}")
+
+    def gone() -> bool:
+        with maria.engine.connect() as c:
+            return c.exec_driver_sql(
+                f"SELECT 1 FROM information_schema.PROCESSLIST WHERE ID = {sid}").first() is None
+
+    wait_for(gone, 30, f"session {sid} did not end")
+    second = _maria_branch(maria, 2)
+    assert _session_id(second) != sid
+    _commit(second)
+    assert _ids(maria) == [1, 2]
 

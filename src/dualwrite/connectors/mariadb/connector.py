@@ -164,6 +164,11 @@ class MySqlConnector(SqlConnector):
         # the pool's checkin hook restores the mark (see _create_engine)
         conn.connection._connection_record.info["dw_unmarked"] = True
 
+    def _reusable(self, conn: sa.Connection) -> bool:
+        # a session that let its writes be captured goes back to the pool, whose checkin
+        # hook gives it its mark back
+        return not conn.connection._connection_record.info.get("dw_unmarked", False)
+
     def capture_dialect(self) -> Dialect:
         from dualwrite.connectors.mariadb.dialect import MariaDbDialect
 

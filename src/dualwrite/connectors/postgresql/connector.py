@@ -8,8 +8,6 @@ import contextlib
 import json
 import re
 import select
-import time
-from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -110,7 +108,7 @@ class PgBranch(Branch):
     it, ``rollback`` undoes it from any state.
 
     A branch that commits leaves its connection to the connector's spares, for the next
-    branch (see :meth:`PostgresConnector.branch_connection`).
+    branch (see :meth:`~dualwrite.connectors.sql.SqlConnector.branch_connection`).
     """
 
     def __init__(self, connector: PostgresConnector, xid: str) -> None:
@@ -296,12 +294,6 @@ PG_ERROR_CLASSES: dict[str, Fault] = {
 _KEY_DETAIL = re.compile(r"Key \((.+?)\)=\((.*)\)")
 
 
-#: connections kept aside for the next two-phase branch, per connector, and how long one may
-#: wait unused before it goes back to the pool (see PostgresConnector.branch_connection)
-SPARES = 10
-SPARE_IDLE_SECONDS = 30.0
-
-
 class PostgresConnector(SqlConnector):
     capabilities = Capabilities(two_phase=True, capture=True,
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
@@ -316,71 +308,13 @@ class PostgresConnector(SqlConnector):
         super().__init__(name, url, engine=engine, schema=schema)
         #: how writes that bypass dualwrite are captured: ``triggers`` or ``logical``
         self.capture_mode = capture
-        #: connections that ended a committed branch, with when: see branch_connection
-        self._spares: deque[tuple[float, sa.Connection]] = deque()
-        self._closed = False
 
-    def branch_connection(self) -> sa.Connection:
-        """A connection for a two-phase branch: a spare when there is one, else the pool's.
-
-        Taking a connection from the pool and giving it back costs about 0.15 ms of Python
-        per live transaction and side (SQLAlchemy's checkout, reset and checkin), a tenth of
-        dualwrite's own CPU in a one-row create. So a branch that commits keeps its
-        connection aside (:meth:`keep_spare`), checked out, for the next branch: at most
-        :data:`SPARES` of them (one per concurrent live transaction), none used after
-        :data:`SPARE_IDLE_SECONDS` unused (it goes back to the pool, whose own rules then
-        apply), all dropped when a branch finds its connection gone (:meth:`drop_spares`)."""
-        now = time.monotonic()
-        while True:
-            try:
-                at, conn = self._spares.pop()  # the most recent: the least likely stale
-            except IndexError:
-                break
-            if now - at < SPARE_IDLE_SECONDS:
-                return conn
-            self._release(conn)
-        with self.translating("begin a two-phase transaction"):
-            return self.engine.connect()
-
-    def keep_spare(self, conn: sa.Connection) -> None:
-        """Keep ``conn``, whose branch has just committed, for the next branch; one whose
-        session is still in a transaction (an empty branch's BEGIN) goes back to the pool,
-        which rolls it back."""
+    def _reusable(self, conn: sa.Connection) -> bool:
+        # an empty branch's BEGIN was answered and never ended: the pool rolls it back
         from psycopg import pq
 
         raw = conn.connection.driver_connection
-        if raw is None or raw.info.transaction_status != pq.TransactionStatus.IDLE:
-            self._release(conn)
-            return
-        if conn.in_transaction():
-            # SQLAlchemy's own record of the transaction it began (the branch's COMMIT
-            # PREPARED ended it on the server): no round trip, the driver is idle
-            conn.rollback()
-        if self._closed or len(self._spares) >= SPARES:
-            self._release(conn)
-            return
-        self._spares.append((time.monotonic(), conn))
-        if self._closed:  # closed meanwhile: close() may have run before the append
-            self.drop_spares()
-
-    def drop_spares(self) -> None:
-        """Give every spare back to the pool."""
-        while True:
-            try:
-                _at, conn = self._spares.pop()
-            except IndexError:
-                return
-            self._release(conn)
-
-    @staticmethod
-    def _release(conn: sa.Connection) -> None:
-        with contextlib.suppress(Exception):
-            conn.close()
-
-    def close(self) -> None:
-        self._closed = True
-        self.drop_spares()
-        super().close()
+        return raw is not None and raw.info.transaction_status == pq.TransactionStatus.IDLE
 
     def change_log(self) -> CaptureLog:
         if self._capture is None and self.capture_mode == "logical":
