@@ -1,5 +1,5 @@
-"""Live creates into PostgreSQL find simple lookups inside the mirrored INSERT: the same rows,
-errors and guarantees as looking them up first."""
+"""Live creates into PostgreSQL and MariaDB find simple lookups inside the mirrored INSERT: the
+same rows, errors and guarantees as looking them up first."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import sqlalchemy as sa
 import yaml
 
 from dualwrite.connectors.base import FoldedLookup
+from dualwrite.connectors.mariadb.connector import MySqlConnector
 from dualwrite.connectors.postgresql import PostgresConnector
+from dualwrite.connectors.sql import SqlConnector
 from dualwrite.engine.diff import Folded
 from dualwrite.engine.link import Link
 from dualwrite.errors import RowError
@@ -42,7 +44,7 @@ fields:
 """
 
 #: the left side is any live-sync backend; the lookups are folded into the inserts of a
-#: backend with insert_resolving (PostgreSQL)
+#: backend with insert_resolving (PostgreSQL, MariaDB)
 PAIRS = pairs(needs=("server",), right=("insert_resolving",), both_ways=True)
 
 
@@ -121,13 +123,15 @@ def folded(monkeypatch: pytest.MonkeyPatch) -> list[bool | None]:
     """What each folded INSERT answered (True inserted, False a lookup found nothing): the
     tests below must go through the folded path, not only end as it would."""
     answers: list[bool | None] = []
-    plain = PostgresConnector._insert_resolving
 
-    def recording(self: PostgresConnector, *args: Any) -> bool | None:
-        answers.append(plain(self, *args))
-        return answers[-1]
+    def recording(plain: Any) -> Any:
+        def record(self: SqlConnector, *args: Any) -> bool | None:
+            answers.append(plain(self, *args))
+            return answers[-1]
+        return record
 
-    monkeypatch.setattr(PostgresConnector, "_insert_resolving", recording)
+    for cls in (PostgresConnector, MySqlConnector):
+        monkeypatch.setattr(cls, "_insert_resolving", recording(cls._insert_resolving))
     return answers
 
 
@@ -232,3 +236,23 @@ def test_a_padded_natural_key_is_looked_up_first_as_before(
             tx.create("erp", "FCustomers", {"ACCOUNT": "P1", "NAME": "One", "GROUPID": "G1"})
         assert info.value.field == "groupref.groupcode" and info.value.value == "G1"
         assert folded == [] and _accounts(crm) == {}
+
+
+def test_mariadb_keys_that_match_only_by_collation_take_the_ordinary_path(
+        make_backend: BackendFactory, tmp_path: Path, folded: list[bool | None]) -> None:
+    """MariaDB's `=` ignores case and trailing spaces; the ordinary lookup keeps the row whose
+    key reads back as the value. The folded INSERT must not find what the ordinary lookup
+    would not: it finds nothing, and the ordinary path answers (here: no such group)."""
+    _erp, crm, path = _linked(make_backend, tmp_path, "postgresql", "mariadb")
+    with Link.open(path) as link:
+        assert set(link.differ("customers").foldable(Side.RIGHT)) == {3}
+        for value in ("g1", "G1 "):
+            with pytest.raises(RowError) as info, link.transaction() as tx:
+                tx.create("erp", "FCustomers", {"ACCOUNT": "K1", "NAME": "One",
+                                                "GROUPID": value})
+            assert info.value.field == "groupref.groupcode" and info.value.value == value
+        assert folded == [False, False] and _accounts(crm) == {}
+        with link.transaction() as tx:  # the exact key is found by the folded INSERT
+            tx.create("erp", "FCustomers", {"ACCOUNT": "K2", "NAME": "Two", "GROUPID": "G1"})
+        assert folded[-1] is True
+        assert _accounts(crm)["K2"]["groupref"] == _group_ids(crm)["G1"]
