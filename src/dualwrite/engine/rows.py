@@ -150,6 +150,14 @@ class CompiledMap:
         self._live_pos = {t: [self.columns[t].index(c) for c in self.live_columns[t]]
                           for t in Side}
         self._foldable: dict[Side, dict[int, LookupTarget]] = {}
+        # which fields _prefetch resolves, worked out once: (side, field, endpoint, position)
+        # of each lookup id read on a side, (target side, field) of each id written
+        self._lookups_read = [(s, i, end, self.pos[s][end.column])
+                              for s in Side for i, f in enumerate(bound.fields)
+                              if (end := f.end(s)).is_lookup and end.column is not None]
+        self._lookups_written = [(t, i) for t in Side for i, f in enumerate(bound.fields)
+                                 if f.end(t).is_lookup and f.spec.flows_to(t)
+                                 and f.end(t.other).column is not None]
         self._partials: dict[tuple[Side, frozenset[int]], tuple[
             Callable[[Row, Row, dict[tuple[Side, int], dict[Any, Any]]], Row], list[str]]] = {}
         #: per target side: the columns a lock of target rows reads (the key, then the live
@@ -386,37 +394,30 @@ class CompiledMap:
         answer hold the field's :class:`Folded` marker in their place."""
         resolver = resolver or self.resolver
         out: dict[tuple[Side, int], dict[Any, Any]] = {}
-        for s in Side:
-            for i, f in enumerate(self.bound.fields):
-                end = f.end(s)
-                if not end.is_lookup or end.column is None:
-                    continue
-                p = self.pos[s][end.column]
-                ids = {(e.left if s is Side.LEFT else e.right)[p]  # type: ignore[index]
-                       for e in entries if (e.left if s is Side.LEFT else e.right) is not None}
-                out[(s, i)] = resolver.to_keys(s, end.targets, ids)
-        for t in Side:
+        for s, i, end, p in self._lookups_read:
+            ids = {(e.left if s is Side.LEFT else e.right)[p]  # type: ignore[index]
+                   for e in entries if (e.left if s is Side.LEFT else e.right) is not None}
+            out[(s, i)] = resolver.to_keys(s, end.targets, ids)
+        for t, i in self._lookups_written:
             s = t.other
-            for i, f in enumerate(self.bound.fields):
-                end_t, end_s = f.end(t), f.end(s)
-                if not end_t.is_lookup or not f.spec.flows_to(t) or end_s.column is None:
+            f = self.bound.fields[i]
+            end_t = f.end(t)
+            if (t, i) in folded:
+                out[(t, -1 - i)] = _FoldedIds(Folded(i))
+                continue
+            scoped = (t, i) in self.scoped
+            company = self._companies[(s, t)] if scoped else None
+            keys: set[Any] = set()
+            for e in entries:
+                row = e.left if s is Side.LEFT else e.right
+                if row is None:
                     continue
-                if (t, i) in folded:
-                    out[(t, -1 - i)] = _FoldedIds(Folded(i))
-                    continue
-                scoped = (t, i) in self.scoped
-                company = self._companies[(s, t)] if scoped else None
-                keys: set[Any] = set()
-                for e in entries:
-                    row = e.left if s is Side.LEFT else e.right
-                    if row is None:
-                        continue
-                    v = self._logical(s, i, row, out)
-                    if v is MISSING or v is None or type(v) is RelatedKey:
-                        continue  # transform names the problem
-                    v = self._mapped(s, f, v)[1] if f.spec.values else v
-                    keys.add((company(row), v) if company is not None else v)
-                out[(t, -1 - i)] = resolver.to_ids(t, end_t.targets, keys, scoped=scoped)
+                v = self._logical(s, i, row, out)
+                if v is MISSING or v is None or type(v) is RelatedKey:
+                    continue  # transform names the problem
+                v = self._mapped(s, f, v)[1] if f.spec.values else v
+                keys.add((company(row), v) if company is not None else v)
+            out[(t, -1 - i)] = resolver.to_ids(t, end_t.targets, keys, scoped=scoped)
         return out
 
     def _logical(self, s: Side, i: int, row: Row, resolved: dict[tuple[Side, int], dict[Any, Any]]
