@@ -534,10 +534,13 @@ class PostgresConnector(SqlConnector):
         from psycopg import sql
 
         def build() -> str:
+            # the columns named, not *: the caller knows the answer's names without asking
+            # the driver to describe it (psycopg builds them anew for every statement)
+            back = sql.SQL(" RETURNING {}").format(sql.SQL(", ").join(
+                sql.Identifier(c.name) for c in table.columns)) if returning else sql.SQL("")
             return sql.SQL("INSERT INTO {} ({}) VALUES ({}){}").format(
                 _ident(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns),
-                sql.SQL(", ").join(sql.Placeholder() for _ in columns),
-                sql.SQL(" RETURNING *") if returning else sql.SQL("")).as_string(raw)
+                sql.SQL(", ").join(sql.Placeholder() for _ in columns), back).as_string(raw)
 
         return str(self.statement(("raw-insert", table.schema, table.name, columns, returning),
                                   build))
@@ -545,12 +548,12 @@ class PostgresConnector(SqlConnector):
     def _insert_returning(self, conn: sa.Connection, table: str, values: dict[str, Any]
                           ) -> dict[str, Any]:
         raw: Any = conn.connection.driver_connection
-        text = self._insert_sql(raw, self.table(table), tuple(values), returning=True)
+        t = self.table(table)
+        text = self._insert_sql(raw, t, tuple(values), returning=True)
         with raw.cursor() as cur:
             cur.execute(text, tuple(values.values()), prepare=True)
             row = cur.fetchone()
-            names = [d.name for d in cur.description]
-        return dict(zip(names, row, strict=True))
+        return dict(zip([c.name for c in t.columns], row, strict=True))
 
     def _insert_resolving(self, conn: sa.Connection, table: str, columns: tuple[str, ...],
                           row: Row, lookups: Sequence[FoldedLookup]) -> bool | None:
