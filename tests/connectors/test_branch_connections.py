@@ -17,6 +17,7 @@ from capture_values import fresh
 from dualwrite.connectors.base import Branch
 from dualwrite.connectors.postgresql.connector import PgBranch, PostgresConnector
 from dualwrite.connectors.sql import SqlBranch, SqlConnector
+from dualwrite.errors import TransientConnectorError
 
 from conftest import BackendFactory
 
@@ -205,3 +206,28 @@ def test_mariadb_a_spare_the_server_closed_is_replaced_not_failed(
     _commit(second)
     assert _ids(maria) == [1, 2]
 
+
+
+def test_a_dead_spare_with_the_server_unreachable_fails_cleanly(
+        pg: PostgresConnector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spare is gone and no new connection can be made: the statement fails as a
+    transient error, and rolling the branch back ends it without another error."""
+    first = _branch(pg)
+    first.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    _commit(first)
+    gone = _pid(first)
+    with pg.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": gone}).scalar()
+    wait_for(lambda: not _session_open(pg, gone), 30, f"session {gone} did not end")
+    nxt = _branch(pg)  # the dead spare: its BEGIN went out, its answer is the error
+
+    def unreachable() -> sa.Connection:
+        raise sa.exc.OperationalError("connect", {}, Exception(
+            "connection to server at 127.0.0.1, port 1 failed: Connection refused"))
+
+    monkeypatch.setattr(pg.engine, "connect", unreachable)
+    with pytest.raises(TransientConnectorError):
+        nxt.session.insert("bc_rows", ["id", "note"], [(2, "two")])
+    nxt.rollback()  # ends the branch: no error of its own
+    monkeypatch.undo()
+    assert _ids(pg) == [1]

@@ -117,18 +117,22 @@ class PgBranch(Branch):
                                          environment=connector.name)
         self.connector = connector
         self.xid = xid
-        self.conn = connector.branch_connection()
-        self.raw: Any = self.conn.connection.driver_connection
         self.prepared = False
         self.empty = False
         self.used = False  # the session has sent a statement (or is about to)
         self._in_flight: str | None = None  # what the statement sent and not answered does
-        try:
-            self._send(f"begin {xid}", "BEGIN")
-        except BaseException:
-            self.conn.invalidate()
-            self.conn.close()
-            raise
+        for attempt in (1, 2):
+            self.conn = connector.branch_connection()
+            self.raw: Any = self.conn.connection.driver_connection
+            try:
+                self._send(f"begin {xid}", "BEGIN")
+                break
+            except BaseException as exc:
+                self.conn.invalidate()
+                self.conn.close()
+                if not isinstance(exc, TransientConnectorError) or attempt == 2:
+                    raise
+                connector.drop_spares()  # a kept one the server closed: once more
         self.session = _BranchSession(self)
 
     def _send(self, doing: str, sql: str) -> None:
@@ -170,10 +174,12 @@ class PgBranch(Branch):
                     self._collect()
                 except TransientConnectorError:
                     self.conn.invalidate()
-                    self.conn.close()
                     self.connector.drop_spares()
-                    self.conn = self.connector.branch_connection()
-                    self.raw = self.conn.connection.driver_connection
+                    # the dead one is closed only once another is had: if none can be, the
+                    # branch still holds a connection for its rollback to end
+                    fresh = self.connector.branch_connection()
+                    self.conn.close()
+                    self.conn, self.raw = fresh, fresh.connection.driver_connection
                     self._send(f"begin {self.xid}", "BEGIN")
                     self._collect()
         self.used = True
