@@ -65,6 +65,19 @@ def _server_now(c: PostgresConnector) -> object:
         return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
 
 
+def _dead_spare(pg: PostgresConnector) -> int:
+    """Commit row 1 through a branch, then have the server end the session its connection
+    was kept with; returns that session's pid."""
+    first = _branch(pg)
+    first.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    _commit(first)
+    gone = _pid(first)
+    with pg.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": gone}).scalar()
+    wait_for(lambda: not _session_open(pg, gone), 30, f"session {gone} did not end")
+    return gone
+
+
 def _commit(b: Branch) -> None:
     b.prepare()
     b.commit()
@@ -112,13 +125,7 @@ def test_an_empty_branch_leaves_no_transaction_open_for_the_next(
 
 
 def test_a_spare_the_server_closed_is_replaced_not_failed(pg: PostgresConnector) -> None:
-    first = _branch(pg)
-    first.session.insert("bc_rows", ["id", "note"], [(1, "one")])
-    _commit(first)
-    gone = _pid(first)
-    with pg.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": gone}).scalar()
-    wait_for(lambda: not _session_open(pg, gone), 30, f"session {gone} did not end")
+    gone = _dead_spare(pg)
     nxt = _branch(pg)
     nxt.session.insert("bc_rows", ["id", "note"], [(2, "two")])
     _commit(nxt)
@@ -212,14 +219,9 @@ def test_a_dead_spare_with_the_server_unreachable_fails_cleanly(
         pg: PostgresConnector, monkeypatch: pytest.MonkeyPatch) -> None:
     """The spare is gone and no new connection can be made: the statement fails as a
     transient error, and rolling the branch back ends it without another error."""
-    first = _branch(pg)
-    first.session.insert("bc_rows", ["id", "note"], [(1, "one")])
-    _commit(first)
-    gone = _pid(first)
-    with pg.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT pg_terminate_backend(:p)"), {"p": gone}).scalar()
-    wait_for(lambda: not _session_open(pg, gone), 30, f"session {gone} did not end")
+    gone = _dead_spare(pg)
     nxt = _branch(pg)  # the dead spare: its BEGIN went out, its answer is the error
+    assert _pid(nxt) == gone
 
     def unreachable() -> sa.Connection:
         raise sa.exc.OperationalError("connect", {}, Exception(
