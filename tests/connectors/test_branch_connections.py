@@ -19,7 +19,7 @@ from dualwrite.connectors.postgresql.connector import PgBranch, PostgresConnecto
 from dualwrite.connectors.sql import SqlBranch, SqlConnector
 from dualwrite.errors import TransientConnectorError
 
-from conftest import BackendFactory
+from conftest import Backend, BackendFactory
 
 
 def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
@@ -30,12 +30,18 @@ def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
+def _with_rows(make_backend: BackendFactory, kind: str, database: str) -> Backend:
+    """``kind``'s backend on ``database``, with an empty table ``bc_rows``."""
+    b = make_backend(kind, database)
+    fresh(b, ["bc_rows"], ["CREATE TABLE bc_rows (id integer PRIMARY KEY, note text)"])
+    return b
+
+
 @pytest.fixture
 def pg(make_backend: BackendFactory) -> PostgresConnector:
-    b = make_backend("postgresql", "dualwrite_test_a")
-    fresh(b, ["bc_rows"], ["CREATE TABLE bc_rows (id integer PRIMARY KEY, note text)"])
-    assert isinstance(b.connector, PostgresConnector)
-    return b.connector
+    c = _with_rows(make_backend, "postgresql", "dualwrite_test_a").connector
+    assert isinstance(c, PostgresConnector)
+    return c
 
 
 def _branch(c: PostgresConnector) -> PgBranch:
@@ -134,8 +140,7 @@ def test_a_spare_the_server_closed_is_replaced_not_failed(pg: PostgresConnector)
 
 
 def test_closing_the_connector_closes_its_spares(make_backend: BackendFactory) -> None:
-    b = make_backend("postgresql", "dualwrite_test_a")
-    fresh(b, ["bc_rows"], ["CREATE TABLE bc_rows (id integer PRIMARY KEY, note text)"])
+    b = _with_rows(make_backend, "postgresql", "dualwrite_test_a")
     c = b.reopen()
     assert isinstance(c, PostgresConnector)
     branch = _branch(c)
@@ -154,10 +159,9 @@ def test_closing_the_connector_closes_its_spares(make_backend: BackendFactory) -
 # -- MariaDB (XA through SQLAlchemy's two-phase transaction) ---------------------------------
 @pytest.fixture
 def maria(make_backend: BackendFactory) -> SqlConnector:
-    b = make_backend("mariadb", "dualwrite_test_b")
-    fresh(b, ["bc_rows"], ["CREATE TABLE bc_rows (id integer PRIMARY KEY, note text)"])
-    assert isinstance(b.connector, SqlConnector)
-    return b.connector
+    c = _with_rows(make_backend, "mariadb", "dualwrite_test_b").connector
+    assert isinstance(c, SqlConnector)
+    return c
 
 
 def _session_id(b: Branch) -> int:

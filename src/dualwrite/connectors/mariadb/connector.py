@@ -561,13 +561,9 @@ class MySqlConnector(SqlConnector):
         quote = self.engine.dialect.identifier_preparer.quote
         marks = ", ".join("%s" for _ in columns)
         conn.exec_driver_sql(
-            f"INSERT INTO {self._quoted(table)} ({', '.join(quote(c) for c in columns)}) "
+            f"INSERT INTO {self.engine.dialect.identifier_preparer.format_table(table)} "
+            f"({', '.join(quote(c) for c in columns)}) "
             f"VALUES ({marks})", list(rows))
-
-    def _quoted(self, table: sa.Table) -> str:
-        quote = self.engine.dialect.identifier_preparer.quote
-        return f"{quote(table.schema)}.{quote(table.name)}" if table.schema else \
-            quote(table.name)
 
     def _insert_resolving(self, conn: sa.Connection, table: str, columns: tuple[str, ...],
                           row: Row, lookups: Sequence[FoldedLookup]) -> bool | None:
@@ -584,14 +580,15 @@ class MySqlConnector(SqlConnector):
         shape = tuple((f.slot, f.table, f.match, f.returning) for f in lookups)
 
         def build() -> str:
-            quote = self.engine.dialect.identifier_preparer.quote
+            prep = self.engine.dialect.identifier_preparer
+            quote, name = prep.quote, prep.format_table
             picks = [f"l{at[i]}.v" if i in at else "%s" for i in range(len(columns))]
             sources = [
-                f"(SELECT {quote(f.returning)} AS v FROM {self._quoted(self.table(f.table))} "
+                f"(SELECT {quote(f.returning)} AS v FROM {name(self.table(f.table))} "
                 f"WHERE {quote(f.match)} = %s AND CAST({quote(f.match)} AS BINARY) = "
                 f"CAST(%s AS BINARY) ORDER BY {quote(f.returning)} LIMIT 1) l{n}"
                 for n, f in enumerate(lookups)]
-            return (f"INSERT INTO {self._quoted(self.table(table))} "
+            return (f"INSERT INTO {name(self.table(table))} "
                     f"({', '.join(quote(c) for c in columns)}) SELECT {', '.join(picks)} "
                     f"FROM {' CROSS JOIN '.join(sources)}")
 
