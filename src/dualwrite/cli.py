@@ -953,9 +953,17 @@ def serve(config: ConfigOpt = None,
             # JSON logs: uvicorn's records go through dualwrite's handler (one JSON object per
             # line) instead of its own formatters
             extra: dict[str, Any] = {"log_config": None} if _json_logs() else {}
-            server.append(QuietServer(uvicorn.Config(
-                app_, host=host, port=port, log_level="info", access_log=served.access_log,
-                **extra)))
+            settings = uvicorn.Config(app_, host=host, port=port, log_level="info",
+                                      access_log=served.access_log, **extra)
+            # "auto" resolves to httptools and uvloop, which dualwrite depends on; say so,
+            # since without them every request costs the interpreter more (docs/operations.md)
+            settings.load()
+            factory = settings.get_loop_factory()
+            loop_name = getattr(factory, "__module__", "asyncio").split(".")[0]
+            # HttpToolsProtocol, H11Protocol
+            parser = settings.http_protocol_class.__name__.removesuffix("Protocol").lower()
+            _say(f"dualwrite serve: HTTP by {parser}, event loop {loop_name}", "http")
+            server.append(QuietServer(settings))
             # after uvicorn's Config, which sets its loggers up
             redact_access_log(redact_filter=served.redact_filter)
             if not stopped.is_set():

@@ -80,3 +80,12 @@ def test_the_access_log_can_be_turned_off(items: tuple[Path, str]) -> None:
     log = _served_log(config, token)
     assert "Application startup complete" in log  # the rest of the log is there
     assert '"GET ' not in log and "/odata/" not in log and token.split("_", 2)[2] not in log
+
+
+def test_serve_runs_on_the_c_http_parser_and_event_loop(items: tuple[Path, str]) -> None:
+    """httptools and uvloop are dependencies: with h11 and asyncio's loop each request costs
+    serve about 0.25 ms more of the interpreter (docs/benchmarks.md, live sync). The same
+    requests are served and logged either way, so only serve's own line tells."""
+    config, token = items
+    log = _served_log(config, token)
+    assert "dualwrite serve: HTTP by httptools, event loop uvloop" in log, log
