@@ -16,9 +16,11 @@ import sqlalchemy as sa
 
 from dualwrite.cli import main
 from dualwrite.engine.live import STEPS, xid_prefix
+from dualwrite.errors import TransientConnectorError
 from dualwrite.testing.backends import pairs
 
 from conftest import BackendFactory, fresh_state_url
+from faultproxy import FaultProxy, Mode
 from sync_fixtures import Pair, erp_customer, make_pair, seed_groups
 
 CHILD = textwrap.dedent("""
@@ -124,3 +126,39 @@ def test_sigkill_at_each_step_then_recover(make_backend: BackendFactory, tmp_pat
         state.dispose()
         assert pending == 0
         assert (audited > 0) == committed  # the audit row is logged with the decision
+
+
+def test_a_decision_the_state_store_cannot_take_leaves_both_sides_as_they_were(
+        make_backend: BackendFactory, tmp_path: Path) -> None:
+    """The PostgreSQL state store goes away between the prepares and the decision (through a
+    fault proxy): the transaction fails as transient (the caller may retry), both branches
+    are rolled back, no decision and no audit row is written, and the next transaction
+    commits once the store answers again."""
+    state_url = fresh_state_url("postgresql", tmp_path)
+    with FaultProxy(5432) as proxy:
+        pair = make_pair(make_backend, tmp_path, "postgresql", "mariadb", batch_size=500,
+                         extra=lambda cfg: cfg.update(state=proxy.url(state_url)))
+        seed_groups(pair)
+        with pair.link() as link:
+            link.start_maps()
+
+            def hook(step: str) -> None:
+                if step == "after_both_prepares":
+                    proxy.set_mode(Mode.REFUSE)
+
+            with (pytest.raises(TransientConnectorError, match="state store cannot be reached"),
+                  link.transaction(principal="lost-store", hook=hook) as tx):
+                tx.create("erp", "Customers", erp_customer(802))
+            assert prepared(pair) == []
+            assert ("usmf", "C-0802") not in pair.customers()
+            assert ("usmf", "C-0802") not in pair.accounts()
+
+            proxy.set_mode(Mode.PASS)
+            with link.transaction(principal="store-back") as tx:
+                tx.create("erp", "Customers", erp_customer(803))
+            assert ("usmf", "C-0803") in pair.accounts()
+    state = sa.create_engine(state_url, poolclass=sa.pool.NullPool)
+    with state.connect() as conn:
+        principals = set(conn.execute(sa.text("SELECT principal FROM audit_log")).scalars())
+    state.dispose()
+    assert principals == {"store-back"}

@@ -19,7 +19,7 @@ from capture_fixtures import ITEMS_MAP, Items, drain, make_items
 from dualwrite.cli import main
 from dualwrite.engine.capture import resolve_conflict
 from dualwrite.engine.security import authenticate, create_token
-from dualwrite.engine.state import SCHEMA_VERSION, StateStore
+from dualwrite.engine.state import SCHEMA_VERSION, AuditEntry, StateStore
 from dualwrite.errors import StateStoreOutdated
 from dualwrite.model.maps import Side
 
@@ -286,3 +286,45 @@ def test_processes_deciding_a_due_alert_at_once_fire_it_once(tmp_path: Path,
                                 since=0.0, now=300.0, describe=lambda k: f"{k} more") == "1 more"
     for s in stores:
         s.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_commit_decisions_made_at_once_keep_every_audit_row_in_order(tmp_path: Path,
+                                                                     kind: str) -> None:
+    """Live transactions of many threads log their decisions through one group writer (on
+    PostgreSQL one statement per batch, on SQLite a journal record): every decision is there,
+    with its audit rows in the order given and its values as they were, completions noted
+    with a later batch are written, and one transaction with more audit rows than a
+    statement may have parameters (a large `$batch` changeset) is written whole."""
+    store = StateStore(fresh_state_url(kind, tmp_path))
+    threads, rounds = 6, 15
+
+    def entries(n: int, i: int) -> list[AuditEntry]:
+        key = (f"O'Brien {n}-{i} ü", i, None)
+        return [AuditEntry("erp", "Customers", key, "create", "customers"),
+                AuditEntry("crm", "accounts", key, "update", None)]
+
+    def step(s: StateStore, n: int, i: int) -> None:
+        s.log_commit_decision(f"dw-t-{n}-{i}", ["erp", "crm"], f"user{n}", entries(n, i))
+        s.complete(f"dw-t-{n}-{i}")
+
+    try:
+        at_once([store] * threads, rounds, step)
+        big = [AuditEntry("erp", "Lines", (k,), "create", "lines") for k in range(9000)]
+        store.log_commit_decision("dw-t-big", ["erp", "crm"], "bulk", big)
+        store.flush_completions()
+
+        xids = {f"dw-t-{n}-{i}" for n in range(threads) for i in range(rounds)}
+        assert all(store.decision(x) == "commit" for x in xids | {"dw-t-big"})
+        assert store.incomplete_decisions() == ["dw-t-big"]  # the others were completed
+        rows = list(reversed(store.audit(limit=20000)))  # oldest first
+        assert [r["row_key"] for r in rows if r["xid"] == "dw-t-big"] == [[k] for k in range(9000)]
+        for n in range(threads):
+            for i in range(rounds):
+                mine = [r for r in rows if r["xid"] == f"dw-t-{n}-{i}"]
+                assert [(r["environment"], r["table_name"], tuple(r["row_key"]), r["operation"],
+                         r["map"], r["principal"]) for r in mine] == \
+                    [(a.environment, a.table, a.key, a.operation, a.map, f"user{n}")
+                     for a in entries(n, i)]
+    finally:
+        store.close()
