@@ -5,7 +5,7 @@ The floor is the same two inserts committed with a raw two-phase commit and no d
 tables. Measured: p50/p99 latency of a single-row create through the Python API and through
 OData (``dualwrite serve`` in a child process), and throughput with 1 and 8 clients.
 
-Usage: python bench/live_sync.py [--n 300] [--seconds 5] [--skip-mariadb] [--no-report]
+Usage: python bench/live_sync.py [--n 600] [--seconds 5] [--skip-mariadb] [--no-report]
 Writes the live-sync section of docs/benchmarks.md unless --no-report.
 """
 
@@ -362,52 +362,52 @@ def run_target(target: str, n: int, seconds: float, work: Path, store: str = "sq
 #: What changed last and why the targets not met are not (from profiles; kept with the
 #: benchmark so that the section it writes says it).
 NOTES = (
-    "Since the previous run (2026-12-07, morning): dualwrite's own CPU per create, which was "
-    "the whole gap to the floor (the statement log showed the same round trips), came down "
-    "from about 2.2 to 1.4 ms in-process (PostgreSQL ↔ PostgreSQL; thread CPU time, 2,000 "
-    "creates). A branch that commits keeps its connection for the next branch instead of a "
-    "pool checkout, reset and checkin per side (about 0.5 ms of it; at most 10 kept per "
-    "environment, given back after 30 s unused; a kept connection the server closed is "
-    "replaced on its first statement). On PostgreSQL the branch's `BEGIN` is sent when it "
-    "opens and answered while the row is mapped. Into MariaDB the mirrored create now finds "
-    "its lookup inside the INSERT (`INSERT ... SELECT`, as on PostgreSQL: the separate lookup "
-    "cost about 1 ms of Python and a round trip), and the branch's XA statements go to the "
-    "driver directly (SQLAlchemy's dialect runs each as a `text()` construct): PostgreSQL ↔ "
-    "MariaDB went from about 2.2x to 1.3-1.6x. Connector lookups build their statement once "
-    "(0.33 ms of Python a lookup instead of 0.52-0.60). Five runs on 2026-12-07 as these "
-    "changes landed (the last on the final tree, in the table): Python API p50 1.59x (the "
-    "kept connections alone), then 1.21x, 1.38x, 1.43x, 1.34x the floor, PostgreSQL ↔ "
-    "PostgreSQL (1.62x before); PostgreSQL ↔ MariaDB 2.20x, then 1.57x, 1.51x, 1.66x, "
-    "1.75x (2.31x before); 8 clients 0.62x to 0.71x the floor (0.44x before). The same "
-    "creates timed in one process without the OData server and its rounds beside them "
-    "measure lower (PostgreSQL ↔ PostgreSQL 1.22x-1.34x, PostgreSQL ↔ MariaDB 1.26x): the "
-    "figures in the table, with the other paths interleaved, are the ones to trust. "
-    "What is left. OData: the service itself adds about 0.45 ms to the API's create "
-    "(`ODataService.handle` 0.23 ms, the ASGI adapter 0.05 ms, the hop to a worker thread "
-    "0.14 ms, measured in-process with the ASGI app called directly); the rest, about 1.8 ms, "
-    "is HTTP (uvicorn's h11 parsing and the event loop, the loopback, the client's "
-    "`http.client`), which the floor does not pay. Inside `dualwrite serve` (py-spy, "
-    "samples holding the interpreter's lock, sequential creates): uvicorn with h11 45 % "
-    "(parsing, the event loop, writing the answer, the access log line about a third of "
-    "that), the transaction 42 %, the OData handler 10 %. uvicorn's C parser (httptools), "
-    "three alternating pairs: the server's CPU 0.2-0.7 ms lower per request, p50 within the "
-    "noise; not adopted yet (a compiled dependency). 8 clients: the clients are threads of "
-    "one process, so the "
-    "interpreter's lock bounds the API: its CPU per create is about 1.4 ms with 8 threads "
-    "(thread switches and lock hand-offs included) against the floor's 0.72 ms, and the two "
-    "cores run at about 80 %. Next steps: the last-resource commit (`PREPARE` on the left, "
-    "a one-phase `COMMIT` on the right carrying the decision row, `COMMIT PREPARED` on the "
+    "Since the previous run (2026-12-07, morning): `serve` runs uvicorn on httptools (its C "
+    "HTTP parser) and uvloop instead of h11 and asyncio's loop (both now dependencies), and "
+    "the OData adapter speaks ASGI directly and hands the request to a thread pool of its "
+    "own (Starlette's `Request`/`Response` and anyio's worker threads cost about 0.05 ms a "
+    "request). Measured with the old and the new `serve` side by side (four servers on the "
+    "same link, 600 alternating creates each, quiet machine, two runs): the server's CPU per "
+    "request 1.98-2.05 ms (old, h11) and 1.73-1.75 ms (old, httptools and uvloop) against "
+    "1.67-1.72 ms (new); OData p50 2.09-2.10x the floor (old) against 1.87-1.96x (new). A "
+    "PostgreSQL state store takes a batch of decisions, their audit rows and the completions "
+    "since the last one in one statement in autocommit instead of a four-statement "
+    "transaction through SQLAlchemy Core: 1.47 -> 0.62 ms p50 and 0.93 -> 0.32 ms of CPU per "
+    "decision; that row of the table was 2.61x and 2.80x in the two runs before. The runs "
+    "before this session's (2026-12-07, as the previous session's changes landed): Python "
+    "API p50 1.21x to 1.43x the floor PostgreSQL <-> PostgreSQL, 1.51x to 1.75x PostgreSQL "
+    "<-> MariaDB, OData 2.3x to 2.9x, 8 clients 0.62x to 0.71x; a run on this tree before "
+    "the state-store change: API 1.40x and 1.36x, OData 2.50x and 2.07x, PostgreSQL state "
+    "store 2.80x (p50 of 300 creates: the spread between runs is about 0.1x). "
+    "Three runs on the final tree (the table is the first), PostgreSQL <-> PostgreSQL: API "
+    "1.27x, 1.24x, 1.22x the floor; OData 1.91x, 1.93x, 1.74x; 8 clients 0.68x, 0.58x, "
+    "0.64x. PostgreSQL <-> MariaDB: API 1.36x, 1.27x, 1.35x; OData 2.04x, 1.79x, 1.99x. "
+    "PostgreSQL state store: API 1.76x, 1.74x, 1.61x. "
+    "What is left. OData: inside `dualwrite serve` (py-spy, samples holding the "
+    "interpreter's lock, sequential creates) the transaction is 52 %, the OData handler 11 % "
+    "(planning the write, rendering the answer and its ETag, the token check), the event "
+    "loop's thread 34 % (httptools' callbacks, the middleware, writing the answer, the "
+    "access log line 6 %); what the HTTP exchange adds beyond that is the loopback and the "
+    "client. 8 clients: the two cores are the limit. Both cores ran 85-88 % busy for the "
+    "floor and for the API (in-process, 10 s each): per create the machine spent 1.03 ms for "
+    "the floor, 0.41 ms of it in the client's Python, and 1.55 ms for the API, 0.76 ms in "
+    "dualwrite's Python and 0.79 ms in the databases and the kernel (the lookup inside the "
+    "INSERT, RETURNING, the decision journal's flush). 0.8x the floor needs about 1.27 ms a "
+    "create in all: dualwrite's Python at about 0.48 ms with nothing else changed, a cut of "
+    "about 37 %, where the parts are spread (one thread, py-spy: the two INSERTs with "
+    "psycopg's per-statement work about a third, the commit protocol without the decision "
+    "about a sixth, the decision record and its audit rows an eighth, mapping and checking "
+    "the row about a ninth). Next steps: the last-resource commit (`PREPARE` on the left, a "
+    "one-phase `COMMIT` on the right carrying the decision row, `COMMIT PREPARED` on the "
     "left; recovery reads the right side's decision rows and settles a prepared left branch "
-    "by inserting an abort row on the right) spares a `PREPARE`, a `COMMIT PREPARED` and the "
-    "local `fdatasync`, but makes the steps sequential and moves the audit trail; it needs "
-    "the coordinator's recovery and its fault-injection tests redone. And psycopg's "
-    "per-statement Python (cursor, query conversion, result description: about 0.15 ms a "
-    "statement) is now the largest single part of dualwrite's CPU.")
+    "by inserting an abort row on the right) spares a `PREPARE`, a `COMMIT PREPARED`, the "
+    "local `fdatasync` and their Python, but makes the steps sequential and moves the audit "
+    "trail; it needs the coordinator's recovery and its fault-injection tests redone.")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=300)
+    ap.add_argument("--n", type=int, default=600)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--skip-mariadb", action="store_true")
     ap.add_argument("--no-report", action="store_true")
