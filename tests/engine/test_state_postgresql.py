@@ -328,3 +328,27 @@ def test_commit_decisions_made_at_once_keep_every_audit_row_in_order(tmp_path: P
                      for a in entries(n, i)]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_processes_recording_and_installing_a_map_version_at_once_both_succeed(
+        tmp_path: Path, kind: str) -> None:
+    """`run` and `serve` (or JetStream workers) starting together on a new map version both
+    record its text and install it: each checked that the row was missing, then inserted it,
+    and one failed with a duplicate key. Both succeed, one row each."""
+    stores = [StateStore(fresh_state_url(kind, tmp_path)) for _ in range(2)]
+    rounds = 20
+
+    def step(store: StateStore, n: int, i: int) -> None:
+        store.record_map_version(f"map{i}", f"v{i}", f"name: map{i}\n", None)
+        store.install_map_version(f"map{i}", f"v{i}")
+
+    try:
+        at_once(stores, rounds, step)
+        states = stores[0].map_states()
+        for i in range(rounds):
+            assert stores[1].map_definition(f"map{i}", f"v{i}") == f"name: map{i}\n"
+            assert states[f"map{i}"]["version"] == f"v{i}"
+    finally:
+        for s in stores:
+            s.close()

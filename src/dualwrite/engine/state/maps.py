@@ -104,26 +104,37 @@ class MapsState(StoreBase):
     def record_map_version(self, map_name: str, version: str, definition: str,
                            file: str | None) -> None:
         """Keep the text of a map version (before capture is installed for it: a change
-        captured under it must find it)."""
+        captured under it must find it). Processes recording one version at once (`run`
+        and `serve` starting together, JetStream workers) all succeed: one row."""
         with self.engine.begin() as conn:
             if conn.execute(sa.select(map_versions.c.version).where(
                     map_versions.c.map == map_name, map_versions.c.version == version)
                     ).first() is None:
-                conn.execute(sa.insert(map_versions).values(
-                    map=map_name, version=version, definition=definition, file=file,
-                    installed_at=now_iso()))
+                try:
+                    with conn.begin_nested():  # a savepoint: the failed INSERT alone undone
+                        conn.execute(sa.insert(map_versions).values(
+                            map=map_name, version=version, definition=definition, file=file,
+                            installed_at=now_iso()))
+                except sa.exc.IntegrityError:  # recorded by another process meanwhile
+                    pass  # the same version: the same text
 
     def install_map_version(self, map_name: str, version: str) -> None:
         """Record that capture of ``map_name`` is installed for ``version`` (recorded before):
-        every process applies that version, whatever its own map file says."""
+        every process applies that version, whatever its own map file says. A map's first
+        row inserted by two processes at once is updated by the one whose INSERT met the
+        other's."""
         self._cache.pop("map_states", None)
         with self.engine.begin() as conn:
-            n = conn.execute(sa.update(map_status).where(map_status.c.map == map_name)
-                             .values(version=version, updated_at=now_iso())).rowcount
-            if not n:
-                conn.execute(sa.insert(map_status).values(
-                    map=map_name, state=MapState.STOPPED.value, initial_synced_at=None,
-                    updated_at=now_iso(), version=version))
+            update = (sa.update(map_status).where(map_status.c.map == map_name)
+                      .values(version=version, updated_at=now_iso()))
+            if not conn.execute(update).rowcount:
+                try:
+                    with conn.begin_nested():  # a savepoint: the failed INSERT alone undone
+                        conn.execute(sa.insert(map_status).values(
+                            map=map_name, state=MapState.STOPPED.value,
+                            initial_synced_at=None, updated_at=now_iso(), version=version))
+                except sa.exc.IntegrityError:  # made by another process meanwhile
+                    conn.execute(update)
 
     def map_definition(self, map_name: str, version: str) -> str | None:
         """The text of a recorded map version."""
