@@ -352,3 +352,27 @@ def test_processes_recording_and_installing_a_map_version_at_once_both_succeed(
     finally:
         for s in stores:
             s.close()
+
+
+@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+def test_processes_parking_one_row_at_once_make_one_inbox_entry(tmp_path: Path,
+                                                               kind: str) -> None:
+    """JetStream workers (or a worker and `serve`) failing the same row at once: each looked
+    for an open entry of the row, found none and added one, so the inbox showed the row
+    twice; and a repeat counted what it had read plus one, losing the other's attempt. One
+    entry per row, every attempt counted."""
+    stores = [StateStore(fresh_state_url(kind, tmp_path)) for _ in range(2)]
+    rounds = 20
+
+    def step(store: StateStore, n: int, i: int) -> None:
+        store.add_error("items", "crm", (i, f"k{i}"), "update", f"refused by {n}")
+
+    try:
+        at_once(stores, rounds, step)
+        at_once(stores, rounds, step)  # the same rows again: repeats of one entry each
+        entries = stores[0].errors("items")
+        assert sorted(e.key for e in entries) == [(i, f"k{i}") for i in range(rounds)]
+        assert {e.attempts for e in entries} == {4}
+    finally:
+        for s in stores:
+            s.close()

@@ -209,22 +209,28 @@ class InboxState(StoreBase):
     def add_error(self, map_name: str, side: str, key: Sequence[Any], operation: str,
                   reason: str, payload: dict[str, Any] | None = None) -> None:
         """Record a failed row; a repeat of the same (map, side, key, operation) bumps
-        ``attempts`` and ``last_at`` instead of adding a duplicate."""
+        ``attempts`` and ``last_at`` instead of adding a duplicate. Processes failing one
+        row at once (JetStream workers) make one entry and count every attempt: the count is
+        added in the UPDATE itself, and the INSERT that met another's is a repeat."""
         k = encode_values(key)
         now = now_iso()
         body = encode_row(payload) if payload is not None else None
         with self.engine.begin() as conn:
-            existing = conn.execute(sa.select(error_inbox.c.id, error_inbox.c.attempts).where(
+            repeat = sa.update(error_inbox).where(
                 error_inbox.c.map == map_name, error_inbox.c.side == side,
-                error_inbox.c.row_key == k, error_inbox.c.operation == operation)).first()
-            if existing:
-                conn.execute(sa.update(error_inbox).where(error_inbox.c.id == existing.id).values(
-                    attempts=existing.attempts + 1, last_at=now, reason=reason, payload=body,
-                    status="open"))
-            else:
-                conn.execute(sa.insert(error_inbox).values(
-                    map=map_name, side=side, row_key=k, operation=operation, reason=reason,
-                    payload=body, attempts=1, first_at=now, last_at=now, status="open"))
+                error_inbox.c.row_key == k, error_inbox.c.operation == operation).values(
+                attempts=error_inbox.c.attempts + 1, last_at=now, reason=reason, payload=body,
+                status="open")
+            if conn.execute(repeat).rowcount:
+                return
+            try:
+                with conn.begin_nested():  # a savepoint: the failed INSERT alone undone
+                    conn.execute(sa.insert(error_inbox).values(
+                        map=map_name, side=side, row_key=k, operation=operation,
+                        reason=reason, payload=body, attempts=1, first_at=now, last_at=now,
+                        status="open"))
+            except sa.exc.IntegrityError:  # added by another process meanwhile
+                conn.execute(repeat)
 
     def errors(self, map_name: str | None = None, status: str | None = "open", *,
                error_id: int | None = None) -> list[InboxEntry]:
