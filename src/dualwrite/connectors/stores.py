@@ -10,6 +10,7 @@ how relative paths in a config resolve, and how commit decisions are written.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,5 +72,27 @@ def is_embedded(engine: sa.Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
-__all__ = ["DEFAULT_STATE_URL", "database_file", "is_embedded", "resolve_file_url",
-           "store_engine"]
+def batch_decisions_sql(engine: sa.Engine, decisions: str, audit: str,
+                        audit_columns: Sequence[str]) -> str | None:
+    """One statement that writes, in autocommit, a batch of commit decisions into the table
+    ``decisions`` (xid, decision, participants, decided_at, completed_at), their audit rows
+    into ``audit`` (at, then ``audit_columns``, in the order given) and the completions noted
+    since the last batch: one round trip and one flush. Its parameters: ``now``, ``xids``
+    and ``parts`` (the decisions' xids and participants), ``a_<column>`` for each audit
+    column (lists of equal length), ``done`` (the xids completed). Arrays, so that a batch
+    of any size has the same parameters. None where the database has no such statement (a
+    transaction of several statements then)."""
+    if engine.dialect.name != "postgresql":
+        return None
+    cols = ", ".join(audit_columns)
+    arrays = ", ".join(f"%(a_{c})s::text[]" for c in audit_columns)
+    return (
+        f"WITH d AS (INSERT INTO {decisions} (xid, decision, participants, decided_at) "
+        "SELECT x, 'commit', p, %(now)s FROM unnest(%(xids)s::text[], %(parts)s::text[]) "
+        f"AS t(x, p)), a AS (INSERT INTO {audit} (at, {cols}) SELECT %(now)s, {cols} FROM "
+        f"unnest({arrays}) WITH ORDINALITY AS t({cols}, n) ORDER BY n) "
+        f"UPDATE {decisions} SET completed_at = %(now)s WHERE xid = ANY(%(done)s::text[])")
+
+
+__all__ = ["DEFAULT_STATE_URL", "batch_decisions_sql", "database_file", "is_embedded",
+           "resolve_file_url", "store_engine"]

@@ -10,26 +10,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from dualwrite.connectors.stores import is_embedded
+from dualwrite.connectors.stores import batch_decisions_sql, is_embedded
 from dualwrite.engine.journal import DecisionJournal
 from dualwrite.engine.state.base import StoreBase
 from dualwrite.engine.state.codec import decode_values, encode_values, now_iso
 from dualwrite.engine.state.records import AuditEntry, _Pending
 from dualwrite.engine.state.schema import audit_log, coordinator_log
 
-_PG_AUDIT_COLUMNS = ("xid", "principal", "environment", "table_name", "row_key", "operation",
-                     "map")
-#: a batch of decisions, their audit rows (in the order given) and the completions noted
-#: since the last batch, in one statement (see DecisionsState._write_decisions_pg)
-_PG_DECISIONS = (
-    "WITH d AS (INSERT INTO coordinator_log (xid, decision, participants, decided_at) "
-    "SELECT x, 'commit', p, %(now)s FROM unnest(%(xids)s::text[], %(parts)s::text[]) "
-    "AS t(x, p)), "
-    f"a AS (INSERT INTO audit_log (at, {', '.join(_PG_AUDIT_COLUMNS)}) "
-    f"SELECT %(now)s, {', '.join(_PG_AUDIT_COLUMNS)} FROM unnest("
-    + ", ".join(f"%(a_{c})s::text[]" for c in _PG_AUDIT_COLUMNS)
-    + f") WITH ORDINALITY AS t({', '.join(_PG_AUDIT_COLUMNS)}, n) ORDER BY n) "
-    "UPDATE coordinator_log SET completed_at = %(now)s WHERE xid = ANY(%(done)s::text[])")
+#: the audit log's columns after ``at``, as one statement writes them (see
+#: dualwrite.connectors.stores.batch_decisions_sql)
+_AUDIT_COLUMNS = ("xid", "principal", "environment", "table_name", "row_key", "operation",
+                  "map")
+#: that statement per SQLAlchemy dialect name (None: the database has none)
+_AT_ONCE: dict[str, str | None] = {}
 
 
 class DecisionsState(StoreBase):
@@ -100,8 +93,13 @@ class DecisionsState(StoreBase):
                 [(now, p.xid, p.principal, a.environment, a.table, encode_values(a.key),
                   a.operation, a.map) for p in batch for a in p.audit], completed, now)
             return
-        if self.engine.dialect.name == "postgresql":
-            self._write_decisions_pg(batch, completed, now)
+        kind = self.engine.dialect.name
+        if kind not in _AT_ONCE:  # the statement's text depends on the database alone
+            _AT_ONCE[kind] = batch_decisions_sql(self.engine, coordinator_log.name,
+                                                 audit_log.name, _AUDIT_COLUMNS)
+        one = _AT_ONCE[kind]
+        if one is not None:
+            self._write_decisions_at_once(one, batch, completed, now)
             return
         with self.engine.begin() as conn:
             conn.execute(sa.insert(coordinator_log), [
@@ -118,21 +116,20 @@ class DecisionsState(StoreBase):
                 conn.execute(sa.update(coordinator_log).where(
                     coordinator_log.c.xid.in_(completed)).values(completed_at=now))
 
-    def _write_decisions_pg(self, batch: list[_Pending], completed: list[str],
-                            now: str) -> None:
+    def _write_decisions_at_once(self, statement: str, batch: list[_Pending],
+                                 completed: list[str], now: str) -> None:
         # One statement in autocommit: one round trip and one implicit transaction (against
         # BEGIN, two INSERTs, an UPDATE and COMMIT through SQLAlchemy's Core: about 0.9 ms
-        # of Python and five round trips per decision). Arrays rather than a VALUES list, so
-        # that a batch of any size has the same fourteen parameters.
+        # of Python and five round trips per decision on PostgreSQL).
         audit = [(p.xid, p.principal, a.environment, a.table, encode_values(a.key),
                   a.operation, a.map) for p in batch for a in p.audit]
         params: dict[str, Any] = {
             "now": now, "xids": [p.xid for p in batch],
             "parts": [json.dumps(p.participants) for p in batch], "done": completed}
-        for i, name in enumerate(_PG_AUDIT_COLUMNS):
+        for i, name in enumerate(_AUDIT_COLUMNS):
             params[f"a_{name}"] = [row[i] for row in audit]
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
-            conn.exec_driver_sql(_PG_DECISIONS, params)
+            conn.exec_driver_sql(statement, params)
 
     def _import_journalled(self, payloads: list[Any]) -> None:
         """The journal's sink: its records into coordinator_log and audit_log, with the
