@@ -132,6 +132,10 @@ EXISTS_TRUST = 5.0
 #: the log's column of the map version a change was captured under
 VERSION = "v"
 APPLIED = "dualwrite_applied"
+#: dropping applied positions of one map (see CaptureLog._unmark), at most _PRUNE_CHUNK at once
+_PRUNE = sa.text(f"DELETE FROM {APPLIED} WHERE source = :s AND map = :m AND txid IN :ts"
+                 ).bindparams(sa.bindparam("ts", expanding=True))
+_PRUNE_CHUNK = 500
 ORIGIN = "dualwrite_origin"
 WAKE = "dualwrite_wake"
 NOTIFY_CHANNEL = "dualwrite_changes"
@@ -962,11 +966,19 @@ class CaptureLog:
 
     def _unmark(self, conn: sa.Connection, source: str, pairs: Sequence[tuple[str, str]]
                 ) -> None:
-        plain = [(m, t) for m, t in pairs if t != WATERMARK]
-        if plain:
+        by_map: dict[str, list[str]] = {}
+        for m, t in pairs:
+            if t != WATERMARK:
+                by_map.setdefault(m, []).append(t)
+        if by_map:
             self._forgotten = True
-            conn.execute(sa.text(f"DELETE FROM {APPLIED} WHERE source = :s AND map = :m AND "
-                                 "txid = :t"), [{"s": source, "m": m, "t": t} for m, t in plain])
+        # one statement per map, not one per position: a driver runs an executemany of a
+        # DELETE as that many statements (PyMySQL), a round trip each, and a step of
+        # single-row transactions prunes one position per transaction
+        for m, txids in by_map.items():
+            for start in range(0, len(txids), _PRUNE_CHUNK):
+                conn.execute(_PRUNE, {"s": source, "m": m,
+                                      "ts": txids[start:start + _PRUNE_CHUNK]})
 
     def all_marks(self) -> list[tuple[str, str, str]]:
         """Every (source, map, txid) applied position (for pruning at start-up)."""
