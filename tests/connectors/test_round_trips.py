@@ -9,12 +9,14 @@ from contextlib import contextmanager
 from typing import Any
 
 import psycopg
+import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
 from capture_values import fresh
-from dualwrite.connectors.capture import CaptureLog
+from dualwrite.connectors.capture import CHANGES, CaptureLog
 from dualwrite.connectors.sql import SqlConnector, SqlWriteSession
+from dualwrite.errors import LeaseLost
 
 from conftest import BackendFactory
 
@@ -90,3 +92,46 @@ def test_mariadb_prunes_applied_positions_in_one_statement_per_map(
         assert deletes() - before == 2
     assert sorted(my.sql("SELECT map, txid FROM dualwrite_applied WHERE source = 'src'")) == [
         ("m1", "t6"), ("m3", "v1")]
+
+
+def test_mariadb_closes_an_apply_transaction_in_one_request(
+        make_backend: BackendFactory) -> None:
+    """The bookkeeping that closes an apply transaction on MariaDB (raise the fence, record
+    the positions, drop the pruned ones, look for queued changes of the maps written) is one
+    request of several statements, not four round trips; it does what the four did: an
+    older applier's epoch is refused (LeaseLost) and leaves nothing recorded."""
+    my = make_backend("mariadb", "dualwrite_test_a")
+    fresh(my, [], [])
+    c = my.connector
+    assert isinstance(c, SqlConnector)
+    log = c.change_log()
+    assert isinstance(log, CaptureLog)
+    log.ensure()
+    with c.transaction() as sess:  # the link's first fence here
+        assert log.finish_apply(sess, "src", [("m1", "t0", 1)], [], ("lk", 1)) == set()
+    my.sql(f"INSERT INTO {CHANGES} (map, op, k, at) VALUES ('m2', 'I', '[1]', NOW(6))")
+    requests: list[int] = []
+    with c.transaction() as sess:
+        assert isinstance(sess, SqlWriteSession)
+        raw: Any = sess.conn.connection.driver_connection
+        send = raw._execute_command
+
+        def counted(command: int, sql: Any) -> Any:
+            requests.append(command)
+            return send(command, sql)
+
+        raw._execute_command = counted
+        try:
+            queued = log.finish_apply(sess, "src", [("m1", "t1", 2), ("m1", "t2", 3)],
+                                      [("m1", "t0")], ("lk", 2), ("m1", "m2"))
+        finally:
+            del raw._execute_command
+        assert len(requests) == 1, requests
+        assert queued == {"m2"}
+    positions = "SELECT map, txid, seq FROM dualwrite_applied WHERE source = 'src'"
+    assert sorted(my.sql(positions)) == [("m1", "t1", 2), ("m1", "t2", 3)]
+    with pytest.raises(LeaseLost), c.transaction() as sess:
+        log.finish_apply(sess, "src", [("m1", "t3", 4)], [], ("lk", 1))
+    assert sorted(my.sql(positions)) == [("m1", "t1", 2), ("m1", "t2", 3)]
+    with c.transaction() as sess:
+        assert log.fence_epoch(sess, "lk") == 2

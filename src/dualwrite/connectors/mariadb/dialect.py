@@ -15,6 +15,7 @@ from dualwrite.connectors.capture import (
     BINARY,
     BIT,
     CHANGES,
+    FENCE_SOURCE,
     FLOAT32,
     MARKER,
     PLAIN,
@@ -221,6 +222,57 @@ class MariaDbDialect(Dialect):
 
     def purge(self, conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"DELETE HISTORY FROM {CHANGES}")
+
+    def finish_apply(self, conn: sa.Connection, source: str,
+                     positions: Sequence[tuple[str, str, int]],
+                     prune: Sequence[tuple[str, str]], fence: tuple[str, int] | None,
+                     probe: Sequence[str]) -> tuple[bool, set[str]] | None:
+        """The statements one after the other in one request (the connector's sessions allow
+        several): raise the fence where it is there already and no later, record the
+        positions, drop the pruned ones, then look for each ``probe`` map's changes. Each
+        statement sees what the ones before it did, and the probe what committed before it,
+        as :meth:`CaptureLog.queued` would. Whether the fence was raised is the first
+        statement's count of rows matched."""
+        raw: Any = conn.connection.driver_connection
+        statements: list[str] = []
+        params: list[Any] = []
+        if fence is not None:
+            statements.append(f"UPDATE {APPLIED} SET seq = %s WHERE source = %s AND map = %s "
+                              "AND txid = '' AND seq <= %s")
+            params += [fence[1], FENCE_SOURCE, fence[0], fence[1]]
+        if positions:
+            statements.append(f"INSERT INTO {APPLIED} (source, map, txid, seq) VALUES "
+                              + ", ".join(["(%s, %s, %s, %s)"] * len(positions)))
+            for m, t, q in positions:
+                params += [source, m, t, q]
+        by_map: dict[str, list[str]] = {}
+        for m, t in prune:
+            by_map.setdefault(m, []).append(t)
+        for m, txids in by_map.items():
+            statements.append(f"DELETE FROM {APPLIED} WHERE source = %s AND map = %s AND "
+                              f"txid IN ({', '.join(['%s'] * len(txids))})")
+            params += [source, m, *txids]
+        if probe:
+            statements.append(" UNION ALL ".join(
+                f"SELECT map FROM (SELECT map FROM {CHANGES} WHERE map = %s LIMIT 1) q{i}"
+                for i in range(len(probe))))
+            params += list(probe)
+        if not statements:
+            return True, set()
+        raised = fence is None
+        queued: set[str] = set()
+        with raw.cursor() as cur:
+            cur.execute("; ".join(statements), params)
+            index = 0
+            while True:
+                if index == 0 and fence is not None:
+                    raised = cur.rowcount == 1
+                if probe and index == len(statements) - 1:
+                    queued = {str(r[0]) for r in cur.fetchall()}
+                index += 1
+                if not cur.nextset():
+                    break
+        return raised, queued
 
     # -- the delta journal ------------------------------------------------------------------
     #: each statement sees what committed before it (the sequencer's SELECT must see the
