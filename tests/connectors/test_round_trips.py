@@ -18,7 +18,7 @@ from dualwrite.connectors.capture import CHANGES, CaptureLog
 from dualwrite.connectors.sql import SqlConnector, SqlWriteSession
 from dualwrite.errors import LeaseLost
 
-from conftest import BackendFactory
+from conftest import Backend, BackendFactory
 
 
 @contextmanager
@@ -62,13 +62,8 @@ def test_postgresql_lookups_and_fetches_run_outside_a_transaction(
     assert reads and all(st == psycopg.pq.TransactionStatus.INTRANS for _s, st in reads), reads
 
 
-def test_mariadb_prunes_applied_positions_in_one_statement_per_map(
-        make_backend: BackendFactory) -> None:
-    """Dropping applied positions (the prune that closes an apply transaction on MariaDB,
-    one position per source transaction) is one DELETE per map, not one per position: a
-    step of single-row transactions at 1,000/s prunes about six, and PyMySQL runs an
-    executemany of a DELETE as that many statements, a round trip each. Only the positions
-    named go."""
+def _mariadb_log(make_backend: BackendFactory) -> tuple[Backend, SqlConnector, CaptureLog]:
+    """A MariaDB test database with an empty change log and no applied positions."""
     my = make_backend("mariadb", "dualwrite_test_a")
     fresh(my, [], [])
     c = my.connector
@@ -76,6 +71,17 @@ def test_mariadb_prunes_applied_positions_in_one_statement_per_map(
     log = c.change_log()
     assert isinstance(log, CaptureLog)
     log.ensure()
+    return my, c, log
+
+
+def test_mariadb_prunes_applied_positions_in_one_statement_per_map(
+        make_backend: BackendFactory) -> None:
+    """Dropping applied positions (the prune that closes an apply transaction on MariaDB,
+    one position per source transaction) is one DELETE per map, not one per position: a
+    step of single-row transactions at 1,000/s prunes about six, and PyMySQL runs an
+    executemany of a DELETE as that many statements, a round trip each. Only the positions
+    named go."""
+    my, c, log = _mariadb_log(make_backend)
     with c.transaction() as sess:
         log.mark_applied(sess, "src", [("m1", f"t{i}", i) for i in range(7)]
                          + [("m2", "u1", 1), ("m2", "u2", 2), ("m3", "v1", 1)])
@@ -100,13 +106,7 @@ def test_mariadb_closes_an_apply_transaction_in_one_request(
     the positions, drop the pruned ones, look for queued changes of the maps written) is one
     request of several statements, not four round trips; it does what the four did: an
     older applier's epoch is refused (LeaseLost) and leaves nothing recorded."""
-    my = make_backend("mariadb", "dualwrite_test_a")
-    fresh(my, [], [])
-    c = my.connector
-    assert isinstance(c, SqlConnector)
-    log = c.change_log()
-    assert isinstance(log, CaptureLog)
-    log.ensure()
+    my, c, log = _mariadb_log(make_backend)
     with c.transaction() as sess:  # the link's first fence here
         assert log.finish_apply(sess, "src", [("m1", "t0", 1)], [], ("lk", 1)) == set()
     my.sql(f"INSERT INTO {CHANGES} (map, op, k, at) VALUES ('m2', 'I', '[1]', NOW(6))")
