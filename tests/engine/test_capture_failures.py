@@ -11,6 +11,7 @@ import sqlalchemy as sa
 
 from capture_fixtures import ITEMS_MAP, Items, drain, fresh_tables, items_metadata, link_config
 from dualwrite.engine.state import HEARTBEAT_TIMEOUT
+from dualwrite.errors import TransientConnectorError
 from dualwrite.model.maps import Side
 from dualwrite.testing.backends import pair_id, pairs
 
@@ -177,3 +178,99 @@ def test_changes_applied_but_not_yet_deleted_at_a_crash_are_no_conflict_after(
             after.close()
         assert link.state.errors() == [] and link.state.conflicts("items") == []
         assert it.rows("left")[1] == it.rows("right")[1] == ("L2", 1)
+
+
+CAPTURE_PAIRS = pairs(needs=("capture",))
+
+
+def _count_calls(obj: object, name: str) -> list[int]:
+    """Wrap ``obj.name`` so that each call is counted in the list returned (one entry)."""
+    calls = [0]
+    original = getattr(obj, name)
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    setattr(obj, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("kinds", CAPTURE_PAIRS, ids=pair_id)
+def test_a_step_asks_the_target_nothing_before_writing(
+        make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str]) -> None:
+    """Single-row transactions, one step each: where the source's log has transaction ids,
+    the apply transaction does not first ask the target which of them it applied already
+    (the applied positions' key refuses a repeat instead); a log without them (SQLite) is
+    asked, by its high-water mark."""
+    from capture_fixtures import make_items
+
+    it = make_items(make_backend, tmp_path, *kinds)
+    with it.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        try:
+            asked = _count_calls(applier.logs[Side.RIGHT], "applied")
+            for i in range(1, 4):
+                it.left.app_sql(f"INSERT INTO items (id, name, qty) VALUES ({i}, 'n{i}', {i})")
+                applier.maps(refresh=True)
+                assert applier.step() == 1
+            assert it.rows("right") == {1: ("n1", 1), 2: ("n2", 2), 3: ("n3", 3)}
+            assert asked[0] == (0 if applier.logs[Side.LEFT].has_txid else 3), asked
+        finally:
+            applier.close()
+        assert link.state.errors() == []
+
+
+@pytest.mark.parametrize("source", ["left", "right"])
+@pytest.mark.parametrize("kinds", CAPTURE_PAIRS, ids=pair_id)
+def test_changes_read_again_after_their_apply_are_applied_once(
+        make_backend: BackendFactory, tmp_path: Path, kinds: tuple[str, str], source: str,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """The target committed an apply, then deleting those changes from the source's log
+    failed: the next step reads them again, with a new change behind them. Written without
+    asking first, the repeat is refused by its applied position; the target transaction is
+    rolled back and applied again, asking: the repeat is skipped (no conflict, no error, no
+    second write), the new change applied, and the log emptied."""
+    from capture_fixtures import make_items
+
+    it = make_items(make_backend, tmp_path, *kinds)
+    s = Side.LEFT if source == "left" else Side.RIGHT
+    src, dst = (it.left, it.right) if s is Side.LEFT else (it.right, it.left)
+    src.insert("items", [{"id": 1, "name": "init", "qty": 1}])
+    dst.insert("items", [{"id": 1, "name": "init", "qty": 1}])
+    with it.link() as link:
+        link.start_maps()
+        applier = link.applier()
+        try:
+            src.app_sql("UPDATE items SET name = 'first', qty = 2 WHERE id = 1")
+            forget = applier.logs[s].forget
+
+            def lost(*args: object, **kwargs: object) -> None:
+                raise TransientConnectorError("the source's connection was lost")
+
+            applier.logs[s].forget = lost  # type: ignore[method-assign]
+            applier.maps(refresh=True)
+            applier.step()
+            assert it.rows("left")[1] == it.rows("right")[1] == ("first", 2)
+            assert len(it.log(source)) == 1, "the applied change should still be queued"
+            applier.logs[s].forget = forget  # type: ignore[method-assign]
+            src.app_sql("INSERT INTO items (id, name, qty) VALUES (2, 'second', 3)")
+            asked = _count_calls(applier.logs[s.other], "applied")
+            with caplog.at_level("INFO", logger="dualwrite.capture"):
+                # the side that failed is retried once its backoff has passed
+                deadline = time.monotonic() + 30
+                while applier.last_error[s] is not None:
+                    applier.step()
+                    assert time.monotonic() < deadline, applier.last_error[s]
+                    time.sleep(0.01)  # the backoff's time passing, not a synchronisation
+                drain(applier)
+        finally:
+            applier.close()
+        assert it.rows("left") == it.rows("right") == {1: ("first", 2), 2: ("second", 3)}
+        assert it.log(source) == [] and it.log("right" if source == "left" else "left") == []
+        assert link.state.errors() == [] and link.state.conflicts("items") == []
+        if link.connectors[s].change_log().has_txid:
+            reapplied = [r for r in caplog.records if getattr(r, "event", "") == "reapplied"]
+            assert len(reapplied) == 1, (asked, [r.getMessage() for r in caplog.records])
+            assert asked[0] == 1, asked  # the retry asks; the step before it did not

@@ -955,19 +955,19 @@ def test_session_lost_inside_the_apply_transaction_is_retried(
     sqlalchemy.exc.OperationalError escapes ``Applier.step`` (which handles ConnectorError
     only) and ``dualwrite run`` exits 1. Expected: a TransientConnectorError, retried with
     backoff like any other unreachable target. The session is lost by the fault proxy
-    resetting the target's connections."""
+    resetting the target's connections, just before the transaction's closing bookkeeping
+    (``finish_apply``: a step reading the log asks ``applied`` only on a retry)."""
     pair, link, applier, proxy = proxied_items_link
     log = applier.logs[Side.RIGHT]
-    original = log.applied
+    original = log.finish_apply
     lost: list[int] = []
 
-    def applied_on_a_lost_session(conn: sa.Connection, source: str,
-                                  pairs: Sequence[tuple[str, str]]) -> Any:
-        if not lost:  # the session dies once, just before the first statement
+    def finish_on_a_lost_session(*args: Any, **kwargs: Any) -> Any:
+        if not lost:  # the session dies once, just before the closing bookkeeping
             lost.append(proxy.reset_connections())
-        return original(conn, source, pairs)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(log, "applied", applied_on_a_lost_session)
+    monkeypatch.setattr(log, "finish_apply", finish_on_a_lost_session)
     app_write(pair.left, [(1, "set", "applied after a retry", 1)])
     applier.step()
     assert lost and lost[0] >= 1, "no session of the applier's to lose"

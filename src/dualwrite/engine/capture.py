@@ -18,7 +18,10 @@ guarantees, and how:
   are applied together in one target transaction (group commit).
 * **Exactly once.** The applied position ((source, map, transaction), or a high-water mark on
   SQLite) is written in the same target transaction as the rows. A change read again after a
-  crash is recognised and skipped; it is then deleted from the source log.
+  crash is recognised and skipped; it is then deleted from the source log. Reading the log,
+  the applier does not ask first which transactions were applied (a round trip per step):
+  the position's key refuses a second one, and the target transaction is then rolled back
+  and applied again with the question asked.
 * **No echo.** The applier's own writes are invisible to the triggers (connectors mark them).
 * **Conflicts.** Before writing a row, the applier locks the target row and compares it with
   the version the change started from (its captured old values). If the target holds that
@@ -442,26 +445,43 @@ class Applier(ApplierLoop):
         # With a rest still being read, the first part is one transaction: it is applied
         # meanwhile, and the rest follows it in the same target transaction.
         ordered = _in_commit_order(first, self.logs[s].has_txid)
-        self.apply_changes(s, ordered, maps, rest=rest)
+        self.apply_changes(s, ordered, maps, rest=rest, optimistic=True)
         return len(ordered)  # the rest included
 
     def apply_changes(self, s: Side, changes: list[Change], maps: dict[str, _MapCtx], *,
                       forget: bool = True, check_applied: bool = True,
-                      rest: Future[list[Change]] | None = None) -> BatchResult:
+                      rest: Future[list[Change]] | None = None,
+                      optimistic: bool = False) -> BatchResult:
         """Apply ``changes`` (in order) from side ``s``: one target transaction, retried
         without each change that fails (which goes to the inbox, its key parked).
 
         ``rest``, if given, delivers the rest of the transaction that ``changes`` begin (its
         later changes, in order) while the first ones are applied; ``changes`` is extended
-        with them, in place, before this returns."""
+        with them, in place, before this returns.
+
+        ``optimistic``: do not ask the target first which of the source transactions it
+        applied already (one round trip per apply transaction, on every step) where each
+        change has a transaction id: recording the applied positions refuses one that exists
+        (their key), and the transaction is then rolled back and applied again with the
+        question asked. For readers of a source's log, where a transaction comes again only
+        after an applier stopped between its commit on the target and the deletion from the
+        log. Every retry asks."""
         t = s.other
         started = time.perf_counter()
         excluded: dict[int, DualwriteError] = {}
         failed_tx: dict[str, int] = {}
         row_mode = careful = False
         parked_keys = self._parked_keys()
+        # the changes of ``rest`` belong to the transactions of ``changes``
+        ask = check_applied and not (optimistic and
+                                     all(c.txid != WATERMARK for c in changes))
+        # The target's log tables made (or known) before the apply transaction holds locks:
+        # ensure's DDL runs on a connection of its own, and would wait for this transaction's
+        # locks (a log an earlier version made gets a column the first time it is used).
+        self.logs[t].ensure()
         while True:
             outcome = _Outcome()
+            finishing = False
             try:
                 # every statement of the apply transaction passes the connector's error
                 # translation: a lost session is a transient error, retried with backoff
@@ -470,7 +490,7 @@ class Applier(ApplierLoop):
                     # the rest has no transaction the first part has not: its pairs are known
                     pairs = sorted({(c.map, c.txid) for c in changes})
                     done, marks = self.logs[t].applied(sess, self.env[s], pairs) \
-                        if check_applied else (set(), {})
+                        if ask else (set(), {})
                     blocked = set(parked_keys)
                     mode = _Mode(1 if row_mode else self.batch, careful, excluded, blocked,
                                  failed_tx)
@@ -487,6 +507,7 @@ class Applier(ApplierLoop):
                     # they commit with the rows, or roll back with them on a recheck.
                     self._raise_more_fences(sess, t)
                     unchecked = sorted(n for n, keys in outcome.unchecked.items() if keys)
+                    finishing = True
                     queued = self.logs[t].finish_apply(
                         sess, self.env[s], _positions(todo) if check_applied else [],
                         self._prune[s], self._fenced(), unchecked)
@@ -511,16 +532,26 @@ class Applier(ApplierLoop):
             except _Recheck:
                 careful = True
             except (RowError, ConstraintViolation) as exc:
-                # A batch failed: again, checking every target row first (an optimistic
-                # bulk insert met a row already there), then one row per statement to find
-                # the culprit.
-                if row_mode:
-                    raise LinkError(f"a change failed outside any row: {exc}") from exc
-                row_mode = careful
-                careful = True
+                if finishing and not ask and isinstance(exc, ConstraintViolation) and \
+                        exc.kind == "unique":
+                    # an applied position that exists: a transaction applied before (see
+                    # ``optimistic``); again, asking which, as if nothing had happened
+                    log.info("changes from %s applied before were read again: applying "
+                             "the batch again without them", self.env[s],
+                             extra={"event": "reapplied", "side": self.env[t],
+                                    "source": self.env[s]})
+                else:
+                    # A batch failed: again, checking every target row first (an optimistic
+                    # bulk insert met a row already there), then one row per statement to
+                    # find the culprit.
+                    if row_mode:
+                        raise LinkError(f"a change failed outside any row: {exc}") from exc
+                    row_mode = careful
+                    careful = True
             if rest is not None:  # failed before the rest was taken: take it for the retry
                 changes.extend(rest.result())
                 rest = None
+            ask = check_applied
         self._count(s, changes, todo, outcome, time.perf_counter() - started)
         self._prune[s] = []
         if forget:
