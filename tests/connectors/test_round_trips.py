@@ -135,3 +135,43 @@ def test_mariadb_closes_an_apply_transaction_in_one_request(
     assert sorted(my.sql(positions)) == [("m1", "t1", 2), ("m1", "t2", 3)]
     with c.transaction() as sess:
         assert log.fence_epoch(sess, "lk") == 2
+
+
+def test_mariadb_lookups_fetches_and_log_reads_are_one_request_each_in_autocommit(
+        make_backend: BackendFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On MariaDB the reads that need no transaction (a lookup, a fetch by key, a read of the
+    change log: the applier's on every step) run on sessions in autocommit: one request
+    each, no ROLLBACK after it (PyMySQL sends one even with nothing to undo), no switching
+    autocommit on and off; and they leave no transaction open, whose metadata lock would
+    hold up a change to the table's definition."""
+    import pymysql
+
+    my = make_backend("mariadb", "dualwrite_test_a")
+    fresh(my, ["rt_groups"],
+          ["CREATE TABLE rt_groups (id int PRIMARY KEY, code varchar(10) NOT NULL)"])
+    my.app_sql("INSERT INTO rt_groups VALUES (1, 'G1'), (2, 'G2'), (3, 'G3')")
+    c = my.connector
+    assert isinstance(c, SqlConnector)
+    log = c.change_log()
+    assert isinstance(log, CaptureLog)
+    log.ensure()
+    assert c.lookup("rt_groups", "id", [1], "code") == {1: "G1"}  # a session made already
+    sent: list[str] = []
+    original = pymysql.connections.Connection._execute_command
+
+    def counted(self: Any, command: int, sql: Any) -> Any:
+        sent.append(sql.decode() if isinstance(sql, bytes) else str(sql))
+        return original(self, command, sql)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counted)
+    assert c.lookup("rt_groups", "id", [2, 3, 9], "code") == {2: "G2", 3: "G3"}
+    assert sorted(c.fetch("rt_groups", ["id", "code"], key=["id"], keys=[(1,), (3,)])) \
+        == [(1, "G1"), (3, "G3")]
+    assert log.read_start(["m1"], 10) == ([], None)
+    monkeypatch.undo()
+    assert len(sent) == 3, sent
+    assert all(s.lstrip().upper().startswith("SELECT") for s in sent), sent
+    # nothing left open on those sessions: the table's definition can change at once
+    my.app_sql("SET STATEMENT lock_wait_timeout = 5 FOR "
+               "ALTER TABLE rt_groups ADD COLUMN extra int")
+    assert c.lookup("rt_groups", "id", [2], "code") == {2: "G2"}

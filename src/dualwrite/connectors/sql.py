@@ -428,9 +428,9 @@ class SqlConnector(Connector):
     def single_statements(self) -> Iterator[sa.Connection]:
         """A pooled connection for statements each atomic on its own (a read of the change
         log, a fenced delete): no transaction around them where the driver takes that at no
-        cost (PostgreSQL: no BEGIN and no ROLLBACK, two round trips fewer per use);
-        elsewhere a transaction, rolled back at the end (MariaDB would pay a round trip to
-        switch autocommit on and another to switch it off). Nothing written through it may
+        cost (PostgreSQL: no BEGIN and no ROLLBACK, two round trips fewer per use; MariaDB:
+        sessions of their own, in autocommit from the start); elsewhere a transaction, rolled
+        back at the end. Nothing written through it may
         depend on a later statement: each commits as it runs where there is no
         transaction."""
         with self.engine.connect() as conn:

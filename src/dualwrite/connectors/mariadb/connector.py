@@ -144,6 +144,10 @@ _MY_COLUMN_REPORTS = [
 ]
 
 
+def _nothing_to_end(dbapi_connection: Any) -> None:
+    """The end of a transaction on a session in autocommit: nothing to send."""
+
+
 def _direct_xa(dialect: sa.Dialect) -> None:
     """Have ``dialect`` send a live branch's XA statements to the driver directly.
 
@@ -220,9 +224,24 @@ class MySqlConnector(SqlConnector):
         self._charsets: dict[tuple[str, str], str | None] = {}
         #: the engine of bulk loads (LOAD DATA LOCAL INFILE), made at the first one
         self._loader: sa.Engine | None = None
+        #: the engine of single statements (sessions in autocommit), made at the first one
+        self._single: sa.Engine | None = None
         super().__init__(name, url, engine=engine, schema=schema)
 
-    def _create_engine(self, url: str, *, local_infile: bool = False) -> sa.Engine:
+    @contextmanager
+    def single_statements(self) -> Iterator[sa.Connection]:
+        # Sessions of their own, in autocommit from the start (PyMySQL's flag): no ROLLBACK
+        # after the statements (a round trip with PyMySQL even with nothing to undo), and no
+        # switching a pooled session's autocommit on and off (a round trip each way). Each
+        # statement reads what committed before it, as in a READ COMMITTED transaction. A
+        # change log read, a lookup, a fetch by key: each pays one round trip, not two.
+        if self._single is None:
+            self._single = self._create_engine(self.url, autocommit=True)
+        with self._single.connect() as conn:
+            yield conn
+
+    def _create_engine(self, url: str, *, local_infile: bool = False,
+                       autocommit: bool = False) -> sa.Engine:
         if self.default_schema:
             # MariaDB's schemas are databases: the environment's `schema:` is the database
             # the connection uses (its unqualified tables, and dualwrite's own)
@@ -264,7 +283,9 @@ class MySqlConnector(SqlConnector):
             # is always the one their own LOAD DATA names
             args["local_infile"] = True
         engine = sa.create_engine(url, pool_size=10, max_overflow=20, pool_recycle=3600,
-                                  pool_reset_on_return=None, isolation_level="READ COMMITTED",
+                                  pool_reset_on_return=None,
+                                  isolation_level="AUTOCOMMIT" if autocommit
+                                  else "READ COMMITTED",
                                   connect_args={**args,
                                                 "init_command": "SET @dualwrite_origin = 1, "
                                                                 "time_zone = '+00:00'",
@@ -278,6 +299,12 @@ class MySqlConnector(SqlConnector):
                     cur.execute("SET @dualwrite_origin = 1")
 
         _direct_xa(engine.dialect)
+        if autocommit:
+            # Nothing to commit or roll back in autocommit: SQLAlchemy still ends the
+            # transaction it began for the statements, and PyMySQL would send each end to the
+            # server (this engine's dialect is its own)
+            engine.dialect.do_rollback = _nothing_to_end  # type: ignore[method-assign]
+            engine.dialect.do_commit = _nothing_to_end  # type: ignore[method-assign]
         return engine
 
     # -- types -------------------------------------------------------------------------------
@@ -686,9 +713,10 @@ class MySqlConnector(SqlConnector):
         return int(loaded)
 
     def close(self) -> None:
-        if self._loader is not None:
-            self._loader.dispose()
-            self._loader = None
+        for engine in (self._loader, self._single):
+            if engine is not None:
+                engine.dispose()
+        self._loader = self._single = None
         super().close()
 
     def recover(self, prefix: str) -> list[str]:
