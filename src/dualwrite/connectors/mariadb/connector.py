@@ -238,7 +238,17 @@ class MySqlConnector(SqlConnector):
         if self._single is None:
             self._single = self._create_engine(self.url, autocommit=True)
         with self._single.connect() as conn:
-            yield conn
+            try:
+                yield conn
+            except BaseException:
+                # A session whose server went away, seen by a statement run on the driver
+                # itself (the log's reads: SQLAlchemy did not see the error, and this pool
+                # is not the one its disconnect handling empties): dropped, not handed out
+                # again to fail the next read with PyMySQL's "(0, '')"
+                driver: Any = None if conn.invalidated else conn.connection.driver_connection
+                if driver is not None and not driver.open:
+                    conn.invalidate()
+                raise
 
     def _create_engine(self, url: str, *, local_infile: bool = False,
                        autocommit: bool = False) -> sa.Engine:
