@@ -175,3 +175,37 @@ def test_mariadb_lookups_fetches_and_log_reads_are_one_request_each_in_autocommi
     my.app_sql("SET STATEMENT lock_wait_timeout = 5 FOR "
                "ALTER TABLE rt_groups ADD COLUMN extra int")
     assert c.lookup("rt_groups", "id", [2], "code") == {2: "G2"}
+
+
+def test_mariadb_forgets_applied_changes_behind_the_fence_in_one_request(
+        make_backend: BackendFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deleting applied changes from a MariaDB log (after every apply from it) raises the
+    applier's fence and deletes in one request, a transaction of its own, where it took three
+    round trips; an older applier's epoch deletes nothing (LeaseLost), and nothing is left
+    open on the session (the log's definition can change at once)."""
+    import pymysql
+
+    my, c, log = _mariadb_log(make_backend)
+    for i in range(6):
+        my.sql(f"INSERT INTO {CHANGES} (map, op, k, at) VALUES ('m1', 'I', '[{i}]', NOW(6))")
+    seqs = sorted(int(r[0]) for r in my.sql(f"SELECT seq FROM {CHANGES}"))
+    log.forget(seqs[:1], fence=("lk", 1))  # the link's first fence here: the plain way
+    sent: list[str] = []
+    original = pymysql.connections.Connection._execute_command
+
+    def counted(self: Any, command: int, sql: Any) -> Any:
+        sent.append(sql.decode() if isinstance(sql, bytes) else str(sql))
+        return original(self, command, sql)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counted)
+    log.forget(seqs[1:4], fence=("lk", 2))
+    monkeypatch.undo()
+    assert len(sent) == 1, sent
+    assert sorted(int(r[0]) for r in my.sql(f"SELECT seq FROM {CHANGES}")) == seqs[4:]
+    with pytest.raises(LeaseLost):
+        log.forget(seqs[4:], fence=("lk", 1))
+    assert sorted(int(r[0]) for r in my.sql(f"SELECT seq FROM {CHANGES}")) == seqs[4:]
+    with c.transaction() as sess:
+        assert log.fence_epoch(sess, "lk") == 2
+    my.app_sql(f"SET STATEMENT lock_wait_timeout = 5, system_versioning_alter_history = KEEP "
+               f"FOR ALTER TABLE {CHANGES} ADD COLUMN extra int")

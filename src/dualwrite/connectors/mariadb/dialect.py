@@ -4,6 +4,7 @@ id from system versioning), and the delta journal's triggers (the ``journal_*`` 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 from collections.abc import Sequence
 from typing import Any
@@ -219,9 +220,51 @@ class MariaDbDialect(Dialect):
         "> 0) AND LEFT(TRIGGER_NAME, 3) = 'dw_'")
     text_type = "CHAR"
     needs_purge = True
+    has_forget_range = True
 
     def purge(self, conn: sa.Connection) -> None:
         conn.exec_driver_sql(f"DELETE HISTORY FROM {CHANGES}")
+
+    def forget_range(self, conn: sa.Connection, lo: int, hi: int, fence: tuple[str, int]
+                     ) -> bool | None:
+        """A transaction of its own in one request of several statements, on a session in
+        autocommit (``single_statements``): raise the fence where it is there already and no
+        later, delete the rows only where it holds this epoch (the fence row stays locked by
+        the UPDATE until the COMMIT: a newer applier's fence waits for it), commit. One round
+        trip where a transaction took three (the fence, the delete, the commit). Whether the
+        fence was raised is the UPDATE's count of rows matched. Inside a transaction already
+        (a write session's), None: the caller does it the plain way there."""
+        if conn.in_transaction():
+            return None
+        raw: Any = conn.connection.driver_connection
+        if not raw.get_autocommit():
+            return None
+        sql = ("START TRANSACTION; "
+               f"UPDATE {APPLIED} SET seq = %s WHERE source = %s AND map = %s AND txid = '' "
+               "AND seq <= %s; "
+               f"DELETE FROM {CHANGES} WHERE seq BETWEEN %s AND %s AND EXISTS (SELECT 1 FROM "
+               f"{APPLIED} WHERE source = %s AND map = %s AND txid = '' AND seq = %s); "
+               "COMMIT")
+        link, epoch = fence
+        params = [epoch, FENCE_SOURCE, link, epoch, lo, hi, FENCE_SOURCE, link, epoch]
+        raised = False
+        try:
+            with raw.cursor() as cur:
+                cur.execute(sql, params)
+                index = 0
+                while True:
+                    if index == 1:
+                        raised = cur.rowcount == 1
+                    index += 1
+                    if not cur.nextset():
+                        break
+        except BaseException:
+            # a statement that failed stops the request before its COMMIT: end the
+            # transaction here, not in the pool (whose sessions are in autocommit)
+            with contextlib.suppress(Exception):
+                raw.rollback()
+            raise
+        return raised
 
     def finish_apply(self, conn: sa.Connection, source: str,
                      positions: Sequence[tuple[str, str, int]],
