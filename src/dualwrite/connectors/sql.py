@@ -430,9 +430,8 @@ class SqlConnector(Connector):
         log, a fenced delete): no transaction around them where the driver takes that at no
         cost (PostgreSQL: no BEGIN and no ROLLBACK, two round trips fewer per use; MariaDB:
         sessions of their own, in autocommit from the start); elsewhere a transaction, rolled
-        back at the end. Nothing written through it may
-        depend on a later statement: each commits as it runs where there is no
-        transaction."""
+        back at the end. Nothing written through it may depend on a later statement: each
+        commits as it runs where there is no transaction."""
         with self.engine.connect() as conn:
             yield conn
             conn.rollback()
