@@ -137,6 +137,22 @@ def test_mariadb_closes_an_apply_transaction_in_one_request(
         assert log.fence_epoch(sess, "lk") == 2
 
 
+def _count_requests(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every request PyMySQL sends from now until ``monkeypatch.undo()``, as text, in order
+    (each one is a round trip)."""
+    import pymysql
+
+    sent: list[str] = []
+    original = pymysql.connections.Connection._execute_command
+
+    def counted(self: Any, command: int, sql: Any) -> Any:
+        sent.append(sql.decode() if isinstance(sql, bytes) else str(sql))
+        return original(self, command, sql)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counted)
+    return sent
+
+
 def test_mariadb_lookups_fetches_and_log_reads_are_one_request_each_in_autocommit(
         make_backend: BackendFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """On MariaDB the reads that need no transaction (a lookup, a fetch by key, a read of the
@@ -144,8 +160,6 @@ def test_mariadb_lookups_fetches_and_log_reads_are_one_request_each_in_autocommi
     each, no ROLLBACK after it (PyMySQL sends one even with nothing to undo), no switching
     autocommit on and off; and they leave no transaction open, whose metadata lock would
     hold up a change to the table's definition."""
-    import pymysql
-
     my = make_backend("mariadb", "dualwrite_test_a")
     fresh(my, ["rt_groups"],
           ["CREATE TABLE rt_groups (id int PRIMARY KEY, code varchar(10) NOT NULL)"])
@@ -156,14 +170,7 @@ def test_mariadb_lookups_fetches_and_log_reads_are_one_request_each_in_autocommi
     assert isinstance(log, CaptureLog)
     log.ensure()
     assert c.lookup("rt_groups", "id", [1], "code") == {1: "G1"}  # a session made already
-    sent: list[str] = []
-    original = pymysql.connections.Connection._execute_command
-
-    def counted(self: Any, command: int, sql: Any) -> Any:
-        sent.append(sql.decode() if isinstance(sql, bytes) else str(sql))
-        return original(self, command, sql)
-
-    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counted)
+    sent = _count_requests(monkeypatch)
     assert c.lookup("rt_groups", "id", [2, 3, 9], "code") == {2: "G2", 3: "G3"}
     assert sorted(c.fetch("rt_groups", ["id", "code"], key=["id"], keys=[(1,), (3,)])) \
         == [(1, "G1"), (3, "G3")]
@@ -183,21 +190,12 @@ def test_mariadb_forgets_applied_changes_behind_the_fence_in_one_request(
     applier's fence and deletes in one request, a transaction of its own, where it took three
     round trips; an older applier's epoch deletes nothing (LeaseLost), and nothing is left
     open on the session (the log's definition can change at once)."""
-    import pymysql
-
     my, c, log = _mariadb_log(make_backend)
     for i in range(6):
         my.sql(f"INSERT INTO {CHANGES} (map, op, k, at) VALUES ('m1', 'I', '[{i}]', NOW(6))")
     seqs = sorted(int(r[0]) for r in my.sql(f"SELECT seq FROM {CHANGES}"))
     log.forget(seqs[:1], fence=("lk", 1))  # the link's first fence here: the plain way
-    sent: list[str] = []
-    original = pymysql.connections.Connection._execute_command
-
-    def counted(self: Any, command: int, sql: Any) -> Any:
-        sent.append(sql.decode() if isinstance(sql, bytes) else str(sql))
-        return original(self, command, sql)
-
-    monkeypatch.setattr(pymysql.connections.Connection, "_execute_command", counted)
+    sent = _count_requests(monkeypatch)
     log.forget(seqs[1:4], fence=("lk", 2))
     monkeypatch.undo()
     assert len(sent) == 1, sent
