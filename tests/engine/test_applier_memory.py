@@ -148,3 +148,47 @@ def test_a_crash_before_forgetting_applied_changes_applies_them_once(
     # the target's applied positions name only transactions gone from the source log
     marks = [x for _src, _m, x in items.right.change_log().all_marks()]
     assert marks and items.left.change_log().txids_present(marks) == set()
+
+
+class _PurgedLog:
+    """A change log's purge, as the applier's purger thread sees it: how often it should
+    run, and how long one takes (``slow``, seconds); the time of each purge is kept."""
+
+    needs_purge = True
+
+    def __init__(self, every: float, slow: float = 0.0) -> None:
+        self.purge_every = every
+        self.slow = slow
+        self.at: list[float] = []
+
+    def purge(self) -> None:
+        self.at.append(time.monotonic())
+        if self.slow:
+            time.sleep(self.slow)  # a purge that takes this long, not a synchronisation
+
+
+def test_each_log_is_purged_at_its_own_pace_and_a_slow_purge_is_spaced_out(
+        items: MemoryItems) -> None:
+    """The purger thread purges each log every ``purge_every`` seconds (MariaDB's history
+    ten times a second, PostgreSQL's VACUUM once), and after a purge that took long waits
+    nine times as long before the next one of that log: it never holds a database more than
+    a tenth of the time (a large log to step through)."""
+    fast, slow = _PurgedLog(0.1), _PurgedLog(0.1, slow=0.06)
+    applier = items.applier
+    applier.logs = {Side.LEFT: fast, Side.RIGHT: slow}  # type: ignore[dict-item]
+    applier._start_purger()
+    try:
+        deadline = time.monotonic() + 60
+        while len(slow.at) < 4:
+            assert time.monotonic() < deadline, (fast.at, slow.at)
+            time.sleep(0.05)  # the purger's pace is what is measured here
+    finally:
+        applier._purger_stop.set()
+        assert applier._purger is not None
+        applier._purger.join(timeout=30)
+    gaps = [b - a for a, b in zip(slow.at, slow.at[1:], strict=False)]
+    # each slow purge (0.06 s) is followed by a pause of at least nine times as long
+    assert all(g >= 10 * slow.slow for g in gaps), gaps
+    # meanwhile the fast log was purged at its own pace, far more often
+    during = [t for t in fast.at if slow.at[0] <= t <= slow.at[-1]]
+    assert len(during) >= 2 * len(gaps), (len(during), gaps)

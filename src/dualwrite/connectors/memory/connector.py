@@ -525,6 +525,7 @@ class MemoryChangeLog:
 
     has_txid = True
     needs_purge = False
+    purge_every = 1.0
 
     def __init__(self, connector: MemoryConnector) -> None:
         self.c = connector
