@@ -270,8 +270,6 @@ class Dialect(ABC):
     #: whether deleting from the log (or pruning applied positions) leaves something behind
     #: that :meth:`purge` clears: MariaDB's history rows, PostgreSQL's dead row versions
     needs_purge = False
-    #: seconds between purges while changes are forgotten (ChangeLog.purge_every)
-    purge_every: ClassVar[float] = 1.0
     #: whether :meth:`purge` runs inside a transaction (read committed); False: outside any
     #: (PostgreSQL's VACUUM cannot run inside one)
     purge_in_transaction: ClassVar[bool] = True
@@ -1027,10 +1025,6 @@ class CaptureLog:
         """Whether deleting changes leaves something behind to purge (MariaDB's history,
         PostgreSQL's dead row versions)."""
         return self.dialect.needs_purge
-
-    @property
-    def purge_every(self) -> float:
-        return self.dialect.purge_every
 
     def purge(self) -> None:
         """Clear what deleting applied changes and pruning applied positions left behind

@@ -235,11 +235,6 @@ class ChangeLog(Protocol):
     def needs_purge(self) -> bool:
         """Whether forgetting changes leaves something :meth:`purge` must drop."""
 
-    @property
-    def purge_every(self) -> float:
-        """Seconds between purges while changes are being forgotten (a purge's own cost
-        against what the leftovers cost every read of the log meanwhile)."""
-
     # -- capture ----------------------------------------------------------------------------
     def ensure(self) -> None:
         """Make the log's own storage if it is missing (idempotent)."""

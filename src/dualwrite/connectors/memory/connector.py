@@ -525,7 +525,6 @@ class MemoryChangeLog:
 
     has_txid = True
     needs_purge = False
-    purge_every = 1.0
 
     def __init__(self, connector: MemoryConnector) -> None:
         self.c = connector

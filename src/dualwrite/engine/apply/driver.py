@@ -52,9 +52,8 @@ _HOUSEKEEPING = 1.0
 _IDLE_HOUSEKEEPING = 3.0
 #: the longest wait of a quiet applier whose sides all notify (PostgreSQL)
 _NOTIFIED_IDLE_MAX = 1.0
-#: a purge that takes long (a large log to step through) is followed by a pause this many
-#: times as long: the purger thread never holds the database more than a tenth of the time
-_PURGE_PAUSE = 9.0
+#: seconds between purges of a log's history (MariaDB)
+_PURGE_EVERY = 1.0
 
 
 class ApplierLoop:
@@ -370,30 +369,20 @@ class ApplierLoop:
     def _start_purger(self) -> None:
         """MariaDB keeps deleted log rows as history, PostgreSQL keeps them as dead row
         versions, and every read of the log wades through them until they are purged
-        (vacuumed): purge each log every :attr:`ChangeLog.purge_every` seconds after
-        something was deleted (MariaDB's ten times a second, PostgreSQL's VACUUM each
-        second), on a thread of its own, and after a purge that took long, not before
-        ``_PURGE_PAUSE`` times as long. Inline, purging what a 20,000-row transaction left
-        took about 50 ms on MariaDB, which every change arriving meanwhile waited for."""
+        (vacuumed): purge every second after something was deleted (cheap when small), on a
+        thread of its own. Inline, purging what a 20,000-row transaction left took about
+        50 ms on MariaDB, which every change arriving meanwhile waited for."""
         logs = [c for c in self.logs.values() if c.needs_purge]
         if not logs or self._purger is not None:
             return
-        tick = min(c.purge_every for c in logs)
 
         def purge() -> None:
-            due = [time.monotonic() + c.purge_every for c in logs]
-            while not self._purger_stop.wait(tick):
-                for i, c in enumerate(logs):
-                    started = time.monotonic()
-                    if started < due[i]:
-                        continue
+            while not self._purger_stop.wait(_PURGE_EVERY):
+                for c in logs:
                     try:
                         c.purge()
                     except ConnectorError as exc:  # unreachable: the applier says so
                         log.debug("purging the change log: %s", exc)
-                    ended = time.monotonic()
-                    due[i] = ended + max(c.purge_every - tick,
-                                         _PURGE_PAUSE * (ended - started))
 
         self._purger = threading.Thread(target=purge, name="dualwrite-log-purge", daemon=True)
         self._purger.start()
