@@ -39,14 +39,21 @@ def _statuses(engine: sa.Engine) -> Iterator[list[tuple[str, psycopg.pq.Transact
         event.remove(engine, "after_cursor_execute", after)
 
 
+def _groups(make_backend: BackendFactory, kind: str, columns: str
+            ) -> tuple[Backend, SqlConnector]:
+    """A test database of ``kind`` with a fresh ``rt_groups`` table (``columns``) holding
+    groups 1-3 (codes G1-G3), and its connector."""
+    b = make_backend(kind, "dualwrite_test_a")
+    fresh(b, ["rt_groups"], [f"CREATE TABLE rt_groups ({columns})"])
+    b.app_sql("INSERT INTO rt_groups VALUES (1, 'G1'), (2, 'G2'), (3, 'G3')")
+    c = b.connector
+    assert isinstance(c, SqlConnector)
+    return b, c
+
+
 def test_postgresql_lookups_and_fetches_run_outside_a_transaction(
         make_backend: BackendFactory) -> None:
-    pg = make_backend("postgresql", "dualwrite_test_a")
-    fresh(pg, ["rt_groups"],
-          ["CREATE TABLE rt_groups (id integer PRIMARY KEY, code text NOT NULL)"])
-    pg.app_sql("INSERT INTO rt_groups VALUES (1, 'G1'), (2, 'G2'), (3, 'G3')")
-    c = pg.connector
-    assert isinstance(c, SqlConnector)
+    _pg, c = _groups(make_backend, "postgresql", "id integer PRIMARY KEY, code text NOT NULL")
     with _statuses(c.engine) as seen:
         assert c.lookup("rt_groups", "id", [2, 3, 9], "code") == {2: "G2", 3: "G3"}
         assert sorted(c.fetch("rt_groups", ["id", "code"], key=["id"], keys=[(1,), (3,)])) \
@@ -160,12 +167,7 @@ def test_mariadb_lookups_fetches_and_log_reads_are_one_request_each_in_autocommi
     each, no ROLLBACK after it (PyMySQL sends one even with nothing to undo), no switching
     autocommit on and off; and they leave no transaction open, whose metadata lock would
     hold up a change to the table's definition."""
-    my = make_backend("mariadb", "dualwrite_test_a")
-    fresh(my, ["rt_groups"],
-          ["CREATE TABLE rt_groups (id int PRIMARY KEY, code varchar(10) NOT NULL)"])
-    my.app_sql("INSERT INTO rt_groups VALUES (1, 'G1'), (2, 'G2'), (3, 'G3')")
-    c = my.connector
-    assert isinstance(c, SqlConnector)
+    my, c = _groups(make_backend, "mariadb", "id int PRIMARY KEY, code varchar(10) NOT NULL")
     log = c.change_log()
     assert isinstance(log, CaptureLog)
     log.ensure()

@@ -232,10 +232,9 @@ class MariaDbDialect(Dialect):
         later, delete the rows only where it holds this epoch (the fence row stays locked by
         the UPDATE until the COMMIT: a newer applier's fence waits for it), commit. One round
         trip where a transaction took three (the fence, the delete, the commit). Whether the
-        fence was raised is the UPDATE's count of rows matched. Inside a transaction already
-        (a write session's), None: the caller does it the plain way there."""
-        if conn.in_transaction():
-            return None
+        fence was raised is the UPDATE's count of rows matched. On a session not in
+        autocommit (a write session's, in its transaction), None: the caller does it the
+        plain way there."""
         raw: Any = conn.connection.driver_connection
         if not raw.get_autocommit():
             return None
