@@ -253,16 +253,23 @@ def unlink(config: ConfigOpt = None,
         out.print(f"unlinked {', '.join(freed) if freed else 'nothing (not linked)'}",
                   markup=False)
         for env, objects in left.items():
-            capture = [o for o in objects if not o.endswith(" dualwrite_link")]
+            capture = [o for o in objects if not o.endswith(LINK_TABLES)]
             if capture:
                 out.print(f"left behind in {env}: {', '.join(capture)} (capture: its triggers "
                           "keep logging changes to the mapped tables); remove with "
                           "`dualwrite maps stop --purge`", markup=False)
             if len(capture) < len(objects):
-                out.print(f"left behind in {env}: the empty table dualwrite_link; remove with "
+                tables = ", ".join(o.removeprefix("table ") for o in objects
+                                   if o.endswith(LINK_TABLES))
+                out.print(f"left behind in {env}: the link's tables {tables}; remove with "
                           "`dualwrite unlink --purge`", markup=False)
         out.print(f"left behind: the state store {link.config.state_url} (audit log, tokens, "
                   "error inbox); delete it when you no longer need them", markup=False)
+
+
+#: what keeps the link (its record, its live transactions' decision rows), as
+#: Connector.link_storage names it: not capture
+LINK_TABLES = (" dualwrite_link", " dualwrite_decisions")
 
 
 def _confirm(what: str, objects: dict[str, list[str]], yes: bool) -> None:
@@ -509,7 +516,7 @@ def maps_stop(maps: MapsArg = None, config: ConfigOpt = None,
     with _link(config) as link:
         if purge:
             _confirm("maps stop --purge", {e: [o for o in objs if not o.endswith(
-                " dualwrite_link")] for e, objs in link.leftovers().items()}, yes)
+                LINK_TABLES)] for e, objs in link.leftovers().items()}, yes)
             removed = link.purge_capture()
             for env, objects in removed.items():
                 out.print(f"{env}: removed {', '.join(objects) or 'nothing'}", markup=False)
@@ -982,13 +989,17 @@ def serve(config: ConfigOpt = None,
 @app.command()
 def recover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Commit or roll back every transaction branch a stopped dualwrite left prepared,
-    following the durable decision log (no decision: rolled back)."""
+    following the durable decision (the state store's log, or the decision row of the
+    transaction's last resource; none: rolled back)."""
     with _link(config) as link:
         report = link.recover()
     if as_json:
         _print_json({"actions": [a.as_dict() for a in report.actions],
-                     "completed": report.completed})
+                     "completed": report.completed, "imported": report.imported})
         return
+    for x in report.imported:
+        out.print(f"decision read from its last resource into the state store: {x}",
+                  markup=False)
     if not report.actions:
         out.print("nothing in doubt: no prepared transaction of this link", markup=False)
     for a in report.actions:

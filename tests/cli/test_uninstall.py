@@ -10,6 +10,7 @@ import sqlalchemy as sa
 
 from capture_fixtures import make_items
 from dualwrite.cli import main
+from dualwrite.engine.link import Link
 from dualwrite.engine.state import StateStore
 
 from conftest import Backend, BackendFactory
@@ -61,12 +62,15 @@ def linked(make_backend: BackendFactory, tmp_path: Path,
     cfg = str(it.config)
     assert main(["-c", cfg, "maps", "start", "--yes"]) == 0
     it.left.app_sql("INSERT INTO items (id, name, qty) VALUES (1, 'queued', 1)")  # a log row
+    with Link.open(it.config) as link, link.transaction() as tx:  # its decision row's table
+        tx.create("erp", "items", {"id": 2, "name": "live", "qty": 2})
     # a map taken out of the config leaves its triggers behind: they must go too
     (tmp_path / "maps" / "gadgets.yaml").unlink()
     capsys.readouterr()
     for b in (it.left, it.right):
         found = dualwrite_objects(b)
         assert "dualwrite_changes" in found and "dualwrite_link" in found, found
+        assert "dualwrite_decisions" in found, found
         assert sum(o.startswith("dw_") for o in found) >= 6, found  # both maps' triggers
     return it.left, it.right, it.config
 
@@ -101,6 +105,7 @@ def test_uninstall_leaves_nothing_of_dualwrite(linked: tuple[Backend, Backend, P
     assert main(["-c", cfg, "uninstall", "--yes"]) == 0
     text = capsys.readouterr().out
     assert "erp: removed" in text and "table dualwrite_link" in text and "state store" in text
+    assert "table dualwrite_decisions" in text
     assert dualwrite_objects(left) == [] and dualwrite_objects(right) == []
     state = StateStore(f"sqlite:///{config.parent / 'state.db'}")
     try:
@@ -122,7 +127,8 @@ def test_unlink_says_what_it_leaves_and_the_purges_remove_it(
     assert "unlinked erp, crm" in text
     for env in ("erp", "crm"):
         assert f"left behind in {env}: trigger dw_" in text
-        assert f"left behind in {env}: the empty table dualwrite_link" in text
+        assert (f"left behind in {env}: the link's tables dualwrite_link, "
+                "dualwrite_decisions; remove with `dualwrite unlink --purge`") in text
     assert "table dualwrite_changes" in text and "dualwrite maps stop --purge" in text
     assert f"the state store sqlite:///{config.parent / 'state.db'}" in text
 
@@ -130,8 +136,9 @@ def test_unlink_says_what_it_leaves_and_the_purges_remove_it(
     assert "without map names" in capsys.readouterr().err
     assert main(["-c", cfg, "maps", "stop", "--purge", "--yes"]) == 0
     assert "crm: removed trigger dw_" in capsys.readouterr().out
-    for b in (left, right):  # the link record's table only (and its key's index)
-        assert {o.removesuffix("_pkey") for o in dualwrite_objects(b)} == {"dualwrite_link"}
+    for b in (left, right):  # the link's tables only (and their keys' indexes)
+        assert {o.removesuffix("_pkey") for o in dualwrite_objects(b)} == {
+            "dualwrite_link", "dualwrite_decisions"}
     assert main(["-c", cfg, "unlink", "--purge"]) == 0
     text = capsys.readouterr().out
     assert "left behind in" not in text and "the state store" in text

@@ -1,6 +1,7 @@
 """Kill the process (SIGKILL, a real subprocess) at each step of the commit protocol; after
-recovery both sides agree with each other and with the logged decision, and no prepared
-transaction is left behind."""
+recovery both sides agree with each other and with the decision (the last resource's
+decision row), no prepared transaction is left behind, and the audit trail holds the
+committed transaction."""
 
 from __future__ import annotations
 
@@ -62,6 +63,13 @@ def prepared(pair: Pair) -> list[str]:
     return out
 
 
+def decision_rows(pair: Pair) -> list[tuple[str, str]]:
+    """The right side's decision rows of this link: (transaction, outcome)."""
+    record = pair.crm.connector.get_link()
+    assert record is not None
+    return [(x, o) for x, o, _ in pair.crm.connector.decisions(xid_prefix(record.link_id))]
+
+
 #: (left, right, state store): every pair with a SQLite state store (its decision journal),
 #: and one with a PostgreSQL state store (decisions committed there directly)
 CASES = [(a, b, "sqlite") for a, b in PAIRS] + [
@@ -89,25 +97,35 @@ def test_sigkill_at_each_step_then_recover(make_backend: BackendFactory, tmp_pat
                           env={"PYTHONPATH": tests_dir, "PATH": "/usr/bin:/bin"})
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     left_behind = prepared(pair)
-    # The coordinator has both branches' prepares (and later both commits) in flight at
-    # once, and confirms the left one first: at "after_first_prepare" the left branch is
-    # prepared and the right one may be too; at "after_first_commit" the left branch is
-    # committed and the right one may still be prepared.
-    branch_sides = sorted(x[-1] for x in left_behind)
-    if step == "after_first_commit":
-        assert branch_sides in ([], ["r"])
-    elif step == "after_first_prepare":
-        assert branch_sides in (["l"], ["l", "r"])
+    # The last-resource commit: the left branch is prepared, the right one commits in one
+    # phase with the decision row, then the left one commits. The right branch is never
+    # prepared; the left one is until its commit.
+    assert sorted(x[-1] for x in left_behind) == ([] if step == "after_first_commit"
+                                                  else ["l"])
+    committed = step in ("after_decision", "after_first_commit")
+    # the killed coordinator's decision, where it made one, is the right side's row alone
+    xid = None
+    if committed:
+        [(xid, outcome)] = decision_rows(pair)
+        assert outcome == "commit"
     else:
-        assert branch_sides == ["l", "r"]
+        assert decision_rows(pair) == []
 
     capsys.readouterr()
     assert main(["-c", str(pair.config), "recover", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    committed = step in ("after_decision", "after_first_commit")
     expected = "committed" if committed else "rolled back"
     assert [a["action"] for a in report["actions"]] == [expected] * len(left_behind)
     assert prepared(pair) == []  # nothing left in pg_prepared_xacts / XA RECOVER
+    # the decision row went into the state store (then deleted); a rolled-back branch
+    # leaves an abort row, so that its right side's commit can never land after
+    assert report["imported"] == ([xid] if committed else [])
+    after = decision_rows(pair)
+    if committed:
+        assert after == []
+    else:
+        assert [o for _, o in after] == ["abort"]
+        assert after[0][0] == left_behind[0][:-2]
 
     erp, crm = pair.customers(), pair.accounts()
     assert (("usmf", "C-0801") in erp) == committed
@@ -128,12 +146,13 @@ def test_sigkill_at_each_step_then_recover(make_backend: BackendFactory, tmp_pat
         assert (audited > 0) == committed  # the audit row is logged with the decision
 
 
-def test_a_decision_the_state_store_cannot_take_leaves_both_sides_as_they_were(
+def test_a_state_store_away_at_the_commit_loses_no_decision_and_no_audit_row(
         make_backend: BackendFactory, tmp_path: Path) -> None:
-    """The PostgreSQL state store goes away between the prepares and the decision (through a
-    fault proxy): the transaction fails as transient (the caller may retry), both branches
-    are rolled back, no decision and no audit row is written, and the next transaction
-    commits once the store answers again."""
+    """The PostgreSQL state store goes away as the transaction commits (through a fault
+    proxy): the last resource's decision row makes the commit durable without it, so the
+    transaction commits on both sides; its decision and audit rows wait (the background
+    drain fails and keeps them) and reach the store once it answers again, after which the
+    decision row is deleted."""
     state_url = fresh_state_url("postgresql", tmp_path)
     with FaultProxy(5432) as proxy:
         pair = make_pair(make_backend, tmp_path, "postgresql", "mariadb", batch_size=500,
@@ -143,22 +162,30 @@ def test_a_decision_the_state_store_cannot_take_leaves_both_sides_as_they_were(
             link.start_maps()
 
             def hook(step: str) -> None:
-                if step == "after_both_prepares":
+                if step == "after_first_prepare":
                     proxy.set_mode(Mode.REFUSE)
 
-            with (pytest.raises(TransientConnectorError, match="state store cannot be reached"),
-                  link.transaction(principal="lost-store", hook=hook) as tx):
-                tx.create("erp", "Customers", erp_customer(802))
+            row = erp_customer(802)
+            with link.transaction(principal="lost-store", hook=hook) as tx:
+                tx.create("erp", "Customers", row)
             assert prepared(pair) == []
-            assert ("usmf", "C-0802") not in pair.customers()
-            assert ("usmf", "C-0802") not in pair.accounts()
+            key = (row["dataAreaId"], row["ACCOUNT"])
+            assert key in pair.customers()
+            assert key in pair.accounts()
+            with pytest.raises(TransientConnectorError, match="state store cannot be reached"):
+                link.state.flush_decided()
+            [(xid, outcome)] = decision_rows(pair)
+            assert outcome == "commit"
 
             proxy.set_mode(Mode.PASS)
-            with link.transaction(principal="store-back") as tx:
-                tx.create("erp", "Customers", erp_customer(803))
-            assert ("usmf", "C-0803") in pair.accounts()
+            link.state.flush_decided()
+            assert link.state.decision(xid) == "commit"
+            assert decision_rows(pair) == []
     state = sa.create_engine(state_url, poolclass=sa.pool.NullPool)
     with state.connect() as conn:
         principals = set(conn.execute(sa.text("SELECT principal FROM audit_log")).scalars())
+        pending = conn.execute(sa.text(
+            "SELECT count(*) FROM coordinator_log WHERE completed_at IS NULL")).scalar()
     state.dispose()
-    assert principals == {"store-back"}
+    assert principals == {"lost-store"}
+    assert pending == 0

@@ -97,6 +97,11 @@ class Capabilities:
     #: :meth:`WriteSession.insert_json` and :meth:`WriteSession.update_if_json` read captured
     #: versions (the applier's set-based path)
     supports_json_apply: bool = False
+    #: :meth:`Branch.commit_deciding` and the decision table (:meth:`Connector.decisions`,
+    #: :meth:`Connector.settle_decision`, :meth:`Connector.forget_decisions`): the branch
+    #: can be live sync's *last resource*, committed in one phase with the transaction's
+    #: commit decision written inside it
+    last_resource: bool = False
 
 
 #: The bulk formats, in order of preference. ``copy-text``: PostgreSQL's COPY text format
@@ -280,6 +285,25 @@ class Branch(ABC):
         for :meth:`Connector.finish_prepared` to end by its xid (a coordinator that cannot
         decide yet). What it held (a connection) is discarded, never reused."""
 
+    def touched(self) -> bool:
+        """False only where no statement at all ran in the branch (nothing to commit)."""
+        return True
+
+    def commit_deciding(self, transaction: str, record: str) -> None:
+        """Commit this (unprepared) branch in one phase, with the row ``(transaction,
+        'commit', record)`` inserted into its database's decision table inside it: the
+        commit of the branch *is* the commit decision of ``transaction`` (the last-resource
+        commit, see :class:`dualwrite.engine.live.Coordinator`). Only where
+        ``capabilities.last_resource``; the table exists (:meth:`Connector.ensure_decisions`).
+
+        Raises when the commit did not happen *or when it cannot be told whether it did*
+        (the connection was lost with the COMMIT under way): the caller finds out with
+        :meth:`Connector.settle_decision`, never by assuming."""
+        from dualwrite.errors import TerminalConnectorError
+
+        raise TerminalConnectorError(f"{type(self).__name__} cannot commit as the last "
+                                     "resource", hint="use prepare and commit")
+
 
 class Connector(ABC):
     """One environment's database."""
@@ -428,6 +452,39 @@ class Connector(ABC):
     def finish_prepared(self, xid: str, *, commit: bool) -> None:  # noqa: B027 - no-op default
         """Commit or roll back a prepared branch left by any process (backends without
         two-phase commit never have one)."""
+
+    # -- the decision table of a last-resource commit (capabilities.last_resource) -----------
+    def ensure_decisions(self) -> None:
+        """Create the decision table where it is missing (idempotent; safe against another
+        process doing it at the same moment). Never inside a branch: DDL commits MariaDB's
+        transaction."""
+        from dualwrite.errors import TerminalConnectorError
+
+        raise TerminalConnectorError(f"{type(self).__name__} keeps no decision table",
+                                     environment=self.name, hint="pair it with two-phase "
+                                     "commit instead")
+
+    def decisions(self, prefix: str) -> list[tuple[str, str, str | None]]:
+        """The decision rows whose transaction starts with ``prefix``: (transaction,
+        ``"commit"`` or ``"abort"``, record of a commit). None where there is no table."""
+        return []
+
+    def settle_decision(self, transaction: str) -> tuple[str, str | None]:
+        """Decide ``transaction`` for good, from any process: where its row is there (its
+        last resource committed), ``("commit", record)``; where it is not, an ``"abort"``
+        row is inserted first, so that a commit still on its way (a coordinator's COMMIT the
+        server has not finished) can never land after this answer (its insert then fails on
+        the key), and ``("abort", None)`` is returned. An uncommitted row of a commit under
+        way makes this wait for it (the key's lock)."""
+        from dualwrite.errors import TerminalConnectorError
+
+        raise TerminalConnectorError(f"{type(self).__name__} keeps no decision table",
+                                     environment=self.name, hint="pair it with two-phase "
+                                     "commit instead")
+
+    def forget_decisions(self, transactions: Sequence[str]) -> None:  # noqa: B027
+        """Delete the commit rows of ``transactions`` (their decisions and audit rows are
+        in the state store now); abort rows stay a while (see the SQL connector)."""
 
     # -- change capture -------------------------------------------------------------------
     def change_method(self, table: str, modified: str | None) -> tuple[str | None, str] | None:

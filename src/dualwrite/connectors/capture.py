@@ -117,7 +117,7 @@ from dualwrite.connectors.changelog import (
     decode_json,
     parse_time,
 )
-from dualwrite.connectors.sql import SqlWriteSession, split_table
+from dualwrite.connectors.sql import LINK_STORAGE, SqlWriteSession, split_table
 from dualwrite.errors import LeaseLost, TerminalConnectorError
 from dualwrite.model.codec import from_log
 from dualwrite.model.schema import Column
@@ -554,7 +554,8 @@ class CaptureLog:
     OWN_OBJECT = re.compile(r"^(dw_[0-9a-f]{10}_[a-z]+|dualwrite_wake|dualwrite_mark)$")
     def uninstall(self, *, dry_run: bool = False) -> list[str]:
         """Remove every dualwrite trigger and function and every ``dualwrite_*`` table but
-        the link record's (``maps stop --purge``, ``uninstall``), found in the catalog by
+        the link's own (its record, its decision rows: :data:`LINK_STORAGE`; ``maps stop
+        --purge``, ``uninstall``), found in the catalog by
         name, so that those of maps no longer in the config go too. Returns what was removed
         (with ``dry_run``, what would be)."""
         c = self.connector
@@ -563,7 +564,7 @@ class CaptureLog:
                        conn.exec_driver_sql(self.dialect.own_objects).all()
                        if self.OWN_OBJECT.match(str(n))]
             tables = sorted(t for t in sa.inspect(conn).get_table_names()
-                            if t.startswith("dualwrite_") and t != "dualwrite_link")
+                            if t.startswith("dualwrite_") and t not in LINK_STORAGE)
         found = [f"{kind} {name}" for kind, name, _ in objects] + [f"table {t}" for t in tables]
         if not dry_run and found:
             q = c.engine.dialect.identifier_preparer.quote

@@ -51,6 +51,14 @@ if TYPE_CHECKING:
     from dualwrite.connectors.delta import DeltaJournal
 
 LINK_TABLE = "dualwrite_link"
+#: the decision rows of live transactions this database was the last resource of (see
+#: :meth:`Branch.commit_deciding`)
+DECISIONS_TABLE = "dualwrite_decisions"
+#: the tables that keep the link rather than capture (Connector.link_storage)
+LINK_STORAGE = (LINK_TABLE, DECISIONS_TABLE)
+#: an abort row fences a commit that might still arrive from a coordinator taken for dead;
+#: it is kept this long, then pruned
+ABORT_ROWS_KEPT_SECONDS = 3600.0
 OWN_TABLE_PREFIX = "dualwrite_"
 LOOKUP_CHUNK = 1000
 #: connections kept aside for the next two-phase branch, per connector, and how long one may
@@ -363,6 +371,19 @@ class SqlBranch(Branch):
             raise
         self.connector.keep_spare(self.conn)
 
+    def commit_deciding(self, transaction: str, record: str) -> None:
+        try:
+            with self.connector.translating(f"commit {self.xid} as the last resource"):
+                raw: Any = self.conn.connection.driver_connection
+                with raw.cursor() as cur:
+                    cur.execute(self.connector.decision_insert_sql(), (transaction, record))
+                self.tx.commit()  # unprepared: one phase
+        except BaseException:
+            self.conn.invalidate()
+            self.conn.close()
+            raise
+        self.connector.keep_spare(self.conn)
+
     def rollback(self) -> None:
         def undo() -> None:
             with self.connector.translating(f"roll back {self.xid}"):
@@ -411,6 +432,8 @@ class SqlConnector(Connector):
         self._statements: dict[tuple[Any, ...], Any] = {}
         self._capture: CaptureLog | None = None
         self._delta: DeltaJournal | None = None
+        self._decisions_ready = False  # the decision table is known to exist
+        self._pruned_at = float("-inf")  # when abort rows were last pruned
 
     # -- hooks for dialects -----------------------------------------------------------------
     def _create_engine(self, url: str) -> sa.Engine:
@@ -1236,7 +1259,7 @@ class SqlConnector(Connector):
         except ConnectorError:
             # Another process made the table at the same moment (PostgreSQL's CREATE TABLE
             # then fails on the catalog's unique name): it is there, which is all we need.
-            if not self.link_storage():
+            if f"table {LINK_TABLE}" not in self.link_storage():
                 raise
         try:
             with self.translating("record link"), self.engine.begin() as conn:
@@ -1258,10 +1281,116 @@ class SqlConnector(Connector):
 
     def link_storage(self) -> list[str]:
         with self.translating("look for the link record"), self.engine.connect() as conn:
-            return [f"table {LINK_TABLE}"] if sa.inspect(conn).has_table(LINK_TABLE) else []
+            inspector = sa.inspect(conn)
+            return [f"table {t}" for t in LINK_STORAGE if inspector.has_table(t)]
 
     def drop_link_storage(self) -> None:
         self.execute(f"DROP TABLE IF EXISTS {LINK_TABLE}")
+        self.execute(f"DROP TABLE IF EXISTS {DECISIONS_TABLE}")
+
+    # -- the decision table (capabilities.last_resource) ------------------------------------
+    def _long_text(self) -> sa.types.TypeEngine[str]:
+        """A text column with no practical limit (a decision row's record)."""
+        return sa.Text()
+
+    def _decisions_table(self) -> sa.Table:
+        return sa.Table(
+            DECISIONS_TABLE, sa.MetaData(),
+            sa.Column("xid", sa.String(190), primary_key=True),
+            sa.Column("outcome", sa.String(8), nullable=False),
+            # a transaction's audit rows
+            sa.Column("record", self._long_text()),
+            # set on abort rows only (commit rows live a fraction of a second)
+            sa.Column("at", sa.String(40)),
+        )
+
+    def ensure_decisions(self) -> None:
+        if self._decisions_ready:
+            return
+        t = self._decisions_table()
+        try:
+            with self.translating("create the decision table"), self.engine.begin() as conn:
+                t.create(conn, checkfirst=True)
+        except ConnectorError:
+            # another process made it at the same moment (PostgreSQL's CREATE TABLE then
+            # fails on the catalog's unique name): it is there, which is all we need
+            with self.translating("look for the decision table"), \
+                    self.engine.connect() as conn:
+                if not sa.inspect(conn).has_table(DECISIONS_TABLE):
+                    raise
+        self._decisions_ready = True
+
+    def decision_insert_sql(self) -> str:
+        """The INSERT of a commit row, for a branch's driver (``%s`` placeholders: the
+        transaction, the record)."""
+        return (f"INSERT INTO {DECISIONS_TABLE} (xid, outcome, record) "
+                "VALUES (%s, 'commit', %s)")
+
+    def _delete_decision_rows(self, conn: sa.Connection, xids: Sequence[str]) -> None:
+        """Delete the commit rows of ``xids``. The driver's own placeholders: SQLAlchemy's
+        compilation of an IN of a few hundred values costs more than the deletion, five
+        times a second."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        conn.exec_driver_sql(f"DELETE FROM {DECISIONS_TABLE} WHERE outcome = 'commit' AND "
+                             f"xid IN ({', '.join([mark] * len(xids))})", tuple(xids))
+
+    def decisions(self, prefix: str) -> list[tuple[str, str, str | None]]:
+        t = self._decisions_table()
+        with self.translating("read the decision table"), self.engine.connect() as conn:
+            if not sa.inspect(conn).has_table(DECISIONS_TABLE):
+                return []
+            rows = conn.execute(sa.select(t.c.xid, t.c.outcome, t.c.record).where(
+                t.c.xid.startswith(prefix, autoescape=True)).order_by(t.c.xid)).all()
+        return [(str(r[0]), str(r[1]), r[2]) for r in rows]
+
+    def settle_decision(self, transaction: str) -> tuple[str, str | None]:
+        import datetime as dt
+
+        self.ensure_decisions()
+        t = self._decisions_table()
+        at = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+        for attempt in (1, 2):
+            try:
+                with self.translating(f"settle transaction {transaction}"), \
+                        self.engine.begin() as conn:
+                    # waits for a commit under way that inserted this key: its outcome
+                    # decides
+                    conn.execute(sa.insert(t).values(xid=transaction, outcome="abort", at=at))
+                return "abort", None
+            except ConstraintViolation:
+                break
+            except TransientConnectorError:
+                # typically a pooled session lost with the commit's own (the pool is
+                # emptied then): once more on a new one
+                if attempt == 2:
+                    raise
+        with self.translating(f"read the decision of {transaction}"), \
+                self.engine.connect() as conn:
+            row = conn.execute(sa.select(t.c.outcome, t.c.record).where(
+                t.c.xid == transaction)).first()
+        if row is None:  # an abort row pruned in between: it was aborted all the same
+            return "abort", None
+        return str(row[0]), row[1]
+
+    def forget_decisions(self, transactions: Sequence[str]) -> None:
+        import datetime as dt
+
+        if self._closed:
+            # a drain after the link closed: the rows stay, and the next recovery, finding
+            # their decisions in the state store already, deletes them
+            return
+        t = self._decisions_table()
+        prune = time.monotonic() - self._pruned_at > ABORT_ROWS_KEPT_SECONDS / 6
+        with self.translating("forget decided transactions"), self.engine.begin() as conn:
+            for i in range(0, len(transactions), LOOKUP_CHUNK):
+                self._delete_decision_rows(conn, transactions[i:i + LOOKUP_CHUNK])
+            if prune:
+                before = (dt.datetime.now(dt.UTC)
+                          - dt.timedelta(seconds=ABORT_ROWS_KEPT_SECONDS)).isoformat(
+                              timespec="seconds")
+                conn.execute(sa.delete(t).where(t.c.outcome == "abort", t.c.at < before))
+        if prune:
+            self._pruned_at = time.monotonic()
 
     def close(self) -> None:
         self._closed = True

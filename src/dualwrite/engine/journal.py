@@ -43,7 +43,7 @@ import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from dualwrite.engine.files import open_private, private_dir
 from dualwrite.errors import TerminalConnectorError
@@ -285,15 +285,26 @@ class DecisionJournal:
             self._current = self._spare = None
 
 
+class Drainable(Protocol):
+    """What the background thread drains: a journal, or decisions on their way into the
+    state store (:class:`dualwrite.engine.state.decisions.DecidedElsewhere`)."""
+
+    @property
+    def pending(self) -> bool: ...
+
+    def drain(self) -> None: ...
+
+
 class _Drainer:
-    """One daemon thread per process that drains every journal with records pending."""
+    """One daemon thread per process that drains every journal (and every other
+    :class:`Drainable` it is given) with records pending."""
 
     def __init__(self) -> None:
-        self._journals: weakref.WeakSet[DecisionJournal] = weakref.WeakSet()
+        self._journals: weakref.WeakSet[Drainable] = weakref.WeakSet()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def watch(self, journal: DecisionJournal) -> None:
+    def watch(self, journal: Drainable) -> None:
         if journal in self._journals:
             return
         with self._lock:
@@ -331,4 +342,11 @@ def _drainer() -> _Drainer:
     return _DRAINER
 
 
-__all__ = ["DRAIN_SECONDS", "DecisionJournal", "read_records"]
+def drain_in_background(item: Drainable) -> None:
+    """Have the process's background thread drain ``item`` while it has records pending
+    (it is held weakly: dropping it stops that)."""
+    _drainer().watch(item)
+
+
+__all__ = ["DRAIN_SECONDS", "DecisionJournal", "Drainable", "drain_in_background",
+           "read_records"]

@@ -34,6 +34,7 @@ from dualwrite.engine.live import (
     RecoveryReport,
     Rules,
     StepHook,
+    abandoned_transactions,
 )
 from dualwrite.engine.live import recover as recover_branches
 from dualwrite.engine.live_odata import LastResourceCoordinator, odata_side, resolve_in_doubt
@@ -80,6 +81,7 @@ class Link:
         self._link_id: str | None = None
         self._differs: dict[str, MapDiffer] = {}
         self._recovered = False
+        self._next_resolve = 0.0  # when abandoned transactions may next be settled
         #: set-up that needed a database which could not be reached when the process started
         #: (loading business rules): done before the first live write, which needs both
         self._before_first_write: list[Callable[[], Any]] = []
@@ -119,6 +121,11 @@ class Link:
         return self._monitor
 
     def close(self) -> None:
+        if self._state is not None:
+            # decisions on their way to the state store delete their rows through the
+            # connectors: while these are open (what fails stays for recovery)
+            with contextlib.suppress(Exception):
+                self._state.flush_decided()
         for c in self.connectors.values():
             c.close()
         if self._state is not None:
@@ -841,6 +848,12 @@ class Link:
                         step()
                     self._before_first_write.clear()
                     self._recovered = True
+        elif abandoned_transactions() and time.monotonic() >= self._next_resolve:
+            # a transaction this process left in doubt: settled as soon as its database
+            # answers again (tried at most once a second, by the next live transaction)
+            self._next_resolve = time.monotonic() + 1.0
+            with contextlib.suppress(ConnectorError):
+                self.recover()
         coordinator: Coordinator | LastResourceCoordinator = (
             LastResourceCoordinator(self, principal, hook)
             if odata_side(self.connectors) is not None else Coordinator(self, principal, hook))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import threading
@@ -28,10 +29,13 @@ from dualwrite.engine.lookups import LookupResolver, SessionLookups
 from dualwrite.engine.rows import CompiledMap, Folded, Resolved, coerce
 from dualwrite.engine.security import Principal
 from dualwrite.engine.state import AuditEntry, StateStore
+from dualwrite.engine.state.codec import now_iso
+from dualwrite.engine.state.decisions import AuditRow, Decided, audit_rows
 from dualwrite.errors import (
     ConfigError,
     ConnectorError,
     ConstraintViolation,
+    InDoubt,
     LicenceError,
     RowError,
     RowNotFound,
@@ -49,7 +53,13 @@ log = logging.getLogger(__name__)
 
 #: hook(step) called at each step of the commit protocol; tests use it to crash the process
 StepHook = Callable[[str], None]
-STEPS = ("after_first_prepare", "after_both_prepares", "after_decision", "after_first_commit")
+#: the steps of the last-resource commit (two databases that keep decision rows): the other
+#: branch prepared; the last resource committed with the decision; the prepared one committed
+STEPS = ("after_first_prepare", "after_decision", "after_first_commit")
+#: the steps of the two-phase commit with the decision in the state store (connectors that
+#: keep no decision rows: the in-memory one)
+TWO_PHASE_STEPS = ("after_first_prepare", "after_both_prepares", "after_decision",
+                   "after_first_commit")
 
 
 # -- business rules -------------------------------------------------------------------------
@@ -577,7 +587,21 @@ def transaction_of(branch: str) -> str:
     return branch[:-2] if branch[-2:] in ("-l", "-r") else branch
 
 
+#: transactions this process's coordinators gave up deciding (InDoubt): their branches are
+#: recovery's to end, even in this process (see recover)
+_ABANDONED: set[str] = set()
+
+
+def abandoned_transactions() -> bool:
+    """Whether this process left a transaction in doubt that recovery has not ended yet."""
+    return bool(_ABANDONED)
+
+
 def coordinator_alive(xid: str) -> bool:
+    """Whether the coordinator that made ``xid`` is still at work on it: its process is
+    running, and it did not give the transaction up (InDoubt)."""
+    if transaction_of(xid) in _ABANDONED:
+        return False
     parts = xid.split("-")
     try:
         pid, start = int(parts[2], 16), int(parts[3], 16)
@@ -586,9 +610,39 @@ def coordinator_alive(xid: str) -> bool:
     return _process_start(pid) == start
 
 
+def decision_record(participants: Sequence[str], principal: str,
+                    audit: list[AuditRow]) -> str:
+    """What a decision row carries, so that the audit trail survives a crash before the
+    decision reaches the state store (:func:`read_decision_record` reads it)."""
+    return json.dumps([list(participants), principal, audit], separators=(",", ":"))
+
+
+def read_decision_record(record: str | None) -> tuple[list[str], str, list[AuditRow]]:
+    """(participants, principal, audit rows) of a decision row's record."""
+    if not record:
+        return [], "recover", []
+    participants, principal, audit = json.loads(record)
+    return list(participants), str(principal), [list(a) for a in audit]
+
+
 class Coordinator:
     """Runs one live transaction: opens a branch per side, lets the caller write, then
-    commits both or neither."""
+    commits both or neither.
+
+    Between two databases that keep decision rows (``capabilities.last_resource``:
+    PostgreSQL, MariaDB) the commit is a *last-resource* commit: the left branch is
+    prepared, the right one commits in one phase with the transaction's decision row
+    inserted inside it (:meth:`Branch.commit_deciding`), then the left one commits. The
+    right side's COMMIT is the decision: one prepare, one flush and one local ``fdatasync``
+    fewer than a two-phase commit with the decision in the state store, which learns it
+    (and its audit rows) a moment later, off the transaction's path. Recovery of a prepared
+    left branch reads the right side's row, or fences a commit still under way by inserting
+    an abort row (:meth:`Connector.settle_decision`). A transaction that wrote on one side
+    only commits that side in one phase, with its decision row there.
+
+    Otherwise (a connector without decision rows) it is a two-phase commit: both branches
+    prepared, the decision logged durably in the state store, both committed.
+    """
 
     def __init__(self, link: Link, principal: str | Principal,
                  hook: StepHook | None = None) -> None:
@@ -599,6 +653,13 @@ class Coordinator:
         self.branches: dict[Side, Branch] = {}
         left, right = link.connectors[Side.LEFT], link.connectors[Side.RIGHT]
         self.xid = new_xid(link.link_id)
+        self.last_resource = (left.capabilities.last_resource
+                              and right.capabilities.last_resource
+                              and not (left.capabilities.attach and right.capabilities.attach))
+        if self.last_resource:
+            # before any branch: creating it commits MariaDB's transaction (once per process)
+            for c in (left, right):
+                c.ensure_decisions()
         if left.capabilities.attach and right.capabilities.attach:
             ls, rs = self.stack.enter_context(left.attached_transaction(right))
             sessions = {Side.LEFT: ls, Side.RIGHT: rs}
@@ -647,6 +708,9 @@ class Coordinator:
         if not self.tx.audit:
             self._rollback()
             return
+        if self.last_resource:
+            self._commit_last_resource()
+            return
         left, right = self.branches[Side.LEFT], self.branches[Side.RIGHT]
         try:
             # Both prepares are in flight at once (each costs its server a WAL flush); the
@@ -692,6 +756,78 @@ class Coordinator:
         self.link.state.complete(self.xid)
 
 
+    def _commit_last_resource(self) -> None:
+        """Prepare the left branch, commit the right one with the decision, commit the left
+        one; a transaction that wrote on one side only commits it in one phase."""
+        state = self.link.state
+        participants = [self.link.env_name(s) for s in Side]
+        audit = audit_rows(self.tx.audit)
+        record = decision_record(participants, self.principal, audit)
+        used = [s for s in Side if self.branches[s].touched()]
+        last = Side.RIGHT if Side.RIGHT in used or not used else Side.LEFT
+        other = last.other if last.other in used else None
+        lr, ob = self.branches[last], self.branches[last.other]
+        if other is None:  # nothing written there: its BEGIN is ended
+            with contextlib.suppress(ConnectorError):
+                ob.rollback()
+        else:
+            try:
+                ob.prepare()
+            except BaseException:
+                self._rollback()
+                raise
+        self.hook("after_first_prepare")
+        try:
+            lr.commit_deciding(self.xid, record)
+        except BaseException as exc:
+            outcome = self._settle(last, exc)
+            if outcome != "commit":
+                if other is not None:
+                    with contextlib.suppress(ConnectorError):
+                        ob.rollback()
+                raise
+            log.warning("%s: the commit of transaction %s failed as it was sent (%s); its "
+                        "decision row says it committed", self.link.env_name(last), self.xid,
+                        exc)
+        self.hook("after_decision")
+        # committed from here: a prepared branch that fails to commit now is finished by
+        # recovery (the decision row says commit), never rolled back
+        completed = True
+        if other is not None:
+            try:
+                ob.commit()
+            except ConnectorError:
+                try:
+                    self.link.connectors[other].finish_prepared(
+                        branch_xid(self.xid, other), commit=True)
+                except ConnectorError:
+                    completed = False  # left for `dualwrite recover` / the next start
+            self.hook("after_first_commit")
+        state.note_decision(self.xid, participants, self.principal, audit,
+                            completed=completed,
+                            forget=self.link.connectors[last].forget_decisions)
+
+    def _settle(self, last: Side, exc: BaseException) -> str:
+        """What became of a last resource's commit that raised ``exc``: settled by its
+        decision row (an abort row fences it where there is none). Raises InDoubt, leaving
+        the other branch prepared for recovery, where the database cannot be asked."""
+        try:
+            outcome, _ = self.link.connectors[last].settle_decision(self.xid)
+            return outcome
+        except ConnectorError as settle:
+            for b in self.branches.values():
+                b.release()
+            _ABANDONED.add(self.xid)
+            raise InDoubt(
+                f"the commit of transaction {self.xid} in {self.link.env_name(last)!r} "
+                f"failed ({exc}) and whether it happened cannot be found out now "
+                f"({settle.message}): the other side stays prepared (its rows locked) until "
+                "it is", environment=self.link.env_name(last),
+                hint="this process settles it by the decision row at its next live "
+                "transaction once the database answers (`dualwrite recover` does, once this "
+                "process has stopped)") from exc
+
+
 @dataclass
 class RecoveryAction:
     xid: str
@@ -706,6 +842,16 @@ class RecoveryAction:
 class RecoveryReport:
     actions: list[RecoveryAction] = field(default_factory=list)
     completed: list[str] = field(default_factory=list)
+    #: decisions read from last resources' decision rows into the state store
+    imported: list[str] = field(default_factory=list)
+
+
+def _decided(transaction: str, record: str | None, where: Connector) -> Decided:
+    """A decision row read back, as the state store imports it (completion unknown: noted
+    once no branch of it is left prepared)."""
+    participants, principal, audit = read_decision_record(record)
+    return (now_iso(), transaction, participants, principal, audit, False,
+            where.forget_decisions)
 
 
 def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
@@ -716,19 +862,41 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
     :mod:`dualwrite.engine.live_odata`) are left prepared."""
     report = RecoveryReport()
     prefix = xid_prefix(link_id)
-    prepared_anywhere: set[str] = set()
+    # Decision rows left by coordinators that are gone (a crash before their decision
+    # reached the state store): into it, with their audit rows. A live coordinator's rows
+    # are on their way already.
     for conn in connectors.values():
+        if not conn.capabilities.last_resource:
+            continue
+        left = [(x, r) for x, outcome, r in conn.decisions(prefix)
+                if outcome == "commit" and not coordinator_alive(x)]
+        if left:
+            state.import_decisions([_decided(x, r, conn) for x, r in left])
+            report.imported += [x for x, _ in left]
+    prepared_anywhere: set[str] = set()
+    for side, conn in connectors.items():
         for xid in conn.recover(prefix):
-            prepared_anywhere.add(transaction_of(xid))
-            if transaction_of(xid) in in_doubt:
+            transaction = transaction_of(xid)
+            prepared_anywhere.add(transaction)
+            if transaction in in_doubt:
                 report.actions.append(RecoveryAction(xid, conn.name, "left in doubt"))
                 continue
             if coordinator_alive(xid):
                 report.actions.append(RecoveryAction(xid, conn.name,
                                                      "skipped (coordinator alive)"))
                 continue
-            commit = state.decision(transaction_of(xid)) == "commit"
+            commit = state.decision(transaction) == "commit"
+            last = connectors[side.other]
+            if not commit and last.capabilities.last_resource:
+                # a last-resource commit: its row decides; where there is none, an abort
+                # row fences a commit still under way (which then fails on the key)
+                outcome, record = last.settle_decision(transaction)
+                if outcome == "commit":
+                    state.import_decisions([_decided(transaction, record, last)])
+                    report.imported.append(transaction)
+                    commit = True
             conn.finish_prepared(xid, commit=commit)
+            _ABANDONED.discard(transaction)
             report.actions.append(RecoveryAction(xid, conn.name,
                                                  "committed" if commit else "rolled back"))
     state.flush_completions()

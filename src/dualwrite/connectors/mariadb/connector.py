@@ -153,7 +153,8 @@ def _direct_xa(dialect: sa.Dialect) -> None:
 
     SQLAlchemy's MySQL dialect runs each as a ``text()`` construct through the connection,
     about 0.1 ms of Python apiece, and a branch sends four (``XA START``, ``XA END``,
-    ``XA PREPARE``, ``XA COMMIT``) in every live transaction. Same statements, same order,
+    ``XA PREPARE``, ``XA COMMIT``; a last resource three, ``XA COMMIT ... ONE PHASE``) in
+    every live transaction. Same statements, same order,
     same arguments; the driver's errors reach the branch's translation as they are."""
 
     def run(connection: sa.Connection, *statements: str, xid: Any) -> None:
@@ -169,8 +170,10 @@ def _direct_xa(dialect: sa.Dialect) -> None:
 
     def commit(connection: sa.Connection, xid: Any, is_prepared: bool = True,
                recover: bool = False) -> None:
-        run(connection, *(() if is_prepared else ("XA END %s", "XA PREPARE %s")),
-            "XA COMMIT %s", xid=xid)
+        # a commit without a prepare is a one-phase commit (a last resource's): no
+        # XA PREPARE and its log flush
+        run(connection, *(("XA COMMIT %s",) if is_prepared
+                          else ("XA END %s", "XA COMMIT %s ONE PHASE")), xid=xid)
 
     def rollback(connection: sa.Connection, xid: Any, is_prepared: bool = True,
                  recover: bool = False) -> None:
@@ -182,7 +185,7 @@ def _direct_xa(dialect: sa.Dialect) -> None:
 
 
 class MySqlConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, capture=True,
+    capabilities = Capabilities(two_phase=True, capture=True, last_resource=True,
                                 bulk_import=frozenset({"copy-text-portable"}),
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
                                 bulk_load_checks=True, supports_json_log=True,
@@ -728,6 +731,11 @@ class MySqlConnector(SqlConnector):
                 engine.dispose()
         self._loader = self._single = None
         super().close()
+
+    def _long_text(self) -> sa.types.TypeEngine[str]:
+        from sqlalchemy.dialects import mysql
+
+        return mysql.LONGTEXT()  # TEXT stops at 64 KiB
 
     def recover(self, prefix: str) -> list[str]:
         with self.translating("XA RECOVER"), self._autocommit() as cur:

@@ -28,6 +28,7 @@ from dualwrite.connectors.capture import (
     Dialect,
 )
 from dualwrite.connectors.sql import (
+    DECISIONS_TABLE,
     Fault,
     SqlConnector,
     SqlWriteSession,
@@ -185,6 +186,9 @@ class PgBranch(Branch):
         self.used = True
         return self.conn
 
+    def touched(self) -> bool:
+        return self.used
+
     def start_prepare(self) -> None:
         if not self.used:
             self.empty = True  # the BEGIN is answered and rolled back when the branch ends
@@ -230,6 +234,29 @@ class PgBranch(Branch):
 
     def commit(self) -> None:
         self.start_commit()
+        self.finish_commit()
+
+    def commit_deciding(self, transaction: str, record: str) -> None:
+        # The decision row and the COMMIT in one simple-protocol message: one round trip.
+        # An error in the INSERT skips the COMMIT (the server ignores the rest of the
+        # message); either way a failure discards the session, which ends its transaction.
+        import psycopg
+
+        if not _SAFE_XID.match(transaction):
+            raise TerminalConnectorError(f"refusing unexpected xid {transaction!r}",
+                                         environment=self.connector.name)
+        self.ready()
+        try:
+            with self.connector.translating(f"commit {self.xid} as the last resource"):
+                literal = psycopg.pq.Escaping(self.raw.pgconn).escape_literal(
+                    record.encode()).decode()
+            self._send(f"commit {self.xid} as the last resource",
+                       self.connector.decision_insert_sql() % (f"'{transaction}'", literal)
+                       + "; COMMIT")
+        except BaseException:
+            self.conn.invalidate()
+            self.conn.close()
+            raise
         self.finish_commit()
 
     def rollback(self) -> None:
@@ -301,7 +328,7 @@ _KEY_DETAIL = re.compile(r"Key \((.+?)\)=\((.*)\)")
 
 
 class PostgresConnector(SqlConnector):
-    capabilities = Capabilities(two_phase=True, capture=True,
+    capabilities = Capabilities(two_phase=True, capture=True, last_resource=True,
                                 bulk_export=frozenset({"copy-text", "copy-text-portable"}),
                                 bulk_import=frozenset({"copy-text"}),
                                 insert_resolving=True, supports_json_log=True,
@@ -878,6 +905,11 @@ class PostgresConnector(SqlConnector):
             where=sql.SQL(" WHERE ") + sql.SQL(" AND ").join(guards) if guards else sql.SQL(""),
             ret=sql.SQL(", ").join(sql.Identifier(k) for k in key))
         return stmt
+
+    def _delete_decision_rows(self, conn: sa.Connection, xids: Sequence[str]) -> None:
+        # one array parameter: the same statement text (and plan) whatever the count
+        conn.exec_driver_sql(f"DELETE FROM {DECISIONS_TABLE} WHERE outcome = 'commit' AND "
+                             "xid = ANY(%s)", (list(xids),))
 
     def recover(self, prefix: str) -> list[str]:
         # pg_prepared_xacts lists every database's branches: keep this database's own.

@@ -4,18 +4,21 @@ committed), and the audit log written with them."""
 from __future__ import annotations
 
 import json
+import logging
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 
 from dualwrite.connectors.stores import batch_decisions_sql, is_embedded
-from dualwrite.engine.journal import DecisionJournal
+from dualwrite.engine.journal import DecisionJournal, drain_in_background
 from dualwrite.engine.state.base import StoreBase
 from dualwrite.engine.state.codec import decode_values, encode_values, now_iso
 from dualwrite.engine.state.records import AuditEntry, _Pending
 from dualwrite.engine.state.schema import audit_log, coordinator_log
+
+log = logging.getLogger(__name__)
 
 #: the audit log's columns after ``at``, as one statement writes them (see
 #: dualwrite.connectors.stores.batch_decisions_sql)
@@ -23,6 +26,76 @@ _AUDIT_COLUMNS = ("xid", "principal", "environment", "table_name", "row_key", "o
                   "map")
 #: that statement per SQLAlchemy dialect name (None: the database has none)
 _AT_ONCE: dict[str, str | None] = {}
+
+
+#: an audit row as a decision record holds it: environment, table, key (encoded, see
+#: dualwrite.engine.state.codec.encode_values), operation, map
+AuditRow = list[Any]
+#: one decision made durable elsewhere (see DecisionsState.note_decision): when, the xid,
+#: participants, principal, audit rows, whether every branch committed, and what deletes its
+#: row where it was made
+Decided = tuple[str, str, list[str], str, list[AuditRow], bool,
+                Callable[[Sequence[str]], None] | None]
+
+
+def audit_rows(audit: Sequence[AuditEntry]) -> list[AuditRow]:
+    """Audit entries as a decision record (and the state store's audit log) hold them."""
+    return [[a.environment, a.table, encode_values(a.key), a.operation, a.map] for a in audit]
+
+
+class DecidedElsewhere:
+    """Decisions whose durable record is a last resource's decision row, on their way into
+    the state store: written by the journal's background thread (every
+    :data:`~dualwrite.engine.journal.DRAIN_SECONDS`) and by every reader that settles
+    first; then their rows are deleted where they were made."""
+
+    def __init__(self, sink: Callable[[list[Decided]], None]) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._drain_lock = threading.Lock()  # one writer at a time: the order is kept
+        self._items: list[Decided] = []
+        #: rows written to the state store whose deletion failed: retried at the next drain
+        self._unforgotten: list[tuple[Callable[[Sequence[str]], None], list[str]]] = []
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._items or self._unforgotten)
+
+    def add(self, item: Decided) -> None:
+        with self._lock:
+            self._items.append(item)
+        drain_in_background(self)
+
+    def drain(self) -> None:
+        """Write every decision noted so far into the state store (the error is raised,
+        the decisions kept, where it cannot be written), then delete their rows (a deletion
+        that fails is retried at the next drain; recovery would also find and skip them)."""
+        with self._drain_lock:
+            with self._lock:
+                items, self._items = self._items, []
+                retry, self._unforgotten = self._unforgotten, []
+            if items:
+                try:
+                    self._sink(items)
+                except BaseException:
+                    with self._lock:
+                        self._items = items + self._items
+                        self._unforgotten = retry + self._unforgotten
+                    raise
+            groups: dict[Callable[[Sequence[str]], None], list[str]] = {}
+            for forget, xids in retry:
+                groups.setdefault(forget, []).extend(xids)
+            for item in items:
+                if item[6] is not None:
+                    groups.setdefault(item[6], []).append(item[1])
+            for forget, xids in groups.items():
+                try:
+                    forget(xids)
+                except Exception:  # the rows stay a while longer: harmless, retried
+                    log.warning("could not delete %d decision rows already in the state "
+                                "store; retrying", len(xids), exc_info=True)
+                    with self._lock:
+                        self._unforgotten.append((forget, xids))
 
 
 class DecisionsState(StoreBase):
@@ -34,6 +107,67 @@ class DecisionsState(StoreBase):
     _completed: list[str]
     _writing: bool
     _journal: DecisionJournal | None
+    _decided: DecidedElsewhere
+
+    # -- decisions made durable by a last resource --------------------------------------
+    def note_decision(self, xid: str, participants: Sequence[str], principal: str,
+                      audit: list[AuditRow], *, completed: bool,
+                      forget: Callable[[Sequence[str]], None] | None) -> None:
+        """Learn a commit decision already durable elsewhere (a last resource's decision
+        row, see :class:`dualwrite.engine.live.Coordinator`), with its audit rows; they
+        reach the state store within a fraction of a second (``decision``, ``audit`` and
+        recovery settle first, so they see it at once), after which ``forget([xid])``
+        deletes the row. Nothing is written on the caller's path; a crash before that is
+        made good by recovery, which reads the rows that are left."""
+        self._decided.add((now_iso(), xid, list(participants), principal, audit,
+                           completed, forget))
+
+    def flush_decided(self) -> None:
+        """Write the decisions noted from last resources into the state store now, and
+        delete their rows (before the connectors that delete them close)."""
+        if self._decided.pending:
+            self._decided.drain()
+
+    def import_decisions(self, decided: list[Decided]) -> None:
+        """Write decisions made durable elsewhere into the state store, now (recovery);
+        those it already holds are skipped (their completion is still noted)."""
+        self._write_decided(decided)
+        for item in decided:
+            if item[6] is not None:
+                item[6]([item[1]])
+
+    def _write_decided(self, decided: list[Decided]) -> None:
+        """The sink of :class:`DecidedElsewhere`: one transaction, idempotent."""
+        xids = [d[1] for d in decided]
+        completed = [d[1] for d in decided if d[5]]
+        now = now_iso()
+        if is_embedded(self.engine):
+            self._write_decisions_direct(
+                [(d[1], json.dumps(d[2]), d[0]) for d in decided],
+                [(d[0], d[1], d[3], *a) for d in decided for a in d[4]], completed, now,
+                skip_present=True)
+            return
+        present: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(xids), 500):
+                present.update(conn.execute(sa.select(coordinator_log.c.xid).where(
+                    coordinator_log.c.xid.in_(xids[i:i + 500]))).scalars())
+        fresh = [d for d in decided if d[1] not in present]
+        with self.engine.begin() as conn:
+            if fresh:
+                conn.execute(sa.insert(coordinator_log), [
+                    {"xid": d[1], "decision": "commit", "participants": json.dumps(d[2]),
+                     "decided_at": d[0]} for d in fresh])
+            rows = [dict(zip(("at", "xid", "principal", *_AUDIT_COLUMNS[2:]),
+                             (d[0], d[1], d[3], *a), strict=True))
+                    for d in fresh for a in d[4]]
+            if rows:
+                conn.execute(sa.insert(audit_log), rows)
+            if completed:
+                for i in range(0, len(completed), 500):
+                    conn.execute(sa.update(coordinator_log).where(
+                        coordinator_log.c.xid.in_(completed[i:i + 500]),
+                        coordinator_log.c.completed_at.is_(None)).values(completed_at=now))
 
     # -- two-phase commit decisions and the audit log --------------------------------
     def log_commit_decision(self, xid: str, participants: Sequence[str], principal: str,
@@ -156,12 +290,24 @@ class DecisionsState(StoreBase):
 
     def _write_decisions_direct(self, decisions: list[tuple[str, str, str]],
                                 rows: list[tuple[Any, ...]], completed: list[str],
-                                now: str) -> None:
+                                now: str, *, skip_present: bool = False) -> None:
         # Plain DB-API calls on a pooled connection, one transaction, one fsync (WAL,
-        # synchronous=FULL).
+        # synchronous=FULL). ``skip_present``: decisions (and their audit rows) the store
+        # already holds are left out, in the same transaction.
         raw = self.engine.raw_connection()
         try:
             cur = raw.cursor()
+            if skip_present and decisions:
+                present: set[str] = set()
+                xids = [d[0] for d in decisions]
+                for i in range(0, len(xids), 500):
+                    chunk = xids[i:i + 500]
+                    cur.execute("SELECT xid FROM coordinator_log WHERE xid IN "
+                                f"({', '.join('?' * len(chunk))})", chunk)
+                    present.update(r[0] for r in cur.fetchall())
+                if present:
+                    decisions = [d for d in decisions if d[0] not in present]
+                    rows = [r for r in rows if r[1] not in present]
             if decisions:
                 cur.executemany(
                     "INSERT INTO coordinator_log (xid, decision, participants, decided_at) "
@@ -223,7 +369,9 @@ class DecisionsState(StoreBase):
 
     def settle(self) -> None:
         """Bring every journalled decision (this process's, and those of processes that are
-        gone) into the state store's tables, so that reading them sees all of them."""
+        gone) and every decision noted from a last resource into the state store's tables,
+        so that reading them sees all of them."""
+        self.flush_decided()
         if self._journal is not None:
             self._journal.drain()
             self._journal.adopt()

@@ -16,7 +16,7 @@ from dualwrite.engine.journal import DecisionJournal
 from dualwrite.engine.state.access import PrincipalsState
 from dualwrite.engine.state.alerting import EventsState
 from dualwrite.engine.state.codec import now_iso
-from dualwrite.engine.state.decisions import DecisionsState
+from dualwrite.engine.state.decisions import DecidedElsewhere, DecisionsState
 from dualwrite.engine.state.inbox import InboxState
 from dualwrite.engine.state.maps import MapsState
 from dualwrite.engine.state.process_registry import ProcessesState
@@ -85,6 +85,7 @@ class StateStore(MapsState, CheckpointsState, ProcessesState, InboxState, Events
         self._queue: list[_Pending] = []
         self._completed: list[str] = []
         self._writing = False
+        self._decided = DecidedElsewhere(self._write_decided)
         self._cache: dict[Any, tuple[float, Any]] = {}
         try:
             self._open(upgrade)
@@ -199,6 +200,8 @@ class StateStore(MapsState, CheckpointsState, ProcessesState, InboxState, Events
 
     def close(self) -> None:
         try:
+            if self._decided.pending:
+                self._decided.drain()
             if self._journal is not None:
                 self._journal.close()
             self.flush_completions()
