@@ -125,7 +125,7 @@ class Link:
             # decisions on their way to the state store delete their rows through the
             # connectors: while these are open (what fails stays for recovery)
             with contextlib.suppress(Exception):
-                self._state.flush_decided()
+                self._state.flush_decided(closing=True)
         for c in self.connectors.values():
             c.close()
         if self._state is not None:

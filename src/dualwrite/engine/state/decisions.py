@@ -56,6 +56,15 @@ class DecidedElsewhere:
         self._items: list[Decided] = []
         #: rows written to the state store whose deletion failed: retried at the next drain
         self._unforgotten: list[tuple[Callable[[Sequence[str]], None], list[str]]] = []
+        self._forgetting = True  # False once the connectors that delete the rows close
+
+    def stop_forgetting(self) -> None:
+        """From now on, leave decision rows where they are (recovery deletes them later):
+        the connectors that delete them are closing. Waits for a drain under way, so that
+        none uses a connector while it is disposed of (its session would be orphaned)."""
+        with self._drain_lock:
+            self._forgetting = False
+            self._unforgotten = []
 
     @property
     def pending(self) -> bool:
@@ -82,6 +91,8 @@ class DecidedElsewhere:
                         self._items = items + self._items
                         self._unforgotten = retry + self._unforgotten
                     raise
+            if not self._forgetting:
+                return
             groups: dict[Callable[[Sequence[str]], None], list[str]] = {}
             for forget, xids in retry:
                 groups.setdefault(forget, []).extend(xids)
@@ -122,11 +133,16 @@ class DecisionsState(StoreBase):
         self._decided.add((now_iso(), xid, list(participants), principal, audit,
                            completed, forget))
 
-    def flush_decided(self) -> None:
+    def flush_decided(self, *, closing: bool = False) -> None:
         """Write the decisions noted from last resources into the state store now, and
-        delete their rows (before the connectors that delete them close)."""
-        if self._decided.pending:
-            self._decided.drain()
+        delete their rows; ``closing``: the connectors that delete them close next, so no
+        later drain touches them."""
+        try:
+            if self._decided.pending:
+                self._decided.drain()
+        finally:
+            if closing:
+                self._decided.stop_forgetting()
 
     def import_decisions(self, decided: list[Decided]) -> None:
         """Write decisions made durable elsewhere into the state store, now (recovery);
