@@ -5,6 +5,7 @@ meanwhile is replaced instead of failing the transaction."""
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -237,3 +238,81 @@ def test_a_dead_spare_with_the_server_unreachable_fails_cleanly(
     nxt.rollback()  # ends the branch: no error of its own
     monkeypatch.undo()
     assert _ids(pg) == [1]
+
+
+# -- waiting for the server's answer -------------------------------------------------------
+def test_a_branch_waiting_inside_its_commit_lets_the_other_threads_run(
+        pg: PostgresConnector) -> None:
+    """A branch waits for its answer in ``select``, which releases the GIL, and asks libpq
+    only for results already read. Here the last-resource COMMIT waits inside the server (a
+    deferred trigger wants an advisory lock the test holds) after part of its answer has
+    come (the INSERT's result, flushed by the trigger's notice); another thread of this
+    process releases the lock once it sees the wait. Had the branch waited inside libpq
+    (``PQgetResult`` with the rest not come) it would hold the GIL: that thread could not
+    run, and the COMMIT would fail on its lock_timeout instead."""
+    with pg.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE OR REPLACE FUNCTION bc_wait() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "RAISE NOTICE 'waiting at commit'; PERFORM pg_advisory_xact_lock(4343); "
+            "RETURN NULL; END $$")
+        conn.exec_driver_sql(
+            "CREATE CONSTRAINT TRIGGER bc_wait AFTER INSERT ON bc_rows DEFERRABLE INITIALLY "
+            "DEFERRED FOR EACH ROW EXECUTE FUNCTION bc_wait()")
+    pg.ensure_decisions()
+    holder = pg.engine.connect()
+    holder.exec_driver_sql("SELECT pg_advisory_lock(4343)")
+    released: list[bool] = []
+
+    def release_once_waited() -> None:
+        def waiting() -> bool:
+            with pg.engine.connect() as conn:
+                return bool(conn.exec_driver_sql(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                    "AND NOT granted").scalar_one())
+        try:
+            wait_for(waiting, 30, "the COMMIT did not wait for the advisory lock")
+            released.append(True)
+        finally:
+            holder.exec_driver_sql("SELECT pg_advisory_unlock_all()")
+
+    b = _branch(pg)
+    b.ready().exec_driver_sql("SET LOCAL lock_timeout = '10s'")
+    b.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    helper = threading.Thread(target=release_once_waited, daemon=True)
+    helper.start()
+    try:
+        b.commit_deciding(b.xid, '["a record"]')
+    finally:
+        helper.join(40)
+        holder.close()
+    assert released == [True]
+    assert _ids(pg) == [1]
+    assert pg.decisions(b.xid) == [(b.xid, "commit", '["a record"]')]
+
+
+def test_a_decision_record_larger_than_the_socket_buffers_goes_out_whole(
+        pg: PostgresConnector) -> None:
+    """The connection is non-blocking: a message larger than what the socket takes at once
+    is sent in parts, flushed until it is all out, before the branch waits for the answer
+    (the server would otherwise wait for the rest, and the branch for the server). Run on a
+    thread so that a branch stuck that way fails the test rather than hanging it."""
+    pg.ensure_decisions()
+    record = "[" + ", ".join(["\"x\""] * 12_000_000) + "]"  # 60 MB
+    b = _branch(pg)
+    b.session.insert("bc_rows", ["id", "note"], [(1, "one")])
+    errors: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            b.commit_deciding(b.xid, record)
+        except BaseException as exc:
+            errors.append(exc)
+
+    worker = threading.Thread(target=commit, daemon=True)
+    worker.start()
+    worker.join(120)
+    assert not worker.is_alive(), "the commit never got its answer: its message not all sent"
+    assert errors == []
+    assert _ids(pg) == [1]
+    [(xid, outcome, kept)] = pg.decisions(b.xid)
+    assert (xid, outcome, kept == record) == (b.xid, "commit", True)

@@ -137,31 +137,44 @@ class PgBranch(Branch):
         self.session = _BranchSession(self)
 
     def _send(self, doing: str, sql: str) -> None:
+        pgconn = self.raw.pgconn
         with self.connector.translating(doing):
-            self.raw.pgconn.send_query(sql.encode())
+            pgconn.send_query(sql.encode())
+            # psycopg's connections are non-blocking: a message larger than the socket's
+            # buffer (a decision record with many audit rows) is only partly sent until
+            # flushed, and the server would wait for the rest while we waited for its answer
+            while pgconn.flush():
+                select.select([], [pgconn.socket], [])
         self._in_flight = doing
 
     def _collect(self) -> None:
-        """Wait for the answer to the statement in flight; raise its error, if any."""
+        """Wait for the answer to the statement in flight; raise its error, if any.
+
+        Every wait is in ``select``, which releases the GIL: libpq's ``PQgetResult`` is asked
+        only for a result already read (``is_busy`` false), because when it must wait for
+        the server it waits holding the GIL, stopping every other thread of the process for
+        a round trip (and for ever if the bytes it waits for pass through one of them, as a
+        test's fault proxy does)."""
         doing, self._in_flight = self._in_flight, None
         if doing is None:
             return
         import psycopg
 
         pgconn = self.raw.pgconn
+        error = None
         with self.connector.translating(doing):
             while True:
                 pgconn.consume_input()
-                if not pgconn.is_busy():
-                    break
+                while not pgconn.is_busy():
+                    result = pgconn.get_result()
+                    if result is None:
+                        if error is not None:
+                            raise error
+                        return
+                    if result.status == psycopg.pq.ExecStatus.FATAL_ERROR and error is None:
+                        error = psycopg.errors.error_from_result(result)
                 # select releases the GIL: other live transactions run while this one waits
                 select.select([pgconn.socket], [], [])
-            error = None
-            while (result := pgconn.get_result()) is not None:
-                if result.status == psycopg.pq.ExecStatus.FATAL_ERROR and error is None:
-                    error = psycopg.errors.error_from_result(result)
-            if error is not None:
-                raise error
 
     def ready(self) -> sa.Connection:
         """The connection, its BEGIN answered: for the session's statements. A spare the
