@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from dualwrite.connectors.sql import DECISIONS_TABLE
+from dualwrite.engine import live
 from dualwrite.engine.live import read_decision_record, xid_prefix
 from dualwrite.errors import ConnectorError, ConstraintViolation, InDoubt
 
@@ -303,3 +304,52 @@ def test_a_last_resource_out_of_reach_leaves_the_transaction_in_doubt_until_reco
         with pytest.raises(ConnectorError):  # the fence: that transaction cannot commit now
             pair.crm.sql(f"INSERT INTO {DECISIONS_TABLE} (xid, outcome) "
                          f"VALUES ('{branch[:-2]}', 'commit')")
+
+
+@pytest.mark.parametrize("right", ["postgresql", "mariadb"])
+def test_a_transaction_too_large_for_a_decision_row_commits_in_two_phases(
+        make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        right: str) -> None:
+    """A decision record over DECISION_RECORD_LIMIT (here lowered: a real one is 4 MiB of
+    audit) is not sent in one statement, which MariaDB's max_allowed_packet bounds: both
+    branches are prepared and the decision is logged in the state store; no decision row is
+    written. Both sides hold every row, and the audit is whole."""
+    pair = make_pair(make_backend, tmp_path, "postgresql", right)
+    seed_groups(pair)
+    with pair.link() as link:
+        link.start_maps()
+        monkeypatch.setattr(live, "DECISION_RECORD_LIMIT", 600)
+        steps: list[str] = []
+        crm_rows: dict[str, Any] = {}
+
+        def hook(step: str) -> None:
+            steps.append(step)
+            if step == "after_decision":
+                crm_rows["decided"] = rows(pair)
+        new = [erp_customer(830 + i) for i in range(12)]  # some 100 characters of audit each
+        with link.transaction(principal="large", hook=hook) as tx:
+            for r in new:
+                tx.create("erp", "Customers", r)
+        assert steps == list(live.TWO_PHASE_STEPS)
+        assert crm_rows["decided"] == []
+        assert {key(r) for r in new} <= set(pair.customers())
+        assert {key(r) for r in new} <= set(pair.accounts())
+        audit = [a for a in link.state.audit() if a["principal"] == "large"]
+        assert len(audit) == 2 * len(new)
+        assert link.state.decision(audit[0]["xid"]) == "commit"
+        # a small one goes on taking the last-resource path
+        steps.clear()
+        with link.transaction(principal="small", hook=hook) as tx:
+            tx.create("erp", "Customers", erp_customer(850))
+        assert steps == list(live.STEPS)
+    assert not prepared_xacts(pair.erp)
+
+
+def test_the_decision_record_limit_is_inside_mariadbs_packet_limit(
+        make_backend: BackendFactory) -> None:
+    """The limit keeps a decision row's INSERT (record, quoting and statement) inside the
+    packet this server takes."""
+    b = make_backend("mariadb", "dualwrite_test_a")
+    [(packet,)] = b.sql("SELECT @@max_allowed_packet")
+    # quoting at most doubles the record (every character a quote or a backslash)
+    assert int(packet) >= 2 * live.DECISION_RECORD_LIMIT + 4096

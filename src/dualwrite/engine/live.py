@@ -56,8 +56,13 @@ StepHook = Callable[[str], None]
 #: the steps of the last-resource commit (two databases that keep decision rows): the other
 #: branch prepared; the last resource committed with the decision; the prepared one committed
 STEPS = ("after_first_prepare", "after_decision", "after_first_commit")
+#: the largest decision record (characters: it is ASCII JSON) that rides in a decision row:
+#: 4 MiB, some 10,000 to 40,000 written rows' audit. A larger transaction commits in two
+#: phases with its decision in the state store, well inside MariaDB's max_allowed_packet
+#: (16 MiB by default), which bounds one statement and so one row.
+DECISION_RECORD_LIMIT = 4 * 1024 * 1024
 #: the steps of the two-phase commit with the decision in the state store (connectors that
-#: keep no decision rows: the in-memory one)
+#: keep no decision rows, the in-memory one; a transaction over DECISION_RECORD_LIMIT)
 TWO_PHASE_STEPS = ("after_first_prepare", "after_both_prepares", "after_decision",
                    "after_first_commit")
 
@@ -640,7 +645,8 @@ class Coordinator:
     an abort row (:meth:`Connector.settle_decision`). A transaction that wrote on one side
     only commits that side in one phase, with its decision row there.
 
-    Otherwise (a connector without decision rows) it is a two-phase commit: both branches
+    Otherwise (a connector without decision rows, or a decision record over
+    :data:`DECISION_RECORD_LIMIT`) it is a two-phase commit: both branches
     prepared, the decision logged durably in the state store, both committed.
     """
 
@@ -709,8 +715,14 @@ class Coordinator:
             self._rollback()
             return
         if self.last_resource:
-            self._commit_last_resource()
-            return
+            participants = [self.link.env_name(s) for s in Side]
+            audit = audit_rows(self.tx.audit)
+            record = decision_record(participants, self.principal, audit)
+            if len(record) <= DECISION_RECORD_LIMIT:
+                self._commit_last_resource(participants, audit, record)
+                return
+            # too large to ride in one row (MariaDB's max_allowed_packet bounds a statement):
+            # two phases, the decision in the state store, as between other databases
         left, right = self.branches[Side.LEFT], self.branches[Side.RIGHT]
         try:
             # Both prepares are in flight at once (each costs its server a WAL flush); the
@@ -756,13 +768,12 @@ class Coordinator:
         self.link.state.complete(self.xid)
 
 
-    def _commit_last_resource(self) -> None:
-        """Prepare the left branch, commit the right one with the decision, commit the left
-        one; a transaction that wrote on one side only commits it in one phase."""
+    def _commit_last_resource(self, participants: list[str], audit: list[AuditRow],
+                              record: str) -> None:
+        """Prepare the left branch, commit the right one with the decision (``record``),
+        commit the left one; a transaction that wrote on one side only commits it in one
+        phase."""
         state = self.link.state
-        participants = [self.link.env_name(s) for s in Side]
-        audit = audit_rows(self.tx.audit)
-        record = decision_record(participants, self.principal, audit)
         used = [s for s in Side if self.branches[s].touched()]
         last = Side.RIGHT if Side.RIGHT in used or not used else Side.LEFT
         other = last.other if last.other in used else None
