@@ -78,7 +78,11 @@ class Link:
         self._state: StateStore | None = None
         self._bound: list[BoundMap] | None = None
         self._issues: list[Issue] | None = None
+        #: live_maps' answer and the binding it was worked out from (a new binding, after a
+        #: map is reloaded or a version adopted, is a new list: the answer is worked out again)
+        self._live: tuple[list[BoundMap], tuple[BoundMap, ...]] | None = None
         self._link_id: str | None = None
+        self._outcomes: dict[str, Any] | None = None  # live transactions' counters by outcome
         self._differs: dict[str, MapDiffer] = {}
         self._recovered = False
         self._next_resolve = 0.0  # when abandoned transactions may next be settled
@@ -504,9 +508,17 @@ class Link:
                 for b in self.bound_maps(names, live=False)]
 
     # -- live sync ---------------------------------------------------------------------------
-    def live_maps(self) -> list[BoundMap]:
-        """Every valid map (live writes consult the running ones)."""
-        return self.bound_maps()
+    def live_maps(self) -> tuple[BoundMap, ...]:
+        """Every valid map, in dependency order (live writes consult the running ones); raises
+        ValidationFailed as :meth:`bound_maps`. Worked out once per binding: every live write
+        asks, several times."""
+        bound, _issues = self.validate()
+        live = self._live
+        if live is not None and live[0] is bound:
+            return live[1]
+        maps = tuple(self.bound_maps())
+        self._live = (bound, maps)
+        return maps
 
     def differ(self, name: str) -> MapDiffer:
         with self._lock:
@@ -857,19 +869,23 @@ class Link:
         coordinator: Coordinator | LastResourceCoordinator = (
             LastResourceCoordinator(self, principal, hook)
             if odata_side(self.connectors) is not None else Coordinator(self, principal, hook))
-        counted = metrics.LIVE_TRANSACTIONS
+        counted = self._outcomes
+        if counted is None:  # the labelled counters, looked up once (a lock and a hash each)
+            counted = self._outcomes = {
+                o: metrics.LIVE_TRANSACTIONS.labels(self.config.link_name, o)
+                for o in ("committed", "rolled_back")}
         try:
             yield coordinator.tx
         except BaseException:
             coordinator.abort()
-            counted.labels(self.config.link_name, "rolled_back").inc()
+            counted["rolled_back"].inc()
             raise
         try:
             coordinator.commit()
         except BaseException:  # before the decision: rolled back on both sides
-            counted.labels(self.config.link_name, "rolled_back").inc()
+            counted["rolled_back"].inc()
             raise
-        counted.labels(self.config.link_name, "committed").inc()
+        counted["committed"].inc()
 
     def describe(self) -> dict[str, Any]:
         return {"link": self.config.link_name, "left": self.config.left,
