@@ -316,3 +316,40 @@ def test_a_decision_record_larger_than_the_socket_buffers_goes_out_whole(
     assert _ids(pg) == [1]
     [(xid, outcome, kept)] = pg.decisions(b.xid)
     assert (xid, outcome, kept == record) == (b.xid, "commit", True)
+
+
+def _prepared_here(b: PgBranch) -> list[str]:
+    """The statements prepared on the branch's session (pg_prepared_statements shows the
+    session's own only)."""
+    return [str(r[0]) for r in b.ready().exec_driver_sql(
+        "SELECT statement FROM pg_prepared_statements")]
+
+
+def test_a_branch_insert_is_prepared_once_and_again_after_a_rollback(
+        pg: PostgresConnector) -> None:
+    """A branch's INSERT runs on the protocol directly, prepared once per session in
+    psycopg's own cache of the connection: the next branch on the session reuses it. When a
+    branch rolls back, psycopg deallocates every statement of the session; the next branch
+    prepares the INSERT again rather than name a statement that is gone."""
+    first = _branch(pg)
+    assert first.session.insert_returning("bc_rows", {"id": 1, "note": "one"}) == \
+        {"id": 1, "note": "one"}
+    [insert] = [s for s in _prepared_here(first) if "INSERT" in s]
+    _commit(first)
+    second = _branch(pg)
+    assert _pid(second) == _pid(first)  # the spare: the same session
+    second.session.insert_returning("bc_rows", {"id": 2, "note": "two"})
+    assert [s for s in _prepared_here(second) if "INSERT" in s] == [insert]  # not again
+    second.rollback()
+    # back in the pool: branches are opened (and held) until one has that session
+    held: list[PgBranch] = []
+    while _pid(third := _branch(pg)) != _pid(first):
+        held.append(third)
+        assert len(held) < 10, "the rolled-back session never came back from the pool"
+    for b in held:
+        b.rollback()
+    assert [s for s in _prepared_here(third) if "INSERT" in s] == []  # deallocated
+    third.session.insert_returning("bc_rows", {"id": 3, "note": "three"})
+    assert [s for s in _prepared_here(third) if "INSERT" in s] == [insert]
+    _commit(third)
+    assert _ids(pg) == [1, 3]

@@ -93,6 +93,97 @@ def _option_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace(" ", "\\ ")
 
 
+def _flush(pgconn: Any) -> None:
+    """Send what libpq holds of the message in flight. psycopg's connections are
+    non-blocking: a message larger than the socket's buffer (a decision record with many
+    audit rows) is only partly sent until flushed, and the server would wait for the rest
+    while we waited for its answer."""
+    while pgconn.flush():
+        select.select([], [pgconn.socket], [])
+
+
+def _answer(pgconn: Any) -> list[Any]:
+    """The results of the statement (or simple-query message) in flight, failed ones
+    included (:func:`_raise_first_error`).
+
+    Every wait is in ``select``, which releases the GIL: libpq's ``PQgetResult`` is asked
+    only for a result already read (``is_busy`` false), because when it must wait for the
+    server it waits holding the GIL, stopping every other thread of the process for a round
+    trip (and for ever if the bytes it waits for pass through one of them, as a test's fault
+    proxy does)."""
+    results: list[Any] = []
+    while True:
+        pgconn.consume_input()
+        while not pgconn.is_busy():
+            got = pgconn.get_result()
+            if got is None:
+                return results
+            results.append(got)
+        select.select([pgconn.socket], [], [])
+
+
+def _raise_first_error(results: list[Any]) -> None:
+    import psycopg
+
+    for r in results:
+        if r.status == psycopg.pq.ExecStatus.FATAL_ERROR:
+            raise psycopg.errors.error_from_result(r)
+
+
+def _run_prepared(raw: Any, text: str, params: Sequence[Any]) -> Any:
+    """Run ``text`` (psycopg's ``%s`` placeholders) with ``params`` on the psycopg
+    connection ``raw``, inside the transaction it has open, and return the result, whose
+    rows :func:`_transformer` loads; raises psycopg's error for the statement.
+
+    The live-sync hot path's INSERTs, on the protocol directly: psycopg's cursor spends
+    some 35 us of CPU per statement on top of this (its generators and result objects). All
+    else is psycopg's own work, as its cursor does it, so values and statements are the
+    cursor's: the parameters dumped by the connection's adapters, and the statement prepared
+    once per session in the connection's own cache of prepared statements (which psycopg
+    empties, on the server too, when the connection rolls back: a cache of our own would
+    then name statements that are gone)."""
+    from psycopg._preparing import Prepare  # psycopg's own machinery (pinned below 3.4)
+    from psycopg._queries import PostgresQuery
+
+    query = PostgresQuery(_transformer(raw))
+    query.convert(text, params)
+    pgconn = raw.pgconn
+    cache = raw._prepared
+    prep, name = cache.get(query, True)
+    if prep is Prepare.NO:  # the connection prepares nothing
+        pgconn.send_query_params(query.query, query.params, param_types=query.types,
+                                 param_formats=query.formats)
+    else:
+        if prep is Prepare.SHOULD:
+            pgconn.send_prepare(name, query.query, param_types=query.types)
+            _flush(pgconn)
+            _raise_first_error(_answer(pgconn))
+        pgconn.send_query_prepared(name, query.params, param_formats=query.formats)
+    key = cache.maybe_add_to_cache(query, prep, name)
+    _flush(pgconn)
+    results = _answer(pgconn)
+    if key is not None:
+        cache.validate(key, prep, name, results)  # a failed statement is not kept
+    _raise_first_error(results)
+    return results[-1]
+
+
+def _transformer(raw: Any) -> Any:
+    """A psycopg Transformer on the connection's adapters, kept with the connection."""
+    tx = getattr(raw, "_dw_transformer", None)
+    if tx is None:
+        from psycopg.adapt import Transformer
+
+        tx = raw._dw_transformer = Transformer(raw)
+    return tx
+
+
+def _in_transaction(raw: Any) -> bool:
+    import psycopg
+
+    return bool(raw.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS)
+
+
 class PgBranch(Branch):
     """A two-phase branch driven on psycopg directly, the live-sync hot path.
 
@@ -140,41 +231,17 @@ class PgBranch(Branch):
         pgconn = self.raw.pgconn
         with self.connector.translating(doing):
             pgconn.send_query(sql.encode())
-            # psycopg's connections are non-blocking: a message larger than the socket's
-            # buffer (a decision record with many audit rows) is only partly sent until
-            # flushed, and the server would wait for the rest while we waited for its answer
-            while pgconn.flush():
-                select.select([], [pgconn.socket], [])
+            _flush(pgconn)
         self._in_flight = doing
 
     def _collect(self) -> None:
-        """Wait for the answer to the statement in flight; raise its error, if any.
-
-        Every wait is in ``select``, which releases the GIL: libpq's ``PQgetResult`` is asked
-        only for a result already read (``is_busy`` false), because when it must wait for
-        the server it waits holding the GIL, stopping every other thread of the process for
-        a round trip (and for ever if the bytes it waits for pass through one of them, as a
-        test's fault proxy does)."""
+        """Wait for the answer to the statement in flight (see :func:`_answer`); raise its
+        error, if any."""
         doing, self._in_flight = self._in_flight, None
         if doing is None:
             return
-        import psycopg
-
-        pgconn = self.raw.pgconn
-        error = None
         with self.connector.translating(doing):
-            while True:
-                pgconn.consume_input()
-                while not pgconn.is_busy():
-                    result = pgconn.get_result()
-                    if result is None:
-                        if error is not None:
-                            raise error
-                        return
-                    if result.status == psycopg.pq.ExecStatus.FATAL_ERROR and error is None:
-                        error = psycopg.errors.error_from_result(result)
-                # select releases the GIL: other live transactions run while this one waits
-                select.select([pgconn.socket], [], [])
+            _raise_first_error(_answer(self.raw.pgconn))
 
     def ready(self) -> sa.Connection:
         """The connection, its BEGIN answered: for the session's statements. A spare the
@@ -596,9 +663,15 @@ class PostgresConnector(SqlConnector):
         raw: Any = conn.connection.driver_connection
         t = self.table(table)
         text = self._insert_sql(raw, t, tuple(values), returning=True)
-        with raw.cursor() as cur:
-            cur.execute(text, tuple(values.values()), prepare=True)
-            row = cur.fetchone()
+        if _in_transaction(raw):
+            result = _run_prepared(raw, text, tuple(values.values()))
+            load = _transformer(raw)
+            load.set_pgresult(result)
+            row = load.load_row(0, tuple)
+        else:  # psycopg's cursor begins the transaction the protocol path takes as open
+            with raw.cursor() as cur:
+                cur.execute(text, tuple(values.values()), prepare=True)
+                row = cur.fetchone()
         return dict(zip([c.name for c in t.columns], row, strict=True))
 
     def _insert_resolving(self, conn: sa.Connection, table: str, columns: tuple[str, ...],
@@ -629,6 +702,8 @@ class PostgresConnector(SqlConnector):
 
         text = str(self.statement(("raw-insert-resolving", table, columns, shape), build))
         params = [v for i, v in enumerate(row) if i not in at] + [f.value for f in lookups]
+        if _in_transaction(raw):
+            return bool(_run_prepared(raw, text, params).command_tuples == 1)
         with raw.cursor() as cur:
             cur.execute(text, params, prepare=True)
             return bool(cur.rowcount == 1)
