@@ -353,3 +353,47 @@ def test_the_decision_record_limit_is_inside_mariadbs_packet_limit(
     [(packet,)] = b.sql("SELECT @@max_allowed_packet")
     # quoting at most doubles the record (every character a quote or a backslash)
     assert int(packet) >= 2 * live.DECISION_RECORD_LIMIT + 4096
+
+
+def test_a_mariadb_last_resource_commits_with_its_decision_row_in_one_request(
+        make_backend: BackendFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL <-> MariaDB: the right side's decision row, XA END and XA COMMIT ... ONE
+    PHASE go in one request (one round trip, not three), and the row is committed with it."""
+    import pymysql
+
+    pair = make_pair(make_backend, tmp_path, "postgresql", "mariadb")
+    seed_groups(pair)
+    me = threading.get_ident()
+    sent: list[str] = []
+    counting = False
+    query = pymysql.connections.Connection.query
+
+    def counted(self: Any, sql: Any, unbuffered: bool = False) -> Any:
+        if counting and threading.get_ident() == me:
+            sent.append(sql.decode() if isinstance(sql, bytes) else str(sql))
+        return query(self, sql, unbuffered)
+
+    monkeypatch.setattr(pymysql.connections.Connection, "query", counted)
+    seen: dict[str, Any] = {}
+
+    def hook(step: str) -> None:
+        nonlocal counting
+        if step == "after_first_prepare":
+            counting = True
+        elif step == "after_decision":
+            counting = False
+            seen["decided"] = rows(pair)
+
+    row = erp_customer(861)
+    with pair.link() as link:
+        link.start_maps()
+        with link.transaction(principal="one-request", hook=hook) as tx:
+            tx.create("erp", "Customers", row)
+        [request] = sent
+        assert request.startswith(f"INSERT INTO {DECISIONS_TABLE}")
+        assert "; XA END " in request and request.endswith(" ONE PHASE")
+        [(xid, outcome)] = seen["decided"]
+        assert outcome == "commit" and f"'{xid}'" in request
+        assert key(row) in pair.accounts()
+        assert key(row) in pair.customers()
+        assert link.state.decision(xid) == "commit"

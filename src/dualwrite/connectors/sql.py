@@ -374,10 +374,7 @@ class SqlBranch(Branch):
     def commit_deciding(self, transaction: str, record: str) -> None:
         try:
             with self.connector.translating(f"commit {self.xid} as the last resource"):
-                raw: Any = self.conn.connection.driver_connection
-                with raw.cursor() as cur:
-                    cur.execute(self.connector.decision_insert_sql(), (transaction, record))
-                self.tx.commit()  # unprepared: one phase
+                self.connector._commit_deciding(self.conn, self.tx, transaction, record)
         except BaseException:
             self.conn.invalidate()
             self.conn.close()
@@ -1319,6 +1316,15 @@ class SqlConnector(Connector):
                 if not sa.inspect(conn).has_table(DECISIONS_TABLE):
                     raise
         self._decisions_ready = True
+
+    def _commit_deciding(self, conn: sa.Connection, tx: sa.TwoPhaseTransaction,
+                         transaction: str, record: str) -> None:
+        """Insert ``transaction``'s commit row on the branch's connection ``conn``, then
+        commit its two-phase transaction ``tx`` unprepared (one phase)."""
+        raw: Any = conn.connection.driver_connection
+        with raw.cursor() as cur:
+            cur.execute(self.decision_insert_sql(), (transaction, record))
+        tx.commit()
 
     def decision_insert_sql(self) -> str:
         """The INSERT of a commit row, for a branch's driver (``%s`` placeholders: the

@@ -148,14 +148,20 @@ def _nothing_to_end(dbapi_connection: Any) -> None:
     """The end of a transaction on a session in autocommit: nothing to send."""
 
 
+#: the key of ``Connection.info`` under which a last resource's decision row waits for its
+#: one-phase XA COMMIT (see :func:`_direct_xa` and :meth:`MySqlConnector._commit_deciding`)
+_DECISION = "dw_decision"
+
+
 def _direct_xa(dialect: sa.Dialect) -> None:
     """Have ``dialect`` send a live branch's XA statements to the driver directly.
 
     SQLAlchemy's MySQL dialect runs each as a ``text()`` construct through the connection,
     about 0.1 ms of Python apiece, and a branch sends four (``XA START``, ``XA END``,
-    ``XA PREPARE``, ``XA COMMIT``; a last resource three, ``XA COMMIT ... ONE PHASE``) in
-    every live transaction. Same statements, same order,
-    same arguments; the driver's errors reach the branch's translation as they are."""
+    ``XA PREPARE``, ``XA COMMIT``) in every live transaction; a last resource sends its
+    decision row, ``XA END`` and ``XA COMMIT ... ONE PHASE`` in one request. Same
+    statements, same order, same arguments; the driver's errors reach the branch's
+    translation as they are."""
 
     def run(connection: sa.Connection, *statements: str, xid: Any) -> None:
         with connection.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
@@ -172,8 +178,22 @@ def _direct_xa(dialect: sa.Dialect) -> None:
                recover: bool = False) -> None:
         # a commit without a prepare is a one-phase commit (a last resource's): no
         # XA PREPARE and its log flush
-        run(connection, *(("XA COMMIT %s",) if is_prepared
-                          else ("XA END %s", "XA COMMIT %s ONE PHASE")), xid=xid)
+        if is_prepared:
+            run(connection, "XA COMMIT %s", xid=xid)
+            return
+        decision = connection.info.pop(_DECISION, None)
+        if decision is None:
+            run(connection, "XA END %s", "XA COMMIT %s ONE PHASE", xid=xid)
+            return
+        # the last resource's decision row, XA END and the commit in one request (a
+        # connection option: several statements per request): one round trip, not three.
+        # A statement that fails stops the rest, and its error is raised here
+        insert, (transaction, record) = decision
+        with connection.connection.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+            cur.execute(f"{insert}; XA END %s; XA COMMIT %s ONE PHASE",
+                        (transaction, record, xid, xid))
+            while cur.nextset():
+                pass
 
     def rollback(connection: sa.Connection, xid: Any, is_prepared: bool = True,
                  recover: bool = False) -> None:
@@ -192,6 +212,15 @@ class MySqlConnector(SqlConnector):
                                 supports_json_apply=True, insert_resolving=True)
     database_name = "MariaDB"
     error_classes = MY_ERROR_CLASSES
+
+    def _commit_deciding(self, conn: sa.Connection, tx: sa.TwoPhaseTransaction,
+                         transaction: str, record: str) -> None:
+        # the row rides with the commit's own request (_direct_xa's commit)
+        conn.info[_DECISION] = (self.decision_insert_sql(), (transaction, record))
+        try:
+            tx.commit()
+        finally:
+            conn.info.pop(_DECISION, None)
 
     def _error_code(self, orig: BaseException) -> int | None:
         code = next(iter(getattr(orig, "args", ())), None)  # PyMySQL: (errno, message)
