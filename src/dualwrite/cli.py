@@ -988,9 +988,9 @@ def serve(config: ConfigOpt = None,
 # -- recovery ---------------------------------------------------------------------------------
 @app.command()
 def recover(config: ConfigOpt = None, as_json: JsonOpt = False) -> None:
-    """Commit or roll back every transaction branch a stopped dualwrite left prepared,
-    following the durable decision (the state store's log, or the decision row of the
-    transaction's last resource; none: rolled back)."""
+    """Commit or roll back every transaction branch a stopped dualwrite left prepared, or
+    a running one gave up as in doubt, following the durable decision (the state store's
+    log, or the decision row of the transaction's last resource; none: rolled back)."""
     with _link(config) as link:
         report = link.recover()
     if as_json:

@@ -5,6 +5,9 @@ the record recovery obeys, and the abort row that fences a commit still on its w
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -397,3 +400,41 @@ def test_a_mariadb_last_resource_commits_with_its_decision_row_in_one_request(
         assert key(row) in pair.accounts()
         assert key(row) in pair.customers()
         assert link.state.decision(xid) == "commit"
+
+
+def test_a_transaction_left_in_doubt_is_settled_by_another_process(
+        pg_pair: tuple[Pair, FaultProxy]) -> None:
+    """InDoubt is recorded in the state store too: `dualwrite recover` run by another
+    process settles the transaction while the process that gave it up still runs (its pid
+    alive in the xid: without the record, recovery would leave the branch to it), and that
+    process forgets it at its next live transaction."""
+    pair, proxy = pg_pair
+    row = erp_customer(823)
+
+    def hook(step: str) -> None:
+        if step == "after_first_prepare":
+            proxy.set_mode(Mode.REFUSE)
+
+    with pair.link() as link:
+        with (pytest.raises(InDoubt, match="dualwrite recover"),
+              link.transaction(principal="in-doubt", hook=hook) as tx):
+            tx.create("erp", "Customers", row)
+        [branch] = prepared_xacts(pair.erp)
+        assert live.abandoned_transactions()
+        assert [x for x, _ in link.state.checkpoints_in_phase(live.ABANDONED)] == [branch[:-2]]
+        proxy.set_mode(Mode.PASS)
+        done = subprocess.run([sys.executable, "-m", "dualwrite.cli", "-c", str(pair.config),
+                               "recover", "--json"], capture_output=True, text=True,
+                              timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert [(a["xid"], a["action"]) for a in report["actions"]] == [(branch, "rolled back")]
+        assert prepared_xacts(pair.erp) == []
+        assert rows(pair) == [(branch[:-2], "abort")]
+        assert link.state.checkpoints_in_phase(live.ABANDONED) == []
+        assert key(row) not in pair.accounts()
+        # this process's next live transaction finds it ended, and forgets it
+        with link.transaction(principal="after") as tx:
+            tx.create("erp", "Customers", erp_customer(825))
+        assert not live.abandoned_transactions()
+        assert key(erp_customer(825)) in pair.accounts()

@@ -597,6 +597,12 @@ def transaction_of(branch: str) -> str:
 _ABANDONED: set[str] = set()
 
 
+#: the state store's record (a checkpoint under this phase, named by the transaction) of a
+#: transaction its coordinator gave up deciding: any process's recovery may end it, where a
+#: running coordinator's transactions are otherwise left alone
+ABANDONED = "live-in-doubt"
+
+
 def abandoned_transactions() -> bool:
     """Whether this process left a transaction in doubt that recovery has not ended yet."""
     return bool(_ABANDONED)
@@ -829,14 +835,20 @@ class Coordinator:
             for b in self.branches.values():
                 b.release()
             _ABANDONED.add(self.xid)
+            try:  # so that recovery in another process may end it too
+                self.link.state.put_checkpoint(self.xid, ABANDONED, None,
+                                               {"environment": self.link.env_name(last)})
+            except Exception:
+                log.warning("could not record transaction %s as in doubt in the state store: "
+                            "only this process settles it", self.xid, exc_info=True)
             raise InDoubt(
                 f"the commit of transaction {self.xid} in {self.link.env_name(last)!r} "
                 f"failed ({exc}) and whether it happened cannot be found out now "
                 f"({settle.message}): the other side stays prepared (its rows locked) until "
                 "it is", environment=self.link.env_name(last),
                 hint="this process settles it by the decision row at its next live "
-                "transaction once the database answers (`dualwrite recover` does, once this "
-                "process has stopped)") from exc
+                "transaction once the database answers; so does `dualwrite recover`, run "
+                "anywhere") from exc
 
 
 @dataclass
@@ -873,6 +885,13 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
     :mod:`dualwrite.engine.live_odata`) are left prepared."""
     report = RecoveryReport()
     prefix = xid_prefix(link_id)
+    abandoned = {x for x, _ in state.checkpoints_in_phase(ABANDONED) if x.startswith(prefix)}
+
+    def gone(xid: str) -> bool:
+        """Nobody is at work on ``xid``: its coordinator stopped, or gave it up (InDoubt),
+        in this process or, as the state store says, in another."""
+        return transaction_of(xid) in abandoned or not coordinator_alive(xid)
+
     # Decision rows left by coordinators that are gone (a crash before their decision
     # reached the state store): into it, with their audit rows. A live coordinator's rows
     # are on their way already.
@@ -880,11 +899,12 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
         if not conn.capabilities.last_resource:
             continue
         left = [(x, r) for x, outcome, r in conn.decisions(prefix)
-                if outcome == "commit" and not coordinator_alive(x)]
+                if outcome == "commit" and gone(x)]
         if left:
             state.import_decisions([_decided(x, r, conn) for x, r in left])
             report.imported += [x for x, _ in left]
     prepared_anywhere: set[str] = set()
+    ended: set[str] = set()
     for side, conn in connectors.items():
         for xid in conn.recover(prefix):
             transaction = transaction_of(xid)
@@ -892,7 +912,7 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
             if transaction in in_doubt:
                 report.actions.append(RecoveryAction(xid, conn.name, "left in doubt"))
                 continue
-            if coordinator_alive(xid):
+            if not gone(xid):
                 report.actions.append(RecoveryAction(xid, conn.name,
                                                      "skipped (coordinator alive)"))
                 continue
@@ -907,13 +927,18 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
                     report.imported.append(transaction)
                     commit = True
             conn.finish_prepared(xid, commit=commit)
-            _ABANDONED.discard(transaction)
+            ended.add(transaction)
             report.actions.append(RecoveryAction(xid, conn.name,
                                                  "committed" if commit else "rolled back"))
+    # given-up transactions with nothing left prepared (ended here, or by another process)
+    for transaction in [t for t in (*abandoned, *_ABANDONED) if t.startswith(prefix)
+                        and (t in ended or t not in prepared_anywhere)]:
+        if transaction in abandoned:
+            state.clear_checkpoint(transaction, ABANDONED)
+        _ABANDONED.discard(transaction)
     state.flush_completions()
     for xid in state.incomplete_decisions():
-        if xid.startswith(prefix) and (xid not in prepared_anywhere
-                                       or not coordinator_alive(xid)):
+        if xid.startswith(prefix) and (xid not in prepared_anywhere or gone(xid)):
             state.complete(xid, now=True)
             report.completed.append(xid)
     return report
