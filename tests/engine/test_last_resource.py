@@ -19,6 +19,7 @@ import sqlalchemy as sa
 
 from dualwrite.connectors.sql import DECISIONS_TABLE
 from dualwrite.engine import live
+from dualwrite.engine.link import Link
 from dualwrite.engine.live import read_decision_record, xid_prefix
 from dualwrite.errors import ConnectorError, ConstraintViolation, InDoubt
 
@@ -279,6 +280,20 @@ def test_a_commit_whose_answer_is_lost_is_settled_by_its_decision_row(
         holder.close()
 
 
+def left_in_doubt(pair: Pair, proxy: FaultProxy, link: Link, row: dict[str, Any]) -> str:
+    """Create ``row`` with the right side going down as its COMMIT is sent (and staying
+    down): InDoubt is raised; returns the left branch it leaves prepared."""
+    def hook(step: str) -> None:
+        if step == "after_first_prepare":
+            proxy.set_mode(Mode.REFUSE)
+
+    with (pytest.raises(InDoubt, match="dualwrite recover"),
+          link.transaction(principal="in-doubt", hook=hook) as tx):
+        tx.create("erp", "Customers", row)
+    [branch] = prepared_xacts(pair.erp)
+    return branch
+
+
 def test_a_last_resource_out_of_reach_leaves_the_transaction_in_doubt_until_recovery(
         pg_pair: tuple[Pair, FaultProxy]) -> None:
     """The right side goes down as its COMMIT is sent, and stays down: what became of the
@@ -287,16 +302,8 @@ def test_a_last_resource_out_of_reach_leaves_the_transaction_in_doubt_until_reco
     arrived) and rolls the left branch back."""
     pair, proxy = pg_pair
     row = erp_customer(821)
-
-    def hook(step: str) -> None:
-        if step == "after_first_prepare":
-            proxy.set_mode(Mode.REFUSE)
-
     with pair.link() as link:
-        with (pytest.raises(InDoubt, match="dualwrite recover"),
-              link.transaction(principal="in-doubt", hook=hook) as tx):
-            tx.create("erp", "Customers", row)
-        [branch] = prepared_xacts(pair.erp)
+        branch = left_in_doubt(pair, proxy, link, row)
         proxy.set_mode(Mode.PASS)
         report = link.recover()
         assert [(a.xid, a.action) for a in report.actions] == [(branch, "rolled back")]
@@ -410,16 +417,8 @@ def test_a_transaction_left_in_doubt_is_settled_by_another_process(
     process forgets it at its next live transaction."""
     pair, proxy = pg_pair
     row = erp_customer(823)
-
-    def hook(step: str) -> None:
-        if step == "after_first_prepare":
-            proxy.set_mode(Mode.REFUSE)
-
     with pair.link() as link:
-        with (pytest.raises(InDoubt, match="dualwrite recover"),
-              link.transaction(principal="in-doubt", hook=hook) as tx):
-            tx.create("erp", "Customers", row)
-        [branch] = prepared_xacts(pair.erp)
+        branch = left_in_doubt(pair, proxy, link, row)
         assert live.abandoned_transactions()
         assert [x for x, _ in link.state.checkpoints_in_phase(live.ABANDONED)] == [branch[:-2]]
         proxy.set_mode(Mode.PASS)
