@@ -353,3 +353,32 @@ def test_a_branch_insert_is_prepared_once_and_again_after_a_rollback(
     assert [s for s in _prepared_here(third) if "INSERT" in s] == [insert]
     _commit(third)
     assert _ids(pg) == [1, 3]
+
+
+@pytest.mark.parametrize("end", ["rollback", "commit"])
+def test_a_branch_that_wrote_nothing_keeps_its_session_and_its_statements(
+        pg: PostgresConnector, end: str) -> None:
+    """The side a one-sided transaction did not write: its branch sent only BEGIN, and is
+    ended with a plain ROLLBACK (committed or rolled back alike). Its session is kept for
+    the next branch with its prepared statements: psycopg's own rollback would deallocate
+    them all (a round trip, and each prepared again) and the session would go back to the
+    pool."""
+    first = _branch(pg)
+    first.session.insert_returning("bc_rows", {"id": 1, "note": "one"})
+    [insert] = [s for s in _prepared_here(first) if "INSERT" in s]
+    _commit(first)
+    idle = _branch(pg)
+    assert _pid(idle) == _pid(first)
+    if end == "rollback":
+        idle.rollback()
+    else:
+        _commit(idle)
+    after = _server_now(pg)
+    nxt = _branch(pg)
+    assert _pid(nxt) == _pid(first)  # kept, not given back to the pool
+    # a transaction of its own (now() is its start): the idle branch's was ended
+    assert nxt.ready().exec_driver_sql("SELECT now()").scalar_one() >= after
+    assert [s for s in _prepared_here(nxt) if "INSERT" in s] == [insert]
+    nxt.session.insert_returning("bc_rows", {"id": 2, "note": "two"})
+    _commit(nxt)
+    assert _ids(pg) == [1, 2]

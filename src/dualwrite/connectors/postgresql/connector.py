@@ -303,6 +303,9 @@ class PgBranch(Branch):
             raise
 
     def finish_commit(self) -> None:
+        if self.empty:  # nothing to commit: its BEGIN is ended
+            self._end_unused()
+            return
         try:
             self._collect()
         except BaseException:
@@ -340,6 +343,10 @@ class PgBranch(Branch):
         self.finish_commit()
 
     def rollback(self) -> None:
+        if not self.used and not self.prepared:
+            self._end_unused()
+            return
+
         def undo() -> None:
             if self._in_flight is not None:
                 # a prepare we sent: once it is answered, the branch is prepared or not
@@ -360,6 +367,23 @@ class PgBranch(Branch):
                 raise
 
         end_rollback(self.conn, undo, lambda: self.prepared)
+
+    def _end_unused(self) -> None:
+        """End a branch that sent nothing but its BEGIN (the side a one-sided transaction
+        did not write) with a plain ROLLBACK, and keep its connection for the next branch.
+        psycopg's own rollback would also deallocate every statement prepared on the
+        session, a round trip, and each would be prepared again by the next branch: nothing
+        of a transaction that ran no statement can have touched them. A session that is gone
+        ends its transaction itself: its connection is dropped, nothing is raised."""
+        try:
+            self._collect()  # the BEGIN's answer, if still on its way
+            self._send(f"roll back {self.xid}", "ROLLBACK")
+            self._collect()
+        except ConnectorError:
+            self.release()
+            self.connector.drop_spares()
+            return
+        self.connector.keep_spare(self.conn)
 
 
 class _BranchSession(SqlWriteSession):
