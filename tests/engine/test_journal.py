@@ -8,8 +8,10 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -17,6 +19,7 @@ import sqlalchemy as sa
 from dualwrite.engine import journal as journal_module
 from dualwrite.engine.journal import DRAIN_SECONDS, HEADER, DecisionJournal, read_records
 from dualwrite.engine.state import AuditEntry, StateStore
+from dualwrite.engine.state.decisions import audit_rows
 
 CHILD = textwrap.dedent("""
     import os, signal, sys
@@ -178,3 +181,38 @@ def test_a_reused_file_never_yields_the_records_of_an_earlier_round(tmp_path: Pa
     journal.close()
     assert [r["round"] for batch in sunk for r in batch] == [0, 0, 0, 1, 2]  # type: ignore[index]
     assert list((tmp_path / "j").iterdir()) == []
+
+
+def test_a_reader_waits_for_the_background_drain_under_way(tmp_path: Path) -> None:
+    """A decision noted from a last resource, taken by the background drain and not yet
+    written when a reader settles: ``pending`` no longer counts it, and the reader must
+    wait for that drain to see its audit rows (it read nothing, once in a run with both
+    cores busy)."""
+    store = _store(tmp_path)
+    main = threading.get_ident()
+    taken, go = threading.Event(), threading.Event()
+    decided = store._decided
+    write, drain = decided._sink, decided.drain
+
+    def slow_write(items: list[Any]) -> None:
+        if threading.get_ident() != main:  # the background drain: held until the reader
+            taken.set()                    # has come
+            go.wait(30)
+        write(items)
+
+    def drain_seen() -> None:
+        if threading.get_ident() == main:
+            go.set()
+        drain()
+
+    decided._sink = slow_write  # type: ignore[method-assign]
+    decided.drain = drain_seen  # type: ignore[method-assign]
+    try:
+        store.note_decision("dw-lr-1", ["erp", "crm"], "alice", audit_rows(_audit(1)),
+                            completed=True, forget=None)
+        assert taken.wait(30), "the background drain did not start"
+        assert not decided.pending  # taken: on its way into the state store
+        assert [(a["xid"], a["principal"]) for a in store.audit()] == [("dw-lr-1", "alice")]
+    finally:
+        go.set()
+        store.close()

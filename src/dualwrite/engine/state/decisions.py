@@ -70,6 +70,12 @@ class DecidedElsewhere:
     def pending(self) -> bool:
         return bool(self._items or self._unforgotten)
 
+    @property
+    def writing(self) -> bool:
+        """A drain is under way: decisions it took may not be in the state store yet
+        (``pending`` no longer counts them)."""
+        return self._drain_lock.locked()
+
     def add(self, item: Decided) -> None:
         with self._lock:
             self._items.append(item)
@@ -138,7 +144,9 @@ class DecisionsState(StoreBase):
         delete their rows; ``closing``: the connectors that delete them close next, so no
         later drain touches them."""
         try:
-            if self._decided.pending:
+            # a drain under way (the background thread's) holds decisions that pending no
+            # longer counts: draining waits for it, so that what follows reads them
+            if self._decided.pending or self._decided.writing:
                 self._decided.drain()
         finally:
             if closing:

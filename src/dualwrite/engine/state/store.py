@@ -200,7 +200,7 @@ class StateStore(MapsState, CheckpointsState, ProcessesState, InboxState, Events
 
     def close(self) -> None:
         try:
-            if self._decided.pending:
+            if self._decided.pending or self._decided.writing:
                 self._decided.drain()
             if self._journal is not None:
                 self._journal.close()
