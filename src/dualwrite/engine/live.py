@@ -885,6 +885,8 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
     :mod:`dualwrite.engine.live_odata`) are left prepared."""
     report = RecoveryReport()
     prefix = xid_prefix(link_id)
+    # given up before the branches are listed (so a branch of theirs still prepared is listed)
+    given_up = {t for t in _ABANDONED if t.startswith(prefix)}
     abandoned = {x for x, _ in state.checkpoints_in_phase(ABANDONED) if x.startswith(prefix)}
 
     def gone(xid: str) -> bool:
@@ -930,9 +932,10 @@ def recover(link_id: str, connectors: dict[Side, Connector], state: StateStore,
             ended.add(transaction)
             report.actions.append(RecoveryAction(xid, conn.name,
                                                  "committed" if commit else "rolled back"))
-    # given-up transactions with nothing left prepared (ended here, or by another process)
-    for transaction in [t for t in (*abandoned, *_ABANDONED) if t.startswith(prefix)
-                        and (t in ended or t not in prepared_anywhere)]:
+    # given-up transactions with nothing left prepared (ended here, or by another process);
+    # one given up since the listing is not known to be ended: the next recovery's
+    for transaction in [t for t in abandoned | given_up
+                        if t in ended or t not in prepared_anywhere]:
         if transaction in abandoned:
             state.clear_checkpoint(transaction, ABANDONED)
         _ABANDONED.discard(transaction)
