@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-capture bench-capture-scale bench-idle bench-failover bench-odata-delta bench-odata-follow clean services browser
+.PHONY: demo test lint bench bench-capture bench-capture-scale bench-trigger-cost bench-idle bench-failover bench-odata-delta bench-odata-follow clean services browser
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ bench-capture: $(STAMP) services
 # for the full figure: BACKLOG=1000000)
 bench-capture-scale: $(STAMP) services
 	$(BIN)/python bench/capture_scale.py --backlog $(or $(BACKLOG),100000)
+
+# what the capture triggers cost the application's commits, inside the server, against Bucardo's
+bench-trigger-cost: $(STAMP) services
+	bash scripts/bench-deps.sh
+	$(BIN)/python bench/trigger_cost.py
 
 # what a quiet link costs (CPU of idle run and serve)
 bench-idle: $(STAMP) services
