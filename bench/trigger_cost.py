@@ -10,11 +10,12 @@ per transaction is taken, for:
 
 - **no capture**: the table alone;
 - **dualwrite**: the capture triggers exactly as ``dualwrite maps start items`` installs them
-  (the applier stopped afterwards, so nothing reads the log meanwhile), then three variants
+  (the applier stopped afterwards, so nothing reads the log meanwhile), then four variants
   of them, each made by editing the installed function's text (the script stops if the text
-  no longer has the part it removes): without the wake-up (its row, the deferred trigger that
-  notifies at commit), without the per-statement check that the mapped columns are still
-  there, and the log row alone (neither, nor the pinned settings);
+  no longer has the part it removes; tests/connectors/test_trigger_cost_variants.py holds
+  the edits to the trigger dualwrite generates): without the wake-up (its row, the deferred
+  trigger that notifies at commit), without the per-statement check that the mapped columns
+  are still there, without the pinned settings, and the log row alone (none of the three);
 - **Bucardo**: Bucardo 5's triggers exactly as ``bucardo add sync`` installs them (a
   multi-master sync, Bucardo stopped afterwards): a row trigger that logs the key in its delta
   table and a statement trigger that notifies its daemon.
