@@ -175,6 +175,9 @@ def log_row_alone(text: str) -> str:
 
 
 def dualwrite_variants(db: str) -> list[Variant]:
+    """dualwrite's trigger as installed in ``db`` and its variants: each measurement installs
+    its version of the insert and update functions (the wake-up's own function is the
+    installed one in every variant)."""
     with connect(db) as conn:
         functions = installed(conn)
         conn.execute(PROCEDURES)
@@ -183,8 +186,8 @@ def dualwrite_variants(db: str) -> list[Variant]:
     def prepare_with(edit: Callable[[str], str] | None) -> Callable[[psycopg.Connection], None]:
         def prepare(conn: psycopg.Connection) -> None:
             for name, text in functions.items():
-                conn.execute(text if edit is None or name == "dualwrite_wake"  # type: ignore[arg-type]
-                             else edit(text))
+                keep = edit is None or name == "dualwrite_wake"
+                conn.execute(text if keep else edit(text))
             empty(conn, tables)
         return prepare
 
