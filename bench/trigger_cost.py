@@ -127,14 +127,14 @@ def measure(variant: Variant, rows: int) -> None:
 
 # -- dualwrite's functions and their variants ----------------------------------------------------
 def installed(conn: psycopg.Connection) -> dict[str, str]:
-    """The capture functions of items (insert, update) and the wake-up, as installed:
-    name -> CREATE OR REPLACE FUNCTION statement."""
+    """The capture functions of items (insert, update), as installed: name -> CREATE OR
+    REPLACE FUNCTION statement. (No variant edits the wake-up's own function.)"""
     rows = conn.execute(
         "SELECT p.proname, pg_get_functiondef(p.oid) FROM pg_proc p WHERE p.proname ~ "
-        "'^dw_[0-9a-f]+_[iu]$' OR p.proname = 'dualwrite_wake'").fetchall()
+        "'^dw_[0-9a-f]+_[iu]$'").fetchall()
     out = {str(r[0]): str(r[1]) for r in rows}
-    if len(out) != 3:
-        raise RuntimeError(f"expected dualwrite's insert, update and wake functions: {sorted(out)}")
+    if len(out) != 2:
+        raise RuntimeError(f"expected dualwrite's insert and update functions: {sorted(out)}")
     return out
 
 
@@ -176,8 +176,7 @@ def log_row_alone(text: str) -> str:
 
 def dualwrite_variants(db: str) -> list[Variant]:
     """dualwrite's trigger as installed in ``db`` and its variants: each measurement installs
-    its version of the insert and update functions (the wake-up's own function is the
-    installed one in every variant)."""
+    its version of the insert and update functions."""
     with connect(db) as conn:
         functions = installed(conn)
         conn.execute(PROCEDURES)
@@ -185,9 +184,8 @@ def dualwrite_variants(db: str) -> list[Variant]:
 
     def prepare_with(edit: Callable[[str], str] | None) -> Callable[[psycopg.Connection], None]:
         def prepare(conn: psycopg.Connection) -> None:
-            for name, text in functions.items():
-                keep = edit is None or name == "dualwrite_wake"
-                conn.execute(text if keep else edit(text))
+            for text in functions.values():
+                conn.execute(text if edit is None else edit(text))
             empty(conn, tables)
         return prepare
 
